@@ -1,0 +1,172 @@
+"""Core verbs: run, db upgrade, status, events list, config check."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+
+import click
+
+from agent.cli._common import UserError, open_store, parse_since, print_json, settings_from
+
+
+@click.command("run")
+@click.pass_context
+def run_cmd(ctx: click.Context) -> None:
+    """Run the agent in the foreground (SIGTERM/SIGINT stop, SIGHUP reloads)."""
+    from agent import logs
+    from agent.daemon import run
+    from agent.store.db import StoreError
+
+    s = settings_from(ctx)
+    logs.setup(s.agent.log_level, s.agent.log_format)
+    try:
+        code = run(s, s.source)
+    except StoreError as e:
+        raise UserError(str(e)) from None
+    except OSError as e:
+        if e.errno == 98:  # EADDRINUSE
+            raise UserError(f"metrics.listen {s.metrics.listen}: address already in use") from None
+        raise
+    ctx.exit(code)
+
+
+@click.group()
+def db() -> None:
+    """Database schema management."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@click.pass_context
+def db_upgrade(ctx: click.Context, revision: str) -> None:
+    """Apply Alembic migrations to the configured store."""
+    from agent.store.db import StoreError, current_revision, make_engine, upgrade
+
+    s = settings_from(ctx)
+    engine = make_engine(s.database_url)
+    try:
+        upgrade(engine, revision)
+    except StoreError as e:
+        raise UserError(str(e)) from None
+    click.echo(f"database at revision {current_revision(engine)}: {engine.url.render_as_string()}")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Store reachability, counts, the last event, and the running agent's sensors."""
+    from agent.store.db import current_revision
+    from agent.store.queries import counts
+
+    s = settings_from(ctx)
+    doc: dict[str, object] = {"config": str(s.source) if s.source else None}
+    doc["database"] = s.database.url and _redact(s.database_url) or s.database_url
+    try:
+        engine = open_store(s)
+        doc["store_reachable"] = True
+        doc["schema_revision"] = current_revision(engine)
+        doc["counts"] = asdict(counts(engine)) if doc["schema_revision"] else None
+    except UserError as e:
+        doc["store_reachable"] = False
+        doc["store_error"] = e.message
+    status_file = s.state_dir / "status.json"
+    try:
+        daemon = json.loads(status_file.read_text())
+        daemon["stale"] = time.time() - float(daemon.get("updated_at", 0)) > 30
+        doc["daemon"] = daemon
+    except (OSError, ValueError):
+        doc["daemon"] = None
+    if as_json:
+        print_json(doc)
+    else:
+        _print_status(doc)
+    if not doc["store_reachable"]:
+        ctx.exit(1)
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _print_status(doc: dict[str, object]) -> None:
+    click.echo(f"config:    {doc['config'] or 'built-in defaults'}")
+    click.echo(f"store:     {doc['database']}")
+    if not doc["store_reachable"]:
+        click.echo(f"           UNREACHABLE: {doc.get('store_error')}")
+    else:
+        click.echo(f"schema:    {doc.get('schema_revision') or 'not created (run: egress-agent db upgrade)'}")
+        c = doc.get("counts")
+        if isinstance(c, dict):
+            click.echo(
+                "counts:    "
+                + ", ".join(f"{k}={v}" for k, v in c.items() if not k.startswith("last_"))
+            )
+            click.echo(f"last file event: {c.get('last_file_event') or '-'}")
+            click.echo(f"last flow:       {c.get('last_flow') or '-'}")
+    d = doc.get("daemon")
+    if not isinstance(d, dict):
+        click.echo("daemon:    no status file (not running here?)")
+        return
+    state = "running" if d.get("running") and not d.get("stale") else "not running"
+    click.echo(f"daemon:    {state} (pid {d.get('pid')}, metrics {d.get('metrics')})")
+    sensors = d.get("sensors") or {}
+    if isinstance(sensors, dict):
+        for name, st in sensors.items():
+            click.echo(f"  sensor {name}: up {json.dumps(st, default=str)}")
+    errors = d.get("sensor_errors") or {}
+    if isinstance(errors, dict):
+        for name, why in errors.items():
+            click.echo(f"  sensor {name}: DOWN — {why}")
+
+
+@click.group()
+def events() -> None:
+    """Recorded file events and flows."""
+
+
+@events.command("list")
+@click.option("--since", help="ISO time or a span like 15m, 2h, 7d.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1_000_000))
+@click.option("--kind", help="file, flow, or a file action (created, written, moved, deleted).")
+@click.option("--host", help="Host id or name (fleet store).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.pass_context
+def events_list(
+    ctx: click.Context, since: str | None, limit: int, kind: str | None, host: str | None, as_json: bool
+) -> None:
+    """List events, newest first."""
+    from agent.store.queries import list_events
+
+    s = settings_from(ctx)
+    engine = open_store(s)
+    for ev in list_events(engine, since=parse_since(since), limit=limit, kind=kind, host=host):
+        if as_json:
+            print_json(ev)
+        elif ev["kind"] == "file":
+            subject = ev["path"] + (f" -> {ev['new_path']}" if ev.get("new_path") else "")
+            kinds = ",".join(ev["kinds"]) or "-"
+            click.echo(f"{ev['time']}  {ev['type']:<8} {ev['channel']:<13} {kinds:<16} {subject}")
+        else:
+            name = ev.get("name") or ev["dst_ip"]
+            click.echo(
+                f"{ev['time']}  flow     {ev['dest_class']:<13} {ev['bytes_out']:>12} B  "
+                f"{ev['src']} -> {name}:{ev['dst_port']}"
+            )
+
+
+@click.group()
+def config() -> None:
+    """Configuration."""
+
+
+@config.command("check")
+@click.pass_context
+def config_check(ctx: click.Context) -> None:
+    """Validate the config and print the effective values as JSON."""
+    s = settings_from(ctx)
+    click.echo(s.model_dump_json(indent=2))

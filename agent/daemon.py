@@ -1,0 +1,268 @@
+"""Wiring and lifecycle of `egress-agent run`.
+
+Start order: store (migrate, register host) → writer → pipeline stages → sensors →
+metrics endpoint → scheduler → READY=1. Stop order is the reverse for producers first:
+sensors stop (flushing what they saw), the pipeline drains, the writer commits
+everything queued, and only then does the process exit 0. SIGHUP reloads the config
+and policy; what cannot change live is logged as needing a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from agent import metrics, sensors
+from agent.config import ConfigError, Settings, load_settings
+from agent.events import Event
+from agent.pipeline import Pipeline, Sink, StageSpec
+from agent.sdnotify import Notifier
+from agent.sensors import Sensor, SensorUnavailable
+from agent.store.db import host_identity, make_engine, register_host, upgrade
+from agent.store.writer import StoreWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """What stages and jobs may need from the running agent."""
+
+    settings: Settings
+    engine: Engine
+    host_id: str
+    hostname: str
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def build_stages(rt: Runtime) -> list[StageSpec]:
+    """The pipeline's stages, in order: classify, then policy.
+
+    Each capability adds its stage here with one line; a stage is a callable
+    `Event -> Event` built from the runtime. The policy holder is created before the
+    classifier so that the classifier can read its categories (`rt.extras["categories"]`,
+    a `CategoryProvider`).
+    """
+    stages: list[StageSpec] = []
+    return stages
+
+
+def build_sinks(rt: Runtime, writer: StoreWriter) -> list[Sink]:
+    """Where judged events go: the store writer first, then correlation."""
+    sinks: list[Sink] = [writer.submit]
+    return sinks
+
+
+def start_metrics_server(settings: Settings) -> Any:
+    from prometheus_client import start_http_server
+
+    m = settings.metrics
+    kwargs: dict[str, Any] = {}
+    if m.tls_cert and m.tls_key:
+        kwargs.update(certfile=str(m.tls_cert), keyfile=str(m.tls_key))
+    server, _thread = start_http_server(m.port, addr=m.host, **kwargs)
+    return server
+
+
+class Agent:
+    def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.notifier = Notifier()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self.sensors: list[Sensor] = []
+        self.sensor_errors: dict[str, str] = {}
+        self._metrics_server: Any = None
+        self._scheduler: Any = None
+        self.started_at = time.time()
+
+    # --- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        s = self.settings
+        s.state_dir.mkdir(parents=True, exist_ok=True)
+        self.engine = make_engine(s.database_url)
+        if s.database.auto_upgrade:
+            upgrade(self.engine)
+        host_id, hostname = host_identity(s.state_dir, s.agent.host_id, s.agent.hostname)
+        register_host(self.engine, host_id, hostname)
+        self.runtime = Runtime(s, self.engine, host_id, hostname)
+        self.writer = StoreWriter(
+            self.engine,
+            host_id,
+            batch_size=s.database.batch_size,
+            flush_interval=s.database.flush_interval,
+            queue_size=s.database.queue_size,
+        )
+        self.writer.start()
+        self.pipeline = Pipeline(
+            build_stages(self.runtime),
+            build_sinks(self.runtime, self.writer),
+            queue_size=s.database.queue_size,
+        )
+        self.pipeline.start()
+        if s.metrics.enabled:
+            self._metrics_server = start_metrics_server(s)
+            log.info("metrics on http://%s/metrics", s.metrics.listen)
+        self._start_sensors()
+        self._start_scheduler()
+        self.write_status()
+        self.notifier.ready(f"watching; {len(self.sensors)} sensor(s) up")
+        log.info("egress-agent running (host %s, store %s)", hostname, self.engine.url.render_as_string())
+
+    def _start_sensors(self) -> None:
+        for name in self.settings.sensors.enabled:
+            try:
+                factory = sensors.load(name)
+                sensor = factory(self.settings)
+                sensor.start(self._emit)
+            except SensorUnavailable as e:
+                self.sensor_errors[name] = str(e)
+                metrics.SENSOR_UP.labels(name).set(0)
+                log.warning("sensor %s not started: %s", name, e)
+                continue
+            except Exception as e:  # a broken sensor must not stop the others
+                self.sensor_errors[name] = f"{type(e).__name__}: {e}"
+                metrics.SENSOR_UP.labels(name).set(0)
+                log.exception("sensor %s failed to start", name)
+                continue
+            self.sensors.append(sensor)
+            metrics.SENSOR_UP.labels(name).set(1)
+
+    def _start_scheduler(self) -> None:
+        from agent import jobs
+
+        self._scheduler = jobs.start(self.runtime)
+
+    def _emit(self, event: Event) -> bool:
+        return self.pipeline.emit(event)
+
+    def stop(self) -> None:
+        """Stop whatever was started, in order; safe after a partial start."""
+        self.notifier.stopping()
+        log.info("stopping: flushing queued events")
+        for sensor in self.sensors:
+            try:
+                sensor.stop()
+            except Exception:
+                log.exception("sensor %s failed to stop cleanly", sensor.name)
+            metrics.SENSOR_UP.labels(sensor.name).set(0)
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+        if hasattr(self, "pipeline"):
+            self.pipeline.stop()
+        if hasattr(self, "writer"):
+            self.writer.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        if hasattr(self, "writer"):
+            self.write_status(stopped=True)
+            log.info("stopped: %d events written", self.writer.written)
+        if hasattr(self, "engine"):
+            self.engine.dispose()
+
+    # --- main loop -------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def serve(self) -> None:
+        ping = self.notifier.watchdog_interval() or self.settings.agent.watchdog_interval
+        last_status = 0.0
+        while not self._stop.wait(timeout=min(ping, 1.0)):
+            self.notifier.watchdog()
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            if time.monotonic() - last_status > 5:
+                self.write_status()
+                last_status = time.monotonic()
+
+    def reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            new = load_settings(self.config_path)
+        except ConfigError as e:
+            log.error("config reload failed; keeping the running config: %s", e)
+        else:
+            from agent import logs
+
+            logs.setup(new.agent.log_level, new.agent.log_format)
+            changed = [
+                k for k in type(new).model_fields
+                if getattr(new, k) != getattr(self.settings, k) and k not in ("agent", "policies")
+            ]
+            if changed:
+                log.warning("config sections changed that need a restart: %s", ", ".join(changed))
+            self.settings = new
+            self.runtime.settings = new
+        for hook in self.runtime.extras.get("reload_hooks", []):
+            try:
+                hook()
+            except Exception:
+                log.exception("reload hook failed")
+        self.notifier.ready("reloaded")
+
+    # --- status for `egress-agent status` --------------------------------------
+    def write_status(self, stopped: bool = False) -> None:
+        doc = {
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "updated_at": time.time(),
+            "running": not stopped,
+            "host_id": self.runtime.host_id,
+            "hostname": self.runtime.hostname,
+            "metrics": self.settings.metrics.listen if self.settings.metrics.enabled else None,
+            "sensors": {s.name: {"up": True, **_safe_status(s)} for s in self.sensors},
+            "sensor_errors": self.sensor_errors,
+            "written": self.writer.written,
+            "queues": {"store": self.writer.queue.qsize(), "pipeline": self.pipeline.input.qsize()},
+        }
+        for extra in self.runtime.extras.get("status_hooks", []):
+            try:
+                doc.update(extra())
+            except Exception:
+                log.exception("status hook failed")
+        path = self.settings.state_dir / "status.json"
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(doc, default=str, indent=1))
+            os.replace(tmp, path)
+        except OSError as e:
+            log.debug("cannot write %s: %s", path, e)
+
+
+def _safe_status(sensor: Sensor) -> dict[str, object]:
+    try:
+        return dict(sensor.status())
+    except Exception as e:
+        return {"status_error": str(e)}
+
+
+def run(settings: Settings, config_path: Path | None = None) -> int:
+    agent = Agent(settings, config_path)
+    agent.install_signal_handlers()
+    try:
+        agent.start()
+    except BaseException:
+        agent.stop()
+        raise
+    try:
+        agent.serve()
+    finally:
+        agent.stop()
+    return 0

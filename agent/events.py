@@ -1,0 +1,199 @@
+"""The typed records that flow one way through the pipeline.
+
+Sensors create `FileEvent` and `Flow` records; the classifier attaches an `Artefact`;
+policy attaches `Decision`s; the store writes them. Records are frozen: a stage that
+adds something returns a copy (`dataclasses.replace`), so no stage can change what an
+earlier stage saw.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_uid() -> str:
+    """A globally unique id; it is also the idempotency key in a fleet store."""
+    return uuid.uuid4().hex
+
+
+class FileAction(StrEnum):
+    CREATED = "created"
+    WRITTEN = "written"  # close after write: one per close, not one per write()
+    MOVED = "moved"
+    DELETED = "deleted"
+    READ = "read"  # only for paths of interest (fanotify)
+    SCANNED = "scanned"  # seen by `egress-agent scan` or an inventory pass
+
+
+class Channel(StrEnum):
+    LOCAL = "local"
+    REMOVABLE = "removable"
+    NETWORK_SHARE = "network_share"
+    CLOUD_SYNC = "cloud_sync"
+
+
+class Origin(StrEnum):
+    """How an event was found: live from the kernel, or by a reconciling rescan."""
+
+    WATCH = "watch"
+    RESCAN = "rescan"
+    SCAN = "scan"
+    SYNTHETIC = "synthetic"
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return _SEVERITY_RANK[self]
+
+
+_SEVERITY_RANK = {
+    Severity.INFO: 0,
+    Severity.LOW: 1,
+    Severity.MEDIUM: 2,
+    Severity.HIGH: 3,
+    Severity.CRITICAL: 4,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInfo:
+    """Who did it. Every field may be unknown; unknown is None, never a guess."""
+
+    pid: int | None = None
+    exe: str | None = None
+    cmdline: str | None = None
+    uid: int | None = None
+    user: str | None = None
+    ppid: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tag:
+    """One thing the classifier knows about an artefact, with the evidence for it.
+
+    `kind` is the artefact kind (`model_weights`, `dataset`, `source_code`, `archive`,
+    `document`, `engineering`, `secret`); `evidence` is the sentence a person reads
+    ("safetensors header, 1.1e8 parameters, bf16"); `details` holds the same facts as
+    data for policy conditions (`parameters`, `format`, `language`, ...).
+    """
+
+    kind: str
+    evidence: str
+    details: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryMatch:
+    """A policy category whose keywords or patterns matched, and how often.
+
+    Only the category and the count are kept: never the matched text.
+    """
+
+    category: str
+    count: int
+    pack: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Artefact:
+    """What a file is: its content identity plus tags, matches and lineage."""
+
+    sha256: str | None
+    size: int
+    content_type: str = "unknown"
+    tags: tuple[Tag, ...] = ()
+    matches: tuple[CategoryMatch, ...] = ()
+    parents: tuple[str, ...] = ()  # sha256 of artefacts this one inherited tags from
+    skipped: str | None = None  # why the content was not (fully) read, if it was not
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(t.kind for t in self.tags))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A policy verdict on one event: which rule, how bad, what to do."""
+
+    rule_id: str
+    pack: str
+    severity: Severity
+    action: str  # "alert" | "record"
+    policy_version: str
+    reason: str = ""
+    categories: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FileEvent:
+    """A file movement under a watched root (or a scanned file)."""
+
+    action: FileAction
+    path: str  # os.fsdecode()d: non-UTF-8 bytes survive as surrogate escapes
+    channel: Channel = Channel.LOCAL
+    dest_path: str | None = None  # for moves: where it went; `path` is where it was
+    size: int | None = None
+    inode: int | None = None
+    device: int | None = None
+    mtime_ns: int | None = None
+    process: ProcessInfo | None = None
+    origin: Origin = Origin.WATCH
+    sensor: str = "files"
+    time: datetime = field(default_factory=utcnow)
+    uid: str = field(default_factory=new_uid)
+    artefact: Artefact | None = None
+    decisions: tuple[Decision, ...] = ()
+
+    @property
+    def current_path(self) -> str:
+        """Where the file is now (the new path after a move)."""
+        return self.dest_path if self.dest_path is not None else self.path
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """One outbound transport connection (or UDP conversation), exported like IPFIX."""
+
+    protocol: str  # "tcp" | "udp"
+    src_ip: str
+    src_port: int
+    dst_ip: str
+    dst_port: int
+    start: datetime
+    end: datetime
+    bytes_out: int = 0  # payload bytes this host sent
+    bytes_in: int = 0
+    byte_source: str = "tcp_seq"  # tcp_info | tcp_seq | conntrack_l3 | packets
+    name: str | None = None  # best destination name
+    name_source: str | None = None  # sni | http_host | dns
+    sni: str | None = None
+    http_host: str | None = None
+    dest_class: str = "unknown"  # loopback | internal | approved | domestic | foreign | unknown
+    country: str | None = None
+    close_reason: str = "fin"  # fin | rst | idle | active | end_of_capture | destroy
+    process: ProcessInfo | None = None
+    sensor: str = "network"
+    uid: str = field(default_factory=new_uid)
+    decisions: tuple[Decision, ...] = ()
+
+    @property
+    def time(self) -> datetime:
+        return self.end
+
+
+Event = FileEvent | Flow

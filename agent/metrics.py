@@ -1,0 +1,141 @@
+"""Every Prometheus metric the agent exports, in one place.
+
+Names follow Prometheus conventions: `egress_agent_` prefix, base units, `_total` for
+counters. Labels only carry bounded values (stage, sensor, channel, destination class,
+ISO country code, rule id from the loaded packs) and never a path, hash or address.
+"""
+
+from __future__ import annotations
+
+import platform
+
+from prometheus_client import Counter, Gauge, Histogram, Info
+
+from agent import __version__
+
+# --- agent and pipeline health ---------------------------------------------------
+BUILD_INFO = Info("egress_agent_build", "Version of the running agent.")
+BUILD_INFO.info({"version": __version__, "python": platform.python_version()})
+
+STAGE_IN = Counter("egress_agent_stage_events_in_total", "Events taken in by a stage.", ["stage"])
+STAGE_OUT = Counter(
+    "egress_agent_stage_events_out_total", "Events passed on by a stage.", ["stage"]
+)
+STAGE_ERRORS = Counter(
+    "egress_agent_stage_errors_total",
+    "Events a stage failed on (the event is passed on without that stage's work).",
+    ["stage"],
+)
+QUEUE_DEPTH = Gauge("egress_agent_queue_depth", "Events waiting in a queue.", ["queue"])
+QUEUE_CAPACITY = Gauge("egress_agent_queue_capacity", "Size bound of a queue.", ["queue"])
+DROPPED = Counter(
+    "egress_agent_events_dropped_total",
+    "Events that could not be kept, by where and why. Never silent.",
+    ["queue", "reason"],
+)
+
+SENSOR_UP = Gauge("egress_agent_sensor_up", "1 if the sensor is running, else 0.", ["sensor"])
+SENSOR_EVENTS = Counter(
+    "egress_agent_sensor_events_total", "Events emitted by a sensor.", ["sensor"]
+)
+
+# --- store -----------------------------------------------------------------------
+STORE_WRITE_SECONDS = Histogram(
+    "egress_agent_store_write_seconds",
+    "Time to commit one batch to the store.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+STORE_ROWS = Counter("egress_agent_store_rows_written_total", "Rows committed.", ["table"])
+STORE_ERRORS = Counter(
+    "egress_agent_store_write_errors_total", "Failed commit attempts (retried).", ["reason"]
+)
+STORE_LAST_WRITE = Gauge(
+    "egress_agent_store_last_write_timestamp_seconds", "Unix time of the last successful commit."
+)
+STORE_SIZE = Gauge("egress_agent_store_size_bytes", "Size of the local store on disk.")
+
+# --- files ---------------------------------------------------------------------
+FILE_EVENTS = Counter(
+    "egress_agent_file_events_total", "File events by type and channel.", ["type", "channel"]
+)
+FILE_LOST = Counter(
+    "egress_agent_file_events_lost_total",
+    "Conditions in which the kernel lost file events (each triggers a rescan).",
+    ["reason"],
+)
+FILE_RESCANS = Counter("egress_agent_file_rescans_total", "Reconciling rescans run.", ["reason"])
+FILE_RESCAN_FOUND = Counter(
+    "egress_agent_file_rescan_events_total", "Events emitted by reconciling rescans.", ["type"]
+)
+FILE_WATCHES = Gauge("egress_agent_file_watches", "inotify watches in use.")
+
+# --- classifier ----------------------------------------------------------------
+CLASSIFIED = Counter(
+    "egress_agent_artefacts_classified_total", "Artefacts classified, by kind.", ["kind"]
+)
+CLASSIFY_SKIPPED = Counter(
+    "egress_agent_classify_skipped_total",
+    "Files not (fully) read, by reason (limit, permission, special file, malformed...).",
+    ["reason"],
+)
+HASHED_BYTES = Counter("egress_agent_hashed_bytes_total", "Bytes hashed with SHA-256.")
+HASH_CACHE = Counter(
+    "egress_agent_hash_cache_total", "Hash cache lookups by result.", ["result"]
+)
+
+# --- network -------------------------------------------------------------------
+OUTBOUND_BYTES = Counter(
+    "egress_agent_outbound_bytes_total",
+    "Outbound payload bytes by destination class and country.",
+    ["dest_class", "country"],
+)
+FLOWS = Counter(
+    "egress_agent_flows_total", "Outbound flows exported.", ["dest_class", "country", "protocol"]
+)
+CAPTURE_PACKETS = Counter(
+    "egress_agent_capture_packets_total", "Packets that reached Python.", ["interface"]
+)
+CAPTURE_DROPS = Counter(
+    "egress_agent_capture_drops_total",
+    "Packets the kernel dropped before the agent read them (PACKET_STATISTICS).",
+    ["interface"],
+)
+NETLINK_LOST = Counter(
+    "egress_agent_netlink_lost_total", "Lost sock_diag notifications (ENOBUFS), repaired by a dump."
+)
+
+# --- policy --------------------------------------------------------------------
+DECISIONS = Counter(
+    "egress_agent_decisions_total",
+    "Policy decisions by pack, rule and severity.",
+    ["pack", "rule", "severity", "dest_class"],
+)
+POLICY_RELOADS = Counter("egress_agent_policy_reloads_total", "Policy reloads.", ["result"])
+POLICY_OK = Gauge(
+    "egress_agent_policy_last_reload_success", "1 if the last policy (re)load validated, else 0."
+)
+POLICY_LOADED_AT = Gauge(
+    "egress_agent_policy_loaded_timestamp_seconds", "Unix time the policy in force was loaded."
+)
+
+# --- incidents -----------------------------------------------------------------
+INCIDENTS_OPENED = Counter(
+    "egress_agent_incidents_opened_total", "Incidents opened.", ["rule", "severity"]
+)
+INCIDENTS_OPEN = Gauge("egress_agent_incidents_open", "Incidents not closed.", ["severity"])
+CHAIN_CHECKPOINT = Gauge(
+    "egress_agent_chain_checkpoint_timestamp_seconds",
+    "Unix time of the last hash-chain checkpoint.",
+)
+
+# --- scheduler -----------------------------------------------------------------
+JOB_RUNS = Counter("egress_agent_job_runs_total", "Scheduled job runs.", ["job", "result"])
+JOB_SECONDS = Histogram(
+    "egress_agent_job_duration_seconds",
+    "Scheduled job duration.",
+    ["job"],
+    buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 1800),
+)
+JOB_LAST_SUCCESS = Gauge(
+    "egress_agent_job_last_success_timestamp_seconds", "Unix time of a job's last success.", ["job"]
+)

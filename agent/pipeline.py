@@ -1,0 +1,181 @@
+"""Bounded queues and stage threads between sensors and the store.
+
+Sensors `emit()` into the first queue; each stage (classify, policy) runs in its own
+thread, takes an event, returns the enriched event, and puts it on the next queue; the
+sinks (the store writer, the correlator) take what comes out. Every queue is bounded:
+when a producer cannot put within its patience the event is dropped and counted in
+`egress_agent_events_dropped_total{queue,reason}` — never silently. A stop walks a
+sentinel down the pipeline so that everything queued before it is processed and
+flushed before the threads are joined.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from agent import metrics
+from agent.events import Event
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class _Stop:
+    """The sentinel that tells a consumer everything before it has been seen."""
+
+
+STOP = _Stop()
+
+
+class BoundedQueue(Generic[T]):
+    """A `queue.Queue` that counts its depth and what it had to drop."""
+
+    def __init__(self, name: str, maxsize: int) -> None:
+        self.name = name
+        self.maxsize = maxsize
+        self._q: queue.Queue[T | _Stop] = queue.Queue(maxsize)
+        metrics.QUEUE_CAPACITY.labels(name).set(maxsize)
+        metrics.QUEUE_DEPTH.labels(name).set_function(self._q.qsize)
+
+    def put(self, item: T, timeout: float | None = 5.0) -> bool:
+        """Put, waiting up to `timeout` seconds (None: forever). False = dropped."""
+        try:
+            self._q.put(item, timeout=timeout)
+            return True
+        except queue.Full:
+            metrics.DROPPED.labels(self.name, "queue_full").inc()
+            return False
+
+    def put_stop(self) -> None:
+        self._q.put(STOP)
+
+    def get(self, timeout: float | None = None) -> T | _Stop:
+        return self._q.get(timeout=timeout)
+
+    def get_batch(self, max_items: int, max_wait: float) -> tuple[list[T], bool]:
+        """Up to `max_items` items, waiting at most `max_wait` for the first one.
+
+        Returns the items and whether the stop sentinel was reached.
+        """
+        items: list[T] = []
+        try:
+            first = self._q.get(timeout=max_wait)
+        except queue.Empty:
+            return items, False
+        if isinstance(first, _Stop):
+            return items, True
+        items.append(first)
+        while len(items) < max_items:
+            try:
+                nxt = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(nxt, _Stop):
+                return items, True
+            items.append(nxt)
+        return items, False
+
+    def qsize(self) -> int:
+        return self._q.qsize()
+
+
+Stage = Callable[[Event], Event | None]
+"""A stage takes an event and returns it enriched (a new frozen copy), or None to drop it
+deliberately (never used to lose data: only for events a stage decides are noise)."""
+
+Sink = Callable[[Event], None]
+
+
+@dataclass
+class StageSpec:
+    name: str
+    fn: Stage
+
+
+class Pipeline:
+    """sensors → [stage → queue]* → sinks, each stage in one joined thread."""
+
+    def __init__(
+        self,
+        stages: Sequence[StageSpec],
+        sinks: Sequence[Sink],
+        queue_size: int = 50_000,
+        put_timeout: float = 5.0,
+    ) -> None:
+        self._put_timeout = put_timeout
+        # queue i feeds stage i; the last queue feeds the thread that delivers to sinks
+        self._queues: list[BoundedQueue[Event]] = [
+            BoundedQueue(s.name, queue_size) for s in stages
+        ] + [BoundedQueue("dispatch", queue_size)]
+        self._stages = list(stages)
+        self._sinks = list(sinks)
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    @property
+    def input(self) -> BoundedQueue[Event]:
+        return self._queues[0]
+
+    def emit(self, event: Event) -> bool:
+        """Give an event to the pipeline; False means it was dropped (and counted)."""
+        return self._queues[0].put(event, timeout=self._put_timeout)
+
+    def start(self) -> None:
+        for i, spec in enumerate(self._stages):
+            t = threading.Thread(target=self._run_stage, args=(i,), name=f"stage-{spec.name}")
+            t.start()
+            self._threads.append(t)
+        t = threading.Thread(target=self._run_dispatch, name="stage-dispatch")
+        t.start()
+        self._threads.append(t)
+
+    def stop(self) -> None:
+        """Process everything queued, then join every stage thread."""
+        self._queues[0].put_stop()
+        for t in self._threads:
+            t.join()
+        self._threads.clear()
+
+    def _run_stage(self, index: int) -> None:
+        spec = self._stages[index]
+        inbox = self._queues[index]
+        outbox = self._queues[index + 1]
+        while True:
+            item = inbox.get()
+            if isinstance(item, _Stop):
+                outbox.put_stop()
+                return
+            metrics.STAGE_IN.labels(spec.name).inc()
+            try:
+                result = spec.fn(item)
+            except Exception:  # a stage bug must not lose the event
+                log.exception("stage %s failed on %s; passing it on unchanged", spec.name, item.uid)
+                metrics.STAGE_ERRORS.labels(spec.name).inc()
+                result = item
+            if result is None:
+                continue
+            metrics.STAGE_OUT.labels(spec.name).inc()
+            # inside the pipeline we wait: back-pressure reaches the sensors' put
+            outbox.put(result, timeout=None)
+
+    def _run_dispatch(self) -> None:
+        inbox = self._queues[-1]
+        while True:
+            item = inbox.get()
+            if isinstance(item, _Stop):
+                return
+            self._deliver(item)
+
+    def _deliver(self, event: Event) -> None:
+        for sink in self._sinks:
+            try:
+                sink(event)
+            except Exception:
+                log.exception("sink %r failed on %s", sink, event.uid)
+                metrics.STAGE_ERRORS.labels("sink").inc()

@@ -1,0 +1,120 @@
+"""Opening the store: engine, SQLite pragmas, migrations, and this host's identity."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from agent import __version__
+from agent.store.models import Host
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
+
+
+class StoreError(Exception):
+    """The store cannot be reached or upgraded; the message says which and why."""
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine with the settings each backend needs (WAL and a busy timeout on SQLite)."""
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        if u.database and u.database != ":memory:":
+            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs
+        )
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    if u.get_backend_name() == "postgresql":
+        kwargs.setdefault("connect_args", {"connect_timeout": 5})
+    return create_engine(url, **kwargs)
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to `revision` in-process, on this engine's connection."""
+    from alembic import command
+
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+    except SQLAlchemyError as e:
+        raise StoreError(f"cannot upgrade the database at {engine.url!r}: {e.orig or e}") from None
+
+
+def current_revision(engine: Engine) -> str | None:
+    if not inspect(engine).has_table("alembic_version"):
+        return None
+    with engine.connect() as conn:
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def host_identity(state_dir: Path, host_id: str | None, hostname: str | None) -> tuple[str, str]:
+    """A stable host id (kept in state_dir/host_id) and the host name."""
+    name = hostname or socket.gethostname()
+    if host_id:
+        return host_id, name
+    path = state_dir / "host_id"
+    try:
+        existing = path.read_text().strip()
+        if existing:
+            return existing, name
+    except FileNotFoundError:
+        pass
+    new = uuid.uuid4().hex
+    state_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(new + "\n")
+    os.replace(tmp, path)
+    return new, name
+
+
+def register_host(engine: Engine, host_id: str, hostname: str) -> None:
+    now = datetime.now(UTC)
+    with engine.begin() as conn:
+        row = conn.execute(select(Host.id).where(Host.id == host_id)).first()
+        if row is None:
+            conn.execute(
+                Host.__table__.insert().values(
+                    id=host_id, hostname=hostname, agent_version=__version__,
+                    first_seen=now, last_seen=now,
+                )
+            )
+        else:
+            conn.execute(
+                Host.__table__.update()
+                .where(Host.id == host_id)
+                .values(hostname=hostname, agent_version=__version__, last_seen=now)
+            )

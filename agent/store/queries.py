@@ -1,0 +1,159 @@
+"""Read queries for the CLI and analysts: events, status counts. No writes here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from agent.store.models import (
+    Artefact,
+    DecisionRow,
+    FileEventRow,
+    FlowRow,
+    Host,
+    IncidentRow,
+)
+
+
+@dataclass(frozen=True)
+class StoreCounts:
+    hosts: int
+    file_events: int
+    flows: int
+    artefacts: int
+    decisions: int
+    incidents: int
+    last_file_event: datetime | None
+    last_flow: datetime | None
+
+
+def counts(engine: Engine, host_id: str | None = None) -> StoreCounts:
+    def n(model: Any) -> int:
+        q = select(func.count()).select_from(model)
+        if host_id is not None and hasattr(model, "host_id"):
+            q = q.where(model.host_id == host_id)
+        return int(conn.execute(q).scalar_one())
+
+    with engine.connect() as conn:
+        last_fe = select(func.max(FileEventRow.time))
+        last_fl = select(func.max(FlowRow.end_time))
+        if host_id is not None:
+            last_fe = last_fe.where(FileEventRow.host_id == host_id)
+            last_fl = last_fl.where(FlowRow.host_id == host_id)
+        return StoreCounts(
+            hosts=n(Host),
+            file_events=n(FileEventRow),
+            flows=n(FlowRow),
+            artefacts=n(Artefact),
+            decisions=n(DecisionRow),
+            incidents=n(IncidentRow),
+            last_file_event=as_utc(conn.execute(last_fe).scalar()),
+            last_flow=as_utc(conn.execute(last_fl).scalar()),
+        )
+
+
+def as_utc(t: datetime | None) -> datetime | None:
+    """SQLite returns naive datetimes; everything the agent stores is UTC."""
+    if t is None:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def _iso(t: datetime | None) -> str | None:
+    t = as_utc(t)
+    return t.isoformat() if t is not None else None
+
+
+def list_events(
+    engine: Engine,
+    since: datetime | None = None,
+    limit: int = 100,
+    kind: str | None = None,
+    host: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Newest-first file events and flows as plain dicts (one JSON object each).
+
+    `kind` is `file`, `flow`, or a file action (`written`, `moved`, ...). `host` matches
+    a host id or host name.
+    """
+    with Session(engine) as conn:
+        host_ids: list[str] | None = None
+        if host:
+            host_ids = list(
+                conn.execute(select(Host.id).where((Host.id == host) | (Host.hostname == host)))
+                .scalars()
+            ) or [host]
+        out: list[dict[str, Any]] = []
+        if kind in (None, "file") or (kind not in ("flow",)):
+            q = select(FileEventRow).order_by(FileEventRow.time.desc(), FileEventRow.id.desc())
+            if since is not None:
+                q = q.where(FileEventRow.time >= since)
+            if kind not in (None, "file"):
+                q = q.where(FileEventRow.action == kind)
+            if host_ids is not None:
+                q = q.where(FileEventRow.host_id.in_(host_ids))
+            tags = {}
+            rows = list(conn.execute(q.limit(limit)).scalars())
+            hashes = {r.sha256 for r in rows if r.sha256}
+            if hashes:
+                for a in conn.execute(select(Artefact).where(Artefact.sha256.in_(hashes))).scalars():
+                    tags[a.sha256] = a.tags
+            for r in rows:
+                out.append(
+                    {
+                        "time": _iso(r.time),
+                        "kind": "file",
+                        "type": r.action,
+                        "path": r.path,
+                        "new_path": r.dest_path,
+                        "channel": r.channel,
+                        "origin": r.origin,
+                        "size": r.size,
+                        "sha256": r.sha256,
+                        "kinds": r.kinds or [],
+                        "tags": tags.get(r.sha256 or "", []),
+                        "categories": r.categories or [],
+                        "process": {"pid": r.pid, "exe": r.exe, "user": r.user},
+                        "host_id": r.host_id,
+                        "uid": r.uid,
+                    }
+                )
+        if kind in (None, "flow"):
+            q2 = select(FlowRow).order_by(FlowRow.end_time.desc(), FlowRow.id.desc())
+            if since is not None:
+                q2 = q2.where(FlowRow.end_time >= since)
+            if host_ids is not None:
+                q2 = q2.where(FlowRow.host_id.in_(host_ids))
+            for f in conn.execute(q2.limit(limit)).scalars():
+                out.append(
+                    {
+                        "time": _iso(f.end_time),
+                        "kind": "flow",
+                        "type": f.protocol,
+                        "start": _iso(f.start_time),
+                        "src": f"{f.src_ip}:{f.src_port}",
+                        "dst": f"{f.dst_ip}:{f.dst_port}",
+                        "dst_ip": f.dst_ip,
+                        "dst_port": f.dst_port,
+                        "bytes_out": f.bytes_out,
+                        "bytes_in": f.bytes_in,
+                        "byte_source": f.byte_source,
+                        "name": f.name,
+                        "name_source": f.name_source,
+                        "sni": f.sni,
+                        "dest_class": f.dest_class,
+                        "country": f.country,
+                        "channel": "network",
+                        "tags": [],
+                        "process": {"pid": f.pid, "exe": f.exe, "user": f.user},
+                        "host_id": f.host_id,
+                        "uid": f.uid,
+                    }
+                )
+        out.sort(key=lambda d: d["time"] or "", reverse=True)
+        yield from out[:limit]

@@ -1,0 +1,199 @@
+"""The single store writer: one thread, a bounded queue, batched commits.
+
+Events reach the writer through `submit()` (the pipeline's sink). The writer commits at
+most `batch_size` events or every `flush_interval` seconds, with Core `executemany`
+inserts and `ON CONFLICT DO NOTHING` on each row's uid — so re-sending a batch after a
+half-committed failure stores nothing twice. A failed commit is retried with back-off
+and the batch kept; while it retries the queue fills and back-pressure reaches the
+sensors, whose drops are counted. `stop()` flushes everything queued before returning.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, delete, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+
+from agent import metrics
+from agent.events import Event, FileEvent, Flow
+from agent.pipeline import BoundedQueue
+from agent.store import rows as R
+from agent.store.models import (
+    Artefact,
+    DecisionRow,
+    FileEventRow,
+    FileState,
+    FlowRow,
+    Lineage,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _insert(engine: Engine, table: Any) -> Any:
+    if engine.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def write_batch(engine: Engine, host_id: str, events: Sequence[Event]) -> dict[str, int]:
+    """Commit one batch in one transaction; idempotent. Returns rows offered per table."""
+    now = datetime.now(UTC)
+    file_rows = [R.file_event_row(e, host_id) for e in events if isinstance(e, FileEvent)]
+    flow_rows = [R.flow_row(e, host_id) for e in events if isinstance(e, Flow)]
+    decision_rows = [d for e in events for d in R.decision_rows(e, host_id)]
+    artefacts: dict[str, dict[str, Any]] = {}
+    lineage: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for e in events:
+        if isinstance(e, FileEvent) and e.artefact is not None:
+            row = R.artefact_row(e.artefact, now)
+            if row is not None:
+                artefacts[row["sha256"]] = row
+            for ln in R.lineage_rows(e.artefact, now):
+                lineage[(ln["parent_sha256"], ln["child_sha256"], ln["relation"])] = ln
+    upserts, deletes = R.file_state_changes(events)
+
+    with engine.begin() as conn:
+        if file_rows:
+            conn.execute(
+                _insert(engine, FileEventRow.__table__).on_conflict_do_nothing(
+                    index_elements=["uid"]
+                ),
+                file_rows,
+            )
+        if flow_rows:
+            conn.execute(
+                _insert(engine, FlowRow.__table__).on_conflict_do_nothing(index_elements=["uid"]),
+                flow_rows,
+            )
+        if decision_rows:
+            conn.execute(
+                _insert(engine, DecisionRow.__table__).on_conflict_do_nothing(
+                    index_elements=["uid"]
+                ),
+                decision_rows,
+            )
+        if artefacts:
+            stmt = _insert(engine, Artefact.__table__)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["sha256"],
+                set_={
+                    "last_seen": stmt.excluded.last_seen,
+                    "tags": stmt.excluded.tags,
+                    "kinds": stmt.excluded.kinds,
+                    "matches": stmt.excluded.matches,
+                    "content_type": stmt.excluded.content_type,
+                },
+            )
+            conn.execute(stmt, list(artefacts.values()))
+        if lineage:
+            conn.execute(
+                _insert(engine, Lineage.__table__).on_conflict_do_nothing(),
+                list(lineage.values()),
+            )
+        if deletes:
+            keys = [(host_id, p) for p in deletes]
+            for i in range(0, len(keys), 500):
+                conn.execute(
+                    delete(FileState).where(
+                        tuple_(FileState.host_id, FileState.path).in_(keys[i : i + 500])
+                    )
+                )
+        if upserts:
+            stmt = _insert(engine, FileState.__table__)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["host_id", "path"],
+                set_={
+                    c: getattr(stmt.excluded, c)
+                    for c in ("size", "inode", "mtime_ns", "sha256", "updated_at")
+                },
+            )
+            conn.execute(stmt, [{"host_id": host_id, **u} for u in upserts.values()])
+    return {
+        "file_events": len(file_rows),
+        "flows": len(flow_rows),
+        "decisions": len(decision_rows),
+        "artefacts": len(artefacts),
+    }
+
+
+class StoreWriter:
+    """One thread that owns all event writes to the store."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        host_id: str,
+        batch_size: int = 1000,
+        flush_interval: float = 0.1,
+        queue_size: int = 100_000,
+        stop_retry_seconds: float = 30.0,
+    ) -> None:
+        self.engine = engine
+        self.host_id = host_id
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.stop_retry_seconds = stop_retry_seconds
+        self.queue: BoundedQueue[Event] = BoundedQueue("store", queue_size)
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.written = 0
+
+    def submit(self, event: Event) -> None:
+        """Sink for the pipeline: waits while the queue is full (back-pressure)."""
+        self.queue.put(event, timeout=None)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="store-writer")
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Flush everything queued, then join the thread."""
+        if self._thread is None:
+            return
+        self._stopping.set()
+        self.queue.put_stop()
+        self._thread.join()
+        self._thread = None
+
+    def _run(self) -> None:
+        done = False
+        while not done:
+            batch, done = self.queue.get_batch(self.batch_size, self.flush_interval)
+            if batch:
+                self._commit(batch)
+
+    def _commit(self, batch: list[Event]) -> None:
+        delay = 0.05
+        deadline: float | None = None
+        while True:
+            started = time.perf_counter()
+            try:
+                counts = write_batch(self.engine, self.host_id, batch)
+            except SQLAlchemyError as e:
+                reason = type(getattr(e, "orig", None) or e).__name__
+                metrics.STORE_ERRORS.labels(reason).inc()
+                log.warning("store write failed (%s); retrying in %.1fs", e.__class__.__name__, delay)
+                if self._stopping.is_set():
+                    deadline = deadline or time.monotonic() + self.stop_retry_seconds
+                    if time.monotonic() > deadline:
+                        metrics.DROPPED.labels("store", "store_unavailable_at_stop").inc(len(batch))
+                        log.error("store still failing at stop: %d events not written", len(batch))
+                        return
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            metrics.STORE_WRITE_SECONDS.observe(time.perf_counter() - started)
+            for table, n in counts.items():
+                if n:
+                    metrics.STORE_ROWS.labels(table).inc(n)
+            metrics.STORE_LAST_WRITE.set_to_current_time()
+            self.written += len(batch)
+            return

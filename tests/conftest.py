@@ -1,0 +1,176 @@
+"""Shared fixtures: free ports, temporary configs, a PostgreSQL database per test, and
+a running `egress-agent run` subprocess with helpers to scrape and stop it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PG_ADMIN_URL = os.environ.get("EGRESS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def pg_available() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards.
+
+    Skips when the server is unreachable — except under CI, where that is a failure.
+    """
+    if not pg_available():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL at 127.0.0.1:5432 is unreachable under CI")
+        pytest.skip("PostgreSQL at 127.0.0.1:5432 is unreachable")
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"ea_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def write_config(path: Path, doc: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    return path
+
+
+@pytest.fixture
+def agent_config(tmp_path: Path) -> dict[str, Any]:
+    """A minimal config document: state in tmp, a free metrics port, no sensors."""
+    return {
+        "agent": {"state_dir": str(tmp_path / "state")},
+        "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+        "sensors": {"enabled": []},
+        "jobs": {},
+    }
+
+
+class AgentProcess:
+    """`egress-agent run` in a subprocess, with its metrics URL."""
+
+    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
+        self.config_path = config_path
+        doc = yaml.safe_load(config_path.read_text())
+        self.metrics_url = f"http://{doc['metrics']['listen']}/metrics"
+        full_env = {**os.environ, **(env or {})}
+        self.stderr_path = config_path.with_suffix(".stderr")
+        self._stderr = self.stderr_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "--config", str(config_path), "run"],
+            cwd=REPO,
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr,
+        )
+
+    def wait_metrics(self, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited {self.proc.returncode}: {self.stderr()}")
+            try:
+                return self.scrape()
+            except OSError as e:
+                last = e
+                time.sleep(0.1)
+        raise AssertionError(f"metrics never came up: {last}; stderr: {self.stderr()}")
+
+    def scrape(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
+            return str(r.read().decode())
+
+    def metric(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        for fam in text_string_to_metric_families(self.scrape()):
+            for s in fam.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items()):
+                    return float(s.value)
+        return None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self._stderr.close()
+
+    def stderr(self) -> str:
+        self._stderr.flush()
+        return self.stderr_path.read_text(errors="replace")[-4000:]
+
+
+@pytest.fixture
+def run_agent(tmp_path: Path) -> Iterator[Any]:
+    """Start agents from config documents; every one is stopped at the end of the test."""
+    procs: list[AgentProcess] = []
+
+    def start(doc: dict[str, Any], env: dict[str, str] | None = None, name: str = "agent") -> AgentProcess:
+        cfg = write_config(tmp_path / f"{name}-{len(procs)}.yaml", doc)
+        p = AgentProcess(cfg, env)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait()
+
+
+def cli(*args: str, config: Path | None = None, check: bool = True, env: dict[str, str] | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run `egress-agent ARGS` as a user would."""
+    cmd = [sys.executable, "-m", "agent"]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    cmd += list(args)
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, **(env or {})})
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {res.returncode}: {res.stderr}")
+    return res
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None
