@@ -81,7 +81,7 @@ class MetricsSection(_Section):
     @field_validator("listen")
     @classmethod
     def _host_port(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
+        _host, sep, port = v.rpartition(":")
         if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("must be host:port, e.g. 127.0.0.1:9813")
         return v
@@ -111,7 +111,11 @@ class NetworkSection(_Section):
     interfaces: list[str] = Field(default_factory=list)  # empty: the network sensor is off
     internal_networks: list[str] = Field(
         default_factory=lambda: [
-            "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7",
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "100.64.0.0/10",
+            "fc00::/7",
         ]
     )
     approved_destinations: list[str] = Field(default_factory=list)  # CIDRs or host names
@@ -228,7 +232,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the config must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: the config must be a mapping of sections, got {type(data).__name__}"
+        )
     return data
 
 

@@ -53,12 +53,16 @@ def build_stages(rt: Runtime) -> list[StageSpec]:
     a `CategoryProvider`).
     """
     stages: list[StageSpec] = []
+    # [policy] create the PolicyHolder here (rt.extras["policy"], rt.extras["categories"])
+    # [classify] stages.append(StageSpec("classify", ClassifyStage(rt)))
+    # [policy] stages.append(StageSpec("policy", PolicyStage(rt)))
     return stages
 
 
 def build_sinks(rt: Runtime, writer: StoreWriter) -> list[Sink]:
     """Where judged events go: the store writer first, then correlation."""
     sinks: list[Sink] = [writer.submit]
+    # [incidents] sinks.append(correlator.submit) — register its stop in rt.extras["stop_hooks"]
     return sinks
 
 
@@ -117,13 +121,15 @@ class Agent:
         self._start_scheduler()
         self.write_status()
         self.notifier.ready(f"watching; {len(self.sensors)} sensor(s) up")
-        log.info("egress-agent running (host %s, store %s)", hostname, self.engine.url.render_as_string())
+        log.info(
+            "egress-agent running (host %s, store %s)", hostname, self.engine.url.render_as_string()
+        )
 
     def _start_sensors(self) -> None:
         for name in self.settings.sensors.enabled:
             try:
                 factory = sensors.load(name)
-                sensor = factory(self.settings)
+                sensor = factory(self.runtime)
                 sensor.start(self._emit)
             except SensorUnavailable as e:
                 self.sensor_errors[name] = str(e)
@@ -160,6 +166,12 @@ class Agent:
             self._scheduler.shutdown(wait=True)
         if hasattr(self, "pipeline"):
             self.pipeline.stop()
+        if hasattr(self, "runtime"):
+            for hook in self.runtime.extras.get("stop_hooks", []):
+                try:
+                    hook()
+                except Exception:
+                    log.exception("stop hook failed")
         if hasattr(self, "writer"):
             self.writer.stop()
         if self._metrics_server is not None:
@@ -203,7 +215,8 @@ class Agent:
 
             logs.setup(new.agent.log_level, new.agent.log_format)
             changed = [
-                k for k in type(new).model_fields
+                k
+                for k in type(new).model_fields
                 if getattr(new, k) != getattr(self.settings, k) and k not in ("agent", "policies")
             ]
             if changed:

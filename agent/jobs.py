@@ -78,7 +78,11 @@ def retention_job(rt: Runtime) -> tuple[str, float, Job] | None:
     def run() -> None:
         cutoff = datetime.now(UTC) - timedelta(days=rt.settings.jobs.retention_days)
         with rt.engine.begin() as conn:
-            for table, col in (("file_events", "time"), ("flows", "end_time"), ("decisions", "time")):
+            for table, col in (
+                ("file_events", "time"),
+                ("flows", "end_time"),
+                ("decisions", "time"),
+            ):
                 conn.execute(
                     text(f"DELETE FROM {table} WHERE host_id = :h AND {col} < :c"),
                     {"h": rt.host_id, "c": cutoff},
@@ -87,7 +91,12 @@ def retention_job(rt: Runtime) -> tuple[str, float, Job] | None:
     return "retention", rt.settings.jobs.retention_interval, run
 
 
-JOB_BUILDERS: list[JobBuilder] = [maintenance_job, retention_job]
+JOB_BUILDERS: list[JobBuilder] = [
+    maintenance_job,
+    retention_job,
+    # [files] inventory rescan job builder
+    # [incidents] scheduled export job builder
+]
 
 
 def start(rt: Runtime) -> BackgroundScheduler:

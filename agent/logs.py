@@ -36,8 +36,10 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     def __init__(self, journald: bool) -> None:
-        fmt = "%(levelname)s %(name)s: %(message)s" if journald else (
-            "%(asctime)s %(levelname)s %(name)s: %(message)s"
+        fmt = (
+            "%(levelname)s %(name)s: %(message)s"
+            if journald
+            else ("%(asctime)s %(levelname)s %(name)s: %(message)s")
         )
         super().__init__(fmt)
         self.journald = journald

@@ -79,9 +79,7 @@ CLASSIFY_SKIPPED = Counter(
     ["reason"],
 )
 HASHED_BYTES = Counter("egress_agent_hashed_bytes_total", "Bytes hashed with SHA-256.")
-HASH_CACHE = Counter(
-    "egress_agent_hash_cache_total", "Hash cache lookups by result.", ["result"]
-)
+HASH_CACHE = Counter("egress_agent_hash_cache_total", "Hash cache lookups by result.", ["result"])
 
 # --- network -------------------------------------------------------------------
 OUTBOUND_BYTES = Counter(

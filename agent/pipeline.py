@@ -110,9 +110,8 @@ class Pipeline:
     ) -> None:
         self._put_timeout = put_timeout
         # queue i feeds stage i; the last queue feeds the thread that delivers to sinks
-        self._queues: list[BoundedQueue[Event]] = [
-            BoundedQueue(s.name, queue_size) for s in stages
-        ] + [BoundedQueue("dispatch", queue_size)]
+        names = [s.name for s in stages] + ["dispatch"]
+        self._queues: list[BoundedQueue[Event]] = [BoundedQueue(n, queue_size) for n in names]
         self._stages = list(stages)
         self._sinks = list(sinks)
         self._threads: list[threading.Thread] = []

@@ -145,7 +145,9 @@ def run_agent(tmp_path: Path) -> Iterator[Any]:
     """Start agents from config documents; every one is stopped at the end of the test."""
     procs: list[AgentProcess] = []
 
-    def start(doc: dict[str, Any], env: dict[str, str] | None = None, name: str = "agent") -> AgentProcess:
+    def start(
+        doc: dict[str, Any], env: dict[str, str] | None = None, name: str = "agent"
+    ) -> AgentProcess:
         cfg = write_config(tmp_path / f"{name}-{len(procs)}.yaml", doc)
         p = AgentProcess(cfg, env)
         procs.append(p)
@@ -158,15 +160,26 @@ def run_agent(tmp_path: Path) -> Iterator[Any]:
             p.proc.wait()
 
 
-def cli(*args: str, config: Path | None = None, check: bool = True, env: dict[str, str] | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str,
+    config: Path | None = None,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
     """Run `egress-agent ARGS` as a user would."""
     cmd = [sys.executable, "-m", "agent"]
     if config is not None:
         cmd += ["--config", str(config)]
     cmd += list(args)
-    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                         env={**os.environ, **(env or {})})
+    res = subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
     if check and res.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {res.returncode}: {res.stderr}")
     return res

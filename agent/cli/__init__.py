@@ -37,7 +37,9 @@ _VERBS = [
 @click.option("--log-format", type=click.Choice(["text", "json"]), default=None)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, log_format: str | None, log_level: str | None) -> None:
+def cli(
+    ctx: click.Context, config_path: str | None, log_format: str | None, log_level: str | None
+) -> None:
     """Watch controlled technology leave this host: files, network, policy, incidents."""
     ctx.ensure_object(dict)
     ctx.obj["config_path"] = config_path

@@ -67,7 +67,9 @@ def parse_since(value: str | None) -> datetime | None:
     try:
         t = datetime.fromisoformat(value)
     except ValueError:
-        raise UserError(f"--since/--until: {value!r} is neither an ISO time nor like 15m, 2h, 7d") from None
+        raise UserError(
+            f"--since/--until: {value!r} is neither an ISO time nor like 15m, 2h, 7d"
+        ) from None
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 

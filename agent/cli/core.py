@@ -63,7 +63,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
     s = settings_from(ctx)
     doc: dict[str, object] = {"config": str(s.source) if s.source else None}
-    doc["database"] = s.database.url and _redact(s.database_url) or s.database_url
+    doc["database"] = (s.database.url and _redact(s.database_url)) or s.database_url
     try:
         engine = open_store(s)
         doc["store_reachable"] = True
@@ -99,7 +99,8 @@ def _print_status(doc: dict[str, object]) -> None:
     if not doc["store_reachable"]:
         click.echo(f"           UNREACHABLE: {doc.get('store_error')}")
     else:
-        click.echo(f"schema:    {doc.get('schema_revision') or 'not created (run: egress-agent db upgrade)'}")
+        revision = doc.get("schema_revision") or "not created (run: egress-agent db upgrade)"
+        click.echo(f"schema:    {revision}")
         c = doc.get("counts")
         if isinstance(c, dict):
             click.echo(
@@ -137,7 +138,12 @@ def events() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
 def events_list(
-    ctx: click.Context, since: str | None, limit: int, kind: str | None, host: str | None, as_json: bool
+    ctx: click.Context,
+    since: str | None,
+    limit: int,
+    kind: str | None,
+    host: str | None,
+    as_json: bool,
 ) -> None:
     """List events, newest first."""
     from agent.store.queries import list_events

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Protocol
 from agent.events import Event
 
 if TYPE_CHECKING:
-    from agent.config import Settings
+    from agent.daemon import Runtime
 
 Emit = Callable[[Event], bool]
 
@@ -38,7 +38,8 @@ class Sensor(Protocol):
         """Facts for `egress-agent status` (e.g. why process attribution is off)."""
 
 
-SensorFactory = Callable[["Settings"], Sensor]
+SensorFactory = Callable[["Runtime"], Sensor]
+"""Builds a sensor from the runtime (settings, store engine, host id)."""
 
 # name -> "module:factory"; imported lazily so an unused sensor costs nothing at start.
 _REGISTRY: dict[str, str] = {

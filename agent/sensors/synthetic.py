@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from agent import metrics
-from agent.config import Settings
 from agent.events import Channel, FileAction, FileEvent, Origin
 from agent.sensors import Emit
+
+if TYPE_CHECKING:
+    from agent.daemon import Runtime
 
 
 class SyntheticSensor:
@@ -61,5 +64,6 @@ class SyntheticSensor:
         return {"emitted": self.emitted, "dropped": self.dropped, "target": self.count}
 
 
-def create(settings: Settings) -> SyntheticSensor:
-    return SyntheticSensor(settings.sensors.synthetic_count, settings.sensors.synthetic_rate)
+def create(rt: Runtime) -> SyntheticSensor:
+    s = rt.settings.sensors
+    return SyntheticSensor(s.synthetic_count, s.synthetic_rate)

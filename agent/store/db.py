@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect, select, text
+from sqlalchemy import Engine, create_engine, event, insert, inspect, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -71,7 +71,9 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
     except SQLAlchemyError as e:
-        raise StoreError(f"cannot upgrade the database at {engine.url!r}: {e.orig or e}") from None
+        raise StoreError(
+            f"cannot upgrade the database at {engine.url!r}: {getattr(e, 'orig', None) or e}"
+        ) from None
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -107,14 +109,17 @@ def register_host(engine: Engine, host_id: str, hostname: str) -> None:
         row = conn.execute(select(Host.id).where(Host.id == host_id)).first()
         if row is None:
             conn.execute(
-                Host.__table__.insert().values(
-                    id=host_id, hostname=hostname, agent_version=__version__,
-                    first_seen=now, last_seen=now,
+                insert(Host).values(
+                    id=host_id,
+                    hostname=hostname,
+                    agent_version=__version__,
+                    first_seen=now,
+                    last_seen=now,
                 )
             )
         else:
             conn.execute(
-                Host.__table__.update()
+                update(Host)
                 .where(Host.id == host_id)
                 .values(hostname=hostname, agent_version=__version__, last_seen=now)
             )

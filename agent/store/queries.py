@@ -85,8 +85,9 @@ def list_events(
         host_ids: list[str] | None = None
         if host:
             host_ids = list(
-                conn.execute(select(Host.id).where((Host.id == host) | (Host.hostname == host)))
-                .scalars()
+                conn.execute(
+                    select(Host.id).where((Host.id == host) | (Host.hostname == host))
+                ).scalars()
             ) or [host]
         out: list[dict[str, Any]] = []
         if kind in (None, "file") or (kind not in ("flow",)):
@@ -101,7 +102,9 @@ def list_events(
             rows = list(conn.execute(q.limit(limit)).scalars())
             hashes = {r.sha256 for r in rows if r.sha256}
             if hashes:
-                for a in conn.execute(select(Artefact).where(Artefact.sha256.in_(hashes))).scalars():
+                for a in conn.execute(
+                    select(Artefact).where(Artefact.sha256.in_(hashes))
+                ).scalars():
                     tags[a.sha256] = a.tags
             for r in rows:
                 out.append(

@@ -180,7 +180,9 @@ class StoreWriter:
             except SQLAlchemyError as e:
                 reason = type(getattr(e, "orig", None) or e).__name__
                 metrics.STORE_ERRORS.labels(reason).inc()
-                log.warning("store write failed (%s); retrying in %.1fs", e.__class__.__name__, delay)
+                log.warning(
+                    "store write failed (%s); retrying in %.1fs", e.__class__.__name__, delay
+                )
                 if self._stopping.is_set():
                     deadline = deadline or time.monotonic() + self.stop_retry_seconds
                     if time.monotonic() > deadline:
