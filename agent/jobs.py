@@ -2,24 +2,28 @@
 
 Every job runs through `_instrumented`, which records runs, failures and durations in
 metrics and logs a failure without letting it escape: a failing job never stops the
-daemon, and it runs again at its next interval. Jobs are coalesced with a grace time,
-so a job missed while the agent was down runs once on start, not once per missed slot.
+daemon, and it runs again at its next interval. Each run's time is persisted in the
+`job_state` table (row `schedule/<job>`), and `start` schedules a job's first run from
+it: a job whose interval passed while the agent was down runs once soon after start
+(coalesced, not once per missed slot); one that is not yet due waits for its slot.
 Jobs that belong to a later capability register themselves in `JOB_BUILDERS`.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import text
+from sqlalchemy import Engine, delete, insert, select, update
 
 from agent import metrics
+from agent.store.models import DecisionRow, FileEventRow, FlowRow, IncidentRow, JobState
 
 if TYPE_CHECKING:
     from agent.daemon import Runtime
@@ -30,12 +34,71 @@ Job = Callable[[], object]
 # each builder returns (name, interval seconds, callable) or None when off in config
 JobBuilder = Callable[["Runtime"], "tuple[str, float, Job] | None"]
 
+# a job that never ran, or whose slot passed while the agent was down, runs this soon
+# after start: late enough not to compete with start-up, early enough to be useful
+FIRST_RUN_DELAY = 5.0
+RETENTION_CHUNK = 5000  # rows per delete transaction, so the writer is never blocked long
+_UID = re.compile(r"^[0-9a-f]{32}(:[0-9]+)?$")  # an event uid, or a decision's
 
-def _instrumented(name: str, fn: Job) -> Job:
+
+# --- persisted schedule -------------------------------------------------------------
+def _state_key(job: str) -> str:
+    return f"schedule/{job}"
+
+
+def last_run(engine: Engine, host_id: str, job: str) -> datetime | None:
+    """When `job` last ran on this host (success or failure), from `job_state`."""
+    with engine.connect() as conn:
+        value = conn.execute(
+            select(JobState.value).where(
+                JobState.name == _state_key(job), JobState.host_id == host_id
+            )
+        ).scalar()
+    if not isinstance(value, dict) or not isinstance(value.get("last_run"), str):
+        return None
+    try:
+        when = datetime.fromisoformat(value["last_run"])
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def record_run(engine: Engine, host_id: str, job: str, when: datetime, ok: bool) -> None:
+    key = _state_key(job)
+    value = {"last_run": when.isoformat(), "result": "success" if ok else "failure"}
+    with engine.begin() as conn:
+        where = (JobState.name == key, JobState.host_id == host_id)
+        previous = conn.execute(select(JobState.value).where(*where)).scalar()
+        if ok:
+            value["last_success"] = value["last_run"]
+        elif isinstance(previous, dict) and "last_success" in previous:
+            value["last_success"] = previous["last_success"]
+        if previous is None:
+            conn.execute(
+                insert(JobState).values(name=key, host_id=host_id, value=value, updated_at=when)
+            )
+        else:
+            conn.execute(update(JobState).where(*where).values(value=value, updated_at=when))
+
+
+def first_run_time(
+    previous: datetime | None, interval: float, now: datetime, delay: float = FIRST_RUN_DELAY
+) -> datetime:
+    """The first run after start: its next slot, or soon if it never ran or was missed."""
+    soon = now + timedelta(seconds=min(interval, delay))
+    if previous is None or previous > now:  # never ran, or a clock that went backwards
+        return soon
+    return max(previous + timedelta(seconds=interval), soon)
+
+
+def _instrumented(name: str, fn: Job, rt: Runtime | None = None) -> Job:
     def run() -> None:
         started = time.perf_counter()
+        when = datetime.now(UTC)
+        ok = False
         try:
             fn()
+            ok = True
         except Exception:
             metrics.JOB_RUNS.labels(name, "failure").inc()
             log.exception("job %s failed; it will run again at its next interval", name)
@@ -44,10 +107,17 @@ def _instrumented(name: str, fn: Job) -> Job:
             metrics.JOB_LAST_SUCCESS.labels(name).set_to_current_time()
         finally:
             metrics.JOB_SECONDS.labels(name).observe(time.perf_counter() - started)
+        if rt is None:
+            return
+        try:
+            record_run(rt.engine, rt.host_id, name, when, ok)
+        except Exception:  # the store may be down; the job ran, the next start may rerun it
+            log.warning("job %s: cannot record its run in job_state", name, exc_info=True)
 
     return run
 
 
+# --- maintenance ----------------------------------------------------------------------
 def store_size_bytes(rt: Runtime) -> int:
     db = rt.engine.url.database
     if rt.engine.dialect.name != "sqlite" or not db:
@@ -72,21 +142,91 @@ def maintenance_job(rt: Runtime) -> tuple[str, float, Job] | None:
     return "maintenance", rt.settings.jobs.maintenance_interval, run
 
 
+# --- retention ------------------------------------------------------------------------
+def _uids_in(value: Any) -> Iterator[str]:
+    """Every event or decision uid anywhere in an incident's evidence document."""
+    if isinstance(value, str):
+        if _UID.match(value):
+            yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _uids_in(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _uids_in(v)
+
+
+def protected_uids(engine: Engine, host_id: str) -> set[str]:
+    """Uids of events, flows and decisions that a not-closed incident's evidence names."""
+    uids: set[str] = set()
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(IncidentRow.uid, IncidentRow.evidence).where(
+                IncidentRow.host_id == host_id, IncidentRow.status != "closed"
+            )
+        )
+        for incident_uid, evidence in rows:
+            uids.add(incident_uid)
+            uids.update(_uids_in(evidence))
+    return uids
+
+
+def _delete_older(
+    engine: Engine, table: Any, when: Any, host_id: str, cutoff: datetime, keep: set[str]
+) -> int:
+    """Delete rows of `table` older than `cutoff` in chunks by id.
+
+    A row is spared when its uid is in `keep` — or, for a decision, the uid of the event
+    it judged.
+    """
+    refs = [table.c.uid] + ([table.c.subject_uid] if "subject_uid" in table.c else [])
+    deleted = 0
+    after: int | None = None
+    while True:
+        query = select(table.c.id, *refs).where(table.c.host_id == host_id, when < cutoff)
+        if after is not None:
+            query = query.where(table.c.id > after)
+        with engine.begin() as conn:
+            old = conn.execute(query.order_by(table.c.id).limit(RETENTION_CHUNK)).all()
+            ids = [row[0] for row in old if keep.isdisjoint(row[1:])]
+            if ids:
+                conn.execute(delete(table).where(table.c.id.in_(ids)))
+        deleted += len(ids)
+        if len(old) < RETENTION_CHUNK:
+            return deleted
+        after = old[-1][0]
+
+
+def apply_retention(engine: Engine, host_id: str, days: int) -> dict[str, int]:
+    """Delete this host's file events, flows and decisions older than `days` days.
+
+    Incidents are never deleted. What an open (not closed) incident's evidence names is
+    kept: the events and flows, their decisions, and the event a named decision judged.
+    """
+    cutoff = datetime.now(UTC) - timedelta(days=days)
+    keep = protected_uids(engine, host_id)
+    keep.update(uid.partition(":")[0] for uid in list(keep))  # decision uid -> its event
+    counts: dict[str, int] = {}
+    for model, when in (
+        (FileEventRow, FileEventRow.time),
+        (FlowRow, FlowRow.end_time),
+        (DecisionRow, DecisionRow.time),
+    ):
+        table: Any = model.__table__
+        counts[table.name] = _delete_older(engine, table, when, host_id, cutoff, keep)
+    return counts
+
+
 def retention_job(rt: Runtime) -> tuple[str, float, Job] | None:
     """Delete events, flows and decisions older than N days; incidents are never touched."""
 
     def run() -> None:
-        cutoff = datetime.now(UTC) - timedelta(days=rt.settings.jobs.retention_days)
-        with rt.engine.begin() as conn:
-            for table, col in (
-                ("file_events", "time"),
-                ("flows", "end_time"),
-                ("decisions", "time"),
-            ):
-                conn.execute(
-                    text(f"DELETE FROM {table} WHERE host_id = :h AND {col} < :c"),
-                    {"h": rt.host_id, "c": cutoff},
-                )
+        counts = apply_retention(rt.engine, rt.host_id, rt.settings.jobs.retention_days)
+        log.info(
+            "retention: deleted rows older than %d days: %s",
+            rt.settings.jobs.retention_days,
+            ", ".join(f"{t}={n}" for t, n in counts.items()),
+        )
 
     return "retention", rt.settings.jobs.retention_interval, run
 
@@ -99,28 +239,37 @@ JOB_BUILDERS: list[JobBuilder] = [
 ]
 
 
-def start(rt: Runtime) -> BackgroundScheduler:
-    scheduler = BackgroundScheduler(
-        timezone="UTC",
-        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-    )
+def start(rt: Runtime, now: datetime | None = None) -> BackgroundScheduler:
+    """Schedule every configured job from its persisted last run, and start the scheduler."""
+    scheduler = BackgroundScheduler(timezone="UTC", job_defaults=job_kwargs())
     metrics.STORE_SIZE.set_function(lambda: store_size_bytes(rt))
+    now = now or datetime.now(UTC)
     for build in JOB_BUILDERS:
         spec = build(rt)
         if spec is None:
             continue
         name, interval, fn = spec
+        try:
+            previous = last_run(rt.engine, rt.host_id, name)
+        except Exception:
+            log.warning("job %s: cannot read its last run; running it soon", name, exc_info=True)
+            previous = None
+        first = first_run_time(previous, interval, now)
         scheduler.add_job(
-            _instrumented(name, fn),
+            _instrumented(name, fn, rt),
             "interval",
             seconds=interval,
+            start_date=first,
             id=name,
             name=name,
-            next_run_time=datetime.now(UTC) + timedelta(seconds=min(interval, 5.0)),
+            next_run_time=first,
         )
+        log.debug("job %s: every %ss, first run at %s", name, interval, first.isoformat())
     scheduler.start()
     return scheduler
 
 
 def job_kwargs() -> dict[str, Any]:
-    return {"coalesce": True, "max_instances": 1}
+    # coalesce: runs missed while busy collapse into one; no grace limit, so a late run
+    # still happens rather than being skipped
+    return {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}

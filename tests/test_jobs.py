@@ -1,0 +1,350 @@
+"""Scheduled jobs against a real SQLite store and a real APScheduler.
+
+Retention (what is deleted, what an open incident keeps), the persisted schedule (a
+missed job runs once on start, a job not yet due waits, across restarts of a real
+agent), and failure isolation (a failing job is counted, logged and retried).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from sqlalchemy import Engine, func, insert, select
+
+from agent import jobs, metrics
+from agent.config import Settings
+from agent.daemon import Runtime
+from agent.events import Decision, FileAction, FileEvent, Flow, Severity
+from agent.store.db import make_engine, register_host, upgrade
+from agent.store.models import DecisionRow, FileEventRow, FlowRow, IncidentRow, JobState
+from agent.store.writer import write_batch
+
+HOST = "h" * 32
+OTHER = "o" * 32
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    eng = make_engine(f"sqlite:///{tmp_path / 'agent.db'}")
+    upgrade(eng)
+    register_host(eng, HOST, "test-host")
+    yield eng
+    eng.dispose()
+
+
+def runtime(engine: Engine, tmp_path: Path, **jobs_cfg: Any) -> Runtime:
+    settings = Settings(agent={"state_dir": str(tmp_path)}, jobs=jobs_cfg)
+    return Runtime(settings, engine, HOST, "test-host")
+
+
+def decision(rule: str = "r1") -> Decision:
+    return Decision(rule, "pack", Severity.HIGH, "alert", "v1", "because")
+
+
+def file_event(age_days: float, decided: bool = False) -> FileEvent:
+    return FileEvent(
+        FileAction.WRITTEN,
+        f"/data/{age_days}.bin",
+        time=NOW - timedelta(days=age_days),
+        decisions=(decision(),) if decided else (),
+    )
+
+
+def flow(age_days: float) -> Flow:
+    end = NOW - timedelta(days=age_days)
+    return Flow("tcp", "10.0.0.1", 40000, "203.0.113.9", 443, end - timedelta(seconds=5), end)
+
+
+def incident(engine: Engine, status: str, evidence: dict[str, Any]) -> None:
+    old = NOW - timedelta(days=400)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(IncidentRow).values(
+                uid=f"{status}{len(str(evidence))}".ljust(32, "0")[:32],
+                host_id=HOST,
+                kind="exfiltration",
+                rule_id="r1",
+                pack="pack",
+                severity="high",
+                status=status,
+                title="t",
+                dedup_key=status + str(len(evidence)),
+                opened_at=old,
+                updated_at=old,
+                evidence=evidence,
+                policy_version="v1",
+            )
+        )
+
+
+def uids(engine: Engine, model: Any) -> set[str]:
+    with engine.connect() as conn:
+        return set(conn.execute(select(model.uid)).scalars())
+
+
+# --- retention ------------------------------------------------------------------------
+def test_retention_deletes_old_rows_and_keeps_recent_ones(engine: Engine) -> None:
+    old_ev, new_ev = file_event(100, decided=True), file_event(1, decided=True)
+    old_flow, new_flow = flow(100), flow(1)
+    write_batch(engine, HOST, [old_ev, new_ev, old_flow, new_flow])
+    foreign = file_event(200)
+    write_batch(engine, OTHER, [foreign])
+
+    counts = jobs.apply_retention(engine, HOST, days=90)
+
+    assert counts == {"file_events": 1, "flows": 1, "decisions": 1}
+    assert uids(engine, FileEventRow) == {new_ev.uid, foreign.uid}  # other hosts untouched
+    assert uids(engine, FlowRow) == {new_flow.uid}
+    assert uids(engine, DecisionRow) == {f"{new_ev.uid}:0"}
+
+
+def test_retention_never_deletes_incidents_and_keeps_open_evidence(engine: Engine) -> None:
+    cited_event = file_event(300, decided=True)
+    cited_flow = flow(300)
+    judged = file_event(300, decided=True)  # named only through its decision's uid
+    closed_case = file_event(300, decided=True)
+    plain = file_event(300)
+    write_batch(engine, HOST, [cited_event, cited_flow, judged, closed_case, plain])
+    incident(
+        engine,
+        "open",
+        {"file_events": [cited_event.uid], "chain": [{"flow": cited_flow.uid}]},
+    )
+    incident(engine, "acknowledged", {"decisions": [f"{judged.uid}:0"]})
+    incident(engine, "closed", {"file_events": [closed_case.uid]})
+
+    jobs.apply_retention(engine, HOST, days=90)
+
+    assert uids(engine, FileEventRow) == {cited_event.uid, judged.uid}
+    assert uids(engine, FlowRow) == {cited_flow.uid}
+    assert uids(engine, DecisionRow) == {f"{cited_event.uid}:0", f"{judged.uid}:0"}
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(IncidentRow)).scalar() == 3
+
+
+def test_retention_works_past_chunks_full_of_protected_rows(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jobs, "RETENTION_CHUNK", 3)
+    events = [file_event(200 + i) for i in range(10)]
+    write_batch(engine, HOST, events)
+    kept = [e.uid for e in events[:4]]  # the first chunk and a bit are all protected
+    incident(engine, "open", {"file_events": kept})
+
+    counts = jobs.apply_retention(engine, HOST, days=90)
+
+    assert counts["file_events"] == 6
+    assert uids(engine, FileEventRow) == set(kept)
+
+
+def test_retention_job_runs_through_the_scheduler_wrapper(engine: Engine, tmp_path: Path) -> None:
+    write_batch(engine, HOST, [file_event(40), file_event(10)])
+    spec = jobs.retention_job(runtime(engine, tmp_path, retention_days=30))
+    assert spec is not None
+    name, _interval, fn = spec
+    before = metrics.JOB_RUNS.labels("retention", "success")._value.get()
+    jobs._instrumented(name, fn, runtime(engine, tmp_path))()
+    assert metrics.JOB_RUNS.labels("retention", "success")._value.get() == before + 1
+    assert len(uids(engine, FileEventRow)) == 1
+    assert jobs.last_run(engine, HOST, "retention") is not None
+
+
+# --- the persisted schedule -----------------------------------------------------------
+@given(
+    previous_age=st.one_of(st.none(), st.floats(-1e6, 1e8)),
+    interval=st.floats(0.01, 1e7),
+    delay=st.floats(0, 60),
+)
+def test_first_run_is_never_before_start_nor_later_than_its_slot(
+    previous_age: float | None, interval: float, delay: float
+) -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    previous = None if previous_age is None else now - timedelta(seconds=previous_age)
+    first = jobs.first_run_time(previous, interval, now, delay)
+    soon = now + timedelta(seconds=min(interval, delay))
+    assert first >= soon
+    if previous is not None and previous <= now:
+        assert first == max(previous + timedelta(seconds=interval), soon)
+    else:
+        assert first == soon
+
+
+def counting_job(name: str, interval: float, calls: list[float]) -> jobs.JobBuilder:
+    def build(rt: Runtime) -> tuple[str, float, jobs.Job]:
+        return name, interval, lambda: calls.append(time.monotonic())
+
+    return build
+
+
+def start_with(
+    monkeypatch: pytest.MonkeyPatch, rt: Runtime, builders: list[jobs.JobBuilder]
+) -> Any:
+    monkeypatch.setattr(jobs, "JOB_BUILDERS", builders)
+    monkeypatch.setattr(jobs, "FIRST_RUN_DELAY", 0.2)
+    return jobs.start(rt)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_a_job_missed_many_times_runs_once_on_start(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # last ran 10 days ago on an hourly interval: 240 missed slots
+    jobs.record_run(engine, HOST, "hourly", NOW - timedelta(days=10), ok=True)
+    calls: list[float] = []
+    sched = start_with(
+        monkeypatch, runtime(engine, tmp_path), [counting_job("hourly", 3600, calls)]
+    )
+    try:
+        wait_for(lambda: len(calls) >= 1)
+        time.sleep(1.0)
+        assert len(calls) == 1
+        nxt = sched.get_job("hourly").next_run_time
+        assert timedelta(minutes=59) < nxt - datetime.now(UTC) <= timedelta(hours=1)
+    finally:
+        sched.shutdown(wait=True)
+    last = jobs.last_run(engine, HOST, "hourly")
+    assert last is not None and datetime.now(UTC) - last < timedelta(seconds=30)
+
+
+def test_a_job_not_yet_due_waits_for_its_slot(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran_at = datetime.now(UTC) - timedelta(minutes=10)
+    jobs.record_run(engine, HOST, "hourly", ran_at, ok=True)
+    calls: list[float] = []
+    sched = start_with(
+        monkeypatch, runtime(engine, tmp_path), [counting_job("hourly", 3600, calls)]
+    )
+    try:
+        time.sleep(1.0)
+        assert calls == []
+        nxt = sched.get_job("hourly").next_run_time
+        assert abs((nxt - (ran_at + timedelta(hours=1))).total_seconds()) < 1
+    finally:
+        sched.shutdown(wait=True)
+
+
+def test_a_never_run_job_runs_soon_and_then_on_its_interval(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[float] = []
+    sched = start_with(monkeypatch, runtime(engine, tmp_path), [counting_job("fast", 0.5, calls)])
+    try:
+        wait_for(lambda: len(calls) >= 3)
+    finally:
+        sched.shutdown(wait=True)
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
+    assert all(0.3 < g < 1.5 for g in gaps), gaps
+
+
+def test_a_failing_job_is_counted_logged_and_retried(
+    engine: Engine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    attempts: list[int] = []
+    done = threading.Event()
+
+    def flaky(rt: Runtime) -> tuple[str, float, jobs.Job]:
+        def run() -> None:
+            attempts.append(1)
+            if len(attempts) == 1:
+                raise RuntimeError("disk on fire")
+            done.set()
+
+        return "flaky", 0.4, run
+
+    failures = metrics.JOB_RUNS.labels("flaky", "failure")._value.get()
+    sched = start_with(monkeypatch, runtime(engine, tmp_path), [flaky])
+    try:
+        assert done.wait(10), "the job was not retried after failing"
+        assert sched.running
+    finally:
+        sched.shutdown(wait=True)
+    assert metrics.JOB_RUNS.labels("flaky", "failure")._value.get() == failures + 1
+    assert "job flaky failed" in caplog.text and "disk on fire" in caplog.text
+    with engine.connect() as conn:
+        state = conn.execute(
+            select(JobState.value).where(JobState.name == "schedule/flaky")
+        ).scalar()
+    assert state["result"] == "success" and "last_success" in state
+
+
+def test_a_failed_run_is_recorded_and_keeps_the_last_success(engine: Engine) -> None:
+    t1, t2 = NOW - timedelta(hours=2), NOW - timedelta(hours=1)
+    jobs.record_run(engine, HOST, "j", t1, ok=True)
+    jobs.record_run(engine, HOST, "j", t2, ok=False)
+    with engine.connect() as conn:
+        state = conn.execute(select(JobState.value).where(JobState.name == "schedule/j")).scalar()
+    assert state == {
+        "last_run": t2.isoformat(),
+        "result": "failure",
+        "last_success": t1.isoformat(),
+    }
+    assert jobs.last_run(engine, HOST, "j") == t2
+    assert jobs.last_run(engine, OTHER, "j") is None
+
+
+def test_an_unreadable_store_does_not_stop_the_scheduler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # no migrations: job_state does not exist, so reading and recording both fail
+    eng = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    calls: list[float] = []
+    sched = start_with(monkeypatch, runtime(eng, tmp_path), [counting_job("j", 0.3, calls)])
+    try:
+        wait_for(lambda: len(calls) >= 2)
+    finally:
+        sched.shutdown(wait=True)
+        eng.dispose()
+
+
+@pytest.mark.slow
+def test_schedule_survives_agent_restarts(run_agent: Any, agent_config: dict[str, Any]) -> None:
+    """A real agent: first start runs the jobs once; a restart before they are due runs
+    nothing; a restart after a missed slot (simulated by ageing job_state) runs them once."""
+    agent_config["jobs"] = {"maintenance_interval": 3600, "retention_interval": 3600}
+    runs = {"job": "maintenance", "result": "success"}
+
+    first = run_agent(agent_config)
+    first.wait_metrics()
+    wait_for(lambda: first.metric("egress_agent_job_runs_total", runs) == 1, timeout=20)
+    assert first.stop() == 0
+
+    db = Path(agent_config["agent"]["state_dir"]) / "agent.db"
+    eng = make_engine(f"sqlite:///{db}")
+    host_id = (db.parent / "host_id").read_text().strip()
+    ran = jobs.last_run(eng, host_id, "maintenance")
+    assert ran is not None and datetime.now(UTC) - ran < timedelta(minutes=1)
+
+    second = run_agent(agent_config)
+    second.wait_metrics()
+    time.sleep(jobs.FIRST_RUN_DELAY + 2)
+    assert not second.metric("egress_agent_job_runs_total", runs)
+    assert second.stop() == 0
+
+    jobs.record_run(eng, host_id, "maintenance", datetime.now(UTC) - timedelta(days=3), True)
+    eng.dispose()
+    third = run_agent(agent_config)
+    third.wait_metrics()
+    wait_for(lambda: third.metric("egress_agent_job_runs_total", runs) == 1, timeout=20)
+    time.sleep(2)
+    assert third.metric("egress_agent_job_runs_total", runs) == 1
+    assert third.stop() == 0
