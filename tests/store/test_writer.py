@@ -1,0 +1,184 @@
+"""The single writer on real SQLite and PostgreSQL: round trip, idempotency, flush on stop."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from agent import metrics
+from agent.events import (
+    Artefact,
+    CategoryMatch,
+    Channel,
+    Decision,
+    FileAction,
+    FileEvent,
+    Flow,
+    ProcessInfo,
+    Severity,
+    Tag,
+)
+from agent.store.db import make_engine, register_host, upgrade
+from agent.store.models import Artefact as ArtefactRow
+from agent.store.models import DecisionRow, FileEventRow, FileState, FlowRow, Lineage
+from agent.store.queries import counts, list_events
+from agent.store.writer import StoreWriter, write_batch
+
+HOST = "host-test"
+
+
+def _engine(url: str) -> Engine:
+    engine = make_engine(url)
+    upgrade(engine)
+    register_host(engine, HOST, "test-host")
+    return engine
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
+    if request.param == "sqlite":
+        return _engine(f"sqlite:///{tmp_path / 'store.db'}")
+    return _engine(request.getfixturevalue("pg_url"))
+
+
+def _sample() -> list[FileEvent | Flow]:
+    art = Artefact(
+        sha256="a" * 64,
+        size=1234,
+        content_type="safetensors",
+        tags=(
+            Tag(
+                "model_weights",
+                "safetensors header, 1.1e8 parameters, bf16",
+                {"parameters": 110_000_000},
+            ),
+        ),
+        matches=(CategoryMatch("CN-AI-1", 3, "cn"),),
+        parents=("b" * 64,),
+    )
+    weird = os.fsdecode(b"/data/caf\xe9\nname.bin")  # not UTF-8, with a newline
+    now = datetime.now(UTC)
+    return [
+        FileEvent(
+            FileAction.WRITTEN,
+            "/data/model.safetensors",
+            Channel.LOCAL,
+            size=1234,
+            inode=7,
+            mtime_ns=1,
+            artefact=art,
+            process=ProcessInfo(pid=42, exe="/usr/bin/cp", uid=1000, user="alice"),
+            decisions=(Decision("R1", "cn", Severity.HIGH, "alert", "v1", "why", ("CN-AI-1",)),),
+        ),
+        FileEvent(
+            FileAction.MOVED,
+            "/data/model.safetensors",
+            Channel.REMOVABLE,
+            dest_path="/media/usb/m.bin",
+            size=1234,
+        ),
+        FileEvent(FileAction.CREATED, weird, size=0),
+        Flow(
+            "tcp",
+            "10.0.0.1",
+            40000,
+            "203.0.113.9",
+            443,
+            now,
+            now,
+            bytes_out=5_000_000_000,
+            sni="example.org",
+            name="example.org",
+            name_source="sni",
+            dest_class="foreign",
+            country="US",
+        ),
+    ]
+
+
+def test_round_trip(engine: Engine) -> None:
+    events = _sample()
+    write_batch(engine, HOST, events)
+    c = counts(engine)
+    assert (c.file_events, c.flows, c.artefacts, c.decisions) == (3, 1, 1, 1)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Lineage)).scalar_one() == 1
+        row = conn.execute(select(ArtefactRow)).one()
+        assert row.kinds == ["model_weights"]
+        assert row.tags[0]["details"]["parameters"] == 110_000_000
+        flow = conn.execute(select(FlowRow)).one()
+        assert flow.bytes_out == 5_000_000_000  # past 2^32: needs BIGINT
+        paths = set(conn.execute(select(FileEventRow.path)).scalars())
+        assert "/data/caf\\xe9\nname.bin" in paths
+        state = {r.path: r for r in conn.execute(select(FileState)).all()}
+        # the move removed the old path and recorded the new one
+        assert "/data/model.safetensors" not in state
+        assert "/media/usb/m.bin" in state
+        d = conn.execute(select(DecisionRow)).one()
+        assert (d.rule_id, d.severity, d.subject_kind) == ("R1", "high", "file_event")
+    listed = list(list_events(engine, limit=10))
+    assert {e["kind"] for e in listed} == {"file", "flow"}
+    moved = next(e for e in listed if e["type"] == "moved")
+    assert moved["new_path"] == "/media/usb/m.bin" and moved["channel"] == "removable"
+    written = next(e for e in listed if e["type"] == "written")
+    assert written["tags"][0]["kind"] == "model_weights"
+
+
+def test_batch_is_idempotent(engine: Engine) -> None:
+    events = _sample()
+    write_batch(engine, HOST, events)
+    write_batch(engine, HOST, events)  # a retry after an unknown outcome
+    c = counts(engine)
+    assert (c.file_events, c.flows, c.decisions) == (3, 1, 1)
+
+
+def test_writer_flushes_everything_on_stop(tmp_path: Path) -> None:
+    engine = _engine(f"sqlite:///{tmp_path / 's.db'}")
+    writer = StoreWriter(engine, HOST, batch_size=500, flush_interval=5.0, queue_size=20_000)
+    for i in range(10_000):
+        writer.submit(FileEvent(FileAction.WRITTEN, f"/x/{i}", size=i))
+    writer.start()
+    writer.stop()
+    assert counts(engine).file_events == 10_000
+    assert writer.written == 10_000
+
+
+def test_writer_retries_until_the_store_returns(tmp_path: Path) -> None:
+    """A locked database delays the batch; nothing is lost once the lock is gone."""
+    import sqlite3
+    import threading
+
+    db = tmp_path / "locked.db"
+    engine = _engine(f"sqlite:///{db}")
+    engine.dispose()
+    engine = make_engine(f"sqlite:///{db}", sqlite_busy_ms=50)
+
+    holder = sqlite3.connect(db, timeout=1, check_same_thread=False)
+    holder.execute("BEGIN EXCLUSIVE")
+    errors_before = sum(
+        s.value
+        for m in metrics.STORE_ERRORS.collect()
+        for s in m.samples
+        if s.name.endswith("_total")
+    )
+    writer = StoreWriter(engine, HOST, flush_interval=0.01)
+    writer.start()
+    for i in range(100):
+        writer.submit(FileEvent(FileAction.WRITTEN, f"/y/{i}"))
+    release = threading.Timer(1.0, holder.rollback)
+    release.start()
+    writer.stop()
+    release.join()
+    holder.close()
+    errors_after = sum(
+        s.value
+        for m in metrics.STORE_ERRORS.collect()
+        for s in m.samples
+        if s.name.endswith("_total")
+    )
+    assert errors_after > errors_before
+    assert counts(engine).file_events == 100

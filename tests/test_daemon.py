@@ -1,0 +1,149 @@
+"""`egress-agent run` as a real subprocess: metrics, sd_notify, clean stop with nothing lost."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from .conftest import cli, write_config
+
+
+def _wait_for(pred: Any, timeout: float = 30.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+def test_sigterm_with_10000_queued_events_loses_none(
+    agent_config: dict[str, Any], run_agent: Any, tmp_path: Path
+) -> None:
+    # one row per commit makes the writer slow enough that events are still queued
+    agent_config["database"] = {"batch_size": 1}
+    agent_config["sensors"] = {"enabled": ["synthetic"], "synthetic_count": 10_000}
+    agent = run_agent(agent_config)
+    agent.wait_metrics()
+    _wait_for(
+        lambda: agent.metric("egress_agent_sensor_events_total", {"sensor": "synthetic"}) == 10_000
+    )
+    queued = (agent.metric("egress_agent_queue_depth", {"queue": "store"}) or 0) + (
+        agent.metric("egress_agent_queue_depth", {"queue": "dispatch"}) or 0
+    )
+    assert queued > 0, "the test needs events still queued at SIGTERM"
+    assert agent.stop(signal.SIGTERM) == 0, agent.stderr()
+    cfg = agent.config_path
+    out = cli("status", "--json", config=cfg)
+    doc = json.loads(out.stdout)
+    assert doc["counts"]["file_events"] == 10_000
+    assert doc["daemon"]["running"] is False
+
+
+def test_metrics_endpoint_and_build_info(agent_config: dict[str, Any], run_agent: Any) -> None:
+    agent = run_agent(agent_config)
+    text = agent.wait_metrics()
+    assert "egress_agent_build_info{" in text
+    for name in (
+        "egress_agent_store_write_seconds",
+        "egress_agent_events_dropped_total",
+        "egress_agent_queue_depth",
+        "egress_agent_store_last_write_timestamp_seconds",
+    ):
+        assert name in text
+    assert agent.stop(signal.SIGINT) == 0
+
+
+def test_sd_notify_ready_watchdog_stopping(
+    agent_config: dict[str, Any], run_agent: Any, tmp_path: Path
+) -> None:
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(30)
+    agent = run_agent(
+        agent_config, env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"}
+    )
+    seen: list[str] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any("READY=1" in m for m in seen):
+        seen.append(sock.recv(4096).decode())
+    assert any("READY=1" in m for m in seen), seen
+    # WATCHDOG_USEC=0.4 s: pings every 0.2 s
+    pings = 0
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and pings < 3:
+        if "WATCHDOG=1" in sock.recv(4096).decode():
+            pings += 1
+    assert pings >= 3
+    agent.proc.send_signal(signal.SIGTERM)
+    msgs = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any("STOPPING=1" in m for m in msgs):
+        msgs.append(sock.recv(4096).decode())
+    assert any("STOPPING=1" in m for m in msgs)
+    assert agent.stop() == 0
+    sock.close()
+
+
+def test_failing_sensor_is_isolated(agent_config: dict[str, Any], run_agent: Any) -> None:
+    agent_config["sensors"] = {"enabled": ["no-such-sensor", "synthetic"], "synthetic_count": 5}
+    agent = run_agent(agent_config)
+    agent.wait_metrics()
+    assert agent.metric("egress_agent_sensor_up", {"sensor": "no-such-sensor"}) == 0
+    assert agent.metric("egress_agent_sensor_up", {"sensor": "synthetic"}) == 1
+    status = json.loads(cli("status", "--json", config=agent.config_path).stdout)
+    assert "no-such-sensor" in status["daemon"]["sensor_errors"]
+    assert agent.stop() == 0
+
+
+def test_sighup_reload_keeps_running_and_rejects_bad_config(
+    agent_config: dict[str, Any], run_agent: Any
+) -> None:
+    agent = run_agent(agent_config)
+    agent.wait_metrics()
+    write_config(agent.config_path, {**agent_config, "bogus": 1})
+    agent.proc.send_signal(signal.SIGHUP)
+    _wait_for(lambda: "config reload failed" in agent.stderr(), timeout=15)
+    assert agent.proc.poll() is None
+    agent.scrape()
+    assert agent.stop() == 0
+
+
+def test_store_error_is_one_line(tmp_path: Path) -> None:
+    cfg = write_config(
+        tmp_path / "a.yaml",
+        {
+            "agent": {"state_dir": str(tmp_path / "s")},
+            "database": {"url": "postgresql+psycopg://nobody@127.0.0.1:1/none"},
+        },
+    )
+    res = cli("events", "list", config=cfg, check=False)
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr
+    assert "store" in res.stderr
+
+
+def test_db_upgrade_and_events_list_json(
+    agent_config: dict[str, Any], tmp_path: Path, run_agent: Any
+) -> None:
+    agent_config["sensors"] = {"enabled": ["synthetic"], "synthetic_count": 3}
+    cfg = write_config(tmp_path / "c.yaml", agent_config)
+    assert "revision" in cli("db", "upgrade", config=cfg).stdout
+    agent = run_agent(agent_config)
+    agent.wait_metrics()
+    _wait_for(
+        lambda: agent.metric("egress_agent_store_rows_written_total", {"table": "file_events"}) == 3
+    )
+    assert agent.stop() == 0
+    lines = cli("events", "list", "--json", "--kind", "written", config=agent.config_path)
+    docs = [json.loads(line) for line in lines.stdout.splitlines()]
+    assert len(docs) == 3
+    for d in docs:
+        assert {"time", "kind", "type", "path", "channel", "tags"} <= set(d)
+        assert d["kind"] == "file" and d["type"] == "written"

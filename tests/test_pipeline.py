@@ -1,0 +1,70 @@
+"""Bounded queues and stages: ordering, back-pressure, counted drops, drain on stop."""
+
+from __future__ import annotations
+
+import threading
+
+from agent import metrics
+from agent.events import Event, FileAction, FileEvent
+from agent.pipeline import BoundedQueue, Pipeline, StageSpec
+
+
+def _dropped(queue: str) -> float:
+    for m in metrics.DROPPED.collect():
+        for s in m.samples:
+            if s.name.endswith("_total") and s.labels == {"queue": queue, "reason": "queue_full"}:
+                return s.value
+    return 0.0
+
+
+def test_full_queue_drops_and_counts() -> None:
+    q: BoundedQueue[int] = BoundedQueue("test-full", 2)
+    before = _dropped("test-full")
+    assert q.put(1, timeout=0) and q.put(2, timeout=0)
+    assert not q.put(3, timeout=0.01)
+    assert _dropped("test-full") == before + 1
+
+
+def test_stages_run_in_order_and_stop_drains() -> None:
+    seen: list[str] = []
+    gate = threading.Event()
+
+    def slow(e: Event) -> Event:
+        gate.wait()
+        return e
+
+    def mark(e: Event) -> Event:
+        assert isinstance(e, FileEvent)
+        return FileEvent(e.action, e.path + "+", uid=e.uid)
+
+    p = Pipeline(
+        [StageSpec("t-slow", slow), StageSpec("t-mark", mark)],
+        [lambda e: seen.append(e.path) if isinstance(e, FileEvent) else None],
+        queue_size=1000,
+    )
+    p.start()
+    for i in range(500):
+        assert p.emit(FileEvent(FileAction.WRITTEN, f"/p/{i}"))
+    gate.set()
+    p.stop()  # returns only when every queued event reached the sink
+    assert seen == [f"/p/{i}+" for i in range(500)]
+
+
+def test_failing_stage_passes_event_on_and_counts() -> None:
+    out: list[Event] = []
+
+    def broken(e: Event) -> Event:
+        raise RuntimeError("bug")
+
+    p = Pipeline([StageSpec("t-broken", broken)], [out.append], queue_size=10)
+    p.start()
+    p.emit(FileEvent(FileAction.CREATED, "/a"))
+    p.stop()
+    assert len(out) == 1
+    errors = [
+        s.value
+        for m in metrics.STAGE_ERRORS.collect()
+        for s in m.samples
+        if s.labels.get("stage") == "t-broken" and s.name.endswith("_total")
+    ]
+    assert errors == [1.0]
