@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_CONFIG_PATH = Path("/etc/egress-agent/agent.yaml")
@@ -89,6 +96,22 @@ class MetricsSection(_Section):
     @property
     def host(self) -> str:
         return self.listen.rpartition(":")[0].strip("[]")
+
+    @field_validator("basic_auth_password_sha256")
+    @classmethod
+    def _sha256_hex(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) != 64 or any(c not in "0123456789abcdefABCDEF" for c in v)):
+            raise ValueError("must be 64 hex digits: printf %s 'PASSWORD' | sha256sum")
+        return v.lower() if v else v
+
+    @model_validator(mode="after")
+    def _pairs(self) -> MetricsSection:
+        # half a TLS or auth setup would silently serve metrics in the clear or unguarded
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be set together")
+        if (self.basic_auth_user is None) != (self.basic_auth_password_sha256 is None):
+            raise ValueError("basic_auth_user and basic_auth_password_sha256 must be set together")
+        return self
 
     @property
     def port(self) -> int:

@@ -67,14 +67,9 @@ def build_sinks(rt: Runtime, writer: StoreWriter) -> list[Sink]:
 
 
 def start_metrics_server(settings: Settings) -> Any:
-    from prometheus_client import start_http_server
+    from agent.metrics_server import serve
 
-    m = settings.metrics
-    kwargs: dict[str, Any] = {}
-    if m.tls_cert and m.tls_key:
-        kwargs.update(certfile=str(m.tls_cert), keyfile=str(m.tls_key))
-    server, _thread = start_http_server(m.port, addr=m.host, **kwargs)
-    return server
+    return serve(settings.metrics)
 
 
 class Agent:

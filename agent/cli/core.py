@@ -16,6 +16,7 @@ from agent.cli._common import UserError, open_store, parse_since, print_json, se
 def run_cmd(ctx: click.Context) -> None:
     """Run the agent in the foreground (SIGTERM/SIGINT stop, SIGHUP reloads)."""
     from agent import logs
+    from agent.config import ConfigError
     from agent.daemon import run
     from agent.store.db import StoreError
 
@@ -23,7 +24,7 @@ def run_cmd(ctx: click.Context) -> None:
     logs.setup(s.agent.log_level, s.agent.log_format)
     try:
         code = run(s, s.source)
-    except StoreError as e:
+    except (StoreError, ConfigError) as e:
         raise UserError(str(e)) from None
     except OSError as e:
         if e.errno == 98:  # EADDRINUSE

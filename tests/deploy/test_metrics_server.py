@@ -1,0 +1,207 @@
+"""The hardened /metrics endpoint: real TLS (a self-signed cert made by `openssl req`),
+real HTTP basic auth, real HTTPS scrapes — in-process and from a running agent."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter
+
+from agent.config import MetricsSection, Settings
+from agent.metrics_server import MetricsServer, credentials_match, serve
+from tests.conftest import free_port, have
+
+PASSWORD = "s3cret pass:word"
+PASSWORD_SHA256 = hashlib.sha256(PASSWORD.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    if not have("openssl"):
+        pytest.skip("openssl is not installed (scripts/system-deps.sh installs it)")
+    d = tmp_path_factory.mktemp("tls")
+    crt, key = d / "metrics.crt", d / "metrics.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", str(key), "-out", str(crt)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return crt, key
+
+
+def client_ctx(crt: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(crt))  # verifies the chain and the name
+    return ctx
+
+
+def get(
+    url: str, ctx: ssl.SSLContext | None = None, auth: tuple[str, str] | None = None, **hdr: str
+) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, headers=hdr)
+    if auth:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=5, context=ctx) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    reg = CollectorRegistry()
+    Counter("egress_agent_test_things_total", "Things.", registry=reg).inc(3)
+    return reg
+
+
+@pytest.fixture
+def tls_auth_server(
+    cert: tuple[Path, Path], registry: CollectorRegistry
+) -> Iterator[MetricsServer]:
+    m = MetricsSection(
+        listen=f"127.0.0.1:{free_port()}",
+        tls_cert=cert[0],
+        tls_key=cert[1],
+        basic_auth_user="prometheus",
+        basic_auth_password_sha256=PASSWORD_SHA256,
+    )
+    srv = serve(m, registry)
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_https_scrape_with_credentials(
+    tls_auth_server: MetricsServer, cert: tuple[Path, Path]
+) -> None:
+    url = f"https://127.0.0.1:{tls_auth_server.port}/metrics"
+    code, headers, body = get(url, client_ctx(cert[0]), ("prometheus", PASSWORD))
+    assert code == 200
+    assert b"egress_agent_test_things_total 3.0" in body
+    assert headers["Content-Type"].startswith("text/plain")
+
+
+def test_gzip_and_openmetrics_are_negotiated(
+    tls_auth_server: MetricsServer, cert: tuple[Path, Path]
+) -> None:
+    url = f"https://127.0.0.1:{tls_auth_server.port}/metrics"
+    code, headers, body = get(
+        url,
+        client_ctx(cert[0]),
+        ("prometheus", PASSWORD),
+        Accept="application/openmetrics-text; version=1.0.0",
+        **{"Accept-Encoding": "gzip"},
+    )
+    assert code == 200 and headers["Content-Encoding"] == "gzip"
+    assert headers["Content-Type"].startswith("application/openmetrics-text")
+    assert gzip.decompress(body).rstrip().endswith(b"# EOF")
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [None, ("prometheus", "wrong"), ("someone", PASSWORD), ("prometheus", PASSWORD + "x")],
+)
+def test_wrong_or_missing_credentials_get_401(
+    tls_auth_server: MetricsServer, cert: tuple[Path, Path], auth: tuple[str, str] | None
+) -> None:
+    url = f"https://127.0.0.1:{tls_auth_server.port}/metrics"
+    code, headers, body = get(url, client_ctx(cert[0]), auth)
+    assert code == 401
+    assert headers["WWW-Authenticate"].startswith("Basic ")
+    assert b"egress_agent" not in body
+
+
+def test_plain_http_to_the_tls_port_gets_no_metrics(tls_auth_server: MetricsServer) -> None:
+    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+        get(f"http://127.0.0.1:{tls_auth_server.port}/metrics")
+
+
+def test_a_stalled_client_does_not_block_other_scrapes(
+    tls_auth_server: MetricsServer, cert: tuple[Path, Path]
+) -> None:
+    # connects and never starts the handshake
+    with socket.create_connection(("127.0.0.1", tls_auth_server.port)):
+        url = f"https://127.0.0.1:{tls_auth_server.port}/metrics"
+        code, _h, _b = get(url, client_ctx(cert[0]), ("prometheus", PASSWORD))
+        assert code == 200
+
+
+def test_unknown_path_is_404_and_head_has_no_body(registry: CollectorRegistry) -> None:
+    srv = MetricsServer("127.0.0.1", 0, registry).start()
+    try:
+        code, _h, _b = get(f"http://127.0.0.1:{srv.port}/secrets")
+        assert code == 404
+        req = urllib.request.Request(f"http://127.0.0.1:{srv.port}/metrics", method="HEAD")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert r.status == 200 and r.read() == b""
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@given(st.one_of(st.none(), st.text(max_size=200), st.binary(max_size=200).map(
+    lambda b: "Basic " + base64.b64encode(b).decode())))  # fmt: skip
+def test_hostile_authorization_headers_never_crash_or_pass(header: str | None) -> None:
+    assert credentials_match(header, "prometheus", PASSWORD_SHA256) is False
+
+
+def test_half_configured_tls_or_auth_is_a_config_error(cert: tuple[Path, Path]) -> None:
+    with pytest.raises(ValueError, match="tls_cert and tls_key"):
+        Settings(metrics={"tls_cert": str(cert[0])})
+    with pytest.raises(ValueError, match="basic_auth_user and basic_auth_password_sha256"):
+        Settings(metrics={"basic_auth_user": "prometheus"})
+    with pytest.raises(ValueError, match="64 hex digits"):
+        Settings(metrics={"basic_auth_user": "p", "basic_auth_password_sha256": "not-a-hash"})
+
+
+def test_running_agent_serves_https_with_auth(
+    run_agent: Any, agent_config: dict[str, Any], cert: tuple[Path, Path]
+) -> None:
+    agent_config["metrics"].update(
+        tls_cert=str(cert[0]),
+        tls_key=str(cert[1]),
+        basic_auth_user="prometheus",
+        basic_auth_password_sha256=PASSWORD_SHA256,
+    )
+    agent = run_agent(agent_config)
+    url = "https://" + agent_config["metrics"]["listen"] + "/metrics"
+    ctx = client_ctx(cert[0])
+    for _ in range(300):
+        try:
+            code, _h, body = get(url, ctx, ("prometheus", PASSWORD))
+            break
+        except (urllib.error.URLError, ConnectionError):
+            assert agent.proc.poll() is None, agent.stderr()
+            time.sleep(0.1)
+    assert code == 200 and b"egress_agent_build_info" in body
+    assert get(url, ctx)[0] == 401
+    assert agent.stop() == 0
+
+
+def test_agent_with_unreadable_tls_key_exits_with_one_clear_line(
+    agent_config: dict[str, Any], cert: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from tests.conftest import cli, write_config
+
+    agent_config["metrics"].update(tls_cert=str(cert[0]), tls_key=str(tmp_path / "missing.key"))
+    cfg = write_config(tmp_path / "bad.yaml", agent_config)
+    res = cli("run", config=cfg, check=False, timeout=60)
+    assert res.returncode != 0
+    assert "metrics.tls_cert/tls_key" in res.stderr and "Traceback" not in res.stderr
