@@ -61,6 +61,11 @@ class DatabaseSection(_Section):
     auto_upgrade: bool = True
     spool_path: Path | None = None  # fleet store: local spool (default state_dir/spool.db)
     spool_max_bytes: int = Field(default=1 << 30, ge=1 << 20)
+    forward_batch_size: int = Field(default=5000, ge=1, le=100_000)  # spool → central store
+    forward_method: Literal["copy", "executemany"] = "copy"  # PostgreSQL bulk path
+    forward_timeout: float = Field(default=30.0, gt=0)  # a batch slower than this is abandoned
+    forward_backoff_max: float = Field(default=30.0, gt=0)  # longest wait between retries
+    forward_stop_seconds: float = Field(default=5.0, ge=0)  # forwarding allowed at stop
 
     @field_validator("url")
     @classmethod

@@ -28,6 +28,7 @@ from agent.pipeline import Pipeline, Sink, StageSpec
 from agent.sdnotify import Notifier
 from agent.sensors import Sensor, SensorUnavailable
 from agent.store.db import host_identity, make_engine, register_host, upgrade
+from agent.store.forwarder import Forwarder, is_central, open_forwarder
 from agent.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
@@ -90,17 +91,35 @@ class Agent:
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(s.database_url)
-        if s.database.auto_upgrade:
-            upgrade(self.engine)
         host_id, hostname = host_identity(s.state_dir, s.agent.host_id, s.agent.hostname)
-        register_host(self.engine, host_id, hostname)
+        self.forwarder: Forwarder | None = None
+        if is_central(s.database_url):
+            # fleet store: the writer commits to a local spool and never waits on the
+            # network; the forwarder upgrades, registers the host and sends the spool on
+            self.forwarder = open_forwarder(s, host_id, hostname)
+            if not self.forwarder.start(wait=min(s.database.forward_timeout, 10.0)):
+                log.warning(
+                    "central store not reachable yet (%s); spooling to %s",
+                    self.forwarder.last_error,
+                    self.forwarder.spool.path,
+                )
+        else:
+            if s.database.auto_upgrade:
+                upgrade(self.engine)
+            register_host(self.engine, host_id, hostname)
         self.runtime = Runtime(s, self.engine, host_id, hostname)
+        if self.forwarder is not None:
+            fwd = self.forwarder
+            self.runtime.extras.setdefault("status_hooks", []).append(
+                lambda: {"fleet": fwd.status()}
+            )
         self.writer = StoreWriter(
             self.engine,
             host_id,
             batch_size=s.database.batch_size,
             flush_interval=s.database.flush_interval,
             queue_size=s.database.queue_size,
+            commit=self.forwarder.commit if self.forwarder is not None else None,
         )
         self.writer.start()
         self.pipeline = Pipeline(
@@ -169,6 +188,9 @@ class Agent:
                     log.exception("stop hook failed")
         if hasattr(self, "writer"):
             self.writer.stop()
+        forwarder = getattr(self, "forwarder", None)
+        if forwarder is not None:
+            forwarder.close()  # bounded: what is not forwarded stays spooled
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

@@ -54,6 +54,37 @@ STORE_LAST_WRITE = Gauge(
 )
 STORE_SIZE = Gauge("egress_agent_store_size_bytes", "Size of the local store on disk.")
 
+# --- fleet store: local spool and forwarder ----------------------------------------
+SPOOL_EVENTS = Gauge(
+    "egress_agent_spool_events", "Events in the local spool waiting for the central store."
+)
+SPOOL_BYTES = Gauge("egress_agent_spool_bytes", "Serialised bytes held in the local spool.")
+SPOOL_CAPACITY = Gauge(
+    "egress_agent_spool_capacity_bytes", "Bound of the local spool (database.spool_max_bytes)."
+)
+FLEET_CONNECTED = Gauge(
+    "egress_agent_fleet_connected",
+    "1 if the last attempt to reach the central store succeeded, else 0.",
+)
+FLEET_FORWARDED = Counter(
+    "egress_agent_fleet_forwarded_events_total",
+    "Events committed to the central store and removed from the spool.",
+)
+FLEET_ERRORS = Counter(
+    "egress_agent_fleet_forward_errors_total",
+    "Failed attempts to reach or write the central store (retried with back-off).",
+    ["reason"],
+)
+FLEET_FORWARD_SECONDS = Histogram(
+    "egress_agent_fleet_forward_seconds",
+    "Time to commit one spooled batch to the central store.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+FLEET_LAST_FORWARD = Gauge(
+    "egress_agent_fleet_last_forward_timestamp_seconds",
+    "Unix time of the last batch committed to the central store.",
+)
+
 # --- files ---------------------------------------------------------------------
 FILE_EVENTS = Counter(
     "egress_agent_file_events_total", "File events by type and channel.", ["type", "channel"]

@@ -6,18 +6,22 @@ inserts and `ON CONFLICT DO NOTHING` on each row's uid — so re-sending a batch
 half-committed failure stores nothing twice. A failed commit is retried with back-off
 and the batch kept; while it retries the queue fills and back-pressure reaches the
 sensors, whose drops are counted. `stop()` flushes everything queued before returning.
+With a central (non-SQLite) database the writer commits to the local spool instead
+(`commit=`, see agent/store/spool.py and forwarder.py), so it never waits on the network.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, tuple_
+from sqlalchemy import Connection, Engine, delete, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -43,12 +47,29 @@ def _insert(engine: Engine, table: Any) -> Any:
     return sqlite.insert(table)
 
 
-def write_batch(engine: Engine, host_id: str, events: Sequence[Event]) -> dict[str, int]:
-    """Commit one batch in one transaction; idempotent. Returns rows offered per table."""
+@dataclass(frozen=True, slots=True)
+class BatchRows:
+    """What one batch of events becomes in each table (see agent/store/rows.py)."""
+
+    file_events: list[dict[str, Any]]
+    flows: list[dict[str, Any]]
+    decisions: list[dict[str, Any]]
+    artefacts: list[dict[str, Any]]
+    lineage: list[dict[str, Any]]
+    file_state_upserts: list[dict[str, Any]]
+    file_state_deletes: list[str]
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "file_events": len(self.file_events),
+            "flows": len(self.flows),
+            "decisions": len(self.decisions),
+            "artefacts": len(self.artefacts),
+        }
+
+
+def batch_rows(host_id: str, events: Sequence[Event]) -> BatchRows:
     now = datetime.now(UTC)
-    file_rows = [R.file_event_row(e, host_id) for e in events if isinstance(e, FileEvent)]
-    flow_rows = [R.flow_row(e, host_id) for e in events if isinstance(e, Flow)]
-    decision_rows = [d for e in events for d in R.decision_rows(e, host_id)]
     artefacts: dict[str, dict[str, Any]] = {}
     lineage: dict[tuple[str, str, str], dict[str, Any]] = {}
     for e in events:
@@ -59,69 +80,74 @@ def write_batch(engine: Engine, host_id: str, events: Sequence[Event]) -> dict[s
             for ln in R.lineage_rows(e.artefact, now):
                 lineage[(ln["parent_sha256"], ln["child_sha256"], ln["relation"])] = ln
     upserts, deletes = R.file_state_changes(events)
+    return BatchRows(
+        file_events=[R.file_event_row(e, host_id) for e in events if isinstance(e, FileEvent)],
+        flows=[R.flow_row(e, host_id) for e in events if isinstance(e, Flow)],
+        decisions=[d for e in events for d in R.decision_rows(e, host_id)],
+        artefacts=list(artefacts.values()),
+        lineage=list(lineage.values()),
+        file_state_upserts=[{"host_id": host_id, **u} for u in upserts.values()],
+        file_state_deletes=sorted(deletes),
+    )
 
+
+# the tables keyed by each row's uid: a re-sent row is skipped, never stored twice
+EVENT_TABLES = (
+    ("file_events", FileEventRow.__table__),
+    ("flows", FlowRow.__table__),
+    ("decisions", DecisionRow.__table__),
+)
+
+
+def write_batch(engine: Engine, host_id: str, events: Sequence[Event]) -> dict[str, int]:
+    """Commit one batch in one transaction; idempotent. Returns rows offered per table."""
+    rows = batch_rows(host_id, events)
     with engine.begin() as conn:
-        if file_rows:
-            conn.execute(
-                _insert(engine, FileEventRow.__table__).on_conflict_do_nothing(
-                    index_elements=["uid"]
-                ),
-                file_rows,
-            )
-        if flow_rows:
-            conn.execute(
-                _insert(engine, FlowRow.__table__).on_conflict_do_nothing(index_elements=["uid"]),
-                flow_rows,
-            )
-        if decision_rows:
-            conn.execute(
-                _insert(engine, DecisionRow.__table__).on_conflict_do_nothing(
-                    index_elements=["uid"]
-                ),
-                decision_rows,
-            )
-        if artefacts:
-            stmt = _insert(engine, Artefact.__table__)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["sha256"],
-                set_={
-                    "last_seen": stmt.excluded.last_seen,
-                    "tags": stmt.excluded.tags,
-                    "kinds": stmt.excluded.kinds,
-                    "matches": stmt.excluded.matches,
-                    "content_type": stmt.excluded.content_type,
-                },
-            )
-            conn.execute(stmt, list(artefacts.values()))
-        if lineage:
-            conn.execute(
-                _insert(engine, Lineage.__table__).on_conflict_do_nothing(),
-                list(lineage.values()),
-            )
-        if deletes:
-            keys = [(host_id, p) for p in deletes]
-            for i in range(0, len(keys), 500):
+        for name, table in EVENT_TABLES:
+            data = getattr(rows, name)
+            if data:
                 conn.execute(
-                    delete(FileState).where(
-                        tuple_(FileState.host_id, FileState.path).in_(keys[i : i + 500])
-                    )
+                    _insert(engine, table).on_conflict_do_nothing(index_elements=["uid"]), data
                 )
-        if upserts:
-            stmt = _insert(engine, FileState.__table__)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["host_id", "path"],
-                set_={
-                    c: getattr(stmt.excluded, c)
-                    for c in ("size", "inode", "mtime_ns", "sha256", "updated_at")
-                },
+        write_shared_rows(conn, engine, host_id, rows)
+    return rows.counts()
+
+
+def write_shared_rows(conn: Connection, engine: Engine, host_id: str, rows: BatchRows) -> None:
+    """Artefacts, lineage and file state: upserts keyed by content or path, not by uid."""
+    if rows.artefacts:
+        stmt = _insert(engine, Artefact.__table__)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["sha256"],
+            set_={
+                "last_seen": stmt.excluded.last_seen,
+                "tags": stmt.excluded.tags,
+                "kinds": stmt.excluded.kinds,
+                "matches": stmt.excluded.matches,
+                "content_type": stmt.excluded.content_type,
+            },
+        )
+        conn.execute(stmt, rows.artefacts)
+    if rows.lineage:
+        conn.execute(_insert(engine, Lineage.__table__).on_conflict_do_nothing(), rows.lineage)
+    if rows.file_state_deletes:
+        keys = [(host_id, p) for p in rows.file_state_deletes]
+        for i in range(0, len(keys), 500):
+            conn.execute(
+                delete(FileState).where(
+                    tuple_(FileState.host_id, FileState.path).in_(keys[i : i + 500])
+                )
             )
-            conn.execute(stmt, [{"host_id": host_id, **u} for u in upserts.values()])
-    return {
-        "file_events": len(file_rows),
-        "flows": len(flow_rows),
-        "decisions": len(decision_rows),
-        "artefacts": len(artefacts),
-    }
+    if rows.file_state_upserts:
+        stmt = _insert(engine, FileState.__table__)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["host_id", "path"],
+            set_={
+                c: getattr(stmt.excluded, c)
+                for c in ("size", "inode", "mtime_ns", "sha256", "updated_at")
+            },
+        )
+        conn.execute(stmt, rows.file_state_upserts)
 
 
 class StoreWriter:
@@ -135,9 +161,12 @@ class StoreWriter:
         flush_interval: float = 0.1,
         queue_size: int = 100_000,
         stop_retry_seconds: float = 30.0,
+        commit: Callable[[Sequence[Event]], Mapping[str, int]] | None = None,
     ) -> None:
         self.engine = engine
         self.host_id = host_id
+        # where a batch goes: the store itself, or the fleet spool (agent/store/spool.py)
+        self._write = commit or (lambda batch: write_batch(engine, host_id, batch))
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.stop_retry_seconds = stop_retry_seconds
@@ -176,8 +205,8 @@ class StoreWriter:
         while True:
             started = time.perf_counter()
             try:
-                counts = write_batch(self.engine, self.host_id, batch)
-            except SQLAlchemyError as e:
+                counts = self._write(batch)
+            except (SQLAlchemyError, sqlite3.Error) as e:
                 reason = type(getattr(e, "orig", None) or e).__name__
                 metrics.STORE_ERRORS.labels(reason).inc()
                 log.warning(

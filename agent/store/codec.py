@@ -1,0 +1,120 @@
+"""Events as JSON text, for the store-and-forward spool.
+
+The spool (agent/store/spool.py) holds judged events between the writer and the central
+PostgreSQL; it keeps them as JSON so that a spool written by one agent version can be
+read by the next, and so that nothing is ever unpickled. Encoding is generic over the
+frozen dataclasses in agent/events.py; decoding is explicit per type and ignores keys
+it does not know (a field removed in a newer version does not make old spools
+unreadable). Paths that are not UTF-8 survive as surrogate escapes: `json.dumps` writes
+them as `\\udcNN` and `json.loads` gives them back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import datetime
+from typing import Any, TypeVar
+
+from agent.events import (
+    Artefact,
+    CategoryMatch,
+    Channel,
+    Decision,
+    Event,
+    FileAction,
+    FileEvent,
+    Flow,
+    Origin,
+    ProcessInfo,
+    Severity,
+    Tag,
+)
+
+T = TypeVar("T")
+
+
+class CodecError(ValueError):
+    """A spooled record is not a valid event (corrupt or from an incompatible version)."""
+
+
+def _plain(v: Any) -> Any:
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    if isinstance(v, tuple | list):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, datetime):
+        return v.isoformat()
+    return v
+
+
+def encode(event: Event) -> str:
+    """One event as a JSON object `{"k": "file"|"flow", "e": {...fields}}` (ASCII only)."""
+    kind = "file" if isinstance(event, FileEvent) else "flow"
+    return json.dumps({"k": kind, "e": _plain(event)}, separators=(",", ":"), default=str)
+
+
+def _known(cls: type[T], d: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return {k: v for k, v in d.items() if k in names}
+
+
+def _process(d: dict[str, Any] | None) -> ProcessInfo | None:
+    return None if d is None else ProcessInfo(**_known(ProcessInfo, d))
+
+
+def _artefact(d: dict[str, Any] | None) -> Artefact | None:
+    if d is None:
+        return None
+    d = _known(Artefact, d)
+    return Artefact(
+        **{
+            **d,
+            "tags": tuple(Tag(**_known(Tag, t)) for t in d.get("tags", ())),
+            "matches": tuple(
+                CategoryMatch(**_known(CategoryMatch, m)) for m in d.get("matches", ())
+            ),
+            "parents": tuple(d.get("parents", ())),
+        }
+    )
+
+
+def _decisions(items: list[dict[str, Any]]) -> tuple[Decision, ...]:
+    out = []
+    for raw in items:
+        d = _known(Decision, raw)
+        d["severity"] = Severity(d["severity"])
+        d["categories"] = tuple(d.get("categories", ()))
+        out.append(Decision(**d))
+    return tuple(out)
+
+
+def _common(d: dict[str, Any]) -> dict[str, Any]:
+    d["process"] = _process(d.get("process"))
+    d["decisions"] = _decisions(d.get("decisions", []))
+    return d
+
+
+def decode(text: str) -> Event:
+    """The event `encode` wrote; CodecError when the text is not one."""
+    try:
+        doc = json.loads(text)
+        kind, d = doc["k"], doc["e"]
+        if kind == "file":
+            d = _common(_known(FileEvent, d))
+            d["action"] = FileAction(d["action"])
+            d["channel"] = Channel(d["channel"])
+            d["origin"] = Origin(d["origin"])
+            d["time"] = datetime.fromisoformat(d["time"])
+            d["artefact"] = _artefact(d.get("artefact"))
+            return FileEvent(**d)
+        if kind == "flow":
+            d = _common(_known(Flow, d))
+            d["start"] = datetime.fromisoformat(d["start"])
+            d["end"] = datetime.fromisoformat(d["end"])
+            return Flow(**d)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise CodecError(f"not a spooled event: {type(e).__name__}: {e}") from None
+    raise CodecError(f"not a spooled event: unknown kind {kind!r}")

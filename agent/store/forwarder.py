@@ -1,0 +1,318 @@
+"""The forwarder of store-and-forward: spool → central PostgreSQL, in order, exactly once.
+
+With a central database the store writer commits to the local spool (agent/store/spool.py)
+and never waits on the network. This thread takes the oldest spooled events, commits them
+to the central store in one transaction (COPY, agent/store/bulk.py) and only then deletes
+them from the spool. A crash or a lost acknowledgement between the two re-sends the batch
+on the next attempt; `ON CONFLICT (uid) DO NOTHING` makes that re-send store nothing
+twice, so the result is exactly once. While the central store is unreachable it retries
+with exponential back-off (`egress_agent_fleet_connected` 0, errors counted by reason).
+
+An attempt that hangs — a peer that accepts and never answers — is abandoned after
+`database.forward_timeout`: a timer shuts down the sockets of the connections the attempt
+checked out, which wakes libpq with an error (TCP keepalives alone cannot see a peer that
+acknowledges packets and never replies). At stop it keeps forwarding for at most
+`database.forward_stop_seconds`; what is left stays in the spool for the next start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import psycopg
+from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from agent import metrics
+from agent.config import Settings
+from agent.events import Event
+from agent.store import codec
+from agent.store.bulk import copy_batch
+from agent.store.db import alembic_config, make_engine, register_host
+from agent.store.spool import Spool, SpooledEvent
+from agent.store.writer import write_batch
+
+log = logging.getLogger(__name__)
+
+# pg_advisory_xact_lock key: many agents starting at once upgrade the schema one at a time
+_UPGRADE_LOCK = 0x6567_7265_7373  # "egress"
+
+WriteFn = Callable[[Engine, str, Sequence[Event]], Mapping[str, int]]
+
+
+class _AttemptGuard:
+    """Abandons an attempt that outlives its deadline by shutting down its sockets."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._lock = threading.Lock()
+        self._socks: list[socket.socket] = []
+        self._armed = False
+        self.fired = False
+        event.listen(engine, "connect", self._track)
+        event.listen(engine, "checkout", self._track)
+
+    def _track(self, dbapi_conn: Any, *_: Any) -> None:
+        fileno = getattr(dbapi_conn, "fileno", None)
+        with self._lock:
+            if not self._armed or fileno is None:
+                return
+            try:
+                # a dup keeps the socket alive even if libpq closes its fd meanwhile, so
+                # the timer can never shut down an unrelated descriptor that reused it
+                self._socks.append(socket.socket(fileno=os.dup(fileno())))
+            except (OSError, ValueError):
+                pass
+
+    def _fire(self) -> None:
+        with self._lock:
+            if not self._armed:
+                return
+            self.fired = True
+            for s in self._socks:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    @contextlib.contextmanager
+    def deadline(self, seconds: float) -> Iterator[None]:
+        timer = threading.Timer(max(seconds, 0.01), self._fire)
+        with self._lock:
+            self._armed, self.fired = True, False
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+            with self._lock:
+                self._armed = False
+                for s in self._socks:
+                    s.close()
+                self._socks.clear()
+
+
+def upgrade_locked(engine: Engine) -> None:
+    """Alembic upgrade to head, serialised across agents by an advisory lock on PostgreSQL."""
+    from alembic import command
+
+    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _UPGRADE_LOCK})
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+class Forwarder:
+    """One thread draining the spool into the central store."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        engine: Engine,
+        host_id: str,
+        hostname: str,
+        *,
+        batch_size: int = 5000,
+        write: WriteFn = copy_batch,
+        timeout: float = 30.0,
+        backoff_max: float = 30.0,
+        stop_seconds: float = 5.0,
+        auto_upgrade: bool = True,
+    ) -> None:
+        self.spool = spool
+        self.engine = engine
+        self.host_id = host_id
+        self.hostname = hostname
+        self.batch_size = batch_size
+        self.timeout = timeout
+        self.backoff_max = backoff_max
+        self.stop_seconds = stop_seconds
+        self.auto_upgrade = auto_upgrade
+        self._write = write
+        self._guard = _AttemptGuard(engine)
+        self._prepared = False
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._interrupt = threading.Event()
+        self._stop_by = float("inf")
+        self._thread: threading.Thread | None = None
+        self.forwarded = 0
+        self.connected = False
+        self.last_error: str | None = None
+        metrics.FLEET_CONNECTED.set(0)
+
+    # --- the writer's side ---------------------------------------------------------
+    def commit(self, events: Sequence[Event]) -> dict[str, int]:
+        """`StoreWriter(commit=...)`: spool the batch and wake the forwarder."""
+        self.spool.append(self.host_id, events)
+        self._wake.set()
+        return {}
+
+    # --- lifecycle -----------------------------------------------------------------
+    def start(self, wait: float = 0.0) -> bool:
+        """Start forwarding; wait up to `wait` s for the first connection. True if connected."""
+        self._thread = threading.Thread(target=self._run, name="store-forwarder")
+        self._thread.start()
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and not self._prepared and self.last_error is None:
+            time.sleep(0.02)
+        return self._prepared
+
+    def stop(self) -> None:
+        """Forward for at most `stop_seconds` more, then join; the spool keeps the rest."""
+        if self._thread is None:
+            return
+        self._stop_by = time.monotonic() + self.stop_seconds
+        self._stopping.set()
+        self._interrupt.set()
+        self._wake.set()
+        self._thread.join()
+        self._thread = None
+        left = len(self.spool)
+        if left:
+            log.warning(
+                "stopped forwarding with %d events spooled; the next start sends them", left
+            )
+
+    def close(self) -> None:
+        self.stop()
+        self.spool.close()
+        self.engine.dispose()
+
+    def status(self) -> dict[str, object]:
+        st = self.spool.stats()
+        return {
+            "connected": self.connected,
+            "spool_events": st.events,
+            "spool_bytes": st.bytes,
+            "spool_max_bytes": st.max_bytes,
+            "spool_dropped": st.dropped,
+            "forwarded": self.forwarded,
+            "last_error": self.last_error,
+        }
+
+    # --- the forwarding loop ------------------------------------------------------
+    def _time_left(self) -> float:
+        return self._stop_by - time.monotonic()
+
+    def _run(self) -> None:
+        delay = 0.1
+        while True:
+            if self._stopping.is_set() and (self._time_left() <= 0 or not len(self.spool)):
+                return
+            try:
+                with self._guard.deadline(min(self.timeout, self._time_left())):
+                    if not self._prepared:
+                        self.prepare()
+                    sent = self.forward_once()
+            except Exception as e:
+                self._failed(e)
+                self._sleep(delay)
+                delay = min(delay * 2, self.backoff_max)
+                continue
+            delay = 0.1
+            if not self.connected:
+                log.info("central store reachable: forwarding %d spooled events", len(self.spool))
+            self.connected, self.last_error = True, None
+            metrics.FLEET_CONNECTED.set(1)
+            if sent == 0 and not self._stopping.is_set():
+                self._wake.wait(1.0)
+                self._wake.clear()
+
+    def _sleep(self, seconds: float) -> None:
+        if self._stopping.is_set():
+            time.sleep(min(seconds, max(self._time_left(), 0)))
+        else:
+            self._interrupt.wait(seconds)  # stop() cuts a long back-off short
+
+    def _failed(self, e: Exception) -> None:
+        orig = getattr(e, "orig", None) or e
+        reason = "timeout" if self._guard.fired else type(orig).__name__
+        metrics.FLEET_ERRORS.labels(reason).inc()
+        metrics.FLEET_CONNECTED.set(0)
+        first_line = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+        if self.connected or self.last_error is None:
+            log.warning(
+                "central store unavailable (%s: %s); spooling and retrying", reason, first_line
+            )
+        if not isinstance(e, SQLAlchemyError | psycopg.Error | OSError):
+            log.exception("forwarding failed (retrying)")
+        self.connected, self.last_error = False, f"{reason}: {first_line}"
+        # drop pooled connections: after a cut they are all dead, and a reused dead one
+        # would fail the next attempt for nothing
+        self.engine.dispose()
+
+    def prepare(self) -> None:
+        """Schema (when auto_upgrade) and this host's row in the central store."""
+        if self.auto_upgrade:
+            upgrade_locked(self.engine)
+        register_host(self.engine, self.host_id, self.hostname)
+        self._prepared = True
+
+    def forward_once(self) -> int:
+        """Commit the oldest spooled batch (one host's run of it) and acknowledge it."""
+        records = self.spool.peek(self.batch_size)
+        if not records:
+            return 0
+        host = records[0].host_id
+        run: list[SpooledEvent] = []
+        for r in records:
+            if r.host_id != host:
+                break
+            run.append(r)
+        events, corrupt = [], 0
+        for r in run:
+            try:
+                events.append(codec.decode(r.text))
+            except codec.CodecError as e:
+                corrupt += 1
+                log.error("spool record %d cannot be read and is skipped: %s", r.seq, e)
+        started = time.perf_counter()
+        counts = self._write(self.engine, host, events) if events else {}
+        metrics.FLEET_FORWARD_SECONDS.observe(time.perf_counter() - started)
+        self.spool.acknowledge(run)
+        if corrupt:
+            metrics.DROPPED.labels("spool", "corrupt").inc(corrupt)
+        for table, n in counts.items():
+            if n:
+                metrics.STORE_ROWS.labels(table).inc(n)
+        metrics.FLEET_FORWARDED.inc(len(events))
+        metrics.FLEET_LAST_FORWARD.set_to_current_time()
+        metrics.STORE_LAST_WRITE.set_to_current_time()
+        self.forwarded += len(events)
+        return len(run)
+
+
+def is_central(url: str) -> bool:
+    """A database other than SQLite is a central store, reached through the spool."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).get_backend_name() != "sqlite"
+
+
+def open_forwarder(settings: Settings, host_id: str, hostname: str) -> Forwarder:
+    """The spool and forwarder for `database.url`, from the config (not started)."""
+    db = settings.database
+    spool = Spool(db.spool_path or settings.state_dir / "spool.db", db.spool_max_bytes)
+    # its own small pool, no pre-ping: a ping on a stalled connection would hang outside
+    # the attempt's deadline; dead connections are dropped after a failure instead
+    engine = make_engine(settings.database_url, pool_pre_ping=False, pool_size=1, max_overflow=2)
+    write: WriteFn = copy_batch if db.forward_method == "copy" else write_batch
+    return Forwarder(
+        spool,
+        engine,
+        host_id,
+        hostname,
+        batch_size=db.forward_batch_size,
+        write=write,
+        timeout=db.forward_timeout,
+        backoff_max=db.forward_backoff_max,
+        stop_seconds=db.forward_stop_seconds,
+        auto_upgrade=db.auto_upgrade,
+    )

@@ -1,0 +1,184 @@
+"""The local spool of store-and-forward: a bounded, durable, ordered SQLite queue.
+
+When `database.url` names a central (non-SQLite) database, the store writer commits each
+batch here instead (agent/store/writer.py, `commit=`), so the agent never waits on the
+network; the forwarder (agent/store/forwarder.py) reads the oldest events, commits them
+to the central store and only then deletes them here. Each row is one event as JSON
+(agent/store/codec.py) with the host id it belongs to; `seq` is AUTOINCREMENT so order
+survives restarts and emptying. The bound is on the serialised bytes held
+(`database.spool_max_bytes`; the file is that plus SQLite's page overhead): past it the
+newest events are dropped, counted in `egress_agent_events_dropped_total{queue="spool",
+reason="spool_full"}` and logged once per episode.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent import metrics
+from agent.events import Event
+from agent.store import codec
+
+log = logging.getLogger(__name__)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spool (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    host_id TEXT NOT NULL,
+    event TEXT NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledEvent:
+    """One spooled record: its position, the host it belongs to and its JSON."""
+
+    seq: int
+    host_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    events: int
+    bytes: int
+    max_bytes: int
+    dropped: int
+
+
+class Spool:
+    """A SQLite file of events waiting for the central store; safe to share between threads.
+
+    The writer thread appends, the forwarder thread peeks and acknowledges; one lock
+    serialises them (each call is a short transaction) so both see consistent counters.
+    Commits use `synchronous=FULL`: the spool holds the only copy of an event until the
+    central store has it, so it must survive a power cut, not just a crash.
+    """
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            str(path), timeout=30, isolation_level=None, check_same_thread=False
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA journal_size_limit=67108864")
+        self._db.execute(_SCHEMA)
+        n, size = self._db.execute(
+            "SELECT count(*), coalesce(sum(length(event)), 0) FROM spool"
+        ).fetchone()
+        self._events = int(n)
+        self._bytes = int(size)
+        self._full = False
+        self._dropped_in_episode = 0
+        self.dropped = 0
+        metrics.SPOOL_CAPACITY.set(max_bytes)
+        self._publish()
+
+    def _publish(self) -> None:
+        metrics.SPOOL_EVENTS.set(self._events)
+        metrics.SPOOL_BYTES.set(self._bytes)
+
+    def append(self, host_id: str, events: Sequence[Event]) -> int:
+        """Commit events in order; returns how many were kept (the rest are counted drops)."""
+        texts = [codec.encode(e) for e in events]
+        with self._lock:
+            room = self.max_bytes - self._bytes
+            kept: list[tuple[str, str]] = []
+            size = 0
+            for t in texts:
+                if size + len(t) > room:
+                    break
+                kept.append((host_id, t))
+                size += len(t)
+            if kept:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.executemany("INSERT INTO spool (host_id, event) VALUES (?, ?)", kept)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._events += len(kept)
+                self._bytes += size
+                self._publish()
+            self._account(len(texts) - len(kept))
+        return len(kept)
+
+    def _account(self, dropped: int) -> None:
+        if dropped:
+            metrics.DROPPED.labels("spool", "spool_full").inc(dropped)
+            self.dropped += dropped
+            self._dropped_in_episode += dropped
+            if not self._full:
+                self._full = True
+                log.error(
+                    "spool %s is full (%d bytes, database.spool_max_bytes=%d): dropping new "
+                    "events until the central store takes some",
+                    self.path,
+                    self._bytes,
+                    self.max_bytes,
+                )
+        elif self._full:
+            log.warning(
+                "spool %s has room again; %d events were dropped while it was full",
+                self.path,
+                self._dropped_in_episode,
+            )
+            self._full = False
+            self._dropped_in_episode = 0
+
+    def peek(self, limit: int) -> list[SpooledEvent]:
+        """The oldest `limit` events, in order, without removing them."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, host_id, event FROM spool ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
+        return [SpooledEvent(int(s), str(h), str(t)) for s, h, t in rows]
+
+    def acknowledge(self, records: Sequence[SpooledEvent]) -> None:
+        """Delete records the central store has committed (a prefix of the spool)."""
+        if not records:
+            return
+        last = max(r.seq for r in records)
+        with self._lock:
+            self._db.execute("DELETE FROM spool WHERE seq <= ?", (last,))
+            self._events -= len(records)
+            self._bytes -= sum(len(r.text) for r in records)
+            self._publish()
+
+    def stats(self) -> SpoolStats:
+        with self._lock:
+            return SpoolStats(self._events, self._bytes, self.max_bytes, self.dropped)
+
+    def __len__(self) -> int:
+        return self._events
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def read_stats(path: Path) -> SpoolStats | None:
+    """Counts of a spool file without opening it for writing (for `egress-agent status`)."""
+    if not path.exists():
+        return None
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        n, size = db.execute(
+            "SELECT count(*), coalesce(sum(length(event)), 0) FROM spool"
+        ).fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        db.close()
+    return SpoolStats(int(n), int(size), 0, 0)
