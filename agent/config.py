@@ -173,6 +173,7 @@ class PoliciesSection(_Section):
     builtin: bool = True  # load the packs shipped in policies/
     disabled: list[str] = Field(default_factory=list)  # pack ids switched off
     model_parameter_threshold: int = Field(default=1_000_000_000, ge=0)
+    watch_interval: float = Field(default=2.0, ge=0)  # seconds between pack mtime checks; 0 off
 
 
 class IncidentsSection(_Section):

@@ -1,0 +1,28 @@
+"""Policy: YAML packs of export-control categories and rules, and the decisions they make.
+
+Pipeline position: after the classifier, before the store. `PolicyHolder` keeps the
+policy in force (and reloads it), `PolicyStage` judges events, `load_policy` turns pack
+files into a `Policy` or a list of `Issue`s with file and line. The pack format is
+described in docs/policy.md.
+"""
+
+from agent.policy.build import load_policy
+from agent.policy.holder import PolicyHolder, load_configured
+from agent.policy.loader import ENGINE_VERSION, SHIPPED_DIR, Issue, PolicyError
+from agent.policy.model import EMPTY_POLICY, PackInfo, Policy, Rule
+from agent.policy.stage import PolicyStage
+
+__all__ = [
+    "EMPTY_POLICY",
+    "ENGINE_VERSION",
+    "SHIPPED_DIR",
+    "Issue",
+    "PackInfo",
+    "Policy",
+    "PolicyError",
+    "PolicyHolder",
+    "PolicyStage",
+    "Rule",
+    "load_configured",
+    "load_policy",
+]

@@ -1,0 +1,417 @@
+"""From parsed packs to one `Policy`: resolve pack ids, check cross-references, compile.
+
+Order of precedence: a site pack whose id equals a shipped pack's replaces it; packs
+named in `policies.disabled` are left out; `overrides:` in any pack then change single
+rules (enable, severity, action, extra exceptions). Category codes and rule ids must be
+unique among the packs in force. Problems found here carry `file:line` like the
+schema's; the policy is only built when there are none. `load_policy` is the entry
+point: files in, `(Policy, [])` or `(None, issues)` out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import json
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.categories import CategorySpec
+from agent.policy import facts as facts_mod
+from agent.policy._yaml import item_line, key_line, line_of
+from agent.policy.conditions import CompileContext, compile_condition, field_type
+from agent.policy.loader import Issue, ParsedPack, pack_files, parse_pack
+from agent.policy.model import (
+    EMPTY_POLICY,
+    Network,
+    PackInfo,
+    Policy,
+    Rule,
+    RuleCase,
+    RuleException,
+    Source,
+)
+from agent.policy.schema import ExceptionModel
+from agent.policy.validators import VALIDATORS
+
+_LOOKS_LIKE_IP = re.compile(r"^[0-9a-fA-F:.]+(/\d+)?$")
+
+
+def load_policy(
+    shipped: Sequence[Path],
+    site: Sequence[Path] = (),
+    disabled: Iterable[str] = (),
+    parameters: Mapping[str, Any] | None = None,
+) -> tuple[Policy | None, list[Issue]]:
+    """Load shipped and site pack files (or directories) into one validated policy."""
+    issues: list[Issue] = []
+    parsed: list[ParsedPack] = []
+    for paths, origin in ((shipped, "shipped"), (site, "site")):
+        files, missing = pack_files(paths)
+        issues.extend(missing)
+        for f in files:
+            pack, found = parse_pack(f, origin)
+            issues.extend(found)
+            if pack is not None:
+                parsed.append(pack)
+    policy, found = build_policy(parsed, set(disabled), dict(parameters or {}))
+    issues.extend(found)
+    return (policy, []) if not issues else (None, issues)
+
+
+def build_policy(
+    packs: Sequence[ParsedPack], disabled: set[str], parameters: Mapping[str, Any]
+) -> tuple[Policy, list[Issue]]:
+    issues: list[Issue] = []
+    infos, active = _select(packs, disabled, issues)
+    specs, info = _categories(active, issues)
+    codes = {s.code for s in specs}
+    rules: list[Rule] = []
+    for pack in active:
+        rules.extend(_rules(pack, codes, parameters, issues))
+    rules = _unique_rules(rules, issues)
+    rules = _apply_overrides(active, rules, issues)
+    counts = {s.code: s.min_count for s in specs}
+    rules = [dataclasses.replace(r, tests=_cases(r, counts)) for r in rules]
+    digest = hashlib.sha256()
+    for p in active:
+        digest.update(f"{p.meta.id if p.meta else ''}\0{p.sha256}\0".encode())
+    digest.update(json.dumps(dict(parameters), sort_keys=True, default=str).encode())
+    per_pack = {p.meta.id: p for p in active if p.meta}
+    infos = [
+        dataclasses.replace(
+            i,
+            rules=sum(1 for r in rules if r.pack == i.id) if i.id in per_pack else i.rules,
+            categories=sum(1 for s in specs if s.pack == i.id)
+            if i.id in per_pack
+            else i.categories,
+        )
+        if i.enabled
+        else i
+        for i in infos
+    ]
+    policy = Policy(
+        version=digest.hexdigest(),
+        packs=tuple(infos),
+        rules=tuple(rules),
+        categories=tuple(specs),
+        loaded_at=time.time(),
+        category_info=info,
+    )
+    return (policy if not issues else EMPTY_POLICY), issues
+
+
+def _select(
+    packs: Sequence[ParsedPack], disabled: set[str], issues: list[Issue]
+) -> tuple[list[PackInfo], list[ParsedPack]]:
+    """Pack infos for `policy list`, and the packs in force (site replaces shipped)."""
+    by_id: dict[str, ParsedPack] = {}
+    replaced: dict[str, str] = {}
+    for p in packs:
+        if p.meta is None:
+            continue
+        old = by_id.get(p.meta.id)
+        if old is not None and not (old.origin == "shipped" and p.origin == "site"):
+            line = key_line(p.raw["pack"], "id")
+            issues.append(Issue(p.file, line, f"duplicate pack id {p.meta.id!r} (also {old.file})"))
+            continue
+        if old is not None:
+            replaced[old.file] = p.file
+        by_id[p.meta.id] = p
+    infos, active = [], []
+    for p in packs:
+        if p.meta is None:
+            continue
+        in_force = by_id.get(p.meta.id) is p and p.meta.id not in disabled
+        m = p.meta
+        infos.append(
+            PackInfo(
+                id=m.id,
+                name=m.name,
+                regime=m.regime,
+                version=m.version,
+                file=p.file,
+                sha256=p.sha256,
+                origin=p.origin,
+                enabled=in_force,
+                replaced_by=replaced.get(p.file),
+                rules=len(p.rules),
+                categories=len(p.categories),
+                sources=tuple(
+                    Source(s.title, s.ref, s.url, str(s.date) if s.date else None, s.note)
+                    for s in m.sources
+                ),
+            )
+        )
+        if in_force:
+            active.append(p)
+    return infos, active
+
+
+def _categories(
+    packs: Sequence[ParsedPack], issues: list[Issue]
+) -> tuple[list[CategorySpec], dict[str, dict[str, Any]]]:
+    specs: list[CategorySpec] = []
+    info: dict[str, dict[str, Any]] = {}
+    first: dict[str, str] = {}
+    for pack in packs:
+        assert pack.meta is not None
+        for cat, raw in pack.categories:
+            line = line_of(raw)
+            where = f"{pack.file}:{line}"
+            if cat.code in first:
+                issues.append(
+                    Issue(
+                        pack.file,
+                        key_line(raw, "code"),
+                        f"duplicate category code {cat.code!r} (first at {first[cat.code]})",
+                    )
+                )
+                continue
+            first[cat.code] = where
+            ok = True
+            for i, pattern in enumerate(cat.patterns):
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    ok = False
+                    at = item_line(raw["patterns"], i)
+                    issues.append(
+                        Issue(
+                            pack.file,
+                            at,
+                            f"category {cat.code}: bad regular expression {pattern!r}: {e}",
+                        )
+                    )
+            if cat.validator is not None and cat.validator not in VALIDATORS:
+                ok = False
+                issues.append(
+                    Issue(
+                        pack.file,
+                        key_line(raw, "validator"),
+                        f"category {cat.code}: unknown validator {cat.validator!r}"
+                        f" (known: {', '.join(VALIDATORS)})",
+                    )
+                )
+            if cat.validator is not None and not cat.patterns:
+                issues.append(
+                    Issue(
+                        pack.file,
+                        key_line(raw, "validator"),
+                        f"category {cat.code}: a validator needs patterns",
+                    )
+                )
+            keywords = tuple(k for k in (*cat.keywords_zh, *cat.keywords_en) if k.strip())
+            if not keywords and not cat.patterns:
+                ok = False
+                issues.append(
+                    Issue(pack.file, line, f"category {cat.code}: no keywords and no patterns")
+                )
+            if not ok:
+                continue
+            specs.append(
+                CategorySpec(
+                    code=cat.code,
+                    pack=pack.meta.id,
+                    name_en=cat.name_en,
+                    name_zh=cat.name_zh,
+                    keywords=keywords,
+                    patterns=tuple(cat.patterns),
+                    validator=cat.validator,
+                    kinds=tuple(cat.kinds),
+                    min_count=cat.min_count,
+                )
+            )
+            info[cat.code] = {
+                "catalogue_code": cat.catalogue_code,
+                "control": cat.control,
+                "status": cat.status,
+                "pack": pack.meta.id,
+                "name_en": cat.name_en,
+                "name_zh": cat.name_zh,
+            }
+    return specs, info
+
+
+def _rules(
+    pack: ParsedPack, codes: set[str], site_params: Mapping[str, Any], issues: list[Issue]
+) -> list[Rule]:
+    assert pack.meta is not None
+    params = {k: site_params.get(k, v) for k, v in pack.parameters.items()}
+    for name in set(params) & set(pack.lists):
+        line = key_line(pack.raw.get("lists"), name)
+        issues.append(Issue(pack.file, line, f"{name!r} is both a list and a parameter"))
+    names = {**params, **pack.lists}
+
+    def resolve(name: str) -> Any:
+        return names[name]
+
+    def ctx_for(report_file: str) -> CompileContext:
+        return CompileContext(
+            report=lambda line, msg: issues.append(Issue(report_file, line, msg)),
+            resolve=resolve,
+            macros=pack.macros,
+            known_category=codes.__contains__,
+        )
+
+    macro_ctx = ctx_for(pack.file)
+    raw_macros = pack.raw.get("macros") or {}
+    for name in pack.macros:
+        compile_condition({"macro": name}, macro_ctx, key_line(raw_macros, name))
+    out = []
+    for model, raw in pack.rules:
+        ctx = ctx_for(pack.file)
+        ctx._macro_cache = macro_ctx._macro_cache  # macro problems are reported once
+        cond = compile_condition(model.condition, ctx, key_line(raw, "condition"))
+        exceptions = _exceptions(model.exceptions, raw, pack.file, issues)
+        for i, case in enumerate(model.tests):
+            _check_facts(case.facts, raw["tests"][i], codes, pack.file, issues)
+        if cond is None or exceptions is None:
+            continue
+        out.append(
+            Rule(
+                id=model.id,
+                pack=pack.meta.id,
+                description=model.description,
+                condition=cond,
+                severity=model.severity,
+                action=model.action,
+                tags=tuple(model.tags),
+                exceptions=exceptions,
+                status=model.status,
+                effective_from=model.effective_from,
+                categories=frozenset(ctx.categories_used),
+                enabled=model.enabled,
+                tests=tuple(
+                    RuleCase(
+                        c.name,
+                        c.facts,
+                        c.expect,
+                        c.severity,
+                        c.action,
+                        item_line(raw["tests"], i),
+                        c.date,
+                    )
+                    for i, c in enumerate(model.tests)
+                ),
+                file=pack.file,
+                line=line_of(raw),
+            )
+        )
+    return out
+
+
+def _exceptions(
+    models: Sequence[ExceptionModel], raw: Any, file: str, issues: list[Issue]
+) -> tuple[RuleException, ...] | None:
+    out = []
+    ok = True
+    for i, e in enumerate(models):
+        raw_e = raw["exceptions"][i]
+        if not (e.destinations or e.users or e.processes or e.paths):
+            issues.append(
+                Issue(
+                    file,
+                    line_of(raw_e),
+                    f"exception {e.name!r} matches nothing:"
+                    " give destinations, users, processes or paths",
+                )
+            )
+            ok = False
+        nets: list[Network] = []
+        hosts: list[str] = []
+        for j, d in enumerate(e.destinations):
+            if _LOOKS_LIKE_IP.match(d):
+                try:
+                    nets.append(ipaddress.ip_network(d, strict=False))
+                except ValueError as err:
+                    ok = False
+                    at = item_line(raw_e["destinations"], j)
+                    issues.append(Issue(file, at, f"exception {e.name!r}: bad CIDR {d!r}: {err}"))
+            else:
+                hosts.append(d.lower())
+        out.append(
+            RuleException(
+                e.name,
+                tuple(nets),
+                tuple(hosts),
+                tuple(e.users),
+                tuple(e.processes),
+                tuple(e.paths),
+            )
+        )
+    return tuple(out) if ok else None
+
+
+def _check_facts(
+    facts: Mapping[str, Any], raw: Any, codes: set[str], file: str, issues: list[Issue]
+) -> None:
+    raw_facts = raw.get("facts") if isinstance(raw, dict) else None
+    for key, value in facts.items():
+        line = key_line(raw_facts, key) if raw_facts is not None else line_of(raw)
+        if key == "matches":
+            if not isinstance(value, dict):
+                issues.append(
+                    Issue(file, line, "test facts: 'matches' must map category codes to counts")
+                )
+                continue
+            for code in value:
+                if code not in codes:
+                    issues.append(
+                        Issue(file, key_line(value, code), f"test facts: unknown category {code!r}")
+                    )
+        elif field_type(str(key), codes.__contains__) is None:
+            issues.append(Issue(file, line, f"test facts: unknown field {key!r}"))
+
+
+def _unique_rules(rules: list[Rule], issues: list[Issue]) -> list[Rule]:
+    seen: dict[str, Rule] = {}
+    out = []
+    for r in rules:
+        if r.id in seen:
+            first = seen[r.id]
+            issues.append(
+                Issue(
+                    r.file,
+                    r.line,
+                    f"duplicate rule id {r.id!r} (first at {first.file}:{first.line})",
+                )
+            )
+            continue
+        seen[r.id] = r
+        out.append(r)
+    return out
+
+
+def _apply_overrides(
+    packs: Sequence[ParsedPack], rules: list[Rule], issues: list[Issue]
+) -> list[Rule]:
+    index = {r.id: i for i, r in enumerate(rules)}
+    for pack in packs:
+        for ov, raw in pack.overrides:
+            if ov.rule not in index:
+                issues.append(
+                    Issue(pack.file, key_line(raw, "rule"), f"override of unknown rule {ov.rule!r}")
+                )
+                continue
+            extra = _exceptions(ov.exceptions, raw, pack.file, issues) or ()
+            r = rules[index[ov.rule]]
+            rules[index[ov.rule]] = dataclasses.replace(
+                r,
+                enabled=r.enabled if ov.enabled is None else ov.enabled,
+                severity=ov.severity or r.severity,
+                action=ov.action or r.action,
+                exceptions=r.exceptions + extra,
+            )
+    return rules
+
+
+def _cases(rule: Rule, counts: Mapping[str, int]) -> tuple[RuleCase, ...]:
+    return tuple(
+        dataclasses.replace(c, facts=facts_mod.facts_from_mapping(c.facts, counts))
+        for c in rule.tests
+    )

@@ -1,0 +1,351 @@
+"""Rule conditions: a small structured language, compiled once, evaluated without `eval`.
+
+A condition is YAML data: `all: [...]`, `any: [...]`, `not: {...}`, `macro: NAME`, or a
+leaf `{field: NAME, OP: VALUE}` with exactly one operator. Values may name a pack list
+or parameter as `$name`. Compilation checks every field, operator and value against the
+field registry below and reports problems with their line; evaluation is a pure
+function of the compiled tree and a facts mapping (see `facts`). A missing fact makes a
+comparison false (so `not` of it is true); `exists` tests presence.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.policy._yaml import key_line, line_of
+
+# field name -> type: "str", "num", "set" (a set of strings), "any"
+FIELDS: dict[str, str] = {
+    "event": "str",  # file | flow | transfer (a file joined to the flow that carried it)
+    "action": "str",  # file action: created, written, moved, ...
+    "channel": "str",  # local | removable | network_share | cloud_sync | network
+    "path": "str",
+    "size": "num",
+    "kinds": "set",  # artefact kinds
+    "categories": "set",  # category codes present (count >= the category's min_count)
+    "process.exe": "str",
+    "process.name": "str",
+    "user": "str",
+    "hour": "num",  # 0-23, host local time
+    "weekday": "str",  # mon .. sun
+    "dest_class": "str",  # loopback | internal | approved | domestic | foreign | unknown
+    "country": "str",
+    "bytes_out": "num",
+    "name": "str",  # destination name (SNI, HTTP Host or DNS)
+    "sni": "str",
+    "dst_ip": "str",
+    "dst_port": "num",
+    "protocol": "str",
+}
+
+# tag details the classifier promises (agent/categories.py), as `<kind>.<detail>` fields
+DETAILS: dict[str, dict[str, str]] = {
+    "model_weights": {"format": "str", "parameters": "num", "tensors": "num", "dtype": "str"},
+    "dataset": {"format": "str", "columns": "any", "rows": "num"},
+    "source_code": {"language": "str", "git_remote": "str", "git_commit": "str"},
+    "archive": {"format": "str", "members": "num", "nested_kinds": "any"},
+    "document": {"format": "str", "chars": "num"},
+    "engineering": {"format": "str"},
+    "secret": {"type": "str"},
+}
+
+# operator -> (field types it applies to, value shape: scalar | list | number | bool | regex)
+OPERATORS: dict[str, tuple[tuple[str, ...], str]] = {
+    "eq": (("str", "num", "any"), "scalar"),
+    "ne": (("str", "num", "any"), "scalar"),
+    "in": (("str", "num", "any"), "list"),
+    "not_in": (("str", "num", "any"), "list"),
+    "gt": (("num", "any"), "number"),
+    "ge": (("num", "any"), "number"),
+    "lt": (("num", "any"), "number"),
+    "le": (("num", "any"), "number"),
+    "contains": (("set", "any"), "scalar"),
+    "contains_any": (("set", "any"), "list"),
+    "contains_all": (("set", "any"), "list"),
+    "glob": (("str",), "list"),
+    "regex": (("str",), "regex"),
+    "cidr": (("str",), "cidr"),
+    "exists": (("str", "num", "set", "any"), "bool"),
+}
+
+
+def field_type(name: str, known_category: Callable[[str], bool]) -> str | None:
+    """The type of a field name, or None if no such field exists."""
+    if name in FIELDS:
+        return FIELDS[name]
+    head, dot, tail = name.partition(".")
+    if not dot:
+        return None
+    if head == "matches":
+        return "num" if known_category(tail) else None
+    return DETAILS.get(head, {}).get(tail)
+
+
+# --- compiled tree ------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Compare:
+    field: str
+    op: str
+    value: Any
+
+    def __call__(self, facts: Mapping[str, Any]) -> bool:
+        present = self.field in facts and facts[self.field] is not None
+        if self.op == "exists":
+            return present is bool(self.value)
+        if not present:
+            return False
+        try:
+            return _OPS[self.op](facts[self.field], self.value)
+        except TypeError:  # a fact of an unexpected shape (e.g. a list) never matches
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class All:
+    items: tuple[Condition, ...]
+
+    def __call__(self, facts: Mapping[str, Any]) -> bool:
+        return all(c(facts) for c in self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class AnyOf:
+    items: tuple[Condition, ...]
+
+    def __call__(self, facts: Mapping[str, Any]) -> bool:
+        return any(c(facts) for c in self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class Not:
+    item: Condition
+
+    def __call__(self, facts: Mapping[str, Any]) -> bool:
+        return not self.item(facts)
+
+
+Condition = Compare | All | AnyOf | Not
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return v
+    return None
+
+
+def _cmp(fn: Callable[[float, float], bool]) -> Callable[[Any, Any], bool]:
+    def op(fact: Any, value: Any) -> bool:
+        n = _num(fact)
+        return n is not None and fn(n, value)
+
+    return op
+
+
+def _as_set(fact: Any) -> frozenset[Any]:
+    if isinstance(fact, (set, frozenset)):
+        return frozenset(fact)
+    if isinstance(fact, (list, tuple)):
+        return frozenset(x for x in fact if not isinstance(x, (list, dict, set)))
+    return frozenset()
+
+
+def _in_networks(fact: Any, nets: tuple[Any, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(str(fact))
+    except ValueError:
+        return False
+    return any(ip.version == n.version and ip in n for n in nets)
+
+
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": lambda f, v: f == v,
+    "ne": lambda f, v: f != v,
+    "in": lambda f, v: f in v,
+    "not_in": lambda f, v: f not in v,
+    "gt": _cmp(lambda a, b: a > b),
+    "ge": _cmp(lambda a, b: a >= b),
+    "lt": _cmp(lambda a, b: a < b),
+    "le": _cmp(lambda a, b: a <= b),
+    "contains": lambda f, v: v in _as_set(f),
+    "contains_any": lambda f, v: not _as_set(f).isdisjoint(v),
+    "contains_all": lambda f, v: v <= _as_set(f),
+    "glob": lambda f, v: isinstance(f, str) and any(fnmatch.fnmatchcase(f, p) for p in v),
+    "regex": lambda f, v: isinstance(f, str) and v.search(f) is not None,
+    "cidr": _in_networks,
+}
+
+
+# --- compilation --------------------------------------------------------------------
+@dataclass
+class CompileContext:
+    """What a condition may refer to, and where its problems go."""
+
+    report: Callable[[int, str], None]
+    resolve: Callable[[str], Any]  # "$name" -> list/parameter value; raises KeyError
+    macros: Mapping[str, Any]
+    known_category: Callable[[str], bool]
+    categories_used: set[str] = field(default_factory=set)
+    _macro_cache: dict[str, Condition | None] = field(default_factory=dict)
+    _macro_stack: list[str] = field(default_factory=list)
+
+
+def compile_condition(raw: Any, ctx: CompileContext, line: int = 0) -> Condition | None:
+    """Compile raw YAML into a condition; None (with problems reported) if it is bad."""
+    line = line_of(raw, line)
+    if not isinstance(raw, dict) or not raw:
+        ctx.report(line, "a condition must be a mapping: all, any, not, macro or field")
+        return None
+    keys = set(raw)
+    if keys & {"all", "any"}:
+        key = next(iter(keys)) if len(keys) == 1 else None
+        if key is None or not isinstance(raw[key], list) or not raw[key]:
+            ctx.report(line, "'all'/'any' must be the only key, with a non-empty list")
+            return None
+        lines = getattr(raw[key], "item_lines", [line] * len(raw[key]))
+        items = [compile_condition(c, ctx, ln) for c, ln in zip(raw[key], lines)]
+        if any(i is None for i in items):
+            return None
+        kept = tuple(i for i in items if i is not None)
+        return All(kept) if key == "all" else AnyOf(kept)
+    if "not" in keys:
+        if len(keys) != 1:
+            ctx.report(line, "'not' must be the only key of its mapping")
+            return None
+        inner = compile_condition(raw["not"], ctx, key_line(raw, "not"))
+        return Not(inner) if inner is not None else None
+    if "macro" in keys:
+        return _macro(raw, ctx, line)
+    return _leaf(raw, ctx, line)
+
+
+def _macro(raw: Mapping[str, Any], ctx: CompileContext, line: int) -> Condition | None:
+    name = raw["macro"]
+    if len(raw) != 1 or not isinstance(name, str):
+        ctx.report(line, "'macro' must be the only key, with a macro name")
+        return None
+    if name not in ctx.macros:
+        ctx.report(line, f"unknown macro {name!r}")
+        return None
+    if name in ctx._macro_stack:
+        ctx.report(line, f"macro {name!r} refers to itself")
+        return None
+    if name not in ctx._macro_cache:
+        ctx._macro_stack.append(name)
+        ctx._macro_cache[name] = compile_condition(ctx.macros[name], ctx, line)
+        ctx._macro_stack.pop()
+    return ctx._macro_cache[name]
+
+
+def _leaf(raw: Mapping[str, Any], ctx: CompileContext, line: int) -> Condition | None:
+    name = raw.get("field")
+    ops = [k for k in raw if k != "field"]
+    if not isinstance(name, str):
+        ctx.report(line, "a comparison needs 'field: NAME' (or use all/any/not/macro)")
+        return None
+    ftype = field_type(name, ctx.known_category)
+    if ftype is None:
+        if name.startswith("matches."):
+            ctx.report(line, f"unknown category {name[8:]!r} in field {name!r}")
+        else:
+            ctx.report(line, f"unknown field {name!r}")
+        return None
+    if len(ops) != 1:
+        ctx.report(line, f"field {name!r} needs exactly one operator, got {sorted(map(str, ops))}")
+        return None
+    op = ops[0]
+    where = key_line(raw, op)
+    if op not in OPERATORS:
+        ctx.report(where, f"unknown operator {op!r} (known: {', '.join(OPERATORS)})")
+        return None
+    types, shape = OPERATORS[op]
+    if ftype not in types:
+        ctx.report(where, f"operator {op!r} does not apply to {ftype} field {name!r}")
+        return None
+    value = _resolve(raw[op], ctx, where)
+    if value is _BAD:
+        return None
+    value = _shape(value, shape, op, ctx, where)
+    if value is _BAD:
+        return None
+    if name == "categories" or name.startswith("matches."):
+        codes = [name[8:]] if name.startswith("matches.") else _strings(value)
+        unknown = [c for c in codes if not ctx.known_category(c)]
+        if unknown:
+            ctx.report(where, f"unknown category {', '.join(map(repr, unknown))}")
+            return None
+        ctx.categories_used.update(codes)
+    return Compare(name, op, value)
+
+
+_BAD = object()
+
+
+def _resolve(value: Any, ctx: CompileContext, line: int) -> Any:
+    if isinstance(value, str) and value.startswith("$"):
+        try:
+            return ctx.resolve(value[1:])
+        except KeyError:
+            ctx.report(line, f"unknown list or parameter {value!r}")
+            return _BAD
+    if isinstance(value, list):
+        out: list[Any] = []
+        for item in value:
+            r = _resolve(item, ctx, line)
+            if r is _BAD:
+                return _BAD
+            out.extend(r if isinstance(item, str) and isinstance(r, list) else [r])
+        return out
+    return value
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, (frozenset, tuple, list)):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def _shape(value: Any, shape: str, op: str, ctx: CompileContext, line: int) -> Any:
+    scalar = (str, int, float)
+    if shape == "scalar":
+        if isinstance(value, scalar) and not isinstance(value, bool):
+            return value
+        ctx.report(line, f"operator {op!r} needs a single string or number")
+    elif shape == "number":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        ctx.report(line, f"operator {op!r} needs a number, got {type(value).__name__}")
+    elif shape == "bool":
+        if isinstance(value, bool):
+            return value
+        ctx.report(line, f"operator {op!r} needs true or false")
+    elif shape == "regex":
+        if not isinstance(value, str):
+            ctx.report(line, "operator 'regex' needs a pattern string")
+            return _BAD
+        try:
+            return re.compile(value)
+        except re.error as e:
+            ctx.report(line, f"bad regular expression {value!r}: {e}")
+    elif shape == "cidr":
+        items = value if isinstance(value, list) else [value]
+        nets = []
+        for item in items:
+            try:
+                nets.append(ipaddress.ip_network(str(item), strict=False))
+            except ValueError:
+                ctx.report(line, f"bad CIDR {item!r}")
+                return _BAD
+        return tuple(nets)
+    else:  # list
+        items = value if isinstance(value, list) else [value]
+        if all(isinstance(v, scalar) and not isinstance(v, bool) for v in items) and items:
+            return frozenset(items) if op != "glob" else tuple(map(str, items))
+        ctx.report(line, f"operator {op!r} needs a non-empty list of strings or numbers")
+    return _BAD

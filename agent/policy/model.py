@@ -1,0 +1,197 @@
+"""The compiled policy in force: packs, categories, rules, and the decision function.
+
+`Policy` is immutable and built only by `loader.load_policy`; the holder swaps whole
+policies. `Policy.decide(facts)` is pure — it checks each rule's condition, then its
+exceptions (data: destinations, users, processes, paths), and turns a firing rule into
+a `Decision` carrying the rule, pack, severity, action, the policy version and the
+categories that made it fire. A rule whose legal control is not in force on the day of
+the event (suspended, rescinded, not yet effective) still decides, but only records.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.categories import CategorySpec
+from agent.events import Artefact, Decision, FileEvent, Flow, Severity
+from agent.policy import facts as facts_mod
+from agent.policy.conditions import Condition
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    title: str
+    ref: str | None = None
+    url: str | None = None
+    date: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PackInfo:
+    id: str
+    name: str
+    regime: str
+    version: str
+    file: str
+    sha256: str
+    origin: str  # "shipped" | "site"
+    enabled: bool = True
+    replaced_by: str | None = None  # the site file that took this pack id's place
+    rules: int = 0
+    categories: int = 0
+    sources: tuple[Source, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RuleException:
+    name: str
+    networks: tuple[Network, ...] = ()
+    hosts: tuple[str, ...] = ()  # globs on the destination name / SNI
+    users: tuple[str, ...] = ()
+    processes: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+
+    def matches(self, facts: Mapping[str, Any]) -> bool:
+        """True when every field this exception sets matches the facts."""
+        dest = _ip_in(facts.get("dst_ip"), self.networks) or self._host_in(facts)
+        if (self.networks or self.hosts) and not dest:
+            return False
+        if self.users and facts.get("user") not in self.users:
+            return False
+        if self.processes and not _glob_any(facts.get("process.exe"), self.processes):
+            return False
+        return not self.paths or _glob_any(facts.get("path"), self.paths)
+
+    def _host_in(self, facts: Mapping[str, Any]) -> bool:
+        return any(_glob_any(facts.get(k), self.hosts) for k in ("name", "sni"))
+
+
+def _glob_any(value: Any, patterns: tuple[str, ...]) -> bool:
+    return isinstance(value, str) and any(fnmatch.fnmatchcase(value, p) for p in patterns)
+
+
+def _ip_in(value: Any, nets: tuple[Network, ...]) -> bool:
+    if not nets or not isinstance(value, str):
+        return False
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return any(ip.version == n.version and ip in n for n in nets)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleCase:
+    name: str
+    facts: Mapping[str, Any]
+    expect: str  # "decision" | "none"
+    severity: Severity | None = None
+    action: str | None = None
+    line: int = 0
+    date: dt.date | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    pack: str
+    description: str
+    condition: Condition
+    severity: Severity
+    action: str
+    tags: tuple[str, ...] = ()
+    exceptions: tuple[RuleException, ...] = ()
+    status: str = "in_force"
+    effective_from: dt.date | None = None
+    categories: frozenset[str] = frozenset()  # codes the condition refers to
+    enabled: bool = True
+    tests: tuple[RuleCase, ...] = ()
+    file: str = ""
+    line: int = 0
+
+    def in_force(self, day: dt.date) -> tuple[bool, str]:
+        """Whether the control behind this rule applies on `day`, and why not."""
+        if self.effective_from and day < self.effective_from:
+            return False, f"control effective from {self.effective_from}"
+        if self.status == "rescinded_nonenforced":
+            return False, "control rescinded / not enforced"
+        if self.status.startswith("suspended_until:"):
+            until = dt.date.fromisoformat(self.status.partition(":")[2])
+            if day < until:
+                return False, f"control suspended until {until}"
+        return True, ""
+
+    def fires(self, facts: Mapping[str, Any]) -> bool:
+        if not self.condition(facts):
+            return False
+        return not any(e.matches(facts) for e in self.exceptions)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    version: str  # sha256 over the enabled packs' content and the site parameters
+    packs: tuple[PackInfo, ...]
+    rules: tuple[Rule, ...]
+    categories: tuple[CategorySpec, ...]
+    loaded_at: float = 0.0
+    category_info: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @property
+    def min_counts(self) -> dict[str, int]:
+        return {c.code: c.min_count for c in self.categories}
+
+    def decide(self, facts: Mapping[str, Any], day: dt.date | None = None) -> list[Decision]:
+        """Every decision the enabled rules make on these facts, in rule order."""
+        day = day or dt.date.today()
+        out = []
+        for rule in self.rules:
+            if rule.enabled and rule.fires(facts):
+                out.append(self._decision(rule, facts, day))
+        return out
+
+    def _decision(self, rule: Rule, facts: Mapping[str, Any], day: dt.date) -> Decision:
+        present = facts.get("categories") or frozenset()
+        cats = tuple(sorted(rule.categories & present))
+        action = rule.action
+        reason = rule.description
+        if cats:
+            counts = ", ".join(f"{c}×{facts.get('matches.' + c, 0)}" for c in cats)
+            reason = f"{reason} [{counts}]"
+        ok, why = rule.in_force(day)
+        if not ok:
+            action = "record"
+            reason = f"{reason} ({why}: recorded only)"
+        return Decision(
+            rule_id=rule.id,
+            pack=rule.pack,
+            severity=rule.severity,
+            action=action,
+            policy_version=self.version,
+            reason=reason,
+            categories=cats,
+        )
+
+    # --- conveniences for the stage, correlation and explain ---------------------
+    def decide_file(self, event: FileEvent) -> list[Decision]:
+        return self.decide(facts_mod.file_facts(event, self.min_counts), event.time.date())
+
+    def decide_flow(self, flow: Flow) -> list[Decision]:
+        return self.decide(facts_mod.flow_facts(flow), flow.time.date())
+
+    def decide_transfer(
+        self, artefact: Artefact, flow: Flow, file_event: FileEvent | None = None
+    ) -> list[Decision]:
+        """Decisions on an artefact that left in `flow` (for correlation and explain)."""
+        f = facts_mod.transfer_facts(artefact, flow, self.min_counts, file_event)
+        return self.decide(f, flow.time.date())
+
+
+EMPTY_POLICY = Policy(version="none", packs=(), rules=(), categories=())

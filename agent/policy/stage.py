@@ -1,0 +1,40 @@
+"""The policy stage of the pipeline: events in, the same events with decisions out.
+
+It sits after the classifier (file events carry their `Artefact`) and before the store.
+Each event is judged by the policy in force at that moment (`PolicyHolder.current`), so
+a reload takes effect on the next event; every decision is counted in
+`egress_agent_decisions_total{pack,rule,severity,dest_class}`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from agent import metrics
+from agent.events import Event, FileEvent
+from agent.policy.holder import PolicyHolder
+
+
+class PolicyStage:
+    """Callable `Event -> Event` that adds the policy's decisions."""
+
+    def __init__(self, rt: Any) -> None:
+        holder = rt.extras.get("policy")
+        if not isinstance(holder, PolicyHolder):
+            raise RuntimeError("PolicyStage needs rt.extras['policy'] (a PolicyHolder)")
+        self.holder = holder
+
+    def __call__(self, event: Event) -> Event:
+        policy = self.holder.current
+        if isinstance(event, FileEvent):
+            decisions = policy.decide_file(event)
+            dest_class = ""
+        else:
+            decisions = policy.decide_flow(event)
+            dest_class = event.dest_class
+        if not decisions:
+            return event
+        for d in decisions:
+            metrics.DECISIONS.labels(d.pack, d.rule_id, str(d.severity), dest_class).inc()
+        return dataclasses.replace(event, decisions=(*event.decisions, *decisions))
