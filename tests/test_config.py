@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import DEFAULT_METRICS_PORT, ConfigError, load_settings
-
-from .conftest import cli
+from tests.conftest import cli
 
 
 def test_defaults_are_safe(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

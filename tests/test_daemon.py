@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .conftest import cli, write_config
+from tests.conftest import cli, write_config
 
 
 def _wait_for(pred: Any, timeout: float = 30.0, interval: float = 0.05) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ..conftest import is_root
+from tests.conftest import is_root
 
 pytestmark = pytest.mark.drill
 
