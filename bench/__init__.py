@@ -1,0 +1,1 @@
+"""Benchmarks: the agent side by side with reference tools on the same work."""
