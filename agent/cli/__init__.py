@@ -22,6 +22,7 @@ _VERBS = [
     "agent.cli.core:status",
     "agent.cli.core:events",
     "agent.cli.core:config",
+    "agent.cli.replay:replay",
 ]
 
 

@@ -1,0 +1,35 @@
+"""The network sensor: outbound flows with exact bytes, names, destination class, process.
+
+Modules, from the wire inwards: `capture` (filtered AF_PACKET sockets), `packets`
+(struct header parsing), `names` (SNI, HTTP Host, DNS, name cache), `seqtrack` (TCP
+sequence counting past 4 GiB), `sockdiag` (kernel byte counts and socket owners),
+`procindex` (inode → process), `destinations` (class and country), `flowtable` (the
+flow logic shared with replay), `sensor` (the live thread), `pcapfile` and `replay`
+(offline mode). See docs/network-sensor.md.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agent.sensors import SensorUnavailable
+
+if TYPE_CHECKING:
+    from agent.daemon import Runtime
+    from agent.sensors.network.sensor import NetworkSensor
+
+
+def create(rt: Runtime) -> NetworkSensor:
+    """The registry's factory: a sensor for `network.*` settings (not yet started)."""
+    from agent.sensors.network.destinations import CountryTableError
+    from agent.sensors.network.replay import destinations_from
+    from agent.sensors.network.sensor import NetworkSensor
+
+    cfg = rt.settings.network
+    if not cfg.interfaces:
+        raise SensorUnavailable("no interfaces configured (network.interfaces)")
+    try:
+        destinations = destinations_from(cfg)
+    except CountryTableError as e:
+        raise SensorUnavailable(f"network.country_db: {e}") from None
+    return NetworkSensor(cfg, destinations)

@@ -1,0 +1,149 @@
+"""Where a flow went: destination class and country, from config and an offline table.
+
+`Destinations.classify(address, name)` answers `(dest_class, country)` with dest_class
+in loopback | internal | approved | foreign | domestic | unknown, checked in that order.
+Countries come from `CountryTable`, a sorted interval table loaded from a CSV
+(`cidr,country` or `first_ip,last_ip,country` rows, as GeoIP/ipinfo/DB-IP exports give
+them): no download at run time, one binary search per flow.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import ipaddress
+from collections.abc import Iterable
+from pathlib import Path
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class CountryTableError(ValueError):
+    """The country CSV cannot be used: the message names the file and the line."""
+
+
+class CountryTable:
+    """Sorted, non-overlapping address intervals → ISO country code, per IP version."""
+
+    def __init__(self, rows: Iterable[tuple[int, int, int, str]]) -> None:
+        # rows: (version, first, last, country)
+        by_version: dict[int, list[tuple[int, int, str]]] = {4: [], 6: []}
+        for version, first, last, country in rows:
+            by_version[version].append((first, last, country))
+        self._starts: dict[int, list[int]] = {}
+        self._ends: dict[int, list[int]] = {}
+        self._codes: dict[int, list[str]] = {}
+        for version, items in by_version.items():
+            items.sort()
+            self._starts[version] = [i[0] for i in items]
+            self._ends[version] = [i[1] for i in items]
+            self._codes[version] = [i[2] for i in items]
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._starts.values())
+
+    def lookup(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+        v = address.version
+        value = int(address)
+        i = bisect.bisect_right(self._starts[v], value) - 1
+        if i >= 0 and value <= self._ends[v][i]:
+            return self._codes[v][i]
+        return None
+
+    @classmethod
+    def from_csv(cls, path: Path) -> CountryTable:
+        rows: list[tuple[int, int, int, str]] = []
+        try:
+            with path.open(newline="", encoding="utf-8") as f:
+                for lineno, rec in enumerate(csv.reader(f), 1):
+                    if not rec or rec[0].startswith("#"):
+                        continue
+                    try:
+                        rows.append(_parse_row(rec))
+                    except ValueError as e:
+                        if lineno == 1:  # a header line such as "network,country"
+                            continue
+                        raise CountryTableError(f"{path}:{lineno}: {e}") from None
+        except OSError as e:
+            raise CountryTableError(f"{path}: cannot read country table: {e.strerror}") from None
+        return cls(rows)
+
+
+def _parse_row(rec: list[str]) -> tuple[int, int, int, str]:
+    if len(rec) == 2:
+        net = ipaddress.ip_network(rec[0].strip(), strict=False)
+        first, last, version = int(net.network_address), int(net.broadcast_address), net.version
+        code = rec[1]
+    elif len(rec) >= 3:
+        a = ipaddress.ip_address(rec[0].strip())
+        b = ipaddress.ip_address(rec[1].strip())
+        if a.version != b.version or int(b) < int(a):
+            raise ValueError("range ends before it starts or mixes IPv4 and IPv6")
+        first, last, version = int(a), int(b), a.version
+        code = rec[2]
+    else:
+        raise ValueError("expected cidr,country or first,last,country")
+    code = code.strip().upper()
+    if len(code) != 2 or not code.isalpha():
+        raise ValueError(f"country {code!r} is not a two-letter ISO code")
+    return version, first, last, code
+
+
+def _networks(items: Iterable[str]) -> list[Network]:
+    return [ipaddress.ip_network(i, strict=False) for i in items]
+
+
+def _is_network(item: str) -> bool:
+    try:
+        ipaddress.ip_network(item, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+class Destinations:
+    """The destination classifier built from the `network` config section."""
+
+    def __init__(
+        self,
+        internal: Iterable[str] = (),
+        approved: Iterable[str] = (),
+        foreign: Iterable[str] = (),
+        domestic_country: str = "CN",
+        countries: CountryTable | None = None,
+    ) -> None:
+        approved = list(approved)
+        self.internal = _networks(internal)
+        self.approved_nets = _networks(a for a in approved if _is_network(a))
+        self.approved_names = tuple(
+            a.lower().lstrip("*").lstrip(".") for a in approved if not _is_network(a)
+        )
+        self.foreign = _networks(foreign)
+        self.domestic = domestic_country.upper()
+        self.countries = countries
+
+    def _name_approved(self, name: str | None) -> bool:
+        if not name:
+            return False
+        name = name.lower()
+        return any(name == a or name.endswith("." + a) for a in self.approved_names)
+
+    def classify(self, address: str, name: str | None = None) -> tuple[str, str | None]:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return "unknown", None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        if ip.is_loopback:
+            return "loopback", None
+        if any(ip in n for n in self.internal):
+            return "internal", None
+        country = self.countries.lookup(ip) if self.countries is not None else None
+        if any(ip in n for n in self.approved_nets) or self._name_approved(name):
+            return "approved", country
+        if any(ip in n for n in self.foreign):
+            return "foreign", country
+        if country is None:
+            return "unknown", None
+        return ("domestic" if country == self.domestic else "foreign"), country

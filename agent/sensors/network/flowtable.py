@@ -1,0 +1,396 @@
+"""The flow logic shared by live capture and pcap replay: packets and kernel counts in,
+`Flow` records out.
+
+A flow is keyed by who started it: (protocol, initiator address, port, responder
+address, port). Only flows this host (or a host it forwards for) initiated are kept; an
+inbound SYN marks its key as ignored. Bytes come from, best first: the kernel's
+`tcp_info` (`kernel_update`, byte_source="tcp_info"), conntrack (`conntrack_update`,
+"conntrack_l3"), TCP sequence numbers ("tcp_seq"), captured UDP payloads ("packets").
+Records are exported like IPFIX: on close (FIN both ways, RST, or socket destroy), on
+idle timeout and on active timeout — an active-timeout record carries the bytes since
+the previous record of the same flow, so the records of one flow add up to its total.
+Time is passed in (packet timestamps in replay, the clock live), so this is testable.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from agent import metrics
+from agent.events import Flow, ProcessInfo
+from agent.sensors.network import names
+from agent.sensors.network.destinations import Destinations
+from agent.sensors.network.packets import (
+    IPPROTO_TCP,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_RST,
+    TCP_SYN,
+    Buffer,
+    Packet,
+)
+from agent.sensors.network.seqtrack import SeqCounter
+
+FlowKey = tuple[int, bytes, int, bytes, int]
+_PROTO_NAMES = {6: "tcp", 17: "udp"}
+_MAX_PROBES = 3  # payload packets per direction inspected for names
+
+
+@dataclass(slots=True)
+class FlowState:
+    """Mutable bookkeeping for one open flow (internal to the table)."""
+
+    key: FlowKey
+    start: float
+    last: float
+    record_start: float
+    out: SeqCounter | None = None
+    inn: SeqCounter | None = None
+    packet_out: int = 0  # UDP payload bytes seen
+    packet_in: int = 0
+    kernel_out: int | None = None
+    kernel_in: int | None = None
+    conntrack_out: int | None = None
+    conntrack_in: int | None = None
+    owned: bool = False  # a local socket owns it: wait for its destroy notification
+    closed_at: float | None = None  # owned and closed on the wire, destroy not yet seen
+    fin_out: bool = False
+    fin_in: bool = False
+    rst: bool = False
+    probes: int = 0
+    sni: str | None = None
+    http_host: str | None = None
+    process: ProcessInfo | None = None
+    cookie: int | None = None
+    exported_out: int = 0
+    exported_in: int = 0
+    counted_out: int = 0  # already added to egress_agent_outbound_bytes_total
+
+    def totals(self) -> tuple[int, int, str]:
+        if self.kernel_out is not None:
+            return self.kernel_out, self.kernel_in or 0, "tcp_info"
+        if self.conntrack_out is not None:
+            return self.conntrack_out, self.conntrack_in or 0, "conntrack_l3"
+        if self.out is not None:
+            return self.out.bytes, self.inn.bytes if self.inn else 0, "tcp_seq"
+        return self.packet_out, self.packet_in, "packets"
+
+
+def _ntop(addr: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+class FlowTable:
+    """Open flows, the name cache, and the export rules."""
+
+    def __init__(
+        self,
+        emit: Callable[[Flow], object],
+        destinations: Destinations | None = None,
+        idle_timeout: float = 60.0,
+        active_timeout: float = 300.0,
+        is_local: Callable[[bytes], bool] | None = None,
+        midstream: bool = False,
+        count_metrics: bool = False,
+        max_flows: int = 1 << 20,
+    ) -> None:
+        self.emit = emit
+        self.destinations = destinations or Destinations()
+        self.idle_timeout = idle_timeout
+        self.active_timeout = active_timeout
+        self.is_local = is_local
+        self.midstream = midstream  # replay: also follow flows whose SYN was not captured
+        self.count_metrics = count_metrics
+        self.max_flows = max_flows
+        self.close_grace = 5.0  # seconds an owned flow waits for its destroy notification
+        self.flows: dict[FlowKey, FlowState] = {}
+        self.reverse: dict[FlowKey, FlowKey] = {}  # responder-side key -> flow key
+        self.ignored: OrderedDict[FlowKey, float] = OrderedDict()  # inbound and closed keys
+        self.names = names.NameCache()
+        self.on_new_flow: Callable[[FlowState], None] | None = None
+        self.exported = 0
+        self.skipped_full = 0
+
+    # --- packets -------------------------------------------------------------------
+    def packet(self, pkt: Packet, ts: float, buf: Buffer, end: int) -> None:
+        """Account one decoded packet; `buf[:end]` holds its captured bytes."""
+        key: FlowKey = (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
+        st = self.flows.get(key)
+        outbound = True
+        if st is None:
+            rkey = self.reverse.get(key)
+            if rkey is not None:
+                st = self.flows[rkey]
+                outbound = False
+        if pkt.proto == IPPROTO_TCP:
+            flags = pkt.flags
+            if flags & TCP_SYN and not flags & TCP_ACK:
+                st = self._open(key, ts, pkt, st)
+                if st is None:
+                    return
+                outbound = True
+            elif st is None:
+                st = self._midstream(key, ts, pkt)
+                if st is None:
+                    return
+                outbound = st.key == key
+            self._tcp(st, pkt, outbound, ts, buf, end)
+        else:
+            if st is None:
+                st = self._open_udp(key, ts, pkt)
+                if st is None:
+                    return
+            self._udp(st, pkt, outbound, ts, buf, end)
+
+    def _open(self, key: FlowKey, ts: float, pkt: Packet, st: FlowState | None) -> FlowState | None:
+        if st is not None and st.key == key:
+            if st.out is not None and (pkt.seq + 1) & 0xFFFFFFFF == st.out.base:
+                return st  # a retransmitted SYN
+            self._export(st, ts, "rst" if st.rst else "fin", final=True)  # port reused
+        if self.is_local is not None and self.is_local(pkt.dst) and not self.is_local(pkt.src):
+            self._ignore(key, ts)  # inbound connection: not ours to report
+            return None
+        self.ignored.pop(key, None)
+        new = self._new(key, ts)
+        if new is not None:
+            new.out = SeqCounter(pkt.seq)
+            if self.on_new_flow is not None:
+                self.on_new_flow(new)
+        return new
+
+    def _midstream(self, key: FlowKey, ts: float, pkt: Packet) -> FlowState | None:
+        if not self.midstream or key in self.ignored:
+            return None
+        rkey: FlowKey = (pkt.proto, pkt.dst, pkt.dport, pkt.src, pkt.sport)
+        if rkey in self.ignored:
+            return None
+        if pkt.flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK or pkt.sport < pkt.dport:
+            key = rkey  # the sender is the responder: the flow belongs to the other side
+        st = self._new(key, ts)
+        if st is None:
+            return None
+        st.out = SeqCounter(pkt.seq if key != rkey else pkt.ack, syn=False)
+        return st
+
+    def _open_udp(self, key: FlowKey, ts: float, pkt: Packet) -> FlowState | None:
+        if key in self.ignored:
+            return None
+        if self.is_local is not None and self.is_local(pkt.dst) and not self.is_local(pkt.src):
+            self._ignore(key, ts)
+            return None
+        return self._new(key, ts)
+
+    def _new(self, key: FlowKey, ts: float) -> FlowState | None:
+        if len(self.flows) >= self.max_flows:
+            self.skipped_full += 1
+            return None
+        st = FlowState(key, ts, ts, ts)
+        self.flows[key] = st
+        self.reverse[(key[0], key[3], key[4], key[1], key[2])] = key
+        return st
+
+    def _ignore(self, key: FlowKey, ts: float) -> None:
+        self.ignored[key] = ts
+        self.ignored.move_to_end(key)
+        if len(self.ignored) > 65536:
+            self.ignored.popitem(last=False)
+
+    def _tcp(
+        self,
+        st: FlowState,
+        pkt: Packet,
+        outbound: bool,
+        ts: float,
+        buf: Buffer,
+        end: int,
+    ) -> None:
+        st.last = ts
+        flags = pkt.flags
+        if outbound:
+            if st.out is not None:
+                st.out.see(pkt.seq, pkt.payload_len)
+        elif st.inn is None:
+            if flags & TCP_SYN:
+                st.inn = SeqCounter(pkt.seq)
+            elif self.midstream:
+                st.inn = SeqCounter(pkt.seq, syn=False)
+                st.inn.see(pkt.seq, pkt.payload_len)
+        else:
+            st.inn.see(pkt.seq, pkt.payload_len)
+        if pkt.payload_len and st.probes < _MAX_PROBES and pkt.payload_off < end:
+            st.probes += 1
+            data = bytes(buf[pkt.payload_off : min(end, pkt.payload_off + pkt.payload_len)])
+            if outbound:
+                self._names_from_request(st, data)
+            elif pkt.sport == 53 and len(data) > 2:
+                self._learn_dns(data[2:], ts)
+        if flags & (TCP_FIN | TCP_RST):
+            if flags & TCP_RST:
+                st.rst = True
+            elif outbound:
+                st.fin_out = True
+            else:
+                st.fin_in = True
+            if st.rst or (st.fin_out and st.fin_in):
+                if st.owned:
+                    st.closed_at = st.closed_at or ts
+                else:
+                    self._export(st, ts, "rst" if st.rst else "fin", final=True)
+
+    def _udp(
+        self,
+        st: FlowState,
+        pkt: Packet,
+        outbound: bool,
+        ts: float,
+        buf: Buffer,
+        end: int,
+    ) -> None:
+        st.last = ts
+        if outbound:
+            st.packet_out += pkt.payload_len
+        else:
+            st.packet_in += pkt.payload_len
+        if pkt.payload_off >= end or not pkt.payload_len:
+            return
+        if not outbound and pkt.sport == 53:
+            self._learn_dns(bytes(buf[pkt.payload_off : end]), ts)
+
+    def _names_from_request(self, st: FlowState, data: bytes) -> None:
+        if st.sni is None and data[:1] == b"\x16":
+            st.sni = names.tls_sni(data)
+        elif st.http_host is None and names.is_http_request(data):
+            st.http_host = names.http_host(data)
+
+    def _learn_dns(self, msg: bytes, ts: float) -> None:
+        for ans in names.dns_answers(msg):
+            self.names.add(ans.address, ans.name, ans.ttl, now=ts)
+
+    # --- kernel counts -----------------------------------------------------------------
+    def kernel_update(
+        self,
+        key: FlowKey,
+        bytes_out: int,
+        received: int,
+        ts: float,
+        final: bool = False,
+        adopt: bool = False,
+        peer_fin: bool = False,
+    ) -> FlowState | None:
+        """Exact counts from a local socket's tcp_info; `final` when it was destroyed.
+
+        `key` is the socket's own view (local side first), so it matches only a flow
+        this socket initiated — never the accepting end of a connection to ourselves.
+        `received` is tcpi_bytes_received, which counts the peer's FIN as one byte.
+        `adopt` creates the flow when no SYN was seen (connections older than the agent).
+        """
+        st = self.flows.get(key)
+        if st is None:
+            rkey: FlowKey = (key[0], key[3], key[4], key[1], key[2])
+            if not adopt or key in self.ignored or rkey in self.ignored:
+                return None
+            st = self._new(key, ts)
+            if st is None:
+                return None
+        st.owned = True
+        st.kernel_out = max(bytes_out, st.kernel_out or 0)
+        bytes_in = received - 1 if received and (peer_fin or st.fin_in) else received
+        st.kernel_in = max(bytes_in, st.kernel_in or 0)
+        st.last = ts
+        if final:
+            reason = "rst" if st.rst else "fin" if st.fin_out or st.fin_in else "destroy"
+            self._export(st, ts, reason, final=True)
+        else:
+            self._account(st)
+        return st
+
+    def conntrack_update(self, key: FlowKey, bytes_out: int, bytes_in: int, ts: float) -> None:
+        """IP-level byte counts of a UDP (or any) conversation from conntrack accounting."""
+        st = self.flows.get(key)
+        if st is not None and st.kernel_out is None:
+            st.conntrack_out = max(bytes_out, st.conntrack_out or 0)
+            st.conntrack_in = max(bytes_in, st.conntrack_in or 0)
+            self._account(st)
+
+    # --- export ----------------------------------------------------------------------------
+    def expire(self, now: float) -> None:
+        """Export flows idle past idle_timeout, and running ones past active_timeout."""
+        for st in list(self.flows.values()):
+            if st.closed_at is not None and now - st.closed_at >= self.close_grace:
+                self._export(st, now, "rst" if st.rst else "fin", final=True)
+            elif now - st.last >= self.idle_timeout:
+                self._export(st, now, "idle", final=True)
+            elif now - st.record_start >= self.active_timeout:
+                self._export(st, now, "active", final=False)
+
+    def flush(self, now: float, reason: str = "end_of_capture") -> None:
+        for st in list(self.flows.values()):
+            self._export(st, max(now, st.last), reason, final=True)
+
+    def _classify(self, st: FlowState) -> tuple[str | None, str | None, str, str | None]:
+        dst = st.key[3]
+        name: str | None
+        source: str | None
+        if st.sni:
+            name, source = st.sni, "sni"
+        elif st.http_host:
+            name, source = st.http_host, "http_host"
+        else:
+            name = self.names.get(dst, now=st.last)
+            source = "dns" if name else None
+        dest_class, country = self.destinations.classify(_ntop(dst), name)
+        return name, source, dest_class, country
+
+    def _account(self, st: FlowState) -> None:
+        if not self.count_metrics:
+            return
+        total = st.totals()[0]
+        if total > st.counted_out:
+            _name, _src, dest_class, country = self._classify(st)
+            metrics.OUTBOUND_BYTES.labels(dest_class, country or "unknown").inc(
+                total - st.counted_out
+            )
+            st.counted_out = total
+
+    def _export(self, st: FlowState, ts: float, reason: str, final: bool) -> None:
+        out, inn, source = st.totals()
+        name, name_source, dest_class, country = self._classify(st)
+        proto, src, sport, dst, dport = st.key
+        flow = Flow(
+            protocol=_PROTO_NAMES.get(proto, str(proto)),
+            src_ip=_ntop(src),
+            src_port=sport,
+            dst_ip=_ntop(dst),
+            dst_port=dport,
+            start=_utc(st.record_start),
+            end=_utc(max(ts, st.record_start)),
+            bytes_out=max(0, out - st.exported_out),
+            bytes_in=max(0, inn - st.exported_in),
+            byte_source=source,
+            name=name,
+            name_source=name_source,
+            sni=st.sni,
+            http_host=st.http_host,
+            dest_class=dest_class,
+            country=country,
+            close_reason=reason,
+            process=st.process,
+        )
+        st.exported_out, st.exported_in, st.record_start = out, inn, ts
+        if self.count_metrics:
+            self._account(st)
+            metrics.FLOWS.labels(dest_class, country or "unknown", flow.protocol).inc()
+        if final:
+            del self.flows[st.key]
+            self.reverse.pop((proto, dst, dport, src, sport), None)
+            self._ignore(st.key, ts)  # trailing ACKs and retransmitted FINs open nothing
+        self.exported += 1
+        self.emit(flow)

@@ -1,0 +1,123 @@
+"""Socket inode → process: a cached index over /proc/<pid>/fd, for flow attribution.
+
+sock_diag gives a connection's socket inode and uid; this finds the process holding
+that inode. A miss first re-reads the fds of processes that recently owned sockets
+(cheap, and usually where the next connection comes from), then — at most once per
+`full_scan_interval` — walks all of /proc. Best effort: a process that already exited
+stays unknown (None), never guessed.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import time
+from collections import OrderedDict
+
+from agent.events import ProcessInfo
+
+_MAX_CMDLINE = 1024
+
+
+def _socket_inodes(pid: int) -> list[int]:
+    inodes: list[int] = []
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return inodes
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.append(int(target[8:-1]))
+    return inodes
+
+
+def user_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        return None
+
+
+def process_info(pid: int, uid: int | None = None) -> ProcessInfo:
+    """What /proc says about `pid` now; unreadable fields stay None."""
+    exe = cmdline = None
+    ppid = None
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read(_MAX_CMDLINE)
+        cmdline = raw.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace") or None
+    except OSError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    if uid is None:
+        try:
+            uid = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            uid = None
+    return ProcessInfo(
+        pid=pid,
+        exe=exe,
+        cmdline=cmdline,
+        uid=uid,
+        user=user_name(uid) if uid is not None else None,
+        ppid=ppid,
+    )
+
+
+class ProcIndex:
+    """inode → pid, refreshed on a miss (rate-limited full scans)."""
+
+    def __init__(self, full_scan_interval: float = 1.0, hot_size: int = 64) -> None:
+        self.full_scan_interval = full_scan_interval
+        self._inode_pid: dict[int, int] = {}
+        self._hot: OrderedDict[int, None] = OrderedDict()  # pids that recently owned sockets
+        self._hot_size = hot_size
+        self._last_full = 0.0
+        self.full_scans = 0
+
+    def pid_of(self, inode: int) -> int | None:
+        if not inode:
+            return None
+        pid = self._inode_pid.get(inode)
+        if pid is not None and os.path.exists(f"/proc/{pid}"):
+            return pid
+        for hot in list(self._hot):
+            if self._index(hot, inode):
+                return hot
+        now = time.monotonic()
+        if now - self._last_full >= self.full_scan_interval:
+            self._last_full = now
+            self.full_scans += 1
+            self._inode_pid.clear()
+            for name in os.listdir("/proc"):
+                if name.isdigit() and self._index(int(name), inode):
+                    return int(name)
+        return None
+
+    def _index(self, pid: int, wanted: int) -> bool:
+        inodes = _socket_inodes(pid)
+        if not inodes:
+            self._hot.pop(pid, None)
+            return False
+        for i in inodes:
+            self._inode_pid[i] = pid
+        if wanted in inodes:
+            self._hot[pid] = None
+            self._hot.move_to_end(pid)
+            while len(self._hot) > self._hot_size:
+                self._hot.popitem(last=False)
+            return True
+        return False

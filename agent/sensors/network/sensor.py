@@ -1,0 +1,298 @@
+"""The live network sensor: one thread that joins capture, sock_diag and the flow table.
+
+`NetworkSensor.start()` opens everything in the calling thread's network namespace
+(filtered AF_PACKET sockets on `network.interfaces`, a sock_diag request socket and the
+socket-destroy listener) and raises `SensorUnavailable` with the reason when it cannot
+capture. The thread then waits on all sockets at once: captured packets feed the
+`FlowTable`; an outbound SYN triggers an exact sock_diag lookup (inode, uid, cookie)
+and the /proc index (pid, exe, user); destroy notifications close flows with exact
+bytes; a dump every `DUMP_INTERVAL` seconds updates long flows and repairs lost
+notifications. Flows leave through `emit` as `agent.events.Flow`.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import threading
+import time
+from typing import Any
+
+from agent import metrics
+from agent.config import NetworkSection
+from agent.events import Flow, ProcessInfo
+from agent.sensors import Emit, SensorUnavailable
+from agent.sensors.network.capture import PACKET_OUTGOING, CaptureSocket, compile_bpf
+from agent.sensors.network.destinations import Destinations
+from agent.sensors.network.flowtable import FlowKey, FlowState, FlowTable
+from agent.sensors.network.packets import IPPROTO_TCP, decode_ethernet
+from agent.sensors.network.procindex import ProcIndex, process_info, user_name
+from agent.sensors.network.sockdiag import DestroyListener, DiagSocket, SockDiag
+
+log = logging.getLogger(__name__)
+
+DUMP_INTERVAL = 3.0
+TICK = 0.5
+_PEER_FIN_STATES = frozenset((8, 9, 11))  # CLOSE_WAIT, LAST_ACK, CLOSING
+_BATCH = 256  # packets read from one socket before looking at the others
+
+
+def local_addresses() -> set[bytes]:
+    """Packed addresses of this network namespace's interfaces."""
+    from pyroute2 import IPRoute
+
+    out: set[bytes] = set()
+    with IPRoute() as ipr:
+        for a in ipr.get_addr():
+            addr = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
+            if addr:
+                out.add(socket.inet_pton(a["family"], addr))
+    return out
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            lo, hi = f.read().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+class NetworkSensor:
+    name = "network"
+
+    def __init__(self, cfg: NetworkSection, destinations: Destinations) -> None:
+        self.cfg = cfg
+        self.destinations = destinations
+        self.captures: list[CaptureSocket] = []
+        self.diag: SockDiag | None = None
+        self.destroy: DestroyListener | None = None
+        self.kernel_accounting = "off"
+        self.procs = ProcIndex()
+        self.cookies: dict[int, FlowKey] = {}
+        self.local: set[bytes] = set()
+        self.emitted = 0
+        self.dropped = 0
+        self.packets = 0
+        self.lost_notifications = 0
+        self._emit: Emit | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.table: FlowTable | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def start(self, emit: Emit) -> None:
+        if not self.cfg.interfaces:
+            raise SensorUnavailable("no interfaces configured (network.interfaces)")
+        program = compile_bpf()
+        try:
+            for name in self.cfg.interfaces:
+                self.captures.append(CaptureSocket(name, program, self.cfg.socket_buffer_bytes))
+        except SensorUnavailable:
+            self._close()
+            raise
+        self._open_kernel_accounting()
+        self.local = local_addresses()
+        self.ephemeral = _ephemeral_range()
+        self._emit = emit
+        self.table = FlowTable(
+            self._export,
+            self.destinations,
+            idle_timeout=self.cfg.idle_timeout,
+            active_timeout=self.cfg.active_timeout,
+            is_local=self.local.__contains__,
+            count_metrics=True,
+        )
+        self.table.on_new_flow = self._attribute
+        self._thread = threading.Thread(target=self._run, name="sensor-network")
+        self._thread.start()
+
+    def _open_kernel_accounting(self) -> None:
+        if not self.cfg.kernel_accounting:
+            return
+        try:
+            self.diag = SockDiag()
+        except OSError as e:
+            self.kernel_accounting = f"off: sock_diag unavailable ({e.strerror})"
+            return
+        try:
+            self.destroy = DestroyListener()
+        except OSError as e:
+            # without CAP_NET_ADMIN: owners and dumps still work; bytes at close from seq
+            self.kernel_accounting = f"dump only: destroy notifications need CAP_NET_ADMIN ({e})"
+            return
+        self.kernel_accounting = "on"
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._close()
+
+    def _close(self) -> None:
+        for c in self.captures:
+            c.close()
+        self.captures = []
+        for s in (self.diag, self.destroy):
+            if s is not None:
+                s.close()
+        self.diag = self.destroy = None
+
+    def status(self) -> dict[str, object]:
+        return {
+            "interfaces": list(self.cfg.interfaces),
+            "kernel_accounting": self.kernel_accounting,
+            "process_attribution": "on" if self.diag is not None else "off",
+            "open_flows": len(self.table.flows) if self.table else 0,
+            "flows_emitted": self.emitted,
+            "flows_dropped": self.dropped,
+            "packets": self.packets,
+            "lost_notifications": self.lost_notifications,
+        }
+
+    # --- the loop ----------------------------------------------------------------------
+    def _run(self) -> None:
+        assert self.table is not None
+        table = self.table
+        waitables: list[Any] = [*self.captures]
+        if self.destroy is not None:
+            waitables.append(self.destroy)
+        next_dump = next_tick = 0.0
+        while not self._stop.is_set():
+            try:
+                ready, _, _ = select.select(waitables, [], [], TICK)
+            except InterruptedError:
+                continue
+            try:
+                for w in ready:
+                    if isinstance(w, CaptureSocket):
+                        self._read_packets(w)
+                if self.destroy is not None and self.destroy in ready:
+                    self._read_destroyed()
+                now = time.monotonic()
+                if self.diag is not None and now >= next_dump:
+                    next_dump = now + DUMP_INTERVAL
+                    self._dump()
+                if now >= next_tick:
+                    next_tick = now + 1.0
+                    self._poll_stats()
+                    table.expire(time.time())
+                    self.cookies = {c: k for c, k in self.cookies.items() if k in table.flows}
+            except Exception:  # one bad packet or netlink hiccup must not end the sensor
+                log.exception("network sensor: error while processing; continuing")
+        for c in self.captures:
+            self._read_packets(c)
+        if self.destroy is not None:
+            self._read_destroyed()
+        table.flush(time.time())
+
+    def _read_packets(self, cap: CaptureSocket) -> None:
+        assert self.table is not None
+        buf = bytearray(65536)
+        view = memoryview(buf)
+        packet = self.table.packet
+        n = 0
+        for _ in range(_BATCH):
+            try:
+                size, addr = cap.sock.recvfrom_into(buf)
+            except BlockingIOError:
+                break
+            if cap.loopback and addr[2] == PACKET_OUTGOING:
+                continue  # loopback shows each packet twice; keep the incoming copy
+            n += 1
+            pkt = decode_ethernet(view, 0, size)
+            if pkt is not None:
+                packet(pkt, time.time(), view, size)
+        if n:
+            self.packets += n
+            metrics.CAPTURE_PACKETS.labels(cap.interface).inc(n)
+
+    def _poll_stats(self) -> None:
+        for cap in self.captures:
+            try:
+                _packets, drops = cap.stats()
+            except OSError:
+                continue
+            if drops:
+                metrics.CAPTURE_DROPS.labels(cap.interface).inc(drops)
+
+    # --- kernel accounting ---------------------------------------------------------------
+    def _key(self, s: DiagSocket) -> FlowKey:
+        return (IPPROTO_TCP, s.src, s.sport, s.dst, s.dport)
+
+    def _outbound_guess(self, s: DiagSocket) -> bool:
+        """A socket whose SYN we did not see: outbound if its local port is ephemeral."""
+        return self.ephemeral[0] <= s.sport <= self.ephemeral[1]
+
+    def _read_destroyed(self) -> None:
+        assert self.destroy is not None and self.table is not None
+        socks, lost = self.destroy.read()
+        now = time.time()
+        for s in socks:
+            key = self.cookies.pop(s.cookie, None) or self._key(s)
+            self.table.kernel_update(
+                key,
+                s.payload_out,
+                s.bytes_received or 0,
+                now,
+                final=True,
+                adopt=self._outbound_guess(s),
+            )
+        if lost:
+            self.lost_notifications += 1
+            metrics.NETLINK_LOST.inc()
+            self._dump()
+
+    def _dump(self) -> None:
+        assert self.diag is not None and self.table is not None
+        try:
+            socks = self.diag.dump()
+        except OSError as e:
+            log.warning("sock_diag dump failed: %s", e)
+            return
+        now = time.time()
+        for s in socks:
+            st = self.table.kernel_update(
+                self._key(s),
+                s.payload_out,
+                s.bytes_received or 0,
+                now,
+                adopt=self._outbound_guess(s),
+                peer_fin=s.state in _PEER_FIN_STATES,
+            )
+            if st is not None and st.cookie is None:
+                self._own(st, s)
+
+    def _attribute(self, st: FlowState) -> None:
+        """On an outbound SYN: which local socket, and which process, sent it."""
+        _proto, src, sport, dst, dport = st.key
+        if src not in self.local:
+            return  # forwarded traffic: no local socket
+        if self.destroy is not None:
+            st.owned = True  # its destroy notification will bring the exact bytes
+        if self.diag is None:
+            return
+        s = self.diag.lookup(src, sport, dst, dport)
+        if s is not None:
+            self._own(st, s)
+
+    def _own(self, st: FlowState, s: DiagSocket) -> None:
+        st.cookie = s.cookie
+        self.cookies[s.cookie] = st.key
+        if st.process is None:
+            pid = self.procs.pid_of(s.inode)
+            if pid is not None:
+                st.process = process_info(pid, s.uid)
+            else:
+                st.process = ProcessInfo(uid=s.uid, user=user_name(s.uid))
+
+    def _export(self, flow: Flow) -> None:
+        assert self._emit is not None
+        if self._emit(flow):
+            self.emitted += 1
+            metrics.SENSOR_EVENTS.labels(self.name).inc()
+        else:
+            self.dropped += 1
