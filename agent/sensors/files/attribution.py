@@ -1,0 +1,196 @@
+"""Who wrote or read a file: the fanotify side of the file sensor, in one thread.
+
+`Attribution` owns the fanotify group (see `fanotify.py`). It remembers, for a couple
+of seconds, which process last closed each written path under a watched root, so the
+sensor can attach that `ProcessInfo` to its own `written` event (a best-effort join by
+path: the two kernel interfaces deliver separately). For the "paths of interest" that
+later stages name with `watch_reads()`, it reports each open as a `read` through
+`on_read`, at most once per process and path every `read_dedup` seconds. Without the
+privilege (or with `files.fanotify: off`) nothing runs and `reason` says why.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from agent import metrics
+from agent.events import ProcessInfo
+from agent.sensors.files.fanotify import (
+    FAN_CLOSE_WRITE,
+    FAN_OPEN,
+    FAN_Q_OVERFLOW,
+    FanEvent,
+    Fanotify,
+)
+from agent.sensors.files.process import ProcessCache
+
+log = logging.getLogger(__name__)
+
+MAX_INTERESTING = 100_000
+
+
+class Attribution:
+    def __init__(
+        self,
+        mode: str,
+        under_root: Callable[[str], bool],
+        generation: Callable[[], int],
+        on_read: Callable[[str, ProcessInfo], None],
+        join_window: float = 2.0,
+        read_dedup: float = 2.0,
+    ) -> None:
+        self.mode = mode
+        self.under_root = under_root
+        self.generation = generation
+        self.on_read = on_read
+        self.join_window = join_window
+        self.read_dedup = read_dedup
+        self.fan: Fanotify | None = None
+        self.reason = "off: files.fanotify is off" if mode == "off" else "not started"
+        self.procs = ProcessCache()
+        self._lock = threading.Lock()
+        self._writers: OrderedDict[str, tuple[ProcessInfo, float]] = OrderedDict()
+        self._interesting: set[str] = set()
+        self._last_read: dict[tuple[int, str], float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._own_pid = os.getpid()
+        self.joined = 0
+        self.reads = 0
+
+    @property
+    def active(self) -> bool:
+        return self.fan is not None
+
+    def start(self) -> None:
+        if self.mode == "off":
+            return
+        try:
+            self.fan = Fanotify()
+        except OSError as e:
+            why = "needs CAP_SYS_ADMIN" if e.errno in (errno.EPERM, errno.EACCES) else str(e)
+            self.reason = f"off: fanotify unavailable ({why})"
+            if self.mode == "on":
+                raise
+            log.info("process attribution off: %s", self.reason)
+            return
+        self.reason = "fanotify"
+        self._thread = threading.Thread(target=self._run, name="files-fanotify")
+        self._thread.start()
+
+    def mark_filesystem(self, path: str) -> None:
+        if self.fan is None:
+            return
+        try:
+            self.fan.mark_filesystem(path)
+        except OSError as e:
+            # e.g. a file system without file handles: writes there stay unattributed
+            log.info("no process attribution for %s: %s", path, e.strerror or e)
+
+    def forget_filesystem(self, path: str) -> None:
+        if self.fan is not None:
+            with self._lock:
+                self.fan.forget_filesystem(path)
+
+    # --- paths of interest -----------------------------------------------------------
+    @property
+    def interesting_paths(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._interesting)
+
+    def watch_reads(self, path: str) -> bool:
+        """Report opens of `path` as `read` events (needs fanotify; True if marked)."""
+        with self._lock:
+            if path not in self._interesting and len(self._interesting) >= MAX_INTERESTING:
+                return False
+            self._interesting.add(path)
+            return self.fan.mark_reads(path) if self.fan is not None else False
+
+    def unwatch_reads(self, path: str) -> None:
+        with self._lock:
+            if path in self._interesting:
+                self._interesting.discard(path)
+                if self.fan is not None:
+                    self.fan.mark_reads(path, add=False)
+
+    def path_changed(self, old: str | None, new: str) -> None:
+        """A path of interest got new content or a new name: mark its (new) inode."""
+        with self._lock:
+            if old is not None and old in self._interesting:
+                self._interesting.discard(old)
+                self._interesting.add(new)
+            if new in self._interesting and self.fan is not None:
+                self.fan.mark_reads(new)
+
+    # --- the join ------------------------------------------------------------------
+    def writer_of(self, path: str) -> ProcessInfo | None:
+        with self._lock:
+            hit = self._writers.pop(path, None)
+        if hit is None or time.monotonic() - hit[1] > self.join_window:
+            return None
+        self.joined += 1
+        return hit[0]
+
+    # --- the reader thread -----------------------------------------------------------
+    def _run(self) -> None:
+        fan = self.fan
+        assert fan is not None
+        poller = select.poll()
+        poller.register(fan.fd, select.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(200):
+                continue
+            for ev in fan.read():
+                try:
+                    self._one(fan, ev)
+                except Exception:  # one odd record must not end attribution
+                    log.exception("fanotify record failed")
+
+    def _one(self, fan: Fanotify, ev: FanEvent) -> None:
+        mask, pid = ev.mask, ev.pid
+        if mask & FAN_Q_OVERFLOW:
+            metrics.FILE_LOST.labels("fanotify_overflow").inc()
+            return
+        if pid == self._own_pid:
+            return
+        with self._lock:
+            d = fan.resolve_dir(ev, self.generation())
+        if d is None:
+            return
+        path = os.path.join(d, os.fsdecode(ev.name))
+        now = time.monotonic()
+        if mask & FAN_CLOSE_WRITE and self.under_root(path):
+            info = self.procs.get(pid)
+            with self._lock:
+                self._writers[path] = (info, now)
+                self._writers.move_to_end(path)
+                while len(self._writers) > 65536:
+                    self._writers.popitem(last=False)
+        if mask & FAN_OPEN:
+            with self._lock:
+                if path not in self._interesting:
+                    return
+                last = self._last_read.get((pid, path))
+                if last is not None and now - last < self.read_dedup:
+                    return
+                self._last_read[(pid, path)] = now
+                if len(self._last_read) > 65536:
+                    self._last_read.clear()
+            self.reads += 1
+            self.on_read(path, self.procs.get(pid))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self.fan is not None:
+            self.fan.close()
+            self.fan = None
