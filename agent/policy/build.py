@@ -405,6 +405,7 @@ def _apply_overrides(
                 enabled=r.enabled if ov.enabled is None else ov.enabled,
                 severity=ov.severity or r.severity,
                 action=ov.action or r.action,
+                status=ov.status or r.status,
                 exceptions=r.exceptions + extra,
             )
     return rules

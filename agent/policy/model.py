@@ -163,8 +163,7 @@ class Policy:
         action = rule.action
         reason = rule.description
         if cats:
-            counts = ", ".join(f"{c}×{facts.get('matches.' + c, 0)}" for c in cats)
-            reason = f"{reason} [{counts}]"
+            reason = f"{reason} [{'; '.join(self._describe(c, facts) for c in cats)}]"
         ok, why = rule.in_force(day)
         if not ok:
             action = "record"
@@ -178,6 +177,12 @@ class Policy:
             reason=reason,
             categories=cats,
         )
+
+    def _describe(self, code: str, facts: Mapping[str, Any]) -> str:
+        info = self.category_info.get(code, {})
+        names = " ".join(str(info[k]) for k in ("catalogue_code", "name_zh") if info.get(k))
+        count = facts.get(f"matches.{code}", 0)
+        return f"{code} {names} ×{count}" if names else f"{code} ×{count}"
 
     # --- conveniences for the stage, correlation and explain ---------------------
     def decide_file(self, event: FileEvent) -> list[Decision]:

@@ -126,6 +126,7 @@ class OverrideModel(_Strict):
     enabled: StrictBool | None = None
     severity: Severity | None = None
     action: Literal["alert", "record"] | None = None
+    status: str | None = Field(default=None, pattern=STATUS)
     exceptions: list[ExceptionModel] = Field(default_factory=list)  # added to the rule's own
     note: StrictStr = ""
 
