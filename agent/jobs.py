@@ -101,6 +101,7 @@ def _instrumented(name: str, fn: Job, rt: Runtime | None = None) -> Job:
             ok = True
         except Exception:
             metrics.JOB_RUNS.labels(name, "failure").inc()
+            metrics.JOB_LAST_FAILURE.labels(name).set_to_current_time()
             log.exception("job %s failed; it will run again at its next interval", name)
         else:
             metrics.JOB_RUNS.labels(name, "success").inc()

@@ -168,3 +168,6 @@ JOB_SECONDS = Histogram(
 JOB_LAST_SUCCESS = Gauge(
     "egress_agent_job_last_success_timestamp_seconds", "Unix time of a job's last success.", ["job"]
 )
+JOB_LAST_FAILURE = Gauge(
+    "egress_agent_job_last_failure_timestamp_seconds", "Unix time of a job's last failure.", ["job"]
+)
