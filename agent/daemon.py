@@ -54,9 +54,11 @@ def build_stages(rt: Runtime) -> list[StageSpec]:
     a `CategoryProvider`).
     """
     stages: list[StageSpec] = []
-    # [policy] create the PolicyHolder here (rt.extras["policy"], rt.extras["categories"])
+    from agent.policy import PolicyStage, attach_policy
+
+    attach_policy(rt)  # rt.extras["policy"], ["categories"]; reload on SIGHUP and file change
     # [classify] stages.append(StageSpec("classify", ClassifyStage(rt)))
-    # [policy] stages.append(StageSpec("policy", PolicyStage(rt)))
+    stages.append(StageSpec("policy", PolicyStage(rt)))
     return stages
 
 

@@ -23,6 +23,7 @@ _VERBS = [
     "agent.cli.core:events",
     "agent.cli.core:config",
     "agent.cli.replay:replay",
+    "agent.cli.policy:policy",
 ]
 
 

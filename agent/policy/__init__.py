@@ -7,7 +7,7 @@ described in docs/policy.md.
 """
 
 from agent.policy.build import load_policy
-from agent.policy.holder import PolicyHolder, load_configured
+from agent.policy.holder import PolicyHolder, attach_policy, load_configured
 from agent.policy.loader import ENGINE_VERSION, SHIPPED_DIR, Issue, PolicyError
 from agent.policy.model import EMPTY_POLICY, PackInfo, Policy, Rule
 from agent.policy.stage import PolicyStage
@@ -23,6 +23,7 @@ __all__ = [
     "PolicyHolder",
     "PolicyStage",
     "Rule",
+    "attach_policy",
     "load_configured",
     "load_policy",
 ]

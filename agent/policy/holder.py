@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, Table, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -142,6 +143,18 @@ class PolicyHolder:
         except SQLAlchemyError as e:
             log.warning("cannot record policy version %s: %s", policy.version[:12], e)
 
+    def status(self) -> dict[str, Any]:
+        p = self._policy
+        return {
+            "policy": {
+                "version": p.version,
+                "packs": [x.id for x in p.packs if x.enabled],
+                "rules": len(p.rules),
+                "last_reload_ok": not self.errors,
+                "errors": [str(i) for i in self.errors[:20]],
+            }
+        }
+
     # --- watching pack files -------------------------------------------------------
     def _watched(self) -> list[Path]:
         section = self._section()
@@ -188,3 +201,23 @@ class PolicyHolder:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+
+def attach_policy(rt: Any) -> PolicyHolder:
+    """Create the runtime's holder, load the policy, and register its hooks.
+
+    Sets `rt.extras["policy"]` (the holder) and `rt.extras["categories"]` (the
+    classifier's CategoryProvider); SIGHUP reloads through `reload_hooks`; the file
+    watcher stops through `stop_hooks`; `status_hooks` report the version in force.
+    A policy that does not validate at start leaves an empty policy in force (events are
+    still recorded, nothing is decided) until a reload succeeds.
+    """
+    holder = PolicyHolder(lambda: rt.settings.policies, rt.engine)
+    holder.reload()
+    rt.extras["policy"] = holder
+    rt.extras["categories"] = holder.categories
+    rt.extras.setdefault("reload_hooks", []).append(holder.reload)
+    rt.extras.setdefault("stop_hooks", []).append(holder.stop)
+    rt.extras.setdefault("status_hooks", []).append(holder.status)
+    holder.start_watching(rt.settings.policies.watch_interval)
+    return holder

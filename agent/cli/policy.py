@@ -1,0 +1,159 @@
+"""`egress-agent policy check | list | explain`: validate packs, show them, try them on a file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agent.cli._common import UserError, existing_path, print_json, settings_from
+from agent.config import PoliciesSection
+
+
+@click.group()
+def policy() -> None:
+    """Export-control policy packs: check, list, explain."""
+
+
+def _load(section: PoliciesSection, extra: tuple[str, ...] = ()) -> Any:
+    from agent.policy import load_configured
+
+    return load_configured(section, extra_site=[Path(p) for p in extra])
+
+
+@policy.command("check")
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--alone", is_flag=True, help="Check PATHs without the shipped packs beside them.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.pass_context
+def policy_check(ctx: click.Context, paths: tuple[str, ...], alone: bool, as_json: bool) -> None:
+    """Validate packs and run every rule's tests; report every problem with file:line.
+
+    Without PATH: the configured packs. With PATHs (files or directories): those packs,
+    loaded as site packs beside the shipped ones (unless --alone). Exit 1 on any problem.
+    """
+    from agent.policy.selftest import run_rule_tests
+
+    s = settings_from(ctx)
+    section = s.policies
+    if paths:
+        section = section.model_copy(update={"paths": [], "builtin": not alone})
+    from agent.policy import load_policy
+    from agent.policy.loader import SHIPPED_DIR
+
+    policy_obj, issues = load_policy(
+        [SHIPPED_DIR] if section.builtin else [],
+        [*section.paths, *(Path(p) for p in paths)],
+        section.disabled,
+        {"model_parameter_threshold": section.model_parameter_threshold},
+    )
+    ran = 0
+    if policy_obj is not None:
+        ran, issues = run_rule_tests(policy_obj)
+    if as_json:
+        print_json(
+            {
+                "ok": not issues,
+                "issues": [{"file": i.file, "line": i.line, "message": i.message} for i in issues],
+                "version": policy_obj.version if policy_obj else None,
+                "rule_tests": ran,
+            }
+        )
+    else:
+        for issue in issues:
+            click.echo(str(issue))
+    if issues:
+        if not as_json:
+            files = len({i.file for i in issues})
+            click.echo(f"{len(issues)} problem(s) in {files} file(s)", err=True)
+        ctx.exit(1)
+    assert policy_obj is not None
+    if not as_json:
+        enabled = [p for p in policy_obj.packs if p.enabled]
+        click.echo(
+            f"ok: {len(enabled)} pack(s), {len(policy_obj.rules)} rules, "
+            f"{len(policy_obj.categories)} categories, {ran} rule tests passed; "
+            f"version {policy_obj.version[:12]}"
+        )
+
+
+@policy.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per pack.")
+@click.pass_context
+def policy_list(ctx: click.Context, as_json: bool) -> None:
+    """The configured packs: version, regime, rule and category counts, enabled or not."""
+    s = settings_from(ctx)
+    policy_obj, issues = _load(s.policies)
+    if policy_obj is None:
+        for issue in issues:
+            click.echo(str(issue), err=True)
+        raise UserError(f"the configured policy is invalid ({len(issues)} problem(s))")
+    for p in policy_obj.packs:
+        state = "enabled" if p.enabled else ("replaced" if p.replaced_by else "disabled")
+        if as_json:
+            print_json(
+                {
+                    "id": p.id,
+                    "name": p.name,
+                    "regime": p.regime,
+                    "version": p.version,
+                    "origin": p.origin,
+                    "state": state,
+                    "rules": p.rules,
+                    "categories": p.categories,
+                    "file": p.file,
+                    "sha256": p.sha256,
+                }
+            )
+        else:
+            click.echo(
+                f"{p.id:<22} {p.version:<14} {p.regime:<12} {state:<9} "
+                f"{p.rules:>3} rules {p.categories:>3} categories  {p.origin}: {p.file}"
+            )
+    if not as_json:
+        click.echo(f"policy version {policy_obj.version[:12]}")
+
+
+@policy.command("explain")
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.pass_context
+def policy_explain(ctx: click.Context, path: str, as_json: bool) -> None:
+    """Classify FILE and show which categories and rules it triggers on each channel."""
+    from agent.policy.explain import explain
+
+    s = settings_from(ctx)
+    target = existing_path(path)
+    policy_obj, issues = _load(s.policies)
+    if policy_obj is None:
+        for issue in issues:
+            click.echo(str(issue), err=True)
+        raise UserError(f"the configured policy is invalid ({len(issues)} problem(s))")
+    try:
+        from agent.classify import classify_file
+    except ImportError as e:
+        raise UserError(f"the classifier is not available: {e}") from None
+    artefact = classify_file(str(target), policy_obj.categories, s)
+    report = explain(policy_obj, artefact, os.fsdecode(target))
+    if as_json:
+        print_json(report)
+        return
+    click.echo(
+        f"{report['path']}: {report['size']} bytes, kinds {', '.join(report['kinds']) or '-'}"
+    )
+    for tag in report["tags"]:
+        click.echo(f"  {tag['kind']}: {tag['evidence']}")
+    if report["categories"]:
+        click.echo("categories:")
+    for c in report["categories"]:
+        mark = "" if c["present"] else f" (below min_count {c['min_count']})"
+        name = c["name_zh"] or c["name_en"]
+        click.echo(f"  {c['code']} ×{c['count']} {c['catalogue_code'] or ''} {name}{mark}")
+    for sc in report["scenarios"]:
+        click.echo(f"{sc['scenario']}:")
+        if not sc["decisions"]:
+            click.echo("  no rule")
+        for d in sc["decisions"]:
+            click.echo(f"  {d['severity']:<8} {d['action']:<6} {d['rule_id']} ({d['pack']})")
