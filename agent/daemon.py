@@ -65,7 +65,12 @@ def build_stages(rt: Runtime) -> list[StageSpec]:
 def build_sinks(rt: Runtime, writer: StoreWriter) -> list[Sink]:
     """Where judged events go: the store writer first, then correlation."""
     sinks: list[Sink] = [writer.submit]
-    # [incidents] sinks.append(correlator.submit) — register its stop in rt.extras["stop_hooks"]
+    from agent.incidents import Correlator
+
+    correlator = Correlator(rt.engine, rt.host_id, rt.hostname, rt.settings.incidents)
+    correlator.start()
+    sinks.append(correlator.submit)
+    rt.extras.setdefault("stop_hooks", []).append(correlator.stop)
     return sinks
 
 

@@ -23,6 +23,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine, delete, insert, select, update
 
 from agent import metrics
+from agent.incidents.export.job import export_job as incident_export_job
 from agent.store.models import DecisionRow, FileEventRow, FlowRow, IncidentRow, JobState
 
 if TYPE_CHECKING:
@@ -236,7 +237,7 @@ JOB_BUILDERS: list[JobBuilder] = [
     maintenance_job,
     retention_job,
     # [files] inventory rescan job builder
-    # [incidents] scheduled export job builder
+    incident_export_job,
 ]
 
 

@@ -24,6 +24,7 @@ _VERBS = [
     "agent.cli.core:config",
     "agent.cli.replay:replay",
     "agent.cli.policy:policy",
+    "agent.cli.incidents:incidents",
 ]
 
 

@@ -1,0 +1,444 @@
+"""Correlation: judged events in, incident findings out (pure logic, no I/O).
+
+Sits after policy in the pipeline, beside the store writer. It remembers, for
+`incidents.correlation_window`, which tagged artefacts each process read, copied,
+archived or wrote ("touches"), and the recent outbound flows to external destinations.
+A flow that follows a touch by the same process (or one of its children) and carries a
+comparable number of bytes (`incidents.byte_tolerance`, relative) is one
+`exfiltration` story: the touched files, their lineage back to the original artefact,
+the flow and the decisions. Copies to removable media and cloud-sync folders that
+policy alerts on are stories of their own; other alerting decisions are
+`policy_alert`s. Time is the events' own time, so replays and tests are deterministic.
+
+When the file sensor has never attributed a file event to a process (no fanotify
+here) and the flow's process is unknown, the match falls back to bytes and time alone
+(`method: size_and_time`), for artefacts of at least `MIN_UNATTRIBUTED_BYTES`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from agent.events import Channel, Decision, FileAction, FileEvent, Flow, ProcessInfo, Severity
+from agent.incidents.ancestry import Ancestry
+from agent.incidents.evidence import (
+    decision_doc,
+    describe,
+    file_doc,
+    flow_doc,
+    human,
+    processes,
+    size_of,
+)
+from agent.incidents.model import Finding
+from agent.store.rows import storable_text
+
+EXTERNAL = frozenset({"foreign", "unknown", "domestic"})
+TOUCH_ACTIONS = frozenset(
+    {FileAction.READ, FileAction.WRITTEN, FileAction.MOVED, FileAction.CREATED}
+)
+COPY_ACTIONS = frozenset({FileAction.WRITTEN, FileAction.MOVED})
+COPY_KINDS = {Channel.REMOVABLE: "removable_copy", Channel.CLOUD_SYNC: "cloud_sync_copy"}
+MIN_UNATTRIBUTED_BYTES = 64 * 1024
+CLOCK_SKEW = timedelta(seconds=5)
+BUILTIN_PACK = "egress-agent"
+MAX_LINEAGE_NODES = 64
+MAX_EVENTS_PER_SHA = 8
+MAX_SHAS = 20_000
+
+ParentsOf = Callable[[str], Sequence[str]]
+
+
+def is_alerting(d: Decision) -> bool:
+    return d.action == "alert" and d.severity.rank >= Severity.MEDIUM.rank
+
+
+def is_tagged(e: FileEvent) -> bool:
+    a = e.artefact
+    return bool(a and (a.tags or a.matches)) or any(is_alerting(d) for d in e.decisions)
+
+
+def dedup_key(kind: str, rule_id: str, root: str, dest: str) -> str:
+    return hashlib.sha256(f"{kind}\x1f{rule_id}\x1f{root}\x1f{dest}".encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    event: FileEvent
+    sha: str
+    size: int
+
+    @property
+    def pid(self) -> int | None:
+        return self.event.process.pid if self.event.process else None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    touches: tuple[Touch, ...]
+    method: str  # same_process | child_process | size_and_time
+    file_bytes: int
+
+
+@dataclass
+class _Seen:
+    """What correlation remembers of one artefact (by content hash)."""
+
+    events: deque[FileEvent] = field(default_factory=lambda: deque(maxlen=MAX_EVENTS_PER_SHA))
+    alert_keys: set[str] = field(default_factory=set)
+
+
+class CorrelationEngine:
+    def __init__(
+        self,
+        window: float = 900.0,
+        byte_tolerance: float = 0.5,
+        parents_of: ParentsOf | None = None,
+        ancestry: Ancestry | None = None,
+    ) -> None:
+        self.window = timedelta(seconds=window)
+        self.tolerance = byte_tolerance
+        self._parents_of = parents_of
+        self.ancestry = ancestry if ancestry is not None else Ancestry(proc=None)
+        self._touches: deque[Touch] = deque()
+        self._flows: deque[tuple[Flow, str | None]] = deque()  # (flow, its policy-alert key)
+        self._seen: OrderedDict[str, _Seen] = OrderedDict()
+        self._parents: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self._matched_flows: OrderedDict[str, None] = OrderedDict()
+        self._file_attribution = False
+        self._now: datetime | None = None
+
+    # --- feeding -----------------------------------------------------------------
+    def observe(self, event: FileEvent | Flow) -> list[Finding]:
+        self._advance(event.time)
+        self._learn_process(event.process)
+        if isinstance(event, FileEvent):
+            return self._on_file(event)
+        return self._on_flow(event)
+
+    def _advance(self, t: datetime) -> None:
+        if self._now is None or t > self._now:
+            self._now = t
+        horizon = self._now - self.window - CLOCK_SKEW
+        while self._touches and self._touches[0].event.time < horizon:
+            self._touches.popleft()
+        while self._flows and self._flows[0][0].end < horizon:
+            self._flows.popleft()
+
+    def _learn_process(self, p: ProcessInfo | None) -> None:
+        if p is not None:
+            self.ancestry.learn(p.pid, p.ppid)
+
+    def _on_file(self, e: FileEvent) -> list[Finding]:
+        if e.process is not None and e.process.pid is not None:
+            self._file_attribution = True
+        a = e.artefact
+        sha = a.sha256 if a and a.sha256 else None
+        if sha and a is not None and a.parents:
+            self._remember_parents(sha, tuple(p for p in a.parents if p != sha))
+        if not is_tagged(e):
+            return []
+        key = sha or f"path:{e.current_path}"
+        seen = self._seen_for(key)
+        seen.events.append(e)
+        findings: list[Finding] = []
+        alerting = [d for d in e.decisions if is_alerting(d)]
+        if alerting and e.action in COPY_ACTIONS and e.channel in COPY_KINDS:
+            findings.append(self._copy_finding(e, key, COPY_KINDS[e.channel], alerting))
+        elif alerting:
+            f = self._alert_finding(e, key, alerting)
+            if e.channel == Channel.LOCAL:
+                for root in self._roots(key):
+                    self._seen_for(root).alert_keys.add(f.dedup_key)
+                seen.alert_keys.add(f.dedup_key)
+            findings.append(f)
+        if e.action in TOUCH_ACTIONS:
+            touch = Touch(e, key, size_of(e))
+            self._touches.append(touch)
+            for flow, flow_key in list(self._flows):
+                if flow.uid in self._matched_flows or flow.end + CLOCK_SKEW < e.time:
+                    continue
+                match = self._match(flow, [touch])
+                if match is not None:
+                    findings.append(self._exfil_finding(flow, match, flow_key))
+        return findings
+
+    def _on_flow(self, f: Flow) -> list[Finding]:
+        alerting = [d for d in f.decisions if is_alerting(d)]
+        if f.dest_class not in EXTERNAL:
+            return [self._flow_alert_finding(f, alerting)] if alerting else []
+        match = self._match(f, list(self._touches))
+        if match is not None:
+            return [self._exfil_finding(f, match, None)]
+        flow_key = None
+        findings: list[Finding] = []
+        if alerting:
+            finding = self._flow_alert_finding(f, alerting)
+            flow_key = finding.dedup_key
+            findings.append(finding)
+        if f.bytes_out > 0:
+            self._flows.append((f, flow_key))
+        return findings
+
+    # --- matching ------------------------------------------------------------------
+    def _relation(self, touch: Touch, flow: Flow) -> str | None:
+        fpid = flow.process.pid if flow.process else None
+        if fpid is None:
+            return "size_and_time"
+        if touch.pid is None:
+            return None if self._file_attribution else "size_and_time"
+        if touch.pid == fpid:
+            return "same_process"
+        if touch.pid in self.ancestry.ancestors(fpid):
+            return "child_process"
+        return None
+
+    def comparable(self, file_bytes: int, flow_bytes: int) -> bool:
+        if file_bytes <= 0 or flow_bytes <= 0:
+            return False
+        return abs(flow_bytes - file_bytes) <= self.tolerance * file_bytes
+
+    def _match(self, flow: Flow, touches: Iterable[Touch]) -> Match | None:
+        lo = flow.start - self.window
+        hi = flow.end + CLOCK_SKEW
+        by_method: dict[str, list[Touch]] = {}
+        for t in touches:
+            if not lo <= t.event.time <= hi:
+                continue
+            rel = self._relation(t, flow)
+            if rel is None:
+                continue
+            if rel == "size_and_time" and t.size < MIN_UNATTRIBUTED_BYTES:
+                continue
+            by_method.setdefault(rel, []).append(t)
+        for method in ("same_process", "child_process", "size_and_time"):
+            cands = by_method.get(method)
+            if not cands:
+                continue
+            best = self._best(cands, flow.bytes_out)
+            if best is not None:
+                return Match(best[0], method, best[1])
+        return None
+
+    def _best(self, cands: list[Touch], flow_bytes: int) -> tuple[tuple[Touch, ...], int] | None:
+        options: list[tuple[tuple[Touch, ...], int]] = []
+        per_sha: dict[str, Touch] = {}
+        for t in cands:
+            per_sha.setdefault(t.sha, t)
+            options.append(((t,), t.size))
+        if len(per_sha) > 1:
+            options.append((tuple(per_sha.values()), sum(t.size for t in per_sha.values())))
+        good = [o for o in options if self.comparable(o[1], flow_bytes)]
+        if not good:
+            return None
+        chosen = min(good, key=lambda o: (abs(flow_bytes - o[1]), -o[0][-1].event.time.timestamp()))
+        # every touch of the chosen artefacts is part of the story (read, then copied...)
+        shas = {t.sha for t in chosen[0]}
+        return tuple(t for t in cands if t.sha in shas), chosen[1]
+
+    # --- lineage -------------------------------------------------------------------
+    def _seen_for(self, key: str) -> _Seen:
+        seen = self._seen.get(key)
+        if seen is None:
+            seen = self._seen[key] = _Seen()
+            while len(self._seen) > MAX_SHAS:
+                self._seen.popitem(last=False)
+        else:
+            self._seen.move_to_end(key)
+        return seen
+
+    def _remember_parents(self, sha: str, parents: tuple[str, ...]) -> None:
+        if parents:
+            self._parents[sha] = parents
+            while len(self._parents) > MAX_SHAS:
+                self._parents.popitem(last=False)
+
+    def parents(self, sha: str) -> tuple[str, ...]:
+        known = self._parents.get(sha)
+        if known is not None:
+            return known
+        if self._parents_of is not None and not sha.startswith("path:"):
+            found = tuple(p for p in self._parents_of(sha) if p != sha)
+            self._remember_parents(sha, found)
+            return found
+        return ()
+
+    def lineage(self, shas: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
+        """(every artefact in the family, parent->child edges), walking up from `shas`."""
+        nodes: list[str] = []
+        edges: list[tuple[str, str]] = []
+        todo = list(dict.fromkeys(shas))
+        while todo and len(nodes) < MAX_LINEAGE_NODES:
+            sha = todo.pop(0)
+            if sha in nodes:
+                continue
+            nodes.append(sha)
+            for p in self.parents(sha):
+                edges.append((p, sha))
+                if p not in nodes:
+                    todo.append(p)
+        return nodes, edges
+
+    def _roots(self, sha: str) -> list[str]:
+        nodes, edges = self.lineage([sha])
+        children = {c for _p, c in edges}
+        return sorted(n for n in nodes if n not in children) or [sha]
+
+    # --- building findings ---------------------------------------------------------
+    def _exfil_finding(self, flow: Flow, match: Match, flow_key: str | None) -> Finding:
+        self._matched_flows[flow.uid] = None
+        while len(self._matched_flows) > MAX_SHAS:
+            self._matched_flows.popitem(last=False)
+        shas = [t.sha for t in match.touches]
+        nodes, edges = self.lineage(shas)
+        children = {c for _p, c in edges}
+        roots = sorted(n for n in nodes if n not in children) or sorted(set(shas))
+        events: dict[str, FileEvent] = {}
+        for t in match.touches:
+            events[t.event.uid] = t.event
+        supersedes: set[str] = {flow_key} if flow_key else set()
+        for sha in nodes:
+            seen = self._seen.get(sha)
+            if seen is None:
+                continue
+            supersedes |= seen.alert_keys
+            for e in seen.events:
+                events.setdefault(e.uid, e)
+        files = sorted(events.values(), key=lambda e: e.time)
+        decisions = [(flow.uid, d) for d in flow.decisions] + [
+            (e.uid, d) for e in files for d in e.decisions
+        ]
+        rule = _choose_rule(decisions)
+        dest = flow.sni or flow.name or flow.dst_ip
+        touched = match.touches[-1].event
+        if rule is None:
+            sev = Severity.HIGH if flow.dest_class == "foreign" else Severity.MEDIUM
+            rule_id, pack, version = "egress.exfiltration", BUILTIN_PACK, ""
+        else:
+            sev, rule_id, pack, version = (
+                rule.severity,
+                rule.rule_id,
+                rule.pack,
+                rule.policy_version,
+            )
+        proc = flow.process or touched.process
+        who = (proc.exe or "").rsplit("/", 1)[-1] if proc and proc.exe else "unknown process"
+        where = f"{dest} ({flow.country or '??'}, {flow.dest_class})"
+        title = (
+            f"{describe(touched)} ({human(match.file_bytes)}) uploaded to {where} by {who}: "
+            f"{human(flow.bytes_out)} sent"
+        )
+        touched_uids = {t.event.uid for t in match.touches}
+        evidence = {
+            "files": [
+                file_doc(e, "touched" if e.uid in touched_uids else "lineage") for e in files
+            ],
+            "flows": [flow_doc(flow)],
+            "lineage": [{"parent": p, "child": c} for p, c in edges],
+            "processes": processes([flow.process, *(e.process for e in files)]),
+            "decisions": [decision_doc(uid, d) for uid, d in decisions],
+            "correlation": {
+                "method": match.method,
+                "file_bytes": match.file_bytes,
+                "flow_bytes": flow.bytes_out,
+                "window_seconds": int(self.window.total_seconds()),
+                "tolerance_percent": round(self.tolerance * 100),
+            },
+            "roots": roots,
+        }
+        return Finding(
+            kind="exfiltration",
+            rule_id=rule_id,
+            pack=pack,
+            severity=sev,
+            policy_version=version,
+            title=storable_text(title) or "",
+            dedup_key=dedup_key("exfiltration", rule_id, roots[0], dest),
+            time=flow.end,
+            bytes_out=flow.bytes_out,
+            evidence=evidence,
+            supersedes=tuple(sorted(supersedes)),
+        )
+
+    def _file_finding(
+        self, e: FileEvent, key: str, kind: str, alerting: list[Decision], what: str
+    ) -> Finding:
+        rule = _choose_rule([(e.uid, d) for d in alerting])
+        assert rule is not None
+        roots = self._roots(key)
+        nodes, edges = self.lineage([key])
+        lineage_events = [
+            ev
+            for sha in nodes
+            if sha != key and (seen := self._seen.get(sha)) is not None
+            for ev in seen.events
+        ]
+        files = [file_doc(e, "touched")] + [file_doc(ev, "lineage") for ev in lineage_events]
+        title = f"{describe(e)} ({human(size_of(e))}) {what}: {rule.rule_id}"
+        return Finding(
+            kind=kind,
+            rule_id=rule.rule_id,
+            pack=rule.pack,
+            severity=rule.severity,
+            policy_version=rule.policy_version,
+            title=storable_text(title) or "",
+            dedup_key=dedup_key(kind, rule.rule_id, roots[0], str(e.channel)),
+            time=e.time,
+            evidence={
+                "files": files,
+                "flows": [],
+                "lineage": [{"parent": p, "child": c} for p, c in edges],
+                "processes": processes([e.process]),
+                "decisions": [decision_doc(e.uid, d) for d in e.decisions],
+                "correlation": {"method": "decision", "channel": str(e.channel)},
+                "roots": roots,
+            },
+        )
+
+    def _copy_finding(self, e: FileEvent, key: str, kind: str, alerting: list[Decision]) -> Finding:
+        where = "removable media" if kind == "removable_copy" else "a cloud-sync folder"
+        return self._file_finding(e, key, kind, alerting, f"copied to {where}")
+
+    def _alert_finding(self, e: FileEvent, key: str, alerting: list[Decision]) -> Finding:
+        return self._file_finding(e, key, "policy_alert", alerting, f"{e.action} on {e.channel}")
+
+    def _flow_alert_finding(self, f: Flow, alerting: list[Decision]) -> Finding:
+        rule = _choose_rule([(f.uid, d) for d in alerting])
+        assert rule is not None
+        dest = f.sni or f.name or f.dst_ip
+        where = f"{dest} ({f.country or '??'}, {f.dest_class})"
+        title = f"{human(f.bytes_out)} sent to {where}: {rule.rule_id}"
+        return Finding(
+            kind="policy_alert",
+            rule_id=rule.rule_id,
+            pack=rule.pack,
+            severity=rule.severity,
+            policy_version=rule.policy_version,
+            title=storable_text(title) or "",
+            dedup_key=dedup_key("policy_alert", rule.rule_id, "", dest),
+            time=f.end,
+            bytes_out=f.bytes_out,
+            evidence={
+                "files": [],
+                "flows": [flow_doc(f)],
+                "lineage": [],
+                "processes": processes([f.process]),
+                "decisions": [decision_doc(f.uid, d) for d in f.decisions],
+                "correlation": {"method": "decision", "channel": "network"},
+                "roots": [],
+            },
+        )
+
+
+def _choose_rule(decisions: Sequence[tuple[str, Decision]]) -> Decision | None:
+    """The decision an incident is named after: alerting first, then the most severe."""
+    if not decisions:
+        return None
+    return max(
+        (d for _uid, d in decisions),
+        key=lambda d: (is_alerting(d), d.severity.rank),
+    )

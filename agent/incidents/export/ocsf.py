@@ -1,0 +1,169 @@
+"""OCSF 1.4 JSON Lines: incidents as Data Security Findings, chain markers as log activity.
+
+Incident records are class 2006 *Data Security Finding* (category 2 Findings; activity
+1 Create, 2 Update, 3 Close; `type_uid = class_uid * 100 + activity_id`), with
+`finding_info`, `file`, `dst_endpoint`, `src_endpoint`, `actor`, `traffic` and
+`is_alert`. Genesis, checkpoint and stub records are class 1008 *Event Log Activity*
+(category 1 System; activity 3 Enable for genesis, 99 Other otherwise), so the chain
+stays whole in the export. Times are epoch milliseconds; the chain fields and the
+hashed payload travel in `unmapped.egress`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from agent import __version__
+from agent.incidents.chain import ChainEntry
+from agent.incidents.export._view import View, basename, view
+from agent.incidents.model import canonical_json
+
+NAME = "ocsf"
+EXTENSION = "ocsf.jsonl"
+HEADER: str | None = None
+OCSF_VERSION = "1.4.0"
+SEVERITY_ID = {"info": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
+STATUS_ID = {"open": 1, "acknowledged": 2, "closed": 4}
+FINDING_CLASS, LOG_CLASS = 2006, 1008
+
+
+def _metadata(v: View) -> dict[str, Any]:
+    return {
+        "version": OCSF_VERSION,
+        "product": {"name": "egress-agent", "vendor_name": "egress-agent", "version": __version__},
+        "uid": f"{v.entry.host_id}:{v.entry.seq}",
+        "log_name": "incident_chain",
+    }
+
+
+def _finding(v: View) -> dict[str, Any]:
+    inc, f, fl, p = v.incident, v.file, v.flow, v.process
+    status = str(inc.get("status"))
+    activity = 1 if v.entry.record_type == "incident" else (3 if status == "closed" else 2)
+    out: dict[str, Any] = {
+        "class_uid": FINDING_CLASS,
+        "class_name": "Data Security Finding",
+        "category_uid": 2,
+        "category_name": "Findings",
+        "activity_id": activity,
+        "activity_name": {1: "Create", 2: "Update", 3: "Close"}[activity],
+        "type_uid": FINDING_CLASS * 100 + activity,
+        "severity_id": SEVERITY_ID.get(v.severity, 0),
+        "severity": v.severity.capitalize(),
+        "status_id": STATUS_ID.get(status, 99),
+        "status": status,
+        "is_alert": activity != 3,
+        "time": v.time_ms,
+        "message": inc.get("title"),
+        "finding_info": {
+            "uid": inc.get("uid"),
+            "title": inc.get("title"),
+            "types": [inc.get("kind")],
+            "created_time_dt": inc.get("opened_at"),
+            "modified_time_dt": inc.get("updated_at"),
+            "analytic": {"uid": inc.get("rule_id"), "name": inc.get("rule_id"), "type_id": 1},
+        },
+        "device": {"uid": v.entry.host_id, "hostname": v.hostname, "type_id": 0},
+    }
+    if f:
+        out["file"] = {
+            "name": basename(v.path) or "",
+            "path": v.path,
+            "size": f.get("size"),
+            "type_id": 1,
+            "hashes": [{"algorithm_id": 3, "value": f["sha256"]}] if f.get("sha256") else [],
+        }
+    if fl:
+        out["dst_endpoint"] = {"ip": fl.get("dst_ip"), "port": fl.get("dst_port")}
+        if fl.get("sni") or fl.get("name"):
+            out["dst_endpoint"]["hostname"] = fl.get("sni") or fl.get("name")
+        if fl.get("country"):
+            out["dst_endpoint"]["location"] = {"country": fl.get("country")}
+        out["src_endpoint"] = {"ip": fl.get("src_ip"), "port": fl.get("src_port")}
+        out["traffic"] = {"bytes_out": fl.get("bytes_out"), "bytes_in": fl.get("bytes_in")}
+    if p:
+        out["actor"] = {
+            "process": {
+                "pid": p.get("pid"),
+                "file": {"path": p.get("exe"), "name": basename(p.get("exe")) or "", "type_id": 1},
+                "cmd_line": p.get("cmdline"),
+            },
+            "user": {
+                "name": p.get("user"),
+                "uid": None if p.get("uid") is None else str(p.get("uid")),
+            },
+        }
+    if inc.get("note") or inc.get("acted_by"):
+        out["comment"] = f"{inc.get('acted_by') or ''}: {inc.get('note') or ''}".strip()
+    return out
+
+
+def _log_activity(v: View) -> dict[str, Any]:
+    genesis = v.entry.record_type == "genesis"
+    activity = 3 if genesis else 99
+    return {
+        "class_uid": LOG_CLASS,
+        "class_name": "Event Log Activity",
+        "category_uid": 1,
+        "category_name": "System Activity",
+        "activity_id": activity,
+        "activity_name": "Enable" if genesis else ("Chain Link" if v.stub else "Checkpoint"),
+        "type_uid": LOG_CLASS * 100 + activity,
+        "severity_id": 1,
+        "severity": "Informational",
+        "time": v.time_ms,
+        "log_name": "incident_chain",
+        "log_provider": "egress-agent",
+        "device": {"uid": v.entry.host_id, "hostname": v.hostname, "type_id": 0},
+    }
+
+
+def document(entry: ChainEntry) -> dict[str, Any]:
+    v = view(entry)
+    doc = _finding(v) if v.incident else _log_activity(v)
+    doc["metadata"] = _metadata(v)
+    doc["unmapped"] = {
+        "egress": {
+            "seq": entry.seq,
+            "host_id": entry.host_id,
+            "record_type": entry.record_type,
+            "time": entry.time,
+            "incident_uid": entry.incident_uid,
+            "prev_hash": entry.prev_hash,
+            "hash": entry.hash,
+            "stub": entry.payload is None,
+            "record": v.doc if entry.payload is not None else None,
+        }
+    }
+    return doc
+
+
+def render(entry: ChainEntry) -> str:
+    return json.dumps(document(entry), ensure_ascii=False)
+
+
+def expected(entry: ChainEntry) -> str:
+    return render(entry)
+
+
+def read(lines: Iterable[str]) -> Iterator[tuple[ChainEntry, str]]:
+    for line in lines:
+        line = line.rstrip("\n")
+        if not line:
+            continue
+        e = json.loads(line)["unmapped"]["egress"]
+        yield (
+            ChainEntry(
+                seq=int(e["seq"]),
+                host_id=str(e["host_id"]),
+                record_type=str(e["record_type"]),
+                time=str(e["time"]),
+                incident_uid=e.get("incident_uid"),
+                payload=None if e.get("stub") else canonical_json(e["record"]),
+                prev_hash=str(e["prev_hash"]),
+                hash=str(e["hash"]),
+            ),
+            line,
+        )

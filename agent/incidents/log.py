@@ -1,0 +1,326 @@
+"""The incident log: the only code that writes incidents and their hash chain.
+
+A finding opens an incident or updates the open one with the same dedup key (kind +
+rule + lineage root + destination or channel) seen within `incidents.dedup_window`;
+an analyst's acknowledge or close changes its status. Each of these writes the row and
+appends its chain record in ONE transaction, so a row never exists without the record
+that vouches for it. Several writers may share a chain (the daemon and an analyst's
+`incidents ack` on the same store): the record's primary key (host, seq) makes a lost
+race fail cleanly, and the transaction is retried on the new head.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from agent import metrics
+from agent.events import new_uid
+from agent.incidents.chain import GENESIS_PREV, link_hash, make_payload
+from agent.incidents.model import (
+    Finding,
+    document_from_row,
+    iso,
+    merge,
+    new_document,
+    row_values,
+)
+from agent.store.models import ChainRecord, Host, IncidentRow
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+SYSTEM_ACTOR = "egress-agent"
+TRANSITIONS = {"acknowledged": ("open",), "closed": ("open", "acknowledged")}
+
+
+class IncidentError(Exception):
+    """An analyst's request that cannot be done (unknown id, wrong status)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    uid: str
+    created: bool
+    superseded: tuple[str, ...] = ()
+
+
+def transact(engine: Engine, fn: Callable[[Connection], T], attempts: int = 50) -> T:
+    """Run `fn` in a transaction, retrying when another writer took the chain head."""
+    delay = 0.01
+    for attempt in range(attempts):
+        try:
+            with engine.begin() as conn:
+                return fn(conn)
+        except (IntegrityError, OperationalError) as e:
+            if attempt == attempts - 1:
+                raise
+            log.debug("incident log write raced (%s); retrying", type(e.orig).__name__)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+    raise AssertionError("unreachable")
+
+
+def append_record(
+    conn: Connection,
+    host_id: str,
+    hostname: str,
+    record_type: str,
+    now: datetime,
+    incident: Mapping[str, Any] | None = None,
+    info: Mapping[str, Any] | None = None,
+) -> int:
+    """Append one record at the head of `host_id`'s chain; returns its seq."""
+    head = conn.execute(
+        select(ChainRecord.seq, ChainRecord.hash)
+        .where(ChainRecord.host_id == host_id)
+        .order_by(ChainRecord.seq.desc())
+        .limit(1)
+    ).first()
+    if head is None and record_type != "genesis":
+        append_record(conn, host_id, hostname, "genesis", now, info={"reason": "first record"})
+        return append_record(conn, host_id, hostname, record_type, now, incident, info)
+    seq = head.seq + 1 if head is not None else 0
+    prev = head.hash if head is not None else GENESIS_PREV
+    stamp = iso(now)
+    payload = make_payload(seq, record_type, stamp, host_id, hostname, incident, info)
+    conn.execute(
+        insert(ChainRecord).values(
+            seq=seq,
+            host_id=host_id,
+            time=now,
+            record_type=record_type,
+            incident_uid=incident["uid"] if incident is not None else None,
+            payload=payload,
+            prev_hash=prev,
+            hash=link_hash(prev, payload),
+        )
+    )
+    return seq
+
+
+def hostname_of(conn: Connection, host_id: str) -> str:
+    name = conn.execute(select(Host.hostname).where(Host.id == host_id)).scalar()
+    return str(name) if name else host_id
+
+
+class IncidentLog:
+    """Opens, updates and checkpoints incidents for one host."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        host_id: str,
+        hostname: str,
+        dedup_window: float = 3600.0,
+        checkpoint_every: int = 100,
+    ) -> None:
+        self.engine = engine
+        self.host_id = host_id
+        self.hostname = hostname
+        self.dedup_window = timedelta(seconds=dedup_window)
+        self.checkpoint_every = checkpoint_every
+
+    # --- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        """Write the genesis record of a new chain; publish the checkpoint and open gauges."""
+
+        def tx(conn: Connection) -> None:
+            exists = conn.execute(
+                select(ChainRecord.seq).where(ChainRecord.host_id == self.host_id).limit(1)
+            ).first()
+            if exists is None:
+                info = {"reason": "agent start"}
+                append_record(conn, self.host_id, self.hostname, "genesis", _now(), info=info)
+
+        transact(self.engine, tx)
+        with self.engine.connect() as conn:
+            last = conn.execute(
+                select(func.max(ChainRecord.time)).where(
+                    ChainRecord.host_id == self.host_id,
+                    ChainRecord.record_type.in_(("genesis", "checkpoint")),
+                )
+            ).scalar()
+        if last is not None:
+            metrics.CHAIN_CHECKPOINT.set(_as_utc(last).timestamp())
+        self.refresh_open_gauge()
+
+    def checkpoint(self, reason: str) -> int:
+        seq = transact(self.engine, lambda conn: self._checkpoint(conn, reason))
+        metrics.CHAIN_CHECKPOINT.set_to_current_time()
+        return seq
+
+    def _checkpoint(self, conn: Connection, reason: str) -> int:
+        head = conn.execute(
+            select(ChainRecord.seq, ChainRecord.hash)
+            .where(ChainRecord.host_id == self.host_id)
+            .order_by(ChainRecord.seq.desc())
+            .limit(1)
+        ).first()
+        counts: dict[str, int] = dict(
+            (r[0], int(r[1]))
+            for r in conn.execute(
+                select(IncidentRow.status, func.count())
+                .where(IncidentRow.host_id == self.host_id)
+                .group_by(IncidentRow.status)
+            ).all()
+        )
+        info = {
+            "reason": reason,
+            "head_seq": head.seq if head is not None else None,
+            "head_hash": head.hash if head is not None else None,
+            "incidents": {str(k): int(v) for k, v in counts.items()},
+        }
+        return append_record(conn, self.host_id, self.hostname, "checkpoint", _now(), info=info)
+
+    def _maybe_checkpoint(self, conn: Connection) -> bool:
+        rows = conn.execute(
+            select(ChainRecord.seq, ChainRecord.record_type)
+            .where(ChainRecord.host_id == self.host_id)
+            .order_by(ChainRecord.seq.desc())
+            .limit(self.checkpoint_every)
+        ).all()
+        if len(rows) < self.checkpoint_every:
+            return False
+        if any(r.record_type in ("checkpoint", "genesis") for r in rows):
+            return False
+        self._checkpoint(conn, "interval")
+        return True
+
+    # --- findings ----------------------------------------------------------------------
+    def record(self, finding: Finding) -> Recorded | None:
+        """Open or update the incident for `finding`; None when it added nothing new."""
+        checkpointed = False
+
+        def tx(conn: Connection) -> Recorded | None:
+            nonlocal checkpointed
+            cutoff = finding.time - self.dedup_window
+            row = conn.execute(
+                select(IncidentRow)
+                .where(
+                    IncidentRow.host_id == self.host_id,
+                    IncidentRow.dedup_key == finding.dedup_key,
+                    IncidentRow.status != "closed",
+                    IncidentRow.updated_at >= cutoff,
+                )
+                .order_by(IncidentRow.updated_at.desc())
+                .limit(1)
+            ).first()
+            now = _now()
+            if row is not None:
+                doc = merge(document_from_row(row[0]), finding)
+                if doc is None:
+                    return None
+                conn.execute(
+                    update(IncidentRow).where(IncidentRow.uid == doc["uid"]).values(row_values(doc))
+                )
+                append_record(conn, self.host_id, self.hostname, "update", now, incident=doc)
+                created = False
+            else:
+                doc = new_document(finding, new_uid(), self.host_id)
+                conn.execute(insert(IncidentRow).values(row_values(doc)))
+                append_record(conn, self.host_id, self.hostname, "incident", now, incident=doc)
+                created = True
+            merged = self._supersede(conn, finding.supersedes, doc["uid"], now)
+            checkpointed = self._maybe_checkpoint(conn)
+            return Recorded(doc["uid"], created, merged)
+
+        result = transact(self.engine, tx)
+        if result is not None:
+            if result.created:
+                metrics.INCIDENTS_OPENED.labels(finding.rule_id, str(finding.severity)).inc()
+            self.refresh_open_gauge()
+        if checkpointed:
+            metrics.CHAIN_CHECKPOINT.set_to_current_time()
+        return result
+
+    def _supersede(
+        self, conn: Connection, keys: tuple[str, ...], into: str, now: datetime
+    ) -> tuple[str, ...]:
+        if not keys:
+            return ()
+        rows = conn.execute(
+            select(IncidentRow).where(
+                IncidentRow.host_id == self.host_id,
+                IncidentRow.dedup_key.in_(keys),
+                IncidentRow.kind == "policy_alert",
+                IncidentRow.status != "closed",
+            )
+        ).scalars()
+        merged = []
+        for r in rows:
+            doc = document_from_row(r)
+            doc.update(
+                status="closed",
+                acted_by=SYSTEM_ACTOR,
+                note=f"merged into incident {into}",
+                updated_at=max(doc["updated_at"], iso(now)),
+            )
+            conn.execute(update(IncidentRow).where(IncidentRow.id == r.id).values(row_values(doc)))
+            append_record(conn, self.host_id, self.hostname, "status", now, incident=doc)
+            merged.append(doc["uid"])
+        return tuple(merged)
+
+    def refresh_open_gauge(self) -> None:
+        refresh_open_gauge(self.engine, self.host_id)
+
+
+def refresh_open_gauge(engine: Engine, host_id: str) -> None:
+    with engine.connect() as conn:
+        counts: dict[str, int] = dict(
+            (r[0], int(r[1]))
+            for r in conn.execute(
+                select(IncidentRow.severity, func.count())
+                .where(IncidentRow.host_id == host_id, IncidentRow.status != "closed")
+                .group_by(IncidentRow.severity)
+            ).all()
+        )
+    for sev in ("info", "low", "medium", "high", "critical"):
+        metrics.INCIDENTS_OPEN.labels(sev).set(int(counts.get(sev, 0)))
+
+
+def set_status(
+    engine: Engine, incident_id: int, status: str, by: str, note: str | None
+) -> dict[str, Any]:
+    """Acknowledge or close an incident (by row id); returns the new document."""
+    allowed_from = TRANSITIONS.get(status)
+    if allowed_from is None:
+        raise IncidentError(f"unknown status {status!r}")
+
+    def tx(conn: Connection) -> dict[str, Any]:
+        row = conn.execute(select(IncidentRow).where(IncidentRow.id == incident_id)).scalar()
+        if row is None:
+            raise IncidentError(f"no incident with id {incident_id}")
+        if row.status not in allowed_from:
+            raise IncidentError(
+                f"incident {incident_id} is {row.status}; it can be {status} only when "
+                + " or ".join(allowed_from)
+            )
+        now = _now()
+        doc = document_from_row(row)
+        doc.update(
+            status=status, acted_by=by, note=note, updated_at=max(doc["updated_at"], iso(now))
+        )
+        conn.execute(update(IncidentRow).where(IncidentRow.id == row.id).values(row_values(doc)))
+        hostname = hostname_of(conn, row.host_id)
+        append_record(conn, row.host_id, hostname, "status", now, incident=doc)
+        return doc
+
+    doc = transact(engine, tx)
+    refresh_open_gauge(engine, doc["host_id"])
+    return doc
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _as_utc(t: datetime) -> datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
