@@ -56,9 +56,29 @@ def encode(event: Event) -> str:
     return json.dumps({"k": kind, "e": _plain(event)}, separators=(",", ":"), default=str)
 
 
+# scalar annotations checked on decode, so a damaged record fails here (and is skipped)
+# instead of poisoning every later attempt to write its batch
+_SCALARS: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "str | None": (str, type(None)),
+    "int | None": (int, type(None)),
+}
+
+
 def _known(cls: type[T], d: dict[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    return {k: v for k, v in d.items() if k in names}
+    if not isinstance(d, dict):
+        raise CodecError(f"{cls.__name__}: expected an object, got {type(d).__name__}")
+    out = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in d:
+            continue
+        v = d[f.name]
+        allowed = _SCALARS.get(str(f.type))
+        if allowed is not None and (not isinstance(v, allowed) or isinstance(v, bool)):
+            raise CodecError(f"{cls.__name__}.{f.name}: {type(v).__name__} is not {f.type}")
+        out[f.name] = v
+    return out
 
 
 def _process(d: dict[str, Any] | None) -> ProcessInfo | None:

@@ -1,0 +1,297 @@
+"""Done-when drill for the fleet store: agents keep every event through a PostgreSQL outage.
+
+Three `egress-agent run` processes write synthetic events to a real PostgreSQL database
+through a TCP proxy written here (127.0.0.1:<free port> → 127.0.0.1:5432), never by
+stopping the shared server. The proxy cuts established connections mid-batch (RST),
+refuses connections, and blackholes them (accepts, then forwards nothing: a peer that
+never answers). Afterwards each agent's events are in the central store exactly once:
+per host, the synthetic paths 0..N-1 each appear once, and no uid twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.conftest import free_port
+
+pytestmark = [pytest.mark.drill, pytest.mark.slow]
+
+PG = ("127.0.0.1", 5432)
+
+
+def _hard_close(sock: socket.socket) -> None:
+    """Close with RST, as a crashed peer or a firewall reset would."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+class FaultyProxy:
+    """A TCP proxy to PostgreSQL whose link can be cut, refused or blackholed."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.mode = "up"  # up | refuse | blackhole
+        self._lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self._closed = False
+        self.accepted = 0
+        self.cuts = 0
+        self._listen()
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> None:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", self.port))
+        s.listen(64)
+        s.settimeout(0.1)
+        self._listener = s
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            listener = self._listener
+            if listener is None:
+                time.sleep(0.05)
+                continue
+            try:
+                client, _ = listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.accepted += 1
+            with self._lock:
+                self._conns.append(client)
+            if self.mode == "blackhole":
+                continue  # hold it open, never answer
+            try:
+                upstream = socket.create_connection(PG, timeout=5)
+            except OSError:
+                _hard_close(client)
+                continue
+            with self._lock:
+                self._conns.append(upstream)
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                while self.mode == "blackhole":  # stall mid-stream: bytes go nowhere
+                    time.sleep(0.05)
+                dst.sendall(data)
+        except OSError:
+            pass
+        _hard_close(src)
+        _hard_close(dst)
+
+    def cut(self) -> int:
+        """Reset every established connection (in the middle of whatever batch)."""
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for c in conns:
+            _hard_close(c)
+        self.cuts += 1
+        return len(conns)
+
+    def refuse(self) -> None:
+        """Connection refused: nothing listens on the port; established links are reset."""
+        self.mode = "refuse"
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        self.cut()
+
+    def blackhole(self) -> None:
+        """Accept, then forward nothing; established links stall with their bytes in flight."""
+        if self._listener is None:
+            self._listen()
+        self.mode = "blackhole"
+
+    def restore(self) -> None:
+        if self.mode == "blackhole":
+            self.cut()  # stalled links would deliver stale bytes; a real peer had reset them
+        if self._listener is None:
+            self._listen()
+        self.mode = "up"
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        if self._listener is not None:
+            self._listener.close()
+
+
+@pytest.fixture
+def proxy() -> Any:
+    p = FaultyProxy()
+    yield p
+    p.close()
+
+
+def _agent_doc(agent_config: dict[str, Any], tmp: Path, name: str, url: str, count: int) -> Any:
+    doc = {k: dict(v) for k, v in agent_config.items()}
+    doc["agent"] = {"state_dir": str(tmp / name), "hostname": name}
+    doc["metrics"] = {"listen": f"127.0.0.1:{free_port()}"}
+    doc["database"] = {
+        "url": url,
+        "batch_size": 100,
+        "flush_interval": 0.05,
+        "forward_batch_size": 250,
+        "forward_timeout": 2.0,
+        "forward_backoff_max": 0.5,
+        "forward_stop_seconds": 5.0,
+    }
+    doc["sensors"] = {
+        "enabled": ["synthetic"] if count else [],
+        "synthetic_count": count,
+        "synthetic_rate": 500.0,
+    }
+    return doc
+
+
+def _sample(agent: Any, name: str) -> float:
+    """Sum of a metric over all its label sets (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for fam in text_string_to_metric_families(agent.scrape()):
+        for s in fam.samples:
+            if s.name == name:
+                total += s.value
+    return total
+
+
+def _wait(pred: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _stored_paths(pg_url: str) -> dict[str, list[str]]:
+    engine = create_engine(pg_url)
+    try:
+        with engine.connect() as c:
+            rows = c.execute(
+                text(
+                    "SELECT h.hostname, f.path FROM file_events f JOIN hosts h ON h.id = f.host_id"
+                )
+            ).all()
+            dup = c.execute(
+                text("SELECT count(*) - count(DISTINCT uid) FROM file_events")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    assert dup == 0
+    out: dict[str, list[str]] = {}
+    for host, path in rows:
+        out.setdefault(host, []).append(path)
+    return out
+
+
+def _expected(count: int) -> list[str]:
+    return sorted(f"/synthetic/{i // 1000:04d}/file-{i:08d}.bin" for i in range(count))
+
+
+def test_three_agents_lose_nothing_through_an_outage(
+    pg_url: str, proxy: FaultyProxy, run_agent: Any, agent_config: dict[str, Any], tmp_path: Path
+) -> None:
+    database = pg_url.rsplit("/", 1)[1]
+    count = 4000  # 8 s at 500 events/s each: the outage falls in the middle
+    names = ["lab-a", "lab-b", "lab-c"]
+    agents = [
+        run_agent(_agent_doc(agent_config, tmp_path, n, proxy.url(database), count), name=n)
+        for n in names
+    ]
+    for a in agents:
+        a.wait_metrics()
+    max_spooled = 0.0
+
+    def watch(seconds: float) -> None:
+        nonlocal max_spooled
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            max_spooled = max(
+                max_spooled, *(_sample(a, "egress_agent_spool_events") for a in agents)
+            )
+            time.sleep(0.1)
+
+    watch(1.0)
+    proxy.cut()  # mid-batch resets
+    watch(0.7)
+    proxy.cut()
+    proxy.refuse()  # server unreachable
+    watch(2.0)
+    proxy.blackhole()  # server accepts and never answers
+    watch(3.0)
+    proxy.restore()
+    for _ in range(4):  # flapping: connections reset while the backlog drains
+        watch(0.5)
+        proxy.cut()
+    proxy.restore()
+
+    def drained() -> bool:
+        return all(
+            _sample(a, "egress_agent_sensor_events_total") == count
+            and _sample(a, "egress_agent_spool_events") == 0
+            for a in agents
+        )
+
+    _wait(drained, 90, "every agent to emit and forward all its events")
+    errors = [_sample(a, "egress_agent_fleet_forward_errors_total") for a in agents]
+    dropped = [_sample(a, "egress_agent_events_dropped_total") for a in agents]
+    for a in agents:
+        assert a.stop() == 0, a.stderr()
+    # the drill really happened: every agent saw the outage and spooled through it
+    assert all(e > 0 for e in errors), errors
+    assert max_spooled > 0
+    assert dropped == [0, 0, 0]
+    stored = _stored_paths(pg_url)
+    assert sorted(stored) == names
+    for n in names:
+        assert sorted(stored[n]) == _expected(count), f"{n}: {len(stored[n])} rows"
+
+
+def test_spool_survives_a_stop_while_the_store_is_away(
+    pg_url: str, proxy: FaultyProxy, run_agent: Any, agent_config: dict[str, Any], tmp_path: Path
+) -> None:
+    database = pg_url.rsplit("/", 1)[1]
+    count = 600
+    proxy.refuse()  # unreachable from the very start: the agent must still run
+    doc = _agent_doc(agent_config, tmp_path, "lab-d", proxy.url(database), count)
+    doc["sensors"]["synthetic_rate"] = 0.0
+    doc["database"]["forward_stop_seconds"] = 0.5
+    first = run_agent(doc, name="first")
+    first.wait_metrics()
+    _wait(lambda: _sample(first, "egress_agent_spool_events") == count, 30, "events spooled")
+    assert _sample(first, "egress_agent_fleet_connected") == 0
+    assert first.stop() == 0, first.stderr()
+
+    proxy.restore()
+    doc["sensors"] = {"enabled": []}
+    second = run_agent(doc, name="second")
+    second.wait_metrics()
+    _wait(lambda: _sample(second, "egress_agent_spool_events") == 0, 30, "spool forwarded")
+    assert _sample(second, "egress_agent_fleet_connected") == 1
+    assert second.stop() == 0, second.stderr()
+    assert sorted(_stored_paths(pg_url)["lab-d"]) == _expected(count)
