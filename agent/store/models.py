@@ -132,6 +132,7 @@ class DecisionRow(Base):
     __tablename__ = "decisions"
     __table_args__ = (
         Index("ix_decisions_time", "time"),
+        Index("ix_decisions_host_time", "host_id", "time"),
         Index("ix_decisions_subject", "subject_uid"),
         Index("ix_decisions_rule", "rule_id"),
     )

@@ -48,6 +48,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('uid')
     )
     with op.batch_alter_table('decisions', schema=None) as batch_op:
+        batch_op.create_index('ix_decisions_host_time', ['host_id', 'time'], unique=False)
         batch_op.create_index('ix_decisions_rule', ['rule_id'], unique=False)
         batch_op.create_index('ix_decisions_subject', ['subject_uid'], unique=False)
         batch_op.create_index('ix_decisions_time', ['time'], unique=False)
@@ -237,6 +238,7 @@ def downgrade() -> None:
         batch_op.drop_index('ix_decisions_time')
         batch_op.drop_index('ix_decisions_subject')
         batch_op.drop_index('ix_decisions_rule')
+        batch_op.drop_index('ix_decisions_host_time')
 
     op.drop_table('decisions')
     op.drop_table('artefacts')
