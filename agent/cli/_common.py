@@ -79,7 +79,8 @@ def print_json(obj: Any) -> None:
 
 def run_cli(group: click.Group) -> int:
     try:
-        group.main(standalone_mode=False, prog_name="egress-agent")
+        # without standalone mode, click returns ctx.exit(code)'s code instead of raising
+        rc = group.main(standalone_mode=False, prog_name="egress-agent")
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
@@ -95,7 +96,7 @@ def run_cli(group: click.Group) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
-    return 0
+    return rc if isinstance(rc, int) else 0
 
 
 def existing_path(p: str) -> Path:

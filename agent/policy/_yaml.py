@@ -74,7 +74,9 @@ def load_marked(text: str) -> tuple[Any, list[YamlProblem]]:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark is not None else 0
-        what = " ".join(p for p in (e.context, e.problem) if p) or "syntax error"
+        what = e.problem or "syntax error"
+        if e.context and e.context_mark is not None:
+            what += f" ({e.context} started on line {e.context_mark.line + 1})"
         return None, [YamlProblem(line, f"YAML syntax error: {what}")]
     except yaml.YAMLError as e:
         return None, [YamlProblem(0, f"YAML error: {e}")]
