@@ -166,6 +166,7 @@ class ClassifySection(_Section):
     max_compression_ratio: float = Field(default=200.0, gt=1)
     use_magika: bool = True
     hash_cache: Path | None = None  # default state_dir/hashcache.db
+    event_timeout: float = Field(default=30.0, gt=0)  # past it an event goes on "deferred"
 
 
 class PoliciesSection(_Section):

@@ -1,0 +1,41 @@
+"""The classifier: what each artefact is, its fingerprint, its keywords and its lineage.
+
+It sits between the sensors and policy: the pipeline stage (`stage.ClassifyStage`)
+attaches an `Artefact` to file events, and `egress-agent scan` / `policy explain` call
+`classify_file` directly. Layout: `engine` (tiers: signatures → parsers → magika) over
+the format modules (`weights`, `datasets`, `source`, `archives`, `documents`,
+`engineering`, `secrets`), `keywords` (categories in, matches out), `hashing` (SHA-256
+and the persistent cache), `lineage`, and `classifier` (the path-level shell).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent.categories import CategorySpec
+from agent.classify.base import ParseError
+from agent.classify.classifier import Classifier
+from agent.config import ClassifySection
+from agent.events import Artefact
+
+__all__ = ["Classifier", "ParseError", "classify_file"]
+
+
+def classify_file(
+    path: Path | str,
+    categories: Sequence[CategorySpec] = (),
+    settings: ClassifySection | None = None,
+) -> Artefact:
+    """Classify one file (or SavedModel directory) now, without any persistent cache.
+
+    Never raises for anything the file can do: unreadable, special or malformed files
+    come back with `skipped` set.
+    """
+    cats = tuple(categories)
+    classifier = Classifier(settings, cache=None, categories=lambda: cats)
+    try:
+        return classifier.classify_path(os.fspath(path))
+    finally:
+        classifier.close()

@@ -1,0 +1,353 @@
+"""Archives: zip, tar (gz, bz2, xz, zst), single compressed files and 7z, with hard limits.
+
+Members are read as streams (never extracted to disk), hashed, and classified by the
+engine through the `classify` callback with their name and bytes; nested archives
+recurse until `classify.max_archive_depth`. One `Budget` is shared by the whole walk of
+a top-level file so the limits on member count and expanded bytes are global, and
+every decompressing reader checks the expansion ratio as it goes — a zip bomb, 42.zip
+or an overlapping-entry quine ends as a partial tag with a counted reason, not as
+gigabytes in memory. 7z is listed from its header (py7zr) and classified by name only.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import itertools
+import lzma
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import BinaryIO, cast
+
+from agent.classify.base import (
+    HEAD_BYTES,
+    Finding,
+    LimitExceeded,
+    Limits,
+    Member,
+    ParseError,
+    Source,
+)
+from agent.events import Tag
+
+Classify = Callable[[Source], Finding]
+CHUNK = 1 << 20
+MAX_MEMBER_TAGS = 32
+
+
+@dataclass(slots=True)
+class Budget:
+    """Limits shared across one recursive walk; `reasons` collects why it was partial."""
+
+    limits: Limits
+    members: int = 0
+    expanded: int = 0
+    ancestors: set[str] = field(default_factory=set)
+    reasons: list[str] = field(default_factory=list)
+
+    def partial(self, reason: str) -> None:
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+
+
+class _Counting:
+    """A reader that counts what it has read (the compressed side of a stream)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.count += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+class _Expanding:
+    """A decompressed stream that stops at the expanded-bytes budget or the ratio bound."""
+
+    def __init__(self, inner: BinaryIO, raw: _Counting, budget: Budget, slack: int) -> None:
+        self.inner = inner
+        self.raw = raw
+        self.budget = budget
+        self.out = 0
+        self.slack = slack
+
+    def read(self, n: int = -1) -> bytes:
+        lim = self.budget.limits
+        data = self.inner.read(CHUNK if n is None or n < 0 else min(n, CHUNK * 4))
+        self.out += len(data)
+        self.budget.expanded += len(data)
+        if self.budget.expanded > lim.max_archive_expanded_bytes:
+            raise LimitExceeded("expanded_limit", "archive expands past the byte limit")
+        if self.out > self.slack and self.out > lim.max_compression_ratio * max(self.raw.count, 1):
+            raise LimitExceeded("compression_ratio", "archive expands past the ratio limit")
+        return data
+
+
+def _decompressor(fmt: str, raw: _Counting) -> BinaryIO:
+    if fmt == "gzip":
+        return cast(BinaryIO, gzip.GzipFile(fileobj=cast(BinaryIO, raw), mode="rb"))
+    if fmt == "bzip2":
+        return cast(BinaryIO, bz2.BZ2File(cast(BinaryIO, raw), "rb"))
+    if fmt == "xz":
+        return cast(BinaryIO, lzma.LZMAFile(cast(BinaryIO, raw), "rb"))
+    if fmt == "zstd":
+        try:
+            import zstandard
+        except ImportError:
+            raise ParseError("zstandard not installed") from None
+        return cast(BinaryIO, zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, raw)))
+    raise ParseError(f"no decompressor for {fmt}")
+
+
+_ERRORS = (
+    OSError,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    ValueError,
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    NotImplementedError,
+    RuntimeError,
+)
+
+
+def _read_member(
+    fh: BinaryIO, name: str, size: int, src: Source, budget: Budget
+) -> tuple[Source, str]:
+    """Stream one member: hash all of it, keep it whole if small, else only its head."""
+    lim = budget.limits
+    h = hashlib.sha256()
+    keep = bytearray()
+    total = 0
+    while True:
+        chunk = fh.read(CHUNK)
+        if not chunk:
+            break
+        total += len(chunk)
+        h.update(chunk)
+        if len(keep) < lim.max_member_inline:
+            keep += chunk[: lim.max_member_inline - len(keep)]
+    data = bytes(keep)
+    member = Source.from_bytes(name, data, depth=src.depth + 1, size=total)
+    if total > len(data):
+        member.head = data[:HEAD_BYTES]
+    return member, h.hexdigest()
+
+
+def walk_zip(src: Source, budget: Budget, classify: Classify, name_tags: NameTags) -> Finding:
+    lim = budget.limits
+    members: list[Member] = []
+    texts: list[str] = []
+    with src.open() as f:
+        try:
+            zf = zipfile.ZipFile(f)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            raise ParseError(f"zip: {e}") from None
+        infos = zf.infolist()
+        _check_overlap(infos)
+        for info in infos:
+            if info.is_dir():
+                continue
+            if budget.members >= lim.max_archive_members:
+                budget.partial("member_limit")
+                break
+            budget.members += 1
+            name = info.filename
+            ratio = info.file_size / info.compress_size if info.compress_size else 0
+            if (info.file_size and not info.compress_size) or ratio > lim.max_compression_ratio:
+                budget.partial("compression_ratio")
+                members.append(Member(name, info.file_size, None, name_tags(name)))
+                continue
+            if budget.expanded + info.file_size > lim.max_archive_expanded_bytes:
+                budget.partial("expanded_limit")
+                members.append(Member(name, info.file_size, None, name_tags(name)))
+                continue
+            try:
+                with zf.open(info) as fh:
+                    member, sha = _read_member(fh, name, info.file_size, src, budget)  # type: ignore[arg-type]
+            except _ERRORS as e:
+                budget.partial("encrypted" if "encrypted" in str(e) else "malformed")
+                members.append(Member(name, info.file_size, None, name_tags(name)))
+                continue
+            budget.expanded += member.size
+            finding = _member_finding(member, sha, budget, classify)
+            texts.append(finding.text)
+            members.append(Member(name, member.size, sha, tuple(finding.tags)))
+    return _archive_finding("zip", "application/zip", members, texts, budget)
+
+
+def _check_overlap(infos: list[zipfile.ZipInfo]) -> None:
+    """Entries whose data overlap (the Fifield non-recursive zip bomb) are refused."""
+    spans = sorted(
+        (i.header_offset, i.header_offset + 30 + len(i.orig_filename) + i.compress_size)
+        for i in infos
+    )
+    for (_s1, e1), (s2, _e2) in itertools.pairwise(spans):
+        if s2 < e1:
+            raise LimitExceeded("zip_overlap", "zip entries overlap (a zip bomb)")
+
+
+def _member_finding(member: Source, sha: str, budget: Budget, classify: Classify) -> Finding:
+    if sha in budget.ancestors:
+        budget.partial("archive_quine")
+        return Finding("application/octet-stream")
+    budget.ancestors.add(sha)
+    try:
+        return classify(member)
+    finally:
+        budget.ancestors.discard(sha)
+
+
+def walk_tar(
+    src: Source, budget: Budget, classify: Classify, name_tags: NameTags, compression: str | None
+) -> Finding:
+    lim = budget.limits
+    members: list[Member] = []
+    texts: list[str] = []
+    fmt = f"tar.{_SHORT[compression]}" if compression else "tar"
+    with src.open() as f:
+        raw = _Counting(f)
+        stream: BinaryIO = raw  # type: ignore[assignment]
+        if compression:
+            stream = _Expanding(_decompressor(compression, raw), raw, budget, CHUNK)  # type: ignore[assignment]
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tf:
+                for ti in tf:
+                    if not ti.isreg():
+                        continue
+                    if budget.members >= lim.max_archive_members:
+                        budget.partial("member_limit")
+                        break
+                    budget.members += 1
+                    if (
+                        not compression
+                        and budget.expanded + ti.size > lim.max_archive_expanded_bytes
+                    ):
+                        budget.partial("expanded_limit")
+                        members.append(Member(ti.name, ti.size, None, name_tags(ti.name)))
+                        continue
+                    fh = tf.extractfile(ti)
+                    if fh is None:
+                        continue
+                    member, sha = _read_member(fh, ti.name, ti.size, src, budget)  # type: ignore[arg-type]
+                    if not compression:
+                        budget.expanded += member.size
+                    finding = _member_finding(member, sha, budget, classify)
+                    texts.append(finding.text)
+                    members.append(Member(ti.name, member.size, sha, tuple(finding.tags)))
+        except LimitExceeded as e:
+            budget.partial(e.reason)
+        except _ERRORS as e:
+            if not members:
+                raise ParseError(f"{fmt}: {e}") from None
+            budget.partial("truncated")
+    return _archive_finding(fmt, f"application/x-{fmt.replace('.', '-')}", members, texts, budget)
+
+
+_SHORT = {"gzip": "gz", "bzip2": "bz2", "xz": "xz", "zstd": "zst"}
+
+
+def peek_decompressed(src: Source, compression: str, n: int = 1024) -> bytes:
+    with src.open() as f:
+        try:
+            return _decompressor(compression, _Counting(f)).read(n)
+        except _ERRORS as e:
+            raise ParseError(f"{compression}: {e}") from None
+
+
+def walk_compressed(src: Source, budget: Budget, classify: Classify, compression: str) -> Finding:
+    """A single compressed file (x.safetensors.gz): one member named without the suffix."""
+    name = src.name
+    for suffix in (".gz", ".bz2", ".xz", ".zst", ".tgz"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    with src.open() as f:
+        raw = _Counting(f)
+        stream = _Expanding(_decompressor(compression, raw), raw, budget, CHUNK)
+        try:
+            member, sha = _read_member(stream, name, 0, src, budget)  # type: ignore[arg-type]
+        except LimitExceeded as e:
+            budget.partial(e.reason)
+            return _archive_finding(compression, f"application/{compression}", [], [], budget)
+        except _ERRORS as e:
+            raise ParseError(f"{compression}: {e}") from None
+    budget.members += 1
+    finding = _member_finding(member, sha, budget, classify)
+    members = [Member(name, member.size, sha, tuple(finding.tags))]
+    return _archive_finding(
+        compression, f"application/{compression}", members, [finding.text], budget
+    )
+
+
+def walk_7z(src: Source, budget: Budget, name_tags: NameTags) -> Finding:
+    try:
+        import py7zr
+    except ImportError:
+        budget.partial("missing_library")
+        return _archive_finding("7z", "application/x-7z-compressed", [], [], budget)
+    members: list[Member] = []
+    try:
+        with src.open() as f, py7zr.SevenZipFile(f, mode="r") as z:
+            for info in z.list():
+                if info.is_directory:
+                    continue
+                if budget.members >= budget.limits.max_archive_members:
+                    budget.partial("member_limit")
+                    break
+                budget.members += 1
+                size = int(info.uncompressed or 0)
+                members.append(Member(info.filename, size, None, name_tags(info.filename)))
+    except Exception as e:  # py7zr raises its own exception types on bad archives
+        raise ParseError(f"7z: {type(e).__name__}: {e}") from None
+    budget.partial("header_only")
+    return _archive_finding("7z", "application/x-7z-compressed", members, [], budget)
+
+
+NameTags = Callable[[str], tuple[Tag, ...]]
+
+
+def _archive_finding(
+    fmt: str, mime: str, members: list[Member], texts: list[str], budget: Budget
+) -> Finding:
+    nested: dict[str, None] = {}
+    member_tags: list[Tag] = []
+    seen: set[tuple[str, str]] = set()
+    for m in members:
+        for t in m.tags:
+            nested.setdefault(t.kind)
+            key = (t.kind, str(t.details.get("format", "")))
+            if key in seen or len(member_tags) >= MAX_MEMBER_TAGS:
+                continue
+            seen.add(key)
+            details = {**t.details, "member": m.name}
+            member_tags.append(Tag(t.kind, f"in {m.name}: {t.evidence}", details))
+    evidence = f"{fmt} archive, {len(members)} members"
+    if nested:
+        evidence += ", contains " + ", ".join(nested)
+    if budget.reasons:
+        evidence += f" (partial: {', '.join(budget.reasons)})"
+    tag = Tag(
+        "archive",
+        evidence,
+        {"format": fmt, "members": len(members), "nested_kinds": list(nested)},
+    )
+    limit = budget.limits.max_text_bytes
+    text = "\n".join([m.name for m in members[:10_000]] + texts)[:limit]
+    return Finding(
+        mime,
+        [tag, *member_tags],
+        text=text,
+        members=members,
+        skipped=budget.reasons[0] if budget.reasons else None,
+    )

@@ -1,0 +1,299 @@
+"""The classifier's shell: from a path to an `Artefact`, safely, hashing each content once.
+
+Order of work for one path: `lstat` (symlinks, FIFOs, devices and sockets are never
+opened), open with O_NOFOLLOW|O_NONBLOCK and check it is still the same regular file,
+then the file identity (device, inode, size, mtime_ns) → hash cache; on a miss, stream
+the SHA-256 (in a helper thread for big files, while the content is parsed). With the
+hash: the result cache, the in-memory LRU and the store (lineage); only content never
+seen before is parsed by the engine. Path-dependent facts — the git repository of source
+code and keywords in the file name — are added on every call and never cached with the
+content. Every skip is counted in `egress_agent_classify_skipped_total{reason}`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any
+
+from agent import metrics
+from agent.categories import CategorySpec
+from agent.classify import source
+from agent.classify.base import HEAD_BYTES, Finding, Limits, Source
+from agent.classify.engine import CLASSIFIER_VERSION, Engine
+from agent.classify.hashing import FileChanged, HashCache, sha256_fd
+from agent.classify.keywords import KeywordMatcher
+from agent.classify.lineage import LRU, Known
+from agent.config import ClassifySection
+from agent.events import Artefact, CategoryMatch, Tag
+
+log = logging.getLogger(__name__)
+
+PARALLEL_HASH_BYTES = 16 << 20
+MAX_PARENTS = 1000
+
+
+def limits_from(settings: ClassifySection) -> Limits:
+    return Limits(
+        max_text_bytes=settings.max_text_bytes,
+        max_archive_depth=settings.max_archive_depth,
+        max_archive_members=settings.max_archive_members,
+        max_archive_expanded_bytes=settings.max_archive_expanded_bytes,
+        max_compression_ratio=settings.max_compression_ratio,
+    )
+
+
+def skipped(reason: str, size: int = 0) -> Artefact:
+    metrics.CLASSIFY_SKIPPED.labels(reason).inc()
+    return Artefact(sha256=None, size=size, skipped=reason)
+
+
+_OS_REASONS = {
+    errno.ENOENT: "vanished",
+    errno.EACCES: "permission",
+    errno.EPERM: "permission",
+    errno.ELOOP: "symlink",
+    errno.ENAMETOOLONG: "bad_path",
+    errno.ENOTDIR: "vanished",
+}
+
+
+class Classifier:
+    """Thread-safe: one instance serves the pipeline stage and `scan`'s workers."""
+
+    def __init__(
+        self,
+        settings: ClassifySection | None = None,
+        cache: HashCache | None = None,
+        categories: Callable[[], Sequence[CategorySpec]] | None = None,
+        store_lookup: Callable[[str], Known | None] | None = None,
+    ) -> None:
+        self.settings = settings or ClassifySection()
+        self.limits = limits_from(self.settings)
+        self.engine = Engine(self.limits, use_magika=self.settings.use_magika)
+        self.cache = cache
+        self.lru = LRU()
+        self._categories = categories or (lambda: ())
+        self._store_lookup = store_lookup
+        self._matcher_src: object = None
+        self._matcher = KeywordMatcher(())
+        self._lock = threading.Lock()
+        self._hash_pool = ThreadPoolExecutor(self.settings.workers, "classify-hash")
+
+    def close(self) -> None:
+        self._hash_pool.shutdown(wait=True)
+        if self.cache is not None:
+            self.cache.flush()
+
+    # --- keywords --------------------------------------------------------------------
+    def matcher(self) -> KeywordMatcher:
+        """The automaton for the categories in force, rebuilt only when they change."""
+        try:
+            cats = self._categories()
+        except Exception:
+            log.exception("category provider failed; keeping the previous categories")
+            return self._matcher
+        with self._lock:
+            if cats is not self._matcher_src:
+                self._matcher = KeywordMatcher(tuple(cats))
+                self._matcher_src = cats
+            return self._matcher
+
+    # --- entry points ----------------------------------------------------------------
+    def classify_path(self, path: str) -> Artefact:
+        """Classify one path now. Never raises for anything a file can do."""
+        try:
+            st = os.lstat(path)
+        except OSError as e:
+            return skipped(_OS_REASONS.get(e.errno or 0, "os_error"))
+        except ValueError:  # NUL in the path
+            return skipped("bad_path")
+        if stat.S_ISLNK(st.st_mode):
+            return skipped("symlink")
+        if stat.S_ISDIR(st.st_mode):
+            return self._directory(path)
+        if not stat.S_ISREG(st.st_mode):
+            return skipped("special_file")
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            return skipped(_OS_REASONS.get(e.errno or 0, "os_error"), st.st_size)
+        try:
+            return self._classify_fd(path, fd, st)
+        finally:
+            os.close(fd)
+
+    def cached(self, path: str) -> Artefact | None:
+        """What is already known about `path` (for READ events): no hashing, no parsing."""
+        if self.cache is None:
+            return None
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except (OSError, ValueError):
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        sha = self.cache.lookup(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        if sha is None:
+            return None
+        known = self._known(sha)
+        if known is None:
+            return Artefact(sha256=sha, size=st.st_size)
+        return self._artefact(path, sha, st.st_size, known, (), None)
+
+    # --- internals -------------------------------------------------------------------
+    def _classify_fd(self, path: str, fd: int, st: os.stat_result) -> Artefact:
+        fst = os.fstat(fd)
+        if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+            return skipped("changed_while_read")
+        ident = (fst.st_dev, fst.st_ino, fst.st_size, fst.st_mtime_ns)
+        sha = self.cache.lookup(*ident) if self.cache is not None else None
+        future: Future[str] | None = None
+        if sha is None and fst.st_size >= PARALLEL_HASH_BYTES:
+            future = self._hash_pool.submit(sha256_fd, fd, fst.st_size)
+        elif sha is None:
+            try:
+                sha = sha256_fd(fd, fst.st_size)
+            except FileChanged:
+                return skipped("changed_while_read", fst.st_size)
+            except OSError as e:
+                return skipped(_OS_REASONS.get(e.errno or 0, "read_error"), fst.st_size)
+        known = self._known(sha) if sha is not None else None
+        finding: Finding | None = None
+        if known is None:
+            finding = self._parse(path, fd, fst.st_size)
+        if future is not None:
+            try:
+                sha = future.result()
+            except FileChanged:
+                return skipped("changed_while_read", fst.st_size)
+            except OSError as e:
+                return skipped(_OS_REASONS.get(e.errno or 0, "read_error"), fst.st_size)
+        assert sha is not None
+        after = os.fstat(fd)
+        unchanged = (after.st_size, after.st_mtime_ns) == (fst.st_size, fst.st_mtime_ns)
+        if not unchanged:
+            metrics.CLASSIFY_SKIPPED.labels("changed_while_read").inc()
+        if known is None:
+            known = self._known(sha)  # a big file's hash may match a known artefact after all
+        if finding is not None and known is None:
+            known = self._remember(sha, finding, ident[:2], cache=unchanged)
+        elif known is None:  # hash cached but not the result (other categories)
+            finding = self._parse(path, fd, fst.st_size)
+            known = self._remember(sha, finding, ident[:2], cache=unchanged)
+        parents: tuple[str, ...] = ()
+        if known.origin != ident[:2]:
+            parents = (sha,)  # a copy (or the store knew it): lineage from the same content
+        if self.cache is not None and unchanged:
+            self.cache.store(*ident, sha)
+        reason = finding.skipped if finding is not None else None
+        if not unchanged:
+            reason = "changed_while_read"
+        if finding is not None and finding.members:
+            parents = tuple(m.sha256 for m in finding.members if m.sha256 and m.tags)[:MAX_PARENTS]
+        art = self._artefact(path, sha, fst.st_size, known, parents, reason)
+        for kind in art.kinds or ("unknown",):
+            metrics.CLASSIFIED.labels(kind).inc()
+        return art
+
+    def _parse(self, path: str, fd: int, size: int) -> Finding:
+        head = os.pread(fd, HEAD_BYTES, 0)
+
+        def opener() -> Any:
+            f = os.fdopen(os.dup(fd), "rb")
+            f.seek(0)
+            return f
+
+        src = Source(name=path, size=size, head=head, opener=opener)
+        finding = self.engine.classify(src, path)
+        if finding.skipped:
+            metrics.CLASSIFY_SKIPPED.labels(finding.skipped).inc()
+            log.info("classify %r: partial (%s)", path, finding.skipped)
+        return finding
+
+    def _remember(self, sha: str, finding: Finding, origin: tuple[int, int], cache: bool) -> Known:
+        matcher = self.matcher()
+        counts = matcher.counts([finding.text])
+        by_code = tuple((matcher.categories[i].code, n) for i, n in sorted(counts.items()))
+        known = Known(finding.content_type, tuple(finding.tags), (), by_code, origin)
+        if cache:
+            self.lru.put(sha, known)
+            if self.cache is not None:
+                self.cache.store_result(sha, CLASSIFIER_VERSION, matcher.key, known.to_doc())
+        return known
+
+    def _known(self, sha: str) -> Known | None:
+        """A remembered result for this hash: LRU, result cache, then the store."""
+        matcher = self.matcher()
+        hit = self.lru.get(sha)
+        if hit is not None:
+            return hit
+        if self.cache is not None:
+            doc = self.cache.result(sha, CLASSIFIER_VERSION, matcher.key)
+            if doc is not None:
+                known = Known.from_doc(doc)
+                self.lru.put(sha, known)
+                return known
+        if self._store_lookup is not None:
+            return self._store_lookup(sha)
+        return None
+
+    def _artefact(
+        self,
+        path: str,
+        sha: str,
+        size: int,
+        known: Known,
+        parents: tuple[str, ...],
+        reason: str | None,
+    ) -> Artefact:
+        matcher = self.matcher()
+        tags = tuple(_with_git(t, path) for t in known.tags)
+        kinds = tuple(dict.fromkeys(t.kind for t in tags))
+        index = {c.code: i for i, c in enumerate(matcher.categories)}
+        counts: Counter[int] = Counter(
+            {index[code]: n for code, n in known.counts if code in index}
+        )
+        counts.update(matcher.counts([os.path.basename(path)]))
+        matches: tuple[CategoryMatch, ...] = matcher.matches(counts, kinds)
+        if known.matches and not known.counts:  # inherited from the store as matches
+            matches = known.matches
+        return Artefact(
+            sha256=sha,
+            size=size,
+            content_type=known.content_type,
+            tags=tags,
+            matches=matches,
+            parents=parents,
+            skipped=reason,
+        )
+
+    def _directory(self, path: str) -> Artefact:
+        """A TensorFlow SavedModel directory is one artefact; other directories are not."""
+        pb = os.path.join(path, "saved_model.pb")
+        if not os.path.isfile(pb):
+            return skipped("directory")
+        inner = self.classify_path(pb)
+        return Artefact(
+            sha256=None,
+            size=inner.size,
+            content_type="application/x-tf-savedmodel",
+            tags=inner.tags,
+            parents=(inner.sha256,) if inner.sha256 else (),
+        )
+
+
+def _with_git(tag: Tag, path: str) -> Tag:
+    if tag.kind != "source_code" or tag.details.get("by_name") or tag.details.get("detector"):
+        return tag
+    if "git_root" in tag.details or "member" in tag.details:
+        return tag
+    fresh = source.source_tag(str(tag.details.get("language")), path)
+    return replace(tag, evidence=fresh.evidence, details=fresh.details)

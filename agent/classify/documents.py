@@ -1,0 +1,127 @@
+"""Documents: PDF, Office Open XML (DOCX, XLSX, PPTX), OpenDocument, Markdown and text.
+
+The point is the text, bounded by `classify.max_text_bytes`, for the keyword matcher;
+only its length is kept. OOXML and ODF are zips of XML: the parts holding text are read
+(bounded) and the tags stripped with a regular expression — no XML parser, so entity
+expansion ("billion laughs") and external entities cannot happen. PDF goes through
+pypdf when installed, page by page until the text bound.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import zipfile
+
+from agent.classify.base import Finding, Limits, ParseError, Source
+from agent.events import Tag
+
+_TAGS = re.compile(r"<[^>]{0,4096}>")
+_OOXML_PARTS = {
+    "docx": (re.compile(r"^word/(document|header\d*|footer\d*|footnotes|comments)\.xml$"), "docx"),
+    "xlsx": (re.compile(r"^xl/(sharedStrings|worksheets/sheet\d+)\.xml$"), "xlsx"),
+    "pptx": (re.compile(r"^ppt/(slides/slide\d+|notesSlides/notesSlide\d+)\.xml$"), "pptx"),
+    "odf": (re.compile(r"^content\.xml$"), "odf"),
+}
+_MIME = {
+    "docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "pptx": "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    "odf": "application/vnd.oasis.opendocument",
+}
+
+
+def document_tag(fmt: str, chars: int, extra: str = "") -> Tag:
+    evidence = f"{fmt} document, {chars} characters of text"
+    if extra:
+        evidence += f", {extra}"
+    return Tag("document", evidence, {"format": fmt, "chars": chars})
+
+
+def office_kind(names: list[str]) -> str | None:
+    """docx / xlsx / pptx / odf from the member names of a zip, else None."""
+    s = set(names)
+    if "[Content_Types].xml" in s:
+        for kind, prefix in (("docx", "word/"), ("xlsx", "xl/"), ("pptx", "ppt/")):
+            if any(n.startswith(prefix) for n in names):
+                return kind
+    if "mimetype" in s and "content.xml" in s:
+        return "odf"
+    return None
+
+
+def parse_office(zf: zipfile.ZipFile, kind: str, limits: Limits) -> Finding:
+    pattern, fmt = _OOXML_PARTS[kind]
+    budget = limits.max_text_bytes
+    chunks: list[str] = []
+    partial = False
+    for info in zf.infolist():
+        if not pattern.match(info.filename):
+            continue
+        if budget <= 0:
+            partial = True
+            break
+        if (
+            info.compress_size
+            and info.file_size / info.compress_size > limits.max_compression_ratio
+        ):
+            partial = True
+            continue
+        with zf.open(info) as fh:
+            raw = fh.read(budget)
+        budget -= len(raw)
+        text = html.unescape(_TAGS.sub(" ", raw.decode("utf-8", "replace")))
+        chunks.append(re.sub(r"\s+", " ", text))
+    text = " ".join(chunks).strip()
+    return Finding(
+        _MIME[kind],
+        [document_tag(fmt, len(text))],
+        text=text,
+        skipped="text_limit" if partial else None,
+    )
+
+
+def parse_pdf(src: Source, limits: Limits) -> Finding:
+    try:
+        from pypdf import PdfReader
+    except ImportError:
+        return Finding("application/pdf", [document_tag("pdf", 0, "pypdf not installed")],
+                       skipped="missing_library")  # fmt: skip
+    import logging
+
+    logging.getLogger("pypdf").setLevel(logging.ERROR)
+    chunks: list[str] = []
+    total = 0
+    partial = False
+    try:
+        with src.open() as f:
+            reader = PdfReader(f, strict=False)
+            pages = len(reader.pages)
+            for i, page in enumerate(reader.pages):
+                if total >= limits.max_text_bytes or i >= 2000:
+                    partial = True
+                    break
+                text = page.extract_text() or ""
+                chunks.append(text)
+                total += len(text)
+    except ParseError:
+        raise
+    except Exception as e:  # pypdf raises many types on damaged files
+        raise ParseError(f"PDF: {type(e).__name__}: {e}") from None
+    text = "\n".join(chunks)[: limits.max_text_bytes]
+    tag = document_tag("pdf", len(text), f"{pages} pages")
+    tag.details["pages"] = pages
+    return Finding("application/pdf", [tag], text=text, skipped="text_limit" if partial else None)
+
+
+TEXT_DOC_EXT = {"md": "markdown", "markdown": "markdown", "rst": "restructuredtext",
+                "txt": "text", "text": "text", "tex": "latex", "org": "org", "adoc": "asciidoc",
+                "rtf": "rtf", "html": "html", "htm": "html", "log": "text"}  # fmt: skip
+
+
+def text_document(text: str, ext: str) -> Finding:
+    fmt = TEXT_DOC_EXT.get(ext, "text")
+    if fmt == "text" and re.search(r"^#{1,6} \S", text[:8192], re.M):
+        fmt = "markdown"
+    return Finding(f"text/{'markdown' if fmt == 'markdown' else 'plain'}",
+                   [document_tag(fmt, len(text))], text=text)  # fmt: skip

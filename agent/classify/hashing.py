@@ -1,0 +1,188 @@
+"""Content fingerprints: streaming SHA-256 and a persistent cache so nothing is hashed twice.
+
+`sha256_fd` hashes an open file with OpenSSL's SHA-256 through `hashlib`, reading into
+one reused 1 MiB buffer (hashlib releases the GIL for updates this size, so worker
+threads hash in parallel at close to disk speed). `HashCache` is a small SQLite file
+(`classify.hash_cache`, default state_dir/hashcache.db) with two tables: file identity
+(device, inode, size, mtime_ns) → sha256, and sha256 → the classification result. An
+unchanged file is therefore never re-read, even across restarts; a rename keeps the
+inode and hits the cache. The cache holds hashes and tags only, never content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from agent import metrics
+
+log = logging.getLogger(__name__)
+
+BUF_SIZE = 1 << 20
+_local = threading.local()
+
+
+class FileChanged(Exception):
+    """The file changed (grew, shrank or was rewritten) while it was being hashed."""
+
+
+def _buffer() -> memoryview:
+    buf = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = memoryview(bytearray(BUF_SIZE))
+    return buf
+
+
+def sha256_fd(fd: int, expected_size: int | None = None) -> str:
+    """SHA-256 of the file behind `fd` from offset 0, with one reused buffer per thread.
+
+    Raises FileChanged when the bytes read differ from `expected_size`.
+    """
+    h = hashlib.sha256()
+    buf = _buffer()
+    total = 0
+    offset = 0
+    while True:
+        n = os.preadv(fd, [buf], offset)
+        if n == 0:
+            break
+        h.update(buf[:n])
+        offset += n
+        total += n
+    metrics.HASHED_BYTES.inc(total)
+    if expected_size is not None and total != expected_size:
+        raise FileChanged(f"read {total} bytes, expected {expected_size}")
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    device INTEGER NOT NULL, inode INTEGER NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL, seen REAL NOT NULL,
+    PRIMARY KEY (device, inode)
+);
+CREATE TABLE IF NOT EXISTS results (
+    sha256 TEXT NOT NULL, version TEXT NOT NULL, categories TEXT NOT NULL,
+    result TEXT NOT NULL, PRIMARY KEY (sha256, version, categories)
+);
+"""
+
+
+class HashCache:
+    """(device, inode, size, mtime_ns) → sha256, and sha256 → result, in SQLite.
+
+    Thread-safe (one connection behind a lock; statements take microseconds). Writes
+    are committed in small batches: losing the last second of cache entries in a crash
+    only costs a re-hash.
+    """
+
+    def __init__(self, path: Path | str | None, commit_every: int = 256) -> None:
+        self.path = str(path) if path is not None else ":memory:"
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._pending = 0
+        self._commit_every = commit_every
+        self._timer: threading.Timer | None = None
+        self._closed = False
+
+    # --- file identity → hash ------------------------------------------------------
+    def lookup(self, device: int, inode: int, size: int, mtime_ns: int) -> str | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT sha256 FROM files WHERE device=? AND inode=? AND size=? AND mtime_ns=?",
+                (device, inode, size, mtime_ns),
+            ).fetchone()
+        metrics.HASH_CACHE.labels("hit" if row else "miss").inc()
+        return str(row[0]) if row else None
+
+    def store(self, device: int, inode: int, size: int, mtime_ns: int, sha256: str) -> None:
+        with self._lock:
+            self._begin()
+            self._db.execute(
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
+                (device, inode, size, mtime_ns, sha256, time.time()),
+            )
+            self._wrote()
+
+    # --- hash → classification result -----------------------------------------------
+    def result(self, sha256: str, version: str, categories: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT result FROM results WHERE sha256=? AND version=? AND categories=?",
+                (sha256, version, categories),
+            ).fetchone()
+        if row is None:
+            return None
+        try:
+            doc = json.loads(row[0])
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def store_result(
+        self, sha256: str, version: str, categories: str, result: dict[str, Any]
+    ) -> None:
+        text = json.dumps(result, ensure_ascii=False, default=str)
+        with self._lock:
+            self._begin()
+            self._db.execute(
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
+                (sha256, version, categories, text),
+            )
+            self._wrote()
+
+    # --- housekeeping ---------------------------------------------------------------
+    def _begin(self) -> None:
+        # called with the lock held, before a write: batch writes in one transaction
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN")
+
+    def _wrote(self) -> None:
+        self._pending += 1
+        if self._pending >= self._commit_every:
+            self._commit()
+        elif self._timer is None:
+            # never hold the write lock for long: another process may share the file
+            self._timer = threading.Timer(1.0, self.flush)
+            self._timer.start()
+
+    def _commit(self) -> None:
+        try:
+            if self._db.in_transaction:
+                self._db.execute("COMMIT")
+        except sqlite3.OperationalError as e:
+            log.warning("hash cache %s: commit failed: %s", self.path, e)
+            self._db.rollback()
+        self._pending = 0
+
+    def flush(self) -> None:
+        with self._lock:
+            self._timer = None
+            if self._pending and not self._closed:
+                self._commit()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if not self._closed:
+                self._commit()
+                self._db.close()
+            self._closed = True

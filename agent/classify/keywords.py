@@ -1,0 +1,150 @@
+"""Bilingual keyword and pattern matching: categories in, matches with counts out.
+
+One pyahocorasick automaton holds every keyword of every loaded category (Chinese and
+English; ASCII letters folded to lower case, so matching is case-insensitive for
+English and exact for Chinese), and compiled regular expressions cover the patterns
+(resident ID numbers, phone numbers...) with optional validators that reject
+look-alikes. It runs over the extracted text of a file, its name and its code comments
+and returns `CategoryMatch(category, count, pack)` for categories whose `kinds` fit the
+artefact and whose count reaches `min_count`. Only counts leave this module; the text
+is never stored. The policy side owns the categories (`agent.categories`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import ahocorasick
+
+from agent.categories import CategorySpec
+from agent.events import CategoryMatch
+
+log = logging.getLogger(__name__)
+
+MAX_PATTERN_MATCHES = 100_000
+_ASCII_UPPER = str.maketrans({chr(c): chr(c + 32) for c in range(65, 91)})
+
+
+def fold(text: str) -> str:
+    """Lower-case ASCII letters only: Chinese and other scripts stay as they are."""
+    return text.translate(_ASCII_UPPER)
+
+
+# --- validators ----------------------------------------------------------------------
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_ID_CHECK = "10X98765432"
+
+
+def prc_resident_id(value: str) -> bool:
+    """GB 11643-1999: 17 digits, a plausible birth date, and the ISO 7064 MOD 11-2 check."""
+    v = value.upper()
+    if len(v) != 18 or not v[:17].isdigit() or not (v[17].isdigit() or v[17] == "X"):
+        return False
+    year, month, day = int(v[6:10]), int(v[10:12]), int(v[12:14])
+    if not (1900 <= year <= 2100 and 1 <= month <= 12 and 1 <= day <= 31):
+        return False
+    total = sum(int(d) * w for d, w in zip(v[:17], _ID_WEIGHTS))
+    return _ID_CHECK[total % 11] == v[17]
+
+
+_CN_MOBILE = re.compile(r"^(?:\+?86[- ]?)?1[3-9]\d{9}$")
+
+
+def cn_mobile(value: str) -> bool:
+    """A mainland China mobile number: 11 digits starting 13-19, optional +86."""
+    return bool(_CN_MOBILE.match(re.sub(r"[\s-]", "", value)))
+
+
+VALIDATORS: dict[str, Callable[[str], bool]] = {
+    "prc_resident_id": prc_resident_id,
+    "cn_mobile": cn_mobile,
+}
+
+
+# --- matcher -------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Pattern:
+    category: int
+    regex: re.Pattern[str]
+    validator: Callable[[str], bool] | None
+
+
+class KeywordMatcher:
+    """Built once per set of categories; `match()` is thread-safe (read-only state)."""
+
+    def __init__(self, categories: Sequence[CategorySpec]) -> None:
+        self.categories = list(categories)
+        self.key = categories_key(self.categories)
+        self._automaton: ahocorasick.Automaton | None = None
+        self._patterns: list[_Pattern] = []
+        auto = ahocorasick.Automaton()
+        for index, cat in enumerate(self.categories):
+            for word in cat.keywords:
+                w = fold(word.strip())
+                if not w:
+                    continue
+                existing = auto.get(w, ()) if w in auto else ()
+                auto.add_word(w, (*existing, index))
+            validator = VALIDATORS.get(cat.validator) if cat.validator else None
+            if cat.validator and validator is None:
+                log.warning("category %s: unknown validator %r ignored", cat.code, cat.validator)
+            for pattern in cat.patterns:
+                try:
+                    rx = re.compile(pattern)
+                except re.error as e:
+                    log.warning("category %s: pattern %r invalid: %s", cat.code, pattern, e)
+                    continue
+                self._patterns.append(_Pattern(index, rx, validator))
+        if len(auto):
+            auto.make_automaton()
+            self._automaton = auto
+
+    def counts(self, texts: Iterable[str]) -> Counter[int]:
+        """Raw counts per category index over the texts (keywords and patterns)."""
+        counts: Counter[int] = Counter()
+        for text in texts:
+            if not text:
+                continue
+            if self._automaton is not None:
+                for _end, indexes in self._automaton.iter(fold(text)):
+                    for i in indexes:
+                        counts[i] += 1
+            for p in self._patterns:
+                n = 0
+                for m in p.regex.finditer(text):
+                    if p.validator is None or p.validator(m.group(0)):
+                        n += 1
+                        if n >= MAX_PATTERN_MATCHES:
+                            break
+                if n:
+                    counts[p.category] += n
+        return counts
+
+    def matches(self, counts: Counter[int], kinds: Sequence[str]) -> tuple[CategoryMatch, ...]:
+        """Categories present: count at least `min_count` and `kinds` fitting the artefact."""
+        out = []
+        for index, n in sorted(counts.items()):
+            cat = self.categories[index]
+            if n < max(cat.min_count, 1):
+                continue
+            if cat.kinds and not set(cat.kinds) & set(kinds):
+                continue
+            out.append(CategoryMatch(category=cat.code, count=n, pack=cat.pack))
+        return tuple(out)
+
+    def match(self, texts: Iterable[str], kinds: Sequence[str]) -> tuple[CategoryMatch, ...]:
+        return self.matches(self.counts(texts), kinds)
+
+
+def categories_key(categories: Sequence[CategorySpec]) -> str:
+    """A short stable fingerprint of the categories, for keying cached results."""
+    h = hashlib.sha256()
+    for c in categories:
+        h.update(repr((c.code, c.pack, c.keywords, c.patterns, c.validator, c.kinds)).encode())
+        h.update(str(c.min_count).encode())
+    return h.hexdigest()[:16] if categories else "none"

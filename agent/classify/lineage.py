@@ -1,0 +1,111 @@
+"""Lineage: a file whose content hash is already known inherits that artefact's tags.
+
+A copy or a rename has the same SHA-256 as the file it came from; instead of parsing it
+again the classifier looks the hash up here — first in a bounded in-memory LRU of recent
+results, then in the store's `artefacts` table (which also holds what other hosts'
+agents found when the store is a fleet database) — and the new artefact carries the tags
+with `parents=(sha256,)`. Archives get their lineage from their members' hashes in
+`archives.py`; the store writer turns `Artefact.parents` into `lineage` rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from agent.events import CategoryMatch, Tag
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """A classification result as remembered for one content hash."""
+
+    content_type: str
+    tags: tuple[Tag, ...]
+    matches: tuple[CategoryMatch, ...] = ()
+    counts: tuple[tuple[str, int], ...] = ()  # raw keyword counts by category code
+    origin: tuple[int, int] | None = None  # (device, inode) of the file first classified
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "origin": list(self.origin) if self.origin else None,
+            "content_type": self.content_type,
+            "tags": [
+                {"kind": t.kind, "evidence": t.evidence, "details": t.details} for t in self.tags
+            ],
+            "counts": [list(c) for c in self.counts],
+        }
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> Known:
+        tags = tuple(
+            Tag(str(t["kind"]), str(t.get("evidence", "")), dict(t.get("details") or {}))
+            for t in doc.get("tags", [])
+            if isinstance(t, dict) and "kind" in t
+        )
+        counts = tuple(
+            (str(c[0]), int(c[1])) for c in doc.get("counts", []) if isinstance(c, list | tuple)
+        )
+        origin = doc.get("origin")
+        ident = (
+            (int(origin[0]), int(origin[1]))
+            if isinstance(origin, list) and len(origin) == 2
+            else None
+        )
+        return cls(str(doc.get("content_type", "unknown")), tags, (), counts, ident)
+
+
+class LRU:
+    """A small thread-safe LRU of sha256 → Known."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._d: OrderedDict[str, Known] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, sha: str) -> Known | None:
+        with self._lock:
+            hit = self._d.get(sha)
+            if hit is not None:
+                self._d.move_to_end(sha)
+            return hit
+
+    def put(self, sha: str, known: Known) -> None:
+        with self._lock:
+            self._d[sha] = known
+            self._d.move_to_end(sha)
+            while len(self._d) > self.size:
+                self._d.popitem(last=False)
+
+
+def store_lookup(engine: Any, sha: str) -> Known | None:
+    """The store's artefact row for `sha`, if it has tags; None on any store problem."""
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from agent.store.models import Artefact as ArtefactRow
+
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                select(ArtefactRow.content_type, ArtefactRow.tags, ArtefactRow.matches).where(
+                    ArtefactRow.sha256 == sha
+                )
+            ).first()
+    except SQLAlchemyError as e:
+        log.debug("lineage lookup of %s failed: %s", sha[:12], e)
+        return None
+    if row is None or not row.tags:
+        return None
+    known = Known.from_doc({"content_type": row.content_type, "tags": row.tags})
+    matches = tuple(
+        CategoryMatch(str(m["category"]), int(m["count"]), str(m.get("pack", "")))
+        for m in (row.matches or [])
+        if isinstance(m, dict) and "category" in m
+    )
+    return Known(known.content_type, known.tags, matches, (), None)

@@ -1,0 +1,256 @@
+"""Source code: the language (extension or shebang), its comments, and its git repository.
+
+The language comes from the extension or a `#!` line; comments are pulled out (bounded)
+so keyword matching sees what engineers write about the code. The repository is found
+by walking up from the file to a `.git` directory (or a `.git` file pointing to one)
+and reading `config` for the remote URL and `HEAD` → ref → `packed-refs` for the commit:
+plain file reads, no `git` subprocess. Repository facts are cached per `.git` directory
+and refreshed when `HEAD` or `config` change. Credentials in remote URLs are removed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.events import Tag
+
+LANGUAGES: dict[str, str] = {
+    "py": "python", "pyi": "python", "pyx": "cython", "c": "c", "h": "c", "cc": "c++",
+    "cpp": "c++", "cxx": "c++", "hpp": "c++", "hh": "c++", "cu": "cuda", "cuh": "cuda",
+    "java": "java", "kt": "kotlin", "kts": "kotlin", "scala": "scala", "go": "go",
+    "rs": "rust", "js": "javascript", "mjs": "javascript", "cjs": "javascript",
+    "ts": "typescript", "tsx": "typescript", "jsx": "javascript", "rb": "ruby", "php": "php",
+    "cs": "c#", "swift": "swift", "m": "objective-c", "mm": "objective-c", "r": "r",
+    "jl": "julia", "lua": "lua", "pl": "perl", "pm": "perl", "sh": "shell", "bash": "shell",
+    "zsh": "shell", "ps1": "powershell", "sql": "sql", "f90": "fortran", "f95": "fortran",
+    "f": "fortran", "for": "fortran", "vhd": "vhdl", "vhdl": "vhdl", "v": "verilog",
+    "sv": "systemverilog", "svh": "systemverilog", "proto": "protobuf", "dart": "dart",
+    "hs": "haskell", "ml": "ocaml", "ex": "elixir", "exs": "elixir", "erl": "erlang",
+    "clj": "clojure", "groovy": "groovy", "gradle": "groovy", "cmake": "cmake",
+    "mk": "make", "asm": "assembly", "s": "assembly", "vb": "visual basic", "pas": "pascal",
+    "ada": "ada", "adb": "ada", "zig": "zig", "nim": "nim", "sol": "solidity", "tcl": "tcl",
+    "ipynb": "jupyter", "mat": "matlab", "scl": "plc-scl", "awl": "plc-awl",
+}  # fmt: skip
+BASENAMES = {"makefile": "make", "cmakelists.txt": "cmake", "dockerfile": "dockerfile"}
+_SHEBANG = re.compile(rb"^#!\s*(?:/usr/bin/env\s+(?:-\S+\s+)*)?\S*?([a-z]+[0-9.]*)\b")
+_SHEBANG_LANG = {"python": "python", "bash": "shell", "sh": "shell", "zsh": "shell"}
+_SHEBANG_LANG.update({"perl": "perl", "ruby": "ruby", "node": "javascript", "lua": "lua"})
+
+_HASH_COMMENT = {"python", "cython", "shell", "ruby", "perl", "r", "julia", "cmake", "make"}
+_HASH_COMMENT |= {"tcl", "dockerfile", "elixir", "powershell"}
+_DASH_COMMENT = {"sql", "lua", "ada", "haskell", "vhdl"}
+_C_BLOCK = re.compile(r"/\*(.*?)\*/", re.S)
+_PY_DOC = re.compile(r"\"\"\"(.*?)\"\"\"|'''(.*?)'''", re.S)
+
+
+def language_for(name: str, head: bytes) -> str | None:
+    """The language of a source file from its name or `#!` line, else None."""
+    base = name.rsplit("/", 1)[-1].lower()
+    if base in BASENAMES:
+        return BASENAMES[base]
+    ext = base.rsplit(".", 1)[-1] if "." in base else ""
+    if ext == "m":  # MATLAB or Objective-C
+        return "objective-c" if b"@interface" in head or b"#import" in head else "matlab"
+    if ext in LANGUAGES:
+        return LANGUAGES[ext]
+    if head.startswith(b"#!"):
+        m = _SHEBANG.match(head[:256])
+        if m:
+            word = m.group(1).decode("ascii", "replace").rstrip("0123456789.")
+            return _SHEBANG_LANG.get(word)
+    return None
+
+
+def _line_marker(language: str) -> str:
+    if language in _HASH_COMMENT:
+        return "#"
+    if language in _DASH_COMMENT:
+        return "--"
+    if language in ("matlab", "erlang"):
+        return "%"
+    if language in ("assembly", "clojure"):
+        return ";"
+    return "//"
+
+
+def comments(text: str, language: str, limit: int) -> str:
+    """The comments (and docstrings) of a source text, at most `limit` characters."""
+    text = text[:limit]
+    marker = _line_marker(language)
+    line = re.compile(re.escape(marker) + r"\s?(.*)$", re.M)
+    parts = [m.group(1) for m in line.finditer(text)]
+    block = _PY_DOC if language in ("python", "cython") else _C_BLOCK if marker == "//" else None
+    if block is not None:
+        parts += [next((g for g in m.groups() if g), "") for m in block.finditer(text)]
+    return "\n".join(parts)[:limit]
+
+
+# --- git -----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class GitInfo:
+    root: str
+    remote: str | None
+    commit: str | None
+    branch: str | None
+
+
+_cache: dict[str, tuple[tuple[int, int], GitInfo | None]] = {}
+_dir_cache: dict[str, str | None] = {}
+_lock = threading.Lock()
+_CRED = re.compile(r"^(\w+://)[^@/]+@")
+
+
+def _find_git_dir(start: str) -> tuple[str, str] | None:
+    """(worktree root, git dir) above `start`, with per-directory memoisation."""
+    d = os.path.dirname(os.path.abspath(start))
+    seen: list[str] = []
+    result: str | None = None
+    for _ in range(64):
+        with _lock:
+            if d in _dir_cache:
+                result = _dir_cache[d]
+                break
+        seen.append(d)
+        candidate = os.path.join(d, ".git")
+        if os.path.isdir(candidate):
+            result = d
+            break
+        if os.path.isfile(candidate):
+            result = d
+            break
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    with _lock:
+        if len(_dir_cache) > 50_000:
+            _dir_cache.clear()
+        for s in seen:
+            _dir_cache[s] = result
+    if result is None:
+        return None
+    return result, _resolve_git_dir(os.path.join(result, ".git"))
+
+
+def _resolve_git_dir(dot_git: str) -> str:
+    if os.path.isfile(dot_git):  # worktrees and submodules: "gitdir: <path>"
+        try:
+            with open(dot_git, encoding="utf-8", errors="replace") as f:
+                line = f.read(4096).strip()
+        except OSError:
+            return dot_git
+        if line.startswith("gitdir:"):
+            target = line[7:].strip()
+            return os.path.normpath(os.path.join(os.path.dirname(dot_git), target))
+    return dot_git
+
+
+def _read(path: str, limit: int = 1 << 20) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read(limit)
+    except OSError:
+        return None
+
+
+def _stamp(git_dir: str) -> tuple[int, int]:
+    out = []
+    for name in ("HEAD", "config"):
+        try:
+            out.append(os.stat(os.path.join(git_dir, name)).st_mtime_ns)
+        except OSError:
+            out.append(0)
+    return out[0], out[1]
+
+
+def git_info(path: str) -> GitInfo | None:
+    """The repository that contains `path`, with remote and commit, or None."""
+    found = _find_git_dir(path)
+    if found is None:
+        return None
+    root, git_dir = found
+    stamp = _stamp(git_dir)
+    with _lock:
+        hit = _cache.get(git_dir)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+    info = _read_repo(root, git_dir)
+    with _lock:
+        if len(_cache) > 10_000:
+            _cache.clear()
+        _cache[git_dir] = (stamp, info)
+    return info
+
+
+def _read_repo(root: str, git_dir: str) -> GitInfo | None:
+    head = _read(os.path.join(git_dir, "HEAD"), 4096)
+    if head is None:
+        return None
+    head = head.strip()
+    commit: str | None = None
+    branch: str | None = None
+    common = git_dir
+    commondir = _read(os.path.join(git_dir, "commondir"), 4096)
+    if commondir:
+        common = os.path.normpath(os.path.join(git_dir, commondir.strip()))
+    if head.startswith("ref:"):
+        ref = head[4:].strip()
+        branch = ref.removeprefix("refs/heads/")
+        if ".." not in ref:
+            value = _read(os.path.join(git_dir, ref), 4096) or _read(
+                os.path.join(common, ref), 4096
+            )
+            commit = value.strip() if value else _packed_ref(common, ref)
+    elif re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", head):
+        commit = head
+    if commit is not None and not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", commit):
+        commit = None
+    return GitInfo(root, _remote(common), commit, branch)
+
+
+def _packed_ref(git_dir: str, ref: str) -> str | None:
+    text = _read(os.path.join(git_dir, "packed-refs"), 16 << 20)
+    if not text:
+        return None
+    for line in text.splitlines():
+        sha, _, name = line.partition(" ")
+        if name.strip() == ref:
+            return sha
+    return None
+
+
+def _remote(git_dir: str) -> str | None:
+    """The URL of `origin` (else the first remote) from the repository's config."""
+    text = _read(os.path.join(git_dir, "config"), 1 << 20)
+    if not text:
+        return None
+    section = None
+    urls: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("["):
+            m = re.match(r'\[\s*remote\s+"([^"]*)"\s*\]', line)
+            section = m.group(1) if m else None
+        elif section is not None and "=" in line:
+            key, _, value = line.partition("=")
+            if key.strip().lower() == "url" and section not in urls:
+                urls[section] = value.strip().strip('"')
+    url = urls.get("origin") or next(iter(urls.values()), None)
+    return _CRED.sub(r"\1", url) if url else None
+
+
+def source_tag(language: str, path: str | None) -> Tag:
+    info = git_info(path) if path else None
+    details: dict[str, object] = {"language": language, "git_remote": None, "git_commit": None}
+    evidence = f"{language} source"
+    if info is not None:
+        details.update(git_remote=info.remote, git_commit=info.commit, git_root=info.root)
+        where = info.remote or f"local repository {Path(info.root).name}"
+        evidence += f" in git repository {where}"
+        if info.commit:
+            evidence += f" at {info.commit[:12]}"
+    return Tag("source_code", evidence, details)

@@ -1,0 +1,87 @@
+"""The classify stage of the pipeline: file events in, the same events with an `Artefact` out.
+
+Created/written/moved/scanned file events get their file classified (the destination
+for a move); deleted files are gone and pass through; READ events only reuse what the
+hash cache already knows (a read must not trigger a full hash). Flows pass through
+unchanged. Classification runs on a bounded worker pool (`classify.workers`); the stage
+waits for the result so events leave in the order they came, up to
+`classify.event_timeout` seconds — past that the event goes on with `skipped="deferred"`
+and the worker still finishes, so the next event for that file hits the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import replace
+from functools import partial
+from typing import TYPE_CHECKING
+
+from agent import metrics
+from agent.classify.classifier import Classifier
+from agent.classify.hashing import HashCache
+from agent.classify.lineage import store_lookup
+from agent.events import Artefact, Event, FileAction, FileEvent
+
+if TYPE_CHECKING:
+    from agent.daemon import Runtime
+
+log = logging.getLogger(__name__)
+
+_CLASSIFY_ACTIONS = {FileAction.CREATED, FileAction.WRITTEN, FileAction.MOVED, FileAction.SCANNED}
+
+
+class ClassifyStage:
+    """`Event -> Event`; register `close` as a stop hook (done in __init__)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        s = rt.settings.classify
+        self.enabled = s.enabled
+        self.timeout = s.event_timeout
+        cache_path = s.hash_cache or rt.settings.state_dir / "hashcache.db"
+        self.cache = HashCache(cache_path)
+        provider = rt.extras.get("categories")
+        self.classifier = Classifier(
+            s,
+            cache=self.cache,
+            categories=provider,
+            store_lookup=partial(store_lookup, rt.engine),
+        )
+        self.pool = ThreadPoolExecutor(s.workers, "classify")
+        self._inflight: dict[str, Future[Artefact]] = {}
+        self._lock = threading.Lock()
+        rt.extras.setdefault("stop_hooks", []).append(self.close)
+
+    def __call__(self, event: Event) -> Event:
+        if not self.enabled or not isinstance(event, FileEvent):
+            return event
+        if event.action == FileAction.READ:
+            known = self.classifier.cached(event.current_path)
+            return replace(event, artefact=known) if known is not None else event
+        if event.action not in _CLASSIFY_ACTIONS:
+            return event
+        path = event.current_path
+        with self._lock:
+            fut = self._inflight.get(path)
+            if fut is None or fut.done():
+                fut = self.pool.submit(self.classifier.classify_path, path)
+                self._inflight[path] = fut
+                fut.add_done_callback(partial(self._done, path))
+        try:
+            artefact = fut.result(timeout=self.timeout)
+        except FutureTimeout:
+            metrics.CLASSIFY_SKIPPED.labels("deferred").inc()
+            artefact = Artefact(sha256=None, size=event.size or 0, skipped="deferred")
+        return replace(event, artefact=artefact)
+
+    def _done(self, path: str, fut: Future[Artefact]) -> None:
+        with self._lock:
+            if self._inflight.get(path) is fut:
+                del self._inflight[path]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.classifier.close()
+        self.cache.close()
