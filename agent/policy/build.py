@@ -36,6 +36,7 @@ from agent.policy.model import (
     Source,
 )
 from agent.policy.schema import ExceptionModel
+from agent.policy.selftest import run_rule_tests
 from agent.policy.validators import VALIDATORS
 
 _LOOKS_LIKE_IP = re.compile(r"^[0-9a-fA-F:.]+(/\d+)?$")
@@ -70,13 +71,26 @@ def build_policy(
     infos, active = _select(packs, disabled, issues)
     specs, info = _categories(active, issues)
     codes = {s.code for s in specs}
-    rules: list[Rule] = []
-    for pack in active:
-        rules.extend(_rules(pack, codes, parameters, issues))
-    rules = _unique_rules(rules, issues)
-    rules = _apply_overrides(active, rules, issues)
     counts = {s.code: s.min_count for s in specs}
-    rules = [dataclasses.replace(r, tests=_cases(r, counts)) for r in rules]
+    # rule tests check each rule as its pack wrote it: the pack's own parameter values,
+    # before any site override, so a site's tuning cannot make a shipped test fail
+    written: list[Rule] = []
+    for pack in active:
+        written.extend(_rules(pack, codes, {}, issues))
+    written = [
+        dataclasses.replace(r, tests=_cases(r, counts)) for r in _unique_rules(written, issues)
+    ]
+    as_written = Policy("as-written", (), tuple(written), tuple(specs), category_info=info)
+    issues.extend(run_rule_tests(as_written)[1])
+    rules = written
+    if any(k in p.parameters for p in active for k in parameters):
+        recompiled: list[Rule] = []
+        for pack in active:
+            recompiled.extend(_rules(pack, codes, parameters, []))  # problems reported above
+        rules = [
+            dataclasses.replace(r, tests=_cases(r, counts)) for r in _unique_rules(recompiled, [])
+        ]
+    rules = _apply_overrides(active, rules, issues)
     digest = hashlib.sha256()
     for p in active:
         digest.update(f"{p.meta.id if p.meta else ''}\0{p.sha256}\0".encode())

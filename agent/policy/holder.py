@@ -27,7 +27,6 @@ from agent.config import PoliciesSection
 from agent.policy.build import load_policy
 from agent.policy.loader import SHIPPED_DIR, Issue
 from agent.policy.model import EMPTY_POLICY, Policy
-from agent.policy.selftest import run_rule_tests
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +34,13 @@ log = logging.getLogger(__name__)
 def load_configured(
     section: PoliciesSection, shipped_dir: Path = SHIPPED_DIR, extra_site: Sequence[Path] = ()
 ) -> tuple[Policy | None, list[Issue]]:
-    """Load what the config names, then run every rule's tests; (policy, []) or (None, issues)."""
-    policy, issues = load_policy(
+    """Load what the config names (rule tests included): (policy, []) or (None, issues)."""
+    return load_policy(
         [shipped_dir] if section.builtin else [],
         [*section.paths, *extra_site],
         section.disabled,
         {"model_parameter_threshold": section.model_parameter_threshold},
     )
-    if policy is None:
-        return None, issues
-    _ran, failures = run_rule_tests(policy)
-    return (policy, []) if not failures else (None, failures)
 
 
 class PolicyHolder:

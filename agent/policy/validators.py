@@ -33,7 +33,7 @@ def prc_resident_id(text: str) -> bool:
         born = dt.date(int(s[6:10]), int(s[10:12]), int(s[12:14]))
     except ValueError:
         return False
-    if not 1900 <= born.year <= 2100:
+    if not 1800 <= born.year <= 2100:
         return False
     return prc_resident_id_check(s[:17]) == s[17]
 
