@@ -133,8 +133,11 @@ def verify_entries(
     latest: dict[str, tuple[str, int, dict[str, Any]]] = {}
     state: dict[str, tuple[int, str]] = {}  # host -> (last seq, last hash)
     last_checkpoint: dict[str, int] = {}
+    mentioned: set[str] = set()
     for e in entries:
         report.records += 1
+        if e.incident_uid:
+            mentioned.add(e.incident_uid)
         prev = state.get(e.host_id)
         problem = _check_entry(e, prev, anchored)
         if prev is None:
@@ -153,7 +156,8 @@ def verify_entries(
     report.hosts = len(state)
     if incidents is not None:
         report.incidents = len(incidents)
-        _compare_rows(report, latest, incidents)
+        heads = {host: seq for host, (seq, _h) in state.items()}
+        _compare_rows(report, latest, incidents, mentioned, heads)
     else:
         report.incidents = len(latest)
     return report
@@ -194,12 +198,16 @@ def _compare_rows(
     report: VerifyReport,
     latest: Mapping[str, tuple[str, int, dict[str, Any]]],
     incidents: Mapping[str, Mapping[str, Any]],
+    mentioned: set[str],
+    heads: Mapping[str, int],
 ) -> None:
     for uid, row in incidents.items():
         host = str(row.get("host_id"))
         if uid not in latest:
-            seq = report.anchors.get(host, 0)
-            if host in report.anchors:
+            if uid in mentioned:
+                continue  # its records failed above; that failure is the one to report
+            seq = heads.get(host, 0)
+            if host in heads:
                 # a row whose chain is present but never mentions it was inserted
                 report.problems.append(
                     Problem(

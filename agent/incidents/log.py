@@ -215,7 +215,7 @@ class IncidentLog:
             ).first()
             now = _now()
             if row is not None:
-                doc = merge(document_from_row(row[0]), finding)
+                doc = merge(document_from_row(row), finding)
                 if doc is None:
                     return None
                 conn.execute(
@@ -253,7 +253,7 @@ class IncidentLog:
                 IncidentRow.kind == "policy_alert",
                 IncidentRow.status != "closed",
             )
-        ).scalars()
+        ).all()
         merged = []
         for r in rows:
             doc = document_from_row(r)
@@ -295,7 +295,7 @@ def set_status(
         raise IncidentError(f"unknown status {status!r}")
 
     def tx(conn: Connection) -> dict[str, Any]:
-        row = conn.execute(select(IncidentRow).where(IncidentRow.id == incident_id)).scalar()
+        row = conn.execute(select(IncidentRow).where(IncidentRow.id == incident_id)).first()
         if row is None:
             raise IncidentError(f"no incident with id {incident_id}")
         if row.status not in allowed_from:

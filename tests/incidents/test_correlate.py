@@ -1,0 +1,217 @@
+"""Correlation logic on synthetic event sequences (pure: no store, no threads)."""
+
+from __future__ import annotations
+
+from agent.events import Channel, FileAction, Flow, Severity
+from agent.incidents.ancestry import Ancestry, read_ppid
+from agent.incidents.correlate import CorrelationEngine
+from agent.incidents.model import Finding
+from tests.incidents.helpers import (
+    ARCHIVE,
+    CAT,
+    CKPT,
+    CURL,
+    EAR,
+    OTHER,
+    RECORD,
+    SHELL,
+    SIZE,
+    TAR,
+    archive,
+    fev,
+    flow,
+    story,
+    weights,
+)
+
+
+def run(events: list, **kw: object) -> list[Finding]:
+    eng = CorrelationEngine(**kw)  # type: ignore[arg-type]
+    out: list[Finding] = []
+    for e in events:
+        out.extend(eng.observe(e))
+    return out
+
+
+def test_the_whole_story_is_one_exfiltration_finding() -> None:
+    findings = run(story())
+    assert [f.kind for f in findings] == ["exfiltration"]
+    f = findings[0]
+    assert f.rule_id == "ear.model_weights" and f.severity == Severity.HIGH
+    ev = f.evidence
+    assert ev["correlation"]["method"] == "same_process"
+    assert ev["roots"] == [CKPT]
+    assert {"parent": CKPT, "child": ARCHIVE} in ev["lineage"]
+    paths = {x["path"] for x in ev["files"]} | {x["dest_path"] for x in ev["files"]}
+    assert "/data/ckpt/model.safetensors" in paths  # the original
+    assert "/data/tmp/notes.bin" in paths  # the renamed copy
+    assert "/data/tmp/x.tgz" in paths  # the archive
+    assert ev["flows"][0]["sni"] == "up.example" and ev["flows"][0]["bytes_out"] == SIZE + 30_000
+    assert any(p["exe"] == "/usr/bin/curl" for p in ev["processes"])
+    assert "x.tgz" in f.title and "up.example" in f.title
+
+
+def test_child_of_the_reader_uploading_is_the_same_story() -> None:
+    child = CURL.__class__(pid=301, exe="/usr/bin/curl", ppid=200)  # child of tar
+    events = [
+        fev(FileAction.READ, "/d/x.tgz", 0, archive(), TAR),
+        flow(1, 5, SIZE, process=child),
+    ]
+    findings = run(events)
+    assert len(findings) == 1
+    assert findings[0].evidence["correlation"]["method"] == "child_process"
+
+
+def test_unrelated_process_makes_no_incident() -> None:
+    events = [
+        fev(FileAction.READ, "/d/x.tgz", 0, archive(), TAR),
+        flow(1, 5, SIZE, process=OTHER),
+    ]
+    assert run(events) == []
+
+
+def test_bytes_not_comparable_make_no_incident() -> None:
+    events = [fev(FileAction.READ, "/d/x.tgz", 0, archive(), CURL), flow(1, 5, SIZE // 10)]
+    assert run(events) == []
+    assert run(events, byte_tolerance=0.95) != []
+
+
+def test_outside_the_window_makes_no_incident() -> None:
+    events = [fev(FileAction.READ, "/d/x.tgz", 0, archive(), CURL), flow(1000, 1010, SIZE)]
+    assert run(events, window=900.0) == []
+    assert len(run(events, window=2000.0)) == 1
+
+
+def test_internal_and_approved_destinations_are_not_exfiltration() -> None:
+    for cls in ("internal", "approved", "loopback"):
+        events = [fev(FileAction.READ, "/d/x.tgz", 0, archive(), CURL), flow(1, 5, SIZE, dest_class=cls)]
+        assert run(events) == [], cls
+
+
+def test_untagged_files_are_not_touches() -> None:
+    plain = archive().__class__(sha256="ab" * 32, size=SIZE)
+    events = [fev(FileAction.READ, "/d/photo.jpg", 0, plain, CURL), flow(1, 5, SIZE)]
+    assert run(events) == []
+
+
+def test_flow_before_the_file_event_still_correlates() -> None:
+    events = [flow(0, 5, SIZE), fev(FileAction.READ, "/d/x.tgz", 1, archive(), CURL)]
+    findings = run(events)
+    assert [f.kind for f in findings] == ["exfiltration"]
+
+
+def test_repeated_upload_has_the_same_dedup_key() -> None:
+    events = story() + [flow(40, 60, SIZE + 30_000, decisions=(EAR,))]  # the same again
+    findings = run(events)
+    assert len(findings) == 2
+    assert findings[0].dedup_key == findings[1].dedup_key
+
+
+def test_other_destination_is_another_story() -> None:
+    events = story() + [
+        fev(FileAction.READ, "/data/tmp/x.tgz", 30, archive(), CURL),
+        flow(30, 40, SIZE, sni="other.example"),
+    ]
+    findings = run(events)
+    assert len(findings) == 2 and findings[0].dedup_key != findings[1].dedup_key
+
+
+def test_removable_copy_is_its_own_incident_kind() -> None:
+    events = [
+        fev(FileAction.WRITTEN, "/data/m.safetensors", 0, weights(), SHELL),
+        fev(FileAction.WRITTEN, "/media/usb/m.safetensors", 5, weights(), SHELL, Channel.REMOVABLE, (CAT,)),
+        fev(FileAction.WRITTEN, "/sync/Nutstore/m.safetensors", 6, weights(), SHELL, Channel.CLOUD_SYNC, (CAT,)),
+    ]
+    findings = run(events)
+    assert [f.kind for f in findings] == ["removable_copy", "cloud_sync_copy"]
+    assert findings[0].rule_id == "cn.ai.weights"
+    assert findings[0].dedup_key != findings[1].dedup_key
+
+
+def test_copy_without_alert_is_no_incident() -> None:
+    events = [fev(FileAction.WRITTEN, "/media/usb/m", 5, weights(), SHELL, Channel.REMOVABLE, (RECORD,))]
+    assert run(events) == []
+
+
+def test_alert_on_its_own_is_a_policy_alert_and_is_absorbed_by_the_story() -> None:
+    events = [fev(FileAction.WRITTEN, "/data/tmp/x.tgz", 0, archive(), TAR, decisions=(CAT,))]
+    events += [fev(FileAction.READ, "/data/tmp/x.tgz", 1, archive(), CURL), flow(2, 9, SIZE)]
+    findings = run(events)
+    assert [f.kind for f in findings] == ["policy_alert", "exfiltration"]
+    assert findings[0].dedup_key in findings[1].supersedes
+    assert findings[1].rule_id == "cn.ai.weights"  # named after the alerting rule in the story
+
+
+def test_flow_alert_without_story_is_a_policy_alert() -> None:
+    findings = run([flow(0, 5, 1234, decisions=(EAR,))])
+    assert [f.kind for f in findings] == ["policy_alert"]
+    assert findings[0].evidence["flows"][0]["bytes_out"] == 1234
+
+
+def test_low_severity_alerts_do_not_open_incidents() -> None:
+    low = EAR.__class__("x", "p", Severity.LOW, "alert", "v1")
+    assert run([flow(0, 5, 1234, decisions=(low,))]) == []
+
+
+def test_unattributed_flow_matches_on_size_and_time() -> None:
+    events = [fev(FileAction.WRITTEN, "/d/x.tgz", 0, archive(), None), flow(1, 5, SIZE, process=None)]
+    findings = run(events)
+    assert findings and findings[0].evidence["correlation"]["method"] == "size_and_time"
+    small = archive(size=1000)
+    assert run([fev(FileAction.WRITTEN, "/d/x.tgz", 0, small, None), flow(1, 5, 1000, process=None)]) == []
+
+
+def test_unattributed_touch_does_not_match_a_known_process_when_attribution_works() -> None:
+    events = [
+        fev(FileAction.READ, "/d/other", 0, weights("cd" * 32), OTHER),  # fanotify works here
+        fev(FileAction.WRITTEN, "/d/x.tgz", 1, archive(), None),
+        flow(2, 5, SIZE, process=OTHER.__class__(pid=777, ppid=1)),
+    ]
+    assert run(events) == []
+
+
+def test_sum_of_several_artefacts_counts() -> None:
+    a = weights("aa" * 32, size=SIZE)
+    b = weights("bb" * 32, size=SIZE)
+    events = [
+        fev(FileAction.READ, "/d/a", 0, a, CURL),
+        fev(FileAction.READ, "/d/b", 1, b, CURL),
+        flow(2, 9, 2 * SIZE + 5000),
+    ]
+    findings = run(events, byte_tolerance=0.1)
+    assert len(findings) == 1
+    assert findings[0].evidence["correlation"]["file_bytes"] == 2 * SIZE
+
+
+def test_lineage_from_the_store_is_followed() -> None:
+    grand = "ee" * 32
+    eng = CorrelationEngine(parents_of=lambda sha: [grand] if sha == CKPT else [])
+    out: list[Finding] = []
+    for e in [fev(FileAction.READ, "/d/x.tgz", 0, archive(), CURL), flow(1, 5, SIZE)]:
+        out.extend(eng.observe(e))
+    assert out[0].evidence["roots"] == [grand]
+
+
+def test_lineage_cycles_terminate() -> None:
+    eng = CorrelationEngine(parents_of=lambda sha: ["11" * 32] if sha == "22" * 32 else ["22" * 32])
+    nodes, edges = eng.lineage(["22" * 32])
+    assert set(nodes) == {"11" * 32, "22" * 32} and len(edges) == 2
+
+
+def test_flow_events_are_plain_flows() -> None:
+    assert isinstance(flow(0, 1, 1), Flow)
+
+
+def test_ancestry_reads_proc(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42" / "stat").write_bytes(b"42 (we ird) name)) S 7 42 42 0 -1")
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "stat").write_bytes(b"7 (init) S 1 7 7")
+    assert read_ppid(tmp_path, 42) == 7
+    assert read_ppid(tmp_path, 999) is None
+    anc = Ancestry(proc=tmp_path)
+    assert anc.ancestors(42) == [7, 1]
+    import os
+
+    real = Ancestry()
+    assert os.getppid() in real.ancestors(os.getpid())
