@@ -56,11 +56,15 @@ def db_upgrade(ctx: click.Context, revision: str) -> None:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.option("--host", help="Counts of this host only (id or name; fleet store).")
+@click.option("--hosts", "per_host", is_flag=True, help="Counts per host (fleet store).")
 @click.pass_context
-def status(ctx: click.Context, as_json: bool) -> None:
+def status(ctx: click.Context, as_json: bool, host: str | None, per_host: bool) -> None:
     """Store reachability, counts, the last event, and the running agent's sensors."""
     from agent.store.db import current_revision
-    from agent.store.queries import counts
+    from agent.store.forwarder import is_central
+    from agent.store.queries import counts, host_counts
+    from agent.store.spool import read_stats
 
     s = settings_from(ctx)
     doc: dict[str, object] = {"config": str(s.source) if s.source else None}
@@ -70,9 +74,17 @@ def status(ctx: click.Context, as_json: bool) -> None:
         doc["store_reachable"] = True
         doc["schema_revision"] = current_revision(engine)
         doc["counts"] = asdict(counts(engine)) if doc["schema_revision"] else None
+        if doc["schema_revision"] and (host or per_host):
+            hosts = host_counts(engine, host)
+            doc["hosts"] = [asdict(h) for h in hosts]
+            if host and len(hosts) == 1:
+                doc["counts"] = asdict(counts(engine, hosts[0].host_id))
     except UserError as e:
         doc["store_reachable"] = False
         doc["store_error"] = e.message
+    if is_central(s.database_url):
+        spool = read_stats(s.database.spool_path or s.state_dir / "spool.db")
+        doc["spool"] = {"events": spool.events, "bytes": spool.bytes} if spool else None
     status_file = s.state_dir / "status.json"
     try:
         daemon = json.loads(status_file.read_text())
@@ -86,12 +98,29 @@ def status(ctx: click.Context, as_json: bool) -> None:
         _print_status(doc)
     if not doc["store_reachable"]:
         ctx.exit(1)
+    if host and not doc.get("hosts"):
+        raise UserError(f"--host {host}: no such host id or name in the store")
 
 
 def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _print_hosts(hosts: object) -> None:
+    if not isinstance(hosts, list) or not hosts:
+        return
+    click.echo(
+        f"{'host':<24} {'file_events':>12} {'flows':>10} {'decisions':>10} "
+        f"{'incidents':>9}  last event"
+    )
+    for h in hosts:
+        name = h["hostname"] or h["host_id"]
+        click.echo(
+            f"{name:<24} {h['file_events']:>12} {h['flows']:>10} {h['decisions']:>10} "
+            f"{h['incidents']:>9}  {h['last_event'] or '-'}"
+        )
 
 
 def _print_status(doc: dict[str, object]) -> None:
@@ -110,6 +139,10 @@ def _print_status(doc: dict[str, object]) -> None:
             )
             click.echo(f"last file event: {c.get('last_file_event') or '-'}")
             click.echo(f"last flow:       {c.get('last_flow') or '-'}")
+        _print_hosts(doc.get("hosts"))
+    spool = doc.get("spool")
+    if isinstance(spool, dict):
+        click.echo(f"spool:     {spool['events']} events ({spool['bytes']} bytes) to forward")
     d = doc.get("daemon")
     if not isinstance(d, dict):
         click.echo("daemon:    no status file (not running here?)")
@@ -124,6 +157,12 @@ def _print_status(doc: dict[str, object]) -> None:
     if isinstance(errors, dict):
         for name, why in errors.items():
             click.echo(f"  sensor {name}: DOWN — {why}")
+    fleet = d.get("fleet")
+    if isinstance(fleet, dict):
+        state = "connected"
+        if not fleet.get("connected"):
+            state = f"NOT connected ({fleet.get('last_error')})"
+        click.echo(f"  central store: {state}; {fleet.get('forwarded')} events forwarded")
 
 
 @click.group()

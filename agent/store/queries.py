@@ -57,6 +57,62 @@ def counts(engine: Engine, host_id: str | None = None) -> StoreCounts:
         )
 
 
+@dataclass(frozen=True)
+class HostCounts:
+    """One host's rows in a (fleet) store."""
+
+    host_id: str
+    hostname: str | None
+    agent_version: str | None
+    last_seen: datetime | None
+    file_events: int
+    flows: int
+    decisions: int
+    incidents: int
+    last_event: datetime | None
+
+
+def host_counts(engine: Engine, host: str | None = None) -> list[HostCounts]:
+    """Rows per host, by host name; `host` (id or name) keeps only that host.
+
+    Each table is counted with one GROUP BY host_id (the host/time indexes serve it).
+    Hosts with rows but no `hosts` entry (registered later) are listed without a name.
+    """
+    with engine.connect() as conn:
+        names = {r.id: r for r in conn.execute(select(Host))}
+
+        def per_host(model: Any, time_col: Any = None) -> dict[str, tuple[int, Any]]:
+            cols = [model.host_id, func.count()]
+            cols.append(func.max(time_col) if time_col is not None else func.count())
+            q = select(*cols).group_by(model.host_id)
+            return {h: (int(n), last) for h, n, last in conn.execute(q)}
+
+        fe = per_host(FileEventRow, FileEventRow.time)
+        fl = per_host(FlowRow, FlowRow.end_time)
+        de = per_host(DecisionRow)
+        inc = per_host(IncidentRow)
+    out = []
+    for hid in set(names) | set(fe) | set(fl):
+        h = names.get(hid)
+        lasts = [
+            t for t in (as_utc(fe.get(hid, (0, None))[1]), as_utc(fl.get(hid, (0, None))[1])) if t
+        ]
+        row = HostCounts(
+            host_id=hid,
+            hostname=h.hostname if h else None,
+            agent_version=h.agent_version if h else None,
+            last_seen=as_utc(h.last_seen) if h else None,
+            file_events=fe.get(hid, (0, None))[0],
+            flows=fl.get(hid, (0, None))[0],
+            decisions=de.get(hid, (0, None))[0],
+            incidents=inc.get(hid, (0, None))[0],
+            last_event=max(lasts) if lasts else None,
+        )
+        if host is None or host in (row.host_id, row.hostname):
+            out.append(row)
+    return sorted(out, key=lambda r: (r.hostname or "", r.host_id))
+
+
 def as_utc(t: datetime | None) -> datetime | None:
     """SQLite returns naive datetimes; everything the agent stores is UTC."""
     if t is None:
