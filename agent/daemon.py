@@ -57,7 +57,9 @@ def build_stages(rt: Runtime) -> list[StageSpec]:
     from agent.policy import PolicyStage, attach_policy
 
     attach_policy(rt)  # rt.extras["policy"], ["categories"]; reload on SIGHUP and file change
-    # [classify] stages.append(StageSpec("classify", ClassifyStage(rt)))
+    from agent.classify.stage import ClassifyStage
+
+    stages.append(StageSpec("classify", ClassifyStage(rt)))
     stages.append(StageSpec("policy", PolicyStage(rt)))
     return stages
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from agent.categories import CategorySpec
 from agent.classify.base import ParseError
 from agent.classify.classifier import Classifier
-from agent.config import ClassifySection
+from agent.config import ClassifySection, Settings
 from agent.events import Artefact
 
 __all__ = ["Classifier", "ParseError", "classify_file"]
@@ -26,13 +26,16 @@ __all__ = ["Classifier", "ParseError", "classify_file"]
 def classify_file(
     path: Path | str,
     categories: Sequence[CategorySpec] = (),
-    settings: ClassifySection | None = None,
+    settings: ClassifySection | Settings | None = None,
 ) -> Artefact:
     """Classify one file (or SavedModel directory) now, without any persistent cache.
 
-    Never raises for anything the file can do: unreadable, special or malformed files
-    come back with `skipped` set.
+    `settings` is the classify section (the whole Settings is accepted too). Never
+    raises for anything the file can do: unreadable, special or malformed files come
+    back with `skipped` set.
     """
+    if isinstance(settings, Settings):
+        settings = settings.classify
     cats = tuple(categories)
     classifier = Classifier(settings, cache=None, categories=lambda: cats)
     try:

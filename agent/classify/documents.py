@@ -121,7 +121,5 @@ TEXT_DOC_EXT = {"md": "markdown", "markdown": "markdown", "rst": "restructuredte
 
 def text_document(text: str, ext: str) -> Finding:
     fmt = TEXT_DOC_EXT.get(ext, "text")
-    if fmt == "text" and re.search(r"^#{1,6} \S", text[:8192], re.M):
-        fmt = "markdown"
     return Finding(f"text/{'markdown' if fmt == 'markdown' else 'plain'}",
                    [document_tag(fmt, len(text))], text=text)  # fmt: skip

@@ -18,6 +18,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import date
 
 import ahocorasick
 
@@ -42,27 +43,50 @@ _ID_CHECK = "10X98765432"
 
 def prc_resident_id(value: str) -> bool:
     """GB 11643-1999: 17 digits, a plausible birth date, and the ISO 7064 MOD 11-2 check."""
-    v = value.upper()
-    if len(v) != 18 or not v[:17].isdigit() or not (v[17].isdigit() or v[17] == "X"):
+    v = value.strip().upper()
+    if len(v) != 18 or not v[:17].isascii() or not v[:17].isdigit() or v[0] == "0":
         return False
-    year, month, day = int(v[6:10]), int(v[10:12]), int(v[12:14])
-    if not (1900 <= year <= 2100 and 1 <= month <= 12 and 1 <= day <= 31):
+    try:
+        born = date(int(v[6:10]), int(v[10:12]), int(v[12:14]))
+    except ValueError:
+        return False
+    if not 1800 <= born.year <= 2100:
         return False
     total = sum(int(d) * w for d, w in zip(v[:17], _ID_WEIGHTS))
     return _ID_CHECK[total % 11] == v[17]
 
 
-_CN_MOBILE = re.compile(r"^(?:\+?86[- ]?)?1[3-9]\d{9}$")
+_SEPARATORS = re.compile(r"[\s-]")
 
 
 def cn_mobile(value: str) -> bool:
-    """A mainland China mobile number: 11 digits starting 13-19, optional +86."""
-    return bool(_CN_MOBILE.match(re.sub(r"[\s-]", "", value)))
+    """A mainland China mobile number: 11 digits starting 13-19, optional +86 / 86."""
+    v = _SEPARATORS.sub("", value.strip())
+    if v.startswith("+86"):
+        v = v[3:]
+    elif v.startswith("86") and len(v) == 13:
+        v = v[2:]
+    return len(v) == 11 and v.isascii() and v.isdigit() and v[0] == "1" and v[1] in "3456789"
+
+
+def luhn(value: str) -> bool:
+    """Payment card numbers: 13 to 19 digits with a valid Luhn check digit."""
+    v = _SEPARATORS.sub("", value.strip())
+    if not 13 <= len(v) <= 19 or not v.isascii() or not v.isdigit():
+        return False
+    digits = [int(c) for c in v]
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
 
 
 VALIDATORS: dict[str, Callable[[str], bool]] = {
     "prc_resident_id": prc_resident_id,
     "cn_mobile": cn_mobile,
+    "luhn": luhn,
 }
 
 

@@ -36,8 +36,14 @@ LANGUAGES: dict[str, str] = {
     "ipynb": "jupyter", "mat": "matlab", "scl": "plc-scl", "awl": "plc-awl",
 }  # fmt: skip
 BASENAMES = {"makefile": "make", "cmakelists.txt": "cmake", "dockerfile": "dockerfile"}
-_SHEBANG = re.compile(rb"^#!\s*(?:/usr/bin/env\s+(?:-\S+\s+)*)?\S*?([a-z]+[0-9.]*)\b")
-_SHEBANG_LANG = {"python": "python", "bash": "shell", "sh": "shell", "zsh": "shell"}
+_SHEBANG = re.compile(rb"^#!\s*(\S+)(?:[ \t]+(?:-\S+[ \t]+)*(\S+))?")
+_SHEBANG_LANG = {
+    "python": "python",
+    "bash": "shell",
+    "sh": "shell",
+    "zsh": "shell",
+    "dash": "shell",
+}
 _SHEBANG_LANG.update({"perl": "perl", "ruby": "ruby", "node": "javascript", "lua": "lua"})
 
 _HASH_COMMENT = {"python", "cython", "shell", "ruby", "perl", "r", "julia", "cmake", "make"}
@@ -60,7 +66,10 @@ def language_for(name: str, head: bytes) -> str | None:
     if head.startswith(b"#!"):
         m = _SHEBANG.match(head[:256])
         if m:
-            word = m.group(1).decode("ascii", "replace").rstrip("0123456789.")
+            prog = m.group(1).rsplit(b"/", 1)[-1]
+            if prog == b"env" and m.group(2):
+                prog = m.group(2)
+            word = prog.decode("ascii", "replace").rstrip("0123456789.")
             return _SHEBANG_LANG.get(word)
     return None
 
