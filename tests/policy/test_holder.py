@@ -1,0 +1,278 @@
+"""PolicyHolder: site packs, overrides, disabling, reloads that keep the last good policy,
+file watching, the policy_versions table; and PolicyStage on real events."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import select
+
+from agent.config import PoliciesSection
+from agent.events import (
+    Artefact,
+    CategoryMatch,
+    Channel,
+    FileAction,
+    FileEvent,
+    Flow,
+    ProcessInfo,
+    Tag,
+)
+from agent.policy import SHIPPED_DIR, PolicyHolder, PolicyStage
+from agent.store.db import make_engine, upgrade
+from agent.store.models import PolicyVersion
+
+SITE = """\
+pack:
+  id: site-lab
+  name: Lab rules
+  regime: SITE
+  version: "{version}"
+  required_engine_version: "1.0"
+  sources: [{{title: internal procedure EC-07}}]
+rules:
+  - id: site-any-weights-usb
+    description: Any model weights onto a USB stick
+    condition:
+      all:
+        - {{field: channel, eq: removable}}
+        - {{field: kinds, contains: model_weights}}
+    severity: low
+    action: record
+    tests:
+      - name: weights on usb
+        facts: {{event: file, channel: removable, kinds: [model_weights]}}
+        expect: decision
+      - name: weights on disk
+        facts: {{event: file, channel: local, kinds: [model_weights]}}
+        expect: none
+overrides:
+  - rule: us-ear-model-weights-copied-out
+    status: in_force
+    action: alert
+    exceptions:
+      - name: release_engineering
+        users: [svc-release]
+"""
+
+
+def _metric(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+def _holder(tmp_path: Path, **kw: object) -> tuple[PolicyHolder, Path]:
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "lab.yaml").write_text(SITE.format(version="1"))
+    section = PoliciesSection(paths=[site], **kw)  # type: ignore[arg-type]
+    return PolicyHolder(lambda: section), site
+
+
+def _weights_event(channel: Channel, params: int, user: str = "alice") -> FileEvent:
+    artefact = Artefact(
+        sha256="ab" * 32,
+        size=4 * params,
+        tags=(
+            Tag("model_weights", "safetensors", {"format": "safetensors", "parameters": params}),
+        ),
+    )
+    return FileEvent(
+        FileAction.WRITTEN,
+        "/media/usb/model.safetensors",
+        channel,
+        artefact=artefact,
+        process=ProcessInfo(pid=1, exe="/usr/bin/cp", user=user),
+    )
+
+
+def test_broken_reload_keeps_last_good_policy(tmp_path: Path) -> None:
+    holder, site = _holder(tmp_path)
+    assert holder.reload()
+    good = holder.current
+    cats = holder.categories()
+    assert _metric("egress_agent_policy_last_reload_success") == 1
+    failures = _metric("egress_agent_policy_reloads_total", {"result": "failure"})
+    (site / "lab.yaml").write_text(
+        SITE.format(version="2").replace("severity: low", "severity: urgent")
+    )
+    assert not holder.reload()
+    assert holder.current is good
+    assert holder.categories() is cats
+    assert _metric("egress_agent_policy_last_reload_success") == 0
+    assert _metric("egress_agent_policy_reloads_total", {"result": "failure"}) == failures + 1
+    assert any("severity" in str(i) and ":15:" in str(i) for i in holder.errors)
+    # fixed again: the new version replaces the old one, categories are a new object
+    (site / "lab.yaml").write_text(SITE.format(version="3"))
+    assert holder.reload()
+    assert holder.current.version != good.version
+    assert _metric("egress_agent_policy_last_reload_success") == 1
+
+
+def test_site_overrides_and_exceptions(tmp_path: Path) -> None:
+    holder, _ = _holder(tmp_path, model_parameter_threshold=1000)
+    assert holder.reload(), holder.errors
+    policy = holder.current
+    decisions = {d.rule_id: d for d in policy.decide_file(_weights_event(Channel.REMOVABLE, 5000))}
+    assert decisions["us-ear-model-weights-copied-out"].action == "alert"  # override: in force
+    assert decisions["site-any-weights-usb"].severity == "low"
+    # the exception added by the override
+    by_release = policy.decide_file(_weights_event(Channel.REMOVABLE, 5000, user="svc-release"))
+    assert "us-ear-model-weights-copied-out" not in {d.rule_id for d in by_release}
+    assert policy.decide_file(_weights_event(Channel.LOCAL, 5000)) == []
+
+
+def test_disable_and_replace_shipped_packs(tmp_path: Path) -> None:
+    holder, site = _holder(tmp_path, disabled=["eu-dual-use"])
+    # a site pack with a shipped pack's id replaces it
+    replacement = (
+        (SHIPPED_DIR / "us-ear.yaml")
+        .read_text()
+        .replace('version: "2025.05.13-1"', 'version: "site-1"')
+    )
+    (site / "us-ear.yaml").write_text(replacement)
+    assert holder.reload(), holder.errors
+    packs = {(p.id, p.origin): p for p in holder.current.packs}
+    assert not packs[("eu-dual-use", "shipped")].enabled
+    assert not packs[("us-ear", "shipped")].enabled
+    assert packs[("us-ear", "shipped")].replaced_by == str(site / "us-ear.yaml")
+    assert packs[("us-ear", "site")].enabled and packs[("us-ear", "site")].version == "site-1"
+    assert not any(r.pack == "eu-dual-use" for r in holder.current.rules)
+    assert sum(r.pack == "us-ear" for r in holder.current.rules) == 3
+
+
+def test_builtin_off_means_only_site_packs(tmp_path: Path) -> None:
+    site = tmp_path / "only"
+    site.mkdir()
+    text = SITE.format(version="1").split("overrides:")[0]
+    (site / "lab.yaml").write_text(text)
+    holder = PolicyHolder(lambda: PoliciesSection(paths=[site], builtin=False))
+    assert holder.reload(), holder.errors
+    assert [r.id for r in holder.current.rules] == ["site-any-weights-usb"]
+    assert holder.categories() == ()
+
+
+def test_file_change_triggers_reload(tmp_path: Path) -> None:
+    holder, site = _holder(tmp_path)
+    assert holder.reload()
+    first = holder.current.version
+    holder.start_watching(0.05)
+    try:
+        (site / "lab.yaml").write_text(SITE.format(version="changed"))
+        deadline = time.monotonic() + 10
+        while holder.current.version == first and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert holder.current.version != first
+        # a new file in the site directory is noticed too
+        second = holder.current.version
+        (site / "zz.yaml").write_text("pack: [")
+        deadline = time.monotonic() + 10
+        while not holder.errors and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert holder.errors and holder.current.version == second
+    finally:
+        holder.stop()
+    assert holder._thread is None
+
+
+def _check_versions_recorded(url: str, tmp_path: Path) -> None:
+    engine = make_engine(url)
+    upgrade(engine)
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "lab.yaml").write_text(SITE.format(version="1"))
+    section = PoliciesSection(paths=[site])
+    holder = PolicyHolder(lambda: section, engine)
+    assert holder.reload() and holder.reload()  # the same version is recorded once
+    v1 = holder.current.version
+    (site / "lab.yaml").write_text(SITE.format(version="2"))
+    assert holder.reload()
+    with engine.connect() as c:
+        rows = c.execute(select(PolicyVersion.version, PolicyVersion.packs)).all()
+    assert {r.version for r in rows} == {v1, holder.current.version}
+    packs = next(r.packs for r in rows if r.version == v1)
+    assert {"id": "site-lab", "version": "1"}.items() <= next(
+        p for p in packs if p["id"] == "site-lab"
+    ).items()
+    engine.dispose()
+
+
+def test_policy_versions_sqlite(tmp_path: Path) -> None:
+    _check_versions_recorded(f"sqlite:///{tmp_path / 'agent.db'}", tmp_path)
+
+
+def test_policy_versions_postgresql(pg_url: str, tmp_path: Path) -> None:
+    _check_versions_recorded(pg_url, tmp_path)
+
+
+def test_stage_decides_and_counts(tmp_path: Path) -> None:
+    holder = PolicyHolder(lambda: PoliciesSection())
+    assert holder.reload()
+    stage = PolicyStage(SimpleNamespace(extras={"policy": holder}))
+    artefact = Artefact(
+        sha256="cd" * 32,
+        size=30_000,
+        tags=(Tag("document", "docx", {"format": "docx", "chars": 900}),),
+        matches=(CategoryMatch("CN-CAT-RE-REFINING", 7, "cn-export-catalogue"),),
+    )
+    labels = {
+        "pack": "cn-export-catalogue",
+        "rule": "cn-cat-prohibited-removable",
+        "severity": "critical",
+        "dest_class": "",
+    }
+    before = _metric("egress_agent_decisions_total", labels)
+    ev = FileEvent(FileAction.CREATED, "/media/usb/稀土.docx", Channel.REMOVABLE, artefact=artefact)
+    out = stage(ev)
+    assert isinstance(out, FileEvent) and out.uid == ev.uid
+    (d,) = out.decisions
+    assert d.rule_id == "cn-cat-prohibited-removable" and d.categories == ("CN-CAT-RE-REFINING",)
+    assert d.policy_version == holder.current.version
+    assert "053302J" in d.reason and "稀土的提炼、加工、利用技术" in d.reason
+    assert _metric("egress_agent_decisions_total", labels) == before + 1
+    # no artefact, local channel: nothing to decide, the same object comes back
+    plain = FileEvent(FileAction.CREATED, "/home/a/x.txt", Channel.LOCAL)
+    assert stage(plain) is plain
+    now = datetime.now(UTC)
+    flow = Flow(
+        "tcp",
+        "10.0.0.5",
+        40000,
+        "203.0.113.7",
+        443,
+        now,
+        now,
+        bytes_out=3 << 30,
+        dest_class="foreign",
+        country="US",
+    )
+    (fd,) = stage(flow).decisions
+    assert fd.rule_id == "cn-bulk-upload-foreign" and fd.action == "record"
+    flow_labels = {
+        "pack": "cn-cross-border-data",
+        "rule": "cn-bulk-upload-foreign",
+        "severity": "medium",
+        "dest_class": "foreign",
+    }
+    assert _metric("egress_agent_decisions_total", flow_labels) >= 1
+
+
+def test_stage_needs_a_holder() -> None:
+    with pytest.raises(RuntimeError):
+        PolicyStage(SimpleNamespace(extras={}))
+
+
+def test_shipped_dir_copy_is_watched(tmp_path: Path) -> None:
+    """A holder over a copy of the shipped packs notices edits to them as well."""
+    shipped = tmp_path / "shipped"
+    shutil.copytree(SHIPPED_DIR, shipped)
+    holder = PolicyHolder(lambda: PoliciesSection(), shipped_dir=shipped)
+    assert holder.reload()
+    snap = holder._take_snapshot()
+    (shipped / "us-ear.yaml").write_text((shipped / "us-ear.yaml").read_text() + "\n# edit\n")
+    assert holder._take_snapshot() != snap
