@@ -252,15 +252,20 @@ class FileSensor:
     def _send(self, ch: Change, proc: ProcessInfo | None) -> bool:
         st = ch.st
         current = ch.dest_path if ch.dest_path is not None else ch.path
+        # `created` says a name appeared, not what it holds: a regular file's size and
+        # mtime belong to its `written`, and a rescan must not take them as seen
+        content = st is not None and not (
+            ch.action == FileAction.CREATED and stat.S_ISREG(st.st_mode)
+        )
         ev = FileEvent(
             action=ch.action,
             path=ch.path,
             channel=self.mounts.channels.channel(current),
             dest_path=ch.dest_path,
-            size=st.st_size if st is not None else None,
+            size=st.st_size if content and st is not None else None,
             inode=st.st_ino if st is not None else None,
             device=st.st_dev if st is not None else None,
-            mtime_ns=st.st_mtime_ns if st is not None else None,
+            mtime_ns=st.st_mtime_ns if content and st is not None else None,
             process=proc,
             origin=ch.origin,
             sensor=self.name,
@@ -280,12 +285,12 @@ class FileSensor:
         counter.inc()
         metrics.SENSOR_EVENTS.labels(self.name).inc()
         if ch.action != FileAction.READ:
-            self._remember(ch)
+            self._remember(ch, content)
             if ch.action in (FileAction.WRITTEN, FileAction.MOVED) and ch.dest_path is not None:
                 self.attribution.path_changed(ch.path, ch.dest_path)
         return True
 
-    def _remember(self, ch: Change) -> None:
+    def _remember(self, ch: Change, content: bool) -> None:
         """What this event will make the store believe, until the store surely has it."""
         now = time.monotonic()
         entries: list[tuple[str, R.StatKey | None]] = []
@@ -295,7 +300,8 @@ class FileSensor:
             ch.action == FileAction.MOVED and ch.dest_path is None
         ):
             current = ch.dest_path if ch.dest_path is not None else ch.path
-            entries.append((current, stat_key(ch.st) if ch.st is not None else (-1, -1, -1)))
+            seen = stat_key(ch.st) if content and ch.st is not None else (-1, -1, -1)
+            entries.append((current, seen))
         with self._recent_lock:
             for path, state in entries:
                 k = R.store_key(path)

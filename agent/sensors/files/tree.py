@@ -253,8 +253,8 @@ class WatchTree:
         if is_dir:
             self.add_tree(dst)
         else:
-            st = lstat(dst)
-            self.out(Change(appeared(st), dst, None, st))
+            st = lstat(dst)  # None when it has already moved on: still a file that arrived
+            self.out(Change(appeared(st) if st else FileAction.WRITTEN, dst, None, st))
 
     def _moved_out(self, src: str, is_dir: bool) -> None:
         if is_dir:

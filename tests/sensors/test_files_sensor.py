@@ -1,0 +1,277 @@
+"""The file sensor on real inotify and real directories: bursts, new-directory races,
+moves, odd names, deep trees, symlink loops, lost events and their repair."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import Counter
+from pathlib import Path
+
+from agent import metrics
+from agent.events import FileAction, FileEvent, Origin
+from tests.sensors.test_files_rig import Collector, engine, start_sensor  # noqa: F401
+
+
+def _sample(metric: object, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    name = metric._name  # type: ignore[attr-defined]
+    for fam in REGISTRY.collect():
+        for s in fam.samples:
+            if s.name in (name, name + "_total") and all(
+                s.labels.get(k) == v for k, v in labels.items()
+            ):
+                return float(s.value)
+    return 0.0
+
+
+def _burst(root: Path, dirs: int, per_dir: int) -> list[str]:
+    paths = []
+    for d in range(dirs):
+        sub = root / f"dir{d:02d}"
+        sub.mkdir()
+        for i in range(per_dir):
+            p = sub / f"f{i:05d}.bin"
+            with open(p, "wb") as f:
+                f.write(b"x" * (i % 97))
+            paths.append(str(p))
+    return paths
+
+
+def test_burst_in_new_directories_yields_one_written_per_file(tmp_path, start_sensor):
+    root = tmp_path / "root"
+    root.mkdir()
+    _sensor, col = start_sensor(roots=[root])
+    paths = _burst(root, dirs=20, per_dir=100)
+    assert col.wait(lambda evs: len({e.path for e in evs if e.action == "written"}) >= 2000)
+    col.wait(lambda evs: False, timeout=1.0)  # anything late would be a duplicate
+    written = Counter(col.written_paths())
+    assert set(written) == set(paths)
+    assert max(written.values()) == 1, [p for p, n in written.items() if n > 1][:5]
+    sizes = {e.path: e.size for e in col.of(FileAction.WRITTEN)}
+    assert all(sizes[p] == int(p[-9:-4]) % 97 for p in paths)  # the final size, never partial
+    assert all(e.origin == Origin.WATCH for e in col.of(FileAction.WRITTEN))
+
+
+def test_many_writes_then_one_close_is_one_written(tmp_path, start_sensor):
+    root = tmp_path / "root"
+    root.mkdir()
+    _sensor, col = start_sensor(roots=[root])
+    with open(root / "big.bin", "wb") as f:
+        for _ in range(200):
+            f.write(b"y" * 4096)
+            f.flush()
+    assert col.wait(lambda evs: any(e.action == "written" for e in evs))
+    col.wait(lambda evs: False, timeout=0.5)
+    (ev,) = col.of(FileAction.WRITTEN)
+    assert ev.size == 200 * 4096 and ev.inode == os.stat(root / "big.bin").st_ino
+    assert [e.action for e in col.snapshot()] == [FileAction.CREATED, FileAction.WRITTEN]
+
+
+def test_moves_within_across_into_and_out_of_roots(tmp_path, start_sensor, engine):
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "outside"
+    for d in (a, b, out):
+        d.mkdir()
+    (a / "d").mkdir()
+    for i in range(3):
+        (a / "d" / f"m{i}").write_text("m")
+    (out / "dd").mkdir()
+    for i in range(4):
+        (out / "dd" / f"n{i}").write_text("n")
+    (out / "h").write_text("h")
+    (a / "f").write_text("f")
+    _sensor, col = start_sensor(engine=engine, roots=[a, b])
+
+    os.rename(a / "f", a / "g")  # within a root
+    os.rename(a / "g", b / "g")  # across roots
+    os.rename(out / "h", a / "h")  # into a root
+    os.rename(a / "h", out / "h2")  # out of the roots
+    os.rename(a / "d", b / "d")  # a directory across roots
+    os.rename(out / "dd", a / "dd")  # a directory into a root
+    assert col.wait(lambda evs: sum(e.path.startswith(str(a / "dd")) for e in evs) >= 4)
+    (b / "d" / "late").write_text("late")  # the moved directory is watched at its new path
+    (a / "dd" / "late").write_text("late")  # the directory moved in is watched
+    assert col.wait(lambda evs: sum(e.path.endswith("/late") for e in evs) >= 4)
+    col.store(engine)  # the store knows the files before their directory leaves
+    os.rename(a / "dd", out / "dd2")  # a directory out of the roots
+    assert col.wait(lambda evs: sum(e.action == "moved" and e.dest_path is None for e in evs) >= 6)
+
+    moves = {(e.path, e.dest_path) for e in col.of(FileAction.MOVED)}
+    assert (str(a / "f"), str(a / "g")) in moves
+    assert (str(a / "g"), str(b / "g")) in moves
+    assert (str(a / "h"), None) in moves
+    assert {(str(a / "d" / f"m{i}"), str(b / "d" / f"m{i}")) for i in range(3)} <= moves
+    names = ["late", *(f"n{i}" for i in range(4))]
+    assert {(str(a / "dd" / n), None) for n in names} <= moves
+    written = set(col.written_paths())
+    assert str(a / "h") in written  # moved in: a complete file arrived
+    assert {str(a / "dd" / f"n{i}") for i in range(4)} <= written
+    assert {str(b / "d" / "late"), str(a / "dd" / "late")} <= written
+    assert not any(str(out) in (e.dest_path or "") for e in col.snapshot())
+
+
+def test_odd_names(tmp_path, start_sensor):
+    root = tmp_path / "root"
+    root.mkdir()
+    _sensor, col = start_sensor(roots=[root])
+    broot = os.fsencode(root)
+    names = [b"\xff\xfe latin-1 \xe9.bin", b"new\nline.txt", b"a" * 255, "中文 名字.txt".encode()]
+    for n in names:
+        with open(broot + b"/" + n, "wb") as f:
+            f.write(b"data")
+    sub = broot + b"/\xc3\x28dir"
+    os.mkdir(sub)
+    with open(sub + b"/" + b"b" * 255, "wb") as f:
+        f.write(b"data")
+    expected = {broot + b"/" + n for n in names} | {sub + b"/" + b"b" * 255}
+    assert col.wait(
+        lambda evs: {os.fsencode(e.path) for e in evs if e.action == "written"} >= expected
+    )
+    for e in col.of(FileAction.WRITTEN):
+        assert isinstance(e.path, str) and os.path.exists(os.fsencode(e.path))
+
+
+def test_deep_tree_created_at_once(tmp_path, start_sensor):
+    root = tmp_path / "root"
+    root.mkdir()
+    _sensor, col = start_sensor(roots=[root])
+    deep = root.joinpath(*[f"l{i}" for i in range(80)])
+    deep.mkdir(parents=True)
+    leaves = []
+    for depth in (10, 40, 80):
+        p = root.joinpath(*[f"l{i}" for i in range(depth)], "leaf.txt")
+        p.write_text("x")
+        leaves.append(str(p))
+    assert col.wait(lambda evs: set(leaves) <= {e.path for e in evs if e.action == "written"})
+
+
+def test_symlink_loops_are_not_followed(tmp_path, start_sensor):
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    os.symlink(root, root / "loop")
+    os.symlink("../..", root / "a" / "b" / "up")
+    os.symlink(root / "a", root / "a" / "b" / "self")
+    sensor, col = start_sensor(roots=[root])
+    assert sensor.status()["watches"] == 3
+    os.symlink("loop", root / "newlink")
+    (root / "a" / "b" / "f.txt").write_text("x")
+    assert col.wait(
+        lambda evs: str(root / "a/b/f.txt") in {e.path for e in evs if e.action == "written"}
+    )
+    (created,) = [e for e in col.of(FileAction.CREATED) if e.path.endswith("newlink")]
+    assert created.path == str(root / "newlink")
+
+
+def test_excluded_paths_are_neither_watched_nor_reported(tmp_path, start_sensor):
+    root = tmp_path / "root"
+    (root / ".git" / "objects").mkdir(parents=True)
+    sensor, col = start_sensor(roots=[root], exclude=["**/.git/objects/**", "*.swp"])
+    watches = sensor.status()["watches"]
+    (root / ".git" / "objects" / "ab").mkdir()
+    (root / ".git" / "objects" / "ab" / "cd").write_text("blob")
+    (root / "x.swp").write_text("swap")
+    (root / "keep.txt").write_text("keep")
+    assert col.wait(lambda evs: any(e.path.endswith("keep.txt") for e in evs))
+    col.wait(lambda evs: False, timeout=0.3)
+    assert {e.path for e in col.snapshot()} == {str(root / "keep.txt")}
+    assert sensor.status()["watches"] == watches
+
+
+def test_overflow_is_counted_and_repaired_by_a_rescan(tmp_path, start_sensor, engine):
+    root = tmp_path / "root"
+    root.mkdir()
+    sensor, col = start_sensor(engine=engine, roots=[root])
+    lost_before = _sample(metrics.FILE_LOST, reason="queue_overflow")
+    rescans_before = _sample(metrics.FILE_RESCANS, reason="queue_overflow")
+    (root / "before.txt").write_text("seen live")
+    assert col.wait(lambda evs: any(e.path.endswith("before.txt") for e in evs))
+
+    limit = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+    sensor.pause_reader()
+    # each file in the watched root costs IN_CREATE + IN_CLOSE_WRITE: more than the queue
+    paths = []
+    for i in range(limit // 2 + 500):
+        p = root / f"o{i:05d}"
+        p.write_bytes(b"o")
+        paths.append(str(p))
+    paths += _burst(root, dirs=4, per_dir=50)  # directories no watch saw being made
+    sensor.resume_reader()
+
+    assert col.wait(lambda evs: set(paths) <= {e.path for e in evs if e.action == "written"}, 60)
+    assert _sample(metrics.FILE_LOST, reason="queue_overflow") == lost_before + 1
+    assert _sample(metrics.FILE_RESCANS, reason="queue_overflow") >= rescans_before + 1
+    found = [e for e in col.of(FileAction.WRITTEN) if e.origin == Origin.RESCAN]
+    assert found, "the rescan found nothing: the overflow was not repaired"
+    assert sensor.status()["lost"] == {"queue_overflow": 1}
+    # what was seen live before the overflow is not reported again
+    assert [e.path for e in col.snapshot()].count(str(root / "before.txt")) == 2  # created, written
+    # new directories made during the overflow are watched after the rescan
+    (root / "dir03" / "after.txt").write_text("x")
+    assert col.wait(lambda evs: any(e.path.endswith("after.txt") for e in evs))
+
+
+def test_refused_events_mark_the_root_dirty_and_are_repaired(tmp_path, start_sensor, engine):
+    root = tmp_path / "root"
+    root.mkdir()
+    col = Collector(refuse_first=5)
+    _sensor, col = start_sensor(engine=engine, collector=col, roots=[root])
+    for i in range(5):
+        (root / f"r{i}").write_text("r")
+    assert col.wait(
+        lambda evs: (
+            {str(root / f"r{i}") for i in range(5)}
+            <= {e.path for e in evs if e.action == "written"}
+        )
+    )
+    assert len(col.refused) == 5
+    refused_writes = {e.path for e in col.refused if e.action == "written"}
+    assert refused_writes
+    repaired = {e.path for e in col.of(FileAction.WRITTEN) if e.origin == Origin.RESCAN}
+    assert refused_writes == repaired
+
+
+def test_startup_rescan_reconciles_with_the_store(tmp_path, start_sensor, engine):
+    root = tmp_path / "root"
+    root.mkdir()
+    odd = os.fsdecode(os.fsencode(root) + b"/odd\xff.bin")
+    for name in ("same", "changed", "gone"):
+        (root / name).write_text(name)
+    with open(odd, "w") as f:
+        f.write("odd")
+
+    def seen(path: str) -> FileEvent:
+        st = os.lstat(path)
+        return FileEvent(
+            FileAction.WRITTEN, path, size=st.st_size, inode=st.st_ino, mtime_ns=st.st_mtime_ns
+        )
+
+    known = Collector()
+    for p in (root / "same", root / "changed", root / "gone"):
+        known(seen(str(p)))
+    known(seen(odd))
+    known.store(engine)
+    (root / "changed").write_text("changed, longer")
+    (root / "gone").unlink()
+    (root / "new").write_text("new")
+
+    _sensor, col = start_sensor(engine=engine, rescan_on_start=True, roots=[root])
+    assert col.wait(lambda evs: len(evs) >= 3)
+    col.wait(lambda evs: False, timeout=0.5)
+    got = {(str(e.action), e.path, str(e.origin)) for e in col.snapshot()}
+    assert got == {
+        ("written", str(root / "changed"), "rescan"),
+        ("written", str(root / "new"), "rescan"),
+        ("deleted", str(root / "gone"), "rescan"),
+    }
+
+
+def test_stop_joins_every_thread_and_flushes_pending_moves(tmp_path, start_sensor):
+    root = tmp_path / "root"
+    root.mkdir()
+    sensor, col = start_sensor(roots=[root])
+    (root / "x").write_text("x")
+    assert col.wait(lambda evs: any(e.action == "written" for e in evs))
+    sensor.stop()
+    assert not [t for t in threading.enumerate() if t.name.startswith("files-")]
+    assert sensor.status()["emitted"] == len(col.snapshot())
