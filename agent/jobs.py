@@ -24,6 +24,7 @@ from sqlalchemy import Engine, delete, insert, select, update
 
 from agent import metrics
 from agent.incidents.export.job import export_job as incident_export_job
+from agent.sensors.files import inventory_rescan_job as files_inventory_rescan_job
 from agent.store.models import DecisionRow, FileEventRow, FlowRow, IncidentRow, JobState
 
 if TYPE_CHECKING:
@@ -236,7 +237,7 @@ def retention_job(rt: Runtime) -> tuple[str, float, Job] | None:
 JOB_BUILDERS: list[JobBuilder] = [
     maintenance_job,
     retention_job,
-    # [files] inventory rescan job builder
+    files_inventory_rescan_job,
     incident_export_job,
 ]
 

@@ -3,6 +3,8 @@ moves, odd names, deep trees, symlink loops, lost events and their repair."""
 
 from __future__ import annotations
 
+# ruff: noqa: F811 (pytest fixtures come from the shared rig module)
+
 import os
 import threading
 from collections import Counter
