@@ -38,6 +38,7 @@ from agent.sensors.network.seqtrack import SeqCounter
 FlowKey = tuple[int, bytes, int, bytes, int]
 _PROTO_NAMES = {6: "tcp", 17: "udp"}
 _MAX_PROBES = 3  # payload packets per direction inspected for names
+_RESET_WAIT = 1.0  # seconds to wait for the RST packet after a zeroed destroy notification
 
 
 @dataclass(slots=True)
@@ -58,6 +59,7 @@ class FlowState:
     conntrack_in: int | None = None
     owned: bool = False  # a local socket owns it: wait for its destroy notification
     closed_at: float | None = None  # owned and closed on the wire, destroy not yet seen
+    kernel_reset: bool = False  # an abortive close zeroed the socket's counters
     fin_out: bool = False
     fin_in: bool = False
     rst: bool = False
@@ -71,13 +73,19 @@ class FlowState:
     counted_out: int = 0  # already added to egress_agent_outbound_bytes_total
 
     def totals(self) -> tuple[int, int, str]:
-        if self.kernel_out is not None:
+        if self.kernel_out is not None and not (self.kernel_reset and self.out is not None):
             return self.kernel_out, self.kernel_in or 0, "tcp_info"
         if self.conntrack_out is not None:
             return self.conntrack_out, self.conntrack_in or 0, "conntrack_l3"
         if self.out is not None:
             return self.out.bytes, self.inn.bytes if self.inn else 0, "tcp_seq"
         return self.packet_out, self.packet_in, "packets"
+
+
+def _close_reason(st: FlowState, default: str) -> str:
+    if st.rst:
+        return "rst"
+    return "fin" if st.fin_out or st.fin_in else default
 
 
 def _ntop(addr: bytes) -> str:
@@ -152,9 +160,12 @@ class FlowTable:
 
     def _open(self, key: FlowKey, ts: float, pkt: Packet, st: FlowState | None) -> FlowState | None:
         if st is not None and st.key == key:
-            if st.out is not None and (pkt.seq + 1) & 0xFFFFFFFF == st.out.base:
+            if st.out is None:  # adopted from a kernel dump that ran before we read its SYN
+                st.out = SeqCounter(pkt.seq)
+                return st
+            if (pkt.seq + 1) & 0xFFFFFFFF == st.out.base:
                 return st  # a retransmitted SYN
-            self._export(st, ts, "rst" if st.rst else "fin", final=True)  # port reused
+            self._export(st, ts, _close_reason(st, "idle"), final=True)  # port reused
         if self.is_local is not None and self.is_local(pkt.dst) and not self.is_local(pkt.src):
             self._ignore(key, ts)  # inbound connection: not ours to report
             return None
@@ -306,11 +317,19 @@ class FlowTable:
         st.kernel_in = max(bytes_in, st.kernel_in or 0)
         st.last = ts
         if final:
-            reason = "rst" if st.rst else "fin" if st.fin_out or st.fin_in else "destroy"
-            self._export(st, ts, reason, final=True)
+            self._export(st, ts, _close_reason(st, "destroy"), final=True)
         else:
             self._account(st)
         return st
+
+    def kernel_reset(self, key: FlowKey, ts: float) -> None:
+        """The socket was destroyed after an abortive close (SO_LINGER 0, tcp_disconnect),
+        which zeroes tcp_info: count from sequence numbers once the RST was read."""
+        st = self.flows.get(key)
+        if st is not None:
+            st.kernel_reset = True
+            st.owned = True
+            st.closed_at = min(st.closed_at or ts, ts - self.close_grace + _RESET_WAIT)
 
     def conntrack_update(self, key: FlowKey, bytes_out: int, bytes_in: int, ts: float) -> None:
         """IP-level byte counts of a UDP (or any) conversation from conntrack accounting."""
@@ -325,7 +344,7 @@ class FlowTable:
         """Export flows idle past idle_timeout, and running ones past active_timeout."""
         for st in list(self.flows.values()):
             if st.closed_at is not None and now - st.closed_at >= self.close_grace:
-                self._export(st, now, "rst" if st.rst else "fin", final=True)
+                self._export(st, now, _close_reason(st, "fin"), final=True)
             elif now - st.last >= self.idle_timeout:
                 self._export(st, now, "idle", final=True)
             elif now - st.record_start >= self.active_timeout:

@@ -3,7 +3,8 @@
 sock_diag gives a connection's socket inode and uid; this finds the process holding
 that inode. A miss first re-reads the fds of processes that recently owned sockets
 (cheap, and usually where the next connection comes from), then — at most once per
-`full_scan_interval` — walks all of /proc. Best effort: a process that already exited
+an interval that adapts to the cost of the last walk (at most ~2% of a core) — walks
+all of /proc. Best effort: a process that already exited
 stays unknown (None), never guessed.
 """
 
@@ -80,8 +81,9 @@ def process_info(pid: int, uid: int | None = None) -> ProcessInfo:
 class ProcIndex:
     """inode → pid, refreshed on a miss (rate-limited full scans)."""
 
-    def __init__(self, full_scan_interval: float = 1.0, hot_size: int = 64) -> None:
-        self.full_scan_interval = full_scan_interval
+    def __init__(self, min_interval: float = 0.05, hot_size: int = 64) -> None:
+        self.min_interval = min_interval
+        self.full_scan_interval = min_interval
         self._inode_pid: dict[int, int] = {}
         self._hot: OrderedDict[int, None] = OrderedDict()  # pids that recently owned sockets
         self._hot_size = hot_size
@@ -98,14 +100,19 @@ class ProcIndex:
             if self._index(hot, inode):
                 return hot
         now = time.monotonic()
-        if now - self._last_full >= self.full_scan_interval:
-            self._last_full = now
-            self.full_scans += 1
-            self._inode_pid.clear()
-            for name in os.listdir("/proc"):
-                if name.isdigit() and self._index(int(name), inode):
-                    return int(name)
-        return None
+        if now - self._last_full < self.full_scan_interval:
+            return None
+        self._last_full = now
+        self.full_scans += 1
+        self._inode_pid.clear()
+        found = None
+        for name in os.listdir("/proc"):
+            if name.isdigit() and self._index(int(name), inode):
+                found = int(name)
+                break
+        cost = time.monotonic() - now
+        self.full_scan_interval = max(self.min_interval, 50 * cost)
+        return found
 
     def _index(self, pid: int, wanted: int) -> bool:
         inodes = _socket_inodes(pid)

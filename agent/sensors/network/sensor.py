@@ -232,7 +232,12 @@ class NetworkSensor:
         socks, lost = self.destroy.read()
         now = time.time()
         for s in socks:
+            if s.dport == 0:
+                continue  # a listening or unconnected socket
             key = self.cookies.pop(s.cookie, None) or self._key(s)
+            if not s.bytes_acked and not s.bytes_received:
+                self.table.kernel_reset(key, now)
+                continue
             self.table.kernel_update(
                 key,
                 s.payload_out,

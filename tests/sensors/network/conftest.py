@@ -1,0 +1,78 @@
+"""Fixtures for the network sensor: the two-namespace rig and a sensor running inside it."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from agent.config import NetworkSection
+from agent.events import Event, Flow
+from agent.sensors.network.replay import destinations_from
+from agent.sensors.network.sensor import NetworkSensor
+from tests.sensors.network.rig import Rig, make_rig, unavailable_reason
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    try:
+        with make_rig() as r:
+            yield r
+    except Exception as e:  # `ip netns add` refused (no CAP_SYS_ADMIN in a container...)
+        if "netns" in str(e) or "RTNETLINK" in str(getattr(e, "stderr", "")):
+            pytest.skip(f"cannot create network namespaces: {getattr(e, 'stderr', e)}")
+        raise
+
+
+class Collected:
+    """Flows the sensor emitted, with a wait helper."""
+
+    def __init__(self) -> None:
+        self.flows: list[Flow] = []
+        self._cv = threading.Condition()
+
+    def emit(self, ev: Event) -> bool:
+        assert isinstance(ev, Flow)
+        with self._cv:
+            self.flows.append(ev)
+            self._cv.notify_all()
+        return True
+
+    def wait_for(self, pred: Callable[[list[Flow]], bool], timeout: float = 15.0) -> list[Flow]:
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while not pred(self.flows):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out; flows so far: {self.flows}")
+                self._cv.wait(left)
+            return list(self.flows)
+
+    def to(self, port: int) -> list[Flow]:
+        with self._cv:
+            return [f for f in self.flows if f.dst_port == port]
+
+
+@pytest.fixture
+def sensor_in(rig: Rig) -> Iterator[Callable[..., tuple[NetworkSensor, Collected]]]:
+    """Start a NetworkSensor inside the rig's sender namespace (stopped at teardown)."""
+    started: list[NetworkSensor] = []
+
+    def start(**overrides: Any) -> tuple[NetworkSensor, Collected]:
+        cfg = NetworkSection(interfaces=[rig.sender_if], **overrides)
+        sensor = NetworkSensor(cfg, destinations_from(cfg))
+        out = Collected()
+        with rig.sender():
+            sensor.start(out.emit)
+        started.append(sensor)
+        return sensor, out
+
+    yield start
+    for s in started:
+        s.stop()

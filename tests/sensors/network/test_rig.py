@@ -1,0 +1,242 @@
+"""The live sensor in the two-namespace rig: real TCP, TLS, DNS, resets, IPv6."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import metrics
+from tests.sensors.network.peers import DnsResponder, Sink, dns_query, self_signed
+from tests.sensors.network.rig import Rig
+
+pytestmark = [pytest.mark.netns]
+
+
+def _start_sink(rig: Rig, **kw: Any) -> Sink:
+    sink = Sink(**kw)
+    rig.run_in(rig.peer_ns, sink.serve)
+    assert sink.ready.wait(5)
+    return sink
+
+
+def _upload(rig: Rig, addr: str, port: int, size: int, family: int = socket.AF_INET) -> int:
+    """Connect from the sender namespace, send `size` bytes, close cleanly; the local port."""
+    with rig.sender():
+        s = socket.socket(family)
+    with s:
+        s.connect((addr, port))
+        local = s.getsockname()[1]
+        chunk = b"\xa5" * (1 << 20)
+        left = size
+        while left:
+            left -= s.send(chunk[: min(left, len(chunk))])
+        s.shutdown(socket.SHUT_WR)
+        s.recv(1)  # the peer closes after reading everything
+    return int(local)
+
+
+def _sample(metric: Any, *labels: str) -> float:
+    return float(metric.labels(*labels)._value.get())
+
+
+def test_uploads_of_known_sizes_are_exact(rig: Rig, sensor_in: Any) -> None:
+    sensor, out = sensor_in()
+    sink = _start_sink(rig)
+    bytes_before = _sample(metrics.OUTBOUND_BYTES, "internal", "unknown")
+    packets_before = _sample(metrics.CAPTURE_PACKETS, rig.sender_if)
+    sizes = [0, 1, 1448, 65543, 3_000_001, 40_000_000]
+    ports = [_upload(rig, rig.peer_v4, sink.port, n) for n in sizes]
+    assert list(sink.wait(ports).values()) == sizes
+    flows = out.wait_for(lambda fs: len([f for f in fs if f.dst_port == sink.port]) == len(sizes))
+    by_port = {f.src_port: f for f in flows}
+    for port, size in zip(ports, sizes):
+        f = by_port[port]
+        assert f.bytes_out == size, (size, f)
+        assert f.bytes_in == 0
+        assert f.byte_source == "tcp_info"
+        assert f.close_reason == "fin"
+        assert f.protocol == "tcp" and f.dst_ip == rig.peer_v4 and f.src_ip == rig.sender_v4
+        assert f.dest_class == "internal"
+        assert f.process is not None and f.process.uid == os.getuid()
+        if size >= 1_000_000:  # best effort: a tiny connection may be gone before the lookup
+            assert f.process.pid == os.getpid() and f.process.exe, f.process
+    assert _sample(metrics.OUTBOUND_BYTES, "internal", "unknown") - bytes_before == sum(sizes)
+    # the kernel filter let through only handshake and teardown packets, not 43 MB of data
+    assert _sample(metrics.CAPTURE_PACKETS, rig.sender_if) - packets_before < 12 * len(sizes)
+    assert sensor.status()["kernel_accounting"] == "on"
+    sink.stop()
+
+
+def test_many_short_connections(rig: Rig, sensor_in: Any) -> None:
+    _sensor, out = sensor_in()
+    sink = _start_sink(rig)
+    sizes = {(_upload(rig, rig.peer_v4, sink.port, i * 37)): i * 37 for i in range(150)}
+    sink.wait(list(sizes))
+    flows = out.wait_for(lambda fs: len(fs) >= len(sizes))
+    got = {f.src_port: f.bytes_out for f in flows if f.dst_port == sink.port}
+    assert got == sizes
+    sink.stop()
+
+
+def test_ipv6_upload(rig: Rig, sensor_in: Any) -> None:
+    _sensor, out = sensor_in()
+    sink = _start_sink(rig, family=socket.AF_INET6)
+    port = _upload(rig, rig.peer_v6, sink.port, 5_000_003, family=socket.AF_INET6)
+    sink.wait([port])
+    (f,) = out.wait_for(lambda fs: any(f.src_port == port for f in fs))
+    assert f.dst_ip == rig.peer_v6 and f.bytes_out == 5_000_003
+    assert f.dest_class == "internal"  # fd00::/8 is in the default fc00::/7
+
+
+def test_tls_client_hello_gives_sni(rig: Rig, sensor_in: Any, tmp_path: Path) -> None:
+    _sensor, out = sensor_in()
+    sink = _start_sink(rig, tls=self_signed(tmp_path), ack_after=10_000)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    ports = []
+    for i in range(20):
+        with rig.sender():
+            raw = socket.socket()
+        raw.connect((rig.peer_v4, sink.port))
+        with client.wrap_socket(raw, server_hostname=f"upload{i}.example.org") as s:
+            s.sendall(b"z" * 10_000)
+            assert s.recv(1) == b"k"  # all of it arrived before we close
+            ports.append(s.getsockname()[1])
+    sink.wait(ports)
+    flows = out.wait_for(lambda fs: len([f for f in fs if f.src_port in ports]) == len(ports))
+    for f in flows:
+        i = ports.index(f.src_port)
+        assert f.sni == f"upload{i}.example.org"
+        assert f.name == f.sni and f.name_source == "sni"
+        assert 10_000 < f.bytes_out < 16_000  # TLS records around 10 kB of application data
+
+
+def test_dns_answers_name_the_flow(rig: Rig, sensor_in: Any) -> None:
+    _sensor, out = sensor_in(idle_timeout=1.0)
+    dns = DnsResponder(
+        {
+            "files.example.org": [socket.inet_aton(rig.peer_v4)],
+            "v6.example.org": [socket.inet_pton(socket.AF_INET6, rig.peer_v6)],
+        }
+    )
+    rig.run_in(rig.peer_ns, dns.serve)
+    assert dns.ready.wait(5)
+    sink = _start_sink(rig)
+    sink6 = _start_sink(rig, family=socket.AF_INET6)
+    for name, qtype in (("files.example.org", 1), ("v6.example.org", 28)):
+        with rig.sender():
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with u:
+            u.settimeout(5)
+            u.sendto(dns_query(name, qtype), (rig.peer_v4, 53))
+            answer, _ = u.recvfrom(2048)
+            assert struct.unpack("!H", answer[6:8])[0] == 1
+    p4 = _upload(rig, rig.peer_v4, sink.port, 12345)
+    p6 = _upload(rig, rig.peer_v6, sink6.port, 54321, family=socket.AF_INET6)
+    flows = out.wait_for(lambda fs: {p4, p6} <= {f.src_port for f in fs if f.protocol == "tcp"})
+    named = {f.src_port: f for f in flows if f.protocol == "tcp"}
+    assert (named[p4].name, named[p4].name_source) == ("files.example.org", "dns")
+    assert (named[p6].name, named[p6].name_source) == ("v6.example.org", "dns")
+    # the DNS conversations themselves are UDP flows, exported after the idle timeout
+    udp = out.wait_for(lambda fs: len([f for f in fs if f.dst_port == 53]) >= 2)
+    dns_flows = [f for f in udp if f.dst_port == 53]
+    assert all(f.protocol == "udp" and f.byte_source == "packets" for f in dns_flows)
+    assert all(f.bytes_out > 12 and f.close_reason == "idle" for f in dns_flows)
+    dns.stop()
+
+
+def test_reset_by_sender_after_known_bytes(rig: Rig, sensor_in: Any) -> None:
+    _sensor, out = sensor_in()
+    sink = _start_sink(rig, ack_after=1_000_000)
+    with rig.sender():
+        s = socket.socket()
+    s.connect((rig.peer_v4, sink.port))
+    port = s.getsockname()[1]
+    s.sendall(b"r" * 1_000_000)
+    assert s.recv(1) == b"k"  # the peer read all of it
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()  # abortive close: RST
+    (f,) = out.wait_for(lambda fs: any(f.src_port == port for f in fs))
+    assert f.close_reason == "rst"
+    assert (f.bytes_out, f.byte_source) == (1_000_000, "tcp_seq")  # tcp_info was zeroed
+
+
+def test_reset_by_peer_mid_transfer(rig: Rig, sensor_in: Any) -> None:
+    _sensor, out = sensor_in()
+    sink = _start_sink(rig, reset_after=300_000)
+    with rig.sender():
+        s = socket.socket()
+    s.connect((rig.peer_v4, sink.port))
+    port = s.getsockname()[1]
+    sent = 0
+    with s:
+        try:
+            while sent < 50_000_000:
+                sent += s.send(b"q" * 65536)
+        except OSError:
+            pass
+    received = sink.wait([port])[port]
+    (f,) = out.wait_for(lambda fs: any(f.src_port == port for f in fs))
+    assert f.close_reason == "rst"
+    assert received <= f.bytes_out <= sent
+
+
+def test_inbound_connections_are_not_reported(rig: Rig, sensor_in: Any) -> None:
+    _sensor, out = sensor_in(idle_timeout=1.0)
+    with rig.sender():
+        srv = socket.socket()
+    with srv:
+        srv.bind((rig.sender_v4, 0))
+        srv.listen()
+        port = srv.getsockname()[1]
+        with rig.peer():
+            c = socket.socket()
+        c.connect((rig.sender_v4, port))
+        conn, _ = srv.accept()
+        c.sendall(b"in" * 1000)
+        conn.recv(4000)
+        c.close()
+        conn.close()
+    time.sleep(2.5)
+    assert [f for f in out.flows if port in (f.src_port, f.dst_port)] == []
+
+
+def test_sequence_accounting_without_kernel_counts(rig: Rig, sensor_in: Any) -> None:
+    sensor, out = sensor_in(kernel_accounting=False)
+    sink = _start_sink(rig)
+    port = _upload(rig, rig.peer_v4, sink.port, 7_777_777)
+    sink.wait([port])
+    (f,) = out.wait_for(lambda fs: any(f.src_port == port for f in fs))
+    assert (f.bytes_out, f.byte_source, f.close_reason) == (7_777_777, "tcp_seq", "fin")
+    assert f.process is None
+    assert sensor.status()["kernel_accounting"] == "off"
+
+
+def test_active_timeout_splits_a_long_upload(rig: Rig, sensor_in: Any) -> None:
+    _sensor, out = sensor_in(active_timeout=1.0)
+    sink = _start_sink(rig)
+    with rig.sender():
+        s = socket.socket()
+    with s:
+        s.connect((rig.peer_v4, sink.port))
+        port = s.getsockname()[1]
+        for _ in range(8):
+            s.sendall(b"a" * 500_000)
+            time.sleep(0.5)
+        s.shutdown(socket.SHUT_WR)
+        s.recv(1)
+    sink.wait([port])
+    records = out.wait_for(
+        lambda fs: any(f.src_port == port and f.close_reason == "fin" for f in fs)
+    )
+    mine = [f for f in records if f.src_port == port]
+    assert len(mine) >= 2 and mine[0].close_reason == "active"
+    assert sum(f.bytes_out for f in mine) == 4_000_000
