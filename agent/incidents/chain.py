@@ -81,6 +81,7 @@ class Problem:
     host_id: str
     seq: int
     why: str
+    position: int = -1  # where in the walk it was found; -1: after the walk (row checks)
 
 
 @dataclass
@@ -98,7 +99,9 @@ class VerifyReport:
 
     @property
     def first(self) -> Problem | None:
-        return min(self.problems, key=lambda p: (p.host_id, p.seq)) if self.problems else None
+        if not self.problems:
+            return None
+        return min(self.problems, key=lambda p: (p.position, p.host_id, p.seq))
 
 
 def _check_columns(e: ChainEntry, doc: Mapping[str, Any]) -> str | None:
@@ -134,6 +137,7 @@ def verify_entries(
     state: dict[str, tuple[int, str]] = {}  # host -> (last seq, last hash)
     last_checkpoint: dict[str, int] = {}
     mentioned: set[str] = set()
+    positions: dict[tuple[str, int], int] = {}
     for e in entries:
         report.records += 1
         if e.incident_uid:
@@ -144,8 +148,9 @@ def verify_entries(
             report.anchors[e.host_id] = e.seq
         state[e.host_id] = (e.seq, e.hash)
         if problem:
-            report.problems.append(Problem(e.host_id, e.seq, problem))
+            report.problems.append(Problem(e.host_id, e.seq, problem, report.records - 1))
             continue
+        positions[(e.host_id, e.seq)] = report.records - 1
         if e.record_type == "checkpoint":
             last_checkpoint[e.host_id] = e.seq
         if e.payload is not None and e.incident_uid:
@@ -158,6 +163,13 @@ def verify_entries(
         report.incidents = len(incidents)
         heads = {host: seq for host, (seq, _h) in state.items()}
         _compare_rows(report, latest, incidents, mentioned, heads)
+        # a row problem belongs where its chain record sits in the walk
+        report.problems = [
+            p
+            if p.position >= 0
+            else Problem(p.host_id, p.seq, p.why, positions.get((p.host_id, p.seq), report.records))
+            for p in report.problems
+        ]
     else:
         report.incidents = len(latest)
     return report

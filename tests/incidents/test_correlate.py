@@ -84,7 +84,10 @@ def test_outside_the_window_makes_no_incident() -> None:
 
 def test_internal_and_approved_destinations_are_not_exfiltration() -> None:
     for cls in ("internal", "approved", "loopback"):
-        events = [fev(FileAction.READ, "/d/x.tgz", 0, archive(), CURL), flow(1, 5, SIZE, dest_class=cls)]
+        events = [
+            fev(FileAction.READ, "/d/x.tgz", 0, archive(), CURL),
+            flow(1, 5, SIZE, dest_class=cls),
+        ]
         assert run(events) == [], cls
 
 
@@ -101,14 +104,15 @@ def test_flow_before_the_file_event_still_correlates() -> None:
 
 
 def test_repeated_upload_has_the_same_dedup_key() -> None:
-    events = story() + [flow(40, 60, SIZE + 30_000, decisions=(EAR,))]  # the same again
+    events = [*story(), flow(40, 60, SIZE + 30_000, decisions=(EAR,))]  # the same again
     findings = run(events)
     assert len(findings) == 2
     assert findings[0].dedup_key == findings[1].dedup_key
 
 
 def test_other_destination_is_another_story() -> None:
-    events = story() + [
+    events = [
+        *story(),
         fev(FileAction.READ, "/data/tmp/x.tgz", 30, archive(), CURL),
         flow(30, 40, SIZE, sni="other.example"),
     ]
@@ -119,8 +123,24 @@ def test_other_destination_is_another_story() -> None:
 def test_removable_copy_is_its_own_incident_kind() -> None:
     events = [
         fev(FileAction.WRITTEN, "/data/m.safetensors", 0, weights(), SHELL),
-        fev(FileAction.WRITTEN, "/media/usb/m.safetensors", 5, weights(), SHELL, Channel.REMOVABLE, (CAT,)),
-        fev(FileAction.WRITTEN, "/sync/Nutstore/m.safetensors", 6, weights(), SHELL, Channel.CLOUD_SYNC, (CAT,)),
+        fev(
+            FileAction.WRITTEN,
+            "/media/usb/m.safetensors",
+            5,
+            weights(),
+            SHELL,
+            Channel.REMOVABLE,
+            (CAT,),
+        ),
+        fev(
+            FileAction.WRITTEN,
+            "/sync/Nutstore/m.safetensors",
+            6,
+            weights(),
+            SHELL,
+            Channel.CLOUD_SYNC,
+            (CAT,),
+        ),
     ]
     findings = run(events)
     assert [f.kind for f in findings] == ["removable_copy", "cloud_sync_copy"]
@@ -129,7 +149,9 @@ def test_removable_copy_is_its_own_incident_kind() -> None:
 
 
 def test_copy_without_alert_is_no_incident() -> None:
-    events = [fev(FileAction.WRITTEN, "/media/usb/m", 5, weights(), SHELL, Channel.REMOVABLE, (RECORD,))]
+    events = [
+        fev(FileAction.WRITTEN, "/media/usb/m", 5, weights(), SHELL, Channel.REMOVABLE, (RECORD,))
+    ]
     assert run(events) == []
 
 
@@ -154,11 +176,17 @@ def test_low_severity_alerts_do_not_open_incidents() -> None:
 
 
 def test_unattributed_flow_matches_on_size_and_time() -> None:
-    events = [fev(FileAction.WRITTEN, "/d/x.tgz", 0, archive(), None), flow(1, 5, SIZE, process=None)]
+    events = [
+        fev(FileAction.WRITTEN, "/d/x.tgz", 0, archive(), None),
+        flow(1, 5, SIZE, process=None),
+    ]
     findings = run(events)
     assert findings and findings[0].evidence["correlation"]["method"] == "size_and_time"
     small = archive(size=1000)
-    assert run([fev(FileAction.WRITTEN, "/d/x.tgz", 0, small, None), flow(1, 5, 1000, process=None)]) == []
+    assert (
+        run([fev(FileAction.WRITTEN, "/d/x.tgz", 0, small, None), flow(1, 5, 1000, process=None)])
+        == []
+    )
 
 
 def test_unattributed_touch_does_not_match_a_known_process_when_attribution_works() -> None:

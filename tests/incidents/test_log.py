@@ -19,7 +19,9 @@ def verify(engine: Engine) -> VerifyReport:
 
 
 def populated(engine: Engine, n: int = 4, checkpoint_every: int = 100) -> IncidentLog:
-    log = IncidentLog(engine, "host-a", "lab-ws-1", dedup_window=3600, checkpoint_every=checkpoint_every)
+    log = IncidentLog(
+        engine, "host-a", "lab-ws-1", dedup_window=3600, checkpoint_every=checkpoint_every
+    )
     log.start()
     for i in range(n):
         log.record(finding(i, key=f"key-{i}", t=i))
@@ -215,9 +217,9 @@ def test_inserted_chain_record_is_found(store: Engine) -> None:
             c.execute(text(f"UPDATE incident_chain SET seq = {seq + 1} WHERE seq = {seq}"))
         c.execute(
             text(
-                "INSERT INTO incident_chain (seq, host_id, time, record_type, incident_uid, payload,"
-                " prev_hash, hash) SELECT 2, host_id, time, record_type, incident_uid, payload,"
-                " prev_hash, hash FROM incident_chain WHERE seq = 1"
+                "INSERT INTO incident_chain (seq, host_id, time, record_type, incident_uid,"
+                " payload, prev_hash, hash) SELECT 2, host_id, time, record_type, incident_uid,"
+                " payload, prev_hash, hash FROM incident_chain WHERE seq = 1"
             )
         )
     report = verify(store)

@@ -118,7 +118,7 @@ def document(entry: ChainEntry) -> dict[str, Any]:
 
 
 def render(entry: ChainEntry) -> str:
-    return json.dumps(document(entry), ensure_ascii=False)
+    return json.dumps(document(entry), ensure_ascii=True)
 
 
 def expected(entry: ChainEntry) -> str:

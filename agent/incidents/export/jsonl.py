@@ -32,7 +32,7 @@ def render(entry: ChainEntry) -> str:
         doc = json.loads(entry.payload)
     doc["prev_hash"] = entry.prev_hash
     doc["hash"] = entry.hash
-    return json.dumps(doc, ensure_ascii=False, sort_keys=True)
+    return json.dumps(doc, ensure_ascii=True, sort_keys=True)
 
 
 def expected(entry: ChainEntry) -> str:
