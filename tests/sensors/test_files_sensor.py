@@ -1,9 +1,8 @@
+# ruff: noqa: F811 (pytest fixtures come from the shared rig module)
 """The file sensor on real inotify and real directories: bursts, new-directory races,
 moves, odd names, deep trees, symlink loops, lost events and their repair."""
 
 from __future__ import annotations
-
-# ruff: noqa: F811 (pytest fixtures come from the shared rig module)
 
 import os
 import threading

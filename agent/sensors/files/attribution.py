@@ -34,6 +34,24 @@ from agent.sensors.files.process import ProcessCache
 log = logging.getLogger(__name__)
 
 MAX_INTERESTING = 100_000
+CAP_DAC_READ_SEARCH = 2
+CAP_SYS_ADMIN = 21
+
+
+def missing_capabilities(status_path: str = "/proc/self/status") -> list[str]:
+    """The capabilities attribution needs that this process lacks (effective set)."""
+    try:
+        with open(status_path, "rb") as f:
+            for line in f:
+                if line.startswith(b"CapEff:"):
+                    eff = int(line.split()[1], 16)
+                    break
+            else:
+                return []
+    except (OSError, ValueError, IndexError):
+        return []
+    need = {"CAP_SYS_ADMIN": CAP_SYS_ADMIN, "CAP_DAC_READ_SEARCH": CAP_DAC_READ_SEARCH}
+    return [name for name, bit in need.items() if not eff & (1 << bit)]
 
 
 class Attribution:
@@ -71,6 +89,14 @@ class Attribution:
 
     def start(self) -> None:
         if self.mode == "off":
+            return
+        missing = missing_capabilities()
+        if missing:
+            # unprivileged fanotify exists, but without filesystem marks and file handles
+            self.reason = f"off: fanotify needs {' and '.join(missing)}"
+            if self.mode == "on":
+                raise OSError(errno.EPERM, self.reason)
+            log.info("process attribution %s", self.reason)
             return
         try:
             self.fan = Fanotify()

@@ -180,7 +180,10 @@ class ChannelMap:
         # (prefix, channel), most specific (longest) first; config beats detection on ties
         rules: list[tuple[str, int, Channel]] = []
         for m in self.mounts:
-            rules.append((m.mount_point, 0, mount_channel(m, sys_root)))
+            # a local mount adds nothing: under a configured path it takes that channel
+            ch = mount_channel(m, sys_root)
+            if ch != Channel.LOCAL:
+                rules.append((m.mount_point, 0, ch))
         for p in removable:
             rules.append((os.path.normpath(os.fsdecode(p)), 1, Channel.REMOVABLE))
         for p in cloud_sync:

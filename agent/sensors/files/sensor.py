@@ -138,6 +138,8 @@ class FileSensor:
             return
         self.tree.drop_under(path)
         self.attribution.forget_filesystem(path)
+        if self.under_root(path) and os.path.isdir(path):
+            self.tree.add_tree(path, emit_files=False)  # the directory a medium covered
         log.info("files: no longer watching %s", path)
 
     def stop(self) -> None:
