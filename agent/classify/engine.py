@@ -16,6 +16,7 @@ import os
 import struct
 import threading
 import zipfile
+import zlib
 from typing import Any
 
 from agent.classify import archives, datasets, documents, engineering, source, weights
@@ -26,6 +27,8 @@ from agent.events import Tag
 log = logging.getLogger(__name__)
 
 CLASSIFIER_VERSION = "1"
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError, KeyError)
+_ZIP_ERRORS += (OSError, RuntimeError)
 _COMPRESSED = {"gzip": b"\x1f\x8b", "bzip2": b"BZh", "xz": b"\xfd7zXZ\x00", "zstd": b"(\xb5/\xfd"}
 
 
@@ -231,8 +234,8 @@ class Engine:
                 tag = _signature_tag(fmt, "malformed")
                 reason = "truncated" if not src.complete else "malformed"
                 return Finding(f"application/x-{fmt}", [tag] if tag else [], skipped=reason)
-            except (RecursionError, MemoryError, OSError) as e:
-                log.warning("%s: %s parser failed: %s", src.name, fmt, e)
+            except Exception as e:  # a library's own error type on hostile input
+                log.warning("%s: %s parser failed: %s: %s", src.name, fmt, type(e).__name__, e)
                 tag = _signature_tag(fmt, "error")
                 return Finding(f"application/x-{fmt}", [tag] if tag else [], skipped="error")
             if finding is not None:
@@ -303,6 +306,14 @@ class Engine:
         return None
 
     def _zip(self, src: Source, budget: archives.Budget, recurse: archives.Classify) -> Finding:
+        try:
+            found = self._zip_formats(src, recurse)
+        except _ZIP_ERRORS as e:
+            raise ParseError(f"zip: {type(e).__name__}: {e}") from None
+        return found or archives.walk_zip(src, budget, recurse, name_tags)
+
+    def _zip_formats(self, src: Source, recurse: archives.Classify) -> Finding | None:
+        """Zip-based formats that are not archives: torch, Office, npz, Keras, FreeCAD."""
         with src.open() as f:
             try:
                 zf = zipfile.ZipFile(f)
@@ -322,7 +333,7 @@ class Engine:
             if "Document.xml" in names and src.ext == "fcstd":
                 tag = Tag("engineering", "FreeCAD document (Document.xml)", {"format": "freecad"})
                 return Finding("application/x-freecad", [tag])
-        return archives.walk_zip(src, budget, recurse, name_tags)
+        return None
 
     def _keras(self, zf: zipfile.ZipFile, names: list[str], recurse: archives.Classify) -> Finding:
         h5 = next(n for n in names if n.endswith(".weights.h5"))

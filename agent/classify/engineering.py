@@ -125,7 +125,7 @@ def text_tag(text: str, ext: str) -> Tag | None:
         return _tag("lsdyna", "LS-DYNA keyword deck")
     if "BEGIN BULK" in upper and ("GRID" in upper or "CEND" in upper):
         return _tag("nastran", "Nastran bulk data deck (BEGIN BULK)")
-    if len(_GCODE_WORD.findall(t)) >= 5 and ext not in ("py", "c", "md", "txt"):
+    if len(_GCODE_WORD.findall(t)) >= 5 and ext not in ("py", "c", "md"):
         return _tag("gcode", "G-code program (motion and spindle words)")
     return None
 

@@ -58,6 +58,8 @@ def is_safetensors(head: bytes) -> bool:
 
 
 def parse_safetensors(src: Source, limits: Limits) -> Finding:
+    if len(src.head) < 8:
+        raise ParseError("safetensors: shorter than its length prefix")
     (n,) = struct.unpack_from("<Q", src.head)
     if n > limits.max_header_bytes:
         raise LimitExceeded("header_too_large", f"safetensors header claims {n} bytes")

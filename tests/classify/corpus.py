@@ -237,7 +237,9 @@ def git_repo(root: Path, remote: str = "https://git.example.cn/lab/secret-projec
         "#!/usr/bin/env python3\n# 稀土 separation process, rare earth extraction\n"
         "def solve():\n    return 42\n"
     )
-    (root / "kernel.cu").write_text("// CUDA kernel for the 光刻 simulation\n__global__ void k(){}\n")
+    (root / "kernel.cu").write_text(
+        "// CUDA kernel for the 光刻 simulation\n__global__ void k(){}\n"
+    )
 
     def git(*args: str) -> None:
         subprocess.run(["git", *args], cwd=root, env=env, check=True, capture_output=True)

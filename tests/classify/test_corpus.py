@@ -1,0 +1,258 @@
+"""A real corpus, made with the real libraries: every file gets the right kind and evidence,
+also renamed to a misleading extension, copied (lineage) and archived."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.classify import Classifier, classify_file
+from agent.classify.hashing import HashCache
+from agent.config import ClassifySection
+from agent.events import Artefact, Tag
+from tests.classify import corpus as C
+
+NO_MAGIKA = ClassifySection(use_magika=False)
+
+
+def tag(a: Artefact, kind: str) -> Tag:
+    found = [t for t in a.tags if t.kind == kind]
+    assert found, f"no {kind} tag in {a.tags} (skipped={a.skipped})"
+    return found[0]
+
+
+def details(a: Artefact, kind: str) -> dict[str, Any]:
+    return tag(a, kind).details
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("corpus")
+    repo = C.git_repo(d / "repo")
+    (d / "table.csv").write_text("id,温度,pressure\n1,20.5,101\n2,21.0,99\n3,19.0,100\n")
+    (d / "table.tsv").write_text("id\tname\n1\ta\n2\tb\n")
+    (d / "id_rsa").write_text(
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n"
+        "-----END OPENSSH PRIVATE KEY-----\n"
+    )
+    (d / "settings.py").write_text('AWS_KEY = "AKIAABCDEFGHIJKLMNOP"\n')
+    (d / "part.step").write_text("ISO-10303-21;\nHEADER;\nFILE_NAME('turbine blade');\n")
+    (d / "drawing.dxf").write_text("0\nSECTION\n2\nHEADER\n0\nENDSEC\n0\nEOF\n")
+    (d / "mill.nc").write_text(
+        "%\nO1000\nG21 G90\nG0 X0 Y0\nM3 S1200\nG1 Z-1 F100\nG1 X10\nG2 X20 Y10 R10\nM5\nM30\n%\n"
+    )
+    (d / "bracket.sldprt").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 600)
+    (d / "notes.md").write_text("# 稀土永磁工艺\n\nrare earth magnet sintering parameters\n")
+    return {
+        "safetensors": C.safetensors_file(d / "model.safetensors"),
+        "gguf": C.gguf_file(d / "model.gguf"),
+        "onnx": C.onnx_file(d / "model.onnx"),
+        "torch": C.torch_zip(d / "model.pt"),
+        "keras": C.keras_h5(d / "model.h5"),
+        "parquet": C.parquet_file(d / "data.parquet"),
+        "feather": C.feather_file(d / "data.feather"),
+        "hdf5": C.hdf5_dataset(d / "data.h5"),
+        "npy": C.npy_file(d / "arr.npy"),
+        "sqlite": C.sqlite_file(d / "data.sqlite"),
+        "tfrecord": C.tfrecord_file(d / "data.tfrecord"),
+        "jsonl": C.jsonl_file(d / "data.jsonl"),
+        "csv": d / "table.csv",
+        "tsv": d / "table.tsv",
+        "docx": C.docx_file(d / "process.docx", "稀土 rare earth sintering process"),
+        "pdf": C.pdf_file(d / "spec.pdf", "rare earth sintering"),
+        "md": d / "notes.md",
+        "py": repo / "solver.py",
+        "cu": repo / "kernel.cu",
+        "repo": repo,
+        "key": d / "id_rsa",
+        "aws": d / "settings.py",
+        "step": d / "part.step",
+        "dxf": d / "drawing.dxf",
+        "gcode": d / "mill.nc",
+        "sldprt": d / "bracket.sldprt",
+    }
+
+
+EXPECTED = {
+    # name: (kind, details subset, evidence fragment)
+    "safetensors": ("model_weights", {"format": "safetensors", "tensors": 3, "parameters": 64 * 32 + 1024 + 32, "dtype": "f16"}, "safetensors header"),
+    "gguf": ("model_weights", {"format": "gguf", "tensors": 2, "parameters": 320, "architecture": "llama"}, "architecture llama"),
+    "onnx": ("model_weights", {"format": "onnx", "tensors": 2, "parameters": 36, "dtype": "f32"}, "onnx"),
+    "torch": ("model_weights", {"format": "pytorch", "tensors": 2, "parameters": 28, "dtype": "f32"}, "28 parameters"),
+    "keras": ("model_weights", {"format": "keras_h5", "tensors": 2, "parameters": 55}, "keras"),
+    "parquet": ("dataset", {"format": "parquet", "columns": ["sample_id", "阻抗", "label"], "rows": 100}, "100 rows"),
+    "feather": ("dataset", {"format": "arrow", "columns": ["x", "y"], "rows": 3}, "3 rows"),
+    "hdf5": ("dataset", {"format": "hdf5", "rows": 50}, "hdf5"),
+    "npy": ("dataset", {"format": "npy", "rows": 7}, "shape (7, 3)"),
+    "sqlite": ("dataset", {"format": "sqlite", "rows": 20, "columns": ["samples.id", "samples.value"]}, "sqlite"),
+    "tfrecord": ("dataset", {"format": "tfrecord", "rows": 3}, "3 rows"),
+    "jsonl": ("dataset", {"format": "jsonl", "columns": ["q", "a"], "rows": 30}, "30 rows"),
+    "csv": ("dataset", {"format": "csv", "columns": ["id", "温度", "pressure"], "rows": 3}, "3 columns"),
+    "tsv": ("dataset", {"format": "tsv", "columns": ["id", "name"], "rows": 2}, "tsv"),
+    "docx": ("document", {"format": "docx"}, "characters of text"),
+    "pdf": ("document", {"format": "pdf", "pages": 1}, "1 pages"),
+    "md": ("document", {"format": "markdown"}, "markdown"),
+    "py": ("source_code", {"language": "python", "git_remote": "https://git.example.cn/lab/secret-project.git"}, "git repository"),
+    "cu": ("source_code", {"language": "cuda"}, "cuda source"),
+    "key": ("secret", {"type": "private_key"}, "PEM private key"),
+    "aws": ("secret", {"type": "aws_access_key"}, "AWS access key id"),
+    "step": ("engineering", {"format": "step"}, "ISO-10303-21"),
+    "dxf": ("engineering", {"format": "dxf"}, "DXF"),
+    "gcode": ("engineering", {"format": "gcode"}, "G-code"),
+    "sldprt": ("engineering", {"format": "solidworks"}, "by extension .sldprt"),
+}  # fmt: skip
+
+
+def check(a: Artefact, name: str) -> None:
+    kind, want, fragment = EXPECTED[name]
+    t = tag(a, kind)
+    for k, v in want.items():
+        assert t.details.get(k) == v, f"{name}: {k}={t.details.get(k)!r}, want {v!r} ({t})"
+    assert fragment in t.evidence, f"{name}: {fragment!r} not in {t.evidence!r}"
+    assert a.sha256 and len(a.sha256) == 64
+    assert a.skipped is None, f"{name}: skipped {a.skipped}"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_file_gets_its_kind_and_evidence(files: dict[str, Path], name: str) -> None:
+    a = classify_file(files[name], settings=NO_MAGIKA)
+    check(a, name)
+    assert a.sha256 == hashlib.sha256(files[name].read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n for n in sorted(EXPECTED) if n not in ("sldprt", "md", "py", "cu", "csv", "tsv", "jsonl")],
+)
+def test_misleading_extension_does_not_fool_it(
+    files: dict[str, Path], name: str, tmp_path: Path
+) -> None:
+    """Content wins over the name: each file renamed to notes.txt keeps its kind."""
+    renamed = tmp_path / "notes.txt"
+    shutil.copy(files[name], renamed)
+    a = classify_file(renamed, settings=NO_MAGIKA)
+    kind = EXPECTED[name][0]
+    assert kind in a.kinds, f"{name} renamed: {a.tags}"
+    if kind in ("model_weights", "dataset"):
+        assert tag(a, kind).details["format"] == EXPECTED[name][1]["format"]
+
+
+def test_git_commit_is_the_repositorys_head(files: dict[str, Path]) -> None:
+    a = classify_file(files["py"], settings=NO_MAGIKA)
+    d = details(a, "source_code")
+    assert d["git_commit"] == C.head_commit(files["repo"])
+    assert d["git_commit"][:12] in tag(a, "source_code").evidence
+
+
+def test_copy_inherits_tags_with_lineage(files: dict[str, Path], tmp_path: Path) -> None:
+    cache = HashCache(tmp_path / "hc.db")
+    clf = Classifier(NO_MAGIKA, cache=cache)
+    first = clf.classify_path(str(files["safetensors"]))
+    assert first.parents == ()
+    copy = tmp_path / "copy-of-weights.bin"
+    shutil.copy(files["safetensors"], copy)
+    second = clf.classify_path(str(copy))
+    assert second.sha256 == first.sha256
+    assert second.parents == (first.sha256,)
+    assert second.tags == first.tags
+    clf.close()
+    cache.close()
+
+
+def test_targz_of_weights_is_an_archive_with_nested_weights(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    bundle = C.tar_gz(tmp_path / "bundle.tar.gz", [files["safetensors"], files["py"]])
+    a = classify_file(bundle, settings=NO_MAGIKA)
+    arch = details(a, "archive")
+    assert arch["format"] == "tar.gz"
+    assert arch["members"] == 2
+    assert set(arch["nested_kinds"]) == {"model_weights", "source_code"}
+    w = details(a, "model_weights")
+    assert w["parameters"] == EXPECTED["safetensors"][1]["parameters"]
+    assert w["member"] == "model.safetensors"
+    weights_sha = hashlib.sha256(files["safetensors"].read_bytes()).hexdigest()
+    assert weights_sha in a.parents
+    # and the same archive under a misleading name
+    hidden = tmp_path / "holiday.jpg"
+    shutil.copy(bundle, hidden)
+    assert "model_weights" in classify_file(hidden, settings=NO_MAGIKA).kinds
+
+
+@pytest.mark.parametrize("fmt", ["zip", "tar.bz2", "tar.xz", "tar.zst", "gz"])
+def test_other_archive_formats(files: dict[str, Path], tmp_path: Path, fmt: str) -> None:
+    import gzip
+    import io
+    import tarfile
+
+    data = files["gguf"].read_bytes()
+    target = tmp_path / f"pack.{fmt}"
+    if fmt == "zip":
+        C.zip_of(target, {"inner/model.gguf": data})
+    elif fmt == "gz":
+        target.write_bytes(gzip.compress(data))
+    elif fmt == "tar.zst":
+        import zstandard
+
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            ti = tarfile.TarInfo("model.gguf")
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+        target.write_bytes(zstandard.ZstdCompressor().compress(buf.getvalue()))
+    else:
+        with tarfile.open(target, f"w:{fmt.split('.')[1]}") as t:
+            t.add(files["gguf"], arcname="model.gguf")
+    a = classify_file(target, settings=NO_MAGIKA)
+    assert "archive" in a.kinds and "model_weights" in a.kinds, a.tags
+    assert details(a, "model_weights")["architecture"] == "llama"
+
+
+def test_7z_is_listed_by_header(files: dict[str, Path], tmp_path: Path) -> None:
+    py7zr = pytest.importorskip("py7zr")
+    target = tmp_path / "pack.7z"
+    with py7zr.SevenZipFile(target, "w") as z:
+        z.write(files["safetensors"], "weights/model.safetensors")
+        z.write(files["py"], "src/solver.py")
+    a = classify_file(target, settings=NO_MAGIKA)
+    arch = details(a, "archive")
+    assert arch["format"] == "7z" and arch["members"] == 2
+    assert set(arch["nested_kinds"]) == {"model_weights", "source_code"}
+    assert a.skipped == "header_only"
+
+
+def test_savedmodel_directory(tmp_path: Path) -> None:
+    sm = tmp_path / "export"
+    (sm / "variables").mkdir(parents=True)
+    (sm / "saved_model.pb").write_bytes(b"\x08\x01\x12\x04\x0a\x02\x08\x01")
+    (sm / "variables" / "variables.data-00000-of-00001").write_bytes(b"\x00" * 400)
+    (sm / "variables" / "variables.index").write_bytes(b"\x00" * 16)
+    a = classify_file(sm, settings=NO_MAGIKA)
+    d = details(a, "model_weights")
+    assert d["format"] == "tf_savedmodel" and d["parameters"] == 100
+
+
+def test_zip_with_office_and_npz(tmp_path: Path) -> None:
+    import numpy as np
+
+    np.savez(tmp_path / "arrays.npz", images=np.zeros((12, 4)), labels=np.zeros(12))
+    a = classify_file(tmp_path / "arrays.npz", settings=NO_MAGIKA)
+    d = details(a, "dataset")
+    assert d["format"] == "npz" and d["rows"] == 12 and set(d["columns"]) == {"images", "labels"}
+
+
+def test_magika_names_what_the_parsers_do_not(tmp_path: Path) -> None:
+    pytest.importorskip("magika")
+    f = tmp_path / "blob"
+    f.write_text(
+        "<!DOCTYPE html><html><head><title>x</title></head><body><p>hi</p></body></html>\n"
+    )
+    a = classify_file(f)  # magika on: the text tier tags it a document first
+    assert a.kinds
+    g = tmp_path / "unknown.bin"
+    g.write_bytes(bytes(range(256)) * 64)
+    assert classify_file(g).sha256  # unknown binary: hashed, whatever magika says

@@ -1,0 +1,320 @@
+"""Hostile input: bombs, quines, lying headers, malicious pickles, special files, races.
+
+Each must end as a counted skip or a partial tag — never an exception, a hang, or
+unbounded memory — and the skip shows in egress_agent_classify_skipped_total{reason}.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from agent.classify import Classifier, classify_file
+from agent.classify.hashing import FileChanged, HashCache, sha256_fd
+from agent.config import ClassifySection
+from tests.classify import corpus as C
+
+NO_MAGIKA = ClassifySection(use_magika=False)
+
+
+def skips(reason: str) -> float:
+    return REGISTRY.get_sample_value("egress_agent_classify_skipped_total", {"reason": reason}) or 0
+
+
+def test_zip_bomb_by_ratio_is_not_expanded(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
+        with z.open("zeros.bin", "w", force_zip64=True) as fh:
+            chunk = b"\x00" * (1 << 20)
+            for _ in range(300):  # 300 MiB of zeros in ~300 KB
+                fh.write(chunk)
+    before = skips("compression_ratio")
+    t0 = time.monotonic()
+    a = classify_file(bomb, settings=NO_MAGIKA)
+    assert time.monotonic() - t0 < 5
+    assert a.skipped == "compression_ratio"
+    assert "archive" in a.kinds and "partial: compression_ratio" in a.tags[0].evidence
+    assert skips("compression_ratio") > before
+
+
+def test_overlapping_entries_zip_is_refused(tmp_path: Path) -> None:
+    """Fifield-style: two central-directory entries pointing at the same local data."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("a.txt", b"A" * 100)
+    data = bytearray(buf.getvalue())
+    cd = data.index(b"PK\x01\x02")
+    eocd = data.index(b"PK\x05\x06")
+    entry = bytes(data[cd:eocd])
+    second = bytearray(entry)
+    second[46 : 46 + 5] = b"b.txt"
+    new = data[:cd] + entry + second
+    cd_size = len(entry) * 2
+    end = bytearray(data[eocd:])
+    struct.pack_into("<HHII", end, 8, 2, 2, cd_size, cd)
+    (tmp_path / "overlap.zip").write_bytes(bytes(new + end))
+    a = classify_file(tmp_path / "overlap.zip", settings=NO_MAGIKA)
+    assert a.skipped == "zip_overlap"
+    assert a.kinds == ("archive",)
+
+
+def test_nested_zips_stop_at_the_depth_limit(tmp_path: Path) -> None:
+    """42.zip style: archives within archives, each level stopped at max_archive_depth."""
+    inner = C.zip_bytes({"deep.txt": b"x"})
+    for level in range(8):
+        inner = C.zip_bytes({f"level{level}.zip": inner, f"copy{level}.zip": inner})
+    (tmp_path / "nested.zip").write_bytes(inner)
+    t0 = time.monotonic()
+    a = classify_file(
+        tmp_path / "nested.zip", settings=ClassifySection(use_magika=False, max_archive_depth=3)
+    )
+    assert time.monotonic() - t0 < 5
+    assert a.skipped == "depth_limit"
+
+
+def test_member_identical_to_an_ancestor_is_cut(tmp_path: Path) -> None:
+    """A quine contains itself: a member whose hash is an enclosing archive's is not walked."""
+    from agent.classify.archives import Budget, walk_zip
+    from agent.classify.base import Limits, Source
+    from agent.classify.engine import Engine, name_tags
+
+    inner = C.zip_bytes({"readme.txt": b"hello"})
+    outer = C.zip_bytes({"self.zip": inner})
+    engine = Engine(Limits(), use_magika=False)
+    budget = Budget(Limits())
+    budget.ancestors.add(hashlib.sha256(inner).hexdigest())  # as if we were inside `inner`
+    found = walk_zip(Source.from_bytes("outer.zip", outer), budget, engine.classify, name_tags)
+    assert budget.reasons == ["archive_quine"]
+    assert found.members[0].tags == ()
+
+
+def test_many_members_stop_at_the_member_limit(tmp_path: Path) -> None:
+    C.zip_of(tmp_path / "many.zip", {f"f{i}.txt": b"x" for i in range(300)})
+    a = classify_file(
+        tmp_path / "many.zip", settings=ClassifySection(use_magika=False, max_archive_members=50)
+    )
+    assert a.skipped == "member_limit"
+    assert a.tags[0].details["members"] == 50
+
+
+def test_tar_expanded_bytes_limit(tmp_path: Path) -> None:
+    import tarfile
+
+    target = tmp_path / "big.tar.gz"
+    with tarfile.open(target, "w:gz") as t:
+        for i in range(4):
+            data = os.urandom(1 << 20)
+            ti = tarfile.TarInfo(f"r{i}.bin")
+            ti.size = len(data)
+            t.addfile(ti, io.BytesIO(data))
+    a = classify_file(
+        target, settings=ClassifySection(use_magika=False, max_archive_expanded_bytes=2 << 20)
+    )
+    assert a.skipped == "expanded_limit"
+
+
+def test_safetensors_header_claiming_100_gb(tmp_path: Path) -> None:
+    f = tmp_path / "liar.safetensors"
+    f.write_bytes(struct.pack("<Q", 100 << 30) + b'{"a": {"dtype": "F32"')
+    before = skips("header_too_large")
+    a = classify_file(f, settings=NO_MAGIKA)
+    assert a.skipped == "header_too_large"
+    assert a.kinds == ("model_weights",)
+    assert "content not parsed" in a.tags[0].evidence
+    assert skips("header_too_large") > before
+
+
+def test_safetensors_header_longer_than_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "short.safetensors"
+    f.write_bytes(struct.pack("<Q", 5000) + b'{"a": 1}')
+    a = classify_file(f, settings=NO_MAGIKA)
+    assert a.skipped == "malformed" and a.kinds == ("model_weights",)
+
+
+def test_gguf_with_absurd_counts(tmp_path: Path) -> None:
+    f = tmp_path / "absurd.gguf"
+    f.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 1 << 60, 1 << 60))
+    t0 = time.monotonic()
+    a = classify_file(f, settings=NO_MAGIKA)
+    assert time.monotonic() - t0 < 1
+    assert a.skipped == "absurd_count" and a.kinds == ("model_weights",)
+    g = tmp_path / "array.gguf"
+    key = b"general.big"
+    g.write_bytes(
+        b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
+        + struct.pack("<IIQ", 9, 8, 1 << 62)
+    )  # fmt: skip
+    assert classify_file(g, settings=NO_MAGIKA).skipped == "absurd_count"
+
+
+def test_malicious_pickle_is_never_executed(tmp_path: Path) -> None:
+    marker = tmp_path / "PWNED"
+    payload = C.malicious_pickle(marker)
+    (tmp_path / "evil.pkl").write_bytes(payload)
+    ckpt = tmp_path / "evil.pt"
+    with zipfile.ZipFile(ckpt, "w") as z:
+        z.writestr("archive/data.pkl", payload)
+        z.writestr("archive/version", b"3\n")
+    a = classify_file(ckpt, settings=NO_MAGIKA)
+    b = classify_file(tmp_path / "evil.pkl", settings=NO_MAGIKA)
+    assert not marker.exists()
+    d = a.tags[0].details
+    assert d["format"] == "pytorch" and d["unsafe_globals"] == ["os.system"]
+    assert "never executed" in a.tags[0].evidence
+    assert b.content_type == "application/x-pickle"
+    # the payload is real: unpickling it would have created the marker
+    code = f"import pickle; pickle.loads({payload!r})"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert marker.exists()
+
+
+def test_truncated_files_end_as_partial_tags(tmp_path: Path) -> None:
+    sources = [
+        C.safetensors_file(tmp_path / "a.safetensors"),
+        C.gguf_file(tmp_path / "a.gguf"),
+        C.onnx_file(tmp_path / "a.onnx"),
+        C.torch_zip(tmp_path / "a.pt"),
+        C.parquet_file(tmp_path / "a.parquet"),
+        C.hdf5_dataset(tmp_path / "a.h5"),
+        C.docx_file(tmp_path / "a.docx", "text"),
+        C.pdf_file(tmp_path / "a.pdf", "text"),
+        C.sqlite_file(tmp_path / "a.sqlite"),
+        C.tar_gz(tmp_path / "a.tar.gz", [tmp_path / "a.safetensors"]),
+    ]
+    for src in sources:
+        data = src.read_bytes()
+        for cut in (len(data) // 3, len(data) // 2, len(data) - 7):
+            t = tmp_path / f"cut-{cut}-{src.name}"
+            t.write_bytes(data[:cut])
+            a = classify_file(t, settings=NO_MAGIKA)
+            assert a.sha256 is not None, (t, a)
+
+
+def test_fifo_and_devices_are_never_opened(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    before = skips("special_file")
+    t0 = time.monotonic()
+    assert classify_file(fifo).skipped == "special_file"  # opening it would block forever
+    assert classify_file("/dev/zero").skipped == "special_file"
+    assert time.monotonic() - t0 < 1
+    assert skips("special_file") >= before + 2
+
+
+def test_symlinks_and_loops(tmp_path: Path) -> None:
+    os.symlink(tmp_path / "loop-b", tmp_path / "loop-a")
+    os.symlink(tmp_path / "loop-a", tmp_path / "loop-b")
+    assert classify_file(tmp_path / "loop-a").skipped == "symlink"
+    (tmp_path / "real.py").write_text("print(1)\n")
+    os.symlink(tmp_path / "real.py", tmp_path / "link.py")
+    assert classify_file(tmp_path / "link.py").skipped == "symlink"
+    assert classify_file(tmp_path / "missing").skipped == "vanished"
+
+
+def test_permission_denied() -> None:
+    """In a forked child running as nobody (we are root here, and root reads everything)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch to nobody")
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="classify-perm-")
+    try:
+        os.chmod(d, 0o755)
+        secret = os.path.join(d, "locked.py")
+        Path(secret).write_text("x = 1\n")
+        os.chmod(secret, 0o600)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: drop to nobody, classify, report, exit without cleanup
+            try:
+                os.setgroups([])
+                os.setresgid(65534, 65534, 65534)
+                os.setresuid(65534, 65534, 65534)
+                a = classify_file(secret, settings=NO_MAGIKA)
+                os.write(w, str(a.skipped).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        os.waitpid(pid, 0)
+        with os.fdopen(r) as f:
+            assert f.read() == "permission"
+    finally:
+        shutil.rmtree(d)
+
+
+def test_non_utf8_names(tmp_path: Path) -> None:
+    name = os.path.join(os.fsencode(tmp_path), b"\xff\xfe-model.safetensors")
+    C.safetensors_file(Path(os.fsdecode(name)))
+    a = classify_file(os.fsdecode(name), settings=NO_MAGIKA)
+    assert a.kinds == ("model_weights",)
+
+
+def test_file_changing_while_hashed_is_detected(tmp_path: Path) -> None:
+    f = tmp_path / "growing.bin"
+    f.write_bytes(b"a" * 1000)
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        with open(f, "ab") as w:
+            w.write(b"b" * 10)
+        with pytest.raises(FileChanged):
+            sha256_fd(fd, 1000)
+    finally:
+        os.close(fd)
+
+
+def test_growing_file_never_caches_a_stale_hash(tmp_path: Path) -> None:
+    """A writer appends while the classifier hashes; afterwards the hash is the real one."""
+    import hashlib
+
+    f = tmp_path / "log.bin"
+    f.write_bytes(os.urandom(32 << 20))
+    stop = threading.Event()
+
+    def writer() -> None:
+        with open(f, "ab") as w:
+            while not stop.is_set():
+                w.write(b"x" * 65536)
+                w.flush()
+                time.sleep(0.001)
+
+    cache = HashCache(tmp_path / "hc.db")
+    clf = Classifier(NO_MAGIKA, cache=cache)
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        during = clf.classify_path(str(f))
+    finally:
+        stop.set()
+        t.join()
+    assert during.skipped in (None, "changed_while_read")
+    after = clf.classify_path(str(f))
+    assert after.sha256 == hashlib.sha256(f.read_bytes()).hexdigest()
+    clf.close()
+    cache.close()
+
+
+def test_file_deleted_after_open_still_classifies(tmp_path: Path) -> None:
+    f = C.gguf_file(tmp_path / "gone.gguf")
+    clf = Classifier(NO_MAGIKA)
+    fd = os.open(f, os.O_RDONLY)
+    st = os.stat(f)
+    os.unlink(f)
+    try:
+        a = clf._classify_fd(str(f), fd, st)
+    finally:
+        os.close(fd)
+    assert a.kinds == ("model_weights",)
+    assert clf.classify_path(str(f)).skipped == "vanished"
+    clf.close()
