@@ -86,7 +86,7 @@ def test_agent_decides_and_reloads(
     db = state / "agent.db"
     rows = _wait(lambda: [r for r in _decisions(db) if r[0] == "cn-cat-prohibited-removable"])
     assert rows, agent.stderr()
-    rule, packname, cats, version = rows[0]
+    _rule, packname, cats, version = rows[0]
     assert packname == "cn-export-catalogue" and json.loads(cats) == ["CN-CAT-RE-REFINING"]
     labels = {"rule": "cn-cat-prohibited-removable", "severity": "critical", "dest_class": ""}
     assert (agent.metric("egress_agent_decisions_total", labels) or 0) >= 1
