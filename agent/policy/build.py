@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import ipaddress
 import json
 import re
 import time
@@ -21,25 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from agent.categories import CategorySpec
-from agent.policy import facts as facts_mod
+from agent.policy import rules as rules_mod
 from agent.policy._yaml import item_line, key_line, line_of
-from agent.policy.conditions import CompileContext, compile_condition, field_type
 from agent.policy.loader import Issue, ParsedPack, pack_files, parse_pack
 from agent.policy.model import (
     EMPTY_POLICY,
-    Network,
     PackInfo,
     Policy,
     Rule,
-    RuleCase,
-    RuleException,
     Source,
 )
-from agent.policy.schema import ExceptionModel
 from agent.policy.selftest import run_rule_tests
 from agent.policy.validators import VALIDATORS
-
-_LOOKS_LIKE_IP = re.compile(r"^[0-9a-fA-F:.]+(/\d+)?$")
 
 
 def load_policy(
@@ -76,9 +68,10 @@ def build_policy(
     # before any site override, so a site's tuning cannot make a shipped test fail
     written: list[Rule] = []
     for pack in active:
-        written.extend(_rules(pack, codes, {}, issues))
+        written.extend(rules_mod.compile_rules(pack, codes, {}, issues))
     written = [
-        dataclasses.replace(r, tests=_cases(r, counts)) for r in _unique_rules(written, issues)
+        dataclasses.replace(r, tests=rules_mod.case_facts(r, counts))
+        for r in rules_mod.unique_rules(written, issues)
     ]
     as_written = Policy("as-written", (), tuple(written), tuple(specs), category_info=info)
     issues.extend(run_rule_tests(as_written)[1])
@@ -86,9 +79,12 @@ def build_policy(
     if any(k in p.parameters for p in active for k in parameters):
         recompiled: list[Rule] = []
         for pack in active:
-            recompiled.extend(_rules(pack, codes, parameters, []))  # problems reported above
+            recompiled.extend(
+                rules_mod.compile_rules(pack, codes, parameters, [])
+            )  # problems reported above
         rules = [
-            dataclasses.replace(r, tests=_cases(r, counts)) for r in _unique_rules(recompiled, [])
+            dataclasses.replace(r, tests=rules_mod.case_facts(r, counts))
+            for r in rules_mod.unique_rules(recompiled, [])
         ]
     rules = _apply_overrides(active, rules, issues)
     digest = hashlib.sha256()
@@ -251,156 +247,6 @@ def _categories(
     return specs, info
 
 
-def _rules(
-    pack: ParsedPack, codes: set[str], site_params: Mapping[str, Any], issues: list[Issue]
-) -> list[Rule]:
-    assert pack.meta is not None
-    params = {k: site_params.get(k, v) for k, v in pack.parameters.items()}
-    for name in set(params) & set(pack.lists):
-        line = key_line(pack.raw.get("lists"), name)
-        issues.append(Issue(pack.file, line, f"{name!r} is both a list and a parameter"))
-    names = {**params, **pack.lists}
-
-    def resolve(name: str) -> Any:
-        return names[name]
-
-    def ctx_for(report_file: str) -> CompileContext:
-        return CompileContext(
-            report=lambda line, msg: issues.append(Issue(report_file, line, msg)),
-            resolve=resolve,
-            macros=pack.macros,
-            known_category=codes.__contains__,
-        )
-
-    macro_ctx = ctx_for(pack.file)
-    raw_macros = pack.raw.get("macros") or {}
-    for name in pack.macros:
-        compile_condition({"macro": name}, macro_ctx, key_line(raw_macros, name))
-    out = []
-    for model, raw in pack.rules:
-        ctx = ctx_for(pack.file)
-        ctx._macro_cache = macro_ctx._macro_cache  # macro problems are reported once
-        cond = compile_condition(model.condition, ctx, key_line(raw, "condition"))
-        exceptions = _exceptions(model.exceptions, raw, pack.file, issues)
-        for i, case in enumerate(model.tests):
-            _check_facts(case.facts, raw["tests"][i], codes, pack.file, issues)
-        if cond is None or exceptions is None:
-            continue
-        out.append(
-            Rule(
-                id=model.id,
-                pack=pack.meta.id,
-                description=model.description,
-                condition=cond,
-                severity=model.severity,
-                action=model.action,
-                tags=tuple(model.tags),
-                exceptions=exceptions,
-                status=model.status,
-                effective_from=model.effective_from,
-                categories=frozenset(ctx.categories_used),
-                enabled=model.enabled,
-                tests=tuple(
-                    RuleCase(
-                        c.name,
-                        c.facts,
-                        c.expect,
-                        c.severity,
-                        c.action,
-                        item_line(raw["tests"], i),
-                        c.date,
-                    )
-                    for i, c in enumerate(model.tests)
-                ),
-                file=pack.file,
-                line=line_of(raw),
-            )
-        )
-    return out
-
-
-def _exceptions(
-    models: Sequence[ExceptionModel], raw: Any, file: str, issues: list[Issue]
-) -> tuple[RuleException, ...] | None:
-    out = []
-    ok = True
-    for i, e in enumerate(models):
-        raw_e = raw["exceptions"][i]
-        if not (e.destinations or e.users or e.processes or e.paths):
-            issues.append(
-                Issue(
-                    file,
-                    line_of(raw_e),
-                    f"exception {e.name!r} matches nothing:"
-                    " give destinations, users, processes or paths",
-                )
-            )
-            ok = False
-        nets: list[Network] = []
-        hosts: list[str] = []
-        for j, d in enumerate(e.destinations):
-            if _LOOKS_LIKE_IP.match(d):
-                try:
-                    nets.append(ipaddress.ip_network(d, strict=False))
-                except ValueError as err:
-                    ok = False
-                    at = item_line(raw_e["destinations"], j)
-                    issues.append(Issue(file, at, f"exception {e.name!r}: bad CIDR {d!r}: {err}"))
-            else:
-                hosts.append(d.lower())
-        out.append(
-            RuleException(
-                e.name,
-                tuple(nets),
-                tuple(hosts),
-                tuple(e.users),
-                tuple(e.processes),
-                tuple(e.paths),
-            )
-        )
-    return tuple(out) if ok else None
-
-
-def _check_facts(
-    facts: Mapping[str, Any], raw: Any, codes: set[str], file: str, issues: list[Issue]
-) -> None:
-    raw_facts = raw.get("facts") if isinstance(raw, dict) else None
-    for key, value in facts.items():
-        line = key_line(raw_facts, key) if raw_facts is not None else line_of(raw)
-        if key == "matches":
-            if not isinstance(value, dict):
-                issues.append(
-                    Issue(file, line, "test facts: 'matches' must map category codes to counts")
-                )
-                continue
-            for code in value:
-                if code not in codes:
-                    issues.append(
-                        Issue(file, key_line(value, code), f"test facts: unknown category {code!r}")
-                    )
-        elif field_type(str(key), codes.__contains__) is None:
-            issues.append(Issue(file, line, f"test facts: unknown field {key!r}"))
-
-
-def _unique_rules(rules: list[Rule], issues: list[Issue]) -> list[Rule]:
-    seen: dict[str, Rule] = {}
-    out = []
-    for r in rules:
-        if r.id in seen:
-            first = seen[r.id]
-            issues.append(
-                Issue(
-                    r.file,
-                    r.line,
-                    f"duplicate rule id {r.id!r} (first at {first.file}:{first.line})",
-                )
-            )
-            continue
-        seen[r.id] = r
-        out.append(r)
-    return out
-
-
 def _apply_overrides(
     packs: Sequence[ParsedPack], rules: list[Rule], issues: list[Issue]
 ) -> list[Rule]:
@@ -412,7 +258,7 @@ def _apply_overrides(
                     Issue(pack.file, key_line(raw, "rule"), f"override of unknown rule {ov.rule!r}")
                 )
                 continue
-            extra = _exceptions(ov.exceptions, raw, pack.file, issues) or ()
+            extra = rules_mod.compile_exceptions(ov.exceptions, raw, pack.file, issues) or ()
             r = rules[index[ov.rule]]
             rules[index[ov.rule]] = dataclasses.replace(
                 r,
@@ -423,10 +269,3 @@ def _apply_overrides(
                 exceptions=r.exceptions + extra,
             )
     return rules
-
-
-def _cases(rule: Rule, counts: Mapping[str, int]) -> tuple[RuleCase, ...]:
-    return tuple(
-        dataclasses.replace(c, facts=facts_mod.facts_from_mapping(c.facts, counts))
-        for c in rule.tests
-    )
