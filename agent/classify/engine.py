@@ -27,8 +27,8 @@ from agent.events import Tag
 log = logging.getLogger(__name__)
 
 CLASSIFIER_VERSION = "1"
-_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, ValueError, KeyError)
-_ZIP_ERRORS += (OSError, RuntimeError)
+_ZIP_ERRORS: tuple[type[Exception], ...] = (zipfile.BadZipFile, zlib.error, EOFError, KeyError)
+_ZIP_ERRORS += (NotImplementedError, ValueError, OSError, RuntimeError)
 _COMPRESSED = {"gzip": b"\x1f\x8b", "bzip2": b"BZh", "xz": b"\xfd7zXZ\x00", "zstd": b"(\xb5/\xfd"}
 
 

@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (the expectations table reads best one file per line)
 """A real corpus, made with the real libraries: every file gets the right kind and evidence,
 also renamed to a misleading extension, copied (lineage) and archived."""
 

@@ -34,11 +34,13 @@ def skips(reason: str) -> float:
 
 def test_zip_bomb_by_ratio_is_not_expanded(tmp_path: Path) -> None:
     bomb = tmp_path / "bomb.zip"
-    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z:
-        with z.open("zeros.bin", "w", force_zip64=True) as fh:
-            chunk = b"\x00" * (1 << 20)
-            for _ in range(300):  # 300 MiB of zeros in ~300 KB
-                fh.write(chunk)
+    with (
+        zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as z,
+        z.open("zeros.bin", "w", force_zip64=True) as fh,
+    ):
+        chunk = b"\x00" * (1 << 20)
+        for _ in range(300):  # 300 MiB of zeros in ~300 KB
+            fh.write(chunk)
     before = skips("compression_ratio")
     t0 = time.monotonic()
     a = classify_file(bomb, settings=NO_MAGIKA)
