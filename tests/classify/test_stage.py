@@ -111,8 +111,14 @@ def test_lineage_from_the_store(rt: Any, tmp_path: Path) -> None:
         sha256=sha,
         size=4096,
         content_type="application/x-pytorch",
-        tags=(Tag("model_weights", "seen on gpu-07: pytorch, 7e9 parameters", {"format": "pytorch", "parameters": 7_000_000_000}),),
-    )  # fmt: skip
+        tags=(
+            Tag(
+                "model_weights",
+                "seen on gpu-07: pytorch, 7e9 parameters",
+                {"format": "pytorch", "parameters": 7_000_000_000},
+            ),
+        ),
+    )
     write_batch(
         rt.engine, "host-2", [FileEvent(FileAction.WRITTEN, "/gpu-07/ckpt.pt", artefact=known)]
     )
