@@ -69,7 +69,7 @@ def build_sinks(rt: Runtime, writer: StoreWriter) -> list[Sink]:
     sinks: list[Sink] = [writer.submit]
     from agent.incidents import Correlator
 
-    correlator = Correlator(rt.engine, rt.host_id, rt.hostname, rt.settings.incidents)
+    correlator = Correlator(rt.engine, rt.host_id, rt.hostname, rt.settings.incidents, rt.extras)
     correlator.start()
     sinks.append(correlator.submit)
     rt.extras.setdefault("stop_hooks", []).append(correlator.stop)

@@ -23,7 +23,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from agent.events import Channel, Decision, FileAction, FileEvent, Flow, ProcessInfo, Severity
+from agent.events import (
+    Artefact,
+    Channel,
+    Decision,
+    FileAction,
+    FileEvent,
+    Flow,
+    ProcessInfo,
+    Severity,
+)
 from agent.incidents.ancestry import Ancestry
 from agent.incidents.evidence import (
     decision_doc,
@@ -51,6 +60,8 @@ MAX_EVENTS_PER_SHA = 8
 MAX_SHAS = 20_000
 
 ParentsOf = Callable[[str], Sequence[str]]
+JudgeTransfer = Callable[[Artefact, Flow, FileEvent], Sequence[Decision]]
+"""Policy on an artefact that left in a flow (`Policy.decide_transfer`)."""
 
 
 def is_alerting(d: Decision) -> bool:
@@ -98,11 +109,13 @@ class CorrelationEngine:
         window: float = 900.0,
         byte_tolerance: float = 0.5,
         parents_of: ParentsOf | None = None,
+        judge_transfer: JudgeTransfer | None = None,
         ancestry: Ancestry | None = None,
     ) -> None:
         self.window = timedelta(seconds=window)
         self.tolerance = byte_tolerance
         self._parents_of = parents_of
+        self._judge_transfer = judge_transfer
         self.ancestry = ancestry if ancestry is not None else Ancestry(proc=None)
         self._touches: deque[Touch] = deque()
         self._flows: deque[tuple[Flow, str | None]] = deque()  # (flow, its policy-alert key)
@@ -309,10 +322,11 @@ class CorrelationEngine:
             for e in seen.events:
                 events.setdefault(e.uid, e)
         files = sorted(events.values(), key=lambda e: e.time)
-        decisions = [(flow.uid, d) for d in flow.decisions] + [
-            (e.uid, d) for e in files for d in e.decisions
-        ]
-        rule = _choose_rule(decisions)
+        transfer = self._transfer_decisions(flow, files)
+        about_flow = [(flow.uid, d) for d in (*transfer, *flow.decisions)]
+        decisions = about_flow + [(e.uid, d) for e in files for d in e.decisions]
+        # named after what policy says about the transfer itself, else the files' rules
+        rule = _choose_rule(about_flow) or _choose_rule(decisions)
         dest = flow.sni or flow.name or flow.dst_ip
         touched = match.touches[-1].event
         if rule is None:
@@ -363,6 +377,21 @@ class CorrelationEngine:
             evidence=evidence,
             supersedes=tuple(sorted(supersedes)),
         )
+
+    def _transfer_decisions(self, flow: Flow, files: Sequence[FileEvent]) -> list[Decision]:
+        """Policy on each distinct artefact of the story as carried by `flow`."""
+        if self._judge_transfer is None:
+            return []
+        out: dict[tuple[str, str], Decision] = {}
+        seen: set[str] = set()
+        for e in reversed(files):
+            a = e.artefact
+            if a is None or (a.sha256 or e.uid) in seen:
+                continue
+            seen.add(a.sha256 or e.uid)
+            for d in self._judge_transfer(a, flow, e):
+                out.setdefault((d.pack, d.rule_id), d)
+        return list(out.values())
 
     def _file_finding(
         self, e: FileEvent, key: str, kind: str, alerting: list[Decision], what: str

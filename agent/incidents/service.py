@@ -5,6 +5,13 @@ with an artefact, decision or process; flows) and queues it; one thread runs the
 `CorrelationEngine` and hands each finding to the `IncidentLog`. `stop()` drains the
 queue, then writes the clean-stop checkpoint. Lineage not seen since start is read
 from the store's `lineage` table.
+
+Two seams reach the running agent through `Runtime.extras`, looked up when used (the
+sensors start after the sinks): the file sensor's `watch_reads(path)` — each tagged
+artefact becomes a "path of interest" whose opens fanotify reports as `read` events,
+which is what links a file to the process that uploads it — and the policy holder,
+whose `decide_transfer` judges an artefact as carried by a flow (the catalogue and EAR
+rules about uploads abroad).
 """
 
 from __future__ import annotations
@@ -12,15 +19,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import Engine, select
 
 from agent import metrics
 from agent.config import IncidentsSection
-from agent.events import Event, FileEvent
+from agent.events import Artefact, Decision, Event, FileAction, FileEvent, Flow
 from agent.incidents.ancestry import Ancestry
-from agent.incidents.correlate import CorrelationEngine
+from agent.incidents.correlate import CorrelationEngine, is_tagged
 from agent.incidents.log import IncidentLog
 from agent.incidents.model import Finding
 from agent.pipeline import BoundedQueue
@@ -36,9 +45,12 @@ class Correlator:
         host_id: str,
         hostname: str,
         settings: IncidentsSection,
+        extras: Mapping[str, Any] | None = None,
         queue_size: int = 100_000,
     ) -> None:
         self.engine = engine
+        self._extras: Mapping[str, Any] = extras if extras is not None else {}
+        self._watched: OrderedDict[str, None] = OrderedDict()
         self.log = IncidentLog(
             engine,
             host_id,
@@ -50,6 +62,7 @@ class Correlator:
             window=settings.correlation_window,
             byte_tolerance=settings.byte_tolerance,
             parents_of=self._parents_from_store,
+            judge_transfer=self._judge_transfer,
             ancestry=Ancestry(),
         )
         self.queue: BoundedQueue[Event] = BoundedQueue("incidents", queue_size)
@@ -87,6 +100,8 @@ class Correlator:
                 self._handle(event)
 
     def _handle(self, event: Event) -> None:
+        if isinstance(event, FileEvent):
+            self._watch(event)
         try:
             findings = self.core.observe(event)
         except Exception:
@@ -115,6 +130,36 @@ class Correlator:
             return
         metrics.DROPPED.labels("incidents", "store_unavailable").inc()
         log.error("incident not recorded after retries: %s %s", finding.kind, finding.title)
+
+    def _watch(self, e: FileEvent) -> None:
+        """Ask the file sensor to report reads of a tagged artefact at its current path."""
+        if e.action in (FileAction.READ, FileAction.DELETED) or not is_tagged(e):
+            return
+        watch = self._extras.get("watch_reads")
+        path = e.current_path
+        if watch is None or path in self._watched:
+            return
+        try:
+            watch(path)
+        except Exception:
+            log.debug("watch_reads(%s) failed", path, exc_info=True)
+            return
+        self._watched[path] = None
+        while len(self._watched) > 65_536:
+            self._watched.popitem(last=False)
+
+    def _judge_transfer(self, artefact: Artefact, flow: Flow, fe: FileEvent) -> list[Decision]:
+        holder = self._extras.get("policy")
+        if holder is None:
+            return []
+        try:
+            decisions = list(holder.current.decide_transfer(artefact, flow, fe))
+        except Exception:
+            log.exception("policy on a transfer failed; the incident keeps the events' rules")
+            return []
+        for d in decisions:
+            metrics.DECISIONS.labels(d.pack, d.rule_id, str(d.severity), flow.dest_class).inc()
+        return decisions
 
     def _parents_from_store(self, sha: str) -> Sequence[str]:
         try:

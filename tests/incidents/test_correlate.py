@@ -243,3 +243,26 @@ def test_ancestry_reads_proc(tmp_path) -> None:  # type: ignore[no-untyped-def]
 
     real = Ancestry()
     assert os.getppid() in real.ancestors(os.getpid())
+
+
+def test_policy_on_the_transfer_names_the_incident() -> None:
+    ear_record = EAR.__class__(
+        "us-ear-model-weights-abroad", "us-ear", Severity.HIGH, "record", "v2", "4E091"
+    )
+    seen: list[tuple[str | None, str]] = []
+
+    def judge(artefact, flow, fe):  # type: ignore[no-untyped-def]
+        seen.append((artefact.sha256, fe.current_path))
+        return [ear_record] if artefact.sha256 == CKPT else []
+
+    events = [fev(FileAction.WRITTEN, "/data/tmp/x.tgz", 0, archive(), TAR, decisions=(CAT,))]
+    events += [
+        fev(FileAction.WRITTEN, "/data/m.safetensors", -5, weights(), SHELL),
+        fev(FileAction.READ, "/data/tmp/x.tgz", 1, archive(), CURL),
+        flow(2, 9, SIZE),
+    ]
+    findings = run(events, judge_transfer=judge)
+    exfil = findings[-1]
+    assert exfil.rule_id == "us-ear-model-weights-abroad" and exfil.pack == "us-ear"
+    assert {sha for sha, _p in seen} == {CKPT, ARCHIVE}  # each artefact judged once
+    assert any(d["rule_id"] == "us-ear-model-weights-abroad" for d in exfil.evidence["decisions"])

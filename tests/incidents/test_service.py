@@ -60,3 +60,19 @@ def test_restart_keeps_the_chain_and_dedups_against_the_store(store: Engine) -> 
     types = [e.record_type for e in chain_entries(store)]
     assert types == ["genesis", "incident", "checkpoint", "checkpoint"]
     assert verify_entries(chain_entries(store), incident_documents(store)).ok
+
+
+def test_tagged_paths_become_paths_of_interest(store: Engine) -> None:
+    watched: list[str] = []
+    extras = {"watch_reads": lambda p: watched.append(p) or True}
+    c = Correlator(store, "host-a", "lab-ws-1", IncidentsSection(), extras)
+    c.start()
+    for e in story():
+        c.submit(e)
+    c.stop()
+    assert watched == [
+        "/data/ckpt/model.safetensors",
+        "/data/tmp/model-copy.safetensors",
+        "/data/tmp/notes.bin",
+        "/data/tmp/x.tgz",
+    ]
