@@ -1,0 +1,284 @@
+"""End to end: a real Prometheus scrapes a real agent with the shipped scrape config and
+evaluates the shipped alert rules every second; alerts are read from its HTTP API.
+
+- A high-severity incident, made by the agent's real file sensor, classifier, policy
+  and correlation (a document carrying a marker keyword written to a path configured
+  as removable media, judged by a site pack rule of severity high), makes
+  EgressAgentHighSeverityIncident fire — with the shipped rules unchanged.
+- A sensor that cannot start fires EgressAgentSensorDown, and a stopped agent fires
+  EgressAgentDown (these rules carry `for:` durations of minutes; the copy loaded here has
+  them cut to one second, nothing else changed). Every dashboard query runs on the live
+  Prometheus without error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, free_port, have
+from tests.deploy.test_grafana import exprs as dashboard_exprs
+from tests.deploy.test_grafana import to_promql
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not have("prometheus"), reason="prometheus not installed (Debian package prometheus)"
+    ),
+]
+
+PROM_DIR = REPO / "deploy" / "prometheus"
+RULES = PROM_DIR / "rules" / "egress-agent.rules.yml"
+MARKER = "nightingale-7 drill marker"
+
+SITE_PACK = f"""\
+pack:
+  id: e2e-drill
+  name: End-to-end drill
+  regime: SITE
+  version: "1"
+  required_engine_version: "1.0"
+  sources: [{{title: deploy e2e test}}]
+categories:
+  - code: E2E-DRILL-MARKER
+    name_en: Drill marker for the Prometheus end-to-end test
+    control: restricted
+    keywords_en: ["{MARKER}"]
+    min_count: 1
+rules:
+  - id: e2e-drill-marker-removable
+    description: A file carrying the drill marker written to removable media
+    condition:
+      all:
+        - {{field: channel, eq: removable}}
+        - {{field: categories, contains: E2E-DRILL-MARKER}}
+    severity: high
+    action: alert
+    tests:
+      - name: marker on usb
+        facts: {{event: file, action: written, channel: removable, kinds: [document],
+                 matches: {{E2E-DRILL-MARKER: 1}}}}
+        expect: decision
+        severity: high
+      - name: marker on local disk
+        facts: {{event: file, action: written, channel: local, kinds: [document],
+                 matches: {{E2E-DRILL-MARKER: 1}}}}
+        expect: none
+"""
+
+
+def wait_for(what: str, fn: Callable[[], Any], timeout: float, why: Callable[[], str]) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"{what} within {timeout}s: {why()}")
+
+
+class Prometheus:
+    """`prometheus` on loopback with the shipped scrape config pointed at `target`."""
+
+    def __init__(self, workdir: Path, target: str, rules: Path) -> None:
+        doc = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
+        doc["global"].update(scrape_interval="1s", evaluation_interval="1s", scrape_timeout="1s")
+        doc["rule_files"] = [str(rules)]
+        (job,) = [j for j in doc["scrape_configs"] if j["job_name"] == "egress-agent"]
+        job.update(scrape_interval="1s", scrape_timeout="1s")
+        # no host label: the shipped relabelling derives it from the address
+        job["static_configs"] = [{"targets": [target]}]
+        self.config = workdir / "prometheus.yml"
+        self.config.write_text(yaml.safe_dump(doc))
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.log = workdir / "prometheus.log"
+        self._log = self.log.open("wb")
+        self.proc = subprocess.Popen(
+            [
+                "prometheus",
+                f"--config.file={self.config}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address={self.url.removeprefix('http://')}",
+                "--log.level=warn",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for("prometheus ready", self._ready, 60, self.tail)
+
+    def _ready(self) -> bool:
+        assert self.proc.poll() is None, self.tail()
+        try:
+            with urllib.request.urlopen(self.url + "/-/ready", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def api(self, path: str, **params: str) -> Any:
+        url = f"{self.url}/api/v1/{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        with urllib.request.urlopen(url, timeout=5) as r:
+            doc = json.loads(r.read())
+        assert doc["status"] == "success", doc
+        return doc["data"]
+
+    def alerts(self, name: str, state: str = "firing") -> list[dict[str, Any]]:
+        return [
+            a
+            for a in self.api("alerts")["alerts"]
+            if a["labels"]["alertname"] == name and a["state"] == state
+        ]
+
+    def tail(self) -> str:
+        self._log.flush()
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path) -> Iterator[Callable[[str, Path], Prometheus]]:
+    started: list[Prometheus] = []
+
+    def start(target: str, rules: Path = RULES) -> Prometheus:
+        d = tmp_path / f"prom{len(started)}"
+        d.mkdir()
+        p = Prometheus(d, target, rules)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+def rules_with_short_for(tmp_path: Path) -> Path:
+    """The shipped rules with every `for:` cut to 1s; nothing else changes."""
+    text, n = re.subn(r"(?m)^(\s+for:\s*)\S+$", r"\g<1>1s", RULES.read_text())
+    assert n >= 5
+    path = tmp_path / "egress-agent.rules.yml"
+    path.write_text(text)
+    return path
+
+
+def test_high_severity_incident_fires_the_shipped_alert(
+    tmp_path: Path, agent_config: dict[str, Any], run_agent: Any, prometheus: Any
+) -> None:
+    assert "for" not in next(
+        r
+        for g in yaml.safe_load(RULES.read_text())["groups"]
+        for r in g["rules"]
+        if r.get("alert") == "EgressAgentHighSeverityIncident"
+    ), "the incident alert must page at once"
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "drill.yaml").write_text(SITE_PACK)
+    agent_config["sensors"] = {"enabled": ["files"]}
+    agent_config["files"] = {"roots": [str(usb)], "removable": [str(usb)], "follow_mounts": False}
+    agent_config["policies"] = {"paths": [str(site)]}
+    agent = run_agent(agent_config)
+    agent.wait_metrics()
+    wait_for(
+        "policy loaded",
+        lambda: agent.metric("egress_agent_policy_last_reload_success") == 1,
+        60,
+        agent.stderr,
+    )
+    prom = prometheus(agent_config["metrics"]["listen"])
+    wait_for(
+        "first scrape",
+        lambda: prom.api("query", query='up{job="egress-agent"} == 1')["result"],
+        30,
+        prom.tail,
+    )
+    assert not prom.alerts("EgressAgentHighSeverityIncident", "firing")
+
+    # the real thing: a document with the marker lands on the "USB stick"
+    (usb / "quarterly-report.txt").write_text(
+        f"Internal design notes.\nProject {MARKER}: do not distribute.\n" * 20
+    )
+    labels = {"rule": "e2e-drill-marker-removable", "severity": "high"}
+    wait_for(
+        "the agent opens a high-severity incident",
+        lambda: agent.metric("egress_agent_incidents_opened_total", labels),
+        60,
+        agent.stderr,
+    )
+    firing = wait_for(
+        "EgressAgentHighSeverityIncident firing",
+        lambda: prom.alerts("EgressAgentHighSeverityIncident"),
+        60,
+        lambda: json.dumps(prom.api("alerts"), indent=1) + prom.tail(),
+    )
+    (alert,) = firing
+    assert alert["labels"]["rule"] == "e2e-drill-marker-removable"
+    assert alert["labels"]["incident_severity"] == "high"
+    assert alert["labels"]["severity"] == "critical"
+    assert alert["labels"]["host"] == "127.0.0.1"  # from the shipped relabelling
+    assert "high incident opened on 127.0.0.1" in alert["annotations"]["summary"]
+    assert agent.stop() == 0
+
+
+def test_sensor_down_and_agent_down_fire(
+    tmp_path: Path, agent_config: dict[str, Any], run_agent: Any, prometheus: Any
+) -> None:
+    agent_config["sensors"] = {"enabled": ["network"]}
+    agent_config["network"] = {"interfaces": ["e2e-missing0"]}  # no such interface
+    agent = run_agent(agent_config)
+    agent.wait_metrics()
+    wait_for(
+        "the network sensor reported down",
+        lambda: agent.metric("egress_agent_sensor_up", {"sensor": "network"}) == 0,
+        30,
+        agent.stderr,
+    )
+    prom = prometheus(agent_config["metrics"]["listen"], rules_with_short_for(tmp_path))
+
+    (alert,) = wait_for(
+        "EgressAgentSensorDown firing",
+        lambda: prom.alerts("EgressAgentSensorDown"),
+        60,
+        lambda: json.dumps(prom.api("alerts")) + prom.tail(),
+    )
+    assert alert["labels"]["sensor"] == "network" and alert["labels"]["host"] == "127.0.0.1"
+    assert not prom.alerts("EgressAgentDown")
+
+    # every dashboard query runs on the live data without an error
+    for title, expr in dashboard_exprs():
+        prom.api("query", query=to_promql(expr))  # asserts status == success
+        assert title
+    assert (
+        prom.api("query", query=to_promql('sum(up{job="egress-agent", host=~"$host"})'))["result"][
+            0
+        ]["value"][1]
+        == "1"
+    )
+
+    assert agent.stop() == 0
+    (down,) = wait_for(
+        "EgressAgentDown firing",
+        lambda: prom.alerts("EgressAgentDown"),
+        60,
+        lambda: json.dumps(prom.api("alerts")) + prom.tail(),
+    )
+    assert down["labels"]["instance"] == agent_config["metrics"]["listen"]
