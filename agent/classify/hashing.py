@@ -173,7 +173,9 @@ class HashCache:
 
     def flush(self) -> None:
         with self._lock:
-            self._timer = None
+            timer, self._timer = self._timer, None
+            if timer is not None and timer is not threading.current_thread():
+                timer.cancel()  # a pending timer would keep the process alive for a second
             if self._pending and not self._closed:
                 self._commit()
 

@@ -130,7 +130,10 @@ def scan(
     for p in paths:
         if not os.path.lexists(p):
             raise UserError(f"{p}: no such file or directory")
-    cats = _categories(s)
+    # the policy packs load on another thread while the first files are hashed
+    loader = ThreadPoolExecutor(1, "scan-policy")
+    cats_future = loader.submit(_categories, s)
+    loader.shutdown(wait=False)
     cache = None
     if not no_cache:
         cache_path = s.classify.hash_cache or s.state_dir / "hashcache.db"
@@ -138,7 +141,7 @@ def scan(
             cache = HashCache(cache_path)
         except Exception as e:
             raise UserError(f"classify.hash_cache {cache_path}: cannot open: {e}") from None
-    classifier = Classifier(s.classify, cache=cache, categories=lambda: cats)
+    classifier = Classifier(s.classify, cache=cache, categories=cats_future.result)
     recorder = _Recorder(s) if to_store else None
     progress = _progress() if sys.stderr.isatty() else None
     count = 0
