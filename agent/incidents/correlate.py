@@ -50,7 +50,8 @@ EXTERNAL = frozenset({"foreign", "unknown", "domestic"})
 TOUCH_ACTIONS = frozenset(
     {FileAction.READ, FileAction.WRITTEN, FileAction.MOVED, FileAction.CREATED}
 )
-COPY_ACTIONS = frozenset({FileAction.WRITTEN, FileAction.MOVED})
+# a copy shows as created then written (or as a move); both belong to one copy incident
+COPY_ACTIONS = frozenset({FileAction.CREATED, FileAction.WRITTEN, FileAction.MOVED})
 COPY_KINDS = {Channel.REMOVABLE: "removable_copy", Channel.CLOUD_SYNC: "cloud_sync_copy"}
 MIN_UNATTRIBUTED_BYTES = 64 * 1024
 CLOCK_SKEW = timedelta(seconds=5)

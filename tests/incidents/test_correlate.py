@@ -266,3 +266,13 @@ def test_policy_on_the_transfer_names_the_incident() -> None:
     assert exfil.rule_id == "us-ear-model-weights-abroad" and exfil.pack == "us-ear"
     assert {sha for sha, _p in seen} == {CKPT, ARCHIVE}  # each artefact judged once
     assert any(d["rule_id"] == "us-ear-model-weights-abroad" for d in exfil.evidence["decisions"])
+
+
+def test_created_then_written_on_removable_is_one_copy_story() -> None:
+    events = [
+        fev(FileAction.CREATED, "/media/usb/m", 0, weights(), SHELL, Channel.REMOVABLE, (CAT,)),
+        fev(FileAction.WRITTEN, "/media/usb/m", 1, weights(), SHELL, Channel.REMOVABLE, (CAT,)),
+    ]
+    findings = run(events)
+    assert [f.kind for f in findings] == ["removable_copy", "removable_copy"]
+    assert findings[0].dedup_key == findings[1].dedup_key

@@ -1,0 +1,360 @@
+"""End to end: a model checkpoint leaves the host, and the agent tells one story.
+
+The real agent (`egress-agent run`, real file sensor with inotify + fanotify, classifier,
+policy packs, network sensor with sock_diag) runs inside the sender namespace of a
+two-namespace rig. A safetensors checkpoint is copied, renamed, packed into a tar.gz
+and uploaded over TLS (with SNI) to the peer, whose address is configured as foreign
+(country from an offline country table). The agent must record ONE exfiltration
+incident naming the original file, the archive, the flow's bytes and SNI, the process
+and the EAR rule; the same checkpoint copied onto a "removable" tmpfs makes a second
+incident. Then `incidents verify` passes, exports verify, and one byte changed in the
+database makes verify fail at that incident's chain record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, cli, free_port, is_root
+
+for _component in (
+    "agent.sensors.files.sensor",  # issue 3
+    "agent.classify.stage",  # issue 4
+    "agent.sensors.network.sensor",  # issue 5
+    "agent.policy.stage",  # issue 6
+):
+    pytest.importorskip(_component, reason=f"{_component} is not in this checkout")
+
+from tests.sensors.network.peers import Sink, self_signed  # noqa: E402
+from tests.sensors.network.rig import Rig, make_rig, unavailable_reason  # noqa: E402
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+
+SNI = "upload.example.org"
+
+SITE_PACK = """\
+pack:
+  id: site-e2e
+  name: Site keeps 4E091 under a licence condition
+  regime: SITE
+  version: "1"
+  required_engine_version: "1.0"
+  sources: [{title: e2e test site procedure}]
+overrides:
+  - rule: us-ear-model-weights-abroad
+    status: in_force
+    action: alert
+  - rule: us-ear-model-weights-copied-out
+    status: in_force
+    action: alert
+"""
+
+UPLOADER = textwrap.dedent(
+    """
+    import socket, ssl, sys
+    path, host, port, sni = sys.argv[1:5]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with open(path, "rb") as f:
+        data = f.read()
+    raw = socket.create_connection((host, int(port)))
+    with ctx.wrap_socket(raw, server_hostname=sni) as s:
+        s.sendall(data)
+        assert s.recv(1) == b"k"
+    """
+)
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with make_rig() as r:
+        yield r
+
+
+def wait(fn: Callable[[], Any], what: str, timeout: float = 30.0, diag: Any = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.2)
+    extra = diag() if callable(diag) else ""
+    raise AssertionError(f"timed out waiting for {what}\n{extra}")
+
+
+def query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(db, timeout=10) as c:
+            return c.execute(sql, args).fetchall()
+    except sqlite3.OperationalError:
+        return []
+
+
+def safetensors(path: Path, rows: int = 768, cols: int = 1024) -> Path:
+    """A real safetensors checkpoint: one F32 tensor of random (incompressible) values."""
+    header = {
+        "__metadata__": {"format": "pt"},
+        "lm_head.weight": {
+            "dtype": "F32",
+            "shape": [rows, cols],
+            "data_offsets": [0, 4 * rows * cols],
+        },
+    }
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + os.urandom(4 * rows * cols))
+    return path
+
+
+@pytest.mark.skipif(not is_root(), reason="needs root: namespaces, fanotify, tmpfs mounts")
+def test_checkpoint_upload_is_one_incident(rig: Rig, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    (work / "ckpt").mkdir(parents=True)
+    (work / "tmp").mkdir()
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "e2e-usb", str(usb)], check=True)
+    agent = None
+    try:
+        state = tmp_path / "state"
+        site = tmp_path / "site"
+        site.mkdir()
+        (site / "lab.yaml").write_text(SITE_PACK)
+        countries = tmp_path / "countries.csv"
+        countries.write_text(f"network,country\n{rig.peer_v4}/32,US\n")
+        cfg = tmp_path / "agent.yaml"
+        cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "agent": {"state_dir": str(state), "hostname": "lab-ws-e2e"},
+                    "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+                    "sensors": {"enabled": ["files", "network"]},
+                    "files": {
+                        "roots": [str(work), str(usb)],
+                        "removable": [str(usb)],
+                        "follow_mounts": False,
+                        "fanotify": "on",
+                    },
+                    "network": {
+                        "interfaces": [rig.sender_if],
+                        "internal_networks": ["192.168.0.0/16"],
+                        "foreign_networks": [f"{rig.peer_v4}/32"],
+                        "country_db": str(countries),
+                    },
+                    "classify": {"use_magika": False},
+                    "policies": {"paths": [str(site)], "model_parameter_threshold": 1000},
+                    "incidents": {"correlation_window": 300, "checkpoint_every": 50},
+                }
+            )
+        )
+        stderr = (tmp_path / "agent.stderr").open("wb")
+        agent = rig.exec(
+            rig.sender_ns,
+            sys.executable,
+            "-m",
+            "agent",
+            "--config",
+            str(cfg),
+            "run",
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+
+        def diag() -> str:
+            stderr.flush()
+            return (tmp_path / "agent.stderr").read_text(errors="replace")[-6000:]
+
+        def status() -> dict[str, Any]:
+            try:
+                return dict(json.loads((state / "status.json").read_text()))
+            except (OSError, ValueError):
+                return {}
+
+        up = wait(
+            lambda: {"files", "network"} <= set(status().get("sensors", {})), "sensors", diag=diag
+        )
+        assert up and not status().get("sensor_errors"), status()
+
+        # the peer: a TLS sink that acknowledges once the whole archive arrived
+        db = state / "agent.db"
+        ckpt = safetensors(work / "ckpt" / "model.safetensors")
+        wait(
+            lambda: query(
+                db,
+                "SELECT 1 FROM file_events WHERE path = ? AND kinds LIKE ?",
+                str(ckpt),
+                "%model_weights%",
+            ),
+            "the checkpoint classified",
+            diag=diag,
+        )
+        subprocess.run(["cp", str(ckpt), str(work / "tmp" / "model-copy.safetensors")], check=True)
+        os.rename(work / "tmp" / "model-copy.safetensors", work / "tmp" / "notes.bin")
+        archive = work / "tmp" / "bundle.tgz"
+        subprocess.run(
+            ["tar", "czf", str(archive), "-C", str(work / "tmp"), "notes.bin"], check=True
+        )
+        wait(
+            lambda: query(
+                db,
+                "SELECT 1 FROM file_events WHERE path = ? AND sha256 IS NOT NULL AND kinds LIKE ?",
+                str(archive),
+                "%archive%",
+            ),
+            "the archive classified",
+            diag=diag,
+        )
+        # the archive became a path of interest: its opens are reported with the process
+        wait(
+            lambda: status().get("sensors", {}).get("files", {}).get("interesting_paths", 0) >= 2,
+            "paths of interest",
+            diag=lambda: json.dumps(status(), indent=1),
+        )
+
+        sink = Sink(tls=self_signed(tmp_path), ack_after=archive.stat().st_size)
+        rig.run_in(rig.peer_ns, sink.serve)
+        assert sink.ready.wait(5)
+        script = tmp_path / "uploader.py"
+        script.write_text(UPLOADER)
+        up_proc = rig.exec(
+            rig.sender_ns,
+            sys.executable,
+            str(script),
+            str(archive),
+            rig.peer_v4,
+            str(sink.port),
+            SNI,
+        )
+        assert up_proc.wait(60) == 0
+        uploader_pid = up_proc.pid
+        sink.stop()
+
+        def incidents() -> list[dict[str, Any]]:
+            rows = query(
+                db,
+                "SELECT kind, rule_id, pack, severity, evidence, bytes_out, title "
+                "FROM incidents ORDER BY id",
+            )
+            return [
+                {
+                    "kind": k,
+                    "rule_id": r,
+                    "pack": p,
+                    "severity": s,
+                    "evidence": json.loads(e),
+                    "bytes_out": b,
+                    "title": t,
+                }
+                for k, r, p, s, e, b, t in rows
+            ]
+
+        exfil = wait(
+            lambda: [i for i in incidents() if i["kind"] == "exfiltration"],
+            "the exfiltration incident",
+            timeout=45,
+            diag=lambda: diag() + json.dumps(query(db, "SELECT * FROM flows"), default=str),
+        )
+        time.sleep(2)  # anything else it would (wrongly) open comes now
+        exfil = [i for i in incidents() if i["kind"] == "exfiltration"]
+        assert len(exfil) == 1, exfil
+        inc = exfil[0]
+        ev = inc["evidence"]
+        paths = {f["path"] for f in ev["files"]} | {f.get("dest_path") for f in ev["files"]}
+        assert str(ckpt) in paths, paths  # the original
+        assert str(archive) in paths, paths  # the archive
+        assert str(work / "tmp" / "notes.bin") in paths  # the renamed copy
+        (flow,) = ev["flows"]
+        assert flow["sni"] == SNI and flow["dst_ip"] == rig.peer_v4 and flow["country"] == "US"
+        assert flow["dest_class"] == "foreign"
+        size = archive.stat().st_size
+        assert size < flow["bytes_out"] < size * 1.05  # TLS records around the archive
+        assert inc["bytes_out"] == flow["bytes_out"]
+        assert flow["process"]["pid"] == uploader_pid
+        assert any(p["pid"] == uploader_pid for p in ev["processes"])
+        assert inc["rule_id"] == "us-ear-model-weights-abroad" and inc["pack"] == "us-ear"
+        assert inc["severity"] == "high"
+        assert ev["correlation"]["method"] == "same_process"
+        sha = query(db, "SELECT sha256 FROM file_events WHERE path = ?", str(ckpt))[0][0]
+        assert sha in ev["roots"]
+        assert {
+            "parent": sha,
+            "child": query(db, "SELECT sha256 FROM file_events WHERE path = ?", str(archive))[0][0],
+        } in ev["lineage"]
+
+        # the same checkpoint onto the removable medium: an incident of its own
+        subprocess.run(["cp", str(ckpt), str(usb / "model.safetensors")], check=True)
+        usb_inc = wait(
+            lambda: [i for i in incidents() if i["kind"] == "removable_copy"],
+            "the removable-copy incident",
+            diag=diag,
+        )
+        assert len(usb_inc) == 1
+        assert usb_inc[0]["rule_id"] == "us-ear-model-weights-copied-out"
+        assert any(
+            f["path"] == str(usb / "model.safetensors") for f in usb_inc[0]["evidence"]["files"]
+        )
+        assert len(incidents()) == 2, [(i["kind"], i["rule_id"], i["title"]) for i in incidents()]
+
+        shown = cli("incidents", "show", "1", config=cfg).stdout
+        assert SNI in shown and str(ckpt) in shown and "us-ear-model-weights-abroad" in shown
+
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(60) == 0, diag()
+        agent = None
+
+        # the log verifies; so does every export; one changed byte is found at its record
+        res = cli("incidents", "verify", config=cfg)
+        assert res.stdout.startswith("OK:"), res.stdout
+        types = [t for (t,) in query(db, "SELECT record_type FROM incident_chain ORDER BY seq")]
+        assert types[0] == "genesis" and types[-1] == "checkpoint"
+        for fmt in ("jsonl", "ecs", "ocsf", "csv", "cef"):
+            out = tmp_path / f"incidents.{fmt}"
+            cli("incidents", "export", "--format", fmt, "--output", str(out), config=cfg)
+            assert json.loads(
+                cli("incidents", "verify", "--file", str(out), "--json", config=cfg).stdout
+            )["ok"], fmt
+        ecs = [json.loads(x) for x in (tmp_path / "incidents.ecs").read_text().splitlines()]
+        opened = [d for d in ecs if d["event"].get("action") == "incident-opened"]
+        exfil_doc = next(d for d in opened if d["event"]["dataset"] == "egress.exfiltration")
+        assert exfil_doc["tls"]["client"]["server_name"] == SNI
+        assert exfil_doc["destination"]["geo"]["country_iso_code"] == "US"
+        assert exfil_doc["file"]["path"] == str(archive)
+        assert exfil_doc["rule"]["id"] == "us-ear-model-weights-abroad"
+
+        with sqlite3.connect(db) as c:
+            c.execute("UPDATE incidents SET bytes_out = bytes_out + 1 WHERE kind = 'exfiltration'")
+            (seq,) = c.execute(
+                "SELECT max(seq) FROM incident_chain WHERE incident_uid = "
+                "(SELECT uid FROM incidents WHERE kind = 'exfiltration')"
+            ).fetchone()
+        bad = cli("incidents", "verify", config=cfg, check=False)
+        assert bad.returncode == 1 and f"seq {seq}:" in bad.stderr, bad.stderr
+    finally:
+        if agent is not None and agent.poll() is None:
+            agent.send_signal(signal.SIGTERM)
+            try:
+                agent.wait(30)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait()
+        subprocess.run(["umount", "-l", str(usb)], capture_output=True)
