@@ -103,30 +103,25 @@ class HashCache:
 
     # --- file identity → hash ------------------------------------------------------
     def lookup(self, device: int, inode: int, size: int, mtime_ns: int) -> str | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT sha256 FROM files WHERE device=? AND inode=? AND size=? AND mtime_ns=?",
-                (device, inode, size, mtime_ns),
-            ).fetchone()
+        row = self._read(
+            "SELECT sha256 FROM files WHERE device=? AND inode=? AND size=? AND mtime_ns=?",
+            (device, inode, size, mtime_ns),
+        )
         metrics.HASH_CACHE.labels("hit" if row else "miss").inc()
         return str(row[0]) if row else None
 
     def store(self, device: int, inode: int, size: int, mtime_ns: int, sha256: str) -> None:
-        with self._lock:
-            self._begin()
-            self._db.execute(
-                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
-                (device, inode, size, mtime_ns, sha256, time.time()),
-            )
-            self._wrote()
+        self._write(
+            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
+            (device, inode, size, mtime_ns, sha256, time.time()),
+        )
 
     # --- hash → classification result -----------------------------------------------
     def result(self, sha256: str, version: str, categories: str) -> dict[str, Any] | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT result FROM results WHERE sha256=? AND version=? AND categories=?",
-                (sha256, version, categories),
-            ).fetchone()
+        row = self._read(
+            "SELECT result FROM results WHERE sha256=? AND version=? AND categories=?",
+            (sha256, version, categories),
+        )
         if row is None:
             return None
         try:
@@ -139,15 +134,37 @@ class HashCache:
         self, sha256: str, version: str, categories: str, result: dict[str, Any]
     ) -> None:
         text = json.dumps(result, ensure_ascii=False, default=str)
-        with self._lock:
-            self._begin()
-            self._db.execute(
-                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
-                (sha256, version, categories, text),
-            )
-            self._wrote()
+        self._write(
+            "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
+            (sha256, version, categories, text),
+        )
 
     # --- housekeeping ---------------------------------------------------------------
+    def _read(self, sql: str, args: tuple[Any, ...]) -> Any:
+        """One row, or None — also when the cache is unusable (it is only a cache)."""
+        with self._lock:
+            if self._closed:
+                return None
+            try:
+                return self._db.execute(sql, args).fetchone()
+            except sqlite3.Error as e:
+                metrics.CLASSIFY_SKIPPED.labels("hash_cache_error").inc()
+                log.warning("hash cache %s: read failed: %s", self.path, e)
+                return None
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._begin()
+                self._db.execute(sql, args)
+            except sqlite3.Error as e:  # busy past the timeout, disk full: lose the entry only
+                metrics.CLASSIFY_SKIPPED.labels("hash_cache_error").inc()
+                log.warning("hash cache %s: write failed: %s", self.path, e)
+                return
+            self._wrote()
+
     def _begin(self) -> None:
         # called with the lock held, before a write: batch writes in one transaction
         if not self._db.in_transaction:

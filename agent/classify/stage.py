@@ -12,6 +12,7 @@ and the worker still finishes, so the next event for that file hits the cache.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -41,7 +42,13 @@ class ClassifyStage:
         self.enabled = s.enabled
         self.timeout = s.event_timeout
         cache_path = s.hash_cache or rt.settings.state_dir / "hashcache.db"
-        self.cache = HashCache(cache_path)
+        try:
+            self.cache = HashCache(cache_path)
+        except (sqlite3.Error, OSError) as e:  # the cache only saves work: run without it
+            log.error(
+                "classify.hash_cache %s unusable (%s); hashing without a cache", cache_path, e
+            )
+            self.cache = HashCache(None)
         provider = rt.extras.get("categories")
         self.classifier = Classifier(
             s,
