@@ -133,13 +133,21 @@ def close(ctx: click.Context, ident: str, note: str | None, by: str | None) -> N
     type=click.Path(exists=True, dir_okay=False),
     help="Verify an export file instead of the store.",
 )
+@click.option(
+    "--witness",
+    type=click.Path(exists=True, dir_okay=False),
+    help="An earlier export: the store must still hold its records unchanged "
+    "(catches a cut-off tail or a re-sealed chain).",
+)
 @click.option("--host", help="Only this host's chain (store only).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
-def verify(ctx: click.Context, file_: str | None, host: str | None, as_json: bool) -> None:
+def verify(
+    ctx: click.Context, file_: str | None, witness: str | None, host: str | None, as_json: bool
+) -> None:
     """Check the hash chain and every incident row against it; exit 1 on the first break."""
-    from agent.incidents.chain import verify_entries
-    from agent.incidents.export import ExportFileError, describe, verify_file
+    from agent.incidents.chain import check_witness, verify_entries
+    from agent.incidents.export import ExportFileError, describe, read_file, verify_file
     from agent.incidents.queries import chain_entries, incident_documents
 
     if file_:
@@ -153,8 +161,21 @@ def verify(ctx: click.Context, file_: str | None, host: str | None, as_json: boo
         where = f"{file_} ({fmt})"
     else:
         engine = open_store(settings_from(ctx))
-        report = verify_entries(chain_entries(engine, host=host), incident_documents(engine, host))
+        entries = list(chain_entries(engine, host=host))
+        report = verify_entries(entries, incident_documents(engine, host))
         where = "store"
+        if witness:
+            try:
+                with open(witness, encoding="utf-8", newline="") as fp:
+                    _fmt, wreport = verify_file(fp)
+                    fp.seek(0)
+                    witnessed = list(read_file(fp))
+            except (ExportFileError, UnicodeDecodeError) as e:
+                raise UserError(f"{witness}: {e}") from None
+            if not wreport.ok:
+                raise UserError(f"{witness}: the witness export does not verify itself")
+            check_witness(report, {(e.host_id, e.seq): e.hash for e in entries}, witnessed)
+            where = f"store against {witness}"
     summary = describe(report)
     if as_json:
         print_json({"source": where, **summary})

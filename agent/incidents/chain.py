@@ -251,3 +251,24 @@ def _compare_rows(
                     f"incident {uid} recorded at seq {seq} is missing: the row was deleted",
                 )
             )
+
+
+def check_witness(
+    report: VerifyReport, stored: Mapping[tuple[str, int], str], witness: Iterable[ChainEntry]
+) -> None:
+    """Compare the store's chain with an earlier export of it (kept off the host).
+
+    A chain alone cannot show that its tail was cut off, or that someone rewrote a
+    record and re-sealed every hash after it; an export taken before can. Each record
+    of the witness must still be in the store with the same hash.
+    """
+    for e in witness:
+        have = stored.get((e.host_id, e.seq))
+        if have is None:
+            why = "is in the witness export but not in the store: the chain was truncated"
+        elif have != e.hash:
+            why = "has another hash than in the witness export: rewritten and re-sealed"
+        else:
+            continue
+        report.problems.append(Problem(e.host_id, e.seq, f"record {e.seq} {why}", report.records))
+        return

@@ -36,6 +36,7 @@ from agent.pipeline import BoundedQueue
 from agent.store.models import Lineage
 
 log = logging.getLogger(__name__)
+GAUGE_REFRESH_SECONDS = 30.0
 
 
 class Correlator:
@@ -94,10 +95,18 @@ class Correlator:
 
     def _run(self) -> None:
         done = False
+        refreshed = time.monotonic()
         while not done:
             batch, done = self.queue.get_batch(256, 1.0)
             for event in batch:
                 self._handle(event)
+            if time.monotonic() - refreshed > GAUGE_REFRESH_SECONDS:
+                # analysts ack and close from the CLI: keep the open-incidents gauge true
+                refreshed = time.monotonic()
+                try:
+                    self.log.refresh_open_gauge()
+                except Exception:
+                    log.debug("open-incidents gauge refresh failed", exc_info=True)
 
     def _handle(self, event: Event) -> None:
         if isinstance(event, FileEvent):

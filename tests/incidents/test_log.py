@@ -243,3 +243,74 @@ def test_deleted_genesis_is_found(store: Engine) -> None:
         c.execute(text("DELETE FROM incident_chain WHERE seq = 0"))
     report = verify(store)
     assert report.first is not None and report.first.seq == 1
+
+
+# --- what only a witness (an earlier export kept elsewhere) can show ---------------------
+
+
+def _witness(engine: Engine) -> list:
+    import io
+
+    from agent.incidents.export import read_file, write
+
+    buf = io.StringIO()
+    write(chain_entries(engine), "ecs", buf)
+    return list(read_file(io.StringIO(buf.getvalue())))
+
+
+def _against(engine: Engine, witness: list) -> VerifyReport:
+    from agent.incidents.chain import check_witness
+
+    entries = list(chain_entries(engine))
+    report = verify_entries(entries, incident_documents(engine))
+    check_witness(report, {(e.host_id, e.seq): e.hash for e in entries}, witness)
+    return report
+
+
+def test_cut_off_tail_is_found_only_with_a_witness(store: Engine) -> None:
+    populated(store)
+    witness = _witness(store)
+    with store.begin() as c:
+        c.execute(
+            text(
+                "DELETE FROM incidents WHERE uid = "
+                "(SELECT incident_uid FROM incident_chain WHERE seq = 4)"
+            )
+        )
+        c.execute(text("DELETE FROM incident_chain WHERE seq = 4"))
+    assert verify(store).ok  # a chain alone cannot see its own end cut off
+    report = _against(store, witness)
+    assert report.first is not None and report.first.seq == 4 and "truncated" in report.first.why
+
+
+def test_resealed_chain_is_found_only_with_a_witness(store: Engine) -> None:
+    import json as _json
+
+    from agent.incidents.chain import link_hash
+    from agent.incidents.model import canonical_json
+
+    populated(store)
+    witness = _witness(store)
+    rows = {e.seq: e for e in chain_entries(store)}
+    victim = rows[2]
+    doc = _json.loads(victim.payload or "")
+    doc["incident"]["severity"] = "low"
+    with store.begin() as c:
+        prev = rows[1].hash
+        for seq in sorted(rows)[2:]:
+            payload = canonical_json(doc) if seq == 2 else rows[seq].payload
+            h = link_hash(prev, payload or "")
+            c.execute(
+                text(
+                    "UPDATE incident_chain SET payload = :p, prev_hash = :v, hash = :h "
+                    "WHERE seq = :s"
+                ),
+                {"p": payload, "v": prev, "h": h, "s": seq},
+            )
+            prev = h
+        c.execute(
+            text("UPDATE incidents SET severity = 'low' WHERE uid = :u"), {"u": victim.incident_uid}
+        )
+    assert verify(store).ok  # re-sealed: internally consistent
+    report = _against(store, witness)
+    assert report.first is not None and report.first.seq == 2 and "re-sealed" in report.first.why

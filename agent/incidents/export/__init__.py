@@ -93,6 +93,17 @@ def detect(first_line: str) -> str:
     raise ExportFileError("not an incident export (jsonl, ecs, ocsf, csv or cef)")
 
 
+def read_file(fp: IO[str], fmt: str | None = None) -> Iterator[ChainEntry]:
+    """The chain records of an export file (not verified: see `verify_file`)."""
+    lines = fp.readlines()
+    first = next((ln for ln in lines if ln.strip()), "")
+    if not first:
+        return
+    mod = FORMATS[fmt or detect(first)]
+    for entry, _observed in mod.read(lines):
+        yield entry
+
+
 def verify_file(fp: IO[str], fmt: str | None = None) -> tuple[str, VerifyReport]:
     """Verify an export read from `fp`; returns (format, report)."""
     lines = fp.readlines()
