@@ -306,8 +306,9 @@ def parse_hdf5(src: Source, limits: Limits) -> Finding:
     try:
         with src.open() as f, h5py.File(f, "r") as h5:
             attrs = {str(k) for k in h5.attrs}
+            # Keras 2 full models carry attributes; Keras 3 weight files a "layers" group
             keras = bool(attrs & {"keras_version", "model_config", "backend"}) or (
-                "model_weights" in h5 or ("layers" in h5 and "vars" in str(list(h5.keys())))
+                "model_weights" in h5 or "layers" in h5
             )
 
             def visit(name: str, obj: Any) -> Any:

@@ -257,3 +257,19 @@ def test_magika_names_what_the_parsers_do_not(tmp_path: Path) -> None:
     g = tmp_path / "unknown.bin"
     g.write_bytes(bytes(range(256)) * 64)
     assert classify_file(g).sha256  # unknown binary: hashed, whatever magika says
+
+
+def test_keras_v3_archive(tmp_path: Path) -> None:
+    import h5py
+    import numpy as np
+
+    h5 = tmp_path / "model.weights.h5"
+    with h5py.File(h5, "w") as f:
+        f.create_dataset("layers/dense/vars/0", data=np.zeros((6, 4), dtype=np.float32))
+        f.create_dataset("layers/dense/vars/1", data=np.zeros((4,), dtype=np.float32))
+    target = C.zip_of(
+        tmp_path / "clf.keras",
+        {"metadata.json": b"{}", "config.json": b"{}", "model.weights.h5": h5.read_bytes()},
+    )
+    d = details(classify_file(target, settings=NO_MAGIKA), "model_weights")
+    assert d["format"] == "keras" and d["tensors"] == 2 and d["parameters"] == 28
