@@ -118,7 +118,8 @@ class CorrelationEngine:
         self._parents_of = parents_of
         self._judge_transfer = judge_transfer
         self.ancestry = ancestry if ancestry is not None else Ancestry(proc=None)
-        self._touches: deque[Touch] = deque()
+        self._touches: deque[Touch] = deque()  # in time order, for expiry
+        self._by_pid: dict[int | None, deque[Touch]] = {}  # the same touches by process
         self._flows: deque[tuple[Flow, str | None]] = deque()  # (flow, its policy-alert key)
         self._seen: OrderedDict[str, _Seen] = OrderedDict()
         self._parents: OrderedDict[str, tuple[str, ...]] = OrderedDict()
@@ -139,7 +140,12 @@ class CorrelationEngine:
             self._now = t
         horizon = self._now - self.window - CLOCK_SKEW
         while self._touches and self._touches[0].event.time < horizon:
-            self._touches.popleft()
+            old = self._touches.popleft()
+            mine = self._by_pid.get(old.pid)
+            if mine:
+                mine.popleft()  # touches enter both queues in the same order
+                if not mine:
+                    del self._by_pid[old.pid]
         while self._flows and self._flows[0][0].end < horizon:
             self._flows.popleft()
 
@@ -173,6 +179,7 @@ class CorrelationEngine:
         if e.action in TOUCH_ACTIONS:
             touch = Touch(e, key, size_of(e))
             self._touches.append(touch)
+            self._by_pid.setdefault(touch.pid, deque()).append(touch)
             for flow, flow_key in list(self._flows):
                 if flow.uid in self._matched_flows or flow.end + CLOCK_SKEW < e.time:
                     continue
@@ -185,7 +192,7 @@ class CorrelationEngine:
         alerting = [d for d in f.decisions if is_alerting(d)]
         if f.dest_class not in EXTERNAL:
             return [self._flow_alert_finding(f, alerting)] if alerting else []
-        match = self._match(f, list(self._touches))
+        match = self._match(f, self._candidates(f))
         if match is not None:
             return [self._exfil_finding(f, match, None)]
         flow_key = None
@@ -199,6 +206,18 @@ class CorrelationEngine:
         return findings
 
     # --- matching ------------------------------------------------------------------
+    def _candidates(self, flow: Flow) -> list[Touch]:
+        """Touches that could belong to `flow`: by its process and ancestors, or unattributed."""
+        fpid = flow.process.pid if flow.process else None
+        if fpid is None:
+            return list(self._touches)
+        out: list[Touch] = []
+        for pid in (fpid, *self.ancestry.ancestors(fpid)):
+            out.extend(self._by_pid.get(pid, ()))
+        if not self._file_attribution:
+            out.extend(self._by_pid.get(None, ()))
+        return out
+
     def _relation(self, touch: Touch, flow: Flow) -> str | None:
         fpid = flow.process.pid if flow.process else None
         if fpid is None:

@@ -76,6 +76,8 @@ def test_list_show_ack_close_verify_export(tmp_path: Path) -> None:
         cli("incidents", "export", "--format", fmt, "--output", str(out_file), config=cfg)
         res = cli("incidents", "verify", "--file", str(out_file), "--json", config=cfg)
         assert json.loads(res.stdout)["ok"] is True, fmt
+    witness = cli("incidents", "verify", "--witness", str(tmp_path / "export.csv"), config=cfg)
+    assert witness.stdout.startswith("OK: store against")
     stdout_export = cli("incidents", "export", "--format", "ecs", config=cfg).stdout
     assert stdout_export.count("\n") == len(stdout_export.splitlines()) == 5  # genesis+2+ack+close
 
