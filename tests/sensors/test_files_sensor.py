@@ -276,3 +276,53 @@ def test_stop_joins_every_thread_and_flushes_pending_moves(tmp_path, start_senso
     sensor.stop()
     assert not [t for t in threading.enumerate() if t.name.startswith("files-")]
     assert sensor.status()["emitted"] == len(col.snapshot())
+
+
+def test_inventory_job_reconciles_every_root(tmp_path, engine):
+    from agent.config import Settings
+    from agent.daemon import Runtime
+    from agent.jobs import JOB_BUILDERS
+    from agent.sensors.files import create, inventory_rescan_job
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "existing.txt").write_text("before the agent")
+    settings = Settings(
+        files={"roots": [str(root)], "fanotify": "off", "follow_mounts": False},
+        jobs={"rescan_interval": 3600},
+    )
+    rt = Runtime(settings, engine, "test-host", "test")
+    assert inventory_rescan_job in JOB_BUILDERS
+    assert inventory_rescan_job(rt) is None  # no file sensor running: no job
+    sensor = create(rt)
+    assert rt.extras["files_sensor"] is sensor
+    col = Collector()
+    sensor.rescan_on_start = False
+    sensor.start(col)
+    try:
+        name, interval, run = inventory_rescan_job(rt)
+        assert (name, interval) == ("files_rescan", 3600)
+        before = _sample(metrics.FILE_RESCANS, reason="inventory")
+        run()
+        assert _sample(metrics.FILE_RESCANS, reason="inventory") == before + 1
+        (ev,) = col.snapshot()
+        assert (ev.action, ev.path, ev.origin) == ("written", str(root / "existing.txt"), "rescan")
+        assert _sample(metrics.FILE_RESCAN_FOUND, type="written") >= 1
+        run()  # just done: the next run waits for its interval
+        assert _sample(metrics.FILE_RESCANS, reason="inventory") == before + 1
+    finally:
+        sensor.stop()
+
+
+def test_metrics_count_events_by_type_and_channel(tmp_path, start_sensor):
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    before = _sample(metrics.FILE_EVENTS, type="written", channel="local")
+    sensor_before = _sample(metrics.SENSOR_EVENTS, sensor="files")
+    sensor, col = start_sensor(roots=[root])
+    for i in range(7):
+        (root / "a" / f"m{i}").write_text("m")
+    assert col.wait(lambda evs: len([e for e in evs if e.action == "written"]) == 7)
+    assert _sample(metrics.FILE_EVENTS, type="written", channel="local") == before + 7
+    assert _sample(metrics.SENSOR_EVENTS, sensor="files") == sensor_before + len(col.snapshot())
+    assert col.wait(lambda evs: _sample(metrics.FILE_WATCHES) == 2, timeout=2)

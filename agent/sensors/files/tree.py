@@ -97,12 +97,15 @@ class WatchTree:
             wd = self.ino.add_watch(d)
         except OSError as e:
             if e.errno == errno.ENOSPC:
-                self.unwatched.add(d)
-                self.lost("watch_limit", d)
+                if d not in self.unwatched:  # count a directory once, not every retry
+                    self.unwatched.add(d)
+                    self.lost("watch_limit", d)
             elif e.errno in (errno.EACCES, errno.EPERM):
                 self.denied += 1
                 log.debug("cannot watch %r: %s", d, e.strerror)
-            elif e.errno not in (errno.ENOENT, errno.ENOTDIR):
+            elif e.errno in (errno.ENOENT, errno.ENOTDIR):
+                self.unwatched.discard(d)  # gone: nothing left to watch
+            else:
                 log.warning("cannot watch %r: %s", d, e)
             return False
         self.wd_path[wd] = d
