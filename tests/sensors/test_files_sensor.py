@@ -319,7 +319,7 @@ def test_metrics_count_events_by_type_and_channel(tmp_path, start_sensor):
     (root / "a").mkdir(parents=True)
     before = _sample(metrics.FILE_EVENTS, type="written", channel="local")
     sensor_before = _sample(metrics.SENSOR_EVENTS, sensor="files")
-    sensor, col = start_sensor(roots=[root])
+    _sensor, col = start_sensor(roots=[root])
     for i in range(7):
         (root / "a" / f"m{i}").write_text("m")
     assert col.wait(lambda evs: len([e for e in evs if e.action == "written"]) == 7)
