@@ -79,11 +79,16 @@ HELPER = textwrap.dedent(
     import json, os, sys, time
     sys.path.insert(0, {repo!r})
     from agent.config import FilesSection
+    from agent.sensors import SensorUnavailable
     from agent.sensors.files import FileSensor
-    root = sys.argv[1]
+    root, mode = sys.argv[1], sys.argv[2]
     events = []
-    s = FileSensor(FilesSection(roots=[root], fanotify="auto", follow_mounts=False), None)
-    s.start(lambda e: events.append(e) or True)
+    s = FileSensor(FilesSection(roots=[root], fanotify=mode, follow_mounts=False), None)
+    try:
+        s.start(lambda e: events.append(e) or True)
+    except SensorUnavailable as e:
+        print(json.dumps({{"unavailable": str(e)}}))
+        sys.exit(0)
     open(os.path.join(root, "open", "new.txt"), "w").write("x")
     time.sleep(0.5)
     s.stop()
@@ -93,10 +98,10 @@ HELPER = textwrap.dedent(
 )
 
 
-def _run_without(tmp_path: Path, caps: str, root: Path) -> dict:
+def _run_without(tmp_path: Path, caps: str, root: Path, mode: str = "auto") -> dict:
     helper = tmp_path / "helper.py"
     helper.write_text(HELPER.format(repo=str(REPO)))
-    cmd = f"{sys.executable} {helper} {root}"
+    cmd = f"{sys.executable} {helper} {root} {mode}"
     res = subprocess.run(
         ["capsh", f"--drop={caps}", "--", "-c", cmd], capture_output=True, text=True, timeout=60
     )
@@ -111,6 +116,8 @@ def test_without_cap_sys_admin_status_says_why(tmp_path):
     out = _run_without(tmp_path, "cap_sys_admin", root)
     assert "needs CAP_SYS_ADMIN" in out["status"]["process_attribution"]
     assert out["written"] == [str(root / "open" / "new.txt")]
+    out = _run_without(tmp_path, "cap_sys_admin", root, mode="on")
+    assert out == {"unavailable": "files.fanotify is 'on' but fanotify needs CAP_SYS_ADMIN"}
 
 
 @needs_capsh

@@ -93,9 +93,10 @@ class Attribution:
         missing = missing_capabilities()
         if missing:
             # unprivileged fanotify exists, but without filesystem marks and file handles
-            self.reason = f"off: fanotify needs {' and '.join(missing)}"
+            need = f"fanotify needs {' and '.join(missing)}"
+            self.reason = f"off: {need}"
             if self.mode == "on":
-                raise OSError(errno.EPERM, self.reason)
+                raise OSError(errno.EPERM, need)
             log.info("process attribution %s", self.reason)
             return
         try:

@@ -106,7 +106,7 @@ class FileSensor:
             self.attribution.start()
         except OSError as e:
             self.ino.close()
-            raise SensorUnavailable(f"files.fanotify is 'on' but {e}") from None
+            raise SensorUnavailable(f"files.fanotify is 'on' but {e.strerror or e}") from None
         wanted = [("root", p) for p in self.settings.roots]
         wanted += [("removable", p) for p in self.settings.removable]
         wanted += [("cloud_sync", p) for p in self.settings.cloud_sync]
