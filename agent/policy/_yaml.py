@@ -84,6 +84,8 @@ def load_marked(text: str) -> tuple[Any, list[YamlProblem]]:
         return None, [YamlProblem(line, f"YAML syntax error: {what}")]
     except yaml.YAMLError as e:
         return None, [YamlProblem(0, f"YAML error: {e}")]
+    except RecursionError:
+        return None, [YamlProblem(1, "YAML nested too deeply")]
     finally:
         loader.dispose()
     if node is None:
@@ -94,6 +96,8 @@ def load_marked(text: str) -> tuple[Any, list[YamlProblem]]:
         doc = _convert(loader, node, problems, budget)
     except _TooBig:
         return None, [YamlProblem(node.start_mark.line + 1, "document expands to too many nodes")]
+    except RecursionError:
+        return None, [YamlProblem(node.start_mark.line + 1, "YAML nested too deeply")]
     return doc, problems
 
 

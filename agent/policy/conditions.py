@@ -238,8 +238,10 @@ def _macro(raw: Mapping[str, Any], ctx: CompileContext, line: int) -> Condition 
         return None
     if name not in ctx._macro_cache:
         ctx._macro_stack.append(name)
-        ctx._macro_cache[name] = compile_condition(ctx.macros[name], ctx, line)
-        ctx._macro_stack.pop()
+        try:
+            ctx._macro_cache[name] = compile_condition(ctx.macros[name], ctx, line)
+        finally:
+            ctx._macro_stack.pop()
     return ctx._macro_cache[name]
 
 

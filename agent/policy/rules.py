@@ -15,7 +15,7 @@ from typing import Any
 
 from agent.policy import facts as facts_mod
 from agent.policy._yaml import item_line, key_line, line_of
-from agent.policy.conditions import CompileContext, compile_condition, field_type
+from agent.policy.conditions import CompileContext, Condition, compile_condition, field_type
 from agent.policy.loader import Issue, ParsedPack
 from agent.policy.model import Network, Rule, RuleCase, RuleException
 from agent.policy.schema import ExceptionModel
@@ -47,12 +47,12 @@ def compile_rules(
     macro_ctx = ctx_for(pack.file)
     raw_macros = pack.raw.get("macros") or {}
     for name in pack.macros:
-        compile_condition({"macro": name}, macro_ctx, key_line(raw_macros, name))
+        _compile(macro_ctx, {"macro": name}, key_line(raw_macros, name))
     out = []
     for model, raw in pack.rules:
         ctx = ctx_for(pack.file)
         ctx._macro_cache = macro_ctx._macro_cache  # macro problems are reported once
-        cond = compile_condition(model.condition, ctx, key_line(raw, "condition"))
+        cond = _compile(ctx, model.condition, key_line(raw, "condition"))
         exceptions = compile_exceptions(model.exceptions, raw, pack.file, issues)
         for i, case in enumerate(model.tests):
             check_test_facts(case.facts, raw["tests"][i], codes, pack.file, issues)
@@ -178,3 +178,11 @@ def case_facts(rule: Rule, counts: Mapping[str, int]) -> tuple[RuleCase, ...]:
         dataclasses.replace(c, facts=facts_mod.facts_from_mapping(c.facts, counts))
         for c in rule.tests
     )
+
+
+def _compile(ctx: CompileContext, raw: Any, line: int) -> Condition | None:
+    try:
+        return compile_condition(raw, ctx, line)
+    except RecursionError:  # macro chains or nesting deeper than the interpreter allows
+        ctx.report(line, "condition nested too deeply (macros or all/any/not)")
+        return None
