@@ -110,7 +110,10 @@ class All:
     items: tuple[Condition, ...]
 
     def __call__(self, facts: Mapping[str, Any]) -> bool:
-        return all(c(facts) for c in self.items)
+        for c in self.items:  # noqa: SIM110 - a plain loop: no generator per call on the hot path
+            if not c(facts):
+                return False
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +121,10 @@ class AnyOf:
     items: tuple[Condition, ...]
 
     def __call__(self, facts: Mapping[str, Any]) -> bool:
-        return any(c(facts) for c in self.items)
+        for c in self.items:  # noqa: SIM110 - as above
+            if c(facts):
+                return True
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,8 +218,7 @@ def compile_condition(raw: Any, ctx: CompileContext, line: int = 0) -> Condition
         items = [compile_condition(c, ctx, ln) for c, ln in zip(raw[key], lines)]
         if any(i is None for i in items):
             return None
-        kept = tuple(i for i in items if i is not None)
-        return All(kept) if key == "all" else AnyOf(kept)
+        return _flatten(key, [i for i in items if i is not None])
     if "not" in keys:
         if len(keys) != 1:
             ctx.report(line, "'not' must be the only key of its mapping")
@@ -223,6 +228,38 @@ def compile_condition(raw: Any, ctx: CompileContext, line: int = 0) -> Condition
     if "macro" in keys:
         return _macro(raw, ctx, line)
     return _leaf(raw, ctx, line)
+
+
+def _flatten(key: str, items: list[Condition]) -> Condition:
+    """Splice nested all-in-all (any-in-any, e.g. from macros); plain comparisons first.
+
+    Conditions are pure, so the order of the parts does not change the result; testing
+    the cheap comparisons (event, channel) first skips most of the work for most events.
+    """
+    kind = All if key == "all" else AnyOf
+    flat: list[Condition] = []
+    for item in items:
+        flat.extend(item.items if isinstance(item, kind) else (item,))
+    flat.sort(key=lambda c: 0 if isinstance(c, Compare) else 1)
+    return flat[0] if len(flat) == 1 else kind(tuple(flat))
+
+
+def event_kinds(cond: Condition) -> frozenset[str] | None:
+    """The `event` values a condition can hold for, or None when it does not say."""
+    if isinstance(cond, Compare) and cond.field == "event":
+        if cond.op == "eq":
+            return frozenset([cond.value])
+        if cond.op == "in":
+            return frozenset(cond.value)
+    if isinstance(cond, All):
+        known = [k for k in map(event_kinds, cond.items) if k is not None]
+        return frozenset.intersection(*known) if known else None
+    if isinstance(cond, AnyOf):
+        parts = [event_kinds(c) for c in cond.items]
+        if any(p is None for p in parts):
+            return None
+        return frozenset().union(*(p for p in parts if p is not None))
+    return None
 
 
 def _macro(raw: Mapping[str, Any], ctx: CompileContext, line: int) -> Condition | None:

@@ -20,7 +20,7 @@ from typing import Any
 from agent.categories import CategorySpec
 from agent.events import Artefact, Decision, FileEvent, Flow, Severity
 from agent.policy import facts as facts_mod
-from agent.policy.conditions import Condition
+from agent.policy.conditions import Condition, event_kinds
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -129,6 +129,10 @@ class Rule:
                 return False, f"control suspended until {until}"
         return True, ""
 
+    @property
+    def events(self) -> frozenset[str] | None:
+        return event_kinds(self.condition)
+
     def fires(self, facts: Mapping[str, Any]) -> bool:
         if not self.condition(facts):
             return False
@@ -143,17 +147,28 @@ class Policy:
     categories: tuple[CategorySpec, ...]
     loaded_at: float = 0.0
     category_info: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    min_counts: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    _by_event: Mapping[str, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
 
-    @property
-    def min_counts(self) -> dict[str, int]:
-        return {c.code: c.min_count for c in self.categories}
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "min_counts", {c.code: c.min_count for c in self.categories})
+        # rules that can only hold for some kinds of event are not tried on the others
+        by_event: dict[str, tuple[Rule, ...]] = {}
+        for kind in ("file", "flow", "transfer"):
+            by_event[kind] = tuple(
+                r for r in self.rules if r.enabled and (r.events is None or kind in r.events)
+            )
+        object.__setattr__(self, "_by_event", by_event)
 
     def decide(self, facts: Mapping[str, Any], day: dt.date | None = None) -> list[Decision]:
         """Every decision the enabled rules make on these facts, in rule order."""
         day = day or dt.date.today()
+        rules = self._by_event.get(facts.get("event"))  # type: ignore[arg-type]
+        if rules is None:
+            rules = tuple(r for r in self.rules if r.enabled)
         out = []
-        for rule in self.rules:
-            if rule.enabled and rule.fires(facts):
+        for rule in rules:
+            if rule.fires(facts):
                 out.append(self._decision(rule, facts, day))
         return out
 

@@ -81,3 +81,39 @@ def test_every_category_pattern_is_anchored_against_substrings(shipped: Policy) 
             assert len(kw) >= 2, f"{spec.code}: keyword {kw!r} too short"
             if kw.isascii():
                 assert len(kw) >= 5, f"{spec.code}: ASCII keyword {kw!r} would match inside words"
+
+
+def test_event_index_does_not_change_decisions(shipped: Policy) -> None:
+    """Rules skipped by the per-event index are exactly those that could not fire."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    codes = [c.code for c in shipped.categories]
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.sampled_from(["file", "flow", "transfer", "other"]),
+        st.sampled_from(["local", "removable", "network_share", "cloud_sync", "network"]),
+        st.sampled_from(["written", "created", "deleted", "moved"]),
+        st.sampled_from(["foreign", "internal", "unknown", "domestic"]),
+        st.dictionaries(st.sampled_from(codes), st.integers(0, 30000), max_size=3),
+        st.frozensets(st.sampled_from(["document", "dataset", "model_weights", "source_code"])),
+        st.integers(0, 10**10),
+    )
+    def check(event, channel, action, dest, matches, kinds, n):  # type: ignore[no-untyped-def]
+        facts = {
+            "event": event,
+            "channel": channel,
+            "action": action,
+            "dest_class": dest,
+            "kinds": kinds,
+            "bytes_out": n,
+            "model_weights.parameters": n,
+            "categories": frozenset(matches),
+            **{f"matches.{c}": k for c, k in matches.items()},
+        }
+        got = {d.rule_id for d in shipped.decide(facts)}
+        want = {r.id for r in shipped.rules if r.enabled and r.fires(facts)}
+        assert got == want
+
+    check()
