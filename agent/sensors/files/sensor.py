@@ -7,7 +7,7 @@ hands `FileEvent`s to `emit`. Threads, all joined on `stop()`:
 
 - reader: inotify records → `WatchTree` → events (held briefly when fanotify is on, so
   the writer's pid can be joined to `written` events);
-- rescans: reconciling rescans (`rescan.py`) of roots marked dirty by a lost-event
+- rescans (`rescans.py`): reconciling rescans of roots marked dirty by a lost-event
   condition (queue overflow, watch limit) or a dropped emit, of new mounts, and of
   directories that left the watched area;
 - mounts: polls /proc/self/mountinfo and follows mounts and unmounts;
@@ -22,7 +22,7 @@ import select
 import stat
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
@@ -36,16 +36,15 @@ from agent.sensors.files import rescan as R
 from agent.sensors.files.attribution import Attribution
 from agent.sensors.files.globs import compile_excludes
 from agent.sensors.files.mounts import MountFollower
-from agent.sensors.files.tree import Change, WatchTree, stat_key
+from agent.sensors.files.rescans import Rescans
+from agent.sensors.files.tree import Change, WatchTree
 
 if TYPE_CHECKING:
     from agent.daemon import Runtime
 
 log = logging.getLogger(__name__)
 
-RECENT_TTL = 120.0  # seconds an emitted event is assumed to need to reach the store
 HOLD = 0.15  # seconds events wait for fanotify's pid when attribution is on
-GONE = None
 
 
 class FileSensor:
@@ -70,24 +69,14 @@ class FileSensor:
         self.roots: dict[str, str] = {}  # path -> why it is watched
         self.emitted = 0
         self.dropped = 0
-        self.rescans = 0
         self.lost: dict[str, int] = {}
         self._emit: Emit | None = None
         self._stop = threading.Event()
         # drills and tests: stop reading and let the kernel queue fill
         self._paused = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._reader: threading.Thread | None = None
         self._hold: deque[tuple[float, Change]] = deque()
-        self._recent: OrderedDict[str, tuple[R.StatKey | None, float]] = OrderedDict()
-        self._recent_lock = threading.Lock()
-        self._dirty: set[str] = set()
-        self._gone: list[str] = []
-        self._dirty_lock = threading.Lock()
-        self._dirty_at = 0.0
-        self._wake = threading.Event()
-        self._idle = threading.Event()  # set by the reader when it has nothing left to report
-        self._rescan_lock = threading.Lock()
-        self._last_full_rescan: float | None = None
+        self.rescans = Rescans(self)
         self._labels: dict[tuple[str, str], Any] = {}
         self.ino: I.Inotify | None = None
         self.tree: WatchTree | None = None
@@ -100,7 +89,7 @@ class FileSensor:
         self._emit = emit
         self.ino = I.Inotify()
         self.tree = WatchTree(
-            self.ino, self.excluded, self._on_change, self._on_lost, self._gone_dir
+            self.ino, self.excluded, self._on_change, self._on_lost, self.rescans.gone_dir
         )
         try:
             self.attribution.start()
@@ -117,10 +106,9 @@ class FileSensor:
             else:
                 log.warning("files: %s %r is not a directory; not watched", why, path)
         self.mounts.start()
-        for target in (self._read_loop, self._rescan_loop):
-            t = threading.Thread(target=target, name=f"files-{target.__name__.strip('_')}")
-            t.start()
-            self._threads.append(t)
+        self._reader = threading.Thread(target=self._read_loop, name="files-reader")
+        self._reader.start()
+        self.rescans.start()
         if self.rescan_on_start:
             self.mark_dirty(list(self.roots), "startup")
 
@@ -145,11 +133,11 @@ class FileSensor:
     def stop(self) -> None:
         self._stop.set()
         self._paused.clear()
-        self._wake.set()
         self.mounts.stop()
-        for t in self._threads:
-            t.join()
-        self._threads.clear()
+        self.rescans.stop()
+        if self._reader is not None:
+            self._reader.join()
+            self._reader = None
         self.attribution.stop()
         if self.ino is not None:
             self.ino.close()
@@ -166,8 +154,8 @@ class FileSensor:
             "emitted": self.emitted,
             "dropped": self.dropped,
             "lost": dict(self.lost),
-            "rescans": self.rescans,
-            "dirty": sorted(self._dirty),
+            "rescans": self.rescans.count,
+            "dirty": self.rescans.dirty,
             "process_attribution": self.attribution.reason,
             "interesting_paths": len(self.attribution.interesting_paths),
         }
@@ -220,11 +208,11 @@ class FileSensor:
             tree.flush()
             self._release(time.monotonic())
             if busy or tree.deferred or tree.pending or self._hold:
-                self._idle.clear()
+                self.rescans.idle.clear()
             else:
-                self._idle.set()
+                self.rescans.idle.set()
             metrics.FILE_WATCHES.set(len(tree.wd_path))
-            self._prune_recent()
+            self.rescans.recent.prune()
         tree.handle(ino.read())  # what the kernel already queued is still reported
         tree.flush(now=float("inf"))
         self._release(float("inf"))
@@ -233,7 +221,7 @@ class FileSensor:
         if self.attribution.active:
             self._hold.append((time.monotonic() + HOLD, ch))
         else:
-            self._send(ch, None)
+            self.send(ch, None)
 
     def _release(self, now: float) -> None:
         hold = self._hold
@@ -242,16 +230,16 @@ class FileSensor:
             proc = None
             if ch.action == FileAction.WRITTEN and ch.origin == Origin.WATCH:
                 proc = self.attribution.writer_of(ch.path)
-            self._send(ch, proc)
+            self.send(ch, proc)
 
     def _on_read(self, path: str, proc: ProcessInfo) -> None:
         try:
             st: os.stat_result | None = os.lstat(path)
         except OSError:
             st = None
-        self._send(Change(FileAction.READ, path, None, st), proc)
+        self.send(Change(FileAction.READ, path, None, st), proc)
 
-    def _send(self, ch: Change, proc: ProcessInfo | None) -> bool:
+    def send(self, ch: Change, proc: ProcessInfo | None) -> bool:
         st = ch.st
         current = ch.dest_path if ch.dest_path is not None else ch.path
         # `created` says a name appeared, not what it holds: a regular file's size and
@@ -287,38 +275,10 @@ class FileSensor:
         counter.inc()
         metrics.SENSOR_EVENTS.labels(self.name).inc()
         if ch.action != FileAction.READ:
-            self._remember(ch, content)
+            self.rescans.recent.remember(ch, content)
             if ch.action in (FileAction.WRITTEN, FileAction.MOVED) and ch.dest_path is not None:
                 self.attribution.path_changed(ch.path, ch.dest_path)
         return True
-
-    def _remember(self, ch: Change, content: bool) -> None:
-        """What this event will make the store believe, until the store surely has it."""
-        now = time.monotonic()
-        entries: list[tuple[str, R.StatKey | None]] = []
-        if ch.action == FileAction.DELETED or (ch.action == FileAction.MOVED):
-            entries.append((ch.path, GONE))
-        if ch.action != FileAction.DELETED and not (
-            ch.action == FileAction.MOVED and ch.dest_path is None
-        ):
-            current = ch.dest_path if ch.dest_path is not None else ch.path
-            seen = stat_key(ch.st) if content and ch.st is not None else (-1, -1, -1)
-            entries.append((current, seen))
-        with self._recent_lock:
-            for path, state in entries:
-                k = R.store_key(path)
-                self._recent[k] = (state, now)
-                self._recent.move_to_end(k)
-
-    def _prune_recent(self) -> None:
-        cutoff = time.monotonic() - RECENT_TTL
-        with self._recent_lock:
-            recent = self._recent
-            while recent:
-                _, (_, t) = next(iter(recent.items()))
-                if t > cutoff and len(recent) < 2_000_000:
-                    break
-                recent.popitem(last=False)
 
     # --- lost events -> rescans ---------------------------------------------------------
     def _on_lost(self, reason: str, path: str) -> None:
@@ -336,106 +296,15 @@ class FileSensor:
             root = self.root_of(path)
             self.mark_dirty([root] if root else [], reason)
 
-    def _gone_dir(self, path: str) -> None:
-        with self._dirty_lock:
-            self._gone.append(path)
-            self._dirty_at = time.monotonic()
-        self._wake.set()
-
-    def mark_dirty(self, roots: list[str], reason: str) -> None:
-        with self._dirty_lock:
-            self._dirty.update(roots)
-            self._dirty_at = time.monotonic()
-            self._dirty_reason = reason
-        self._wake.set()
-
-    def _rescan_loop(self) -> None:
-        while not self._stop.is_set():
-            tree = self.tree
-            timeout = 60.0 if tree is not None and tree.unwatched else None
-            if not self._wake.wait(timeout):
-                self.mark_dirty(
-                    [r for d in list(tree.unwatched if tree else ()) if (r := self.root_of(d))],
-                    "watch_limit",
-                )
-                continue
-            # let a burst settle: rescan once things are quiet (at most 5 s later)
-            first = time.monotonic()
-            while not self._stop.is_set():
-                quiet = time.monotonic() - self._dirty_at
-                if quiet >= 0.5 or time.monotonic() - first > 5:
-                    break
-                self._stop.wait(0.1)
-            with self._dirty_lock:
-                self._wake.clear()
-                dirty, self._dirty = self._dirty, set()
-                gone, self._gone = self._gone, []
-                reason = getattr(self, "_dirty_reason", "dirty")
-            for path in gone:
-                self.reconcile(path, "moved_out", gone_action=FileAction.MOVED, walk=False)
-            for root in sorted(dirty):
-                if self.under_root(root) and not self._stop.is_set():
-                    self.reconcile(root, reason)
+    def mark_dirty(self, paths: list[str], reason: str) -> None:
+        self.rescans.mark_dirty(paths, reason)
 
     def rescan_all(self, reason: str = "inventory") -> int:
         """Reconcile every root now (the inventory job calls this); returns events emitted."""
-        return sum(self.reconcile(r, reason) for r in list(self.roots))
+        return sum(self.rescans.reconcile(r, reason) for r in list(self.roots))
 
-    def reconcile(
-        self,
-        prefix: str,
-        reason: str,
-        gone_action: FileAction = FileAction.DELETED,
-        walk: bool = True,
-    ) -> int:
-        """Compare `prefix` on disk with the store and emit the difference (origin=rescan)."""
-        if self.engine is None or self.tree is None:
-            return 0
-        with self._rescan_lock:
-            started = time.monotonic()
-            disk: dict[str, R.OnDisk] = {}
-
-            def found(path: str, st: os.stat_result) -> None:
-                disk[R.store_key(path)] = R.OnDisk(path, stat_key(st), stat.S_ISREG(st.st_mode))
-
-            if walk:
-                self.tree.walk(prefix, found)
-            # wait until the watch has reported everything the kernel queued during the
-            # walk: what it reports from now on is newer than the walk and wins over it
-            self._idle.clear()
-            self._idle.wait(timeout=10.0)
-            known = R.known_state(self.engine, self.host_id, prefix)
-            sp = R.store_key(prefix)
-            with self._recent_lock:
-                recent = [(k, v) for k, v in self._recent.items() if R.under(k, sp)]
-            for k, (state, t) in recent:
-                if t >= started:  # the live watch reported it during this rescan
-                    disk.pop(k, None)
-                    known.pop(k, None)
-                else:
-                    known[k] = state
-            for k in list(known):
-                if self.excluded(k) or self.mounts.departed(k):
-                    del known[k]
-            n = 0
-            for step in R.plan(disk, known, gone_action):
-                if self._stop.is_set():
-                    break
-                st = None
-                if step.entry is not None:
-                    try:
-                        st = os.lstat(step.entry.path)
-                    except OSError:
-                        continue
-                if self._send(Change(step.action, step.path, None, st, Origin.RESCAN), None):
-                    metrics.FILE_RESCAN_FOUND.labels(str(step.action)).inc()
-                    n += 1
-            metrics.FILE_RESCANS.labels(reason).inc()
-            self.rescans += 1
-            if prefix in self.roots and walk:
-                self._last_full_rescan = time.monotonic()
-            log.info("files: rescan of %s (%s) found %d missing event(s)", prefix, reason, n)
-            return n
+    def reconcile(self, prefix: str, reason: str) -> int:
+        return self.rescans.reconcile(prefix, reason)
 
 
 def create(rt: Runtime) -> FileSensor:
@@ -453,7 +322,7 @@ def inventory_rescan_job(rt: Runtime) -> tuple[str, float, Any] | None:
     interval = rt.settings.jobs.rescan_interval
 
     def run() -> None:
-        last = sensor._last_full_rescan
+        last = sensor.rescans.last_full
         if last is not None and time.monotonic() - last < interval / 2:
             return  # the startup rescan has just done it
         sensor.rescan_all("inventory")

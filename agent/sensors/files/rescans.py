@@ -1,0 +1,199 @@
+"""The file sensor's rescan worker: dirty roots in, reconciling rescans out.
+
+Lost-event conditions, refused emits, new mounts and directories that left the watched
+area mark paths dirty here; one thread waits until the burst has been quiet for half a
+second (at most 5 s), then reconciles each dirty path with the store (`rescan.py`). It
+also keeps `Recent`, the sensor's memory of what it emitted in the last two minutes —
+what the store will believe once the pipeline has delivered it — so a rescan does not
+report again what is merely still on its way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from agent import metrics
+from agent.events import FileAction, Origin
+from agent.sensors.files import rescan as R
+from agent.sensors.files.tree import Change, stat_key
+
+if TYPE_CHECKING:
+    from agent.sensors.files.sensor import FileSensor
+
+log = logging.getLogger(__name__)
+
+RECENT_TTL = 120.0  # seconds an emitted event is assumed to need to reach the store
+RECENT_MAX = 2_000_000
+UNKNOWN: R.StatKey = (-1, -1, -1)  # a name whose content was not seen
+
+
+class Recent:
+    """store key -> (state the store will hold, None = gone; when it was emitted)."""
+
+    def __init__(self) -> None:
+        self._d: OrderedDict[str, tuple[R.StatKey | None, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, ch: Change, content: bool) -> None:
+        now = time.monotonic()
+        entries: list[tuple[str, R.StatKey | None]] = []
+        if ch.action in (FileAction.DELETED, FileAction.MOVED):
+            entries.append((ch.path, None))
+        if ch.action != FileAction.DELETED and not (
+            ch.action == FileAction.MOVED and ch.dest_path is None
+        ):
+            current = ch.dest_path if ch.dest_path is not None else ch.path
+            seen = stat_key(ch.st) if content and ch.st is not None else UNKNOWN
+            entries.append((current, seen))
+        with self._lock:
+            for path, state in entries:
+                k = R.store_key(path)
+                self._d[k] = (state, now)
+                self._d.move_to_end(k)
+
+    def prune(self) -> None:
+        cutoff = time.monotonic() - RECENT_TTL
+        with self._lock:
+            d = self._d
+            while d:
+                _, (_, t) = next(iter(d.items()))
+                if t > cutoff and len(d) < RECENT_MAX:
+                    break
+                d.popitem(last=False)
+
+    def under(self, prefix: str) -> list[tuple[str, tuple[R.StatKey | None, float]]]:
+        with self._lock:
+            return [(k, v) for k, v in self._d.items() if R.under(k, prefix)]
+
+
+class Rescans:
+    def __init__(self, sensor: FileSensor) -> None:
+        self.sensor = sensor
+        self.recent = Recent()
+        self.count = 0
+        self.last_full: float | None = None  # monotonic time of the last whole-root rescan
+        self.idle = threading.Event()  # set by the reader when it has nothing left to report
+        self._dirty: set[str] = set()
+        self._gone: list[str] = []
+        self._reason = "dirty"
+        self._lock = threading.Lock()
+        self._dirty_at = 0.0
+        self._wake = threading.Event()
+        self._serial = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def dirty(self) -> list[str]:
+        with self._lock:
+            return sorted(self._dirty)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="files-rescans")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def mark_dirty(self, paths: list[str], reason: str) -> None:
+        with self._lock:
+            self._dirty.update(paths)
+            self._dirty_at = time.monotonic()
+            self._reason = reason
+        self._wake.set()
+
+    def gone_dir(self, path: str) -> None:
+        """A watched directory moved out of the roots: its known files moved away."""
+        with self._lock:
+            self._gone.append(path)
+            self._dirty_at = time.monotonic()
+        self._wake.set()
+
+    def _run(self) -> None:
+        s = self.sensor
+        while not self._stop.is_set():
+            unwatched = list(s.tree.unwatched) if s.tree is not None else []
+            if not self._wake.wait(60.0 if unwatched else None):
+                # directories the watch limit left unwatched: retry them, and rescan
+                self.mark_dirty([r for d in unwatched if (r := s.root_of(d))], "watch_limit")
+                continue
+            first = time.monotonic()
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if now - self._dirty_at >= 0.5 or now - first > 5:
+                    break
+                self._stop.wait(0.1)
+            with self._lock:
+                self._wake.clear()
+                dirty, self._dirty = self._dirty, set()
+                gone, self._gone = self._gone, []
+                reason = self._reason
+            for path in gone:
+                self.reconcile(path, "moved_out", gone_action=FileAction.MOVED, walk=False)
+            for path in sorted(dirty):
+                if s.under_root(path) and not self._stop.is_set():
+                    self.reconcile(path, reason)
+
+    def reconcile(
+        self,
+        prefix: str,
+        reason: str,
+        gone_action: FileAction = FileAction.DELETED,
+        walk: bool = True,
+    ) -> int:
+        """Compare `prefix` on disk with the store and emit the difference (origin=rescan)."""
+        s = self.sensor
+        if s.engine is None or s.tree is None:
+            return 0
+        with self._serial:
+            started = time.monotonic()
+            disk: dict[str, R.OnDisk] = {}
+
+            def found(path: str, st: os.stat_result) -> None:
+                disk[R.store_key(path)] = R.OnDisk(path, stat_key(st), stat.S_ISREG(st.st_mode))
+
+            if walk:
+                s.tree.walk(prefix, found)
+            # wait until the watch has reported everything the kernel queued during the
+            # walk: what it reports from now on is newer than the walk and wins over it
+            self.idle.clear()
+            self.idle.wait(timeout=10.0)
+            known = R.known_state(s.engine, s.host_id, prefix)
+            for k, (state, t) in self.recent.under(R.store_key(prefix)):
+                if t >= started:  # the live watch reported it during this rescan
+                    disk.pop(k, None)
+                    known.pop(k, None)
+                else:
+                    known[k] = state
+            for k in list(known):
+                if s.excluded(k) or s.mounts.departed(k):
+                    del known[k]
+            n = 0
+            for step in R.plan(disk, known, gone_action):
+                if self._stop.is_set():
+                    break
+                st = None
+                if step.entry is not None:
+                    try:
+                        st = os.lstat(step.entry.path)
+                    except OSError:
+                        continue
+                if s.send(Change(step.action, step.path, None, st, Origin.RESCAN), None):
+                    metrics.FILE_RESCAN_FOUND.labels(str(step.action)).inc()
+                    n += 1
+            metrics.FILE_RESCANS.labels(reason).inc()
+            self.count += 1
+            if walk and prefix in s.roots:
+                self.last_full = time.monotonic()
+            log.info("files: rescan of %s (%s) found %d missing event(s)", prefix, reason, n)
+            return n
