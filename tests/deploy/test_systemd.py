@@ -10,11 +10,13 @@ with both sensors up and reading a root-only directory.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -132,8 +134,12 @@ def test_sysctl_raises_the_inotify_limits() -> None:
 
 
 # --- the daemon under the unit's privileges ---------------------------------------------
-def unit_caps() -> str:
-    caps = directives(UNIT.read_text())["AmbientCapabilities"][0].split()
+def unit_caps(*units: Path) -> str:
+    caps = [
+        c
+        for u in units or (UNIT,)
+        for c in directives(u.read_text())["AmbientCapabilities"][0].split()
+    ]
     return ",".join("+" + c.removeprefix("CAP_").lower() for c in caps)
 
 
@@ -172,7 +178,9 @@ class Notifications:
         self.sock.close()
 
 
-def run_as_service(sandbox: Path, caps: str | None) -> tuple[subprocess.Popen[bytes], str, Path]:
+def run_as_service(
+    sandbox: Path, caps: str | None, seccomp: Path | None = None, fanotify: str = "auto"
+) -> tuple[subprocess.Popen[bytes], str, Path]:
     nobody = 65534
     state = sandbox / "state"
     state.mkdir()
@@ -188,7 +196,7 @@ def run_as_service(sandbox: Path, caps: str | None) -> tuple[subprocess.Popen[by
                 "agent": {"state_dir": str(state)},
                 "metrics": {"listen": f"127.0.0.1:{port}"},
                 "sensors": {"enabled": ["files", "network"]},
-                "files": {"roots": [str(watched)], "follow_mounts": False},
+                "files": {"roots": [str(watched)], "follow_mounts": False, "fanotify": fanotify},
                 "network": {"interfaces": ["lo"]},
             }
         )
@@ -207,8 +215,19 @@ def run_as_service(sandbox: Path, caps: str | None) -> tuple[subprocess.Popen[by
         "WATCHDOG_USEC": "2000000",
         "PYTHONDONTWRITEBYTECODE": "1",
     }
+    # the unit's SystemCallFilter, loaded by a wrapper that then execs the agent
+    wrapper = [sys.executable, str(Path(__file__).with_name("seccomp_exec.py")), str(seccomp), "--"]
     proc = subprocess.Popen(
-        [*setpriv, sys.executable, "-m", "agent", "--config", str(cfg), "run"],
+        [
+            *setpriv,
+            *(wrapper if seccomp else []),
+            sys.executable,
+            "-m",
+            "agent",
+            "--config",
+            str(cfg),
+            "run",
+        ],
         cwd=REPO,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -240,7 +259,7 @@ needs_root_tools = pytest.mark.skipif(
 @pytest.mark.slow
 def test_daemon_under_the_units_capabilities_speaks_sd_notify(sandbox: Path) -> None:
     notes = Notifications(sandbox / "notify.sock")
-    proc, url, watched = run_as_service(sandbox, unit_caps())
+    proc, url, watched = run_as_service(sandbox, unit_caps(), seccomp=UNIT)
     try:
         ready = notes.wait_for("READY=1", timeout=60)
         status = Path(f"/proc/{proc.pid}/status").read_text()
@@ -258,6 +277,9 @@ def test_daemon_under_the_units_capabilities_speaks_sd_notify(sandbox: Path) -> 
         while not sample(url, "egress_agent_file_events_total"):
             assert time.monotonic() < deadline, (sandbox / "stderr").read_text()[-3000:]
             time.sleep(0.2)
+        # classified under the unit's syscall filter (hashing, parsers, keyword matching)
+        assert sample(url, "egress_agent_artefacts_classified_total")
+        assert "seccomp: " in (sandbox / "stderr").read_text()
         proc.send_signal(signal.SIGTERM)
         notes.wait_for("STOPPING=1", timeout=10)
         assert proc.wait(timeout=60) == 0
@@ -285,3 +307,84 @@ def test_without_the_capabilities_the_network_sensor_is_down_not_the_agent(
             proc.kill()
             proc.wait()
         notes.close()
+
+
+def file_events(sandbox: Path) -> list[tuple[str, str, int | None, str | None]]:
+    with sqlite3.connect(sandbox / "state" / "agent.db") as c:
+        return c.execute("SELECT action, path, pid, exe FROM file_events").fetchall()
+
+
+@needs_root_tools
+@pytest.mark.slow
+def test_fanotify_drop_in_gives_file_events_their_process(sandbox: Path) -> None:
+    """The base unit plus the drop-in: CAP_SYS_ADMIN and the fanotify calls let
+    `files.fanotify: on` start, and a write by a shell carries that shell's pid."""
+    merged = runnable_unit(sandbox, with_fanotify=True)
+    notes = Notifications(sandbox / "notify.sock")
+    proc, url, watched = run_as_service(
+        sandbox, unit_caps(UNIT, FANOTIFY), seccomp=merged, fanotify="on"
+    )
+    try:
+        notes.wait_for("READY=1", timeout=60)
+        assert sample(url, "egress_agent_sensor_up", sensor="files") == 1
+        writer = subprocess.run(
+            ["sh", "-c", f"echo $$; echo payload > {watched}/by-shell.txt"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        shell_pid = int(writer.stdout.split()[0])
+        deadline = time.monotonic() + 20
+        while not any(p == shell_pid for _a, _p, p, _e in file_events(sandbox)):
+            assert time.monotonic() < deadline, (file_events(sandbox), sample(url, "up"))
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notes.close()
+
+
+@needs_root_tools
+@pytest.mark.slow
+def test_without_the_drop_in_fanotify_on_is_refused_and_only_the_file_sensor_is_down(
+    sandbox: Path,
+) -> None:
+    notes = Notifications(sandbox / "notify.sock")
+    proc, url, _watched = run_as_service(sandbox, unit_caps(), seccomp=UNIT, fanotify="on")
+    try:
+        notes.wait_for("READY=1", timeout=60)
+        assert sample(url, "egress_agent_sensor_up", sensor="files") == 0
+        assert sample(url, "egress_agent_sensor_up", sensor="network") == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notes.close()
+
+
+@needs_analyze
+def test_the_seccomp_wrapper_enforces_the_units_filter() -> None:
+    """The filter the tests above run under really blocks (so their passing means
+    something): ptrace and sched_setaffinity fail with EPERM, ordinary calls work."""
+    probe = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "r = libc.ptrace(0, 0, 0, 0)\n"
+        "print('ptrace', r, ctypes.get_errno())\n"
+        "try:\n"
+        "    os.sched_setaffinity(0, {0}); print('affinity ok')\n"
+        "except PermissionError:\n"
+        "    print('affinity EPERM')\n"
+        "print('getpid', os.getpid() > 0)\n"
+    )
+    wrapper = Path(__file__).with_name("seccomp_exec.py")
+    res = subprocess.run(
+        [sys.executable, str(wrapper), str(UNIT), "--", sys.executable, "-c", probe],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert f"ptrace -1 {errno.EPERM}" in res.stdout
+    assert "affinity EPERM" in res.stdout and "getpid True" in res.stdout
