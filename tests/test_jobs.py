@@ -33,9 +33,14 @@ OTHER = "o" * 32
 NOW = datetime.now(UTC)
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = make_engine(f"sqlite:///{tmp_path / 'agent.db'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """The local SQLite store and a fleet PostgreSQL store (skips if unreachable)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'agent.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    eng = make_engine(url)
     upgrade(eng)
     register_host(eng, HOST, "test-host")
     yield eng
