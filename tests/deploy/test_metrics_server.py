@@ -205,3 +205,21 @@ def test_agent_with_unreadable_tls_key_exits_with_one_clear_line(
     res = cli("run", config=cfg, check=False, timeout=60)
     assert res.returncode != 0
     assert "metrics.tls_cert/tls_key" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_ipv6_loopback_listen(registry: CollectorRegistry) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 in this kernel")
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no ::1 here")
+    m = MetricsSection(listen="[::1]:0")
+    srv = serve(m, registry)
+    try:
+        code, _h, body = get(f"http://[::1]:{srv.port}/metrics")
+        assert code == 200 and b"egress_agent_test_things_total" in body
+    finally:
+        srv.shutdown()
+        srv.server_close()
