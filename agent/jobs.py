@@ -248,7 +248,12 @@ def start(rt: Runtime, now: datetime | None = None) -> BackgroundScheduler:
     metrics.STORE_SIZE.set_function(lambda: store_size_bytes(rt))
     now = now or datetime.now(UTC)
     for build in JOB_BUILDERS:
-        spec = build(rt)
+        try:
+            spec = build(rt)
+        except Exception:  # one broken job must not keep the daemon or the others down
+            log.exception("job builder %s failed; that job will not run", build.__name__)
+            metrics.JOB_RUNS.labels(build.__name__, "failure").inc()
+            continue
         if spec is None:
             continue
         name, interval, fn = spec

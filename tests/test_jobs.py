@@ -353,3 +353,20 @@ def test_schedule_survives_agent_restarts(run_agent: Any, agent_config: dict[str
     time.sleep(2)
     assert third.metric("egress_agent_job_runs_total", runs) == 1
     assert third.stop() == 0
+
+
+def test_a_broken_job_builder_leaves_the_other_jobs_running(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(rt: Runtime) -> tuple[str, float, jobs.Job]:
+        raise ValueError("bad export_dir")
+
+    calls: list[float] = []
+    sched = start_with(
+        monkeypatch, runtime(engine, tmp_path), [broken, counting_job("ok", 0.3, calls)]
+    )
+    try:
+        wait_for(lambda: len(calls) >= 1)
+        assert [j.id for j in sched.get_jobs()] == ["ok"]
+    finally:
+        sched.shutdown(wait=True)
