@@ -43,7 +43,7 @@ class Limits:
     max_compression_ratio: float = 200.0
     max_header_bytes: int = 100_000_000  # safetensors' own MAX_HEADER_SIZE
     max_gguf_count: int = 1 << 20  # tensors or metadata keys in one GGUF
-    max_member_inline: int = 32 << 20  # archive members read whole for nested parsing
+    max_member_inline: int = 16 << 20  # archive members kept whole for nested parsing
 
 
 @dataclass(slots=True)

@@ -279,7 +279,7 @@ class Classifier:
         """A TensorFlow SavedModel directory is one artefact; other directories are not."""
         pb = os.path.join(path, "saved_model.pb")
         if not os.path.isfile(pb):
-            return skipped("directory")
+            return Artefact(sha256=None, size=0, skipped="directory")  # not a problem: no count
         inner = self.classify_path(pb)
         return Artefact(
             sha256=None,

@@ -240,7 +240,11 @@ class Engine:
                 return Finding(f"application/x-{fmt}", [tag] if tag else [], skipped="error")
             if finding is not None:
                 return finding
-        text_finding = self._text(src)
+        try:
+            text_finding = self._text(src)
+        except Exception as e:  # the text tier is defensive too: never raise out
+            log.warning("%s: text tier failed: %s: %s", src.name, type(e).__name__, e)
+            return Finding("text/plain", skipped="error")
         if text_finding is not None:
             return text_finding
         ext_tag = engineering.extension_tag(src.ext)
@@ -381,9 +385,13 @@ class Engine:
                 return found
         delim = datasets.sniff_delimited(text, src.ext)
         if delim is not None and src.ext not in documents.TEXT_DOC_EXT:
-            found = datasets.parse_delimited(src, self.limits, text, delim)
-            found.tags += secrets
-            return found
+            try:
+                found = datasets.parse_delimited(src, self.limits, text, delim)
+            except ParseError:
+                pass  # not tabular after all: a text document
+            else:
+                found.tags += secrets
+                return found
         if secrets and (src.ext in ("pem", "key", "") or "PRIVATE KEY-----" in text[:100]):
             return Finding("application/x-pem-file", secrets, text=text)
         found = documents.text_document(text, src.ext)

@@ -12,6 +12,7 @@ and the worker still finishes, so the next event for that file hits the cache.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,7 +58,7 @@ class ClassifyStage:
             store_lookup=partial(store_lookup, rt.engine),
         )
         self.pool = ThreadPoolExecutor(s.workers, "classify")
-        self._inflight: dict[str, Future[Artefact]] = {}
+        self._inflight: dict[tuple[object, ...], Future[Artefact]] = {}
         self._lock = threading.Lock()
         rt.extras.setdefault("stop_hooks", []).append(self.close)
 
@@ -70,12 +71,18 @@ class ClassifyStage:
         if event.action not in _CLASSIFY_ACTIONS:
             return event
         path = event.current_path
+        key = _identity(path)
+        submitted = False
         with self._lock:
-            fut = self._inflight.get(path)
+            # a second event for the same unchanged file waits for the first's result
+            fut = self._inflight.get(key)
             if fut is None or fut.done():
                 fut = self.pool.submit(self.classifier.classify_path, path)
-                self._inflight[path] = fut
-                fut.add_done_callback(partial(self._done, path))
+                self._inflight[key] = fut
+                submitted = True
+        if submitted:
+            # outside the lock: a future already done runs the callback right here
+            fut.add_done_callback(partial(self._done, key))
         try:
             artefact = fut.result(timeout=self.timeout)
         except FutureTimeout:
@@ -83,12 +90,21 @@ class ClassifyStage:
             artefact = Artefact(sha256=None, size=event.size or 0, skipped="deferred")
         return replace(event, artefact=artefact)
 
-    def _done(self, path: str, fut: Future[Artefact]) -> None:
+    def _done(self, key: tuple[object, ...], fut: Future[Artefact]) -> None:
         with self._lock:
-            if self._inflight.get(path) is fut:
-                del self._inflight[path]
+            if self._inflight.get(key) is fut:
+                del self._inflight[key]
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
         self.classifier.close()
         self.cache.close()
+
+
+def _identity(path: str) -> tuple[object, ...]:
+    """The path with its inode, size and mtime: a changed file is a different job."""
+    try:
+        st = os.lstat(path)
+    except (OSError, ValueError):
+        return (path,)
+    return (path, st.st_ino, st.st_size, st.st_mtime_ns)

@@ -186,3 +186,21 @@ def test_copy_then_rename_keeps_tags(rt: Any, tmp_path: Path) -> None:
     assert second.artefact is not None and first.artefact is not None
     assert second.artefact.tags == first.artefact.tags
     assert second.artefact.parents == (first.artefact.sha256,)
+
+
+def test_fast_results_do_not_deadlock_the_stage(rt: Any, tmp_path: Path) -> None:
+    """Regression: a future done before its callback was added ran the callback under the
+    stage's lock and hung the pipeline (found by the daemon wiring test)."""
+    import threading
+
+    stage = ClassifyStage(rt)
+    done = threading.Event()
+
+    def run() -> None:
+        for i in range(200):
+            stage(ev(FileAction.CREATED, tmp_path / f"missing-{i}"))
+        done.set()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert done.wait(10), "the classify stage hung"
