@@ -326,3 +326,21 @@ def test_metrics_count_events_by_type_and_channel(tmp_path, start_sensor):
     assert _sample(metrics.FILE_EVENTS, type="written", channel="local") == before + 7
     assert _sample(metrics.SENSOR_EVENTS, sensor="files") == sensor_before + len(col.snapshot())
     assert col.wait(lambda evs: _sample(metrics.FILE_WATCHES) == 2, timeout=2)
+
+
+def test_rescan_survives_a_store_failure_and_retries(tmp_path, start_sensor):
+    from agent.store.db import make_engine, upgrade
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "there.txt").write_text("already there")
+    broken = make_engine(f"sqlite:///{tmp_path / 'not-yet-migrated.db'}")  # no tables yet
+    sensor, col = start_sensor(engine=broken, rescan_on_start=True, roots=[root])
+    assert col.wait(lambda evs: sensor.status()["dirty"] == [str(root)], timeout=5)
+    assert not col.snapshot()
+    upgrade(broken)  # the store is back
+    assert col.wait(lambda evs: [e.path for e in evs] == [str(root / "there.txt")], timeout=10)
+    assert col.snapshot()[0].origin == Origin.RESCAN
+    (root / "live.txt").write_text("the watch never stopped")
+    assert col.wait(lambda evs: any(e.path.endswith("live.txt") for e in evs))
+    broken.dispose()

@@ -88,6 +88,7 @@ class Rescans:
         self._serial = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._backoff = 0.0
 
     @property
     def dirty(self) -> list[str]:
@@ -138,11 +139,34 @@ class Rescans:
                 dirty, self._dirty = self._dirty, set()
                 gone, self._gone = self._gone, []
                 reason = self._reason
+            refused = False
             for path in gone:
-                self.reconcile(path, "moved_out", gone_action=FileAction.MOVED, walk=False)
+                ok = self._safely(path, "moved_out", gone_action=FileAction.MOVED, walk=False)
+                refused |= not ok
             for path in sorted(dirty):
                 if s.under_root(path) and not self._stop.is_set():
-                    self.reconcile(path, reason)
+                    refused |= not self._safely(path, reason)
+            if refused:
+                # the pipeline or the store is not keeping up: back off before retrying
+                self._backoff = min(self._backoff * 2 or 1.0, 60.0)
+                self._stop.wait(self._backoff)
+            else:
+                self._backoff = 0.0
+
+    def _safely(self, path: str, reason: str, **kw: object) -> bool:
+        """Reconcile; False (and the path dirty again) when it could not finish."""
+        try:
+            n = self.reconcile(path, reason, **kw)  # type: ignore[arg-type]
+        except Exception:  # e.g. the store is unreachable: try again later
+            log.exception("files: rescan of %s failed; it will be retried", path)
+            n = -1
+        if n < 0:
+            if kw.get("gone_action") == FileAction.MOVED:
+                self.gone_dir(path)
+            else:
+                self.mark_dirty([path], reason)
+            return False
+        return True
 
     def reconcile(
         self,
@@ -151,7 +175,10 @@ class Rescans:
         gone_action: FileAction = FileAction.DELETED,
         walk: bool = True,
     ) -> int:
-        """Compare `prefix` on disk with the store and emit the difference (origin=rescan)."""
+        """Compare `prefix` on disk with the store and emit the difference (origin=rescan).
+
+        Returns the events emitted, or -1 when `emit` refused one (the rest is left for
+        the retry, which finds it again)."""
         s = self.sensor
         if s.engine is None or s.tree is None:
             return 0
@@ -188,12 +215,17 @@ class Rescans:
                         st = os.lstat(step.entry.path)
                     except OSError:
                         continue
-                if s.send(Change(step.action, step.path, None, st, Origin.RESCAN), None):
-                    metrics.FILE_RESCAN_FOUND.labels(str(step.action)).inc()
-                    n += 1
+                if not s.send(Change(step.action, step.path, None, st, Origin.RESCAN), None):
+                    n = -1
+                    break
+                metrics.FILE_RESCAN_FOUND.labels(str(step.action)).inc()
+                n += 1
             metrics.FILE_RESCANS.labels(reason).inc()
             self.count += 1
             if walk and prefix in s.roots:
                 self.last_full = time.monotonic()
-            log.info("files: rescan of %s (%s) found %d missing event(s)", prefix, reason, n)
+            if n < 0:
+                log.warning("files: rescan of %s (%s) stopped: events refused", prefix, reason)
+            else:
+                log.info("files: rescan of %s (%s) found %d missing event(s)", prefix, reason, n)
             return n

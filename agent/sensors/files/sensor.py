@@ -290,7 +290,7 @@ class FileSensor:
             reason,
             f" at {path!r}" if path else "",
         )
-        if reason == "queue_overflow":
+        if reason == "queue_overflow" or not path:
             self.mark_dirty(list(self.roots), reason)
         else:
             root = self.root_of(path)
@@ -301,7 +301,7 @@ class FileSensor:
 
     def rescan_all(self, reason: str = "inventory") -> int:
         """Reconcile every root now (the inventory job calls this); returns events emitted."""
-        return sum(self.rescans.reconcile(r, reason) for r in list(self.roots))
+        return sum(max(0, self.rescans.reconcile(r, reason)) for r in list(self.roots))
 
     def reconcile(self, prefix: str, reason: str) -> int:
         return self.rescans.reconcile(prefix, reason)

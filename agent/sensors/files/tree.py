@@ -188,7 +188,11 @@ class WatchTree:
     def handle(self, events: list[I.RawEvent]) -> None:
         with self.lock:
             for ev in events:
-                self._one(ev)
+                try:
+                    self._one(ev)
+                except Exception:  # a bug or an odd file must not end the reader
+                    log.exception("files: cannot handle inotify record %r", ev)
+                    self.lost("sensor_error", self.wd_path.get(ev.wd, ""))
 
     def _one(self, ev: I.RawEvent) -> None:
         m = ev.mask
