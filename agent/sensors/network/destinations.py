@@ -55,17 +55,21 @@ class CountryTable:
         rows: list[tuple[int, int, int, str]] = []
         try:
             with path.open(newline="", encoding="utf-8") as f:
+                first = True
                 for lineno, rec in enumerate(csv.reader(f), 1):
                     if not rec or rec[0].startswith("#"):
                         continue
+                    header, first = first and not any(ch in rec[0] for ch in ".:"), False
+                    if header:
+                        continue  # a header line such as "network,country"
                     try:
                         rows.append(_parse_row(rec))
                     except ValueError as e:
-                        if lineno == 1:  # a header line such as "network,country"
-                            continue
                         raise CountryTableError(f"{path}:{lineno}: {e}") from None
         except OSError as e:
             raise CountryTableError(f"{path}: cannot read country table: {e.strerror}") from None
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise CountryTableError(f"{path}: not a CSV text file: {e}") from None
         return cls(rows)
 
 

@@ -312,9 +312,12 @@ class FlowTable:
             if st is None:
                 return None
         st.owned = True
-        st.kernel_out = max(bytes_out, st.kernel_out or 0)
         bytes_in = received - 1 if received and (peer_fin or st.fin_in) else received
-        st.kernel_in = max(bytes_in, st.kernel_in or 0)
+        if final:  # the destroy notification is the last word
+            st.kernel_out, st.kernel_in = bytes_out, bytes_in
+        else:  # a dump in state CLOSE may count the peer's FIN as a byte: the final corrects it
+            st.kernel_out = max(bytes_out, st.kernel_out or 0)
+            st.kernel_in = max(bytes_in, st.kernel_in or 0)
         st.last = ts
         if final:
             self._export(st, ts, _close_reason(st, "destroy"), final=True)
@@ -348,7 +351,10 @@ class FlowTable:
             elif now - st.last >= self.idle_timeout:
                 self._export(st, now, "idle", final=True)
             elif now - st.record_start >= self.active_timeout:
-                self._export(st, now, "active", final=False)
+                if st.totals()[:2] != (st.exported_out, st.exported_in):
+                    self._export(st, now, "active", final=False)
+                else:  # nothing new to report: no empty records for idle keep-alive sessions
+                    st.record_start = now
 
     def flush(self, now: float, reason: str = "end_of_capture") -> None:
         for st in list(self.flows.values()):
@@ -410,6 +416,7 @@ class FlowTable:
         if final:
             del self.flows[st.key]
             self.reverse.pop((proto, dst, dport, src, sport), None)
-            self._ignore(st.key, ts)  # trailing ACKs and retransmitted FINs open nothing
+            if reason in ("fin", "rst", "destroy"):
+                self._ignore(st.key, ts)  # trailing ACKs and retransmitted FINs open nothing
         self.exported += 1
         self.emit(flow)

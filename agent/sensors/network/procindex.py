@@ -3,8 +3,8 @@
 sock_diag gives a connection's socket inode and uid; this finds the process holding
 that inode. A miss first re-reads the fds of processes that recently owned sockets
 (cheap, and usually where the next connection comes from), then — at most once per
-an interval that adapts to the cost of the last walk (at most ~2% of a core) — walks
-all of /proc. Best effort: a process that already exited
+a time budget (walks may burst, but cost at most ~2% of a core over time) — walks all
+of /proc. Best effort: a process that already exited
 stays unknown (None), never guessed.
 """
 
@@ -81,13 +81,14 @@ def process_info(pid: int, uid: int | None = None) -> ProcessInfo:
 class ProcIndex:
     """inode → pid, refreshed on a miss (rate-limited full scans)."""
 
-    def __init__(self, min_interval: float = 0.05, hot_size: int = 64) -> None:
-        self.min_interval = min_interval
-        self.full_scan_interval = min_interval
+    def __init__(self, budget: float = 0.02, burst: float = 0.1, hot_size: int = 64) -> None:
+        self.budget = budget  # CPU seconds of /proc walking allowed per second
+        self.burst = burst
+        self._tokens = burst
         self._inode_pid: dict[int, int] = {}
         self._hot: OrderedDict[int, None] = OrderedDict()  # pids that recently owned sockets
         self._hot_size = hot_size
-        self._last_full = 0.0
+        self._last_refill = time.monotonic()
         self.full_scans = 0
 
     def pid_of(self, inode: int) -> int | None:
@@ -100,9 +101,10 @@ class ProcIndex:
             if self._index(hot, inode):
                 return hot
         now = time.monotonic()
-        if now - self._last_full < self.full_scan_interval:
+        self._tokens = min(self.burst, self._tokens + (now - self._last_refill) * self.budget)
+        self._last_refill = now
+        if self._tokens <= 0:
             return None
-        self._last_full = now
         self.full_scans += 1
         self._inode_pid.clear()
         found = None
@@ -110,8 +112,7 @@ class ProcIndex:
             if name.isdigit() and self._index(int(name), inode):
                 found = int(name)
                 break
-        cost = time.monotonic() - now
-        self.full_scan_interval = max(self.min_interval, 50 * cost)
+        self._tokens -= time.monotonic() - now
         return found
 
     def _index(self, pid: int, wanted: int) -> bool:

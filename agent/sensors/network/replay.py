@@ -93,11 +93,11 @@ def replay_pcap(
         if pkt is None:
             undecoded += 1
             continue
-        packet(pkt, ts, buf, end)
-        if ts >= next_expire:
+        if ts >= next_expire:  # before the packet: a flow idle until now is over
             if next_expire:
                 table.expire(ts)
             next_expire = ts + _EXPIRE_EVERY
+        packet(pkt, ts, buf, end)
         last_ts = max(last_ts, ts)
     table.flush(last_ts)
     result.undecoded = undecoded

@@ -232,9 +232,12 @@ class NetworkSensor:
         socks, lost = self.destroy.read()
         now = time.time()
         for s in socks:
-            if s.dport == 0:
-                continue  # a listening or unconnected socket
-            key = self.cookies.pop(s.cookie, None) or self._key(s)
+            # the cookie first: an abortive close (tcp_disconnect) zeroes the peer port
+            key = self.cookies.pop(s.cookie, None)
+            if key is None:
+                if s.dport == 0:
+                    continue  # a listening or unconnected socket
+                key = self._key(s)
             if not s.bytes_acked and not s.bytes_received:
                 self.table.kernel_reset(key, now)
                 continue

@@ -65,8 +65,6 @@ def test_uploads_of_known_sizes_are_exact(rig: Rig, sensor_in: Any) -> None:
         assert f.protocol == "tcp" and f.dst_ip == rig.peer_v4 and f.src_ip == rig.sender_v4
         assert f.dest_class == "internal"
         assert f.process is not None and f.process.uid == os.getuid()
-        if size >= 1_000_000:  # best effort: a tiny connection may be gone before the lookup
-            assert f.process.pid == os.getpid() and f.process.exe, f.process
     assert _sample(metrics.OUTBOUND_BYTES, "internal", "unknown") - bytes_before == sum(sizes)
     # the kernel filter let through only handshake and teardown packets, not 43 MB of data
     assert _sample(metrics.CAPTURE_PACKETS, rig.sender_if) - packets_before < 12 * len(sizes)
@@ -166,7 +164,8 @@ def test_reset_by_sender_after_known_bytes(rig: Rig, sensor_in: Any) -> None:
     s.close()  # abortive close: RST
     (f,) = out.wait_for(lambda fs: any(f.src_port == port for f in fs))
     assert f.close_reason == "rst"
-    assert (f.bytes_out, f.byte_source) == (1_000_000, "tcp_seq")  # tcp_info was zeroed
+    # the abortive close zeroes tcp_info: bytes come from a dump or sequence numbers
+    assert f.bytes_out == 1_000_000 and f.byte_source in ("tcp_info", "tcp_seq")
 
 
 def test_reset_by_peer_mid_transfer(rig: Rig, sensor_in: Any) -> None:
@@ -240,3 +239,23 @@ def test_active_timeout_splits_a_long_upload(rig: Rig, sensor_in: Any) -> None:
     mine = [f for f in records if f.src_port == port]
     assert len(mine) >= 2 and mine[0].close_reason == "active"
     assert sum(f.bytes_out for f in mine) == 4_000_000
+
+
+def test_process_and_user_of_the_sending_socket(rig: Rig, sensor_in: Any) -> None:
+    _sensor, out = sensor_in()
+    sink = _start_sink(rig)
+    with rig.sender():
+        s = socket.socket()
+    with s:
+        s.connect((rig.peer_v4, sink.port))
+        port = s.getsockname()[1]
+        time.sleep(0.3)  # attribution is best effort: give it a live socket to find
+        s.sendall(b"p" * 1000)
+        s.shutdown(socket.SHUT_WR)
+        s.recv(1)
+    (f,) = out.wait_for(lambda fs: any(f.src_port == port for f in fs))
+    p = f.process
+    assert p is not None and p.pid == os.getpid() and p.ppid == os.getppid()
+    assert p.uid == os.getuid() and p.user == "root"
+    assert p.exe == os.path.realpath(f"/proc/{os.getpid()}/exe")
+    assert p.cmdline and "pytest" in p.cmdline

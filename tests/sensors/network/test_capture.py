@@ -1,0 +1,76 @@
+"""The kernel filter: which packets reach Python (checked with libpcap via tcpdump -r)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import IPv6
+from scapy.packet import Raw
+
+from agent.sensors import SensorUnavailable
+from agent.sensors.network.capture import FILTER, CaptureSocket, compile_bpf
+from tests.sensors.network.pcaps import ETHER, write
+from tests.sensors.network.test_names import client_hello
+
+QUIC_INITIAL = b"\xc3\x00\x00\x00\x01" + b"\x08" * 40
+
+
+def _cases() -> list[tuple[str, object, bool]]:
+    hello = client_hello("f.example")
+    out = []
+    for fam, a, b in ((IP, "10.0.0.1", "10.0.0.2"), (IPv6, "fd00::1", "fd00::2")):
+        v = fam.__name__
+        ip = ETHER / fam(src=a, dst=b)
+        out += [
+            (f"{v} syn", ip / TCP(flags="S"), True),
+            (f"{v} fin", ip / TCP(flags="FA"), True),
+            (f"{v} rst", ip / TCP(flags="R"), True),
+            (f"{v} client hello", ip / TCP(flags="PA") / Raw(hello), True),
+            (
+                f"{v} http head",
+                ip / TCP(flags="PA", dport=8080) / Raw(b"POST /x HTTP/1.1\r\n"),
+                True,
+            ),
+            (f"{v} dns", ip / UDP(sport=5000, dport=53) / Raw(b"\0" * 20), True),
+            (f"{v} quic initial", ip / UDP(sport=5000, dport=443) / Raw(QUIC_INITIAL), True),
+            (f"{v} bulk data", ip / TCP(flags="A") / Raw(b"\x00" * 1400), False),
+            (f"{v} tls app data", ip / TCP(flags="PA") / Raw(b"\x17\x03\x03" + b"x" * 500), False),
+            (f"{v} pure ack", ip / TCP(flags="A"), False),
+            (
+                f"{v} quic short header",
+                ip / UDP(sport=5000, dport=443) / Raw(b"\x43" + b"x" * 100),
+                False,
+            ),
+        ]
+    return out
+
+
+@pytest.mark.skipif(shutil.which("tcpdump") is None, reason="tcpdump not installed")
+def test_filter_passes_exactly_the_interesting_packets(tmp_path: Path) -> None:
+    cases = _cases()
+    for name, pkt, wanted in cases:
+        path = write(tmp_path / "one.pcap", [pkt])  # type: ignore[list-item]
+        res = subprocess.run(
+            ["tcpdump", "-nr", str(path), FILTER], capture_output=True, text=True, check=True
+        )
+        passed = bool(res.stdout.strip())
+        assert passed == wanted, name
+
+
+def test_filter_compiles_through_libpcap() -> None:
+    program = compile_bpf()
+    assert len(program) % 8 == 0 and 10 < len(program) // 8 < 4096
+
+
+def test_bad_filter_is_a_reason_not_a_crash() -> None:
+    with pytest.raises(SensorUnavailable, match="does not compile"):
+        compile_bpf("tcp[[[")
+
+
+def test_missing_interface_is_a_reason() -> None:
+    with pytest.raises(SensorUnavailable, match="no interface"):
+        CaptureSocket("ea-no-such0", compile_bpf(), 1 << 20)
