@@ -209,7 +209,7 @@ def _read_repo(root: str, git_dir: str) -> GitInfo | None:
     if head.startswith("ref:"):
         ref = head[4:].strip()
         branch = ref.removeprefix("refs/heads/")
-        if ".." not in ref:
+        if ref.startswith("refs/") and ".." not in ref:
             value = _read(os.path.join(git_dir, ref), 4096) or _read(
                 os.path.join(common, ref), 4096
             )

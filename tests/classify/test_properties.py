@@ -185,3 +185,33 @@ def test_git_config_parser_on_odd_files(tmp_path: Path) -> None:
     (wt / ".git").write_text(f"gitdir: {repo / '.git'}\n")
     info2 = git_info(str(wt / "b.py"))
     assert info2 is not None and info2.commit == sha
+
+
+@FAST
+@given(text=st.text(max_size=3000), ext=st.sampled_from(["py", "c", "sql", "m", "csv", "txt", ""]))
+def test_text_tier_functions_never_raise(text: str, ext: str) -> None:
+    from agent.classify import documents, engineering, secrets, source
+
+    lang = source.language_for(f"f.{ext}", text.encode("utf-8", "surrogatepass")[:256])
+    source.comments(text, lang or "c", 10_000)
+    engineering.text_tag(text, ext)
+    secrets.secret_tags(text)
+    datasets.sniff_delimited(text, ext)
+    datasets.is_jsonl(text)
+    documents.text_document(text, ext)
+
+
+@FAST
+@given(config=st.text(max_size=2000), head=st.text(max_size=100))
+def test_git_files_with_random_content(
+    tmp_path_factory: pytest.TempPathFactory, config: str, head: str
+) -> None:
+    from agent.classify import source
+
+    repo = tmp_path_factory.mktemp("g")
+    (repo / ".git").mkdir()
+    (repo / ".git" / "config").write_text(config, errors="surrogateescape")
+    (repo / ".git" / "HEAD").write_text(head, errors="surrogateescape")
+    info = source.git_info(str(repo / "x.py"))
+    assert info is not None
+    assert info.commit is None or len(info.commit) in (40, 64)
