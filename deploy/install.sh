@@ -64,10 +64,10 @@ ROOT="${ROOT%/}"
 if [ -n "$ROOT" ]; then
   mkdir -p "$ROOT"
   ROOT="$(cd "$ROOT" && pwd)"
-  [ "$ROOT" = "/" ] && ROOT=""
+  if [ "$ROOT" = "/" ]; then ROOT=""; fi
 fi
 LIVE=0  # installing onto the running system (not a staging root)
-[ -z "$ROOT" ] && LIVE=1
+if [ -z "$ROOT" ]; then LIVE=1; fi
 if [ "$LIVE" = 1 ] && [ "$(id -u)" -ne 0 ]; then
   die "installing onto this system needs root (or use --root DIR to stage)"
 fi
@@ -87,12 +87,12 @@ mkdir -p "$ROOT$PREFIX"
 rm -rf "$APP.new"
 mkdir -p "$APP.new"
 for item in agent migrations policies docs deploy pyproject.toml README.md LICENSE; do
-  [ -e "$SRC/$item" ] && cp -a "$SRC/$item" "$APP.new/"
+  if [ -e "$SRC/$item" ]; then cp -a "$SRC/$item" "$APP.new/"; fi
 done
 find "$APP.new" \( -name __pycache__ -o -name '*.pyc' -o -name '.*_cache' \) -prune \
   -exec rm -rf {} +
 rm -rf "$APP.old"
-[ -d "$APP" ] && mv "$APP" "$APP.old"
+if [ -d "$APP" ]; then mv "$APP" "$APP.old"; fi
 mv "$APP.new" "$APP"
 rm -rf "$APP.old"
 
@@ -156,7 +156,9 @@ if command -v systemd-tmpfiles >/dev/null; then
 else
   install -d -m 0750 "$ROOT/var/lib/egress-agent" "$ROOT/var/log/egress-agent" \
     "$ROOT/var/log/egress-agent/incidents"
-  [ "$LIVE" = 1 ] && chown -R "$USER_NAME:$USER_NAME" /var/lib/egress-agent /var/log/egress-agent
+  if [ "$LIVE" = 1 ]; then
+    chown -R "$USER_NAME:$USER_NAME" /var/lib/egress-agent /var/log/egress-agent
+  fi
 fi
 # the config holds password hashes and database URLs: readable by root and the agent only
 if [ "$LIVE" = 1 ]; then
@@ -189,7 +191,7 @@ if [ "$LIVE" = 1 ]; then
     || say "could not apply inotify limits now (they apply at boot)"
   if [ -d /run/systemd/system ]; then
     systemctl daemon-reload
-    [ "$ENABLE" = 1 ] && systemctl enable egress-agent.service
+    if [ "$ENABLE" = 1 ]; then systemctl enable egress-agent.service; fi
     say "done. Edit /etc/egress-agent/agent.yaml, then: systemctl start egress-agent"
   else
     say "done. systemd is not running here: start the agent with $PREFIX/venv/bin/egress-agent run"

@@ -30,11 +30,11 @@ done
 case "$PREFIX" in /?*) ;; *) die "--prefix must be an absolute path other than /" ;; esac
 ROOT="${ROOT%/}"
 LIVE=0
-[ -z "$ROOT" ] && LIVE=1
+if [ -z "$ROOT" ]; then LIVE=1; fi
 if [ "$LIVE" = 1 ] && [ "$(id -u)" -ne 0 ]; then
   die "uninstalling from this system needs root (or use --root DIR)"
 fi
-[ "$LIVE" = 1 ] || [ -d "$ROOT" ] || die "no such staging root: $ROOT"
+if [ "$LIVE" = 0 ] && [ ! -d "$ROOT" ]; then die "no such staging root: $ROOT"; fi
 
 if [ "$LIVE" = 1 ] && [ -d /run/systemd/system ]; then
   systemctl disable --now egress-agent.service 2>/dev/null || true
@@ -61,7 +61,7 @@ if [ "$PURGE" = 1 ]; then
     if id "$USER_NAME" >/dev/null 2>&1; then userdel "$USER_NAME" || true; fi
   else
     for f in passwd group shadow gshadow; do
-      [ -f "$ETC/$f" ] && sed -i "/^$USER_NAME:/d" "$ETC/$f"
+      if [ -f "$ETC/$f" ]; then sed -i "/^$USER_NAME:/d" "$ETC/$f"; fi
     done
   fi
 else
