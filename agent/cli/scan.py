@@ -197,6 +197,7 @@ def _print_row(path: str, a: Artefact) -> None:
 
 class _Progress:
     def __init__(self) -> None:
+        from rich.console import Console
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self._p = Progress(
@@ -204,7 +205,7 @@ class _Progress:
             TextColumn("{task.completed} files classified"),
             TimeElapsedColumn(),
             transient=True,
-            console=None,
+            console=Console(stderr=True),
         )
         self._p.start()
         self._task = self._p.add_task("scan", total=None)
