@@ -197,7 +197,6 @@ class CompileContext:
     resolve: Callable[[str], Any]  # "$name" -> list/parameter value; raises KeyError
     macros: Mapping[str, Any]
     known_category: Callable[[str], bool]
-    categories_used: set[str] = field(default_factory=set)
     _macro_cache: dict[str, Condition | None] = field(default_factory=dict)
     _macro_stack: list[str] = field(default_factory=list)
 
@@ -262,6 +261,19 @@ def event_kinds(cond: Condition) -> frozenset[str] | None:
     return None
 
 
+def referenced_categories(cond: Condition) -> frozenset[str]:
+    """Category codes a compiled condition tests (in `categories` or `matches.CODE`)."""
+    if isinstance(cond, Compare):
+        if cond.field.startswith("matches."):
+            return frozenset([cond.field[8:]])
+        if cond.field == "categories" and cond.op != "exists":
+            return frozenset(_strings(cond.value))
+        return frozenset()
+    if isinstance(cond, Not):
+        return referenced_categories(cond.item)
+    return frozenset().union(*(referenced_categories(c) for c in cond.items))
+
+
 def _macro(raw: Mapping[str, Any], ctx: CompileContext, line: int) -> Condition | None:
     name = raw["macro"]
     if len(raw) != 1 or not isinstance(name, str):
@@ -319,7 +331,6 @@ def _leaf(raw: Mapping[str, Any], ctx: CompileContext, line: int) -> Condition |
         if unknown:
             ctx.report(where, f"unknown category {', '.join(map(repr, unknown))}")
             return None
-        ctx.categories_used.update(codes)
     return Compare(name, op, value)
 
 

@@ -174,7 +174,14 @@ class Policy:
 
     def _decision(self, rule: Rule, facts: Mapping[str, Any], day: dt.date) -> Decision:
         present = facts.get("categories") or frozenset()
-        cats = tuple(sorted(rule.categories & present))
+        # helper categories (control: indicator) give context; the decision names entries
+        cats = tuple(
+            sorted(
+                c
+                for c in rule.categories & present
+                if self.category_info.get(c, {}).get("control") != "indicator"
+            )
+        )
         action = rule.action
         reason = rule.description
         if cats:

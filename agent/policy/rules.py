@@ -15,7 +15,13 @@ from typing import Any
 
 from agent.policy import facts as facts_mod
 from agent.policy._yaml import item_line, key_line, line_of
-from agent.policy.conditions import CompileContext, Condition, compile_condition, field_type
+from agent.policy.conditions import (
+    CompileContext,
+    Condition,
+    compile_condition,
+    field_type,
+    referenced_categories,
+)
 from agent.policy.loader import Issue, ParsedPack
 from agent.policy.model import Network, Rule, RuleCase, RuleException
 from agent.policy.schema import ExceptionModel
@@ -70,7 +76,7 @@ def compile_rules(
                 exceptions=exceptions,
                 status=model.status,
                 effective_from=model.effective_from,
-                categories=frozenset(ctx.categories_used),
+                categories=referenced_categories(cond),
                 enabled=model.enabled,
                 tests=tuple(
                     RuleCase(

@@ -171,3 +171,20 @@ def test_validator_registries_agree() -> None:
 def test_validator_implementations_agree(text: str) -> None:
     for name, fn in policy_validators.VALIDATORS.items():
         assert fn(text) == classify_keywords.VALIDATORS[name](text), name
+
+
+def test_generic_solvent_extraction_is_not_rare_earth(tmp_path: Path, policy: Policy) -> None:
+    """A pharma SOP full of extraction terms, without rare-earth context, decides nothing."""
+    sop = make_docx(
+        tmp_path / "提取工艺SOP.docx",
+        [
+            "中药有效成分提取工艺规程：采用溶剂萃取法，以乙酸乙酯进行串级萃取，",
+            "萃取分离后减压浓缩；溶剂萃取的相比为1:3，萃取分离温度40℃。",
+        ],
+    )
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    event = _on_usb(sop, policy, usb)
+    assert event.artefact is not None
+    assert "CN-CAT-RE-REFINING" in {m.category for m in event.artefact.matches}
+    assert policy.decide_file(event) == []

@@ -84,7 +84,7 @@ def test_policy_list(tmp_path: Path) -> None:
     assert state[("us-ear", "site")] == "enabled"
     assert state[("cn-export-catalogue", "shipped")] == "enabled"
     cat = next(r for r in rows if r["id"] == "cn-export-catalogue")
-    assert cat["rules"] == 9 and cat["categories"] == 20 and len(cat["sha256"]) == 64
+    assert cat["rules"] == 10 and cat["categories"] == 22 and len(cat["sha256"]) == 64
     text_out = cli("policy", "list", config=cfg).stdout
     assert "disabled" in text_out and "replaced" in text_out and "policy version" in text_out
     # a broken configured pack: list says so and exits 2 with every problem

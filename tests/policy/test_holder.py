@@ -218,7 +218,10 @@ def test_stage_decides_and_counts(tmp_path: Path) -> None:
         sha256="cd" * 32,
         size=30_000,
         tags=(Tag("document", "docx", {"format": "docx", "chars": 900}),),
-        matches=(CategoryMatch("CN-CAT-RE-REFINING", 7, "cn-export-catalogue"),),
+        matches=(
+            CategoryMatch("CN-CAT-RE-REFINING", 7, "cn-export-catalogue"),
+            CategoryMatch("CN-CAT-RE-CONTEXT", 5, "cn-export-catalogue"),
+        ),
     )
     labels = {
         "pack": "cn-export-catalogue",
