@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
-import struct
-import threading
 import zipfile
 import zlib
-from typing import Any
 
 from agent.classify import archives, datasets, documents, engineering, source, weights
 from agent.classify.base import Finding, LimitExceeded, Limits, ParseError, Source, decode_text
+from agent.classify.magika_tier import magika_finding
 from agent.classify.secrets import secret_tags
+from agent.classify.signatures import COMPRESSED, name_tags, signature_tag, sniff
 from agent.events import Tag
 
 log = logging.getLogger(__name__)
@@ -29,181 +28,6 @@ log = logging.getLogger(__name__)
 CLASSIFIER_VERSION = "1"
 _ZIP_ERRORS: tuple[type[Exception], ...] = (zipfile.BadZipFile, zlib.error, EOFError, KeyError)
 _ZIP_ERRORS += (NotImplementedError, ValueError, OSError, RuntimeError)
-_COMPRESSED = {"gzip": b"\x1f\x8b", "bzip2": b"BZh", "xz": b"\xfd7zXZ\x00", "zstd": b"(\xb5/\xfd"}
-
-
-def sniff(head: bytes, size: int, ext: str, basename: str) -> str | None:
-    """Tier 1: the binary format the first bytes prove (or strongly suggest), else None."""
-    if weights.is_safetensors(head):
-        return "safetensors"
-    if head.startswith(b"GGUF"):
-        return "gguf"
-    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        return "zip"
-    for fmt, magic in _COMPRESSED.items():
-        if head.startswith(magic):
-            return fmt
-    if head.startswith(b"7z\xbc\xaf\x27\x1c"):
-        return "7z"
-    if len(head) >= 262 and head[257:262] == b"ustar":
-        return "tar"
-    if b"%PDF-" in head[:1024]:
-        return "pdf"
-    if datasets.is_hdf5(head):
-        return "hdf5"
-    if head.startswith(b"PAR1"):
-        return "parquet"
-    if head.startswith(b"ARROW1"):
-        return "arrow"
-    if head.startswith(b"FEA1"):
-        return "feather1"
-    if head.startswith(b"\x93NUMPY"):
-        return "npy"
-    if head.startswith(b"SQLite format 3\x00"):
-        return "sqlite"
-    if head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):
-        return "ole2"
-    if basename == "saved_model.pb" or (ext == "pb" and basename.startswith("saved_model")):
-        return "savedmodel"
-    if basename == "variables.index" or basename.startswith("variables.data-"):
-        return "tf_checkpoint"
-    if weights.is_pickle(head):
-        return "pickle"
-    if weights.looks_like_onnx(head) or (ext == "onnx" and head[:1] == b"\x08"):
-        return "onnx"
-    if datasets.is_tfrecord(head):
-        return "tfrecord"
-    return None
-
-
-Magika = Any
-_magika: Magika | None = None
-_magika_failed = False
-_magika_lock = threading.Lock()
-
-
-def _get_magika() -> Magika | None:
-    global _magika, _magika_failed
-    with _magika_lock:
-        if _magika is None and not _magika_failed:
-            try:
-                from magika import Magika as _M
-
-                _magika = _M()
-            except Exception as e:  # not installed, or its model failed to load
-                _magika_failed = True
-                log.info("magika unavailable, unknown files stay unknown: %s", e)
-        return _magika
-
-
-_MAGIKA_KINDS = {
-    "onnx": ("model_weights", "onnx"),
-    "pytorch": ("model_weights", "pytorch"),
-    "h5": ("model_weights", "hdf5"),
-    "parquet": ("dataset", "parquet"),
-    "npy": ("dataset", "npy"),
-    "npz": ("dataset", "npz"),
-    "csv": ("dataset", "csv"),
-    "tsv": ("dataset", "tsv"),
-    "jsonl": ("dataset", "jsonl"),
-    "sqlite": ("dataset", "sqlite"),
-    "pem": ("secret", "private_key"),
-    "dwg": ("engineering", "dwg"),
-    "dxf": ("engineering", "dxf"),
-    "stl": ("engineering", "stl"),
-    "step": ("engineering", "step"),
-    "iges": ("engineering", "iges"),
-}
-
-
-def magika_finding(src: Source, path: str | None) -> Finding | None:
-    m = _get_magika()
-    if m is None:
-        return None
-    try:
-        if path is not None:
-            res = m.identify_path(path)
-        else:
-            with src.open() as f:
-                res = m.identify_bytes(f.read(1 << 20))
-        out = res.output
-        label, group, mime = str(out.label), str(out.group), str(out.mime_type)
-        score = float(res.score)
-    except Exception as e:
-        log.debug("magika failed on %s: %s", src.name, e)
-        return None
-    if label in ("unknown", "undefined", "empty", "txt"):
-        return None
-    evidence = f"magika: {label} ({score:.2f})"
-    if label in _MAGIKA_KINDS:
-        kind, fmt = _MAGIKA_KINDS[label]
-        key = "type" if kind == "secret" else "format"
-        return Finding(mime, [Tag(kind, evidence, {key: fmt, "detector": "magika"})])
-    if group == "code":
-        return Finding(mime, [Tag("source_code", evidence, {"language": label, "git_remote": None,
-                                                            "git_commit": None})])  # fmt: skip
-    if group == "document":
-        return Finding(mime, [Tag("document", evidence, {"format": label, "chars": 0})])
-    if group == "archive":
-        return Finding(mime, [Tag("archive", evidence, {"format": label, "members": None,
-                                                        "nested_kinds": []})])  # fmt: skip
-    return Finding(mime)
-
-
-_NAME_KINDS = {
-    **{e: ("model_weights", e) for e in ("safetensors", "gguf", "onnx", "pt", "pth", "ckpt")},
-    **{e: ("dataset", e) for e in ("parquet", "arrow", "feather", "csv", "tsv", "jsonl", "npy")},
-    **{e: ("dataset", e) for e in ("npz", "tfrecord", "sqlite", "db")},
-    **{e: ("document", e) for e in ("pdf", "docx", "xlsx", "pptx", "doc", "xls", "ppt", "md")},
-    **{e: ("archive", e) for e in ("zip", "tar", "tgz", "gz", "7z", "rar", "xz", "zst", "bz2")},
-    "pem": ("secret", "private_key"),
-    "key": ("secret", "private_key"),
-}
-
-
-def name_tags(name: str) -> tuple[Tag, ...]:
-    """Tags from a member name alone, for members beyond the limits (evidence says so)."""
-    base = name.rsplit("/", 1)[-1].lower()
-    ext = base.rsplit(".", 1)[-1] if "." in base else ""
-    if ext in _NAME_KINDS:
-        kind, fmt = _NAME_KINDS[ext]
-        key = "type" if kind == "secret" else "format"
-        return (Tag(kind, f"by name only (.{ext})", {key: fmt, "by_name": True}),)
-    lang = source.LANGUAGES.get(ext)
-    if lang:
-        return (Tag("source_code", f"{lang} source, by name only", {"language": lang,
-                    "git_remote": None, "git_commit": None, "by_name": True}),)  # fmt: skip
-    tag = engineering.extension_tag(ext) or (
-        engineering.NATIVE_EXTENSIONS.get(ext)
-        and Tag("engineering", f"by name only (.{ext})", {"format": ext, "by_name": True})
-    )
-    return (tag,) if tag else ()
-
-
-def _signature_tag(fmt: str, reason: str) -> Tag | None:
-    """The tag a signature alone supports, when its parser could not finish."""
-    what = f"{fmt} signature; content not parsed ({reason})"
-    kinds: dict[str, tuple[str, dict[str, Any]]] = {
-        "safetensors": ("model_weights", {"format": "safetensors", "parameters": None,
-                                          "tensors": None, "dtype": None}),
-        "gguf": ("model_weights", {"format": "gguf", "parameters": None, "tensors": None,
-                                   "dtype": None}),
-        "onnx": ("model_weights", {"format": "onnx", "parameters": None, "tensors": None,
-                                   "dtype": None}),
-        "parquet": ("dataset", {"format": "parquet", "columns": [], "rows": None}),
-        "arrow": ("dataset", {"format": "arrow", "columns": [], "rows": None}),
-        "npy": ("dataset", {"format": "npy", "columns": [], "rows": None}),
-        "sqlite": ("dataset", {"format": "sqlite", "columns": [], "rows": None}),
-        "hdf5": ("dataset", {"format": "hdf5", "columns": [], "rows": None}),
-        "tfrecord": ("dataset", {"format": "tfrecord", "columns": [], "rows": None}),
-        "pdf": ("document", {"format": "pdf", "chars": 0}),
-    }  # fmt: skip
-    if fmt in kinds:
-        kind, details = kinds[fmt]
-        return Tag(kind, what, dict(details))
-    if fmt in ("zip", "tar", "7z", *_COMPRESSED):
-        return Tag("archive", what, {"format": fmt, "members": None, "nested_kinds": []})
-    return None
 
 
 class Engine:
@@ -227,16 +51,16 @@ class Engine:
             try:
                 finding = self._parse(fmt, src, path, budget)
             except LimitExceeded as e:
-                tag = _signature_tag(fmt, e.reason)
+                tag = signature_tag(fmt, e.reason)
                 return Finding(f"application/x-{fmt}", [tag] if tag else [], skipped=e.reason)
             except ParseError as e:
                 log.debug("%s: %s parser: %s", src.name, fmt, e)
-                tag = _signature_tag(fmt, "malformed")
+                tag = signature_tag(fmt, "malformed")
                 reason = "truncated" if not src.complete else "malformed"
                 return Finding(f"application/x-{fmt}", [tag] if tag else [], skipped=reason)
             except Exception as e:  # a library's own error type on hostile input
                 log.warning("%s: %s parser failed: %s: %s", src.name, fmt, type(e).__name__, e)
-                tag = _signature_tag(fmt, "error")
+                tag = signature_tag(fmt, "error")
                 return Finding(f"application/x-{fmt}", [tag] if tag else [], skipped="error")
             if finding is not None:
                 return finding
@@ -264,9 +88,9 @@ class Engine:
         def recurse(member: Source) -> Finding:
             return self._classify(member, None, budget)
 
-        if fmt in ("zip", "tar", "7z", *_COMPRESSED) and src.depth >= lim.max_archive_depth:
+        if fmt in ("zip", "tar", "7z", *COMPRESSED) and src.depth >= lim.max_archive_depth:
             budget.partial("depth_limit")
-            tag = _signature_tag(fmt, "depth limit")
+            tag = signature_tag(fmt, "depth limit")
             return Finding(f"application/x-{fmt}", [tag] if tag else [], skipped="depth_limit")
         simple = {
             "safetensors": weights.parse_safetensors,
@@ -288,7 +112,7 @@ class Engine:
             return self._zip(src, budget, recurse)
         if fmt == "tar":
             return archives.walk_tar(src, budget, recurse, name_tags, None)
-        if fmt in _COMPRESSED:
+        if fmt in COMPRESSED:
             inner = archives.peek_decompressed(src, fmt, 512)
             if len(inner) >= 262 and inner[257:262] == b"ustar":
                 return archives.walk_tar(src, budget, recurse, name_tags, fmt)
@@ -429,7 +253,3 @@ def _savedmodel(src: Source, path: str | None) -> Finding:
     tag = weights.weights_tag("tf_savedmodel", 0, params or 0, None, "size-based estimate")
     tag.details.update(tensors=None, parameters=params)
     return Finding("application/x-tf-savedmodel", [tag])
-
-
-def u64(data: bytes, offset: int = 0) -> int:
-    return int(struct.unpack_from("<Q", data, offset)[0])

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.classify import datasets, weights
+from agent.classify import datasets, documents, weights
 from agent.classify.base import Finding, Limits, ParseError, Source
 from agent.classify.engine import Engine
 from agent.classify.pickle_vm import scan_pickle
@@ -35,6 +35,8 @@ PARSERS: dict[str, Parser] = {
     "parquet": datasets.parse_parquet,
     "arrow": datasets.parse_arrow,
     "hdf5": datasets.parse_hdf5,
+    "pdf": documents.parse_pdf,
+    "sqlite": lambda src, lim: datasets.parse_sqlite(src, lim, None),
 }
 PREFIX = {
     "safetensors": struct.pack("<Q", 40) + b'{"',
@@ -46,6 +48,8 @@ PREFIX = {
     "parquet": b"PAR1",
     "arrow": b"ARROW1\x00\x00",
     "hdf5": b"\x89HDF\r\n\x1a\n",
+    "pdf": b"%PDF-1.4\n",
+    "sqlite": b"SQLite format 3\x00",
 }
 
 
@@ -82,6 +86,7 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
             "parquet": C.parquet_file(d / "a.parquet").read_bytes(),
             "arrow": C.feather_file(d / "a.feather").read_bytes(),
             "hdf5": C.hdf5_dataset(d / "a.h5").read_bytes(),
+        "sqlite": C.sqlite_file(d / "a.sqlite").read_bytes(),
             "torch": C.torch_zip(d / "a.pt").read_bytes(),
             "docx": C.docx_file(d / "a.docx", "x").read_bytes(),
             "pdf": C.pdf_file(d / "a.pdf", "x").read_bytes(),

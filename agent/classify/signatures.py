@@ -1,0 +1,117 @@
+"""Tier 1 of the classifier: what the first bytes prove, and what a name alone suggests.
+
+`sniff` names the binary format that the head of a content proves (magic bytes and
+framing checks, the extension only to break ties) in about 0.02 ms; `signature_tag` is
+the tag a signature alone supports when the format's parser could not finish, and
+`name_tags` the tag for an archive member that was never read (beyond a limit), with
+evidence that says so. Used by `engine.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.classify import datasets, engineering, source, weights
+from agent.events import Tag
+
+COMPRESSED = {"gzip": b"\x1f\x8b", "bzip2": b"BZh", "xz": b"\xfd7zXZ\x00", "zstd": b"(\xb5/\xfd"}
+
+
+def sniff(head: bytes, size: int, ext: str, basename: str) -> str | None:
+    """Tier 1: the binary format the first bytes prove (or strongly suggest), else None."""
+    if weights.is_safetensors(head):
+        return "safetensors"
+    if head.startswith(b"GGUF"):
+        return "gguf"
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        return "zip"
+    for fmt, magic in COMPRESSED.items():
+        if head.startswith(magic):
+            return fmt
+    if head.startswith(b"7z\xbc\xaf\x27\x1c"):
+        return "7z"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "tar"
+    if b"%PDF-" in head[:1024]:
+        return "pdf"
+    if datasets.is_hdf5(head):
+        return "hdf5"
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if head.startswith(b"ARROW1"):
+        return "arrow"
+    if head.startswith(b"FEA1"):
+        return "feather1"
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head.startswith(b"SQLite format 3\x00"):
+        return "sqlite"
+    if head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):
+        return "ole2"
+    if basename == "saved_model.pb" or (ext == "pb" and basename.startswith("saved_model")):
+        return "savedmodel"
+    if basename == "variables.index" or basename.startswith("variables.data-"):
+        return "tf_checkpoint"
+    if weights.is_pickle(head):
+        return "pickle"
+    if weights.looks_like_onnx(head) or (ext == "onnx" and head[:1] == b"\x08"):
+        return "onnx"
+    if datasets.is_tfrecord(head):
+        return "tfrecord"
+    return None
+
+
+_NAME_KINDS = {
+    **{e: ("model_weights", e) for e in ("safetensors", "gguf", "onnx", "pt", "pth", "ckpt")},
+    **{e: ("dataset", e) for e in ("parquet", "arrow", "feather", "csv", "tsv", "jsonl", "npy")},
+    **{e: ("dataset", e) for e in ("npz", "tfrecord", "sqlite", "db")},
+    **{e: ("document", e) for e in ("pdf", "docx", "xlsx", "pptx", "doc", "xls", "ppt", "md")},
+    **{e: ("archive", e) for e in ("zip", "tar", "tgz", "gz", "7z", "rar", "xz", "zst", "bz2")},
+    "pem": ("secret", "private_key"),
+    "key": ("secret", "private_key"),
+}
+
+
+def name_tags(name: str) -> tuple[Tag, ...]:
+    """Tags from a member name alone, for members beyond the limits (evidence says so)."""
+    base = name.rsplit("/", 1)[-1].lower()
+    ext = base.rsplit(".", 1)[-1] if "." in base else ""
+    if ext in _NAME_KINDS:
+        kind, fmt = _NAME_KINDS[ext]
+        key = "type" if kind == "secret" else "format"
+        return (Tag(kind, f"by name only (.{ext})", {key: fmt, "by_name": True}),)
+    lang = source.LANGUAGES.get(ext)
+    if lang:
+        return (Tag("source_code", f"{lang} source, by name only", {"language": lang,
+                    "git_remote": None, "git_commit": None, "by_name": True}),)  # fmt: skip
+    tag = engineering.extension_tag(ext) or (
+        engineering.NATIVE_EXTENSIONS.get(ext)
+        and Tag("engineering", f"by name only (.{ext})", {"format": ext, "by_name": True})
+    )
+    return (tag,) if tag else ()
+
+
+def signature_tag(fmt: str, reason: str) -> Tag | None:
+    """The tag a signature alone supports, when its parser could not finish."""
+    what = f"{fmt} signature; content not parsed ({reason})"
+    kinds: dict[str, tuple[str, dict[str, Any]]] = {
+        "safetensors": ("model_weights", {"format": "safetensors", "parameters": None,
+                                          "tensors": None, "dtype": None}),
+        "gguf": ("model_weights", {"format": "gguf", "parameters": None, "tensors": None,
+                                   "dtype": None}),
+        "onnx": ("model_weights", {"format": "onnx", "parameters": None, "tensors": None,
+                                   "dtype": None}),
+        "parquet": ("dataset", {"format": "parquet", "columns": [], "rows": None}),
+        "arrow": ("dataset", {"format": "arrow", "columns": [], "rows": None}),
+        "npy": ("dataset", {"format": "npy", "columns": [], "rows": None}),
+        "sqlite": ("dataset", {"format": "sqlite", "columns": [], "rows": None}),
+        "hdf5": ("dataset", {"format": "hdf5", "columns": [], "rows": None}),
+        "tfrecord": ("dataset", {"format": "tfrecord", "columns": [], "rows": None}),
+        "pdf": ("document", {"format": "pdf", "chars": 0}),
+    }  # fmt: skip
+    if fmt in kinds:
+        kind, details = kinds[fmt]
+        return Tag(kind, what, dict(details))
+    if fmt in ("zip", "tar", "7z", *COMPRESSED):
+        return Tag("archive", what, {"format": fmt, "members": None, "nested_kinds": []})
+    return None
