@@ -22,6 +22,7 @@ lists:
   channels_out: [removable, cloud_sync]
 macros:
   to_usb: {field: channel, eq: removable}
+  loop: {macro: loop}  # M-macro-loop
 categories:
   - code: SITE-A
     name_en: A
@@ -142,6 +143,32 @@ rules:
     condition: {macro: to_usb}
     severity: low
     action: record
+  - id: r-facts
+    description: x
+    condition: {macro: to_usb}
+    severity: low
+    action: record
+    tests:
+      - name: a fact that does not exist
+        facts:
+          channel: removable
+          colour: red  # M-facts
+        expect: decision
+  - id: r-empty-exception
+    description: x
+    condition: {macro: to_usb}
+    severity: low
+    action: record
+    exceptions:
+      - name: everything  # M-empty-exception
+  - id: r-self-macro
+    description: x
+    condition: {macro: loop}
+    severity: low
+    action: record
+overrides:
+  - rule: no-such-rule  # M-override
+    action: record
 """
 
 # marker -> words the message must contain
@@ -165,6 +192,10 @@ EXPECTED = {
     "M-regex-op": "bad regular expression",
     "M-number": "needs a number",
     "M-dupkey": "duplicate key 'description'",
+    "M-facts": "test facts: unknown field 'colour'",
+    "M-empty-exception": "exception 'everything' matches nothing",
+    "M-macro-loop": "macro 'loop' refers to itself",
+    "M-override": "override of unknown rule 'no-such-rule'",
 }
 
 SYNTAX = """\
@@ -213,6 +244,7 @@ def test_every_mistake_reported_at_its_line(broken: Path) -> None:
 
 def test_rule_self_test_failures_are_reported(tmp_path: Path) -> None:
     text = BROKEN.split("categories:")[0].replace('"9.0"', '"1.0"')
+    text = text.replace("  loop: {macro: loop}  # M-macro-loop\n", "")
     text += """\
 rules:
   - id: r-selftest
