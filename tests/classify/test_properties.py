@@ -86,7 +86,7 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
             "parquet": C.parquet_file(d / "a.parquet").read_bytes(),
             "arrow": C.feather_file(d / "a.feather").read_bytes(),
             "hdf5": C.hdf5_dataset(d / "a.h5").read_bytes(),
-        "sqlite": C.sqlite_file(d / "a.sqlite").read_bytes(),
+            "sqlite": C.sqlite_file(d / "a.sqlite").read_bytes(),
             "torch": C.torch_zip(d / "a.pt").read_bytes(),
             "docx": C.docx_file(d / "a.docx", "x").read_bytes(),
             "pdf": C.pdf_file(d / "a.pdf", "x").read_bytes(),

@@ -204,3 +204,23 @@ def test_fast_results_do_not_deadlock_the_stage(rt: Any, tmp_path: Path) -> None
     t = threading.Thread(target=run, daemon=True)
     t.start()
     assert done.wait(10), "the classify stage hung"
+
+
+def test_lineage_lookup_on_a_postgresql_fleet_store(pg_url: str) -> None:
+    from agent.classify.lineage import store_lookup
+
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    sha = "ab" * 32
+    art = Artefact(
+        sha256=sha,
+        size=10,
+        content_type="application/vnd.safetensors",
+        tags=(Tag("model_weights", "safetensors header", {"format": "safetensors"}),),
+    )
+    write_batch(engine, "host-9", [FileEvent(FileAction.WRITTEN, "/x", artefact=art)])
+    known = store_lookup(engine, sha)
+    assert known is not None and known.tags[0].kind == "model_weights"
+    assert known.origin is None  # from the store: always inherited lineage
+    assert store_lookup(engine, "cd" * 32) is None
+    engine.dispose()
