@@ -9,6 +9,7 @@ uncaught exception. scapy's PcapReader builds an object per packet; this does no
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import struct
 from collections.abc import Iterator
@@ -44,6 +45,7 @@ _PCAP_MAGICS = {
 }
 _PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 Frame = tuple[float, int, mmap.mmap, int, int]
+MAX_CAPLEN = 0x4000000  # a record claiming more is corrupt
 
 
 class PcapError(Exception):
@@ -58,7 +60,9 @@ class PcapStats:
     unsupported_linktype: int = 0
 
 
-def read_frames(path: Path, stats: PcapStats) -> Iterator[Frame]:
+@contextlib.contextmanager
+def mapped(path: Path) -> Iterator[mmap.mmap]:
+    """The capture file mapped read-only, after checking it starts like one."""
     try:
         f = path.open("rb")
     except OSError as e:
@@ -69,20 +73,34 @@ def read_frames(path: Path, stats: PcapStats) -> Iterator[Frame]:
             raise PcapError(f"{path}: too short to be a pcap or pcapng file ({size} bytes)")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             magic = mm[:4]
-            if magic in _PCAP_MAGICS:
-                yield from _pcap(path, mm, stats)
-            elif magic == _PCAPNG_SHB:
-                yield from _pcapng(path, mm, stats)
-            else:
+            if magic not in _PCAP_MAGICS and magic != _PCAPNG_SHB:
                 raise PcapError(f"{path}: not a pcap or pcapng file (magic {magic.hex()})")
+            yield mm
 
 
-def _pcap(path: Path, mm: mmap.mmap, stats: PcapStats) -> Iterator[Frame]:
+def classic_header(path: Path, mm: mmap.mmap) -> tuple[str, float, int] | None:
+    """(struct byte order, timestamp unit, link type) of a classic pcap; None for pcapng."""
+    if mm[:4] not in _PCAP_MAGICS:
+        return None
     endian, unit = _PCAP_MAGICS[mm[:4]]
     (linktype,) = struct.unpack_from(endian + "I", mm, 20)
     linktype &= 0x0FFFFFFF
     if linktype not in SUPPORTED_LINKTYPES:
         raise PcapError(f"{path}: link type {linktype} is not supported")
+    return endian, unit, linktype
+
+
+def frames(path: Path, mm: mmap.mmap, stats: PcapStats) -> Iterator[Frame]:
+    """Every frame of a mapped pcap or pcapng file."""
+    header = classic_header(path, mm)
+    if header is None:
+        yield from _pcapng(path, mm, stats)
+    else:
+        yield from _pcap(mm, header, stats)
+
+
+def _pcap(mm: mmap.mmap, header: tuple[str, float, int], stats: PcapStats) -> Iterator[Frame]:
+    endian, unit, linktype = header
     rec = struct.Struct(endian + "IIII")
     off = 24
     size = len(mm)
@@ -92,7 +110,7 @@ def _pcap(path: Path, mm: mmap.mmap, stats: PcapStats) -> Iterator[Frame]:
         sec, frac, caplen, _origlen = unpack(mm, off)
         start = off + 16
         end = start + caplen
-        if end > size or caplen > 0x4000000:
+        if end > size or caplen > MAX_CAPLEN:
             stats.truncated += 1
             break
         frames += 1

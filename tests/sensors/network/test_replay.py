@@ -220,3 +220,29 @@ def test_cli_replay_json_table_and_store(tmp_path: Path) -> None:
     (tmp_path / "junk.pcap").write_bytes(b"\0" * 100)
     bad = cli("replay", str(tmp_path / "junk.pcap"), config=cfg, check=False)
     assert bad.returncode == 2 and "not a pcap" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_fast_loop_agrees_with_the_general_path(tmp_path: Path) -> None:
+    clock = Clock()
+    rnd = random.Random(7)
+    pkts = dns_exchange(clock, C, R, "same.example", [S])
+    for i in range(8):
+        sizes = [rnd.randrange(1, 3000) for _ in range(rnd.randrange(1, 30))]
+        pkts += tcp_session(
+            clock,
+            C,
+            S,
+            41000 + i,
+            443,
+            [client_hello(f"h{i}.example")] + [b"v" * n for n in sizes],
+            isn=rnd.randrange(2**32),
+            replies=[b"r" * rnd.randrange(1, 500)],
+            close=rnd.choice(["fin", "rst", "none"]),
+        )
+    classic = one(write(tmp_path / "s.pcap", pkts))  # Ethernet pcap: the hot loop
+    general = one(write(tmp_path / "s.pcapng", pkts, ng=True))  # pcapng: the general path
+
+    def key(flows: list) -> list:
+        return sorted((f.src_port, f.bytes_out, f.bytes_in, f.sni, f.close_reason) for f in flows)
+
+    assert key(classic) == key(general) and len(classic) == 9
