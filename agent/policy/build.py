@@ -77,11 +77,11 @@ def build_policy(
     issues.extend(run_rule_tests(as_written)[1])
     rules = written
     if any(k in p.parameters for p in active for k in parameters):
+        # the same rules with the config's parameter values; their problems, if any,
+        # were reported above
         recompiled: list[Rule] = []
         for pack in active:
-            recompiled.extend(
-                rules_mod.compile_rules(pack, codes, parameters, [])
-            )  # problems reported above
+            recompiled.extend(rules_mod.compile_rules(pack, codes, parameters, []))
         rules = [
             dataclasses.replace(r, tests=rules_mod.case_facts(r, counts))
             for r in rules_mod.unique_rules(recompiled, [])
@@ -91,14 +91,12 @@ def build_policy(
     for p in active:
         digest.update(f"{p.meta.id if p.meta else ''}\0{p.sha256}\0".encode())
     digest.update(json.dumps(dict(parameters), sort_keys=True, default=str).encode())
-    per_pack = {p.meta.id: p for p in active if p.meta}
+    # packs in force show what compiled; the others what their file holds
     infos = [
         dataclasses.replace(
             i,
-            rules=sum(1 for r in rules if r.pack == i.id) if i.id in per_pack else i.rules,
-            categories=sum(1 for s in specs if s.pack == i.id)
-            if i.id in per_pack
-            else i.categories,
+            rules=sum(r.pack == i.id for r in rules),
+            categories=sum(s.pack == i.id for s in specs),
         )
         if i.enabled
         else i
