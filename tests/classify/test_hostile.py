@@ -320,3 +320,46 @@ def test_file_deleted_after_open_still_classifies(tmp_path: Path) -> None:
     assert a.kinds == ("model_weights",)
     assert clf.classify_path(str(f)).skipped == "vanished"
     clf.close()
+
+
+@pytest.mark.parametrize("fmt", ["gz", "bz2", "xz", "zst", "tar.gz"])
+def test_compressed_stream_bombs_stop_at_the_ratio(tmp_path: Path, fmt: str) -> None:
+    import bz2
+    import gzip
+    import lzma
+    import tarfile
+
+    import zstandard
+
+    zeros = b"\x00" * (64 << 20)
+    target = tmp_path / f"bomb.{fmt}"
+    if fmt == "tar.gz":
+        with tarfile.open(target, "w:gz") as t:
+            ti = tarfile.TarInfo("zeros.bin")
+            ti.size = len(zeros)
+            t.addfile(ti, io.BytesIO(zeros))
+    else:
+        compress = {
+            "gz": gzip.compress,
+            "bz2": bz2.compress,
+            "xz": lzma.compress,
+            "zst": zstandard.ZstdCompressor().compress,
+        }[fmt]
+        target.write_bytes(compress(zeros))
+    t0 = time.monotonic()
+    a = classify_file(target, settings=ClassifySection(use_magika=False, max_compression_ratio=50))
+    assert time.monotonic() - t0 < 10
+    assert a.skipped == "compression_ratio", (fmt, a.skipped, a.tags)
+    assert "archive" in a.kinds
+
+
+def test_encrypted_zip_member_is_a_partial_tag(tmp_path: Path) -> None:
+    buf = bytearray(C.zip_bytes({"secret.safetensors": b"x" * 100}))
+    for sig, flag_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        pos = buf.index(sig)
+        buf[pos + flag_at] |= 0x01  # "encrypted" general-purpose bit
+    (tmp_path / "enc.zip").write_bytes(bytes(buf))
+    a = classify_file(tmp_path / "enc.zip", settings=NO_MAGIKA)
+    assert a.skipped == "encrypted"
+    assert "model_weights" in a.kinds  # the member's name still says what it is
+    assert a.tags[1].details.get("by_name") is True
