@@ -39,25 +39,18 @@ def compile_rules(
         issues.append(Issue(pack.file, line, f"{name!r} is both a list and a parameter"))
     names = {**params, **pack.lists}
 
-    def resolve(name: str) -> Any:
-        return names[name]
-
-    def ctx_for(report_file: str) -> CompileContext:
-        return CompileContext(
-            report=lambda line, msg: issues.append(Issue(report_file, line, msg)),
-            resolve=resolve,
-            macros=pack.macros,
-            known_category=codes.__contains__,
-        )
-
-    macro_ctx = ctx_for(pack.file)
+    ctx = CompileContext(
+        report=lambda line, msg: issues.append(Issue(pack.file, line, msg)),
+        resolve=names.__getitem__,
+        macros=pack.macros,
+        known_category=codes.__contains__,
+    )
+    # every macro is compiled (and its problems reported) once, used or not
     raw_macros = pack.raw.get("macros") or {}
     for name in pack.macros:
-        _compile(macro_ctx, {"macro": name}, key_line(raw_macros, name))
+        _compile(ctx, {"macro": name}, key_line(raw_macros, name))
     out = []
     for model, raw in pack.rules:
-        ctx = ctx_for(pack.file)
-        ctx._macro_cache = macro_ctx._macro_cache  # macro problems are reported once
         cond = _compile(ctx, model.condition, key_line(raw, "condition"))
         exceptions = compile_exceptions(model.exceptions, raw, pack.file, issues)
         for i, case in enumerate(model.tests):
