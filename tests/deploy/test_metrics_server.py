@@ -8,7 +8,6 @@ import gzip
 import hashlib
 import socket
 import ssl
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -23,26 +22,10 @@ from prometheus_client import CollectorRegistry, Counter
 
 from agent.config import MetricsSection, Settings
 from agent.metrics_server import MetricsServer, credentials_match, serve
-from tests.conftest import free_port, have
+from tests.conftest import free_port
 
 PASSWORD = "s3cret pass:word"
 PASSWORD_SHA256 = hashlib.sha256(PASSWORD.encode()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    if not have("openssl"):
-        pytest.skip("openssl is not installed (scripts/system-deps.sh installs it)")
-    d = tmp_path_factory.mktemp("tls")
-    crt, key = d / "metrics.crt", d / "metrics.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-         "-nodes", "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-         "-keyout", str(key), "-out", str(crt)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return crt, key
 
 
 def client_ctx(crt: Path) -> ssl.SSLContext:

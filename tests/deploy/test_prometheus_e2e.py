@@ -13,6 +13,7 @@ evaluates the shipped alert rules every second; alerts are read from its HTTP AP
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import subprocess
@@ -90,7 +91,9 @@ def wait_for(what: str, fn: Callable[[], Any], timeout: float, why: Callable[[],
 class Prometheus:
     """`prometheus` on loopback with the shipped scrape config pointed at `target`."""
 
-    def __init__(self, workdir: Path, target: str, rules: Path) -> None:
+    def __init__(
+        self, workdir: Path, target: str, rules: Path, job_extra: dict[str, Any] | None = None
+    ) -> None:
         doc = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
         doc["global"].update(scrape_interval="1s", evaluation_interval="1s", scrape_timeout="1s")
         doc["rule_files"] = [str(rules)]
@@ -98,6 +101,7 @@ class Prometheus:
         job.update(scrape_interval="1s", scrape_timeout="1s")
         # no host label: the shipped relabelling derives it from the address
         job["static_configs"] = [{"targets": [target]}]
+        job.update(job_extra or {})
         self.config = workdir / "prometheus.yml"
         self.config.write_text(yaml.safe_dump(doc))
         self.url = f"http://127.0.0.1:{free_port()}"
@@ -158,10 +162,10 @@ class Prometheus:
 def prometheus(tmp_path: Path) -> Iterator[Callable[[str, Path], Prometheus]]:
     started: list[Prometheus] = []
 
-    def start(target: str, rules: Path = RULES) -> Prometheus:
+    def start(target: str, rules: Path = RULES, **job_extra: Any) -> Prometheus:
         d = tmp_path / f"prom{len(started)}"
         d.mkdir()
-        p = Prometheus(d, target, rules)
+        p = Prometheus(d, target, rules, job_extra)
         started.append(p)
         return p
 
@@ -282,3 +286,48 @@ def test_sensor_down_and_agent_down_fire(
         lambda: json.dumps(prom.api("alerts")) + prom.tail(),
     )
     assert down["labels"]["instance"] == agent_config["metrics"]["listen"]
+
+
+def test_prometheus_scrapes_a_tls_and_password_protected_agent(
+    tmp_path: Path,
+    agent_config: dict[str, Any],
+    run_agent: Any,
+    prometheus: Any,
+    cert: tuple[Path, Path],
+) -> None:
+    """The commented `scheme`/`tls_config`/`basic_auth` of the shipped scrape config work
+    against an agent with metrics.tls_* and metrics.basic_auth_* set; a wrong password
+    leaves the target down."""
+    password = "correct horse battery staple"
+    agent_config["metrics"].update(
+        tls_cert=str(cert[0]),
+        tls_key=str(cert[1]),
+        basic_auth_user="prometheus",
+        basic_auth_password_sha256=hashlib.sha256(password.encode()).hexdigest(),
+    )
+    run_agent(agent_config)
+    secret = tmp_path / "egress-agent.password"
+    secret.write_text(password)
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("guess")
+    target = agent_config["metrics"]["listen"]
+    tls = {"scheme": "https", "tls_config": {"ca_file": str(cert[0])}}
+    good = prometheus(
+        target, **tls, basic_auth={"username": "prometheus", "password_file": str(secret)}
+    )
+    bad = prometheus(
+        target, **tls, basic_auth={"username": "prometheus", "password_file": str(wrong)}
+    )
+    wait_for(
+        "an authenticated HTTPS scrape",
+        lambda: good.api("query", query='up{job="egress-agent"} == 1')["result"],
+        30,
+        lambda: json.dumps(good.api("targets")),
+    )
+    targets = wait_for(
+        "the wrong password fails",
+        lambda: [t for t in bad.api("targets")["activeTargets"] if t["health"] == "down"],
+        30,
+        lambda: json.dumps(bad.api("targets")),
+    )
+    assert "401" in targets[0]["lastError"]
