@@ -38,6 +38,7 @@ for _component in (
 ):
     pytest.importorskip(_component, reason=f"{_component} is not in this checkout")
 
+from tests.incidents.helpers import SITE_PACK, safetensors  # noqa: E402
 from tests.sensors.network.peers import Sink, self_signed  # noqa: E402
 from tests.sensors.network.rig import Rig, make_rig, unavailable_reason  # noqa: E402
 
@@ -45,22 +46,6 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 SNI = "upload.example.org"
 
-SITE_PACK = """\
-pack:
-  id: site-e2e
-  name: Site keeps 4E091 under a licence condition
-  regime: SITE
-  version: "1"
-  required_engine_version: "1.0"
-  sources: [{title: e2e test site procedure}]
-overrides:
-  - rule: us-ear-model-weights-abroad
-    status: in_force
-    action: alert
-  - rule: us-ear-model-weights-copied-out
-    status: in_force
-    action: alert
-"""
 
 UPLOADER = textwrap.dedent(
     """
@@ -107,22 +92,6 @@ def query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
             return c.execute(sql, args).fetchall()
     except sqlite3.OperationalError:
         return []
-
-
-def safetensors(path: Path, rows: int = 768, cols: int = 1024) -> Path:
-    """A real safetensors checkpoint: one F32 tensor of random (incompressible) values."""
-    header = {
-        "__metadata__": {"format": "pt"},
-        "lm_head.weight": {
-            "dtype": "F32",
-            "shape": [rows, cols],
-            "data_offsets": [0, 4 * rows * cols],
-        },
-    }
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    path.write_bytes(len(raw).to_bytes(8, "little") + raw + os.urandom(4 * rows * cols))
-    return path
 
 
 @pytest.mark.skipif(not is_root(), reason="needs root: namespaces, fanotify, tmpfs mounts")

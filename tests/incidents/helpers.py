@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -208,3 +210,38 @@ def finding(n: int = 0, key: str = "k", t: float = 0.0, **kw: Any) -> Finding:
     }
     base.update(kw)
     return Finding(**base)
+
+
+# a site that keeps EAR 4E091 under a licence condition raises its rules to alerts
+SITE_PACK = """\
+pack:
+  id: site-e2e
+  name: Site keeps 4E091 under a licence condition
+  regime: SITE
+  version: "1"
+  required_engine_version: "1.0"
+  sources: [{title: e2e test site procedure}]
+overrides:
+  - rule: us-ear-model-weights-abroad
+    status: in_force
+    action: alert
+  - rule: us-ear-model-weights-copied-out
+    status: in_force
+    action: alert
+"""
+
+
+def safetensors(path: Path, rows: int = 768, cols: int = 1024) -> Path:
+    """A real safetensors checkpoint: one F32 tensor of random (incompressible) values."""
+    header = {
+        "__metadata__": {"format": "pt"},
+        "lm_head.weight": {
+            "dtype": "F32",
+            "shape": [rows, cols],
+            "data_offsets": [0, 4 * rows * cols],
+        },
+    }
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + os.urandom(4 * rows * cols))
+    return path

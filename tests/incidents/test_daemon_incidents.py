@@ -1,0 +1,84 @@
+"""The running daemon (no namespaces needed): a checkpoint copied onto a "removable" root
+opens a removable_copy incident; metrics count it; a clean stop seals the chain."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import cli
+
+for _component in ("agent.sensors.files.sensor", "agent.classify.stage", "agent.policy.stage"):
+    pytest.importorskip(_component, reason=f"{_component} is not in this checkout")
+
+from tests.incidents.helpers import SITE_PACK, safetensors  # noqa: E402
+
+
+def _wait(fn: Any, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.2)
+    return fn()
+
+
+def _incidents(db: Path) -> list[tuple[str, str, int]]:
+    try:
+        with sqlite3.connect(db, timeout=10) as c:
+            return c.execute("SELECT kind, rule_id, events_count FROM incidents").fetchall()
+    except sqlite3.OperationalError:
+        return []
+
+
+@pytest.mark.slow
+def test_daemon_opens_a_removable_copy_incident(
+    tmp_path: Path, agent_config: dict[str, Any], run_agent: Any
+) -> None:
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "lab.yaml").write_text(SITE_PACK)
+    exports = tmp_path / "exports"
+    agent_config["sensors"] = {"enabled": ["files"]}
+    agent_config["files"] = {"roots": [str(usb)], "removable": [str(usb)], "follow_mounts": False}
+    agent_config["classify"] = {"use_magika": False}
+    agent_config["policies"] = {"paths": [str(site)], "model_parameter_threshold": 1000}
+    agent_config["jobs"] = {"export_dir": str(exports), "export_interval": 1}
+    agent = run_agent(agent_config)
+    agent.wait_metrics()
+    before = agent.metric(
+        "egress_agent_incidents_opened_total",
+        {"rule": "us-ear-model-weights-copied-out", "severity": "high"},
+    )
+    assert (agent.metric("egress_agent_chain_checkpoint_timestamp_seconds") or 0) > 0  # genesis
+
+    safetensors(usb / "model.safetensors", rows=64, cols=64)
+    db = Path(agent_config["agent"]["state_dir"]) / "agent.db"
+    rows = _wait(lambda: _incidents(db))
+    assert rows and rows[0][:2] == ("removable_copy", "us-ear-model-weights-copied-out"), (
+        agent.stderr()
+    )
+    labels = {"rule": "us-ear-model-weights-copied-out", "severity": "high"}
+    assert _wait(lambda: (agent.metric("egress_agent_incidents_opened_total", labels) or 0) > 0)
+    assert (agent.metric("egress_agent_incidents_opened_total", labels) or 0) == (before or 0) + 1
+    assert (agent.metric("egress_agent_incidents_open", {"severity": "high"}) or 0) == 1
+    # the scheduled export picks the new records up
+    assert _wait(lambda: exports.exists() and any(exports.glob("*.ecs.jsonl")))
+    assert agent.stop() == 0
+
+    with sqlite3.connect(db) as c:
+        types = [t for (t,) in c.execute("SELECT record_type FROM incident_chain ORDER BY seq")]
+    assert types[0] == "genesis" and types[-1] == "checkpoint" and "incident" in types
+    res = json.loads(cli("incidents", "verify", "--json", config=agent.config_path).stdout)
+    assert res["ok"] and res["unsealed_records"] == {next(iter(res["unsealed_records"])): 0}
+    for f in exports.iterdir():
+        out = cli("incidents", "verify", "--file", str(f), "--json", config=agent.config_path)
+        assert json.loads(out.stdout)["ok"], f
