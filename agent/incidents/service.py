@@ -37,6 +37,7 @@ from agent.store.models import Lineage
 
 log = logging.getLogger(__name__)
 GAUGE_REFRESH_SECONDS = 30.0
+SUBMIT_PATIENCE = 0.05  # seconds a full correlation queue may hold up the pipeline
 
 
 class Correlator:
@@ -80,7 +81,9 @@ class Correlator:
             event.artefact or event.decisions or event.process
         ):
             return  # nothing correlation could use
-        self.queue.put(event, timeout=None)
+        # never hold up the store writer, the sink before us: a full queue (the incident
+        # log retrying through a store outage) drops and counts what correlation misses
+        self.queue.put(event, timeout=SUBMIT_PATIENCE)
 
     def stop(self) -> None:
         if self._thread is None:

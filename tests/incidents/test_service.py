@@ -76,3 +76,16 @@ def test_tagged_paths_become_paths_of_interest(store: Engine) -> None:
         "/data/tmp/notes.bin",
         "/data/tmp/x.tgz",
     ]
+
+
+def test_a_full_correlation_queue_drops_and_counts_instead_of_blocking(store: Engine) -> None:
+    import time
+
+    c = Correlator(store, "host-a", "lab-ws-1", IncidentsSection(), queue_size=1)
+    labels = {"queue": "incidents", "reason": "queue_full"}
+    before = sample("egress_agent_events_dropped_total", labels)
+    started = time.monotonic()
+    for i in range(3):  # nobody drains the queue: the thread was never started
+        c.submit(flow(i, i + 1, 100))
+    assert time.monotonic() - started < 2
+    assert sample("egress_agent_events_dropped_total", labels) == before + 2
