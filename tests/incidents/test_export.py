@@ -137,7 +137,7 @@ def test_ocsf_fields_and_types(log_store: Engine) -> None:
         assert d["finding_info"]["uid"] and d["finding_info"]["title"]
         assert d["file"]["hashes"][0]["value"] == ARCHIVE
         assert d["dst_endpoint"]["hostname"] == "up.example"
-        assert d["traffic"]["bytes_out"] > 0
+        assert d["unmapped"]["traffic"]["bytes_out"] > 0
         assert d["actor"]["process"]["pid"] == 300
     logs = [d for d in docs if d["class_uid"] == 1008]
     assert len(logs) == 3 and all(d["category_uid"] == 1 for d in logs)
@@ -186,3 +186,23 @@ def test_not_an_export_is_a_clear_error(tmp_path: Path) -> None:
         verify_file(io.StringIO(""))
     with pytest.raises(ExportFileError):
         verify_file(io.StringIO('{"seq": "x"}\n'))
+
+
+def test_ocsf_lines_validate_against_the_ocsf_schema(log_store: Engine) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    ocsf_json_schema = pytest.importorskip("ocsf_json_schema")
+    from agent.incidents.export.ocsf import OCSF_VERSION
+
+    data = Path(ocsf_json_schema.__file__).parent / "ocsf" / f"{OCSF_VERSION}.json"
+    schema = ocsf_json_schema.OcsfJsonSchemaEmbedded(
+        ocsf_json_schema.load_ocsf_schema_json(str(data))
+    )
+    checked: set[int] = set()
+    for line in export_lines(export_text(log_store, "ocsf")):
+        doc = json.loads(line)
+        name = schema.lookup_class_name_from_uid(doc["class_uid"])
+        validator = jsonschema.Draft202012Validator(schema.get_class_schema(name, []))
+        errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(doc)]
+        assert not errors, (doc["class_uid"], errors)
+        checked.add(doc["class_uid"])
+    assert checked == {2006, 1008}

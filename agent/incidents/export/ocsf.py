@@ -2,17 +2,20 @@
 
 Incident records are class 2006 *Data Security Finding* (category 2 Findings; activity
 1 Create, 2 Update, 3 Close; `type_uid = class_uid * 100 + activity_id`), with
-`finding_info`, `file`, `dst_endpoint`, `src_endpoint`, `actor`, `traffic` and
-`is_alert`. Genesis, checkpoint and stub records are class 1008 *Event Log Activity*
-(category 1 System; activity 3 Enable for genesis, 99 Other otherwise), so the chain
-stays whole in the export. Times are epoch milliseconds; the chain fields and the
-hashed payload travel in `unmapped.egress`.
+`finding_info`, `file`, `dst_endpoint`, `src_endpoint`, `actor` and `is_alert` (the
+class has no `traffic`: the upload's bytes are in `unmapped.traffic`). Genesis,
+checkpoint and stub records are class 1008 *Event Log Activity* (category 1 System;
+activity 3 Enable for genesis, 99 Other otherwise), so the chain stays whole in the
+export. Times are epoch milliseconds; unknown attributes are left out (OCSF has no
+nulls); the chain fields and the hashed payload travel in `unmapped.egress`. Tests
+validate every line against the OCSF 1.4.0 JSON schema.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from typing import Any
 
 from agent import __version__
@@ -61,8 +64,8 @@ def _finding(v: View) -> dict[str, Any]:
             "uid": inc.get("uid"),
             "title": inc.get("title"),
             "types": [inc.get("kind")],
-            "created_time_dt": inc.get("opened_at"),
-            "modified_time_dt": inc.get("updated_at"),
+            "created_time": _ms(inc.get("opened_at")),
+            "modified_time": _ms(inc.get("updated_at")),
             "analytic": {"uid": inc.get("rule_id"), "name": inc.get("rule_id"), "type_id": 1},
         },
         "device": {"uid": v.entry.host_id, "hostname": v.hostname, "type_id": 0},
@@ -82,7 +85,6 @@ def _finding(v: View) -> dict[str, Any]:
         if fl.get("country"):
             out["dst_endpoint"]["location"] = {"country": fl.get("country")}
         out["src_endpoint"] = {"ip": fl.get("src_ip"), "port": fl.get("src_port")}
-        out["traffic"] = {"bytes_out": fl.get("bytes_out"), "bytes_in": fl.get("bytes_in")}
     if p:
         out["actor"] = {
             "process": {
@@ -120,9 +122,24 @@ def _log_activity(v: View) -> dict[str, Any]:
     }
 
 
+def _ms(iso_time: object) -> int | None:
+    if not isinstance(iso_time, str):
+        return None
+    return int(datetime.fromisoformat(iso_time).timestamp() * 1000)
+
+
+def _drop_none(value: Any) -> Any:
+    """OCSF has no nulls: an unknown attribute is left out."""
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value if v is not None]
+    return value
+
+
 def document(entry: ChainEntry) -> dict[str, Any]:
     v = view(entry)
-    doc = _finding(v) if v.incident else _log_activity(v)
+    doc = _drop_none(_finding(v) if v.incident else _log_activity(v))
     doc["metadata"] = _metadata(v)
     doc["unmapped"] = {
         "egress": {
@@ -137,6 +154,11 @@ def document(entry: ChainEntry) -> dict[str, Any]:
             "record": v.doc if entry.payload is not None else None,
         }
     }
+    if v.flow:  # Data Security Finding 1.4 has no `traffic`: the upload's bytes go here
+        doc["unmapped"]["traffic"] = {
+            "bytes_out": v.flow.get("bytes_out"),
+            "bytes_in": v.flow.get("bytes_in"),
+        }
     return doc
 
 
