@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 DUMP_INTERVAL = 3.0
 TICK = 0.5
 _PEER_FIN_STATES = frozenset((8, 9, 11))  # CLOSE_WAIT, LAST_ACK, CLOSING
+_LOOPBACK = frozenset((socket.inet_pton(socket.AF_INET6, "::1"),))
 _BATCH = 256  # packets read from one socket before looking at the others
 
 
@@ -224,7 +225,10 @@ class NetworkSensor:
         return (IPPROTO_TCP, s.src, s.sport, s.dst, s.dport)
 
     def _outbound_guess(self, s: DiagSocket) -> bool:
-        """A socket whose SYN we did not see: outbound if its local port is ephemeral."""
+        """A socket whose SYN we did not see: outbound if its local port is ephemeral.
+        Loopback conversations never leave the host and are not reported."""
+        if s.dst in _LOOPBACK or s.dst[:1] == b"\x7f":
+            return False
         return self.ephemeral[0] <= s.sport <= self.ephemeral[1]
 
     def _read_destroyed(self) -> None:
