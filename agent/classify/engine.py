@@ -25,7 +25,7 @@ from agent.events import Tag
 
 log = logging.getLogger(__name__)
 
-CLASSIFIER_VERSION = "1"
+CLASSIFIER_VERSION = "2"
 _ZIP_ERRORS: tuple[type[Exception], ...] = (zipfile.BadZipFile, zlib.error, EOFError, KeyError)
 _ZIP_ERRORS += (NotImplementedError, ValueError, OSError, RuntimeError)
 
@@ -128,8 +128,7 @@ class Engine:
         if fmt == "savedmodel":
             return _savedmodel(src, path)
         if fmt == "tf_checkpoint":
-            tag = weights.weights_tag("tf_checkpoint", 0, 0, None, "by file name")
-            tag.details.update(parameters=None, tensors=None)
+            tag = weights.weights_tag("tf_checkpoint", None, None, None, "by file name")
             return Finding("application/x-tf-checkpoint", [tag])
         return None
 
@@ -166,7 +165,7 @@ class Engine:
     def _keras(self, zf: zipfile.ZipFile, names: list[str], recurse: archives.Classify) -> Finding:
         h5 = next(n for n in names if n.endswith(".weights.h5"))
         info = zf.getinfo(h5)
-        tag = weights.weights_tag("keras", 0, 0, None, "weights not read")
+        tag = weights.weights_tag("keras", None, None, None, "weights not read")
         if info.file_size <= self.limits.max_member_inline:
             inner = recurse(Source.from_bytes(h5, zf.read(info), depth=99))
             for t in inner.tags:
@@ -250,6 +249,6 @@ def _savedmodel(src: Source, path: str | None) -> Finding:
             params = sum(e.stat(follow_symlinks=False).st_size for e in data) // 4
         except OSError:
             params = None
-    tag = weights.weights_tag("tf_savedmodel", 0, params or 0, None, "size-based estimate")
-    tag.details.update(tensors=None, parameters=params)
+    extra = "parameters estimated from the variables' size" if params is not None else ""
+    tag = weights.weights_tag("tf_savedmodel", None, params, None, extra)
     return Finding("application/x-tf-savedmodel", [tag])

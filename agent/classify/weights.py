@@ -17,16 +17,39 @@ from typing import Any, BinaryIO
 
 from agent.classify import protowire as pw
 from agent.classify.base import Finding, LimitExceeded, Limits, ParseError, Source, human_count
-from agent.classify.pickle_vm import STORAGE_DTYPES, PickleSummary, scan_pickle
+from agent.classify.pickle_vm import PickleSummary, scan_pickle
 from agent.events import Tag
 
 MAX_PICKLE_BYTES = 64 << 20
 
 
+_LABELS = {
+    "safetensors": "safetensors header",
+    "gguf": "GGUF header",
+    "onnx": "ONNX graph",
+    "pytorch": "PyTorch zip checkpoint",
+    "pickle": "pickle",
+    "keras_h5": "Keras HDF5",
+    "keras": "Keras archive",
+    "tf_savedmodel": "TensorFlow SavedModel",
+    "tf_checkpoint": "TensorFlow checkpoint",
+}
+
+
 def weights_tag(
-    fmt: str, tensors: int, parameters: int, dtype: str | None, extra: str = "", **details: Any
+    fmt: str,
+    tensors: int | None,
+    parameters: int | None,
+    dtype: str | None,
+    extra: str = "",
+    **details: Any,
 ) -> Tag:
-    parts = [f"{fmt} header", f"{tensors} tensors", f"{human_count(parameters)} parameters"]
+    """A model_weights tag; unknown counts are None and left out of the evidence."""
+    parts = [_LABELS.get(fmt, fmt)]
+    if tensors is not None:
+        parts.append(f"{tensors} tensors")
+    if parameters is not None:
+        parts.append(f"{human_count(parameters)} parameters")
     if dtype:
         parts.append(dtype)
     if extra:
@@ -330,6 +353,3 @@ def parse_pickle(src: Source, limits: Limits) -> Finding:
     if summary.tensors or roots & ml_roots:
         tags.append(_torch_tag("pickle", summary, 0, 0))
     return Finding("application/x-pickle", tags)
-
-
-STORAGE_ITEMSIZE = {v[0]: v[1] for v in STORAGE_DTYPES.values()}

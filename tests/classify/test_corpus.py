@@ -82,9 +82,9 @@ EXPECTED = {
     # name: (kind, details subset, evidence fragment)
     "safetensors": ("model_weights", {"format": "safetensors", "tensors": 3, "parameters": 64 * 32 + 1024 + 32, "dtype": "f16"}, "safetensors header"),
     "gguf": ("model_weights", {"format": "gguf", "tensors": 2, "parameters": 320, "architecture": "llama"}, "architecture llama"),
-    "onnx": ("model_weights", {"format": "onnx", "tensors": 2, "parameters": 36, "dtype": "f32"}, "onnx"),
+    "onnx": ("model_weights", {"format": "onnx", "tensors": 2, "parameters": 36, "dtype": "f32"}, "ONNX graph"),
     "torch": ("model_weights", {"format": "pytorch", "tensors": 2, "parameters": 28, "dtype": "f32"}, "28 parameters"),
-    "keras": ("model_weights", {"format": "keras_h5", "tensors": 2, "parameters": 55}, "keras"),
+    "keras": ("model_weights", {"format": "keras_h5", "tensors": 2, "parameters": 55}, "Keras HDF5"),
     "parquet": ("dataset", {"format": "parquet", "columns": ["sample_id", "阻抗", "label"], "rows": 100}, "100 rows"),
     "feather": ("dataset", {"format": "arrow", "columns": ["x", "y"], "rows": 3}, "3 rows"),
     "hdf5": ("dataset", {"format": "hdf5", "rows": 50}, "hdf5"),
