@@ -10,6 +10,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
@@ -279,3 +281,59 @@ def test_shipped_dir_copy_is_watched(tmp_path: Path) -> None:
     snap = holder._take_snapshot()
     (shipped / "us-ear.yaml").write_text((shipped / "us-ear.yaml").read_text() + "\n# edit\n")
     assert holder._take_snapshot() != snap
+
+
+_details = st.dictionaries(
+    st.sampled_from(["parameters", "rows", "format", "columns", "members", "chars", "x"]),
+    st.one_of(
+        st.none(),
+        st.integers(),
+        st.floats(allow_nan=True),
+        st.text(max_size=6),
+        st.lists(st.one_of(st.text(max_size=3), st.integers()), max_size=3),
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.builds(
+            Tag,
+            st.sampled_from(["model_weights", "dataset", "document", "archive", "weird"]),
+            st.text(max_size=5),
+            _details,
+        ),
+        max_size=4,
+    ),
+    st.lists(
+        st.builds(
+            CategoryMatch,
+            st.sampled_from(
+                ["CN-CAT-RE-REFINING", "CN-CAT-RE-CONTEXT", "PI-PRC-RESIDENT-ID", "??"]
+            ),
+            st.integers(-5, 50_000),
+        ),
+        max_size=4,
+    ),
+    st.sampled_from(list(Channel)),
+    st.sampled_from(list(FileAction)),
+)
+def test_stage_survives_any_artefact(
+    tags: list[Tag], matches: list[CategoryMatch], channel: Channel, action: FileAction
+) -> None:
+    stage = _STAGE
+    artefact = Artefact(sha256=None, size=1, tags=tuple(tags), matches=tuple(matches))
+    out = stage(FileEvent(action, "/x", channel, artefact=artefact))
+    assert isinstance(out.decisions, tuple)
+    policy = _STAGE.holder.current
+    now = datetime.now(UTC)
+    flow = Flow("tcp", "10.0.0.1", 1, "::1", 443, now, now, bytes_out=5, dest_class="foreign")
+    assert isinstance(policy.decide_transfer(artefact, flow), list)
+
+
+_HOLDER = PolicyHolder(lambda: PoliciesSection())
+_HOLDER.reload()
+_STAGE = PolicyStage(SimpleNamespace(extras={"policy": _HOLDER}))
