@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 from typing import Any
@@ -76,16 +77,28 @@ def policy_check(ctx: click.Context, paths: tuple[str, ...], alone: bool, as_jso
 
 
 @policy.command("list")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per pack.")
+@click.option("--rules", "show_rules", is_flag=True, help="The rules, with their legal status.")
+@click.option(
+    "--on", "day", type=click.DateTime(["%Y-%m-%d"]), help="Status on this day (--rules)."
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per pack (or rule).")
 @click.pass_context
-def policy_list(ctx: click.Context, as_json: bool) -> None:
-    """The configured packs: version, regime, rule and category counts, enabled or not."""
+def policy_list(ctx: click.Context, show_rules: bool, day: Any, as_json: bool) -> None:
+    """The configured packs: version, regime, rule and category counts, enabled or not.
+
+    With --rules: every rule with its severity, action, legal status and whether its
+    control is in force today (or on --on DAY); a rule whose control is not in force
+    only records.
+    """
     s = settings_from(ctx)
     policy_obj, issues = _load(s.policies)
     if policy_obj is None:
         for issue in issues:
             click.echo(str(issue), err=True)
         raise UserError(f"the configured policy is invalid ({len(issues)} problem(s))")
+    if show_rules:
+        _list_rules(policy_obj, (day.date() if day else dt.date.today()), as_json)
+        return
     for p in policy_obj.packs:
         state = "enabled" if p.enabled else ("replaced" if p.replaced_by else "disabled")
         if as_json:
@@ -110,6 +123,30 @@ def policy_list(ctx: click.Context, as_json: bool) -> None:
             )
     if not as_json:
         click.echo(f"policy version {policy_obj.version[:12]}")
+
+
+def _list_rules(policy_obj: Any, day: dt.date, as_json: bool) -> None:
+    for r in policy_obj.rules:
+        in_force, why = r.in_force(day)
+        doc = {
+            "id": r.id,
+            "pack": r.pack,
+            "severity": str(r.severity),
+            "action": r.action if in_force else "record",
+            "status": r.status,
+            "effective_from": str(r.effective_from) if r.effective_from else None,
+            "in_force": in_force,
+            "why_not": why or None,
+            "enabled": r.enabled,
+            "tests": len(r.tests),
+        }
+        if as_json:
+            print_json(doc)
+            continue
+        state = "in force" if in_force else why
+        if not r.enabled:
+            state = "disabled"
+        click.echo(f"{r.id:<40} {r.pack:<20} {doc['severity']:<8} {doc['action']:<6} {state}")
 
 
 @policy.command("explain")

@@ -91,3 +91,18 @@ def test_policy_list(tmp_path: Path) -> None:
     (site / "bad.yaml").write_text("pack: [\n")
     res = cli("policy", "list", config=cfg, check=False)
     assert res.returncode == 2 and f"{site / 'bad.yaml'}:" in res.stderr
+
+
+def test_policy_list_rules_with_status(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "agent.yaml", {"agent": {"state_dir": str(tmp_path / "s")}})
+    out = cli("policy", "list", "--rules", "--json", "--on", "2026-06-01", config=cfg).stdout
+    rules = {r["id"]: r for r in map(json.loads, out.splitlines())}
+    dual = rules["cn-dual-use-technology-leaving"]
+    assert not dual["in_force"] and dual["action"] == "record"
+    assert dual["why_not"] == "control suspended until 2026-11-10"
+    after = cli("policy", "list", "--rules", "--json", "--on", "2026-11-20", config=cfg).stdout
+    rules_after = {r["id"]: r for r in map(json.loads, after.splitlines())}
+    assert rules_after["cn-dual-use-technology-leaving"]["in_force"]
+    ear = rules_after["us-ear-model-weights-copied-out"]
+    assert ear["status"] == "rescinded_nonenforced" and ear["action"] == "record"
+    assert all(r["tests"] >= 2 for r in rules_after.values())
