@@ -5,6 +5,10 @@ evaluates the shipped alert rules every second; alerts are read from its HTTP AP
   and correlation (a document carrying a marker keyword written to a path configured
   as removable media, judged by a site pack rule of severity high), makes
   EgressAgentHighSeverityIncident fire — with the shipped rules unchanged.
+- A real 150 MB upload to a peer namespace configured as foreign, counted by the network
+  sensor and judged by a site rule, fires EgressAgentControlledEgressForeign and
+  EgressAgentUnusualForeignUpload.
+- A TLS + basic-auth agent is scraped with the documented scrape settings.
 - A sensor that cannot start fires EgressAgentSensorDown, and a stopped agent fires
   EgressAgentDown (these rules carry `for:` durations of minutes; the copy loaded here has
   them cut to one second, nothing else changed). Every dashboard query runs on the live
@@ -13,10 +17,12 @@ evaluates the shipped alert rules every second; alerts are read from its HTTP AP
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -27,9 +33,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port, have
+from tests.conftest import REPO, free_port, have, is_root
 from tests.deploy.test_grafana import exprs as dashboard_exprs
 from tests.deploy.test_grafana import to_promql
+from tests.sensors.network.peers import Sink
+from tests.sensors.network.rig import free_port_in, make_rig, unavailable_reason
 
 pytestmark = [
     pytest.mark.slow,
@@ -92,8 +100,15 @@ class Prometheus:
     """`prometheus` on loopback with the shipped scrape config pointed at `target`."""
 
     def __init__(
-        self, workdir: Path, target: str, rules: Path, job_extra: dict[str, Any] | None = None
+        self,
+        workdir: Path,
+        target: str,
+        rules: Path,
+        job_extra: dict[str, Any] | None = None,
+        netns: Any = None,
     ) -> None:
+        # netns: a Rig and a namespace name, to run Prometheus (and talk to it) in there
+        self.netns = netns
         doc = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
         doc["global"].update(scrape_interval="1s", evaluation_interval="1s", scrape_timeout="1s")
         doc["rule_files"] = [str(rules)]
@@ -104,26 +119,34 @@ class Prometheus:
         job.update(job_extra or {})
         self.config = workdir / "prometheus.yml"
         self.config.write_text(yaml.safe_dump(doc))
-        self.url = f"http://127.0.0.1:{free_port()}"
+        port = free_port() if netns is None else free_port_in(netns[0], netns[1])
+        self.url = f"http://127.0.0.1:{port}"
         self.log = workdir / "prometheus.log"
         self._log = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            [
-                "prometheus",
-                f"--config.file={self.config}",
-                f"--storage.tsdb.path={workdir / 'tsdb'}",
-                f"--web.listen-address={self.url.removeprefix('http://')}",
-                "--log.level=warn",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        argv = [
+            "prometheus",
+            f"--config.file={self.config}",
+            f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address={self.url.removeprefix('http://')}",
+            "--log.level=warn",
+        ]
+        if netns is None:
+            self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
+        else:
+            rig, ns = netns
+            self.proc = rig.exec(ns, *argv, stdout=self._log, stderr=subprocess.STDOUT)
         wait_for("prometheus ready", self._ready, 60, self.tail)
+
+    def _net(self) -> contextlib.AbstractContextManager[None]:
+        if self.netns is None:
+            return contextlib.nullcontext()
+        rig, ns = self.netns
+        return rig.inside(ns)  # type: ignore[no-any-return]
 
     def _ready(self) -> bool:
         assert self.proc.poll() is None, self.tail()
         try:
-            with urllib.request.urlopen(self.url + "/-/ready", timeout=2) as r:
+            with self._net(), urllib.request.urlopen(self.url + "/-/ready", timeout=2) as r:
                 return r.status == 200
         except OSError:
             return False
@@ -132,7 +155,7 @@ class Prometheus:
         url = f"{self.url}/api/v1/{path}"
         if params:
             url += "?" + urllib.parse.urlencode(params)
-        with urllib.request.urlopen(url, timeout=5) as r:
+        with self._net(), urllib.request.urlopen(url, timeout=5) as r:
             doc = json.loads(r.read())
         assert doc["status"] == "success", doc
         return doc["data"]
@@ -149,6 +172,8 @@ class Prometheus:
         return self.log.read_text(errors="replace")[-3000:]
 
     def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
         self.proc.terminate()
         try:
             self.proc.wait(timeout=30)
@@ -162,10 +187,10 @@ class Prometheus:
 def prometheus(tmp_path: Path) -> Iterator[Callable[[str, Path], Prometheus]]:
     started: list[Prometheus] = []
 
-    def start(target: str, rules: Path = RULES, **job_extra: Any) -> Prometheus:
+    def start(target: str, rules: Path = RULES, netns: Any = None, **job_extra: Any) -> Prometheus:
         d = tmp_path / f"prom{len(started)}"
         d.mkdir()
-        p = Prometheus(d, target, rules, job_extra)
+        p = Prometheus(d, target, rules, job_extra, netns)
         started.append(p)
         return p
 
@@ -331,3 +356,146 @@ def test_prometheus_scrapes_a_tls_and_password_protected_agent(
         lambda: json.dumps(bad.api("targets")),
     )
     assert "401" in targets[0]["lastError"]
+
+
+FLOW_PACK = """\
+pack:
+  id: e2e-egress
+  name: End-to-end drill, network
+  regime: SITE
+  version: "1"
+  required_engine_version: "1.0"
+  sources: [{title: deploy e2e test}]
+rules:
+  - id: e2e-bulk-upload-abroad
+    description: More than 10 MB in one flow to a foreign destination
+    condition:
+      all:
+        - {field: event, eq: flow}
+        - {field: dest_class, eq: foreign}
+        - {field: bytes_out, ge: 10000000}
+    severity: high
+    action: alert
+    tests:
+      - name: big upload abroad
+        facts: {event: flow, dest_class: foreign, bytes_out: 150000000}
+        expect: decision
+        severity: high
+      - name: big upload inside
+        facts: {event: flow, dest_class: internal, bytes_out: 150000000}
+        expect: none
+"""
+
+UPLOAD = """\
+import socket, sys
+host, port, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+chunk = b"\\0" * (1 << 20)
+with socket.create_connection((host, port)) as s:
+    sent = 0
+    while sent < total:
+        s.sendall(chunk[: total - sent])
+        sent += min(len(chunk), total - sent)
+    assert s.recv(1) == b"k"
+"""
+
+
+@pytest.mark.netns
+@pytest.mark.skipif(not is_root(), reason="needs root for network namespaces")
+def test_controlled_egress_abroad_and_an_unusual_upload_fire(
+    tmp_path: Path, prometheus: Any
+) -> None:
+    """A real 150 MB TCP upload from the agent's namespace to a peer configured as
+    foreign: the network sensor counts it, a policy rule judges the flow, and Prometheus
+    fires EgressAgentControlledEgressForeign (shipped rule, no `for`) and
+    EgressAgentUnusualForeignUpload (its `for: 1m` cut to 1s)."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    total = 150_000_000
+    with make_rig() as rig:
+        site = tmp_path / "site"
+        site.mkdir()
+        (site / "egress.yaml").write_text(FLOW_PACK)
+        countries = tmp_path / "countries.csv"
+        countries.write_text(f"network,country\n{rig.peer_v4}/32,US\n")
+        listen = f"127.0.0.1:{free_port_in(rig, rig.sender_ns)}"
+        cfg = tmp_path / "agent.yaml"
+        cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "agent": {"state_dir": str(tmp_path / "state")},
+                    "metrics": {"listen": listen},
+                    "sensors": {"enabled": ["network"]},
+                    "network": {
+                        "interfaces": [rig.sender_if],
+                        "internal_networks": ["192.168.0.0/16"],
+                        "foreign_networks": [f"{rig.peer_v4}/32"],
+                        "country_db": str(countries),
+                    },
+                    "policies": {"paths": [str(site)]},
+                }
+            )
+        )
+        log = tmp_path / "agent.stderr"
+        agent = rig.exec(
+            rig.sender_ns, sys.executable, "-m", "agent", "--config", str(cfg), "run",
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+        )  # fmt: skip
+        sink = Sink(ack_after=total)
+        prom = None
+        try:
+            prom = prometheus(listen, rules_with_short_for(tmp_path), netns=(rig, rig.sender_ns))
+            wait_for(
+                "the agent scraped with its network sensor up",
+                lambda: prom.api("query", query='egress_agent_sensor_up{sensor="network"} == 1')[
+                    "result"
+                ],
+                60,
+                lambda: log.read_text()[-3000:] + prom.tail(),
+            )
+            rig.run_in(rig.peer_ns, sink.serve)
+            assert sink.ready.wait(5)
+            script = tmp_path / "upload.py"
+            script.write_text(UPLOAD)
+            up = rig.exec(
+                rig.sender_ns, sys.executable, str(script), rig.peer_v4, str(sink.port), str(total)
+            )
+            assert up.wait(60) == 0
+
+            def ours() -> list[dict[str, Any]]:
+                return [
+                    a
+                    for a in prom.alerts("EgressAgentControlledEgressForeign")
+                    if a["labels"]["rule"] == "e2e-bulk-upload-abroad"
+                ]
+
+            (egress,) = wait_for(
+                "EgressAgentControlledEgressForeign firing",
+                ours,
+                60,
+                lambda: json.dumps(prom.api("alerts")) + log.read_text()[-3000:],
+            )
+            assert egress["labels"]["decision_severity"] == "high"
+            assert egress["labels"]["pack"] == "e2e-egress"
+            (upload,) = wait_for(
+                "EgressAgentUnusualForeignUpload firing",
+                lambda: prom.alerts("EgressAgentUnusualForeignUpload"),
+                60,
+                lambda: (
+                    json.dumps(prom.api("alerts"))
+                    + json.dumps(
+                        prom.api("query", query="egress_agent_outbound_bytes_total")["result"]
+                    )
+                ),
+            )
+            assert upload["labels"]["host"] == "127.0.0.1"
+            sent = prom.api(
+                "query", query='sum(egress_agent_outbound_bytes_total{dest_class="foreign"})'
+            )["result"]
+            assert float(sent[0]["value"][1]) >= total
+        finally:
+            sink.stop()
+            if prom is not None:
+                prom.stop()
+            agent.terminate()
+            agent.wait(60)
