@@ -268,8 +268,8 @@ def test_daemon_under_the_units_capabilities_speaks_sd_notify(sandbox: Path) -> 
         # CAP_DAC_READ_SEARCH=2, CAP_NET_ADMIN=12, CAP_NET_RAW=13, CAP_SYS_PTRACE=19
         assert eff == (1 << 2) | (1 << 12) | (1 << 13) | (1 << 19), hex(eff)
         pings = [notes.wait_for("WATCHDOG=1", timeout=3) for _ in range(3)]
-        # WATCHDOG_USEC=2s: a ping at least every second, well inside the deadline
-        assert all(b - a < 1.6 for a, b in zip([ready, *pings], pings)), notes.seen
+        # WATCHDOG_USEC=2s: systemd kills a service whose pings are 2 s apart; ours come ~1 s
+        assert all(b - a < 2.0 for a, b in zip([ready, *pings], pings)), notes.seen
         assert sample(url, "egress_agent_sensor_up", sensor="files") == 1
         assert sample(url, "egress_agent_sensor_up", sensor="network") == 1
         (watched / "new-design.step").write_text("a file in a root-only directory\n")
