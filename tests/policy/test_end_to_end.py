@@ -188,3 +188,26 @@ def test_generic_solvent_extraction_is_not_rare_earth(tmp_path: Path, policy: Po
     assert event.artefact is not None
     assert "CN-CAT-RE-REFINING" in {m.category for m in event.artefact.matches}
     assert policy.decide_file(event) == []
+
+
+def test_archive_of_tagged_files(tmp_path: Path, policy: Policy) -> None:
+    import zipfile
+
+    doc = make_docx(tmp_path / "工艺.docx", RARE_EARTH_ZH)
+    csv = make_resident_csv(tmp_path / "staff.csv", rows=40)
+    bundle = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(bundle, "w") as z:
+        z.write(doc, doc.name)
+        z.write(csv, csv.name)
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    event = _on_usb(bundle, policy, usb)
+    ids = {d.rule_id for d in policy.decide_file(event)}
+    assert {"cn-cat-prohibited-removable", "cn-pi-resident-ids-copied-out"} <= ids
+
+
+def test_example_site_pack_checks(tmp_path: Path) -> None:
+    from agent.policy import SHIPPED_DIR
+
+    res = cli("policy", "check", str(SHIPPED_DIR / "examples" / "site-lab.yaml"))
+    assert res.stdout.startswith("ok: 5 pack(s)")
