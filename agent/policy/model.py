@@ -71,7 +71,12 @@ class RuleException:
         return not self.paths or _glob_any(facts.get("path"), self.paths)
 
     def _host_in(self, facts: Mapping[str, Any]) -> bool:
-        return any(_glob_any(facts.get(k), self.hosts) for k in ("name", "sni"))
+        """Host names compare case-insensitively, without a trailing dot (DNS form)."""
+        for key in ("name", "sni"):
+            value = facts.get(key)
+            if isinstance(value, str) and _glob_any(value.lower().rstrip("."), self.hosts):
+                return True
+        return False
 
 
 def _glob_any(value: Any, patterns: tuple[str, ...]) -> bool:

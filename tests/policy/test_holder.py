@@ -3,6 +3,7 @@ file watching, the policy_versions table; and PolicyStage on real events."""
 
 from __future__ import annotations
 
+import ipaddress
 import shutil
 import time
 from datetime import UTC, datetime
@@ -337,3 +338,22 @@ def test_stage_survives_any_artefact(
 _HOLDER = PolicyHolder(lambda: PoliciesSection())
 _HOLDER.reload()
 _STAGE = PolicyStage(SimpleNamespace(extras={"policy": _HOLDER}))
+
+
+def test_exception_destinations() -> None:
+    from agent.policy.model import RuleException
+
+    ex = RuleException(
+        "approved",
+        networks=(ipaddress.ip_network("10.20.0.0/16"), ipaddress.ip_network("2001:db8::/32")),
+        hosts=("*.release.example.cn",),
+    )
+    assert ex.matches({"dst_ip": "10.20.3.4"})
+    assert ex.matches({"dst_ip": "2001:db8::5"})
+    assert ex.matches({"dst_ip": "203.0.113.1", "name": "Models.Release.Example.CN."})
+    assert ex.matches({"sni": "a.release.example.cn"})
+    assert not ex.matches({"dst_ip": "203.0.113.1", "name": "release.example.cn.evil.com"})
+    assert not ex.matches({})
+    both = RuleException("svc", users=("svc-release",), processes=("/opt/release/*",))
+    assert both.matches({"user": "svc-release", "process.exe": "/opt/release/bin/push"})
+    assert not both.matches({"user": "svc-release", "process.exe": "/usr/bin/curl"})
