@@ -57,14 +57,17 @@ def render_incident(doc: Mapping[str, Any]) -> str:
     if ev.get("lineage"):
         out.append("")
         out.append("Lineage (parent -> child)")
-        names = {
-            f.get("sha256"): (f.get("dest_path") or f.get("path"))
-            for f in ev.get("files") or []
-            if f.get("sha256")
-        }
+        names: dict[str, list[str]] = {}
+        for f in ev.get("files") or []:
+            if f.get("sha256"):
+                seen = names.setdefault(f["sha256"], [])
+                for p in (f.get("path"), f.get("dest_path")):
+                    if p and p not in seen:
+                        seen.append(p)
         for edge in ev["lineage"]:
             p, c = edge.get("parent"), edge.get("child")
-            out.append(f"  {p[:16]}… {names.get(p, '')} -> {c[:16]}… {names.get(c, '')}")
+            out.append(f"  {p[:16]}… {' = '.join(names.get(p, []))}")
+            out.append(f"    -> {c[:16]}… {' = '.join(names.get(c, []))}")
     if ev.get("flows"):
         out.append("")
         out.append(f"Flows ({len(ev['flows'])})")
