@@ -193,7 +193,7 @@ class Classifier:
             parents = (sha,)  # a copy (or the store knew it): lineage from the same content
         if self.cache is not None and unchanged:
             self.cache.store(*ident, sha)
-        reason = finding.skipped if finding is not None else None
+        reason = finding.skipped if finding is not None else known.skipped
         if not unchanged:
             reason = "changed_while_read"
         if finding is not None and finding.members:
@@ -204,7 +204,12 @@ class Classifier:
         return art
 
     def _parse(self, path: str, fd: int, size: int) -> Finding:
-        head = os.pread(fd, HEAD_BYTES, 0)
+        try:
+            head = os.pread(fd, HEAD_BYTES, 0)
+        except OSError as e:  # EIO on a failing disk, a vanished network share
+            reason = _OS_REASONS.get(e.errno or 0, "read_error")
+            metrics.CLASSIFY_SKIPPED.labels(reason).inc()
+            return Finding("application/octet-stream", skipped=reason)
 
         def opener() -> Any:
             f = os.fdopen(os.dup(fd), "rb")
@@ -222,7 +227,9 @@ class Classifier:
         matcher = self.matcher()
         counts = matcher.counts([finding.text])
         by_code = tuple((matcher.categories[i].code, n) for i, n in sorted(counts.items()))
-        known = Known(finding.content_type, tuple(finding.tags), (), by_code, origin)
+        known = Known(
+            finding.content_type, tuple(finding.tags), (), by_code, origin, finding.skipped
+        )
         if cache:
             self.lru.put(sha, known)
             if self.cache is not None:

@@ -30,10 +30,12 @@ class Known:
     matches: tuple[CategoryMatch, ...] = ()
     counts: tuple[tuple[str, int], ...] = ()  # raw keyword counts by category code
     origin: tuple[int, int] | None = None  # (device, inode) of the file first classified
+    skipped: str | None = None  # why the content was only partly read, if it was
 
     def to_doc(self) -> dict[str, Any]:
         return {
             "origin": list(self.origin) if self.origin else None,
+            "skipped": self.skipped,
             "content_type": self.content_type,
             "tags": [
                 {"kind": t.kind, "evidence": t.evidence, "details": t.details} for t in self.tags
@@ -57,7 +59,15 @@ class Known:
             if isinstance(origin, list) and len(origin) == 2
             else None
         )
-        return cls(str(doc.get("content_type", "unknown")), tags, (), counts, ident)
+        skipped = doc.get("skipped")
+        return cls(
+            str(doc.get("content_type", "unknown")),
+            tags,
+            (),
+            counts,
+            ident,
+            skipped if isinstance(skipped, str) else None,
+        )
 
 
 class LRU:

@@ -363,3 +363,18 @@ def test_encrypted_zip_member_is_a_partial_tag(tmp_path: Path) -> None:
     assert a.skipped == "encrypted"
     assert "model_weights" in a.kinds  # the member's name still says what it is
     assert a.tags[1].details.get("by_name") is True
+
+
+def test_a_cached_partial_result_stays_partial(tmp_path: Path) -> None:
+    f = tmp_path / "liar.safetensors"
+    f.write_bytes(struct.pack("<Q", 100 << 30) + b'{"a": 1}')
+    cache = HashCache(tmp_path / "hc.db")
+    clf = Classifier(NO_MAGIKA, cache=cache)
+    assert clf.classify_path(str(f)).skipped == "header_too_large"
+    assert clf.classify_path(str(f)).skipped == "header_too_large"  # from the cache
+    copy = tmp_path / "copy.bin"
+    copy.write_bytes(f.read_bytes())
+    again = clf.classify_path(str(copy))
+    assert again.skipped == "header_too_large" and again.parents == (again.sha256,)
+    clf.close()
+    cache.close()
