@@ -123,6 +123,8 @@ class FlowTable:
         self.reverse: dict[FlowKey, FlowKey] = {}  # responder-side key -> flow key
         self.ignored: OrderedDict[FlowKey, float] = OrderedDict()  # inbound and closed keys
         self.names = names.NameCache()
+        # conntrack totals already exported per key: its entries outlive our idle timeout
+        self.ct_exported: OrderedDict[FlowKey, tuple[int, int]] = OrderedDict()
         self.on_new_flow: Callable[[FlowState], None] | None = None
         self.exported = 0
         self.skipped_full = 0
@@ -335,12 +337,28 @@ class FlowTable:
             st.closed_at = min(st.closed_at or ts, ts - self.close_grace + _RESET_WAIT)
 
     def conntrack_update(self, key: FlowKey, bytes_out: int, bytes_in: int, ts: float) -> None:
-        """IP-level byte counts of a UDP (or any) conversation from conntrack accounting."""
+        """IP-level byte counts of a UDP conversation from conntrack accounting; a
+        conversation the capture never saw (no DNS or QUIC Initial packet) is adopted."""
         st = self.flows.get(key)
-        if st is not None and st.kernel_out is None:
-            st.conntrack_out = max(bytes_out, st.conntrack_out or 0)
-            st.conntrack_in = max(bytes_in, st.conntrack_in or 0)
-            self._account(st)
+        if st is None:
+            if key in self.ignored:
+                return
+            if self.is_local is not None and self.is_local(key[3]) and not self.is_local(key[1]):
+                return  # inbound
+            base = self.ct_exported.get(key, (0, 0))
+            if bytes_out <= base[0] and bytes_in <= base[1]:
+                return  # already reported: conntrack keeps an entry after we exported it
+            st = self._new(key, ts)
+            if st is None:
+                return
+            st.exported_out, st.exported_in = base
+        if st.kernel_out is not None:
+            return
+        if bytes_out > (st.conntrack_out or 0) or bytes_in > (st.conntrack_in or 0):
+            st.last = ts
+        st.conntrack_out = max(bytes_out, st.conntrack_out or 0)
+        st.conntrack_in = max(bytes_in, st.conntrack_in or 0)
+        self._account(st)
 
     # --- export ----------------------------------------------------------------------------
     def expire(self, now: float) -> None:
@@ -410,6 +428,10 @@ class FlowTable:
             process=st.process,
         )
         st.exported_out, st.exported_in, st.record_start = out, inn, ts
+        if source == "conntrack_l3" and final:
+            self.ct_exported[st.key] = (out, inn)
+            if len(self.ct_exported) > 65536:
+                self.ct_exported.popitem(last=False)
         if self.count_metrics:
             self._account(st)
             metrics.FLOWS.labels(dest_class, country or "unknown", flow.protocol).inc()

@@ -24,6 +24,7 @@ from agent.config import NetworkSection
 from agent.events import Flow, ProcessInfo
 from agent.sensors import Emit, SensorUnavailable
 from agent.sensors.network.capture import PACKET_OUTGOING, CaptureSocket, compile_bpf
+from agent.sensors.network.conntrack import Conntrack
 from agent.sensors.network.destinations import Destinations
 from agent.sensors.network.flowtable import FlowKey, FlowState, FlowTable
 from agent.sensors.network.packets import IPPROTO_TCP, decode_ethernet
@@ -71,6 +72,8 @@ class NetworkSensor:
         self.diag: SockDiag | None = None
         self.destroy: DestroyListener | None = None
         self.kernel_accounting = "off"
+        self.conntrack: Conntrack | None = None
+        self.udp_accounting = "off"
         self.procs = ProcIndex()
         self.cookies: dict[int, FlowKey] = {}
         self.local: set[bytes] = set()
@@ -95,6 +98,7 @@ class NetworkSensor:
             self._close()
             raise
         self._open_kernel_accounting()
+        self._open_conntrack()
         self.local = local_addresses()
         self.ephemeral = _ephemeral_range()
         self._emit = emit
@@ -126,6 +130,14 @@ class NetworkSensor:
             return
         self.kernel_accounting = "on"
 
+    def _open_conntrack(self) -> None:
+        try:
+            self.conntrack = Conntrack()
+        except (OSError, ImportError) as e:
+            self.udp_accounting = f"captured packets only: conntrack unavailable ({e})"
+            return
+        self.udp_accounting = "conntrack"
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -137,16 +149,18 @@ class NetworkSensor:
         for c in self.captures:
             c.close()
         self.captures = []
-        for s in (self.diag, self.destroy):
+        for s in (self.diag, self.destroy, self.conntrack):
             if s is not None:
                 s.close()
         self.diag = self.destroy = None
+        self.conntrack = None
 
     def status(self) -> dict[str, object]:
         return {
             "interfaces": list(self.cfg.interfaces),
             "kernel_accounting": self.kernel_accounting,
             "process_attribution": "on" if self.diag is not None else "off",
+            "udp_accounting": self.udp_accounting,
             "open_flows": len(self.table.flows) if self.table else 0,
             "flows_emitted": self.emitted,
             "flows_dropped": self.dropped,
@@ -174,9 +188,12 @@ class NetworkSensor:
                 if self.destroy is not None and self.destroy in ready:
                     self._read_destroyed()
                 now = time.monotonic()
-                if self.diag is not None and now >= next_dump:
+                if now >= next_dump:
                     next_dump = now + DUMP_INTERVAL
-                    self._dump()
+                    if self.diag is not None:
+                        self._dump()
+                    if self.conntrack is not None:
+                        self._conntrack_dump()
                 if now >= next_tick:
                     next_tick = now + 1.0
                     self._poll_stats()
@@ -277,6 +294,20 @@ class NetworkSensor:
             )
             if st is not None and st.cookie is None:
                 self._own(st, s)
+
+    def _conntrack_dump(self) -> None:
+        assert self.conntrack is not None and self.table is not None
+        try:
+            entries = self.conntrack.dump()
+        except Exception as err:  # netlink errors surface as several pyroute2 types
+            log.warning("conntrack dump failed: %s", err)
+            return
+        now = time.time()
+        for e in entries:
+            if e.dst in _LOOPBACK or e.dst[:1] == b"\x7f":
+                continue
+            key = (e.proto, e.src, e.sport, e.dst, e.dport)
+            self.table.conntrack_update(key, e.bytes_orig, e.bytes_reply, now)
 
     def _attribute(self, st: FlowState) -> None:
         """On an outbound SYN: which local socket, and which process, sent it."""
