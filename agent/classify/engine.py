@@ -100,7 +100,6 @@ class Engine:
             "npy": datasets.parse_npy,
             "hdf5": datasets.parse_hdf5,
             "parquet": datasets.parse_parquet,
-            "arrow": datasets.parse_arrow,
             "tfrecord": datasets.parse_tfrecord,
             "pdf": documents.parse_pdf,
         }
@@ -108,6 +107,8 @@ class Engine:
             return simple[fmt](src, lim)
         if fmt == "sqlite":
             return datasets.parse_sqlite(src, lim, path)
+        if fmt == "arrow":
+            return datasets.parse_arrow(src, lim, path)
         if fmt == "zip":
             return self._zip(src, budget, recurse)
         if fmt == "tar":

@@ -61,6 +61,7 @@ class ClassifyStage:
         self._inflight: dict[tuple[object, ...], Future[Artefact]] = {}
         self._lock = threading.Lock()
         rt.extras.setdefault("stop_hooks", []).append(self.close)
+        rt.extras.setdefault("status_hooks", []).append(self.status)
 
     def __call__(self, event: Event) -> Event:
         if not self.enabled or not isinstance(event, FileEvent):
@@ -89,6 +90,12 @@ class ClassifyStage:
             metrics.CLASSIFY_SKIPPED.labels("deferred").inc()
             artefact = Artefact(sha256=None, size=event.size or 0, skipped="deferred")
         return replace(event, artefact=artefact)
+
+    def status(self) -> dict[str, object]:
+        """For `egress-agent status`: the cache in use and the work in flight."""
+        with self._lock:
+            inflight = sum(1 for f in self._inflight.values() if not f.done())
+        return {"classify": {"hash_cache": self.cache.path, "in_flight": inflight}}
 
     def _done(self, key: tuple[object, ...], fut: Future[Artefact]) -> None:
         with self._lock:
