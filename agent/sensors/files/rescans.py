@@ -134,6 +134,8 @@ class Rescans:
                 if now - self._dirty_at >= 0.5 or now - first > 5:
                     break
                 self._stop.wait(0.1)
+            if self._stop.is_set():
+                return
             with self._lock:
                 self._wake.clear()
                 dirty, self._dirty = self._dirty, set()
@@ -194,7 +196,10 @@ class Rescans:
             # wait until the watch has reported everything the kernel queued during the
             # walk: what it reports from now on is newer than the walk and wins over it
             self.idle.clear()
-            self.idle.wait(timeout=10.0)
+            deadline = time.monotonic() + 10.0
+            while not self.idle.wait(0.05) and time.monotonic() < deadline:
+                if self._stop.is_set():
+                    return 0
             known = R.known_state(s.engine, s.host_id, prefix)
             for k, (state, t) in self.recent.under(R.store_key(prefix)):
                 if t >= started:  # the live watch reported it during this rescan
