@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -22,4 +24,6 @@ def test_daemon_runs_the_classify_stage(run_agent: Any, agent_config: dict[str, 
     # synthetic paths do not exist: each is a counted skip, and nothing failed
     assert agent.metric("egress_agent_classify_skipped_total", {"reason": "vanished"}) == 5
     assert not agent.metric("egress_agent_stage_errors_total", {"stage": "classify"})
+    status = json.loads((Path(agent_config["agent"]["state_dir"]) / "status.json").read_text())
+    assert status["classify"]["hash_cache"].endswith("hashcache.db")
     assert agent.stop() == 0
