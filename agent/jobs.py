@@ -135,12 +135,16 @@ def store_size_bytes(rt: Runtime) -> int:
 
 
 def maintenance_job(rt: Runtime) -> tuple[str, float, Job] | None:
+    """SQLite: fold the WAL back into the database and refresh the planner's statistics.
+
+    (`egress_agent_store_size_bytes` needs no job: `start` makes it measure at each scrape.)
+    """
+
     def run() -> None:
         if rt.engine.dialect.name == "sqlite":
             with rt.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
                 conn.exec_driver_sql("PRAGMA optimize")
-        metrics.STORE_SIZE.set(store_size_bytes(rt))
 
     return "maintenance", rt.settings.jobs.maintenance_interval, run
 

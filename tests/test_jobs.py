@@ -370,3 +370,27 @@ def test_a_broken_job_builder_leaves_the_other_jobs_running(
         assert [j.id for j in sched.get_jobs()] == ["ok"]
     finally:
         sched.shutdown(wait=True)
+
+
+def test_maintenance_truncates_the_wal_and_the_size_gauge_follows(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("WAL checkpoints are SQLite's")
+    write_batch(engine, HOST, [file_event(1) for _ in range(2000)])
+    wal = Path(str(engine.url.database) + "-wal")
+    assert wal.stat().st_size > 0
+    rt = runtime(engine, tmp_path)
+    spec = jobs.maintenance_job(rt)
+    assert spec is not None
+    spec[2]()
+    assert wal.stat().st_size == 0
+    monkeypatch.setattr(jobs, "JOB_BUILDERS", [])
+    sched = jobs.start(rt)
+    sched.shutdown(wait=True)
+    size = metrics.STORE_SIZE.collect()[0].samples[0].value
+    db = str(engine.url.database)
+    on_disk = sum(
+        Path(db + s).stat().st_size for s in ("", "-wal", "-shm") if Path(db + s).exists()
+    )
+    assert size == on_disk > 0
