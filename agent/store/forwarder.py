@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
+import sqlalchemy.exc
 from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -43,6 +44,15 @@ log = logging.getLogger(__name__)
 
 # pg_advisory_xact_lock key: many agents starting at once upgrade the schema one at a time
 _UPGRADE_LOCK = 0x6567_7265_7373  # "egress"
+
+# errors about the data itself (a NUL in a text, a value out of range, a NOT NULL): they
+# come back on every retry, so the forwarder isolates the event instead of retrying
+_REJECTED = (
+    sqlalchemy.exc.DataError,
+    sqlalchemy.exc.IntegrityError,
+    psycopg.DataError,
+    psycopg.IntegrityError,
+)
 
 WriteFn = Callable[[Engine, str, Sequence[Event]], Mapping[str, int]]
 
@@ -274,19 +284,49 @@ class Forwarder:
                 corrupt += 1
                 log.error("spool record %d cannot be read and is skipped: %s", r.seq, e)
         started = time.perf_counter()
-        counts = self._write(self.engine, host, events) if events else {}
+        try:
+            counts = dict(self._write(self.engine, host, events)) if events else {}
+        except _REJECTED:
+            counts = self._write_isolating(host, events)
         metrics.FLEET_FORWARD_SECONDS.observe(time.perf_counter() - started)
         self.spool.acknowledge(run)
         if corrupt:
             metrics.DROPPED.labels("spool", "corrupt").inc(corrupt)
+        stored = counts.pop("_stored", len(events))
         for table, n in counts.items():
             if n:
                 metrics.STORE_ROWS.labels(table).inc(n)
-        metrics.FLEET_FORWARDED.inc(len(events))
+        metrics.FLEET_FORWARDED.inc(stored)
         metrics.FLEET_LAST_FORWARD.set_to_current_time()
         metrics.STORE_LAST_WRITE.set_to_current_time()
-        self.forwarded += len(events)
+        self.forwarded += stored
         return len(run)
+
+    def _write_isolating(self, host: str, events: Sequence[Event]) -> dict[str, int]:
+        """Bisect a batch the store refused as data, so one bad event cannot block the rest.
+
+        Each half is its own (idempotent) transaction; an event refused on its own is
+        dropped, logged with its uid and counted as `reason="rejected"`. Connection
+        errors still propagate, and the whole batch is retried later.
+        """
+        try:
+            counts = dict(self._write(self.engine, host, events))
+        except _REJECTED as e:
+            if len(events) > 1:
+                half = len(events) // 2
+                a = self._write_isolating(host, events[:half])
+                b = self._write_isolating(host, events[half:])
+                return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
+            orig = getattr(e, "orig", None) or e
+            log.error(
+                "central store refused event %s and it is dropped: %s",
+                events[0].uid,
+                (str(orig).strip().splitlines() or [type(orig).__name__])[0],
+            )
+            metrics.DROPPED.labels("spool", "rejected").inc()
+            return {"_stored": 0}
+        counts["_stored"] = len(events)
+        return counts
 
 
 def is_central(url: str) -> bool:

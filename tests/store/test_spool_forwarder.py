@@ -28,6 +28,7 @@ from sqlalchemy.exc import OperationalError
 
 from agent.events import Event, FileAction, FileEvent, Flow
 from agent.store import codec
+from agent.store.bulk import copy_batch
 from agent.store.db import make_engine, upgrade
 from agent.store.forwarder import Forwarder
 from agent.store.spool import Spool
@@ -96,9 +97,9 @@ class SpoolForwarderMachine(RuleBasedStateMachine):
         if fault == "refused":
             raise Injected()
         if fault == "half":  # the first half commits, then the link dies
-            write_batch(engine, host, events[: len(events) // 2])
+            copy_batch(engine, host, events[: len(events) // 2])
             raise Injected()
-        counts = write_batch(engine, host, events)
+        counts = copy_batch(engine, host, events)
         if fault == "ack_lost":  # committed, but the forwarder never hears back
             raise Injected()
         return counts
@@ -236,3 +237,25 @@ def test_corrupt_record_is_skipped_and_counted(tmp_path: Path) -> None:
     assert _dropped("corrupt") - before == 1
     assert len(spool) == 0
     spool.close()
+
+
+def test_refused_event_is_isolated_not_retried_forever(pg_url: str, tmp_path: Path) -> None:
+    from agent.events import Decision, Severity
+
+    central = make_engine(pg_url)
+    upgrade(central)
+    spool = Spool(tmp_path / "spool.db", 1 << 20)
+    events = [_event(i) for i in range(10)]
+    poison = Decision("r", "p", Severity.HIGH, "alert", "v1", "a NUL \x00 PostgreSQL refuses")
+    events[4] = FileEvent(action=FileAction.WRITTEN, path="/poison", decisions=(poison,))
+    spool.append(HOST, events)
+    before = _dropped("rejected")
+    fwd = Forwarder(spool, central, HOST, "h", write=copy_batch)
+    assert fwd.forward_once() == 10
+    stored = set(_stored_uids(central))
+    assert stored == {e.uid for i, e in enumerate(events) if i != 4}
+    assert _dropped("rejected") - before == 1
+    assert fwd.forwarded == 9
+    assert len(spool) == 0
+    spool.close()
+    central.dispose()
