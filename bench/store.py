@@ -80,15 +80,19 @@ def event_mix(n: int) -> list[Event]:
                     dest_class="foreign",
                     country="US",
                     process=PROC,
-                )  # fmt: skip
+                )
             )
             continue
         artefact = None
         if i % 10 == 0:
             sha = hashlib.sha256(str(i).encode()).hexdigest()
-            artefact = Artefact(sha, 1 << 20, "safetensors",
-                                (Tag("model_weights", "safetensors header, 1.1e8 params"),),
-                                (CategoryMatch("ai.model", 2, "cn-catalogue"),))  # fmt: skip
+            artefact = Artefact(
+                sha,
+                1 << 20,
+                "safetensors",
+                (Tag("model_weights", "safetensors header, 1.1e8 params"),),
+                (CategoryMatch("ai.model", 2, "cn-catalogue"),),
+            )
         out.append(
             FileEvent(
                 action=FileAction.WRITTEN,
@@ -176,8 +180,12 @@ def main() -> None:
     n = args.events
     events = event_mix(n)
     nrows = rows_of(events)
-    result: dict[str, Any] = {"events": n, "rows": nrows, "mix": "75% file (10% artefact, "
-                              "5% decision), 25% flows", "batch_size": 1000}  # fmt: skip
+    result: dict[str, Any] = {
+        "events": n,
+        "rows": nrows,
+        "mix": "75% file (10% artefact, 5% decision), 25% flows",
+        "batch_size": 1000,
+    }
 
     with tempfile.TemporaryDirectory() as tmp:
         sqlite = make_engine(f"sqlite:///{Path(tmp) / 'agent.db'}")
