@@ -11,15 +11,26 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def _proc(p: Mapping[str, Any] | None) -> str:
-    if not p:
+def _proc(p: object) -> str:
+    if not isinstance(p, Mapping) or not p:
         return "-"
     who = p.get("user") or (f"uid {p['uid']}" if p.get("uid") is not None else "?")
     return f"pid {p.get('pid')} {p.get('exe') or '?'} ({who}) {p.get('cmdline') or ''}".rstrip()
 
 
+def _items(ev: Mapping[str, Any], key: str) -> list[Mapping[str, Any]]:
+    """An evidence list, keeping only well-formed entries (a row may have been edited)."""
+    value = ev.get(key)
+    return [x for x in value if isinstance(x, Mapping)] if isinstance(value, list) else []
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def render_incident(doc: Mapping[str, Any]) -> str:
-    ev = doc.get("evidence") or {}
+    ev = doc.get("evidence")
+    ev = ev if isinstance(ev, Mapping) else {}
     out = [
         f"Incident {doc.get('id')}  {doc.get('uid')}",
         f"  {doc.get('title')}",
@@ -32,12 +43,12 @@ def render_incident(doc: Mapping[str, Any]) -> str:
     ]
     if doc.get("acted_by") or doc.get("note"):
         out.append(f"  by {doc.get('acted_by') or '-'}: {doc.get('note') or ''}")
-    corr = ev.get("correlation") or {}
-    if corr:
+    corr = ev.get("correlation")
+    if isinstance(corr, Mapping) and corr:
         out.append("  correlation: " + ", ".join(f"{k}={v}" for k, v in corr.items()))
     out.append("")
-    out.append(f"Files ({len(ev.get('files') or [])})")
-    for f in ev.get("files") or []:
+    out.append(f"Files ({len(_items(ev, 'files'))})")
+    for f in _items(ev, "files"):
         path = f.get("path") or ""
         if f.get("dest_path"):
             path += f" -> {f['dest_path']}"
@@ -46,32 +57,32 @@ def render_incident(doc: Mapping[str, Any]) -> str:
         )
         out.append(
             f"      sha256 {f.get('sha256') or '-'}  size {f.get('size')}  "
-            f"kinds {','.join(f.get('kinds') or []) or '-'}"
+            f"kinds {','.join(str(k) for k in _list(f.get('kinds'))) or '-'}"
         )
-        for t in f.get("tags") or []:
+        for t in _items(f, "tags"):
             out.append(f"      {t.get('kind')}: {t.get('evidence')}")
-        for c in f.get("categories") or []:
+        for c in _items(f, "categories"):
             out.append(f"      category {c.get('category')} ({c.get('pack')}) x{c.get('count')}")
         if f.get("process"):
             out.append(f"      by {_proc(f.get('process'))}")
-    if ev.get("lineage"):
+    if _items(ev, "lineage"):
         out.append("")
         out.append("Lineage (parent -> child)")
         names: dict[str, list[str]] = {}
-        for f in ev.get("files") or []:
+        for f in _items(ev, "files"):
             if f.get("sha256"):
-                seen = names.setdefault(f["sha256"], [])
-                for p in (f.get("path"), f.get("dest_path")):
-                    if p and p not in seen:
-                        seen.append(p)
-        for edge in ev["lineage"]:
-            p, c = edge.get("parent"), edge.get("child")
-            out.append(f"  {p[:16]}… {' = '.join(names.get(p, []))}")
-            out.append(f"    -> {c[:16]}… {' = '.join(names.get(c, []))}")
-    if ev.get("flows"):
+                seen = names.setdefault(str(f["sha256"]), [])
+                for path in (f.get("path"), f.get("dest_path")):
+                    if path and str(path) not in seen:
+                        seen.append(str(path))
+        for edge in _items(ev, "lineage"):
+            parent, child = str(edge.get("parent") or "?"), str(edge.get("child") or "?")
+            out.append(f"  {parent[:16]}… {' = '.join(names.get(parent, []))}")
+            out.append(f"    -> {child[:16]}… {' = '.join(names.get(child, []))}")
+    if _items(ev, "flows"):
         out.append("")
-        out.append(f"Flows ({len(ev['flows'])})")
-        for fl in ev["flows"]:
+        out.append(f"Flows ({len(_items(ev, 'flows'))})")
+        for fl in _items(ev, "flows"):
             out.append(
                 f"  {fl.get('start')} .. {fl.get('end')} {fl.get('protocol')} "
                 f"{fl.get('src_ip')}:{fl.get('src_port')} -> "
@@ -84,21 +95,21 @@ def render_incident(doc: Mapping[str, Any]) -> str:
             )
             if fl.get("process"):
                 out.append(f"      by {_proc(fl.get('process'))}")
-    if ev.get("processes"):
+    if _items(ev, "processes"):
         out.append("")
         out.append("Processes")
-        for p in ev["processes"]:
+        for p in _items(ev, "processes"):
             out.append(f"  {_proc(p)} (parent {p.get('ppid')})")
-    if ev.get("decisions"):
+    if _items(ev, "decisions"):
         out.append("")
         out.append("Rules")
-        for d in ev["decisions"]:
+        for d in _items(ev, "decisions"):
             out.append(
                 f"  {d.get('rule_id')} ({d.get('pack')}) {d.get('severity')} {d.get('action')}: "
                 f"{d.get('reason') or ''}"
             )
-    truncated = ev.get("truncated") or {}
-    if truncated:
+    truncated = ev.get("truncated")
+    if isinstance(truncated, Mapping) and truncated:
         out.append(
             "  (more evidence not kept: "
             + ", ".join(f"{k} {v}" for k, v in truncated.items())

@@ -101,3 +101,25 @@ def test_hostile_text_exports_and_verifies_in_every_format(
             assert text.isascii()
             for line in text.split("\n")[:-1]:
                 json.loads(line)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | hostile,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(hostile, inner, max_size=3),
+        max_leaves=20,
+    )
+)
+def test_show_renders_whatever_evidence_a_row_holds(junk: object) -> None:
+    from agent.incidents.render import render_incident
+
+    doc = new_document(finding(1), "u1", "host-a")
+    text = render_incident(doc)
+    assert "Files (2)" in text and "up.example" in text
+    for key in ("files", "flows", "lineage", "processes", "decisions"):
+        broken = dict(doc)
+        for value in ([{"parent": junk, "path": junk, "tags": junk}], [junk], junk):
+            broken["evidence"] = {**doc["evidence"], key: value, "correlation": junk}
+            render_incident(broken)
+    render_incident({**doc, "evidence": junk})
