@@ -8,6 +8,8 @@ evaluates the shipped alert rules every second; alerts are read from its HTTP AP
 - A real 150 MB upload to a peer namespace configured as foreign, counted by the network
   sensor and judged by a site rule, fires EgressAgentControlledEgressForeign and
   EgressAgentUnusualForeignUpload.
+- A store held locked while a load generator runs makes the agent drop (and count)
+  events: EgressAgentEventsDropped fires.
 - A TLS + basic-auth agent is scraped with the documented scrape settings.
 - A sensor that cannot start fires EgressAgentSensorDown, and a stopped agent fires
   EgressAgentDown (these rules carry `for:` durations of minutes; the copy loaded here has
@@ -21,8 +23,10 @@ import contextlib
 import hashlib
 import json
 import re
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -499,3 +503,47 @@ def test_controlled_egress_abroad_and_an_unusual_upload_fire(
                 prom.stop()
             agent.terminate()
             agent.wait(60)
+
+
+def test_events_dropped_fires_when_the_store_is_stuck(
+    tmp_path: Path, agent_config: dict[str, Any], run_agent: Any, prometheus: Any
+) -> None:
+    """A load generator feeds a small pipeline while another process holds the SQLite
+    store locked: the queues fill, the sensor's puts time out and events are dropped and
+    counted — and EgressAgentEventsDropped (shipped rule, no `for`) fires."""
+    agent_config["sensors"] = {"enabled": ["synthetic"], "synthetic_count": 1_000_000,
+                               "synthetic_rate": 2000}  # fmt: skip
+    agent_config["database"] = {"queue_size": 50, "batch_size": 50}
+    agent = run_agent(agent_config)
+    agent.wait_metrics()
+    prom = prometheus(agent_config["metrics"]["listen"])
+    wait_for(
+        "events stored",
+        lambda: (agent.metric("egress_agent_store_rows_written_total") or 0) > 0,
+        30,
+        agent.stderr,
+    )
+    db = Path(agent_config["agent"]["state_dir"]) / "agent.db"
+    release = threading.Event()
+
+    def hold_lock() -> None:
+        with sqlite3.connect(db, timeout=30) as c:
+            c.execute("BEGIN EXCLUSIVE")
+            release.wait(30)
+            c.rollback()
+
+    locker = threading.Thread(target=hold_lock)
+    locker.start()
+    try:
+        (alert,) = wait_for(
+            "EgressAgentEventsDropped firing",
+            lambda: prom.alerts("EgressAgentEventsDropped"),
+            40,
+            lambda: json.dumps(prom.api("alerts")) + agent.stderr(),
+        )
+        assert alert["labels"]["reason"] == "queue_full"
+        assert alert["labels"]["severity"] == "critical"
+    finally:
+        release.set()
+        locker.join()
+    assert agent.stop() == 0
