@@ -17,13 +17,13 @@ from __future__ import annotations
 import socket
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from agent import metrics
-from agent.events import Flow, ProcessInfo
+from agent.events import Flow
 from agent.sensors.network import names
 from agent.sensors.network.destinations import Destinations
+from agent.sensors.network.flowstate import FlowKey, FlowState, close_reason
 from agent.sensors.network.packets import (
     IPPROTO_TCP,
     TCP_ACK,
@@ -35,57 +35,9 @@ from agent.sensors.network.packets import (
 )
 from agent.sensors.network.seqtrack import SeqCounter
 
-FlowKey = tuple[int, bytes, int, bytes, int]
 _PROTO_NAMES = {6: "tcp", 17: "udp"}
 _MAX_PROBES = 3  # payload packets per direction inspected for names
 _RESET_WAIT = 1.0  # seconds to wait for the RST packet after a zeroed destroy notification
-
-
-@dataclass(slots=True)
-class FlowState:
-    """Mutable bookkeeping for one open flow (internal to the table)."""
-
-    key: FlowKey
-    start: float
-    last: float
-    record_start: float
-    out: SeqCounter | None = None
-    inn: SeqCounter | None = None
-    packet_out: int = 0  # UDP payload bytes seen
-    packet_in: int = 0
-    kernel_out: int | None = None
-    kernel_in: int | None = None
-    conntrack_out: int | None = None
-    conntrack_in: int | None = None
-    owned: bool = False  # a local socket owns it: wait for its destroy notification
-    closed_at: float | None = None  # owned and closed on the wire, destroy not yet seen
-    kernel_reset: bool = False  # an abortive close zeroed the socket's counters
-    fin_out: bool = False
-    fin_in: bool = False
-    rst: bool = False
-    probes: int = 0
-    sni: str | None = None
-    http_host: str | None = None
-    process: ProcessInfo | None = None
-    cookie: int | None = None
-    exported_out: int = 0
-    exported_in: int = 0
-    counted_out: int = 0  # already added to egress_agent_outbound_bytes_total
-
-    def totals(self) -> tuple[int, int, str]:
-        if self.kernel_out is not None and not (self.kernel_reset and self.out is not None):
-            return self.kernel_out, self.kernel_in or 0, "tcp_info"
-        if self.conntrack_out is not None:
-            return self.conntrack_out, self.conntrack_in or 0, "conntrack_l3"
-        if self.out is not None:
-            return self.out.bytes, self.inn.bytes if self.inn else 0, "tcp_seq"
-        return self.packet_out, self.packet_in, "packets"
-
-
-def _close_reason(st: FlowState, default: str) -> str:
-    if st.rst:
-        return "rst"
-    return "fin" if st.fin_out or st.fin_in else default
 
 
 def _ntop(addr: bytes) -> str:
@@ -167,7 +119,7 @@ class FlowTable:
                 return st
             if (pkt.seq + 1) & 0xFFFFFFFF == st.out.base:
                 return st  # a retransmitted SYN
-            self._export(st, ts, _close_reason(st, "idle"), final=True)  # port reused
+            self._export(st, ts, close_reason(st, "idle"), final=True)  # port reused
         if self.is_local is not None and self.is_local(pkt.dst) and not self.is_local(pkt.src):
             self._ignore(key, ts)  # inbound connection: not ours to report
             return None
@@ -322,7 +274,7 @@ class FlowTable:
             st.kernel_in = max(bytes_in, st.kernel_in or 0)
         st.last = ts
         if final:
-            self._export(st, ts, _close_reason(st, "destroy"), final=True)
+            self._export(st, ts, close_reason(st, "destroy"), final=True)
         else:
             self._account(st)
         return st
@@ -365,7 +317,7 @@ class FlowTable:
         """Export flows idle past idle_timeout, and running ones past active_timeout."""
         for st in list(self.flows.values()):
             if st.closed_at is not None and now - st.closed_at >= self.close_grace:
-                self._export(st, now, _close_reason(st, "fin"), final=True)
+                self._export(st, now, close_reason(st, "fin"), final=True)
             elif now - st.last >= self.idle_timeout:
                 self._export(st, now, "idle", final=True)
             elif now - st.record_start >= self.active_timeout:

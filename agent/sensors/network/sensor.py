@@ -26,7 +26,8 @@ from agent.sensors import Emit, SensorUnavailable
 from agent.sensors.network.capture import PACKET_OUTGOING, CaptureSocket, compile_bpf
 from agent.sensors.network.conntrack import Conntrack
 from agent.sensors.network.destinations import Destinations
-from agent.sensors.network.flowtable import FlowKey, FlowState, FlowTable
+from agent.sensors.network.flowstate import FlowKey, FlowState
+from agent.sensors.network.flowtable import FlowTable
 from agent.sensors.network.packets import IPPROTO_TCP, decode_ethernet
 from agent.sensors.network.procindex import ProcIndex, process_info, user_name
 from agent.sensors.network.sockdiag import DestroyListener, DiagSocket, SockDiag

@@ -1,0 +1,63 @@
+"""The mutable record of one open flow, kept by the flow table until it is exported.
+
+Separate from `flowtable` so the state and its byte arithmetic (which source wins) read
+on their own; nothing outside the network sensor sees a `FlowState` — exports are
+frozen `agent.events.Flow` records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.events import ProcessInfo
+from agent.sensors.network.seqtrack import SeqCounter
+
+FlowKey = tuple[int, bytes, int, bytes, int]
+
+
+@dataclass(slots=True)
+class FlowState:
+    """Mutable bookkeeping for one open flow (internal to the table)."""
+
+    key: FlowKey
+    start: float
+    last: float
+    record_start: float
+    out: SeqCounter | None = None
+    inn: SeqCounter | None = None
+    packet_out: int = 0  # UDP payload bytes seen
+    packet_in: int = 0
+    kernel_out: int | None = None
+    kernel_in: int | None = None
+    conntrack_out: int | None = None
+    conntrack_in: int | None = None
+    owned: bool = False  # a local socket owns it: wait for its destroy notification
+    closed_at: float | None = None  # owned and closed on the wire, destroy not yet seen
+    kernel_reset: bool = False  # an abortive close zeroed the socket's counters
+    fin_out: bool = False
+    fin_in: bool = False
+    rst: bool = False
+    probes: int = 0
+    sni: str | None = None
+    http_host: str | None = None
+    process: ProcessInfo | None = None
+    cookie: int | None = None
+    exported_out: int = 0
+    exported_in: int = 0
+    counted_out: int = 0  # already added to egress_agent_outbound_bytes_total
+
+    def totals(self) -> tuple[int, int, str]:
+        if self.kernel_out is not None and not (self.kernel_reset and self.out is not None):
+            return self.kernel_out, self.kernel_in or 0, "tcp_info"
+        if self.conntrack_out is not None:
+            return self.conntrack_out, self.conntrack_in or 0, "conntrack_l3"
+        if self.out is not None:
+            return self.out.bytes, self.inn.bytes if self.inn else 0, "tcp_seq"
+        return self.packet_out, self.packet_in, "packets"
+
+
+def close_reason(st: FlowState, default: str) -> str:
+    """How the flow ended as the wire showed it, else `default`."""
+    if st.rst:
+        return "rst"
+    return "fin" if st.fin_out or st.fin_in else default
