@@ -62,7 +62,7 @@ class MountFollower:
         self.path = mountinfo
         self.sys_root = sys_root
         self.pseudo: frozenset[str] = frozenset()
-        self._departed: set[str] = set()
+        self._departed: frozenset[str] = frozenset()  # replaced, never changed in place
         self._known: dict[int, Mount] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -110,7 +110,7 @@ class MountFollower:
             if mid in now or not self.sensor.under_root(m.mount_point):
                 continue
             # the medium left, its files did not: never report them as deleted
-            self._departed.add(m.mount_point)
+            self._departed = self._departed | {m.mount_point}
             if self.sensor.roots.get(m.mount_point) == "mount":
                 self.sensor.remove_root(m.mount_point)
         running = bool(self._known)  # else: the startup rescan covers what is mounted
@@ -118,7 +118,7 @@ class MountFollower:
             if mid in self._known or not self._wanted(m) or not os.path.isdir(m.mount_point):
                 continue
             mp = m.mount_point
-            self._departed.discard(mp)
+            self._departed = self._departed - {mp}
             if mp in self.sensor.roots:
                 # mounted right on a configured root: watch the new file system's top
                 if running and self.sensor.tree is not None:

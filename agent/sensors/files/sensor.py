@@ -66,7 +66,9 @@ class FileSensor:
         user_excluded = compile_excludes(settings.exclude)
         self.mounts = MountFollower(self, settings, mountinfo, sys_root)
         self.excluded = lambda p: p in self.mounts.pseudo or user_excluded(p)
-        self.roots: dict[str, str] = {}  # path -> why it is watched
+        # path -> why it is watched; replaced, never changed in place, so other threads
+        # can read it without a lock
+        self.roots: dict[str, str] = {}
         self.emitted = 0
         self.dropped = 0
         self.lost: dict[str, int] = {}
@@ -116,14 +118,15 @@ class FileSensor:
         assert self.tree is not None
         if path in self.roots:
             return
-        self.roots[path] = why
+        self.roots = {**self.roots, path: why}
         self.tree.add_tree(path, emit_files=False)
         self.attribution.mark_filesystem(path)
         log.info("files: watching %s (%s)", path, why)
 
     def remove_root(self, path: str) -> None:
-        if self.roots.pop(path, None) is None or self.tree is None:
+        if path not in self.roots or self.tree is None:
             return
+        self.roots = {r: why for r, why in self.roots.items() if r != path}
         self.tree.drop_under(path)
         self.attribution.forget_filesystem(path)
         if self.under_root(path) and os.path.isdir(path):
