@@ -54,4 +54,16 @@ def test_agent_records_written_events_in_the_store(tmp_path, agent_config, run_a
         == 301
     )
     assert agent.metric("egress_agent_file_watches") == 4
+    status = json.loads(cli("status", "--json", config=agent.config_path).stdout)
+    files = status["daemon"]["sensors"]["files"]
+    assert files["up"] and files["roots"] == {str(root): "root"}
+    assert files["process_attribution"].startswith(("fanotify", "off: "))
+    # the inventory rescan job is scheduled (its first run, just after the start-up
+    # rescan, finds nothing to do)
+    job = {"job": "files_rescan", "result": "success"}
+    deadline = time.monotonic() + 20
+    while (agent.metric("egress_agent_job_runs_total", job) or 0) < 1:
+        assert time.monotonic() < deadline, "the files_rescan job never ran"
+        time.sleep(0.3)
+    assert len(_written(agent.config_path)) == 301  # and reported nothing twice
     assert agent.stop() == 0
