@@ -71,13 +71,10 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = REQUEST_TIMEOUT
     protocol_version = "HTTP/1.1"
 
-    def setup(self) -> None:
-        super().setup()
-        if isinstance(self.connection, ssl.SSLSocket):
-            self.connection.do_handshake()
-
     def handle(self) -> None:
         try:
+            if isinstance(self.connection, ssl.SSLSocket):
+                self.connection.do_handshake()  # here, under `timeout`, not in accept()
             super().handle()
         except (ssl.SSLError, OSError) as e:  # bad handshakes, resets, timeouts
             log.debug("metrics: connection from %s ended: %s", self.client_address[0], e)
@@ -156,6 +153,10 @@ class MetricsServer(ThreadingHTTPServer):
                 self.socket, server_side=True, do_handshake_on_connect=False
             )
         self._thread: threading.Thread | None = None
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver would print a traceback to stderr; keep it in the log instead
+        log.warning("metrics: request from %s failed", client_address[0], exc_info=True)
 
     @property
     def port(self) -> int:

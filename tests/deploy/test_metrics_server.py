@@ -111,9 +111,16 @@ def test_wrong_or_missing_credentials_get_401(
     assert b"egress_agent" not in body
 
 
-def test_plain_http_to_the_tls_port_gets_no_metrics(tls_auth_server: MetricsServer) -> None:
+def test_plain_http_to_the_tls_port_gets_no_metrics(
+    tls_auth_server: MetricsServer, cert: tuple[Path, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
         get(f"http://127.0.0.1:{tls_auth_server.port}/metrics")
+    # the failed handshake is a debug log line, not a traceback on stderr, and the
+    # server goes on serving
+    url = f"https://127.0.0.1:{tls_auth_server.port}/metrics"
+    assert get(url, client_ctx(cert[0]), ("prometheus", PASSWORD))[0] == 200
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def test_a_stalled_client_does_not_block_other_scrapes(
