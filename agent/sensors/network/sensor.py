@@ -35,6 +35,7 @@ from agent.sensors.network.sockdiag import DestroyListener, DiagSocket, SockDiag
 log = logging.getLogger(__name__)
 
 DUMP_INTERVAL = 3.0
+LOCAL_REFRESH = 30.0  # seconds between re-reads of this host's addresses (DHCP, VPNs)
 TICK = 0.5
 _PEER_FIN_STATES = frozenset((8, 9, 11))  # CLOSE_WAIT, LAST_ACK, CLOSING
 _LOOPBACK = frozenset((socket.inet_pton(socket.AF_INET6, "::1"),))
@@ -95,12 +96,12 @@ class NetworkSensor:
         try:
             for name in self.cfg.interfaces:
                 self.captures.append(CaptureSocket(name, program, self.cfg.socket_buffer_bytes))
-        except SensorUnavailable:
+            self._open_kernel_accounting()
+            self._open_conntrack()
+            self.local = local_addresses()
+        except BaseException:
             self._close()
             raise
-        self._open_kernel_accounting()
-        self._open_conntrack()
-        self.local = local_addresses()
         self.ephemeral = _ephemeral_range()
         self._emit = emit
         self.table = FlowTable(
@@ -108,12 +109,21 @@ class NetworkSensor:
             self.destinations,
             idle_timeout=self.cfg.idle_timeout,
             active_timeout=self.cfg.active_timeout,
-            is_local=self.local.__contains__,
+            is_local=self._is_local,
             count_metrics=True,
         )
         self.table.on_new_flow = self._attribute
         self._thread = threading.Thread(target=self._run, name="sensor-network")
         self._thread.start()
+
+    def _is_local(self, address: bytes) -> bool:
+        return address in self.local
+
+    def _refresh_local(self) -> None:
+        try:
+            self.local = local_addresses()
+        except Exception as e:  # keep the last known set; addresses rarely change
+            log.warning("cannot list local addresses: %s", e)
 
     def _open_kernel_accounting(self) -> None:
         if not self.cfg.kernel_accounting:
@@ -177,6 +187,7 @@ class NetworkSensor:
         if self.destroy is not None:
             waitables.append(self.destroy)
         next_dump = next_tick = 0.0
+        next_local = time.monotonic() + LOCAL_REFRESH
         while not self._stop.is_set():
             try:
                 ready, _, _ = select.select(waitables, [], [], TICK)
@@ -195,6 +206,9 @@ class NetworkSensor:
                         self._dump()
                     if self.conntrack is not None:
                         self._conntrack_dump()
+                if now >= next_local:
+                    next_local = now + LOCAL_REFRESH
+                    self._refresh_local()
                 if now >= next_tick:
                     next_tick = now + 1.0
                     self._poll_stats()

@@ -81,3 +81,20 @@ def test_parser_never_raises(data: bytes) -> None:
     for s in socks:
         assert s.payload_out >= 0
     parse_messages(struct.pack("=IHHII", 16 + len(data), 20, 0, 0, 0) + data)
+
+
+def test_overflow_is_reported_as_lost() -> None:
+    listener = DestroyListener(buffer_bytes=4096)  # a few notifications fit, not 200
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(256)
+    for _ in range(200):
+        c = socket.create_connection(srv.getsockname())
+        conn, _ = srv.accept()
+        c.close()
+        conn.close()
+    time.sleep(0.3)
+    socks, lost = listener.read()
+    assert lost and len(socks) < 400
+    srv.close()
+    listener.close()
