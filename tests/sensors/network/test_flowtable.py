@@ -1,0 +1,87 @@
+"""The flow table on its own: kernel counts, inbound filtering, hostile packet sequences."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.events import Flow
+from agent.sensors.network.flowtable import FlowTable
+from agent.sensors.network.packets import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Packet
+
+A, B, L = b"\x0a\x00\x00\x01", b"\xcb\x00\x71\x07", b"\x0a\x00\x00\x02"
+
+
+def _table(**kw: object) -> tuple[FlowTable, list[Flow]]:
+    out: list[Flow] = []
+    return FlowTable(out.append, **kw), out  # type: ignore[arg-type]
+
+
+def _tcp(
+    src: bytes, sport: int, dst: bytes, dport: int, seq: int, flags: int, n: int = 0
+) -> Packet:
+    return Packet(6, src, dst, sport, dport, seq, 0, flags, 0, n)
+
+
+def test_kernel_counts_win_and_the_destroy_closes() -> None:
+    t, out = _table(is_local=lambda a: a in (A, L))
+    t.packet(_tcp(A, 40000, B, 443, 100, TCP_SYN), 1.0, b"", 0)
+    st = t.flows[(6, A, 40000, B, 443)]
+    st.owned = True  # what the sensor does when sock_diag found the socket
+    t.packet(_tcp(A, 40000, B, 443, 5101, TCP_FIN | TCP_ACK), 2.0, b"", 0)
+    t.packet(_tcp(B, 443, A, 40000, 900, TCP_FIN | TCP_ACK), 2.1, b"", 0)
+    assert out == []  # owned: wait for the destroy notification
+    t.kernel_update((6, A, 40000, B, 443), 5000, 1, 2.2, final=True)
+    (f,) = out
+    assert (f.bytes_out, f.bytes_in, f.byte_source, f.close_reason) == (5000, 0, "tcp_info", "fin")
+
+
+def test_owned_flow_without_destroy_ends_after_the_grace_period() -> None:
+    t, out = _table()
+    t.packet(_tcp(A, 40001, B, 443, 100, TCP_SYN), 1.0, b"", 0)
+    t.flows[(6, A, 40001, B, 443)].owned = True
+    t.packet(_tcp(A, 40001, B, 443, 301, TCP_RST), 2.0, b"", 0)
+    t.expire(3.0)
+    assert out == []
+    t.expire(2.0 + t.close_grace)
+    (f,) = out
+    assert (f.bytes_out, f.byte_source, f.close_reason) == (200, "tcp_seq", "rst")
+
+
+def test_inbound_and_accepting_sockets_are_not_flows() -> None:
+    t, out = _table(is_local=lambda a: a == L)
+    t.packet(_tcp(B, 5555, L, 22, 1, TCP_SYN), 1.0, b"", 0)
+    t.packet(_tcp(B, 5555, L, 22, 2, TCP_FIN), 2.0, b"", 0)
+    # the accepting socket's view of the same connection, from a dump: not adopted
+    assert t.kernel_update((6, L, 22, B, 5555), 10, 10, 3.0, adopt=True) is None
+    t.flush(4.0)
+    assert out == [] and t.flows == {}
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([A, B, L]),
+            st.sampled_from([1, 443, 40000]),
+            st.sampled_from([A, B, L]),
+            st.sampled_from([1, 443, 40000]),
+            st.integers(0, 2**32 - 1),
+            st.integers(0, 255),
+            st.integers(0, 70000),
+            st.sampled_from([6, 17]),
+        ),
+        max_size=60,
+    ),
+    st.booleans(),
+)
+def test_any_packet_sequence_is_safe_and_adds_up(packets: list, midstream: bool) -> None:
+    t, out = _table(midstream=midstream, idle_timeout=5, active_timeout=3)
+    ts = 0.0
+    for src, sport, dst, dport, seq, flags, n, proto in packets:
+        ts += 1.0
+        t.expire(ts)
+        t.packet(Packet(proto, src, dst, sport, dport, seq, 0, flags, 0, n), ts, b"", 0)
+    t.flush(ts + 1)
+    assert t.flows == {}
+    assert all(f.bytes_out >= 0 and f.bytes_in >= 0 and f.end >= f.start for f in out)
