@@ -213,3 +213,59 @@ def test_ipv6_loopback_listen(registry: CollectorRegistry) -> None:
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+@pytest.fixture(scope="module")
+def plain_server() -> Iterator[MetricsServer]:
+    reg = CollectorRegistry()
+    Counter("egress_agent_test_things_total", "Things.", registry=reg).inc()
+    srv = MetricsServer("127.0.0.1", 0, reg, auth=("prometheus", PASSWORD_SHA256)).start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def raw(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@given(st.binary(max_size=2000))
+def test_hostile_requests_never_get_metrics_nor_stop_the_server(
+    plain_server: MetricsServer, junk: bytes
+) -> None:
+    reply = raw(plain_server.port, junk + b"\r\n\r\n")
+    assert b"egress_agent_test_things_total" not in reply
+    # an error response (HTTP/0.9-style, body only, when there is no version) or nothing
+    assert not reply or reply.startswith(b"HTTP/1.") or b"Error code" in reply
+
+
+def test_oversized_request_line_and_headers_are_refused(plain_server: MetricsServer) -> None:
+    assert raw(plain_server.port, b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n").startswith(
+        b"HTTP/1.1 414"
+    )
+    many = b"".join(b"X-%d: y\r\n" % i for i in range(200))
+    assert b" 431 " in raw(plain_server.port, b"GET /metrics HTTP/1.1\r\n" + many + b"\r\n")
+    token = base64.b64encode(f"prometheus:{PASSWORD}".encode())
+    ok = raw(
+        plain_server.port, b"GET /metrics HTTP/1.0\r\nAuthorization: Basic " + token + b"\r\n\r\n"
+    )
+    assert ok.startswith(b"HTTP/1.1 200") and b"egress_agent_test_things_total" in ok
+
+
+def test_a_client_that_stalls_mid_request_is_disconnected(
+    plain_server: MetricsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent import metrics_server
+
+    monkeypatch.setattr(metrics_server._Handler, "timeout", 0.5)
+    with socket.create_connection(("127.0.0.1", plain_server.port), timeout=5) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+        started = time.monotonic()
+        assert s.recv(1024) == b""  # the server closed it
+        assert time.monotonic() - started < 3
