@@ -173,9 +173,67 @@ def raw_copy(engine: Any, events: list[Event]) -> float:
     return time.perf_counter() - started
 
 
+def fleet_queries(engine: Any, rows: int, hosts: int = 100) -> dict[str, Any]:
+    """The CLI's fleet queries on `rows` file events from `hosts` hosts over 30 days."""
+    from agent.store.queries import host_counts, list_events
+
+    truncate(engine)
+    started = time.perf_counter()
+    with engine.begin() as c:
+        c.execute(
+            text(
+                "INSERT INTO hosts (id, hostname, agent_version, first_seen, last_seen) "
+                "SELECT 'h' || g, 'lab-' || g, 'bench', now(), now() "
+                "FROM generate_series(0, :hosts - 1) g ON CONFLICT DO NOTHING"
+            ),
+            {"hosts": hosts},
+        )
+        c.execute(
+            text(
+                "INSERT INTO file_events (uid, host_id, time, action, path, channel, origin, "
+                "sensor, size, sha256) SELECT md5(g::text), 'h' || (g % :hosts), "
+                "now() - (g % 2592000) * interval '1 second', 'written', '/data/' || g, "
+                "'local', 'watch', 'files', g, "
+                "CASE WHEN g % 10 = 0 THEN md5((g / 10)::text) || md5(g::text) END "
+                "FROM generate_series(1, :rows) g"
+            ),
+            {"hosts": hosts, "rows": rows},
+        )
+        c.execute(text("ANALYZE file_events"))
+    load = time.perf_counter() - started
+
+    def best_ms(fn: Any) -> float:
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return round(min(times) * 1000, 1)
+
+    def by_sha(sha: str) -> None:
+        with engine.connect() as c:
+            c.execute(text("SELECT count(*) FROM file_events WHERE sha256 = :s"), {"s": sha}).all()
+
+    since = datetime.now(UTC) - timedelta(hours=1)
+    with engine.connect() as c:
+        sha = c.execute(text("SELECT sha256 FROM file_events WHERE sha256 IS NOT NULL LIMIT 1"))
+        some_sha = sha.scalar_one()
+    return {
+        "rows": rows,
+        "hosts": hosts,
+        "load_rows_per_s": rate(rows, load),
+        "bytes_per_row": pg_bytes_per_event(engine, rows),
+        "ms_events_list_host": best_ms(lambda: list(list_events(engine, host="lab-42"))),
+        "ms_events_list_since_1h": best_ms(lambda: list(list_events(engine, since=since))),
+        "ms_status_hosts": best_ms(lambda: host_counts(engine)),
+        "ms_by_sha256": best_ms(lambda: by_sha(some_sha)),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=50_000)
+    ap.add_argument("--fleet-rows", type=int, default=0, help="also time fleet queries")
     args = ap.parse_args()
     n = args.events
     events = event_mix(n)
@@ -244,6 +302,8 @@ def main() -> None:
                     "note": "reference: psycopg COPY straight into the tables, no idempotency",
                 }
             ]
+            if args.fleet_rows:
+                result["fleet_queries"] = fleet_queries(pg, args.fleet_rows)
             pg.dispose()
         finally:
             with admin.connect() as c:
