@@ -73,7 +73,13 @@ def wait_until(pred: Any, timeout: float, settle: float = 0.0) -> tuple[Any, flo
     return last, changed
 
 
-def run_agent(work: Path, files: int, dirs: int, fanotify: str = "auto") -> dict[str, Any]:
+def run_agent(
+    work: Path,
+    files: int,
+    dirs: int,
+    fanotify: str = "auto",
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     root = work / f"agent-root-{fanotify}"
     root.mkdir()
     state = work / f"agent-state-{fanotify}"
@@ -85,6 +91,8 @@ def run_agent(work: Path, files: int, dirs: int, fanotify: str = "auto") -> dict
         "sensors": {"enabled": ["files"]},
         "files": {"roots": [str(root)], "follow_mounts": False, "fanotify": fanotify},
     }
+    for section, values in (overrides or {}).items():
+        doc.setdefault(section, {}).update(values)
     cfg.write_text(yaml.safe_dump(doc))
     log_path = work / f"agent-{fanotify}.log"
     log_file = log_path.open("wb")  # a file, not a pipe: a full pipe would block the agent
