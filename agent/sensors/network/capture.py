@@ -4,7 +4,8 @@ few packets that matter — never a bulk data packet.
 The filter (`FILTER`, compiled by libpcap through scapy's `compile_filter`) passes TCP
 SYN/FIN/RST, DNS over UDP and TCP, the first payload packet of a TLS connection (a
 handshake record holding a ClientHello), HTTP request heads and QUIC long-header
-Initial packets, for IPv4 and IPv6 (IPv6 clauses use fixed offsets: pcap-filter's
+Initial packets, and about one data segment per GiB of each stream (so that sequence
+counting can unwrap past 4 GiB), for IPv4 and IPv6 (IPv6 clauses use fixed offsets: pcap-filter's
 `tcp[]` indexing is IPv4-only). It is attached before the socket is bound, so no
 unfiltered packet is ever queued. The receive buffer is raised to
 `network.socket_buffer_bytes`; kernel drops are read with PACKET_STATISTICS.
@@ -47,6 +48,12 @@ FILTER = " or ".join(
         " and ip6[45+((ip6[52]&0xf0)>>2)] = 0x01",
         f"ip6 and ip6[6] = 6 and ({_HTTP6})",
         "ip6 and ip6[6] = 17 and ip6[48] & 0xf0 = 0xc0",
+        # one sample per GiB of a stream: data segments starting in the first 128 KiB of
+        # each 2^30 of sequence space, so sequence counting unwraps past 4 GiB live
+        "tcp[4] & 0x3f = 0 and tcp[5] & 0xfe = 0"
+        " and ip[2:2] - ((ip[0]&0xf)<<2) - ((tcp[12]&0xf0)>>2) > 0",
+        "ip6 and ip6[6] = 6 and ip6[44] & 0x3f = 0 and ip6[45] & 0xfe = 0"
+        " and ip6[4:2] - ((ip6[52]&0xf0)>>2) > 0",
     )
 )
 

@@ -16,6 +16,7 @@ from agent.sensors.network.capture import FILTER, CaptureSocket, compile_bpf
 from tests.sensors.network.pcaps import ETHER, write
 from tests.sensors.network.test_names import client_hello
 
+SEQ = 123_456_789  # a sequence number outside the once-per-GiB sample window
 QUIC_INITIAL = b"\xc3\x00\x00\x00\x01" + b"\x08" * 40
 
 
@@ -37,9 +38,11 @@ def _cases() -> list[tuple[str, object, bool]]:
             ),
             (f"{v} dns", ip / UDP(sport=5000, dport=53) / Raw(b"\0" * 20), True),
             (f"{v} quic initial", ip / UDP(sport=5000, dport=443) / Raw(QUIC_INITIAL), True),
-            (f"{v} bulk data", ip / TCP(flags="A") / Raw(b"\x00" * 1400), False),
-            (f"{v} tls app data", ip / TCP(flags="PA") / Raw(b"\x17\x03\x03" + b"x" * 500), False),
-            (f"{v} pure ack", ip / TCP(flags="A"), False),
+            (f"{v} bulk data", ip / TCP(flags="A", seq=SEQ) / Raw(b"\x00" * 1400), False),
+            (f"{v} tls app data", ip / TCP(flags="PA", seq=SEQ) / Raw(b"\x17\x03" * 250), False),
+            (f"{v} pure ack", ip / TCP(flags="A", seq=SEQ), False),
+            (f"{v} GiB sample", ip / TCP(flags="A", seq=3 * 2**30 + 9) / Raw(b"\x00" * 99), True),
+            (f"{v} ack in the sample window", ip / TCP(flags="A", seq=2**30 + 9), False),
             (
                 f"{v} quic short header",
                 ip / UDP(sport=5000, dport=443) / Raw(b"\x43" + b"x" * 100),

@@ -259,3 +259,15 @@ def test_process_and_user_of_the_sending_socket(rig: Rig, sensor_in: Any) -> Non
     assert p.uid == os.getuid() and p.user == "root"
     assert p.exe == os.path.realpath(f"/proc/{os.getpid()}/exe")
     assert p.cmdline and "pytest" in p.cmdline
+
+
+@pytest.mark.slow
+def test_sequence_accounting_past_four_gib_live(rig: Rig, sensor_in: Any) -> None:
+    """Without tcp_info, the once-per-GiB samples let the live seq count unwrap."""
+    _sensor, out = sensor_in(kernel_accounting=False)
+    sink = _start_sink(rig)
+    size = 2**32 + 12_345
+    port = _upload(rig, rig.peer_v4, sink.port, size)
+    assert sink.wait([port], timeout=120)[port] == size
+    (f,) = out.wait_for(lambda fs: any(f.src_port == port for f in fs))
+    assert (f.bytes_out, f.byte_source) == (size, "tcp_seq")
