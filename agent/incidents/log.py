@@ -53,20 +53,30 @@ class Recorded:
     superseded: tuple[str, ...] = ()
 
 
-def transact(engine: Engine, fn: Callable[[Connection], T], attempts: int = 50) -> T:
-    """Run `fn` in a transaction, retrying when another writer took the chain head."""
+def transact(engine: Engine, fn: Callable[[Connection], T], races: int = 50, outages: int = 3) -> T:
+    """Run `fn` in a transaction, retrying when another writer took the chain head.
+
+    A lost race (IntegrityError on the chain's key) is retried up to `races` times; a
+    store that is locked or unreachable (OperationalError) only `outages` times, then the
+    error goes to the caller, which keeps the work for later.
+    """
     delay = 0.01
-    for attempt in range(attempts):
+    lost = failed = 0
+    while True:
         try:
             with engine.begin() as conn:
                 return fn(conn)
-        except (IntegrityError, OperationalError) as e:
-            if attempt == attempts - 1:
+        except IntegrityError as e:
+            lost += 1
+            if lost >= races:
                 raise
             log.debug("incident log write raced (%s); retrying", type(e.orig).__name__)
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
-    raise AssertionError("unreachable")
+        except OperationalError:
+            failed += 1
+            if failed >= outages:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
 
 
 def append_record(

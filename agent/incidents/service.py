@@ -2,9 +2,11 @@
 
 `submit()` is the pipeline's sink. It keeps only what correlation can use (file events
 with an artefact, decision or process; flows) and queues it; one thread runs the pure
-`CorrelationEngine` and hands each finding to the `IncidentLog`. `stop()` drains the
-queue, then writes the clean-stop checkpoint. Lineage not seen since start is read
-from the store's `lineage` table.
+`CorrelationEngine` and hands each finding to the `IncidentLog`. When the store is
+unavailable (a fleet database during an outage) findings wait in memory, in order and
+bounded, and are retried with back-off; nothing here ever blocks the agent's start.
+`stop()` drains the queue, writes what is pending, then the clean-stop checkpoint.
+Lineage not seen since start is read from the store's `lineage` table.
 
 Two seams reach the running agent through `Runtime.extras`, looked up when used (the
 sensors start after the sinks): the file sensor's `watch_reads(path)` — each tagged
@@ -19,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,6 +40,7 @@ from agent.store.models import Lineage
 log = logging.getLogger(__name__)
 GAUGE_REFRESH_SECONDS = 30.0
 SUBMIT_PATIENCE = 0.05  # seconds a full correlation queue may hold up the pipeline
+MAX_PENDING = 10_000  # findings kept in memory while the store is unavailable
 
 
 class Correlator:
@@ -69,10 +72,14 @@ class Correlator:
         )
         self.queue: BoundedQueue[Event] = BoundedQueue("incidents", queue_size)
         self._thread: threading.Thread | None = None
+        self._pending: deque[Finding] = deque()
+        self._started = False
+        self._retry_at = 0.0
+        self._backoff = 0.0
         self.findings = 0
 
     def start(self) -> None:
-        self.log.start()
+        """Start the thread; never waits on the store (a fleet store may be unreachable)."""
         self._thread = threading.Thread(target=self._run, name="incidents")
         self._thread.start()
 
@@ -81,16 +88,24 @@ class Correlator:
             event.artefact or event.decisions or event.process
         ):
             return  # nothing correlation could use
-        # never hold up the store writer, the sink before us: a full queue (the incident
-        # log retrying through a store outage) drops and counts what correlation misses
+        # never hold up the store writer, the sink before us: a full queue drops and
+        # counts what correlation misses
         self.queue.put(event, timeout=SUBMIT_PATIENCE)
 
     def stop(self) -> None:
+        """Drain the queue, write what is pending and the clean-stop checkpoint."""
         if self._thread is None:
             return
         self.queue.put_stop()
         self._thread.join()
         self._thread = None
+        self._flush(final=True)
+        if self._pending:
+            n = len(self._pending)
+            metrics.DROPPED.labels("incidents", "store_unavailable_at_stop").inc(n)
+            log.error("store unavailable at stop: %d incident finding(s) not recorded", n)
+            self._pending.clear()
+            return
         try:
             self.log.checkpoint("clean stop")
         except Exception:
@@ -103,7 +118,8 @@ class Correlator:
             batch, done = self.queue.get_batch(256, 1.0)
             for event in batch:
                 self._handle(event)
-            if time.monotonic() - refreshed > GAUGE_REFRESH_SECONDS:
+            self._flush()
+            if self._started and time.monotonic() - refreshed > GAUGE_REFRESH_SECONDS:
                 # analysts ack and close from the CLI: keep the open-incidents gauge true
                 refreshed = time.monotonic()
                 try:
@@ -121,27 +137,42 @@ class Correlator:
             metrics.STAGE_ERRORS.labels("incidents").inc()
             return
         for f in findings:
-            self._record(f)
-
-    def _record(self, finding: Finding) -> None:
-        delay = 0.1
-        for _attempt in range(10):
-            try:
-                result = self.log.record(finding)
-            except Exception:
-                log.exception("cannot record incident %s; retrying", finding.kind)
-                metrics.STORE_ERRORS.labels("incident").inc()
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            if len(self._pending) >= MAX_PENDING:
+                metrics.DROPPED.labels("incidents", "store_unavailable").inc()
                 continue
-            self.findings += 1
-            if result is not None and result.created:
-                log.warning(
-                    "incident opened: %s [%s] %s", finding.kind, finding.rule_id, finding.title
-                )
+            self._pending.append(f)
+
+    def _flush(self, final: bool = False) -> None:
+        """Record pending findings in order; on a store error keep them and back off."""
+        if not self._pending and self._started:
             return
-        metrics.DROPPED.labels("incidents", "store_unavailable").inc()
-        log.error("incident not recorded after retries: %s %s", finding.kind, finding.title)
+        if not final and time.monotonic() < self._retry_at:
+            return
+        try:
+            if not self._started:
+                self.log.start()  # the genesis record of a new chain
+                self._started = True
+            while self._pending:
+                finding = self._pending[0]
+                result = self.log.record(finding)
+                self._pending.popleft()
+                self.findings += 1
+                if result is not None and result.created:
+                    log.warning(
+                        "incident opened: %s [%s] %s", finding.kind, finding.rule_id, finding.title
+                    )
+        except Exception as e:
+            metrics.STORE_ERRORS.labels("incident").inc()
+            self._backoff = min(self._backoff * 2, 30.0) if self._backoff else 0.5
+            self._retry_at = time.monotonic() + self._backoff
+            log.warning(
+                "incident log: store unavailable (%s); %d finding(s) kept, retrying in %.1fs",
+                type(getattr(e, "orig", None) or e).__name__,
+                len(self._pending),
+                self._backoff,
+            )
+            return
+        self._backoff = 0.0
 
     def _watch(self, e: FileEvent) -> None:
         """Ask the file sensor to report reads of a tagged artefact at its current path."""

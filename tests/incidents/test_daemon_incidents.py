@@ -58,7 +58,8 @@ def test_daemon_opens_a_removable_copy_incident(
         "egress_agent_incidents_opened_total",
         {"rule": "us-ear-model-weights-copied-out", "severity": "high"},
     )
-    assert (agent.metric("egress_agent_chain_checkpoint_timestamp_seconds") or 0) > 0  # genesis
+    # the genesis record is written by the correlator's thread soon after start
+    assert _wait(lambda: (agent.metric("egress_agent_chain_checkpoint_timestamp_seconds") or 0) > 0)
 
     safetensors(usb / "model.safetensors", rows=64, cols=64)
     db = Path(agent_config["agent"]["state_dir"]) / "agent.db"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine
 
@@ -89,3 +91,91 @@ def test_a_full_correlation_queue_drops_and_counts_instead_of_blocking(store: En
         c.submit(flow(i, i + 1, 100))
     assert time.monotonic() - started < 2
     assert sample("egress_agent_events_dropped_total", labels) == before + 2
+
+
+class _Proxy:
+    """A TCP forwarder to PostgreSQL that can be switched on later (the store "comes back")."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        import socket
+        import threading
+
+        self.port, self.target = port, target
+        self._srv: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        import socket
+        import threading
+
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", self.port))
+        srv.listen(16)
+        self._srv = srv
+
+        def pump(a: socket.socket, b: socket.socket) -> None:
+            try:
+                while data := a.recv(65536):
+                    b.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (a, b):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        def accept() -> None:
+            while True:
+                try:
+                    client, _ = srv.accept()
+                except OSError:
+                    return
+                upstream = socket.create_connection(self.target)
+                for a, b in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=pump, args=(a, b), daemon=True).start()
+
+        t = threading.Thread(target=accept, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def stop(self) -> None:
+        if self._srv is not None:
+            self._srv.close()
+
+
+def test_store_outage_keeps_findings_until_the_store_is_back(pg_url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    from agent.store.db import make_engine
+    from tests.conftest import free_port
+    from tests.incidents.helpers import new_store
+
+    new_store(pg_url).dispose()  # the schema exists; the agent just cannot reach it yet
+    port = free_port()
+    url = make_url(pg_url).set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+    engine = make_engine(url)
+    c = Correlator(engine, "host-a", "lab-ws-1", IncidentsSection())
+    c.start()  # returns at once although the store is down
+    for e in story():
+        c.submit(e)
+    deadline = time.monotonic() + 10
+    while not c._pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(c._pending) == 1 and c.findings == 0
+    proxy = _Proxy(port, ("127.0.0.1", 5432))
+    proxy.start()
+    try:
+        deadline = time.monotonic() + 60
+        while c._pending and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not c._pending and c.findings == 1
+        c.stop()
+        assert [d["kind"] for d in list_incidents(engine)] == ["exfiltration"]
+        types = [e.record_type for e in chain_entries(engine)]
+        assert types == ["genesis", "incident", "checkpoint"]
+    finally:
+        engine.dispose()
+        proxy.stop()
