@@ -204,6 +204,8 @@ def run(rig: Rig, tmp: Path, size: int, n_tls: int, n_dns: int) -> dict[str, obj
             time.sleep(0.2)
         cpu1 = (cpu_seconds(agent.pid), cpu_seconds(tcpdump.pid))
         window_s = time.perf_counter() - t0
+        to_python = metric_sum(rig, url, "egress_agent_capture_packets_total")
+        drops = metric_sum(rig, url, "egress_agent_capture_drops_total")
     finally:
         tcpdump.send_signal(signal.SIGTERM)
         tcpdump.wait(30)
@@ -235,6 +237,8 @@ def run(rig: Rig, tmp: Path, size: int, n_tls: int, n_dns: int) -> dict[str, obj
         "names_missing": unnamed[:10],
         "byte_sources": sorted({r[5] for r in rows}),
         "window_seconds": round(window_s, 2),
+        "packets_to_python": int(to_python),
+        "kernel_drops": int(drops),
         "comparisons": [
             {
                 "what": f"CPU during {size / 1e9:.1f} GB upload + {n_tls} TLS + {n_dns} DNS "
