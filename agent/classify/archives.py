@@ -48,6 +48,7 @@ class Budget:
     expanded: int = 0
     ancestors: set[str] = field(default_factory=set)
     reasons: list[str] = field(default_factory=list)
+    magika: bool = True  # run magika on a still-unknown top-level content now
 
     def partial(self, reason: str) -> None:
         if reason not in self.reasons:

@@ -28,7 +28,7 @@ from agent.categories import CategorySpec
 from agent.classify import source
 from agent.classify.base import HEAD_BYTES, Finding, Limits, Source
 from agent.classify.engine import CLASSIFIER_VERSION, Engine
-from agent.classify.hashing import FileChanged, HashCache, sha256_fd
+from agent.classify.hashing import BIG_BUF_SIZE, FileChanged, HashCache, sha256_fd
 from agent.classify.keywords import KeywordMatcher
 from agent.classify.lineage import LRU, Known
 from agent.config import ClassifySection
@@ -157,7 +157,7 @@ class Classifier:
         sha = self.cache.lookup(*ident) if self.cache is not None else None
         future: Future[str] | None = None
         if sha is None and fst.st_size >= PARALLEL_HASH_BYTES:
-            future = self._hash_pool.submit(sha256_fd, fd, fst.st_size)
+            future = self._hash_pool.submit(sha256_fd, fd, fst.st_size, BIG_BUF_SIZE)
         elif sha is None:
             try:
                 sha = sha256_fd(fd, fst.st_size)
@@ -168,7 +168,8 @@ class Classifier:
         known = self._known(sha) if sha is not None else None
         finding: Finding | None = None
         if known is None:
-            finding = self._parse(path, fd, fst.st_size)
+            # beside a hash in flight only the cheap tiers run; magika waits for the hash
+            finding = self._parse(path, fd, fst.st_size, magika=future is None)
         if future is not None:
             try:
                 sha = future.result()
@@ -176,6 +177,8 @@ class Classifier:
                 return skipped("changed_while_read", fst.st_size)
             except OSError as e:
                 return skipped(_OS_REASONS.get(e.errno or 0, "read_error"), fst.st_size)
+            if finding is not None and self.engine.is_unknown(finding) and not self._known(sha):
+                finding = self._identify(path, fd, fst.st_size) or finding
         assert sha is not None
         after = os.fstat(fd)
         unchanged = (after.st_size, after.st_mtime_ns) == (fst.st_size, fst.st_mtime_ns)
@@ -203,21 +206,30 @@ class Classifier:
             metrics.CLASSIFIED.labels(kind).inc()
         return art
 
-    def _parse(self, path: str, fd: int, size: int) -> Finding:
-        try:
-            head = os.pread(fd, HEAD_BYTES, 0)
-        except OSError as e:  # EIO on a failing disk, a vanished network share
-            reason = _OS_REASONS.get(e.errno or 0, "read_error")
-            metrics.CLASSIFY_SKIPPED.labels(reason).inc()
-            return Finding("application/octet-stream", skipped=reason)
+    def _source(self, path: str, fd: int, size: int) -> Source:
+        head = os.pread(fd, HEAD_BYTES, 0)
 
         def opener() -> Any:
             f = os.fdopen(os.dup(fd), "rb")
             f.seek(0)
             return f
 
-        src = Source(name=path, size=size, head=head, opener=opener)
-        finding = self.engine.classify(src, path)
+        return Source(name=path, size=size, head=head, opener=opener)
+
+    def _identify(self, path: str, fd: int, size: int) -> Finding | None:
+        try:
+            return self.engine.identify(self._source(path, fd, size), path)
+        except OSError:
+            return None
+
+    def _parse(self, path: str, fd: int, size: int, magika: bool = True) -> Finding:
+        try:
+            src = self._source(path, fd, size)
+        except OSError as e:  # EIO on a failing disk, a vanished network share
+            reason = _OS_REASONS.get(e.errno or 0, "read_error")
+            metrics.CLASSIFY_SKIPPED.labels(reason).inc()
+            return Finding("application/octet-stream", skipped=reason)
+        finding = self.engine.classify(src, path, magika=magika)
         if finding.skipped:
             metrics.CLASSIFY_SKIPPED.labels(finding.skipped).inc()
             log.info("classify %r: partial (%s)", path, finding.skipped)

@@ -37,9 +37,15 @@ class Engine:
         self.limits = limits
         self.use_magika = use_magika
 
-    def classify(self, src: Source, path: str | None = None) -> Finding:
-        """Classify `src` (with `path` when it is a real file); never raises."""
+    def classify(self, src: Source, path: str | None = None, magika: bool = True) -> Finding:
+        """Classify `src` (with `path` when it is a real file); never raises.
+
+        `magika=False` leaves an unknown top-level content unknown (`is_unknown`), for a
+        caller that runs `identify` later — after hashing a big file, so that the model's
+        load does not compete with the hash for the CPU and the GIL.
+        """
         budget = archives.Budget(self.limits)
+        budget.magika = magika
         finding = self._classify(src, path, budget)
         if budget.reasons and finding.skipped is None:
             finding.skipped = budget.reasons[0]
@@ -74,11 +80,17 @@ class Engine:
         ext_tag = engineering.extension_tag(src.ext)
         if ext_tag is not None:
             return Finding("application/octet-stream", [ext_tag])
-        if self.use_magika and src.size > 0:
-            found = magika_finding(src, path)
-            if found is not None:
-                return found
+        if self.use_magika and src.size > 0 and (budget.magika or src.depth > 0):
+            return self.identify(src, path) or Finding("application/octet-stream")
         return Finding("application/octet-stream")
+
+    def identify(self, src: Source, path: str | None) -> Finding | None:
+        """Tier 3 on its own: magika's label for a content no parser recognised."""
+        return magika_finding(src, path) if self.use_magika and src.size > 0 else None
+
+    @staticmethod
+    def is_unknown(finding: Finding) -> bool:
+        return not finding.tags and finding.content_type == "application/octet-stream"
 
     def _parse(
         self, fmt: str, src: Source, path: str | None, budget: archives.Budget

@@ -26,6 +26,7 @@ from agent import metrics
 log = logging.getLogger(__name__)
 
 BUF_SIZE = 1 << 20
+BIG_BUF_SIZE = 8 << 20
 _local = threading.local()
 
 
@@ -33,20 +34,25 @@ class FileChanged(Exception):
     """The file changed (grew, shrank or was rewritten) while it was being hashed."""
 
 
-def _buffer() -> memoryview:
-    buf = getattr(_local, "buf", None)
+def _buffer(size: int) -> memoryview:
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = {}
+    buf = bufs.get(size)
     if buf is None:
-        buf = _local.buf = memoryview(bytearray(BUF_SIZE))
+        buf = bufs[size] = memoryview(bytearray(size))
     return buf
 
 
-def sha256_fd(fd: int, expected_size: int | None = None) -> str:
+def sha256_fd(fd: int, expected_size: int | None = None, buf_size: int = BUF_SIZE) -> str:
     """SHA-256 of the file behind `fd` from offset 0, with one reused buffer per thread.
 
+    `buf_size` is larger for big files hashed beside other work: each chunk must win the
+    GIL back after it is hashed, and fewer, longer chunks lose less time waiting for it.
     Raises FileChanged when the bytes read differ from `expected_size`.
     """
     h = hashlib.sha256()
-    buf = _buffer()
+    buf = _buffer(buf_size)
     total = 0
     offset = 0
     while True:

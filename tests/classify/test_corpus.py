@@ -273,3 +273,24 @@ def test_keras_v3_archive(tmp_path: Path) -> None:
     )
     d = details(classify_file(target, settings=NO_MAGIKA), "model_weights")
     assert d["format"] == "keras" and d["tensors"] == 2 and d["parameters"] == 28
+
+
+def test_magika_runs_after_the_hash_of_a_big_unknown_file(tmp_path: Path) -> None:
+    """Files of 16 MiB and more are hashed beside the cheap tiers; magika comes after."""
+    pytest.importorskip("magika")
+    import os
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", 4096, 4096, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", os.urandom(17 << 20)) + chunk(b"IEND", b"")
+    f = tmp_path / "scan.dat"
+    f.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    a = classify_file(f)
+    assert a.content_type == "image/png" and a.kinds == ()
+    assert a.sha256 == hashlib.sha256(f.read_bytes()).hexdigest()

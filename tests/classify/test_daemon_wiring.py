@@ -24,6 +24,9 @@ def test_daemon_runs_the_classify_stage(run_agent: Any, agent_config: dict[str, 
     # synthetic paths do not exist: each is a counted skip, and nothing failed
     assert agent.metric("egress_agent_classify_skipped_total", {"reason": "vanished"}) == 5
     assert not agent.metric("egress_agent_stage_errors_total", {"stage": "classify"})
-    status = json.loads((Path(agent_config["agent"]["state_dir"]) / "status.json").read_text())
+    status_file = Path(agent_config["agent"]["state_dir"]) / "status.json"
+    while not status_file.exists() and time.monotonic() < deadline:  # written after start
+        time.sleep(0.1)
+    status = json.loads(status_file.read_text())
     assert status["classify"]["hash_cache"].endswith("hashcache.db")
     assert agent.stop() == 0
