@@ -302,12 +302,6 @@ def test_spool_survives_a_stop_while_the_store_is_away(
     assert sorted(_stored_paths(pg_url)["lab-d"]) == _expected(count)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the incident log opens its hash chain on the central store at start "
-    "(agent/incidents/service.py Correlator.start), so an agent cannot start while the "
-    "central store is down; the spool itself does not need it",
-)
 def test_agent_starts_while_the_central_store_is_down(
     pg_url: str, proxy: FaultyProxy, run_agent: Any, agent_config: dict[str, Any], tmp_path: Path
 ) -> None:
