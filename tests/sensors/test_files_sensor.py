@@ -344,3 +344,26 @@ def test_rescan_survives_a_store_failure_and_retries(tmp_path, start_sensor):
     (root / "live.txt").write_text("the watch never stopped")
     assert col.wait(lambda evs: any(e.path.endswith("live.txt") for e in evs))
     broken.dispose()
+
+
+def test_a_root_deleted_and_made_again_is_watched_again(tmp_path, start_sensor, engine):
+    import shutil
+
+    root = tmp_path / "root"
+    (root / "sub").mkdir(parents=True)
+    sensor, col = start_sensor(engine=engine, roots=[root])
+    sensor.rescans.check_interval = 0.3
+    (root / "sub" / "a.txt").write_text("a")
+    assert col.wait(lambda evs: any(e.action == "written" for e in evs))
+    shutil.rmtree(root)
+    assert col.wait(lambda evs: any(e.action == "deleted" for e in evs))
+    root.mkdir()
+    (root / "b.txt").write_text("made while the root was not watched")
+    assert col.wait(
+        lambda evs: any(e.path == str(root / "b.txt") and e.origin == "rescan" for e in evs)
+    )
+    assert _sample(metrics.FILE_RESCANS, reason="root_lost") >= 1
+    (root / "c.txt").write_text("live again")
+    assert col.wait(
+        lambda evs: any(e.path == str(root / "c.txt") and e.origin == "watch" for e in evs)
+    )

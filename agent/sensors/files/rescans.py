@@ -89,6 +89,7 @@ class Rescans:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._backoff = 0.0
+        self.check_interval = 60.0  # seconds between looks for what is not watched
 
     @property
     def dirty(self) -> list[str]:
@@ -122,11 +123,12 @@ class Rescans:
 
     def _run(self) -> None:
         s = self.sensor
+        last_check = time.monotonic()
         while not self._stop.is_set():
-            unwatched = list(s.tree.unwatched) if s.tree is not None else []
-            if not self._wake.wait(60.0 if unwatched else None):
-                # directories the watch limit left unwatched: retry them, and rescan
-                self.mark_dirty([r for d in unwatched if (r := s.root_of(d))], "watch_limit")
+            if not self._wake.wait(0.5):
+                if time.monotonic() - last_check >= self.check_interval:
+                    last_check = time.monotonic()
+                    self._check()
                 continue
             first = time.monotonic()
             while not self._stop.is_set():
@@ -169,6 +171,22 @@ class Rescans:
                 self.mark_dirty([path], reason)
             return False
         return True
+
+    def _check(self) -> None:
+        """Retry what is not watched: directories the watch limit refused, and roots
+        that were deleted (and perhaps made again) — each with a rescan of its root."""
+        s = self.sensor
+        if s.tree is None:
+            return
+        unwatched = list(s.tree.unwatched)
+        if unwatched:
+            self.mark_dirty([r for d in unwatched if (r := s.root_of(d))], "watch_limit")
+        with s.tree.lock:
+            watched = set(s.tree.wd_path.values())
+        lost = [r for r in s.roots if r not in watched and os.path.isdir(r)]
+        if lost:
+            log.warning("files: watched root(s) %s were replaced; watching them again", lost)
+            self.mark_dirty(lost, "root_lost")
 
     def reconcile(
         self,
