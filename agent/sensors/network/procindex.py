@@ -10,6 +10,7 @@ stays unknown (None), never guessed.
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import time
@@ -18,6 +19,7 @@ from collections import OrderedDict
 from agent.events import ProcessInfo
 
 _MAX_CMDLINE = 1024
+PROCESS_TTL = 10.0
 
 
 def _socket_inodes(pid: int) -> list[int]:
@@ -36,6 +38,7 @@ def _socket_inodes(pid: int) -> list[int]:
     return inodes
 
 
+@functools.lru_cache(maxsize=256)
 def user_name(uid: int) -> str | None:
     try:
         return pwd.getpwuid(uid).pw_name
@@ -88,6 +91,11 @@ class ProcIndex:
         self._inode_pid: dict[int, int] = {}
         self._hot: OrderedDict[int, None] = OrderedDict()  # pids that recently owned sockets
         self._hot_size = hot_size
+        # (pid, start time, uid) -> (info, until): an exec keeps the start time, so
+        # entries also expire after PROCESS_TTL seconds
+        self._procs: OrderedDict[tuple[int, bytes, int | None], tuple[ProcessInfo, float]] = (
+            OrderedDict()
+        )
         self._last_refill = time.monotonic()
         self.full_scans = 0
 
@@ -114,6 +122,25 @@ class ProcIndex:
                 break
         self._tokens -= time.monotonic() - now
         return found
+
+    def process(self, pid: int, uid: int | None) -> ProcessInfo:
+        """`process_info`, cached per process incarnation (pid + start time)."""
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                started = f.read().rsplit(b")", 1)[1].split()[19]
+        except (OSError, IndexError):
+            return process_info(pid, uid)
+        key = (pid, started, uid)
+        now = time.monotonic()
+        hit = self._procs.get(key)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        info = process_info(pid, uid)
+        self._procs[key] = (info, now + PROCESS_TTL)
+        self._procs.move_to_end(key)
+        if len(self._procs) > 1024:
+            self._procs.popitem(last=False)
+        return info
 
     def _index(self, pid: int, wanted: int) -> bool:
         inodes = _socket_inodes(pid)

@@ -29,7 +29,7 @@ from agent.sensors.network.destinations import Destinations
 from agent.sensors.network.flowstate import FlowKey, FlowState
 from agent.sensors.network.flowtable import FlowTable
 from agent.sensors.network.packets import IPPROTO_TCP, decode_ethernet
-from agent.sensors.network.procindex import ProcIndex, process_info, user_name
+from agent.sensors.network.procindex import ProcIndex, user_name
 from agent.sensors.network.sockdiag import DestroyListener, DiagSocket, SockDiag
 
 log = logging.getLogger(__name__)
@@ -343,7 +343,7 @@ class NetworkSensor:
         if st.process is None:
             pid = self.procs.pid_of(s.inode)
             if pid is not None:
-                st.process = process_info(pid, s.uid)
+                st.process = self.procs.process(pid, s.uid)
             else:
                 st.process = ProcessInfo(uid=s.uid, user=user_name(s.uid))
 
