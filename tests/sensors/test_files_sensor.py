@@ -367,3 +367,50 @@ def test_a_root_deleted_and_made_again_is_watched_again(tmp_path, start_sensor, 
     assert col.wait(
         lambda evs: any(e.path == str(root / "c.txt") and e.origin == "watch" for e in evs)
     )
+
+
+def test_channels_on_events(tmp_path, start_sensor):
+    root = tmp_path / "root"
+    for d in ("Nutstore/proj", "百度网盘", "plain", "synced"):
+        (root / d).mkdir(parents=True)
+    share = tmp_path / "share"  # shown to the sensor as an NFS mount
+    share.mkdir()
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_bytes(
+        b"1 0 254:0 / / rw - ext4 /dev/vda rw\n"
+        + f"2 1 0:99 / {share} rw - nfs4 srv:/export rw\n".encode()
+    )
+    from agent.config import FilesSection
+    from agent.sensors.files import FileSensor
+
+    col = Collector()
+    sensor = FileSensor(
+        FilesSection(
+            roots=[root], cloud_sync=[root / "synced"], fanotify="off", follow_mounts=True
+        ),
+        None,
+        rescan_on_start=False,
+        mountinfo=str(mountinfo),
+    )
+    sensor.start(col)
+    try:
+        assert sensor.roots.get(str(share)) == "mount"  # a network share is followed
+        files = {
+            root / "Nutstore" / "proj" / "a.py": "cloud_sync",
+            root / "百度网盘" / "b.bin": "cloud_sync",
+            root / "synced" / "c.txt": "cloud_sync",
+            root / "plain" / "d.txt": "local",
+            share / "e.txt": "network_share",
+        }
+        for p in files:
+            p.write_text("x")
+        # onto the share: one rename (the "share" is really on the same file system)
+        os.rename(root / "plain" / "d.txt", share / "moved.txt")
+        assert col.wait(lambda evs: len([e for e in evs if e.action == "written"]) == 5)
+        assert col.wait(lambda evs: any(e.action == "moved" for e in evs))
+        got = {e.path: str(e.channel) for e in col.of(FileAction.WRITTEN)}
+        assert got == {str(p): ch for p, ch in files.items()}
+        (move,) = col.of(FileAction.MOVED)
+        assert move.dest_path == str(share / "moved.txt") and move.channel == "network_share"
+    finally:
+        sensor.stop()
