@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from agent.events import (
@@ -43,6 +43,7 @@ from agent.incidents.evidence import (
     processes,
     size_of,
 )
+from agent.incidents.lineage import ArtefactMemory, ParentsOf
 from agent.incidents.model import Finding
 from agent.store.rows import storable_text
 
@@ -56,11 +57,8 @@ COPY_KINDS = {Channel.REMOVABLE: "removable_copy", Channel.CLOUD_SYNC: "cloud_sy
 MIN_UNATTRIBUTED_BYTES = 64 * 1024
 CLOCK_SKEW = timedelta(seconds=5)
 BUILTIN_PACK = "egress-agent"
-MAX_LINEAGE_NODES = 64
-MAX_EVENTS_PER_SHA = 8
-MAX_SHAS = 20_000
+MAX_MATCHED_FLOWS = 20_000
 
-ParentsOf = Callable[[str], Sequence[str]]
 JudgeTransfer = Callable[[Artefact, Flow, FileEvent], Sequence[Decision]]
 """Policy on an artefact that left in a flow (`Policy.decide_transfer`)."""
 
@@ -96,14 +94,6 @@ class Match:
     file_bytes: int
 
 
-@dataclass
-class _Seen:
-    """What correlation remembers of one artefact (by content hash)."""
-
-    events: deque[FileEvent] = field(default_factory=lambda: deque(maxlen=MAX_EVENTS_PER_SHA))
-    alert_keys: set[str] = field(default_factory=set)
-
-
 class CorrelationEngine:
     def __init__(
         self,
@@ -115,14 +105,12 @@ class CorrelationEngine:
     ) -> None:
         self.window = timedelta(seconds=window)
         self.tolerance = byte_tolerance
-        self._parents_of = parents_of
         self._judge_transfer = judge_transfer
         self.ancestry = ancestry if ancestry is not None else Ancestry(proc=None)
         self._touches: deque[Touch] = deque()  # in time order, for expiry
         self._by_pid: dict[int | None, deque[Touch]] = {}  # the same touches by process
         self._flows: deque[tuple[Flow, str | None]] = deque()  # (flow, its policy-alert key)
-        self._seen: OrderedDict[str, _Seen] = OrderedDict()
-        self._parents: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+        self.memory = ArtefactMemory(parents_of)
         self._matched_flows: OrderedDict[str, None] = OrderedDict()
         self._file_attribution = False
         self._now: datetime | None = None
@@ -159,11 +147,11 @@ class CorrelationEngine:
         a = e.artefact
         sha = a.sha256 if a and a.sha256 else None
         if sha and a is not None and a.parents:
-            self._remember_parents(sha, tuple(p for p in a.parents if p != sha))
+            self.memory.remember_parents(sha, tuple(p for p in a.parents if p != sha))
         if not is_tagged(e):
             return []
         key = sha or f"path:{e.current_path}"
-        seen = self._seen_for(key)
+        seen = self.memory.seen_for(key)
         seen.events.append(e)
         findings: list[Finding] = []
         alerting = [d for d in e.decisions if is_alerting(d)]
@@ -172,8 +160,8 @@ class CorrelationEngine:
         elif alerting:
             f = self._alert_finding(e, key, alerting)
             if e.channel == Channel.LOCAL:
-                for root in self._roots(key):
-                    self._seen_for(root).alert_keys.add(f.dedup_key)
+                for root in self.memory.roots(key):
+                    self.memory.seen_for(root).alert_keys.add(f.dedup_key)
                 seen.alert_keys.add(f.dedup_key)
             findings.append(f)
         if e.action in TOUCH_ACTIONS:
@@ -274,57 +262,13 @@ class CorrelationEngine:
         return tuple(t for t in cands if t.sha in shas), chosen[1]
 
     # --- lineage -------------------------------------------------------------------
-    def _seen_for(self, key: str) -> _Seen:
-        seen = self._seen.get(key)
-        if seen is None:
-            seen = self._seen[key] = _Seen()
-            while len(self._seen) > MAX_SHAS:
-                self._seen.popitem(last=False)
-        else:
-            self._seen.move_to_end(key)
-        return seen
-
-    def _remember_parents(self, sha: str, parents: tuple[str, ...]) -> None:
-        if parents:
-            self._parents[sha] = parents
-            while len(self._parents) > MAX_SHAS:
-                self._parents.popitem(last=False)
-
-    def parents(self, sha: str) -> tuple[str, ...]:
-        known = self._parents.get(sha)
-        if known is not None:
-            return known
-        if self._parents_of is not None and not sha.startswith("path:"):
-            found = tuple(p for p in self._parents_of(sha) if p != sha)
-            self._remember_parents(sha, found)
-            return found
-        return ()
-
     def lineage(self, shas: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
-        """(every artefact in the family, parent->child edges), walking up from `shas`."""
-        nodes: list[str] = []
-        edges: list[tuple[str, str]] = []
-        todo = list(dict.fromkeys(shas))
-        while todo and len(nodes) < MAX_LINEAGE_NODES:
-            sha = todo.pop(0)
-            if sha in nodes:
-                continue
-            nodes.append(sha)
-            for p in self.parents(sha):
-                edges.append((p, sha))
-                if p not in nodes:
-                    todo.append(p)
-        return nodes, edges
-
-    def _roots(self, sha: str) -> list[str]:
-        nodes, edges = self.lineage([sha])
-        children = {c for _p, c in edges}
-        return sorted(n for n in nodes if n not in children) or [sha]
+        return self.memory.lineage(shas)
 
     # --- building findings ---------------------------------------------------------
     def _exfil_finding(self, flow: Flow, match: Match, flow_key: str | None) -> Finding:
         self._matched_flows[flow.uid] = None
-        while len(self._matched_flows) > MAX_SHAS:
+        while len(self._matched_flows) > MAX_MATCHED_FLOWS:
             self._matched_flows.popitem(last=False)
         shas = [t.sha for t in match.touches]
         nodes, edges = self.lineage(shas)
@@ -335,7 +279,7 @@ class CorrelationEngine:
             events[t.event.uid] = t.event
         supersedes: set[str] = {flow_key} if flow_key else set()
         for sha in nodes:
-            seen = self._seen.get(sha)
+            seen = self.memory.get(sha)
             if seen is None:
                 continue
             supersedes |= seen.alert_keys
@@ -418,12 +362,12 @@ class CorrelationEngine:
     ) -> Finding:
         rule = _choose_rule([(e.uid, d) for d in alerting])
         assert rule is not None
-        roots = self._roots(key)
+        roots = self.memory.roots(key)
         nodes, edges = self.lineage([key])
         lineage_events = [
             ev
             for sha in nodes
-            if sha != key and (seen := self._seen.get(sha)) is not None
+            if sha != key and (seen := self.memory.get(sha)) is not None
             for ev in seen.events
         ]
         files = [file_doc(e, "touched")] + [file_doc(ev, "lineage") for ev in lineage_events]

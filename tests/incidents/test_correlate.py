@@ -276,3 +276,16 @@ def test_created_then_written_on_removable_is_one_copy_story() -> None:
     findings = run(events)
     assert [f.kind for f in findings] == ["removable_copy", "removable_copy"]
     assert findings[0].dedup_key == findings[1].dedup_key
+
+
+def test_store_lineage_is_asked_once_per_artefact() -> None:
+    asked: list[str] = []
+
+    def parents_of(sha: str) -> list[str]:
+        asked.append(sha)
+        return []
+
+    eng = CorrelationEngine(parents_of=parents_of)
+    for _ in range(3):
+        eng.lineage([CKPT])
+    assert asked == [CKPT]
