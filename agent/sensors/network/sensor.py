@@ -87,6 +87,8 @@ class NetworkSensor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.table: FlowTable | None = None
+        self._buf = bytearray(65536)  # one receive buffer; the flow table copies what it keeps
+        self._view = memoryview(self._buf)
 
     # --- lifecycle ---------------------------------------------------------------------
     def start(self, emit: Emit) -> None:
@@ -224,8 +226,7 @@ class NetworkSensor:
 
     def _read_packets(self, cap: CaptureSocket) -> None:
         assert self.table is not None
-        buf = bytearray(65536)
-        view = memoryview(buf)
+        buf, view = self._buf, self._view
         packet = self.table.packet
         n = 0
         for _ in range(_BATCH):
