@@ -378,3 +378,48 @@ def test_a_cached_partial_result_stays_partial(tmp_path: Path) -> None:
     assert again.skipped == "header_too_large" and again.parents == (again.sha256,)
     clf.close()
     cache.close()
+
+
+def test_pickle_module_is_never_loaded(tmp_path: Path) -> None:
+    """The classifier decodes pickle opcodes itself: neither pickle nor pickletools loads."""
+    ckpt = C.torch_zip(tmp_path / "m.pt")
+    (tmp_path / "evil.pkl").write_bytes(C.malicious_pickle(tmp_path / "PWNED"))
+    files = (str(ckpt), str(tmp_path / "evil.pkl"))
+    code = (
+        "import sys; from agent.classify import classify_file;"
+        "from agent.config import ClassifySection as S;"
+        f"[classify_file(p, settings=S(use_magika=False)) for p in {files!r}];"
+        "print(sorted(m for m in sys.modules if m in ('pickle', 'pickletools', '_pickle')))"
+    )
+    root = Path(__file__).resolve().parents[2]
+    res = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_opcode_decoder_agrees_with_pickletools() -> None:
+    import collections
+    import pickle
+    import pickletools
+
+    from agent.classify.pickle_vm import _opcodes
+
+    objs = [
+        {"a": [1, 2.5, None, True, "x", b"y"], "b": (1, 2, 3), "c": {1, 2}, "d": frozenset([3])},
+        collections.OrderedDict(a=1),
+        list(range(300)),
+        "é" * 300,
+        2**100,
+        -5,
+        bytearray(b"zz"),
+    ]
+    for proto in range(6):
+        for obj in objs:
+            data = pickle.dumps(obj, protocol=proto)
+            mine = [(n, a) for n, a in _opcodes(data)]
+            ref = [(op.name, arg) for op, arg, _ in pickletools.genops(io.BytesIO(data))]
+            assert [n for n, _ in mine] == [n for n, _ in ref], (proto, obj)
+            for (n, a), (_, b) in zip(mine, ref):
+                if isinstance(b, (int, str, bytes)) and n not in ("STRING", "LONG", "INT"):
+                    assert a == b, (proto, n, a, b)
