@@ -29,6 +29,7 @@
 #   --pip-args ARGS   extra pip arguments, e.g. "--no-index --find-links /srv/wheels"
 #   --with-fanotify   install the fanotify drop-in (CAP_SYS_ADMIN; see docs/operations.md)
 #   --no-db-upgrade   skip `egress-agent db upgrade`
+#   --no-sysctl       install the sysctl.d file but do not apply it now (it applies at boot)
 #   --no-enable       do not `systemctl enable` the unit (it is never started by this script)
 set -euo pipefail
 
@@ -39,6 +40,7 @@ PYTHON=python3
 PIP_ARGS=""
 FANOTIFY=0
 DB_UPGRADE=1
+SYSCTL=1
 ENABLE=1
 USER_NAME=egress-agent
 
@@ -53,6 +55,7 @@ while [ $# -gt 0 ]; do
     --pip-args) PIP_ARGS="${2-}"; shift 2 ;;
     --with-fanotify) FANOTIFY=1; shift ;;
     --no-db-upgrade) DB_UPGRADE=0; shift ;;
+    --no-sysctl) SYSCTL=0; shift ;;
     --no-enable) ENABLE=0; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
@@ -81,32 +84,6 @@ APP="$ROOT$PREFIX/app"
 VENV="$ROOT$PREFIX/venv"
 ETC="$ROOT/etc"
 
-# --- the code: a fresh copy of the tree, swapped in whole ---------------------------
-say "copying the source tree to $APP"
-mkdir -p "$ROOT$PREFIX"
-rm -rf "$APP.new"
-mkdir -p "$APP.new"
-for item in agent migrations policies docs deploy pyproject.toml README.md LICENSE; do
-  if [ -e "$SRC/$item" ]; then cp -a "$SRC/$item" "$APP.new/"; fi
-done
-find "$APP.new" \( -name __pycache__ -o -name '*.pyc' -o -name '.*_cache' \) -prune \
-  -exec rm -rf {} +
-rm -rf "$APP.old"
-if [ -d "$APP" ]; then mv "$APP" "$APP.old"; fi
-mv "$APP.new" "$APP"
-rm -rf "$APP.old"
-
-say "creating the virtualenv $VENV"
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-# shellcheck disable=SC2086  # PIP_ARGS is a list of words on purpose
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check $PIP_ARGS -e "$APP"
-# the unit's ProtectSystem=strict makes /opt read-only: compile now, not at first import
-"$VENV/bin/python" -m compileall -q "$APP/agent" "$APP/migrations" >/dev/null
-chmod -R go-w "$ROOT$PREFIX"
-
-mkdir -p "$ROOT/usr/local/bin"
-ln -sfn "$PREFIX/venv/bin/egress-agent" "$ROOT/usr/local/bin/egress-agent"
-
 # --- systemd and kernel settings ----------------------------------------------------
 say "installing the unit, sysusers.d, tmpfiles.d and sysctl.d files under $ETC"
 install -d "$ETC/systemd/system" "$ETC/sysusers.d" "$ETC/tmpfiles.d" "$ETC/sysctl.d"
@@ -124,7 +101,7 @@ install -m 0644 "$SRC/deploy/sysusers.d/egress-agent.conf" "$ETC/sysusers.d/egre
 install -m 0644 "$SRC/deploy/tmpfiles.d/egress-agent.conf" "$ETC/tmpfiles.d/egress-agent.conf"
 install -m 0644 "$SRC/deploy/sysctl.d/90-egress-agent.conf" "$ETC/sysctl.d/90-egress-agent.conf"
 
-# --- the user and the directories ----------------------------------------------------
+# --- the user (first: it must be able to run the venv's interpreter) ---------------
 if command -v systemd-sysusers >/dev/null; then
   if [ "$LIVE" = 1 ]; then
     systemd-sysusers "$ETC/sysusers.d/egress-agent.conf"
@@ -136,7 +113,40 @@ elif [ "$LIVE" = 1 ] && ! id "$USER_NAME" >/dev/null 2>&1; then
     --shell /usr/sbin/nologin --user-group "$USER_NAME"
 fi
 
-# --- config and site policy directory (never overwrite an admin's edits) -------------
+# --- the code: a fresh copy of the tree, swapped in whole ---------------------------
+say "copying the source tree to $APP"
+mkdir -p "$ROOT$PREFIX"
+rm -rf "$APP.new"
+mkdir -p "$APP.new"
+for item in agent migrations policies docs deploy pyproject.toml README.md LICENSE; do
+  if [ -e "$SRC/$item" ]; then cp -a "$SRC/$item" "$APP.new/"; fi
+done
+find "$APP.new" \( -name __pycache__ -o -name '*.pyc' -o -name '.*_cache' \) -prune \
+  -exec rm -rf {} +
+rm -rf "$APP.old"
+if [ -d "$APP" ]; then mv "$APP" "$APP.old"; fi
+mv "$APP.new" "$APP"
+rm -rf "$APP.old"
+
+say "creating the virtualenv $VENV"
+have_py="$(readlink -f "$VENV/bin/python" 2>/dev/null || true)"
+want_py="$(readlink -f "$(command -v "$PYTHON")")"
+if [ "$have_py" != "$want_py" ]; then "$PYTHON" -m venv --clear "$VENV"; fi
+# the service runs this interpreter as its own user: one under /root (pyenv, conda) is
+# unreadable to it, which would otherwise only show when the unit starts
+if [ "$LIVE" = 1 ] && ! runuser -u "$USER_NAME" -- "$VENV/bin/python" -c '' 2>/dev/null; then
+  die "the $USER_NAME user cannot run $VENV/bin/python (from $PYTHON; is it under /root?). Re-run with --python /usr/bin/python3"
+fi
+# shellcheck disable=SC2086  # PIP_ARGS is a list of words on purpose
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check $PIP_ARGS -e "$APP"
+# the unit's ProtectSystem=strict makes /opt read-only: compile now, not at first import
+"$VENV/bin/python" -m compileall -q "$APP/agent" "$APP/migrations" >/dev/null
+chmod -R go-w "$ROOT$PREFIX"
+
+mkdir -p "$ROOT/usr/local/bin"
+ln -sfn "$PREFIX/venv/bin/egress-agent" "$ROOT/usr/local/bin/egress-agent"
+
+# --- config, site policy directory and state directories (never overwrite edits) ------
 install -d -m 0755 "$ETC/egress-agent" "$ETC/egress-agent/policies.d"
 if [ -e "$ETC/egress-agent/agent.yaml" ]; then
   if ! cmp -s "$SRC/deploy/agent.yaml" "$ETC/egress-agent/agent.yaml"; then
@@ -187,8 +197,10 @@ fi
 
 # --- kernel limits and systemd -------------------------------------------------------
 if [ "$LIVE" = 1 ]; then
-  sysctl -q -p "$ETC/sysctl.d/90-egress-agent.conf" \
-    || say "could not apply inotify limits now (they apply at boot)"
+  if [ "$SYSCTL" = 1 ]; then
+    sysctl -q -p "$ETC/sysctl.d/90-egress-agent.conf" \
+      || say "could not apply inotify limits now (they apply at boot)"
+  fi
   if [ -d /run/systemd/system ]; then
     systemctl daemon-reload
     if [ "$ENABLE" = 1 ]; then systemctl enable egress-agent.service; fi

@@ -12,6 +12,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -183,3 +184,81 @@ def test_scripts_have_no_syntax_errors() -> None:
     if shutil.which("shellcheck"):
         subprocess.run(["shellcheck", "deploy/install.sh", "deploy/uninstall.sh"], cwd=REPO,
                        check=True)  # fmt: skip
+
+
+LIVE_SCRIPT = r"""
+set -euo pipefail
+# copy-on-write views of the directories the install writes to: the real ones stay as
+# they are, and everything vanishes with this mount namespace
+for d in /etc /opt /var /usr/local; do
+  n="${d//\//_}"
+  mkdir -p "$WORK/upper$n" "$WORK/work$n"
+  mount -t overlay overlay -o "lowerdir=$d,upperdir=$WORK/upper$n,workdir=$WORK/work$n" "$d"
+done
+! id egress-agent 2>/dev/null
+# an interpreter the service user cannot run (pyenv under /root here) is refused clearly
+if [ -n "$PRIVATE_PY" ]; then
+  if bash "$SRC/deploy/install.sh" --no-sysctl --python "$PRIVATE_PY" 2> "$WORK/refused"; then
+    echo "installed with an unreadable interpreter"; exit 1
+  fi
+fi
+bash "$SRC/deploy/install.sh" --no-sysctl --python "$PY"
+echo "--- checks"
+id -u egress-agent
+stat -c 'db %U:%G %a' /var/lib/egress-agent/agent.db
+stat -c 'state %U:%G %a' /var/lib/egress-agent
+stat -c 'config %U:%G %a' /etc/egress-agent/agent.yaml
+runuser -u egress-agent -- /usr/local/bin/egress-agent --config /etc/egress-agent/agent.yaml \
+  status --json > "$WORK/status.json"
+runuser -u egress-agent -- /usr/local/bin/egress-agent --config /etc/egress-agent/agent.yaml \
+  policy check > "$WORK/policy.txt"
+bash "$SRC/deploy/uninstall.sh" --purge
+if id egress-agent 2>/dev/null; then echo "user still there"; exit 1; fi
+[ ! -e /opt/egress-agent ] && [ ! -e /etc/egress-agent ] && [ ! -e /var/lib/egress-agent ]
+echo "--- purged"
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not have("unshare"),
+    reason="needs root and unshare (util-linux) for a private mount namespace",
+)
+def test_live_install_and_purge_in_a_private_mount_namespace(tmp_path: Path) -> None:
+    """install.sh onto `/` (not a staging root): the live branch — runuser, chown, the
+    real sysusers and tmpfiles — run in a mount namespace whose /etc, /opt, /var and
+    /usr/local are overlays, so this machine is left untouched."""
+    system_py = "/usr/bin/python3"
+    if not os.access(system_py, os.X_OK):
+        pytest.skip("no /usr/bin/python3 for the service user to run")
+    # this checkout's interpreter, if it lives where other users cannot read it
+    private = Path(sys.base_prefix)
+    private_py = str(private / "bin" / "python3") if not _world_readable(private) else ""
+    res = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "bash", "-c", LIVE_SCRIPT],
+        env={
+            **os.environ,
+            "SRC": str(REPO),
+            "WORK": str(tmp_path),
+            "PY": system_py,
+            "PRIVATE_PY": private_py,
+        },
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = res.stdout
+    assert "db egress-agent:egress-agent" in out
+    assert "state egress-agent:egress-agent 750" in out
+    assert "config root:egress-agent 640" in out
+    assert "--- purged" in out
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["schema_revision"] and status["store_reachable"]
+    assert not Path("/opt/egress-agent").exists() and not Path("/etc/egress-agent").exists()
+    if private_py:
+        assert "Re-run with --python /usr/bin/python3" in (tmp_path / "refused").read_text()
+
+
+def _world_readable(path: Path) -> bool:
+    """Whether every directory from / down to `path` lets other users through."""
+    return all(p.stat().st_mode & 0o001 for p in [path, *path.parents])
