@@ -26,6 +26,9 @@ from agent.events import Tag
 log = logging.getLogger(__name__)
 
 CLASSIFIER_VERSION = "2"
+# structured text whose lines may carry a steady count of commas without being a table
+_NOT_TABULAR = {"json", "yaml", "yml", "xml", "toml", "ini", "cfg", "conf", "html", "htm"}
+_NOT_TABULAR |= set(documents.TEXT_DOC_EXT)
 _ZIP_ERRORS: tuple[type[Exception], ...] = (zipfile.BadZipFile, zlib.error, EOFError, KeyError)
 _ZIP_ERRORS += (NotImplementedError, ValueError, OSError, RuntimeError)
 
@@ -219,8 +222,8 @@ class Engine:
             else:
                 found.tags += secrets
                 return found
-        delim = datasets.sniff_delimited(text, src.ext)
-        if delim is not None and src.ext not in documents.TEXT_DOC_EXT:
+        delim = None if src.ext in _NOT_TABULAR else datasets.sniff_delimited(text, src.ext)
+        if delim is not None:
             try:
                 found = datasets.parse_delimited(src, self.limits, text, delim)
             except ParseError:

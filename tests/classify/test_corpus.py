@@ -294,3 +294,9 @@ def test_magika_runs_after_the_hash_of_a_big_unknown_file(tmp_path: Path) -> Non
     a = classify_file(f)
     assert a.content_type == "image/png" and a.kinds == ()
     assert a.sha256 == hashlib.sha256(f.read_bytes()).hexdigest()
+
+
+def test_structured_text_is_not_a_table(tmp_path: Path) -> None:
+    (tmp_path / "conf.json").write_text('{\n  "a": 1,\n  "b": 2,\n  "c": 3,\n  "d": 4\n}\n')
+    a = classify_file(tmp_path / "conf.json", settings=NO_MAGIKA)
+    assert "dataset" not in a.kinds
