@@ -146,6 +146,28 @@ class HashCache:
         )
 
     # --- housekeeping ---------------------------------------------------------------
+    def prune(self, older_than_days: float = 90.0) -> int:
+        """Forget identities not stored for a while, and results no identity points to.
+
+        Keeps the file bounded on hosts where files come and go; the cost of forgetting
+        an unchanged file is one re-hash.
+        """
+        cutoff = time.time() - older_than_days * 86400
+        with self._lock:
+            if self._closed:
+                return 0
+            try:
+                self._commit()
+                with self._db:
+                    n = self._db.execute("DELETE FROM files WHERE seen < ?", (cutoff,)).rowcount
+                    self._db.execute(
+                        "DELETE FROM results WHERE sha256 NOT IN (SELECT sha256 FROM files)"
+                    )
+            except sqlite3.Error as e:
+                log.warning("hash cache %s: prune failed: %s", self.path, e)
+                return 0
+        return int(n)
+
     def _read(self, sql: str, args: tuple[Any, ...]) -> Any:
         """One row, or None — also when the cache is unusable (it is only a cache)."""
         with self._lock:

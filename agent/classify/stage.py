@@ -50,6 +50,9 @@ class ClassifyStage:
                 "classify.hash_cache %s unusable (%s); hashing without a cache", cache_path, e
             )
             self.cache = HashCache(None)
+        pruned = self.cache.prune()
+        if pruned:
+            log.info("hash cache: forgot %d file identities not seen for 90 days", pruned)
         provider = rt.extras.get("categories")
         self.classifier = Classifier(
             s,

@@ -224,3 +224,22 @@ def test_lineage_lookup_on_a_postgresql_fleet_store(pg_url: str) -> None:
     assert known.origin is None  # from the store: always inherited lineage
     assert store_lookup(engine, "cd" * 32) is None
     engine.dispose()
+
+
+def test_hash_cache_prune_forgets_old_identities(tmp_path: Path) -> None:
+    import sqlite3
+    import time as _time
+
+    db = tmp_path / "hc.db"
+    cache = HashCache(db)
+    cache.store(1, 2, 3, 4, "aa" * 32)
+    cache.store_result("aa" * 32, "v", "none", {"content_type": "x", "tags": []})
+    cache.store(1, 5, 3, 4, "bb" * 32)
+    cache.flush()
+    with sqlite3.connect(db) as raw:
+        raw.execute("UPDATE files SET seen = ? WHERE inode = 2", (_time.time() - 100 * 86400,))
+    assert cache.prune(90) == 1
+    assert cache.lookup(1, 2, 3, 4) is None
+    assert cache.result("aa" * 32, "v", "none") is None  # its result went with it
+    assert cache.lookup(1, 5, 3, 4) == "bb" * 32
+    cache.close()
