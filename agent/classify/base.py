@@ -108,6 +108,23 @@ class Finding:
     skipped: str | None = None  # reason the content was only partly read
 
 
+# the detail keys agent/categories.py promises to policy, with their "unknown" values
+PROMISED_DETAILS: dict[str, dict[str, object]] = {
+    "model_weights": {"format": None, "parameters": None, "tensors": None, "dtype": None},
+    "dataset": {"format": None, "columns": [], "rows": None},
+    "source_code": {"language": None, "git_remote": None, "git_commit": None},
+    "archive": {"format": None, "members": None, "nested_kinds": []},
+    "document": {"format": None, "chars": 0},
+    "engineering": {"format": None},
+    "secret": {"type": None},
+}
+
+
+def promised_tag(kind: str, evidence: str, **details: object) -> Tag:
+    """A tag with every promised detail key present (unknown ones as None or empty)."""
+    return Tag(kind, evidence, {**PROMISED_DETAILS.get(kind, {}), **details})
+
+
 def read_exact(f: BinaryIO, n: int) -> bytes:
     """n bytes or ParseError: truncated content is a parse error, never a short read."""
     data = f.read(n)

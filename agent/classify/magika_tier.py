@@ -12,8 +12,7 @@ import logging
 import threading
 from typing import Any
 
-from agent.classify.base import Finding, Source
-from agent.events import Tag
+from agent.classify.base import Finding, Source, promised_tag
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +78,10 @@ def magika_finding(src: Source, path: str | None) -> Finding | None:
     if label in _MAGIKA_KINDS:
         kind, fmt = _MAGIKA_KINDS[label]
         key = "type" if kind == "secret" else "format"
-        return Finding(mime, [Tag(kind, evidence, {key: fmt, "detector": "magika"})])
-    if group == "code":
-        return Finding(mime, [Tag("source_code", evidence, {"language": label, "git_remote": None,
-                                                            "git_commit": None})])  # fmt: skip
-    if group == "document":
-        return Finding(mime, [Tag("document", evidence, {"format": label, "chars": 0})])
-    if group == "archive":
-        return Finding(mime, [Tag("archive", evidence, {"format": label, "members": None,
-                                                        "nested_kinds": []})])  # fmt: skip
+        return Finding(mime, [promised_tag(kind, evidence, **{key: fmt}, detector="magika")])
+    group_kinds = {"code": ("source_code", "language"), "document": ("document", "format")}
+    group_kinds["archive"] = ("archive", "format")
+    if group in group_kinds:
+        kind, key = group_kinds[group]
+        return Finding(mime, [promised_tag(kind, evidence, **{key: label}, detector="magika")])
     return Finding(mime)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from agent.classify import datasets, engineering, source, weights
+from agent.classify.base import promised_tag
 from agent.events import Tag
 
 COMPRESSED = {"gzip": b"\x1f\x8b", "bzip2": b"BZh", "xz": b"\xfd7zXZ\x00", "zstd": b"(\xb5/\xfd"}
@@ -79,16 +80,15 @@ def name_tags(name: str) -> tuple[Tag, ...]:
     if ext in _NAME_KINDS:
         kind, fmt = _NAME_KINDS[ext]
         key = "type" if kind == "secret" else "format"
-        return (Tag(kind, f"by name only (.{ext})", {key: fmt, "by_name": True}),)
+        return (promised_tag(kind, f"by name only (.{ext})", **{key: fmt}, by_name=True),)
     lang = source.LANGUAGES.get(ext)
     if lang:
-        return (Tag("source_code", f"{lang} source, by name only", {"language": lang,
-                    "git_remote": None, "git_commit": None, "by_name": True}),)  # fmt: skip
-    tag = engineering.extension_tag(ext) or (
-        engineering.NATIVE_EXTENSIONS.get(ext)
-        and Tag("engineering", f"by name only (.{ext})", {"format": ext, "by_name": True})
-    )
-    return (tag,) if tag else ()
+        evidence = f"{lang} source, by name only"
+        return (promised_tag("source_code", evidence, language=lang, by_name=True),)
+    if ext in engineering.NATIVE_EXTENSIONS:
+        fmt = engineering.NATIVE_EXTENSIONS[ext][0]
+        return (promised_tag("engineering", f"by name only (.{ext})", format=fmt, by_name=True),)
+    return ()
 
 
 def signature_tag(fmt: str, reason: str) -> Tag | None:
@@ -111,7 +111,7 @@ def signature_tag(fmt: str, reason: str) -> Tag | None:
     }  # fmt: skip
     if fmt in kinds:
         kind, details = kinds[fmt]
-        return Tag(kind, what, dict(details))
+        return promised_tag(kind, what, **details)
     if fmt in ("zip", "tar", "7z", *COMPRESSED):
         return Tag("archive", what, {"format": fmt, "members": None, "nested_kinds": []})
     return None

@@ -300,3 +300,42 @@ def test_structured_text_is_not_a_table(tmp_path: Path) -> None:
     (tmp_path / "conf.json").write_text('{\n  "a": 1,\n  "b": 2,\n  "c": 3,\n  "d": 4\n}\n')
     a = classify_file(tmp_path / "conf.json", settings=NO_MAGIKA)
     assert "dataset" not in a.kinds
+
+
+PROMISED = {
+    "model_weights": {"format", "parameters", "tensors", "dtype"},
+    "dataset": {"format", "columns", "rows"},
+    "source_code": {"language", "git_remote", "git_commit"},
+    "archive": {"format", "members", "nested_kinds"},
+    "document": {"format", "chars"},
+    "engineering": {"format"},
+    "secret": {"type"},
+}
+
+
+def test_every_tag_carries_the_promised_details(files: dict[str, Path], tmp_path: Path) -> None:
+    """agent/categories.py promises these keys to policy conditions, for every kind."""
+    paths = [files[n] for n in EXPECTED]
+    paths.append(C.tar_gz(tmp_path / "b.tar.gz", [files["safetensors"]]))
+    liar = tmp_path / "liar.safetensors"
+    liar.write_bytes(b"\xff" * 8 + b'{"')  # signature-level tag only
+    paths.append(liar)
+    enc = bytearray(C.zip_bytes({"w.safetensors": b"x" * 50, "a.py": b"x", "p.sldprt": b"x"}))
+    for sig, at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        start = 0
+        while (pos := enc.find(sig, start)) >= 0:
+            enc[pos + at] |= 0x01  # encrypted: members are tagged by name only
+            start = pos + 4
+    (tmp_path / "enc.zip").write_bytes(bytes(enc))
+    paths.append(tmp_path / "enc.zip")
+    for p in paths:
+        for t in classify_file(p, settings=NO_MAGIKA).tags:
+            missing = PROMISED[t.kind] - set(t.details)
+            assert not missing, f"{p.name}: {t.kind} lacks {missing}"
+    by_name = classify_file(tmp_path / "enc.zip", settings=NO_MAGIKA)
+    assert {t.kind for t in by_name.tags} == {
+        "archive",
+        "model_weights",
+        "source_code",
+        "engineering",
+    }
