@@ -145,3 +145,18 @@ def test_provisioning_files() -> None:
     ds = yaml.safe_load((GRAFANA / "provisioning/datasources/egress-agent.yaml").read_text())
     (source,) = ds["datasources"]
     assert source["type"] == "prometheus" and source["url"].startswith("http")
+
+
+def test_panels_have_unique_ids_and_do_not_overlap() -> None:
+    all_panels = dashboard()["panels"]
+    ids = [p["id"] for p in all_panels]
+    assert len(ids) == len(set(ids))
+    taken: set[tuple[int, int]] = set()
+    for p in all_panels:
+        g = p["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
+        cells = {
+            (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
+        }
+        assert not cells & taken, f"{p['title']} overlaps another panel"
+        taken |= cells
