@@ -184,7 +184,7 @@ class Classifier:
         unchanged = (after.st_size, after.st_mtime_ns) == (fst.st_size, fst.st_mtime_ns)
         if not unchanged:
             metrics.CLASSIFY_SKIPPED.labels("changed_while_read").inc()
-        if known is None:
+        if known is None and future is not None:
             known = self._known(sha)  # a big file's hash may match a known artefact after all
         if finding is not None and known is None:
             known = self._remember(sha, finding, ident[:2], cache=unchanged)

@@ -10,6 +10,7 @@ with `parents=(sha256,)`. Archives get their lineage from their members' hashes 
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import OrderedDict
@@ -93,29 +94,39 @@ class LRU:
                 self._d.popitem(last=False)
 
 
+_LOOKUP = "SELECT content_type, tags, matches FROM artefacts WHERE sha256 = :sha"
+
+
 def store_lookup(engine: Any, sha: str) -> Known | None:
     """The store's artefact row for `sha`, if it has tags; None on any store problem."""
-    from sqlalchemy import select
+    from sqlalchemy import text
     from sqlalchemy.exc import SQLAlchemyError
-
-    from agent.store.models import Artefact as ArtefactRow
 
     try:
         with engine.connect() as conn:
-            row = conn.execute(
-                select(ArtefactRow.content_type, ArtefactRow.tags, ArtefactRow.matches).where(
-                    ArtefactRow.sha256 == sha
-                )
-            ).first()
+            row = conn.execute(text(_LOOKUP), {"sha": sha}).first()
     except SQLAlchemyError as e:
         log.debug("lineage lookup of %s failed: %s", sha[:12], e)
         return None
-    if row is None or not row.tags:
+    if row is None:
         return None
-    known = Known.from_doc({"content_type": row.content_type, "tags": row.tags})
-    matches = tuple(
+    content_type, tags, matches = (_json(v) for v in row)
+    if not tags or not isinstance(tags, list):
+        return None
+    known = Known.from_doc({"content_type": content_type, "tags": tags})
+    found = tuple(
         CategoryMatch(str(m["category"]), int(m["count"]), str(m.get("pack", "")))
-        for m in (row.matches or [])
+        for m in (matches if isinstance(matches, list) else [])
         if isinstance(m, dict) and "category" in m
     )
-    return Known(known.content_type, known.tags, matches, (), None)
+    return Known(known.content_type, known.tags, found, (), None)
+
+
+def _json(value: Any) -> Any:
+    """JSON columns come back decoded from PostgreSQL and as text from SQLite via text()."""
+    if isinstance(value, str) and value[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    return value
