@@ -44,6 +44,37 @@ def test_writer_process_is_attached_to_written(tmp_path, start_sensor):
 
 
 @needs_root
+def test_creator_mover_and_deleter_are_attached(tmp_path, start_sensor):
+    root, other = tmp_path / "root", tmp_path / "other"
+    root.mkdir()
+    other.mkdir()
+    _sensor, col = start_sensor(roots=[root, other], fanotify="on")
+    script = (
+        "import os, sys, time\n"
+        "a, b, c = sys.argv[1:]\n"
+        "open(a, 'w').close()\n"
+        "os.rename(a, b)\n"
+        "os.rename(b, c)\n"
+        "os.unlink(c)\n"
+        "time.sleep(0.5)\n"
+    )
+    a, b, c = root / "a", root / "b", other / "c"
+    proc = subprocess.Popen([sys.executable, "-c", script, str(a), str(b), str(c)])
+    assert col.wait(lambda evs: any(e.action == "deleted" for e in evs))
+    proc.wait()
+    got = {(str(e.action), e.path, e.dest_path): e.process for e in col.snapshot()}
+    assert set(got) == {
+        ("created", str(a), None),
+        ("written", str(a), None),
+        ("moved", str(a), str(b)),
+        ("moved", str(b), str(c)),
+        ("deleted", str(c), None),
+    }
+    for what, p in got.items():
+        assert p is not None and p.pid == proc.pid, what
+
+
+@needs_root
 def test_reads_are_reported_only_for_paths_of_interest(tmp_path, start_sensor):
     root = tmp_path / "root"
     root.mkdir()

@@ -1,9 +1,9 @@
 """Who wrote or read a file: the fanotify side of the file sensor, in one thread.
 
 `Attribution` owns the fanotify group (see `fanotify.py`). It remembers, for a couple
-of seconds, which process last closed each written path under a watched root, so the
-sensor can attach that `ProcessInfo` to its own `written` event (a best-effort join by
-path: the two kernel interfaces deliver separately). For the "paths of interest" that
+of seconds, which process last wrote, made, removed or renamed each path under a watched
+root, so the sensor can attach that `ProcessInfo` to its own event (a best-effort join
+by action and path: the two kernel interfaces deliver separately). For the "paths of interest" that
 later stages name with `watch_reads()`, it reports each open as a `read` through
 `on_read`, at most once per process and path every `read_dedup` seconds. Without the
 privilege (or with `files.fanotify: off`) nothing runs and `reason` says why.
@@ -24,6 +24,10 @@ from agent import metrics
 from agent.events import ProcessInfo
 from agent.sensors.files.fanotify import (
     FAN_CLOSE_WRITE,
+    FAN_CREATE,
+    FAN_DELETE,
+    FAN_MOVED_FROM,
+    FAN_MOVED_TO,
     FAN_OPEN,
     FAN_Q_OVERFLOW,
     FanEvent,
@@ -34,6 +38,13 @@ from agent.sensors.files.process import ProcessCache
 log = logging.getLogger(__name__)
 
 MAX_INTERESTING = 100_000
+KINDS = (
+    (FAN_CLOSE_WRITE, "written"),
+    (FAN_CREATE, "created"),
+    (FAN_DELETE, "deleted"),
+    (FAN_MOVED_TO, "moved"),  # keyed by the new path
+    (FAN_MOVED_FROM, "moved_out"),  # keyed by the old path
+)
 CAP_DAC_READ_SEARCH = 2
 CAP_SYS_ADMIN = 21
 
@@ -74,7 +85,8 @@ class Attribution:
         self.reason = "off: files.fanotify is off" if mode == "off" else "not started"
         self.procs = ProcessCache()
         self._lock = threading.Lock()
-        self._writers: OrderedDict[str, tuple[ProcessInfo, float]] = OrderedDict()
+        # (kind, path) -> who did it, when; kinds are those of `KINDS`
+        self._writers: OrderedDict[tuple[str, str], tuple[ProcessInfo, float]] = OrderedDict()
         self._interesting: set[str] = set()
         self._last_read: dict[tuple[int, str], float] = {}
         self._stop = threading.Event()
@@ -157,9 +169,10 @@ class Attribution:
                 self.fan.mark_reads(new)
 
     # --- the join ------------------------------------------------------------------
-    def writer_of(self, path: str) -> ProcessInfo | None:
+    def process_of(self, kind: str, path: str) -> ProcessInfo | None:
+        """Who did `kind` (written, created, deleted, moved, moved_out) to `path` lately."""
         with self._lock:
-            hit = self._writers.pop(path, None)
+            hit = self._writers.pop((kind, path), None)
         if hit is None or time.monotonic() - hit[1] > self.join_window:
             return None
         self.joined += 1
@@ -193,11 +206,13 @@ class Attribution:
             return
         path = os.path.join(d, os.fsdecode(ev.name))
         now = time.monotonic()
-        if mask & FAN_CLOSE_WRITE and self.under_root(path):
+        kinds = [kind for bit, kind in KINDS if mask & bit]
+        if kinds and self.under_root(path):
             info = self.procs.get(pid)
             with self._lock:
-                self._writers[path] = (info, now)
-                self._writers.move_to_end(path)
+                for kind in kinds:
+                    self._writers[(kind, path)] = (info, now)
+                    self._writers.move_to_end((kind, path))
                 while len(self._writers) > 65536:
                     self._writers.popitem(last=False)
         if mask & FAN_OPEN:

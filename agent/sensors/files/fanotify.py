@@ -1,13 +1,14 @@
 """Process attribution with fanotify (needs CAP_SYS_ADMIN and CAP_DAC_READ_SEARCH).
 
-One fanotify group in `FAN_REPORT_DFID_NAME` mode: a filesystem mark
-(`FAN_MARK_FILESYSTEM`) with `FAN_CLOSE_WRITE` on every watched file system says which
-pid closed a file after writing, and inode marks with `FAN_OPEN` — only on the "paths
-of interest" the later stages name — say which pid opened a tagged artefact, so the
-kernel filters reads and the agent sees no other. Events carry a directory handle and
-a name; handles are resolved with `open_by_handle_at` on a short-lived fd of the mount
-(no fd is held open, so media can still be unmounted) and cached per directory.
-`parse_events` is pure; `Fanotify` is the ctypes shell.
+One fanotify group in `FAN_REPORT_DFID_NAME` mode. A filesystem mark
+(`FAN_MARK_FILESYSTEM`) with close-after-write, create, delete and rename events on each
+watched file system says which pid wrote, made, removed or renamed a file. Inode marks
+with `FAN_OPEN` — only on the "paths of interest" the later stages name — say which pid
+opened a tagged artefact, so the kernel filters reads and the agent sees no other.
+Events carry a directory handle and a name; handles are resolved with
+`open_by_handle_at` on a short-lived fd of the mount (no fd is held open, so media can
+still be unmounted) and cached per directory. `parse_events` is pure; `Fanotify` is the
+ctypes shell.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ FAN_MARK_REMOVE = 0x2
 FAN_MARK_FILESYSTEM = 0x100
 FAN_OPEN = 0x20
 FAN_CLOSE_WRITE = 0x8
+FAN_MOVED_FROM = 0x40
+FAN_MOVED_TO = 0x80
+FAN_CREATE = 0x100
+FAN_DELETE = 0x200
+# what a filesystem mark reports: who wrote, made, removed and renamed files
+FS_MASK = FAN_CLOSE_WRITE | FAN_CREATE | FAN_DELETE | FAN_MOVED_FROM | FAN_MOVED_TO
 FAN_Q_OVERFLOW = 0x4000
 FAN_EVENT_INFO_TYPE_DFID_NAME = 2
 AT_FDCWD = -100
@@ -122,7 +129,7 @@ class Fanotify:
 
     def mark_filesystem(self, path: str) -> None:
         flags = FAN_MARK_ADD | FAN_MARK_FILESYSTEM
-        r = libc().fanotify_mark(self.fd, flags, FAN_CLOSE_WRITE, AT_FDCWD, os.fsencode(path))
+        r = libc().fanotify_mark(self.fd, flags, FS_MASK, AT_FDCWD, os.fsencode(path))
         if r < 0:
             raise _err(f"fanotify_mark {path!r}")
         self.filesystems[os.statvfs(path).f_fsid] = path

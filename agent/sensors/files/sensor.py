@@ -230,10 +230,19 @@ class FileSensor:
         hold = self._hold
         while hold and hold[0][0] <= now:
             ch = hold.popleft()[1]
-            proc = None
-            if ch.action == FileAction.WRITTEN and ch.origin == Origin.WATCH:
-                proc = self.attribution.writer_of(ch.path)
-            self.send(ch, proc)
+            self.send(ch, self._process_of(ch))
+
+    def _process_of(self, ch: Change) -> ProcessInfo | None:
+        if ch.origin != Origin.WATCH:
+            return None  # found by a scan: no process did it just now
+        a = self.attribution
+        if ch.action == FileAction.WRITTEN:  # or moved in from outside the roots
+            return a.process_of("written", ch.path) or a.process_of("moved", ch.path)
+        if ch.action == FileAction.MOVED:
+            if ch.dest_path is None:
+                return a.process_of("moved_out", ch.path)
+            return a.process_of("moved", ch.dest_path)
+        return a.process_of(str(ch.action), ch.path)  # created, deleted
 
     def _on_read(self, path: str, proc: ProcessInfo) -> None:
         try:
