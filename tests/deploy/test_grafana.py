@@ -154,7 +154,7 @@ def test_panels_have_unique_ids_and_do_not_overlap() -> None:
     taken: set[tuple[int, int]] = set()
     for p in all_panels:
         g = p["gridPos"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24, p["title"]
         cells = {
             (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
         }
