@@ -48,6 +48,9 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z")
 
 
+_PSEUDO = ("/proc/", "/sys/")
+
+
 def walk(paths: Sequence[str], exclude: Sequence[str]) -> Iterator[str]:
     """Every path under `paths`, depth first, never following a symlink."""
     rx = [_glob_regex(p) for p in exclude]
@@ -57,8 +60,9 @@ def walk(paths: Sequence[str], exclude: Sequence[str]) -> Iterator[str]:
         stack = [top]
         while stack:
             p = stack.pop()
-            if excluded(os.path.abspath(p)):
-                continue
+            full = os.path.abspath(p)
+            if excluded(full) or full.startswith(_PSEUDO) or full in ("/proc", "/sys"):
+                continue  # kernel pseudo-files: /proc/kcore claims 128 TB
             try:
                 st = os.lstat(p)
             except OSError:
