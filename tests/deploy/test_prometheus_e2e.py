@@ -10,6 +10,8 @@ evaluates the shipped alert rules every second; alerts are read from its HTTP AP
   EgressAgentUnusualForeignUpload.
 - A store held locked while a load generator runs makes the agent drop (and count)
   events: EgressAgentEventsDropped fires.
+- A broken site pack reloaded with SIGHUP fires EgressAgentPolicyReloadFailing, and
+  fixing it resolves the alert.
 - A TLS + basic-auth agent is scraped with the documented scrape settings.
 - A sensor that cannot start fires EgressAgentSensorDown, and a stopped agent fires
   EgressAgentDown (these rules carry `for:` durations of minutes; the copy loaded here has
@@ -23,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -546,4 +549,47 @@ def test_events_dropped_fires_when_the_store_is_stuck(
     finally:
         release.set()
         locker.join()
+    assert agent.stop() == 0
+
+
+def test_policy_reload_failing_fires(
+    tmp_path: Path, agent_config: dict[str, Any], run_agent: Any, prometheus: Any
+) -> None:
+    """A site pack broken on disk and a SIGHUP: the agent keeps its last good policy,
+    reports the failed reload, and EgressAgentPolicyReloadFailing fires (its `for: 1m`
+    cut to 1s); fixing the pack resolves it."""
+    site = tmp_path / "site"
+    site.mkdir()
+    pack = site / "drill.yaml"
+    pack.write_text(SITE_PACK)
+    agent_config["policies"] = {"paths": [str(site)], "watch_interval": 0}
+    agent = run_agent(agent_config)
+    agent.wait_metrics()
+    prom = prometheus(agent_config["metrics"]["listen"], rules_with_short_for(tmp_path))
+    wait_for(
+        "the policy loaded and scraped",
+        lambda: prom.api("query", query="egress_agent_policy_last_reload_success == 1")["result"],
+        60,
+        agent.stderr,
+    )
+    assert not prom.alerts("EgressAgentPolicyReloadFailing", "firing")
+
+    pack.write_text(SITE_PACK.replace("action: alert", "action: shred"))
+    agent.proc.send_signal(signal.SIGHUP)
+    (alert,) = wait_for(
+        "EgressAgentPolicyReloadFailing firing",
+        lambda: prom.alerts("EgressAgentPolicyReloadFailing"),
+        60,
+        lambda: json.dumps(prom.api("alerts")) + agent.stderr(),
+    )
+    assert alert["labels"]["team"] == "security"
+
+    pack.write_text(SITE_PACK)
+    agent.proc.send_signal(signal.SIGHUP)
+    wait_for(
+        "the alert resolved",
+        lambda: not prom.alerts("EgressAgentPolicyReloadFailing", "firing"),
+        60,
+        lambda: json.dumps(prom.api("alerts")),
+    )
     assert agent.stop() == 0
