@@ -269,3 +269,21 @@ def test_a_client_that_stalls_mid_request_is_disconnected(
         started = time.monotonic()
         assert s.recv(1024) == b""  # the server closed it
         assert time.monotonic() - started < 3
+
+
+def test_listening_beyond_loopback_unprotected_is_warned_about(
+    registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    srv = serve(MetricsSection(listen="0.0.0.0:0"), registry)
+    try:
+        assert "without TLS and authentication" in caplog.text
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    caplog.clear()
+    srv = serve(MetricsSection(listen="127.0.0.1:0"), registry)
+    try:
+        assert "reachable from the network" not in caplog.text
+    finally:
+        srv.shutdown()
+        srv.server_close()
