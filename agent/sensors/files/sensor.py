@@ -88,6 +88,13 @@ class FileSensor:
 
     # --- lifecycle -----------------------------------------------------------------
     def start(self, emit: Emit) -> None:
+        try:
+            self._start(emit)
+        except BaseException:
+            self.stop()  # whatever did start is joined: a failed start leaks no thread
+            raise
+
+    def _start(self, emit: Emit) -> None:
         self._emit = emit
         self.ino = I.Inotify()
         self.tree = WatchTree(
@@ -96,7 +103,6 @@ class FileSensor:
         try:
             self.attribution.start()
         except OSError as e:
-            self.ino.close()
             raise SensorUnavailable(f"files.fanotify is 'on' but {e.strerror or e}") from None
         wanted = [("root", p) for p in self.settings.roots]
         wanted += [("removable", p) for p in self.settings.removable]
@@ -144,6 +150,7 @@ class FileSensor:
         self.attribution.stop()
         if self.ino is not None:
             self.ino.close()
+            self.ino = None
         metrics.FILE_WATCHES.set(0)
 
     def status(self) -> dict[str, object]:
