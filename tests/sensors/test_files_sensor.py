@@ -414,3 +414,22 @@ def test_channels_on_events(tmp_path, start_sensor):
         assert move.dest_path == str(share / "moved.txt") and move.channel == "network_share"
     finally:
         sensor.stop()
+
+
+def test_a_big_tree_moved_in_is_reported_once_per_file(tmp_path, start_sensor, monkeypatch):
+    from agent.sensors.files import tree
+
+    monkeypatch.setattr(tree, "MAX_DEFERRED", 10)  # memory bound on files awaiting a close
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    (outside / "big" / "sub").mkdir(parents=True)
+    want = set()
+    for i in range(60):
+        p = outside / "big" / ("sub" if i % 2 else "") / f"f{i}"
+        p.write_text("x")
+        want.add(str(root / p.relative_to(outside)))
+    _sensor, col = start_sensor(roots=[root])
+    os.rename(outside / "big", root / "big")
+    assert col.wait(lambda evs: set(col.written_paths()) == want)
+    col.wait(lambda evs: False, timeout=0.7)
+    assert sorted(col.written_paths()) == sorted(want)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RECENT_TTL = 120.0  # seconds an emitted event is assumed to need to reach the store
-RECENT_MAX = 2_000_000
+RECENT_MAX = 500_000  # bounds memory; past it a rescan may report a file twice
 UNKNOWN: R.StatKey = (-1, -1, -1)  # a name whose content was not seen
 
 

@@ -32,6 +32,7 @@ from agent.sensors.files import _inotify as I
 log = logging.getLogger(__name__)
 
 StatKey = tuple[int, int, int]  # inode, size, mtime_ns
+MAX_DEFERRED = 10_000  # files found by scans that wait for their own close, at most
 
 
 def stat_key(st: os.stat_result) -> StatKey:
@@ -161,6 +162,8 @@ class WatchTree:
             ch = Change(appeared(st), path, None, st, origin)
             if stat.S_ISREG(st.st_mode):
                 self.deferred[path] = (ch, due)
+                if len(self.deferred) > MAX_DEFERRED:  # a huge tree: report the oldest now
+                    self._release(self.deferred.popitem(last=False)[1][0])
             else:
                 self.out(ch)
 
