@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,13 @@ _ASCII_UPPER = str.maketrans({chr(c): chr(c + 32) for c in range(65, 91)})
 
 
 def fold(text: str) -> str:
-    """Lower-case ASCII letters only: Chinese and other scripts stay as they are."""
+    """NFKC (full-width Ｌａｔｉｎ and compatibility forms to plain ones), then ASCII lower case.
+
+    Chinese and other scripts otherwise stay as they are; the length may change, so
+    positions are only ever used within the folded text.
+    """
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
     return text.translate(_ASCII_UPPER)
 
 
@@ -112,8 +119,11 @@ class KeywordMatcher:
                 w = fold(word.strip())
                 if not w:
                     continue
-                existing = auto.get(w, ()) if w in auto else ()
-                auto.add_word(w, (*existing, index))
+                # an English word must stand alone ("ASR" not inside "LASER"); CJK needs no
+                # boundaries (no spaces between words)
+                edges = (_is_word(w[0]), _is_word(w[-1]))
+                existing = auto.get(w)[2] if w in auto else ()
+                auto.add_word(w, (len(w), edges, (*existing, index)))
             validator = VALIDATORS.get(cat.validator) if cat.validator else None
             if cat.validator and validator is None:
                 log.warning("category %s: unknown validator %r ignored", cat.code, cat.validator)
@@ -135,7 +145,14 @@ class KeywordMatcher:
             if not text:
                 continue
             if self._automaton is not None:
-                for _end, indexes in self._automaton.iter(fold(text)):
+                folded = fold(text)
+                last = len(folded) - 1
+                for end, (length, (start_word, end_word), indexes) in self._automaton.iter(folded):
+                    start = end - length + 1
+                    if start_word and start > 0 and _is_word(folded[start - 1]):
+                        continue
+                    if end_word and end < last and _is_word(folded[end + 1]):
+                        continue
                     for i in indexes:
                         counts[i] += 1
             for p in self._patterns:
@@ -163,6 +180,11 @@ class KeywordMatcher:
 
     def match(self, texts: Iterable[str], kinds: Sequence[str]) -> tuple[CategoryMatch, ...]:
         return self.matches(self.counts(texts), kinds)
+
+
+def _is_word(ch: str) -> bool:
+    """ASCII letters and digits: the characters that glue English words together."""
+    return ch.isascii() and ch.isalnum()
 
 
 def categories_key(categories: Sequence[CategorySpec]) -> str:

@@ -94,8 +94,9 @@ def test_cn_mobile() -> None:
 @given(st.text(max_size=500))
 def test_matcher_never_raises_and_folding_is_ascii_only(text: str) -> None:
     KeywordMatcher([RARE_EARTH, IDS, MANY]).match([text], ["document"])
-    assert len(fold(text)) == len(text)
+    assert fold(fold(text)) == fold(text)  # idempotent
     assert fold("ÄÉ稀土ABC") == "ÄÉ稀土abc"
+    assert fold("ＲＡＲＥ ＥＡＲＴＨ") == "rare earth"  # full-width Latin
 
 
 def test_file_name_document_text_and_code_comments(tmp_path: Path) -> None:
@@ -130,3 +131,12 @@ def test_archive_carries_member_matches(tmp_path: Path) -> None:
     bundle = C.zip_of(tmp_path / "out.zip", {"docs/p.docx": doc.read_bytes()})
     a = classify_file(bundle, [RARE_EARTH], NO_MAGIKA)
     assert a.matches and a.matches[0].category == "CN-RARE-EARTH"
+
+
+def test_english_keywords_need_word_boundaries_chinese_do_not() -> None:
+    asr = CategorySpec(code="ASR", pack="p", keywords=("ASR", "speech recognition", "语音识别"))
+    m = KeywordMatcher([asr])
+    assert m.counts(["LASER and PHASRE"]) == {}
+    assert m.counts(["ASR: speech-recognition? no. Speech Recognition, yes; (asr)"])[0] == 3
+    assert m.counts(["基于深度学习的语音识别系统"])[0] == 1  # no spaces in Chinese
+    assert m.counts(["ＡＳＲ 全角"])[0] == 1
