@@ -21,10 +21,10 @@ import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, cast
+from typing import BinaryIO, Protocol, cast
 
+from agent import metrics
 from agent.classify.base import (
-    HEAD_BYTES,
     Finding,
     LimitExceeded,
     Limits,
@@ -122,9 +122,11 @@ _ERRORS = (
 )
 
 
-def _read_member(
-    fh: BinaryIO, name: str, size: int, src: Source, budget: Budget
-) -> tuple[Source, str]:
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+def _read_member(fh: Readable, name: str, src: Source, budget: Budget) -> tuple[Source, str]:
     """Stream one member: hash all of it, keep it whole if small, else only its head."""
     lim = budget.limits
     h = hashlib.sha256()
@@ -138,10 +140,8 @@ def _read_member(
         h.update(chunk)
         if len(keep) < lim.max_member_inline:
             keep += chunk[: lim.max_member_inline - len(keep)]
-    data = bytes(keep)
-    member = Source.from_bytes(name, data, depth=src.depth + 1, size=total)
-    if total > len(data):
-        member.head = data[:HEAD_BYTES]
+    metrics.HASHED_BYTES.inc(total)
+    member = Source.from_bytes(name, bytes(keep), depth=src.depth + 1, size=total)
     return member, h.hexdigest()
 
 
@@ -175,7 +175,7 @@ def walk_zip(src: Source, budget: Budget, classify: Classify, name_tags: NameTag
                 continue
             try:
                 with zf.open(info) as fh:
-                    member, sha = _read_member(fh, name, info.file_size, src, budget)  # type: ignore[arg-type]
+                    member, sha = _read_member(fh, name, src, budget)
             except _ERRORS as e:
                 budget.partial("encrypted" if "encrypted" in str(e) else "malformed")
                 members.append(Member(name, info.file_size, None, name_tags(name)))
@@ -218,11 +218,11 @@ def walk_tar(
     fmt = f"tar.{_SHORT[compression]}" if compression else "tar"
     with src.open() as f:
         raw = _Counting(f)
-        stream: BinaryIO = raw  # type: ignore[assignment]
+        stream: Readable = raw
         if compression:
-            stream = _Expanding(_decompressor(compression, raw), raw, budget, CHUNK)  # type: ignore[assignment]
+            stream = _Expanding(_decompressor(compression, raw), raw, budget, CHUNK)
         try:
-            with tarfile.open(fileobj=stream, mode="r|") as tf:
+            with tarfile.open(fileobj=cast(BinaryIO, stream), mode="r|") as tf:
                 for ti in tf:
                     if not ti.isreg():
                         continue
@@ -240,7 +240,7 @@ def walk_tar(
                     fh = tf.extractfile(ti)
                     if fh is None:
                         continue
-                    member, sha = _read_member(fh, ti.name, ti.size, src, budget)  # type: ignore[arg-type]
+                    member, sha = _read_member(fh, ti.name, src, budget)
                     if not compression:
                         budget.expanded += member.size
                     finding = _member_finding(member, sha, budget, classify)
@@ -277,7 +277,7 @@ def walk_compressed(src: Source, budget: Budget, classify: Classify, compression
         raw = _Counting(f)
         stream = _Expanding(_decompressor(compression, raw), raw, budget, CHUNK)
         try:
-            member, sha = _read_member(stream, name, 0, src, budget)  # type: ignore[arg-type]
+            member, sha = _read_member(stream, name, src, budget)
         except LimitExceeded as e:
             budget.partial(e.reason)
             return _archive_finding(compression, f"application/{compression}", [], [], budget)
