@@ -183,7 +183,9 @@ def walk_zip(src: Source, budget: Budget, classify: Classify, name_tags: NameTag
             budget.expanded += member.size
             finding = _member_finding(member, sha, budget, classify)
             texts.append(finding.text)
-            members.append(Member(name, member.size, sha, tuple(finding.tags)))
+            members.append(
+                Member(name, member.size, sha, tuple(finding.tags), tuple(finding.parents))
+            )
     return _archive_finding("zip", "application/zip", members, texts, budget)
 
 
@@ -245,7 +247,11 @@ def walk_tar(
                         budget.expanded += member.size
                     finding = _member_finding(member, sha, budget, classify)
                     texts.append(finding.text)
-                    members.append(Member(ti.name, member.size, sha, tuple(finding.tags)))
+                    members.append(
+                        Member(
+                            ti.name, member.size, sha, tuple(finding.tags), tuple(finding.parents)
+                        )
+                    )
         except LimitExceeded as e:
             budget.partial(e.reason)
         except _ERRORS as e:
@@ -285,7 +291,7 @@ def walk_compressed(src: Source, budget: Budget, classify: Classify, compression
             raise ParseError(f"{compression}: {e}") from None
     budget.members += 1
     finding = _member_finding(member, sha, budget, classify)
-    members = [Member(name, member.size, sha, tuple(finding.tags))]
+    members = [Member(name, member.size, sha, tuple(finding.tags), tuple(finding.parents))]
     return _archive_finding(
         compression, f"application/{compression}", members, [finding.text], budget
     )
@@ -351,4 +357,16 @@ def _archive_finding(
         text=text,
         members=members,
         skipped=budget.reasons[0] if budget.reasons else None,
+        parents=_lineage(members),
     )
+
+
+def _lineage(members: list[Member]) -> list[str]:
+    """Hashes of every tagged member, nested ones included, first seen first."""
+    out: dict[str, None] = {}
+    for m in members:
+        if m.sha256 and m.tags:
+            out.setdefault(m.sha256)
+        for sha in m.nested:
+            out.setdefault(sha)
+    return list(out)

@@ -95,6 +95,7 @@ class Member:
     size: int
     sha256: str | None
     tags: tuple[Tag, ...]
+    nested: tuple[str, ...] = ()  # hashes of tagged members inside this member, any depth
 
 
 @dataclass(slots=True)
@@ -106,6 +107,7 @@ class Finding:
     text: str = ""
     members: list[Member] = field(default_factory=list)
     skipped: str | None = None  # reason the content was only partly read
+    parents: list[str] = field(default_factory=list)  # tagged members' hashes, any depth
 
 
 # the detail keys agent/categories.py promises to policy, with their "unknown" values

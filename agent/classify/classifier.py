@@ -199,8 +199,8 @@ class Classifier:
         reason = finding.skipped if finding is not None else known.skipped
         if not unchanged:
             reason = "changed_while_read"
-        if finding is not None and finding.members:
-            parents = tuple(m.sha256 for m in finding.members if m.sha256 and m.tags)[:MAX_PARENTS]
+        if finding is not None and finding.parents:
+            parents = tuple(finding.parents[:MAX_PARENTS])
         art = self._artefact(path, sha, fst.st_size, known, parents, reason)
         for kind in art.kinds or ("unknown",):
             metrics.CLASSIFIED.labels(kind).inc()

@@ -339,3 +339,15 @@ def test_every_tag_carries_the_promised_details(files: dict[str, Path], tmp_path
         "source_code",
         "engineering",
     }
+
+
+def test_nested_archives_carry_deep_lineage(files: dict[str, Path], tmp_path: Path) -> None:
+    """upload.zip ⊃ bundle.tar.gz ⊃ model.safetensors: the upload's parents reach the weights."""
+    inner = C.tar_gz(tmp_path / "bundle.tar.gz", [files["safetensors"]])
+    upload = C.zip_of(tmp_path / "upload.zip", {"bundle.tar.gz": inner.read_bytes()})
+    a = classify_file(upload, settings=NO_MAGIKA)
+    assert set(details(a, "archive")["nested_kinds"]) == {"archive", "model_weights"}
+    weights_sha = hashlib.sha256(files["safetensors"].read_bytes()).hexdigest()
+    inner_sha = hashlib.sha256(inner.read_bytes()).hexdigest()
+    assert a.parents[:2] == (inner_sha, weights_sha)
+    assert details(a, "model_weights")["parameters"] == EXPECTED["safetensors"][1]["parameters"]
