@@ -309,7 +309,27 @@ def is_hdf5(head: bytes) -> bool:
     return any(head[o : o + 8] == sig for o in (0, 512, 1024, 2048, 4096, 8192, 16384, 32768))
 
 
+def check_hdf5_superblock(head: bytes) -> None:
+    """Refuse what libhdf5 should never see: an unknown superblock or address sizes.
+
+    libhdf5 is C code running in the agent's process; the cheap checks here keep random
+    and truncated files away from it.
+    """
+    sig = b"\x89HDF\r\n\x1a\n"
+    base = next((o for o in (0, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+                 if head[o : o + 8] == sig), None)  # fmt: skip
+    if base is None or len(head) < base + 16:
+        raise ParseError("HDF5: no superblock")
+    version = head[base + 8]
+    if version > 3:
+        raise ParseError(f"HDF5: superblock version {version}")
+    sizes = head[base + 13 : base + 15] if version < 2 else head[base + 9 : base + 11]
+    if any(b not in (2, 4, 8) for b in sizes):
+        raise ParseError("HDF5: impossible offset or length size")
+
+
 def parse_hdf5(src: Source, limits: Limits) -> Finding:
+    check_hdf5_superblock(src.head)
     try:
         import h5py
     except ImportError:
