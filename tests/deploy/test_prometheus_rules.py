@@ -90,3 +90,14 @@ def test_runbook_anchors_exist_in_the_operations_guide() -> None:
     doc = (REPO / "docs" / "operations.md").read_text().lower()
     for rule in alerts():
         assert f"### {str(rule['alert']).lower()}" in doc, f"no runbook for {rule['alert']}"
+
+
+def test_the_process_start_time_the_rules_rely_on_is_exported() -> None:
+    """The restart branch of the counter alerts needs `process_start_time_seconds`, which
+    prometheus_client's default registry (the one /metrics serves) provides on Linux."""
+    from prometheus_client import REGISTRY, generate_latest
+
+    import agent.metrics  # noqa: F401  (the agent's metrics live in the default registry)
+
+    assert "process_start_time_seconds" in RULES.read_text()
+    assert b"\nprocess_start_time_seconds " in generate_latest(REGISTRY)
