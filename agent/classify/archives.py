@@ -353,12 +353,18 @@ def _archive_finding(
     text = "\n".join([m.name for m in members[:10_000]] + texts)[:limit]
     return Finding(
         mime,
-        [tag, *member_tags],
+        # tags with unknown (None) details first: policy facts keep the largest number
+        # of several same-kind tags, and a later None must not hide an earlier count
+        [tag, *sorted(member_tags, key=_known_details)],
         text=text,
         members=members,
         skipped=budget.reasons[0] if budget.reasons else None,
         parents=_lineage(members),
     )
+
+
+def _known_details(t: Tag) -> int:
+    return sum(1 for v in t.details.values() if v is not None)
 
 
 def _lineage(members: list[Member]) -> list[str]:

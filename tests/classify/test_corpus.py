@@ -351,3 +351,19 @@ def test_nested_archives_carry_deep_lineage(files: dict[str, Path], tmp_path: Pa
     inner_sha = hashlib.sha256(inner.read_bytes()).hexdigest()
     assert a.parents[:2] == (inner_sha, weights_sha)
     assert details(a, "model_weights")["parameters"] == EXPECTED["safetensors"][1]["parameters"]
+
+
+def test_archive_facts_keep_the_parameter_count(files: dict[str, Path], tmp_path: Path) -> None:
+    """A member whose header could not be read must not hide another member's count."""
+    from agent.policy.facts import artefact_facts
+
+    liar = tmp_path / "broken.gguf"
+    liar.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 16)  # absurd counts
+    upload = C.zip_of(
+        tmp_path / "u.zip",
+        {"a.safetensors": files["safetensors"].read_bytes(), "b.gguf": liar.read_bytes()},
+    )
+    a = classify_file(upload, settings=NO_MAGIKA)
+    facts: dict[str, Any] = {}
+    artefact_facts(facts, a, {})
+    assert facts["model_weights.parameters"] == EXPECTED["safetensors"][1]["parameters"]
