@@ -187,6 +187,7 @@ class Attribution:
         while not self._stop.is_set():
             if not poller.poll(200):
                 continue
+            self._stop.wait(0.01)  # let a burst gather: one read and loop for many records
             for ev in fan.read():
                 try:
                     self._one(fan, ev)
