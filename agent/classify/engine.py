@@ -25,7 +25,7 @@ from agent.events import Tag
 
 log = logging.getLogger(__name__)
 
-CLASSIFIER_VERSION = "3"
+CLASSIFIER_VERSION = "4"
 # structured text whose lines may carry a steady count of commas without being a table
 _NOT_TABULAR = {"json", "yaml", "yml", "xml", "toml", "ini", "cfg", "conf", "html", "htm"}
 _NOT_TABULAR |= set(documents.TEXT_DOC_EXT)
@@ -80,6 +80,9 @@ class Engine:
             return Finding("text/plain", skipped="error")
         if text_finding is not None:
             return text_finding
+        eng_tag = engineering.binary_tag(src.head, src.size, src.ext)
+        if eng_tag is not None:
+            return Finding(f"application/x-{eng_tag.details['format']}", [eng_tag])
         ext_tag = engineering.extension_tag(src.ext)
         if ext_tag is not None:
             return Finding("application/octet-stream", [ext_tag])

@@ -367,3 +367,53 @@ def test_archive_facts_keep_the_parameter_count(files: dict[str, Path], tmp_path
     facts: dict[str, Any] = {}
     artefact_facts(facts, a, {})
     assert facts["model_weights.parameters"] == EXPECTED["safetensors"][1]["parameters"]
+
+
+def _ooxml(path: Path, parts: dict[str, str]) -> Path:
+    members = {"[Content_Types].xml": '<?xml version="1.0"?><Types/>'} | parts
+    return C.zip_of(path, {k: v.encode() for k, v in members.items()})
+
+
+def test_xlsx_and_pptx_text_is_extracted(tmp_path: Path) -> None:
+    from agent.categories import CategorySpec
+
+    cat = CategorySpec(code="RE", pack="p", keywords=("稀土", "sintering"))
+    xlsx = _ooxml(
+        tmp_path / "book.xlsx",
+        {
+            "xl/sharedStrings.xml": "<sst><si><t>稀土 配方</t></si><si><t>Sintering &amp; temp</t></si></sst>"
+        },
+    )
+    pptx = _ooxml(
+        tmp_path / "deck.pptx",
+        {"ppt/slides/slide1.xml": "<p:sld><a:t>sintering line</a:t></p:sld>"},
+    )
+    a = classify_file(xlsx, [cat], NO_MAGIKA)
+    assert details(a, "document")["format"] == "xlsx" and a.matches[0].count == 2
+    b = classify_file(pptx, [cat], NO_MAGIKA)
+    assert details(b, "document")["format"] == "pptx" and b.matches[0].count == 1
+
+
+def test_more_engineering_formats(tmp_path: Path) -> None:
+    import struct
+
+    (tmp_path / "a.dwg").write_bytes(b"AC1032" + b"\x00" * 200)
+    iges = "Start of IGES file".ljust(72) + "S      1\n" + "1H,,1H;".ljust(72) + "G      1\n"
+    (tmp_path / "part.igs").write_text(iges)
+    tri = struct.pack("<12fH", *([0.0] * 12), 0)
+    (tmp_path / "mesh.bin").write_bytes(b"\x00" * 80 + struct.pack("<I", 3) + tri * 3)
+    (tmp_path / "mesh.txt").write_text(
+        "solid m\n facet normal 0 0 1\n  outer loop\n   vertex 0 0 0\n  endloop\n endfacet\nendsolid m\n"
+    )
+    want = {"a.dwg": "dwg", "part.igs": "iges", "mesh.bin": "stl", "mesh.txt": "stl"}
+    for name, fmt in want.items():
+        a = classify_file(tmp_path / name, settings=NO_MAGIKA)
+        assert details(a, "engineering")["format"] == fmt, (name, a.tags)
+
+
+def test_tokens_are_typed_never_kept(tmp_path: Path) -> None:
+    token = "ghp_" + "A1b2C3d4" * 4 + "ZzZz"
+    (tmp_path / "ci.yml").write_text(f"env:\n  GH_TOKEN: {token}\n")
+    a = classify_file(tmp_path / "ci.yml", settings=NO_MAGIKA)
+    assert details(a, "secret")["type"] == "github_token"
+    assert token not in repr(a)  # only the type and count, never the value
