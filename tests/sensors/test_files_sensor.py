@@ -9,6 +9,8 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from agent import metrics
 from agent.events import FileAction, FileEvent, Origin
 from tests.sensors.test_files_rig import Collector, engine, start_sensor  # noqa: F401
@@ -232,8 +234,17 @@ def test_refused_events_mark_the_root_dirty_and_are_repaired(tmp_path, start_sen
     assert refused_writes == repaired
 
 
-def test_startup_rescan_reconciles_with_the_store(tmp_path, start_sensor, engine):
-    root = tmp_path / "root"
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_startup_rescan_reconciles_with_the_store(tmp_path, start_sensor, request, store):
+    if store == "sqlite":
+        engine = request.getfixturevalue("engine")
+    else:
+        from agent.store.db import make_engine, upgrade
+
+        engine = make_engine(request.getfixturevalue("pg_url"))
+        upgrade(engine)
+        request.addfinalizer(engine.dispose)
+    root = tmp_path / "ro%ot_[x]\\y"  # LIKE wildcards and a backslash in the prefix
     root.mkdir()
     odd = os.fsdecode(os.fsencode(root) + b"/odd\xff.bin")
     for name in ("same", "changed", "gone"):
@@ -247,13 +258,18 @@ def test_startup_rescan_reconciles_with_the_store(tmp_path, start_sensor, engine
             FileAction.WRITTEN, path, size=st.st_size, inode=st.st_ino, mtime_ns=st.st_mtime_ns
         )
 
+    # a sibling an unescaped LIKE 'ro%ot_...' would take for part of the root
+    sibling = tmp_path / "roXYZot_[x]\\y"
+    sibling.mkdir()
+    (sibling / "other").write_text("not under the root")
     known = Collector()
-    for p in (root / "same", root / "changed", root / "gone"):
+    for p in (root / "same", root / "changed", root / "gone", sibling / "other"):
         known(seen(str(p)))
     known(seen(odd))
     known.store(engine)
     (root / "changed").write_text("changed, longer")
     (root / "gone").unlink()
+    (sibling / "other").unlink()  # gone, but not the root's business
     (root / "new").write_text("new")
 
     _sensor, col = start_sensor(engine=engine, rescan_on_start=True, roots=[root])
