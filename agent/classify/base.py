@@ -127,14 +127,6 @@ def promised_tag(kind: str, evidence: str, **details: object) -> Tag:
     return Tag(kind, evidence, {**PROMISED_DETAILS.get(kind, {}), **details})
 
 
-def read_exact(f: BinaryIO, n: int) -> bytes:
-    """n bytes or ParseError: truncated content is a parse error, never a short read."""
-    data = f.read(n)
-    if len(data) != n:
-        raise ParseError(f"truncated: wanted {n} bytes, got {len(data)}")
-    return data
-
-
 def human_count(n: int) -> str:
     """1.1e8 style for parameter counts, exact below ten thousand."""
     return f"{n:.1e}".replace("e+0", "e").replace("e+", "e") if n >= 10_000 else str(n)

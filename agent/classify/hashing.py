@@ -68,10 +68,6 @@ def sha256_fd(fd: int, expected_size: int | None = None, buf_size: int = BUF_SIZ
     return h.hexdigest()
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     device INTEGER NOT NULL, inode INTEGER NOT NULL, size INTEGER NOT NULL,
