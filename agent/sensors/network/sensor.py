@@ -35,6 +35,7 @@ from agent.sensors.network.sockdiag import DestroyListener, DiagSocket, SockDiag
 log = logging.getLogger(__name__)
 
 DUMP_INTERVAL = 3.0
+REOPEN_INTERVAL = 5.0  # seconds between attempts to reopen a failed capture
 LOCAL_REFRESH = 30.0  # seconds between re-reads of this host's addresses (DHCP, VPNs)
 TICK = 0.5
 _PEER_FIN_STATES = frozenset((8, 9, 11))  # CLOSE_WAIT, LAST_ACK, CLOSING
@@ -78,6 +79,8 @@ class NetworkSensor:
         self.udp_accounting = "off"
         self.procs = ProcIndex()
         self.cookies: dict[int, FlowKey] = {}
+        self.down: dict[str, str] = {}  # interfaces whose capture failed, and why
+        self._program = b""
         self.local: set[bytes] = set()
         self.emitted = 0
         self.dropped = 0
@@ -94,7 +97,7 @@ class NetworkSensor:
     def start(self, emit: Emit) -> None:
         if not self.cfg.interfaces:
             raise SensorUnavailable("no interfaces configured (network.interfaces)")
-        program = compile_bpf()
+        program = self._program = compile_bpf()
         try:
             for name in self.cfg.interfaces:
                 self.captures.append(CaptureSocket(name, program, self.cfg.socket_buffer_bytes))
@@ -171,6 +174,7 @@ class NetworkSensor:
     def status(self) -> dict[str, object]:
         return {
             "interfaces": list(self.cfg.interfaces),
+            "interfaces_down": dict(self.down),
             "kernel_accounting": self.kernel_accounting,
             "process_attribution": "on" if self.diag is not None else "off",
             "udp_accounting": self.udp_accounting,
@@ -185,12 +189,13 @@ class NetworkSensor:
     def _run(self) -> None:
         assert self.table is not None
         table = self.table
-        waitables: list[Any] = [*self.captures]
-        if self.destroy is not None:
-            waitables.append(self.destroy)
         next_dump = next_tick = 0.0
+        next_reopen = time.monotonic() + REOPEN_INTERVAL
         next_local = time.monotonic() + LOCAL_REFRESH
         while not self._stop.is_set():
+            waitables: list[Any] = [*self.captures]
+            if self.destroy is not None:
+                waitables.append(self.destroy)
             try:
                 ready, _, _ = select.select(waitables, [], [], TICK)
             except InterruptedError:
@@ -208,6 +213,9 @@ class NetworkSensor:
                         self._dump()
                     if self.conntrack is not None:
                         self._conntrack_dump()
+                if self.down and now >= next_reopen:
+                    next_reopen = now + REOPEN_INTERVAL
+                    self._reopen()
                 if now >= next_local:
                     next_local = now + LOCAL_REFRESH
                     self._refresh_local()
@@ -218,7 +226,7 @@ class NetworkSensor:
                     self.cookies = {c: k for c, k in self.cookies.items() if k in table.flows}
             except Exception:  # one bad packet or netlink hiccup must not end the sensor
                 log.exception("network sensor: error while processing; continuing")
-        for c in self.captures:
+        for c in list(self.captures):
             self._read_packets(c)
         if self.destroy is not None:
             self._read_destroyed()
@@ -234,6 +242,17 @@ class NetworkSensor:
                 size, addr = cap.sock.recvfrom_into(buf)
             except BlockingIOError:
                 break
+            except OSError as e:  # ENETDOWN: the interface went away; reopened on the tick
+                log.warning(
+                    "capture on %s failed (%s); reopening it every %.0f s",
+                    cap.interface,
+                    e,
+                    REOPEN_INTERVAL,
+                )
+                self.captures.remove(cap)
+                cap.close()
+                self.down[cap.interface] = str(e)
+                break
             if cap.loopback and addr[2] == PACKET_OUTGOING:
                 continue  # loopback shows each packet twice; keep the incoming copy
             n += 1
@@ -243,6 +262,18 @@ class NetworkSensor:
         if n:
             self.packets += n
             metrics.CAPTURE_PACKETS.labels(cap.interface).inc(n)
+
+    def _reopen(self) -> None:
+        for name in list(self.down):
+            try:
+                cap = CaptureSocket(name, self._program, self.cfg.socket_buffer_bytes)
+            except SensorUnavailable as e:
+                self.down[name] = str(e)
+                continue
+            self.captures.append(cap)
+            del self.down[name]
+            log.info("capture on %s reopened", name)
+            self._refresh_local()
 
     def _poll_stats(self) -> None:
         for cap in self.captures:

@@ -82,6 +82,22 @@ class Rig:
         t.start()
         return t
 
+    def add_link(self) -> None:
+        """Create the veth pair between the namespaces and address both ends."""
+        _ip("link", "add", self.sender_if, "type", "veth", "peer", "name", self.peer_if)
+        _ip("link", "set", self.sender_if, "netns", self.sender_ns)
+        _ip("link", "set", self.peer_if, "netns", self.peer_ns)
+        for ns, ifname, v4, v6 in (
+            (self.sender_ns, self.sender_if, self.sender_v4, self.sender_v6),
+            (self.peer_ns, self.peer_if, self.peer_v4, self.peer_v6),
+        ):
+            _ip("-n", ns, "addr", "add", f"{v4}/30", "dev", ifname)
+            _ip("-n", ns, "addr", "add", f"{v6}/64", "dev", ifname, "nodad")
+            _ip("-n", ns, "link", "set", ifname, "up")
+
+    def del_link(self) -> None:
+        _ip("-n", self.sender_ns, "link", "del", self.sender_if)
+
     def exec(self, ns: str, *argv: str, **kw: Any) -> subprocess.Popen[bytes]:
         return subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)
 
@@ -114,16 +130,8 @@ def make_rig() -> Iterator[Rig]:
         for ns in (rig.sender_ns, rig.peer_ns):
             _ip("netns", "add", ns)
             created.append(ns)
-        _ip("link", "add", rig.sender_if, "type", "veth", "peer", "name", rig.peer_if)
-        _ip("link", "set", rig.sender_if, "netns", rig.sender_ns)
-        _ip("link", "set", rig.peer_if, "netns", rig.peer_ns)
-        for ns, ifname, v4, v6 in (
-            (rig.sender_ns, rig.sender_if, rig.sender_v4, rig.sender_v6),
-            (rig.peer_ns, rig.peer_if, rig.peer_v4, rig.peer_v6),
-        ):
-            _ip("-n", ns, "addr", "add", f"{v4}/30", "dev", ifname)
-            _ip("-n", ns, "addr", "add", f"{v6}/64", "dev", ifname, "nodad")
-            _ip("-n", ns, "link", "set", ifname, "up")
+        rig.add_link()
+        for ns in created:
             _ip("-n", ns, "link", "set", "lo", "up")
         yield rig
     finally:

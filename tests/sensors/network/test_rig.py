@@ -271,3 +271,22 @@ def test_sequence_accounting_past_four_gib_live(rig: Rig, sensor_in: Any) -> Non
     assert sink.wait([port], timeout=120)[port] == size
     (f,) = out.wait_for(lambda fs: any(f.src_port == port for f in fs))
     assert (f.bytes_out, f.byte_source) == (size, "tcp_seq")
+
+
+def test_capture_reopens_when_the_interface_comes_back(rig: Rig, sensor_in: Any) -> None:
+    sensor, out = sensor_in()
+    rig.del_link()
+    deadline = time.monotonic() + 5
+    while rig.sender_if not in sensor.status()["interfaces_down"]:
+        assert time.monotonic() < deadline, "the lost interface was not noticed"
+        time.sleep(0.1)
+    rig.add_link()
+    deadline = time.monotonic() + 15
+    while sensor.status()["interfaces_down"]:
+        assert time.monotonic() < deadline, sensor.status()
+        time.sleep(0.2)
+    sink = _start_sink(rig)
+    time.sleep(0.2)  # IPv4 on the new link is usable at once; give ARP a moment
+    port = _upload(rig, rig.peer_v4, sink.port, 424_242)
+    (f,) = out.wait_for(lambda fs: any(f.src_port == port for f in fs))
+    assert f.bytes_out == 424_242 and f.process is not None
