@@ -417,3 +417,51 @@ def test_tokens_are_typed_never_kept(tmp_path: Path) -> None:
     a = classify_file(tmp_path / "ci.yml", settings=NO_MAGIKA)
     assert details(a, "secret")["type"] == "github_token"
     assert token not in repr(a)  # only the type and count, never the value
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "kind", "key", "value"),
+    [
+        ("deck.inp", "*HEADING\nbracket\n*NODE\n1, 0., 0., 0.\n", "engineering", "format", "abaqus"),
+        ("crash.k", "*KEYWORD\n*NODE\n", "engineering", "format", "lsdyna"),
+        ("wing.bdf", "SOL 101\nCEND\nBEGIN BULK\nGRID,1,,0.,0.,0.\n", "engineering", "format", "nastran"),
+        ("body.x_t", "**ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz**\n", "engineering", "format", "parasolid"),
+        ("line.L5X", '<?xml version="1.0"?>\n<RSLogix5000Content SchemaRevision="1.0">\n', "engineering", "format", "plc"),
+        ("run", "#!/usr/bin/env python3\nprint('hi')\n", "source_code", "language", "python"),
+        ("build", "#!/bin/sh\necho hi\n", "source_code", "language", "shell"),
+    ],
+)  # fmt: skip
+def test_text_formats_by_content(
+    tmp_path: Path, name: str, content: str, kind: str, key: str, value: str
+) -> None:
+    (tmp_path / name).write_text(content)
+    a = classify_file(tmp_path / name, settings=NO_MAGIKA)
+    assert details(a, kind)[key] == value, a.tags
+
+
+def test_binary_odds_and_ends(tmp_path: Path) -> None:
+    (tmp_path / "old.doc").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 600)
+    assert (
+        details(classify_file(tmp_path / "old.doc", settings=NO_MAGIKA), "document")["format"]
+        == "doc"
+    )
+    ckpt = tmp_path / "variables.index"
+    ckpt.write_bytes(b"\x00" * 64)
+    assert (
+        details(classify_file(ckpt, settings=NO_MAGIKA), "model_weights")["format"]
+        == "tf_checkpoint"
+    )
+    (tmp_path / "v1.feather").write_bytes(b"FEA1" + b"\x00" * 64)
+    assert (
+        details(classify_file(tmp_path / "v1.feather", settings=NO_MAGIKA), "dataset")["format"]
+        == "feather_v1"
+    )
+    odt = C.zip_of(
+        tmp_path / "spec.odt",
+        {
+            "mimetype": b"application/vnd.oasis.opendocument.text",
+            "content.xml": b"<office:text><text:p>rare earth</text:p></office:text>",
+        },
+    )
+    d = details(classify_file(odt, settings=NO_MAGIKA), "document")
+    assert d["format"] == "odf" and d["chars"] == len("rare earth")
