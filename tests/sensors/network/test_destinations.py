@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.sensors.network.destinations import CountryTable, CountryTableError, Destinations
@@ -86,3 +86,16 @@ def test_lookup_matches_a_linear_scan(ranges: list[tuple[int, int]]) -> None:
         probe = min(probe, 2**32 - 1)
         want = next((c for _v, a, b, c in rows if a <= probe <= b), None)
         assert t.lookup(ipaddress.IPv4Address(probe)) == want
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300))
+def test_hostile_country_files_give_a_clear_error_or_a_table(tmp_path: Path, data: bytes) -> None:
+    p = tmp_path / "h.csv"
+    p.write_bytes(data)
+    try:
+        t = CountryTable.from_csv(p)
+    except CountryTableError as e:
+        assert str(p) in str(e)
+    else:
+        assert len(t) >= 0
