@@ -6,7 +6,9 @@ hash cache already knows (a read must not trigger a full hash). Flows pass throu
 unchanged. Classification runs on a bounded worker pool (`classify.workers`); the stage
 waits for the result so events leave in the order they came, up to
 `classify.event_timeout` seconds — past that the event goes on with `skipped="deferred"`
-and the worker still finishes, so the next event for that file hits the cache.
+and the worker still finishes, so the next event for that file hits the cache. When
+every worker is held by such an overdue file, events go on at once (`skipped="busy"`)
+instead of each waiting out the timeout.
 """
 
 from __future__ import annotations
@@ -60,7 +62,9 @@ class ClassifyStage:
             categories=provider,
             store_lookup=partial(store_lookup, rt.engine),
         )
+        self.workers = s.workers
         self.pool = ThreadPoolExecutor(s.workers, "classify")
+        self._overdue: set[Future[Artefact]] = set()  # timed out, still running
         self._inflight: dict[tuple[object, ...], Future[Artefact]] = {}
         self._lock = threading.Lock()
         rt.extras.setdefault("stop_hooks", []).append(self.close)
@@ -80,6 +84,11 @@ class ClassifyStage:
         with self._lock:
             # a second event for the same unchanged file waits for the first's result
             fut = self._inflight.get(key)
+            if (fut is None or fut.done()) and len(self._overdue) >= self.workers:
+                # every worker is stuck on an overdue file (a hung network share...):
+                # waiting would stall the whole pipeline, so this event goes on now
+                metrics.CLASSIFY_SKIPPED.labels("busy").inc()
+                return replace(event, artefact=Artefact(None, event.size or 0, skipped="busy"))
             if fut is None or fut.done():
                 fut = self.pool.submit(self.classifier.classify_path, path)
                 self._inflight[key] = fut
@@ -90,6 +99,9 @@ class ClassifyStage:
         try:
             artefact = fut.result(timeout=self.timeout)
         except FutureTimeout:
+            with self._lock:
+                if not fut.done():
+                    self._overdue.add(fut)
             metrics.CLASSIFY_SKIPPED.labels("deferred").inc()
             artefact = Artefact(sha256=None, size=event.size or 0, skipped="deferred")
         return replace(event, artefact=artefact)
@@ -102,6 +114,7 @@ class ClassifyStage:
 
     def _done(self, key: tuple[object, ...], fut: Future[Artefact]) -> None:
         with self._lock:
+            self._overdue.discard(fut)
             if self._inflight.get(key) is fut:
                 del self._inflight[key]
 

@@ -243,3 +243,25 @@ def test_hash_cache_prune_forgets_old_identities(tmp_path: Path) -> None:
     assert cache.result("aa" * 32, "v", "none") is None  # its result went with it
     assert cache.lookup(1, 5, 3, 4) == "bb" * 32
     cache.close()
+
+
+def test_overdue_workers_do_not_stall_the_pipeline(rt: Any, tmp_path: Path) -> None:
+    rt.settings.classify.event_timeout = 0.0001
+    rt.settings.classify.workers = 1
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(64 << 20))
+    small = tmp_path / "small.py"
+    small.write_text("x = 1\n")
+    stage = ClassifyStage(rt)
+    first = stage(ev(FileAction.WRITTEN, big))
+    second = stage(ev(FileAction.WRITTEN, small))
+    assert first.artefact.skipped == "deferred"  # type: ignore[union-attr]
+    assert second.artefact.skipped == "busy"  # type: ignore[union-attr]
+    import time as _time
+
+    deadline = _time.monotonic() + 30
+    while stage.status()["classify"]["in_flight"] and _time.monotonic() < deadline:  # type: ignore[index]
+        _time.sleep(0.05)
+    stage.timeout = 30  # the worker is free again: events are classified as usual
+    third = stage(ev(FileAction.WRITTEN, small))
+    assert third.artefact.kinds == ("source_code",)  # type: ignore[union-attr]
