@@ -172,7 +172,10 @@ def read_stats(path: Path) -> SpoolStats | None:
     """Counts of a spool file without opening it for writing (for `egress-agent status`)."""
     if not path.exists():
         return None
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error:
+        return None
     try:
         n, size = db.execute(
             "SELECT count(*), coalesce(sum(length(event)), 0) FROM spool"
