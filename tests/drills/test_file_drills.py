@@ -1,0 +1,249 @@
+"""Fault drills for the file sensor through a real `egress-agent run` (issue 10).
+
+- `kill -9` in the middle of a heavy burst, files written while the agent is dead, then
+  a restart: every file on disk is in the store, with its final size — stored before
+  the kill or recovered by the startup reconcile (origin `rescan`).
+- inotify queue overflow at volume (`fs.inotify.max_queued_events` shrunk before the
+  agent starts): the loss is counted in `egress_agent_file_events_lost_total` and the
+  overflow rescan still brings every file into the store.
+- 10,000 hostile files (tests/drills/hostile.py) under a watched root: the agent keeps
+  running, stores an event for every entry, and never executes a pickle.
+
+The promise checked is exact: the set of paths on disk equals the set the store holds.
+Run alone with `pytest -m drill`.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import AgentProcess, is_root
+from tests.drills import hostile
+
+pytestmark = pytest.mark.drill
+
+QUEUED_EVENTS = Path("/proc/sys/fs/inotify/max_queued_events")
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.2)
+    raise AssertionError(f"not met within {timeout:.0f}s: {what}")
+
+
+def files_config(cfg: dict[str, Any], root: Path, **classify: Any) -> dict[str, Any]:
+    root.mkdir(parents=True, exist_ok=True)
+    cfg["sensors"] = {"enabled": ["files"]}
+    cfg["files"] = {"roots": [str(root)], "fanotify": "off", "follow_mounts": False}
+    cfg["classify"] = {"use_magika": False, **classify}
+    cfg["database"] = {"url": f"sqlite:///{Path(cfg['agent']['state_dir']) / 'agent.db'}"}
+    return cfg
+
+
+def store_files(cfg: dict[str, Any]) -> dict[str, tuple[int | None, str]]:
+    """Path → (size, origin) of the newest non-deleted event per path in file_events."""
+    db = Path(cfg["agent"]["state_dir"]) / "agent.db"
+    if not db.exists():
+        return {}
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        rows = con.execute(
+            "SELECT path, action, size, origin FROM file_events "
+            "WHERE action IN ('created', 'written', 'deleted') ORDER BY id"
+        ).fetchall()
+    except sqlite3.OperationalError:  # tables not made yet
+        return {}
+    finally:
+        con.close()
+    out: dict[str, tuple[int | None, str]] = {}
+    for path, action, size, origin in rows:
+        if action == "deleted":
+            out.pop(path, None)
+        elif action == "written" or path not in out:
+            out[path] = (size, origin)
+    return out
+
+
+def state_paths(cfg: dict[str, Any]) -> set[str]:
+    db = Path(cfg["agent"]["state_dir"]) / "agent.db"
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        return {r[0] for r in con.execute("SELECT path FROM file_state")}
+    finally:
+        con.close()
+
+
+def disk_sizes(root: Path) -> dict[str, int]:
+    out = {}
+    for dirpath, _dirs, names in os.walk(root):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            out[os.fsencode(p).decode("utf-8", "backslashreplace")] = os.lstat(p).st_size
+    return out
+
+
+def missing(cfg: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Files on disk the store does not hold with their final size (empty: all there)."""
+    stored = store_files(cfg)
+    return {
+        p: (s, stored.get(p)) for p, s in disk_sizes(root).items() if stored.get(p, (None,))[0] != s
+    }
+
+
+def burst(root: Path, dirs: int, per_dir: int, started: threading.Event | None = None) -> None:
+    for d in range(dirs):
+        sub = root / f"burst{d:03d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        for i in range(per_dir):
+            (sub / f"f{i:05d}.dat").write_bytes(b"x" * (1 + (d * per_dir + i) % 4000))
+            if started is not None and d * per_dir + i == 500:
+                started.set()
+
+
+def test_kill9_mid_burst_then_restart_recovers_every_file(
+    tmp_path: Path, agent_config: dict[str, Any], run_agent: Any
+) -> None:
+    root = tmp_path / "watched"
+    cfg = files_config(agent_config, root, enabled=False)
+    agent = run_agent(cfg)
+    agent.wait_metrics()
+    wait_for(lambda: (agent.metric("egress_agent_file_watches") or 0) >= 1, 20, "root watched")
+
+    # 8,000 files from a writer thread; the agent dies after it has seen the first few hundred
+    started = threading.Event()
+    writer = threading.Thread(target=burst, args=(root, 40, 200, started))
+    writer.start()
+    started.wait(30)
+    wait_for(
+        lambda: (agent.metric("egress_agent_sensor_events_total", {"sensor": "files"}) or 0) > 300,
+        20,
+        "the agent saw part of the burst",
+    )
+    agent.proc.kill()  # SIGKILL: no flush, no goodbye
+    agent.proc.wait(10)
+    writer.join(120)
+    # and more files while it is down, plus one changed and one deleted
+    burst(tmp_path / "watched" / "while_down", 5, 100)
+    (root / "burst000" / "f00000.dat").write_bytes(b"changed while the agent was down" * 10)
+    (root / "burst000" / "f00001.dat").unlink()
+    before = store_files(cfg)
+    assert 0 < len(before) < len(disk_sizes(root)), "the kill must land in the middle of the burst"
+
+    agent2 = run_agent(cfg, name="restart")
+    agent2.wait_metrics()
+    wait_for(lambda: not missing(cfg, root), 90, "every file on disk in the store")
+    assert agent2.stop() == 0
+    after = store_files(cfg)
+    on_disk = disk_sizes(root)
+    assert not missing(cfg, root)
+    assert set(after) == set(on_disk), "nothing stored that is not on disk (the deletion too)"
+    recovered = {p for p, (_s, origin) in after.items() if origin == "rescan"}
+    down = {p for p in on_disk if "/while_down/" in p}
+    assert down <= recovered, "files written while the agent was dead come from the rescan"
+    assert str(root / "burst000" / "f00000.dat") in recovered
+    assert state_paths(cfg) == set(on_disk), "file_state is the file system again"
+
+
+@pytest.fixture
+def small_inotify_queue() -> Iterator[Callable[[], None]]:
+    """Shrink max_queued_events for the next inotify instance; the restore is returned."""
+    if not is_root():
+        pytest.skip("changing fs.inotify.max_queued_events needs root")
+    old = QUEUED_EVENTS.read_text().strip()
+    try:
+        QUEUED_EVENTS.write_text("64\n")
+    except OSError as e:
+        pytest.skip(f"cannot write {QUEUED_EVENTS}: {e}")
+
+    def restore() -> None:
+        QUEUED_EVENTS.write_text(old + "\n")
+
+    try:
+        yield restore
+    finally:
+        restore()
+
+
+def test_inotify_overflow_is_counted_and_every_file_stored(
+    tmp_path: Path,
+    agent_config: dict[str, Any],
+    run_agent: Any,
+    small_inotify_queue: Callable[[], None],
+) -> None:
+    root = tmp_path / "watched"
+    cfg = files_config(agent_config, root, enabled=False)
+    agent = run_agent(cfg)
+    agent.wait_metrics()
+    wait_for(lambda: (agent.metric("egress_agent_file_watches") or 0) >= 1, 20, "root watched")
+    small_inotify_queue()  # the agent's instance keeps 64; others get the old limit back
+    burst(root, 20, 250)
+    wait_for(
+        lambda: (
+            (agent.metric("egress_agent_file_events_lost_total", {"reason": "queue_overflow"}) or 0)
+            > 0
+        ),
+        30,
+        "the overflow counted",
+    )
+    wait_for(lambda: not missing(cfg, root), 90, "every file in the store after the rescan")
+    assert (agent.metric("egress_agent_file_rescans_total", {"reason": "queue_overflow"}) or 0) > 0
+    assert agent.proc.poll() is None
+    assert agent.stop() == 0
+    stored = store_files(cfg)
+    assert set(stored) == set(disk_sizes(root))
+    assert any(origin == "rescan" for _s, origin in stored.values()), "the rescan filled the gap"
+
+
+def test_hostile_tree_under_a_running_agent(
+    tmp_path: Path, agent_config: dict[str, Any], run_agent: Any
+) -> None:
+    root = tmp_path / "watched"
+    marker = tmp_path / "PWNED"
+    cfg = files_config(agent_config, root)
+    agent: AgentProcess = run_agent(cfg)
+    agent.wait_metrics()
+    wait_for(lambda: (agent.metric("egress_agent_file_watches") or 0) >= 1, 20, "root watched")
+    t0 = time.monotonic()
+    counts = hostile.generate(root / "hostile", 10_000, marker)
+    assert sum(counts.values()) == 10_000
+    expected = hostile.entries(root)
+
+    def all_there() -> bool:
+        assert agent.proc.poll() is None, f"agent died: {agent.stderr()}"
+        return expected <= set(store_files(cfg))
+
+    wait_for(all_there, 240, "an event for every hostile entry")
+    elapsed = time.monotonic() - t0
+    assert agent.proc.poll() is None
+    skipped = sum(
+        v
+        for k, v in _samples(agent, "egress_agent_classify_skipped_total").items()
+        if k in ("compression_ratio", "header_too_large", "absurd_count", "zip_overlap")
+    )
+    assert skipped > 0, "hostile archives and headers are counted as skips"
+    assert agent.stop() == 0
+    assert not marker.exists(), "a pickle was executed"
+    assert elapsed < 240
+
+
+def _samples(agent: AgentProcess, name: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for fam in text_string_to_metric_families(agent.scrape()):
+        for s in fam.samples:
+            if s.name == name:
+                out[s.labels.get("reason", "")] = s.value
+    return out
