@@ -34,6 +34,7 @@ class FlowState:
     owned: bool = False  # a local socket owns it: wait for its destroy notification
     closed_at: float | None = None  # owned and closed on the wire, destroy not yet seen
     kernel_reset: bool = False  # an abortive close zeroed the socket's counters
+    kernel_final: bool = False  # the destroy notification arrived
     fin_out: bool = False
     fin_in: bool = False
     rst: bool = False
@@ -46,8 +47,17 @@ class FlowState:
     exported_in: int = 0
     counted_out: int = 0  # already added to egress_agent_outbound_bytes_total
 
+    def _seq_knows_better(self) -> bool:
+        """After an abortive close (zeroed tcp_info), or when the destroy notification
+        was lost and the wire showed more than the last dump, sequence numbers win."""
+        if self.out is None:
+            return False
+        if self.kernel_reset:
+            return True
+        return not self.kernel_final and self.out.bytes > (self.kernel_out or 0)
+
     def totals(self) -> tuple[int, int, str]:
-        if self.kernel_out is not None and not (self.kernel_reset and self.out is not None):
+        if self.kernel_out is not None and not self._seq_knows_better():
             return self.kernel_out, self.kernel_in or 0, "tcp_info"
         if self.conntrack_out is not None:
             return self.conntrack_out, self.conntrack_in or 0, "conntrack_l3"

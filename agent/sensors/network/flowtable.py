@@ -269,6 +269,7 @@ class FlowTable:
         bytes_in = received - 1 if received and (peer_fin or st.fin_in) else received
         if final:  # the destroy notification is the last word
             st.kernel_out, st.kernel_in = bytes_out, bytes_in
+            st.kernel_final = True
         else:  # a dump in state CLOSE may count the peer's FIN as a byte: the final corrects it
             st.kernel_out = max(bytes_out, st.kernel_out or 0)
             st.kernel_in = max(bytes_in, st.kernel_in or 0)

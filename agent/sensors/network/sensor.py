@@ -68,8 +68,11 @@ def _ephemeral_range() -> tuple[int, int]:
 class NetworkSensor:
     name = "network"
 
-    def __init__(self, cfg: NetworkSection, destinations: Destinations) -> None:
+    def __init__(
+        self, cfg: NetworkSection, destinations: Destinations, netlink_buffer: int = 4 << 20
+    ) -> None:
         self.cfg = cfg
+        self.netlink_buffer = netlink_buffer
         self.destinations = destinations
         self.captures: list[CaptureSocket] = []
         self.diag: SockDiag | None = None
@@ -139,7 +142,7 @@ class NetworkSensor:
             self.kernel_accounting = f"off: sock_diag unavailable ({e.strerror})"
             return
         try:
-            self.destroy = DestroyListener()
+            self.destroy = DestroyListener(self.netlink_buffer)
         except OSError as e:
             # without CAP_NET_ADMIN: owners and dumps still work; bytes at close from seq
             self.kernel_accounting = f"dump only: destroy notifications need CAP_NET_ADMIN ({e})"

@@ -64,9 +64,9 @@ def sensor_in(rig: Rig) -> Iterator[Callable[..., tuple[NetworkSensor, Collected
     """Start a NetworkSensor inside the rig's sender namespace (stopped at teardown)."""
     started: list[NetworkSensor] = []
 
-    def start(**overrides: Any) -> tuple[NetworkSensor, Collected]:
+    def start(netlink_buffer: int = 4 << 20, **overrides: Any) -> tuple[NetworkSensor, Collected]:
         cfg = NetworkSection(interfaces=[rig.sender_if], **overrides)
-        sensor = NetworkSensor(cfg, destinations_from(cfg))
+        sensor = NetworkSensor(cfg, destinations_from(cfg), netlink_buffer=netlink_buffer)
         out = Collected()
         with rig.sender():
             sensor.start(out.emit)
