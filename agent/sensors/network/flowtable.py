@@ -33,6 +33,7 @@ from agent.sensors.network.packets import (
     Buffer,
     Packet,
 )
+from agent.sensors.network.quic import quic_sni
 from agent.sensors.network.seqtrack import SeqCounter
 
 _PROTO_NAMES = {6: "tcp", 17: "udp"}
@@ -228,6 +229,11 @@ class FlowTable:
             return
         if not outbound and pkt.sport == 53:
             self._learn_dns(bytes(buf[pkt.payload_off : end]), ts)
+        elif (
+            outbound and st.sni is None and st.probes < _MAX_PROBES and buf[pkt.payload_off] >= 0xC0
+        ):
+            st.probes += 1  # a QUIC long header: the client Initial names the server
+            st.sni = quic_sni(bytes(buf[pkt.payload_off : end]))
 
     def _names_from_request(self, st: FlowState, data: bytes) -> None:
         if st.sni is None and data[:1] == b"\x16":

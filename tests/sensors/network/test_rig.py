@@ -358,3 +358,26 @@ def test_lost_destroy_notifications_are_counted_and_flows_stay_exact(
     assert {f.src_port: f.bytes_out for f in flows} == sizes
     assert sensor.status()["lost_notifications"] > 0
     assert _sample_plain(metrics.NETLINK_LOST) > lost_before
+
+
+def test_quic_initial_names_a_udp_flow(rig: Rig, sensor_in: Any) -> None:
+    from tests.sensors.network.test_quic import quic_initial
+
+    _sensor, out = sensor_in(idle_timeout=1.0)
+    with rig.peer():
+        rx = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    with rx:
+        rx.bind((rig.peer_v6, 0))
+        with rig.sender():
+            tx = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        with tx:
+            tx.sendto(quic_initial("h3.files.example"), (rig.peer_v6, rx.getsockname()[1]))
+            tx.sendto(b"\x41" + b"d" * 500, (rig.peer_v6, rx.getsockname()[1]))  # short header
+            port = tx.getsockname()[1]
+            (f,) = out.wait_for(lambda fs: any(f.src_port == port for f in fs))
+    assert (f.protocol, f.sni, f.name_source, f.close_reason) == (
+        "udp",
+        "h3.files.example",
+        "sni",
+        "idle",
+    )
