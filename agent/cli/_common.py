@@ -6,13 +6,14 @@ import json
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from sqlalchemy import Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from agent.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:  # sqlalchemy is imported by the verbs that use the store, not at start-up
+    from sqlalchemy import Engine
 
 
 class UserError(click.ClickException):
@@ -38,6 +39,8 @@ def settings_from(ctx: click.Context) -> Settings:
 
 
 def open_store(settings: Settings, upgrade: bool = False) -> Engine:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from agent.store.db import StoreError, make_engine
     from agent.store.db import upgrade as do_upgrade
 
@@ -89,11 +92,15 @@ def run_cli(group: click.Group) -> int:
         return e.exit_code
     except click.exceptions.Exit as e:
         return e.exit_code
-    except OperationalError as e:
-        click.echo(f"error: store unavailable: {_short(e)}", err=True)
-        return 1
     except BrokenPipeError:
         return 0
+    except Exception as e:
+        if type(e).__name__ != "OperationalError" or not type(e).__module__.startswith(
+            "sqlalchemy"
+        ):
+            raise
+        click.echo(f"error: store unavailable: {_short(e)}", err=True)
+        return 1
     except KeyboardInterrupt:
         return 130
     return rc if isinstance(rc, int) else 0
