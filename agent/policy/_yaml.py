@@ -69,7 +69,7 @@ def load_marked(text: str) -> tuple[Any, list[YamlProblem]]:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_PACK_BYTES:
         return None, [YamlProblem(1, f"file larger than {MAX_PACK_BYTES} bytes")]
     try:
-        loader = yaml.SafeLoader(text)
+        loader = yaml.CSafeLoader(text) if hasattr(yaml, "CSafeLoader") else yaml.SafeLoader(text)
     except yaml.reader.ReaderError as e:  # a control character PyYAML refuses
         line = text[: e.position].count("\n") + 1
         return None, [YamlProblem(line, f"YAML error: character {e.character!r} is not allowed")]
