@@ -2,11 +2,12 @@
 
 `generate(root, n, marker)` writes `n` entries under `root`, cycling through the
 classifier's hostile cases: zip bombs by ratio, 42.zip-style nesting, overlapping-entry
-zips, safetensors headers claiming 100 GB, GGUF with absurd counts, malicious pickles
-(whose payload would create `marker` if it were ever executed), truncated files of every
-format, FIFOs, symlink loops, non-UTF-8 names and files nobody may read. Every file's
-content differs (a counter is folded in), so the hash cache cannot answer for them.
-Returns the counts per case. Also runnable: `python -m tests.drills.hostile DIR N`.
+zips, safetensors headers claiming 100 GB, GGUF with absurd counts, malicious pickles,
+bare and inside a torch.save zip (their payload would create `marker` if it ever ran),
+truncated files of every format, FIFOs, symlink loops, non-UTF-8 names and files nobody
+may read. Every file's content differs (a counter is folded in), so the hash cache
+cannot answer for them. Returns the counts per case.
+Also runnable: `python -m tests.drills.hostile DIR N`.
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ CASES = (
     "safetensors_100gb",
     "gguf_absurd",
     "malicious_pickle",
+    "malicious_torch",
     "truncated",
     "fifo",
     "symlink_loop",
@@ -157,6 +159,12 @@ def generate(root: Path, n: int, marker: Path) -> Counter[str]:
         "gguf_absurd": lambda d, i: write(d, f"absurd{i}.gguf", _gguf_absurd(i)),
         "malicious_pickle": lambda d, i: write(
             d, f"evil{i}.{'pkl' if i // len(CASES) % 2 else 'pt'}", _pickle(marker, i)
+        ),
+        # a torch.save zip whose data.pkl calls os.system: the attack as it ships
+        "malicious_torch": lambda d, i: write(
+            d,
+            f"trojan{i}.pt",
+            _zip({"archive/data.pkl": _pickle(marker, i), "archive/version": b"3\n"}),
         ),
         "truncated": lambda d, i: write(d, f"trunc{i}.{_truncated(i)[0]}", _truncated(i)[1]),
         "fifo": lambda d, i: os.mkfifo(d / f"pipe{i}"),

@@ -44,6 +44,7 @@ EXPECTED = {
     "up": {"symlink"},
     "quine": {None, "archive_quine", "depth_limit"},
     "evil": {None, "malformed"},
+    "trojan": {None},
     "trunc": {None, "malformed", "truncated"},
     "name": {None},
     "secret": {None} if os.geteuid() == 0 else {"permission"},  # root reads mode 000
