@@ -19,12 +19,12 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date
 
 import ahocorasick
 
 from agent.categories import CategorySpec
 from agent.events import CategoryMatch
+from agent.validators import VALIDATORS
 
 log = logging.getLogger(__name__)
 
@@ -41,60 +41,6 @@ def fold(text: str) -> str:
     if not text.isascii():
         text = unicodedata.normalize("NFKC", text)
     return text.translate(_ASCII_UPPER)
-
-
-# --- validators ----------------------------------------------------------------------
-_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-_ID_CHECK = "10X98765432"
-
-
-def prc_resident_id(value: str) -> bool:
-    """GB 11643-1999: 17 digits, a plausible birth date, and the ISO 7064 MOD 11-2 check."""
-    v = value.strip().upper()
-    if len(v) != 18 or not v[:17].isascii() or not v[:17].isdigit() or v[0] == "0":
-        return False
-    try:
-        born = date(int(v[6:10]), int(v[10:12]), int(v[12:14]))
-    except ValueError:
-        return False
-    if not 1800 <= born.year <= 2100:
-        return False
-    total = sum(int(d) * w for d, w in zip(v[:17], _ID_WEIGHTS))
-    return _ID_CHECK[total % 11] == v[17]
-
-
-_SEPARATORS = re.compile(r"[\s-]")
-
-
-def cn_mobile(value: str) -> bool:
-    """A mainland China mobile number: 11 digits starting 13-19, optional +86 / 86."""
-    v = _SEPARATORS.sub("", value.strip())
-    if v.startswith("+86"):
-        v = v[3:]
-    elif v.startswith("86") and len(v) == 13:
-        v = v[2:]
-    return len(v) == 11 and v.isascii() and v.isdigit() and v[0] == "1" and v[1] in "3456789"
-
-
-def luhn(value: str) -> bool:
-    """Payment card numbers: 13 to 19 digits with a valid Luhn check digit."""
-    v = _SEPARATORS.sub("", value.strip())
-    if not 13 <= len(v) <= 19 or not v.isascii() or not v.isdigit():
-        return False
-    digits = [int(c) for c in v]
-    total = 0
-    for i, d in enumerate(reversed(digits)):
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
-VALIDATORS: dict[str, Callable[[str], bool]] = {
-    "prc_resident_id": prc_resident_id,
-    "cn_mobile": cn_mobile,
-    "luhn": luhn,
-}
 
 
 # --- matcher -------------------------------------------------------------------------

@@ -106,7 +106,10 @@ class _TooBig(Exception):
 
 
 def _convert(
-    loader: yaml.SafeLoader, node: yaml.Node, problems: list[YamlProblem], budget: list[int]
+    loader: yaml.SafeLoader | yaml.CSafeLoader,
+    node: yaml.Node,
+    problems: list[YamlProblem],
+    budget: list[int],
 ) -> Any:
     budget[0] -= 1
     if budget[0] < 0:

@@ -31,7 +31,7 @@ from agent.policy.model import (
     Source,
 )
 from agent.policy.selftest import run_rule_tests
-from agent.policy.validators import VALIDATORS
+from agent.validators import VALIDATORS
 
 
 def load_policy(

@@ -12,7 +12,7 @@ import random
 import struct
 from pathlib import Path
 
-from agent.policy.validators import prc_resident_id_check
+from agent.validators import prc_resident_id_check
 
 RARE_EARTH_ZH = [
     "稀土萃取分离工艺说明(内部资料)",

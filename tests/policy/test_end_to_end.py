@@ -12,15 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from agent.classify import classify_file
-from agent.classify import keywords as classify_keywords
 from agent.config import PoliciesSection
 from agent.events import Channel, FileAction, FileEvent, Flow
 from agent.policy import Policy, load_configured
-from agent.policy import validators as policy_validators
 from tests.conftest import cli, write_config
 from tests.policy.makefiles import (
     RARE_EARTH_ZH,
@@ -161,16 +157,6 @@ def test_explain_threshold_from_config(tmp_path: Path) -> None:
         assert (
             "us-ear-model-weights-copied-out" in {d["rule_id"] for d in usb["decisions"]}
         ) is fires
-
-
-def test_validator_registries_agree() -> None:
-    assert set(policy_validators.VALIDATORS) == set(classify_keywords.VALIDATORS)
-
-
-@given(st.text(alphabet="0123456789X +-", min_size=10, max_size=22))
-def test_validator_implementations_agree(text: str) -> None:
-    for name, fn in policy_validators.VALIDATORS.items():
-        assert fn(text) == classify_keywords.VALIDATORS[name](text), name
 
 
 def test_generic_solvent_extraction_is_not_rare_earth(tmp_path: Path, policy: Policy) -> None:

@@ -7,7 +7,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.policy.validators import VALIDATORS, cn_mobile, luhn, prc_resident_id
+from agent.validators import VALIDATORS, cn_mobile, luhn, prc_resident_id
 from tests.policy.makefiles import resident_id
 
 

@@ -1,5 +1,9 @@
 """Post-match validators that a category's patterns may name (`validator: prc_resident_id`).
 
+Shared by policy (which rejects an unknown validator name when it loads a pack) and the
+classifier's keyword matcher (which applies them): like `agent.categories`, a seam that
+neither side owns, so the two can never disagree.
+
 A regex finds candidates; a validator keeps only the real ones, so that eighteen random
 digits are not counted as a resident ID. Each validator is a pure `str -> bool` over the
 matched text. The classifier applies them while counting matches; the policy loader
