@@ -29,6 +29,7 @@ from typing import Any
 import psycopg
 import sqlalchemy.exc
 from sqlalchemy import Engine, event, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from agent import metrics
@@ -331,8 +332,6 @@ class Forwarder:
 
 def is_central(url: str) -> bool:
     """A database other than SQLite is a central store, reached through the spool."""
-    from sqlalchemy.engine import make_url
-
     return make_url(url).get_backend_name() != "sqlite"
 
 
@@ -342,7 +341,19 @@ def open_forwarder(settings: Settings, host_id: str, hostname: str) -> Forwarder
     spool = Spool(db.spool_path or settings.state_dir / "spool.db", db.spool_max_bytes)
     # its own small pool, no pre-ping: a ping on a stalled connection would hang outside
     # the attempt's deadline; dead connections are dropped after a failure instead
-    engine = make_engine(settings.database_url, pool_pre_ping=False, pool_size=1, max_overflow=2)
+    kwargs: dict[str, Any] = {"pool_pre_ping": False, "pool_size": 1, "max_overflow": 2}
+    if make_url(settings.database_url).get_backend_name() == "postgresql":
+        # libpq's own limits beside the attempt deadline: a peer that vanishes is noticed
+        # by keepalives while idle and by tcp_user_timeout while data is unacknowledged
+        kwargs["connect_args"] = {
+            "connect_timeout": max(1, min(int(db.forward_timeout), 10)),
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": int(db.forward_timeout * 1000),
+        }
+    engine = make_engine(settings.database_url, **kwargs)
     write: WriteFn = copy_batch if db.forward_method == "copy" else write_batch
     return Forwarder(
         spool,

@@ -29,9 +29,15 @@ PG = ("127.0.0.1", 5432)
 
 
 def _hard_close(sock: socket.socket) -> None:
-    """Close with RST, as a crashed peer or a firewall reset would."""
+    """Cut a link at once, as a crashed peer or a firewall reset would.
+
+    shutdown() first: close() alone does not end a socket while a pump thread is blocked
+    in recv() on it, and the link would stall instead of being cut.
+    """
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         sock.close()
 
@@ -315,3 +321,42 @@ def test_agent_starts_while_the_central_store_is_down(
     _wait(lambda: _sample(agent, "egress_agent_spool_events") == 0, 30, "spool forwarded")
     assert agent.stop() == 0, agent.stderr()
     assert sorted(_stored_paths(pg_url)["lab-e"]) == _expected(100)
+
+
+def test_a_stalled_batch_is_abandoned_after_the_forward_timeout(
+    pg_url: str, proxy: FaultyProxy, tmp_path: Path
+) -> None:
+    """A peer that takes the bytes and never answers: only the attempt deadline sees it."""
+    from sqlalchemy.exc import OperationalError
+
+    from agent.events import FileAction, FileEvent
+    from agent.store.db import make_engine
+    from agent.store.forwarder import Forwarder, upgrade_locked
+    from agent.store.spool import Spool
+
+    direct = make_engine(pg_url)
+    upgrade_locked(direct)
+    engine = make_engine(proxy.url(pg_url.rsplit("/", 1)[1]), pool_pre_ping=False)
+    spool = Spool(tmp_path / "spool.db", 1 << 20)
+    fwd = Forwarder(spool, engine, "h-stall", "stall", timeout=1.0)
+    fwd.commit([FileEvent(action=FileAction.WRITTEN, path="/before")])
+    assert fwd.forward_once() == 1  # the pool now holds a live connection through the proxy
+
+    proxy.blackhole()  # that connection now swallows the next batch
+    fwd.commit([FileEvent(action=FileAction.WRITTEN, path=f"/during/{i}") for i in range(50)])
+    started = time.monotonic()
+    with pytest.raises(OperationalError), fwd._guard.deadline(fwd.timeout):
+        fwd.forward_once()
+    assert fwd._guard.fired
+    assert time.monotonic() - started < 5
+    assert len(spool) == 50  # nothing acknowledged
+
+    proxy.restore()
+    engine.dispose()
+    assert fwd.forward_once() == 50
+    with direct.connect() as c:
+        n = c.execute(text("SELECT count(*) FROM file_events WHERE host_id = 'h-stall'"))
+        assert n.scalar_one() == 51
+    spool.close()
+    engine.dispose()
+    direct.dispose()
