@@ -28,6 +28,10 @@ PACKET_OUTGOING = 4
 SO_ATTACH_FILTER = 26
 SO_RCVBUFFORCE = 33
 DLT_EN10MB = 1
+DLT_RAW = 12  # Linux: packets start with the IP header (tun, WireGuard, ...)
+# ARPHRD_* interface types (/sys/class/net/IF/type) -> link type of their frames
+_ETHERNET_TYPES = frozenset((1, 772))  # ether (also veth, bridges, dummy), loopback
+_RAW_IP_TYPES = frozenset((65534, 776, 778, 823))  # none (tun/wireguard), sit, gre, ip6gre
 
 _HTTP = ("GET ", "POST", "PUT ", "HEAD", "DELE", "PATC", "OPTI", "CONN")
 _HTTP4 = " or ".join(f"tcp[((tcp[12]&0xf0)>>2):4] = 0x{m.encode().hex()}" for m in _HTTP)
@@ -58,14 +62,14 @@ FILTER = " or ".join(
 )
 
 
-def compile_bpf(expression: str = FILTER) -> bytes:
-    """The classic BPF program for `expression` (Ethernet link type) as raw bytes."""
+def compile_bpf(expression: str = FILTER, linktype: int = DLT_EN10MB) -> bytes:
+    """The classic BPF program for `expression` on this link type, as raw bytes."""
     try:
         from scapy.arch.common import compile_filter
     except ImportError as e:
         raise SensorUnavailable(f"scapy is not importable: {e}") from None
     try:
-        prog = compile_filter(expression, linktype=DLT_EN10MB)
+        prog = compile_filter(expression, linktype=linktype)
     except ImportError as e:  # "libpcap is not available": Debian package libpcap0.8
         raise SensorUnavailable(f"{e} (install libpcap0.8)") from None
     except Exception as e:
@@ -82,9 +86,23 @@ def _attach(sock: socket.socket, program: bytes) -> None:
 class CaptureSocket:
     """One filtered AF_PACKET socket bound to one interface."""
 
-    def __init__(self, interface: str, program: bytes, buffer_bytes: int) -> None:
+    def __init__(self, interface: str, buffer_bytes: int, programs: dict[int, bytes]) -> None:
+        """`programs` caches compiled filters by link type across interfaces."""
         self.interface = interface
-        self.loopback = _is_loopback(interface)
+        kind = _arphrd(interface)
+        self.loopback = kind == 772
+        if kind in _RAW_IP_TYPES:
+            self.linktype = DLT_RAW
+        elif kind in _ETHERNET_TYPES or kind is None:
+            self.linktype = DLT_EN10MB  # None: no such interface; bind() will say so
+        else:
+            raise SensorUnavailable(
+                f"network.interfaces: {interface} has link type {kind}, which the agent "
+                "cannot capture (Ethernet-like and raw IP interfaces are supported)"
+            )
+        if self.linktype not in programs:
+            programs[self.linktype] = compile_bpf(FILTER, self.linktype)
+        program = programs[self.linktype]
         try:
             self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         except PermissionError as e:
@@ -119,8 +137,8 @@ class CaptureSocket:
         self.sock.close()
 
 
-def _is_loopback(interface: str) -> bool:
+def _arphrd(interface: str) -> int | None:
     try:
-        return Path(f"/sys/class/net/{interface}/type").read_text().strip() == "772"
-    except OSError:
-        return interface == "lo"
+        return int(Path(f"/sys/class/net/{interface}/type").read_text())
+    except (OSError, ValueError):
+        return None

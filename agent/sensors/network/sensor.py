@@ -23,12 +23,12 @@ from agent import metrics
 from agent.config import NetworkSection
 from agent.events import Flow, ProcessInfo
 from agent.sensors import Emit, SensorUnavailable
-from agent.sensors.network.capture import PACKET_OUTGOING, CaptureSocket, compile_bpf
+from agent.sensors.network.capture import DLT_RAW, PACKET_OUTGOING, CaptureSocket
 from agent.sensors.network.conntrack import Conntrack
 from agent.sensors.network.destinations import Destinations
 from agent.sensors.network.flowstate import FlowKey, FlowState
 from agent.sensors.network.flowtable import FlowTable
-from agent.sensors.network.packets import IPPROTO_TCP, decode_ethernet
+from agent.sensors.network.packets import IPPROTO_TCP, decode_ethernet, decode_ip
 from agent.sensors.network.procindex import ProcIndex, user_name
 from agent.sensors.network.sockdiag import DestroyListener, DiagSocket, SockDiag
 
@@ -83,7 +83,7 @@ class NetworkSensor:
         self.procs = ProcIndex()
         self.cookies: dict[int, FlowKey] = {}
         self.down: dict[str, str] = {}  # interfaces whose capture failed, and why
-        self._program = b""
+        self._programs: dict[int, bytes] = {}  # compiled filters by link type
         self.local: set[bytes] = set()
         self.emitted = 0
         self.dropped = 0
@@ -100,10 +100,11 @@ class NetworkSensor:
     def start(self, emit: Emit) -> None:
         if not self.cfg.interfaces:
             raise SensorUnavailable("no interfaces configured (network.interfaces)")
-        program = self._program = compile_bpf()
         try:
             for name in self.cfg.interfaces:
-                self.captures.append(CaptureSocket(name, program, self.cfg.socket_buffer_bytes))
+                self.captures.append(
+                    CaptureSocket(name, self.cfg.socket_buffer_bytes, self._programs)
+                )
             self._open_kernel_accounting()
             self._open_conntrack()
             self.local = local_addresses()
@@ -239,6 +240,7 @@ class NetworkSensor:
         assert self.table is not None
         buf, view = self._buf, self._view
         packet = self.table.packet
+        decode = decode_ip if cap.linktype == DLT_RAW else decode_ethernet
         n = 0
         for _ in range(_BATCH):
             try:
@@ -259,7 +261,7 @@ class NetworkSensor:
             if cap.loopback and addr[2] == PACKET_OUTGOING:
                 continue  # loopback shows each packet twice; keep the incoming copy
             n += 1
-            pkt = decode_ethernet(view, 0, size)
+            pkt = decode(view, 0, size)
             if pkt is not None:
                 packet(pkt, time.time(), view, size)
         if n:
@@ -269,7 +271,7 @@ class NetworkSensor:
     def _reopen(self) -> None:
         for name in list(self.down):
             try:
-                cap = CaptureSocket(name, self._program, self.cfg.socket_buffer_bytes)
+                cap = CaptureSocket(name, self.cfg.socket_buffer_bytes, self._programs)
             except SensorUnavailable as e:
                 self.down[name] = str(e)
                 continue

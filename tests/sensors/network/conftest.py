@@ -65,7 +65,8 @@ def sensor_in(rig: Rig) -> Iterator[Callable[..., tuple[NetworkSensor, Collected
     started: list[NetworkSensor] = []
 
     def start(netlink_buffer: int = 4 << 20, **overrides: Any) -> tuple[NetworkSensor, Collected]:
-        cfg = NetworkSection(interfaces=[rig.sender_if], **overrides)
+        overrides.setdefault("interfaces", [rig.sender_if])
+        cfg = NetworkSection(**overrides)
         sensor = NetworkSensor(cfg, destinations_from(cfg), netlink_buffer=netlink_buffer)
         out = Collected()
         with rig.sender():

@@ -76,4 +76,4 @@ def test_bad_filter_is_a_reason_not_a_crash() -> None:
 
 def test_missing_interface_is_a_reason() -> None:
     with pytest.raises(SensorUnavailable, match="no interface"):
-        CaptureSocket("ea-no-such0", compile_bpf(), 1 << 20)
+        CaptureSocket("ea-no-such0", 1 << 20, {})

@@ -381,3 +381,31 @@ def test_quic_initial_names_a_udp_flow(rig: Rig, sensor_in: Any) -> None:
         "sni",
         "idle",
     )
+
+
+def test_raw_ip_interfaces_like_tun_and_wireguard(rig: Rig, sensor_in: Any) -> None:
+    tun = f"eat{rig.name}"
+    for cmd in (
+        ["tuntap", "add", "dev", tun, "mode", "tun"],
+        ["addr", "add", "10.201.0.1/24", "dev", tun],
+        ["link", "set", tun, "up"],
+    ):
+        subprocess.run(["ip", "-n", rig.sender_ns, *cmd], check=True, capture_output=True)
+    cfg_ifaces = [rig.sender_if, tun]
+    sensor, out = sensor_in(interfaces=cfg_ifaces)
+    with rig.sender():
+        s = socket.socket()
+    s.setblocking(False)
+    try:
+        s.connect(("10.201.0.2", 443))  # nobody answers on the tunnel: only the SYN leaves
+    except BlockingIOError:
+        pass
+    port = s.getsockname()[1]
+    deadline = time.monotonic() + 5
+    while sensor.status()["open_flows"] == 0:
+        assert time.monotonic() < deadline, "the SYN on the tun device was not seen"
+        time.sleep(0.05)
+    s.close()
+    sensor.stop()
+    (f,) = [f for f in out.flows if f.src_port == port]
+    assert (f.dst_ip, f.dst_port, f.dest_class) == ("10.201.0.2", 443, "internal")
