@@ -360,3 +360,46 @@ def test_a_stalled_batch_is_abandoned_after_the_forward_timeout(
     spool.close()
     engine.dispose()
     direct.dispose()
+
+
+def test_kill_9_while_forwarding_loses_and_duplicates_nothing(
+    pg_url: str, proxy: FaultyProxy, run_agent: Any, agent_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """The spool is the only copy while the store is away: a crash mid-forward keeps it."""
+    import signal
+
+    from agent.store.spool import read_stats
+
+    database = pg_url.rsplit("/", 1)[1]
+    count = 3000
+    doc = _agent_doc(agent_config, tmp_path, "lab-k", proxy.url(database), count)
+    doc["sensors"]["synthetic_rate"] = 0.0
+    doc["database"]["forward_batch_size"] = 10  # a slow drain, so the kill lands inside it
+    first = run_agent(doc, name="first")
+    first.wait_metrics()
+    proxy.refuse()
+    _wait(lambda: _sample(first, "egress_agent_sensor_events_total") == count, 30, "events")
+
+    def all_spooled_or_sent() -> bool:
+        sent = _sample(first, "egress_agent_fleet_forwarded_events_total")
+        return sent + _sample(first, "egress_agent_spool_events") == count
+
+    _wait(all_spooled_or_sent, 30, "every event in the spool or the store")
+    before = _sample(first, "egress_agent_fleet_forwarded_events_total")
+    proxy.restore()
+    _wait(
+        lambda: _sample(first, "egress_agent_fleet_forwarded_events_total") > before,
+        30,
+        "draining",
+    )
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait()
+    left = read_stats(tmp_path / "lab-k" / "spool.db")
+    assert left is not None and 0 < left.events < count, left
+
+    doc["sensors"] = {"enabled": []}
+    second = run_agent(doc, name="second")
+    second.wait_metrics()
+    _wait(lambda: _sample(second, "egress_agent_spool_events") == 0, 60, "spool forwarded")
+    assert second.stop() == 0, second.stderr()
+    assert sorted(_stored_paths(pg_url)["lab-k"]) == _expected(count)
