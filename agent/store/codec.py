@@ -38,9 +38,15 @@ class CodecError(ValueError):
     """A spooled record is not a valid event (corrupt or from an incompatible version)."""
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _plain(v: Any) -> Any:
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return {f.name: _plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    names = _FIELD_NAMES.get(type(v))
+    if names is None and dataclasses.is_dataclass(v) and not isinstance(v, type):
+        names = _FIELD_NAMES[type(v)] = tuple(f.name for f in dataclasses.fields(v))
+    if names is not None:
+        return {n: _plain(getattr(v, n)) for n in names}
     if isinstance(v, tuple | list):
         return [_plain(x) for x in v]
     if isinstance(v, dict):
