@@ -89,6 +89,7 @@ class NetworkSensor:
         self.dropped = 0
         self.packets = 0
         self.lost_notifications = 0
+        self.thread_cpu = 0.0  # CPU seconds of the sensor's own thread, updated each second
         self._emit: Emit | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -187,6 +188,7 @@ class NetworkSensor:
             "flows_dropped": self.dropped,
             "packets": self.packets,
             "lost_notifications": self.lost_notifications,
+            "thread_cpu_seconds": round(self.thread_cpu, 3),
         }
 
     # --- the loop ----------------------------------------------------------------------
@@ -225,6 +227,7 @@ class NetworkSensor:
                     self._refresh_local()
                 if now >= next_tick:
                     next_tick = now + 1.0
+                    self.thread_cpu = time.thread_time()
                     self._poll_stats()
                     table.expire(time.time())
                     self.cookies = {c: k for c, k in self.cookies.items() if k in table.flows}
