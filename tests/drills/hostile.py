@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 import sys
 import zipfile
@@ -198,12 +199,15 @@ def _unreadable(d: Path, i: int) -> None:
     p.chmod(0)
 
 
-def entries(root: Path) -> set[str]:
+def entries(root: Path, regular_only: bool = False) -> set[str]:
     """Every non-directory entry under root, as the agent prints paths (\\xNN escapes)."""
     out: set[str] = set()
     for dirpath, dirs, files in os.walk(root):
         for name in files + [x for x in dirs if os.path.islink(os.path.join(dirpath, x))]:
-            out.add(os.fsencode(os.path.join(dirpath, name)).decode("utf-8", "backslashreplace"))
+            full = os.path.join(dirpath, name)
+            if regular_only and not stat.S_ISREG(os.lstat(full).st_mode):
+                continue
+            out.add(os.fsencode(full).decode("utf-8", "backslashreplace"))
     return out
 
 
