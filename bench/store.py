@@ -47,7 +47,7 @@ from agent.events import (
 )
 from agent.store.bulk import copy_batch
 from agent.store.db import make_engine, register_host, upgrade
-from agent.store.forwarder import Forwarder, upgrade_locked
+from agent.store.forwarder import Forwarder
 from agent.store.spool import Spool
 from agent.store.writer import EVENT_TABLES, StoreWriter, batch_rows
 
@@ -262,7 +262,7 @@ def main() -> None:
         url, admin = pg_database()
         try:
             pg = make_engine(url)
-            upgrade_locked(pg)
+            upgrade(pg)
             register_host(pg, HOST, "bench")
             s = run_writer(pg, events)
             result["pg_executemany"] = {"events_per_s": rate(n, s), "rows_per_s": rate(nrows, s)}

@@ -63,6 +63,9 @@ def alembic_config(url: str) -> Any:
     return cfg
 
 
+_UPGRADE_LOCK = 0x6567_7265_7373  # pg_advisory_xact_lock key ("egress")
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to `revision` in-process, on this engine's connection."""
     from alembic import command
@@ -70,6 +73,9 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
     try:
         with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                # a fleet's agents may start together: they migrate one at a time
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _UPGRADE_LOCK})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
     except SQLAlchemyError as e:

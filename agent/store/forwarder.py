@@ -28,7 +28,7 @@ from typing import Any
 
 import psycopg
 import sqlalchemy.exc
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -37,14 +37,11 @@ from agent.config import Settings
 from agent.events import Event
 from agent.store import codec
 from agent.store.bulk import copy_batch
-from agent.store.db import alembic_config, make_engine, register_host
+from agent.store.db import StoreError, make_engine, register_host, upgrade
 from agent.store.spool import Spool, SpooledEvent
 from agent.store.writer import write_batch
 
 log = logging.getLogger(__name__)
-
-# pg_advisory_xact_lock key: many agents starting at once upgrade the schema one at a time
-_UPGRADE_LOCK = 0x6567_7265_7373  # "egress"
 
 # errors about the data itself (a NUL in a text, a value out of range, a NOT NULL): they
 # come back on every retry, so the forwarder isolates the event instead of retrying
@@ -105,18 +102,6 @@ class _AttemptGuard:
                 for s in self._socks:
                     s.close()
                 self._socks.clear()
-
-
-def upgrade_locked(engine: Engine) -> None:
-    """Alembic upgrade to head, serialised across agents by an advisory lock on PostgreSQL."""
-    from alembic import command
-
-    cfg = alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _UPGRADE_LOCK})
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
 
 
 class Forwarder:
@@ -252,7 +237,7 @@ class Forwarder:
             log.warning(
                 "central store unavailable (%s: %s); spooling and retrying", reason, first_line
             )
-        if not isinstance(e, SQLAlchemyError | psycopg.Error | OSError):
+        if not isinstance(e, SQLAlchemyError | psycopg.Error | OSError | StoreError):
             log.exception("forwarding failed (retrying)")
         self.connected, self.last_error = False, f"{reason}: {first_line}"
         # drop pooled connections: after a cut they are all dead, and a reused dead one
@@ -262,7 +247,7 @@ class Forwarder:
     def prepare(self) -> None:
         """Schema (when auto_upgrade) and this host's row in the central store."""
         if self.auto_upgrade:
-            upgrade_locked(self.engine)
+            upgrade(self.engine)
         register_host(self.engine, self.host_id, self.hostname)
         self._prepared = True
 

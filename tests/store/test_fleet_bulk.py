@@ -13,8 +13,7 @@ from sqlalchemy import Engine, text
 
 from agent.events import Event, FileAction, FileEvent, ProcessInfo
 from agent.store.bulk import copy_batch
-from agent.store.db import make_engine, register_host
-from agent.store.forwarder import upgrade_locked
+from agent.store.db import make_engine, register_host, upgrade
 from agent.store.writer import write_batch
 from tests.store.test_spool_codec import artefacts, decisions, paths, times
 
@@ -70,7 +69,7 @@ def _clear(engine: Engine) -> None:
 @pytest.fixture
 def pg(pg_url: str) -> Any:
     engine = make_engine(pg_url)
-    upgrade_locked(engine)
+    upgrade(engine)
     register_host(engine, HOST, "bulk")
     yield engine
     engine.dispose()

@@ -11,8 +11,7 @@ from sqlalchemy import Engine
 
 from agent.events import FileAction, FileEvent, Flow
 from agent.incidents.log import IncidentLog
-from agent.store.db import make_engine, register_host
-from agent.store.forwarder import upgrade_locked
+from agent.store.db import make_engine, register_host, upgrade
 from agent.store.writer import write_batch
 from tests.conftest import cli, write_config
 
@@ -22,7 +21,7 @@ HOSTS = {"h-a": ("lab-a", 3), "h-b": ("lab-b", 5), "h-c": ("lab-c", 7)}
 @pytest.fixture
 def fleet(pg_url: str, tmp_path: Path, agent_config: dict[str, Any]) -> Any:
     engine: Engine = make_engine(pg_url)
-    upgrade_locked(engine)
+    upgrade(engine)
     from datetime import UTC, datetime
 
     now = datetime.now(UTC)

@@ -330,12 +330,12 @@ def test_a_stalled_batch_is_abandoned_after_the_forward_timeout(
     from sqlalchemy.exc import OperationalError
 
     from agent.events import FileAction, FileEvent
-    from agent.store.db import make_engine
-    from agent.store.forwarder import Forwarder, upgrade_locked
+    from agent.store.db import make_engine, upgrade
+    from agent.store.forwarder import Forwarder
     from agent.store.spool import Spool
 
     direct = make_engine(pg_url)
-    upgrade_locked(direct)
+    upgrade(direct)
     engine = make_engine(proxy.url(pg_url.rsplit("/", 1)[1]), pool_pre_ping=False)
     spool = Spool(tmp_path / "spool.db", 1 << 20)
     fwd = Forwarder(spool, engine, "h-stall", "stall", timeout=1.0)

@@ -7,8 +7,7 @@ import threading
 import pytest
 from sqlalchemy import inspect
 
-from agent.store.db import current_revision, make_engine
-from agent.store.forwarder import upgrade_locked
+from agent.store.db import current_revision, make_engine, upgrade
 
 # the CLI's and analysts' queries: by time, by host, by rule, by hash
 FLEET_INDEXES = {
@@ -26,7 +25,7 @@ def test_agents_starting_together_migrate_a_fresh_database_once(pg_url: str) -> 
 
     def start(i: int) -> None:
         try:
-            upgrade_locked(engines[i])
+            upgrade(engines[i])
         except BaseException as e:
             errors.append(e)
 
