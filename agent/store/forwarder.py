@@ -202,6 +202,7 @@ class Forwarder:
         while True:
             if self._stopping.is_set() and (self._time_left() <= 0 or not len(self.spool)):
                 return
+            self._wake.clear()  # before looking: an append from now on wakes the wait below
             try:
                 with self._guard.deadline(min(self.timeout, self._time_left())):
                     if not self._prepared:
@@ -219,7 +220,6 @@ class Forwarder:
             metrics.FLEET_CONNECTED.set(1)
             if sent == 0 and not self._stopping.is_set():
                 self._wake.wait(1.0)
-                self._wake.clear()
 
     def _sleep(self, seconds: float) -> None:
         if self._stopping.is_set():
