@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.pool import NullPool
 
 from tests.conftest import AgentProcess, is_root
 from tests.drills import hostile
@@ -52,21 +53,40 @@ def files_config(cfg: dict[str, Any], root: Path, **classify: Any) -> dict[str, 
     return cfg
 
 
+def query(cfg: dict[str, Any], sql: str) -> list[tuple[Any, ...]]:
+    """Rows from the agent's store (SQLite read-only, or the central PostgreSQL); [] if none yet."""
+    url = cfg["database"]["url"]
+    if url.startswith("sqlite"):
+        db = Path(url.removeprefix("sqlite:///"))
+        if not db.exists():
+            return []
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+        try:
+            return list(con.execute(sql).fetchall())
+        except sqlite3.OperationalError:  # tables not made yet
+            return []
+        finally:
+            con.close()
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import ProgrammingError
+
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as c:
+            return [tuple(r) for r in c.execute(text(sql))]
+    except ProgrammingError:  # tables not made yet
+        return []
+    finally:
+        engine.dispose()
+
+
 def store_files(cfg: dict[str, Any]) -> dict[str, tuple[int | None, str]]:
     """Path → (size, origin) of the newest non-deleted event per path in file_events."""
-    db = Path(cfg["agent"]["state_dir"]) / "agent.db"
-    if not db.exists():
-        return {}
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        rows = con.execute(
-            "SELECT path, action, size, origin FROM file_events "
-            "WHERE action IN ('created', 'written', 'deleted') ORDER BY id"
-        ).fetchall()
-    except sqlite3.OperationalError:  # tables not made yet
-        return {}
-    finally:
-        con.close()
+    rows = query(
+        cfg,
+        "SELECT path, action, size, origin FROM file_events "
+        "WHERE action IN ('created', 'written', 'deleted') ORDER BY id",
+    )
     out: dict[str, tuple[int | None, str]] = {}
     for path, action, size, origin in rows:
         if action == "deleted":
@@ -76,22 +96,26 @@ def store_files(cfg: dict[str, Any]) -> dict[str, tuple[int | None, str]]:
     return out
 
 
-def written_kinds(cfg: dict[str, Any]) -> dict[str, str | None]:
-    """Path → kinds (JSON text, None when not classified) of every `written` event."""
-    db = Path(cfg["agent"]["state_dir"]) / "agent.db"
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-    try:
-        rows = con.execute("SELECT path, kinds FROM file_events WHERE action = 'written'")
-        return {str(p): k for p, k in rows}
-    finally:
-        con.close()
+def written_kinds(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Path → kinds (None when not classified) of every `written` event."""
+    return {
+        str(p): k
+        for p, k in query(cfg, "SELECT path, kinds FROM file_events WHERE action = 'written'")
+    }
 
 
 def state_paths(cfg: dict[str, Any]) -> set[str]:
-    db = Path(cfg["agent"]["state_dir"]) / "agent.db"
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    return {r[0] for r in query(cfg, "SELECT path FROM file_state")}
+
+
+def spooled(cfg: dict[str, Any]) -> int:
+    """Events waiting in the fleet spool (0 with a local store)."""
+    spool = Path(cfg["agent"]["state_dir"]) / "spool.db"
+    if cfg["database"]["url"].startswith("sqlite") or not spool.exists():
+        return 0
+    con = sqlite3.connect(f"file:{spool}?mode=ro", uri=True, timeout=30)
     try:
-        return {r[0] for r in con.execute("SELECT path FROM file_state")}
+        return int(con.execute("SELECT count(*) FROM spool").fetchone()[0])
     finally:
         con.close()
 
@@ -123,11 +147,15 @@ def burst(root: Path, dirs: int, per_dir: int, started: threading.Event | None =
                 started.set()
 
 
+@pytest.mark.parametrize("store", ["sqlite", "fleet"])
 def test_kill9_mid_burst_then_restart_recovers_every_file(
-    tmp_path: Path, agent_config: dict[str, Any], run_agent: Any
+    tmp_path: Path, agent_config: dict[str, Any], run_agent: Any, store: str, request: Any
 ) -> None:
+    """`fleet`: the central PostgreSQL through the local spool (docs/fleet.md)."""
     root = tmp_path / "watched"
     cfg = files_config(agent_config, root, enabled=False)
+    if store == "fleet":
+        cfg["database"] = {"url": request.getfixturevalue("pg_url")}
     agent = run_agent(cfg)
     agent.wait_metrics()
     wait_for(lambda: (agent.metric("egress_agent_file_watches") or 0) >= 1, 20, "root watched")
@@ -149,8 +177,8 @@ def test_kill9_mid_burst_then_restart_recovers_every_file(
     burst(tmp_path / "watched" / "while_down", 5, 100)
     (root / "burst000" / "f00000.dat").write_bytes(b"changed while the agent was down" * 10)
     (root / "burst000" / "f00001.dat").unlink()
-    before = store_files(cfg)
-    assert 0 < len(before) < len(disk_sizes(root)), "the kill must land in the middle of the burst"
+    kept = len(store_files(cfg)) + spooled(cfg)
+    assert 0 < kept < len(disk_sizes(root)), "the kill must land in the middle of the burst"
 
     agent2 = run_agent(cfg, name="restart")
     agent2.wait_metrics()
