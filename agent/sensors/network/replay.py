@@ -116,16 +116,19 @@ def _any(source: Iterator[Frame], table: FlowTable, result: ReplayResult) -> flo
 # Ethernet + IPv4 without options + the first 14 bytes of TCP, in one unpack
 _FAST = struct.Struct("!12xHBxHxxHxB2x4s4sHHIIBB")
 _FAST_LEN = _FAST.size
+# Ethernet + IPv6 without extension headers + the first 14 bytes of TCP
+_FAST6 = struct.Struct("!12xHB3xHBx16s16sHHIIBB")
+_FAST6_LEN = _FAST6.size
 
 
 def _classic_ethernet(
     mm: mmap.mmap, header: tuple[str, float, int], table: FlowTable, result: ReplayResult
 ) -> float:
-    """The hot loop: IPv4 TCP segments of known flows without SYN/FIN/RST, past their
-    name probes, only move a sequence counter; everything else takes the general path."""
+    """The hot loop: TCP segments (IPv4, IPv6) of known flows without SYN/FIN/RST, past
+    their name probes, only move a sequence counter; the rest takes the general path."""
     endian, unit, _ = header
     rec = struct.Struct(endian + "IIII").unpack_from
-    fast = _FAST.unpack_from
+    fast, fast6 = _FAST.unpack_from, _FAST6.unpack_from
     flows, reverse = table.flows, table.reverse
     size = len(mm)
     off = 24
@@ -147,35 +150,39 @@ def _classic_ethernet(
             next_expire = ts + _EXPIRE_EVERY
         if ts > last_ts:
             last_ts = ts
+        key = None
         if caplen >= _FAST_LEN:
             etype, vihl, total, frag, proto, src, dst, sport, dport, seq, _ack, doff, flags = fast(
                 mm, start
             )
-            if (
-                etype == 0x0800
-                and vihl == 0x45
-                and proto == 6
-                and not frag & 0x3FFF
-                and not flags & 0x07  # no SYN, FIN or RST
-            ):
-                plen = total - 20 - ((doff >> 4) << 2)
-                key = (6, src, sport, dst, dport)
-                st = flows.get(key)
-                counter = None
-                if st is not None:
-                    counter = st.out
-                else:
-                    rkey = reverse.get(key)
-                    if rkey is not None:
-                        st = flows[rkey]
-                        counter = st.inn
-                if counter is not None and st is not None and (plen <= 0 or st.probes >= 3):
-                    if plen > 0:
-                        delta = (seq + plen - counter.high) & 0xFFFFFFFF
-                        if delta < 0x80000000:
-                            counter.high += delta
-                    st.last = ts
-                    continue
+            if etype == 0x0800:
+                if vihl == 0x45 and proto == 6 and not frag & 0x3FFF and not flags & 0x07:
+                    plen = total - 20 - ((doff >> 4) << 2)
+                    key = (6, src, sport, dst, dport)
+            elif etype == 0x86DD and caplen >= _FAST6_LEN:
+                _e, ver, payload, nh, src, dst, sport, dport, seq, _ack, doff, flags = fast6(
+                    mm, start
+                )
+                if ver >> 4 == 6 and nh == 6 and not flags & 0x07:
+                    plen = payload - ((doff >> 4) << 2)
+                    key = (6, src, sport, dst, dport)
+        if key is not None:  # a TCP segment without SYN, FIN or RST
+            st = flows.get(key)
+            counter = None
+            if st is not None:
+                counter = st.out
+            else:
+                rkey = reverse.get(key)
+                if rkey is not None:
+                    st = flows[rkey]
+                    counter = st.inn
+            if counter is not None and st is not None and (plen <= 0 or st.probes >= 3):
+                if plen > 0:
+                    delta = (seq + plen - counter.high) & 0xFFFFFFFF
+                    if delta < 0x80000000:
+                        counter.high += delta
+                st.last = ts
+                continue
         pkt = decode_ethernet(mm, start, end)
         if pkt is None:
             undecoded += 1

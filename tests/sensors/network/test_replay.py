@@ -228,10 +228,11 @@ def test_fast_loop_agrees_with_the_general_path(tmp_path: Path) -> None:
     pkts = dns_exchange(clock, C, R, "same.example", [S])
     for i in range(8):
         sizes = [rnd.randrange(1, 3000) for _ in range(rnd.randrange(1, 30))]
+        v6 = i % 2 == 1
         pkts += tcp_session(
             clock,
-            C,
-            S,
+            "fd00::5" if v6 else C,
+            "2001:db8:1::9" if v6 else S,
             41000 + i,
             443,
             [client_hello(f"h{i}.example")] + [b"v" * n for n in sizes],
