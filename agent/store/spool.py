@@ -69,6 +69,8 @@ class Spool:
         self._db = sqlite3.connect(
             str(path), timeout=30, isolation_level=None, check_same_thread=False
         )
+        # set before the first table exists: lets a drained spool give its pages back
+        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA journal_size_limit=67108864")
@@ -154,6 +156,8 @@ class Spool:
             self._db.execute("DELETE FROM spool WHERE seq <= ?", (last,))
             self._events -= len(records)
             self._bytes -= sum(len(r.text) for r in records)
+            if self._events == 0:  # an outage's backlog is gone: shrink the file again
+                self._db.executescript("PRAGMA incremental_vacuum;")  # steps to the end
             self._publish()
 
     def stats(self) -> SpoolStats:

@@ -259,3 +259,18 @@ def test_refused_event_is_isolated_not_retried_forever(pg_url: str, tmp_path: Pa
     assert len(spool) == 0
     spool.close()
     central.dispose()
+
+
+def test_a_drained_spool_gives_its_disk_space_back(tmp_path: Path) -> None:
+    path = tmp_path / "spool.db"
+    spool = Spool(path, 1 << 30)
+    for i in range(20):
+        spool.append(HOST, [_event(i * 500 + j) for j in range(500)])
+    spool._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    full = path.stat().st_size
+    assert full > 2_000_000
+    while batch := spool.peek(1000):
+        spool.acknowledge(batch)
+    spool._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    assert path.stat().st_size < full / 10
+    spool.close()
