@@ -145,10 +145,14 @@ class Forwarder:
 
     # --- the writer's side ---------------------------------------------------------
     def commit(self, events: Sequence[Event]) -> dict[str, int]:
-        """`StoreWriter(commit=...)`: spool the batch and wake the forwarder."""
-        self.spool.append(self.host_id, events)
+        """`StoreWriter(commit=...)`: spool the batch and wake the forwarder.
+
+        No table rows yet (the forwarder counts those); `events_kept` tells the writer
+        how many the spool took.
+        """
+        kept = self.spool.append(self.host_id, events)
         self._wake.set()
-        return {}
+        return {"events_kept": kept}
 
     # --- lifecycle -----------------------------------------------------------------
     def start(self, wait: float = 0.0) -> bool:

@@ -222,9 +222,12 @@ class StoreWriter:
                 delay = min(delay * 2, 5.0)
                 continue
             metrics.STORE_WRITE_SECONDS.observe(time.perf_counter() - started)
+            counts = dict(counts)
+            # a full fleet spool keeps fewer than it was given (the rest are counted drops)
+            kept = counts.pop("events_kept", len(batch))
             for table, n in counts.items():
                 if n:
                     metrics.STORE_ROWS.labels(table).inc(n)
             metrics.STORE_LAST_WRITE.set_to_current_time()
-            self.written += len(batch)
+            self.written += kept
             return

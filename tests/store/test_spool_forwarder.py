@@ -274,3 +274,20 @@ def test_a_drained_spool_gives_its_disk_space_back(tmp_path: Path) -> None:
     spool._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     assert path.stat().st_size < full / 10
     spool.close()
+
+
+def test_writer_counts_only_what_the_spool_kept(tmp_path: Path) -> None:
+    from agent.store.writer import StoreWriter
+
+    central = make_engine(f"sqlite:///{tmp_path / 'central.db'}")
+    spool = Spool(tmp_path / "spool.db", 4000)
+    fwd = Forwarder(spool, central, HOST, "h")
+    writer = StoreWriter(central, HOST, batch_size=50, commit=fwd.commit)
+    before = _dropped("spool_full")
+    writer.start()
+    for i in range(100):
+        writer.submit(_event(i))
+    writer.stop()
+    assert 0 < writer.written == len(spool) < 100
+    assert _dropped("spool_full") - before == 100 - writer.written
+    spool.close()
