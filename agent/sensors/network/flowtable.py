@@ -152,7 +152,10 @@ class FlowTable:
         if self.is_local is not None and self.is_local(pkt.dst) and not self.is_local(pkt.src):
             self._ignore(key, ts)
             return None
-        return self._new(key, ts)
+        st = self._new(key, ts)
+        if st is not None and self.on_new_flow is not None:
+            self.on_new_flow(st)
+        return st
 
     def _new(self, key: FlowKey, ts: float) -> FlowState | None:
         if len(self.flows) >= self.max_flows:
@@ -311,6 +314,8 @@ class FlowTable:
             if st is None:
                 return
             st.exported_out, st.exported_in = base
+            if self.on_new_flow is not None:
+                self.on_new_flow(st)
         if st.kernel_out is not None:
             return
         if bytes_out > (st.conntrack_out or 0) or bytes_in > (st.conntrack_in or 0):

@@ -365,10 +365,17 @@ class NetworkSensor:
             self.table.conntrack_update(key, e.bytes_orig, e.bytes_reply, now)
 
     def _attribute(self, st: FlowState) -> None:
-        """On an outbound SYN: which local socket, and which process, sent it."""
-        _proto, src, sport, dst, dport = st.key
+        """On an outbound SYN (or a UDP conversation's first packet): which local socket,
+        and which process, sent it."""
+        proto, src, sport, dst, dport = st.key
         if src not in self.local:
             return  # forwarded traffic: no local socket
+        if proto != IPPROTO_TCP:
+            if self.diag is not None:
+                s = self.diag.lookup_udp(src, sport, dst, dport)
+                if s is not None:
+                    self._process(st, s)
+            return
         if self.destroy is not None:
             st.owned = True  # its destroy notification will bring the exact bytes
         if self.diag is None:
@@ -380,6 +387,9 @@ class NetworkSensor:
     def _own(self, st: FlowState, s: DiagSocket) -> None:
         st.cookie = s.cookie
         self.cookies[s.cookie] = st.key
+        self._process(st, s)
+
+    def _process(self, st: FlowState, s: DiagSocket) -> None:
         if st.process is None:
             pid = self.procs.pid_of(s.inode)
             if pid is not None:

@@ -130,8 +130,10 @@ def _parse_diag(data: bytes, p: int, end: int) -> DiagSocket:
     )
 
 
-def _request(family: int, flags: int, states: int, sock_id: bytes, seq: int) -> bytes:
-    body = _req.pack(family, socket.IPPROTO_TCP, 1 << (INET_DIAG_INFO - 1), states) + sock_id
+def _request(
+    family: int, flags: int, states: int, sock_id: bytes, seq: int, proto: int = socket.IPPROTO_TCP
+) -> bytes:
+    body = _req.pack(family, proto, 1 << (INET_DIAG_INFO - 1), states) + sock_id
     return _nlmsghdr.pack(16 + len(body), SOCK_DIAG_BY_FAMILY, flags, seq, 0) + body
 
 
@@ -180,6 +182,27 @@ class SockDiag:
         self._seq += 1
         msg = _request(
             family, NLM_F_REQUEST, 0xFFFFFFFF, _sock_id(src, sport, dst, dport), self._seq
+        )
+        try:
+            found = self._ask(msg, False)
+        except OSError:
+            return None
+        return found[0] if found else None
+
+    def lookup_udp(self, src: bytes, sport: int, dst: bytes, dport: int) -> DiagSocket | None:
+        """The UDP socket that sends from src:sport to dst:dport (connected or not).
+
+        The kernel finds UDP sockets as a receiver would, so the request names the
+        remote end first; the answer's inode and uid are the sender's."""
+        family = socket.AF_INET if len(src) == 4 else socket.AF_INET6
+        self._seq += 1
+        msg = _request(
+            family,
+            NLM_F_REQUEST,
+            0xFFFFFFFF,
+            _sock_id(dst, dport, src, sport),
+            self._seq,
+            socket.IPPROTO_UDP,
         )
         try:
             found = self._ask(msg, False)

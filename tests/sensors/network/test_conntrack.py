@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -60,6 +61,7 @@ def test_udp_bulk_counted_by_conntrack(rig: Rig, sensor_in: Any) -> None:
     (f,) = [f for f in flows if f.src_port == port]
     assert (f.protocol, f.byte_source, f.close_reason) == ("udp", "conntrack_l3", "idle")
     assert f.bytes_out == 300 * (1000 + 8 + 20)  # IP-level: headers included
+    assert f.process is not None and f.process.pid == os.getpid()
     time.sleep(4)  # the conntrack entry outlives our export: no second record
     assert len([f for f in out.flows if f.src_port == port]) == 1
     rx.close()

@@ -381,6 +381,7 @@ def test_quic_initial_names_a_udp_flow(rig: Rig, sensor_in: Any) -> None:
         "sni",
         "idle",
     )
+    assert f.process is not None and f.process.pid == os.getpid()  # the UDP socket's owner
 
 
 def test_raw_ip_interfaces_like_tun_and_wireguard(rig: Rig, sensor_in: Any) -> None:

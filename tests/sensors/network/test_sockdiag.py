@@ -98,3 +98,17 @@ def test_overflow_is_reported_as_lost() -> None:
     assert lost and len(socks) < 400
     srv.close()
     listener.close()
+
+
+def test_udp_lookup_finds_the_sending_socket() -> None:
+    diag = SockDiag()
+    lo = socket.inet_aton("127.0.0.1")
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx,
+    ):
+        rx.bind(("127.0.0.1", 0))
+        tx.sendto(b"x", rx.getsockname())  # unconnected: bound to 0.0.0.0:port
+        found = diag.lookup_udp(lo, tx.getsockname()[1], lo, rx.getsockname()[1])
+        assert found is not None and found.inode == os.fstat(tx.fileno()).st_ino
+    diag.close()
