@@ -12,10 +12,14 @@
    watched root does not read them) and in the classifier's hash cache (`files`
    table), inserted with SQL; then the agent starts on the empty root. Reference: the
    same agent with an empty store.
+3. `--known-files` empty files spread over the same tree, each with its `file_state`
+   row (real inode and mtime) and hash-cache identity: the agent starts on the tree and
+   its startup reconcile walks it and compares every file with the store, finding
+   nothing to report. Reference: the agent on the tree without files and an empty store.
 
 `fs.inotify.max_user_watches` is raised for the run if it is too low, and restored.
 
-    .venv/bin/python -m bench.memory [--dirs 100000] [--artefacts 1000000]
+    .venv/bin/python -m bench.memory [--dirs 100000] [--artefacts 1000000] [--known-files 1000000]
 
 Prints one JSON object on the last line of stdout.
 """
@@ -131,15 +135,18 @@ def agent_config(work: Path, name: str, root: Path) -> Path:
 
 
 def metric(url: str, name: str) -> float | None:
+    """The sum of a metric's samples (all labels), None when it has none."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(url, timeout=5) as r:
         text = r.read().decode()
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name:
-                return float(s.value)
-    return None
+    values = [
+        float(s.value)
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == name
+    ]
+    return sum(values) if values else None
 
 
 def measure_agent(cfg: Path, watches: int, timeout: float) -> dict[str, Any]:
@@ -165,6 +172,7 @@ def measure_agent(cfg: Path, watches: int, timeout: float) -> dict[str, Any]:
             time.sleep(0.5)
         doc = settle(proc.pid, watches, timeout)
         doc["started_s"] = round(time.monotonic() - t0, 1)
+        doc["rescan_events"] = int(metric(url, "egress_agent_file_rescan_events_total") or 0)
         return doc
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -269,11 +277,70 @@ def fill_known(cfg: Path, count: int, former_root: str) -> None:
     cache.close()
 
 
+EMPTY_SHA = hashlib.sha256(b"").hexdigest()
+
+
+def fill_known_files(cfg: Path, tree: Path, count: int) -> int:
+    """`count` empty files over the tree's leaf directories, each known to the store."""
+    subprocess.run(
+        [sys.executable, "-m", "agent", "--config", str(cfg), "db", "upgrade"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    state = Path(json.loads(cfg.read_text())["agent"]["state_dir"])
+    leaves = [d for top in sorted(tree.iterdir()) for d in sorted(top.iterdir())]
+    per_dir = -(-count // len(leaves))
+    now = time.strftime("%Y-%m-%d %H:%M:%S.000000", time.gmtime())
+    from agent.classify.hashing import HashCache
+
+    HashCache(state / "hashcache.db").close()
+    db = sqlite3.connect(state / "agent.db")
+    cache = sqlite3.connect(state / "hashcache.db")
+    made = 0
+    rows: list[tuple[Any, ...]] = []
+    idents: list[tuple[Any, ...]] = []
+
+    def flush() -> None:
+        db.executemany(
+            "INSERT INTO file_state (host_id, path, size, inode, mtime_ns, sha256, updated_at) "
+            "VALUES (?, ?, 0, ?, ?, ?, ?)",
+            rows,
+        )
+        cache.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, 0, ?, ?, ?)", idents)
+        db.commit()
+        cache.commit()
+        rows.clear()
+        idents.clear()
+
+    for leaf in leaves:
+        for j in range(min(per_dir, count - made)):
+            path = f"{leaf}/k{j:02d}.bin"
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+            st = os.lstat(path)
+            rows.append((HOST, path, st.st_ino, st.st_mtime_ns, EMPTY_SHA, now))
+            idents.append((st.st_dev, st.st_ino, st.st_mtime_ns, EMPTY_SHA, time.time()))
+            made += 1
+        if len(rows) >= 50_000:
+            flush()
+    flush()
+    db.execute(
+        "INSERT INTO artefacts (sha256, size, content_type, kinds, tags, matches, first_seen, "
+        "last_seen) VALUES (?, 0, 'application/x-empty', '[]', '[]', '[]', ?, ?)",
+        (EMPTY_SHA, now, now),
+    )
+    db.commit()
+    db.close()
+    cache.close()
+    return made
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dirs", type=int, default=100_000)
     ap.add_argument("--artefacts", type=int, default=1_000_000)
-    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--known-files", type=int, default=1_000_000)
+    ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     args = ap.parse_args()
     work = Path(args.dir or tempfile.mkdtemp(prefix="bench-memory-"))
@@ -297,6 +364,12 @@ def main() -> None:
         store_mib = sum(
             f.stat().st_size for f in (work / "state-known").iterdir() if f.is_file()
         ) / (1 << 20)
+        t0 = time.monotonic()
+        files_cfg = agent_config(work, "files", tree)
+        files_made = fill_known_files(files_cfg, tree, args.known_files)
+        files_fill_s = time.monotonic() - t0
+        with enough_watches(dirs_total):
+            on_files = measure_agent(files_cfg, dirs_total, args.timeout)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -344,6 +417,20 @@ def main() -> None:
                 f"ready in {known['started_s']} s vs {base['started_s']} s"
             ),
         },
+        {
+            "what": f"RSS with {files_made:,} known files under the watched root",
+            "agent": on_files["rss_mib"],
+            "reference": agent["rss_mib"],
+            "unit": "MiB",
+            "ratio": round(on_files["rss_mib"] / agent["rss_mib"], 2),
+            "goal": "≤ 1.5× the agent on the same directories with no files",
+            "met": on_files["rss_mib"] <= 1.5 * agent["rss_mib"],
+            "note": (
+                f"after the startup reconcile (walk + compare with file_state) found them all "
+                f"known ({on_files['rescan_events']} reported); peak (VmHWM) "
+                f"{on_files['hwm_mib']} MiB; reconcile done {on_files['started_s']} s after start"
+            ),
+        },
     ]
     print(
         json.dumps(
@@ -354,6 +441,8 @@ def main() -> None:
                 "watchdog_empty_root": wd_base,
                 "watchdog_tree": wd,
                 "agent_known_artefacts": known,
+                "agent_known_files": on_files,
+                "known_files_filled_s": round(files_fill_s, 1),
                 "directories": dirs_total,
                 "tree_made_s": round(made_s, 1),
                 "known_filled_s": round(fill_s, 1),
