@@ -44,7 +44,7 @@ from agent.incidents.evidence import (
     size_of,
 )
 from agent.incidents.lineage import ArtefactMemory, ParentsOf
-from agent.incidents.model import Finding
+from agent.incidents.model import METHOD_RANK, Finding
 from agent.store.rows import storable_text
 
 EXTERNAL = frozenset({"foreign", "unknown", "domestic"})
@@ -111,7 +111,7 @@ class CorrelationEngine:
         self._by_pid: dict[int | None, deque[Touch]] = {}  # the same touches by process
         self._flows: deque[tuple[Flow, str | None]] = deque()  # (flow, its policy-alert key)
         self.memory = ArtefactMemory(parents_of)
-        self._matched_flows: OrderedDict[str, None] = OrderedDict()
+        self._matched_flows: OrderedDict[str, str] = OrderedDict()  # flow uid -> method
         self._file_attribution = False
         self._now: datetime | None = None
 
@@ -168,12 +168,18 @@ class CorrelationEngine:
             touch = Touch(e, key, size_of(e))
             self._touches.append(touch)
             self._by_pid.setdefault(touch.pid, deque()).append(touch)
+            # events from different sensors arrive in no guaranteed order: a read by the
+            # uploader may reach us after its flow did
             for flow, flow_key in list(self._flows):
-                if flow.uid in self._matched_flows or flow.end + CLOCK_SKEW < e.time:
+                if flow.end + CLOCK_SKEW < e.time:
                     continue
                 match = self._match(flow, [touch])
-                if match is not None:
-                    findings.append(self._exfil_finding(flow, match, flow_key))
+                if match is None:
+                    continue
+                before = self._matched_flows.get(flow.uid)
+                if before is not None and METHOD_RANK[match.method] <= METHOD_RANK[before]:
+                    continue
+                findings.append(self._exfil_finding(flow, match, flow_key))
         return findings
 
     def _on_flow(self, f: Flow) -> list[Finding]:
@@ -181,15 +187,15 @@ class CorrelationEngine:
         if f.dest_class not in EXTERNAL:
             return [self._flow_alert_finding(f, alerting)] if alerting else []
         match = self._match(f, self._candidates(f))
-        if match is not None:
-            return [self._exfil_finding(f, match, None)]
         flow_key = None
         findings: list[Finding] = []
-        if alerting:
+        if match is not None:
+            findings.append(self._exfil_finding(f, match, None))
+        elif alerting:
             finding = self._flow_alert_finding(f, alerting)
             flow_key = finding.dedup_key
             findings.append(finding)
-        if f.bytes_out > 0:
+        if f.bytes_out > 0:  # kept for touches that arrive later, matched or not
             self._flows.append((f, flow_key))
         return findings
 
@@ -267,7 +273,8 @@ class CorrelationEngine:
 
     # --- building findings ---------------------------------------------------------
     def _exfil_finding(self, flow: Flow, match: Match, flow_key: str | None) -> Finding:
-        self._matched_flows[flow.uid] = None
+        self._matched_flows[flow.uid] = match.method
+        self._matched_flows.move_to_end(flow.uid)
         while len(self._matched_flows) > MAX_MATCHED_FLOWS:
             self._matched_flows.popitem(last=False)
         shas = [t.sha for t in match.touches]

@@ -138,6 +138,15 @@ def _cap(evidence: dict[str, Any]) -> None:
             evidence["truncated"][k] = int(evidence["truncated"].get(k, 0)) + extra
 
 
+# how closely a file was tied to a flow; a later, closer match (the uploader's own read
+# arriving after its flow) refines the story's correlation
+METHOD_RANK = {"size_and_time": 1, "child_process": 2, "same_process": 3}
+
+
+def _method_rank(correlation: Mapping[str, Any] | None) -> int:
+    return METHOD_RANK.get(str((correlation or {}).get("method", "")), 0)
+
+
 def merge(doc: Mapping[str, Any], finding: Finding) -> dict[str, Any] | None:
     """The document after adding a finding's new evidence; None when nothing is new.
 
@@ -161,6 +170,10 @@ def merge(doc: Mapping[str, Any], finding: Finding) -> dict[str, Any] | None:
                 added += 1
             if k == "flows":
                 new_flow_bytes += int(item.get("bytes_out") or 0)
+    closer = finding.evidence.get("correlation")
+    if _method_rank(closer) > _method_rank(evidence.get("correlation")):
+        evidence["correlation"] = dict(closer or {})
+        added += 1
     if added == 0:
         return None
     evidence["roots"] = sorted(

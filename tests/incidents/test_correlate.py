@@ -289,3 +289,29 @@ def test_store_lineage_is_asked_once_per_artefact() -> None:
     for _ in range(3):
         eng.lineage([CKPT])
     assert asked == [CKPT]
+
+
+def test_uploaders_read_arriving_after_its_flow_refines_the_same_story() -> None:
+    """Sensors deliver in no fixed order: the flow may come before the uploader's read.
+
+    The flow first matches the parent shell's copies (child_process); the late read by
+    the uploader itself is a closer match of the same story and must add the archive.
+    """
+    from agent.incidents.model import merge, new_document
+
+    events = [*story()[:-2], story()[-1], story()[-2]]  # flow, then curl's read of x.tgz
+    findings = run(events)
+    exfil = [f for f in findings if f.kind == "exfiltration"]
+    assert len(exfil) == 2
+    first, closer = exfil
+    assert first.evidence["correlation"]["method"] == "child_process"
+    assert closer.evidence["correlation"]["method"] == "same_process"
+    assert first.dedup_key == closer.dedup_key  # one incident: the log merges them
+    doc = new_document(first, "u1", "h1")
+    merged = merge(doc, closer)
+    assert merged is not None
+    paths = {x["path"] for x in merged["evidence"]["files"]}
+    assert "/data/tmp/x.tgz" in paths
+    assert merged["evidence"]["correlation"]["method"] == "same_process"
+    assert merged["bytes_out"] == doc["bytes_out"]  # the same flow is not counted twice
+    assert merge(merged, closer) is None  # re-delivery changes nothing
