@@ -1,11 +1,12 @@
 """The network sensor: outbound flows with exact bytes, names, destination class, process.
 
 Modules, from the wire inwards: `capture` (filtered AF_PACKET sockets), `packets`
-(struct header parsing), `names` (SNI, HTTP Host, DNS, name cache), `seqtrack` (TCP
-sequence counting past 4 GiB), `sockdiag` (kernel byte counts and socket owners),
-`conntrack` (UDP volume), `procindex` (inode → process), `destinations` (class and
-country), `flowstate` and `flowtable` (the flow logic shared with replay), `sensor`
-(the live thread), `pcapfile` and `replay` (offline mode). See docs/network-sensor.md.
+(struct header parsing), `names` (SNI, HTTP Host, DNS, name cache), `quic` (SNI from
+QUIC Initials), `seqtrack` (TCP sequence counting past 4 GiB), `sockdiag` (kernel byte
+counts and socket owners), `conntrack` (UDP volume), `procindex` (inode → process),
+`host` (local addresses and ports), `destinations` (class and country), `flowstate`
+and `flowtable` (the flow logic shared with replay), `sensor` (the live thread),
+`pcapfile` and `replay` (offline mode). See docs/network-sensor.md.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import select
-import socket
 import threading
 import time
 from typing import Any
@@ -28,6 +27,7 @@ from agent.sensors.network.conntrack import Conntrack
 from agent.sensors.network.destinations import Destinations
 from agent.sensors.network.flowstate import FlowKey, FlowState
 from agent.sensors.network.flowtable import FlowTable
+from agent.sensors.network.host import ephemeral_range, is_loopback, local_addresses
 from agent.sensors.network.packets import IPPROTO_TCP, decode_ethernet, decode_ip
 from agent.sensors.network.procindex import ProcIndex, user_name
 from agent.sensors.network.sockdiag import DestroyListener, DiagSocket, SockDiag
@@ -39,30 +39,7 @@ REOPEN_INTERVAL = 5.0  # seconds between attempts to reopen a failed capture
 LOCAL_REFRESH = 30.0  # seconds between re-reads of this host's addresses (DHCP, VPNs)
 TICK = 0.5
 _PEER_FIN_STATES = frozenset((8, 9, 11))  # CLOSE_WAIT, LAST_ACK, CLOSING
-_LOOPBACK = frozenset((socket.inet_pton(socket.AF_INET6, "::1"),))
 _BATCH = 256  # packets read from one socket before looking at the others
-
-
-def local_addresses() -> set[bytes]:
-    """Packed addresses of this network namespace's interfaces."""
-    from pyroute2 import IPRoute
-
-    out: set[bytes] = set()
-    with IPRoute() as ipr:
-        for a in ipr.get_addr():
-            addr = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
-            if addr:
-                out.add(socket.inet_pton(a["family"], addr))
-    return out
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            lo, hi = f.read().split()
-        return int(lo), int(hi)
-    except (OSError, ValueError):
-        return 32768, 60999
 
 
 class NetworkSensor:
@@ -112,7 +89,7 @@ class NetworkSensor:
         except BaseException:
             self._close()
             raise
-        self.ephemeral = _ephemeral_range()
+        self.ephemeral = ephemeral_range()
         self._emit = emit
         self.table = FlowTable(
             self._export,
@@ -299,7 +276,7 @@ class NetworkSensor:
     def _outbound_guess(self, s: DiagSocket) -> bool:
         """A socket whose SYN we did not see: outbound if its local port is ephemeral.
         Loopback conversations never leave the host and are not reported."""
-        if s.dst in _LOOPBACK or s.dst[:1] == b"\x7f":
+        if is_loopback(s.dst):
             return False
         return self.ephemeral[0] <= s.sport <= self.ephemeral[1]
 
@@ -359,7 +336,7 @@ class NetworkSensor:
             return
         now = time.time()
         for e in entries:
-            if e.dst in _LOOPBACK or e.dst[:1] == b"\x7f":
+            if is_loopback(e.dst):
                 continue
             key = (e.proto, e.src, e.sport, e.dst, e.dport)
             self.table.conntrack_update(key, e.bytes_orig, e.bytes_reply, now)
