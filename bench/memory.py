@@ -225,23 +225,26 @@ def enough_watches(need: int) -> Iterator[None]:
             MAX_WATCHES.write_text(f"{old}\n")
 
 
-def fill_known(cfg: Path, count: int, former_root: str) -> None:
-    """`count` artefacts, file_state rows and hash-cache identities, inserted with SQL."""
+def open_stores(cfg: Path) -> tuple[sqlite3.Connection, sqlite3.Connection, str]:
+    """The agent's store (migrated by `db upgrade`) and its hash cache, plus a timestamp."""
     subprocess.run(
         [sys.executable, "-m", "agent", "--config", str(cfg), "db", "upgrade"],
         cwd=REPO,
         check=True,
         capture_output=True,
     )
-    state = Path(json.loads(cfg.read_text())["agent"]["state_dir"])
-    now = time.strftime("%Y-%m-%d %H:%M:%S.000000", time.gmtime())
-    shas = (hashlib.sha256(b"%d" % i).hexdigest() for i in range(count))
-    db = sqlite3.connect(state / "agent.db")
-    cache_path = state / "hashcache.db"
     from agent.classify.hashing import HashCache
 
-    HashCache(cache_path).close()  # the classifier's own schema
-    cache = sqlite3.connect(cache_path)
+    state = Path(json.loads(cfg.read_text())["agent"]["state_dir"])
+    HashCache(state / "hashcache.db").close()  # the classifier's own schema
+    now = time.strftime("%Y-%m-%d %H:%M:%S.000000", time.gmtime())
+    return sqlite3.connect(state / "agent.db"), sqlite3.connect(state / "hashcache.db"), now
+
+
+def fill_known(cfg: Path, count: int, former_root: str) -> None:
+    """`count` artefacts, file_state rows and hash-cache identities, inserted with SQL."""
+    db, cache, now = open_stores(cfg)
+    shas = (hashlib.sha256(b"%d" % i).hexdigest() for i in range(count))
     step = 50_000
     for start in range(0, count, step):
         rows = [(i, next(shas)) for i in range(start, min(count, start + step))]
@@ -282,21 +285,9 @@ EMPTY_SHA = hashlib.sha256(b"").hexdigest()
 
 def fill_known_files(cfg: Path, tree: Path, count: int) -> int:
     """`count` empty files over the tree's leaf directories, each known to the store."""
-    subprocess.run(
-        [sys.executable, "-m", "agent", "--config", str(cfg), "db", "upgrade"],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-    )
-    state = Path(json.loads(cfg.read_text())["agent"]["state_dir"])
+    db, cache, now = open_stores(cfg)
     leaves = [d for top in sorted(tree.iterdir()) for d in sorted(top.iterdir())]
     per_dir = -(-count // len(leaves))
-    now = time.strftime("%Y-%m-%d %H:%M:%S.000000", time.gmtime())
-    from agent.classify.hashing import HashCache
-
-    HashCache(state / "hashcache.db").close()
-    db = sqlite3.connect(state / "agent.db")
-    cache = sqlite3.connect(state / "hashcache.db")
     made = 0
     rows: list[tuple[Any, ...]] = []
     idents: list[tuple[Any, ...]] = []
@@ -333,6 +324,23 @@ def fill_known_files(cfg: Path, tree: Path, count: int) -> int:
     db.close()
     cache.close()
     return made
+
+
+def row(
+    what: str, values: tuple[float, float, str], goal: str, limit: float | None, note: str
+) -> dict[str, Any]:
+    """One line of the comparisons table; `met` is agent ≤ limit × reference."""
+    agent, reference, unit = values
+    return {
+        "what": what,
+        "agent": agent,
+        "reference": reference,
+        "unit": unit,
+        "ratio": round(agent / reference, 2) if reference > 0 else None,
+        "goal": goal,
+        "met": None if limit is None else reference > 0 and agent <= limit * reference,
+        "note": note,
+    }
 
 
 def main() -> None:
@@ -378,59 +386,41 @@ def main() -> None:
 
     agent_pw, wd_pw = per_watch(agent, base), per_watch(wd, wd_base)
     comparisons = [
-        {
-            "what": f"RSS with {args.dirs:,} watched directories",
-            "agent": agent["rss_mib"],
-            "reference": wd["rss_mib"],
-            "unit": "MiB",
-            "ratio": round(agent["rss_mib"] / wd["rss_mib"], 2),
-            "goal": "none: for scale (the daemon's fixed cost is not watchdog's); next row",
-            "met": None,
-            "note": (
-                f"{agent['watches']:,} watches (fdinfo); agent on an empty root "
-                f"{base['rss_mib']} MiB, watchdog {wd_base['rss_mib']} MiB; peak (VmHWM) "
-                f"{agent['hwm_mib']} vs {wd['hwm_mib']} MiB; all watches in "
-                f"{agent['ready_s']} s vs {wd['ready_s']} s"
-            ),
-        },
-        {
-            "what": "RSS added per watched directory",
-            "agent": agent_pw,
-            "reference": wd_pw,
-            "unit": "bytes",
-            "ratio": round(agent_pw / wd_pw, 2) if wd_pw > 0 else None,
-            "goal": "≤ 2× watchdog",
-            "met": wd_pw > 0 and agent_pw <= 2 * wd_pw,
-            "note": "(RSS at N dirs − RSS on an empty root) / watches",
-        },
-        {
-            "what": f"RSS with {args.artefacts:,} known artefacts",
-            "agent": known["rss_mib"],
-            "reference": base["rss_mib"],
-            "unit": "MiB",
-            "ratio": round(known["rss_mib"] / base["rss_mib"], 2),
-            "goal": "≤ 1.2× the agent with an empty store",
-            "met": known["rss_mib"] <= 1.2 * base["rss_mib"],
-            "note": (
-                f"artefacts, file_state (under a former root) and hash-cache rows; "
-                f"store + cache {store_mib:,.0f} MiB on disk; peak {known['hwm_mib']} MiB; "
-                f"ready in {known['started_s']} s vs {base['started_s']} s"
-            ),
-        },
-        {
-            "what": f"RSS with {files_made:,} known files under the watched root",
-            "agent": on_files["rss_mib"],
-            "reference": agent["rss_mib"],
-            "unit": "MiB",
-            "ratio": round(on_files["rss_mib"] / agent["rss_mib"], 2),
-            "goal": "≤ 1.5× the agent on the same directories with no files",
-            "met": on_files["rss_mib"] <= 1.5 * agent["rss_mib"],
-            "note": (
-                f"after the startup reconcile (walk + compare with file_state) found them all "
-                f"known ({on_files['rescan_events']} reported); peak (VmHWM) "
-                f"{on_files['hwm_mib']} MiB; reconcile done {on_files['started_s']} s after start"
-            ),
-        },
+        row(
+            f"RSS with {args.dirs:,} watched directories",
+            (agent["rss_mib"], wd["rss_mib"], "MiB"),
+            "none: for scale (the daemon's fixed cost is not watchdog's); next row",
+            None,
+            f"{agent['watches']:,} watches (fdinfo); agent on an empty root "
+            f"{base['rss_mib']} MiB, watchdog {wd_base['rss_mib']} MiB; peak (VmHWM) "
+            f"{agent['hwm_mib']} vs {wd['hwm_mib']} MiB; all watches in "
+            f"{agent['ready_s']} s vs {wd['ready_s']} s",
+        ),
+        row(
+            "RSS added per watched directory",
+            (agent_pw, wd_pw, "bytes"),
+            "≤ 2× watchdog",
+            2.0,
+            "(RSS at N dirs − RSS on an empty root) / watches",
+        ),
+        row(
+            f"RSS with {args.artefacts:,} known artefacts",
+            (known["rss_mib"], base["rss_mib"], "MiB"),
+            "≤ 1.2× the agent with an empty store",
+            1.2,
+            f"artefacts, file_state (under a former root) and hash-cache rows; "
+            f"store + cache {store_mib:,.0f} MiB on disk; peak {known['hwm_mib']} MiB; "
+            f"ready in {known['started_s']} s vs {base['started_s']} s",
+        ),
+        row(
+            f"RSS with {files_made:,} known files under the watched root",
+            (on_files["rss_mib"], agent["rss_mib"], "MiB"),
+            "≤ 1.5× the agent on the same directories with no files",
+            1.5,
+            f"after the startup reconcile (walk + compare with file_state) found them all "
+            f"known ({on_files['rescan_events']} reported); peak (VmHWM) "
+            f"{on_files['hwm_mib']} MiB; reconcile done {on_files['started_s']} s after start",
+        ),
     ]
     print(
         json.dumps(
