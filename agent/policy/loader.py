@@ -141,6 +141,17 @@ def _parse_parts(pack: ParsedPack, issues: list[Issue]) -> None:
                     f"this engine ({'.'.join(map(str, ENGINE_VERSION))}); upgrade egress-agent",
                 )
             )
+    if "rules" not in doc and "overrides" not in doc:
+        # a pack cut short while being copied (say, just before `rules:`) must not load
+        # as a valid pack that silently switches its rules off
+        issues.append(
+            Issue(
+                pack.file,
+                line_of(doc, 1),
+                "missing 'rules:' (or, in a site pack, 'overrides:'); "
+                "write 'rules: []' for a pack with categories only",
+            )
+        )
     pack.parameters = _mapping(doc, "parameters", dict[str, Scalar], pack, issues)
     pack.lists = _mapping(doc, "lists", dict[str, list[Scalar]], pack, issues)
     pack.macros = _mapping(doc, "macros", dict[str, Any], pack, issues)

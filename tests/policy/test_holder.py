@@ -117,6 +117,20 @@ def test_broken_reload_keeps_last_good_policy(tmp_path: Path) -> None:
     assert _metric("egress_agent_policy_last_reload_success") == 1
 
 
+def test_pack_cut_before_its_rules_is_refused(tmp_path: Path) -> None:
+    """A half-copied pack must not load as a valid pack that has no rules."""
+    holder, site = _holder(tmp_path)
+    assert holder.reload()
+    good = holder.current
+    text = SITE.format(version="2")
+    cut = text[: text.index("\nrules:") if "\nrules:" in text else text.index("\noverrides:")]
+    (site / "lab.yaml").write_text(cut + "\n")
+    assert not holder.reload()
+    assert holder.current is good
+    assert any("'rules:'" in str(i) for i in holder.errors), holder.errors
+    assert _metric("egress_agent_policy_last_reload_success") == 0
+
+
 def test_site_overrides_and_exceptions(tmp_path: Path) -> None:
     holder, _ = _holder(tmp_path, model_parameter_threshold=1000)
     assert holder.reload(), holder.errors
