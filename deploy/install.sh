@@ -166,9 +166,11 @@ if command -v systemd-tmpfiles >/dev/null; then
 else
   install -d -m 0750 "$ROOT/var/lib/egress-agent" "$ROOT/var/log/egress-agent" \
     "$ROOT/var/log/egress-agent/incidents"
-  if [ "$LIVE" = 1 ]; then
-    chown -R "$USER_NAME:$USER_NAME" /var/lib/egress-agent /var/log/egress-agent
-  fi
+fi
+# a store left by an earlier run as root would be unwritable to the agent: hand it over,
+# as systemd's StateDirectory= does when the unit starts
+if [ "$LIVE" = 1 ]; then
+  chown -R "$USER_NAME:$USER_NAME" /var/lib/egress-agent /var/log/egress-agent
 fi
 # the config holds password hashes and database URLs: readable by root and the agent only
 if [ "$LIVE" = 1 ]; then
