@@ -81,3 +81,17 @@ def test_missing_config_file(tmp_path: Path) -> None:
     res = cli("status", config=tmp_path / "nope.yaml", check=False)
     assert res.returncode == 2
     assert "config file not found" in res.stderr
+
+
+def test_every_key_is_documented_in_the_readme() -> None:
+    """The README is the config reference users rely on: no key may be missing from it."""
+    from agent.config import Settings
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    missing = [
+        f"{section}.{key}"
+        for section, field in Settings.model_fields.items()
+        for key in field.annotation.model_fields  # type: ignore[union-attr]
+        if f"`{section}.{key}`" not in readme
+    ]
+    assert not missing, f"keys not documented in README.md: {missing}"
