@@ -86,7 +86,9 @@ def render(runs: list[dict[str, Any]], info: dict[str, Any]) -> str:
     out = [
         "# Benchmarks",
         "",
-        f"Run {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} with `make bench` on: "
+        f"Written {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} by `make bench` "
+        "(`python -m bench NAME...` re-runs some and keeps the others; each run's time is "
+        "`ran_at` in the raw results) on: "
         f"{info['cpu']}, {info['cores']} cores, {info['memory_mib']} MiB, Linux {info['kernel']}, "
         f"Python {info['python']}. Every ratio compares the agent with a reference tool "
         "measured in the same run on the same work (lower is better for time and CPU).",
@@ -139,13 +141,21 @@ def main() -> None:
     ap.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"))
     args = ap.parse_args()
     info = machine()
-    runs = []
+    runs: list[dict[str, Any]] = []
+    previous = Path(args.output).with_suffix(".json")
+    if args.names != BENCHMARKS and previous.exists():
+        # re-running some benchmarks keeps the others' last results (each says its time)
+        kept = json.loads(previous.read_text()).get("runs", [])
+        runs = [r for r in kept if r.get("name") not in args.names]
     for name in args.names:
         if not (REPO / "bench" / f"{name}.py").exists():
             runs.append({"name": name, "error": f"bench/{name}.py does not exist"})
             continue
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
-        runs.append(run_one(name, args.timeout))
+        result = run_one(name, args.timeout)
+        result["ran_at"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        runs.append(result)
+    runs.sort(key=lambda r: BENCHMARKS.index(r["name"]) if r["name"] in BENCHMARKS else 99)
     Path(args.output).write_text(render(runs, info))
     (Path(args.output).with_suffix(".json")).write_text(
         json.dumps({"machine": info, "runs": runs}, indent=1, default=str)
