@@ -10,12 +10,13 @@ from its payload and compare.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from agent.incidents.chain import ChainEntry
+from agent.incidents.model import canonical_json
 
 SEVERITY_NUMBER = {"info": 0, "low": 21, "medium": 47, "high": 73, "critical": 99}
 RECORD_ACTIONS = {
@@ -111,3 +112,27 @@ def entry_from_payload(
 
 def basename(path: str | None) -> str | None:
     return path.rsplit("/", 1)[-1] if path else None
+
+
+def written_lines(lines: Iterable[str]) -> Iterator[str]:
+    """The non-empty lines of an export file, without their newline."""
+    for line in lines:
+        line = line.rstrip("\n")
+        if line:
+            yield line
+
+
+def entry_from_chain_fields(
+    chain: Mapping[str, Any], host_id: Any, time: Any, record: Any
+) -> ChainEntry:
+    """The chain record that a JSON export (ECS, OCSF) carries in its custom namespace."""
+    return ChainEntry(
+        seq=int(chain["seq"]),
+        host_id=str(host_id),
+        record_type=str(chain["record_type"]),
+        time=str(time),
+        incident_uid=chain.get("incident_uid"),
+        payload=None if chain.get("stub") else canonical_json(record),
+        prev_hash=str(chain["prev_hash"]),
+        hash=str(chain["hash"]),
+    )

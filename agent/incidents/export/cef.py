@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 
 from agent import __version__
 from agent.incidents.chain import ChainEntry
-from agent.incidents.export._view import basename, view
+from agent.incidents.export._view import basename, view, written_lines
 
 NAME = "cef"
 EXTENSION = "cef"
@@ -155,10 +155,7 @@ def expected(entry: ChainEntry) -> str:
 
 
 def read(lines: Iterable[str]) -> Iterator[tuple[ChainEntry, str]]:
-    for line in lines:
-        line = line.rstrip("\n")
-        if not line:
-            continue
+    for line in written_lines(lines):
         _header, ext = split_header(line)
         x = parse_extension(ext)
         yield (

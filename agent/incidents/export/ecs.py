@@ -14,8 +14,14 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from agent.incidents.chain import ChainEntry
-from agent.incidents.export._view import SEVERITY_NUMBER, View, basename, view
-from agent.incidents.model import canonical_json
+from agent.incidents.export._view import (
+    SEVERITY_NUMBER,
+    View,
+    basename,
+    entry_from_chain_fields,
+    view,
+    written_lines,
+)
 
 NAME = "ecs"
 EXTENSION = "ecs.jsonl"
@@ -126,23 +132,10 @@ def expected(entry: ChainEntry) -> str:
 
 
 def read(lines: Iterable[str]) -> Iterator[tuple[ChainEntry, str]]:
-    for line in lines:
-        line = line.rstrip("\n")
-        if not line:
-            continue
+    for line in written_lines(lines):
         doc = json.loads(line)
-        chain = doc["egress"]["chain"]
-        record = doc["egress"].get("record")
-        yield (
-            ChainEntry(
-                seq=int(chain["seq"]),
-                host_id=str(doc["host"]["id"]),
-                record_type=str(chain["record_type"]),
-                time=str(doc["@timestamp"]),
-                incident_uid=chain.get("incident_uid"),
-                payload=None if chain.get("stub") else canonical_json(record),
-                prev_hash=str(chain["prev_hash"]),
-                hash=str(chain["hash"]),
-            ),
-            line,
+        egress = doc["egress"]
+        entry = entry_from_chain_fields(
+            egress["chain"], doc["host"]["id"], doc["@timestamp"], egress.get("record")
         )
+        yield entry, line

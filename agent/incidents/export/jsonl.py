@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterable, Iterator
 
 from agent.incidents.chain import ChainEntry
+from agent.incidents.export._view import written_lines
 from agent.incidents.model import canonical_json
 
 NAME = "jsonl"
@@ -41,10 +42,7 @@ def expected(entry: ChainEntry) -> str:
 
 def read(lines: Iterable[str]) -> Iterator[tuple[ChainEntry, str]]:
     """(entry, the line as written) for each non-empty line."""
-    for line in lines:
-        line = line.rstrip("\n")
-        if not line:
-            continue
+    for line in written_lines(lines):
         doc = json.loads(line)
         prev, hsh = doc.pop("prev_hash"), doc.pop("hash")
         stub = bool(doc.pop("stub", False))

@@ -20,8 +20,13 @@ from typing import Any
 
 from agent import __version__
 from agent.incidents.chain import ChainEntry
-from agent.incidents.export._view import View, basename, view
-from agent.incidents.model import canonical_json
+from agent.incidents.export._view import (
+    View,
+    basename,
+    entry_from_chain_fields,
+    view,
+    written_lines,
+)
 
 NAME = "ocsf"
 EXTENSION = "ocsf.jsonl"
@@ -171,21 +176,7 @@ def expected(entry: ChainEntry) -> str:
 
 
 def read(lines: Iterable[str]) -> Iterator[tuple[ChainEntry, str]]:
-    for line in lines:
-        line = line.rstrip("\n")
-        if not line:
-            continue
+    for line in written_lines(lines):
         e = json.loads(line)["unmapped"]["egress"]
-        yield (
-            ChainEntry(
-                seq=int(e["seq"]),
-                host_id=str(e["host_id"]),
-                record_type=str(e["record_type"]),
-                time=str(e["time"]),
-                incident_uid=e.get("incident_uid"),
-                payload=None if e.get("stub") else canonical_json(e["record"]),
-                prev_hash=str(e["prev_hash"]),
-                hash=str(e["hash"]),
-            ),
-            line,
-        )
+        record = e.get("record") if e.get("stub") else e["record"]
+        yield entry_from_chain_fields(e, e["host_id"], e["time"], record), line
