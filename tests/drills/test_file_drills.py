@@ -4,8 +4,9 @@
   a restart: every file on disk is in the store, with its final size — stored before
   the kill or recovered by the startup reconcile (origin `rescan`).
 - inotify queue overflow at volume (`fs.inotify.max_queued_events` shrunk before the
-  agent starts): the loss is counted in `egress_agent_file_events_lost_total` and the
-  overflow rescan still brings every file into the store.
+  agent starts, the agent frozen during the burst): the loss is counted in
+  `egress_agent_file_events_lost_total` and the overflow rescan still brings every file
+  into the store.
 - 10,000 hostile files (tests/drills/hostile.py) under a watched root: the agent keeps
   running, stores an event for every entry, and never executes a pickle.
 
@@ -16,6 +17,7 @@ Run alone with `pytest -m drill`.
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import threading
 import time
@@ -227,7 +229,16 @@ def test_inotify_overflow_is_counted_and_every_file_stored(
     agent.wait_metrics()
     wait_for(lambda: (agent.metric("egress_agent_file_watches") or 0) >= 1, 20, "root watched")
     small_inotify_queue()  # the agent's instance keeps 64; others get the old limit back
-    burst(root, 20, 250)
+    for d in range(20):
+        (root / f"burst{d:03d}").mkdir()
+    wait_for(lambda: (agent.metric("egress_agent_file_watches") or 0) >= 21, 20, "dirs watched")
+    # the agent is frozen while the burst lands in watched directories, so its 64-event
+    # kernel queue must overflow; a fast reader could otherwise keep up and prove nothing
+    agent.proc.send_signal(signal.SIGSTOP)
+    try:
+        burst(root, 20, 250)
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
     wait_for(
         lambda: (
             (agent.metric("egress_agent_file_events_lost_total", {"reason": "queue_overflow"}) or 0)
@@ -237,7 +248,13 @@ def test_inotify_overflow_is_counted_and_every_file_stored(
         "the overflow counted",
     )
     wait_for(lambda: not missing(cfg, root), 90, "every file in the store after the rescan")
-    assert (agent.metric("egress_agent_file_rescans_total", {"reason": "queue_overflow"}) or 0) > 0
+    wait_for(  # counted when the rescan ends, which can be after its last event is stored
+        lambda: (
+            (agent.metric("egress_agent_file_rescans_total", {"reason": "queue_overflow"}) or 0) > 0
+        ),
+        30,
+        "the overflow rescan counted",
+    )
     assert agent.proc.poll() is None
     assert agent.stop() == 0
     stored = store_files(cfg)
