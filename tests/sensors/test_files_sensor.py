@@ -304,6 +304,7 @@ def test_inventory_job_reconciles_every_root(tmp_path, engine):
     root.mkdir()
     (root / "existing.txt").write_text("before the agent")
     settings = Settings(
+        agent={"state_dir": str(tmp_path / "state")},
         files={"roots": [str(root)], "fanotify": "off", "follow_mounts": False},
         jobs={"rescan_interval": 3600},
     )

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 RECENT_TTL = 120.0  # seconds an emitted event is assumed to need to reach the store
 RECENT_MAX = 500_000  # bounds memory; past it a rescan may report a file twice
-UNKNOWN: R.StatKey = (-1, -1, -1)  # a name whose content was not seen
+UNKNOWN = R.UNSEEN  # a name whose content was not seen
 
 
 class Recent:
@@ -202,12 +202,11 @@ class Rescans:
         s = self.sensor
         if s.engine is None or s.tree is None:
             return 0
-        with self._serial:
+        with self._serial, R.Comparison(s.scratch_dir) as cmp:
             started = time.monotonic()
-            disk: dict[str, R.OnDisk] = {}
 
             def found(path: str, st: os.stat_result) -> None:
-                disk[R.store_key(path)] = R.OnDisk(path, stat_key(st), stat.S_ISREG(st.st_mode))
+                cmp.add_disk(R.OnDisk(path, stat_key(st), stat.S_ISREG(st.st_mode)))
 
             if walk:
                 s.tree.walk(prefix, found)
@@ -218,18 +217,12 @@ class Rescans:
             while not self.idle.wait(0.05) and time.monotonic() < deadline:
                 if self._stop.is_set():
                     return 0
-            known = R.known_state(s.engine, s.host_id, prefix)
+            R.load_known(s.engine, s.host_id, prefix, cmp)
             for k, (state, t) in self.recent.under(R.store_key(prefix)):
-                if t >= started:  # the live watch reported it during this rescan
-                    disk.pop(k, None)
-                    known.pop(k, None)
-                else:
-                    known[k] = state
-            for k in list(known):
-                if s.excluded(k) or s.mounts.departed(k):
-                    del known[k]
+                cmp.overlay(k, state, fresh=t >= started)
+            cmp.drop_known(lambda k: not (s.excluded(k) or s.mounts.departed(k)))
             n = 0
-            for step in R.plan(disk, known, gone_action):
+            for step in cmp.steps(gone_action):
                 if self._stop.is_set():
                     break
                 st = None

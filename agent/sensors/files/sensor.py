@@ -58,14 +58,23 @@ class FileSensor:
         rescan_on_start: bool = True,
         mountinfo: str = "/proc/self/mountinfo",
         sys_root: str = "/sys",
+        scratch_dir: str | None = None,
     ) -> None:
         self.settings = settings
+        # where a rescan keeps its comparison file (None: the system's temporary directory;
+        # the daemon passes its state directory, writable under ProtectSystem=strict)
+        self.scratch_dir = scratch_dir
         self.engine = engine
         self.host_id = host_id
         self.rescan_on_start = rescan_on_start and engine is not None
         user_excluded = compile_excludes(settings.exclude)
         self.mounts = MountFollower(self, settings, mountinfo, sys_root)
-        self.excluded = lambda p: p in self.mounts.pseudo or user_excluded(p)
+        # the agent's own state directory is never watched: its store writes would come
+        # back as file events, and those as more store writes
+        own = os.path.abspath(scratch_dir) if scratch_dir is not None else None
+        self.excluded = lambda p: (
+            p in self.mounts.pseudo or user_excluded(p) or (own is not None and R.under(p, own))
+        )
         # path -> why it is watched; replaced, never changed in place, so other threads
         # can read it without a lock
         self.roots: dict[str, str] = {}
@@ -328,7 +337,9 @@ class FileSensor:
 
 
 def create(rt: Runtime) -> FileSensor:
-    sensor = FileSensor(rt.settings.files, rt.engine, rt.host_id)
+    sensor = FileSensor(
+        rt.settings.files, rt.engine, rt.host_id, scratch_dir=str(rt.settings.state_dir)
+    )
     rt.extras["files_sensor"] = sensor
     rt.extras["watch_reads"] = sensor.watch_reads
     return sensor
