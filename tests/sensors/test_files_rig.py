@@ -77,12 +77,19 @@ def start_sensor() -> Iterator[Callable[..., tuple[FileSensor, Collector]]]:
         engine: Engine | None = None,
         collector: Collector | None = None,
         rescan_on_start: bool = False,
+        scratch_dir: str | None = None,
         **files: Any,
     ) -> tuple[FileSensor, Collector]:
         files.setdefault("exclude", ["**/*.swp"])
         files.setdefault("fanotify", "off")
         files.setdefault("follow_mounts", False)
-        sensor = FileSensor(FilesSection(**files), engine, HOST, rescan_on_start=rescan_on_start)
+        sensor = FileSensor(
+            FilesSection(**files),
+            engine,
+            HOST,
+            rescan_on_start=rescan_on_start,
+            scratch_dir=scratch_dir,
+        )
         col = collector or Collector()
         sensor.start(col)
         started.append(sensor)

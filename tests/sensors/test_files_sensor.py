@@ -450,3 +450,20 @@ def test_a_big_tree_moved_in_is_reported_once_per_file(tmp_path, start_sensor, m
     assert col.wait(lambda evs: set(col.written_paths()) == want)
     col.wait(lambda evs: False, timeout=0.7)
     assert sorted(col.written_paths()) == sorted(want)
+
+
+def test_own_state_directory_is_not_watched_and_holds_no_rescan_leftovers(
+    tmp_path, start_sensor, engine
+):
+    """A root above the state directory (say /var) must not see the agent's own store
+    writes, or each stored event would come back as another file event."""
+    root = tmp_path / "root"
+    state = root / "state"
+    state.mkdir(parents=True)
+    sensor, col = start_sensor(engine=engine, roots=[root], scratch_dir=str(state))
+    (state / "agent.db-wal").write_bytes(b"store pages")
+    (root / "user.txt").write_text("work")
+    assert col.wait(lambda evs: any(e.path.endswith("user.txt") for e in evs))
+    assert sensor.reconcile(str(root), "inventory") >= 0
+    assert not [e for e in col.snapshot() if e.path.startswith(str(state))]
+    assert sorted(p.name for p in state.iterdir()) == ["agent.db-wal"]  # comparison file gone
