@@ -19,8 +19,9 @@ import stat
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from agent import metrics
@@ -28,15 +29,21 @@ from agent.categories import CategorySpec
 from agent.classify import source
 from agent.classify.base import HEAD_BYTES, Finding, Limits, Source
 from agent.classify.engine import CLASSIFIER_VERSION, Engine
-from agent.classify.hashing import BIG_BUF_SIZE, FileChanged, HashCache, sha256_fd
+from agent.classify.hashing import (
+    BIG_BUF_SIZE,
+    FileChanged,
+    HashCache,
+    claimed_sha256,
+    sha256_fd,
+)
 from agent.classify.keywords import KeywordMatcher
 from agent.classify.lineage import LRU, Known
 from agent.config import ClassifySection
 from agent.events import Artefact, CategoryMatch, Tag
+from agent.fingerprint import BIG_FILE, HashAhead
 
 log = logging.getLogger(__name__)
 
-PARALLEL_HASH_BYTES = 16 << 20
 MAX_PARENTS = 1000
 
 
@@ -74,8 +81,10 @@ class Classifier:
         cache: HashCache | None = None,
         categories: Callable[[], Sequence[CategorySpec]] | None = None,
         store_lookup: Callable[[str], Known | None] | None = None,
+        ahead: HashAhead | None = None,
     ) -> None:
         self.settings = settings or ClassifySection()
+        self._ahead = ahead  # hashes `scan` started before this classifier existed
         self.limits = limits_from(self.settings)
         self.engine = Engine(self.limits, use_magika=self.settings.use_magika)
         self.cache = cache
@@ -88,6 +97,8 @@ class Classifier:
         self._hash_pool = ThreadPoolExecutor(self.settings.workers, "classify-hash")
 
     def close(self) -> None:
+        if self._ahead is not None:
+            self._ahead.close()
         self._hash_pool.shutdown(wait=True)
         if self.cache is not None:
             self.cache.flush()
@@ -155,9 +166,12 @@ class Classifier:
             return skipped("changed_while_read")
         ident = (fst.st_dev, fst.st_ino, fst.st_size, fst.st_mtime_ns)
         sha = self.cache.lookup(*ident) if self.cache is not None else None
-        future: Future[str] | None = None
-        if sha is None and fst.st_size >= PARALLEL_HASH_BYTES:
-            future = self._hash_pool.submit(sha256_fd, fd, fst.st_size, BIG_BUF_SIZE)
+        hashing: Callable[[], str] | None = None  # a hash in flight: wait for it with this
+        early = self._ahead.claim(ident, needed=sha is None) if self._ahead is not None else None
+        if early is not None:
+            hashing = partial(claimed_sha256, early)
+        elif sha is None and fst.st_size >= BIG_FILE:
+            hashing = self._hash_pool.submit(sha256_fd, fd, fst.st_size, BIG_BUF_SIZE).result
         elif sha is None:
             try:
                 sha = sha256_fd(fd, fst.st_size)
@@ -169,10 +183,13 @@ class Classifier:
         finding: Finding | None = None
         if known is None:
             # beside a hash in flight only the cheap tiers run; magika waits for the hash
-            finding = self._parse(path, fd, fst.st_size, magika=future is None)
-        if future is not None:
+            finding = self._parse(path, fd, fst.st_size, magika=hashing is None)
+            if hashing is not None and self.engine.is_unknown(finding):
+                # magika may be needed once the hash is known: load it during the hash
+                self._hash_pool.submit(self.engine.prepare_identify)
+        if hashing is not None:
             try:
-                sha = future.result()
+                sha = hashing()
             except FileChanged:
                 return skipped("changed_while_read", fst.st_size)
             except OSError as e:
@@ -184,7 +201,7 @@ class Classifier:
         unchanged = (after.st_size, after.st_mtime_ns) == (fst.st_size, fst.st_mtime_ns)
         if not unchanged:
             metrics.CLASSIFY_SKIPPED.labels("changed_while_read").inc()
-        if known is None and future is not None:
+        if known is None and hashing is not None:
             known = self._known(sha)  # a big file's hash may match a known artefact after all
         if finding is not None and known is None:
             known = self._remember(sha, finding, ident[:2], cache=unchanged)

@@ -18,7 +18,7 @@ import zlib
 
 from agent.classify import archives, datasets, documents, engineering, source, weights
 from agent.classify.base import Finding, LimitExceeded, Limits, ParseError, Source, decode_text
-from agent.classify.magika_tier import magika_finding
+from agent.classify.magika_tier import magika_finding, warm_up
 from agent.classify.secrets import secret_tags
 from agent.classify.signatures import COMPRESSED, name_tags, signature_tag, sniff
 from agent.events import Tag
@@ -93,6 +93,11 @@ class Engine:
     def identify(self, src: Source, path: str | None) -> Finding | None:
         """Tier 3 on its own: magika's label for a content no parser recognised."""
         return magika_finding(src, path) if self.use_magika and src.size > 0 else None
+
+    def prepare_identify(self) -> None:
+        """Make `identify` cheap later (loads magika's model); safe from any thread."""
+        if self.use_magika:
+            warm_up()
 
     @staticmethod
     def is_unknown(finding: Finding) -> bool:

@@ -1,8 +1,8 @@
 """Content fingerprints: streaming SHA-256 and a persistent cache so nothing is hashed twice.
 
-`sha256_fd` hashes an open file with OpenSSL's SHA-256 through `hashlib`, reading into
-one reused 1 MiB buffer (hashlib releases the GIL for updates this size, so worker
-threads hash in parallel at close to disk speed). `HashCache` is a small SQLite file
+`sha256_fd` hashes an open file with OpenSSL's SHA-256 through `hashlib`
+(`agent.fingerprint`, which the CLI can import before everything else) and counts the
+bytes in the metrics. `HashCache` is a small SQLite file
 (`classify.hash_cache`, default state_dir/hashcache.db) with two tables: file identity
 (device, inode, size, mtime_ns) → sha256, and sha256 → the classification result. An
 unchanged file is therefore never re-read, even across restarts; a rename keeps the
@@ -11,61 +11,45 @@ inode and hits the cache. The cache holds hashes and tags only, never content.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import sqlite3
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from agent import metrics
+from agent import fingerprint, metrics
+from agent.fingerprint import BIG_BUF_SIZE, BUF_SIZE, FileChanged
+
+__all__ = ["BIG_BUF_SIZE", "BUF_SIZE", "FileChanged", "HashCache", "claimed_sha256", "sha256_fd"]
 
 log = logging.getLogger(__name__)
 
-BUF_SIZE = 1 << 20
-BIG_BUF_SIZE = 8 << 20
-_local = threading.local()
-
-
-class FileChanged(Exception):
-    """The file changed (grew, shrank or was rewritten) while it was being hashed."""
-
-
-def _buffer(size: int) -> memoryview:
-    bufs = getattr(_local, "bufs", None)
-    if bufs is None:
-        bufs = _local.bufs = {}
-    buf = bufs.get(size)
-    if buf is None:
-        buf = bufs[size] = memoryview(bytearray(size))
-    return buf
-
 
 def sha256_fd(fd: int, expected_size: int | None = None, buf_size: int = BUF_SIZE) -> str:
-    """SHA-256 of the file behind `fd` from offset 0, with one reused buffer per thread.
+    """SHA-256 of the file behind `fd` (see `agent.fingerprint.sha256_fd`), counted in
+    `egress_agent_hashed_bytes_total`. Raises FileChanged when the size is not the one
+    expected."""
+    try:
+        sha, read = fingerprint.sha256_fd(fd, expected_size, buf_size)
+    except FileChanged as e:
+        metrics.HASHED_BYTES.inc(e.read)
+        raise
+    metrics.HASHED_BYTES.inc(read)
+    return sha
 
-    `buf_size` is larger for big files hashed beside other work: each chunk must win the
-    GIL back after it is hashed, and fewer, longer chunks lose less time waiting for it.
-    Raises FileChanged when the bytes read differ from `expected_size`.
-    """
-    h = hashlib.sha256()
-    buf = _buffer(buf_size)
-    total = 0
-    offset = 0
-    while True:
-        n = os.preadv(fd, [buf], offset)
-        if n == 0:
-            break
-        h.update(buf[:n])
-        offset += n
-        total += n
-    metrics.HASHED_BYTES.inc(total)
-    if expected_size is not None and total != expected_size:
-        raise FileChanged(f"read {total} bytes, expected {expected_size}")
-    return h.hexdigest()
+
+def claimed_sha256(future: Future[tuple[str, int]]) -> str:
+    """The result of a hash started ahead (`agent.fingerprint.HashAhead`), counted."""
+    try:
+        sha, read = future.result()
+    except FileChanged as e:
+        metrics.HASHED_BYTES.inc(e.read)
+        raise
+    metrics.HASHED_BYTES.inc(read)
+    return sha
 
 
 _SCHEMA = """

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from agent.config import ConfigError, Settings, load_settings
-
-if TYPE_CHECKING:  # sqlalchemy is imported by the verbs that use the store, not at start-up
+if TYPE_CHECKING:  # sqlalchemy, pydantic: imported by the verbs that need them, not at start-up
     from sqlalchemy import Engine
+
+    from agent.config import Settings
 
 
 class UserError(click.ClickException):
@@ -23,6 +23,8 @@ class UserError(click.ClickException):
 
 
 def settings_from(ctx: click.Context) -> Settings:
+    from agent.config import ConfigError, load_settings  # pydantic: 0.1 s to import
+
     obj = ctx.find_root().obj or {}
     try:
         s = load_settings(obj.get("config_path"))

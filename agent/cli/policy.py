@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from agent.cli._common import UserError, existing_path, print_json, settings_from
-from agent.config import PoliciesSection
+
+if TYPE_CHECKING:
+    from agent.config import PoliciesSection
 
 
 @click.group()

@@ -17,13 +17,16 @@ import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from agent.cli._common import UserError, print_json, settings_from
-from agent.config import Settings
-from agent.events import Artefact
+
+if TYPE_CHECKING:
+    from agent.config import Settings
+    from agent.events import Artefact
+    from agent.fingerprint import HashAhead
 
 
 def _glob_regex(pattern: str) -> re.Pattern[str]:
@@ -127,13 +130,32 @@ def scan(
     ctx: click.Context, paths: tuple[str, ...], as_json: bool, no_cache: bool, to_store: bool
 ) -> None:
     """Classify PATH... now (directories recursively) and print what each file is."""
+    from agent.fingerprint import BIG_FILE, HashAhead
+
+    for p in paths:
+        if not os.path.lexists(p):
+            raise UserError(f"{p}: no such file or directory")
+    # big files named here start hashing now, during the 0.2 s of imports and config
+    # below; the classifier stops each one the hash cache turns out to know
+    ahead = HashAhead(paths, BIG_FILE)
+    try:
+        _scan(ctx, paths, as_json, no_cache, to_store, ahead)
+    finally:
+        ahead.close()
+
+
+def _scan(
+    ctx: click.Context,
+    paths: tuple[str, ...],
+    as_json: bool,
+    no_cache: bool,
+    to_store: bool,
+    ahead: HashAhead,
+) -> None:
     from agent.classify.classifier import Classifier
     from agent.classify.hashing import HashCache
 
     s = settings_from(ctx)
-    for p in paths:
-        if not os.path.lexists(p):
-            raise UserError(f"{p}: no such file or directory")
     # the policy packs load on another thread while the first files are hashed
     loader = ThreadPoolExecutor(1, "scan-policy")
     cats_future = loader.submit(_categories, s)
@@ -145,7 +167,7 @@ def scan(
             cache = HashCache(cache_path)
         except Exception as e:
             raise UserError(f"classify.hash_cache {cache_path}: cannot open: {e}") from None
-    classifier = Classifier(s.classify, cache=cache, categories=cats_future.result)
+    classifier = Classifier(s.classify, cache=cache, categories=cats_future.result, ahead=ahead)
     recorder = _Recorder(s) if to_store else None
     progress = _progress() if sys.stderr.isatty() else None
     count = 0
