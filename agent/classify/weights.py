@@ -10,6 +10,7 @@ recognised by name in `engine.py`.
 from __future__ import annotations
 
 import json
+import logging
 import struct
 import zipfile
 from collections import Counter
@@ -19,6 +20,8 @@ from agent.classify import protowire as pw
 from agent.classify.base import Finding, LimitExceeded, Limits, ParseError, Source, human_count
 from agent.classify.pickle_vm import PickleSummary, scan_pickle
 from agent.events import Tag
+
+log = logging.getLogger(__name__)
 
 MAX_PICKLE_BYTES = 64 << 20
 
@@ -318,7 +321,21 @@ def parse_torch_zip(zf: zipfile.ZipFile, root: str, limits: Limits) -> Finding:
     return Finding(
         "application/x-pytorch",
         [_torch_tag("pytorch", summary, len(storages), sum(i.file_size for i in storages))],
+        skipped=_unsafe(summary, zf.filename or "checkpoint"),
     )
+
+
+def _unsafe(s: PickleSummary, name: str) -> str | None:
+    """`unsafe_pickle` (a counted skip) when the pickle would call something that runs
+    code on load (os.system, builtins.eval, ...): what a planted payload looks like."""
+    if not s.unsafe_globals:
+        return None
+    log.info(
+        "%s: pickle would call %s when loaded (never executed here)",
+        name,
+        ", ".join(sorted(s.unsafe_globals)[:3]),
+    )
+    return "unsafe_pickle"
 
 
 def _torch_tag(fmt: str, s: PickleSummary, storages: int, storage_bytes: int) -> Tag:
@@ -352,4 +369,4 @@ def parse_pickle(src: Source, limits: Limits) -> Finding:
     tags: list[Tag] = []
     if summary.tensors or roots & ml_roots:
         tags.append(_torch_tag("pickle", summary, 0, 0))
-    return Finding("application/x-pickle", tags)
+    return Finding("application/x-pickle", tags, skipped=_unsafe(summary, src.name))

@@ -175,6 +175,11 @@ def test_malicious_pickle_is_never_executed(tmp_path: Path) -> None:
     assert d["format"] == "pytorch" and d["unsafe_globals"] == ["os.system"]
     assert "never executed" in a.tags[0].evidence
     assert b.content_type == "application/x-pickle"
+    # a planted payload is a counted skip, in a checkpoint and on its own
+    assert a.skipped == b.skipped == "unsafe_pickle"
+    benign = tmp_path / "benign.pkl"
+    benign.write_bytes(b"\x80\x02}q\x00X\x01\x00\x00\x00wK\x01s.")  # {"w": 1}
+    assert classify_file(benign, settings=NO_MAGIKA).skipped is None
     # the payload is real: unpickling it would have created the marker
     code = f"import pickle; pickle.loads({payload!r})"
     subprocess.run([sys.executable, "-c", code], check=True)
