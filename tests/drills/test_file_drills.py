@@ -172,6 +172,8 @@ def test_kill9_mid_burst_then_restart_recovers_every_file(
         20,
         "the agent saw part of the burst",
     )
+    # and has committed part of it (the writer batches, so seen is not yet stored)
+    wait_for(lambda: len(store_files(cfg)) + spooled(cfg) > 0, 20, "part of the burst stored")
     agent.proc.kill()  # SIGKILL: no flush, no goodbye
     agent.proc.wait(10)
     writer.join(120)
