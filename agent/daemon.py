@@ -270,6 +270,7 @@ class Agent:
             "sensor_errors": self.sensor_errors,
             "written": self.writer.written,
             "queues": {"store": self.writer.queue.qsize(), "pipeline": self.pipeline.input.qsize()},
+            "threads": thread_table(),
         }
         for extra in self.runtime.extras.get("status_hooks", []):
             try:
@@ -283,6 +284,24 @@ class Agent:
             os.replace(tmp, path)
         except OSError as e:
             log.debug("cannot write %s: %s", path, e)
+
+
+def thread_table() -> list[dict[str, object]]:
+    """Each live thread's name, kernel thread id and CPU seconds so far: Python 3.11 does
+    not name its threads for the kernel, so this is what maps `/proc/<pid>/task/<tid>`
+    (top -H, perf, the network benchmark's per-thread breakdown) to our thread names."""
+    tick = os.sysconf("SC_CLK_TCK")
+    table: list[dict[str, object]] = []
+    for t in threading.enumerate():
+        cpu = None
+        try:
+            with open(f"/proc/self/task/{t.native_id}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            cpu = round((int(fields[11]) + int(fields[12])) / tick, 2)  # utime + stime
+        except (OSError, IndexError, ValueError):
+            pass
+        table.append({"name": t.name, "tid": t.native_id, "cpu_seconds": cpu})
+    return table
 
 
 def _safe_status(sensor: Sensor) -> dict[str, object]:

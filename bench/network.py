@@ -5,7 +5,8 @@ veth while the sender does a large upload (default 5 GB, past 2^32), 500 short T
 connections with SNI (the client counts every byte it writes to the socket, through an
 ssl.MemoryBIO), and DNS lookups followed by an upload to each resolved address. CPU
 seconds of each process are read from /proc/<pid>/stat over the traffic window only
-(start-up excluded). Then the store is checked: every flow's bytes_out equals what the
+(start-up excluded), and the agent's per thread (names from status.json's thread table).
+Then the store is checked: every flow's bytes_out equals what the
 sender wrote, every TLS flow has its SNI, every resolved name is attached.
 Prints one JSON object (see bench/__main__.py) on its last line.
 """
@@ -39,6 +40,46 @@ TICKS = os.sysconf("SC_CLK_TCK")
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each live thread of `pid`, by kernel thread id: schedstat's exact
+    run time (a thread's stat ticks are truncated to 10 ms, too coarse for threads that
+    spend a few tens of ms), else stat."""
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            try:
+                out[int(task.name)] = int((task / "schedstat").read_text().split()[0]) / 1e9
+            except (FileNotFoundError, IndexError, ValueError):
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                out[int(task.name)] = (int(fields[11]) + int(fields[12])) / TICKS
+        except OSError:
+            continue  # the thread ended
+    return out
+
+
+def thread_names(tmp: Path) -> dict[int, str]:
+    """Kernel thread id -> the agent's thread name, from status.json's thread table."""
+    try:
+        doc = json.loads((tmp / "state" / "status.json").read_text())
+        return {int(t["tid"]): str(t["name"]) for t in doc.get("threads", [])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def per_thread(
+    before: dict[int, float], after: dict[int, float], names: dict[int, str], total: float
+) -> dict[str, float]:
+    """CPU seconds of each agent thread over the window, busiest first; what no live
+    thread accounts for (threads that ended, such as metrics requests, and the rounding
+    of the process's tick count) is "other"."""
+    spent: dict[str, float] = {}
+    for tid, cpu in after.items():
+        name = names.get(tid, f"tid {tid}")
+        spent[name] = spent.get(name, 0.0) + cpu - before.get(tid, 0.0)
+    spent["other"] = total - sum(spent.values())
+    return {k: round(v, 3) for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v >= 5e-4}
 
 
 def free_port() -> int:
@@ -199,6 +240,7 @@ def run(rig: Rig, tmp: Path, size: int, n_tls: int, n_dns: int) -> dict[str, obj
         time.sleep(3.0)  # what the agent costs with no traffic at all (timers, writer, jobs)
         idle_rate = (cpu_seconds(agent.pid) - idle0) / 3.0
         cpu0 = (cpu_seconds(agent.pid), cpu_seconds(tcpdump.pid))
+        threads0 = thread_cpu(agent.pid)
         thread0 = sensor_thread_cpu(tmp, 0.0)
         t0 = time.perf_counter()
         local, n = upload(rig, rig.peer_v4, sink.port, size)
@@ -222,10 +264,14 @@ def run(rig: Rig, tmp: Path, size: int, n_tls: int, n_dns: int) -> dict[str, obj
         while metric_sum(rig, url, "egress_agent_flows_total") < len(truth):
             if time.monotonic() > deadline:
                 raise AssertionError("the agent did not export every flow in 60 s")
-            time.sleep(0.2)
+            # each scrape costs the agent ~2 ms of CPU inside the window: poll like a
+            # (fast) Prometheus, not five times a second
+            time.sleep(1.0)
         cpu1 = (cpu_seconds(agent.pid), cpu_seconds(tcpdump.pid))
+        threads1 = thread_cpu(agent.pid)
         window_s = time.perf_counter() - t0
         thread1 = sensor_thread_cpu(tmp, thread0)
+        names = thread_names(tmp)
         to_python = metric_sum(rig, url, "egress_agent_capture_packets_total")
         drops = metric_sum(rig, url, "egress_agent_capture_drops_total")
     finally:
@@ -236,6 +282,7 @@ def run(rig: Rig, tmp: Path, size: int, n_tls: int, n_dns: int) -> dict[str, obj
         for server in (sink, sink6, tls_sink, dns):
             server.stop()
     agent_cpu, tcpdump_cpu = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+    threads = per_thread(threads0, threads1, names, agent_cpu)
     db = sqlite3.connect(tmp / "state" / "agent.db")
     rows = db.execute(
         "SELECT dst_ip, src_port, bytes_out, sni, name, byte_source FROM flows"
@@ -261,6 +308,7 @@ def run(rig: Rig, tmp: Path, size: int, n_tls: int, n_dns: int) -> dict[str, obj
         "window_seconds": round(window_s, 2),
         "agent_idle_cpu_per_second": round(idle_rate, 4),
         "sensor_thread_cpu_seconds": round(thread1 - thread0, 3),
+        "agent_cpu_by_thread": threads,
         "packets_to_python": int(to_python),
         "kernel_drops": int(drops),
         "comparisons": [
