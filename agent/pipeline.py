@@ -2,7 +2,8 @@
 
 Sensors `emit()` into the first queue; each stage (classify, policy) runs in its own
 thread, takes an event, returns the enriched event, and puts it on the next queue; the
-sinks (the store writer, the correlator) take what comes out. Every queue is bounded:
+last stage's thread hands what comes out to the sinks (the store writer, the
+correlator), whose own queues decouple them. Every queue is bounded:
 when a producer cannot put within its patience the event is dropped and counted in
 `egress_agent_events_dropped_total{queue,reason}` — never silently. A stop walks a
 sentinel down the pipeline so that everything queued before it is processed and
@@ -40,6 +41,7 @@ class BoundedQueue(Generic[T]):
         self.name = name
         self.maxsize = maxsize
         self._q: queue.Queue[T | _Stop] = queue.Queue(maxsize)
+        self._stopping = threading.Event()  # set by put_stop: a lingering consumer stops waiting
         metrics.QUEUE_CAPACITY.labels(name).set(maxsize)
         metrics.QUEUE_DEPTH.labels(name).set_function(self._q.qsize)
 
@@ -54,13 +56,21 @@ class BoundedQueue(Generic[T]):
 
     def put_stop(self) -> None:
         self._q.put(STOP)
+        self._stopping.set()
 
     def get(self, timeout: float | None = None) -> T | _Stop:
         return self._q.get(timeout=timeout)
 
-    def get_batch(self, max_items: int, max_wait: float) -> tuple[list[T], bool]:
-        """Up to `max_items` items, waiting at most `max_wait` for the first one.
+    def get_batch(
+        self, max_items: int, max_wait: float | None, linger: float = 0.0
+    ) -> tuple[list[T], bool]:
+        """Up to `max_items` items, waiting at most `max_wait` (None: until one comes)
+        for the first one.
 
+        With `linger`, a batch that is not full after the first drain waits that long
+        (without being woken by each put) for more: a trickle of events then makes one
+        batch per `linger` instead of one per event — one commit, one wake-up — while a
+        flood still fills batches back to back. `put_stop` cuts the wait short.
         Returns the items and whether the stop sentinel was reached.
         """
         items: list[T] = []
@@ -71,15 +81,24 @@ class BoundedQueue(Generic[T]):
         if isinstance(first, _Stop):
             return items, True
         items.append(first)
+        if self._drain(items, max_items):
+            return items, True
+        if linger > 0 and len(items) < max_items:
+            self._stopping.wait(linger)  # returns at once after put_stop
+            return items, self._drain(items, max_items)
+        return items, False
+
+    def _drain(self, items: list[T], max_items: int) -> bool:
+        """Append what is queued now, up to `max_items`; True when the stop sentinel came."""
         while len(items) < max_items:
             try:
                 nxt = self._q.get_nowait()
             except queue.Empty:
-                break
+                return False
             if isinstance(nxt, _Stop):
-                return items, True
+                return True
             items.append(nxt)
-        return items, False
+        return False
 
     def qsize(self) -> int:
         return self._q.qsize()
@@ -99,7 +118,7 @@ class StageSpec:
 
 
 class Pipeline:
-    """sensors → [stage → queue]* → sinks, each stage in one joined thread."""
+    """sensors → [queue → stage]* → sinks, each stage in one joined thread."""
 
     def __init__(
         self,
@@ -109,8 +128,10 @@ class Pipeline:
         put_timeout: float = 5.0,
     ) -> None:
         self._put_timeout = put_timeout
-        # queue i feeds stage i; the last queue feeds the thread that delivers to sinks
-        names = [s.name for s in stages] + ["dispatch"]
+        # queue i feeds stage i, and the last stage's thread delivers to the sinks itself
+        # (a thread of its own would cost one more wake-up per event); without stages a
+        # "dispatch" thread does the delivering
+        names = [s.name for s in stages] or ["dispatch"]
         self._queues: list[BoundedQueue[Event]] = [BoundedQueue(n, queue_size) for n in names]
         self._stages = list(stages)
         self._sinks = list(sinks)
@@ -130,9 +151,10 @@ class Pipeline:
             t = threading.Thread(target=self._run_stage, args=(i,), name=f"stage-{spec.name}")
             t.start()
             self._threads.append(t)
-        t = threading.Thread(target=self._run_dispatch, name="stage-dispatch")
-        t.start()
-        self._threads.append(t)
+        if not self._stages:
+            t = threading.Thread(target=self._run_dispatch, name="stage-dispatch")
+            t.start()
+            self._threads.append(t)
 
     def stop(self) -> None:
         """Process everything queued, then join every stage thread."""
@@ -144,13 +166,16 @@ class Pipeline:
     def _run_stage(self, index: int) -> None:
         spec = self._stages[index]
         inbox = self._queues[index]
-        outbox = self._queues[index + 1]
+        outbox = self._queues[index + 1] if index + 1 < len(self._queues) else None
+        # the stage's metric children, looked up once rather than twice per event
+        taken, passed = metrics.STAGE_IN.labels(spec.name), metrics.STAGE_OUT.labels(spec.name)
         while True:
             item = inbox.get()
             if isinstance(item, _Stop):
-                outbox.put_stop()
+                if outbox is not None:
+                    outbox.put_stop()
                 return
-            metrics.STAGE_IN.labels(spec.name).inc()
+            taken.inc()
             try:
                 result = spec.fn(item)
             except Exception:  # a stage bug must not lose the event
@@ -159,12 +184,15 @@ class Pipeline:
                 result = item
             if result is None:
                 continue
-            metrics.STAGE_OUT.labels(spec.name).inc()
-            # inside the pipeline we wait: back-pressure reaches the sensors' put
-            outbox.put(result, timeout=None)
+            passed.inc()
+            if outbox is None:
+                self._deliver(result)
+            else:
+                # inside the pipeline we wait: back-pressure reaches the sensors' put
+                outbox.put(result, timeout=None)
 
     def _run_dispatch(self) -> None:
-        inbox = self._queues[-1]
+        inbox = self._queues[0]
         while True:
             item = inbox.get()
             if isinstance(item, _Stop):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from agent import metrics
 from agent.events import Event, FileAction, FileEvent
@@ -68,3 +69,42 @@ def test_failing_stage_passes_event_on_and_counts() -> None:
         if s.labels.get("stage") == "t-broken" and s.name.endswith("_total")
     ]
     assert errors == [1.0]
+
+
+def test_linger_gathers_a_trickle_into_one_batch() -> None:
+    q: BoundedQueue[int] = BoundedQueue("test-linger", 100)
+    q.put(0)
+
+    def trickle() -> None:
+        for i in range(1, 4):
+            time.sleep(0.02)
+            q.put(i)
+
+    t = threading.Thread(target=trickle)
+    t.start()
+    items, done = q.get_batch(100, None, linger=0.5)
+    t.join()
+    assert (items, done) == ([0, 1, 2, 3], False)
+    q.put(4)
+    assert q.get_batch(100, None) == ([4], False)  # without linger: what is there now
+
+
+def test_linger_never_delays_a_full_batch_or_a_stop() -> None:
+    q: BoundedQueue[int] = BoundedQueue("test-linger-full", 100)
+    for i in range(5):
+        q.put(i)
+    started = time.monotonic()
+    assert q.get_batch(3, None, linger=30) == ([0, 1, 2], False)  # full: no wait
+    threading.Timer(0.05, q.put_stop).start()
+    assert q.get_batch(10, None, linger=30) == ([3, 4], True)  # the stop ends the wait
+    assert time.monotonic() - started < 5
+
+
+def test_without_stages_a_dispatch_thread_delivers() -> None:
+    out: list[Event] = []
+    p = Pipeline([], [out.append], queue_size=10)
+    p.start()
+    e = FileEvent(FileAction.CREATED, "/a")
+    p.emit(e)
+    p.stop()
+    assert out == [e]

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 GAUGE_REFRESH_SECONDS = 30.0
 SUBMIT_PATIENCE = 0.05  # seconds a full correlation queue may hold up the pipeline
 MAX_PENDING = 10_000  # findings kept in memory while the store is unavailable
+BATCH_LINGER = 0.1  # seconds a batch waits for more events (the store writer's default too)
 
 
 class Correlator:
@@ -115,7 +116,9 @@ class Correlator:
         done = False
         refreshed = time.monotonic()
         while not done:
-            batch, done = self.queue.get_batch(256, 1.0)
+            # linger: flows that trickle in are correlated a batch at a time, one wake-up
+            # per BATCH_LINGER instead of one per event
+            batch, done = self.queue.get_batch(256, 1.0, linger=BATCH_LINGER)
             for event in batch:
                 self._handle(event)
             self._flush()

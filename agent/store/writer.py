@@ -1,7 +1,8 @@
 """The single store writer: one thread, a bounded queue, batched commits.
 
 Events reach the writer through `submit()` (the pipeline's sink). The writer commits at
-most `batch_size` events or every `flush_interval` seconds, with Core `executemany`
+most `batch_size` events, gathered for up to `flush_interval` seconds after the first
+(one transaction per trickle of events, not one per event), with Core `executemany`
 inserts and `ON CONFLICT DO NOTHING` on each row's uid — so re-sending a batch after a
 half-committed failure stores nothing twice. A failed commit is retried with back-off
 and the batch kept; while it retries the queue fills and back-pressure reaches the
@@ -218,7 +219,9 @@ class StoreWriter:
     def _run(self) -> None:
         done = False
         while not done:
-            batch, done = self.queue.get_batch(self.batch_size, self.flush_interval)
+            # block until an event comes (stop() sends one: nothing to poll for), then
+            # linger: events that trickle in (a flow every few ms) share one commit
+            batch, done = self.queue.get_batch(self.batch_size, None, linger=self.flush_interval)
             if batch:
                 self._commit(batch)
 

@@ -182,3 +182,28 @@ def test_writer_retries_until_the_store_returns(tmp_path: Path) -> None:
     )
     assert errors_after > errors_before
     assert counts(engine).file_events == 100
+
+
+def test_a_trickle_of_events_shares_commits(tmp_path: Path) -> None:
+    """Events arriving a few ms apart (short connections) wait up to flush_interval for
+    each other: a handful of transactions, not one per event, and none lost."""
+    import time
+    from collections.abc import Sequence
+
+    from agent.events import Event
+
+    engine = _engine(f"sqlite:///{tmp_path / 't.db'}")
+    batches: list[int] = []
+
+    def commit(batch: Sequence[Event]) -> dict[str, int]:
+        batches.append(len(batch))
+        return write_batch(engine, HOST, batch)
+
+    writer = StoreWriter(engine, HOST, flush_interval=0.5, commit=commit)
+    writer.start()
+    for i in range(10):
+        writer.submit(FileEvent(FileAction.WRITTEN, f"/t/{i}"))
+        time.sleep(0.01)
+    writer.stop()
+    assert sum(batches) == 10 and counts(engine).file_events == 10
+    assert len(batches) <= 3, batches
