@@ -16,6 +16,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_CACHE_SIZE = 65536  # addresses whose classification is kept (cleared when full)
+Verdict = tuple[str, str | None]  # (dest_class, country)
+# what an address alone decides: a verdict no name changes, or (None, in an approved
+# network, the verdict when no name approves it)
+_AddressClass = tuple[Verdict | None, bool, Verdict]
 
 
 class CountryTableError(ValueError):
@@ -125,6 +130,7 @@ class Destinations:
         self.foreign = _networks(foreign)
         self.domestic = domestic_country.upper()
         self.countries = countries
+        self._cache: dict[str, _AddressClass] = {}
 
     def _name_approved(self, name: str | None) -> bool:
         if not name:
@@ -132,22 +138,41 @@ class Destinations:
         name = name.lower()
         return any(name == a or name.endswith("." + a) for a in self.approved_names)
 
-    def classify(self, address: str, name: str | None = None) -> tuple[str, str | None]:
+    def classify(self, address: str, name: str | None = None) -> Verdict:
+        fixed, approved_net, otherwise = self._address_class(address)
+        if fixed is not None:
+            return fixed
+        country = otherwise[1]
+        if approved_net or self._name_approved(name):
+            return "approved", country
+        return otherwise
+
+    def _address_class(self, address: str) -> _AddressClass:
+        """What the address alone decides, cached: one parse and one country search per
+        address instead of two per flow (the config does not change under a running table)."""
+        hit = self._cache.get(address)
+        if hit is None:
+            hit = self._classify_address(address)
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()
+            self._cache[address] = hit
+        return hit
+
+    def _classify_address(self, address: str) -> _AddressClass:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
-            return "unknown", None
+            return ("unknown", None), False, ("unknown", None)
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
             ip = ip.ipv4_mapped
         if ip.is_loopback:
-            return "loopback", None
+            return ("loopback", None), False, ("loopback", None)
         if any(ip in n for n in self.internal):
-            return "internal", None
+            return ("internal", None), False, ("internal", None)
         country = self.countries.lookup(ip) if self.countries is not None else None
-        if any(ip in n for n in self.approved_nets) or self._name_approved(name):
-            return "approved", country
+        approved_net = any(ip in n for n in self.approved_nets)
         if any(ip in n for n in self.foreign):
-            return "foreign", country
+            return None, approved_net, ("foreign", country)
         if country is None:
-            return "unknown", None
-        return ("domestic" if country == self.domestic else "foreign"), country
+            return None, approved_net, ("unknown", None)
+        return None, approved_net, ("domestic" if country == self.domestic else "foreign", country)

@@ -18,6 +18,7 @@ import socket
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from agent import metrics
 from agent.events import Flow
@@ -81,6 +82,10 @@ class FlowTable:
         self.on_new_flow: Callable[[FlowState], None] | None = None
         self.exported = 0
         self.skipped_full = 0
+        # metric children by label values, looked up once (labels() costs a lock and a
+        # tuple per call, twice per flow otherwise)
+        self._byte_counters: dict[tuple[str, str], Any] = {}
+        self._flow_counters: dict[tuple[str, str, str], Any] = {}
 
     # --- packets -------------------------------------------------------------------
     def packet(self, pkt: Packet, ts: float, buf: Buffer, end: int) -> None:
@@ -356,15 +361,19 @@ class FlowTable:
         dest_class, country = self.destinations.classify(_ntop(dst), name)
         return name, source, dest_class, country
 
-    def _account(self, st: FlowState) -> None:
+    def _account(self, st: FlowState, verdict: tuple[str, str | None] | None = None) -> None:
+        """Add the flow's new outbound bytes to the metric; `verdict` is its (dest_class,
+        country) when the caller has it already."""
         if not self.count_metrics:
             return
         total = st.totals()[0]
         if total > st.counted_out:
-            _name, _src, dest_class, country = self._classify(st)
-            metrics.OUTBOUND_BYTES.labels(dest_class, country or "unknown").inc(
-                total - st.counted_out
-            )
+            dest_class, country = verdict or self._classify(st)[2:]
+            labels = (dest_class, country or "unknown")
+            counter = self._byte_counters.get(labels)
+            if counter is None:
+                counter = self._byte_counters[labels] = metrics.OUTBOUND_BYTES.labels(*labels)
+            counter.inc(total - st.counted_out)
             st.counted_out = total
 
     def _export(self, st: FlowState, ts: float, reason: str, final: bool) -> None:
@@ -397,8 +406,12 @@ class FlowTable:
             if len(self.ct_exported) > 65536:
                 self.ct_exported.popitem(last=False)
         if self.count_metrics:
-            self._account(st)
-            metrics.FLOWS.labels(dest_class, country or "unknown", flow.protocol).inc()
+            self._account(st, (dest_class, country))
+            labels3 = (dest_class, country or "unknown", flow.protocol)
+            counter = self._flow_counters.get(labels3)
+            if counter is None:
+                counter = self._flow_counters[labels3] = metrics.FLOWS.labels(*labels3)
+            counter.inc()
         if final:
             del self.flows[st.key]
             self.reverse.pop((proto, dst, dport, src, sport), None)

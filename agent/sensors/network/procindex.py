@@ -2,7 +2,8 @@
 
 sock_diag gives a connection's socket inode and uid; this finds the process holding
 that inode. A miss first re-reads the fds of processes that recently owned sockets
-(cheap, and usually where the next connection comes from), then — at most once per
+(cheap, and usually where the next connection comes from: the fd of a process's last
+match is read first, and the search stops at the inode), then — at most once per
 a time budget (walks may burst, but cost at most ~2% of a core over time) — walks all
 of /proc. Best effort: a process that already exited
 stays unknown (None), never guessed.
@@ -20,22 +21,6 @@ from agent.events import ProcessInfo
 
 _MAX_CMDLINE = 1024
 PROCESS_TTL = 10.0
-
-
-def _socket_inodes(pid: int) -> list[int]:
-    inodes: list[int] = []
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return inodes
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.append(int(target[8:-1]))
-    return inodes
 
 
 @functools.lru_cache(maxsize=256)
@@ -90,6 +75,7 @@ class ProcIndex:
         self._tokens = burst
         self._inode_pid: dict[int, int] = {}
         self._hot: OrderedDict[int, None] = OrderedDict()  # pids that recently owned sockets
+        self._last_fd: dict[int, str] = {}  # hot pid -> the fd of its last matched socket
         self._hot_size = hot_size
         # (pid, start time, uid) -> (info, until): an exec keeps the start time, so
         # entries also expire after PROCESS_TTL seconds
@@ -106,7 +92,7 @@ class ProcIndex:
         if pid is not None and os.path.exists(f"/proc/{pid}"):
             return pid
         for hot in list(self._hot):
-            if self._index(hot, inode):
+            if self._index(hot, inode, early=True):
                 return hot
         now = time.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._last_refill) * self.budget)
@@ -142,17 +128,46 @@ class ProcIndex:
             self._procs.popitem(last=False)
         return info
 
-    def _index(self, pid: int, wanted: int) -> bool:
-        inodes = _socket_inodes(pid)
-        if not inodes:
+    def _index(self, pid: int, wanted: int, early: bool = False) -> bool:
+        """Record `pid`'s socket inodes; True when `wanted` is one of them.
+
+        `early` (a hot pid) reads first the fd that held its last matched socket and stops
+        at `wanted`: a process that closes a connection and opens the next one gets the
+        same lowest free fd back, so one readlink usually finds it instead of one per fd.
+        A full /proc walk reads every fd, so that the inodes it learns spare the next walk.
+        """
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            fds = []
+        hint = self._last_fd.get(pid) if early else None
+        if hint is not None and hint in fds:
+            fds.remove(hint)
+            fds.insert(0, hint)
+        sockets = found = False
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if not target.startswith("socket:["):
+                continue
+            sockets = True
+            inode = int(target[8:-1])
+            self._inode_pid[inode] = pid
+            if inode == wanted:
+                found = True
+                self._last_fd[pid] = fd
+                if early:
+                    break
+        if not sockets:
             self._hot.pop(pid, None)
+            self._last_fd.pop(pid, None)
             return False
-        for i in inodes:
-            self._inode_pid[i] = pid
-        if wanted in inodes:
+        if found:
             self._hot[pid] = None
             self._hot.move_to_end(pid)
             while len(self._hot) > self._hot_size:
-                self._hot.popitem(last=False)
-            return True
-        return False
+                gone, _ = self._hot.popitem(last=False)
+                self._last_fd.pop(gone, None)
+        return found

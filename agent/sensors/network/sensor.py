@@ -68,6 +68,9 @@ class NetworkSensor:
         self.lost_notifications = 0
         self.thread_cpu = 0.0  # CPU seconds of the sensor's own thread, updated each second
         self._emit: Emit | None = None
+        # metric children looked up once, not per packet batch and per flow
+        self._events_metric = metrics.SENSOR_EVENTS.labels(self.name)
+        self._packet_metrics: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.table: FlowTable | None = None
@@ -246,7 +249,12 @@ class NetworkSensor:
                 packet(pkt, time.time(), view, size)
         if n:
             self.packets += n
-            metrics.CAPTURE_PACKETS.labels(cap.interface).inc(n)
+            counter = self._packet_metrics.get(cap.interface)
+            if counter is None:
+                counter = self._packet_metrics[cap.interface] = metrics.CAPTURE_PACKETS.labels(
+                    cap.interface
+                )
+            counter.inc(n)
 
     def _reopen(self) -> None:
         for name in list(self.down):
@@ -378,6 +386,6 @@ class NetworkSensor:
         assert self._emit is not None
         if self._emit(flow):
             self.emitted += 1
-            metrics.SENSOR_EVENTS.labels(self.name).inc()
+            self._events_metric.inc()
         else:
             self.dropped += 1

@@ -30,6 +30,7 @@ SKNLGRP_INET_TCP_DESTROY = 1
 SKNLGRP_INET6_TCP_DESTROY = 3
 SO_RCVBUFFORCE = 33
 NOCOOKIE = 0xFFFFFFFFFFFFFFFF
+REPLY_TIMEOUT = 2  # seconds a request waits for the kernel's answer (then OSError EAGAIN)
 
 # TCP states worth dumping: everything with a full socket except LISTEN and SYN_RECV.
 _STATES = sum(1 << s for s in (1, 2, 4, 5, 7, 8, 9, 11))
@@ -149,7 +150,11 @@ class SockDiag:
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
         self.sock.bind((0, 0))
-        self.sock.settimeout(2.0)
+        # a kernel-side receive timeout, not settimeout(): Python polls before every
+        # send and recv of a socket with a timeout, two more syscalls per lookup (per SYN)
+        self.sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", REPLY_TIMEOUT, 0)
+        )
         self._seq = 0
 
     def _ask(self, msg: bytes, dump: bool) -> list[DiagSocket]:

@@ -99,3 +99,23 @@ def test_hostile_country_files_give_a_clear_error_or_a_table(tmp_path: Path, dat
         assert str(p) in str(e)
     else:
         assert len(t) >= 0
+
+
+def test_cached_answers_equal_fresh_ones() -> None:
+    """The per-address cache keeps only what the address decides: the name still counts."""
+
+    def fresh() -> Destinations:
+        return Destinations(
+            internal=["10.0.0.0/8"],
+            approved=["203.0.113.64/26", "github.com"],
+            foreign=["192.0.2.0/24"],
+            countries=CountryTable.from_csv(SAMPLE),
+        )
+
+    shared = fresh()
+    addresses = ["10.1.1.1", "203.0.113.70", "203.0.113.1", "192.0.2.7", "198.51.100.200", "bad"]
+    names = [None, "api.github.com", "example.org"]
+    for _ in range(2):  # the second round answers from the cache
+        for address in addresses:
+            for name in names:
+                assert shared.classify(address, name) == fresh().classify(address, name)

@@ -1,0 +1,57 @@
+"""Socket inode → pid: the hot-process path reads the last matched fd first and stops."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from agent.sensors.network import procindex
+from agent.sensors.network.procindex import ProcIndex
+
+
+def _inode(s: socket.socket) -> int:
+    return os.fstat(s.fileno()).st_ino
+
+
+def test_next_socket_on_a_reused_fd_is_found_with_one_readlink(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    idx = ProcIndex()
+    first = socket.socket()
+    assert idx.pid_of(_inode(first)) == os.getpid()  # a full walk makes this pid hot
+    fd = first.fileno()
+    first.close()
+    second = socket.socket()  # the lowest free fd: the one `first` had
+    assert second.fileno() == fd
+    reads: list[str] = []
+    real = os.readlink
+
+    def counting(path: str) -> str:
+        reads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(procindex.os, "readlink", counting)
+    assert idx.pid_of(_inode(second)) == os.getpid()
+    monkeypatch.undo()
+    second.close()
+    assert reads == [f"/proc/{os.getpid()}/fd/{fd}"]
+    assert idx.full_scans == 1
+
+
+def test_a_socket_on_another_fd_of_a_hot_process_is_still_found() -> None:
+    idx = ProcIndex()
+    a = socket.socket()
+    assert idx.pid_of(_inode(a)) == os.getpid()
+    b = socket.socket()  # a new fd while `a` stays open: the hint does not hold it
+    with a, b:
+        assert idx.pid_of(_inode(b)) == os.getpid()
+        assert idx.pid_of(_inode(a)) == os.getpid()  # and the first is still known
+    assert idx.full_scans == 1
+
+
+def test_an_unknown_inode_is_none_never_guessed() -> None:
+    idx = ProcIndex(budget=0.0, burst=0.0)  # no full walk allowed
+    with socket.socket() as s:
+        assert idx.pid_of(_inode(s)) is None
