@@ -225,9 +225,17 @@ class NetworkSensor:
         packet = self.table.packet
         decode = decode_ip if cap.linktype == DLT_RAW else decode_ethernet
         n = 0
+        sock, loopback = cap.sock, cap.loopback
         for _ in range(_BATCH):
             try:
-                size, addr = cap.sock.recvfrom_into(buf)
+                # only loopback needs the sender address (its direction); building it
+                # costs an ioctl (SIOCGIFNAME) and a tuple per packet
+                if loopback:
+                    size, addr = sock.recvfrom_into(buf)
+                    if addr[2] == PACKET_OUTGOING:
+                        continue  # loopback shows each packet twice; keep the incoming copy
+                else:
+                    size = sock.recv_into(buf)
             except BlockingIOError:
                 break
             except OSError as e:  # ENETDOWN: the interface went away; reopened on the tick
@@ -241,8 +249,6 @@ class NetworkSensor:
                 cap.close()
                 self.down[cap.interface] = str(e)
                 break
-            if cap.loopback and addr[2] == PACKET_OUTGOING:
-                continue  # loopback shows each packet twice; keep the incoming copy
             n += 1
             pkt = decode(view, 0, size)
             if pkt is not None:
