@@ -3,7 +3,9 @@
 Sensors `emit()` into the first queue; each stage (classify, policy) runs in its own
 thread, takes an event, returns the enriched event, and puts it on the next queue; the
 last stage's thread hands what comes out to the sinks (the store writer, the
-correlator), whose own queues decouple them. Every queue is bounded:
+correlator), whose own queues decouple them. The first stage waits up to `LINGER`
+after an event for others, so that events arriving one by one wake each thread once per
+burst (a flood is never held up). Every queue is bounded:
 when a producer cannot put within its patience the event is dropped and counted in
 `egress_agent_events_dropped_total{queue,reason}` — never silently. A stop walks a
 sentinel down the pipeline so that everything queued before it is processed and
@@ -25,6 +27,8 @@ from agent.events import Event
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+STAGE_BATCH = 256  # events a stage thread takes from its queue at once
+LINGER = 0.05  # seconds the first stage waits for more events once one came
 
 
 class _Stop:
@@ -126,8 +130,10 @@ class Pipeline:
         sinks: Sequence[Sink],
         queue_size: int = 50_000,
         put_timeout: float = 5.0,
+        linger: float = LINGER,
     ) -> None:
         self._put_timeout = put_timeout
+        self._linger = linger
         # queue i feeds stage i, and the last stage's thread delivers to the sinks itself
         # (a thread of its own would cost one more wake-up per event); without stages a
         # "dispatch" thread does the delivering
@@ -169,27 +175,33 @@ class Pipeline:
         outbox = self._queues[index + 1] if index + 1 < len(self._queues) else None
         # the stage's metric children, looked up once rather than twice per event
         taken, passed = metrics.STAGE_IN.labels(spec.name), metrics.STAGE_OUT.labels(spec.name)
+        # the first stage lingers, so a trickle (a flow every few ms) moves through the
+        # stages in small bursts: one wake-up of each stage thread per burst, not per event
+        linger = self._linger if index == 0 else 0.0
         while True:
-            item = inbox.get()
-            if isinstance(item, _Stop):
+            items, stopped = inbox.get_batch(STAGE_BATCH, None, linger=linger)
+            for item in items:
+                taken.inc()
+                try:
+                    result = spec.fn(item)
+                except Exception:  # a stage bug must not lose the event
+                    log.exception(
+                        "stage %s failed on %s; passing it on unchanged", spec.name, item.uid
+                    )
+                    metrics.STAGE_ERRORS.labels(spec.name).inc()
+                    result = item
+                if result is None:
+                    continue
+                passed.inc()
+                if outbox is None:
+                    self._deliver(result)
+                else:
+                    # inside the pipeline we wait: back-pressure reaches the sensors' put
+                    outbox.put(result, timeout=None)
+            if stopped:
                 if outbox is not None:
                     outbox.put_stop()
                 return
-            taken.inc()
-            try:
-                result = spec.fn(item)
-            except Exception:  # a stage bug must not lose the event
-                log.exception("stage %s failed on %s; passing it on unchanged", spec.name, item.uid)
-                metrics.STAGE_ERRORS.labels(spec.name).inc()
-                result = item
-            if result is None:
-                continue
-            passed.inc()
-            if outbox is None:
-                self._deliver(result)
-            else:
-                # inside the pipeline we wait: back-pressure reaches the sensors' put
-                outbox.put(result, timeout=None)
 
     def _run_dispatch(self) -> None:
         inbox = self._queues[0]
