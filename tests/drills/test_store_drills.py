@@ -69,13 +69,14 @@ def test_disk_full_counts_and_recovers(
     agent.wait_metrics()
     # fill the rest of the file system so the store hits ENOSPC
     filler = small_tmpfs / "filler"
-    with filler.open("wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:  # unbuffered: a file object whose last write was partial raises again on close
+        while True:
+            os.write(fd, b"\0" * 65536)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
     _wait(
         lambda: (
             (agent.metric("egress_agent_store_write_errors_total") or 0) > 0
