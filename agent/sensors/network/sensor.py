@@ -40,6 +40,7 @@ LOCAL_REFRESH = 30.0  # seconds between re-reads of this host's addresses (DHCP,
 TICK = 0.5
 _PEER_FIN_STATES = frozenset((8, 9, 11))  # CLOSE_WAIT, LAST_ACK, CLOSING
 _BATCH = 256  # packets read from one socket before looking at the others
+_DRAIN_BATCHES = 16  # at most this many batches read ahead of destroy notifications
 
 
 class NetworkSensor:
@@ -191,6 +192,14 @@ class NetworkSensor:
                     if isinstance(w, CaptureSocket):
                         self._read_packets(w)
                 if self.destroy is not None and self.destroy in ready:
+                    # a destroyed connection's packets were queued on the capture sockets
+                    # before the kernel reported the destroy: read them first, or a late
+                    # SYN would open the flow again after its final record (and its SNI
+                    # would miss that record)
+                    for cap in list(self.captures):
+                        for _ in range(_DRAIN_BATCHES):
+                            if self._read_packets(cap) < _BATCH:
+                                break
                     self._read_destroyed()
                 now = time.monotonic()
                 if now >= next_dump:
@@ -219,12 +228,13 @@ class NetworkSensor:
             self._read_destroyed()
         table.flush(time.time())
 
-    def _read_packets(self, cap: CaptureSocket) -> None:
+    def _read_packets(self, cap: CaptureSocket) -> int:
+        """Read up to `_BATCH` packets; returns how many were read."""
         assert self.table is not None
         buf, view = self._buf, self._view
         packet = self.table.packet
         decode = decode_ip if cap.linktype == DLT_RAW else decode_ethernet
-        n = 0
+        n = reads = 0
         sock, loopback = cap.sock, cap.loopback
         for _ in range(_BATCH):
             try:
@@ -232,10 +242,12 @@ class NetworkSensor:
                 # costs an ioctl (SIOCGIFNAME) and a tuple per packet
                 if loopback:
                     size, addr = sock.recvfrom_into(buf)
+                    reads += 1
                     if addr[2] == PACKET_OUTGOING:
                         continue  # loopback shows each packet twice; keep the incoming copy
                 else:
                     size = sock.recv_into(buf)
+                    reads += 1
             except BlockingIOError:
                 break
             except OSError as e:  # ENETDOWN: the interface went away; reopened on the tick
@@ -261,6 +273,7 @@ class NetworkSensor:
                     cap.interface
                 )
             counter.inc(n)
+        return reads
 
     def _reopen(self) -> None:
         for name in list(self.down):
