@@ -460,10 +460,12 @@ def test_own_state_directory_is_not_watched_and_holds_no_rescan_leftovers(
     root = tmp_path / "root"
     state = root / "state"
     state.mkdir(parents=True)
+    (state / "rescan-killed.db").write_bytes(b"left by an agent killed mid-rescan")
     sensor, col = start_sensor(engine=engine, roots=[root], scratch_dir=str(state))
     (state / "agent.db-wal").write_bytes(b"store pages")
     (root / "user.txt").write_text("work")
     assert col.wait(lambda evs: any(e.path.endswith("user.txt") for e in evs))
     assert sensor.reconcile(str(root), "inventory") >= 0
     assert not [e for e in col.snapshot() if e.path.startswith(str(state))]
-    assert sorted(p.name for p in state.iterdir()) == ["agent.db-wal"]  # comparison file gone
+    # the comparison file is gone, and so is the one a killed agent left
+    assert sorted(p.name for p in state.iterdir()) == ["agent.db-wal"]

@@ -14,6 +14,7 @@ one store query.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import sqlite3
 import tempfile
@@ -167,6 +168,19 @@ class Comparison:
         if self._known:
             self._db.executemany("INSERT OR REPLACE INTO known VALUES (?,?,?,?)", self._known)
             self._known = []
+
+
+def remove_leftovers(directory: str) -> int:
+    """Delete comparison files a killed agent left in `directory`; returns how many.
+
+    Safe even if another process still used one: an unlinked file stays readable
+    through the descriptors already open on it."""
+    n = 0
+    for path in glob.glob(os.path.join(glob.escape(directory), "rescan-*.db")):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+            n += 1
+    return n
 
 
 def _i64(n: int) -> int:

@@ -105,6 +105,8 @@ class FileSensor:
 
     def _start(self, emit: Emit) -> None:
         self._emit = emit
+        if self.scratch_dir is not None and R.remove_leftovers(self.scratch_dir):
+            log.info("files: removed rescan files a previous run left in %s", self.scratch_dir)
         self.ino = I.Inotify()
         self.tree = WatchTree(
             self.ino, self.excluded, self._on_change, self._on_lost, self.rescans.gone_dir
