@@ -66,7 +66,7 @@ def replay(ctx: click.Context, pcap: str, as_json: bool, to_store: bool) -> None
     click.echo(
         f"{len(flows)} flows from {st.frames} frames in {elapsed:.2f} s; skipped: "
         f"{result.undecoded} not TCP/UDP or malformed, {st.truncated} truncated, "
-        f"{st.bad_blocks} bad blocks",
+        f"{st.bad_blocks} bad blocks, {st.resyncs} resyncs, {st.skipped_bytes} bytes skipped",
         err=True,
     )
     if to_store:

@@ -2,9 +2,11 @@
 
 Yields `(timestamp, linktype, buffer, offset, end)` per captured frame without copying
 frame bytes; the flow logic decodes headers in place. Malformed files give a
-`PcapError` naming the file and byte offset when nothing can be read, and a counted
-skip (`PcapStats.truncated`, `.bad_blocks`) when a file ends mid-record — never an
-uncaught exception. scapy's PcapReader builds an object per packet; this does not.
+`PcapError` naming the file and byte offset when nothing can be read. Damage inside a
+file is counted, never an uncaught exception: after a record header or block that makes
+no sense, reading resumes at the next confirmed one (`pcapresync`; `PcapStats.resyncs`,
+`.skipped_bytes`); when there is none, the rest is a counted skip (`.truncated`,
+`.bad_blocks`). scapy's PcapReader builds an object per packet; this does not.
 """
 
 from __future__ import annotations
@@ -15,6 +17,14 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
+
+from agent.sensors.network.pcapresync import (
+    ClassicLayout,
+    find_block,
+    find_record,
+    record_ok,
+)
 
 LINKTYPE_NULL = 0
 LINKTYPE_ETHERNET = 1
@@ -45,7 +55,9 @@ _PCAP_MAGICS = {
 }
 _PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
 Frame = tuple[float, int, mmap.mmap, int, int]
-MAX_CAPLEN = 0x4000000  # a record claiming more is corrupt
+# pcapng timestamps are 64-bit; one past what classic pcap can hold (year 2106) is damage,
+# and would not fit a datetime further on
+MAX_TIMESTAMP = float(1 << 32)
 
 
 class PcapError(Exception):
@@ -55,9 +67,22 @@ class PcapError(Exception):
 @dataclass(slots=True)
 class PcapStats:
     frames: int = 0
-    truncated: int = 0  # a record cut off at the end of the file
+    truncated: int = 0  # a record cut off at the end of the file, or an unframeable rest
     bad_blocks: int = 0  # pcapng blocks that made no sense (skipped)
     unsupported_linktype: int = 0
+    resyncs: int = 0  # damaged places after which reading resumed at a confirmed record
+    skipped_bytes: int = 0  # bytes not read as records: damage, an unframeable rest
+
+
+class ClassicHeader(NamedTuple):
+    endian: str  # struct byte order of every header field
+    unit: float  # seconds per tick of the sub-second field
+    linktype: int
+    snaplen: int
+
+    @property
+    def layout(self) -> ClassicLayout:
+        return ClassicLayout(self.endian, self.unit < 1e-6, self.snaplen)
 
 
 @contextlib.contextmanager
@@ -78,16 +103,32 @@ def mapped(path: Path) -> Iterator[mmap.mmap]:
             yield mm
 
 
-def classic_header(path: Path, mm: mmap.mmap) -> tuple[str, float, int] | None:
-    """(struct byte order, timestamp unit, link type) of a classic pcap; None for pcapng."""
+def classic_header(path: Path, mm: mmap.mmap) -> ClassicHeader | None:
+    """The global header of a classic pcap; None for pcapng."""
     if mm[:4] not in _PCAP_MAGICS:
         return None
     endian, unit = _PCAP_MAGICS[mm[:4]]
-    (linktype,) = struct.unpack_from(endian + "I", mm, 20)
+    snaplen, linktype = struct.unpack_from(endian + "II", mm, 16)
     linktype &= 0x0FFFFFFF
     if linktype not in SUPPORTED_LINKTYPES:
         raise PcapError(f"{path}: link type {linktype} is not supported")
-    return endian, unit, linktype
+    return ClassicHeader(endian, unit, linktype, snaplen)
+
+
+def resume_classic(
+    mm: mmap.mmap, off: int, layout: ClassicLayout, last_sec: int | None, stats: PcapStats
+) -> int | None:
+    """Where framing resumes after the bad record header at `off`, counted in `stats`;
+    None when it cannot (the rest of the file is counted as skipped)."""
+    size = len(mm)
+    found = find_record(mm, off + 1, size, layout, last_sec)
+    if found is None:
+        stats.truncated += 1
+        stats.skipped_bytes += size - off
+        return None
+    stats.resyncs += 1
+    stats.skipped_bytes += found - off
+    return found
 
 
 def frames(path: Path, mm: mmap.mmap, stats: PcapStats) -> Iterator[Frame]:
@@ -99,27 +140,31 @@ def frames(path: Path, mm: mmap.mmap, stats: PcapStats) -> Iterator[Frame]:
         yield from _pcap(mm, header, stats)
 
 
-def _pcap(mm: mmap.mmap, header: tuple[str, float, int], stats: PcapStats) -> Iterator[Frame]:
-    endian, unit, linktype = header
-    rec = struct.Struct(endian + "IIII")
+def _pcap(mm: mmap.mmap, header: ClassicHeader, stats: PcapStats) -> Iterator[Frame]:
+    endian, unit, linktype, _ = header
+    layout = header.layout
+    limit = layout.read_limit
+    unpack = struct.Struct(endian + "IIII").unpack_from
     off = 24
     size = len(mm)
-    unpack = rec.unpack_from
-    frames = 0
+    last_sec: int | None = None
     while off + 16 <= size:
-        sec, frac, caplen, _origlen = unpack(mm, off)
+        sec, frac, caplen, origlen = unpack(mm, off)
         start = off + 16
         end = start + caplen
-        if end > size or caplen > MAX_CAPLEN:
-            stats.truncated += 1
-            break
-        frames += 1
+        if end > size or not record_ok(caplen, origlen, limit):
+            resumed = resume_classic(mm, off, layout, last_sec, stats)
+            if resumed is None:
+                return
+            off = resumed
+            continue
+        stats.frames += 1
+        last_sec = sec
         yield sec + frac * unit, linktype, mm, start, end
         off = end
-    else:
-        if off != size:
-            stats.truncated += 1
-    stats.frames += frames
+    if off != size:
+        stats.truncated += 1
+        stats.skipped_bytes += size - off
 
 
 def _pcapng(path: Path, mm: mmap.mmap, stats: PcapStats) -> Iterator[Frame]:
@@ -128,22 +173,30 @@ def _pcapng(path: Path, mm: mmap.mmap, stats: PcapStats) -> Iterator[Frame]:
     endian = "<"
     interfaces: list[tuple[int, float]] = []
     while off + 12 <= size:
+        bad = False
         if mm[off : off + 4] == _PCAPNG_SHB:
-            bom = mm[off + 8 : off + 12]
-            if bom == b"\x4d\x3c\x2b\x1a":
-                endian = "<"
-            elif bom == b"\x1a\x2b\x3c\x4d":
-                endian = ">"
-            else:
+            order = _byte_order(mm, off)
+            if order is None and off == 0:
                 raise PcapError(f"{path}: bad pcapng byte-order mark at offset {off}")
-            interfaces = []  # a new section has its own interfaces
+            bad = order is None
+            if order is not None:
+                endian = order
+                interfaces = []  # a new section has its own interfaces
         btype, blen = struct.unpack_from(endian + "II", mm, off)
-        if blen < 12 or blen % 4 or off + blen > size:
-            if off + blen > size and blen >= 12:
-                stats.truncated += 1
-            else:
-                stats.bad_blocks += 1
-            break
+        cut = off + blen > size
+        if bad or blen < 12 or blen % 4 or cut or _trailer(mm, off, blen, endian) != blen:
+            resumed = find_block(mm, off + 1, size, endian)
+            if resumed is None:
+                if cut and blen >= 12 and not bad:
+                    stats.truncated += 1
+                else:
+                    stats.bad_blocks += 1
+                stats.skipped_bytes += size - off
+                return
+            stats.resyncs += 1
+            stats.skipped_bytes += resumed - off
+            off = resumed
+            continue
         body = off + 8
         if btype == 1 and blen >= 20:  # interface description
             (linktype,) = struct.unpack_from(endian + "H", mm, body)
@@ -151,10 +204,10 @@ def _pcapng(path: Path, mm: mmap.mmap, stats: PcapStats) -> Iterator[Frame]:
         elif btype == 6 and blen >= 32:  # enhanced packet
             iface, ts_hi, ts_lo, caplen, _orig = struct.unpack_from(endian + "IIIII", mm, body)
             data = body + 20
-            if iface < len(interfaces) and data + caplen <= off + blen - 4:
-                linktype, unit = interfaces[iface]
+            ts = ((ts_hi << 32) | ts_lo) * interfaces[iface][1] if iface < len(interfaces) else -1
+            if 0 <= ts < MAX_TIMESTAMP and data + caplen <= off + blen - 4:
                 stats.frames += 1
-                yield ((ts_hi << 32) | ts_lo) * unit, linktype, mm, data, data + caplen
+                yield ts, interfaces[iface][0], mm, data, data + caplen
             else:
                 stats.bad_blocks += 1
         elif btype == 3 and blen >= 16 and interfaces:  # simple packet
@@ -164,6 +217,16 @@ def _pcapng(path: Path, mm: mmap.mmap, stats: PcapStats) -> Iterator[Frame]:
             stats.frames += 1
             yield 0.0, interfaces[0][0], mm, data, stop
         off += blen
+
+
+def _byte_order(mm: mmap.mmap, off: int) -> str | None:
+    """The struct byte order a section header's byte-order mark names; None if neither."""
+    return {b"\x4d\x3c\x2b\x1a": "<", b"\x1a\x2b\x3c\x4d": ">"}.get(mm[off + 8 : off + 12])
+
+
+def _trailer(mm: mmap.mmap, off: int, blen: int, endian: str) -> int:
+    """The block length repeated at the end of a pcapng block."""
+    return int(struct.unpack_from(endian + "I", mm, off + blen - 4)[0])
 
 
 def _tsresol(mm: mmap.mmap, p: int, stop: int, endian: str) -> float:

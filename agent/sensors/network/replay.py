@@ -9,6 +9,7 @@ packets are inspected for names. Used by `egress-agent replay`, tests and benchm
 
 from __future__ import annotations
 
+import logging
 import mmap
 import struct
 from collections.abc import Iterator
@@ -25,13 +26,17 @@ from agent.sensors.network.pcapfile import (
     LINKTYPE_LINUX_SLL,
     LINKTYPE_LINUX_SLL2,
     LINKTYPE_NULL,
-    MAX_CAPLEN,
+    ClassicHeader,
     Frame,
     PcapStats,
     classic_header,
     frames,
     mapped,
+    resume_classic,
 )
+from agent.sensors.network.pcapresync import MAX_CAPLEN
+
+log = logging.getLogger(__name__)
 
 _EXPIRE_EVERY = 1.0  # seconds of capture time between timeout checks
 
@@ -89,11 +94,20 @@ def replay_pcap(
     )
     with mapped(path) as mm:
         header = classic_header(path, mm)
-        if header is not None and header[2] == LINKTYPE_ETHERNET:
+        if header is not None and header.linktype == LINKTYPE_ETHERNET:
             last_ts = _classic_ethernet(mm, header, table, result)
         else:
             last_ts = _any(frames(path, mm, result.stats), table, result)
     table.flush(last_ts)
+    st = result.stats
+    if st.resyncs:
+        log.warning(
+            "%s: damaged at %d places; %d bytes skipped, reading resumed at the next "
+            "plausible record each time",
+            path,
+            st.resyncs,
+            st.skipped_bytes,
+        )
     return result
 
 
@@ -122,11 +136,13 @@ _FAST6_LEN = _FAST6.size
 
 
 def _classic_ethernet(
-    mm: mmap.mmap, header: tuple[str, float, int], table: FlowTable, result: ReplayResult
+    mm: mmap.mmap, header: ClassicHeader, table: FlowTable, result: ReplayResult
 ) -> float:
     """The hot loop: TCP segments (IPv4, IPv6) of known flows without SYN/FIN/RST, past
     their name probes, only move a sequence counter; the rest takes the general path."""
-    endian, unit, _ = header
+    endian, unit, _, _ = header
+    layout = header.layout
+    limit = layout.read_limit
     rec = struct.Struct(endian + "IIII").unpack_from
     fast, fast6 = _FAST.unpack_from, _FAST6.unpack_from
     flows, reverse = table.flows, table.reverse
@@ -134,13 +150,19 @@ def _classic_ethernet(
     off = 24
     frames_seen = undecoded = 0
     next_expire = last_ts = 0.0
+    last_sec: int | None = None
     while off + 16 <= size:
-        sec, frac, caplen, _orig = rec(mm, off)
+        sec, frac, caplen, orig = rec(mm, off)
         start = off + 16
         end = start + caplen
-        if end > size or caplen > MAX_CAPLEN:
-            result.stats.truncated += 1
-            break
+        # record_ok() inlined: this runs once per packet
+        if end > size or caplen > limit or orig < caplen or not 0 < orig <= MAX_CAPLEN:
+            resumed = resume_classic(mm, off, layout, last_sec, result.stats)
+            if resumed is None:
+                break
+            off = resumed
+            continue
+        last_sec = sec
         off = end
         frames_seen += 1
         ts = sec + frac * unit
@@ -191,6 +213,7 @@ def _classic_ethernet(
     else:
         if off != size:
             result.stats.truncated += 1
+            result.stats.skipped_bytes += size - off
     result.stats.frames += frames_seen
     result.undecoded += undecoded
     return last_ts
