@@ -6,7 +6,10 @@ daemon, and it runs again at its next interval. Each run's time is persisted in 
 `job_state` table (row `schedule/<job>`), and `start` schedules a job's first run from
 it: a job whose interval passed while the agent was down runs once soon after start
 (coalesced, not once per missed slot); one that is not yet due waits for its slot.
-Jobs that belong to a later capability register themselves in `JOB_BUILDERS`.
+Jobs run one at a time: they all work on the same store, and on SQLite two of them
+writing at once (retention deleting while maintenance runs ANALYZE, both due at start)
+made one fail with "database is locked". Jobs that belong to a later capability
+register themselves in `JOB_BUILDERS`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Engine, delete, insert, select, update
 
@@ -144,7 +148,14 @@ def maintenance_job(rt: Runtime) -> tuple[str, float, Job] | None:
         if rt.engine.dialect.name == "sqlite":
             with rt.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
-                conn.exec_driver_sql("PRAGMA optimize")
+                # ANALYZE reads, then writes its statistics: taking the write lock first
+                # waits for the store writer (busy timeout) instead of failing at once
+                # when both would upgrade a read lock
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                try:
+                    conn.exec_driver_sql("PRAGMA optimize")
+                finally:
+                    conn.exec_driver_sql("COMMIT")
 
     return "maintenance", rt.settings.jobs.maintenance_interval, run
 
@@ -248,7 +259,9 @@ JOB_BUILDERS: list[JobBuilder] = [
 
 def start(rt: Runtime, now: datetime | None = None) -> BackgroundScheduler:
     """Schedule every configured job from its persisted last run, and start the scheduler."""
-    scheduler = BackgroundScheduler(timezone="UTC", job_defaults=job_kwargs())
+    scheduler = BackgroundScheduler(
+        timezone="UTC", job_defaults=job_kwargs(), executors={"default": ThreadPoolExecutor(1)}
+    )
     metrics.STORE_SIZE.set_function(lambda: store_size_bytes(rt))
     now = now or datetime.now(UTC)
     for build in JOB_BUILDERS:
