@@ -22,7 +22,10 @@ def storable_text(s: str | None) -> str | None:
         s.encode("utf-8")
         return s.replace("\x00", "\\x00")
     except UnicodeEncodeError:
-        raw = s.encode("utf-8", "surrogateescape")
+        try:  # file names: os.fsdecode's escapes (U+DC80..U+DCFF) back to their bytes
+            raw = s.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # any other lone surrogate: as \uXXXX text
+            raw = s.encode("utf-8", "backslashreplace")
         return raw.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
 
 
