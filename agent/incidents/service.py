@@ -42,6 +42,10 @@ GAUGE_REFRESH_SECONDS = 30.0
 SUBMIT_PATIENCE = 0.05  # seconds a full correlation queue may hold up the pipeline
 MAX_PENDING = 10_000  # findings kept in memory while the store is unavailable
 BATCH_LINGER = 0.1  # seconds a batch waits for more events (the store writer's default too)
+# seconds a flow waits before correlation: the reads that preceded it reach us later than
+# it can (the file sensor holds a read 0.15 s for fanotify's pid, then the stages), and an
+# incident opened without the upload's read names the wrong file until it is refined
+FLOW_HOLD = 1.0
 
 
 class Correlator:
@@ -74,6 +78,7 @@ class Correlator:
         self.queue: BoundedQueue[Event] = BoundedQueue("incidents", queue_size)
         self._thread: threading.Thread | None = None
         self._pending: deque[Finding] = deque()
+        self._held: deque[tuple[float, Flow]] = deque()  # (due, flow), in arrival order
         self._started = False
         self._retry_at = 0.0
         self._backoff = 0.0
@@ -118,9 +123,18 @@ class Correlator:
         while not done:
             # linger: flows that trickle in are correlated a batch at a time, one wake-up
             # per BATCH_LINGER instead of one per event
-            batch, done = self.queue.get_batch(256, 1.0, linger=BATCH_LINGER)
+            wait = 1.0
+            if self._held:
+                wait = min(wait, max(0.0, self._held[0][0] - time.monotonic()))
+            batch, done = self.queue.get_batch(256, wait, linger=BATCH_LINGER)
+            now = time.monotonic()
             for event in batch:
-                self._handle(event)
+                if isinstance(event, Flow):
+                    self._held.append((now + FLOW_HOLD, event))
+                else:
+                    self._handle(event)
+            while self._held and (done or self._held[0][0] <= now):
+                self._handle(self._held.popleft()[1])
             self._flush()
             if self._started and time.monotonic() - refreshed > GAUGE_REFRESH_SECONDS:
                 # analysts ack and close from the CLI: keep the open-incidents gauge true
