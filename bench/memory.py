@@ -175,12 +175,17 @@ def measure_agent(cfg: Path, watches: int, timeout: float) -> dict[str, Any]:
         doc["rescan_events"] = int(metric(url, "egress_agent_file_rescan_events_total") or 0)
         return doc
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, signal.SIGTERM)
+
+
+def stop(proc: subprocess.Popen[Any], sig: int) -> None:
+    """Ask `proc` to stop with `sig`; kill it if it has not within a minute."""
+    proc.send_signal(sig)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def measure_watchdog(root: Path, watches: int, timeout: float) -> dict[str, Any]:
@@ -192,12 +197,7 @@ def measure_watchdog(root: Path, watches: int, timeout: float) -> dict[str, Any]
         proc.stdout.readline()
         return settle(proc.pid, watches, timeout)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, signal.SIGINT)
 
 
 def make_tree(root: Path, dirs: int) -> int:
