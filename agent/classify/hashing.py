@@ -16,7 +16,9 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,28 +30,27 @@ __all__ = ["BIG_BUF_SIZE", "BUF_SIZE", "FileChanged", "HashCache", "claimed_sha2
 log = logging.getLogger(__name__)
 
 
-def sha256_fd(fd: int, expected_size: int | None = None, buf_size: int = BUF_SIZE) -> str:
-    """SHA-256 of the file behind `fd` (see `agent.fingerprint.sha256_fd`), counted in
-    `egress_agent_hashed_bytes_total`. Raises FileChanged when the size is not the one
-    expected."""
+def _counted(hashed: Callable[[], tuple[str, int]]) -> str:
+    """The digest `hashed()` returns, its bytes counted in
+    `egress_agent_hashed_bytes_total` (also when the file changed under it)."""
     try:
-        sha, read = fingerprint.sha256_fd(fd, expected_size, buf_size)
+        sha, read = hashed()
     except FileChanged as e:
         metrics.HASHED_BYTES.inc(e.read)
         raise
     metrics.HASHED_BYTES.inc(read)
     return sha
+
+
+def sha256_fd(fd: int, expected_size: int | None = None, buf_size: int = BUF_SIZE) -> str:
+    """SHA-256 of the file behind `fd` (see `agent.fingerprint.sha256_fd`), counted.
+    Raises FileChanged when the size is not the one expected."""
+    return _counted(partial(fingerprint.sha256_fd, fd, expected_size, buf_size))
 
 
 def claimed_sha256(future: Future[tuple[str, int]]) -> str:
     """The result of a hash started ahead (`agent.fingerprint.HashAhead`), counted."""
-    try:
-        sha, read = future.result()
-    except FileChanged as e:
-        metrics.HASHED_BYTES.inc(e.read)
-        raise
-    metrics.HASHED_BYTES.inc(read)
-    return sha
+    return _counted(future.result)
 
 
 _SCHEMA = """
