@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 RECENT_TTL = 120.0  # seconds an emitted event is assumed to need to reach the store
 RECENT_MAX = 500_000  # bounds memory; past it a rescan may report a file twice
-UNKNOWN = R.UNSEEN  # a name whose content was not seen
 
 
 class Recent:
@@ -49,7 +48,7 @@ class Recent:
             ch.action == FileAction.MOVED and ch.dest_path is None
         ):
             current = ch.dest_path if ch.dest_path is not None else ch.path
-            seen = stat_key(ch.st) if content and ch.st is not None else UNKNOWN
+            seen = stat_key(ch.st) if content and ch.st is not None else R.UNSEEN
             entries.append((current, seen))
         with self._lock:
             for path, state in entries:
