@@ -28,6 +28,7 @@ FIELDS: dict[str, str] = {
     "size": "num",
     "kinds": "set",  # artefact kinds
     "categories": "set",  # category codes present (count >= the category's min_count)
+    "skipped": "str",  # why classification was cut short (deferred, busy, member_limit, ...)
     "process.exe": "str",
     "process.name": "str",
     "user": "str",

@@ -41,6 +41,8 @@ def _process_facts(facts: Facts, proc: ProcessInfo | None) -> None:
 def artefact_facts(facts: Facts, artefact: Artefact, min_counts: Mapping[str, int]) -> None:
     """Kinds, tag details (`<kind>.<detail>`), match counts and present categories."""
     facts["kinds"] = frozenset(artefact.kinds)
+    if artefact.skipped:
+        facts["skipped"] = artefact.skipped
     facts.setdefault("size", artefact.size)
     for tag in artefact.tags:
         for key, value in tag.details.items():
