@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.linear_regex import PatternRefused, compile_pack_regex
 from agent.policy._yaml import key_line, line_of
 
 # field name -> type: "str", "num", "set" (a set of strings), "any"
@@ -238,41 +238,98 @@ def _flatten(key: str, items: list[Condition]) -> Condition:
     """
     kind = All if key == "all" else AnyOf
     flat: list[Condition] = []
+    seen: set[int] = set()
     for item in items:
-        flat.extend(item.items if isinstance(item, kind) else (item,))
+        for part in item.items if isinstance(item, kind) else (item,):
+            # a macro used twice is one shared node: `all`/`any` of it twice is it once,
+            # and keeping one copy stops nested macros from growing exponentially
+            if id(part) not in seen:
+                seen.add(id(part))
+                flat.append(part)
     flat.sort(key=lambda c: 0 if isinstance(c, Compare) else 1)
     return flat[0] if len(flat) == 1 else kind(tuple(flat))
 
 
 def event_kinds(cond: Condition) -> frozenset[str] | None:
     """The `event` values a condition can hold for, or None when it does not say."""
+    return _event_kinds(cond, {})
+
+
+def _event_kinds(cond: Condition, memo: dict[int, frozenset[str] | None]) -> frozenset[str] | None:
+    # memoised per shared node: a macro reached many ways is looked at once
+    if id(cond) in memo:
+        return memo[id(cond)]
+    out: frozenset[str] | None = None
     if isinstance(cond, Compare) and cond.field == "event":
         if cond.op == "eq":
-            return frozenset([cond.value])
-        if cond.op == "in":
-            return frozenset(cond.value)
-    if isinstance(cond, All):
-        known = [k for k in map(event_kinds, cond.items) if k is not None]
-        return frozenset.intersection(*known) if known else None
-    if isinstance(cond, AnyOf):
-        parts = [event_kinds(c) for c in cond.items]
-        if any(p is None for p in parts):
-            return None
-        return frozenset().union(*(p for p in parts if p is not None))
-    return None
+            out = frozenset([cond.value])
+        elif cond.op == "in":
+            out = frozenset(cond.value)
+    elif isinstance(cond, All):
+        known = [k for k in (_event_kinds(c, memo) for c in cond.items) if k is not None]
+        out = frozenset.intersection(*known) if known else None
+    elif isinstance(cond, AnyOf):
+        parts = [_event_kinds(c, memo) for c in cond.items]
+        if not any(p is None for p in parts):
+            out = frozenset().union(*(p for p in parts if p is not None))
+    memo[id(cond)] = out
+    return out
+
+
+def _unique_nodes(cond: Condition) -> list[Condition]:
+    """Every distinct node of a compiled condition once, however often it is shared."""
+    seen: set[int] = set()
+    out: list[Condition] = []
+    stack: list[Condition] = [cond]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        out.append(node)
+        if isinstance(node, Not):
+            stack.append(node.item)
+        elif isinstance(node, (All, AnyOf)):
+            stack.extend(node.items)
+    return out
 
 
 def referenced_categories(cond: Condition) -> frozenset[str]:
     """Category codes a compiled condition tests (in `categories` or `matches.CODE`)."""
-    if isinstance(cond, Compare):
-        if cond.field.startswith("matches."):
-            return frozenset([cond.field[8:]])
-        if cond.field == "categories" and cond.op != "exists":
-            return frozenset(_strings(cond.value))
-        return frozenset()
-    if isinstance(cond, Not):
-        return referenced_categories(cond.item)
-    return frozenset().union(*(referenced_categories(c) for c in cond.items))
+    codes: set[str] = set()
+    for node in _unique_nodes(cond):
+        if not isinstance(node, Compare):
+            continue
+        if node.field.startswith("matches."):
+            codes.add(node.field[8:])
+        elif node.field == "categories" and node.op != "exists":
+            codes.update(_strings(node.value))
+    return frozenset(codes)
+
+
+MAX_CONDITION_NODES = 5_000
+"""Comparisons one evaluation of a rule may make at most (macros counted each time used)."""
+
+
+def evaluated_size(cond: Condition) -> int:
+    """How many nodes one evaluation may visit: shared macros count once per use.
+
+    Memoised per distinct node, so a pack that nests macros to blow up exponentially
+    is measured in linear time and refused, not evaluated.
+    """
+    return _size(cond, {})
+
+
+def _size(node: Condition, memo: dict[int, int]) -> int:
+    if id(node) in memo:
+        return memo[id(node)]
+    if isinstance(node, Compare):
+        total = 1
+    else:
+        children = (node.item,) if isinstance(node, Not) else node.items
+        total = 1 + sum(_size(child, memo) for child in children)
+    memo[id(node)] = total
+    return total
 
 
 def _macro(raw: Mapping[str, Any], ctx: CompileContext, line: int) -> Condition | None:
@@ -381,9 +438,9 @@ def _shape(value: Any, shape: str, op: str, ctx: CompileContext, line: int) -> A
             ctx.report(line, "operator 'regex' needs a pattern string")
             return _BAD
         try:
-            return re.compile(value)
-        except re.error as e:
-            ctx.report(line, f"bad regular expression {value!r}: {e}")
+            return compile_pack_regex(value)
+        except PatternRefused as e:
+            ctx.report(line, f"regular expression {value!r} refused: {e}")
     elif shape == "cidr":
         items = value if isinstance(value, list) else [value]
         nets = []

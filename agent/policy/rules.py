@@ -16,15 +16,18 @@ from typing import Any
 from agent.policy import facts as facts_mod
 from agent.policy._yaml import item_line, key_line, line_of
 from agent.policy.conditions import (
+    MAX_CONDITION_NODES,
     CompileContext,
     Condition,
     compile_condition,
+    evaluated_size,
     field_type,
     referenced_categories,
 )
 from agent.policy.loader import Issue, ParsedPack
 from agent.policy.model import Network, Rule, RuleCase, RuleException
-from agent.policy.schema import ExceptionModel
+from agent.policy.schema import ExceptionModel, PeriodModel
+from agent.policy.timeline import Period
 
 _LOOKS_LIKE_IP = re.compile(r"^[0-9a-fA-F:.]+(/\d+)?$")
 
@@ -52,6 +55,13 @@ def compile_rules(
     out = []
     for model, raw in pack.rules:
         cond = _compile(ctx, model.condition, key_line(raw, "condition"))
+        if cond is not None and (size := evaluated_size(cond)) > MAX_CONDITION_NODES:
+            ctx.report(
+                key_line(raw, "condition"),
+                f"rule {model.id!r}: condition expands to {size} comparisons through its"
+                f" macros (limit {MAX_CONDITION_NODES}); use fewer nested macro references",
+            )
+            cond = None
         exceptions = compile_exceptions(model.exceptions, raw, pack.file, issues)
         for i, case in enumerate(model.tests):
             check_test_facts(case.facts, raw["tests"][i], codes, pack.file, issues)
@@ -69,6 +79,9 @@ def compile_rules(
                 exceptions=exceptions,
                 status=model.status,
                 effective_from=model.effective_from,
+                timeline=periods(model.timeline),
+                legal_ref=model.legal_ref,
+                item=model.item,
                 categories=referenced_categories(cond),
                 enabled=model.enabled,
                 tests=tuple(
@@ -80,6 +93,7 @@ def compile_rules(
                         c.action,
                         item_line(raw["tests"], i),
                         c.date,
+                        c.state,
                     )
                     for i, c in enumerate(model.tests)
                 ),
@@ -88,6 +102,11 @@ def compile_rules(
             )
         )
     return out
+
+
+def periods(models: Sequence[PeriodModel]) -> tuple[Period, ...]:
+    """A pack's `timeline:` as the engine's periods."""
+    return tuple(Period(m.start, m.state, m.until, m.ref, m.verified, m.note) for m in models)
 
 
 def compile_exceptions(

@@ -107,7 +107,8 @@ macros:
 {chain}
   m{n}: {{field: size, gt: 1}}
 rules:
-  - {{id: r, description: d, severity: low, action: record, condition: {{macro: m0}}}}
+  - {{id: r, description: d, severity: low, action: record, effective_from: 2020-01-01,
+     condition: {{macro: m0}}}}
 """
     f = tmp_path / "deep.yaml"
     f.write_text(text)
@@ -115,3 +116,91 @@ rules:
     assert policy is None
     assert issues[0].line == 4 and "nested too deeply" in issues[0].message
     assert not any("refers to itself" in i.message for i in issues)
+
+
+def _pack(macros: str, rules: str) -> str:
+    return f"""pack: {{id: hostile, name: h, regime: X, version: "1",
+  required_engine_version: "1.0", sources: [{{title: t}}]}}
+macros:
+{macros}
+rules:
+{rules}
+"""
+
+
+def test_macros_used_twice_at_every_level_load_fast_and_evaluate_fast(tmp_path: Path) -> None:
+    """30 levels of `all: [m, m]` were 2^30 nodes: 100 s to load, 0.7 s per event."""
+    import time
+
+    n = 30
+    chain = "\n".join(
+        f"  m{i}: {{all: [{{macro: m{i + 1}}}, {{macro: m{i + 1}}}]}}" for i in range(n)
+    )
+    text = _pack(
+        f"{chain}\n  m{n}: {{field: size, gt: 1}}",
+        "  - {id: r, description: d, severity: low, action: record, effective_from: 2020-01-01,"
+        " condition: {macro: m0}}",
+    )
+    f = tmp_path / "twice.yaml"
+    f.write_text(text)
+    started = time.process_time()
+    policy, issues = load_policy([], [f])
+    assert time.process_time() - started < 5.0
+    assert not issues and policy is not None
+    started = time.process_time()
+    for _ in range(1000):
+        assert policy.decide({"event": "file", "size": 5})
+    assert time.process_time() - started < 1.0
+
+
+def test_macros_that_branch_exponentially_are_refused_with_a_line(tmp_path: Path) -> None:
+    """`any: [all: [m, a], all: [m, b]]` per level cannot be flattened: it is measured."""
+    import time
+
+    n = 40
+    chain = "\n".join(
+        f"  m{i}: {{any: [{{all: [{{macro: m{i + 1}}}, {{field: size, gt: {i}}}]}},"
+        f" {{all: [{{macro: m{i + 1}}}, {{field: size, lt: {i}}}]}}]}}"
+        for i in range(n)
+    )
+    text = _pack(
+        f"{chain}\n  m{n}: {{field: size, gt: 1}}",
+        "  - {id: r, description: d, severity: low, action: record, effective_from: 2020-01-01,"
+        " condition: {macro: m0}}",
+    )
+    f = tmp_path / "branch.yaml"
+    f.write_text(text)
+    started = time.process_time()
+    policy, issues = load_policy([], [f])
+    assert time.process_time() - started < 5.0
+    assert policy is None
+    assert any("expands to" in i.message and "limit" in i.message for i in issues)
+    assert all(i.line > 0 for i in issues)
+
+
+def test_backtracking_regex_runs_in_linear_time_or_is_refused(tmp_path: Path) -> None:
+    import time
+
+    text = _pack(
+        "  big: {field: path, regex: '^(a+)+$'}",
+        "  - {id: r, description: d, severity: low, action: record, effective_from: 2020-01-01,"
+        " condition: {macro: big}}",
+    )
+    f = tmp_path / "redos.yaml"
+    f.write_text(text)
+    policy, issues = load_policy([], [f])
+    assert not issues and policy is not None
+    started = time.process_time()
+    assert not policy.decide({"event": "file", "path": "a" * 100_000 + "!"})
+    assert time.process_time() - started < 1.0
+
+    text = _pack(
+        "  look: {field: path, regex: '(?<=secret)/x'}",
+        "  - {id: r, description: d, severity: low, action: record, effective_from: 2020-01-01,"
+        " condition: {macro: look}}",
+    )
+    f.write_text(text)
+    policy, issues = load_policy([], [f])
+    assert policy is None
+    assert any("lookahead/lookbehind" in i.message for i in issues)
+    assert issues[0].line == 4  # the macro with the pattern
