@@ -65,7 +65,7 @@ def compile_pack_regex(pattern: str) -> LinearPattern:
                 f"{what} are not supported: pack patterns run on RE2, a linear-time engine"
             )
     try:
-        return re2.compile(pattern, _OPTIONS)  # type: ignore[no-any-return]
+        return re2.compile(pattern, _OPTIONS)
     except re2.error as e:
         detail = (
             e.args[0].decode(errors="replace") if e.args and isinstance(e.args[0], bytes) else e
