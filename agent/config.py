@@ -18,6 +18,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -174,7 +177,13 @@ class PoliciesSection(_Section):
     builtin: bool = True  # load the packs shipped in policies/
     disabled: list[str] = Field(default_factory=list)  # pack ids switched off
     model_parameter_threshold: int = Field(default=1_000_000_000, ge=0)
+    # pack parameters by name (e.g. rd-assets' dataset_min_rows); replace the packs' values
+    parameters: dict[str, StrictInt | float | StrictStr | StrictBool] = Field(default_factory=dict)
     watch_interval: float = Field(default=2.0, ge=0)  # seconds between pack mtime checks; 0 off
+
+    def pack_parameters(self) -> dict[str, Any]:
+        """What replaces the packs' `parameters:`: `parameters`, then the dedicated key."""
+        return {"model_parameter_threshold": self.model_parameter_threshold, **self.parameters}
 
 
 class IncidentsSection(_Section):

@@ -48,7 +48,7 @@ def policy_check(ctx: click.Context, paths: tuple[str, ...], alone: bool, as_jso
         [SHIPPED_DIR] if section.builtin else [],
         [*section.paths, *(Path(p) for p in paths)],
         section.disabled,
-        {"model_parameter_threshold": section.model_parameter_threshold},
+        section.pack_parameters(),
     )
     ran = sum(len(r.tests) for r in policy_obj.rules) if policy_obj else 0
     if as_json:

@@ -4,11 +4,20 @@ Sits after policy in the pipeline, beside the store writer. It remembers, for
 `incidents.correlation_window`, which tagged artefacts each process read, copied,
 archived or wrote ("touches"), and the recent outbound flows to external destinations.
 A flow that follows a touch by the same process (or one of its children) and carries a
-comparable number of bytes (`incidents.byte_tolerance`, relative) is one
-`exfiltration` story: the touched files, their lineage back to the original artefact,
-the flow and the decisions. Copies to removable media and cloud-sync folders that
-policy alerts on are stories of their own; other alerting decisions are
-`policy_alert`s. Time is the events' own time, so replays and tests are deterministic.
+comparable number of bytes (`incidents.byte_tolerance`, relative) is a candidate
+upload. It becomes an `exfiltration` story — the touched files, their lineage back to
+the original artefact, the flow and the decisions — only when policy alerts on the
+transfer (a rule of some pack on the artefact as carried by that flow, e.g. the
+`rd-assets` pack's upload rules) or on the flow itself. Copies to removable media and
+cloud-sync folders that policy alerts on are stories of their own; other alerting
+decisions are `policy_alert`s. Time is the events' own time, so replays and tests are
+deterministic.
+
+The correlator only correlates; policy decides. It has no severity or alerting threshold
+of its own: an incident carries the severity of the decision it is named after, and any
+decision with `action: alert` opens one. Each artefact is judged once per flow (a
+story refined by a later, closer match reuses the decisions), so a transfer decision is
+counted once in `egress_agent_decisions_total`.
 
 When the file sensor has never attributed a file event to a process (no fanotify
 here) and the flow's process is unknown, the match falls back to bytes and time alone
@@ -31,7 +40,6 @@ from agent.events import (
     FileEvent,
     Flow,
     ProcessInfo,
-    Severity,
 )
 from agent.incidents.ancestry import Ancestry
 from agent.incidents.evidence import (
@@ -56,15 +64,16 @@ COPY_ACTIONS = frozenset({FileAction.CREATED, FileAction.WRITTEN, FileAction.MOV
 COPY_KINDS = {Channel.REMOVABLE: "removable_copy", Channel.CLOUD_SYNC: "cloud_sync_copy"}
 MIN_UNATTRIBUTED_BYTES = 64 * 1024
 CLOCK_SKEW = timedelta(seconds=5)
-BUILTIN_PACK = "egress-agent"
 MAX_MATCHED_FLOWS = 20_000
+MAX_JUDGED = 20_000  # (flow, artefact) pairs whose transfer decisions are remembered
 
 JudgeTransfer = Callable[[Artefact, Flow, FileEvent], Sequence[Decision]]
 """Policy on an artefact that left in a flow (`Policy.decide_transfer`)."""
 
 
 def is_alerting(d: Decision) -> bool:
-    return d.action == "alert" and d.severity.rank >= Severity.MEDIUM.rank
+    """An alert opens an incident whatever its severity: the pack chose alert over record."""
+    return d.action == "alert"
 
 
 def is_tagged(e: FileEvent) -> bool:
@@ -112,6 +121,8 @@ class CorrelationEngine:
         self._flows: deque[tuple[Flow, str | None]] = deque()  # (flow, its policy-alert key)
         self.memory = ArtefactMemory(parents_of)
         self._matched_flows: OrderedDict[str, str] = OrderedDict()  # flow uid -> method
+        # (flow uid, artefact key) -> policy on that transfer, judged once
+        self._judged: OrderedDict[tuple[str, str], tuple[Decision, ...]] = OrderedDict()
         self._file_attribution = False
         self._now: datetime | None = None
 
@@ -179,7 +190,9 @@ class CorrelationEngine:
                 before = self._matched_flows.get(flow.uid)
                 if before is not None and METHOD_RANK[match.method] <= METHOD_RANK[before]:
                     continue
-                findings.append(self._exfil_finding(flow, match, flow_key))
+                story = self._exfil_finding(flow, match, flow_key)
+                if story is not None:
+                    findings.append(story)
         return findings
 
     def _on_flow(self, f: Flow) -> list[Finding]:
@@ -189,8 +202,9 @@ class CorrelationEngine:
         match = self._match(f, self._candidates(f))
         flow_key = None
         findings: list[Finding] = []
-        if match is not None:
-            findings.append(self._exfil_finding(f, match, None))
+        story = self._exfil_finding(f, match, None) if match is not None else None
+        if story is not None:
+            findings.append(story)
         elif alerting:
             finding = self._flow_alert_finding(f, alerting)
             flow_key = finding.dedup_key
@@ -272,11 +286,8 @@ class CorrelationEngine:
         return self.memory.lineage(shas)
 
     # --- building findings ---------------------------------------------------------
-    def _exfil_finding(self, flow: Flow, match: Match, flow_key: str | None) -> Finding:
-        self._matched_flows[flow.uid] = match.method
-        self._matched_flows.move_to_end(flow.uid)
-        while len(self._matched_flows) > MAX_MATCHED_FLOWS:
-            self._matched_flows.popitem(last=False)
+    def _exfil_finding(self, flow: Flow, match: Match, flow_key: str | None) -> Finding | None:
+        """The upload story of `flow`, or None when no policy alerts on it."""
         shas = [t.sha for t in match.touches]
         nodes, edges = self.lineage(shas)
         children = {c for _p, c in edges}
@@ -295,21 +306,23 @@ class CorrelationEngine:
         files = sorted(events.values(), key=lambda e: e.time)
         transfer = self._transfer_decisions(flow, files)
         about_flow = [(flow.uid, d) for d in (*transfer, *flow.decisions)]
+        # named after what policy says about the transfer itself; nothing alerts, no story
+        rule = _choose_rule([x for x in about_flow if is_alerting(x[1])])
+        if rule is None:
+            return None
+        self._matched_flows[flow.uid] = match.method
+        self._matched_flows.move_to_end(flow.uid)
+        while len(self._matched_flows) > MAX_MATCHED_FLOWS:
+            self._matched_flows.popitem(last=False)
         decisions = about_flow + [(e.uid, d) for e in files for d in e.decisions]
-        # named after what policy says about the transfer itself, else the files' rules
-        rule = _choose_rule(about_flow) or _choose_rule(decisions)
         dest = flow.sni or flow.name or flow.dst_ip
         touched = match.touches[-1].event
-        if rule is None:
-            sev = Severity.HIGH if flow.dest_class == "foreign" else Severity.MEDIUM
-            rule_id, pack, version = "egress.exfiltration", BUILTIN_PACK, ""
-        else:
-            sev, rule_id, pack, version = (
-                rule.severity,
-                rule.rule_id,
-                rule.pack,
-                rule.policy_version,
-            )
+        sev, rule_id, pack, version = (
+            rule.severity,
+            rule.rule_id,
+            rule.pack,
+            rule.policy_version,
+        )
         proc = flow.process or touched.process
         who = (proc.exe or "").rsplit("/", 1)[-1] if proc and proc.exe else "unknown process"
         where = f"{dest} ({flow.country or '??'}, {flow.dest_class})"
@@ -350,7 +363,11 @@ class CorrelationEngine:
         )
 
     def _transfer_decisions(self, flow: Flow, files: Sequence[FileEvent]) -> list[Decision]:
-        """Policy on each distinct artefact of the story as carried by `flow`."""
+        """Policy on each distinct artefact of the story as carried by `flow`.
+
+        Each (flow, artefact) is judged once and remembered: a story refined by a later
+        touch reuses the decisions instead of deciding (and counting) them again.
+        """
         if self._judge_transfer is None:
             return []
         out: dict[tuple[str, str], Decision] = {}
@@ -360,7 +377,14 @@ class CorrelationEngine:
             if a is None or (a.sha256 or e.uid) in seen:
                 continue
             seen.add(a.sha256 or e.uid)
-            for d in self._judge_transfer(a, flow, e):
+            key = (flow.uid, a.sha256 or e.uid)
+            judged = self._judged.get(key)
+            if judged is None:
+                judged = tuple(self._judge_transfer(a, flow, e))
+                self._judged[key] = judged
+                while len(self._judged) > MAX_JUDGED:
+                    self._judged.popitem(last=False)
+            for d in judged:
                 out.setdefault((d.pack, d.rule_id), d)
         return list(out.values())
 

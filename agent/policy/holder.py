@@ -39,7 +39,7 @@ def load_configured(
         [shipped_dir] if section.builtin else [],
         [*section.paths, *extra_site],
         section.disabled,
-        {"model_parameter_threshold": section.model_parameter_threshold},
+        section.pack_parameters(),
     )
 
 

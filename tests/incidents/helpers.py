@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -24,6 +25,9 @@ from agent.events import (
     Tag,
 )
 from agent.incidents.model import Finding
+from agent.policy.build import load_policy
+from agent.policy.loader import SHIPPED_DIR
+from agent.policy.model import Policy
 from agent.store.db import make_engine, register_host, upgrade
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
@@ -48,6 +52,19 @@ OTHER = ProcessInfo(pid=900, exe="/usr/bin/rsync", cmdline="rsync", uid=1001, us
 EAR = Decision("ear.model_weights", "us-ear", Severity.HIGH, "alert", "v1", "model weights abroad")
 CAT = Decision("cn.ai.weights", "cn-catalogue", Severity.HIGH, "alert", "v1", "AI catalogue")
 RECORD = Decision("cn.record", "cn-catalogue", Severity.LOW, "record", "v1", "recorded")
+
+
+@functools.cache
+def rd_assets() -> Policy:
+    """The shipped rd-assets pack alone: the rules that decide on uploads."""
+    policy, issues = load_policy([SHIPPED_DIR / "rd-assets.yaml"])
+    assert policy is not None, issues
+    return policy
+
+
+def judge(artefact: Artefact, flow: Flow, fe: FileEvent) -> list[Decision]:
+    """Policy on a transfer as the daemon asks it (`Policy.decide_transfer`)."""
+    return rd_assets().decide_transfer(artefact, flow, fe)
 
 
 def at(seconds: float) -> datetime:

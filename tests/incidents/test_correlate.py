@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.events import Channel, FileAction, Flow, Severity
+from agent.events import Channel, FileAction, Flow, Severity, Tag
 from agent.incidents.ancestry import Ancestry, read_ppid
 from agent.incidents.correlate import CorrelationEngine
 from agent.incidents.model import Finding
@@ -20,12 +20,14 @@ from tests.incidents.helpers import (
     archive,
     fev,
     flow,
+    judge,
     story,
     weights,
 )
 
 
 def run(events: list, **kw: object) -> list[Finding]:
+    kw.setdefault("judge_transfer", judge)  # the shipped rd-assets rules decide uploads
     eng = CorrelationEngine(**kw)  # type: ignore[arg-type]
     out: list[Finding] = []
     for e in events:
@@ -161,7 +163,35 @@ def test_alert_on_its_own_is_a_policy_alert_and_is_absorbed_by_the_story() -> No
     findings = run(events)
     assert [f.kind for f in findings] == ["policy_alert", "exfiltration"]
     assert findings[0].dedup_key in findings[1].supersedes
-    assert findings[1].rule_id == "cn.ai.weights"  # named after the alerting rule in the story
+    # named after the rule that alerts on the transfer; the file's own rule is evidence
+    assert findings[1].rule_id == "rd-assets-model-weights-out"
+    assert findings[1].pack == "rd-assets" and findings[1].severity == Severity.MEDIUM
+    assert any(d["rule_id"] == "cn.ai.weights" for d in findings[1].evidence["decisions"])
+
+
+def test_an_upload_no_rule_alerts_on_is_no_story() -> None:
+    """The correlator has no severity of its own: matched bytes alone open nothing."""
+    events = [fev(FileAction.READ, "/data/tmp/x.tgz", 1, archive(), CURL), flow(2, 9, SIZE)]
+    assert run(events, judge_transfer=None) == []
+    # to an internal destination rd-assets does not alert either
+    assert run(events[:1] + [flow(2, 9, SIZE, dest_class="internal")]) == []
+    # a policy that records the transfer (no alert) opens nothing
+    record = EAR.__class__("x.record", "p", Severity.HIGH, "record", "v1")
+    assert run(events, judge_transfer=lambda a, f, e: [record]) == []
+
+
+def test_upload_severity_comes_from_the_pack() -> None:
+    """rd-assets-tagged-upload*: an archive of unknown content, by destination and size."""
+    plain = archive().__class__(ARCHIVE, SIZE, "zip", (Tag("archive", "zip, 3 members"),))
+    read = fev(FileAction.READ, "/d/x.zip", 0, plain, CURL)
+    foreign = run([read, flow(1, 5, SIZE)])
+    unknown = run([read, flow(1, 5, SIZE, dest_class="unknown")])
+    assert [(f.rule_id, f.severity) for f in foreign] == [
+        ("rd-assets-tagged-upload-large", Severity.HIGH)
+    ]
+    assert [(f.rule_id, f.severity) for f in unknown] == [
+        ("rd-assets-tagged-upload", Severity.MEDIUM)
+    ]
 
 
 def test_flow_alert_without_story_is_a_policy_alert() -> None:
@@ -170,9 +200,12 @@ def test_flow_alert_without_story_is_a_policy_alert() -> None:
     assert findings[0].evidence["flows"][0]["bytes_out"] == 1234
 
 
-def test_low_severity_alerts_do_not_open_incidents() -> None:
+def test_any_alert_opens_an_incident_and_records_do_not() -> None:
+    """No threshold here: a pack that lowers a rule to low still alerts; record is silent."""
     low = EAR.__class__("x", "p", Severity.LOW, "alert", "v1")
-    assert run([flow(0, 5, 1234, decisions=(low,))]) == []
+    (f,) = run([flow(0, 5, 1234, decisions=(low,))])
+    assert f.severity == Severity.LOW and f.rule_id == "x"
+    assert run([flow(0, 5, 1234, decisions=(RECORD,))]) == []
 
 
 def test_unattributed_flow_matches_on_size_and_time() -> None:
@@ -213,7 +246,9 @@ def test_sum_of_several_artefacts_counts() -> None:
 
 def test_lineage_from_the_store_is_followed() -> None:
     grand = "ee" * 32
-    eng = CorrelationEngine(parents_of=lambda sha: [grand] if sha == CKPT else [])
+    eng = CorrelationEngine(
+        parents_of=lambda sha: [grand] if sha == CKPT else [], judge_transfer=judge
+    )
     out: list[Finding] = []
     for e in [fev(FileAction.READ, "/d/x.tgz", 0, archive(), CURL), flow(1, 5, SIZE)]:
         out.extend(eng.observe(e))
@@ -246,14 +281,14 @@ def test_ancestry_reads_proc(tmp_path) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_policy_on_the_transfer_names_the_incident() -> None:
-    ear_record = EAR.__class__(
-        "us-ear-model-weights-abroad", "us-ear", Severity.HIGH, "record", "v2", "4E091"
+    ear_alert = EAR.__class__(
+        "us-ear-model-weights-abroad", "us-ear", Severity.HIGH, "alert", "v2", "4E091"
     )
     seen: list[tuple[str | None, str]] = []
 
-    def judge(artefact, flow, fe):  # type: ignore[no-untyped-def]
+    def ear(artefact, flow, fe):  # type: ignore[no-untyped-def]
         seen.append((artefact.sha256, fe.current_path))
-        return [ear_record] if artefact.sha256 == CKPT else []
+        return [ear_alert] if artefact.sha256 == CKPT else []
 
     events = [fev(FileAction.WRITTEN, "/data/tmp/x.tgz", 0, archive(), TAR, decisions=(CAT,))]
     events += [
@@ -261,7 +296,7 @@ def test_policy_on_the_transfer_names_the_incident() -> None:
         fev(FileAction.READ, "/data/tmp/x.tgz", 1, archive(), CURL),
         flow(2, 9, SIZE),
     ]
-    findings = run(events, judge_transfer=judge)
+    findings = run(events, judge_transfer=ear)
     exfil = findings[-1]
     assert exfil.rule_id == "us-ear-model-weights-abroad" and exfil.pack == "us-ear"
     assert {sha for sha, _p in seen} == {CKPT, ARCHIVE}  # each artefact judged once

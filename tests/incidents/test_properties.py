@@ -12,7 +12,7 @@ from agent.events import FileAction, ProcessInfo
 from agent.incidents.chain import GENESIS_PREV, ChainEntry, link_hash, make_payload, verify_entries
 from agent.incidents.correlate import EXTERNAL, CorrelationEngine
 from agent.incidents.model import iso, new_document
-from tests.incidents.helpers import T0, archive, fev, finding, flow, weights
+from tests.incidents.helpers import T0, archive, fev, finding, flow, judge, weights
 
 
 def chain(n: int) -> list[ChainEntry]:
@@ -104,12 +104,14 @@ def events(draw: st.DrawFn) -> list:
 @settings(max_examples=200, deadline=None)
 @given(events(), st.floats(0.05, 2.0))
 def test_correlation_only_links_what_it_may(evs: list, tolerance: float) -> None:
-    eng = CorrelationEngine(window=900, byte_tolerance=tolerance)
+    eng = CorrelationEngine(window=900, byte_tolerance=tolerance, judge_transfer=judge)
     for e in evs:
         for f in eng.observe(e):
             assert f.kind == "exfiltration"  # no decisions in these events
             (fl,) = f.evidence["flows"]
-            assert fl["dest_class"] in EXTERNAL
+            # the rd-assets upload rules alert on foreign and unknown destinations only
+            assert fl["dest_class"] in EXTERNAL and fl["dest_class"] in ("foreign", "unknown")
+            assert f.pack == "rd-assets"
             c = f.evidence["correlation"]
             assert abs(c["flow_bytes"] - c["file_bytes"]) <= tolerance * c["file_bytes"] + 1e-6
             fpid = (fl["process"] or {}).get("pid")
