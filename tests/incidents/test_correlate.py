@@ -174,7 +174,7 @@ def test_an_upload_no_rule_alerts_on_is_no_story() -> None:
     events = [fev(FileAction.READ, "/data/tmp/x.tgz", 1, archive(), CURL), flow(2, 9, SIZE)]
     assert run(events, judge_transfer=None) == []
     # to an internal destination rd-assets does not alert either
-    assert run(events[:1] + [flow(2, 9, SIZE, dest_class="internal")]) == []
+    assert run([*events[:1], flow(2, 9, SIZE, dest_class="internal")]) == []
     # a policy that records the transfer (no alert) opens nothing
     record = EAR.__class__("x.record", "p", Severity.HIGH, "record", "v1")
     assert run(events, judge_transfer=lambda a, f, e: [record]) == []
