@@ -1,5 +1,8 @@
 """Logging to stderr: readable text by default, one JSON object a line with --log-format json.
 
+Messages pass through `textsafe.shown`: a file name with a newline or an ESC sequence
+cannot forge a log line or drive the terminal. Tracebacks stay as Python prints them.
+
 Under journald (JOURNAL_STREAM set) text lines carry the `<N>` syslog priority prefix
 that journald turns into the record's priority.
 """
@@ -11,6 +14,8 @@ import logging
 import os
 import sys
 from datetime import UTC, datetime
+
+from agent.textsafe import shown
 
 _PRIORITY = {
     logging.DEBUG: 7,
@@ -27,7 +32,7 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": shown(record.getMessage()),
         }
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
@@ -44,11 +49,25 @@ class TextFormatter(logging.Formatter):
         super().__init__(fmt)
         self.journald = journald
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # the message carries outside names (files, pickle globals): one line, no escapes
+        record.message = shown(record.message)
+        return super().formatMessage(record)
+
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
+        if "\n" in text:
+            # a traceback's lines are indented, so none of them (an exception message
+            # quoting a file name, say) can pass for a record of its own
+            text = shown_traceback(text)
         if self.journald:
             return f"<{_PRIORITY.get(record.levelno, 6)}>{text}"
         return text
+
+
+def shown_traceback(text: str) -> str:
+    first, _, rest = text.partition("\n")
+    return first + "".join(f"\n  {shown(line)}" for line in rest.split("\n"))
 
 
 def setup(level: str = "info", fmt: str = "text") -> None:

@@ -9,6 +9,7 @@ from dataclasses import asdict
 import click
 
 from agent.cli._common import UserError, open_store, parse_since, print_json, settings_from
+from agent.textsafe import shown
 
 
 @click.command("run")
@@ -196,12 +197,16 @@ def events_list(
         elif ev["kind"] == "file":
             subject = ev["path"] + (f" -> {ev['new_path']}" if ev.get("new_path") else "")
             kinds = ",".join(ev["kinds"]) or "-"
-            click.echo(f"{ev['time']}  {ev['type']:<8} {ev['channel']:<13} {kinds:<16} {subject}")
+            click.echo(
+                shown(f"{ev['time']}  {ev['type']:<8} {ev['channel']:<13} {kinds:<16} {subject}")
+            )
         else:
             name = ev.get("name") or ev["dst_ip"]
             click.echo(
-                f"{ev['time']}  flow     {ev['dest_class']:<13} {ev['bytes_out']:>12} B  "
-                f"{ev['src']} -> {name}:{ev['dst_port']}"
+                shown(
+                    f"{ev['time']}  flow     {ev['dest_class']:<13} {ev['bytes_out']:>12} B  "
+                    f"{ev['src']} -> {name}:{ev['dst_port']}"
+                )
             )
 
 

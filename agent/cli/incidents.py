@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from agent.cli._common import UserError, open_store, parse_since, print_json, settings_from
+from agent.textsafe import shown
 
 SEVERITY_CHOICE = click.Choice(["info", "low", "medium", "high", "critical"])
 
@@ -56,8 +57,10 @@ def list_cmd(
             print_json(doc)
         else:
             click.echo(
-                f"{doc['id']:>6}  {doc['updated_at'][:19]}  {doc['severity']:<8} "
-                f"{doc['status']:<12} {doc['kind']:<16} {doc['rule_id']:<28} {doc['title']}"
+                shown(
+                    f"{doc['id']:>6}  {doc['updated_at'][:19]}  {doc['severity']:<8} "
+                    f"{doc['status']:<12} {doc['kind']:<16} {doc['rule_id']:<28} {doc['title']}"
+                )
             )
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from agent.cli._common import UserError, print_json, settings_from
+from agent.textsafe import shown
 
 if TYPE_CHECKING:
     from agent.config import Settings
@@ -88,6 +89,11 @@ def walk(paths: Sequence[str], exclude: Sequence[str]) -> Iterator[str]:
 def printable(path: str) -> str:
     """A path as text: non-UTF-8 bytes as \\x escapes, never an encoding error."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def shown_path(path: str) -> str:
+    """A path for a terminal line: also no newlines, ESC sequences or bidi overrides."""
+    return shown(printable(path))
 
 
 def artefact_doc(path: str, a: Artefact) -> dict[str, Any]:
@@ -211,14 +217,14 @@ def _classify_all(
 
 def _print_row(path: str, a: Artefact) -> None:
     if a.skipped and not a.tags:
-        click.echo(f"{printable(path)}\tskipped: {a.skipped}")
+        click.echo(f"{shown_path(path)}\tskipped: {a.skipped}")
         return
     summary = "; ".join(f"{t.kind}: {t.evidence}" for t in a.tags) or a.content_type
     if a.matches:
         summary += " | categories: " + ", ".join(f"{m.category}×{m.count}" for m in a.matches)
     if a.skipped:
         summary += f" (partial: {a.skipped})"
-    click.echo(f"{printable(path)}\t{summary}")
+    click.echo(f"{shown_path(path)}\t{shown(summary)}")
 
 
 class _Progress:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from agent.textsafe import shown
+
 
 def _proc(p: object) -> str:
     if not isinstance(p, Mapping) or not p:
@@ -120,4 +122,5 @@ def render_incident(doc: Mapping[str, Any]) -> str:
         out.append("Chain records")
         for c in doc["chain"]:
             out.append(f"  seq {c['seq']} {c['type']} {c['time']} {c['hash']}")
-    return "\n".join(out)
+    # every line holds outside text (paths, titles, command lines): shown() keeps it one line
+    return "\n".join(shown(line) for line in out)

@@ -2,7 +2,8 @@
 
 `CEF:0|Vendor|Product|Version|SignatureID|Name|Severity|Extension`. Header fields
 escape `\\` and `|` (line breaks become spaces: a header cannot hold them); extension
-values escape `\\`, `=`, and line breaks as `\\n`/`\\r`. Severity is 0–10 (0–3 low,
+values escape `\\`, `=`, and line breaks as `\\n`/`\\r`; other control characters
+(ESC, C1, bidi overrides) become `\\xNN`/`\\uNNNN` in both. Severity is 0–10 (0–3 low,
 4–6 medium, 7–8 high, 9–10 very high). Standard keys carry the primary facts
 (`fname filePath fileHash fsize dst dpt dhost out suser sproc spid act cat rt`); the
 chain fields and the hashed payload travel in labelled custom strings.
@@ -26,16 +27,31 @@ SEVERITY = {"info": 1, "low": 3, "medium": 5, "high": 8, "critical": 10}
 _KEY = re.compile(r"(?:^| )([A-Za-z0-9_.\[\]-]+)=")
 
 
+# other control characters (ESC, C1, bidi overrides): never raw in a syslog line, where
+# a SIEM console or a terminal tailing the file would act on them
+_CONTROL = re.compile(
+    "[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+_HEX_ESCAPE = re.compile(r"x([0-9a-f]{2})|u([0-9a-f]{4})")
+
+
+def _hex(m: re.Match[str]) -> str:
+    code = ord(m.group(0))
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def escape_header(value: object) -> str:
     text = "" if value is None else str(value)
     text = text.replace("\\", "\\\\").replace("|", "\\|")
-    return text.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+    text = text.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
+    return _CONTROL.sub(_hex, text)
 
 
 def escape_value(value: object) -> str:
     text = "" if value is None else str(value)
     text = text.replace("\\", "\\\\").replace("=", "\\=")
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    return _CONTROL.sub(_hex, text)
 
 
 def unescape_value(text: str) -> str:
@@ -45,6 +61,11 @@ def unescape_value(text: str) -> str:
         c = text[i]
         if c == "\\" and i + 1 < len(text):
             nxt = text[i + 1]
+            code = _HEX_ESCAPE.match(text, i + 1)
+            if code is not None:  # \xNN / \uNNNN: a control character we escaped
+                out.append(chr(int(code.group(1) or code.group(2), 16)))
+                i = code.end()
+                continue
             out.append({"n": "\n", "r": "\r"}.get(nxt, nxt))
             i += 2
             continue
@@ -63,6 +84,10 @@ def split_header(line: str) -> tuple[list[str], str]:
         if c == "\\" and i + 1 < len(line) and line[i + 1] in "\\|":
             cur.append(line[i + 1])
             i += 2
+            continue
+        if c == "\\" and (code := _HEX_ESCAPE.match(line, i + 1)) is not None:
+            cur.append(chr(int(code.group(1) or code.group(2), 16)))
+            i = code.end()
             continue
         if c == "|":
             fields.append("".join(cur))
