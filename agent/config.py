@@ -152,7 +152,12 @@ class NetworkSection(_Section):
     approved_destinations: list[str] = Field(default_factory=list)  # CIDRs or host names
     foreign_networks: list[str] = Field(default_factory=list)  # CIDRs known to be abroad
     domestic_country: str = "CN"
-    country_db: Path | None = None  # CSV of cidr,country (e.g. from a GeoIP export)
+    # unset: the country table installed with the package (iptocc); else a .mmdb
+    # (GeoLite2/GeoIP2 Country or City, DB-IP) or a CSV of cidr,country
+    country_db: Path | None = None
+    asn_db: Path | None = None  # .mmdb of address -> organisation (GeoLite2-ASN, DB-IP ASN)
+    country_data_max_age_days: int = Field(default=180, ge=1)  # older data: a warning
+    services_file: Path | None = None  # site's known services, over agent/data/services.yaml
     idle_timeout: float = Field(default=60.0, gt=0)
     active_timeout: float = Field(default=300.0, gt=0)
     kernel_accounting: bool = True  # sock_diag byte counts for local sockets

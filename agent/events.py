@@ -197,3 +197,7 @@ class Flow:
 
 
 Event = FileEvent | Flow
+    dest_org: str | None = None  # owner of dst_ip from network.asn_db
+    service: str | None = None  # known service of the name, e.g. "Google Drive"
+    service_category: str | None = None  # cloud_storage | code_hosting | webmail | ...
+    community_id: str | None = None  # Community ID v1, to join with Zeek/Suricata

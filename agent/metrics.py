@@ -121,6 +121,16 @@ OUTBOUND_BYTES = Counter(
 FLOWS = Counter(
     "egress_agent_flows_total", "Outbound flows exported.", ["dest_class", "country", "protocol"]
 )
+SERVICE_BYTES = Counter(
+    "egress_agent_service_bytes_total",
+    "Outbound payload bytes to known services, by service category (agent/data/services.yaml).",
+    ["category"],  # the fixed CATEGORIES of services.py: never a host or service name
+)
+COUNTRY_DATA_TIME = Gauge(
+    "egress_agent_country_data_timestamp_seconds",
+    "When the country table in use was built (0 if unknown); alert on time() minus this.",
+    ["source"],  # builtin | mmdb | csv
+)
 CAPTURE_PACKETS = Counter(
     "egress_agent_capture_packets_total", "Packets that reached Python.", ["interface"]
 )

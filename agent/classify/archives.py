@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import itertools
 import lzma
+import struct
 import tarfile
 import zipfile
 import zlib
@@ -25,6 +26,7 @@ from typing import BinaryIO, Protocol, cast
 
 from agent import metrics
 from agent.classify.base import (
+    DeadlineExceeded,
     Finding,
     LimitExceeded,
     Limits,
@@ -133,6 +135,7 @@ def _read_member(fh: Readable, name: str, src: Source, budget: Budget) -> tuple[
     keep = bytearray()
     total = 0
     while True:
+        src.deadline.check()
         chunk = fh.read(CHUNK)
         if not chunk:
             break
@@ -141,7 +144,9 @@ def _read_member(fh: Readable, name: str, src: Source, budget: Budget) -> tuple[
         if len(keep) < lim.max_member_inline:
             keep += chunk[: lim.max_member_inline - len(keep)]
     metrics.HASHED_BYTES.inc(total)
-    member = Source.from_bytes(name, bytes(keep), depth=src.depth + 1, size=total)
+    member = Source.from_bytes(
+        name, bytes(keep), depth=src.depth + 1, size=total, deadline=src.deadline
+    )
     return member, h.hexdigest()
 
 
@@ -150,10 +155,7 @@ def walk_zip(src: Source, budget: Budget, classify: Classify, name_tags: NameTag
     members: list[Member] = []
     texts: list[str] = []
     with src.open() as f:
-        try:
-            zf = zipfile.ZipFile(f)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-            raise ParseError(f"zip: {e}") from None
+        zf = open_zip(f, lim)
         infos = zf.infolist()
         _check_overlap(infos)
         for info in infos:
@@ -162,7 +164,11 @@ def walk_zip(src: Source, budget: Budget, classify: Classify, name_tags: NameTag
             if budget.members >= lim.max_archive_members:
                 budget.partial("member_limit")
                 break
+            if src.deadline.expired:
+                budget.partial("timeout")
+                break
             budget.members += 1
+            src.deadline.where = f"archive member {budget.members}"
             name = info.filename
             ratio = info.file_size / info.compress_size if info.compress_size else 0
             if (info.file_size and not info.compress_size) or ratio > lim.max_compression_ratio:
@@ -176,6 +182,10 @@ def walk_zip(src: Source, budget: Budget, classify: Classify, name_tags: NameTag
             try:
                 with zf.open(info) as fh:
                     member, sha = _read_member(fh, name, src, budget)
+            except DeadlineExceeded:
+                budget.partial("timeout")
+                members.append(Member(name, info.file_size, None, name_tags(name)))
+                break
             except _ERRORS as e:
                 budget.partial("encrypted" if "encrypted" in str(e) else "malformed")
                 members.append(Member(name, info.file_size, None, name_tags(name)))
@@ -187,6 +197,30 @@ def walk_zip(src: Source, budget: Budget, classify: Classify, name_tags: NameTag
                 Member(name, member.size, sha, tuple(finding.tags), tuple(finding.parents))
             )
     return _archive_finding("zip", "application/zip", members, texts, budget)
+
+
+# central directory entries zipfile may parse, as a multiple of max_archive_members: it
+# builds a ZipInfo (~500 bytes) for every entry before the first member is read
+MAX_ZIP_ENTRIES_FACTOR = 10
+
+
+def open_zip(f: BinaryIO, limits: Limits) -> zipfile.ZipFile:
+    """`zipfile.ZipFile(f)` after checking the end record, so that a central directory
+    declaring millions of entries is refused before zipfile parses it into memory."""
+    try:
+        end = zipfile._EndRecData(f)  # type: ignore[attr-defined]  # stable since 2.x
+        f.seek(0)
+    except (OSError, ValueError, EOFError, struct.error) as e:
+        raise ParseError(f"zip: end record: {e}") from None
+    if end is not None:
+        entries, cd_size = end[zipfile._ECD_ENTRIES_TOTAL], end[zipfile._ECD_SIZE]  # type: ignore[attr-defined]
+        max_entries = limits.max_archive_members * MAX_ZIP_ENTRIES_FACTOR
+        if entries > max_entries or cd_size > max_entries * 1024:
+            raise LimitExceeded("member_limit", f"zip central directory declares {entries} entries")
+    try:
+        return zipfile.ZipFile(f)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise ParseError(f"zip: {e}") from None
 
 
 def _check_overlap(infos: list[zipfile.ZipInfo]) -> None:
@@ -218,6 +252,7 @@ def walk_tar(
     members: list[Member] = []
     texts: list[str] = []
     fmt = f"tar.{_SHORT[compression]}" if compression else "tar"
+    refused = False
     with src.open() as f:
         raw = _Counting(f)
         stream: Readable = raw
@@ -226,12 +261,16 @@ def walk_tar(
         try:
             with tarfile.open(fileobj=cast(BinaryIO, stream), mode="r|") as tf:
                 for ti in tf:
+                    if not _tar_size_plausible(ti, src, budget, compression):
+                        refused = True
+                        break
                     if not ti.isreg():
                         continue
                     if budget.members >= lim.max_archive_members:
                         budget.partial("member_limit")
                         break
                     budget.members += 1
+                    src.deadline.where = f"archive member {budget.members}"
                     if (
                         not compression
                         and budget.expanded + ti.size > lim.max_archive_expanded_bytes
@@ -258,7 +297,25 @@ def walk_tar(
             if not members:
                 raise ParseError(f"{fmt}: {e}") from None
             budget.partial("truncated")
+    if refused and not members:
+        raise ParseError(f"{fmt}: a member declares more bytes than the archive holds")
     return _archive_finding(fmt, f"application/x-{fmt.replace('.', '-')}", members, texts, budget)
+
+
+def _tar_size_plausible(
+    ti: tarfile.TarInfo, src: Source, budget: Budget, compression: str | None
+) -> bool:
+    """False (with the reason noted) for a member tarfile could not skip in bounded
+    time: its declared size runs past the end of the archive (malformed) or, in a
+    compressed tar whose real length is unknown, past the expanded-bytes budget.
+    A streaming tarfile skips a member by reading it, so iteration must stop here."""
+    if not compression and ti.offset_data + ti.size > src.size:
+        budget.partial("malformed")
+        return False
+    if compression and budget.expanded + ti.size > budget.limits.max_archive_expanded_bytes:
+        budget.partial("expanded_limit")
+        return False
+    return True
 
 
 _SHORT = {"gzip": "gz", "bzip2": "bz2", "xz": "xz", "zstd": "zst"}
@@ -312,10 +369,15 @@ def walk_7z(src: Source, budget: Budget, name_tags: NameTags) -> Finding:
                 if budget.members >= budget.limits.max_archive_members:
                     budget.partial("member_limit")
                     break
+                src.deadline.check()
                 budget.members += 1
                 size = int(info.uncompressed or 0)
                 members.append(Member(info.filename, size, None, name_tags(info.filename)))
+    except LimitExceeded:
+        raise
     except Exception as e:  # py7zr raises its own exception types on bad archives
+        if src.deadline.expired:
+            raise DeadlineExceeded(src.deadline.where) from None
         raise ParseError(f"7z: {type(e).__name__}: {e}") from None
     budget.partial("header_only")
     return _archive_finding("7z", "application/x-7z-compressed", members, [], budget)

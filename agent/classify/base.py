@@ -11,9 +11,11 @@ tar, and the random bytes of a property test.
 from __future__ import annotations
 
 import io
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
 from agent.events import Tag
 
@@ -32,6 +34,114 @@ class LimitExceeded(ParseError):
         self.reason = reason
 
 
+class DeadlineExceeded(LimitExceeded):
+    """The file's classification deadline passed: work stops where it is (`timeout`)."""
+
+    def __init__(self, where: str) -> None:
+        super().__init__("timeout", f"classification deadline passed during {where}")
+        self.where = where
+
+
+class Deadline:
+    """The cooperative time budget of one file's classification.
+
+    Every parser loop calls `check()` (reads through `Source.open()` do it for them), so
+    work on hostile content stops at the deadline instead of holding a classify worker:
+    a parser cannot be killed from outside a thread, so it must stop itself. `where`
+    names the tier reached ("content", "archive member 12"...) for the artefact and the
+    log. `Deadline(None)` never expires (property tests, direct parser calls).
+    """
+
+    __slots__ = ("at", "where")
+
+    def __init__(self, seconds: float | None = None, where: str = "content") -> None:
+        self.at = math.inf if seconds is None else time.monotonic() + seconds
+        self.where = where
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() > self.at
+
+    def check(self) -> None:
+        if time.monotonic() > self.at:
+            raise DeadlineExceeded(self.where)
+
+
+MAX_EMPTY_READS = 64  # reads at end of file in a row: a parser looping on nothing
+
+
+class GuardedFile(io.BufferedIOBase):
+    """A read-only file object for third-party parsers (tarfile, zipfile, py7zr, pyarrow,
+    h5py) that cannot spin: every read and seek checks the deadline, a seek past the
+    real end of the content is refused, and a reader that keeps reading at the end of
+    the file (tarfile skipping a member that claims 2^62 bytes) is stopped.
+    """
+
+    def __init__(self, inner: BinaryIO, size: int, deadline: Deadline) -> None:
+        super().__init__()
+        self._f = inner
+        self._size = size
+        self._deadline = deadline
+        self._empty = 0
+        self.name = getattr(inner, "name", None)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def _after(self, got: int, wanted: int | None) -> None:
+        if got or wanted == 0:
+            self._empty = 0
+            return
+        self._empty += 1
+        if self._empty > MAX_EMPTY_READS:
+            raise ParseError("the parser keeps reading past the end of the content")
+
+    def read(self, n: int | None = -1) -> bytes:
+        self._deadline.check()
+        data = self._f.read(-1 if n is None else n)
+        self._after(len(data), n)
+        return data
+
+    def read1(self, n: int = -1) -> bytes:
+        return self.read(n)
+
+    def readinto(self, b: Any) -> int:
+        self._deadline.check()
+        got = cast(Any, self._f).readinto(b) or 0
+        self._after(got, len(b))
+        return int(got)
+
+    def readinto1(self, b: Any) -> int:
+        return self.readinto(b)
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        self._deadline.check()
+        if whence == io.SEEK_SET:
+            target = pos
+        elif whence == io.SEEK_CUR:
+            target = self._f.tell() + pos
+        else:
+            target = self._size + pos
+        if target > self._size:
+            raise ParseError(f"seek to {target}, past the end of the content ({self._size})")
+        return self._f.seek(target)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def close(self) -> None:
+        try:
+            self._f.close()
+        finally:
+            super().close()
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """The classify.* bounds, as plain numbers for the parsers."""
@@ -41,9 +151,14 @@ class Limits:
     max_archive_members: int = 10_000
     max_archive_expanded_bytes: int = 2 << 30
     max_compression_ratio: float = 200.0
-    max_header_bytes: int = 100_000_000  # safetensors' own MAX_HEADER_SIZE
+    # safetensors' own MAX_HEADER_SIZE is 100 MB; a header is parsed whole (json) and 32 MiB
+    # already holds more than max_tensors entries, so more is only memory for an attacker
+    max_header_bytes: int = 32 << 20
     max_gguf_count: int = 1 << 20  # tensors or metadata keys in one GGUF
     max_member_inline: int = 16 << 20  # archive members kept whole for nested parsing
+    max_tensors: int = 1 << 17  # tensors in one safetensors/ONNX/pickle (real: < 20,000)
+    max_dims: int = 64  # dimensions of one tensor shape (real: < 10)
+    max_json_values: int = 1 << 21  # values in one JSON header, counted before parsing
 
 
 @dataclass(slots=True)
@@ -61,9 +176,17 @@ class Source:
     opener: Callable[[], BinaryIO]
     complete: bool = True
     depth: int = 0
+    deadline: Deadline = field(default_factory=Deadline)
 
     @classmethod
-    def from_bytes(cls, name: str, data: bytes, depth: int = 0, size: int | None = None) -> Source:
+    def from_bytes(
+        cls,
+        name: str,
+        data: bytes,
+        depth: int = 0,
+        size: int | None = None,
+        deadline: Deadline | None = None,
+    ) -> Source:
         full = size is None or size == len(data)
         return cls(
             name=name,
@@ -72,10 +195,21 @@ class Source:
             opener=lambda: io.BytesIO(data),
             complete=full,
             depth=depth,
+            deadline=deadline or Deadline(),
         )
 
     def open(self) -> BinaryIO:
-        return self.opener()
+        """The content as a `GuardedFile`: reads check the deadline, seeks stay inside.
+
+        The bound is what is really there (the bytes kept for a member cut at
+        `max_member_inline`), not the size the container declared.
+        """
+        inner = self.opener()
+        real = self.size
+        if isinstance(inner, io.BytesIO):
+            real = inner.seek(0, io.SEEK_END)
+            inner.seek(0)
+        return cast(BinaryIO, GuardedFile(inner, real, self.deadline))
 
     @property
     def ext(self) -> str:
@@ -107,6 +241,7 @@ class Finding:
     text: str = ""
     members: list[Member] = field(default_factory=list)
     skipped: str | None = None  # reason the content was only partly read
+    cut_at: str | None = None  # with skipped="timeout": the tier reached (Deadline.where)
     parents: list[str] = field(default_factory=list)  # tagged members' hashes, any depth
 
 

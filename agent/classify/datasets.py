@@ -20,7 +20,15 @@ import struct
 import tempfile
 from typing import Any
 
-from agent.classify.base import Finding, LimitExceeded, Limits, ParseError, Source, human_count
+from agent.classify.base import (
+    Deadline,
+    Finding,
+    LimitExceeded,
+    Limits,
+    ParseError,
+    Source,
+    human_count,
+)
 from agent.events import Tag
 
 MAX_COLUMNS = 200
@@ -65,6 +73,8 @@ def parse_npy(src: Source, limits: Limits) -> Finding:
     if not isinstance(meta, dict) or not isinstance(meta.get("shape"), tuple):
         raise ParseError(".npy header has no shape")
     shape = meta["shape"]
+    if len(shape) > limits.max_dims:
+        raise LimitExceeded("absurd_count", f".npy shape of {len(shape)} dims")
     if not all(isinstance(d, int) and d >= 0 for d in shape):
         raise ParseError(".npy shape is not integers")
     rows = shape[0] if shape else 1
@@ -178,6 +188,9 @@ def parse_tfrecord(src: Source, limits: Limits) -> Finding:
             if struct.unpack_from("<I", hdr, 8)[0] != masked_crc(hdr[:8]):
                 raise ParseError(f"TFRecord length CRC mismatch at {pos}")
             pos += 12 + length + 4
+            if pos > src.size:  # the last record is cut short (or lies about its length)
+                partial = True
+                break
             f.seek(pos)
             rows += 1
             if rows >= 1_000_000:
@@ -236,10 +249,10 @@ def parse_arrow(src: Source, limits: Limits, path: str | None = None) -> Finding
     try:
         if path is not None:
             with pa.memory_map(path, "r") as mm:
-                names, rows = _arrow_counts(ipc.open_file(mm))
+                names, rows = _arrow_counts(ipc.open_file(mm), src.deadline)
         else:
             with src.open() as f:
-                names, rows = _arrow_counts(ipc.open_file(pa.PythonFile(f, mode="r")))
+                names, rows = _arrow_counts(ipc.open_file(pa.PythonFile(f, mode="r")), src.deadline)
     except Exception as e:  # pyarrow raises its own error types on bad files
         raise ParseError(f"Arrow IPC: {e}") from None
     return Finding(
@@ -249,12 +262,16 @@ def parse_arrow(src: Source, limits: Limits, path: str | None = None) -> Finding
     )
 
 
-def _arrow_counts(reader: Any) -> tuple[list[str], int | None]:
+def _arrow_counts(reader: Any, deadline: Deadline) -> tuple[list[str], int | None]:
     names = [str(n) for n in reader.schema.names][:1000]
     batches = reader.num_record_batches
     if batches > 10_000:
         return names, None
-    return names, sum(reader.get_batch(i).num_rows for i in range(batches))
+    rows = 0
+    for i in range(batches):
+        deadline.check()
+        rows += reader.get_batch(i).num_rows
+    return names, rows
 
 
 # --- SQLite --------------------------------------------------------------------------
@@ -271,6 +288,8 @@ def parse_sqlite(src: Source, limits: Limits, path: str | None) -> Finding:
     try:
         uri = "file:" + _quote(path) + "?mode=ro&immutable=1"
         conn = sqlite3.connect(uri, uri=True, timeout=0.1)
+        # SQLite interrupts the statement in progress once the deadline has passed
+        conn.set_progress_handler(lambda: int(src.deadline.expired), 10_000)
         try:
             tables = [
                 r[0]
@@ -345,6 +364,7 @@ def parse_hdf5(src: Source, limits: Limits) -> Finding:
             )
 
             def visit(name: str, obj: Any) -> Any:
+                src.deadline.check()
                 if isinstance(obj, h5py.Dataset):
                     datasets.append((name, tuple(int(d) for d in obj.shape), str(obj.dtype)))
                 return True if len(datasets) >= 100_000 else None

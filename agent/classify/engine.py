@@ -17,7 +17,16 @@ import zipfile
 import zlib
 
 from agent.classify import archives, datasets, documents, engineering, source, weights
-from agent.classify.base import Finding, LimitExceeded, Limits, ParseError, Source, decode_text
+from agent.classify.base import (
+    Deadline,
+    DeadlineExceeded,
+    Finding,
+    LimitExceeded,
+    Limits,
+    ParseError,
+    Source,
+    decode_text,
+)
 from agent.classify.magika_tier import magika_finding, warm_up
 from agent.classify.secrets import secret_tags
 from agent.classify.signatures import COMPRESSED, name_tags, signature_tag, sniff
@@ -52,6 +61,10 @@ class Engine:
         finding = self._classify(src, path, budget)
         if budget.reasons and finding.skipped is None:
             finding.skipped = budget.reasons[0]
+        if "timeout" in budget.reasons or finding.skipped == "timeout":
+            # cut short outranks every other partial reason: policy must see it
+            finding.skipped = "timeout"
+            finding.cut_at = src.deadline.where
         return finding
 
     def _classify(self, src: Source, path: str | None, budget: archives.Budget) -> Finding:
@@ -60,21 +73,30 @@ class Engine:
             try:
                 finding = self._parse(fmt, src, path, budget)
             except LimitExceeded as e:
-                tag = signature_tag(fmt, e.reason)
-                return Finding(f"application/x-{fmt}", [tag] if tag else [], skipped=e.reason)
+                return _refused(fmt, e.reason, budget)
             except ParseError as e:
+                if src.deadline.expired:  # a library wrapped the deadline in its own error
+                    return _refused(fmt, "timeout", budget)
                 log.debug("%s: %s parser: %s", src.name, fmt, e)
                 tag = signature_tag(fmt, "malformed")
                 reason = "truncated" if not src.complete else "malformed"
                 return Finding(f"application/x-{fmt}", [tag] if tag else [], skipped=reason)
             except Exception as e:  # a library's own error type on hostile input
+                if src.deadline.expired:
+                    return _refused(fmt, "timeout", budget)
                 log.warning("%s: %s parser failed: %s: %s", src.name, fmt, type(e).__name__, e)
                 tag = signature_tag(fmt, "error")
                 return Finding(f"application/x-{fmt}", [tag] if tag else [], skipped="error")
             if finding is not None:
                 return finding
+        if src.deadline.expired:
+            budget.partial("timeout")
+            return Finding("application/octet-stream", skipped="timeout")
         try:
             text_finding = self._text(src)
+        except DeadlineExceeded:
+            budget.partial("timeout")
+            return Finding("text/plain", skipped="timeout")
         except Exception as e:  # the text tier is defensive too: never raise out
             log.warning("%s: text tier failed: %s: %s", src.name, type(e).__name__, e)
             return Finding("text/plain", skipped="error")
@@ -86,6 +108,9 @@ class Engine:
         ext_tag = engineering.extension_tag(src.ext)
         if ext_tag is not None:
             return Finding("application/octet-stream", [ext_tag])
+        if src.deadline.expired:
+            budget.partial("timeout")
+            return Finding("application/octet-stream", skipped="timeout")
         if self.use_magika and src.size > 0 and (budget.magika or src.depth > 0):
             return self.identify(src, path) or Finding("application/octet-stream")
         return Finding("application/octet-stream")
@@ -166,32 +191,31 @@ class Engine:
     def _zip_formats(self, src: Source, recurse: archives.Classify) -> Finding | None:
         """Zip-based formats that are not archives: torch, Office, npz, Keras, FreeCAD."""
         with src.open() as f:
-            try:
-                zf = zipfile.ZipFile(f)
-                names = zf.namelist()
-            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-                raise ParseError(f"zip: {e}") from None
+            zf = archives.open_zip(f, self.limits)
+            names = zf.namelist()
             root = weights.torch_root(names)
             if root is not None:
-                return weights.parse_torch_zip(zf, root, self.limits)
+                return weights.parse_torch_zip(zf, root, self.limits, src.name, src.deadline)
             office = documents.office_kind(names)
             if office is not None:
                 return documents.parse_office(zf, office, self.limits)
             if names and all(n.endswith(".npy") for n in names):
                 return _npz(zf, names, self.limits)
             if "config.json" in names and any(n.endswith(".weights.h5") for n in names):
-                return self._keras(zf, names, recurse)
+                return self._keras(zf, names, recurse, src.deadline)
             if "Document.xml" in names and src.ext == "fcstd":
                 tag = Tag("engineering", "FreeCAD document (Document.xml)", {"format": "freecad"})
                 return Finding("application/x-freecad", [tag])
         return None
 
-    def _keras(self, zf: zipfile.ZipFile, names: list[str], recurse: archives.Classify) -> Finding:
+    def _keras(
+        self, zf: zipfile.ZipFile, names: list[str], recurse: archives.Classify, deadline: Deadline
+    ) -> Finding:
         h5 = next(n for n in names if n.endswith(".weights.h5"))
         info = zf.getinfo(h5)
         tag = weights.weights_tag("keras", None, None, None, "weights not read")
         if info.file_size <= self.limits.max_member_inline:
-            inner = recurse(Source.from_bytes(h5, zf.read(info), depth=99))
+            inner = recurse(Source.from_bytes(h5, zf.read(info), depth=99, deadline=deadline))
             for t in inner.tags:
                 if t.kind == "model_weights" and t.details.get("tensors") is not None:
                     d = t.details
@@ -213,7 +237,9 @@ class Engine:
         if src.size > len(src.head):
             with src.open() as f:
                 text = decode_text(f.read(self.limits.max_text_bytes)) or text
+        src.deadline.check()
         secrets = secret_tags(text)
+        src.deadline.check()
         eng = engineering.text_tag(text, src.ext)
         if eng is not None:
             return Finding("text/plain", [eng, *secrets], text=text)
@@ -230,6 +256,7 @@ class Engine:
             else:
                 found.tags += secrets
                 return found
+        src.deadline.check()  # the parsers above take any ParseError (a timeout too) as "not it"
         delim = None if src.ext in _NOT_TABULAR else datasets.sniff_delimited(text, src.ext)
         if delim is not None:
             try:
@@ -241,9 +268,18 @@ class Engine:
                 return found
         if secrets and (src.ext in ("pem", "key", "") or "PRIVATE KEY-----" in text[:100]):
             return Finding("application/x-pem-file", secrets, text=text)
+        src.deadline.check()
         found = documents.text_document(text, src.ext)
         found.tags += secrets
         return found
+
+
+def _refused(fmt: str, reason: str, budget: archives.Budget) -> Finding:
+    """The signature-level finding of a parser that hit a bound (`reason`)."""
+    if reason == "timeout":
+        budget.partial("timeout")
+    tag = signature_tag(fmt, reason)
+    return Finding(f"application/x-{fmt}", [tag] if tag else [], skipped=reason)
 
 
 def _npz(zf: zipfile.ZipFile, names: list[str], limits: Limits) -> Finding:

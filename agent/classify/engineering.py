@@ -77,7 +77,10 @@ _NEEDS_CONTENT |= {"mpf", "bdf", "nas", "l5x", "l5k"}
 
 _DWG = re.compile(rb"^AC10(0[2-9]|1[0-9]|2[0-9]|3[0-9])")
 _GCODE_WORD = re.compile(
-    r"^\s*(?:N\d+\s*)?(?:G0?[0-3]|G17|G2[01]|G9[01]|M0?[3-6]|M30|T\d+)\b", re.M
+    # [ \t], not \s: with re.M a \s* at each line start runs over every later blank
+    # line and back, quadratic in an 8 KB sample of newlines (2 s)
+    r"^[ \t]*(?:N\d+[ \t]*)?(?:G0?[0-3]|G17|G2[01]|G9[01]|M0?[3-6]|M30|T\d+)\b",
+    re.M,
 )
 
 
@@ -119,7 +122,7 @@ def text_tag(text: str, ext: str) -> Tag | None:
     if stripped.startswith("**ABCDEFGHIJKLMNOPQRSTUVWXYZ"):
         return _tag("parasolid", "Parasolid transmit file")
     upper = t.upper()
-    if re.search(r"^\s*\*HEADING\b", upper, re.M) and "*NODE" in upper:
+    if re.search(r"^[ \t]*\*HEADING\b", upper, re.M) and "*NODE" in upper:
         return _tag("abaqus", "Abaqus input deck (*HEADING, *NODE)")
     if stripped.upper().startswith("*KEYWORD"):
         return _tag("lsdyna", "LS-DYNA keyword deck")

@@ -6,21 +6,28 @@ Unpickling runs arbitrary code, so this module walks the opcodes with
 `pickletools.genops` (a disassembler: it decodes arguments, it never imports or calls
 anything) and keeps a symbolic stack of plain values. A GLOBAL becomes a `Global`
 name, a REDUCE of `_rebuild_tensor_v2` over a storage id becomes a `TensorRecord`, and
-every other call becomes an opaque value. Dangerous globals (os.system, builtins.eval,
-...) are only *named* in the result so that the evidence can say so. Bounded: input
-size, opcode count, stack and memo size.
+every other call becomes an opaque value. Any global outside an allowlist of what model
+checkpoints legitimately reference (torch's rebuild functions and storages, numpy's
+array reconstruction, OrderedDict, the builtins that construct data...) is *named* in
+`unsafe_globals` so that the evidence can say so: a denylist always misses one
+(`operator`, `functools`, `marshal`, `ctypes`...). Bounded: input size, opcode count,
+stack and memo size, tensors, dimensions per shape, and the caller's `Deadline`.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from agent.classify.base import ParseError
+from agent.classify.base import Deadline, ParseError
 
 MAX_OPS = 2_000_000
 MAX_STACK = 100_000
+MAX_TENSORS = 1 << 17
+MAX_DIMS = 64
+CHECK_EVERY = 4096  # opcodes between deadline checks
 
 # torch storage class name → (dtype, bytes per element)
 STORAGE_DTYPES: dict[str, tuple[str, int]] = {
@@ -40,23 +47,58 @@ STORAGE_DTYPES: dict[str, tuple[str, int]] = {
     "Float8_e5m2Storage": ("f8_e5m2", 1),
 }
 
-_SAFE_MODULES = ("torch", "collections", "numpy", "builtins.set", "_codecs")
-_UNSAFE = {
-    "os",
-    "posix",
-    "nt",
-    "subprocess",
-    "builtins",
-    "__builtin__",
-    "sys",
-    "shutil",
-    "socket",
-    "runpy",
-    "importlib",
-    "webbrowser",
-    "pty",
-    "commands",
+# module → names a checkpoint may reference ("*": any name in that module); everything
+# else is unsafe. Constructors of data only: nothing here reads or writes files, imports,
+# evaluates or calls an arbitrary callable given as an argument.
+_DATA_BUILTINS = frozenset(
+    {"set", "frozenset", "bytearray", "bytes", "complex", "slice", "range", "int", "float"}
+    | {"str", "list", "dict", "tuple", "bool"}
+)
+_SAFE_GLOBALS: dict[str, frozenset[str]] = {
+    "builtins": _DATA_BUILTINS,
+    "__builtin__": _DATA_BUILTINS,
+    "collections": frozenset({"OrderedDict", "defaultdict", "Counter", "deque"}),
+    "_codecs": frozenset({"encode"}),
+    "copyreg": frozenset({"_reconstructor"}),
+    "copy_reg": frozenset({"_reconstructor"}),
+    "torch._tensor": frozenset({"_rebuild_from_type_v2"}),
+    "torch.nn.parameter": frozenset({"Parameter", "UninitializedParameter", "Buffer"}),
+    "torch.serialization": frozenset({"_get_layout"}),
+    "numpy": frozenset({"ndarray", "dtype"}),
+    "numpy.core.multiarray": frozenset({"_reconstruct", "scalar"}),
+    "numpy._core.multiarray": frozenset({"_reconstruct", "scalar"}),
+    "numpy.core.numeric": frozenset({"_frombuffer"}),
+    "numpy._core.numeric": frozenset({"_frombuffer"}),
+    "numpy.dtypes": frozenset({"*"}),
+    "numpy.random._pickle": frozenset({"*"}),
+    "joblib.numpy_pickle": frozenset({"NumpyArrayWrapper", "NDArrayWrapper"}),
+    "argparse": frozenset({"Namespace"}),
+    "datetime": frozenset({"datetime", "date", "time", "timedelta", "timezone"}),
+    "decimal": frozenset({"Decimal"}),
+    "uuid": frozenset({"UUID"}),
 }
+# modules whose classes (capitalised names) are data: whole saved models and estimators
+_CLASS_PREFIXES = ("torch.nn.modules.", "sklearn.", "xgboost.", "lightgbm.")
+_TORCH_DTYPE = re.compile(
+    r"(?:u?int\d+|float\d*|bfloat16|complex\d*|c?double|half|long|short|bool|cfloat"
+    r"|q?u?int\d+(?:x\d+)?|float8_\w+|strided|sparse_\w+|\w+_format|channels_last\w*)"
+)
+
+
+def is_safe_global(module: str, name: str) -> bool:
+    """Whether a checkpoint may name `module.name` (the allowlist above)."""
+    allowed = _SAFE_GLOBALS.get(module)
+    if allowed is not None and (name in allowed or "*" in allowed):
+        return True
+    if module == "torch":
+        return (
+            name.endswith("Storage")
+            or name in ("Size", "device", "dtype", "Tensor")
+            or (_TORCH_DTYPE.fullmatch(name) is not None)
+        )
+    if module == "torch._utils":
+        return name.startswith("_rebuild_")
+    return module.startswith(_CLASS_PREFIXES) and name[:1].isupper() and name.isidentifier()
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +165,9 @@ def _storage_from_pid(pid: object) -> Storage | None:
         dtype = STORAGE_DTYPES.get(cls.name, (cls.name, 0))[0]
     if not isinstance(numel, int):
         numel = 0
-    return Storage(dtype=dtype, key=str(key), numel=numel)
+    return Storage(
+        dtype=dtype, key=_name(key) if not isinstance(key, int) else str(key), numel=numel
+    )
 
 
 _NOARG = object()
@@ -224,8 +268,14 @@ def _line_value(name: str, text: str) -> object:
     return text
 
 
-def scan_pickle(data: bytes, max_ops: int = MAX_OPS) -> PickleSummary:
+def scan_pickle(
+    data: bytes,
+    max_ops: int = MAX_OPS,
+    deadline: Deadline | None = None,
+    max_tensors: int = MAX_TENSORS,
+) -> PickleSummary:
     """Walk the opcodes of one pickle; never imports or calls anything it names."""
+    deadline = deadline or Deadline()
     out = PickleSummary()
     stack: list[object] = []
     memo: dict[int, object] = {}
@@ -252,6 +302,8 @@ def scan_pickle(data: bytes, max_ops: int = MAX_OPS) -> PickleSummary:
             if ops > max_ops:
                 out.complete = False
                 break
+            if ops % CHECK_EVERY == 0:
+                deadline.check()
             if len(stack) > MAX_STACK or len(memo) > MAX_STACK:
                 raise ParseError("pickle: stack or memo over bound")
             if name in ("PROTO", "FRAME", "STOP", "PERSID"):
@@ -271,7 +323,8 @@ def scan_pickle(data: bytes, max_ops: int = MAX_OPS) -> PickleSummary:
                     stack.append(g)
             elif name == "STACK_GLOBAL":
                 attr_v, module_v = pop(), pop()
-                g = Global(str(module_v), str(attr_v))
+                # never str() a built value: a DAG of shared tuples prints exponentially
+                g = Global(_name(module_v), _name(attr_v))
                 _note_global(out, g)
                 stack.append(g)
             elif name in ("EMPTY_TUPLE",):
@@ -304,7 +357,7 @@ def scan_pickle(data: bytes, max_ops: int = MAX_OPS) -> PickleSummary:
                 stack.append(_storage_from_pid(pid) or _OPAQUE)
             elif name in ("REDUCE", "NEWOBJ"):
                 args, func = pop(), pop()
-                stack.append(_reduce(out, func, args))
+                stack.append(_reduce(out, func, args, max_tensors))
             elif name == "NEWOBJ_EX":
                 pop(), pop(), pop()
                 stack.append(_OPAQUE)
@@ -329,15 +382,18 @@ def scan_pickle(data: bytes, max_ops: int = MAX_OPS) -> PickleSummary:
     return out
 
 
+def _name(v: object) -> str:
+    return v[:512] if isinstance(v, str) else "?"
+
+
 def _note_global(out: PickleSummary, g: Global) -> None:
     if len(out.globals) < 256:
         out.globals.add(g.qualname)
-    root = g.module.split(".", 1)[0]
-    if root in _UNSAFE and g.qualname not in ("builtins.set", "builtins.frozenset"):
+    if not is_safe_global(g.module, g.name) and len(out.unsafe_globals) < 256:
         out.unsafe_globals.add(g.qualname)
 
 
-def _reduce(out: PickleSummary, func: object, args: object) -> object:
+def _reduce(out: PickleSummary, func: object, args: object, max_tensors: int) -> object:
     if (
         isinstance(func, Global)
         and func.module == "torch._utils"
@@ -346,10 +402,13 @@ def _reduce(out: PickleSummary, func: object, args: object) -> object:
         and len(args) >= 3
         and isinstance(args[0], Storage)
         and isinstance(args[2], tuple)
+        and len(args[2]) <= MAX_DIMS  # before looking at them: a shape may be shared 1e6 times
         and all(isinstance(d, int) and 0 <= d < 1 << 40 for d in args[2])
     ):
         t = TensorRecord(storage=args[0], shape=tuple(int(d) for d in args[2]))
-        if len(out.tensors) < 1_000_000:
+        if len(out.tensors) < max_tensors:
             out.tensors.append(t)
+        else:
+            out.complete = False
         return t
     return _OPAQUE

@@ -49,8 +49,8 @@ _SHEBANG_LANG.update({"perl": "perl", "ruby": "ruby", "node": "javascript", "lua
 _HASH_COMMENT = {"python", "cython", "shell", "ruby", "perl", "r", "julia", "cmake", "make"}
 _HASH_COMMENT |= {"tcl", "dockerfile", "elixir", "powershell"}
 _DASH_COMMENT = {"sql", "lua", "ada", "haskell", "vhdl"}
-_C_BLOCK = re.compile(r"/\*(.*?)\*/", re.S)
-_PY_DOC = re.compile(r"\"\"\"(.*?)\"\"\"|'''(.*?)'''", re.S)
+_C_BLOCK = (("/*", "*/"),)
+_PY_DOC = (('"""', '"""'), ("'''", "'''"))
 
 
 def language_for(name: str, head: bytes) -> str | None:
@@ -94,8 +94,34 @@ def comments(text: str, language: str, limit: int) -> str:
     parts = [m.group(1) for m in line.finditer(text)]
     block = _PY_DOC if language in ("python", "cython") else _C_BLOCK if marker == "//" else None
     if block is not None:
-        parts += [next((g for g in m.groups() if g), "") for m in block.finditer(text)]
+        parts += _blocks(text, block)
     return "\n".join(parts)[:limit]
+
+
+def _blocks(text: str, delims: tuple[tuple[str, str], ...]) -> list[str]:
+    """The bodies of delimited blocks, left to right, in one linear pass.
+
+    What `re.finditer(r"/\\*(.*?)\\*/", re.S)` finds, without its quadratic cost: the
+    regex rescans to the end of the text for every opener that is never closed (4 MB
+    of "/* " took hours).
+    """
+    out: list[str] = []
+    close = dict(delims)
+    nxt = {o: text.find(o) for o, _c in delims}
+    while True:
+        live = [(i, o) for o, i in nxt.items() if i >= 0]
+        if not live:
+            return out
+        i, o = min(live)
+        j = text.find(close[o], i + len(o))
+        if j < 0:  # never closed: no later opener of this kind can be closed either
+            nxt[o] = -1
+            continue
+        out.append(text[i + len(o) : j])
+        pos = j + len(close[o])
+        for k, v in nxt.items():
+            if 0 <= v < pos:
+                nxt[k] = text.find(k, pos)
 
 
 # --- git -----------------------------------------------------------------------------

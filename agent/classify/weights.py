@@ -17,7 +17,15 @@ from collections import Counter
 from typing import Any, BinaryIO
 
 from agent.classify import protowire as pw
-from agent.classify.base import Finding, LimitExceeded, Limits, ParseError, Source, human_count
+from agent.classify.base import (
+    Deadline,
+    Finding,
+    LimitExceeded,
+    Limits,
+    ParseError,
+    Source,
+    human_count,
+)
 from agent.classify.pickle_vm import PickleSummary, scan_pickle
 from agent.events import Tag
 
@@ -68,6 +76,13 @@ def _dominant(counter: Counter[str]) -> str | None:
     return counter.most_common(1)[0][0] if counter else None
 
 
+MAX_DIM = 1 << 48  # one dimension; more is no real tensor and makes products huge
+
+
+def _dim(d: object) -> bool:
+    return isinstance(d, int) and not isinstance(d, bool) and 0 <= d < MAX_DIM
+
+
 def _product(dims: list[int] | tuple[int, ...]) -> int:
     n = 1
     for d in dims:
@@ -96,6 +111,12 @@ def parse_safetensors(src: Source, limits: Limits) -> Finding:
         raw = f.read(n)
     if len(raw) != n:
         raise ParseError("safetensors header truncated")
+    # every JSON value but the first follows a comma or an opening bracket: a cheap upper
+    # bound on the objects json.loads would build (a 1.5 M-tensor header is ~1 GB of them)
+    values = raw.count(b",") + raw.count(b"[") + raw.count(b"{") + 1
+    if values > limits.max_json_values:
+        raise LimitExceeded("absurd_count", f"safetensors header of up to {values} JSON values")
+    src.deadline.check()
     try:
         header = json.loads(raw)
     except (ValueError, RecursionError) as e:
@@ -105,13 +126,20 @@ def parse_safetensors(src: Source, limits: Limits) -> Finding:
     dtypes: Counter[str] = Counter()
     params = tensors = 0
     data_len = src.size - 8 - n
-    for name, info in header.items():
+    if len(header) > limits.max_tensors + 1:
+        raise LimitExceeded("absurd_count", f"safetensors header of {len(header)} tensors")
+    for i, (name, info) in enumerate(header.items()):
+        if i % 1024 == 0:
+            src.deadline.check()
         if name == "__metadata__":
             continue
         if not isinstance(info, dict):
             raise ParseError(f"safetensors tensor {name[:80]!r} is not an object")
         shape, dtype, offsets = info.get("shape"), info.get("dtype"), info.get("data_offsets")
-        if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+        if isinstance(shape, list) and len(shape) > limits.max_dims:
+            # the product of a million dimensions is quadratic big-integer work
+            raise LimitExceeded("absurd_count", f"safetensors shape of {len(shape)} dims")
+        if not (isinstance(shape, list) and all(_dim(d) for d in shape)):
             raise ParseError(f"safetensors tensor {name[:80]!r}: bad shape")
         if not isinstance(dtype, str) or not isinstance(offsets, list) or len(offsets) != 2:
             raise ParseError(f"safetensors tensor {name[:80]!r}: bad dtype or offsets")
@@ -192,7 +220,7 @@ def parse_gguf(src: Source, limits: Limits) -> Finding:
         v1 = version == 1
         n_tensors = _u(f, "<I" if v1 else "<Q")
         n_kv = _u(f, "<I" if v1 else "<Q")
-        if n_tensors > limits.max_gguf_count or n_kv > limits.max_gguf_count:
+        if n_tensors > limits.max_tensors or n_kv > limits.max_gguf_count:
             raise LimitExceeded(
                 "absurd_count", f"GGUF claims {n_tensors} tensors and {n_kv} metadata keys"
             )
@@ -275,7 +303,7 @@ def parse_onnx(src: Source, limits: Limits) -> Finding:
                         tensors += 1
                         params += count
                         dtypes[dtype] += count
-                        if tensors > limits.max_gguf_count:
+                        if tensors > limits.max_tensors:
                             raise LimitExceeded("absurd_count", "ONNX: too many initializers")
     if ir_version is None or not graph_seen:
         raise ParseError("ONNX: no ir_version or graph")
@@ -296,8 +324,8 @@ def _onnx_tensor(f: BinaryIO, end: int) -> tuple[int, str]:
             dims.extend(pw.packed_varints(f.read(min(value, 1024))))
         elif number == 2 and wire == pw.VARINT:
             dtype = _ONNX_TYPES.get(value, f"type{value}")
-    if len(dims) > 32:
-        raise ParseError("ONNX: tensor with too many dimensions")
+        if len(dims) > 32:  # checked as they come: a tensor may list millions
+            raise ParseError("ONNX: tensor with too many dimensions")
     return _product(dims), dtype
 
 
@@ -310,18 +338,21 @@ def torch_root(names: list[str]) -> str | None:
     return None
 
 
-def parse_torch_zip(zf: zipfile.ZipFile, root: str, limits: Limits) -> Finding:
+def parse_torch_zip(
+    zf: zipfile.ZipFile, root: str, limits: Limits, name: str, deadline: Deadline | None = None
+) -> Finding:
+    """`name` is the checkpoint's path for the log (zipfile only knows a descriptor)."""
     info = zf.getinfo(root + "data.pkl")
     if info.file_size > MAX_PICKLE_BYTES:
         raise LimitExceeded("header_too_large", f"data.pkl of {info.file_size} bytes")
     storages = [i for i in zf.infolist() if i.filename.startswith(root + "data/")]
     with zf.open(info) as fh:
         data = fh.read(MAX_PICKLE_BYTES + 1)
-    summary = scan_pickle(data)
+    summary = scan_pickle(data, deadline=deadline, max_tensors=limits.max_tensors)
     return Finding(
         "application/x-pytorch",
         [_torch_tag("pytorch", summary, len(storages), sum(i.file_size for i in storages))],
-        skipped=_unsafe(summary, zf.filename or "checkpoint"),
+        skipped=_unsafe(summary, name),
     )
 
 
@@ -331,7 +362,7 @@ def _unsafe(s: PickleSummary, name: str) -> str | None:
     if not s.unsafe_globals:
         return None
     log.info(
-        "%s: pickle would call %s when loaded (never executed here)",
+        "%r: pickle would call %s when loaded (never executed here)",
         name,
         ", ".join(sorted(s.unsafe_globals)[:3]),
     )
@@ -363,7 +394,7 @@ def parse_pickle(src: Source, limits: Limits) -> Finding:
     """A bare pickle (legacy torch.save, joblib, sklearn): named, never executed."""
     with src.open() as f:
         data = f.read(MAX_PICKLE_BYTES)
-    summary = scan_pickle(data)
+    summary = scan_pickle(data, deadline=src.deadline, max_tensors=limits.max_tensors)
     ml_roots = {"torch", "sklearn", "numpy", "xgboost", "lightgbm", "joblib", "tensorflow"}
     roots = {g.split(".", 1)[0] for g in summary.globals}
     tags: list[Tag] = []

@@ -44,16 +44,17 @@ def _print_table(flows: list[Flow]) -> None:
 @click.pass_context
 def replay(ctx: click.Context, pcap: str, as_json: bool, to_store: bool) -> None:
     """Run the network sensor's flow logic on a pcap or pcapng file and print the flows."""
-    from agent.sensors.network.destinations import CountryTableError
+    from agent.sensors.network.geo import GeoDataError
     from agent.sensors.network.pcapfile import PcapError
     from agent.sensors.network.replay import replay_pcap
+    from agent.sensors.network.services import ServicesError
 
     s = settings_from(ctx)
     path = existing_path(pcap)
     began = time.perf_counter()
     try:
         result = replay_pcap(Path(path), s.network)
-    except (PcapError, CountryTableError) as e:
+    except (PcapError, GeoDataError, ServicesError) as e:
         raise UserError(str(e)) from None
     elapsed = time.perf_counter() - began
     flows = sorted(result.flows, key=lambda f: (f.start, f.src_port))

@@ -11,9 +11,18 @@ macros, lists, regexes, CIDRs) are checked by `loader` with line numbers.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    model_validator,
+)
 
 from agent.events import Severity
 
@@ -53,6 +62,42 @@ class SourceModel(_Strict):
     note: StrictStr | None = None
 
 
+CONTROL_STATES = ("in_force", "suspended", "not_enforced", "repealed")
+
+
+class PeriodModel(_Strict):
+    """One stretch of a control's legal life: from a day (and until a day, inclusive).
+
+    Announcements say "suspended until and including D", so `until` is the last day the
+    state holds. `verified: false` marks a state no source confirmed (say, what follows
+    a suspension); users see "unverified" next to it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    start: dt.date = Field(alias="from")
+    until: dt.date | None = None
+    state: Literal["in_force", "suspended", "not_enforced", "repealed"]
+    ref: StrictStr = ""
+    verified: StrictBool = True
+    note: StrictStr = ""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PeriodModel:
+        if self.until is not None and self.until < self.start:
+            raise ValueError(f"until {self.until} is before from {self.start}")
+        return self
+
+
+def check_timeline(periods: list[PeriodModel]) -> None:
+    """Periods must follow one another without overlapping."""
+    for a, b in itertools.pairwise(periods):
+        if b.start <= a.start or (a.until is not None and b.start <= a.until):
+            raise ValueError(
+                f"timeline: period from {b.start} overlaps or precedes the one from {a.start}"
+            )
+
+
 class PackMeta(_Strict):
     id: str = Field(pattern=PACK_ID)
     name: StrictStr
@@ -74,6 +119,7 @@ class CategoryModel(_Strict):
     control: Literal["prohibited", "restricted", "licence", "assessment", "indicator"]
     status: str = Field(default="in_force", pattern=STATUS)
     effective_from: dt.date | None = None
+    timeline: list[PeriodModel] = Field(default_factory=list)  # the control's legal life
     points: StrictStr = ""
     keywords_zh: list[StrictStr] = Field(default_factory=list)
     keywords_en: list[StrictStr] = Field(default_factory=list)
@@ -82,6 +128,13 @@ class CategoryModel(_Strict):
     kinds: list[Kind] = Field(default_factory=list)
     min_count: StrictInt = Field(default=1, ge=1)
     sources: list[StrictStr] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _timeline(self) -> CategoryModel:
+        check_timeline(self.timeline)
+        if self.timeline and self.status != "in_force":
+            raise ValueError("give either timeline or status, not both")
+        return self
 
 
 class ExceptionModel(_Strict):
@@ -102,6 +155,7 @@ class RuleTest(_Strict):
     date: dt.date | None = None  # the day the event happens (default: today)
     severity: Severity | None = None
     action: Literal["alert", "record"] | None = None
+    state: StrictStr | None = None  # the decision's control_state on `date`
 
 
 class RuleModel(_Strict):
@@ -113,10 +167,32 @@ class RuleModel(_Strict):
     tags: list[StrictStr] = Field(default_factory=list)
     exceptions: list[ExceptionModel] = Field(default_factory=list)
     status: str = Field(default="in_force", pattern=STATUS)
+    # required (reported by rules.compile_rules, so the rule's other mistakes are still
+    # found): the day the control behind the rule began (a site rule: the day the site
+    # adopted it); before it the rule records only, as "not yet in force"
     effective_from: dt.date | None = None
+    timeline: list[PeriodModel] = Field(default_factory=list)
+    legal_ref: StrictStr = ""  # the law or announcement an officer cites
+    item: StrictStr = ""  # the item code when no category names it (e.g. "4E091")
     sources: list[StrictStr] = Field(default_factory=list)
     enabled: StrictBool = True
     tests: list[RuleTest] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _timeline(self) -> RuleModel:
+        check_timeline(self.timeline)
+        if self.timeline and self.status != "in_force":
+            raise ValueError("give either timeline or status, not both")
+        if (
+            self.timeline
+            and self.effective_from is not None
+            and self.timeline[0].start < self.effective_from
+        ):
+            raise ValueError(
+                f"timeline starts {self.timeline[0].start}, before effective_from "
+                f"{self.effective_from}"
+            )
+        return self
 
 
 class OverrideModel(_Strict):

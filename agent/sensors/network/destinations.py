@@ -1,10 +1,13 @@
-"""Where a flow went: destination class and country, from config and an offline table.
+"""Where a flow went: destination class, country, organisation and known service.
 
 `Destinations.classify(address, name)` answers `(dest_class, country)` with dest_class
 in loopback | internal | approved | foreign | domestic | unknown, checked in that order.
-Countries come from `CountryTable`, a sorted interval table loaded from a CSV
-(`cidr,country` or `first_ip,last_ip,country` rows, as GeoIP/ipinfo/DB-IP exports give
-them): no download at run time, one binary search per flow.
+Countries come from a `geo.CountrySource`: the table installed with the package when
+`network.country_db` is unset, else the site's `.mmdb` file or a CSV loaded here as a
+`CountryTable` (`cidr,country` or `first_ip,last_ip,country` rows, as GeoIP/ipinfo/DB-IP
+exports give them). `org(address)` names the owner from `network.asn_db`, and
+`service(name)` the known service (`services.ServiceIndex`). No download at run time;
+every answer is cached per address or name, so a flow costs dict probes, not searches.
 """
 
 from __future__ import annotations
@@ -13,25 +16,32 @@ import bisect
 import csv
 import ipaddress
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
+
+from agent.sensors.network.geo import AsnTable, CountrySource, GeoDataError, GeoDataInfo
+from agent.sensors.network.services import Service, ServiceIndex
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _CACHE_SIZE = 65536  # addresses whose classification is kept (cleared when full)
 Verdict = tuple[str, str | None]  # (dest_class, country)
 # what an address alone decides: a verdict no name changes, or (None, in an approved
-# network, the verdict when no name approves it)
-_AddressClass = tuple[Verdict | None, bool, Verdict]
+# network, the verdict when no name approves it); then the owning organisation
+_AddressClass = tuple[Verdict | None, bool, Verdict, str | None]
 
 
-class CountryTableError(ValueError):
+class CountryTableError(GeoDataError):
     """The country CSV cannot be used: the message names the file and the line."""
 
 
 class CountryTable:
     """Sorted, non-overlapping address intervals → ISO country code, per IP version."""
 
-    def __init__(self, rows: Iterable[tuple[int, int, int, str]]) -> None:
+    def __init__(
+        self, rows: Iterable[tuple[int, int, int, str]], info: GeoDataInfo | None = None
+    ) -> None:
         # rows: (version, first, last, country)
+        self.info = info or GeoDataInfo("csv", "country table", None)
         by_version: dict[int, list[tuple[int, int, str]]] = {4: [], 6: []}
         for version, first, last, country in rows:
             by_version[version].append((first, last, country))
@@ -75,7 +85,9 @@ class CountryTable:
             raise CountryTableError(f"{path}: cannot read country table: {e.strerror}") from None
         except (UnicodeDecodeError, csv.Error) as e:
             raise CountryTableError(f"{path}: not a CSV text file: {e}") from None
-        return cls(rows)
+        # a CSV says nothing of its date: its modification time is the best we have
+        built = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        return cls(rows, GeoDataInfo("csv", path.name, built))
 
 
 def _parse_row(rec: list[str]) -> tuple[int, int, int, str]:
@@ -119,7 +131,9 @@ class Destinations:
         approved: Iterable[str] = (),
         foreign: Iterable[str] = (),
         domestic_country: str = "CN",
-        countries: CountryTable | None = None,
+        countries: CountrySource | None = None,
+        asn: AsnTable | None = None,
+        services: ServiceIndex | None = None,
     ) -> None:
         approved = list(approved)
         self.internal = _networks(internal)
@@ -130,6 +144,8 @@ class Destinations:
         self.foreign = _networks(foreign)
         self.domestic = domestic_country.upper()
         self.countries = countries
+        self.asn = asn
+        self.services = services
         self._cache: dict[str, _AddressClass] = {}
 
     def _name_approved(self, name: str | None) -> bool:
@@ -139,13 +155,21 @@ class Destinations:
         return any(name == a or name.endswith("." + a) for a in self.approved_names)
 
     def classify(self, address: str, name: str | None = None) -> Verdict:
-        fixed, approved_net, otherwise = self._address_class(address)
+        fixed, approved_net, otherwise, _ = self._address_class(address)
         if fixed is not None:
             return fixed
         country = otherwise[1]
         if approved_net or self._name_approved(name):
             return "approved", country
         return otherwise
+
+    def org(self, address: str) -> str | None:
+        """The organisation owning the address (network.asn_db), None without one."""
+        return self._address_class(address)[3]
+
+    def service(self, name: str | None) -> Service | None:
+        """The known service a destination name belongs to (cached per name)."""
+        return self.services.lookup(name) if self.services is not None else None
 
     def _address_class(self, address: str) -> _AddressClass:
         """What the address alone decides, cached: one parse and one country search per
@@ -162,17 +186,19 @@ class Destinations:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
-            return ("unknown", None), False, ("unknown", None)
+            return ("unknown", None), False, ("unknown", None), None
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
             ip = ip.ipv4_mapped
         if ip.is_loopback:
-            return ("loopback", None), False, ("loopback", None)
+            return ("loopback", None), False, ("loopback", None), None
         if any(ip in n for n in self.internal):
-            return ("internal", None), False, ("internal", None)
+            return ("internal", None), False, ("internal", None), None
         country = self.countries.lookup(ip) if self.countries is not None else None
+        org = self.asn.org(ip) if self.asn is not None else None
         approved_net = any(ip in n for n in self.approved_nets)
         if any(ip in n for n in self.foreign):
-            return None, approved_net, ("foreign", country)
+            return None, approved_net, ("foreign", country), org
         if country is None:
-            return None, approved_net, ("unknown", None)
-        return None, approved_net, ("domestic" if country == self.domestic else "foreign", country)
+            return None, approved_net, ("unknown", None), org
+        where = "domestic" if country == self.domestic else "foreign"
+        return None, approved_net, (where, country), org

@@ -23,6 +23,7 @@ from typing import Any
 from agent import metrics
 from agent.events import Flow
 from agent.sensors.network import names
+from agent.sensors.network.communityid import community_id
 from agent.sensors.network.destinations import Destinations
 from agent.sensors.network.flowstate import FlowKey, FlowState, close_reason
 from agent.sensors.network.packets import (
@@ -85,6 +86,7 @@ class FlowTable:
         # metric children by label values, looked up once (labels() costs a lock and a
         # tuple per call, twice per flow otherwise)
         self._byte_counters: dict[tuple[str, str], Any] = {}
+        self._service_counters: dict[str, Any] = {}
         self._flow_counters: dict[tuple[str, str, str], Any] = {}
 
     # --- packets -------------------------------------------------------------------
@@ -361,30 +363,45 @@ class FlowTable:
         dest_class, country = self.destinations.classify(_ntop(dst), name)
         return name, source, dest_class, country
 
-    def _account(self, st: FlowState, verdict: tuple[str, str | None] | None = None) -> None:
-        """Add the flow's new outbound bytes to the metric; `verdict` is its (dest_class,
-        country) when the caller has it already."""
+    def _account(
+        self, st: FlowState, verdict: tuple[str, str | None, str | None] | None = None
+    ) -> None:
+        """Add the flow's new outbound bytes to the metrics; `verdict` is its (dest_class,
+        country, service category) when the caller has it already."""
         if not self.count_metrics:
             return
         total = st.totals()[0]
         if total > st.counted_out:
-            dest_class, country = verdict or self._classify(st)[2:]
+            if verdict is None:
+                name, _, dest_class, country = self._classify(st)
+                service = self.destinations.service(name)
+                verdict = (dest_class, country, service.category if service else None)
+            dest_class, country, category = verdict
             labels = (dest_class, country or "unknown")
             counter = self._byte_counters.get(labels)
             if counter is None:
                 counter = self._byte_counters[labels] = metrics.OUTBOUND_BYTES.labels(*labels)
             counter.inc(total - st.counted_out)
+            if category is not None:
+                by_service = self._service_counters.get(category)
+                if by_service is None:
+                    by_service = metrics.SERVICE_BYTES.labels(category)
+                    self._service_counters[category] = by_service
+                by_service.inc(total - st.counted_out)
             st.counted_out = total
 
     def _export(self, st: FlowState, ts: float, reason: str, final: bool) -> None:
         out, inn, source = st.totals()
         name, name_source, dest_class, country = self._classify(st)
+        service = self.destinations.service(name)
+        category = service.category if service else None
         proto, src, sport, dst, dport = st.key
+        dst_ip = _ntop(dst)
         flow = Flow(
             protocol=_PROTO_NAMES.get(proto, str(proto)),
             src_ip=_ntop(src),
             src_port=sport,
-            dst_ip=_ntop(dst),
+            dst_ip=dst_ip,
             dst_port=dport,
             start=_utc(st.record_start),
             end=_utc(max(ts, st.record_start)),
@@ -398,6 +415,10 @@ class FlowTable:
             dest_class=dest_class,
             country=country,
             close_reason=reason,
+            dest_org=self.destinations.org(dst_ip),
+            service=service.name if service else None,
+            service_category=category,
+            community_id=community_id(proto, src, sport, dst, dport),
             process=st.process,
         )
         st.exported_out, st.exported_in, st.record_start = out, inn, ts
@@ -406,7 +427,7 @@ class FlowTable:
             if len(self.ct_exported) > 65536:
                 self.ct_exported.popitem(last=False)
         if self.count_metrics:
-            self._account(st, (dest_class, country))
+            self._account(st, (dest_class, country, category))
             labels3 = (dest_class, country or "unknown", flow.protocol)
             counter = self._flow_counters.get(labels3)
             if counter is None:

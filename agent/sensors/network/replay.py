@@ -18,7 +18,8 @@ from pathlib import Path
 
 from agent.config import NetworkSection
 from agent.events import Flow
-from agent.sensors.network.destinations import CountryTable, Destinations
+from agent.sensors.network import geo, services
+from agent.sensors.network.destinations import Destinations
 from agent.sensors.network.flowtable import FlowTable
 from agent.sensors.network.packets import Buffer, Packet, decode_ethernet, decode_ip
 from agent.sensors.network.pcapfile import (
@@ -49,13 +50,15 @@ class ReplayResult:
 
 
 def destinations_from(cfg: NetworkSection) -> Destinations:
-    countries = CountryTable.from_csv(cfg.country_db) if cfg.country_db else None
+    """Raises GeoDataError or ServicesError (one line naming the file) on bad data."""
     return Destinations(
         cfg.internal_networks,
         cfg.approved_destinations,
         cfg.foreign_networks,
         cfg.domestic_country,
-        countries,
+        geo.open_countries(cfg.country_db),
+        geo.open_asn(cfg.asn_db),
+        services.build(cfg.services_file),
     )
 
 
