@@ -10,6 +10,8 @@ on 127.0.0.1 only. Every key is documented in README.md ("Configuration").
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 DEFAULT_CONFIG_PATH = Path("/etc/egress-agent/agent.yaml")
 DEFAULT_METRICS_PORT = 9813
@@ -76,12 +79,18 @@ class DatabaseSection(_Section):
         if v is None:
             return v
         from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
         try:
-            make_url(v)
+            url = make_url(v)
         except ArgumentError as e:
             raise ValueError(f"not a SQLAlchemy URL: {e}") from None
+        try:  # what `run` would refuse, `config check` refuses too
+            url.get_dialect()
+        except NoSuchModuleError:
+            raise ValueError(
+                f"unknown database dialect {url.drivername!r}: use sqlite:/// or postgresql://"
+            ) from None
         return v
 
 
@@ -175,6 +184,8 @@ class ClassifySection(_Section):
     use_magika: bool = True
     hash_cache: Path | None = None  # default state_dir/hashcache.db
     event_timeout: float = Field(default=30.0, gt=0)  # past it an event goes on "deferred"
+    # seconds the content tier may spend on one file; past it the parsers stop (timeout)
+    file_deadline: float = Field(default=20.0, gt=0, le=3600)
 
 
 class PoliciesSection(_Section):
@@ -263,11 +274,18 @@ class Settings(BaseSettings):
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from None
     try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte {raw[e.start]:#04x})") from None
+    try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -307,9 +325,65 @@ def load_settings(path: Path | str | None = None) -> Settings:
     else:
         cfg_path = None
     data = _read_yaml(cfg_path) if cfg_path else {}
+    where = str(cfg_path) if cfg_path else "built-in defaults"
+    bad_keys = [k for k in data if not isinstance(k, str)]
+    if bad_keys:
+        raise ConfigError(f"{where}: section names must be text, got {bad_keys[0]!r}")
+    check_environment(os.environ)
     try:
         settings = Settings(**data)
     except ValidationError as e:
         raise ConfigError(_format_error(e, cfg_path)) from None
+    except SettingsError as e:  # an environment value that is not valid JSON
+        raise ConfigError(f"environment: {_env_error(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{where} or environment: a value is nested too deeply") from None
     settings._source = cfg_path
     return settings
+
+
+# variables with our prefix that are not config keys
+_ENV_NOT_KEYS = frozenset({"EGRESS_AGENT_CONFIG"})
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """An `EGRESS_AGENT_*` variable must name a real section and key, like a YAML key.
+
+    pydantic-settings ignores a misspelled section (`EGRESS_AGENT_FILE__ROOTS`): the
+    operator believes the roots are set and the agent watches the defaults.
+    """
+    sections = Settings.model_fields
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in _ENV_NOT_KEYS:
+            continue
+        section, _, key = upper[len(ENV_PREFIX) :].lower().partition("__")
+        field = sections.get(section)
+        if field is None:
+            raise ConfigError(
+                f"environment: {name}: unknown section {section!r}"
+                f" (sections: {', '.join(sections)})"
+            )
+        model = field.annotation
+        fields = getattr(model, "model_fields", {})
+        first = key.partition("__")[0]
+        if key and first not in fields:
+            raise ConfigError(f"environment: {name}: unknown key {first!r} in section {section!r}")
+
+
+def _env_error(e: SettingsError) -> str:
+    """Which variables hold the value pydantic-settings could not parse."""
+    m = re.search(r'field "(\w+)"', str(e))
+    if m is None:
+        return _first_line(e)
+    prefix = f"{ENV_PREFIX}{m.group(1).upper()}"
+    names = sorted(n for n in os.environ if n.upper().startswith(prefix))
+    return (
+        f"{', '.join(names) or prefix + '*'}: not valid JSON"
+        " (lists and mappings are written as JSON, e.g. '[\"/srv/data\"]')"
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -143,6 +143,16 @@ class Decision:
 class FileEvent:
     """A file movement under a watched root (or a scanned file)."""
 
+    # what an officer acts on: the regime, the law or announcement, the item code, and
+    # whether the control was in force on the event's day (its state: in_force,
+    # not_yet_in_force, suspended, not_enforced, repealed; "(unverified)" when no source
+    # confirmed it); confidence is the highest of the categories' ("" when none)
+    regime: str = ""
+    legal_ref: str = ""
+    item: str = ""
+    in_force: bool = True
+    control_state: str = "in_force"
+    confidence: str = ""
     action: FileAction
     path: str  # os.fsdecode()d: non-UTF-8 bytes survive as surrogate escapes
     channel: Channel = Channel.LOCAL

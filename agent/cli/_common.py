@@ -67,8 +67,14 @@ def parse_since(value: str | None) -> datetime | None:
     if not value:
         return None
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-    if value[-1:] in units and value[:-1].isdigit():
-        return datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * units[value[-1]])
+    number = value[:-1]
+    if value[-1:] in units and number.isascii() and number.isdigit():  # "²h" is not a span
+        try:
+            return datetime.now(UTC) - timedelta(seconds=int(number) * units[value[-1]])
+        except OverflowError:
+            raise UserError(
+                f"--since/--until: {value!r} reaches before the year 1; use a shorter span"
+            ) from None
     try:
         t = datetime.fromisoformat(value)
     except ValueError:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import click
 
 from agent.cli._common import UserError, open_store, parse_since, print_json, settings_from
 from agent.textsafe import shown
+
+if TYPE_CHECKING:
+    from agent.config import Settings
 
 
 @click.command("run")
@@ -22,6 +26,7 @@ def run_cmd(ctx: click.Context) -> None:
     from agent.store.db import StoreError
 
     s = settings_from(ctx)
+    _preflight(s)
     logs.setup(s.agent.log_level, s.agent.log_format)
     try:
         code = run(s, s.source)
@@ -220,4 +225,14 @@ def config() -> None:
 def config_check(ctx: click.Context) -> None:
     """Validate the config and print the effective values as JSON."""
     s = settings_from(ctx)
+    _preflight(s)
     click.echo(s.model_dump_json(indent=2))
+
+
+def _preflight(s: Settings) -> None:
+    """What `run` would refuse on this host, as one line and exit 2 (also `config check`)."""
+    from agent.preflight import problems
+
+    found = problems(s)
+    if found:
+        raise UserError("; ".join(found))

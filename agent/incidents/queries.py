@@ -68,7 +68,7 @@ def list_incidents(
 def find_incident(engine: Engine, ident: str) -> dict[str, Any] | None:
     """By row id, or by uid (or a unique uid prefix of at least 6 characters)."""
     with Session(engine) as s:
-        if ident.isdigit():
+        if ident.isascii() and ident.isdigit() and int(ident) < 2**63:  # a row id fits
             rows = list(
                 s.execute(select(IncidentRow).where(IncidentRow.id == int(ident))).scalars()
             )

@@ -31,6 +31,7 @@ from agent.policy.model import (
     Source,
 )
 from agent.policy.selftest import run_rule_tests
+from agent.policy.timeline import periods_from_status
 from agent.validators import VALIDATORS
 
 
@@ -238,6 +239,12 @@ def _categories(
                 "catalogue_code": cat.catalogue_code,
                 "control": cat.control,
                 "status": cat.status,
+                "code_verified": cat.code_verified,
+                "effective_from": cat.effective_from,
+                "periods": rules_mod.periods(cat.timeline)
+                or periods_from_status(cat.status, cat.effective_from),
+                "points": cat.points,
+                "regime": pack.meta.regime,
                 "pack": pack.meta.id,
                 "name_en": cat.name_en,
                 "name_zh": cat.name_zh,
@@ -264,6 +271,12 @@ def _apply_overrides(
                 severity=ov.severity or r.severity,
                 action=ov.action or r.action,
                 status=ov.status or r.status,
+                # a site's status replaces the pack's timeline from the rule's start
+                timeline=(
+                    periods_from_status(ov.status, r.effective_from, f"site override ({pack.file})")
+                    if ov.status
+                    else r.timeline
+                ),
                 exceptions=r.exceptions + extra,
             )
     return rules

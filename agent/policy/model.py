@@ -5,7 +5,9 @@ policies. `Policy.decide(facts)` is pure — it checks each rule's condition, th
 exceptions (data: destinations, users, processes, paths), and turns a firing rule into
 a `Decision` carrying the rule, pack, severity, action, the policy version and the
 categories that made it fire. A rule whose legal control is not in force on the day of
-the event (suspended, rescinded, not yet effective) still decides, but only records.
+the event (not yet in force, suspended, not enforced) still decides, but only records;
+the decision names the regime, the law, the item code, the control's state on that day
+and the confidence of the categories behind it, which is what an officer acts on.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from agent.categories import CategorySpec
 from agent.events import Artefact, Decision, FileEvent, Flow, Severity
 from agent.policy import facts as facts_mod
 from agent.policy.conditions import Condition, event_kinds
+from agent.policy.timeline import ControlState, Period, periods_from_status, state_on, strongest
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -102,6 +105,7 @@ class RuleCase:
     action: str | None = None
     line: int = 0
     date: dt.date | None = None
+    state: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,25 +118,26 @@ class Rule:
     action: str
     tags: tuple[str, ...] = ()
     exceptions: tuple[RuleException, ...] = ()
-    status: str = "in_force"
+    status: str = "in_force"  # the old one-word status; `timeline` wins when given
     effective_from: dt.date | None = None
     categories: frozenset[str] = frozenset()  # codes the condition refers to
     enabled: bool = True
     tests: tuple[RuleCase, ...] = ()
     file: str = ""
     line: int = 0
+    timeline: tuple[Period, ...] = ()
+    legal_ref: str = ""  # the law or announcement the rule rests on
+    item: str = ""  # the item code when the rule names no category (e.g. "4E091")
+
+    def control_state(self, day: dt.date) -> ControlState:
+        """The state of the control behind this rule on `day`."""
+        periods = self.timeline or periods_from_status(self.status, self.effective_from)
+        return state_on(day, self.effective_from, periods, self.legal_ref)
 
     def in_force(self, day: dt.date) -> tuple[bool, str]:
         """Whether the control behind this rule applies on `day`, and why not."""
-        if self.effective_from and day < self.effective_from:
-            return False, f"control effective from {self.effective_from}"
-        if self.status == "rescinded_nonenforced":
-            return False, "control rescinded / not enforced"
-        if self.status.startswith("suspended_until:"):
-            until = dt.date.fromisoformat(self.status.partition(":")[2])
-            if day < until:
-                return False, f"control suspended until {until}"
-        return True, ""
+        state = self.control_state(day)
+        return state.in_force, "" if state.in_force else state.describe()
 
     @property
     def events(self) -> frozenset[str] | None:
@@ -153,10 +158,12 @@ class Policy:
     loaded_at: float = 0.0
     category_info: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     min_counts: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    regimes: Mapping[str, str] = field(init=False, repr=False, compare=False)
     _by_event: Mapping[str, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "min_counts", {c.code: c.min_count for c in self.categories})
+        object.__setattr__(self, "regimes", {p.id: p.regime for p in self.packs if p.enabled})
         # rules that can only hold for some kinds of event are not tried on the others
         by_event: dict[str, tuple[Rule, ...]] = {}
         for kind in ("file", "flow", "transfer"):
@@ -187,14 +194,19 @@ class Policy:
                 if self.category_info.get(c, {}).get("control") != "indicator"
             )
         )
-        action = rule.action
+        state = self.rule_state(rule, day, cats)
+        refs = [rule.legal_ref] if rule.legal_ref else []
+        if state.ref and state.ref not in refs:
+            refs.append(state.ref)
+        action = rule.action if state.in_force else "record"
         reason = rule.description
         if cats:
             reason = f"{reason} [{'; '.join(self._describe(c, facts) for c in cats)}]"
-        ok, why = rule.in_force(day)
-        if not ok:
-            action = "record"
-            reason = f"{reason} ({why}: recorded only)"
+        if not state.in_force:
+            reason = f"{reason} ({state.describe()}: recorded only)"
+        elif not state.verified:
+            reason = f"{reason} ({state.describe()})"
+        items = [self.item(c) for c in cats] or ([rule.item] if rule.item else [])
         return Decision(
             rule_id=rule.id,
             pack=rule.pack,
@@ -203,11 +215,51 @@ class Policy:
             policy_version=self.version,
             reason=reason,
             categories=cats,
+            regime=self.regimes.get(rule.pack, ""),
+            legal_ref="; ".join(refs),
+            item="; ".join(dict.fromkeys(items)),
+            in_force=state.in_force,
+            control_state=state.state if state.verified else f"{state.state} (unverified)",
+            confidence=highest_confidence(facts.get(f"confidence.{c}") for c in cats),
         )
+
+    def rule_state(
+        self, rule: Rule, day: dt.date, cats: tuple[str, ...] | None = None
+    ) -> ControlState:
+        """The state on `day` of the controls behind a rule firing on `cats` (default: all
+        the categories it names)."""
+        state = rule.control_state(day)
+        if not state.in_force:
+            return state
+        # the rule's control applies; each category may be a control of its own with its
+        # own dates (1E902 and 3E901 under one rule)
+        codes = sorted(rule.categories) if cats is None else cats
+        best = strongest(self.category_state(c, day) for c in codes if self._dated(c))
+        # a category out of force narrows the rule; one in force adds nothing to a rule
+        # with a timeline of its own unless it is the less certain of the two
+        if best is not None and not (best.in_force and best.verified and rule.timeline):
+            return best
+        return state
+
+    def _dated(self, code: str) -> bool:
+        info = self.category_info.get(code, {})
+        return bool(info.get("effective_from") or info.get("periods"))
+
+    def category_state(self, code: str, day: dt.date) -> ControlState:
+        """The state on `day` of the control a category stands for."""
+        info = self.category_info.get(code, {})
+        return state_on(day, info.get("effective_from"), info.get("periods", ()), "")
+
+    def item(self, code: str) -> str:
+        """The regime's own item code for a category, saying when it is not verified."""
+        info = self.category_info.get(code, {})
+        item = str(info.get("catalogue_code") or code)
+        return item if info.get("code_verified", True) else f"{item} (code unverified)"
 
     def _describe(self, code: str, facts: Mapping[str, Any]) -> str:
         info = self.category_info.get(code, {})
-        names = " ".join(str(info[k]) for k in ("catalogue_code", "name_zh") if info.get(k))
+        item = self.item(code) if info.get("catalogue_code") else ""
+        names = " ".join(x for x in (item, info.get("name_zh")) if x)
         count = facts.get(f"matches.{code}", 0)
         return f"{code} {names} ×{count}" if names else f"{code} ×{count}"
 
@@ -224,6 +276,18 @@ class Policy:
         """Decisions on an artefact that left in `flow` (for correlation and explain)."""
         f = facts_mod.transfer_facts(artefact, flow, self.min_counts, file_event)
         return self.decide(f, flow.time.date())
+
+
+_CONFIDENCE_RANK = {"low": 1, "medium": 2, "high": 3}
+
+
+def highest_confidence(values: Any) -> str:
+    """The highest of the categories' confidences ("" when none is known)."""
+    best = ""
+    for v in values:
+        if isinstance(v, str) and _CONFIDENCE_RANK.get(v, 0) > _CONFIDENCE_RANK.get(best, 0):
+            best = v
+    return best
 
 
 EMPTY_POLICY = Policy(version="none", packs=(), rules=(), categories=())

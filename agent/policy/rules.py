@@ -63,6 +63,15 @@ def compile_rules(
             )
             cond = None
         exceptions = compile_exceptions(model.exceptions, raw, pack.file, issues)
+        if model.effective_from is None:
+            issues.append(
+                Issue(
+                    pack.file,
+                    line_of(raw),
+                    f"rule {model.id!r}: missing required field 'effective_from' (the day the"
+                    " control it rests on began; for a site's own rule, the day it was adopted)",
+                )
+            )
         for i, case in enumerate(model.tests):
             check_test_facts(case.facts, raw["tests"][i], codes, pack.file, issues)
         if cond is None or exceptions is None:

@@ -42,6 +42,15 @@ def run_rule_tests(policy: Policy) -> tuple[int, list[Issue]]:
                         f"{where}: severity {decision.severity}, expected {case.severity}",
                     )
                 )
+            if case.state is not None and decision.control_state != case.state:
+                failures.append(
+                    Issue(
+                        rule.file,
+                        case.line,
+                        f"{where} on {case.date or 'today'}: control state "
+                        f"{decision.control_state!r}, expected {case.state!r}",
+                    )
+                )
             if case.action is not None and decision.action != case.action:
                 failures.append(
                     Issue(
