@@ -129,13 +129,20 @@ def policy_list(ctx: click.Context, show_rules: bool, day: Any, as_json: bool) -
 
 def _list_rules(policy_obj: Any, day: dt.date, as_json: bool) -> None:
     for r in policy_obj.rules:
-        in_force, why = r.in_force(day)
+        state = policy_obj.rule_state(r, day)
+        in_force, why = state.in_force, "" if state.in_force else state.describe()
         doc = {
             "id": r.id,
             "pack": r.pack,
+            "regime": policy_obj.regimes.get(r.pack, ""),
             "severity": str(r.severity),
             "action": r.action if in_force else "record",
             "status": r.status,
+            "state": state.state,
+            "state_verified": state.verified,
+            "state_text": state.describe(),
+            "legal_ref": r.legal_ref,
+            "items": sorted({policy_obj.item(c) for c in r.categories} | ({r.item} - {""})),
             "effective_from": str(r.effective_from) if r.effective_from else None,
             "in_force": in_force,
             "why_not": why or None,

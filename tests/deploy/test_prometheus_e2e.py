@@ -72,6 +72,7 @@ rules:
         - {{field: channel, eq: removable}}
         - {{field: categories, contains: E2E-DRILL-MARKER}}
     severity: high
+    effective_from: 2020-01-01
     action: alert
     tests:
       - name: marker on usb
@@ -253,6 +254,7 @@ rules:
         - {field: dest_class, eq: foreign}
         - {field: bytes_out, ge: 10000000}
     severity: high
+    effective_from: 2020-01-01
     action: alert
     tests:
       - name: big upload abroad

@@ -40,6 +40,7 @@ rules:
         - {{field: action, eq: written}}
         - {{field: path, glob: ["*.drill"]}}
     severity: {severity}
+    effective_from: 2020-01-01
     action: alert
     tests:
       - name: a drill file

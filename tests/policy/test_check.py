@@ -51,11 +51,13 @@ rules:
     description: x
     condition: {macro: to_usb}
     severity: high
+    effective_from: 2020-01-01
     action: alert
     colour: red  # M-unknown-field
   - id: r-missing  # M-missing
     condition: {macro: to_usb}
     severity: high
+    effective_from: 2020-01-01
     action: alert
   - id: r-unknown-category
     description: x
@@ -64,26 +66,31 @@ rules:
         - macro: to_usb
         - {field: categories, contains: SITE-ZZZ}  # M-unknown-category
     severity: high
+    effective_from: 2020-01-01
     action: alert
   - id: r-dup
     description: first
     condition: {macro: to_usb}
     severity: high
+    effective_from: 2020-01-01
     action: alert
   - id: r-dup  # M-dup-rule
     description: second
     condition: {macro: to_usb}
     severity: high
+    effective_from: 2020-01-01
     action: alert
   - id: r-severity
     description: x
     condition: {macro: to_usb}
     severity: urgent  # M-severity
+    effective_from: 2020-01-01
     action: alert
   - id: r-action
     description: x
     condition: {macro: to_usb}
     severity: high
+    effective_from: 2020-01-01
     action: block  # M-action
   - id: r-field
     description: x
@@ -91,6 +98,7 @@ rules:
       all:
         - {field: colour, eq: red}  # M-field
     severity: low
+    effective_from: 2020-01-01
     action: record
   - id: r-operator
     description: x
@@ -99,21 +107,25 @@ rules:
         - field: channel
           like: removable  # M-operator
     severity: low
+    effective_from: 2020-01-01
     action: record
   - id: r-macro
     description: x
     condition: {macro: to_mars}  # M-macro
     severity: low
+    effective_from: 2020-01-01
     action: record
   - id: r-list
     description: x
     condition: {field: channel, in: $channels_to_mars}  # M-list
     severity: low
+    effective_from: 2020-01-01
     action: record
   - id: r-cidr
     description: x
     condition: {field: channel, in: $channels_out}
     severity: low
+    effective_from: 2020-01-01
     action: record
     exceptions:
       - name: lab
@@ -122,16 +134,19 @@ rules:
     description: x
     condition: {field: path, regex: '(unclosed'}  # M-regex-op
     severity: low
+    effective_from: 2020-01-01
     action: record
   - id: r-number
     description: x
     condition: {field: size, gt: big}  # M-number
     severity: low
+    effective_from: 2020-01-01
     action: record
   - id: r-selftest
     description: x
     condition: {macro: to_usb}
     severity: low
+    effective_from: 2020-01-01
     action: record
     tests:
       - name: a local copy should not fire, but the test expects it to
@@ -142,11 +157,13 @@ rules:
     description: y  # M-dupkey
     condition: {macro: to_usb}
     severity: low
+    effective_from: 2020-01-01
     action: record
   - id: r-facts
     description: x
     condition: {macro: to_usb}
     severity: low
+    effective_from: 2020-01-01
     action: record
     tests:
       - name: a fact that does not exist
@@ -158,6 +175,7 @@ rules:
     description: x
     condition: {macro: to_usb}
     severity: low
+    effective_from: 2020-01-01
     action: record
     exceptions:
       - name: everything  # M-empty-exception
@@ -165,6 +183,7 @@ rules:
     description: x
     condition: {macro: loop}
     severity: low
+    effective_from: 2020-01-01
     action: record
 overrides:
   - rule: no-such-rule  # M-override
@@ -251,6 +270,7 @@ rules:
     description: x
     condition: {macro: to_usb}
     severity: low
+    effective_from: 2020-01-01
     action: record
     tests:
       - name: wrong expectation
@@ -292,6 +312,7 @@ rules:
         - {field: channel, eq: network_share}
         - {field: categories, contains: CN-CAT-RE-REFINING}
     severity: medium
+    effective_from: 2020-01-01
     action: record
     tests:
       - name: on a share

@@ -30,6 +30,7 @@ rules:
         - {{field: channel, eq: removable}}
         - {{field: kinds, contains: document}}
     severity: low
+    effective_from: 2020-01-01
     action: record
     tests:
       - name: doc on usb

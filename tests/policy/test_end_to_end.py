@@ -196,4 +196,4 @@ def test_example_site_pack_checks(tmp_path: Path) -> None:
     from agent.policy import SHIPPED_DIR
 
     res = cli("policy", "check", str(SHIPPED_DIR / "examples" / "site-lab.yaml"))
-    assert res.stdout.startswith("ok: 5 pack(s)")
+    assert res.stdout.startswith("ok: 6 pack(s)")  # the 5 shipped and the example

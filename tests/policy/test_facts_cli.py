@@ -84,7 +84,7 @@ def test_policy_list(tmp_path: Path) -> None:
     assert state[("us-ear", "site")] == "enabled"
     assert state[("cn-export-catalogue", "shipped")] == "enabled"
     cat = next(r for r in rows if r["id"] == "cn-export-catalogue")
-    assert cat["rules"] == 10 and cat["categories"] == 22 and len(cat["sha256"]) == 64
+    assert cat["rules"] == 12 and cat["categories"] == 22 and len(cat["sha256"]) == 64
     text_out = cli("policy", "list", config=cfg).stdout
     assert "disabled" in text_out and "replaced" in text_out and "policy version" in text_out
     # a broken configured pack: list says so and exits 2 with every problem
@@ -99,10 +99,12 @@ def test_policy_list_rules_with_status(tmp_path: Path) -> None:
     rules = {r["id"]: r for r in map(json.loads, out.splitlines())}
     dual = rules["cn-dual-use-technology-leaving"]
     assert not dual["in_force"] and dual["action"] == "record"
-    assert dual["why_not"] == "control suspended until 2026-11-10"
+    assert dual["state"] == "suspended"
+    assert dual["why_not"].startswith("suspended 2025-11-08 to 2026-11-10 inclusive")
     after = cli("policy", "list", "--rules", "--json", "--on", "2026-11-20", config=cfg).stdout
     rules_after = {r["id"]: r for r in map(json.loads, after.splitlines())}
     assert rules_after["cn-dual-use-technology-leaving"]["in_force"]
     ear = rules_after["us-ear-model-weights-copied-out"]
-    assert ear["status"] == "rescinded_nonenforced" and ear["action"] == "record"
+    assert ear["state"] == "not_enforced" and ear["action"] == "record"
+    assert ear["why_not"].startswith("not enforced since 2025-05-13") and ear["items"] == ["4E091"]
     assert all(r["tests"] >= 2 for r in rules_after.values())

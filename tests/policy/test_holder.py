@@ -47,6 +47,7 @@ rules:
         - {{field: channel, eq: removable}}
         - {{field: kinds, contains: model_weights}}
     severity: low
+    effective_from: 2020-01-01
     action: record
     tests:
       - name: weights on usb

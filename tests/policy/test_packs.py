@@ -39,7 +39,13 @@ RULE_IDS = [r.id for r in _SHIPPED.rules] if _SHIPPED else []
 @pytest.mark.parametrize("rule_id", RULE_IDS)
 def test_rule_cases_pass(shipped: Policy, rule_id: str) -> None:
     rule = next(r for r in shipped.rules if r.id == rule_id)
-    single = Policy(shipped.version, shipped.packs, (rule,), shipped.categories)
+    single = Policy(
+        shipped.version,
+        shipped.packs,
+        (rule,),
+        shipped.categories,
+        category_info=shipped.category_info,
+    )
     ran, failures = run_rule_tests(single)
     assert ran == len(rule.tests) > 0
     assert not failures, "\n".join(map(str, failures))
