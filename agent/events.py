@@ -196,6 +196,10 @@ class Flow:
     dest_class: str = "unknown"  # loopback | internal | approved | domestic | foreign | unknown
     country: str | None = None
     close_reason: str = "fin"  # fin | rst | idle | active | end_of_capture | destroy
+    dest_org: str | None = None  # owner of dst_ip from network.asn_db
+    service: str | None = None  # known service of the name, e.g. "Google Drive"
+    service_category: str | None = None  # cloud_storage | code_hosting | webmail | ...
+    community_id: str | None = None  # Community ID v1, to join with Zeek/Suricata
     process: ProcessInfo | None = None
     sensor: str = "network"
     uid: str = field(default_factory=new_uid)
@@ -207,7 +211,3 @@ class Flow:
 
 
 Event = FileEvent | Flow
-    dest_org: str | None = None  # owner of dst_ip from network.asn_db
-    service: str | None = None  # known service of the name, e.g. "Google Drive"
-    service_category: str | None = None  # cloud_storage | code_hosting | webmail | ...
-    community_id: str | None = None  # Community ID v1, to join with Zeek/Suricata
