@@ -138,11 +138,6 @@ class Decision:
     reason: str = ""
     categories: tuple[str, ...] = ()
 
-
-@dataclass(frozen=True, slots=True)
-class FileEvent:
-    """A file movement under a watched root (or a scanned file)."""
-
     # what an officer acts on: the regime, the law or announcement, the item code, and
     # whether the control was in force on the event's day (its state: in_force,
     # not_yet_in_force, suspended, not_enforced, repealed; "(unverified)" when no source
@@ -153,6 +148,12 @@ class FileEvent:
     in_force: bool = True
     control_state: str = "in_force"
     confidence: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FileEvent:
+    """A file movement under a watched root (or a scanned file)."""
+
     action: FileAction
     path: str  # os.fsdecode()d: non-UTF-8 bytes survive as surrogate escapes
     channel: Channel = Channel.LOCAL
