@@ -137,7 +137,6 @@ class Decision:
     policy_version: str
     reason: str = ""
     categories: tuple[str, ...] = ()
-
     # what an officer acts on: the regime, the law or announcement, the item code, and
     # whether the control was in force on the event's day (its state: in_force,
     # not_yet_in_force, suspended, not_enforced, repealed; "(unverified)" when no source
@@ -148,6 +147,7 @@ class Decision:
     in_force: bool = True
     control_state: str = "in_force"
     confidence: str = ""
+
 
 
 @dataclass(frozen=True, slots=True)
