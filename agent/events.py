@@ -149,7 +149,6 @@ class Decision:
     confidence: str = ""
 
 
-
 @dataclass(frozen=True, slots=True)
 class FileEvent:
     """A file movement under a watched root (or a scanned file)."""
