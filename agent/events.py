@@ -120,6 +120,9 @@ class Artefact:
     matches: tuple[CategoryMatch, ...] = ()
     parents: tuple[str, ...] = ()  # sha256 of artefacts this one inherited tags from
     skipped: str | None = None  # why the content was not (fully) read, if it was not
+    # with skipped="timeout" (classify.file_deadline): the tier reached when work stopped,
+    # "content" or "archive member N"; tags and hash are what was found until then
+    skipped_at: str | None = None
 
     @property
     def kinds(self) -> tuple[str, ...]:

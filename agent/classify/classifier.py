@@ -8,6 +8,15 @@ hash: the result cache, the in-memory LRU and the store (lineage); only content 
 seen before is parsed by the engine. Path-dependent facts — the git repository of source
 code and keywords in the file name — are added on every call and never cached with the
 content. Every skip is counted in `egress_agent_classify_skipped_total{reason}`.
+
+`classify.file_deadline` bounds the work on one file from the moment `classify_path`
+starts: the parsers check a `Deadline` in every loop and on every read, so a hostile
+file costs a worker at most that long and comes out `skipped="timeout"` with the tier
+reached (`Artefact.skipped_at`) and whatever was found until then. Hashing is not cut:
+its cost is bounded by the file's size, and without the hash there is no artefact (a
+slow hash is the stage's `event_timeout`, "deferred"). A timed-out result is kept in
+the in-memory LRU only, never in the persistent result cache: a calmer moment or a
+restart classifies it again.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +37,7 @@ from typing import Any
 from agent import metrics
 from agent.categories import CategorySpec
 from agent.classify import source
-from agent.classify.base import HEAD_BYTES, Finding, Limits, Source
+from agent.classify.base import HEAD_BYTES, Deadline, Finding, Limits, Source
 from agent.classify.engine import CLASSIFIER_VERSION, Engine
 from agent.classify.hashing import (
     BIG_BUF_SIZE,
@@ -136,8 +146,9 @@ class Classifier:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
             return skipped(_OS_REASONS.get(e.errno or 0, "os_error"), st.st_size)
+        deadline = Deadline(self.settings.file_deadline, "hash")
         try:
-            return self._classify_fd(path, fd, st)
+            return self._classify_fd(path, fd, st, deadline)
         finally:
             os.close(fd)
 
@@ -160,7 +171,11 @@ class Classifier:
         return self._artefact(path, sha, st.st_size, known, (), None)
 
     # --- internals -------------------------------------------------------------------
-    def _classify_fd(self, path: str, fd: int, st: os.stat_result) -> Artefact:
+    def _classify_fd(
+        self, path: str, fd: int, st: os.stat_result, deadline: Deadline | None = None
+    ) -> Artefact:
+        deadline = deadline or Deadline(self.settings.file_deadline, "hash")
+        t0 = time.monotonic()
         fst = os.fstat(fd)
         if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
             return skipped("changed_while_read")
@@ -183,7 +198,7 @@ class Classifier:
         finding: Finding | None = None
         if known is None:
             # beside a hash in flight only the cheap tiers run; magika waits for the hash
-            finding = self._parse(path, fd, fst.st_size, magika=hashing is None)
+            finding = self._parse(path, fd, fst.st_size, deadline, magika=hashing is None)
             if hashing is not None and self.engine.is_unknown(finding):
                 # magika may be needed once the hash is known: load it during the hash
                 self._hash_pool.submit(self.engine.prepare_identify)
@@ -194,8 +209,13 @@ class Classifier:
                 return skipped("changed_while_read", fst.st_size)
             except OSError as e:
                 return skipped(_OS_REASONS.get(e.errno or 0, "read_error"), fst.st_size)
-            if finding is not None and self.engine.is_unknown(finding) and not self._known(sha):
-                finding = self._identify(path, fd, fst.st_size) or finding
+            if (
+                finding is not None
+                and self.engine.is_unknown(finding)
+                and not self._known(sha)
+                and not deadline.expired
+            ):
+                finding = self._identify(path, fd, fst.st_size, deadline) or finding
         assert sha is not None
         after = os.fstat(fd)
         unchanged = (after.st_size, after.st_mtime_ns) == (fst.st_size, fst.st_mtime_ns)
@@ -206,7 +226,7 @@ class Classifier:
         if finding is not None and known is None:
             known = self._remember(sha, finding, ident[:2], cache=unchanged)
         elif known is None:  # hash cached but not the result (other categories)
-            finding = self._parse(path, fd, fst.st_size)
+            finding = self._parse(path, fd, fst.st_size, deadline)
             known = self._remember(sha, finding, ident[:2], cache=unchanged)
         parents: tuple[str, ...] = ()
         if known.origin != ident[:2]:
@@ -219,11 +239,21 @@ class Classifier:
         if finding is not None and finding.parents:
             parents = tuple(finding.parents[:MAX_PARENTS])
         art = self._artefact(path, sha, fst.st_size, known, parents, reason)
+        if reason == "timeout" and finding is not None:
+            art = replace(art, skipped_at=finding.cut_at)
+            log.warning(
+                "classify %r: cut short at %s after %.1f s (classify.file_deadline); "
+                "kept: hash, %s",
+                path,
+                finding.cut_at,
+                time.monotonic() - t0,
+                ", ".join(art.kinds) or "no kinds",
+            )
         for kind in art.kinds or ("unknown",):
             metrics.CLASSIFIED.labels(kind).inc()
         return art
 
-    def _source(self, path: str, fd: int, size: int) -> Source:
+    def _source(self, path: str, fd: int, size: int, deadline: Deadline) -> Source:
         head = os.pread(fd, HEAD_BYTES, 0)
 
         def opener() -> Any:
@@ -231,17 +261,20 @@ class Classifier:
             f.seek(0)
             return f
 
-        return Source(name=path, size=size, head=head, opener=opener)
+        deadline.where = "content"
+        return Source(name=path, size=size, head=head, opener=opener, deadline=deadline)
 
-    def _identify(self, path: str, fd: int, size: int) -> Finding | None:
+    def _identify(self, path: str, fd: int, size: int, deadline: Deadline) -> Finding | None:
         try:
-            return self.engine.identify(self._source(path, fd, size), path)
+            return self.engine.identify(self._source(path, fd, size, deadline), path)
         except OSError:
             return None
 
-    def _parse(self, path: str, fd: int, size: int, magika: bool = True) -> Finding:
+    def _parse(
+        self, path: str, fd: int, size: int, deadline: Deadline, magika: bool = True
+    ) -> Finding:
         try:
-            src = self._source(path, fd, size)
+            src = self._source(path, fd, size, deadline)
         except OSError as e:  # EIO on a failing disk, a vanished network share
             reason = _OS_REASONS.get(e.errno or 0, "read_error")
             metrics.CLASSIFY_SKIPPED.labels(reason).inc()
@@ -261,7 +294,7 @@ class Classifier:
         )
         if cache:
             self.lru.put(sha, known)
-            if self.cache is not None:
+            if self.cache is not None and finding.skipped != "timeout":
                 self.cache.store_result(sha, CLASSIFIER_VERSION, matcher.key, known.to_doc())
         return known
 

@@ -8,7 +8,9 @@ waits for the result so events leave in the order they came, up to
 `classify.event_timeout` seconds — past that the event goes on with `skipped="deferred"`
 and the worker still finishes, so the next event for that file hits the cache. When
 every worker is held by such an overdue file, events go on at once (`skipped="busy"`)
-instead of each waiting out the timeout.
+instead of each waiting out the timeout. A worker is never held by a parser for longer
+than `classify.file_deadline` (the classifier's cooperative deadline; the event then
+carries `skipped="timeout"`), which is also what bounds `close()` on SIGTERM.
 """
 
 from __future__ import annotations

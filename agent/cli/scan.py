@@ -107,6 +107,7 @@ def artefact_doc(path: str, a: Artefact) -> dict[str, Any]:
         "matches": [{"category": m.category, "count": m.count, "pack": m.pack} for m in a.matches],
         "parents": list(a.parents),
         "skipped": a.skipped,
+        "skipped_at": a.skipped_at,
     }
 
 
