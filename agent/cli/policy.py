@@ -1,4 +1,4 @@
-"""`egress-agent policy check | list | explain`: validate packs, show them, try them on a file."""
+"""`egress-agent policy check | list | explain | eval`: validate, show, try on a file, score."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 @click.group()
 def policy() -> None:
-    """Export-control policy packs: check, list, explain."""
+    """Export-control policy packs: check, list, explain, eval."""
 
 
 def _load(section: PoliciesSection, extra: tuple[str, ...] = ()) -> Any:
@@ -199,3 +199,69 @@ def policy_explain(ctx: click.Context, path: str, as_json: bool) -> None:
             click.echo("  no rule")
         for d in sc["decisions"]:
             click.echo(f"  {d['severity']:<8} {d['action']:<6} {d['rule_id']} ({d['pack']})")
+
+
+@policy.command("eval")
+@click.argument("directory", type=click.Path())
+@click.option(
+    "--files",
+    "files",
+    type=click.Path(),
+    help="Cache that `fetch:` cases resolve in (default ~/.cache/egress-agent/eval).",
+)
+@click.option("--on", "day", type=click.DateTime(["%Y-%m-%d"]), help="Day the events happen.")
+@click.option(
+    "--min-precision", type=click.FloatRange(0, 1), help="Exit 1 if alert precision is lower."
+)
+@click.option("--min-recall", type=click.FloatRange(0, 1), help="Exit 1 if alert recall is lower.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+@click.pass_context
+def policy_eval(
+    ctx: click.Context,
+    directory: str,
+    files: str | None,
+    day: Any,
+    min_precision: float | None,
+    min_recall: float | None,
+    as_json: bool,
+) -> None:
+    """Score the configured packs on a labelled case set DIR (DIR/cases.yaml).
+
+    Each case file is classified, put on each channel it is labelled for, and decided;
+    prints the (expected, got) counts per channel, alert precision and recall, and every
+    mismatch with the rules and categories that fired. With --min-precision or
+    --min-recall, exit 1 when any channel is below. See docs/policy.md.
+    """
+    from agent.policy.evalset import ManifestError, load_case_set
+    from agent.policy.evaluate import format_text, report, run_cases
+
+    s = settings_from(ctx)
+    cache = Path(files) if files else Path.home() / ".cache" / "egress-agent" / "eval"
+    try:
+        case_set = load_case_set(Path(directory), cache)
+    except ManifestError as e:
+        raise UserError(str(e)) from None
+    policy_obj, issues = _load(s.policies)
+    if policy_obj is None:
+        for issue in issues:
+            click.echo(str(issue), err=True)
+        raise UserError(f"the configured policy is invalid ({len(issues)} problem(s))")
+    from agent.classify import Classifier
+
+    cats = tuple(policy_obj.categories)
+    classifier = Classifier(s.classify, cache=None, categories=lambda: cats)
+    when = day.date() if day else None
+    try:
+        _, score = run_cases(policy_obj, case_set, classifier.classify_path, when)
+    finally:
+        classifier.close()
+    on = when or case_set.day or dt.date.today()
+    failures = score.gate_failures(min_precision, min_recall)
+    doc = report(case_set, policy_obj, score, on, failures)
+    if as_json:
+        print_json(doc)
+    else:
+        for line in format_text(doc):
+            click.echo(line)
+    if failures:
+        ctx.exit(1)
