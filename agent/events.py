@@ -101,12 +101,18 @@ class Tag:
 class CategoryMatch:
     """A policy category whose keywords or patterns matched, and how often.
 
-    Only the category and the count are kept: never the matched text.
+    Only the category, the counts and the confidence are kept: never the matched text.
+    `count` is occurrences (overlapping keywords of one phrase count once), `distinct`
+    the different terms among them (what `min_count` compares; 0 on matches recorded
+    before it existed), `confidence` "low" | "medium" | "high" from the corroborating
+    evidence near the terms (agent/classify/keywords.py).
     """
 
     category: str
     count: int
     pack: str = ""
+    distinct: int = 0
+    confidence: str = "low"
 
 
 @dataclass(frozen=True, slots=True)

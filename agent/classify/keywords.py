@@ -1,54 +1,134 @@
-"""Bilingual keyword and pattern matching: categories in, matches with counts out.
+"""Bilingual keyword and pattern matching: categories in, matches with confidence out.
 
-One pyahocorasick automaton holds every keyword of every loaded category (Chinese and
-English; ASCII letters folded to lower case, so matching is case-insensitive for
-English and exact for Chinese), and compiled regular expressions cover the patterns
-(resident ID numbers, phone numbers...) with optional validators that reject
-look-alikes. It runs over the extracted text of a file, its name and its code comments
-and returns `CategoryMatch(category, count, pack)` for categories whose `kinds` fit the
-artefact and whose count reaches `min_count`. Only counts leave this module; the text
-is never stored. The policy side owns the categories (`agent.categories`).
+One pyahocorasick automaton holds every term of every loaded category — its primary
+keywords, its `supporting`, `requires_context` and `excludes` terms — plus the generic
+equipment names and genre markers of `corroboration` (Chinese and English; ASCII folded
+to lower case, so matching is case-insensitive for English and exact for Chinese).
+Compiled regular expressions cover the patterns (resident ID numbers, ECCNs...) with
+optional validators that reject look-alikes.
+
+Like a DLP content rule (a primary element plus supporting elements in a proximity
+window), per category and text:
+- primary hits are reduced to leftmost-longest, so the overlapping keywords of one
+  phrase ("稀土萃取分离" containing "稀土萃取" and "萃取分离") count once; `distinct`
+  counts different terms, and that is what `min_count` compares;
+- a primary hit with an `excludes` term within the window does not count;
+- corroboration is the number of different pieces of evidence within the window of a
+  primary hit: numbers with process units, pH, tolerances, procedure steps, equipment,
+  chemical formulas, code, and the category's `supporting` terms;
+- genre markers anywhere in the text (news, marketing, datasheet, licence, abstract)
+  lower the confidence; a missing `requires_context` or a stated value clearly below a
+  legal `threshold` makes it low; values meeting the thresholds raise it.
+
+`counts()` returns, per category index, an `Evidence` packed into one int (so the
+classifier can cache it as a number and add the file name's to the content's);
+`matches()` turns those into `CategoryMatch(category, count, pack, distinct,
+confidence)`. Only counts leave this module; the text is never stored.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import ahocorasick
 
-from agent.categories import CategorySpec
+from agent.categories import QUANTITY_WORDS, CategorySpec
+from agent.classify import corroboration as corr
 from agent.events import CategoryMatch
 from agent.validators import VALIDATORS
 
 log = logging.getLogger(__name__)
 
 MAX_PATTERN_MATCHES = 100_000
+MAX_PRIMARY_CHECKED = 2_000  # primary hits per category and text looked at for corroboration
+KEY_VERSION = "2"  # bump when the meaning of a cached tally changes
 _ASCII_UPPER = str.maketrans({chr(c): chr(c + 32) for c in range(65, 91)})
+
+PRIMARY, SUPPORT, CONTEXT, EXCLUDE, EQUIPMENT, NEGATIVE = range(6)
+_GLOBAL = -1  # category index of the generic terms
 
 
 def fold(text: str) -> str:
     """NFKC (full-width Ｌａｔｉｎ and compatibility forms to plain ones), then ASCII lower case.
 
-    Chinese and other scripts otherwise stay as they are; the length may change, so
-    positions are only ever used within the folded text.
+    Chinese and other scripts otherwise stay as they are. Lower-casing ASCII keeps the
+    length, so positions in `fold(t)` and `_nfkc(t)` are the same.
     """
-    if not text.isascii():
-        text = unicodedata.normalize("NFKC", text)
-    return text.translate(_ASCII_UPPER)
+    return _nfkc(text).translate(_ASCII_UPPER)
 
 
-# --- matcher -------------------------------------------------------------------------
+def _nfkc(text: str) -> str:
+    return text if text.isascii() else unicodedata.normalize("NFKC", text)
+
+
+# --- evidence --------------------------------------------------------------------------
+_SHIFT = 32  # occurrences below, then 16-bit fields
+_FIELD_CAP = 0x0FFF  # per text: sixteen texts can be added before a field could overflow
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What one category found in some text (additive: texts add their evidence)."""
+
+    occurrences: int = 0  # primary hits after leftmost-longest and exclusions
+    distinct: int = 0  # different primary terms (keywords, pattern values)
+    corroboration: int = 0  # different pieces of evidence near a primary hit
+    negative: int = 0  # different genre markers in the text
+    context: int = 0  # `requires_context` terms in the text
+    above: int = 0  # thresholds whose stated value meets the limit
+    below: int = 0  # thresholds with values stated, none meeting the limit
+
+    def pack(self) -> int:
+        n = min(self.occurrences, 2**31 - 1)
+        for i, f in enumerate(fields(self)[1:]):
+            n |= min(getattr(self, f.name), _FIELD_CAP) << (_SHIFT + 16 * i)
+        return n
+
+    @classmethod
+    def unpack(cls, n: int) -> Evidence:
+        values = [n & (2**_SHIFT - 1)]
+        values += [(n >> (_SHIFT + 16 * i)) & 0xFFFF for i in range(len(fields(cls)) - 1)]
+        return cls(*values)
+
+
+def confidence(spec: CategorySpec, ev: Evidence) -> str:
+    """low | medium | high for one category's evidence (see the module docstring)."""
+    if not spec.corroborate:  # identifiers: a validated pattern is as sure as it gets
+        return "high" if spec.validator else "medium"
+    if spec.requires_context and ev.context == 0:
+        return "low"
+    if ev.below:
+        return "low"
+    level = 2 if ev.corroboration >= 3 else 1 if ev.corroboration >= 1 else 0
+    if ev.above:
+        level += 1
+    level -= (ev.negative >= 1) + (ev.negative >= 3)
+    return ("low", "medium", "high")[max(0, min(level, 2))]
+
+
+# --- matcher ---------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class _Pattern:
     category: int
     regex: re.Pattern[str]
     validator: Callable[[str], bool] | None
+
+
+@dataclass(slots=True)
+class _Hits:
+    """Raw hits of one text for one category, positions in the folded text."""
+
+    primary: list[tuple[int, int, str]]  # (start, end, term)
+    support: list[tuple[int, str]]
+    exclude: list[int]
+    context: int = 0
 
 
 class KeywordMatcher:
@@ -59,17 +139,21 @@ class KeywordMatcher:
         self.key = categories_key(self.categories)
         self._automaton: ahocorasick.Automaton | None = None
         self._patterns: list[_Pattern] = []
-        auto = ahocorasick.Automaton()
+        self._thresholds = [
+            [(t, tuple(fold(w) for w in t.words or QUANTITY_WORDS.get(t.quantity, ())))
+             for t in cat.thresholds]
+            for cat in self.categories
+        ]  # fmt: skip
+        entries: dict[str, list[tuple[int, int]]] = {}
         for index, cat in enumerate(self.categories):
-            for word in cat.keywords:
-                w = fold(word.strip())
-                if not w:
-                    continue
-                # an English word must stand alone ("ASR" not inside "LASER"); CJK needs no
-                # boundaries (no spaces between words)
-                edges = (_is_word(w[0]), _is_word(w[-1]))
-                existing = auto.get(w)[2] if w in auto else ()
-                auto.add_word(w, (len(w), edges, (*existing, index)))
+            for role, words in (
+                (PRIMARY, cat.keywords),
+                (SUPPORT, cat.supporting),
+                (CONTEXT, cat.requires_context),
+                (EXCLUDE, cat.excludes),
+            ):
+                for word in words:
+                    entries.setdefault(fold(word.strip()), []).append((role, index))
             validator = VALIDATORS.get(cat.validator) if cat.validator else None
             if cat.validator and validator is None:
                 log.warning("category %s: unknown validator %r ignored", cat.code, cat.validator)
@@ -80,52 +164,198 @@ class KeywordMatcher:
                     log.warning("category %s: pattern %r invalid: %s", cat.code, pattern, e)
                     continue
                 self._patterns.append(_Pattern(index, rx, validator))
+        if entries:
+            for role, words in ((EQUIPMENT, corr.EQUIPMENT), (NEGATIVE, corr.NEGATIVE)):
+                for word in words:
+                    entries.setdefault(fold(word), []).append((role, _GLOBAL))
+        auto = ahocorasick.Automaton()
+        for w, roles in entries.items():
+            if not w:
+                continue
+            # an English word must stand alone ("ASR" not inside "LASER"); CJK needs no
+            # boundaries (no spaces between words)
+            edges = (_is_word(w[0]), _is_word(w[-1]))
+            auto.add_word(w, (len(w), edges, w, tuple(dict.fromkeys(roles))))
         if len(auto):
             auto.make_automaton()
             self._automaton = auto
 
-    def counts(self, texts: Iterable[str]) -> Counter[int]:
-        """Raw counts per category index over the texts (keywords and patterns)."""
-        counts: Counter[int] = Counter()
+    # --- per text ------------------------------------------------------------------------
+    def evidence(self, texts: Iterable[str]) -> dict[int, Evidence]:
+        """Evidence per category index over the texts (each text judged on its own)."""
+        out: dict[int, Evidence] = {}
         for text in texts:
             if not text:
                 continue
-            if self._automaton is not None:
-                folded = fold(text)
-                last = len(folded) - 1
-                for end, (length, (start_word, end_word), indexes) in self._automaton.iter(folded):
-                    start = end - length + 1
-                    if start_word and start > 0 and _is_word(folded[start - 1]):
-                        continue
-                    if end_word and end < last and _is_word(folded[end + 1]):
-                        continue
-                    for i in indexes:
-                        counts[i] += 1
-            for p in self._patterns:
-                n = 0
-                for m in p.regex.finditer(text):
-                    if p.validator is None or p.validator(m.group(0)):
-                        n += 1
-                        if n >= MAX_PATTERN_MATCHES:
-                            break
-                if n:
-                    counts[p.category] += n
-        return counts
+            for i, ev in self._text_evidence(text).items():
+                old = out.get(i)
+                out[i] = ev if old is None else _add(old, ev)
+        return out
 
+    def counts(self, texts: Iterable[str]) -> Counter[int]:
+        """Packed `Evidence` per category index (what the classifier caches and adds up)."""
+        return Counter({i: ev.pack() for i, ev in self.evidence(texts).items()})
+
+    def _text_evidence(self, text: str) -> dict[int, Evidence]:
+        norm = _nfkc(text)
+        folded = norm.translate(_ASCII_UPPER)
+        hits: dict[int, _Hits] = {}
+        equipment: list[tuple[int, str]] = []
+        negative: set[str] = set()
+
+        def of(i: int) -> _Hits:
+            h = hits.get(i)
+            if h is None:
+                h = hits[i] = _Hits([], [], [])
+            return h
+
+        if self._automaton is not None:
+            last = len(folded) - 1
+            for end, (length, (sw, ew), word, roles) in self._automaton.iter(folded):
+                start = end - length + 1
+                if sw and start > 0 and _is_word(folded[start - 1]):
+                    continue
+                if ew and end < last and _is_word(folded[end + 1]):
+                    continue
+                for role, i in roles:
+                    if role == PRIMARY:
+                        of(i).primary.append((start, end + 1, word))
+                    elif role == SUPPORT:
+                        of(i).support.append((start, "s:" + word))
+                    elif role == CONTEXT:
+                        of(i).context += 1
+                    elif role == EXCLUDE:
+                        of(i).exclude.append(start)
+                    elif role == EQUIPMENT:
+                        equipment.append((start, "equipment:" + word))
+                    elif len(negative) < 64:
+                        negative.add(word)
+        for p in self._patterns:
+            n = 0
+            for m in p.regex.finditer(norm):
+                if p.validator is None or p.validator(m.group(0)):
+                    of(p.category).primary.append((m.start(), m.end(), "p:" + fold(m.group(0))))
+                    n += 1
+                    if n >= MAX_PATTERN_MATCHES:
+                        break
+        generic: list[tuple[int, str]] | None = None
+        out: dict[int, Evidence] = {}
+        for i, h in hits.items():
+            cat = self.categories[i]
+            kept = _exclude(_leftmost_longest(h.primary), sorted(h.exclude), cat.window)
+            if not kept:
+                continue
+            near = 0
+            if cat.corroborate:
+                if generic is None:
+                    generic = _generic(folded, norm, equipment)
+                near = _corroboration(kept, sorted(h.support) + generic, cat.window)
+            above = below = 0
+            for t, words in self._thresholds[i]:
+                reading = corr.compare(corr.read_quantity(folded, words, t.unit), t.op, t.value)
+                if reading.values:
+                    above += reading.met
+                    below += not reading.met
+            out[i] = Evidence(
+                occurrences=len(kept),
+                distinct=len({term for _, _, term in kept}),
+                corroboration=near,
+                negative=len(negative),
+                context=h.context,
+                above=above,
+                below=below,
+            )
+        return out
+
+    # --- judgement -----------------------------------------------------------------------
     def matches(self, counts: Counter[int], kinds: Sequence[str]) -> tuple[CategoryMatch, ...]:
-        """Categories present: count at least `min_count` and `kinds` fitting the artefact."""
+        """Every category with a primary hit whose `kinds` fit the artefact.
+
+        Whether it is *present* (distinct >= min_count and confidence >= min_confidence)
+        is the policy's call (agent.policy.facts); below-minimum and low-confidence matches
+        are kept so that `policy explain` can say why a category did not fire.
+        """
         out = []
         for index, n in sorted(counts.items()):
             cat = self.categories[index]
-            if n < max(cat.min_count, 1):
+            ev = Evidence.unpack(n)
+            if ev.distinct < 1:
                 continue
             if cat.kinds and not set(cat.kinds) & set(kinds):
                 continue
-            out.append(CategoryMatch(category=cat.code, count=n, pack=cat.pack))
+            out.append(
+                CategoryMatch(
+                    category=cat.code,
+                    count=ev.occurrences,
+                    pack=cat.pack,
+                    distinct=ev.distinct,
+                    confidence=confidence(cat, ev),
+                )
+            )
         return tuple(out)
 
     def match(self, texts: Iterable[str], kinds: Sequence[str]) -> tuple[CategoryMatch, ...]:
         return self.matches(self.counts(texts), kinds)
+
+
+def _add(a: Evidence, b: Evidence) -> Evidence:
+    return Evidence(*(getattr(a, f.name) + getattr(b, f.name) for f in fields(Evidence)))
+
+
+def _leftmost_longest(hits: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """Non-overlapping hits, the longest at each start: one phrase is one occurrence."""
+    hits.sort(key=lambda h: (h[0], -h[1]))
+    kept: list[tuple[int, int, str]] = []
+    end = -1
+    for h in hits:
+        if h[0] >= end:
+            kept.append(h)
+            end = h[1]
+    return kept
+
+
+def _exclude(
+    hits: list[tuple[int, int, str]], excludes: list[int], window: int
+) -> list[tuple[int, int, str]]:
+    if not excludes:
+        return hits
+    out = []
+    for start, end, term in hits:
+        j = bisect.bisect_left(excludes, start - window)
+        if j < len(excludes) and excludes[j] <= end + window:
+            continue
+        out.append((start, end, term))
+    return out
+
+
+def _generic(folded: str, norm: str, equipment: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    found = list(corr.with_units(folded))
+    found.extend(corr.markers(folded, norm))
+    found.extend(equipment)
+    found.sort()
+    return found
+
+
+def _corroboration(
+    kept: list[tuple[int, int, str]], evidence: list[tuple[int, str]], window: int
+) -> int:
+    """Different pieces of evidence within `window` of a primary hit (not inside one)."""
+    if not evidence:
+        return 0
+    evidence.sort()
+    positions = [p for p, _ in evidence]
+    starts = {s for s, _, _ in kept}
+    seen: set[str] = set()
+    for start, end, _ in kept[:MAX_PRIMARY_CHECKED]:
+        j = bisect.bisect_left(positions, start - window)
+        while j < len(positions) and positions[j] <= end + window:
+            pos, what = evidence[j]
+            if pos not in starts and not start <= pos < end:
+                seen.add(what)
+            j += 1
+            if len(seen) >= 16:
+                return len(seen)
+    return len(seen)
 
 
 def _is_word(ch: str) -> bool:
@@ -134,9 +364,12 @@ def _is_word(ch: str) -> bool:
 
 
 def categories_key(categories: Sequence[CategorySpec]) -> str:
-    """A short stable fingerprint of the categories, for keying cached results."""
-    h = hashlib.sha256()
+    """A short stable fingerprint of the categories, for keying cached results.
+
+    The repr of a frozen dataclass names every field, so a new field (window, excludes,
+    thresholds...) is part of the key without anyone remembering to add it.
+    """
+    h = hashlib.sha256(f"keywords-v{KEY_VERSION}\0".encode())
     for c in categories:
-        h.update(repr((c.code, c.pack, c.keywords, c.patterns, c.validator, c.kinds)).encode())
-        h.update(str(c.min_count).encode())
+        h.update(repr(c).encode())
     return h.hexdigest()[:16] if categories else "none"

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.categories import CategorySpec
+from agent.categories import QUANTITY_WORDS, UNIT_FORMS, CategorySpec, Threshold
 from agent.policy import rules as rules_mod
 from agent.policy._yaml import item_line, key_line, line_of
 from agent.policy.loader import Issue, ParsedPack, pack_files, parse_pack
@@ -30,6 +30,7 @@ from agent.policy.model import (
     Rule,
     Source,
 )
+from agent.policy.schema import CategoryModel
 from agent.policy.selftest import run_rule_tests
 from agent.policy.timeline import periods_from_status
 from agent.validators import VALIDATORS
@@ -65,13 +66,14 @@ def build_policy(
     specs, info = _categories(active, issues)
     codes = {s.code for s in specs}
     counts = {s.code: s.min_count for s in specs}
+    confidences = {s.code: s.min_confidence for s in specs}
     # rule tests check each rule as its pack wrote it: the pack's own parameter values,
     # before any site override, so a site's tuning cannot make a shipped test fail
     written: list[Rule] = []
     for pack in active:
         written.extend(rules_mod.compile_rules(pack, codes, {}, issues))
     written = [
-        dataclasses.replace(r, tests=rules_mod.case_facts(r, counts))
+        dataclasses.replace(r, tests=rules_mod.case_facts(r, counts, confidences))
         for r in rules_mod.unique_rules(written, issues)
     ]
     as_written = Policy("as-written", (), tuple(written), tuple(specs), category_info=info)
@@ -84,7 +86,7 @@ def build_policy(
         for pack in active:
             recompiled.extend(rules_mod.compile_rules(pack, codes, parameters, []))
         rules = [
-            dataclasses.replace(r, tests=rules_mod.case_facts(r, counts))
+            dataclasses.replace(r, tests=rules_mod.case_facts(r, counts, confidences))
             for r in rules_mod.unique_rules(recompiled, [])
         ]
     rules = _apply_overrides(active, rules, issues)
@@ -220,7 +222,8 @@ def _categories(
                 issues.append(
                     Issue(pack.file, line, f"category {cat.code}: no keywords and no patterns")
                 )
-            if not ok:
+            thresholds = _thresholds(cat, raw, pack.file, issues)
+            if not ok or thresholds is None:
                 continue
             specs.append(
                 CategorySpec(
@@ -233,6 +236,13 @@ def _categories(
                     validator=cat.validator,
                     kinds=tuple(cat.kinds),
                     min_count=cat.min_count,
+                    supporting=tuple(k for k in cat.supporting if k.strip()),
+                    requires_context=tuple(k for k in cat.requires_context if k.strip()),
+                    excludes=tuple(k for k in cat.excludes if k.strip()),
+                    thresholds=thresholds,
+                    min_confidence=cat.min_confidence,
+                    window=cat.window,
+                    corroborate=cat.corroborate,
                 )
             )
             info[cat.code] = {
@@ -250,6 +260,38 @@ def _categories(
                 "name_zh": cat.name_zh,
             }
     return specs, info
+
+
+def _thresholds(
+    cat: CategoryModel, raw: Any, file: str, issues: list[Issue]
+) -> tuple[Threshold, ...] | None:
+    """The category's legal thresholds; None (and an issue) if one cannot be read."""
+    out = []
+    for i, t in enumerate(cat.thresholds):
+        at = item_line(raw["thresholds"], i)
+        if t.unit.lower() not in UNIT_FORMS:
+            issues.append(
+                Issue(
+                    file,
+                    at,
+                    f"category {cat.code}: threshold unit {t.unit!r} unknown"
+                    f" (known: {', '.join(UNIT_FORMS)})",
+                )
+            )
+            return None
+        if not t.words and t.quantity not in QUANTITY_WORDS:
+            issues.append(
+                Issue(
+                    file,
+                    at,
+                    f"category {cat.code}: quantity {t.quantity!r} needs `words`"
+                    f" (built in: {', '.join(QUANTITY_WORDS)})",
+                )
+            )
+            return None
+        op = next(o for o in ("ge", "gt", "le", "lt") if getattr(t, o) is not None)
+        out.append(Threshold(t.quantity, t.unit.lower(), op, float(getattr(t, op)), tuple(t.words)))
+    return tuple(out)
 
 
 def _apply_overrides(

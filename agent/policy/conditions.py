@@ -27,7 +27,9 @@ FIELDS: dict[str, str] = {
     "path": "str",
     "size": "num",
     "kinds": "set",  # artefact kinds
-    "categories": "set",  # category codes present (count >= the category's min_count)
+    # category codes present: distinct terms >= min_count and confidence >= min_confidence;
+    # per category also `matches.CODE` (occurrences) and `confidence.CODE` (low|medium|high)
+    "categories": "set",
     "skipped": "str",  # why classification was cut short (deferred, busy, member_limit, ...)
     "process.exe": "str",
     "process.name": "str",
@@ -84,6 +86,8 @@ def field_type(name: str, known_category: Callable[[str], bool]) -> str | None:
         return None
     if head == "matches":
         return "num" if known_category(tail) else None
+    if head == "confidence":  # low | medium | high (agent/classify/keywords.py)
+        return "str" if known_category(tail) else None
     return DETAILS.get(head, {}).get(tail)
 
 
@@ -302,6 +306,8 @@ def referenced_categories(cond: Condition) -> frozenset[str]:
             continue
         if node.field.startswith("matches."):
             codes.add(node.field[8:])
+        elif node.field.startswith("confidence."):
+            codes.add(node.field[11:])
         elif node.field == "categories" and node.op != "exists":
             codes.update(_strings(node.value))
     return frozenset(codes)
@@ -360,8 +366,9 @@ def _leaf(raw: Mapping[str, Any], ctx: CompileContext, line: int) -> Condition |
         return None
     ftype = field_type(name, ctx.known_category)
     if ftype is None:
-        if name.startswith("matches."):
-            ctx.report(line, f"unknown category {name[8:]!r} in field {name!r}")
+        if name.startswith(("matches.", "confidence.")):
+            code = name.partition(".")[2]
+            ctx.report(line, f"unknown category {code!r} in field {name!r}")
         else:
             ctx.report(line, f"unknown field {name!r}")
         return None

@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from agent.categories import reaches
 from agent.events import Artefact, FileEvent, Flow, ProcessInfo
 
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -38,8 +39,20 @@ def _process_facts(facts: Facts, proc: ProcessInfo | None) -> None:
         facts["user"] = proc.user
 
 
-def artefact_facts(facts: Facts, artefact: Artefact, min_counts: Mapping[str, int]) -> None:
-    """Kinds, tag details (`<kind>.<detail>`), match counts and present categories."""
+def artefact_facts(
+    facts: Facts,
+    artefact: Artefact,
+    min_counts: Mapping[str, int],
+    min_confidence: Mapping[str, str] | None = None,
+) -> None:
+    """Kinds, tag details (`<kind>.<detail>`), match counts, confidences, present categories.
+
+    A category is present when its distinct terms reach `min_count` and its confidence
+    reaches `min_confidence` (default medium): news, abstracts and datasheets that name a
+    technology stay low and fire no category rule. A match with `distinct == 0` was
+    recorded before distinct counting and confidence existed; it is judged by its count
+    at medium confidence, as it was then.
+    """
     facts["kinds"] = frozenset(artefact.kinds)
     if artefact.skipped:
         facts["skipped"] = artefact.skipped
@@ -54,16 +67,28 @@ def artefact_facts(facts: Facts, artefact: Artefact, min_counts: Mapping[str, in
             if isinstance(old, (int, float)) and isinstance(value, (int, float)):
                 value = max(old, value)
             facts[name] = value
-    present = set()
+    distinct: dict[str, int] = {}
     for m in artefact.matches:
-        facts[f"matches.{m.category}"] = facts.get(f"matches.{m.category}", 0) + m.count
-    for code in {m.category for m in artefact.matches}:
-        if facts[f"matches.{code}"] >= min_counts.get(code, 1):
-            present.add(code)
-    facts["categories"] = frozenset(present)
+        code = m.category
+        facts[f"matches.{code}"] = facts.get(f"matches.{code}", 0) + m.count
+        distinct[code] = distinct.get(code, 0) + (m.distinct or m.count)
+        level = m.confidence if m.distinct else "medium"
+        old = facts.get(f"confidence.{code}")
+        if old is None or reaches(level, old):
+            facts[f"confidence.{code}"] = level
+    facts["categories"] = frozenset(
+        code
+        for code, n in distinct.items()
+        if n >= min_counts.get(code, 1)
+        and reaches(facts[f"confidence.{code}"], (min_confidence or {}).get(code, "medium"))
+    )
 
 
-def file_facts(event: FileEvent, min_counts: Mapping[str, int]) -> Facts:
+def file_facts(
+    event: FileEvent,
+    min_counts: Mapping[str, int],
+    min_confidence: Mapping[str, str] | None = None,
+) -> Facts:
     facts: Facts = {
         "event": "file",
         "action": str(event.action),
@@ -77,7 +102,7 @@ def file_facts(event: FileEvent, min_counts: Mapping[str, int]) -> Facts:
     _process_facts(facts, event.process)
     _time_facts(facts, event.time)
     if event.artefact is not None:
-        artefact_facts(facts, event.artefact, min_counts)
+        artefact_facts(facts, event.artefact, min_counts, min_confidence)
     return facts
 
 
@@ -93,7 +118,7 @@ def flow_facts(flow: Flow) -> Facts:
         "kinds": frozenset(),
         "categories": frozenset(),
     }
-    for key in ("country", "name", "sni"):
+    for key in ("country", "name", "sni", "service", "service_category", "dest_org"):
         value = getattr(flow, key)
         if value:
             facts[key] = value
@@ -107,6 +132,7 @@ def transfer_facts(
     flow: Flow,
     min_counts: Mapping[str, int],
     file_event: FileEvent | None = None,
+    min_confidence: Mapping[str, str] | None = None,
 ) -> Facts:
     """An artefact that left in a flow: the artefact's facts plus the destination's."""
     facts = flow_facts(flow)
@@ -115,29 +141,44 @@ def transfer_facts(
         facts["path"] = file_event.current_path
         if file_event.process is not None and "process.exe" not in facts:
             _process_facts(facts, file_event.process)
-    artefact_facts(facts, artefact, min_counts)
+    artefact_facts(facts, artefact, min_counts, min_confidence)
     return facts
 
 
-def facts_from_mapping(raw: Mapping[str, Any], min_counts: Mapping[str, int]) -> Facts:
-    """Facts as a rule test writes them: field names, plus `matches: {CODE: n}`.
+def facts_from_mapping(
+    raw: Mapping[str, Any],
+    min_counts: Mapping[str, int],
+    min_confidence: Mapping[str, str] | None = None,
+) -> Facts:
+    """Facts as a rule test writes them: field names, `matches: {CODE: n}` and
+    `confidence: {CODE: low|medium|high}`.
 
     Unknown names are the loader's business (it checks them with line numbers); here
-    sets become frozensets and `categories` is derived from `matches` when not given.
+    sets become frozensets and `categories` is derived from `matches` (as distinct
+    counts) and `confidence` when not given; a code with a count and no confidence is
+    taken as medium, so tests written before confidence existed keep their meaning.
     """
     facts: Facts = {"kinds": frozenset(), "categories": frozenset()}
     for key, value in raw.items():
         if key == "matches" and isinstance(value, Mapping):
             for code, count in value.items():
                 facts[f"matches.{code}"] = count
+                facts.setdefault(f"confidence.{code}", "medium")
+        elif key == "confidence" and isinstance(value, Mapping):
+            for code, level in value.items():
+                facts[f"confidence.{code}"] = level
         elif isinstance(value, list):
             facts[key] = frozenset(value) if key in ("kinds", "categories") else list(value)
         else:
             facts[key] = value
     if "categories" not in raw:
+        minimum = min_confidence or {}
         facts["categories"] = frozenset(
             k[8:]
             for k, v in facts.items()
-            if k.startswith("matches.") and isinstance(v, int) and v >= min_counts.get(k[8:], 1)
+            if k.startswith("matches.")
+            and isinstance(v, int)
+            and v >= min_counts.get(k[8:], 1)
+            and reaches(str(facts.get(f"confidence.{k[8:]}")), minimum.get(k[8:], "medium"))
         )
     return facts

@@ -158,11 +158,15 @@ class Policy:
     loaded_at: float = 0.0
     category_info: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     min_counts: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    min_confidence: Mapping[str, str] = field(init=False, repr=False, compare=False)
     regimes: Mapping[str, str] = field(init=False, repr=False, compare=False)
     _by_event: Mapping[str, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "min_counts", {c.code: c.min_count for c in self.categories})
+        object.__setattr__(
+            self, "min_confidence", {c.code: c.min_confidence for c in self.categories}
+        )
         object.__setattr__(self, "regimes", {p.id: p.regime for p in self.packs if p.enabled})
         # rules that can only hold for some kinds of event are not tried on the others
         by_event: dict[str, tuple[Rule, ...]] = {}
@@ -265,7 +269,8 @@ class Policy:
 
     # --- conveniences for the stage, correlation and explain ---------------------
     def decide_file(self, event: FileEvent) -> list[Decision]:
-        return self.decide(facts_mod.file_facts(event, self.min_counts), event.time.date())
+        f = facts_mod.file_facts(event, self.min_counts, self.min_confidence)
+        return self.decide(f, event.time.date())
 
     def decide_flow(self, flow: Flow) -> list[Decision]:
         return self.decide(facts_mod.flow_facts(flow), flow.time.date())
@@ -274,7 +279,9 @@ class Policy:
         self, artefact: Artefact, flow: Flow, file_event: FileEvent | None = None
     ) -> list[Decision]:
         """Decisions on an artefact that left in `flow` (for correlation and explain)."""
-        f = facts_mod.transfer_facts(artefact, flow, self.min_counts, file_event)
+        f = facts_mod.transfer_facts(
+            artefact, flow, self.min_counts, file_event, self.min_confidence
+        )
         return self.decide(f, flow.time.date())
 
 

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from agent.categories import CONFIDENCE_LEVELS
 from agent.policy import facts as facts_mod
 from agent.policy._yaml import item_line, key_line, line_of
 from agent.policy.conditions import (
@@ -166,16 +167,21 @@ def check_test_facts(
     raw_facts = raw.get("facts") if isinstance(raw, dict) else None
     for key, value in facts.items():
         line = key_line(raw_facts, key) if raw_facts is not None else line_of(raw)
-        if key == "matches":
+        if key in ("matches", "confidence"):
+            what = "counts" if key == "matches" else "low/medium/high"
             if not isinstance(value, dict):
                 issues.append(
-                    Issue(file, line, "test facts: 'matches' must map category codes to counts")
+                    Issue(file, line, f"test facts: {key!r} must map category codes to {what}")
                 )
                 continue
-            for code in value:
+            for code, v in value.items():
                 if code not in codes:
                     issues.append(
                         Issue(file, key_line(value, code), f"test facts: unknown category {code!r}")
+                    )
+                elif key == "confidence" and v not in CONFIDENCE_LEVELS:
+                    issues.append(
+                        Issue(file, key_line(value, code), f"test facts: confidence {v!r}: {what}")
                     )
         elif field_type(str(key), codes.__contains__) is None:
             issues.append(Issue(file, line, f"test facts: unknown field {key!r}"))
@@ -200,9 +206,11 @@ def unique_rules(rules: list[Rule], issues: list[Issue]) -> list[Rule]:
     return out
 
 
-def case_facts(rule: Rule, counts: Mapping[str, int]) -> tuple[RuleCase, ...]:
+def case_facts(
+    rule: Rule, counts: Mapping[str, int], confidences: Mapping[str, str] | None = None
+) -> tuple[RuleCase, ...]:
     return tuple(
-        dataclasses.replace(c, facts=facts_mod.facts_from_mapping(c.facts, counts))
+        dataclasses.replace(c, facts=facts_mod.facts_from_mapping(c.facts, counts, confidences))
         for c in rule.tests
     )
 

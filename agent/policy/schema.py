@@ -110,6 +110,27 @@ class PackMeta(_Strict):
     sources: list[SourceModel] = Field(min_length=1)
 
 
+class ThresholdModel(_Strict):
+    """A numeric limit the law states, e.g. `{quantity: compaction_density, unit: g/cm3,
+    ge: 2.58}`: exactly one of ge/gt/le/lt. `words` name the quantity in the text when
+    the built-in vocabulary (agent/categories.py QUANTITY_WORDS) has no entry."""
+
+    quantity: str = Field(pattern=NAME)
+    unit: StrictStr
+    words: list[StrictStr] = Field(default_factory=list)
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> ThresholdModel:
+        given = [op for op in ("ge", "gt", "le", "lt") if getattr(self, op) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a threshold needs exactly one of ge/gt/le/lt, got {given}")
+        return self
+
+
 class CategoryModel(_Strict):
     code: str = Field(pattern=CATEGORY_CODE)
     catalogue_code: StrictStr | None = None  # the regime's own number, e.g. "086501X"
@@ -126,8 +147,16 @@ class CategoryModel(_Strict):
     patterns: list[StrictStr] = Field(default_factory=list)
     validator: StrictStr | None = None
     kinds: list[Kind] = Field(default_factory=list)
-    min_count: StrictInt = Field(default=1, ge=1)
+    min_count: StrictInt = Field(default=1, ge=1)  # DISTINCT keywords / pattern values
     sources: list[StrictStr] = Field(default_factory=list)
+    # confidence (agent/classify/keywords.py): corroboration near the primary terms
+    supporting: list[StrictStr] = Field(default_factory=list)
+    requires_context: list[StrictStr] = Field(default_factory=list)
+    excludes: list[StrictStr] = Field(default_factory=list)
+    thresholds: list[ThresholdModel] = Field(default_factory=list)
+    min_confidence: Literal["low", "medium", "high"] = "medium"
+    window: StrictInt = Field(default=300, ge=20, le=5000)  # characters either side
+    corroborate: StrictBool = True  # false for identifiers (IDs, card numbers)
 
     @model_validator(mode="after")
     def _timeline(self) -> CategoryModel:

@@ -51,10 +51,11 @@ def test_kinds_must_fit() -> None:
     assert m.match(["光刻胶"], ["source_code"])[0].count == 1
 
 
-def test_min_count() -> None:
+def test_min_count_compares_distinct_terms_and_presence_is_the_policys() -> None:
     m = KeywordMatcher([MANY])
-    assert m.match(["widget widget"], ["document"]) == ()
-    assert m.match(["widget widget widget"], ["document"])[0].count == 3
+    (got,) = m.match(["widget widget widget"], ["document"])
+    assert (got.count, got.distinct) == (3, 1)  # kept, so explain can say "below minimum"
+    assert m.match(["gadget"], ["document"]) == ()
 
 
 def test_resident_id_validator_rejects_bad_checksums() -> None:
@@ -118,6 +119,7 @@ def test_english_keywords_need_word_boundaries_chinese_do_not() -> None:
     asr = CategorySpec(code="ASR", pack="p", keywords=("ASR", "speech recognition", "语音识别"))
     m = KeywordMatcher([asr])
     assert m.counts(["LASER and PHASRE"]) == {}
-    assert m.counts(["ASR: speech-recognition? no. Speech Recognition, yes; (asr)"])[0] == 3
-    assert m.counts(["基于深度学习的语音识别系统"])[0] == 1  # no spaces in Chinese
-    assert m.counts(["ＡＳＲ 全角"])[0] == 1
+    ev = m.evidence(["ASR: speech-recognition? no. Speech Recognition, yes; (asr)"])[0]
+    assert (ev.occurrences, ev.distinct) == (3, 2)
+    assert m.evidence(["基于深度学习的语音识别系统"])[0].occurrences == 1  # no spaces in Chinese
+    assert m.evidence(["ＡＳＲ 全角"])[0].occurrences == 1
