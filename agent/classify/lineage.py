@@ -115,7 +115,13 @@ def store_lookup(engine: Any, sha: str) -> Known | None:
         return None
     known = Known.from_doc({"content_type": content_type, "tags": tags})
     found = tuple(
-        CategoryMatch(str(m["category"]), int(m["count"]), str(m.get("pack", "")))
+        CategoryMatch(
+            str(m["category"]),
+            int(m["count"]),
+            str(m.get("pack", "")),
+            int(m.get("distinct", 0)),  # 0: stored before distinct counting (judged as then)
+            str(m.get("confidence", "low")),
+        )
         for m in (matches if isinstance(matches, list) else [])
         if isinstance(m, dict) and "category" in m
     )
