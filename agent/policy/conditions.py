@@ -38,6 +38,11 @@ FIELDS: dict[str, str] = {
     "weekday": "str",  # mon .. sun
     "dest_class": "str",  # loopback | internal | approved | domestic | foreign | unknown
     "country": "str",
+    # known service of the destination name (agent/data/services.yaml, network.services_file)
+    "service": "str",  # e.g. "Google Drive", "GitHub", "ChatGPT", "Hugging Face"
+    # cloud_storage | code_hosting | webmail | file_transfer | ai_assistant | messaging
+    "service_category": "str",
+    "dest_org": "str",  # owner of the address from network.asn_db, e.g. "AMAZON-02"
     "bytes_out": "num",
     "name": "str",  # destination name (SNI, HTTP Host or DNS)
     "sni": "str",
