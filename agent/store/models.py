@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, String, Text, true
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL wants BIGINT for volume.
@@ -121,6 +121,11 @@ class FlowRow(Base):
     dest_class: Mapped[str] = mapped_column(String(16))
     country: Mapped[str | None] = mapped_column(String(8))
     close_reason: Mapped[str] = mapped_column(String(16))
+    # issue 16 (migration 0003): owner of the address, known service, Community ID v1
+    dest_org: Mapped[str | None] = mapped_column(String(128))
+    service: Mapped[str | None] = mapped_column(String(64))
+    service_category: Mapped[str | None] = mapped_column(String(16))
+    community_id: Mapped[str | None] = mapped_column(String(64))
     pid: Mapped[int | None] = mapped_column(Integer)
     exe: Mapped[str | None] = mapped_column(Text)
     cmdline: Mapped[str | None] = mapped_column(Text)
@@ -150,6 +155,14 @@ class DecisionRow(Base):
     policy_version: Mapped[str] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(Text)
     categories: Mapped[list[Any]] = mapped_column(JSON)
+    # what an officer acts on (migration 0002): regime, law, item code, whether the
+    # control was in force on the event's day and in which state, and the confidence
+    regime: Mapped[str] = mapped_column(String(64), server_default="")
+    legal_ref: Mapped[str] = mapped_column(Text, server_default="")
+    item: Mapped[str] = mapped_column(Text, server_default="")
+    in_force: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    control_state: Mapped[str] = mapped_column(String(48), server_default="in_force")
+    confidence: Mapped[str] = mapped_column(String(8), server_default="")
 
 
 class IncidentRow(Base):

@@ -85,6 +85,10 @@ def flow_row(f: Flow, host_id: str) -> dict[str, Any]:
         "dest_class": f.dest_class,
         "country": f.country,
         "close_reason": f.close_reason,
+        "dest_org": storable_text(f.dest_org),
+        "service": storable_text(f.service),
+        "service_category": f.service_category,
+        "community_id": f.community_id,
         **_process_cols(f.process),
     }
 
@@ -120,6 +124,12 @@ def decision_rows(e: Event, host_id: str) -> list[dict[str, Any]]:
             "policy_version": d.policy_version,
             "reason": d.reason,
             "categories": list(d.categories),
+            "regime": d.regime,
+            "legal_ref": d.legal_ref,
+            "item": d.item,
+            "in_force": d.in_force,
+            "control_state": d.control_state,
+            "confidence": d.confidence,
         }
         for i, d in enumerate(e.decisions)
     ]
