@@ -179,6 +179,8 @@ class Engine:
         if fmt == "tf_checkpoint":
             tag = weights.weights_tag("tf_checkpoint", None, None, None, "by file name")
             return Finding("application/x-tf-checkpoint", [tag])
+        if fmt == "git_bundle":
+            return Finding("application/x-git-bundle", source.git_bundle_tags(src.head))
         return None
 
     def _zip(self, src: Source, budget: archives.Budget, recurse: archives.Classify) -> Finding:

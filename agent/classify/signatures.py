@@ -22,6 +22,8 @@ def sniff(head: bytes, size: int, ext: str, basename: str) -> str | None:
     """Tier 1: the binary format the first bytes prove (or strongly suggest), else None."""
     if weights.is_safetensors(head):
         return "safetensors"
+    if source.is_git_bundle(head):
+        return "git_bundle"
     if head.startswith(b"GGUF"):
         return "gguf"
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):

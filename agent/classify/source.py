@@ -289,3 +289,49 @@ def source_tag(language: str, path: str | None) -> Tag:
         if info.commit:
             evidence += f" at {info.commit[:12]}"
     return Tag("source_code", evidence, details)
+
+
+# --- git bundles ---------------------------------------------------------------------
+# `git bundle create` writes a text header (signature, v3 capabilities, prerequisites,
+# one "<oid> <refname>" line per ref, a blank line) and then a packfile: a whole
+# repository's history in one file, so policy treats it as a source archive.
+_BUNDLE_SIGNATURES = (b"# v2 git bundle\n", b"# v3 git bundle\n")
+_BUNDLE_REF = re.compile(rb"^([0-9a-f]{40}|[0-9a-f]{64}) (\S+)$")
+
+
+def is_git_bundle(head: bytes) -> bool:
+    return head.startswith(_BUNDLE_SIGNATURES)
+
+
+def git_bundle_tags(head: bytes) -> list[Tag]:
+    """The tags of a git bundle from its header in `head` (the packfile is not read).
+
+    Only `head` (the first 64 KiB) is looked at, so the work is bounded; a header longer
+    than that is reported with the refs seen so far.
+    """
+    refs = 0
+    commit: str | None = None
+    complete = False
+    for line in head.split(b"\n")[1:]:
+        if not line:
+            complete = True
+            break
+        if line.startswith((b"-", b"@")):  # prerequisites, v3 capabilities
+            continue
+        m = _BUNDLE_REF.match(line)
+        if m:
+            refs += 1
+            commit = commit or m.group(1).decode()
+    evidence = f"git bundle, {refs} ref(s)" + ("" if complete else ", header past 64 KiB")
+    archive = Tag(
+        "archive",
+        evidence,
+        {"format": "git_bundle", "members": None, "nested_kinds": ["source_code"], "refs": refs},
+    )
+    code = Tag(
+        "source_code",
+        "repository history in a git bundle",
+        # `detector`: the history is the bundle's, not that of a repository it sits in
+        {"language": None, "git_remote": None, "git_commit": commit, "detector": "git_bundle"},
+    )
+    return [archive, code]

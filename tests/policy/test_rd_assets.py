@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import subprocess
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from safetensors.numpy import save_file
 
 from agent.classify.classifier import Classifier
+from agent.classify.source import git_bundle_tags
 from agent.config import ClassifySection, PoliciesSection
 from agent.events import (
     Artefact,
@@ -116,6 +118,19 @@ def dataset_csv(path: Path, rows: int = 60_000) -> Path:
     return path
 
 
+def git_bundle(path: Path, work: Path) -> Path:
+    """`git bundle create --all` of a small repository of Python modules."""
+    work.mkdir()
+    for i in range(3):
+        (work / f"m{i}.py").write_text(f"def f{i}():\n    return {i}\n")
+    git = ["git", "-C", str(work), "-c", "user.email=t@example", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], check=True)
+    subprocess.run([*git, "bundle", "create", "-q", str(path), "--all"], check=True)
+    return path
+
+
 def stl_part(path: Path) -> Path:
     facet = (
         "facet normal 0 0 1\n outer loop\n  vertex 0 0 0\n  vertex 1 0 0\n"
@@ -144,6 +159,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "source": source_archive(d / "service-src.tar.gz"),
         "dataset": dataset_csv(d / "sensor-log.csv"),
         "cad": stl_part(d / "bracket.stl"),
+        "bundle": git_bundle(d / "service.bundle", d / "repo"),
     }
 
 
@@ -215,6 +231,20 @@ def test_the_real_files_are_classified_as_rd_assets(artefacts: dict[str, Artefac
     (ds,) = artefacts["dataset"].tags
     assert ds.kind == "dataset" and ds.details["rows"] >= 50_000
     assert artefacts["cad"].kinds == ("engineering",)
+    b = {t.kind: t.details for t in artefacts["bundle"].tags}
+    assert b["archive"]["format"] == "git_bundle" and b["archive"]["refs"] >= 1
+    assert len(b["source_code"]["git_commit"]) == 40
+
+
+def test_a_git_bundle_header_is_read_within_the_head() -> None:
+    """Only the first 64 KiB are looked at: a hostile header is bounded, not an error."""
+    oid = "ab" * 20
+    head = b"# v3 git bundle\n@object-format=sha1\n-" + oid.encode() + b" x\n"
+    head += b"".join(f"{oid} refs/tags/t{i}\n".encode() for i in range(2000))[: 64 * 1024]
+    archive, code = git_bundle_tags(head)
+    assert archive.details["format"] == "git_bundle" and "header past 64 KiB" in archive.evidence
+    assert 0 < archive.details["refs"] < 2000 and code.details["git_commit"] == oid
+    assert git_bundle_tags(b"# v2 git bundle\n\nPACK")[0].details["refs"] == 0
 
 
 # --- decisions by default ---------------------------------------------------------------------
@@ -226,6 +256,7 @@ def test_the_real_files_are_classified_as_rd_assets(artefacts: dict[str, Artefac
         ("key", Channel.REMOVABLE, "rd-assets-secret-key-out", Severity.HIGH),
         ("dataset", Channel.REMOVABLE, "rd-assets-dataset-out", Severity.MEDIUM),
         ("cad", Channel.CLOUD_SYNC, "rd-assets-cad-out", Severity.MEDIUM),
+        ("bundle", Channel.REMOVABLE, "rd-assets-source-out", Severity.MEDIUM),
     ],
 )
 def test_a_copy_out_alerts_naming_the_rule(
