@@ -117,4 +117,10 @@ def decision_doc(subject_uid: str, d: Decision) -> dict[str, Any]:
         "policy_version": d.policy_version,
         "reason": storable_text(d.reason),
         "categories": list(d.categories),
+        "regime": d.regime,
+        "legal_ref": d.legal_ref,
+        "item": d.item,
+        "in_force": d.in_force,
+        "control_state": d.control_state,
+        "confidence": d.confidence,
     }

@@ -30,6 +30,22 @@ def _list(value: object) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+def _legal(d: Mapping[str, Any]) -> str:
+    """What an officer acts on: regime, item, law, the control's state on the event's
+    day, confidence ("" for decisions stored before these fields existed)."""
+    if "in_force" not in d:
+        return ""
+    state = str(d.get("control_state") or "in_force")
+    parts = [
+        f"regime {d.get('regime') or '-'}",
+        f"item {d.get('item') or '-'}",
+        f"law {d.get('legal_ref') or '-'}",
+        f"in force that day: {'yes' if d.get('in_force') else 'no'} ({state})",
+        f"confidence {d.get('confidence') or '-'}",
+    ]
+    return " · ".join(parts)
+
+
 def render_incident(doc: Mapping[str, Any]) -> str:
     ev = doc.get("evidence")
     ev = ev if isinstance(ev, Mapping) else {}
@@ -110,6 +126,9 @@ def render_incident(doc: Mapping[str, Any]) -> str:
                 f"  {d.get('rule_id')} ({d.get('pack')}) {d.get('severity')} {d.get('action')}: "
                 f"{d.get('reason') or ''}"
             )
+            legal = _legal(d)
+            if legal:
+                out.append(f"    {legal}")
     truncated = ev.get("truncated")
     if isinstance(truncated, Mapping) and truncated:
         out.append(
