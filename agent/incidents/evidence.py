@@ -103,6 +103,10 @@ def flow_doc(f: Flow) -> dict[str, Any]:
         "http_host": f.http_host,
         "dest_class": f.dest_class,
         "country": f.country,
+        "dest_org": storable_text(f.dest_org),
+        "service": storable_text(f.service),
+        "service_category": f.service_category,
+        "community_id": f.community_id,
         "process": process_doc(f.process),
     }
 

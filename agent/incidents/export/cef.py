@@ -130,6 +130,7 @@ def extension(entry: ChainEntry) -> list[tuple[str, object]]:
         ("dst", fl.get("dst_ip")),
         ("dpt", fl.get("dst_port")),
         ("dhost", fl.get("sni") or fl.get("name")),
+        ("destinationServiceName", fl.get("service")),
         ("out", inc.get("bytes_out") if inc else None),
         ("suser", p.get("user")),
         ("suid", p.get("uid")),

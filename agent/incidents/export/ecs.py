@@ -83,6 +83,14 @@ def document(entry: ChainEntry) -> dict[str, Any]:
                     "port": fl.get("dst_port"),
                     "domain": fl.get("sni") or fl.get("name"),
                     "geo": {"country_iso_code": fl.get("country")},
+                    "as": {"organization": {"name": fl.get("dest_org")}},
+                },
+                # joins this upload with Zeek's conn.log and Suricata's flow records
+                "network": {"community_id": fl.get("community_id")},
+                # ECS has no field for the known service: labels are its custom keywords
+                "labels": {
+                    "service": fl.get("service"),
+                    "service_category": fl.get("service_category"),
                 },
                 "source": {
                     "ip": fl.get("src_ip"),

@@ -90,6 +90,8 @@ def _finding(v: View) -> dict[str, Any]:
         if fl.get("country"):
             out["dst_endpoint"]["location"] = {"country": fl.get("country")}
         out["src_endpoint"] = {"ip": fl.get("src_ip"), "port": fl.get("src_port")}
+        if fl.get("dest_org"):
+            out["dst_endpoint"]["autonomous_system"] = {"name": fl.get("dest_org")}
     if p:
         out["actor"] = {
             "process": {
@@ -164,6 +166,14 @@ def document(entry: ChainEntry) -> dict[str, Any]:
             "bytes_out": v.flow.get("bytes_out"),
             "bytes_in": v.flow.get("bytes_in"),
         }
+        # no Community ID or known-service field in a finding: beside the traffic
+        network = {
+            k: v.flow[k]
+            for k in ("community_id", "service", "service_category")
+            if v.flow.get(k) is not None
+        }
+        if network:
+            doc["unmapped"]["network"] = network
     return doc
 
 
