@@ -26,6 +26,17 @@ from agent.policy.model import Policy
 
 
 @dataclass(frozen=True, slots=True)
+class CategorySeen:
+    """A category that matched the file, with what decides whether it is present."""
+
+    code: str
+    count: int
+    distinct: int
+    min_count: int
+    confidence: str
+
+
+@dataclass(frozen=True, slots=True)
 class Result:
     """One case on one channel: what was expected, what the policy concluded, and why."""
 
@@ -36,7 +47,7 @@ class Result:
     decisions: tuple[Decision, ...] = ()
     ref: str = ""
     kinds: tuple[str, ...] = ()
-    categories: tuple[tuple[str, int, str], ...] = ()  # (code, count, confidence)
+    categories: tuple[CategorySeen, ...] = ()
     skipped: str | None = None
 
     @property
@@ -148,7 +159,14 @@ def decide_case(policy: Policy, case: Case, artefact: Artefact, day: dt.date) ->
     """Every labelled channel of one classified case: pure given the artefact."""
     path = str(case.path)
     cats = tuple(
-        (m.category, m.count, str(getattr(m, "confidence", "") or "")) for m in artefact.matches
+        CategorySeen(
+            m.category,
+            m.count,
+            int(getattr(m, "distinct", 0) or 0),
+            policy.min_counts.get(m.category, 1),
+            str(getattr(m, "confidence", "") or ""),
+        )
+        for m in artefact.matches
     )
     out = []
     for channel, expected in case.expect.items():
@@ -216,7 +234,14 @@ def _result_doc(r: Result) -> dict[str, Any]:
         "kinds": list(r.kinds),
         "skipped": r.skipped,
         "categories": [
-            {"code": c, "count": n, "confidence": conf or None} for c, n, conf in r.categories
+            {
+                "code": c.code,
+                "count": c.count,
+                "distinct": c.distinct,
+                "min_count": c.min_count,
+                "confidence": c.confidence or None,
+            }
+            for c in r.categories
         ],
         "decisions": [
             {
@@ -284,7 +309,8 @@ def format_text(doc: Mapping[str, Any]) -> list[str]:
         )
         kinds = ", ".join(m["kinds"]) or "-"
         cats = ", ".join(
-            f"{c['code']}×{c['count']}" + (f" {c['confidence']}" if c["confidence"] else "")
+            f"{c['code']}×{c['count']} ({c['distinct']}/{c['min_count']} terms"
+            + (f", {c['confidence']})" if c["confidence"] else ")")
             for c in m["categories"]
         )
         lines.append(
