@@ -23,6 +23,7 @@ from agent.events import Artefact, Channel, Decision, FileAction, FileEvent, Flo
 from agent.policy.evalset import CHANNELS, OUTCOMES, Case, CaseSet, Expectation
 from agent.policy.explain import EXAMPLE_FOREIGN_DST, EXAMPLE_SRC
 from agent.policy.model import Policy
+from agent.textsafe import shown
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,7 @@ class Result:
     decisions: tuple[Decision, ...] = ()
     ref: str = ""
     kinds: tuple[str, ...] = ()
+    evidence: tuple[str, ...] = ()  # the classifier's tags, as a person reads them
     categories: tuple[CategorySeen, ...] = ()
     skipped: str | None = None
 
@@ -184,6 +186,7 @@ def decide_case(policy: Policy, case: Case, artefact: Artefact, day: dt.date) ->
                 decisions=tuple(decisions),
                 ref=case.ref,
                 kinds=artefact.kinds,
+                evidence=tuple(f"{t.kind}: {t.evidence}"[:160] for t in artefact.tags),
                 categories=cats,
                 skipped=artefact.skipped,
             )
@@ -232,6 +235,7 @@ def _result_doc(r: Result) -> dict[str, Any]:
         "expected": str(r.expected),
         "got": r.got,
         "kinds": list(r.kinds),
+        "tags": list(r.evidence),
         "skipped": r.skipped,
         "categories": [
             {
@@ -282,7 +286,11 @@ def _pct(value: float | None) -> str:
 
 
 def format_text(doc: Mapping[str, Any]) -> list[str]:
-    """The human report: one table of (expected → got) per channel, then the mismatches."""
+    """The human report: one table of (expected → got) per channel, then the mismatches.
+
+    Case ids, file references and tag evidence come from the case set and the files:
+    each line goes through `shown()` so none can forge or hide a line.
+    """
     lines = [
         f"{doc['cases']} cases from {doc['manifest']} on {doc['day']}, "
         f"policy {str(doc['policy_version'])[:12]}",
@@ -318,6 +326,7 @@ def format_text(doc: Mapping[str, Any]) -> list[str]:
             + (f"; categories {cats}" if cats else "")
             + (f"; skipped {m['skipped']}" if m["skipped"] else "")
         )
+        lines.extend(f"    {t}" for t in m["tags"])
         for d in m["decisions"]:
             conf = f" confidence {d['confidence']}" if d["confidence"] else ""
             lines.append(
@@ -325,4 +334,4 @@ def format_text(doc: Mapping[str, Any]) -> list[str]:
             )
     for g in doc["gate_failures"]:
         lines.append(f"gate not met: {g}")
-    return lines
+    return [shown(line) for line in lines]

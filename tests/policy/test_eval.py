@@ -15,16 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.events import Decision, Severity
+from agent.policy import EMPTY_POLICY
 from agent.policy.evalset import (
     CHANNELS,
+    CaseSet,
     Expectation,
     ManifestError,
     load_case_set,
     parse_expectation,
 )
 from agent.policy.evaluate import Result, format_text, outcome_of, report, run_cases, score
+from agent.textsafe import has_unsafe
 from tests.conftest import cli, write_config
 
 # --- the CI gate (issue 13): change here, and say why in the commit ----------------------
@@ -120,6 +125,38 @@ def test_parse_expectation(text: str, outcome: str, severity: Severity | None) -
 def test_parse_expectation_rejects(bad: Any) -> None:
     with pytest.raises(ValueError):
         parse_expectation(bad)
+
+
+_OUTCOME = st.sampled_from(["none", "record", "alert"])
+
+
+@given(st.lists(st.tuples(st.sampled_from(CHANNELS), _OUTCOME, _OUTCOME), max_size=60))
+def test_score_properties(rows: list[tuple[str, str, str]]) -> None:
+    sc = score([_r(ch, e, g) for ch, e, g in rows])
+    assert sc.overall.cases == len(rows)
+    assert sc.overall.tp + sc.overall.fn == sum(e == "alert" for _, e, _ in rows)
+    assert sc.overall.tp + sc.overall.fp == sum(g == "alert" for _, _, g in rows)
+    assert len(sc.mismatches) == sum(e != g for _, e, g in rows)
+    for part in [*sc.channels.values(), sc.overall]:
+        for value in (part.precision, part.recall):
+            assert value is None or 0.0 <= value <= 1.0
+    assert sum(c.cases for c in sc.channels.values()) == len(rows)
+
+
+def test_text_report_escapes_what_files_and_manifests_say() -> None:
+    bad = Result(
+        "c",
+        "removable",
+        parse_expectation("alert"),
+        "none",
+        ref="file:x\nFAKE",
+        evidence=("document: title \x1b[2J\u202eevil",),
+    )
+    sc = score([bad])
+    case_set = CaseSet(Path("m/cases.yaml"), ())
+    lines = format_text(report(case_set, EMPTY_POLICY, sc, dt.date(2026, 6, 1)))
+    assert not any(has_unsafe(line) for line in lines)
+    assert any("\\x1b[2J\\u202eevil" in line for line in lines)
 
 
 # --- manifest errors: one line with file and line --------------------------------------
