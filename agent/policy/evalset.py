@@ -80,10 +80,6 @@ class CaseSet:
     day: dt.date | None = None  # the day the events happen unless --on says otherwise
     fetch_sources: Mapping[str, Any] = field(default_factory=dict)
 
-    @property
-    def needs_fetch(self) -> bool:
-        return any(c.ref.startswith("fetch:") for c in self.cases)
-
 
 def parse_expectation(text: Any) -> Expectation:
     """`none`, `record`, `alert` or `alert>=high`; ValueError with the reason otherwise."""
