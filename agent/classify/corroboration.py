@@ -30,6 +30,7 @@ _UNITS = (
     "rpm", "r/min", "转/分", "nm", "μm", "um", "mm", "mol/l", "mmol/l", "mg/l", "g/l",
     "ml/min", "l/min", "l/h", "m3/h", "wt.%", "wt%", "at.%", "at%", "vol%", "ppm", "ppb",
     "kv", "kw", "mw", "hz", "khz", "mhz", "ghz", "dbm", "db", "mesh", "小时", "分钟",
+    "ng/μl", "μg/μl", "μg/ml", "mg/ml", "ng/ml", "μmol/l", "nmol/l", "sccm",
     "ms/cm", "μs/cm", "s/cm", "kev", "mev", "ev", "koe", "ka/m", "μl", "ml", "μg", "mg",
     "h", "min", "v",
 )  # fmt: skip

@@ -123,3 +123,146 @@ def test_english_keywords_need_word_boundaries_chinese_do_not() -> None:
     assert (ev.occurrences, ev.distinct) == (3, 2)
     assert m.evidence(["基于深度学习的语音识别系统"])[0].occurrences == 1  # no spaces in Chinese
     assert m.evidence(["ＡＳＲ 全角"])[0].occurrences == 1
+
+
+# --- distinct terms, leftmost-longest, corroboration, exclusions, thresholds ----------
+REFINING = CategorySpec(
+    code="RE",
+    pack="p",
+    keywords=("稀土萃取分离", "稀土萃取", "萃取分离", "solvent extraction"),
+    supporting=("P507", "反萃"),
+    min_count=2,
+)
+
+
+def test_overlapping_keywords_of_one_phrase_count_once() -> None:
+    m = KeywordMatcher([REFINING])
+    ev = m.evidence(["稀土萃取分离"])[0]
+    assert (ev.occurrences, ev.distinct) == (1, 1)
+    ev = m.evidence(["稀土萃取分离；稀土萃取；萃取分离 稀土萃取分离"])[0]
+    assert (ev.occurrences, ev.distinct) == (4, 3)
+
+
+def test_corroboration_counts_different_evidence_within_the_window() -> None:
+    spec = CategorySpec(code="RE", pack="p", keywords=("solvent extraction",), window=40)
+    m = KeywordMatcher([spec])
+    near = "solvent extraction at 25 °C and pH 2.5, step 1 in a mixer-settler"
+    assert m.evidence([near])[0].corroboration == 4  # unit, pH, step, equipment
+    far = "solvent extraction" + " filler" * 20 + " at 25 °C and pH 2.5"
+    assert m.evidence([far])[0].corroboration == 0
+    # the same evidence twice is one piece of evidence
+    assert m.evidence(["solvent extraction 25 °C 30 °C 35 °C"])[0].corroboration == 1
+
+
+def test_confidence_levels_and_genre_markers() -> None:
+    spec = CategorySpec(code="RE", pack="p", keywords=("solvent extraction",))
+    m = KeywordMatcher([spec])
+
+    def conf(text: str) -> str:
+        return m.match([text], ["document"])[0].confidence
+
+    assert conf("solvent extraction is interesting") == "low"
+    assert conf("solvent extraction at 25 °C") == "medium"
+    assert conf("solvent extraction at 25 °C, 0.2 MPa, step 1: mixer-settler") == "high"
+    assert conf("据报道 solvent extraction at 25 °C, 0.2 MPa, step 1: mixer-settler") == "medium"
+    press = "press release: reuters reported our world-leading solvent extraction at 25 °C"
+    assert conf(press + ", 0.2 MPa, step 1: mixer-settler") == "low"
+
+
+def test_requires_context_and_excludes() -> None:
+    germ = CategorySpec(
+        code="G", pack="p", keywords=("gene editing",), requires_context=("embryo", "胚胎")
+    )
+    data = CategorySpec(
+        code="D", pack="p", keywords=("core data", "重要数据"), excludes=("NSManagedObject",)
+    )
+    m = KeywordMatcher([germ, data])
+    step = "gene editing at 37 °C, step 1 microinjection 50 ng/µL"
+    assert m.match([step], ["document"])[0].confidence == "low"
+    assert m.match([step + " of human 胚胎"], ["document"])[0].confidence == "high"
+    assert m.match(["Core Data: subclass NSManagedObject"], ["document"]) == ()
+    far = "core data" + " ." * 400 + " NSManagedObject"
+    assert m.match([far], ["document"])[0].distinct == 1
+
+
+def test_thresholds_read_from_the_text() -> None:
+    from agent.categories import Threshold
+
+    spec = CategorySpec(
+        code="C",
+        pack="p",
+        keywords=("LiFePO4",),
+        thresholds=(
+            Threshold("compaction_density", "g/cm3", "ge", 2.58),
+            Threshold("specific_capacity", "mah/g", "ge", 160),
+        ),
+    )
+    m = KeywordMatcher([spec])
+    base = "LiFePO4 sintered at 760 °C. "
+    ev = m.evidence([base + "Compaction density: 2.60 g/cc; 克容量 ≥162 mAh/g"])[0]
+    assert (ev.above, ev.below) == (2, 0)
+    ev = m.evidence([base + "压实密度 2.45 g/cm³, specific capacity 165 mAh/g"])[0]
+    assert (ev.above, ev.below) == (1, 1)
+    assert m.match([base + "压实密度 2.45 g/cm³"], ["document"])[0].confidence == "low"
+    assert m.match([base + "压实密度 2.65 g/cm³"], ["document"])[0].confidence == "high"
+    # no value stated: the thresholds neither raise nor lower
+    ev = m.evidence([base + "compaction density matters"])[0]
+    assert (ev.above, ev.below) == (0, 0)
+
+
+def test_evidence_survives_the_classifier_cache_as_one_number() -> None:
+    from agent.classify.keywords import Evidence
+
+    m = KeywordMatcher([REFINING])
+    text, name = "稀土萃取分离 P507 反萃 25 °C 溶剂", "solvent extraction.docx"
+    packed = m.counts([text])[0] + m.counts([name])[0]  # what the classifier adds up
+    ev = Evidence.unpack(packed)
+    assert ev.occurrences == 2 and ev.distinct == 2 and ev.corroboration == 3
+    assert Evidence.unpack(Evidence(5, 4, 3, 2, 1, 1, 0).pack()) == Evidence(5, 4, 3, 2, 1, 1, 0)
+
+
+def test_category_key_covers_the_confidence_fields() -> None:
+    from dataclasses import replace
+
+    from agent.classify.keywords import categories_key
+
+    base = categories_key([REFINING])
+    for change in (
+        {"supporting": ("x",)},
+        {"requires_context": ("x",)},
+        {"excludes": ("x",)},
+        {"min_confidence": "high"},
+        {"window": 50},
+        {"corroborate": False},
+    ):
+        assert categories_key([replace(REFINING, **change)]) != base, change
+
+
+_ALPHABET = st.sampled_from(
+    ["稀土萃取分离", "稀土", "solvent extraction", " 25 °C", " 2.6 g/cm3", " step 1", "P507",
+     " LiFePO4", "压实密度", " ", "\n", "x", "9", "据报道", "mixer-settler", "(", ")"]
+)  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_ALPHABET, max_size=4000), st.integers(1, 50))
+def test_matching_is_bounded_on_dense_random_input(parts: list[str], repeat: int) -> None:
+    """Dense keyword and evidence soup, up to ~1.5 MB: the work is capped per text
+    (primary hits checked, evidence per kind, values per quantity), and the evidence
+    stays within its caps whatever the input."""
+    from agent.categories import Threshold
+
+    spec = CategorySpec(
+        code="RE",
+        pack="p",
+        keywords=("稀土萃取分离", "稀土萃取", "solvent extraction", "LiFePO4"),
+        supporting=("P507",),
+        thresholds=(Threshold("compaction_density", "g/cm3", "ge", 2.58),),
+    )
+    text = "".join(parts) * repeat
+    m = KeywordMatcher([spec])
+    ev = m.evidence([text]).get(0)
+    if ev is not None:
+        assert ev.distinct <= 4 and ev.occurrences >= ev.distinct
+        assert ev.corroboration <= 16 and ev.above + ev.below <= 1
+        assert m.match([text], ["document"])[0].confidence in ("low", "medium", "high")
