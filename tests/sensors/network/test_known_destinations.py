@@ -1,0 +1,165 @@
+"""Issue 16's "done when": on a fresh config, replayed captures to public addresses are
+`foreign` with their country, known services are named with their category, an .mmdb
+built here is read, and every flow carries the reference Community ID.
+
+The captures are written by scapy and only replayed: no packet is sent anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import communityid
+import yaml
+from prometheus_client import REGISTRY
+from scapy.packet import Packet
+
+from agent.config import NetworkSection
+from agent.events import Flow
+from agent.policy.facts import flow_facts
+from agent.sensors.network.destinations import Destinations
+from agent.sensors.network.flowtable import FlowTable
+from agent.sensors.network.packets import decode_ethernet
+from agent.sensors.network.replay import destinations_from, replay_pcap
+from tests.conftest import cli
+from tests.sensors.network.pcaps import Clock, tcp_session, write
+from tests.sensors.network.test_geo import write_mmdb
+from tests.sensors.network.test_names import client_hello
+
+CLIENT = "10.0.0.5"
+# public addresses, in a capture file only (what these names resolved to at some point)
+SITES = {
+    "drive.google.com": ("142.250.72.14", "US", "Google Drive", "cloud_storage", "foreign"),
+    "github.com": ("140.82.112.3", "US", "GitHub", "code_hosting", "foreign"),
+    "api.openai.com": ("162.159.140.245", "US", "OpenAI API", "ai_assistant", "foreign"),
+    "pan.baidu.com": ("110.242.68.66", "CN", "Baidu Netdisk", "cloud_storage", "domestic"),
+}
+
+
+def packets(upload: int = 200_000) -> list[Packet]:
+    clock = Clock()
+    pkts = []
+    for i, (sni, (addr, *_)) in enumerate(SITES.items()):
+        body = [client_hello(sni)] + [b"\x17" * 1400] * (upload // 1400)
+        pkts += tcp_session(clock, CLIENT, addr, 41000 + i, 443, body)
+    # an upload to a public address with no name at all
+    pkts += tcp_session(clock, CLIENT, "1.0.16.1", 41100, 8443, [b"z" * 5000])
+    return pkts
+
+
+def capture(tmp_path: Path) -> Path:
+    return write(tmp_path / "sites.pcap", packets())
+
+
+def reference_id(f: object) -> str:
+    tpl = communityid.FlowTuple.make_tcp(f.src_ip, f.dst_ip, f.src_port, f.dst_port)  # type: ignore[attr-defined]
+    return str(communityid.CommunityID().calc(tpl))
+
+
+def test_fresh_config_knows_country_service_and_community_id(tmp_path: Path) -> None:
+    flows = {f.dst_ip: f for f in replay_pcap(capture(tmp_path), NetworkSection()).flows}
+    assert len(flows) == 5
+    for sni, (addr, country, service, category, dest_class) in SITES.items():
+        f = flows[addr]
+        assert (f.sni, f.dest_class, f.country) == (sni, dest_class, country)
+        assert (f.service, f.service_category) == (service, category)
+        assert f.community_id == reference_id(f)
+    bare = flows["1.0.16.1"]
+    assert (bare.dest_class, bare.country, bare.service, bare.service_category) == (
+        "foreign",
+        "JP",
+        None,
+        None,
+    )
+    assert bare.community_id == reference_id(bare)
+
+
+def test_policy_facts_see_service_and_category(tmp_path: Path) -> None:
+    flows = replay_pcap(capture(tmp_path), NetworkSection()).flows
+    by_name = {f.sni: flow_facts(f) for f in flows if f.sni}
+    assert by_name["api.openai.com"]["service_category"] == "ai_assistant"
+    assert by_name["api.openai.com"]["service"] == "OpenAI API"
+    assert by_name["github.com"]["country"] == "US"
+    assert "service" not in flow_facts(next(f for f in flows if not f.sni))
+
+
+def test_mmdb_country_db_and_asn_db_from_config(tmp_path: Path) -> None:
+    countries = write_mmdb(
+        tmp_path / "GeoLite2-Country.mmdb",
+        "GeoLite2-Country",
+        {"140.82.112.0/20": {"country": {"iso_code": "DE"}}},  # moved, for the test
+    )
+    asn = write_mmdb(
+        tmp_path / "GeoLite2-ASN.mmdb",
+        "GeoLite2-ASN",
+        {"140.82.112.0/20": {"autonomous_system_organization": "GITHUB"}},
+    )
+    cfg = NetworkSection(country_db=countries, asn_db=asn)  # type: ignore[arg-type]
+    flows = {f.dst_ip: f for f in replay_pcap(capture(tmp_path), cfg).flows}
+    gh = flows["140.82.112.3"]
+    assert (gh.dest_class, gh.country, gh.dest_org, gh.service) == (
+        "foreign",
+        "DE",
+        "GITHUB",
+        "GitHub",
+    )
+    # the site's file replaces the built-in table: what it does not list is unknown
+    assert (flows["142.250.72.14"].dest_class, flows["142.250.72.14"].country) == ("unknown", None)
+
+
+def test_bytes_by_service_category_metric(tmp_path: Path) -> None:
+    def sample(category: str) -> float:
+        labels = {"category": category}
+        return REGISTRY.get_sample_value("egress_agent_service_bytes_total", labels) or 0.0
+
+    before = {c: sample(c) for c in ("cloud_storage", "code_hosting", "ai_assistant")}
+    flows: list[Flow] = []
+    table = FlowTable(flows.append, destinations_from(NetworkSection()), count_metrics=True)
+    last = 0.0
+    for pkt in packets(upload=14_000):
+        raw = bytes(pkt)
+        decoded = decode_ethernet(raw, 0, len(raw))
+        assert decoded is not None
+        last = float(pkt.time)
+        table.packet(decoded, last, raw, len(raw))
+    table.flush(last)
+    sent = {f.sni: f.bytes_out for f in flows if f.sni}
+    assert sample("cloud_storage") - before["cloud_storage"] == (
+        sent["drive.google.com"] + sent["pan.baidu.com"]
+    )
+    assert sample("code_hosting") - before["code_hosting"] == sent["github.com"]
+    assert sample("ai_assistant") - before["ai_assistant"] == sent["api.openai.com"]
+
+
+def test_cli_replay_on_a_fresh_install_and_a_site_services_file(tmp_path: Path) -> None:
+    site = tmp_path / "services.yaml"
+    site.write_text(
+        "services:\n  - service: Lab Share\n    category: file_transfer\n"
+        "    domains: [github.com]\n"
+    )
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "agent": {"state_dir": str(tmp_path / "state")},
+                "network": {"services_file": str(site)},
+            }
+        )
+    )
+    res = cli("replay", str(capture(tmp_path)), "--json", config=cfg)
+    docs = {d["dst_ip"]: d for d in map(json.loads, res.stdout.splitlines())}
+    gh = docs["140.82.112.3"]
+    assert (gh["country"], gh["dest_class"]) == ("US", "foreign")
+    assert (gh["service"], gh["service_category"]) == ("Lab Share", "file_transfer")
+    assert docs["142.250.72.14"]["service"] == "Google Drive"
+    assert gh["community_id"].startswith("1:")
+    site.write_text("services:\n  - service: X\n    category: nope\n    domains: [x.example]\n")
+    bad = cli("replay", str(tmp_path / "sites.pcap"), config=cfg, check=False)
+    assert bad.returncode == 2 and f"{site}:3: category 'nope'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_destinations_default_constructor_has_no_country_source() -> None:
+    # FlowTable's fallback stays table-free: the configured path is destinations_from
+    assert Destinations().classify("140.82.112.3") == ("unknown", None)
