@@ -160,11 +160,22 @@ def _list_rules(policy_obj: Any, day: dt.date, as_json: bool) -> None:
 
 @policy.command("explain")
 @click.argument("path", type=click.Path())
+@click.option(
+    "--on",
+    "day",
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="The day the file leaves (default today): controls are judged as in force then.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
 @click.pass_context
-def policy_explain(ctx: click.Context, path: str, as_json: bool) -> None:
-    """Classify FILE and show which categories and rules it triggers on each channel."""
-    from agent.policy.explain import explain
+def policy_explain(ctx: click.Context, path: str, day: Any, as_json: bool) -> None:
+    """Classify FILE and show which categories and rules it triggers on each channel.
+
+    For each category that matched: its code, item, regime, distinct terms against the
+    minimum, confidence and the control's state on DAY; and on each channel where it
+    raised no alert, why (below minimum, low confidence, not in force that day, no rule).
+    """
+    from agent.policy.explain import explain, format_text
 
     s = settings_from(ctx)
     target = existing_path(path)
@@ -178,27 +189,12 @@ def policy_explain(ctx: click.Context, path: str, as_json: bool) -> None:
     except ImportError as e:
         raise UserError(f"the classifier is not available: {e}") from None
     artefact = classify_file(str(target), policy_obj.categories, s)
-    report = explain(policy_obj, artefact, os.fsdecode(target))
+    report = explain(policy_obj, artefact, os.fsdecode(target), day.date() if day else None)
     if as_json:
         print_json(report)
         return
-    click.echo(
-        f"{report['path']}: {report['size']} bytes, kinds {', '.join(report['kinds']) or '-'}"
-    )
-    for tag in report["tags"]:
-        click.echo(f"  {tag['kind']}: {tag['evidence']}")
-    if report["categories"]:
-        click.echo("categories:")
-    for c in report["categories"]:
-        mark = "" if c["present"] else f" (below min_count {c['min_count']})"
-        name = c["name_zh"] or c["name_en"]
-        click.echo(f"  {c['code']} ×{c['count']} {c['catalogue_code'] or ''} {name}{mark}")
-    for sc in report["scenarios"]:
-        click.echo(f"{sc['scenario']}:")
-        if not sc["decisions"]:
-            click.echo("  no rule")
-        for d in sc["decisions"]:
-            click.echo(f"  {d['severity']:<8} {d['action']:<6} {d['rule_id']} ({d['pack']})")
+    for line in format_text(report):
+        click.echo(line)
 
 
 @policy.command("eval")

@@ -1,9 +1,13 @@
-"""What a classified file would trigger on each channel: the engine behind `policy explain`.
+"""What a classified file would trigger on each channel, on a given day: `policy explain`.
 
 Given an `Artefact`, build the events it could be part of — written locally, to
 removable media, to a network share, into a cloud-sync folder, and uploaded to a
-foreign destination — and ask the policy for its decisions on each. Pure: the caller
-classifies the file; no I/O happens here.
+foreign destination — on the day asked about (the legal state of a control depends on
+it), and ask the policy for its decisions on each. For every category that matched, say
+what an officer needs: code, name, regime, item code (and whether it is verified),
+distinct terms against the minimum, confidence, the control's state on the day, and —
+where it did not fire — why: below the minimum, low confidence, not in force that day,
+or no rule for that channel. Pure: the caller classifies the file; no I/O happens here.
 """
 
 from __future__ import annotations
@@ -11,16 +15,22 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from agent.events import Artefact, Channel, FileAction, FileEvent, Flow
-from agent.policy.model import Policy
+from agent.categories import reaches
+from agent.events import Artefact, Channel, Decision, FileAction, FileEvent, Flow
+from agent.policy import facts as facts_mod
+from agent.policy.model import Policy, highest_confidence
+from agent.textsafe import shown
 
 # documentation addresses (RFC 5737): an example destination that is never contacted
 EXAMPLE_SRC = "192.0.2.10"
 EXAMPLE_FOREIGN_DST = "203.0.113.10"
 
 
-def scenarios(artefact: Artefact, path: str) -> list[tuple[str, FileEvent | Flow]]:
-    now = dt.datetime.now(dt.UTC)
+def scenarios(
+    artefact: Artefact, path: str, when: dt.datetime | None = None
+) -> list[tuple[str, FileEvent | Flow]]:
+    """The events the file could be part of, at `when` (default now)."""
+    now = when or dt.datetime.now(dt.UTC)
     out: list[tuple[str, FileEvent | Flow]] = [
         (
             f"copy to {ch.value}",
@@ -47,52 +57,98 @@ def scenarios(artefact: Artefact, path: str) -> list[tuple[str, FileEvent | Flow
     return out
 
 
-def explain(policy: Policy, artefact: Artefact, path: str) -> dict[str, Any]:
-    counts: dict[str, int] = {}
+def decision_doc(d: Decision) -> dict[str, Any]:
+    return {
+        "rule_id": d.rule_id,
+        "pack": d.pack,
+        "severity": str(d.severity),
+        "action": d.action,
+        "reason": d.reason,
+        "categories": list(d.categories),
+        "regime": d.regime,
+        "legal_ref": d.legal_ref,
+        "item": d.item,
+        "in_force": d.in_force,
+        "control_state": d.control_state,
+        "confidence": d.confidence,
+    }
+
+
+def _facts(policy: Policy, artefact: Artefact, event: FileEvent | Flow) -> dict[str, Any]:
+    if isinstance(event, FileEvent):
+        return facts_mod.file_facts(event, policy.min_counts, policy.min_confidence)
+    return facts_mod.transfer_facts(artefact, event, policy.min_counts, None, policy.min_confidence)
+
+
+def explain(
+    policy: Policy, artefact: Artefact, path: str, day: dt.date | None = None
+) -> dict[str, Any]:
+    """The report behind `policy explain FILE --on DAY` (DAY default today)."""
+    day = day or dt.date.today()
+    when = dt.datetime.combine(day, dt.time(12), dt.UTC)
+    matched: dict[str, dict[str, Any]] = {}
     for m in artefact.matches:
-        counts[m.category] = counts.get(m.category, 0) + m.count
+        row = matched.setdefault(m.category, {"count": 0, "distinct": 0, "levels": []})
+        row["count"] += m.count
+        row["distinct"] += m.distinct or m.count
+        row["levels"].append(m.confidence if m.distinct else "medium")
+    results = []
+    named: dict[str, dict[str, Decision]] = {}  # code -> scenario -> decision naming it
+    present: frozenset[str] = frozenset()
+    names = []
+    for name, event in scenarios(artefact, path, when):
+        facts = _facts(policy, artefact, event)
+        present = frozenset(facts.get("categories") or ())
+        decisions = policy.decide(facts, day)
+        names.append(name)
+        for d in decisions:
+            for c in d.categories:
+                old = named.setdefault(c, {}).get(name)
+                if old is None or (old.action != "alert" and d.action == "alert"):
+                    named[c][name] = d
+        results.append({"scenario": name, "decisions": [decision_doc(d) for d in decisions]})
     specs = {c.code: c for c in policy.categories}
     categories = []
-    for code, n in sorted(counts.items()):
+    for code, row in sorted(matched.items()):
         spec = specs.get(code)
         info = policy.category_info.get(code, {})
-        categories.append(
-            {
-                "code": code,
-                "count": n,
-                "present": spec is None or n >= spec.min_count,
-                "min_count": spec.min_count if spec else 1,
-                "pack": info.get("pack"),
-                "catalogue_code": info.get("catalogue_code"),
-                "name_en": info.get("name_en"),
-                "name_zh": info.get("name_zh"),
-                "control": info.get("control"),
-            }
-        )
-    results = []
-    for name, event in scenarios(artefact, path):
-        if isinstance(event, FileEvent):
-            decisions = policy.decide_file(event)
-        else:
-            decisions = policy.decide_transfer(artefact, event)
-        results.append(
-            {
-                "scenario": name,
-                "decisions": [
-                    {
-                        "rule_id": d.rule_id,
-                        "pack": d.pack,
-                        "severity": str(d.severity),
-                        "action": d.action,
-                        "reason": d.reason,
-                        "categories": list(d.categories),
-                    }
-                    for d in decisions
-                ],
-            }
-        )
+        min_count = spec.min_count if spec else 1
+        min_conf = policy.min_confidence.get(code, "medium")
+        confidence = highest_confidence(row["levels"])
+        state = policy.category_state(code, day)
+        entry: dict[str, Any] = {
+            "code": code,
+            "count": row["count"],
+            "distinct": row["distinct"],
+            "min_count": min_count,
+            "confidence": confidence,
+            "min_confidence": min_conf,
+            "present": code in present,
+            "pack": info.get("pack"),
+            "regime": info.get("regime"),
+            "catalogue_code": info.get("catalogue_code"),
+            "code_verified": bool(info.get("code_verified", True)),
+            "item": policy.item(code),
+            "name_en": info.get("name_en"),
+            "name_zh": info.get("name_zh"),
+            "control": info.get("control"),
+            "in_force": state.in_force,
+            "control_state": state.state if state.verified else f"{state.state} (unverified)",
+            "control_state_text": state.describe(),
+            "fired": [],
+            "not_fired": [],
+        }
+        for name in names:
+            naming = named.get(code, {}).get(name)
+            if naming is not None and naming.action == "alert":
+                entry["fired"].append({"scenario": name, "rule_id": naming.rule_id})
+                continue
+            why = _why_not(entry, naming, present)
+            entry["not_fired"].append({"scenario": name, "why": why})
+        categories.append(entry)
     return {
         "path": path,
+        "day": day.isoformat(),
         "size": artefact.size,
         "sha256": artefact.sha256,
         "kinds": list(artefact.kinds),
@@ -101,3 +157,63 @@ def explain(policy: Policy, artefact: Artefact, path: str) -> dict[str, Any]:
         "scenarios": results,
         "policy_version": policy.version,
     }
+
+
+def _why_not(entry: dict[str, Any], d: Decision | None, present: frozenset[str]) -> str:
+    """Why a matched category raised no alert on one channel, in the order that decides."""
+    if entry["code"] not in present:
+        if entry["distinct"] < entry["min_count"]:
+            return (
+                f"below minimum: {entry['distinct']} distinct term(s), "
+                f"min_count {entry['min_count']}"
+            )
+        if not reaches(entry["confidence"], entry["min_confidence"]):
+            return (
+                f"low confidence: {entry['confidence'] or 'none'}, "
+                f"needs {entry['min_confidence']} (no corroborating evidence near the terms)"
+            )
+        return "not present"
+    if d is not None:
+        if not d.in_force:
+            return f"recorded only: {d.control_state.replace('_', ' ')} on this day ({d.rule_id})"
+        return f"recorded only: rule {d.rule_id} records"
+    if entry["control"] == "indicator":
+        return "context indicator only (not an entry of its own)"
+    return "no rule for this channel"
+
+
+def format_text(report: dict[str, Any]) -> list[str]:
+    """The report as lines for a person."""
+    # the path and the tags' evidence are outside text: shown() keeps each on one line
+    kinds = ", ".join(report["kinds"]) or "-"
+    out = [f"{shown(report['path'])}: {report['size']} bytes, kinds {kinds}"]
+    out += [f"  {t['kind']}: {shown(t['evidence'])}" for t in report["tags"]]
+    out.append(f"on {report['day']}:")
+    if report["categories"]:
+        out.append("categories:")
+    for c in report["categories"]:
+        name = c["name_zh"] or c["name_en"] or ""
+        out.append(
+            f"  {c['code']} ×{c['count']} {c['item']} {name} — regime {c['regime'] or '-'},"
+            f" {c['distinct']} distinct / min {c['min_count']},"
+            f" confidence {c['confidence'] or '-'} (needs {c['min_confidence']}),"
+            f" {c['control_state_text']}"
+        )
+        for f in c["fired"]:
+            out.append(f"    fired: {f['scenario']} ({f['rule_id']})")
+        for n in c["not_fired"]:
+            out.append(f"    not fired: {n['scenario']} — {n['why']}")
+    for sc in report["scenarios"]:
+        out.append(f"{sc['scenario']}:")
+        if not sc["decisions"]:
+            out.append("  no rule")
+        for d in sc["decisions"]:
+            out.append(f"  {d['severity']:<8} {d['action']:<6} {d['rule_id']} ({d['pack']})")
+            state = d["control_state"].replace("_", " ")
+            out.append(
+                f"    regime {d['regime'] or '-'} · item {d['item'] or '-'}"
+                f" · law {d['legal_ref'] or '-'}"
+                f" · in force that day: {'yes' if d['in_force'] else 'no'} ({state})"
+                f" · confidence {d['confidence'] or '-'}"
+            )
+    return out
