@@ -1,0 +1,148 @@
+"""Drill: hostile files cannot blind a running agent's classification (issue 17, class 1).
+
+The outside review's failure, replayed on a real `egress-agent run` over a watched root:
+tars whose member declares 2^62 bytes (which pinned both classify workers for ever),
+safetensors headers with a million dimensions or hundreds of thousands of tensors,
+GGUF with absurd counts, a zip whose end record declares ten million entries, pickles
+built to be exponential or quadratic for a naive reader, 4 MB of unclosed C comments,
+and files that honestly take longer than `classify.file_deadline` (a 1.8 M-opcode
+pickle, a 9,000-member tar). The promise, checked exactly:
+
+- an ordinary file written after them (a private key, a safetensors checkpoint) is
+  stored with its hash and kinds within its normal latency (measured on the same agent
+  before the hostile files) plus a few seconds;
+- every hostile file is stored with its hash; the refusals and the cuts are counted in
+  `egress_agent_classify_skipped_total{reason}` and each cut is logged with its path;
+- the agent stops cleanly on SIGTERM, within a bound.
+
+Run: `pytest -m drill tests/drills/test_deadline_drill.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.classify import bombs as B
+from tests.conftest import AgentProcess
+from tests.drills.test_file_drills import _samples, files_config, query, wait_for
+
+pytestmark = pytest.mark.drill
+
+FILE_DEADLINE = 0.5
+SLACK = 10.0  # on top of the normal latency: batching, two workers, a busy CI host
+STOP_BOUND = 20.0
+
+
+def hostile_files() -> dict[str, bytes]:
+    """Name → content; every content distinct, so no cache answers for another."""
+    return {
+        "bomb1.tar": B.tar_with_lying_member(),
+        "bomb2.tar": B.tar_with_lying_member(lead={"readme.txt": b"hi\n"}),
+        "bomb3.tar.gz": B.tgz_with_lying_member(2**61),
+        "dims.safetensors": B.safetensors_many_dims(),
+        "many.safetensors": B.safetensors_many_tensors(300_000),
+        "absurd.gguf": B.gguf_absurd_tensors(),
+        "tokens.gguf": B.gguf_string_array(),
+        "entries.zip": B.zip_declaring_entries(),
+        "dag.pkl": B.pickle_shared_tuple_global(),
+        "slow1.pkl": B.pickle_shared_shape(),  # 1.2 s alone: past the 0.5 s deadline
+        "slow2.pkl": B.pickle_shared_shape(90_000, 199_999),
+        "members1.tar": B.many_member_tar(9_000),
+        "members2.tar": B.many_member_tar(9_000, first=B.PEM),
+        "comments.c": B.c_comment_openers(),
+    }
+
+
+def written(cfg: dict[str, Any], path: Path) -> tuple[str, list[str]] | None:
+    """(sha256, kinds) of the newest classified `written` event for path, if stored."""
+    p = str(path).replace("'", "''")
+    rows = query(
+        cfg,
+        "SELECT sha256, kinds FROM file_events WHERE action = 'written' AND path = "
+        f"'{p}' AND sha256 IS NOT NULL ORDER BY id DESC LIMIT 1",
+    )
+    if not rows:
+        return None
+    sha, kinds = rows[0]
+    return str(sha), json.loads(kinds) if isinstance(kinds, str) else list(kinds or [])
+
+
+def latency(cfg: dict[str, Any], agent: AgentProcess, path: Path, data: bytes) -> float:
+    """Seconds from writing `data` to its classified event in the store."""
+    t0 = time.monotonic()
+    path.write_bytes(data)
+
+    def done() -> bool:
+        assert agent.proc.poll() is None, f"agent died: {agent.stderr()}"
+        return written(cfg, path) is not None
+
+    wait_for(done, 120, f"{path.name} stored with a hash")
+    return time.monotonic() - t0
+
+
+def test_hostile_files_cannot_blind_a_running_agent(
+    tmp_path: Path, agent_config: dict[str, Any], run_agent: Any
+) -> None:
+    root = tmp_path / "watched"
+    cfg = files_config(agent_config, root, file_deadline=FILE_DEADLINE)
+    agent: AgentProcess = run_agent(cfg)
+    agent.wait_metrics()
+    wait_for(lambda: (agent.metric("egress_agent_file_watches") or 0) >= 1, 20, "root watched")
+
+    # the normal latency of an ordinary file, on this agent, on this host, now
+    normal = latency(cfg, agent, root / "before.pem", B.PEM + b"# before\n")
+    assert "secret" in written(cfg, root / "before.pem")[1]  # type: ignore[index]
+
+    files = hostile_files()
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    key = root / "deploy_key.pem"
+    ckpt = root / "model.safetensors"
+    key_latency = latency(cfg, agent, key, B.PEM + b"# after\n")
+    ckpt_latency = latency(cfg, agent, ckpt, B.checkpoint(12))
+    assert key_latency < normal + SLACK, (key_latency, normal)
+    assert ckpt_latency < normal + SLACK, (ckpt_latency, normal)
+    assert "secret" in written(cfg, key)[1]  # type: ignore[index]
+    assert written(cfg, ckpt)[1] == ["model_weights"]  # type: ignore[index]
+
+    # every hostile file is stored with its full hash (a cut keeps the hash it had)
+    def all_stored() -> bool:
+        return all(written(cfg, root / n) is not None for n in files)
+
+    wait_for(all_stored, 120, "every hostile file stored with a hash")
+    for name, data in files.items():
+        sha, _kinds = written(cfg, root / name)  # type: ignore[misc]
+        assert sha == hashlib.sha256(data).hexdigest(), name
+    assert "secret" in written(cfg, root / "members2.tar")[1]  # type: ignore[index]
+
+    # refusals and cuts are counted with their reason (each file may be classified twice:
+    # on its creation and on its close, so the counts are lower bounds)
+    skips = _samples(agent, "egress_agent_classify_skipped_total")
+    assert skips.get("malformed", 0) >= 3  # two tars, the GGUF whose strings are missing
+    assert skips.get("absurd_count", 0) >= 3  # 1M dims, 300k tensors, 2^63 GGUF tensors
+    assert skips.get("member_limit", 0) >= 1
+    assert skips.get("unsafe_pickle", 0) >= 1
+    assert skips.get("timeout", 0) >= 2  # the two slow pickles at least
+    cut = re.findall(
+        r"classify '([^']+)': cut short at (.+?) after",
+        agent.stderr_path.read_text(errors="replace"),
+    )
+    cut_paths = {Path(p).name for p, _at in cut}
+    assert {"slow1.pkl", "slow2.pkl"} <= cut_paths, cut
+
+    t0 = time.monotonic()
+    assert agent.stop(timeout=STOP_BOUND * 3) == 0
+    stopped = time.monotonic() - t0
+    assert stopped < STOP_BOUND
+    print(
+        f"normal {normal:.2f} s, key after {key_latency:.2f} s, checkpoint after "
+        f"{ckpt_latency:.2f} s, stop {stopped:.2f} s, skips {dict(skips)}, cut {cut}"
+    )
+    assert "Traceback" not in agent.stderr_path.read_text(errors="replace")
