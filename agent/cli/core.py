@@ -13,7 +13,7 @@ from agent.cli._common import UserError, open_store, parse_since, print_json, se
 from agent.textsafe import shown
 
 if TYPE_CHECKING:
-    from agent.config import Settings
+    from agent.config import NetworkSection, Settings
 
 
 @click.command("run")
@@ -91,6 +91,7 @@ def status(ctx: click.Context, as_json: bool, host: str | None, per_host: bool) 
     if is_central(s.database_url):
         spool = read_stats(s.database.spool_path or s.state_dir / "spool.db")
         doc["spool"] = {"events": spool.events, "bytes": spool.bytes} if spool else None
+    doc["destinations"] = _destinations(s.network)
     status_file = s.state_dir / "status.json"
     try:
         daemon = json.loads(status_file.read_text())
@@ -106,6 +107,52 @@ def status(ctx: click.Context, as_json: bool, host: str | None, per_host: bool) 
         ctx.exit(1)
     if host and not doc.get("hosts"):
         raise UserError(f"--host {host}: no such host id or name in the store")
+
+
+def _destinations(cfg: NetworkSection) -> dict[str, object]:
+    """The country table and known-services list the network sensor would use, with the
+    table's date: a stale table silently turns new foreign ranges into `unknown`."""
+    from agent.sensors.network import geo, services
+
+    doc: dict[str, object] = {}
+    try:
+        doc["country_data"] = geo.describe(cfg.country_db).as_dict(cfg.country_data_max_age_days)
+    except geo.GeoDataError as e:
+        doc["country_data"] = {"error": str(e)}
+    try:
+        index = services.build(cfg.services_file)
+        doc["services"] = {
+            "revision": index.revision,
+            "domains": index.size,
+            "files": list(index.sources),
+        }
+    except services.ServicesError as e:
+        doc["services"] = {"error": str(e)}
+    return doc
+
+
+def _print_destinations(doc: object) -> None:
+    if not isinstance(doc, dict):
+        return
+    geo = doc.get("country_data") or {}
+    if geo.get("error"):
+        click.echo(f"country:   UNUSABLE: {geo['error']}")
+    else:
+        age = geo.get("age_days")
+        when = "date unknown"
+        if age is not None:
+            when = f"built {str(geo.get('built'))[:10]} ({age:.0f} days old)"
+        click.echo(f"country:   {geo.get('description')} [{geo.get('source')}], {when}")
+        if geo.get("stale"):
+            click.echo(f"           STALE: {geo['stale']}")
+    svc = doc.get("services") or {}
+    if svc.get("error"):
+        click.echo(f"services:  UNUSABLE: {svc['error']}")
+    else:
+        click.echo(
+            f"services:  revision {svc.get('revision')}, {svc.get('domains')} domains "
+            f"({', '.join(map(str, svc.get('files') or []))})"
+        )
 
 
 def _redact(url: str) -> str:
@@ -149,6 +196,7 @@ def _print_status(doc: dict[str, object]) -> None:
     spool = doc.get("spool")
     if isinstance(spool, dict):
         click.echo(f"spool:     {spool['events']} events ({spool['bytes']} bytes) to forward")
+    _print_destinations(doc.get("destinations"))
     d = doc.get("daemon")
     if not isinstance(d, dict):
         click.echo("daemon:    no status file (not running here?)")

@@ -215,6 +215,19 @@ def open_countries(path: Path | None) -> CountrySource:
     return CountryTable.from_csv(path)
 
 
+def describe(path: Path | None) -> GeoDataInfo:
+    """What `open_countries(path)` would use, cheaply (no CSV parse): for `status`."""
+    if path is None:
+        return builtin_info()
+    if is_mmdb(path):
+        return MmdbCountries(path).info
+    try:
+        built = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    except OSError as e:
+        raise GeoDataError(f"{path}: cannot read: {e.strerror}") from None
+    return GeoDataInfo("csv", path.name, built)
+
+
 def open_asn(path: Path | None) -> AsnTable | None:
     if path is None:
         return None

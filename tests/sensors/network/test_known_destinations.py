@@ -8,6 +8,8 @@ The captures are written by scapy and only replayed: no packet is sent anywhere.
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import communityid
@@ -163,3 +165,37 @@ def test_cli_replay_on_a_fresh_install_and_a_site_services_file(tmp_path: Path) 
 def test_destinations_default_constructor_has_no_country_source() -> None:
     # FlowTable's fallback stays table-free: the configured path is destinations_from
     assert Destinations().classify("140.82.112.3") == ("unknown", None)
+
+
+def test_status_shows_country_data_date_and_services(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(yaml.safe_dump({"agent": {"state_dir": str(tmp_path / "state")}}))
+    doc = json.loads(cli("status", "--json", config=cfg, check=False).stdout)["destinations"]
+    geo = doc["country_data"]
+    assert geo["source"] == "builtin" and geo["description"].startswith("iptocc ")
+    assert geo["built"] and geo["age_days"] >= 0
+    assert doc["services"]["revision"] and doc["services"]["domains"] > 100
+    # a site CSV last written 400 days ago is stale under the default 180 days
+    table = tmp_path / "countries.csv"
+    table.write_text("140.82.112.0/20,US\n")
+    old = time.time() - 400 * 86400
+    os.utime(table, (old, old))
+    cfg.write_text(
+        yaml.safe_dump(
+            {"agent": {"state_dir": str(tmp_path / "state")}, "network": {"country_db": str(table)}}
+        )
+    )
+    text = cli("status", config=cfg, check=False).stdout
+    assert "country:   countries.csv [csv]" in text and "(400 days old)" in text
+    assert "STALE: country data countries.csv is 400 days old" in text
+    (tmp_path / "broken.mmdb").write_bytes(b"\xab\xcd\xefMaxMind.com")
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "agent": {"state_dir": str(tmp_path / "state")},
+                "network": {"country_db": str(tmp_path / "broken.mmdb")},
+            }
+        )
+    )
+    text = cli("status", config=cfg, check=False).stdout
+    assert "country:   UNUSABLE: " in text and "broken.mmdb: not a readable MaxMind DB" in text
