@@ -319,6 +319,7 @@ def _apply_overrides(
                     if ov.status
                     else r.timeline
                 ),
+                site_status=r.site_status or ov.status is not None,
                 exceptions=r.exceptions + extra,
             )
     return rules

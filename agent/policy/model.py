@@ -128,6 +128,7 @@ class Rule:
     timeline: tuple[Period, ...] = ()
     legal_ref: str = ""  # the law or announcement the rule rests on
     item: str = ""  # the item code when the rule names no category (e.g. "4E091")
+    site_status: bool = False  # a site override set the status: the categories' dates yield
 
     def control_state(self, day: dt.date) -> ControlState:
         """The state of the control behind this rule on `day`."""
@@ -233,7 +234,7 @@ class Policy:
         """The state on `day` of the controls behind a rule firing on `cats` (default: all
         the categories it names)."""
         state = rule.control_state(day)
-        if not state.in_force:
+        if not state.in_force or rule.site_status:
             return state
         # the rule's control applies; each category may be a control of its own with its
         # own dates (1E902 and 3E901 under one rule)
