@@ -156,6 +156,13 @@ def test_cli_replay_on_a_fresh_install_and_a_site_services_file(tmp_path: Path) 
     assert (gh["service"], gh["service_category"]) == ("Lab Share", "file_transfer")
     assert docs["142.250.72.14"]["service"] == "Google Drive"
     assert gh["community_id"].startswith("1:")
+    stored = cli("replay", str(tmp_path / "sites.pcap"), "--store", config=cfg)
+    assert "stored 5 flows" in stored.stderr
+    listed = cli("events", "list", "--kind", "flow", "--json", config=cfg).stdout.splitlines()
+    rows = {d["dst_ip"]: d for d in map(json.loads, listed)}
+    assert rows["140.82.112.3"]["community_id"] == gh["community_id"]
+    assert rows["162.159.140.245"]["service_category"] == "ai_assistant"
+    assert rows["110.242.68.66"]["service"] == "Baidu Netdisk"
     site.write_text("services:\n  - service: X\n    category: nope\n    domains: [x.example]\n")
     bad = cli("replay", str(tmp_path / "sites.pcap"), config=cfg, check=False)
     assert bad.returncode == 2 and f"{site}:3: category 'nope'" in bad.stderr
