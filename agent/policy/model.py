@@ -258,7 +258,9 @@ class Policy:
     def item(self, code: str) -> str:
         """The regime's own item code for a category, saying when it is not verified."""
         info = self.category_info.get(code, {})
-        item = str(info.get("catalogue_code") or code)
+        if not info.get("catalogue_code"):
+            return code  # a category of our own (an indicator, a PI type): no item code
+        item = str(info["catalogue_code"])
         return item if info.get("code_verified", True) else f"{item} (code unverified)"
 
     def _describe(self, code: str, facts: Mapping[str, Any]) -> str:
