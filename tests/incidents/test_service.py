@@ -12,7 +12,7 @@ from agent.events import FileAction
 from agent.incidents.chain import verify_entries
 from agent.incidents.queries import chain_entries, incident_documents, list_incidents
 from agent.incidents.service import Correlator
-from tests.incidents.helpers import CURL, SIZE, archive, fev, flow, story
+from tests.incidents.helpers import CURL, SHELL, SIZE, archive, fev, flow, rd_assets, story
 
 
 def sample(name: str, labels: dict[str, str]) -> float:
@@ -179,3 +179,37 @@ def test_store_outage_keeps_findings_until_the_store_is_back(pg_url: str) -> Non
     finally:
         engine.dispose()
         proxy.stop()
+
+
+def test_transfer_decisions_are_counted_once_and_name_the_incident(store: Engine) -> None:
+    """The daemon's policy (here the shipped rd-assets pack) judges the upload; each
+    decision reaches egress_agent_decisions_total once, however often the story is seen."""
+
+    class Holder:
+        current = rd_assets()
+
+    labels = {
+        "pack": "rd-assets",
+        "rule": "rd-assets-model-weights-out",
+        "severity": "medium",
+        "dest_class": "foreign",
+    }
+    before = sample("egress_agent_decisions_total", labels)
+    c = Correlator(store, "host-a", "lab-ws-1", IncidentsSection(), extras={"policy": Holder()})
+    c.start()
+    # the archive written by the shell, uploaded by its child curl: a child_process story
+    c.submit(fev(FileAction.WRITTEN, "/data/tmp/x.tgz", 0, archive(), SHELL))
+    c.submit(flow(2, 9, SIZE))
+    deadline = time.monotonic() + 30
+    while c.findings < 1 and time.monotonic() < deadline:  # the flow is held ~1 s
+        time.sleep(0.05)
+    assert c.findings == 1
+    # curl's own read arrives late: a closer (same_process) match refines the story
+    c.submit(fev(FileAction.READ, "/data/tmp/x.tgz", 1, archive(), CURL))
+    c.stop()
+    assert c.findings == 2
+    docs = list_incidents(store)
+    assert [(d["kind"], d["rule_id"]) for d in docs] == [
+        ("exfiltration", "rd-assets-model-weights-out")
+    ]
+    assert sample("egress_agent_decisions_total", labels) == before + 1
