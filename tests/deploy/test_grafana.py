@@ -97,6 +97,9 @@ def test_the_panels_a_security_lead_needs_are_there() -> None:
         "egress_agent_store_write_seconds_bucket",
         "egress_agent_capture_drops_total",
         'up{job="egress-agent"',
+        "egress_agent_service_bytes_total",  # bytes by known-service category (issue 16)
+        "by (category)",
+        "egress_agent_country_data_timestamp_seconds",  # age of the country table
     ):
         assert needle in text, needle
 
