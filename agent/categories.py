@@ -109,6 +109,9 @@ class CategorySpec:
     min_confidence: str = "medium"  # the confidence a match needs to be present
     window: int = 300  # proximity window, characters either side of a primary term
     corroborate: bool = True  # False: no corroboration needed (identifiers: IDs, cards)
+    # genres of text that do not lower this category's confidence (news, marketing,
+    # datasheet, licence, abstract): for goods, a product datasheet is the carrier
+    ignore_genres: tuple[str, ...] = ()
 
 
 CategoryProvider = Callable[[], Sequence[CategorySpec]]

@@ -69,27 +69,36 @@ EQUIPMENT = (
     "吸附柱", "离子交换柱", "涂布机", "辊压机", "卷绕机", "叠片机", "培养箱", "显微注射",
 )  # fmt: skip
 
-# genre markers: news, marketing, product datasheets, licence boilerplate, abstracts
-NEGATIVE = (
-    # news
+# genre markers: texts that name a technology without carrying it. A category may ignore
+# some genres (`ignore_genres`): for goods, a product datasheet is the carrier.
+GENRES: dict[str, tuple[str, ...]] = {
+    "news": (
     "据报道", "记者", "新华社", "新闻", "日电", "消息称", "报道称", "央视", "人民日报",
     "reuters", "xinhua", "announced", "press release", "news agency", "journalist",
     "spokesperson", "told reporters",
-    # marketing
+    ),
+    "marketing": (
     "世界领先", "国际领先", "行业领先", "欢迎垂询", "联系我们", "咨询热线", "销售热线",
     "world-leading", "industry-leading", "leading provider", "contact us", "learn more",
     "request a quote", "our customers", "sales team", "sales call", "pipeline review",
-    # product datasheets
+    "contact sales", "contact our", "volume pricing", "ideal for", "product brief",
+    "key features", "产品特点", "产品优势", "应用领域", "典型应用", "产品简介",
+    ),
+    "datasheet": (
     "datasheet", "data sheet", "ordering information", "rated voltage", "rated power",
     "rated torque", "rated speed", "product specification", "规格书", "额定电压",
     "额定功率", "额定转速", "订货信息", "产品型号",
-    # licence boilerplate
+    ),
+    "licence": (
     "license agreement", "licence agreement", "end user license", "eula", "licensee",
     "licensor", "warranty", "hereby", "terms and conditions", "许可协议", "最终用户",
-    # abstracts and reviews
+    ),
+    "abstract": (
     "abstract", "摘要", "keywords:", "关键词", "in this paper", "we propose", "we report",
-    "this review", "本文提出", "本文综述", "本文研究", "综述", "doi:", "et al",
-)  # fmt: skip
+    "this review", "review summarises", "review summarizes", "we also discuss",
+    "本文提出", "本文综述", "本文研究", "综述", "doi:", "et al",
+    ),
+}  # fmt: skip
 
 
 def with_units(folded: str) -> Iterator[tuple[int, str]]:

@@ -109,7 +109,7 @@ def confidence(spec: CategorySpec, ev: Evidence) -> str:
     level = 2 if ev.corroboration >= 3 else 1 if ev.corroboration >= 1 else 0
     if ev.above:
         level += 1
-    level -= (ev.negative >= 1) + (ev.negative >= 3)
+    level -= min(ev.negative, 2)  # one genre marker costs a level, two or more two
     return ("low", "medium", "high")[max(0, min(level, 2))]
 
 
@@ -164,10 +164,17 @@ class KeywordMatcher:
                     log.warning("category %s: pattern %r invalid: %s", cat.code, pattern, e)
                     continue
                 self._patterns.append(_Pattern(index, rx, validator))
+        self._genres = tuple(corr.GENRES)
+        self._ignored = [
+            frozenset(self._genres.index(g) for g in c.ignore_genres if g in corr.GENRES)
+            for c in self.categories
+        ]
         if entries:
-            for role, words in ((EQUIPMENT, corr.EQUIPMENT), (NEGATIVE, corr.NEGATIVE)):
+            for word in corr.EQUIPMENT:
+                entries.setdefault(fold(word), []).append((EQUIPMENT, _GLOBAL))
+            for genre, words in enumerate(corr.GENRES.values()):
                 for word in words:
-                    entries.setdefault(fold(word), []).append((role, _GLOBAL))
+                    entries.setdefault(fold(word), []).append((NEGATIVE, genre))
         auto = ahocorasick.Automaton()
         for w, roles in entries.items():
             if not w:
@@ -201,7 +208,7 @@ class KeywordMatcher:
         folded = norm.translate(_ASCII_UPPER)
         hits: dict[int, _Hits] = {}
         equipment: list[tuple[int, str]] = []
-        negative: set[str] = set()
+        negative: dict[str, int] = {}  # genre marker -> its genre's index
 
         def of(i: int) -> _Hits:
             h = hits.get(i)
@@ -215,7 +222,7 @@ class KeywordMatcher:
                 start = end - length + 1
                 if sw and start > 0 and _is_word(folded[start - 1]):
                     continue
-                if ew and end < last and _is_word(folded[end + 1]):
+                if ew and end < last and _is_word(folded[end + 1]) and not _plural(folded, end):
                     continue
                 for role, i in roles:
                     if role == PRIMARY:
@@ -229,7 +236,7 @@ class KeywordMatcher:
                     elif role == EQUIPMENT:
                         equipment.append((start, "equipment:" + word))
                     elif len(negative) < 64:
-                        negative.add(word)
+                        negative[word] = i
         for p in self._patterns:
             n = 0
             for m in p.regex.finditer(norm):
@@ -260,7 +267,7 @@ class KeywordMatcher:
                 occurrences=len(kept),
                 distinct=len({term for _, _, term in kept}),
                 corroboration=near,
-                negative=len(negative),
+                negative=sum(g not in self._ignored[i] for g in negative.values()),
                 context=h.context,
                 above=above,
                 below=below,
@@ -356,6 +363,12 @@ def _corroboration(
             if len(seen) >= 16:
                 return len(seen)
     return len(seen)
+
+
+def _plural(folded: str, end: int) -> bool:
+    """An English keyword followed by a plural s ("ingots", "recommender systems")."""
+    nxt = end + 2
+    return folded[end + 1] == "s" and (nxt >= len(folded) or not _is_word(folded[nxt]))
 
 
 def _is_word(ch: str) -> bool:

@@ -243,6 +243,7 @@ def _categories(
                     min_confidence=cat.min_confidence,
                     window=cat.window,
                     corroborate=cat.corroborate,
+                    ignore_genres=tuple(cat.ignore_genres),
                 )
             )
             info[cat.code] = {

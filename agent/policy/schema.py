@@ -157,6 +157,9 @@ class CategoryModel(_Strict):
     min_confidence: Literal["low", "medium", "high"] = "medium"
     window: StrictInt = Field(default=300, ge=20, le=5000)  # characters either side
     corroborate: StrictBool = True  # false for identifiers (IDs, card numbers)
+    ignore_genres: list[Literal["news", "marketing", "datasheet", "licence", "abstract"]] = Field(
+        default_factory=list
+    )
 
     @model_validator(mode="after")
     def _timeline(self) -> CategoryModel:

@@ -266,3 +266,17 @@ def test_matching_is_bounded_on_dense_random_input(parts: list[str], repeat: int
         assert ev.distinct <= 4 and ev.occurrences >= ev.distinct
         assert ev.corroboration <= 16 and ev.above + ev.below <= 1
         assert m.match([text], ["document"])[0].confidence in ("low", "medium", "high")
+
+
+def test_ignored_genres_and_english_plurals() -> None:
+    goods = CategorySpec(
+        code="GOODS", pack="p", keywords=("gallium nitride wafer",), ignore_genres=("datasheet",)
+    )
+    know_how = CategorySpec(code="TECH", pack="p", keywords=("gallium nitride wafer",))
+    m = KeywordMatcher([goods, know_how])
+    sheet = "Product specification: gallium nitride wafers, 100 mm, 500 um thick, grown at 1050 °C"
+    got = {x.category: x.confidence for x in m.match([sheet], ["document"])}
+    assert got == {"GOODS": "high", "TECH": "medium"}  # one datasheet marker costs TECH a level
+    news = "Xinhua: exports of gallium nitride wafers (100 mm, 500 um) announced"
+    assert m.match([news], ["document"])[0].confidence == "low"  # news is not ignored
+    assert m.counts(["gallium nitride wafersx"]) == {}  # a plural s, not any letter
