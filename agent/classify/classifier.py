@@ -50,7 +50,7 @@ from agent.classify.keywords import KeywordMatcher
 from agent.classify.lineage import LRU, Known
 from agent.config import ClassifySection
 from agent.events import Artefact, CategoryMatch, Tag
-from agent.fingerprint import BIG_FILE, HashAhead
+from agent.fingerprint import BIG_FILE, Abandoned, HashAhead
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,13 @@ class Classifier:
         self._matcher = KeywordMatcher(())
         self._lock = threading.Lock()
         self._hash_pool = ThreadPoolExecutor(self.settings.workers, "classify-hash")
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Abandon the big-file hashes in flight (the agent is stopping): their events go
+        on with `skipped="stopped"` instead of holding SIGTERM for a 100 GB read. Parsers
+        need no such signal: `classify.file_deadline` already bounds them."""
+        self._stopping.set()
 
     def close(self) -> None:
         if self._ahead is not None:
@@ -186,7 +193,9 @@ class Classifier:
         if early is not None:
             hashing = partial(claimed_sha256, early)
         elif sha is None and fst.st_size >= BIG_FILE:
-            hashing = self._hash_pool.submit(sha256_fd, fd, fst.st_size, BIG_BUF_SIZE).result
+            hashing = self._hash_pool.submit(
+                sha256_fd, fd, fst.st_size, BIG_BUF_SIZE, self._stopping
+            ).result
         elif sha is None:
             try:
                 sha = sha256_fd(fd, fst.st_size)
@@ -205,6 +214,8 @@ class Classifier:
         if hashing is not None:
             try:
                 sha = hashing()
+            except Abandoned:
+                return skipped("stopped", fst.st_size)
             except FileChanged:
                 return skipped("changed_while_read", fst.st_size)
             except OSError as e:

@@ -130,12 +130,15 @@ def is_jsonl(text: str) -> bool:
         return False
     try:
         return all(isinstance(json.loads(ln), dict) for ln in lines[:-1])
-    except ValueError:
+    except (ValueError, RecursionError):  # a line nested 100,000 deep is not a record
         return False
 
 
 def parse_jsonl(src: Source, limits: Limits, text: str) -> Finding:
-    first = json.loads(text.splitlines()[0])
+    try:
+        first = json.loads(text.splitlines()[0])
+    except RecursionError:
+        raise ParseError("JSON Lines record nested too deep") from None
     columns = [str(k) for k in first][:MAX_COLUMNS] if isinstance(first, dict) else []
     rows, est = _estimate_rows(_sample(src), src.size)
     tag = dataset_tag("jsonl", columns, rows, "estimate" if est else "")

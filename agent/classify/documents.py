@@ -101,6 +101,7 @@ def parse_pdf(src: Source, limits: Limits) -> Finding:
                 if total >= limits.max_text_bytes or i >= 2000:
                     partial = True
                     break
+                src.deadline.check()  # pages decode in memory: no read checks it for us
                 text = page.extract_text() or ""
                 chunks.append(text)
                 total += len(text)

@@ -42,10 +42,16 @@ def _counted(hashed: Callable[[], tuple[str, int]]) -> str:
     return sha
 
 
-def sha256_fd(fd: int, expected_size: int | None = None, buf_size: int = BUF_SIZE) -> str:
+def sha256_fd(
+    fd: int,
+    expected_size: int | None = None,
+    buf_size: int = BUF_SIZE,
+    stop: threading.Event | None = None,
+) -> str:
     """SHA-256 of the file behind `fd` (see `agent.fingerprint.sha256_fd`), counted.
-    Raises FileChanged when the size is not the one expected."""
-    return _counted(partial(fingerprint.sha256_fd, fd, expected_size, buf_size))
+    Raises FileChanged when the size is not the one expected, and
+    `agent.fingerprint.Abandoned` soon after `stop` is set (the agent is stopping)."""
+    return _counted(partial(fingerprint.sha256_fd, fd, expected_size, buf_size, stop))
 
 
 def claimed_sha256(future: Future[tuple[str, int]]) -> str:

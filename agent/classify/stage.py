@@ -121,6 +121,7 @@ class ClassifyStage:
                 del self._inflight[key]
 
     def close(self) -> None:
+        self.classifier.stop()  # big hashes in flight give up; parsers end by their deadline
         self.pool.shutdown(wait=True)
         self.classifier.close()
         self.cache.close()
