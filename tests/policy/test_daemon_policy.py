@@ -30,8 +30,8 @@ rules:
         - {{field: channel, eq: removable}}
         - {{field: kinds, contains: document}}
     severity: low
-    effective_from: 2020-01-01
     action: record
+    effective_from: 2020-01-01
     tests:
       - name: doc on usb
         facts: {{event: file, channel: removable, kinds: [document]}}
