@@ -34,7 +34,7 @@ from agent.events import Tag
 
 log = logging.getLogger(__name__)
 
-CLASSIFIER_VERSION = "4"
+CLASSIFIER_VERSION = "5"
 # structured text whose lines may carry a steady count of commas without being a table
 _NOT_TABULAR = {"json", "yaml", "yml", "xml", "toml", "ini", "cfg", "conf", "html", "htm"}
 _NOT_TABULAR |= set(documents.TEXT_DOC_EXT)
