@@ -255,7 +255,7 @@ def _categories(
                 "periods": rules_mod.periods(cat.timeline)
                 or periods_from_status(cat.status, cat.effective_from),
                 "points": cat.points,
-                "regime": pack.meta.regime,
+                "regime": cat.regime or pack.meta.regime,
                 "pack": pack.meta.id,
                 "name_en": cat.name_en,
                 "name_zh": cat.name_zh,

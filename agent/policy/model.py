@@ -220,7 +220,7 @@ class Policy:
             policy_version=self.version,
             reason=reason,
             categories=cats,
-            regime=self.regimes.get(rule.pack, ""),
+            regime="; ".join(self._regimes(cats)) or self.regimes.get(rule.pack, ""),
             legal_ref="; ".join(refs),
             item="; ".join(dict.fromkeys(items)),
             in_force=state.in_force,
@@ -245,6 +245,10 @@ class Policy:
         if best is not None and not (best.in_force and best.verified and rule.timeline):
             return best
         return state
+
+    def _regimes(self, cats: tuple[str, ...]) -> list[str]:
+        found = (self.category_info.get(c, {}).get("regime") for c in cats)
+        return list(dict.fromkeys(str(r) for r in found if r))
 
     def _dated(self, code: str) -> bool:
         info = self.category_info.get(code, {})

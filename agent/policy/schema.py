@@ -135,6 +135,7 @@ class CategoryModel(_Strict):
     code: str = Field(pattern=CATEGORY_CODE)
     catalogue_code: StrictStr | None = None  # the regime's own number, e.g. "086501X"
     code_verified: StrictBool = False
+    regime: StrictStr | None = None  # when not the pack's (a dual-use item in a catalogue pack)
     name_en: StrictStr
     name_zh: StrictStr = ""
     control: Literal["prohibited", "restricted", "licence", "assessment", "indicator"]

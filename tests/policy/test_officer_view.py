@@ -63,7 +63,7 @@ def test_dual_use_dates(shipped: Policy, code: str, day: str, state: str, action
     d = _one(shipped, _usb(code, dt.date.fromisoformat(day)), "cn-dual-use-technology-leaving")
     assert (d.control_state, d.action) == (state, action)
     assert d.in_force == state.startswith("in_force")
-    assert d.regime == "CN-TECH-CAT" and d.confidence == "high"
+    assert d.regime == "CN-DUAL-USE" and d.confidence == "high"
     if state == "suspended":
         assert "MOFCOM Ann. 2025 No. 70" in d.legal_ref
         assert "suspended 2025-11-08 to 2026-11-10 inclusive" in d.reason
@@ -170,7 +170,7 @@ def test_incidents_show_prints_the_legal_line(shipped: Policy) -> None:
         "evidence": {"decisions": [decision_doc(event.uid, d)]},
     }
     text = render_incident(doc)
-    assert "regime CN-TECH-CAT" in text and "item 1E902.a / 1E902.b" in text
+    assert "regime CN-DUAL-USE" in text and "item 1E902.a / 1E902.b" in text
     assert "in force that day: no (suspended)" in text and "confidence high" in text
     # an incident stored before these fields existed shows no legal line
     old = {k: v for k, v in decision_doc(event.uid, d).items() if k not in ("in_force",)}

@@ -75,7 +75,7 @@ def test_suspended_decision_round_trips(engine: Engine) -> None:
     event = _judged(datetime(2026, 11, 10, 12, tzinfo=UTC))
     d = event.decisions[0]
     assert (d.in_force, d.control_state, d.action) == (False, "suspended", "record")
-    assert d.regime == "CN-TECH-CAT" and d.item == "1E902.a / 1E902.b"
+    assert d.regime == "CN-DUAL-USE" and d.item == "1E902.a / 1E902.b"
     assert "MOFCOM Ann. 2025 No. 70" in d.legal_ref
     assert d.confidence == _SURE.get("confidence", "")
     write_batch(engine, HOST, [event])
