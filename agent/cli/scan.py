@@ -104,7 +104,16 @@ def artefact_doc(path: str, a: Artefact) -> dict[str, Any]:
         "content_type": a.content_type,
         "kinds": list(a.kinds),
         "tags": [{"kind": t.kind, "evidence": t.evidence, "details": t.details} for t in a.tags],
-        "matches": [{"category": m.category, "count": m.count, "pack": m.pack} for m in a.matches],
+        "matches": [
+            {
+                "category": m.category,
+                "count": m.count,
+                "pack": m.pack,
+                "distinct": m.distinct,
+                "confidence": m.confidence,
+            }
+            for m in a.matches
+        ],
         "parents": list(a.parents),
         "skipped": a.skipped,
         "skipped_at": a.skipped_at,
@@ -222,7 +231,9 @@ def _print_row(path: str, a: Artefact) -> None:
         return
     summary = "; ".join(f"{t.kind}: {t.evidence}" for t in a.tags) or a.content_type
     if a.matches:
-        summary += " | categories: " + ", ".join(f"{m.category}×{m.count}" for m in a.matches)
+        summary += " | categories: " + ", ".join(
+            f"{m.category}×{m.count} ({m.confidence})" for m in a.matches
+        )
     if a.skipped:
         summary += f" (partial: {a.skipped})"
     click.echo(f"{shown_path(path)}\t{shown(summary)}")

@@ -77,7 +77,14 @@ def file_doc(e: FileEvent, role: str) -> dict[str, Any]:
         if a
         else [],
         "categories": [
-            {"category": m.category, "count": m.count, "pack": m.pack} for m in a.matches
+            {
+                "category": m.category,
+                "count": m.count,
+                "pack": m.pack,
+                "distinct": m.distinct,
+                "confidence": m.confidence,
+            }
+            for m in a.matches
         ]
         if a
         else [],
