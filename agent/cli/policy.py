@@ -142,7 +142,14 @@ def _list_rules(policy_obj: Any, day: dt.date, as_json: bool) -> None:
             "state_verified": state.verified,
             "state_text": state.describe(),
             "legal_ref": r.legal_ref,
-            "items": sorted({policy_obj.item(c) for c in r.categories} | ({r.item} - {""})),
+            "items": sorted(
+                {
+                    policy_obj.item(c)
+                    for c in r.categories
+                    if policy_obj.category_info.get(c, {}).get("control") != "indicator"
+                }
+                | ({r.item} - {""})
+            ),
             "effective_from": str(r.effective_from) if r.effective_from else None,
             "in_force": in_force,
             "why_not": why or None,
@@ -152,10 +159,11 @@ def _list_rules(policy_obj: Any, day: dt.date, as_json: bool) -> None:
         if as_json:
             print_json(doc)
             continue
-        state = "in force" if in_force else why
-        if not r.enabled:
-            state = "disabled"
-        click.echo(f"{r.id:<40} {r.pack:<20} {doc['severity']:<8} {doc['action']:<6} {state}")
+        # the item codes (unverified ones say so) and the control's state that day
+        shown_state = doc["state_text"] if r.enabled else "disabled"
+        items = ", ".join(doc["items"]) or "-"
+        head = f"{r.id:<40} {r.pack:<20} {doc['severity']:<8} {doc['action']:<6}"
+        click.echo(f"{head} {items} — {shown_state}")
 
 
 @policy.command("explain")

@@ -241,8 +241,10 @@ class Policy:
         codes = sorted(rule.categories) if cats is None else cats
         best = strongest(self.category_state(c, day) for c in codes if self._dated(c))
         # a category out of force narrows the rule; one in force adds nothing to a rule
-        # with a timeline of its own unless it is the less certain of the two
-        if best is not None and not (best.in_force and best.verified and rule.timeline):
+        # with a timeline of its own (or, listing the rule, to the rule's own dates)
+        # unless it is the less certain of the two
+        mine = bool(rule.timeline) or cats is None
+        if best is not None and not (best.in_force and best.verified and mine):
             return best
         return state
 
