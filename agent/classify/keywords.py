@@ -47,7 +47,9 @@ from agent.validators import VALIDATORS
 log = logging.getLogger(__name__)
 
 MAX_PATTERN_MATCHES = 100_000
+MAX_HITS = 100_000  # keyword hits kept per category, role and text (memory bound)
 MAX_PRIMARY_CHECKED = 2_000  # primary hits per category and text looked at for corroboration
+MAX_STEPS = 200_000  # evidence positions visited per category and text (time bound)
 KEY_VERSION = "2"  # bump when the meaning of a cached tally changes
 _ASCII_UPPER = str.maketrans({chr(c): chr(c + 32) for c in range(65, 91)})
 
@@ -226,15 +228,22 @@ class KeywordMatcher:
                     continue
                 for role, i in roles:
                     if role == PRIMARY:
-                        of(i).primary.append((start, end + 1, word))
+                        h = of(i)
+                        if len(h.primary) < MAX_HITS:
+                            h.primary.append((start, end + 1, word))
                     elif role == SUPPORT:
-                        of(i).support.append((start, "s:" + word))
+                        h = of(i)
+                        if len(h.support) < MAX_HITS:
+                            h.support.append((start, "s:" + word))
                     elif role == CONTEXT:
                         of(i).context += 1
                     elif role == EXCLUDE:
-                        of(i).exclude.append(start)
+                        h = of(i)
+                        if len(h.exclude) < MAX_HITS:
+                            h.exclude.append(start)
                     elif role == EQUIPMENT:
-                        equipment.append((start, "equipment:" + word))
+                        if len(equipment) < MAX_HITS:
+                            equipment.append((start, "equipment:" + word))
                     elif len(negative) < 64:
                         negative[word] = i
         for p in self._patterns:
@@ -353,9 +362,11 @@ def _corroboration(
     positions = [p for p, _ in evidence]
     starts = {s for s, _, _ in kept}
     seen: set[str] = set()
+    steps = 0
     for start, end, _ in kept[:MAX_PRIMARY_CHECKED]:
         j = bisect.bisect_left(positions, start - window)
-        while j < len(positions) and positions[j] <= end + window:
+        while j < len(positions) and positions[j] <= end + window and steps < MAX_STEPS:
+            steps += 1
             pos, what = evidence[j]
             if pos not in starts and not start <= pos < end:
                 seen.add(what)

@@ -280,3 +280,31 @@ def test_ignored_genres_and_english_plurals() -> None:
     news = "Xinhua: exports of gallium nitride wafers (100 mm, 500 um) announced"
     assert m.match([news], ["document"])[0].confidence == "low"  # news is not ignored
     assert m.counts(["gallium nitride wafersx"]) == {}  # a plural s, not any letter
+
+
+def test_huge_dense_input_is_bounded_in_time_and_memory() -> None:
+    """4 MB where every few characters are a term or evidence, with the widest window:
+    the caps (hits kept, primaries checked, evidence positions visited) bound the work;
+    it takes about 2 s of CPU here; the bound is generous so that it cannot flake."""
+    import time
+
+    from agent.categories import Threshold
+
+    specs = [
+        CategorySpec(
+            code=f"C{i}",
+            pack="p",
+            keywords=("稀土萃取", "solvent extraction", "mm"),
+            supporting=("P507",),
+            thresholds=(Threshold("compaction_density", "g/cm3", "ge", 2.58),),
+            window=5000,
+        )
+        for i in range(8)
+    ]
+    unit = "稀土萃取 1 mm solvent extraction 2 mm P507 压实密度 2.6 g/cm3 "
+    text = unit * (4_000_000 // len(unit))
+    m = KeywordMatcher(specs)
+    started = time.process_time()
+    ev = m.evidence([text])
+    assert time.process_time() - started < 60
+    assert all(e.occurrences <= 3 * 100_000 and e.above == 1 for e in ev.values())
