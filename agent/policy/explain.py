@@ -18,6 +18,7 @@ from typing import Any
 from agent.categories import reaches
 from agent.events import Artefact, Channel, Decision, FileAction, FileEvent, Flow
 from agent.policy import facts as facts_mod
+from agent.policy.conditions import All, AnyOf, Compare, Condition, Not
 from agent.policy.model import Policy, highest_confidence
 from agent.textsafe import shown
 
@@ -74,6 +75,42 @@ def decision_doc(d: Decision) -> dict[str, Any]:
     }
 
 
+def thresholds(cond: Condition, code: str) -> list[tuple[str, Any]]:
+    """The numeric comparisons a condition makes on `matches.<code>` (op, value)."""
+    out: list[tuple[str, Any]] = []
+    stack = [cond]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, Compare):
+            if node.field == f"matches.{code}" and node.op in ("ge", "gt", "le", "lt", "eq"):
+                out.append((node.op, node.value))
+        elif isinstance(node, Not):
+            stack.append(node.item)
+        elif isinstance(node, All | AnyOf):
+            stack.extend(node.items)
+    return sorted(set(out), key=str)
+
+
+def _blocking_threshold(
+    policy: Policy, facts: dict[str, Any], code: str
+) -> tuple[str, str, Any] | None:
+    """A rule that would fire on these facts with a larger count of `code`: the count
+    was below that rule's threshold (rule id, op, value)."""
+    boosted = {**facts, f"matches.{code}": 10**18}
+    for rule in policy.rules:
+        if not rule.enabled or code not in rule.categories:
+            continue
+        limits = thresholds(rule.condition, code)
+        if limits and not rule.fires(facts) and rule.fires(boosted):
+            op, value = limits[0]
+            return rule.id, op, value
+    return None
+
+
 def _facts(policy: Policy, artefact: Artefact, event: FileEvent | Flow) -> dict[str, Any]:
     if isinstance(event, FileEvent):
         return facts_mod.file_facts(event, policy.min_counts, policy.min_confidence)
@@ -95,12 +132,12 @@ def explain(
     results = []
     named: dict[str, dict[str, Decision]] = {}  # code -> scenario -> decision naming it
     present: frozenset[str] = frozenset()
-    names = []
+    facts_of: dict[str, dict[str, Any]] = {}
     for name, event in scenarios(artefact, path, when):
         facts = _facts(policy, artefact, event)
         present = frozenset(facts.get("categories") or ())
         decisions = policy.decide(facts, day)
-        names.append(name)
+        facts_of[name] = facts
         for d in decisions:
             for c in d.categories:
                 old = named.setdefault(c, {}).get(name)
@@ -135,15 +172,27 @@ def explain(
             "in_force": state.in_force,
             "control_state": state.state if state.verified else f"{state.state} (unverified)",
             "control_state_text": state.describe(),
+            "thresholds": [
+                {"rule_id": r.id, "op": op, "value": value}
+                for r in policy.rules
+                if r.enabled
+                for op, value in thresholds(r.condition, code)
+            ],
             "fired": [],
             "not_fired": [],
         }
-        for name in names:
+        for name, facts in facts_of.items():
             naming = named.get(code, {}).get(name)
             if naming is not None and naming.action == "alert":
                 entry["fired"].append({"scenario": name, "rule_id": naming.rule_id})
                 continue
             why = _why_not(entry, naming, present)
+            if why == "no rule for this channel":
+                blocked = _blocking_threshold(policy, facts, code)
+                if blocked is not None:
+                    rule_id, op, value = blocked
+                    why = f"below the rule's threshold: {row['count']}, needs {op} {value}"
+                    why += f" ({rule_id})"
             entry["not_fired"].append({"scenario": name, "why": why})
         categories.append(entry)
     return {
@@ -199,6 +248,8 @@ def format_text(report: dict[str, Any]) -> list[str]:
             f" confidence {c['confidence'] or '-'} (needs {c['min_confidence']}),"
             f" {c['control_state_text']}"
         )
+        for t in c["thresholds"]:
+            out.append(f"    threshold: {t['rule_id']} needs {t['op']} {t['value']}")
         for f in c["fired"]:
             out.append(f"    fired: {f['scenario']} ({f['rule_id']})")
         for n in c["not_fired"]:

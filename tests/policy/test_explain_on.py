@@ -96,6 +96,25 @@ def test_below_minimum(shipped: Policy) -> None:
     assert _why(cat, "copy to removable") == "below minimum: 1 distinct term(s), min_count 2"
 
 
+def test_below_a_rule_threshold(shipped: Policy) -> None:
+    """Three resident IDs are present, but the rules need 10 (and 10 000 for the CAC line)."""
+    art = Artefact(
+        "7" * 64,
+        300,
+        tags=(Tag("dataset", "csv"),),
+        matches=(CategoryMatch("PI-PRC-RESIDENT-ID", 3, "", 3, "high"),),
+    )
+    report = explain(shipped, art, "/ids.csv", dt.date(2026, 1, 5))
+    cat = _by(report, "PI-PRC-RESIDENT-ID")
+    assert cat["present"] and cat["fired"] == []
+    assert _why(cat, "copy to removable") == (
+        "below the rule's threshold: 3, needs ge 10 (cn-pi-resident-ids-copied-out)"
+    )
+    assert _why(cat, "copy to local") == "no rule for this channel"
+    limits = {(t["rule_id"], t["op"], t["value"]) for t in cat["thresholds"]}
+    assert ("cn-pi-sensitive-assessment-abroad", "ge", 10000) in limits
+
+
 def test_low_confidence(shipped: Policy) -> None:
     report = explain(shipped, _art("CN-CAT-252604X-CATHODE", 4, "low"), "/x", dt.date(2026, 1, 5))
     cat = _by(report, "CN-CAT-252604X-CATHODE")
