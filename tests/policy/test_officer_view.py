@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ from agent.incidents.render import render_incident
 from agent.policy.build import load_policy
 from agent.policy.loader import SHIPPED_DIR
 from agent.policy.model import Policy
+from tests.conftest import cli, write_config
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +177,14 @@ def test_incidents_show_prints_the_legal_line(shipped: Policy) -> None:
     # an incident stored before these fields existed shows no legal line
     old = {k: v for k, v in decision_doc(event.uid, d).items() if k not in ("in_force",)}
     assert "in force that day" not in render_incident({**doc, "evidence": {"decisions": [old]}})
+
+
+def test_policy_list_rules_text_says_unverified_and_the_state(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "agent.yaml", {"agent": {"state_dir": str(tmp_path / "s")}})
+    text = cli("policy", "list", "--rules", "--on", "2026-11-10", config=cfg).stdout
+    lines = {line.split()[0]: line for line in text.splitlines() if line.strip()}
+    assert "083201X (code unverified)" in lines["cn-cat-2025-lithium-cathode-leaving"]
+    dual = lines["cn-dual-use-technology-leaving"]
+    assert " record " in dual and "1E902.a / 1E902.b, 3E901.a" in dual
+    assert "suspended 2025-11-08 to 2026-11-10 inclusive (MOFCOM Ann. 2025 No. 70)" in dual
+    assert "not enforced since 2025-05-13" in lines["us-ear-model-weights-abroad"]
