@@ -30,6 +30,8 @@ def _print_table(flows: list[Flow]) -> None:
         src = f"{f.src_ip}:{f.src_port}"
         dst = f"{f.dst_ip}:{f.dst_port}"
         name = f"{f.name} ({f.name_source})" if f.name else "-"
+        if f.service:
+            name += f" [{f.service}, {f.service_category}]"
         click.echo(
             f"{f.start.isoformat(timespec='milliseconds'):<26} {f.protocol:<5} {src:<28} "
             f"{dst:<40} {f.bytes_out:>14} {f.bytes_in:>12} {f.dest_class:<9} "

@@ -156,6 +156,8 @@ def test_cli_replay_on_a_fresh_install_and_a_site_services_file(tmp_path: Path) 
     assert (gh["service"], gh["service_category"]) == ("Lab Share", "file_transfer")
     assert docs["142.250.72.14"]["service"] == "Google Drive"
     assert gh["community_id"].startswith("1:")
+    table = cli("replay", str(tmp_path / "sites.pcap"), config=cfg).stdout
+    assert "drive.google.com (sni) [Google Drive, cloud_storage]" in table
     stored = cli("replay", str(tmp_path / "sites.pcap"), "--store", config=cfg)
     assert "stored 5 flows" in stored.stderr
     listed = cli("events", "list", "--kind", "flow", "--json", config=cfg).stdout.splitlines()
