@@ -83,3 +83,24 @@ def test_daemon_opens_a_removable_copy_incident(
     for f in exports.iterdir():
         out = cli("incidents", "verify", "--file", str(f), "--json", config=agent.config_path)
         assert json.loads(out.stdout)["ok"], f
+
+
+@pytest.mark.slow
+def test_daemon_by_default_opens_an_rd_assets_incident_for_a_checkpoint_on_usb(
+    tmp_path: Path, agent_config: dict[str, Any], run_agent: Any
+) -> None:
+    """No site pack, no threshold in the config: the shipped rd-assets pack decides."""
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    agent_config["sensors"] = {"enabled": ["files"]}
+    agent_config["files"] = {"roots": [str(usb)], "removable": [str(usb)], "follow_mounts": False}
+    agent_config["classify"] = {"use_magika": False}
+    agent = run_agent(agent_config)
+    agent.wait_metrics()
+    safetensors(usb / "encoder.safetensors", rows=384, cols=1024)  # 3.9e5 parameters
+    db = Path(agent_config["agent"]["state_dir"]) / "agent.db"
+    rows = _wait(lambda: _incidents(db))
+    assert rows and rows[0][:2] == ("removable_copy", "rd-assets-model-weights-out"), agent.stderr()
+    labels = {"rule": "rd-assets-model-weights-out", "severity": "medium"}
+    assert _wait(lambda: (agent.metric("egress_agent_incidents_opened_total", labels) or 0) > 0)
+    assert agent.stop() == 0
