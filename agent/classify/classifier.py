@@ -250,8 +250,9 @@ class Classifier:
         if finding is not None and finding.parents:
             parents = tuple(finding.parents[:MAX_PARENTS])
         art = self._artefact(path, sha, fst.st_size, known, parents, reason)
+        if reason == "timeout":
+            art = replace(art, skipped_at=finding.cut_at if finding else known.cut_at)
         if reason == "timeout" and finding is not None:
-            art = replace(art, skipped_at=finding.cut_at)
             log.warning(
                 "classify %r: cut short at %s after %.1f s (classify.file_deadline); "
                 "kept: hash, %s",
@@ -301,7 +302,13 @@ class Classifier:
         counts = matcher.counts([finding.text])
         by_code = tuple((matcher.categories[i].code, n) for i, n in sorted(counts.items()))
         known = Known(
-            finding.content_type, tuple(finding.tags), (), by_code, origin, finding.skipped
+            finding.content_type,
+            tuple(finding.tags),
+            (),
+            by_code,
+            origin,
+            finding.skipped,
+            finding.cut_at,
         )
         if cache:
             self.lru.put(sha, known)

@@ -32,6 +32,7 @@ class Known:
     counts: tuple[tuple[str, int], ...] = ()  # raw keyword counts by category code
     origin: tuple[int, int] | None = None  # (device, inode) of the file first classified
     skipped: str | None = None  # why the content was only partly read, if it was
+    cut_at: str | None = None  # with skipped="timeout": the tier reached (never persisted)
 
     def to_doc(self) -> dict[str, Any]:
         return {

@@ -91,6 +91,9 @@ class FileEventRow(Base):
     cmdline: Mapped[str | None] = mapped_column(Text)
     uid_num: Mapped[int | None] = mapped_column(Integer)
     user: Mapped[str | None] = mapped_column(String(255))
+    # why classification was cut short, and where (migration 0004): Artefact.skipped(_at)
+    skipped: Mapped[str | None] = mapped_column(String(32))
+    skipped_at: Mapped[str | None] = mapped_column(String(64))
 
 
 class FlowRow(Base):

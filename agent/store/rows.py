@@ -60,6 +60,8 @@ def file_event_row(e: FileEvent, host_id: str) -> dict[str, Any]:
         "sha256": a.sha256 if a else None,
         "kinds": list(a.kinds) if a else None,
         "categories": [m.category for m in a.matches] if a else None,
+        "skipped": a.skipped[:32] if a and a.skipped else None,
+        "skipped_at": a.skipped_at[:64] if a and a.skipped_at else None,
         **_process_cols(e.process),
     }
 

@@ -11,7 +11,8 @@ pickle, a 9,000-member tar). The promise, checked exactly:
 - an ordinary file written after them (a private key, a safetensors checkpoint) is
   stored with its hash and kinds within its normal latency (measured on the same agent
   before the hostile files) plus a few seconds;
-- every hostile file is stored with its hash; the refusals and the cuts are counted in
+- every hostile file is stored with its hash and its skip reason (`file_events.skipped`,
+  and `skipped_at` for a deadline cut); the refusals and the cuts are counted in
   `egress_agent_classify_skipped_total{reason}` and each cut is logged with its path;
 - the agent stops cleanly on SIGTERM, within a bound.
 
@@ -60,18 +61,40 @@ def hostile_files() -> dict[str, bytes]:
     }
 
 
-def written(cfg: dict[str, Any], path: Path) -> tuple[str, list[str]] | None:
-    """(sha256, kinds) of the newest classified `written` event for path, if stored."""
+# what each hostile file must be stored as (skipped, skipped_at); None: either way
+EXPECTED: dict[str, tuple[set[str | None], set[str | None]] | None] = {
+    "bomb1.tar": ({"malformed"}, {None}),
+    "bomb2.tar": ({"malformed"}, {None}),
+    "bomb3.tar.gz": ({"malformed"}, {None}),
+    "dims.safetensors": ({"absurd_count"}, {None}),
+    "many.safetensors": ({"absurd_count"}, {None}),
+    "absurd.gguf": ({"absurd_count"}, {None}),
+    "tokens.gguf": ({"malformed"}, {None}),
+    "entries.zip": ({"member_limit"}, {None}),
+    "dag.pkl": ({"unsafe_pickle"}, {None}),
+    "slow1.pkl": ({"timeout"}, {"content"}),
+    "slow2.pkl": ({"timeout"}, {"content"}),
+    "members1.tar": None,  # ~1 s of honest work: cut at a member on most hosts
+    "members2.tar": None,
+    "comments.c": ({None}, {None}),
+}
+
+
+def written(
+    cfg: dict[str, Any], path: Path
+) -> tuple[str, list[str], str | None, str | None] | None:
+    """(sha256, kinds, skipped, skipped_at) of the newest classified `written` event."""
     p = str(path).replace("'", "''")
     rows = query(
         cfg,
-        "SELECT sha256, kinds FROM file_events WHERE action = 'written' AND path = "
-        f"'{p}' AND sha256 IS NOT NULL ORDER BY id DESC LIMIT 1",
+        "SELECT sha256, kinds, skipped, skipped_at FROM file_events WHERE action = 'written' "
+        f"AND path = '{p}' AND sha256 IS NOT NULL ORDER BY id DESC LIMIT 1",
     )
     if not rows:
         return None
-    sha, kinds = rows[0]
-    return str(sha), json.loads(kinds) if isinstance(kinds, str) else list(kinds or [])
+    sha, kinds, skipped, at = rows[0]
+    kinds = json.loads(kinds) if isinstance(kinds, str) else list(kinds or [])
+    return str(sha), kinds, skipped, at
 
 
 def latency(cfg: dict[str, Any], agent: AgentProcess, path: Path, data: bytes) -> float:
@@ -118,8 +141,15 @@ def test_hostile_files_cannot_blind_a_running_agent(
 
     wait_for(all_stored, 120, "every hostile file stored with a hash")
     for name, data in files.items():
-        sha, _kinds = written(cfg, root / name)  # type: ignore[misc]
+        sha, _kinds, skipped, at = written(cfg, root / name)  # type: ignore[misc]
         assert sha == hashlib.sha256(data).hexdigest(), name
+        expected = EXPECTED[name]
+        if expected is None:
+            assert (skipped, at is not None) in ((None, False), ("timeout", True)), name
+            assert at is None or at.startswith("archive member "), (name, at)
+        else:
+            assert skipped in expected[0] and at in expected[1], (name, skipped, at)
+    assert written(cfg, key)[2] is None and written(cfg, ckpt)[2] is None  # type: ignore[index]
     assert "secret" in written(cfg, root / "members2.tar")[1]  # type: ignore[index]
 
     # refusals and cuts are counted with their reason (each file may be classified twice:
