@@ -170,6 +170,12 @@ class NetworkSensor:
             "packets": self.packets,
             "lost_notifications": self.lost_notifications,
             "thread_cpu_seconds": round(self.thread_cpu, 3),
+            # which country table the running sensor uses, and how old it is
+            "country_data": (
+                self.destinations.countries.info.as_dict(self.cfg.country_data_max_age_days)
+                if self.destinations.countries is not None
+                else None
+            ),
         }
 
     # --- the loop ----------------------------------------------------------------------

@@ -208,3 +208,12 @@ def test_status_shows_country_data_date_and_services(tmp_path: Path) -> None:
     )
     text = cli("status", config=cfg, check=False).stdout
     assert "country:   UNUSABLE: " in text and "broken.mmdb: not a readable MaxMind DB" in text
+
+
+def test_sensor_status_names_its_country_table() -> None:
+    from agent.sensors.network.sensor import NetworkSensor
+
+    cfg = NetworkSection(interfaces=["lo"])
+    geo = NetworkSensor(cfg, destinations_from(cfg)).status()["country_data"]
+    assert isinstance(geo, dict) and geo["source"] == "builtin" and geo["built"]
+    assert NetworkSensor(cfg, Destinations()).status()["country_data"] is None
