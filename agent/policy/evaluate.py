@@ -136,8 +136,11 @@ def _channel_score(table: Mapping[tuple[str, str], int]) -> ChannelScore:
 
 
 def event_for(channel: str, artefact: Artefact, path: str, day: dt.date) -> FileEvent | Flow:
-    """The event that puts this file on `channel` on `day` (noon UTC)."""
-    when = dt.datetime.combine(day, dt.time(12), tzinfo=dt.UTC)
+    """The event that puts this file on `channel` on `day`, at noon host time.
+
+    Noon in the host's zone, so rules on `hour` see working hours wherever it runs.
+    """
+    when = dt.datetime.combine(day, dt.time(12)).astimezone()
     if channel == "abroad":
         return Flow(
             protocol="tcp",
@@ -164,9 +167,9 @@ def decide_case(policy: Policy, case: Case, artefact: Artefact, day: dt.date) ->
         CategorySeen(
             m.category,
             m.count,
-            int(getattr(m, "distinct", 0) or 0),
+            m.distinct,
             policy.min_counts.get(m.category, 1),
-            str(getattr(m, "confidence", "") or ""),
+            m.confidence,
         )
         for m in artefact.matches
     )
@@ -254,7 +257,7 @@ def _result_doc(r: Result) -> dict[str, Any]:
                 "severity": str(d.severity),
                 "action": d.action,
                 "categories": list(d.categories),
-                "confidence": getattr(d, "confidence", None) or None,
+                "confidence": d.confidence or None,
             }
             for d in r.decisions
         ],
