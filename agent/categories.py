@@ -75,6 +75,8 @@ class Threshold:
     op: str  # ge | gt | le | lt
     value: float
     words: tuple[str, ...] = ()
+    when: tuple[str, ...] = ()  # applies only to texts naming one of these (e.g. LMFP)
+    unless: tuple[str, ...] = ()  # ...and not to texts naming one of these
 
 
 @dataclass(frozen=True, slots=True)

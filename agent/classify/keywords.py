@@ -39,7 +39,7 @@ from dataclasses import dataclass, fields
 
 import ahocorasick
 
-from agent.categories import QUANTITY_WORDS, CategorySpec
+from agent.categories import QUANTITY_WORDS, CategorySpec, Threshold
 from agent.classify import corroboration as corr
 from agent.events import CategoryMatch
 from agent.validators import VALIDATORS
@@ -268,6 +268,8 @@ class KeywordMatcher:
                 near = _corroboration(kept, sorted(h.support) + generic, cat.window)
             above = below = 0
             for t, words in self._thresholds[i]:
+                if not _applies(t, folded):
+                    continue
                 reading = corr.compare(corr.read_quantity(folded, words, t.unit), t.op, t.value)
                 if reading.values:
                     above += reading.met
@@ -316,6 +318,13 @@ class KeywordMatcher:
 
 def _add(a: Evidence, b: Evidence) -> Evidence:
     return Evidence(*(getattr(a, f.name) + getattr(b, f.name) for f in fields(Evidence)))
+
+
+def _applies(t: Threshold, folded: str) -> bool:
+    """`when`: one of these terms is in the text; `unless`: none is (LMFP is not LFP)."""
+    if t.when and not any(fold(w) in folded for w in t.when):
+        return False
+    return not any(fold(w) in folded for w in t.unless)
 
 
 def _leftmost_longest(hits: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:

@@ -291,7 +291,9 @@ def _thresholds(
             )
             return None
         op = next(o for o in ("ge", "gt", "le", "lt") if getattr(t, o) is not None)
-        out.append(Threshold(t.quantity, t.unit.lower(), op, float(getattr(t, op)), tuple(t.words)))
+        value = float(getattr(t, op))
+        words, when, unless = tuple(t.words), tuple(t.when), tuple(t.unless)
+        out.append(Threshold(t.quantity, t.unit.lower(), op, value, words, when, unless))
     return tuple(out)
 
 

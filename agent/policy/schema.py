@@ -118,6 +118,8 @@ class ThresholdModel(_Strict):
     quantity: str = Field(pattern=NAME)
     unit: StrictStr
     words: list[StrictStr] = Field(default_factory=list)
+    when: list[StrictStr] = Field(default_factory=list)  # only texts naming one of these
+    unless: list[StrictStr] = Field(default_factory=list)  # not texts naming one of these
     ge: float | None = None
     gt: float | None = None
     le: float | None = None

@@ -328,3 +328,19 @@ growth rate 2 µm/h; anneal at 850 °C for 30 min.
 def test_document_marked_with_an_eccn(policy: Policy, matcher: KeywordMatcher) -> None:
     present, got = judge(policy, matcher, ECCN_MARKED)
     assert "US-EAR-ECCN-MARKED" in present and got["US-EAR-ECCN-MARKED"].confidence != "low"
+
+
+LMFP_SHEET = """LMFP cathode process sheet (composed)
+Lithium manganese iron phosphate (LiMn0.6Fe0.4PO4) cathode material, solid-state route.
+Step 1: mix manganese and iron phosphate precursor with lithium carbonate and glucose in
+a sand mill to D50 0.5 µm. Step 2: spray drying, inlet 190 °C. Step 3: sintering in a
+roller kiln at 740 °C for 12 h under nitrogen atmosphere.
+Results: compaction density 2.42 g/cm³; specific capacity 157 mAh/g at 0.1C.
+"""
+
+
+def test_lmfp_has_its_own_thresholds(policy: Policy, matcher: KeywordMatcher) -> None:
+    """2.42 g/cm3 and 157 mAh/g are below the LFP values but above LMFP's (2.38, 155)."""
+    assert_high(policy, matcher, LMFP_SHEET, "CN-CAT-252604X-CATHODE", "document")
+    below = LMFP_SHEET.replace("2.42 g/cm³", "2.30 g/cm³")
+    assert "CN-CAT-252604X-CATHODE" not in judge(policy, matcher, below)[0]
