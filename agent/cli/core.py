@@ -259,6 +259,8 @@ def events_list(
                 shown(
                     f"{ev['time']}  flow     {ev['dest_class']:<13} {ev['bytes_out']:>12} B  "
                     f"{ev['src']} -> {name}:{ev['dst_port']}"
+                    + (f" ({ev['country']})" if ev.get("country") else "")
+                    + (f" [{ev['service']}, {ev['service_category']}]" if ev.get("service") else "")
                 )
             )
 

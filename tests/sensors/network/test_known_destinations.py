@@ -165,6 +165,8 @@ def test_cli_replay_on_a_fresh_install_and_a_site_services_file(tmp_path: Path) 
     assert rows["140.82.112.3"]["community_id"] == gh["community_id"]
     assert rows["162.159.140.245"]["service_category"] == "ai_assistant"
     assert rows["110.242.68.66"]["service"] == "Baidu Netdisk"
+    listing = cli("events", "list", "--kind", "flow", config=cfg).stdout
+    assert "-> pan.baidu.com:443 (CN) [Baidu Netdisk, cloud_storage]" in listing
     site.write_text("services:\n  - service: X\n    category: nope\n    domains: [x.example]\n")
     bad = cli("replay", str(tmp_path / "sites.pcap"), config=cfg, check=False)
     assert bad.returncode == 2 and f"{site}:3: category 'nope'" in bad.stderr
