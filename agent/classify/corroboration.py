@@ -87,7 +87,9 @@ GENRES: dict[str, tuple[str, ...]] = {
     "datasheet": (
     "datasheet", "data sheet", "ordering information", "rated voltage", "rated power",
     "rated torque", "rated speed", "product specification", "规格书", "额定电压",
-    "额定功率", "额定转速", "订货信息", "产品型号",
+    "额定功率", "额定转速", "订货信息", "产品型号", "典型值", "保质期",
+    "typical properties", "typical values", "values are typical", "not a specification",
+    "shelf life", "sales representative", "our products",
     ),
     "licence": (
     "license agreement", "licence agreement", "end user license", "eula", "licensee",

@@ -110,8 +110,10 @@ def confidence(spec: CategorySpec, ev: Evidence) -> str:
         return "low"
     level = 2 if ev.corroboration >= 3 else 1 if ev.corroboration >= 1 else 0
     if ev.above:
-        level += 1
-    level -= min(ev.negative, 2)  # one genre marker costs a level, two or more two
+        level = min(level + 1, 2)
+    # one genre marker costs a level, two or more two: a datasheet stating values above a
+    # legal threshold is still a datasheet
+    level -= min(ev.negative, 2)
     return ("low", "medium", "high")[max(0, min(level, 2))]
 
 

@@ -344,3 +344,21 @@ def test_lmfp_has_its_own_thresholds(policy: Policy, matcher: KeywordMatcher) ->
     assert_high(policy, matcher, LMFP_SHEET, "CN-CAT-252604X-CATHODE", "document")
     below = LMFP_SHEET.replace("2.42 g/cm³", "2.30 g/cm³")
     assert "CN-CAT-252604X-CATHODE" not in judge(policy, matcher, below)[0]
+
+
+LFP_POWDER_TDS = """Technical data sheet - LFP cathode powder, grade P-255 (paraphrased)
+Typical properties: compaction density 2.61 g/cm3; specific capacity 161 mAh/g at 0.1C;
+carbon 1.2 %; D50 1.0 um; moisture 700 ppm. Applications: EV and storage cells.
+Packaging: 500 kg bags under nitrogen; shelf life 12 months. Contact your sales
+representative for samples.
+"""
+
+
+def test_supplier_datasheet_above_the_thresholds_stays_low(
+    policy: Policy, matcher: KeywordMatcher
+) -> None:
+    """Properties of a product, not how to make it: the values meet the legal limits,
+    and it is still a datasheet."""
+    present, got = judge(policy, matcher, LFP_POWDER_TDS)
+    assert "CN-CAT-252604X-CATHODE" not in present
+    assert got["CN-CAT-252604X-CATHODE"].confidence == "low"
