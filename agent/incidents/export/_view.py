@@ -69,6 +69,15 @@ class View:
         return {}
 
     @property
+    def decision(self) -> Mapping[str, Any]:
+        """The decision behind the incident's rule: its regime, law, item, whether the
+        control was in force that day, its state and confidence ({} if none stored)."""
+        decisions = [d for d in self.evidence.get("decisions") or [] if isinstance(d, Mapping)]
+        rule = self.incident.get("rule_id")
+        mine = [d for d in decisions if d.get("rule_id") == rule] or decisions
+        return mine[0] if mine else {}
+
+    @property
     def flow(self) -> Mapping[str, Any]:
         flows = list(self.evidence.get("flows") or [])
         return flows[-1] if flows else {}

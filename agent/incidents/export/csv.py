@@ -30,6 +30,12 @@ COLUMNS = (
     "severity",
     "rule_id",
     "pack",
+    "regime",
+    "legal_ref",
+    "item",
+    "in_force",
+    "control_state",
+    "confidence",
     "title",
     "file_path",
     "file_sha256",
@@ -78,7 +84,7 @@ HEADER = _write(COLUMNS)
 
 def cells(entry: ChainEntry) -> list[object]:
     v = view(entry)
-    inc, f, fl, p = v.incident, v.file, v.flow, v.process
+    inc, f, fl, p, d = v.incident, v.file, v.flow, v.process, v.decision
     return [
         entry.seq,
         entry.host_id,
@@ -91,6 +97,12 @@ def cells(entry: ChainEntry) -> list[object]:
         inc.get("severity"),
         inc.get("rule_id"),
         inc.get("pack"),
+        d.get("regime"),
+        d.get("legal_ref"),
+        d.get("item"),
+        d.get("in_force"),
+        d.get("control_state"),
+        d.get("confidence"),
         inc.get("title"),
         v.path,
         f.get("sha256"),

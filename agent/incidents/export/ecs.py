@@ -113,6 +113,9 @@ def document(entry: ChainEntry) -> dict[str, Any]:
                     "name": inc.get("rule_id"),
                     "ruleset": inc.get("pack"),
                     "version": inc.get("policy_version") or None,
+                    # the regime and the law the deciding rule rests on
+                    "category": v.decision.get("regime") or None,
+                    "reference": v.decision.get("legal_ref") or None,
                 },
             }
         )
