@@ -267,6 +267,17 @@ def human_count(n: int) -> str:
     return f"{n:.1e}".replace("e+0", "e").replace("e+", "e") if n >= 10_000 else str(n)
 
 
+def first_lines(text: str, n: int) -> list[str]:
+    """`text.splitlines()[:n]` without splitting all of it: 4 MB of short lines is a
+    million strings (80 MB) to look at the first twenty."""
+    size = 4096
+    while True:
+        lines = text[:size].splitlines()
+        if len(lines) > n or size >= len(text):  # line n is complete when n+1 exists
+            return lines[:n]
+        size *= 4
+
+
 def decode_text(data: bytes) -> str | None:
     """UTF-8 (or GB18030, common for Chinese documents) text, or None for binary."""
     if not data or b"\x00" in data[:8192]:

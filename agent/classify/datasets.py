@@ -27,6 +27,7 @@ from agent.classify.base import (
     Limits,
     ParseError,
     Source,
+    first_lines,
     human_count,
 )
 from agent.events import Tag
@@ -102,7 +103,7 @@ def _estimate_rows(sample: bytes, size: int) -> tuple[int, bool]:
 
 def sniff_delimited(text: str, ext: str) -> str | None:
     """The delimiter of a CSV/TSV sample, or None when it is not tabular text."""
-    lines = [ln for ln in text.splitlines()[:20] if ln.strip()]
+    lines = [ln for ln in first_lines(text, 20) if ln.strip()]
     if len(lines) < 2 and ext not in ("csv", "tsv"):
         return None
     for delim in ("\t", ",", ";", "|") if ext != "csv" else (",", ";", "\t", "|"):
@@ -125,7 +126,7 @@ def parse_delimited(src: Source, limits: Limits, text: str, delim: str) -> Findi
 
 
 def is_jsonl(text: str) -> bool:
-    lines = [ln for ln in text.splitlines()[:5] if ln.strip()]
+    lines = [ln for ln in first_lines(text, 5) if ln.strip()]
     if len(lines) < 2:
         return False
     try:
@@ -136,7 +137,7 @@ def is_jsonl(text: str) -> bool:
 
 def parse_jsonl(src: Source, limits: Limits, text: str) -> Finding:
     try:
-        first = json.loads(text.splitlines()[0])
+        first = json.loads(first_lines(text, 1)[0])
     except RecursionError:
         raise ParseError("JSON Lines record nested too deep") from None
     columns = [str(k) for k in first][:MAX_COLUMNS] if isinstance(first, dict) else []

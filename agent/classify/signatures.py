@@ -20,7 +20,11 @@ COMPRESSED = {"gzip": b"\x1f\x8b", "bzip2": b"BZh", "xz": b"\xfd7zXZ\x00", "zstd
 
 def sniff(head: bytes, size: int, ext: str, basename: str) -> str | None:
     """Tier 1: the binary format the first bytes prove (or strongly suggest), else None."""
-    if weights.is_safetensors(head):
+    if weights.is_safetensors(head) and (
+        ext == "safetensors" or 8 + int.from_bytes(head[:8], "little") <= size
+    ):
+        # JSON Lines starting `{"a":1}\n` reads as a length prefix of 8e17: a header
+        # longer than the file is only believed of a file named .safetensors
         return "safetensors"
     if source.is_git_bundle(head):
         return "git_bundle"

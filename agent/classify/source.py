@@ -10,9 +10,12 @@ and refreshed when `HEAD` or `config` change. Credentials in remote URLs are rem
 
 from __future__ import annotations
 
+import io
+import itertools
 import os
 import re
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,33 +94,39 @@ def comments(text: str, language: str, limit: int) -> str:
     text = text[:limit]
     marker = _line_marker(language)
     line = re.compile(re.escape(marker) + r"\s?(.*)$", re.M)
-    parts = [m.group(1) for m in line.finditer(text)]
     block = _PY_DOC if language in ("python", "cython") else _C_BLOCK if marker == "//" else None
-    if block is not None:
-        parts += _blocks(text, block)
-    return "\n".join(parts)[:limit]
+    # written as found, not listed: a million two-character comments are 60 MB as strings
+    out = io.StringIO()
+    sep = ""
+    parts = (m.group(1) for m in line.finditer(text))
+    for part in itertools.chain(parts, _blocks(text, block) if block is not None else ()):
+        out.write(sep)
+        out.write(part)
+        sep = "\n"
+        if out.tell() > limit:
+            break
+    return out.getvalue()[:limit]
 
 
-def _blocks(text: str, delims: tuple[tuple[str, str], ...]) -> list[str]:
+def _blocks(text: str, delims: tuple[tuple[str, str], ...]) -> Iterator[str]:
     """The bodies of delimited blocks, left to right, in one linear pass.
 
     What `re.finditer(r"/\\*(.*?)\\*/", re.S)` finds, without its quadratic cost: the
     regex rescans to the end of the text for every opener that is never closed (4 MB
     of "/* " took hours).
     """
-    out: list[str] = []
     close = dict(delims)
     nxt = {o: text.find(o) for o, _c in delims}
     while True:
         live = [(i, o) for o, i in nxt.items() if i >= 0]
         if not live:
-            return out
+            return
         i, o = min(live)
         j = text.find(close[o], i + len(o))
         if j < 0:  # never closed: no later opener of this kind can be closed either
             nxt[o] = -1
             continue
-        out.append(text[i + len(o) : j])
+        yield text[i + len(o) : j]
         pos = j + len(close[o])
         for k, v in nxt.items():
             if 0 <= v < pos:

@@ -322,3 +322,30 @@ def test_stopping_abandons_a_big_hash(tmp_path: Path) -> None:
     assert a.skipped == "stopped" and a.sha256 is None
     assert skips("stopped") == before + 1
     clf.close()
+
+
+@pytest.mark.parametrize(
+    ("fname", "data", "kind"),
+    [
+        ("a.txt", b"ab\n" * 1_400_000, "document"),  # splitlines of all 4 MB: 83 MB, now 8
+        ("b.csv", b"a,b\n" * 1_000_000, "dataset"),
+        ("c.jsonl", b'{"a":1}\n' * 500_000, "dataset"),
+        ("d.py", b"#ab\n" * 1_000_000, "source_code"),  # comments as a list: 63 MB, now 9
+        ("e.c", b"/*ab*/" * 600_000, "source_code"),
+    ],
+)
+def test_text_of_short_lines_is_not_a_million_strings(fname: str, data: bytes, kind: str) -> None:
+    finding, seconds, peak = measured(lambda: ENGINE.classify(Source.from_bytes(fname, data)))
+    assert [t.kind for t in finding.tags] == [kind]
+    assert peak < 32 << 20, f"{peak >> 20} MB"
+    assert seconds < TIME_BOUND
+
+
+def test_json_lines_are_not_a_safetensors_length_prefix() -> None:
+    """`{"a":1}\\n` read as a little-endian length is 8e17: only a file named
+    .safetensors is believed to have a header longer than itself."""
+    data = b'{"a":1}\n' * 100
+    assert ENGINE.classify(Source.from_bytes("x.jsonl", data)).tags[0].kind == "dataset"
+    assert ENGINE.classify(Source.from_bytes("x", data)).tags[0].kind == "dataset"
+    lying = B.safetensors_many_dims(3)[:8] + b'{"w": 1}'
+    assert ENGINE.classify(Source.from_bytes("x.safetensors", lying)).skipped == "malformed"
