@@ -349,3 +349,18 @@ def test_json_lines_are_not_a_safetensors_length_prefix() -> None:
     assert ENGINE.classify(Source.from_bytes("x", data)).tags[0].kind == "dataset"
     lying = B.safetensors_many_dims(3)[:8] + b'{"w": 1}'
     assert ENGINE.classify(Source.from_bytes("x.safetensors", lying)).skipped == "malformed"
+
+
+def test_office_xml_of_unclosed_tags_is_linear() -> None:
+    """3 MB of `<` with one `>` at the end: the tag regex retried 4,096 characters at
+    each `<` (about 20 s); the linear stripper takes milliseconds."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("[Content_Types].xml", b"<Types/>")
+        z.writestr("word/document.xml", b"<" * (3 << 20) + b"> secret plans")
+    finding, seconds, peak = measured(
+        lambda: ENGINE.classify(Source.from_bytes("x.docx", buf.getvalue()))
+    )
+    assert finding.tags[0].kind == "document" and "secret plans" in finding.text
+    assert seconds < TIME_BOUND / 2
+    assert peak < 64 << 20
