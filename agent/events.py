@@ -113,6 +113,7 @@ class CategoryMatch:
     pack: str = ""
     distinct: int = 0
     confidence: str = "low"
+    basis: str = ""  # why that confidence, for people: "2 pieces of evidence near ..."
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,8 @@ that is the same for every category — numbers with process units, procedure st
 equipment, chemical formulas, code, the genre markers of news, marketing, datasheets,
 licences and abstracts — and reads numeric quantities (压实密度 2.60 g/cm³) for the
 thresholds a law states. Categories add their own supporting terms in the packs.
+`Evidence` is what one category found in a text and `confidence()` / `basis()` judge
+it; the matcher (`keywords`) collects it.
 
 Everything here is a pure function of already folded text (`keywords.fold`: NFKC, ASCII
 lower case) and bounded: every scan stops after `MAX_HITS` hits.
@@ -16,9 +18,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
-from agent.categories import UNIT_FORMS
+from agent.categories import UNIT_FORMS, CategorySpec
 
 MAX_HITS = 10_000  # per kind of evidence and text: a huge text cannot make this quadratic
 QUANTITY_LOOKAHEAD = 80  # characters after a quantity's words searched for its value
@@ -146,6 +148,74 @@ def is_formula(token: str) -> bool:
         digit = digit or any(c.isdigit() for c in m.group(0))
         pos = m.end()
     return elements >= 2 and digit
+
+
+# --- evidence and confidence ---------------------------------------------------------
+_SHIFT = 32  # occurrences below, then 16-bit fields
+_FIELD_CAP = 0x0FFF  # per text: sixteen texts can be added before a field could overflow
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What one category found in some text (additive: texts add their evidence)."""
+
+    occurrences: int = 0  # primary hits after leftmost-longest and exclusions
+    distinct: int = 0  # different primary terms (keywords, pattern values)
+    corroboration: int = 0  # different pieces of evidence near a primary hit
+    negative: int = 0  # different genre markers in the text
+    context: int = 0  # `requires_context` terms in the text
+    above: int = 0  # thresholds whose stated value meets the limit
+    below: int = 0  # thresholds with values stated, none meeting the limit
+
+    def pack(self) -> int:
+        n = min(self.occurrences, 2**31 - 1)
+        for i, f in enumerate(fields(self)[1:]):
+            n |= min(getattr(self, f.name), _FIELD_CAP) << (_SHIFT + 16 * i)
+        return n
+
+    def __add__(self, other: Evidence) -> Evidence:
+        """Texts add their evidence (the file name's to the content's)."""
+        return Evidence(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    @classmethod
+    def unpack(cls, n: int) -> Evidence:
+        values = [n & (2**_SHIFT - 1)]
+        values += [(n >> (_SHIFT + 16 * i)) & 0xFFFF for i in range(len(fields(cls)) - 1)]
+        return cls(*values)
+
+
+def confidence(spec: CategorySpec, ev: Evidence) -> str:
+    """low | medium | high for one category's evidence (see the module docstring)."""
+    if not spec.corroborate:  # identifiers: a validated pattern is as sure as it gets
+        return "high" if spec.validator else "medium"
+    if spec.requires_context and ev.context == 0:
+        return "low"
+    if ev.below:
+        return "low"
+    level = 2 if ev.corroboration >= 3 else 1 if ev.corroboration >= 1 else 0
+    if ev.above:
+        level = min(level + 1, 2)
+    # one genre marker costs a level, two or more two: a datasheet stating values above a
+    # legal threshold is still a datasheet
+    level -= min(ev.negative, 2)
+    return ("low", "medium", "high")[max(0, min(level, 2))]
+
+
+def basis(spec: CategorySpec, ev: Evidence) -> str:
+    """The evidence behind `confidence()`, in words (`policy explain` shows it)."""
+    if not spec.corroborate:
+        return "identifier pattern" + (f" checked by {spec.validator}" if spec.validator else "")
+    n = ev.corroboration
+    parts = [f"{n} piece{'s' if n != 1 else ''} of evidence near the terms"]
+    if spec.requires_context and ev.context == 0:
+        parts.append(f"no required context ({', '.join(spec.requires_context[:3])}...)")
+    if ev.below:
+        parts.append(f"{ev.below} stated value(s) below the legal threshold")
+    if ev.above:
+        parts.append(f"{ev.above} stated value(s) meeting the legal threshold")
+    if ev.negative:
+        parts.append(f"{ev.negative} news/marketing/datasheet/licence/abstract marker(s)")
+    return "; ".join(parts)
 
 
 # --- quantities for legal thresholds ---------------------------------------------------

@@ -35,12 +35,13 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import ahocorasick
 
 from agent.categories import QUANTITY_WORDS, CategorySpec, Threshold
 from agent.classify import corroboration as corr
+from agent.classify.corroboration import Evidence, basis, confidence
 from agent.events import CategoryMatch
 from agent.validators import VALIDATORS
 
@@ -68,53 +69,6 @@ def fold(text: str) -> str:
 
 def _nfkc(text: str) -> str:
     return text if text.isascii() else unicodedata.normalize("NFKC", text)
-
-
-# --- evidence --------------------------------------------------------------------------
-_SHIFT = 32  # occurrences below, then 16-bit fields
-_FIELD_CAP = 0x0FFF  # per text: sixteen texts can be added before a field could overflow
-
-
-@dataclass(frozen=True, slots=True)
-class Evidence:
-    """What one category found in some text (additive: texts add their evidence)."""
-
-    occurrences: int = 0  # primary hits after leftmost-longest and exclusions
-    distinct: int = 0  # different primary terms (keywords, pattern values)
-    corroboration: int = 0  # different pieces of evidence near a primary hit
-    negative: int = 0  # different genre markers in the text
-    context: int = 0  # `requires_context` terms in the text
-    above: int = 0  # thresholds whose stated value meets the limit
-    below: int = 0  # thresholds with values stated, none meeting the limit
-
-    def pack(self) -> int:
-        n = min(self.occurrences, 2**31 - 1)
-        for i, f in enumerate(fields(self)[1:]):
-            n |= min(getattr(self, f.name), _FIELD_CAP) << (_SHIFT + 16 * i)
-        return n
-
-    @classmethod
-    def unpack(cls, n: int) -> Evidence:
-        values = [n & (2**_SHIFT - 1)]
-        values += [(n >> (_SHIFT + 16 * i)) & 0xFFFF for i in range(len(fields(cls)) - 1)]
-        return cls(*values)
-
-
-def confidence(spec: CategorySpec, ev: Evidence) -> str:
-    """low | medium | high for one category's evidence (see the module docstring)."""
-    if not spec.corroborate:  # identifiers: a validated pattern is as sure as it gets
-        return "high" if spec.validator else "medium"
-    if spec.requires_context and ev.context == 0:
-        return "low"
-    if ev.below:
-        return "low"
-    level = 2 if ev.corroboration >= 3 else 1 if ev.corroboration >= 1 else 0
-    if ev.above:
-        level = min(level + 1, 2)
-    # one genre marker costs a level, two or more two: a datasheet stating values above a
-    # legal threshold is still a datasheet
-    level -= min(ev.negative, 2)
-    return ("low", "medium", "high")[max(0, min(level, 2))]
 
 
 # --- matcher ---------------------------------------------------------------------------
@@ -200,7 +154,7 @@ class KeywordMatcher:
                 continue
             for i, ev in self._text_evidence(text).items():
                 old = out.get(i)
-                out[i] = ev if old is None else _add(old, ev)
+                out[i] = ev if old is None else old + ev
         return out
 
     def counts(self, texts: Iterable[str]) -> Counter[int]:
@@ -310,16 +264,13 @@ class KeywordMatcher:
                     pack=cat.pack,
                     distinct=ev.distinct,
                     confidence=confidence(cat, ev),
+                    basis=basis(cat, ev),
                 )
             )
         return tuple(out)
 
     def match(self, texts: Iterable[str], kinds: Sequence[str]) -> tuple[CategoryMatch, ...]:
         return self.matches(self.counts(texts), kinds)
-
-
-def _add(a: Evidence, b: Evidence) -> Evidence:
-    return Evidence(*(getattr(a, f.name) + getattr(b, f.name) for f in fields(Evidence)))
 
 
 def _applies(t: Threshold, folded: str) -> bool:

@@ -122,6 +122,7 @@ def store_lookup(engine: Any, sha: str) -> Known | None:
             str(m.get("pack", "")),
             int(m.get("distinct", 0)),  # 0: stored before distinct counting (judged as then)
             str(m.get("confidence", "low")),
+            str(m.get("basis", "")),
         )
         for m in (matches if isinstance(matches, list) else [])
         if isinstance(m, dict) and "category" in m

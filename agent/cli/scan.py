@@ -111,6 +111,7 @@ def artefact_doc(path: str, a: Artefact) -> dict[str, Any]:
                 "pack": m.pack,
                 "distinct": m.distinct,
                 "confidence": m.confidence,
+                "basis": m.basis,
             }
             for m in a.matches
         ],

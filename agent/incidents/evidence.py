@@ -83,6 +83,7 @@ def file_doc(e: FileEvent, role: str) -> dict[str, Any]:
                 "pack": m.pack,
                 "distinct": m.distinct,
                 "confidence": m.confidence,
+                "basis": m.basis,
             }
             for m in a.matches
         ]

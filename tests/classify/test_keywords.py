@@ -211,7 +211,7 @@ def test_thresholds_read_from_the_text() -> None:
 
 
 def test_evidence_survives_the_classifier_cache_as_one_number() -> None:
-    from agent.classify.keywords import Evidence
+    from agent.classify.corroboration import Evidence
 
     m = KeywordMatcher([REFINING])
     text, name = "稀土萃取分离 P507 反萃 25 °C 溶剂", "solvent extraction.docx"
@@ -308,3 +308,15 @@ def test_huge_dense_input_is_bounded_in_time_and_memory() -> None:
     ev = m.evidence([text])
     assert time.process_time() - started < 60
     assert all(e.occurrences <= 3 * 100_000 and e.above == 1 for e in ev.values())
+
+
+def test_basis_says_why() -> None:
+    germ = CategorySpec(
+        code="G", pack="p", keywords=("gene editing",), requires_context=("embryo", "胚胎")
+    )
+    (got,) = KeywordMatcher([germ]).match(["Abstract: gene editing at 37 °C"], ["document"])
+    assert got.confidence == "low"
+    assert got.basis == (
+        "1 piece of evidence near the terms; no required context (embryo, 胚胎...); "
+        "1 news/marketing/datasheet/licence/abstract marker(s)"
+    )

@@ -63,7 +63,7 @@ def test_scan_json_recursive(config: Path, tree: Path) -> None:
     # shipped policy packs give the categories: the ASR document matches
     asr = docs["asr.docx"]
     assert "CN-CAT-086501X-ASR" in {m["category"] for m in asr["matches"]}
-    keys = {"category", "count", "pack", "distinct", "confidence"}
+    keys = {"category", "count", "pack", "distinct", "confidence", "basis"}
     assert all(set(m) == keys for m in asr["matches"])
     # .git/objects is excluded by files.exclude
     assert not any("/.git/objects/" in d["path"] for d in docs.values())
