@@ -46,7 +46,9 @@ _PATTERNS: list[tuple[str, str, re.Pattern[str]]] = [
     (
         "jwt",
         "JSON Web Token",
-        re.compile(r"\beyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[\w-]{10,}"),
+        # starts only where a run of token characters starts: after \b alone, "-eyJ"
+        # repeated was a start every 4 characters, each scanning to the end (quadratic)
+        re.compile(r"(?<![\w-])eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[\w-]{10,}"),
     ),
 ]
 

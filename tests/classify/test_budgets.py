@@ -364,3 +364,15 @@ def test_office_xml_of_unclosed_tags_is_linear() -> None:
     assert finding.tags[0].kind == "document" and "secret plans" in finding.text
     assert seconds < TIME_BOUND / 2
     assert peak < 64 << 20
+
+
+def test_secret_patterns_are_linear() -> None:
+    """Each secret pattern over 4 MB built from its own literal: "-eyJ" repeated made
+    the JWT pattern start every 4 characters and scan to the end (about an hour)."""
+    from agent.classify.secrets import secret_tags
+
+    for unit in ("-eyJ", "-sk-", "_ghp_", "-xoxb-", "-glpat-", "LTAI-", '"service_account"'):
+        text = unit * ((4 << 20) // len(unit))
+        t0 = time.monotonic()
+        secret_tags(text)
+        assert time.monotonic() - t0 < TIME_BOUND / 2, unit
