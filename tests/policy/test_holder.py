@@ -161,7 +161,7 @@ def test_disable_and_replace_shipped_packs(tmp_path: Path) -> None:
     assert packs[("us-ear", "shipped")].replaced_by == str(site / "us-ear.yaml")
     assert packs[("us-ear", "site")].enabled and packs[("us-ear", "site")].version == "site-1"
     assert not any(r.pack == "eu-dual-use" for r in holder.current.rules)
-    assert sum(r.pack == "us-ear" for r in holder.current.rules) == 3
+    assert sum(r.pack == "us-ear" for r in holder.current.rules) == 4
 
 
 def test_builtin_off_means_only_site_packs(tmp_path: Path) -> None:
