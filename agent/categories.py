@@ -101,6 +101,7 @@ class CategorySpec:
     min_count: int = 1  # DISTINCT terms (keywords, pattern values) needed to be present
     # terms that corroborate a primary term within `window` characters of it
     supporting: tuple[str, ...] = ()
+    supporting_patterns: tuple[str, ...] = ()  # the same as regular expressions
     # at least one of these somewhere in the text, or the match stays low (e.g. germline
     # editing needs embryo / germ-cell / reproduction context)
     requires_context: tuple[str, ...] = ()

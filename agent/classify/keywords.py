@@ -122,6 +122,10 @@ class KeywordMatcher:
                     log.warning("category %s: pattern %r invalid: %s", cat.code, pattern, e)
                     continue
                 self._patterns.append(_Pattern(index, rx, validator))
+        self._support_rx = [
+            [re.compile(p) for p in cat.supporting_patterns if _compiles(p)]
+            for cat in self.categories
+        ]
         self._genres = tuple(corr.GENRES)
         self._ignored = [
             frozenset(self._genres.index(g) for g in c.ignore_genres if g in corr.GENRES)
@@ -221,6 +225,11 @@ class KeywordMatcher:
             if cat.corroborate:
                 if generic is None:
                     generic = _generic(folded, norm, equipment)
+                for rx in self._support_rx[i]:
+                    for n, m in enumerate(rx.finditer(norm)):
+                        if n >= corr.MAX_HITS:
+                            break
+                        h.support.append((m.start(), "sp:" + fold(m.group(0))))
                 near = _corroboration(kept, sorted(h.support) + generic, cat.window)
             above = below = 0
             for t, words in self._thresholds[i]:
@@ -336,6 +345,15 @@ def _corroboration(
             if len(seen) >= 16:
                 return len(seen)
     return len(seen)
+
+
+def _compiles(pattern: str) -> bool:
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        log.warning("supporting pattern %r invalid: %s", pattern, e)
+        return False
+    return True
 
 
 def _plural(folded: str, end: int) -> bool:

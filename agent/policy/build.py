@@ -185,12 +185,15 @@ def _categories(
                 continue
             first[cat.code] = where
             ok = True
-            for i, pattern in enumerate(cat.patterns):
+            for i, (key, pattern) in enumerate(
+                [("patterns", p) for p in cat.patterns]
+                + [("supporting_patterns", p) for p in cat.supporting_patterns]
+            ):
                 try:
                     re.compile(pattern)
                 except re.error as e:
                     ok = False
-                    at = item_line(raw["patterns"], i)
+                    at = item_line(raw[key], i if key == "patterns" else i - len(cat.patterns))
                     issues.append(
                         Issue(
                             pack.file,
@@ -237,6 +240,7 @@ def _categories(
                     kinds=tuple(cat.kinds),
                     min_count=cat.min_count,
                     supporting=tuple(k for k in cat.supporting if k.strip()),
+                    supporting_patterns=tuple(cat.supporting_patterns),
                     requires_context=tuple(k for k in cat.requires_context if k.strip()),
                     excludes=tuple(k for k in cat.excludes if k.strip()),
                     thresholds=thresholds,

@@ -154,6 +154,7 @@ class CategoryModel(_Strict):
     sources: list[StrictStr] = Field(default_factory=list)
     # confidence (agent/classify/keywords.py): corroboration near the primary terms
     supporting: list[StrictStr] = Field(default_factory=list)
+    supporting_patterns: list[StrictStr] = Field(default_factory=list)
     requires_context: list[StrictStr] = Field(default_factory=list)
     excludes: list[StrictStr] = Field(default_factory=list)
     thresholds: list[ThresholdModel] = Field(default_factory=list)

@@ -320,3 +320,12 @@ def test_basis_says_why() -> None:
         "1 piece of evidence near the terms; no required context (embryo, 胚胎...); "
         "1 news/marketing/datasheet/licence/abstract marker(s)"
     )
+
+
+def test_supporting_patterns() -> None:
+    spec = CategorySpec(
+        code="R", pack="p", keywords=("ranking model",), supporting_patterns=(r"(?i)ndcg@\d+",)
+    )
+    m = KeywordMatcher([spec])
+    assert m.evidence(["ranking model: NDCG@10 and ndcg@5"])[0].corroboration == 2
+    assert m.evidence(["ranking model: NDCG"])[0].corroboration == 0

@@ -134,3 +134,10 @@ def test_bad_confidence_keys_are_reported_at_their_line(tmp_path: Path) -> None:
     )
     _, issues = _policy(tmp_path, unknown)
     assert any("unknown category 'NOPE'" in i.message for i in issues)
+
+
+def test_bad_supporting_pattern_is_reported_at_its_line(tmp_path: Path) -> None:
+    bad = PACK.replace("    supporting: [calibrated]\n", "    supporting_patterns: ['[unclosed']\n")
+    policy, issues = _policy(tmp_path, bad)
+    assert policy is None
+    assert issues[0].line == 8 and "bad regular expression '[unclosed'" in issues[0].message
