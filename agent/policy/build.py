@@ -156,6 +156,7 @@ def _select(
                     Source(s.title, s.ref, s.url, str(s.date) if s.date else None, s.note)
                     for s in m.sources
                 ),
+                timezone=m.timezone,
             )
         )
         if in_force:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -141,6 +142,14 @@ def _parse_parts(pack: ParsedPack, issues: list[Issue]) -> None:
                     f"this engine ({'.'.join(map(str, ENGINE_VERSION))}); upgrade egress-agent",
                 )
             )
+        if pack.meta is not None and zone(pack.meta.timezone) is None:
+            issues.append(
+                Issue(
+                    pack.file,
+                    key_line(doc["pack"], "timezone"),
+                    f"unknown timezone {pack.meta.timezone!r} (an IANA name, e.g. Asia/Shanghai)",
+                )
+            )
     if "rules" not in doc and "overrides" not in doc:
         # a pack cut short while being copied (say, just before `rules:`) must not load
         # as a valid pack that silently switches its rules off
@@ -158,6 +167,14 @@ def _parse_parts(pack: ParsedPack, issues: list[Issue]) -> None:
     pack.categories = _items(doc, "categories", CategoryModel, pack, issues)
     pack.rules = _items(doc, "rules", RuleModel, pack, issues)
     pack.overrides = _items(doc, "overrides", OverrideModel, pack, issues)
+
+
+def zone(name: str) -> ZoneInfo | None:
+    """The IANA time zone a pack's legal dates are in (None if unknown)."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
 
 
 def _version(text: str) -> tuple[int, ...]:

@@ -18,6 +18,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agent.categories import CategorySpec
 from agent.events import Artefact, Decision, FileEvent, Flow, Severity
@@ -51,6 +52,7 @@ class PackInfo:
     rules: int = 0
     categories: int = 0
     sources: tuple[Source, ...] = ()
+    timezone: str = "UTC"  # the calendar of the regime's legal dates
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +163,7 @@ class Policy:
     min_counts: Mapping[str, int] = field(init=False, repr=False, compare=False)
     min_confidence: Mapping[str, str] = field(init=False, repr=False, compare=False)
     regimes: Mapping[str, str] = field(init=False, repr=False, compare=False)
+    zones: Mapping[str, ZoneInfo] = field(init=False, repr=False, compare=False)
     _by_event: Mapping[str, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -169,6 +172,8 @@ class Policy:
             self, "min_confidence", {c.code: c.min_confidence for c in self.categories}
         )
         object.__setattr__(self, "regimes", {p.id: p.regime for p in self.packs if p.enabled})
+        zones = {p.id: _zone(p.timezone) for p in self.packs if p.enabled}
+        object.__setattr__(self, "zones", {k: z for k, z in zones.items() if z is not None})
         # rules that can only hold for some kinds of event are not tried on the others
         by_event: dict[str, tuple[Rule, ...]] = {}
         for kind in ("file", "flow", "transfer"):
@@ -177,17 +182,32 @@ class Policy:
             )
         object.__setattr__(self, "_by_event", by_event)
 
-    def decide(self, facts: Mapping[str, Any], day: dt.date | None = None) -> list[Decision]:
-        """Every decision the enabled rules make on these facts, in rule order."""
-        day = day or dt.date.today()
+    def decide(
+        self,
+        facts: Mapping[str, Any],
+        day: dt.date | None = None,
+        when: dt.datetime | None = None,
+    ) -> list[Decision]:
+        """Every decision the enabled rules make on these facts, in rule order.
+
+        `when` (an aware time) is judged on its day in each pack's legal calendar; without
+        it, every rule is judged on `day` (default today).
+        """
+        day = day or (when.date() if when is not None else dt.date.today())
         rules = self._by_event.get(facts.get("event"))  # type: ignore[arg-type]
         if rules is None:
             rules = tuple(r for r in self.rules if r.enabled)
         out = []
         for rule in rules:
             if rule.fires(facts):
-                out.append(self._decision(rule, facts, day))
+                out.append(self._decision(rule, facts, self._day(rule.pack, day, when)))
         return out
+
+    def _day(self, pack: str, day: dt.date, when: dt.datetime | None) -> dt.date:
+        zone = self.zones.get(pack)
+        if when is None or when.tzinfo is None or zone is None:
+            return day
+        return when.astimezone(zone).date()
 
     def _decision(self, rule: Rule, facts: Mapping[str, Any], day: dt.date) -> Decision:
         present = facts.get("categories") or frozenset()
@@ -279,10 +299,10 @@ class Policy:
     # --- conveniences for the stage, correlation and explain ---------------------
     def decide_file(self, event: FileEvent) -> list[Decision]:
         f = facts_mod.file_facts(event, self.min_counts, self.min_confidence)
-        return self.decide(f, event.time.date())
+        return self.decide(f, event.time.date(), event.time)
 
     def decide_flow(self, flow: Flow) -> list[Decision]:
-        return self.decide(facts_mod.flow_facts(flow), flow.time.date())
+        return self.decide(facts_mod.flow_facts(flow), flow.time.date(), flow.time)
 
     def decide_transfer(
         self, artefact: Artefact, flow: Flow, file_event: FileEvent | None = None
@@ -291,7 +311,14 @@ class Policy:
         f = facts_mod.transfer_facts(
             artefact, flow, self.min_counts, file_event, self.min_confidence
         )
-        return self.decide(f, flow.time.date())
+        return self.decide(f, flow.time.date(), flow.time)
+
+
+def _zone(name: str) -> ZoneInfo | None:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
 
 
 _CONFIDENCE_RANK = {"low": 1, "medium": 2, "high": 3}

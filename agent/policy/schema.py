@@ -107,6 +107,9 @@ class PackMeta(_Strict):
     required_engine_version: str = Field(pattern=VERSION)
     description: StrictStr = ""
     disclaimer: StrictStr = ""
+    # the calendar of the regime's dates (IANA name): a suspension "until 2026-11-10"
+    # ends at midnight Beijing time, not UTC; events are judged on their day there
+    timezone: StrictStr = "UTC"
     sources: list[SourceModel] = Field(min_length=1)
 
 

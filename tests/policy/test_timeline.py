@@ -161,3 +161,44 @@ def test_site_status_override_wins_over_category_dates(tmp_path: Path) -> None:
     assert shipped.rule_state(plain, D("2026-06-01"), ("CN-DU-1E902-RARE-EARTH",)).state == (
         SUSPENDED
     )
+
+
+@pytest.mark.parametrize(
+    ("utc", "state"),
+    [
+        # 23:59 on 2026-11-10 in Beijing: the last suspended minute
+        ("2026-11-10T15:59:00+00:00", "suspended"),
+        # 00:00 on 2026-11-11 in Beijing, still 2026-11-10 in UTC: the suspension is over
+        ("2026-11-10T16:00:00+00:00", "in_force (unverified)"),
+    ],
+)
+def test_days_are_the_regime_s_calendar_days(utc: str, state: str) -> None:
+    from datetime import datetime
+
+    from agent.events import Artefact, CategoryMatch, Channel, FileAction, FileEvent, Tag
+
+    policy, issues = load_policy([SHIPPED_DIR])
+    assert policy is not None, issues
+    assert policy.zones["cn-export-catalogue"].key == "Asia/Shanghai"
+    art = Artefact(
+        "1" * 64,
+        100,
+        tags=(Tag("document", "text"),),
+        matches=(CategoryMatch("CN-DU-1E902-RARE-EARTH", 3, "", 3, "high"),),
+    )
+    event = FileEvent(
+        FileAction.WRITTEN,
+        "/media/usb/a.txt",
+        Channel.REMOVABLE,
+        artefact=art,
+        time=datetime.fromisoformat(utc),
+    )
+    (d,) = [d for d in policy.decide_file(event) if d.rule_id == "cn-dual-use-technology-leaving"]
+    assert d.control_state == state
+
+
+def test_unknown_timezone_is_reported(tmp_path: Path) -> None:
+    f = tmp_path / "tz.yaml"
+    f.write_text(PACK.replace('  version: "1"\n', '  version: "1"\n  timezone: Mars/Olympus\n'))
+    res = cli("policy", "check", "--alone", str(f), check=False)
+    assert res.returncode == 1 and f"{f}:6: unknown timezone 'Mars/Olympus'" in res.stdout
