@@ -259,7 +259,10 @@ class Policy:
         # the rule's control applies; each category may be a control of its own with its
         # own dates (1E902 and 3E901 under one rule)
         codes = sorted(rule.categories) if cats is None else cats
-        best = strongest(self.category_state(c, day) for c in codes if self._dated(c))
+        if not any(self._dated(c) for c in codes):
+            return state
+        # an undated category is under the rule's own control, in force today
+        best = strongest(self.category_state(c, day) if self._dated(c) else state for c in codes)
         # a category out of force narrows the rule; one in force adds nothing to a rule
         # with a timeline of its own (or, listing the rule, to the rule's own dates)
         # unless it is the less certain of the two
