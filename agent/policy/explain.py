@@ -184,7 +184,11 @@ def explain(
         for name, facts in facts_of.items():
             naming = named.get(code, {}).get(name)
             if naming is not None and naming.action == "alert":
-                entry["fired"].append({"scenario": name, "rule_id": naming.rule_id})
+                if entry["in_force"]:
+                    entry["fired"].append({"scenario": name, "rule_id": naming.rule_id})
+                else:  # the alert rests on another entry of the same decision
+                    why = f"{entry['control_state_text']} on this day; {naming.rule_id} alerts"
+                    entry["not_fired"].append({"scenario": name, "why": why + " on another entry"})
                 continue
             why = _why_not(entry, naming, present)
             if why == "no rule for this channel":

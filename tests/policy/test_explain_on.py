@@ -96,6 +96,27 @@ def test_below_minimum(shipped: Policy) -> None:
     assert _why(cat, "copy to removable") == "below minimum: 1 distinct term(s), min_count 2"
 
 
+def test_an_entry_not_in_force_beside_one_that_is(shipped: Policy) -> None:
+    art = Artefact(
+        "6" * 64,
+        5000,
+        tags=(Tag("document", "text"),),
+        matches=(
+            CategoryMatch("CN-CAT-RE-REFINING", 6, "", 4, "high"),
+            CategoryMatch("CN-CAT-RE-CONTEXT", 5, "", 3, "high"),
+            CategoryMatch("CN-CAT-252604X-CATHODE", 6, "", 4, "high"),
+        ),
+    )
+    report = explain(shipped, art, "/mixed.txt", dt.date(2025, 3, 1))
+    upload = "upload to a foreign destination"
+    assert upload in {f["scenario"] for f in _by(report, "CN-CAT-RE-REFINING")["fired"]}
+    why = _why(_by(report, "CN-CAT-252604X-CATHODE"), upload)
+    assert why == (
+        "not yet in force (from 2025-07-15) on this day; cn-cat-transfer-foreign alerts"
+        " on another entry"
+    )
+
+
 def test_below_a_rule_threshold(shipped: Policy) -> None:
     """Three resident IDs are present, but the rules need 10 (and 10 000 for the CAC line)."""
     art = Artefact(
