@@ -245,6 +245,23 @@ def _member_finding(member: Source, sha: str, budget: Budget, classify: Classify
         budget.ancestors.discard(sha)
 
 
+MAX_TAR_META = 1 << 20  # one pax header or GNU long name; real ones are a few hundred bytes
+_TAR_META = frozenset(
+    {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE}
+    | {tarfile.SOLARIS_XHDTYPE}
+)
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads a pax header or a GNU long name whole into memory before it yields
+    the member, and a compressed tar can declare one of 2 GB: refused past MAX_TAR_META."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _TAR_META and self.size > MAX_TAR_META:
+            raise tarfile.ReadError(f"tar metadata header of {self.size} bytes")
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+
 def walk_tar(
     src: Source, budget: Budget, classify: Classify, name_tags: NameTags, compression: str | None
 ) -> Finding:
@@ -259,7 +276,9 @@ def walk_tar(
         if compression:
             stream = _Expanding(_decompressor(compression, raw), raw, budget, CHUNK)
         try:
-            with tarfile.open(fileobj=cast(BinaryIO, stream), mode="r|") as tf:
+            with tarfile.open(
+                fileobj=cast(BinaryIO, stream), mode="r|", tarinfo=_BoundedTarInfo
+            ) as tf:
                 for ti in tf:
                     if not _tar_size_plausible(ti, src, budget, compression):
                         refused = True

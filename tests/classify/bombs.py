@@ -43,6 +43,18 @@ def tar_with_lying_member(size: int = 2**62, lead: dict[str, bytes] | None = Non
     return bytes(raw[: hdr + 1024])
 
 
+def tar_with_pax_header(size: int = 30 << 20) -> bytes:
+    """A tar whose pax header is `size` bytes: tarfile reads it whole into memory (a
+    compressed tar can declare one of 2 GB)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("a.txt")
+        ti.pax_headers = {"comment": "x" * size}
+        ti.size = 5
+        tf.addfile(ti, io.BytesIO(b"hello"))
+    return buf.getvalue()
+
+
 def tgz_with_lying_member(size: int = 2**62) -> bytes:
     return gzip.compress(tar_with_lying_member(size), mtime=0)
 
