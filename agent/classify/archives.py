@@ -153,7 +153,7 @@ def _read_member(fh: Readable, name: str, src: Source, budget: Budget) -> tuple[
 def walk_zip(src: Source, budget: Budget, classify: Classify, name_tags: NameTags) -> Finding:
     lim = budget.limits
     members: list[Member] = []
-    texts: list[str] = []
+    texts = _Texts(lim.max_text_bytes)
     with src.open() as f:
         zf = open_zip(f, lim)
         infos = zf.infolist()
@@ -192,11 +192,11 @@ def walk_zip(src: Source, budget: Budget, classify: Classify, name_tags: NameTag
                 continue
             budget.expanded += member.size
             finding = _member_finding(member, sha, budget, classify)
-            texts.append(finding.text)
+            texts.add(finding.text)
             members.append(
                 Member(name, member.size, sha, tuple(finding.tags), tuple(finding.parents))
             )
-    return _archive_finding("zip", "application/zip", members, texts, budget)
+    return _archive_finding("zip", "application/zip", members, texts.parts, budget)
 
 
 # central directory entries zipfile may parse, as a multiple of max_archive_members: it
@@ -221,6 +221,20 @@ def open_zip(f: BinaryIO, limits: Limits) -> zipfile.ZipFile:
         return zipfile.ZipFile(f)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
         raise ParseError(f"zip: {e}") from None
+
+
+class _Texts:
+    """Members' texts, kept while their total is under `limit`: the texts of 500
+    members of 4 MB each would otherwise be held together (2 GB) to keep 4 MB."""
+
+    def __init__(self, limit: int) -> None:
+        self.parts: list[str] = []
+        self.room = limit
+
+    def add(self, text: str) -> None:
+        if self.room > 0 and text:
+            self.parts.append(text[: self.room])
+            self.room -= len(self.parts[-1])
 
 
 def _check_overlap(infos: list[zipfile.ZipInfo]) -> None:
@@ -267,7 +281,7 @@ def walk_tar(
 ) -> Finding:
     lim = budget.limits
     members: list[Member] = []
-    texts: list[str] = []
+    texts = _Texts(lim.max_text_bytes)
     fmt = f"tar.{_SHORT[compression]}" if compression else "tar"
     refused = False
     with src.open() as f:
@@ -304,7 +318,7 @@ def walk_tar(
                     if not compression:
                         budget.expanded += member.size
                     finding = _member_finding(member, sha, budget, classify)
-                    texts.append(finding.text)
+                    texts.add(finding.text)
                     members.append(
                         Member(
                             ti.name, member.size, sha, tuple(finding.tags), tuple(finding.parents)
@@ -318,7 +332,8 @@ def walk_tar(
             budget.partial("truncated")
     if refused and not members:
         raise ParseError(f"{fmt}: a member declares more bytes than the archive holds")
-    return _archive_finding(fmt, f"application/x-{fmt.replace('.', '-')}", members, texts, budget)
+    mime = f"application/x-{fmt.replace('.', '-')}"
+    return _archive_finding(fmt, mime, members, texts.parts, budget)
 
 
 def _tar_size_plausible(

@@ -380,3 +380,20 @@ def test_secret_patterns_are_linear() -> None:
         t0 = time.monotonic()
         secret_tags(text)
         assert time.monotonic() - t0 < TIME_BOUND / 2, unit
+
+
+def test_archive_text_is_bounded_by_the_text_limit_not_the_members() -> None:
+    """40 members of 1 MiB of text each: only max_text_bytes of it is ever held."""
+    lim = Limits(max_text_bytes=1 << 20)
+    words = [f"w{i:04d}" for i in range(5000)]
+    body = " ".join(words[(i * 7919) % 5000] for i in range(200_000)).encode()[: 1 << 20]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for i in range(40):
+            z.writestr(f"doc{i}.txt", b"%d " % i + body)
+    data = buf.getvalue()
+    finding, _seconds, peak = measured(
+        lambda: Engine(lim, use_magika=False).classify(Source.from_bytes("x.zip", data))
+    )
+    assert len(finding.members) == 40 and len(finding.text) == 1 << 20
+    assert peak < 24 << 20, f"{peak >> 20} MB"  # 40 member texts held together: 90+ MB
