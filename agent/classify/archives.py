@@ -260,20 +260,32 @@ def _member_finding(member: Source, sha: str, budget: Budget, classify: Classify
 
 
 MAX_TAR_META = 1 << 20  # one pax header or GNU long name; real ones are a few hundred bytes
+MAX_TAR_META_TOTAL = 16 << 20  # all of them in one tar (tarfile keeps every TarInfo)
 _TAR_META = frozenset(
     {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE}
     | {tarfile.SOLARIS_XHDTYPE}
 )
 
 
-class _BoundedTarInfo(tarfile.TarInfo):
-    """tarfile reads a pax header or a GNU long name whole into memory before it yields
-    the member, and a compressed tar can declare one of 2 GB: refused past MAX_TAR_META."""
+def _bounded_tarinfo() -> type[tarfile.TarInfo]:
+    """A TarInfo class for one walk: tarfile reads a pax header or a GNU long name whole
+    into memory before it yields the member, and keeps every member's TarInfo; a
+    compressed tar could declare 2 GB of them. Refused past MAX_TAR_META each and
+    MAX_TAR_META_TOTAL in all."""
+    used = 0
 
-    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.type in _TAR_META and self.size > MAX_TAR_META:
-            raise tarfile.ReadError(f"tar metadata header of {self.size} bytes")
-        return super()._proc_member(tarfile_)  # type: ignore[misc]
+    class Bounded(tarfile.TarInfo):
+        def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+            nonlocal used
+            if self.type in _TAR_META:
+                used += self.size
+                if self.size > MAX_TAR_META or used > MAX_TAR_META_TOTAL:
+                    raise LimitExceeded(
+                        "header_too_large", f"tar metadata header of {self.size} bytes"
+                    )
+            return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+    return Bounded
 
 
 def walk_tar(
@@ -291,7 +303,7 @@ def walk_tar(
             stream = _Expanding(_decompressor(compression, raw), raw, budget, CHUNK)
         try:
             with tarfile.open(
-                fileobj=cast(BinaryIO, stream), mode="r|", tarinfo=_BoundedTarInfo
+                fileobj=cast(BinaryIO, stream), mode="r|", tarinfo=_bounded_tarinfo()
             ) as tf:
                 for ti in tf:
                     if not _tar_size_plausible(ti, src, budget, compression):

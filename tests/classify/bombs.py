@@ -55,6 +55,18 @@ def tar_with_pax_header(size: int = 30 << 20) -> bytes:
     return buf.getvalue()
 
 
+def tar_with_many_pax_headers(n: int = 40, size: int = 600 << 10) -> bytes:
+    """`n` members each under the per-header cap, 24 MB of pax headers in all."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for i in range(n):
+            ti = tarfile.TarInfo(f"m{i}.txt")
+            ti.pax_headers = {"comment": "x" * size}
+            ti.size = 2
+            tf.addfile(ti, io.BytesIO(b"hi"))
+    return buf.getvalue()
+
+
 def tgz_with_lying_member(size: int = 2**62) -> bytes:
     return gzip.compress(tar_with_lying_member(size), mtime=0)
 
