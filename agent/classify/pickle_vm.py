@@ -52,7 +52,7 @@ STORAGE_DTYPES: dict[str, tuple[str, int]] = {
 # evaluates or calls an arbitrary callable given as an argument.
 _DATA_BUILTINS = frozenset(
     {"set", "frozenset", "bytearray", "bytes", "complex", "slice", "range", "int", "float"}
-    | {"str", "list", "dict", "tuple", "bool"}
+    | {"str", "list", "dict", "tuple", "bool", "object"}  # object: copyreg's base class
 )
 _SAFE_GLOBALS: dict[str, frozenset[str]] = {
     "builtins": _DATA_BUILTINS,
@@ -76,9 +76,12 @@ _SAFE_GLOBALS: dict[str, frozenset[str]] = {
     "datetime": frozenset({"datetime", "date", "time", "timedelta", "timezone"}),
     "decimal": frozenset({"Decimal"}),
     "uuid": frozenset({"UUID"}),
+    # Lightning checkpoints keep hyper-parameters as paths and OmegaConf configs
+    "pathlib": frozenset({"Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"}),
+    "typing": frozenset({"Any"}),
 }
 # modules whose classes (capitalised names) are data: whole saved models and estimators
-_CLASS_PREFIXES = ("torch.nn.modules.", "sklearn.", "xgboost.", "lightgbm.")
+_CLASS_PREFIXES = ("torch.nn.modules.", "sklearn.", "xgboost.", "lightgbm.", "omegaconf.")
 _TORCH_DTYPE = re.compile(
     r"(?:u?int\d+|float\d*|bfloat16|complex\d*|c?double|half|long|short|bool|cfloat"
     r"|q?u?int\d+(?:x\d+)?|float8_\w+|strided|sparse_\w+|\w+_format|channels_last\w*)"

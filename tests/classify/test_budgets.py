@@ -270,6 +270,16 @@ def test_honest_checkpoints_are_not_unsafe(tmp_path: Path) -> None:
         b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85C\x01b\x87R.\x00"
     )
     assert scan_pickle(numpyish).unsafe_globals == set()
+    # what Lightning checkpoints carry beside the weights: paths, OmegaConf, plain objects
+    for module, name in [
+        ("pathlib", "PosixPath"),
+        ("omegaconf.dictconfig", "DictConfig"),
+        ("copyreg", "_reconstructor"),
+        ("builtins", "object"),
+        ("argparse", "Namespace"),
+    ]:
+        data = b"\x80\x02c" + f"{module}\n{name}\n".encode() + b")R."
+        assert scan_pickle(data).unsafe_globals == set(), (module, name)
 
 
 def test_unsafe_pickle_log_names_the_path(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
