@@ -186,8 +186,6 @@ class ClassifySection(_Section):
     event_timeout: float = Field(default=30.0, gt=0)  # past it an event goes on "deferred"
     # seconds the content tier may spend on one file; past it the parsers stop (timeout)
     file_deadline: float = Field(default=20.0, gt=0, le=3600)
-    # seconds the content tier may spend on one file; past it the parsers stop (timeout)
-    file_deadline: float = Field(default=20.0, gt=0, le=3600)
 
 
 class PoliciesSection(_Section):
