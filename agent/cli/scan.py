@@ -236,7 +236,8 @@ def _print_row(path: str, a: Artefact) -> None:
             f"{m.category}×{m.count} ({m.confidence})" for m in a.matches
         )
     if a.skipped:
-        summary += f" (partial: {a.skipped})"
+        at = f" at {a.skipped_at}" if a.skipped_at else ""
+        summary += f" (partial: {a.skipped}{at})"
     click.echo(f"{shown_path(path)}\t{shown(summary)}")
 
 
