@@ -57,6 +57,7 @@ class AgentSection(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     watchdog_interval: float = Field(default=10.0, gt=0)
+    stall_after: float = Field(default=120.0, gt=0)  # work queued, no progress: not healthy
 
 
 class DatabaseSection(_Section):

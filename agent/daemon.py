@@ -22,8 +22,10 @@ from typing import Any
 from sqlalchemy import Engine
 
 from agent import metrics, sensors
+from agent.backoff import Backoff
 from agent.config import ConfigError, Settings, load_settings
 from agent.events import Event
+from agent.liveness import HEARTBEATS
 from agent.pipeline import Pipeline, Sink, StageSpec
 from agent.sdnotify import Notifier
 from agent.sensors import Sensor, SensorUnavailable
@@ -94,6 +96,9 @@ class Agent:
         self._metrics_server: Any = None
         self._scheduler: Any = None
         self.started_at = time.time()
+        self._broken: dict[str, str] = {}
+        self._sensor_backoff: dict[str, Backoff] = {}
+        self._sensor_retry_at: dict[str, float] = {}
 
     # --- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -222,13 +227,69 @@ class Agent:
         ping = self.notifier.watchdog_interval() or self.settings.agent.watchdog_interval
         last_status = 0.0
         while not self._stop.wait(timeout=min(ping, 1.0)):
-            self.notifier.watchdog()
+            if self.check_health():
+                self.notifier.watchdog()  # fed only while the pipeline keeps up
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
             if time.monotonic() - last_status > 5:
                 self.write_status()
                 last_status = time.monotonic()
+
+    def check_health(self) -> bool:
+        """Set `sensor_up` and the pipeline gauge from heartbeats; restart dead sensors.
+
+        True when every stage and the store writer is healthy: only then is the systemd
+        watchdog fed, so a hung pipeline gets the agent restarted.
+        """
+        stall = self.settings.agent.stall_after
+        broken = HEARTBEATS.unhealthy(stall, "stage-")
+        broken.update(HEARTBEATS.unhealthy(stall, "store-writer"))
+        healthy = not broken
+        metrics.PIPELINE_HEALTHY.set(1 if healthy else 0)
+        if broken != self._broken:
+            for name, why in broken.items():
+                if name not in self._broken:
+                    log.error("%s is not healthy: %s", name, why)
+            if not broken:
+                log.info("pipeline healthy again")
+            self._broken = broken
+        for i, sensor in enumerate(list(self.sensors)):
+            beat = HEARTBEATS.get(f"sensor-{sensor.name}")
+            alive = beat is None or beat.healthy(stall)
+            metrics.SENSOR_UP.labels(sensor.name).set(1 if alive and healthy else 0)
+            if beat is not None and beat.thread is not None and not beat.thread.is_alive():
+                self._restart_sensor(i, sensor)
+        return healthy
+
+    def _restart_sensor(self, index: int, sensor: Sensor) -> None:
+        """A sensor whose thread is gone is stopped and built again, after a back-off."""
+        delays = self._sensor_backoff.setdefault(sensor.name, Backoff(1.0, 300.0))
+        due = self._sensor_retry_at.get(sensor.name)
+        now = time.monotonic()
+        if due is None:
+            wait = delays.next()
+            self._sensor_retry_at[sensor.name] = now + wait
+            log.error("sensor %s stopped running; restarting it in %.1f s", sensor.name, wait)
+            return
+        if now < due:
+            return
+        del self._sensor_retry_at[sensor.name]
+        try:
+            sensor.stop()
+        except Exception:
+            log.exception("sensor %s failed to stop before its restart", sensor.name)
+        try:
+            fresh = sensors.load(sensor.name)(self.runtime)
+            fresh.start(self._emit)
+        except Exception as e:
+            self.sensor_errors[sensor.name] = f"restart failed: {type(e).__name__}: {e}"
+            log.exception("sensor %s could not be restarted", sensor.name)
+            self.sensors.pop(index)
+            return
+        self.sensors[index] = fresh
+        metrics.SENSOR_RESTARTS.labels(sensor.name).inc()
+        log.warning("sensor %s restarted", sensor.name)
 
     def reload(self) -> None:
         self.notifier.reloading()
@@ -266,7 +327,10 @@ class Agent:
             "host_id": self.runtime.host_id,
             "hostname": self.runtime.hostname,
             "metrics": self.settings.metrics.listen if self.settings.metrics.enabled else None,
-            "sensors": {s.name: {"up": True, **_safe_status(s)} for s in self.sensors},
+            "sensors": {
+                s.name: {"up": _beating(s.name, self.settings.agent.stall_after), **_safe_status(s)}
+                for s in self.sensors
+            },
             "sensor_errors": self.sensor_errors,
             "written": self.writer.written,
             "queues": {"store": self.writer.queue.qsize(), "pipeline": self.pipeline.input.qsize()},
@@ -302,6 +366,11 @@ def thread_table() -> list[dict[str, object]]:
             pass
         table.append({"name": t.name, "tid": t.native_id, "cpu_seconds": cpu})
     return table
+
+
+def _beating(name: str, stall_after: float) -> bool:
+    beat = HEARTBEATS.get(f"sensor-{name}")
+    return beat is None or beat.healthy(stall_after)
 
 
 def _safe_status(sensor: Sensor) -> dict[str, object]:

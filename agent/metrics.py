@@ -34,7 +34,26 @@ DROPPED = Counter(
     ["queue", "reason"],
 )
 
-SENSOR_UP = Gauge("egress_agent_sensor_up", "1 if the sensor is running, else 0.", ["sensor"])
+SENSOR_UP = Gauge(
+    "egress_agent_sensor_up",
+    "1 while the sensor's threads run and its events reach the store (fresh heartbeats), else 0.",
+    ["sensor"],
+)
+THREAD_RESTARTS = Counter(
+    "egress_agent_thread_restarts_total",
+    "Times a supervised loop failed with an exception and was restarted after a back-off.",
+    ["thread"],
+)
+SENSOR_RESTARTS = Counter(
+    "egress_agent_sensor_restarts_total",
+    "Times the daemon restarted a sensor whose thread had stopped.",
+    ["sensor"],
+)
+PIPELINE_HEALTHY = Gauge(
+    "egress_agent_pipeline_healthy",
+    "1 when every stage and the store writer is running and keeping up; the systemd"
+    " watchdog is fed only then.",
+)
 SENSOR_EVENTS = Counter(
     "egress_agent_sensor_events_total", "Events emitted by a sensor.", ["sensor"]
 )

@@ -9,7 +9,8 @@ burst (a flood is never held up). Every queue is bounded:
 when a producer cannot put within its patience the event is dropped and counted in
 `egress_agent_events_dropped_total{queue,reason}` — never silently. A stop walks a
 sentinel down the pipeline so that everything queued before it is processed and
-flushed before the threads are joined.
+flushed before the threads are joined. Each stage loop runs supervised (`liveness`):
+it beats per batch and per event, and one that fails is restarted, not lost.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import queue
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Generic, TypeVar
 
 from agent import metrics
 from agent.events import Event
+from agent.liveness import HEARTBEATS, Heartbeat, supervised
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +156,19 @@ class Pipeline:
         return self._queues[0].put(event, timeout=self._put_timeout)
 
     def start(self) -> None:
+        # a stage loop that fails is restarted in its thread after a back-off; it stops
+        # only at the sentinel, so the supervisor's stop event is never set
+        never = threading.Event()
         for i, spec in enumerate(self._stages):
-            t = threading.Thread(target=self._run_stage, args=(i,), name=f"stage-{spec.name}")
+            beat = HEARTBEATS.add(f"stage-{spec.name}", self._queues[i].qsize)
+            target = supervised(partial(self._run_stage, i, beat), beat, never)
+            t = threading.Thread(target=target, name=f"stage-{spec.name}")
             t.start()
             self._threads.append(t)
         if not self._stages:
-            t = threading.Thread(target=self._run_dispatch, name="stage-dispatch")
+            beat = HEARTBEATS.add("stage-dispatch", self._queues[0].qsize)
+            target = supervised(partial(self._run_dispatch, beat), beat, never)
+            t = threading.Thread(target=target, name="stage-dispatch")
             t.start()
             self._threads.append(t)
 
@@ -167,9 +177,10 @@ class Pipeline:
         self._queues[0].put_stop()
         for t in self._threads:
             t.join()
+        HEARTBEATS.remove(*(t.name for t in self._threads))
         self._threads.clear()
 
-    def _run_stage(self, index: int) -> None:
+    def _run_stage(self, index: int, beat: Heartbeat) -> None:
         spec = self._stages[index]
         inbox = self._queues[index]
         outbox = self._queues[index + 1] if index + 1 < len(self._queues) else None
@@ -180,6 +191,8 @@ class Pipeline:
         linger = self._linger if index == 0 else 0.0
         while True:
             items, stopped = inbox.get_batch(STAGE_BATCH, None, linger=linger)
+            beat.beat()
+            beat.busy = True
             for item in items:
                 taken.inc()
                 try:
@@ -193,20 +206,23 @@ class Pipeline:
                 if result is None:
                     continue
                 passed.inc()
+                beat.beat()
                 if outbox is None:
                     self._deliver(result)
                 else:
                     # inside the pipeline we wait: back-pressure reaches the sensors' put
                     outbox.put(result, timeout=None)
+            beat.busy = False
             if stopped:
                 if outbox is not None:
                     outbox.put_stop()
                 return
 
-    def _run_dispatch(self) -> None:
+    def _run_dispatch(self, beat: Heartbeat) -> None:
         inbox = self._queues[0]
         while True:
             item = inbox.get()
+            beat.beat()
             if isinstance(item, _Stop):
                 return
             self._deliver(item)

@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from agent import metrics
+from agent.backoff import Backoff
 from agent.config import IncidentsSection
 from agent.events import Artefact, Decision, Event, FileAction, FileEvent, Flow
 from agent.incidents.ancestry import Ancestry
@@ -81,7 +82,7 @@ class Correlator:
         self._held: deque[tuple[float, Flow]] = deque()  # (due, flow), in arrival order
         self._started = False
         self._retry_at = 0.0
-        self._backoff = 0.0
+        self._backoff = Backoff(initial=0.5, maximum=30.0)
         self.findings = 0
 
     def start(self) -> None:
@@ -180,16 +181,16 @@ class Correlator:
                     )
         except Exception as e:
             metrics.STORE_ERRORS.labels("incident").inc()
-            self._backoff = min(self._backoff * 2, 30.0) if self._backoff else 0.5
-            self._retry_at = time.monotonic() + self._backoff
+            wait = self._backoff.next()
+            self._retry_at = time.monotonic() + wait
             log.warning(
                 "incident log: store unavailable (%s); %d finding(s) kept, retrying in %.1fs",
                 type(getattr(e, "orig", None) or e).__name__,
                 len(self._pending),
-                self._backoff,
+                wait,
             )
             return
-        self._backoff = 0.0
+        self._backoff.reset()
 
     def _watch(self, e: FileEvent) -> None:
         """Ask the file sensor to report reads of a tagged artefact at its current path."""

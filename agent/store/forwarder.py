@@ -33,6 +33,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from agent import metrics
+from agent.backoff import Backoff
 from agent.config import Settings
 from agent.events import Event
 from agent.store import codec
@@ -202,7 +203,8 @@ class Forwarder:
         return self._stop_by - time.monotonic()
 
     def _run(self) -> None:
-        delay = 0.1
+        # jittered: after an outage a fleet must not come back to the store in lockstep
+        delays = Backoff(initial=0.1, maximum=self.backoff_max)
         while True:
             if self._stopping.is_set() and (self._time_left() <= 0 or not len(self.spool)):
                 return
@@ -214,10 +216,9 @@ class Forwarder:
                     sent = self.forward_once()
             except Exception as e:
                 self._failed(e)
-                self._sleep(delay)
-                delay = min(delay * 2, self.backoff_max)
+                self._sleep(delays.next())
                 continue
-            delay = 0.1
+            delays.reset()
             if not self.connected:
                 log.info("central store reachable: forwarding %d spooled events", len(self.spool))
             self.connected, self.last_error = True, None

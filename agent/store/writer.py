@@ -28,7 +28,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import TextClause
 
 from agent import metrics
+from agent.backoff import Backoff
 from agent.events import Event, FileEvent, Flow
+from agent.liveness import HEARTBEATS, Heartbeat, supervised
 from agent.pipeline import BoundedQueue
 from agent.store import rows as R
 from agent.store.models import (
@@ -196,6 +198,7 @@ class StoreWriter:
         self.stop_retry_seconds = stop_retry_seconds
         self.queue: BoundedQueue[Event] = BoundedQueue("store", queue_size)
         self._thread: threading.Thread | None = None
+        self._beat: Heartbeat = Heartbeat("store-writer")
         self._stopping = threading.Event()
         self.written = 0
 
@@ -204,7 +207,9 @@ class StoreWriter:
         self.queue.put(event, timeout=None)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="store-writer")
+        self._beat = HEARTBEATS.add("store-writer", self.queue.qsize)
+        target = supervised(self._run, self._beat, threading.Event())
+        self._thread = threading.Thread(target=target, name="store-writer")
         self._thread.start()
 
     def stop(self) -> None:
@@ -215,6 +220,7 @@ class StoreWriter:
         self.queue.put_stop()
         self._thread.join()
         self._thread = None
+        HEARTBEATS.remove(self._beat.name)
 
     def _run(self) -> None:
         done = False
@@ -222,11 +228,20 @@ class StoreWriter:
             # block until an event comes (stop() sends one: nothing to poll for), then
             # linger: events that trickle in (a flow every few ms) share one commit
             batch, done = self.queue.get_batch(self.batch_size, None, linger=self.flush_interval)
+            self._beat.beat()
             if batch:
-                self._commit(batch)
+                self._beat.busy = True
+                try:
+                    self._commit(batch)
+                except Exception:  # a bug, not an outage: count the batch, then restart
+                    metrics.DROPPED.labels("store", "writer_error").inc(len(batch))
+                    raise
+                finally:
+                    self._beat.busy = False
+                self._beat.beat()
 
     def _commit(self, batch: list[Event]) -> None:
-        delay = 0.05
+        delays = Backoff(initial=0.05, maximum=5.0)
         deadline: float | None = None
         while True:
             started = time.perf_counter()
@@ -235,9 +250,11 @@ class StoreWriter:
             except (SQLAlchemyError, sqlite3.Error) as e:
                 reason = type(getattr(e, "orig", None) or e).__name__
                 metrics.STORE_ERRORS.labels(reason).inc()
+                delay = delays.next()
                 log.warning(
                     "store write failed (%s); retrying in %.1fs", e.__class__.__name__, delay
                 )
+                self._beat.beat()  # an outage is not a hang: the writer is alive and retrying
                 if self._stopping.is_set():
                     deadline = deadline or time.monotonic() + self.stop_retry_seconds
                     if time.monotonic() > deadline:
@@ -245,7 +262,6 @@ class StoreWriter:
                         log.error("store still failing at stop: %d events not written", len(batch))
                         return
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
                 continue
             metrics.STORE_WRITE_SECONDS.observe(time.perf_counter() - started)
             counts = dict(counts)

@@ -19,6 +19,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from agent import metrics
+from agent.backoff import Backoff
 from agent.events import FileAction, Origin
 from agent.sensors.files import rescan as R
 from agent.sensors.files.tree import Change, stat_key
@@ -87,7 +88,7 @@ class Rescans:
         self._serial = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._backoff = 0.0
+        self._backoff = Backoff(initial=1.0, maximum=60.0)
         self.check_interval = 60.0  # seconds between looks for what is not watched
 
     @property
@@ -151,10 +152,9 @@ class Rescans:
                     refused |= not self._safely(path, reason)
             if refused:
                 # the pipeline or the store is not keeping up: back off before retrying
-                self._backoff = min(self._backoff * 2 or 1.0, 60.0)
-                self._stop.wait(self._backoff)
+                self._stop.wait(self._backoff.next())
             else:
-                self._backoff = 0.0
+                self._backoff.reset()
 
     def _safely(self, path: str, reason: str, **kw: object) -> bool:
         """Reconcile; False (and the path dirty again) when it could not finish."""

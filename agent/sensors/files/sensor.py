@@ -30,6 +30,7 @@ from sqlalchemy import Engine
 from agent import metrics
 from agent.config import FilesSection
 from agent.events import FileAction, FileEvent, Origin, ProcessInfo
+from agent.liveness import HEARTBEATS, Heartbeat, supervised
 from agent.sensors import Emit, SensorUnavailable
 from agent.sensors.files import _inotify as I
 from agent.sensors.files import rescan as R
@@ -86,6 +87,7 @@ class FileSensor:
         # drills and tests: stop reading and let the kernel queue fill
         self._paused = threading.Event()
         self._reader: threading.Thread | None = None
+        self._beat = Heartbeat("sensor-files")
         self._hold: deque[tuple[float, Change]] = deque()
         self.rescans = Rescans(self)
         self._labels: dict[tuple[str, str], Any] = {}
@@ -125,7 +127,9 @@ class FileSensor:
             else:
                 log.warning("files: %s %r is not a directory; not watched", why, path)
         self.mounts.start()
-        self._reader = threading.Thread(target=self._read_loop, name="files-reader")
+        self._beat = HEARTBEATS.add("sensor-files")
+        loop = supervised(self._read_loop, self._beat, self._stop)
+        self._reader = threading.Thread(target=loop, name="files-reader")
         self._reader.start()
         self.rescans.start()
         if self.rescan_on_start:
@@ -158,6 +162,7 @@ class FileSensor:
         if self._reader is not None:
             self._reader.join()
             self._reader = None
+            HEARTBEATS.remove(self._beat.name)
         self.attribution.stop()
         if self.ino is not None:
             self.ino.close()
@@ -219,7 +224,9 @@ class FileSensor:
         assert ino is not None and tree is not None
         poller = select.poll()
         poller.register(ino.fd, select.POLLIN)
+        beat = self._beat.beat
         while not self._stop.is_set():
+            beat()
             if self._paused.is_set():
                 self._stop.wait(0.05)
                 continue

@@ -21,6 +21,7 @@ from typing import Any
 from agent import metrics
 from agent.config import NetworkSection
 from agent.events import Flow, ProcessInfo
+from agent.liveness import HEARTBEATS, Heartbeat, supervised
 from agent.sensors import Emit, SensorUnavailable
 from agent.sensors.network.capture import DLT_RAW, PACKET_OUTGOING, CaptureSocket
 from agent.sensors.network.conntrack import Conntrack
@@ -74,6 +75,7 @@ class NetworkSensor:
         self._packet_metrics: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._beat = Heartbeat("sensor-network")
         self.table: FlowTable | None = None
         self._buf = bytearray(65536)  # one receive buffer; the flow table copies what it keeps
         self._view = memoryview(self._buf)
@@ -104,7 +106,9 @@ class NetworkSensor:
             count_metrics=True,
         )
         self.table.on_new_flow = self._attribute
-        self._thread = threading.Thread(target=self._run, name="sensor-network")
+        self._beat = HEARTBEATS.add("sensor-network")
+        loop = supervised(self._run, self._beat, self._stop)
+        self._thread = threading.Thread(target=loop, name="sensor-network")
         self._thread.start()
 
     def _is_local(self, address: bytes) -> bool:
@@ -145,6 +149,7 @@ class NetworkSensor:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+            HEARTBEATS.remove(self._beat.name)
         self._close()
 
     def _close(self) -> None:
@@ -185,7 +190,9 @@ class NetworkSensor:
         next_dump = next_tick = 0.0
         next_reopen = time.monotonic() + REOPEN_INTERVAL
         next_local = time.monotonic() + LOCAL_REFRESH
+        beat = self._beat.beat
         while not self._stop.is_set():
+            beat()
             waitables: list[Any] = [*self.captures]
             if self.destroy is not None:
                 waitables.append(self.destroy)
