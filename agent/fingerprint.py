@@ -80,6 +80,16 @@ def sha256_fd(
     return h.hexdigest(), offset
 
 
+def _hash_and_close(fd: int, size: int, stop: threading.Event) -> tuple[str, int]:
+    """Hash, then close the descriptor before the result is visible: a done-callback
+    closed it only after `result()` had already returned to the claimer (a descriptor
+    still open, for a moment, after the hash was handed over)."""
+    try:
+        return sha256_fd(fd, size, BIG_BUF_SIZE, stop)
+    finally:
+        os.close(fd)
+
+
 class HashAhead:
     """Hashes of the big regular files among `paths`, started at once on their own threads.
 
@@ -118,8 +128,7 @@ class HashAhead:
             os.close(fd)
             return
         stop = threading.Event()
-        future = pool.submit(sha256_fd, fd, ident[2], BIG_BUF_SIZE, stop)
-        future.add_done_callback(lambda _f: os.close(fd))
+        future = pool.submit(_hash_and_close, fd, ident[2], stop)
         self._jobs[ident] = (future, stop)
 
     def claim(self, ident: Ident, needed: bool) -> Future[tuple[str, int]] | None:

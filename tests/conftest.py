@@ -18,8 +18,19 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Hypothesis: no per-example deadline anywhere (two property tests hit theirs on a busy
+# 2-core machine: a deadline measures the machine, not the code), and under CI the
+# examples are derandomised so a red run is reproduced by the next one, with the blob
+# to replay a failure printed. Tests that pass their own settings(deadline=...) override.
+settings.register_profile("local", deadline=None)
+settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "local")
+)
 PG_ADMIN_URL = os.environ.get("EGRESS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
