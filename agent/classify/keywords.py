@@ -31,7 +31,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import logging
-import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -43,6 +42,7 @@ from agent.categories import QUANTITY_WORDS, CategorySpec, Threshold
 from agent.classify import corroboration as corr
 from agent.classify.corroboration import Evidence, basis, confidence
 from agent.events import CategoryMatch
+from agent.linear_regex import LinearPattern, PatternRefused, compile_pack_regex
 from agent.validators import VALIDATORS
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def _nfkc(text: str) -> str:
 @dataclass(frozen=True, slots=True)
 class _Pattern:
     category: int
-    regex: re.Pattern[str]
+    regex: LinearPattern
     validator: Callable[[str], bool] | None
 
 
@@ -116,14 +116,14 @@ class KeywordMatcher:
             if cat.validator and validator is None:
                 log.warning("category %s: unknown validator %r ignored", cat.code, cat.validator)
             for pattern in cat.patterns:
-                try:
-                    rx = re.compile(pattern)
-                except re.error as e:
-                    log.warning("category %s: pattern %r invalid: %s", cat.code, pattern, e)
+                try:  # pack patterns run on RE2: linear time, whatever the text
+                    rx = compile_pack_regex(pattern)
+                except PatternRefused as e:
+                    log.warning("category %s: pattern %r refused: %s", cat.code, pattern, e)
                     continue
                 self._patterns.append(_Pattern(index, rx, validator))
         self._support_rx = [
-            [re.compile(p) for p in cat.supporting_patterns if _compiles(p)]
+            [compile_pack_regex(p) for p in cat.supporting_patterns if _compiles(p)]
             for cat in self.categories
         ]
         self._genres = tuple(corr.GENRES)
@@ -349,9 +349,9 @@ def _corroboration(
 
 def _compiles(pattern: str) -> bool:
     try:
-        re.compile(pattern)
-    except re.error as e:
-        log.warning("supporting pattern %r invalid: %s", pattern, e)
+        compile_pack_regex(pattern)
+    except PatternRefused as e:
+        log.warning("supporting pattern %r refused: %s", pattern, e)
         return False
     return True
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from agent.categories import QUANTITY_WORDS, UNIT_FORMS, CategorySpec, Threshold
+from agent.linear_regex import PatternRefused, compile_pack_regex
 from agent.policy import rules as rules_mod
 from agent.policy._yaml import item_line, key_line, line_of
 from agent.policy.loader import Issue, ParsedPack, pack_files, parse_pack
@@ -191,15 +191,15 @@ def _categories(
                 + [("supporting_patterns", p) for p in cat.supporting_patterns]
             ):
                 try:
-                    re.compile(pattern)
-                except re.error as e:
+                    compile_pack_regex(pattern)
+                except PatternRefused as e:
                     ok = False
                     at = item_line(raw[key], i if key == "patterns" else i - len(cat.patterns))
                     issues.append(
                         Issue(
                             pack.file,
                             at,
-                            f"category {cat.code}: bad regular expression {pattern!r}: {e}",
+                            f"category {cat.code}: regular expression {pattern!r} refused: {e}",
                         )
                     )
             if cat.validator is not None and cat.validator not in VALIDATORS:

@@ -26,7 +26,7 @@ LITHO = CategorySpec(code="CN-LITHO", pack="cn-export", keywords=("光刻",), ki
 IDS = CategorySpec(
     code="PI-ID",
     pack="pi",
-    patterns=(r"(?<![0-9A-Za-z])[1-9]\d{16}[\dXx](?![0-9A-Za-z])",),
+    patterns=(r"\b[1-9]\d{16}[\dXx]\b",),
     validator="prc_resident_id",
     kinds=("dataset", "document"),
 )
