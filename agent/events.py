@@ -80,6 +80,7 @@ class ProcessInfo:
     uid: int | None = None
     user: str | None = None
     ppid: int | None = None
+    cwd: str | None = None  # /proc/PID/cwd when seen: where a `git push` works
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +212,9 @@ class Flow:
     service_category: str | None = None  # cloud_storage | code_hosting | webmail | ...
     community_id: str | None = None  # Community ID v1, to join with Zeek/Suricata
     process: ProcessInfo | None = None
+    # the git repository a git process pushed or fetched (agent/classify/repository.py,
+    # `Repository.doc()` plus direction and approved), None for any other flow
+    repository: dict[str, Any] | None = field(default=None, hash=False, compare=False)
     sensor: str = "network"
     uid: str = field(default_factory=new_uid)
     decisions: tuple[Decision, ...] = ()

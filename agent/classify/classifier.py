@@ -36,7 +36,7 @@ from typing import Any
 
 from agent import metrics
 from agent.categories import CategorySpec
-from agent.classify import source
+from agent.classify import repository, source
 from agent.classify.base import HEAD_BYTES, Deadline, Finding, Limits, Source
 from agent.classify.engine import CLASSIFIER_VERSION, Engine
 from agent.classify.hashing import (
@@ -149,6 +149,9 @@ class Classifier:
             return self._directory(path)
         if not stat.S_ISREG(st.st_mode):
             return skipped("special_file")
+        internal = _git_internal(path, st.st_size)
+        if internal is not None:
+            return internal
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
@@ -169,6 +172,9 @@ class Classifier:
             return None
         if not stat.S_ISREG(st.st_mode):
             return None
+        internal = _git_internal(path, st.st_size)
+        if internal is not None:
+            return internal
         sha = self.cache.lookup(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         if sha is None:
             return None
@@ -375,6 +381,20 @@ class Classifier:
             tags=inner.tags,
             parents=(inner.sha256,) if inner.sha256 else (),
         )
+
+
+def _git_internal(path: str, size: int) -> Artefact | None:
+    """A file under `.git/` or in a bare repository: part of its repository, one tag.
+
+    Not hashed or read: config, refs and packfiles are not documents of their own, and a
+    push reads hundreds of them.
+    """
+    tag = repository.internal_tag(path)
+    if tag is None:
+        return None
+    return Artefact(
+        sha256=None, size=size, content_type="application/x-git-internal", tags=(tag,)
+    )
 
 
 def _with_git(tag: Tag, path: str) -> Tag:

@@ -53,10 +53,14 @@ def user_name(uid: int) -> str | None:
 
 def process_info(pid: int, uid: int | None = None) -> ProcessInfo:
     """What /proc says about `pid` now; unreadable fields stay None."""
-    exe = cmdline = None
+    exe = cmdline = cwd = None
     ppid = None
     try:
         exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        pass
+    try:  # where a git push works: the repository of the flow (classify/repository.py)
+        cwd = os.readlink(f"/proc/{pid}/cwd")
     except OSError:
         pass
     try:
@@ -83,6 +87,7 @@ def process_info(pid: int, uid: int | None = None) -> ProcessInfo:
         uid=uid,
         user=user_name(uid) if uid is not None else None,
         ppid=ppid,
+        cwd=cwd,
     )
 
 

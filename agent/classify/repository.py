@@ -1,0 +1,484 @@
+"""Git repositories as artefacts: what a working tree or bare repository is, from its files.
+
+In an R&D centre most source code lives in git, and the commonest way it leaves is a
+`git push` to a personal or foreign remote (ATT&CK T1567.001). A repository is described
+cheaply from the git files themselves — `HEAD`, `config`, `packed-refs` and the header and
+entries of `index` — with plain bounded reads cached per git directory and refreshed only
+when one of those files changes (four `stat`s per question, never a re-read per event and
+never a `git` subprocess). Credentials in remote URLs are removed.
+
+Files under `.git/` (and inside a bare repository) are part of their repository: the
+classifier gives them one `repository` tag instead of reading config files and packfiles
+as documents (`internal_tag`). A flow of a git process is tied to the repository it works
+in by the process's cwd and arguments (`flow_repository`), so that policy sees
+`repository.*` facts and the correlator can tell a push story.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import shlex
+import struct
+import threading
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from agent.classify.source import LANGUAGES, _packed_ref, _read, _resolve_git_dir
+from agent.events import Flow, ProcessInfo, Tag
+
+MAX_INDEX_BYTES = 64 << 20  # an index past this is counted from its header only
+MAX_LANGUAGES = 5
+_CRED = re.compile(r"^(\w[\w+.-]*://)[^@/]+@")
+_SCP = re.compile(r"^(?:[^@/:]+@)?([^/:]+):(?!//)")
+_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+@dataclass(frozen=True, slots=True)
+class Repository:
+    """A git repository as policy and incidents see it; every field may be unknown."""
+
+    root: str  # the working tree (the git directory for a bare repository)
+    git_dir: str
+    bare: bool
+    remote: str | None  # origin's URL (else the first remote's), credentials stripped
+    remotes: tuple[tuple[str, str], ...]  # (name, url) of every remote, stripped
+    branch: str | None
+    commit: str | None
+    files_count: int | None  # tracked files, from the index header
+    languages: tuple[str, ...]  # most common first, from the tracked paths' extensions
+    size: int | None  # bytes of the tracked files as the index last saw them
+
+    @property
+    def name(self) -> str:
+        base = os.path.basename(self.root.rstrip("/")) or self.root
+        return base.removesuffix(".git") if self.bare else base
+
+    def doc(self) -> dict[str, Any]:
+        """The repository as plain data (facts `repository.<key>`, incident evidence)."""
+        return {
+            "name": self.name,
+            "root": self.root,
+            "bare": self.bare,
+            "remote": self.remote,
+            "remote_host": remote_host(self.remote) if self.remote else None,
+            "remotes": [url for _n, url in self.remotes],
+            "branch": self.branch,
+            "commit": self.commit,
+            "files_count": self.files_count,
+            "languages": list(self.languages),
+            "size": self.size,
+        }
+
+
+def strip_credentials(url: str) -> str:
+    return _CRED.sub(r"\1", url.strip())
+
+
+def remote_host(url: str) -> str | None:
+    """The host of a git URL (`scheme://[user@]host[:port]/…` or scp-like `user@host:path`)."""
+    url = url.strip()
+    if "://" in url:
+        rest = url.split("://", 1)[1]
+        hostport = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+        if hostport.startswith("["):
+            return hostport[1 : hostport.find("]")].lower() or None
+        return hostport.split(":", 1)[0].lower() or None
+    m = _SCP.match(url)
+    if m and not url.startswith(("/", ".")):
+        return m.group(1).lower()
+    return None  # a local path
+
+
+def is_approved(url_or_host: str | None, approved: Iterable[str]) -> bool:
+    """Whether a remote URL (or a bare host name) is one of the site's approved remotes.
+
+    An entry with `://` or `:` is a URL prefix (`https://git.corp.example/`); any other
+    entry is a host name or glob (`git.corp.example`, `*.corp.example`).
+    """
+    if not url_or_host:
+        return False
+    url = strip_credentials(url_or_host)
+    host = remote_host(url) or url.lower()
+    for entry in approved:
+        entry = entry.strip()
+        if not entry:
+            continue
+        if "://" in entry or (":" in entry and "@" in entry):
+            if url.startswith(entry):
+                return True
+        elif fnmatch.fnmatchcase(host, entry.lower()):
+            return True
+    return False
+
+
+# --- finding the repository ----------------------------------------------------------
+_lock = threading.Lock()
+_bare_memo: dict[str, str | None] = {}
+_cache: dict[str, tuple[tuple[int, ...], Repository | None]] = {}
+
+
+def _is_bare_dir(d: str) -> bool:
+    return (
+        os.path.isfile(os.path.join(d, "HEAD"))
+        and os.path.isdir(os.path.join(d, "objects"))
+        and os.path.isdir(os.path.join(d, "refs"))
+    )
+
+
+def git_dir_of(path: str) -> tuple[str, str, bool] | None:
+    """(root, git dir, bare) of the repository whose internals hold `path`, else None.
+
+    Internals are anything under a `.git` directory or inside a bare repository (a
+    directory with `HEAD`, `objects/` and `refs/`); the working tree's own files are not.
+    """
+    parts = os.path.abspath(path).split(os.sep)
+    if ".git" in parts[:-1] or (parts[-1] == ".git"):
+        i = parts.index(".git")
+        git_dir = os.sep.join(parts[: i + 1]) or os.sep
+        return os.sep.join(parts[:i]) or os.sep, git_dir, False
+    d = os.path.dirname(os.path.abspath(path))
+    seen: list[str] = []
+    found: str | None = None
+    for _ in range(64):
+        with _lock:
+            if d in _bare_memo:
+                found = _bare_memo[d]
+                break
+        seen.append(d)
+        if _is_bare_dir(d) and (d.endswith(".git") or _is_bare_config(d)):
+            found = d
+            break
+        parent = os.path.dirname(d)
+        if parent == d:
+            break
+        d = parent
+    with _lock:
+        if len(_bare_memo) > 50_000:
+            _bare_memo.clear()
+        for s in seen:
+            _bare_memo[s] = found
+    return (found, found, True) if found else None
+
+
+def _is_bare_config(d: str) -> bool:
+    text = _read(os.path.join(d, "config"), 64 << 10) or ""
+    return re.search(r"^\s*bare\s*=\s*true\s*$", text, re.M | re.I) is not None
+
+
+def repository_in(directory: str) -> Repository | None:
+    """The repository a process working in `directory` works on (tree or bare), or None."""
+    d = os.path.abspath(directory)
+    for _ in range(64):
+        dot_git = os.path.join(d, ".git")
+        if os.path.exists(dot_git):
+            return repository(d, _resolve_git_dir(dot_git), bare=False)
+        if _is_bare_dir(d):
+            return repository(d, d, bare=True)
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
+    return None
+
+
+def repository_of(path: str) -> Repository | None:
+    """The repository a file belongs to: as an internal, or as a tracked tree's file."""
+    found = git_dir_of(path)
+    if found is not None:
+        root, git_dir, bare = found
+        if not bare:
+            return repository(root, _resolve_git_dir(git_dir), bare=False)
+        return repository(root, git_dir, bare=True)
+    return repository_in(os.path.dirname(os.path.abspath(path)))
+
+
+def _stamp(git_dir: str, common: str) -> tuple[int, ...]:
+    out = []
+    for d, name in (
+        (git_dir, "HEAD"),
+        (common, "config"),
+        (git_dir, "index"),
+        (common, "packed-refs"),
+    ):
+        try:
+            st = os.stat(os.path.join(d, name))
+            out += [st.st_mtime_ns, st.st_size]
+        except OSError:
+            out += [0, 0]
+    return tuple(out)
+
+
+def _common_dir(git_dir: str) -> str:
+    commondir = _read(os.path.join(git_dir, "commondir"), 4096)
+    if commondir:
+        return os.path.normpath(os.path.join(git_dir, commondir.strip()))
+    return git_dir
+
+
+def repository(root: str, git_dir: str, bare: bool) -> Repository | None:
+    """The repository at `git_dir`, cached until HEAD, config, index or packed-refs change."""
+    common = _common_dir(git_dir)
+    stamp = _stamp(git_dir, common)
+    with _lock:
+        hit = _cache.get(git_dir)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+    repo = _read_repository(root, git_dir, common, bare)
+    with _lock:
+        if len(_cache) > 10_000:
+            _cache.clear()
+        _cache[git_dir] = (stamp, repo)
+    return repo
+
+
+def _read_repository(root: str, git_dir: str, common: str, bare: bool) -> Repository | None:
+    head = _read(os.path.join(git_dir, "HEAD"), 4096)
+    if head is None:
+        return None
+    head = head.strip()
+    branch = commit = None
+    if head.startswith("ref:"):
+        ref = head[4:].strip()
+        branch = ref.removeprefix("refs/heads/")
+        if ref.startswith("refs/") and ".." not in ref:
+            value = _read(os.path.join(git_dir, ref), 4096) or _read(
+                os.path.join(common, ref), 4096
+            )
+            commit = value.strip() if value else _packed_ref(common, ref)
+    elif _SHA.fullmatch(head):
+        commit = head
+    if commit is not None and not _SHA.fullmatch(commit):
+        commit = None
+    remotes = remotes_of(common)
+    names = dict(remotes)
+    remote = names.get("origin") or (remotes[0][1] if remotes else None)
+    count, languages, size = _index_summary(os.path.join(git_dir, "index"))
+    return Repository(
+        root=root,
+        git_dir=git_dir,
+        bare=bare,
+        remote=remote,
+        remotes=remotes,
+        branch=branch,
+        commit=commit,
+        files_count=count,
+        languages=languages,
+        size=size,
+    )
+
+
+def remotes_of(git_dir: str) -> tuple[tuple[str, str], ...]:
+    """Every `[remote "name"] url = …` of the config (first URL per remote), stripped."""
+    text = _read(os.path.join(git_dir, "config"), 1 << 20)
+    if not text:
+        return ()
+    section = None
+    urls: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("["):
+            m = re.match(r'\[\s*remote\s+"([^"]*)"\s*\]', line)
+            section = m.group(1) if m else None
+        elif section is not None and "=" in line:
+            key, _, value = line.partition("=")
+            if key.strip().lower() == "url" and section not in urls:
+                urls[section] = strip_credentials(value.strip().strip('"'))
+    return tuple(urls.items())
+
+
+def _index_summary(path: str) -> tuple[int | None, tuple[str, ...], int | None]:
+    """(tracked files, languages, bytes) from a git index (versions 2, 3 and 4)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_INDEX_BYTES)
+    except OSError:
+        return None, (), None
+    if len(data) < 12 or data[:4] != b"DIRC":
+        return None, (), None
+    version, count = struct.unpack(">II", data[4:12])
+    if version not in (2, 3, 4):
+        return count, (), None
+    langs: Counter[str] = Counter()
+    total = 0
+    pos = 12
+    prev = b""
+    for _ in range(count):
+        if pos + 62 > len(data):
+            return count, _top(langs), None  # cut at MAX_INDEX_BYTES: size unknown
+        size = struct.unpack(">I", data[pos + 36 : pos + 40])[0]
+        flags = struct.unpack(">H", data[pos + 60 : pos + 62])[0]
+        start = pos + 62 + (2 if version >= 3 and flags & 0x4000 else 0)
+        if version == 4:
+            strip, start = _varint(data, start)
+            end = data.find(b"\0", start)
+            if end < 0 or strip > len(prev):
+                return count, _top(langs), None
+            name = prev[: len(prev) - strip] + data[start:end]
+            pos = end + 1
+        else:
+            end = data.find(b"\0", start)
+            if end < 0:
+                return count, _top(langs), None
+            name = data[start:end]
+            pos = pos + ((62 + (start - pos - 62) + len(name) + 8) & ~7)
+        prev = name
+        total += size
+        lang = _language(name)
+        if lang:
+            langs[lang] += 1
+    return count, _top(langs), total
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    """git's offset varint (index v4 path prefix length)."""
+    c = data[pos] if pos < len(data) else 0
+    pos += 1
+    value = c & 0x7F
+    while c & 0x80 and pos < len(data):
+        value += 1
+        c = data[pos]
+        pos += 1
+        value = (value << 7) + (c & 0x7F)
+    return value, pos
+
+
+def _language(name: bytes) -> str | None:
+    base = name.rsplit(b"/", 1)[-1].decode("utf-8", "replace").lower()
+    if "." not in base:
+        return None
+    return LANGUAGES.get(base.rsplit(".", 1)[-1])
+
+
+def _top(langs: Counter[str]) -> tuple[str, ...]:
+    return tuple(lang for lang, _n in langs.most_common(MAX_LANGUAGES))
+
+
+# --- the classifier's view of internals ----------------------------------------------
+def internal_tag(path: str) -> Tag | None:
+    """The one tag of a file under `.git/` or in a bare repository, else None."""
+    found = git_dir_of(path)
+    if found is None:
+        return None
+    root, git_dir, bare = found
+    repo = repository(root, git_dir if bare else _resolve_git_dir(git_dir), bare)
+    details: dict[str, Any] = {"internal": os.path.relpath(path, git_dir), "detector": "git_dir"}
+    if repo is None:
+        return Tag("repository", f"inside git directory {git_dir}", details)
+    details.update(repo.doc())
+    where = repo.remote or f"local repository {repo.name}"
+    commit = f" at {repo.commit[:12]}" if repo.commit else ""
+    return Tag("repository", f"git internals of {where}{commit}", details)
+
+
+# --- git processes and their flows ---------------------------------------------------
+GIT_TRANSPORTS = frozenset(
+    {"git", "git-remote-https", "git-remote-http", "git-send-pack", "git-remote-ftp"}
+)
+_PUSH_WORDS = frozenset({"push", "send-pack", "git-send-pack", "git-receive-pack"})
+_FETCH_WORDS = frozenset({"fetch", "clone", "pull", "ls-remote", "git-upload-pack", "fetch-pack"})
+_GLOBAL_WITH_VALUE = frozenset({"-C", "-c", "--git-dir", "--work-tree", "--namespace"})
+
+
+@dataclass(frozen=True, slots=True)
+class GitCommand:
+    """What a git process is doing, from its command line."""
+
+    directory: str | None  # where it works: -C/--git-dir against its cwd
+    direction: str  # push | fetch | unknown
+    url: str | None  # the remote URL or name it named, if any
+
+
+def git_command(proc: ProcessInfo | None) -> GitCommand | None:
+    """The git work of `proc` (git, its transports, or ssh run by git), else None."""
+    if proc is None or not proc.cmdline:
+        return None
+    try:
+        argv = shlex.split(proc.cmdline, posix=True)
+    except ValueError:
+        argv = proc.cmdline.split()
+    if not argv:
+        return None
+    prog = os.path.basename(argv[0])
+    exe = os.path.basename(proc.exe or "")
+    cwd = proc.cwd
+    if prog == "ssh" or exe == "ssh":
+        words = " ".join(argv[1:])
+        if "git-receive-pack" in words:
+            return GitCommand(cwd, "push", None)
+        if "git-upload-pack" in words:
+            return GitCommand(cwd, "fetch", None)
+        return None
+    if prog not in GIT_TRANSPORTS and exe not in GIT_TRANSPORTS:
+        return None
+    if prog.startswith("git-remote-"):  # git-remote-https <remote> <url>
+        url = argv[2] if len(argv) > 2 else (argv[1] if len(argv) > 1 else None)
+        return GitCommand(cwd, "unknown", strip_credentials(url) if url else None)
+    if prog == "git-send-pack":
+        rest = [a for a in argv[1:] if not a.startswith("-")]
+        return GitCommand(cwd, "push", strip_credentials(rest[0]) if rest else None)
+    directory = cwd
+    i = 1
+    while i < len(argv) and argv[i].startswith("-"):
+        arg = argv[i]
+        key, eq, value = arg.partition("=")
+        if key in _GLOBAL_WITH_VALUE and not eq:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+            i += 1
+        if key in ("-C", "--git-dir") and value:
+            directory = os.path.join(directory or "/", value)
+        i += 1
+    sub = argv[i] if i < len(argv) else ""
+    direction = "push" if sub in _PUSH_WORDS else "fetch" if sub in _FETCH_WORDS else "unknown"
+    url = None
+    if direction == "push":
+        rest = [a for a in argv[i + 1 :] if not a.startswith("-")]
+        url = strip_credentials(rest[0]) if rest else None
+    return GitCommand(directory, direction, url)
+
+
+def flow_repository(
+    flow: Flow, approved: Iterable[str], lookup: Mapping[str, Repository] | None = None
+) -> dict[str, Any] | None:
+    """The repository a git flow carried, as `Flow.repository`, or None for other flows.
+
+    The push URL comes from the command line (a remote name is looked up in the config),
+    else origin. The direction is the command's; a transport that does not say (the
+    `git-remote-https` helper serves both) is a push when it sent more than it received —
+    fetches and clones send little and receive the pack.
+    """
+    cmd = git_command(flow.process)
+    if cmd is None or not cmd.directory:
+        return None
+    repo = repository_in(cmd.directory)
+    if repo is None:
+        return None
+    doc = repo.doc()
+    url = cmd.url
+    if url is not None and remote_host(url) is None and not url.startswith(("/", ".")):
+        url = dict(repo.remotes).get(url, url)  # a remote name
+    url = url or repo.remote
+    direction = cmd.direction
+    if direction == "unknown":
+        direction = "push" if flow.bytes_out > flow.bytes_in else "fetch"
+    dest = flow.sni or flow.name or flow.dst_ip
+    doc.update(
+        push_url=url,
+        push_host=(remote_host(url) if url else None) or dest,
+        direction=direction,
+        approved=is_approved(url, approved) or is_approved(dest, approved),
+    )
+    return doc
+
+
+def with_repository(flow: Flow, approved: Iterable[str]) -> Flow:
+    """`flow` with its `repository` filled when a git process sent it."""
+    if flow.repository is not None or flow.process is None:
+        return flow
+    doc = flow_repository(flow, approved)
+    if doc is None:
+        return flow
+    return replace(flow, repository=doc)

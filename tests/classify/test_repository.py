@@ -1,0 +1,199 @@
+"""Repositories as artefacts: real git repositories, read from their files only."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.classify import repository as R
+from agent.classify.classifier import Classifier
+from agent.config import ClassifySection
+from agent.events import Flow, ProcessInfo
+
+GIT_ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@example.invalid",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@example.invalid",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def git(cwd: Path, *args: str) -> str:
+    out = subprocess.run(
+        ["git", *args], cwd=cwd, env=GIT_ENV, check=True, capture_output=True, text=True
+    )
+    return out.stdout.strip()
+
+
+def make_repo(path: Path, files: int = 30, index_version: int | None = None) -> Path:
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    if index_version:
+        git(path, "config", "index.version", str(index_version))
+    git(path, "remote", "add", "origin", "https://alice:s3cret@gitee.com/lab/motor-ctl.git")
+    git(path, "remote", "add", "backup", "git@github.com:alice/motor-ctl.git")
+    (path / "src" / "deep" / "er").mkdir(parents=True)
+    for i in range(files):
+        sub = "src/deep/er" if i % 3 == 0 else "src"
+        (path / sub / f"mod_{i:03d}.py").write_text(f"# module {i}\nX = {i}\n")
+    (path / "drive.c").write_text("int main(void) { return 0; }\n")
+    (path / "README").write_text("motor control\n")
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "init")
+    return path
+
+
+@pytest.fixture()
+def repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "motor-ctl")
+
+
+def test_working_tree_is_a_repository(repo: Path) -> None:
+    r = R.repository_in(str(repo / "src"))
+    assert r is not None
+    assert r.root == str(repo) and not r.bare
+    assert r.remote == "https://gitee.com/lab/motor-ctl.git"  # credentials stripped
+    assert "s3cret" not in repr(r)
+    assert dict(r.remotes)["backup"] == "git@github.com:alice/motor-ctl.git"
+    assert r.branch == "main"
+    assert r.commit == git(repo, "rev-parse", "HEAD")
+    assert r.files_count == 32
+    assert r.languages[:2] == ("python", "c")
+    tracked = sum(
+        p.stat().st_size for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts
+    )
+    assert r.size == tracked
+    doc = r.doc()
+    assert doc["remote_host"] == "gitee.com" and doc["name"] == "motor-ctl"
+
+
+@pytest.mark.parametrize("version", [2, 3, 4])
+def test_index_versions_are_counted(tmp_path: Path, version: int) -> None:
+    repo = make_repo(tmp_path / f"v{version}", files=40, index_version=version)
+    r = R.repository_in(str(repo))
+    assert r is not None and r.files_count == 42
+    assert r.languages[0] == "python"
+    assert r.size is not None and r.size > 0
+
+
+def test_cached_until_the_git_files_change(repo: Path) -> None:
+    first = R.repository_in(str(repo))
+    assert R.repository_in(str(repo)) is first  # cached: no re-read
+    (repo / "new.rs").write_text("fn main() {}\n")
+    git(repo, "add", "new.rs")
+    git(repo, "commit", "-q", "-m", "two")
+    second = R.repository_in(str(repo))
+    assert second is not first and second is not None
+    assert second.files_count == 33 and second.commit == git(repo, "rev-parse", "HEAD")
+
+
+def test_bare_repository(tmp_path: Path, repo: Path) -> None:
+    bare = tmp_path / "srv" / "motor-ctl.git"
+    git(tmp_path, "clone", "-q", "--bare", str(repo), str(bare))
+    r = R.repository_in(str(bare))
+    assert r is not None and r.bare and r.name == "motor-ctl"
+    assert r.commit == git(repo, "rev-parse", "HEAD")
+    packs = list((bare / "objects").rglob("*"))
+    assert packs
+    for p in packs:
+        if p.is_file():
+            found = R.git_dir_of(str(p))
+            assert found is not None and found[2] is True
+
+
+def test_git_internals_are_the_repository_not_documents(repo: Path) -> None:
+    clf = Classifier(ClassifySection(use_magika=False), cache=None)
+    internals = [p for p in (repo / ".git").rglob("*") if p.is_file()]
+    assert len(internals) > 20
+    for p in internals:
+        a = clf.classify_path(str(p))
+        assert a.kinds == ("repository",), p
+        d = a.tags[0].details
+        assert d["root"] == str(repo) and d["commit"] == git(repo, "rev-parse", "HEAD")
+    cfg = clf.classify_path(str(repo / ".git" / "config"))
+    assert "s3cret" not in repr(cfg)
+    # the working tree's own files are still source code of their repository
+    a = clf.classify_path(str(repo / "src" / "mod_001.py"))
+    assert "source_code" in a.kinds and "repository" not in a.kinds
+
+
+@pytest.mark.parametrize(
+    ("url", "host"),
+    [
+        ("https://u:p@github.com/a/b.git", "github.com"),
+        ("ssh://git@gitlab.com:2222/a/b.git", "gitlab.com"),
+        ("git@gitee.com:a/b.git", "gitee.com"),
+        ("git://[::1]/repo", "::1"),
+        ("/srv/git/b.git", None),
+        ("./b.git", None),
+    ],
+)
+def test_remote_host(url: str, host: str | None) -> None:
+    assert R.remote_host(url) == host
+
+
+def test_approved_remotes() -> None:
+    approved = ["git.corp.example", "*.lab.corp.example", "https://github.com/corp-org/"]
+    assert R.is_approved("https://git.corp.example/x.git", approved)
+    assert R.is_approved("git@build.lab.corp.example:x.git", approved)
+    assert R.is_approved("https://github.com/corp-org/tool.git", approved)
+    assert not R.is_approved("https://github.com/alice/tool.git", approved)
+    assert not R.is_approved("https://git.corp.example.evil.com/x.git", approved)
+    assert not R.is_approved(None, approved)
+
+
+def _flow(proc: ProcessInfo, out: int, inn: int, name: str = "gitee.com") -> Flow:
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
+    return Flow(
+        "tcp", "10.0.0.2", 40000, "1.2.3.4", 443, now, now, out, inn, name=name, process=proc
+    )
+
+
+def test_git_push_flow_names_its_repository(repo: Path) -> None:
+    proc = ProcessInfo(
+        pid=10, exe="/usr/bin/git", cmdline="git push backup main", cwd=str(repo / "src")
+    )
+    doc = R.flow_repository(_flow(proc, 800_000, 4_000, "github.com"), ["git.corp.example"])
+    assert doc is not None
+    assert doc["direction"] == "push" and doc["approved"] is False
+    assert (
+        doc["push_url"] == "git@github.com:alice/motor-ctl.git" and doc["push_host"] == "github.com"
+    )
+    assert doc["commit"] == git(repo, "rev-parse", "HEAD") and doc["files_count"] == 32
+
+
+def test_transports_and_directions(repo: Path, tmp_path: Path) -> None:
+    helper = ProcessInfo(
+        pid=11,
+        exe="/usr/lib/git-core/git-remote-https",
+        cmdline="git-remote-https origin https://gitee.com/lab/motor-ctl.git",
+        cwd=str(repo),
+    )
+    assert R.flow_repository(_flow(helper, 900_000, 5_000), [])["direction"] == "push"  # type: ignore[index]
+    assert R.flow_repository(_flow(helper, 5_000, 900_000), [])["direction"] == "fetch"  # type: ignore[index]
+    ssh = ProcessInfo(
+        pid=12,
+        exe="/usr/bin/ssh",
+        cmdline="ssh git@github.com git-receive-pack 'alice/x.git'",
+        cwd=str(repo),
+    )
+    assert R.flow_repository(_flow(ssh, 10, 10), [])["direction"] == "push"  # type: ignore[index]
+    plain_ssh = ProcessInfo(pid=13, exe="/usr/bin/ssh", cmdline="ssh build01", cwd=str(repo))
+    assert R.flow_repository(_flow(plain_ssh, 900_000, 10), []) is None
+    elsewhere = ProcessInfo(
+        pid=14, exe="/usr/bin/git", cmdline=f"git -C {repo} push", cwd=str(tmp_path)
+    )
+    doc = R.flow_repository(_flow(elsewhere, 900_000, 10), ["gitee.com"])
+    assert doc is not None and doc["root"] == str(repo) and doc["approved"] is True
+    clone = ProcessInfo(pid=15, exe="/usr/bin/git", cmdline="git clone https://x/y", cwd=str(repo))
+    assert R.flow_repository(_flow(clone, 900_000, 10), [])["direction"] == "fetch"  # type: ignore[index]
+    curl = ProcessInfo(pid=16, exe="/usr/bin/curl", cmdline="curl -T a https://x", cwd=str(repo))
+    assert R.flow_repository(_flow(curl, 900_000, 10), []) is None
