@@ -72,6 +72,11 @@ STORE_LAST_WRITE = Gauge(
     "egress_agent_store_last_write_timestamp_seconds", "Unix time of the last successful commit."
 )
 STORE_SIZE = Gauge("egress_agent_store_size_bytes", "Size of the local store on disk.")
+STORE_REOPENED = Counter(
+    "egress_agent_store_reopened_total",
+    "SQLite store found replaced, removed or failing its integrity check, and reopened.",
+    ["reason"],
+)
 
 # --- fleet store: local spool and forwarder ----------------------------------------
 SPOOL_EVENTS = Gauge(
@@ -184,6 +189,15 @@ INCIDENTS_OPEN = Gauge("egress_agent_incidents_open", "Incidents not closed.", [
 CHAIN_CHECKPOINT = Gauge(
     "egress_agent_chain_checkpoint_timestamp_seconds",
     "Unix time of the last hash-chain checkpoint.",
+)
+# the chain head, kept by Prometheus where a store edit cannot reach it:
+# `incidents verify --expect-seq N --expect-head H` reports a cut-off tail against it
+CHAIN_HEAD_SEQ = Gauge(
+    "egress_agent_incident_chain_head_seq", "Seq of the last record of this host's incident chain."
+)
+CHAIN_HEAD_HASH = Gauge(
+    "egress_agent_incident_chain_head_hash_prefix",
+    "First 12 hex digits of the incident chain head's hash, as an integer (exact in a float).",
 )
 
 # --- scheduler -----------------------------------------------------------------

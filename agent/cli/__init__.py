@@ -25,6 +25,7 @@ _VERBS = [
     "agent.cli.replay:replay",
     "agent.cli.policy:policy",
     "agent.cli.incidents:incidents",
+    "agent.cli.keys:keys",
     "agent.cli.scan:scan",
 ]
 

@@ -143,30 +143,76 @@ def close(ctx: click.Context, ident: str, note: str | None, by: str | None) -> N
     "(catches a cut-off tail or a re-sealed chain).",
 )
 @click.option("--host", help="Only this host's chain (store only).")
+@click.option(
+    "--public-key",
+    help="The signer's public key (ed25519:..., or a file; default: this host's key): "
+    "an export's trailer must verify with it; the anchor file too.",
+)
+@click.option(
+    "--unsigned-ok", is_flag=True, help="Accept an export without a signed trailer (older ones)."
+)
+@click.option(
+    "--expect-seq",
+    type=click.IntRange(0),
+    help="The chain must reach this seq (egress_agent_incident_chain_head_seq, a journal line).",
+)
+@click.option(
+    "--expect-head",
+    help="...and seq --expect-seq must have this hash: hex (a prefix will do) or the value of "
+    "egress_agent_incident_chain_head_hash_prefix.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def verify(
-    ctx: click.Context, file_: str | None, witness: str | None, host: str | None, as_json: bool
+    ctx: click.Context,
+    file_: str | None,
+    witness: str | None,
+    host: str | None,
+    public_key: str | None,
+    unsigned_ok: bool,
+    expect_seq: int | None,
+    expect_head: str | None,
+    as_json: bool,
 ) -> None:
-    """Check the hash chain and every incident row against it; exit 1 on the first break."""
+    """Check the hash chain and every incident row against it; exit 1 on the first break.
+
+    The store's chain must also still reach its last anchored head (the state
+    directory's signed anchor file, and --expect-seq/--expect-head as read from
+    Prometheus or the journal), so a deleted tail or an emptied store fails.
+    """
+    from agent.incidents.anchor import AnchorError, parse_public
     from agent.incidents.chain import check_witness, verify_entries
     from agent.incidents.export import ExportFileError, describe, read_file, verify_file
     from agent.incidents.queries import chain_entries, incident_documents
 
+    if expect_head is not None and expect_seq is None:
+        raise UserError("--expect-head needs --expect-seq (the seq that hash belongs to)")
+    if file_ and expect_seq is not None:
+        raise UserError("--expect-seq/--expect-head check the store, not an export file")
+    settings = settings_from(ctx)
+    try:
+        pinned = parse_public(public_key) if public_key else None
+    except AnchorError as e:
+        raise UserError(f"--public-key: {e}") from None
     if file_:
+        key = pinned or _local_public_key(settings.state_dir)
         try:
             with open(file_, encoding="utf-8", newline="") as fp:
-                fmt, report = verify_file(fp)
+                fmt, report = verify_file(
+                    fp, public_key=key, require_signature=key is not None and not unsigned_ok
+                )
         except ExportFileError as e:
             raise UserError(f"{file_}: {e}") from None
         except UnicodeDecodeError:
             raise UserError(f"{file_}: not UTF-8 text") from None
         where = f"{file_} ({fmt})"
     else:
-        engine = open_store(settings_from(ctx))
+        engine = open_store(settings)
         entries = list(chain_entries(engine, host=host))
         report = verify_entries(entries, incident_documents(engine, host))
         where = "store"
+        stored = {(e.host_id, e.seq): e.hash for e in entries}
+        _check_anchors(report, stored, settings.state_dir, pinned, host, expect_seq, expect_head)
         if witness:
             try:
                 with open(witness, encoding="utf-8", newline="") as fp:
@@ -195,6 +241,8 @@ def verify(
             for h, n in report.unsealed.items():
                 if n:
                     click.echo(f"  host {h}: {n} record(s) after the last checkpoint")
+            if report.signature:
+                click.echo(f"  signed trailer: {report.signature}")
         else:
             click.echo(
                 f"FAILED: {where}: first broken link at host {first.host_id} seq {first.seq}: "
@@ -203,6 +251,53 @@ def verify(
             )
     if not report.ok:
         ctx.exit(1)
+
+
+def _local_public_key(state_dir: Path) -> Any:
+    from agent.incidents.anchor import AnchorError, load_key
+
+    try:
+        key = load_key(state_dir)
+    except AnchorError as e:
+        raise UserError(str(e)) from None
+    return key.public_key() if key is not None else None
+
+
+def _check_anchors(
+    report: Any,
+    stored: dict[tuple[str, int], str],
+    state_dir: Path,
+    pinned: Any,
+    host: str | None,
+    expect_seq: int | None,
+    expect_head: str | None,
+) -> None:
+    """The chain must still hold the anchor file's head and the one the user expects."""
+    from agent.incidents.anchor import AnchorError, Head, check_head, read_anchor
+    from agent.incidents.chain import Problem
+
+    local = _local_host_id(state_dir)
+    try:
+        head = read_anchor(state_dir, pinned or _local_public_key(state_dir))
+    except AnchorError as e:
+        report.problems.append(Problem(host or local or "-", -1, str(e), report.records))
+        head = None
+    if head is not None and host in (None, head.host_id):
+        check_head(report, stored, head)
+    if expect_seq is not None:
+        hosts = {h for h, _seq in stored}
+        who = host or local or (next(iter(hosts)) if len(hosts) == 1 else None)
+        if who is None:
+            raise UserError("--expect-seq: name the host with --host")
+        source = "expected by --expect-seq" + (" --expect-head" if expect_head else "")
+        check_head(report, stored, Head(who, expect_seq, expect_head or "", source))
+
+
+def _local_host_id(state_dir: Path) -> str | None:
+    try:
+        return (state_dir / "host_id").read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 @incidents.command("export")
@@ -214,6 +309,7 @@ def verify(
 @click.option("--severity", type=SEVERITY_CHOICE, help="Minimum severity.")
 @click.option("--host", help="Host id or name (fleet store).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="File (default stdout).")
+@click.option("--unsigned", is_flag=True, help="No signed trailer (the host key is not needed).")
 @click.pass_context
 def export(
     ctx: click.Context,
@@ -223,22 +319,44 @@ def export(
     severity: str | None,
     host: str | None,
     output: str | None,
+    unsigned: bool,
 ) -> None:
-    """Export the incident log (every change, with its chain fields) for SIEM, legal, audit."""
+    """Export the incident log (every change, with its chain fields) for SIEM, legal, audit.
+
+    The file ends with a trailer signed by the host key (`egress-agent keys show`), so
+    `incidents verify --file F --public-key K` fails on a file cut short or extended.
+    """
+    from datetime import UTC, datetime
+
+    from agent.incidents.anchor import AnchorError, load_or_create_key
     from agent.incidents.export import select, write
+    from agent.incidents.export.trailer import write_signed
     from agent.incidents.queries import chain_entries
 
-    engine = open_store(settings_from(ctx))
+    settings = settings_from(ctx)
+    key = None
+    if not unsigned:
+        try:
+            key = load_or_create_key(settings.state_dir)
+        except AnchorError as e:
+            raise UserError(f"cannot sign the export: {e} (or export --unsigned)") from None
+    engine = open_store(settings)
     entries = select(
         chain_entries(engine, host=host), parse_since(since), parse_since(until), severity
     )
+
+    def emit(out: Any) -> int:
+        if key is None:
+            return write(entries, fmt, out)
+        return write_signed(entries, fmt, out, key, datetime.now(UTC))
+
     if output:
         path = Path(output)
         tmp = path.with_name(f".{path.name}.tmp")
         with tmp.open("w", encoding="utf-8", newline="") as out:
-            n = write(entries, fmt, out)
+            n = emit(out)
         tmp.replace(path)
         click.echo(f"{n} records written to {path}", err=True)
     else:
         sys.stdout.reconfigure(newline="")  # type: ignore[union-attr]
-        write(entries, fmt, sys.stdout)
+        emit(sys.stdout)

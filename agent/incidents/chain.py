@@ -8,8 +8,9 @@ This module is pure: it builds payloads and verifies a sequence of records (from
 store or from an export file) against each other and against the incident rows. It
 catches an edited byte, a deleted, inserted or reordered record, and an incident row
 that differs from its latest record. A chain can always be re-sealed by someone who
-rewrites every later record, so exports (which carry the chain fields) are the witness
-kept off the host.
+rewrites every later record, or cut off at its tail; agent/incidents/anchor.py holds
+the head anchors that catch those, and exports (which carry the chain fields and a
+signed trailer) are the witness kept off the host.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class VerifyReport:
     problems: list[Problem] = field(default_factory=list)
     anchors: dict[str, int] = field(default_factory=dict)  # host -> first seq checked
     unsealed: dict[str, int] = field(default_factory=dict)  # records after last checkpoint
+    signature: str = ""  # an export's trailer: "", absent, unchecked (...), verified (...)
 
     @property
     def ok(self) -> bool:

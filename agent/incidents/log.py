@@ -7,6 +7,11 @@ appends its chain record in ONE transaction, so a row never exists without the r
 that vouches for it. Several writers may share a chain (the daemon and an analyst's
 `incidents ack` on the same store): the record's primary key (host, seq) makes a lost
 race fail cleanly, and the transaction is retried on the new head.
+
+After each write the chain head is published (agent/incidents/anchor.py): the
+`egress_agent_incident_chain_head_*` gauges, and, with `anchor_dir`, a signed anchor
+file in the state directory; each checkpoint also logs "incident chain head seq=N
+hash=H" to the journal. These are what show a chain cut off at its tail.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, func, insert, select, update
@@ -23,6 +29,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from agent import metrics
 from agent.events import new_uid
+from agent.incidents import anchor
 from agent.incidents.chain import GENESIS_PREV, link_hash, make_payload
 from agent.incidents.model import (
     Finding,
@@ -132,12 +139,20 @@ class IncidentLog:
         hostname: str,
         dedup_window: float = 3600.0,
         checkpoint_every: int = 100,
+        anchor_dir: Path | None = None,
     ) -> None:
         self.engine = engine
         self.host_id = host_id
         self.hostname = hostname
         self.dedup_window = timedelta(seconds=dedup_window)
         self.checkpoint_every = checkpoint_every
+        self.anchor_dir = anchor_dir
+        self._key = None
+        if anchor_dir is not None:
+            try:
+                self._key = anchor.load_or_create_key(anchor_dir)
+            except anchor.AnchorError as e:  # the gauges and journal still anchor the head
+                log.error("incident chain head not anchored in the state directory: %s", e)
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -162,11 +177,30 @@ class IncidentLog:
         if last is not None:
             metrics.CHAIN_CHECKPOINT.set(_as_utc(last).timestamp())
         self.refresh_open_gauge()
+        self.publish_head(journal=True)
 
     def checkpoint(self, reason: str) -> int:
         seq = transact(self.engine, lambda conn: self._checkpoint(conn, reason))
         metrics.CHAIN_CHECKPOINT.set_to_current_time()
+        self.publish_head(journal=True)
         return seq
+
+    def publish_head(self, journal: bool = False) -> tuple[int, str] | None:
+        """Publish the chain head: gauges, the signed anchor file, a journal line."""
+        found = chain_head(self.engine, self.host_id)
+        if found is None:
+            return None
+        seq, hsh = found
+        metrics.CHAIN_HEAD_SEQ.set(seq)
+        metrics.CHAIN_HEAD_HASH.set(anchor.hash_gauge_value(hsh))
+        if self.anchor_dir is not None and self._key is not None:
+            try:
+                anchor.write_anchor(self.anchor_dir, self._key, self.host_id, seq, hsh)
+            except OSError as e:
+                log.error("could not write the incident chain anchor: %s", e)
+        if journal:
+            log.info("incident chain head seq=%d hash=%s host=%s", seq, hsh, self.host_id)
+        return found
 
     def _checkpoint(self, conn: Connection, reason: str) -> int:
         head = conn.execute(
@@ -250,6 +284,8 @@ class IncidentLog:
             self.refresh_open_gauge()
         if checkpointed:
             metrics.CHAIN_CHECKPOINT.set_to_current_time()
+        if result is not None:
+            self.publish_head(journal=checkpointed)
         return result
 
     def _supersede(
@@ -281,6 +317,18 @@ class IncidentLog:
 
     def refresh_open_gauge(self) -> None:
         refresh_open_gauge(self.engine, self.host_id)
+
+
+def chain_head(engine: Engine, host_id: str) -> tuple[int, str] | None:
+    """(seq, hash) of the last record of `host_id`'s chain, None when it has none."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(ChainRecord.seq, ChainRecord.hash)
+            .where(ChainRecord.host_id == host_id)
+            .order_by(ChainRecord.seq.desc())
+            .limit(1)
+        ).first()
+    return (int(row.seq), str(row.hash)) if row is not None else None
 
 
 def refresh_open_gauge(engine: Engine, host_id: str) -> None:

@@ -23,6 +23,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -58,6 +59,7 @@ class Correlator:
         settings: IncidentsSection,
         extras: Mapping[str, Any] | None = None,
         queue_size: int = 100_000,
+        anchor_dir: Path | None = None,
     ) -> None:
         self.engine = engine
         self._extras: Mapping[str, Any] = extras if extras is not None else {}
@@ -68,6 +70,7 @@ class Correlator:
             hostname,
             dedup_window=settings.dedup_window,
             checkpoint_every=settings.checkpoint_every,
+            anchor_dir=anchor_dir,
         )
         self.core = CorrelationEngine(
             window=settings.correlation_window,

@@ -79,7 +79,9 @@ def test_list_show_ack_close_verify_export(tmp_path: Path) -> None:
     witness = cli("incidents", "verify", "--witness", str(tmp_path / "export.csv"), config=cfg)
     assert witness.stdout.startswith("OK: store against")
     stdout_export = cli("incidents", "export", "--format", "ecs", config=cfg).stdout
-    assert stdout_export.count("\n") == len(stdout_export.splitlines()) == 5  # genesis+2+ack+close
+    lines = stdout_export.splitlines()
+    assert stdout_export.count("\n") == len(lines) == 6  # genesis+2+ack+close, signed trailer
+    assert lines[-1].startswith('{"egress_agent_export_trailer":')
 
     # one byte of one row changed in the database: verify fails at that incident's record
     from sqlalchemy import create_engine

@@ -16,8 +16,10 @@ from datetime import datetime
 from types import ModuleType
 from typing import IO, Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from agent.incidents.chain import ChainEntry, Problem, VerifyReport, verify_entries
-from agent.incidents.export import cef, ecs, jsonl, ocsf
+from agent.incidents.export import cef, ecs, jsonl, ocsf, trailer
 from agent.incidents.export import csv as csv_format
 from agent.incidents.model import parse_iso
 from agent.incidents.queries import at_least
@@ -95,7 +97,7 @@ def detect(first_line: str) -> str:
 
 def read_file(fp: IO[str], fmt: str | None = None) -> Iterator[ChainEntry]:
     """The chain records of an export file (not verified: see `verify_file`)."""
-    lines = fp.readlines()
+    lines = trailer.split(fp.readlines()).body
     first = next((ln for ln in lines if ln.strip()), "")
     if not first:
         return
@@ -104,9 +106,26 @@ def read_file(fp: IO[str], fmt: str | None = None) -> Iterator[ChainEntry]:
         yield entry
 
 
-def verify_file(fp: IO[str], fmt: str | None = None) -> tuple[str, VerifyReport]:
-    """Verify an export read from `fp`; returns (format, report)."""
-    lines = fp.readlines()
+def verify_file(
+    fp: IO[str],
+    fmt: str | None = None,
+    public_key: Ed25519PublicKey | None = None,
+    require_signature: bool = False,
+) -> tuple[str, VerifyReport]:
+    """Verify an export read from `fp`; returns (format, report).
+
+    With `public_key`, the trailer's signature must verify with it; with
+    `require_signature`, a file without a trailer (cut at its end, or unsigned) fails.
+    """
+    try:
+        parts = trailer.split(fp.readlines())
+    except (ValueError, KeyError, TypeError) as e:
+        raise ExportFileError(f"unreadable export trailer: {type(e).__name__}: {e}") from None
+    lines = parts.body
+    if not any(ln.strip() for ln in lines) and parts.trailer is not None:
+        report = VerifyReport()
+        trailer.check(report, parts, None, public_key, require_signature)
+        return fmt or str(parts.trailer.get("format") or "jsonl"), report
     first = next((ln for ln in lines if ln.strip()), "")
     if not first:
         raise ExportFileError("the file is empty")
@@ -114,9 +133,12 @@ def verify_file(fp: IO[str], fmt: str | None = None) -> tuple[str, VerifyReport]
     mod = FORMATS[fmt]
     mismatched: dict[tuple[str, int], str] = {}
 
+    last: list[ChainEntry] = []
+
     def entries() -> Iterator[ChainEntry]:
         try:
             for entry, observed in mod.read(lines):
+                last[:] = [entry]
                 if entry.payload is not None and observed != mod.expected(entry):
                     mismatched[(entry.host_id, entry.seq)] = (
                         "the line differs from what its hashed payload renders to: "
@@ -133,6 +155,7 @@ def verify_file(fp: IO[str], fmt: str | None = None) -> tuple[str, VerifyReport]
     for (host, seq), why in mismatched.items():
         if (host, seq) not in seen:
             report.problems.append(Problem(host, seq, why))
+    trailer.check(report, parts, last[0] if last else None, public_key, require_signature)
     return fmt, report
 
 
@@ -149,4 +172,5 @@ def describe(report: VerifyReport) -> dict[str, Any]:
         else {"host_id": first.host_id, "seq": first.seq, "why": first.why},
         "unsealed_records": report.unsealed,
         "anchors": report.anchors,
+        "signature": report.signature or None,
     }

@@ -5,7 +5,9 @@ last run are written to `jobs.export_dir` as one file in `jobs.export_format`
 (`incidents-<host>-<first seq>-<last seq>.<ext>`). The file is written to a temporary
 name, flushed to disk and renamed; only then does the cursor in the `job_state` table
 move. A crash in between re-exports the same range under the same name, so a restart
-resumes where it left off and never skips a record.
+resumes where it left off and never skips a record. Each file ends with a trailer
+signed by the host key (export/trailer.py), so a file cut short or extended later fails
+`incidents verify --file F --public-key K`.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from agent.incidents.anchor import load_or_create_key
 from agent.incidents.export import FORMATS, write
+from agent.incidents.export.trailer import write_signed
 from agent.incidents.queries import chain_entries
 from agent.store.models import JobState
 
@@ -51,8 +56,14 @@ def _save_cursor(engine: Engine, host_id: str, last_seq: int, path: str) -> None
         conn.execute(stmt)
 
 
-def export_new(engine: Engine, host_id: str, directory: Path, fmt: str) -> Path | None:
-    """Export the records after the cursor; returns the file written, if any."""
+def export_new(
+    engine: Engine,
+    host_id: str,
+    directory: Path,
+    fmt: str,
+    key: Ed25519PrivateKey | None = None,
+) -> Path | None:
+    """Export the records after the cursor (signed with `key`); returns the file written."""
     after = cursor(engine, host_id)
     entries = [e for e in chain_entries(engine, after_seq=after) if e.host_id == host_id]
     if not entries:
@@ -63,7 +74,10 @@ def export_new(engine: Engine, host_id: str, directory: Path, fmt: str) -> Path 
     path = directory / name
     tmp = directory / f".{name}.tmp"
     with tmp.open("w", encoding="utf-8", newline="") as out:
-        write(entries, fmt, out)
+        if key is not None:
+            write_signed(entries, fmt, out, key, datetime.now(UTC))
+        else:
+            write(entries, fmt, out)
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
@@ -82,8 +96,9 @@ def export_job(rt: Runtime) -> tuple[str, float, Job] | None:
     if jobs.export_dir is None:
         return None
     directory = Path(jobs.export_dir)
+    key = load_or_create_key(rt.settings.state_dir)
 
     def run() -> None:
-        export_new(rt.engine, rt.host_id, directory, jobs.export_format)
+        export_new(rt.engine, rt.host_id, directory, jobs.export_format, key)
 
     return JOB_NAME, jobs.export_interval, run
