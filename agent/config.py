@@ -160,6 +160,8 @@ class NetworkSection(_Section):
         ]
     )
     approved_destinations: list[str] = Field(default_factory=list)  # CIDRs or host names
+    # git remotes a push may go to: host names or globs, or URL prefixes (repository.approved)
+    approved_git_remotes: list[str] = Field(default_factory=list)
     foreign_networks: list[str] = Field(default_factory=list)  # CIDRs known to be abroad
     domestic_country: str = "CN"
     # unset: the country table installed with the package (iptocc); else a .mmdb

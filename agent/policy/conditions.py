@@ -19,7 +19,7 @@ from typing import Any
 from agent.linear_regex import PatternRefused, compile_pack_regex
 from agent.policy._yaml import key_line, line_of
 
-# field name -> type: "str", "num", "set" (a set of strings), "any"
+# field name -> type: "str", "num", "set" (a set of strings), "bool" (eq/ne true|false), "any"
 FIELDS: dict[str, str] = {
     "event": "str",  # file | flow | transfer (a file joined to the flow that carried it)
     "action": "str",  # file action: created, written, moved, ...
@@ -60,12 +60,30 @@ DETAILS: dict[str, dict[str, str]] = {
     "document": {"format": "str", "chars": "num"},
     "engineering": {"format": "str"},
     "secret": {"type": "str"},
+    # a git repository (agent/classify/repository.py): on a flow of git, the one it pushed
+    # or fetched; on a file under .git/, the one it belongs to
+    "repository": {
+        "name": "str",
+        "root": "str",
+        "remote": "str",
+        "remote_host": "str",
+        "push_url": "str",
+        "push_host": "str",
+        "direction": "str",  # push | fetch
+        "approved": "bool",  # push URL or destination in network.approved_git_remotes
+        "branch": "str",
+        "commit": "str",
+        "files_count": "num",
+        "languages": "any",
+        "size": "num",
+        "bare": "bool",
+    },
 }
 
 # operator -> (field types it applies to, value shape: scalar | list | number | bool | regex)
 OPERATORS: dict[str, tuple[tuple[str, ...], str]] = {
-    "eq": (("str", "num", "any"), "scalar"),
-    "ne": (("str", "num", "any"), "scalar"),
+    "eq": (("str", "num", "any", "bool"), "scalar"),
+    "ne": (("str", "num", "any", "bool"), "scalar"),
     "in": (("str", "num", "any"), "list"),
     "not_in": (("str", "num", "any"), "list"),
     "gt": (("num", "any"), "number"),
@@ -78,7 +96,7 @@ OPERATORS: dict[str, tuple[tuple[str, ...], str]] = {
     "glob": (("str",), "list"),
     "regex": (("str",), "regex"),
     "cidr": (("str",), "cidr"),
-    "exists": (("str", "num", "set", "any"), "bool"),
+    "exists": (("str", "num", "set", "any", "bool"), "bool"),
 }
 
 
@@ -389,6 +407,8 @@ def _leaf(raw: Mapping[str, Any], ctx: CompileContext, line: int) -> Condition |
     if ftype not in types:
         ctx.report(where, f"operator {op!r} does not apply to {ftype} field {name!r}")
         return None
+    if ftype == "bool":  # eq/ne on a flag compares with true or false
+        shape = "bool" if shape == "scalar" else shape
     value = _resolve(raw[op], ctx, where)
     if value is _BAD:
         return None

@@ -124,6 +124,12 @@ def flow_facts(flow: Flow) -> Facts:
             facts[key] = value
     _process_facts(facts, flow.process)
     _time_facts(facts, flow.time)
+    if flow.repository:  # a git push or fetch: `repository.<key>` (conditions.DETAILS)
+        for key, value in flow.repository.items():
+            if isinstance(value, (list, tuple)):
+                value = frozenset(v for v in value if isinstance(v, str))
+            if value is not None:
+                facts[f"repository.{key}"] = value
     return facts
 
 

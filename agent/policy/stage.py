@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 from agent import metrics
+from agent.classify.repository import with_repository
 from agent.events import Event, FileEvent
 from agent.policy.holder import PolicyHolder
 
@@ -24,6 +25,9 @@ class PolicyStage:
         if not isinstance(holder, PolicyHolder):
             raise RuntimeError("PolicyStage needs rt.extras['policy'] (a PolicyHolder)")
         self.holder = holder
+        settings = getattr(rt, "settings", None)
+        network = getattr(settings, "network", None)
+        self.approved_git_remotes = tuple(getattr(network, "approved_git_remotes", ()))
 
     def __call__(self, event: Event) -> Event:
         policy = self.holder.current
@@ -31,6 +35,9 @@ class PolicyStage:
             decisions = policy.decide_file(event)
             dest_class = ""
         else:
+            # a git process's flow names the repository it pushed (cwd, arguments): policy
+            # sees `repository.*`, the correlator tells the push story
+            event = with_repository(event, self.approved_git_remotes)
             decisions = policy.decide_flow(event)
             dest_class = event.dest_class
         if not decisions:
