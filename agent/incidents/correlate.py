@@ -53,6 +53,7 @@ from agent.incidents.evidence import (
 )
 from agent.incidents.lineage import ArtefactMemory, ParentsOf
 from agent.incidents.model import METHOD_RANK, Finding
+from agent.incidents.repository import RepositoryMemory, is_push, push_finding
 from agent.store.rows import storable_text
 
 EXTERNAL = frozenset({"foreign", "unknown", "domestic"})
@@ -125,6 +126,7 @@ class CorrelationEngine:
         self._judged: OrderedDict[tuple[str, str], tuple[Decision, ...]] = OrderedDict()
         self._file_attribution = False
         self._now: datetime | None = None
+        self.repositories = RepositoryMemory()
 
     # --- feeding -----------------------------------------------------------------
     def observe(self, event: FileEvent | Flow) -> list[Finding]:
@@ -161,6 +163,7 @@ class CorrelationEngine:
             self.memory.remember_parents(sha, tuple(p for p in a.parents if p != sha))
         if not is_tagged(e):
             return []
+        self.repositories.note(e)
         key = sha or f"path:{e.current_path}"
         seen = self.memory.seen_for(key)
         seen.events.append(e)
@@ -197,6 +200,13 @@ class CorrelationEngine:
 
     def _on_flow(self, f: Flow) -> list[Finding]:
         alerting = [d for d in f.decisions if is_alerting(d)]
+        if alerting and is_push(f):  # the repository is the story, not the files it read
+            rule = _choose_rule([(f.uid, d) for d in alerting])
+            assert rule is not None
+            root = str((f.repository or {}).get("root") or "")
+            dest = f.sni or f.name or f.dst_ip
+            key = dedup_key("repository_push", rule.rule_id, root, dest)
+            return [push_finding(f, rule, self.repositories, key)]
         if f.dest_class not in EXTERNAL:
             return [self._flow_alert_finding(f, alerting)] if alerting else []
         match = self._match(f, self._candidates(f))

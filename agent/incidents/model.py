@@ -17,7 +17,14 @@ from typing import Any
 
 from agent.events import Severity
 
-KINDS = ("exfiltration", "removable_copy", "cloud_sync_copy", "policy_alert")
+KINDS = (
+    "exfiltration",
+    "removable_copy",
+    "cloud_sync_copy",
+    "policy_alert",
+    "repository_push",
+    "tree_copy",
+)
 STATUSES = ("open", "acknowledged", "closed")
 DOC_FIELDS = (
     "uid",
