@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import ast
 import csv
-import io
 import json
 import os
+import re
 import sqlite3
 import struct
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
 from agent.classify.base import (
@@ -101,28 +102,112 @@ def _estimate_rows(sample: bytes, size: int) -> tuple[int, bool]:
     return int(lines * size / max(len(sample), 1)), True
 
 
-def sniff_delimited(text: str, ext: str) -> str | None:
-    """The delimiter of a CSV/TSV sample, or None when it is not tabular text."""
-    lines = [ln for ln in first_lines(text, 20) if ln.strip()]
-    if len(lines) < 2 and ext not in ("csv", "tsv"):
+SNIFF_LINES = 60  # lines of the sample the delimiter and layout are judged on
+_COMMENT = ("#", "%", "//", ";;")
+_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|NaN|inf|-inf|NA")
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where a delimited table starts in its text: lines skipped before the header
+    (comments, a title row), the header's fields, and the data rows' field count."""
+
+    delimiter: str
+    skip: int
+    header: list[str]
+    fields: int
+
+
+def _split(line: str, delim: str) -> list[str] | None:
+    if delim == " ":
+        return line.split()
+    try:
+        return next(csv.reader([line], delimiter=delim))
+    except (csv.Error, StopIteration):
         return None
-    for delim in ("\t", ",", ";", "|") if ext != "csv" else (",", ";", "\t", "|"):
-        counts = [ln.count(delim) for ln in lines[:-1] or lines]
-        if counts and counts[0] >= 1 and all(c == counts[0] for c in counts):
-            return delim
+
+
+def _layout(text: str, delim: str, min_rows: int = 2) -> Layout | None:
+    """The table layout for `delim`: at least `min_rows` rows
+    of one field count ≥ 2 after at most two lines of another count (a title such as
+    sklearn's `569,30,malignant,benign`) and any comment lines; for whitespace, every
+    data field a number. Quoted delimiters count as one field (csv's own rules)."""
+    raw = first_lines(text, SNIFF_LINES)
+    complete = len(raw) < SNIFF_LINES or len(text) <= sum(len(x) + 1 for x in raw)
+    if not complete and len(raw) > 2:
+        raw = raw[:-1]  # the last line may be cut by the sample bound
+    rows: list[tuple[int, list[str]]] = []
+    for i, line in enumerate(raw):
+        if not line.strip() or line.lstrip().startswith(_COMMENT):
+            continue
+        fields = _split(line, delim)
+        if fields is None:
+            return None
+        rows.append((i, fields))
+    for title in range(min(3, len(rows))):
+        body = rows[title:]
+        counts = [len(f) for _, f in body]
+        n = counts[-1] if counts else 0
+        if n < 2 or len(body) < 2:
+            continue
+        # a last line shorter than the rest is a cut or ragged end, not a disagreement
+        agree = sum(1 for c in counts if c == n)
+        if agree < len(counts) - 1 or counts[0] != n or agree < 2:
+            continue
+        data = [f for _, f in body[1:]]
+        if delim == " " and not all(_NUMBER.fullmatch(x) for f in data for x in f):
+            return None
+        cells = [x for _, f in body for x in f]
+        wordy = sum(1 for x in cells if x.count(" ") >= 2)
+        if sum(len(x) for x in cells) > 40 * len(cells) or 2 * wordy > len(cells):
+            return None  # fields of sentences: prose with a steady count of commas
+        if len(body) < min_rows:
+            return None
+        return Layout(delim, body[0][0], body[0][1], n)
     return None
 
 
+def sniff_layout(text: str, ext: str) -> Layout | None:
+    """The layout of a delimited (CSV, TSV, semicolon, pipe, whitespace) table, or None."""
+    lines = [ln for ln in first_lines(text, 20) if ln.strip()]
+    if len(lines) < 2 and ext not in ("csv", "tsv"):
+        return None
+    order = (",", ";", "\t", "|") if ext == "csv" else ("\t", ",", ";", "|")
+    min_rows = 2 if ext in ("csv", "tsv", "dat") else 3
+    for delim in order:
+        if delim not in text[:65536]:
+            continue
+        found = _layout(text, delim, min_rows)
+        if found is not None:
+            return found
+    if ext in ("csv", "tsv") and len(lines) == 1:  # a header-only table
+        delim = "\t" if ext == "tsv" or "\t" in lines[0] else ","
+        header = _split(lines[0], delim) or []
+        return Layout(delim, 0, header, len(header)) if len(header) >= 2 else None
+    return _layout(text, " ", min_rows)
+
+
+def sniff_delimited(text: str, ext: str) -> str | None:
+    """The delimiter of a delimited table sample (" " for whitespace), or None."""
+    found = sniff_layout(text, ext)
+    return found.delimiter if found is not None else None
+
+
 def parse_delimited(src: Source, limits: Limits, text: str, delim: str) -> Finding:
-    first = text.split("\n", 1)[0]
-    try:
-        header = next(csv.reader(io.StringIO(first), delimiter=delim))
-    except (csv.Error, StopIteration) as e:
-        raise ParseError(f"CSV header: {e}") from None
+    layout = _layout(text, delim) if delim != "" else None
+    if layout is None:
+        layout = sniff_layout(text, src.ext)
+    if layout is None or layout.delimiter != delim:
+        raise ParseError("not a delimited table")
     rows, est = _estimate_rows(_sample(src), src.size)
-    fmt = "tsv" if delim == "\t" else "csv"
-    tag = dataset_tag(fmt, header[:MAX_COLUMNS], max(rows - 1, 0), "estimate" if est else "")
-    return Finding(f"text/{'tab-separated-values' if fmt == 'tsv' else 'csv'}", [tag], text=text)
+    fmt = {"\t": "tsv", " ": "whitespace_table"}.get(delim, "csv")
+    header = [h.strip() for h in layout.header[:MAX_COLUMNS]]
+    extra = "estimate" if est else ""
+    tag = dataset_tag(fmt, header, max(rows - 1 - layout.skip, 0), extra)
+    if layout.skip:
+        tag.details["skipped_lines"] = layout.skip
+    ctype = {"tsv": "text/tab-separated-values", "csv": "text/csv"}.get(fmt, "text/plain")
+    return Finding(ctype, [tag], text=text)
 
 
 def is_jsonl(text: str) -> bool:

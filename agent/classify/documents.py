@@ -148,7 +148,73 @@ TEXT_DOC_EXT = {"md": "markdown", "markdown": "markdown", "rst": "restructuredte
                 "rtf": "rtf", "html": "html", "htm": "html", "log": "text"}  # fmt: skip
 
 
+# extensions that name a document format: letters are enough; plain text needs prose
+_FORMAT_EXT = {"md", "markdown", "rst", "tex", "org", "adoc", "rtf", "html", "htm"}
+PROSE_SAMPLE = 64 * 1024
+_WORD = re.compile(r"[^\W\d_]{2,}")
+_SENTENCE_END = re.compile(r"[^\W\d_][.!?][\"')\]]?(?:\s|$)")
+_CJK = re.compile(r"[\u3400-\u9fff\uac00-\ud7af\u3040-\u30ff]")
+_CJK_RUN = re.compile(r"[\u3400-\u9fff\uac00-\ud7af\u3040-\u30ff]{6,}")
+_CJK_PUNCT = re.compile(r"[，。；：、！？]")
+# structured text that is never prose, whatever its comments say
+_NOT_PROSE_STARTS = ("StartFontMetrics", "STARTFONT", "StartCompFontMetrics", "%FS", "G04 ")
+
+
+def prose_evidence(text: str) -> str | None:
+    """Why `text` reads as prose (sentences or paragraphs of words), else None.
+
+    A document is something people wrote to be read: keys, vocabularies, font metrics,
+    plots and shaders are text too but not prose. Looked at over a bounded sample:
+    lines of five or more words made mostly of letters, and sentence ends; for CJK
+    text, runs of characters with CJK punctuation. Linear in the sample.
+    """
+    sample = text[:PROSE_SAMPLE]
+    head = sample.lstrip()
+    if head.startswith(_NOT_PROSE_STARTS) or (
+        head.startswith(("<svg", "<?xml")) and "<svg" in head[:4096]
+    ):
+        return None
+    cjk = len(_CJK_PUNCT.findall(sample))
+    runs = len(_CJK_RUN.findall(sample))
+    if cjk >= 2 and runs >= 1:
+        return "CJK sentences"
+    if len(_CJK.findall(sample[:4096])) >= 40 and runs >= 3:
+        return "CJK text runs"
+    lines = 0
+    for line in sample.splitlines()[:2000]:
+        words = _WORD.findall(line)
+        if len(words) < 5:
+            continue
+        letters = sum(len(w) for w in words) + len(words)
+        if letters >= 0.75 * len(line.strip()):
+            lines += 1
+    ends = len(_SENTENCE_END.findall(sample))
+    if (lines >= 2 and ends >= 1) or (lines >= 1 and ends >= 2) or lines >= 5:
+        return f"{lines} lines of words, {ends} sentence ends"
+    return None
+
+
+def _content_format(text: str) -> str | None:
+    """A document format its first characters declare (HTML, RTF, LaTeX), else None."""
+    head = text[:512].lstrip().lower()
+    if head.startswith(("<!doctype html", "<html")):
+        return "html"
+    if head.startswith("{\\rtf"):
+        return "rtf"
+    if "\\documentclass" in head or "\\begin{document}" in text[:8192]:
+        return "tex"
+    return None
+
+
 def text_document(text: str, ext: str) -> Finding:
+    """A document when the text is prose or in a document format; else untagged text."""
     fmt = TEXT_DOC_EXT.get(ext, "text")
-    return Finding(f"text/{'markdown' if fmt == 'markdown' else 'plain'}",
-                   [document_tag(fmt, len(text))], text=text)  # fmt: skip
+    by_content = _content_format(text)
+    if by_content is not None and fmt == "text":
+        fmt, ext = by_content, by_content
+    ctype = f"text/{'markdown' if fmt == 'markdown' else 'plain'}"
+    if ext in _FORMAT_EXT and _WORD.search(text[:PROSE_SAMPLE]):
+        return Finding(ctype, [document_tag(fmt, len(text))], text=text)
+    if prose_evidence(text) is not None:
+        return Finding(ctype, [document_tag(fmt, len(text))], text=text)
+    return Finding("text/plain", [], text=text)

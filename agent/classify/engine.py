@@ -28,16 +28,16 @@ from agent.classify.base import (
     decode_text,
 )
 from agent.classify.magika_tier import magika_finding, warm_up
-from agent.classify.secrets import secret_tags
+from agent.classify.secrets import credential_file_tags, der_tags, public_material, secret_tags
 from agent.classify.signatures import COMPRESSED, name_tags, signature_tag, sniff
 from agent.events import Tag
 
 log = logging.getLogger(__name__)
 
-CLASSIFIER_VERSION = "5"
+CLASSIFIER_VERSION = "6"
 # structured text whose lines may carry a steady count of commas without being a table
 _NOT_TABULAR = {"json", "yaml", "yml", "xml", "toml", "ini", "cfg", "conf", "html", "htm"}
-_NOT_TABULAR |= set(documents.TEXT_DOC_EXT)
+_NOT_TABULAR |= set(documents.TEXT_DOC_EXT) - {"txt", "text"}  # tables ship as .txt too
 _ZIP_ERRORS: tuple[type[Exception], ...] = (zipfile.BadZipFile, zlib.error, EOFError, KeyError)
 _ZIP_ERRORS += (NotImplementedError, ValueError, OSError, RuntimeError)
 
@@ -181,6 +181,9 @@ class Engine:
             return Finding("application/x-tf-checkpoint", [tag])
         if fmt == "git_bundle":
             return Finding("application/x-git-bundle", source.git_bundle_tags(src.head))
+        if fmt == "der":
+            found = der_tags(src.head, src.size)
+            return Finding(*found) if found is not None else None
         return None
 
     def _zip(self, src: Source, budget: archives.Budget, recurse: archives.Classify) -> Finding:
@@ -240,8 +243,11 @@ class Engine:
             with src.open() as f:
                 text = decode_text(f.read(self.limits.max_text_bytes)) or text
         src.deadline.check()
-        secrets = secret_tags(text)
+        secrets = secret_tags(text) + credential_file_tags(text)
         src.deadline.check()
+        public = public_material(text) if src.ext not in documents.TEXT_DOC_EXT else None
+        if public is not None and not secrets:  # shared on purpose: neither secret nor prose
+            return Finding(f"application/x-{public}", [])
         eng = engineering.text_tag(text, src.ext)
         if eng is not None:
             return Finding("text/plain", [eng, *secrets], text=text)

@@ -13,6 +13,7 @@ from typing import Any
 
 from agent.classify import datasets, engineering, source, weights
 from agent.classify.base import promised_tag
+from agent.classify.secrets import der_kind
 from agent.events import Tag
 
 COMPRESSED = {"gzip": b"\x1f\x8b", "bzip2": b"BZh", "xz": b"\xfd7zXZ\x00", "zstd": b"(\xb5/\xfd"}
@@ -65,6 +66,8 @@ def sniff(head: bytes, size: int, ext: str, basename: str) -> str | None:
         return "onnx"
     if datasets.is_tfrecord(head):
         return "tfrecord"
+    if head[:1] == b"0" and size <= len(head) and der_kind(head, size) is not None:
+        return "der"
     return None
 
 

@@ -343,7 +343,7 @@ def test_stopping_abandons_a_big_hash(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("fname", "data", "kind"),
     [
-        ("a.txt", b"ab\n" * 1_400_000, "document"),  # splitlines of all 4 MB: 83 MB, now 8
+        ("a.md", b"ab\n" * 1_400_000, "document"),  # splitlines of all 4 MB: 83 MB, now 8
         ("b.csv", b"a,b\n" * 1_000_000, "dataset"),
         ("c.jsonl", b'{"a":1}\n' * 500_000, "dataset"),
         ("d.py", b"#ab\n" * 1_000_000, "source_code"),  # comments as a list: 63 MB, now 9
