@@ -31,6 +31,7 @@ from agent.sdnotify import Notifier
 from agent.sensors import Sensor, SensorUnavailable
 from agent.store.db import host_identity, make_engine, register_host, upgrade
 from agent.store.forwarder import Forwarder, is_central, open_forwarder
+from agent.store.watch import StoreWatch
 from agent.store.writer import StoreWriter
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,14 @@ def build_sinks(rt: Runtime, writer: StoreWriter) -> list[Sink]:
     sinks: list[Sink] = [writer.submit]
     from agent.incidents import Correlator
 
-    correlator = Correlator(rt.engine, rt.host_id, rt.hostname, rt.settings.incidents, rt.extras)
+    correlator = Correlator(
+        rt.engine,
+        rt.host_id,
+        rt.hostname,
+        rt.settings.incidents,
+        rt.extras,
+        anchor_dir=rt.settings.state_dir,
+    )
     correlator.start()
     sinks.append(correlator.submit)
     rt.extras.setdefault("stop_hooks", []).append(correlator.stop)
@@ -122,6 +130,12 @@ class Agent:
                 upgrade(self.engine)
             register_host(self.engine, host_id, hostname)
         self.runtime = Runtime(s, self.engine, host_id, hostname)
+        watch = None
+        if self.forwarder is None:
+            watch = StoreWatch.for_engine(
+                self.engine, host_id, hostname, auto_upgrade=s.database.auto_upgrade
+            )
+            self.runtime.extras["store_watch"] = watch  # the maintenance job's integrity check
         if self.forwarder is not None:
             fwd = self.forwarder
             self.runtime.extras.setdefault("status_hooks", []).append(
@@ -134,6 +148,7 @@ class Agent:
             flush_interval=s.database.flush_interval,
             queue_size=s.database.queue_size,
             commit=self.forwarder.commit if self.forwarder is not None else None,
+            watch=watch,
         )
         self.writer.start()
         self.pipeline = Pipeline(

@@ -139,12 +139,17 @@ def store_size_bytes(rt: Runtime) -> int:
 
 
 def maintenance_job(rt: Runtime) -> tuple[str, float, Job] | None:
-    """SQLite: fold the WAL back into the database and refresh the planner's statistics.
+    """SQLite: check the file is still the store opened and sound (`PRAGMA quick_check`,
+    agent/store/watch.py), fold the WAL back into the database and refresh the planner's
+    statistics.
 
     (`egress_agent_store_size_bytes` needs no job: `start` makes it measure at each scrape.)
     """
 
     def run() -> None:
+        watch = rt.extras.get("store_watch")
+        if watch is not None:  # a swapped or broken file is reopened before the work below
+            watch.check_integrity()
         if rt.engine.dialect.name == "sqlite":
             with rt.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")

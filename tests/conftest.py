@@ -147,7 +147,8 @@ class AgentProcess:
             self._stderr.close()
 
     def stderr(self) -> str:
-        self._stderr.flush()
+        if not self._stderr.closed:  # also readable after stop()
+            self._stderr.flush()
         return self.stderr_path.read_text(errors="replace")[-4000:]
 
 

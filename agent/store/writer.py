@@ -41,6 +41,7 @@ from agent.store.models import (
     FlowRow,
     Lineage,
 )
+from agent.store.watch import StoreWatch
 
 log = logging.getLogger(__name__)
 
@@ -188,8 +189,11 @@ class StoreWriter:
         queue_size: int = 100_000,
         stop_retry_seconds: float = 30.0,
         commit: Callable[[Sequence[Event]], Mapping[str, int]] | None = None,
+        watch: StoreWatch | None = None,
     ) -> None:
         self.engine = engine
+        # a SQLite store swapped under the agent is reopened before the next batch
+        self.watch = watch
         self.host_id = host_id
         # where a batch goes: the store itself, or the fleet spool (agent/store/spool.py)
         self._write = commit or (lambda batch: write_batch(engine, host_id, batch))
@@ -246,6 +250,8 @@ class StoreWriter:
         while True:
             started = time.perf_counter()
             try:
+                if self.watch is not None:
+                    self.watch.check()
                 counts = self._write(batch)
             except (SQLAlchemyError, sqlite3.Error) as e:
                 reason = type(getattr(e, "orig", None) or e).__name__
