@@ -46,6 +46,7 @@ DOC_FIELDS = (
     "note",
 )
 EVIDENCE_LISTS = ("files", "flows", "lineage", "processes", "decisions")
+EVIDENCE_EXTRAS = ("repository", "tree")  # plain mappings, kept as the finding gave them
 EVIDENCE_CAP = 100  # items kept per evidence list; the rest are counted in `truncated`
 
 
@@ -99,6 +100,9 @@ def new_document(finding: Finding, uid: str, host_id: str) -> dict[str, Any]:
     evidence: dict[str, Any] = {k: list(finding.evidence.get(k, ())) for k in EVIDENCE_LISTS}
     evidence["correlation"] = dict(finding.evidence.get("correlation", {}))
     evidence["roots"] = sorted(finding.evidence.get("roots", ()))
+    for key in EVIDENCE_EXTRAS:  # what a repository or tree story is about
+        if isinstance(finding.evidence.get(key), Mapping):
+            evidence[key] = dict(finding.evidence[key])
     evidence["truncated"] = {}
     _cap(evidence)
     return {

@@ -64,6 +64,17 @@ def render_incident(doc: Mapping[str, Any]) -> str:
     corr = ev.get("correlation")
     if isinstance(corr, Mapping) and corr:
         out.append("  correlation: " + ", ".join(f"{k}={v}" for k, v in corr.items()))
+    repo = ev.get("repository")
+    if isinstance(repo, Mapping) and repo:
+        out.append(
+            f"  repository {repo.get('name')} at {repo.get('root')}: "
+            f"commit {repo.get('commit') or '-'} on {repo.get('branch') or '-'}, "
+            f"{repo.get('files_count')} files ({', '.join(map(str, _list(repo.get('languages'))))})"
+        )
+        out.append(
+            f"    remote {repo.get('remote') or '-'}; pushed to {repo.get('push_url') or '-'} "
+            f"(approved: {repo.get('approved')})"
+        )
     out.append("")
     out.append(f"Files ({len(_items(ev, 'files'))})")
     for f in _items(ev, "files"):

@@ -131,3 +131,21 @@ def test_push_to_gitee_is_the_domestic_rule(tmp_path: Path) -> None:
     (f,) = CorrelationEngine().observe(flow)
     assert f.rule_id == "rd-assets-repository-push-domestic" and f.severity == "medium"
     assert "https://gitee.com/lab/motor-ctl.git" in f.title  # origin, no credentials
+
+
+def test_incidents_show_names_repository_commit_and_remote(tmp_path: Path) -> None:
+    from agent.incidents.model import new_document
+    from agent.incidents.render import render_incident
+
+    repo = make_repo(tmp_path / "motor-ctl")
+    (f,) = CorrelationEngine().observe(stage([])(push_flow(repo, "git push backup main")))
+    doc = new_document(f, "u1", "h1")
+    assert doc["evidence"]["repository"]["commit"] == git(repo, "rev-parse", "HEAD")
+    text = render_incident(doc)
+    assert (
+        f"repository motor-ctl at {repo}: commit {git(repo, 'rev-parse', 'HEAD')} on main" in text
+    )
+    assert (
+        "remote https://gitee.com/lab/motor-ctl.git; pushed to git@github.com:alice/motor-ctl.git"
+        in text
+    )
