@@ -16,7 +16,7 @@ import os
 import zipfile
 import zlib
 
-from agent.classify import archives, datasets, documents, engineering, source, weights
+from agent.classify import archives, datasets, documents, engineering, source, tables, weights
 from agent.classify.base import (
     Deadline,
     DeadlineExceeded,
@@ -181,6 +181,8 @@ class Engine:
             return Finding("application/x-tf-checkpoint", [tag])
         if fmt == "git_bundle":
             return Finding("application/x-git-bundle", source.git_bundle_tags(src.head))
+        if fmt in ("orc", "stata", "spss", "sas"):
+            return tables.parse_table(fmt, src, lim)
         if fmt == "der":
             found = der_tags(src.head, src.size)
             return Finding(*found) if found is not None else None
@@ -264,6 +266,10 @@ class Engine:
             else:
                 found.tags += secrets
                 return found
+        records = tables.json_records(src, text) if text.lstrip()[:1] == "[" else None
+        if records is not None:
+            records.tags += secrets
+            return records
         src.deadline.check()  # the parsers above take any ParseError (a timeout too) as "not it"
         delim = None if src.ext in _NOT_TABULAR else datasets.sniff_delimited(text, src.ext)
         if delim is not None:

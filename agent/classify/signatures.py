@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.classify import datasets, engineering, source, weights
+from agent.classify import datasets, engineering, source, tables, weights
 from agent.classify.base import promised_tag
 from agent.classify.secrets import der_kind
 from agent.events import Tag
@@ -68,7 +68,7 @@ def sniff(head: bytes, size: int, ext: str, basename: str) -> str | None:
         return "tfrecord"
     if head[:1] == b"0" and size <= len(head) and der_kind(head, size) is not None:
         return "der"
-    return None
+    return tables.sniff_table(head, size, ext)
 
 
 _NAME_KINDS = {
@@ -117,6 +117,8 @@ def signature_tag(fmt: str, reason: str) -> Tag | None:
         "hdf5": ("dataset", {"format": "hdf5", "columns": [], "rows": None}),
         "tfrecord": ("dataset", {"format": "tfrecord", "columns": [], "rows": None}),
         "pdf": ("document", {"format": "pdf", "chars": 0}),
+        **{f: ("dataset", {"format": f, "columns": [], "rows": None})
+           for f in ("orc", "stata", "spss", "sas")},
     }  # fmt: skip
     if fmt in kinds:
         kind, details = kinds[fmt]

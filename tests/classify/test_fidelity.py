@@ -279,3 +279,78 @@ def test_sniffer_never_raises(text: str) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__])
+
+
+# --- datasets in statistics formats and JSON ---------------------------------------------
+def test_json_array_of_records() -> None:
+    records = [{"id": i, "name": f"n{i}", "score": i / 3} for i in range(200)]
+    data = json.dumps(records, indent=1).encode()
+    for name in ("rows.json", "rows"):
+        d = tag(name, data, "dataset")
+        assert (
+            d["format"] == "json" and d["rows"] == 200 and d["columns"] == ["id", "name", "score"]
+        )
+    # a cut array (an archive member's head): rows estimated from the bytes per record
+    cut = ENGINE.classify(Source.from_bytes("rows.json", data[:5000], size=len(data)))
+    est = next(t for t in cut.tags if t.kind == "dataset").details["rows"]
+    assert 150 <= est <= 260
+    for not_records in (b"[1, 2, 3]", b'[{"a": 1}]', b'[{"a": 1}, {"b": 2}, {"c": 3}]', b"[[[[[[["):
+        assert "dataset" not in kinds("x.json", not_records), not_records
+    assert "dataset" not in kinds("deep.json", b"[" * 100_000 + b"]" * 100_000)
+
+
+def test_orc() -> None:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.orc as orc
+
+    buf = io.BytesIO()
+    orc.write_table(pa.table({"x": list(range(500)), "label": ["a"] * 500}), buf)
+    for name in ("t.orc", "renamed.bin"):
+        d = tag(name, buf.getvalue(), "dataset")
+        assert d["format"] == "orc" and d["rows"] == 500 and d["columns"] == ["x", "label"]
+
+
+def _stata_header(release: int, nvar: int, nobs: int) -> bytes:
+    """The opening of a Stata 117-119 .dta (Stata's dta format specification)."""
+    k, n = ("<H", "<I") if release == 117 else ("<I" if release == 119 else "<H", "<Q")
+    import struct
+
+    return (
+        f"<stata_dta><header><release>{release}</release><byteorder>LSF</byteorder><K>".encode()
+        + struct.pack(k, nvar)
+        + b"</K><N>"
+        + struct.pack(n, nobs)
+        + b"</N><label>\x00\x00</label><timestamp>\x00</timestamp></header><map>"
+        + b"\x00" * 64
+    )
+
+
+def test_stata_spss_sas_headers() -> None:
+    import struct
+
+    for release in (117, 118, 119):
+        d = tag("survey.dta", _stata_header(release, 12, 3400), "dataset")
+        assert d["format"] == "stata" and d["rows"] == 3400 and d["variables"] == 12
+    old = bytes([114, 2, 1, 0]) + struct.pack("<HI", 7, 250) + b"\x00" * 200
+    assert tag("old.dta", old, "dataset")["rows"] == 250
+    assert "dataset" not in kinds("old.bin", old)  # the old header is too weak unnamed
+    sav = (
+        b"$FL2"
+        + b"@(#) IBM SPSS STATISTICS 64-bit".ljust(60)
+        + struct.pack("<iiiii", 2, 9, 1, 0, 812)
+    )
+    sav += b"\x00" * 200
+    d = tag("study.sav", sav, "dataset")
+    assert d["format"] == "spss" and d["rows"] == 812
+    from agent.classify.tables import SAS_MAGIC
+
+    assert tag("x.sas7bdat", SAS_MAGIC + b"\x00" * 1000, "dataset")["format"] == "sas7bdat"
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.binary(max_size=400), st.sampled_from(["ORC", "<stata_dta><header><release>", "$FL2"]))
+def test_table_headers_never_raise_but_parse_errors(data: bytes, magic: str) -> None:
+    found = ENGINE.classify(Source.from_bytes("x.dta", magic.encode() + data))
+    assert found is not None
