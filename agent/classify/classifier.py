@@ -51,6 +51,7 @@ from agent.classify.lineage import LRU, Known
 from agent.config import ClassifySection
 from agent.events import Artefact, CategoryMatch, Tag
 from agent.fingerprint import BIG_FILE, Abandoned, HashAhead
+from agent.liveness import name_current_thread
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,9 @@ class Classifier:
         self._matcher_src: object = None
         self._matcher = KeywordMatcher(())
         self._lock = threading.Lock()
-        self._hash_pool = ThreadPoolExecutor(self.settings.workers, "classify-hash")
+        self._hash_pool = ThreadPoolExecutor(
+            self.settings.workers, "classify-hash", initializer=name_current_thread
+        )
         self._stopping = threading.Event()
 
     def stop(self) -> None:
@@ -392,9 +395,7 @@ def _git_internal(path: str, size: int) -> Artefact | None:
     tag = repository.internal_tag(path)
     if tag is None:
         return None
-    return Artefact(
-        sha256=None, size=size, content_type="application/x-git-internal", tags=(tag,)
-    )
+    return Artefact(sha256=None, size=size, content_type="application/x-git-internal", tags=(tag,))
 
 
 def _with_git(tag: Tag, path: str) -> Tag:

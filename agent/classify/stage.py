@@ -30,6 +30,7 @@ from agent.classify.classifier import Classifier
 from agent.classify.hashing import HashCache
 from agent.classify.lineage import store_lookup
 from agent.events import Artefact, Event, FileAction, FileEvent
+from agent.liveness import name_current_thread
 
 if TYPE_CHECKING:
     from agent.daemon import Runtime
@@ -65,7 +66,7 @@ class ClassifyStage:
             store_lookup=partial(store_lookup, rt.engine),
         )
         self.workers = s.workers
-        self.pool = ThreadPoolExecutor(s.workers, "classify")
+        self.pool = ThreadPoolExecutor(s.workers, "classify", initializer=name_current_thread)
         self._overdue: set[Future[Artefact]] = set()  # timed out, still running
         self._inflight: dict[tuple[object, ...], Future[Artefact]] = {}
         self._lock = threading.Lock()

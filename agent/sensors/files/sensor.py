@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HOLD = 0.15  # seconds events wait for fanotify's pid when attribution is on
+BUSY_POLL_MS = 50  # while moves wait for their pair or reads are held
+IDLE_POLL_MS = 1000  # nothing due: the kernel or stop() wakes the reader sooner
 
 
 class FileSensor:
@@ -87,6 +89,7 @@ class FileSensor:
         # drills and tests: stop reading and let the kernel queue fill
         self._paused = threading.Event()
         self._reader: threading.Thread | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._beat = Heartbeat("sensor-files")
         self._hold: deque[tuple[float, Change]] = deque()
         self.rescans = Rescans(self)
@@ -157,6 +160,10 @@ class FileSensor:
     def stop(self) -> None:
         self._stop.set()
         self._paused.clear()
+        try:
+            os.write(self._wake_w, b"x")  # cut the reader's idle poll short
+        except OSError:
+            pass
         self.mounts.stop()
         self.rescans.stop()
         if self._reader is not None:
@@ -167,6 +174,12 @@ class FileSensor:
         if self.ino is not None:
             self.ino.close()
             self.ino = None
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._wake_r = self._wake_w = -1
         metrics.FILE_WATCHES.set(0)
 
     def status(self) -> dict[str, object]:
@@ -224,13 +237,16 @@ class FileSensor:
         assert ino is not None and tree is not None
         poller = select.poll()
         poller.register(ino.fd, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
         beat = self._beat.beat
+        wait_ms = BUSY_POLL_MS
         while not self._stop.is_set():
             beat()
             if self._paused.is_set():
                 self._stop.wait(0.05)
                 continue
-            busy = bool(poller.poll(50))
+            ready = poller.poll(wait_ms)
+            busy = any(fd == ino.fd for fd, _ in ready)
             if busy:
                 self._stop.wait(0.005)  # let a burst gather: fewer, fuller reads
                 tree.handle(ino.read())
@@ -238,8 +254,12 @@ class FileSensor:
             self._release(time.monotonic())
             if busy or tree.deferred or tree.pending or self._hold:
                 self.rescans.idle.clear()
+                wait_ms = BUSY_POLL_MS  # moves to pair, reads held for attribution
             else:
                 self.rescans.idle.set()
+                # nothing due: sleep until the kernel has events or stop() writes the
+                # wake pipe (a quiet host costs a wake-up a second, not twenty)
+                wait_ms = IDLE_POLL_MS
             metrics.FILE_WATCHES.set(len(tree.wd_path))
             self.rescans.recent.prune()
         tree.handle(ino.read())  # what the kernel already queued is still reported
