@@ -208,11 +208,13 @@ def verify(
         where = f"{file_} ({fmt})"
     else:
         engine = open_store(settings)
+        anchored = _read_anchor(settings.state_dir, pinned)  # before the chain: it only grows
         entries = list(chain_entries(engine, host=host))
         report = verify_entries(entries, incident_documents(engine, host))
         where = "store"
         stored = {(e.host_id, e.seq): e.hash for e in entries}
-        _check_anchors(report, stored, settings.state_dir, pinned, host, expect_seq, expect_head)
+        local = _local_host_id(settings.state_dir)
+        _check_anchors(report, stored, anchored, local, host, expect_seq, expect_head)
         if witness:
             try:
                 with open(witness, encoding="utf-8", newline="") as fp:
@@ -263,27 +265,33 @@ def _local_public_key(state_dir: Path) -> Any:
     return key.public_key() if key is not None else None
 
 
+def _read_anchor(state_dir: Path, pinned: Any) -> Any:
+    """The anchor file's head, None without one, or why it cannot be trusted (a str)."""
+    from agent.incidents.anchor import AnchorError, read_anchor
+
+    try:
+        return read_anchor(state_dir, pinned or _local_public_key(state_dir))
+    except AnchorError as e:
+        return str(e)
+
+
 def _check_anchors(
     report: Any,
     stored: dict[tuple[str, int], str],
-    state_dir: Path,
-    pinned: Any,
+    anchored: Any,
+    local: str | None,
     host: str | None,
     expect_seq: int | None,
     expect_head: str | None,
 ) -> None:
     """The chain must still hold the anchor file's head and the one the user expects."""
-    from agent.incidents.anchor import AnchorError, Head, check_head, read_anchor
+    from agent.incidents.anchor import Head, check_head
     from agent.incidents.chain import Problem
 
-    local = _local_host_id(state_dir)
-    try:
-        head = read_anchor(state_dir, pinned or _local_public_key(state_dir))
-    except AnchorError as e:
-        report.problems.append(Problem(host or local or "-", -1, str(e), report.records))
-        head = None
-    if head is not None and host in (None, head.host_id):
-        check_head(report, stored, head)
+    if isinstance(anchored, str):
+        report.problems.append(Problem(host or local or "-", -1, anchored, report.records))
+    elif anchored is not None and host in (None, anchored.host_id):
+        check_head(report, stored, anchored)
     if expect_seq is not None:
         hosts = {h for h, _seq in stored}
         who = host or local or (next(iter(hosts)) if len(hosts) == 1 else None)

@@ -31,12 +31,14 @@ from tests.conftest import cli, write_config
 from tests.incidents.helpers import T0, finding, new_store
 
 
-def make_store(tmp_path: Path, anchored: bool = True) -> tuple[Path, str, Path]:
+def make_store(
+    tmp_path: Path, anchored: bool = True, url: str | None = None
+) -> tuple[Path, str, Path]:
     """A store with a few incidents written as the daemon writes them; (config, url, state)."""
     state = tmp_path / "state"
     state.mkdir()
     (state / "host_id").write_text("host-a\n")
-    url = f"sqlite:///{state / 'agent.db'}"
+    url = url or f"sqlite:///{state / 'agent.db'}"
     engine = new_store(url)
     lg = IncidentLog(engine, "host-a", "lab-ws-1", anchor_dir=state if anchored else None)
     lg.start()
@@ -80,6 +82,16 @@ def test_emptied_store_fails_against_the_anchor_file(tmp_path: Path) -> None:
     seq, _h = head(url)
     assert cli("incidents", "verify", config=cfg).stdout.startswith("OK:")
     sql(url, "DELETE FROM incident_chain", "DELETE FROM incidents")
+    res = cli("incidents", "verify", config=cfg, check=False)
+    failed(res, f"chain is empty but the last anchored head was seq {seq}")
+
+
+def test_emptied_fleet_store_fails_against_the_anchor_file(tmp_path: Path, pg_url: str) -> None:
+    """Fleet: the chain lives in the central PostgreSQL store; the host keeps the anchor."""
+    cfg, url, _state = make_store(tmp_path, url=pg_url)
+    seq, _h = head(url)
+    assert cli("incidents", "verify", config=cfg).stdout.startswith("OK:")
+    sql(url, "DELETE FROM incident_chain WHERE host_id = 'host-a'", "DELETE FROM incidents")
     res = cli("incidents", "verify", config=cfg, check=False)
     failed(res, f"chain is empty but the last anchored head was seq {seq}")
 
