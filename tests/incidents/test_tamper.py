@@ -180,6 +180,22 @@ def test_resealed_head_fails_against_the_journal_hash(
     failed(res, f"record {seq} has another hash than the anchored head", "re-sealed")
 
 
+def test_resealed_head_fails_against_the_anchor_file(tmp_path: Path) -> None:
+    cfg, url, _state = make_store(tmp_path)
+    seq, _h = head(url)
+    engine = create_engine(url)
+    last = next(e for e in chain_entries(engine) if e.seq == seq)
+    payload = make_payload(seq, "checkpoint", last.time, "host-a", "lab-ws-1", info={"x": 1})
+    with engine.begin() as c:
+        c.execute(
+            text("UPDATE incident_chain SET payload = :p, hash = :h WHERE seq = :s"),
+            {"p": payload, "h": link_hash(last.prev_hash, payload), "s": seq},
+        )
+    engine.dispose()
+    res = cli("incidents", "verify", config=cfg, check=False)
+    failed(res, f"record {seq} has another hash than the anchored head (anchor file")
+
+
 def test_edited_anchor_file_fails(tmp_path: Path) -> None:
     cfg, _url, state = make_store(tmp_path)
     doc = json.loads((state / ANCHOR_FILE).read_text())
@@ -348,3 +364,23 @@ def test_scheduled_export_files_are_signed(tmp_path: Path) -> None:
     with path.open(encoding="utf-8", newline="") as fp:
         _fmt, report = verify_file(fp, public_key=key.public_key(), require_signature=True)
     assert not report.ok
+
+
+def test_export_checks_without_a_pinned_key(tmp_path: Path) -> None:
+    """On the host its own key is the default pin; with no key at all the trailer still
+    catches a cut inside or a line after it (not a re-signed file)."""
+    cfg, out, _pub = exported(tmp_path)
+    whole = out.read_text()
+    lines = whole.splitlines(keepends=True)
+    out.write_text("".join(lines[:-2]))
+    res = cli("incidents", "verify", "--file", str(out), config=cfg, check=False)
+    failed(res, "no signed trailer")
+    (tmp_path / "state" / KEY_FILE).unlink()
+    out.write_text("".join(lines[:-2] + lines[-1:]))
+    res = cli("incidents", "verify", "--file", str(out), config=cfg, check=False)
+    failed(res, "not the ones it signed")
+    orig = out.with_name("orig.jsonl")
+    orig.write_text(whole)
+    out.write_text(whole + forged_line(orig))
+    res = cli("incidents", "verify", "--file", str(out), config=cfg, check=False)
+    failed(res, "follow the signed trailer")
