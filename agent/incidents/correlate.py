@@ -54,6 +54,7 @@ from agent.incidents.evidence import (
 from agent.incidents.lineage import ArtefactMemory, ParentsOf
 from agent.incidents.model import METHOD_RANK, Finding
 from agent.incidents.repository import RepositoryMemory, is_push, push_finding
+from agent.incidents.tree import MIN_TREE_FILES, JudgeTree, TreeCopies, facts_of, tree_finding
 from agent.store.rows import storable_text
 
 EXTERNAL = frozenset({"foreign", "unknown", "domestic"})
@@ -112,6 +113,7 @@ class CorrelationEngine:
         parents_of: ParentsOf | None = None,
         judge_transfer: JudgeTransfer | None = None,
         ancestry: Ancestry | None = None,
+        judge_tree: JudgeTree | None = None,
     ) -> None:
         self.window = timedelta(seconds=window)
         self.tolerance = byte_tolerance
@@ -127,14 +129,37 @@ class CorrelationEngine:
         self._file_attribution = False
         self._now: datetime | None = None
         self.repositories = RepositoryMemory()
+        self.trees = TreeCopies()
+        self._judge_tree = judge_tree
 
     # --- feeding -----------------------------------------------------------------
     def observe(self, event: FileEvent | Flow) -> list[Finding]:
         self._advance(event.time)
         self._learn_process(event.process)
+        closed = self.close_trees(self._now)
         if isinstance(event, FileEvent):
-            return self._on_file(event)
-        return self._on_flow(event)
+            return closed + self._on_file(event)
+        return closed + self._on_flow(event)
+
+    @property
+    def now(self) -> datetime | None:
+        """The newest event time seen (the correlator's clock)."""
+        return self._now
+
+    def close_trees(self, now: datetime | None, final: bool = False) -> list[Finding]:
+        """Whole-tree copies that went quiet by `now` (all when `final`), as policy judges them."""
+        out: list[Finding] = []
+        for tree in self.trees.due(now, final):
+            if tree.files_count < MIN_TREE_FILES or self._judge_tree is None:
+                continue
+            facts = facts_of(tree)
+            decisions = list(self._judge_tree(facts))
+            rule = _choose_rule([("tree", d) for d in decisions if is_alerting(d)])
+            if rule is None:
+                continue
+            key = dedup_key("tree_copy", rule.rule_id, facts.root, facts.channel)
+            out.append(tree_finding(tree, facts, decisions, rule, key))
+        return out
 
     def _advance(self, t: datetime) -> None:
         if self._now is None or t > self._now:
@@ -161,6 +186,7 @@ class CorrelationEngine:
         sha = a.sha256 if a and a.sha256 else None
         if sha and a is not None and a.parents:
             self.memory.remember_parents(sha, tuple(p for p in a.parents if p != sha))
+        tree = self.trees.note(e) if a is not None else None
         if not is_tagged(e):
             return []
         self.repositories.note(e)
@@ -171,6 +197,8 @@ class CorrelationEngine:
         alerting = [d for d in e.decisions if is_alerting(d)]
         if alerting and e.action in COPY_ACTIONS and e.channel in COPY_KINDS:
             findings.append(self._copy_finding(e, key, COPY_KINDS[e.channel], alerting))
+            if tree is not None:  # the tree's story, when it has one, absorbs this file's
+                tree.alert_keys.add(findings[-1].dedup_key)
         elif alerting:
             f = self._alert_finding(e, key, alerting)
             if e.channel == Channel.LOCAL:

@@ -23,6 +23,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,9 @@ from agent.incidents.ancestry import Ancestry
 from agent.incidents.correlate import CorrelationEngine, is_tagged
 from agent.incidents.log import IncidentLog
 from agent.incidents.model import Finding
+from agent.incidents.tree import TreeFacts
 from agent.pipeline import BoundedQueue
+from agent.policy.facts import tree_facts
 from agent.store.models import Lineage
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,7 @@ class Correlator:
             parents_of=self._parents_from_store,
             judge_transfer=self._judge_transfer,
             ancestry=Ancestry(),
+            judge_tree=self._judge_tree,
         )
         self.queue: BoundedQueue[Event] = BoundedQueue("incidents", queue_size)
         self._thread: threading.Thread | None = None
@@ -87,6 +91,7 @@ class Correlator:
         self._retry_at = 0.0
         self._backoff = Backoff(initial=0.5, maximum=30.0)
         self.findings = 0
+        self._last_event = time.monotonic()  # when the newest event arrived, for tree copies
 
     def start(self) -> None:
         """Start the thread; never waits on the store (a fleet store may be unreachable)."""
@@ -139,6 +144,7 @@ class Correlator:
                     self._handle(event)
             while self._held and (done or self._held[0][0] <= now):
                 self._handle(self._held.popleft()[1])
+            self._close_trees(final=done)
             self._flush()
             if self._started and time.monotonic() - refreshed > GAUGE_REFRESH_SECONDS:
                 # analysts ack and close from the CLI: keep the open-incidents gauge true
@@ -149,6 +155,7 @@ class Correlator:
                     log.debug("open-incidents gauge refresh failed", exc_info=True)
 
     def _handle(self, event: Event) -> None:
+        self._last_event = time.monotonic()
         if isinstance(event, FileEvent):
             self._watch(event)
         try:
@@ -211,6 +218,35 @@ class Correlator:
         self._watched[path] = None
         while len(self._watched) > 65_536:
             self._watched.popitem(last=False)
+
+    def _close_trees(self, final: bool) -> None:
+        """Whole-tree copies quiet on the wall clock (a copy's last file has no successor)."""
+        if self.core.now is None:
+            return
+        # event time moved on by the quiet since the last event: replays stay in their time
+        now = self.core.now + timedelta(seconds=time.monotonic() - self._last_event)
+        try:
+            findings = self.core.close_trees(now, final=final)
+        except Exception:
+            log.exception("closing whole-tree copies failed")
+            metrics.STAGE_ERRORS.labels("incidents").inc()
+            return
+        self._pending.extend(findings[: max(0, MAX_PENDING - len(self._pending))])
+
+    def _judge_tree(self, tree: TreeFacts) -> list[Decision]:
+        holder = self._extras.get("policy")
+        if holder is None:
+            return []
+        policy = holder.current
+        try:
+            facts = tree_facts(tree, policy.min_counts, policy.min_confidence)
+            decisions = list(policy.decide(facts, when=tree.time))
+        except Exception:
+            log.exception("policy on a whole-tree copy failed")
+            return []
+        for d in decisions:
+            metrics.DECISIONS.labels(d.pack, d.rule_id, str(d.severity), "").inc()
+        return decisions
 
     def _judge_transfer(self, artefact: Artefact, flow: Flow, fe: FileEvent) -> list[Decision]:
         holder = self._extras.get("policy")

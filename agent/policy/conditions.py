@@ -21,11 +21,14 @@ from agent.policy._yaml import key_line, line_of
 
 # field name -> type: "str", "num", "set" (a set of strings), "bool" (eq/ne true|false), "any"
 FIELDS: dict[str, str] = {
-    "event": "str",  # file | flow | transfer (a file joined to the flow that carried it)
+    # file | flow | transfer (a file joined to the flow that carried it) | tree (a
+    # whole-tree copy: incidents/tree.py)
+    "event": "str",
     "action": "str",  # file action: created, written, moved, ...
     "channel": "str",  # local | removable | network_share | cloud_sync | network
     "path": "str",
     "size": "num",
+    "files_count": "num",  # files of a whole-tree copy (event: tree)
     "kinds": "set",  # artefact kinds
     # category codes present: distinct terms >= min_count and confidence >= min_confidence;
     # per category also `matches.CODE` (occurrences) and `confidence.CODE` (low|medium|high)

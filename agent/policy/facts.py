@@ -151,6 +151,40 @@ def transfer_facts(
     return facts
 
 
+def tree_facts(
+    tree: Any,
+    min_counts: Mapping[str, int],
+    min_confidence: Mapping[str, str] | None = None,
+) -> Facts:
+    """A finished whole-tree copy (`incidents.tree.TreeFacts`): `event: tree`, the union
+    of its files' kinds and categories, `files_count`, `size`, `repository.*`."""
+    facts: Facts = {
+        "event": "tree",
+        "action": "copied",
+        "channel": tree.channel,
+        "path": tree.root,
+        "files_count": tree.files_count,
+        "size": tree.size,
+    }
+    kinds: set[str] = set()
+    categories: set[str] = set()
+    for artefact in tree.artefacts:
+        one: Facts = {}
+        artefact_facts(one, artefact, min_counts, min_confidence)
+        kinds |= one["kinds"]
+        categories |= one["categories"]
+    facts["kinds"] = frozenset(kinds)
+    facts["categories"] = frozenset(categories)
+    for key, value in (tree.repository or {}).items():
+        if isinstance(value, (list, tuple)):
+            value = frozenset(v for v in value if isinstance(v, str))
+        if value is not None:
+            facts[f"repository.{key}"] = value
+    _process_facts(facts, tree.process)
+    _time_facts(facts, tree.time)
+    return facts
+
+
 def facts_from_mapping(
     raw: Mapping[str, Any],
     min_counts: Mapping[str, int],
