@@ -73,7 +73,10 @@ def test_daemon_opens_a_removable_copy_incident(
     assert (agent.metric("egress_agent_incidents_open", {"severity": "high"}) or 0) == 1
     # the scheduled export picks the new records up
     assert _wait(lambda: exports.exists() and any(exports.glob("*.ecs.jsonl")))
+    # the chain head is published: gauges now, the journal line and anchor file at stop
+    assert _wait(lambda: (agent.metric("egress_agent_incident_chain_head_seq") or 0) >= 1)
     assert agent.stop() == 0
+    assert "incident chain head seq=" in agent.stderr()
 
     with sqlite3.connect(db) as c:
         types = [t for (t,) in c.execute("SELECT record_type FROM incident_chain ORDER BY seq")]
@@ -83,6 +86,13 @@ def test_daemon_opens_a_removable_copy_incident(
     for f in exports.iterdir():
         out = cli("incidents", "verify", "--file", str(f), "--json", config=agent.config_path)
         assert json.loads(out.stdout)["ok"], f
+        assert json.loads(out.stdout)["signature"].startswith("verified"), f
+    anchor = json.loads((db.parent / "incident-chain-anchor.json").read_text())
+    assert anchor["seq"] == len(types) - 1
+    with sqlite3.connect(db) as c:  # cut the clean-stop checkpoint off the tail
+        c.execute("DELETE FROM incident_chain WHERE seq = ?", (anchor["seq"],))
+    cut = cli("incidents", "verify", config=agent.config_path, check=False)
+    assert cut.returncode == 1 and "its tail was cut off" in cut.stderr, cut.stderr
 
 
 @pytest.mark.slow
