@@ -13,6 +13,8 @@ from agent.cli._common import UserError, open_store, parse_since, print_json, se
 from agent.textsafe import shown
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from agent.config import NetworkSection, Settings
 
 
@@ -92,6 +94,7 @@ def status(ctx: click.Context, as_json: bool, host: str | None, per_host: bool) 
         spool = read_stats(s.database.spool_path or s.state_dir / "spool.db")
         doc["spool"] = {"events": spool.events, "bytes": spool.bytes} if spool else None
     doc["destinations"] = _destinations(s.network)
+    doc["signing_key"] = _signing_key(s.state_dir)
     status_file = s.state_dir / "status.json"
     try:
         daemon = json.loads(status_file.read_text())
@@ -107,6 +110,19 @@ def status(ctx: click.Context, as_json: bool, host: str | None, per_host: bool) 
         ctx.exit(1)
     if host and not doc.get("hosts"):
         raise UserError(f"--host {host}: no such host id or name in the store")
+
+
+def _signing_key(state_dir: Path) -> dict[str, object] | None:
+    """The host key that signs exports and the chain anchor, for an auditor to pin."""
+    from agent.incidents.anchor import AnchorError, key_id, load_key, public_text
+
+    try:
+        key = load_key(state_dir)
+    except AnchorError as e:
+        return {"error": str(e)}
+    if key is None:
+        return None
+    return {"public_key": public_text(key.public_key()), "key_id": key_id(key.public_key())}
 
 
 def _destinations(cfg: NetworkSection) -> dict[str, object]:
@@ -197,6 +213,12 @@ def _print_status(doc: dict[str, object]) -> None:
     if isinstance(spool, dict):
         click.echo(f"spool:     {spool['events']} events ({spool['bytes']} bytes) to forward")
     _print_destinations(doc.get("destinations"))
+    key = doc.get("signing_key")
+    if isinstance(key, dict):
+        shown_key = key.get("error") or f"{key['public_key']} (key id {key['key_id']})"
+        click.echo(f"signing key: {shown_key}")
+    else:
+        click.echo("signing key: none yet (made by the daemon or `egress-agent keys show`)")
     d = doc.get("daemon")
     if not isinstance(d, dict):
         click.echo("daemon:    no status file (not running here?)")

@@ -384,3 +384,12 @@ def test_export_checks_without_a_pinned_key(tmp_path: Path) -> None:
     out.write_text(whole + forged_line(orig))
     res = cli("incidents", "verify", "--file", str(out), config=cfg, check=False)
     failed(res, "follow the signed trailer")
+
+
+def test_keys_show_and_status_print_the_public_key_to_pin(tmp_path: Path) -> None:
+    cfg, _url, state = make_store(tmp_path)
+    shown = json.loads(cli("keys", "show", "--json", config=cfg).stdout)
+    assert shown["public_key"] == public_text(load_or_create_key(state).public_key())
+    status = json.loads(cli("status", "--json", config=cfg).stdout)
+    assert status["signing_key"] == {k: shown[k] for k in ("public_key", "key_id")}
+    assert f"signing key: {shown['public_key']}" in cli("status", config=cfg).stdout
