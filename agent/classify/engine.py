@@ -16,7 +16,16 @@ import os
 import zipfile
 import zlib
 
-from agent.classify import archives, datasets, documents, engineering, source, tables, weights
+from agent.classify import (
+    archives,
+    datasets,
+    documents,
+    engineering,
+    models,
+    source,
+    tables,
+    weights,
+)
 from agent.classify.base import (
     Deadline,
     DeadlineExceeded,
@@ -181,6 +190,8 @@ class Engine:
             return Finding("application/x-tf-checkpoint", [tag])
         if fmt == "git_bundle":
             return Finding("application/x-git-bundle", source.git_bundle_tags(src.head))
+        if fmt in ("tflite", "fasttext", "word2vec", "coreml"):
+            return models.parse_model(fmt, src, lim)
         if fmt in ("orc", "stata", "spss", "sas"):
             return tables.parse_table(fmt, src, lim)
         if fmt == "der":
@@ -266,6 +277,9 @@ class Engine:
             else:
                 found.tags += secrets
                 return found
+        vectors = models.word2vec_text(text)
+        if vectors is not None:
+            return vectors
         records = tables.json_records(src, text) if text.lstrip()[:1] == "[" else None
         if records is not None:
             records.tags += secrets

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.classify import datasets, engineering, source, tables, weights
+from agent.classify import datasets, engineering, models, source, tables, weights
 from agent.classify.base import promised_tag
 from agent.classify.secrets import der_kind
 from agent.events import Tag
@@ -62,13 +62,15 @@ def sniff(head: bytes, size: int, ext: str, basename: str) -> str | None:
         return "tf_checkpoint"
     if weights.is_pickle(head):
         return "pickle"
+    if ext == "mlmodel" and models.sniff_model(head, size, ext) == "coreml":
+        return "coreml"  # Core ML's protobuf opens like ONNX's: the name breaks the tie
     if weights.looks_like_onnx(head) or (ext == "onnx" and head[:1] == b"\x08"):
         return "onnx"
     if datasets.is_tfrecord(head):
         return "tfrecord"
     if head[:1] == b"0" and size <= len(head) and der_kind(head, size) is not None:
         return "der"
-    return tables.sniff_table(head, size, ext)
+    return tables.sniff_table(head, size, ext) or models.sniff_model(head, size, ext)
 
 
 _NAME_KINDS = {
@@ -119,6 +121,9 @@ def signature_tag(fmt: str, reason: str) -> Tag | None:
         "pdf": ("document", {"format": "pdf", "chars": 0}),
         **{f: ("dataset", {"format": f, "columns": [], "rows": None})
            for f in ("orc", "stata", "spss", "sas")},
+        **{f: ("model_weights", {"format": f, "parameters": None, "tensors": None,
+                                 "dtype": None})
+           for f in ("tflite", "fasttext", "word2vec", "coreml")},
     }  # fmt: skip
     if fmt in kinds:
         kind, details = kinds[fmt]

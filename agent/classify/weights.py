@@ -39,6 +39,7 @@ _LABELS = {
     "gguf": "GGUF header",
     "onnx": "ONNX graph",
     "pytorch": "PyTorch zip checkpoint",
+    "pytorch_legacy": "PyTorch legacy (pickle) checkpoint",
     "pickle": "pickle",
     "keras_h5": "Keras HDF5",
     "keras": "Keras archive",
@@ -286,6 +287,7 @@ def parse_onnx(src: Source, limits: Limits) -> Finding:
     ir_version: int | None = None
     producer = ""
     graph_seen = False
+    found = _OnnxCount(limits.max_tensors)
     with src.open() as f:
         for number, wire, value in pw.fields(f, src.size):
             if number not in _MODEL_FIELDS:
@@ -296,27 +298,74 @@ def parse_onnx(src: Source, limits: Limits) -> Finding:
                 producer = f.read(value).decode("utf-8", "replace")
             elif number == 7 and wire == pw.LEN:
                 graph_seen = True
-                end = f.tell() + value
-                for g_number, g_wire, g_value in pw.fields(f, end):
-                    if g_number in (5, 15) and g_wire == pw.LEN:
-                        count, dtype = _onnx_tensor(f, f.tell() + g_value)
-                        tensors += 1
-                        params += count
-                        dtypes[dtype] += count
-                        if tensors > limits.max_tensors:
-                            raise LimitExceeded("absurd_count", "ONNX: too many initializers")
+                found = _OnnxCount(limits.max_tensors)
+                found.graph(f, f.tell() + value, 0)
+                tensors, params, dtypes = found.tensors, found.params, found.dtypes
     if ir_version is None or not graph_seen:
         raise ParseError("ONNX: no ir_version or graph")
     extra = f"producer {producer}" if producer else ""
-    return Finding(
-        "application/onnx",
-        [weights_tag("onnx", tensors, params, _dominant(dtypes), extra, ir_version=ir_version)],
-    )
+    if found.external:
+        extra = ", ".join(x for x in (extra, f"{found.external} tensors in external data") if x)
+    tag = weights_tag("onnx", tensors, params, _dominant(dtypes), extra, ir_version=ir_version)
+    if found.constants:
+        tag.details["constant_tensors"] = found.constants
+    if found.external:
+        tag.details["external_tensors"] = found.external
+    return Finding("application/onnx", [tag])
 
 
-def _onnx_tensor(f: BinaryIO, end: int) -> tuple[int, str]:
+MAX_GRAPH_DEPTH = 8  # If/Loop/Scan bodies nest graphs inside node attributes
+
+
+class _OnnxCount:
+    """Parameters of an ONNX graph: initializers (and sparse ones), tensors held in node
+    attributes (`Constant`, `ConstantOfShape`...) and those in subgraphs of If, Loop
+    and Scan. External-data tensors count by their dims (the bytes live elsewhere)."""
+
+    def __init__(self, max_tensors: int) -> None:
+        self.max_tensors = max_tensors
+        self.tensors = self.params = self.constants = self.external = 0
+        self.dtypes: Counter[str] = Counter()
+
+    def _add(self, f: BinaryIO, end: int) -> None:
+        count, dtype, external = _onnx_tensor(f, end)
+        self.tensors += 1
+        self.params += count
+        self.dtypes[dtype] += count
+        self.external += external
+        if self.tensors > self.max_tensors:
+            raise LimitExceeded("absurd_count", "ONNX: too many initializers")
+
+    def graph(self, f: BinaryIO, end: int, depth: int) -> None:
+        if depth > MAX_GRAPH_DEPTH:
+            raise LimitExceeded("absurd_count", "ONNX: subgraphs nested too deep")
+        for number, wire, value in pw.fields(f, end):
+            if wire != pw.LEN:
+                continue
+            if number in (5, 15):  # initializer, sparse_initializer
+                self._add(f, f.tell() + value)
+            elif number == 1:  # node: its attributes may hold tensors and graphs
+                for n_number, n_wire, n_value in pw.fields(f, f.tell() + value):
+                    if n_number == 5 and n_wire == pw.LEN:
+                        self._attribute(f, f.tell() + n_value, depth)
+
+    def _attribute(self, f: BinaryIO, end: int, depth: int) -> None:
+        for number, wire, value in pw.fields(f, end):
+            if wire != pw.LEN:
+                continue
+            if number in (5, 10):  # t, tensors
+                before = self.tensors
+                self._add(f, f.tell() + value)
+                self.constants += self.tensors - before
+            elif number in (6, 11):  # g, graphs
+                self.graph(f, f.tell() + value, depth + 1)
+
+
+def _onnx_tensor(f: BinaryIO, end: int) -> tuple[int, str, int]:
+    """(elements, dtype, 1 if its data is external) of a TensorProto."""
     dims: list[int] = []
     dtype = "unknown"
+    external = 0
     for number, wire, value in pw.fields(f, end):
         if number == 1 and wire == pw.VARINT:
             dims.append(value)
@@ -324,9 +373,11 @@ def _onnx_tensor(f: BinaryIO, end: int) -> tuple[int, str]:
             dims.extend(pw.packed_varints(f.read(min(value, 1024))))
         elif number == 2 and wire == pw.VARINT:
             dtype = _ONNX_TYPES.get(value, f"type{value}")
+        elif number == 14 and wire == pw.VARINT:
+            external = int(value == 1)
         if len(dims) > 32:  # checked as they come: a tensor may list millions
             raise ParseError("ONNX: tensor with too many dimensions")
-    return _product(dims), dtype
+    return _product(dims), dtype, external
 
 
 # --- PyTorch -------------------------------------------------------------------------
@@ -390,11 +441,50 @@ def is_pickle(head: bytes) -> bool:
     return len(head) >= 3 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
+# torch.save(..., _use_new_zipfile_serialization=False) opens with this pickle of
+# 0x1950a86a20f9469cfc6c (LONG1 of 10 bytes, protocol 2)
+LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
+
+
+def _pickle_end(data: bytes, start: int) -> int:
+    """Where the pickle at `start` ends (after STOP): a disassembly, bounded to the
+    small header pickles of the legacy format (64 KiB, 10,000 opcodes)."""
+    import io
+    import pickletools
+
+    window = data[start : start + (64 << 10)]
+    try:
+        for n, (op, _arg, pos) in enumerate(pickletools.genops(io.BytesIO(window))):
+            if op.name == "STOP" and pos is not None:
+                return start + pos + 1
+            if n > 10_000:
+                break
+    except (ValueError, EOFError, UnicodeDecodeError, struct.error) as e:
+        raise ParseError(f"legacy torch header pickle: {e}") from None
+    raise ParseError("legacy torch header pickle does not end")
+
+
 def parse_pickle(src: Source, limits: Limits) -> Finding:
-    """A bare pickle (legacy torch.save, joblib, sklearn): named, never executed."""
+    """A bare pickle (legacy torch.save, joblib, sklearn): named, never executed.
+
+    The legacy torch format is four pickles in a row (magic number, protocol version,
+    system info, the state dict whose tensors name their storages) then the raw
+    storages: the state dict is the fourth, found by skipping the three before it."""
     with src.open() as f:
         data = f.read(MAX_PICKLE_BYTES)
+    legacy = data.startswith(LEGACY_TORCH_MAGIC)
+    if legacy:
+        pos = len(LEGACY_TORCH_MAGIC)
+        pos = _pickle_end(data, pos)  # protocol version (1001)
+        pos = _pickle_end(data, pos)  # sys_info: endianness, type sizes
+        data = data[pos:]
     summary = scan_pickle(data, deadline=src.deadline, max_tensors=limits.max_tensors)
+    if legacy:
+        return Finding(
+            "application/x-pytorch",
+            [_torch_tag("pytorch_legacy", summary, 0, 0)],
+            skipped=_unsafe(summary, src.name),
+        )
     ml_roots = {"torch", "sklearn", "numpy", "xgboost", "lightgbm", "joblib", "tensorflow"}
     roots = {g.split(".", 1)[0] for g in summary.globals}
     tags: list[Tag] = []

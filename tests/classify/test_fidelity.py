@@ -354,3 +354,185 @@ def test_stata_spss_sas_headers() -> None:
 def test_table_headers_never_raise_but_parse_errors(data: bytes, magic: str) -> None:
     found = ENGINE.classify(Source.from_bytes("x.dta", magic.encode() + data))
     assert found is not None
+
+
+# --- model formats ----------------------------------------------------------------------
+def _legacy_torch() -> bytes:
+    """torch.save(..., _use_new_zipfile_serialization=False) byte for byte: the pickles
+    of the magic number, protocol version and sys_info, the state dict whose tensors
+    name persistent storages, the storage keys, then the raw storages. Written opcode
+    by opcode as in corpus.py (no torch, and nothing here is ever unpickled)."""
+    import pickle
+    import struct
+
+    from tests.classify.corpus import _pickle_tensor_dict
+
+    out = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+    out += pickle.dumps(1001, protocol=2)
+    out += pickle.dumps({"protocol_version": 1001, "little_endian": True}, protocol=2)
+    out += _pickle_tensor_dict([("fc.weight", "FloatStorage", "0", (4, 6)),
+                                ("fc.bias", "HalfStorage", "1", (4,))])  # fmt: skip
+    out += pickle.dumps(["0", "1"], protocol=2)
+    for n in (24, 4):
+        out += struct.pack("<q", n) + b"\x00" * 4 * n
+    return out
+
+
+def test_legacy_torch_pickle_also_renamed() -> None:
+    data = _legacy_torch()
+    for name in ("model.pt", "weights.bin", "x"):
+        d = tag(name, data, "model_weights")
+        assert d["format"] == "pytorch_legacy" and d["tensors"] == 2 and d["parameters"] == 28
+    cut = data[:30]  # the header pickles are there, the state dict is not
+    assert ENGINE.classify(Source.from_bytes("m.pt", cut)).skipped in ("malformed", "truncated")
+
+
+def _tflite(const: bool = True) -> bytes:
+    """A TFLite flatbuffer by the schema (tensorflow/lite/schema/schema.fbs): Model{
+    version=0, subgraphs=2, buffers=4}, SubGraph{tensors=0}, Tensor{shape=0, type=1,
+    buffer=2}, Buffer{data=0}; identifier TFL3."""
+    import flatbuffers
+
+    b = flatbuffers.Builder(1024)
+
+    def vec_i32(values: list[int]) -> int:
+        b.StartVector(4, len(values), 4)
+        for v in reversed(values):
+            b.PrependInt32(v)
+        return b.EndVector()
+
+    def vec_off(offs: list[int]) -> int:
+        b.StartVector(4, len(offs), 4)
+        for o in reversed(offs):
+            b.PrependUOffsetTRelative(o)
+        return b.EndVector()
+
+    weight = bytes(4 * 8 * 16)
+    b.StartVector(1, len(weight), 16)
+    for byte in reversed(weight):
+        b.PrependByte(byte)
+    data = b.EndVector()
+    buffers = []
+    for payload in (None, data if const else None, None):
+        b.StartObject(3)
+        if payload is not None:
+            b.PrependUOffsetTRelativeSlot(0, payload, 0)
+        buffers.append(b.EndObject())
+    tensors = []
+    for shape, buf in (([1, 16], 0), ([8, 16], 1), ([1, 8], 2)):
+        s = vec_i32(shape)
+        b.StartObject(5)
+        b.PrependUOffsetTRelativeSlot(0, s, 0)
+        b.PrependInt8Slot(1, 0, 0)
+        b.PrependUint32Slot(2, buf, 0)
+        tensors.append(b.EndObject())
+    tv = vec_off(tensors)
+    b.StartObject(5)
+    b.PrependUOffsetTRelativeSlot(0, tv, 0)
+    sub = b.EndObject()
+    subs, bufs = vec_off([sub]), vec_off(buffers)
+    b.StartObject(8)
+    b.PrependUint32Slot(0, 3, 0)
+    b.PrependUOffsetTRelativeSlot(2, subs, 0)
+    b.PrependUOffsetTRelativeSlot(4, bufs, 0)
+    model = b.EndObject()
+    b.Finish(model, file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def test_tflite_counts_constant_tensors() -> None:
+    for name in ("m.tflite", "renamed"):
+        d = tag(name, _tflite(), "model_weights")
+        assert d["format"] == "tflite" and d["tensors"] == 1 and d["parameters"] == 128
+    assert tag("m.tflite", _tflite(const=False), "model_weights")["parameters"] == 0
+
+
+def test_fasttext_and_word2vec() -> None:
+    import struct
+
+    from agent.classify.models import FASTTEXT_MAGIC
+
+    # fastText .bin (src/fasttext.cc saveModel, args.cc save, dictionary.cc save)
+    ft = struct.pack("<iI", FASTTEXT_MAGIC, 12)
+    ft += struct.pack("<12i", 100, 5, 5, 5, 5, 1, 2, 3, 200_000, 0, 0, 100) + struct.pack(
+        "<d", 1e-4
+    )
+    ft += struct.pack("<3iqq", 1000, 990, 10, 50_000, -1) + b"\x00" * 512
+    d = tag("lid.bin", ft, "model_weights")
+    assert d["format"] == "fasttext" and d["parameters"] == (990 + 200_000) * 100 + 10 * 100
+    # word2vec binary (word2vec.c: "%lld %lld\n" then "word " + dim float32 + "\n")
+    words, dim = 50, 20
+    w2v = f"{words} {dim}\n".encode() + b"".join(
+        f"w{i} ".encode() + struct.pack(f"<{dim}f", *([0.25] * dim)) + b"\n" for i in range(words)
+    )
+    for name in ("vectors.bin", "renamed"):
+        d = tag(name, w2v, "model_weights")
+        assert d["format"] == "word2vec" and d["parameters"] == words * dim
+    text = f"{words} 3\n" + "".join(f"w{i} 0.1 -0.2 0.3\n" for i in range(words))
+    assert tag("vectors.txt", text.encode(), "model_weights")["parameters"] == words * 3
+    assert "model_weights" not in kinds("counts.txt", b"12 3\nno numbers here at all\n" * 3)
+
+
+def test_coreml_header() -> None:
+    # Model{specificationVersion=4, description=2 {}, neuralNetwork=500 {}}
+    spec = b"\x08\x04" + b"\x12\x00" + b"\xa2\x1f\x02\x0a\x00"
+    d = tag("clf.mlmodel", spec, "model_weights")
+    assert d["format"] == "coreml"
+    unnamed = ENGINE.classify(Source.from_bytes("clf.bin", spec)).tags
+    assert all(t.details.get("format") != "coreml" for t in unnamed)  # only by name
+
+
+def test_onnx_counts_constants_subgraphs_and_external_data(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    const = helper.make_node(
+        "Constant", [], ["W"], value=numpy_helper.from_array(np.ones((8, 4), np.float32))
+    )
+    branch = helper.make_graph(
+        [helper.make_node("Constant", [], ["z"], value=numpy_helper.from_array(np.ones(5)))],
+        "then", [], [helper.make_tensor_value_info("z", TensorProto.FLOAT, [5])],
+    )  # fmt: skip
+    cond = helper.make_node("If", ["c"], ["z"], then_branch=branch, else_branch=branch)
+    mm = helper.make_node("MatMul", ["X", "W"], ["Y"])
+    graph = helper.make_graph(
+        [const, mm, cond],
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 8]),
+         helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 4])],
+    )  # fmt: skip
+    model = helper.make_model(graph)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    d = tag("m.onnx", path.read_bytes(), "model_weights")
+    assert d["parameters"] == 32 + 5 + 5 and d["constant_tensors"] == 3
+    init = numpy_helper.from_array(np.ones((64, 64), np.float32), name="B")
+    graph2 = helper.make_graph(
+        [helper.make_node("Add", ["X", "B"], ["Y"])], "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [64, 64])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [64, 64])], initializer=[init],
+    )  # fmt: skip
+    ext = tmp_path / "ext.onnx"
+    onnx.save(helper.make_model(graph2), str(ext), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="ext.data", size_threshold=0)  # fmt: skip
+    d = tag("ext.onnx", ext.read_bytes(), "model_weights")
+    assert d["parameters"] == 4096 and d["external_tensors"] == 1
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.binary(max_size=600), st.sampled_from(["tflite", "fasttext", "w2v", "coreml"]))
+def test_model_headers_on_hostile_bytes(data: bytes, fmt: str) -> None:
+    import struct
+
+    from agent.classify.models import FASTTEXT_MAGIC
+
+    prefix = {
+        "tflite": struct.pack("<I", 16) + b"TFL3",
+        "fasttext": struct.pack("<iI", FASTTEXT_MAGIC, 12),
+        "w2v": b"3 4\nab ",
+        "coreml": b"\x08\x04",
+    }[fmt]
+    found = ENGINE.classify(Source.from_bytes("x.mlmodel", prefix + data))
+    assert found.skipped in (None, "malformed", "truncated", "absurd_count")
