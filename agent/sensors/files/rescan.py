@@ -77,27 +77,41 @@ class Comparison:
             os.makedirs(directory, exist_ok=True)
         fd, self._path = tempfile.mkstemp(prefix="rescan-", suffix=".db", dir=directory)
         os.close(fd)
-        self._db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        for pragma in (
-            "journal_mode = OFF",
-            "synchronous = OFF",
-            "temp_store = FILE",
-            f"cache_size = -{cache_kib}",
-        ):
-            self._db.execute(f"PRAGMA {pragma}")
-        self._db.execute(
-            "CREATE TABLE disk (k TEXT PRIMARY KEY, raw BLOB NOT NULL, ino INTEGER, "
-            "size INTEGER, mtime INTEGER, regular INTEGER) WITHOUT ROWID"
-        )
-        self._db.execute(
-            "CREATE TABLE known (k TEXT PRIMARY KEY, ino INTEGER, size INTEGER, mtime INTEGER)"
-            " WITHOUT ROWID"
-        )
-        # one transaction for the comparison's whole life: a commit per statement cost
-        # 12 s per million rows; nothing here needs to outlive the process
-        self._db.execute("BEGIN")
+        try:
+            self._db = self._open(self._path, cache_kib)
+        except BaseException:  # no object to close: the file would stay until a restart
+            with contextlib.suppress(OSError):
+                os.unlink(self._path)
+            raise
         self._disk: list[tuple[str, bytes, int, int, int, bool]] = []
         self._known: list[tuple[str, int, int, int]] = []
+
+    @staticmethod
+    def _open(path: str, cache_kib: int) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            for pragma in (
+                "journal_mode = OFF",
+                "synchronous = OFF",
+                "temp_store = FILE",
+                f"cache_size = -{cache_kib}",
+            ):
+                db.execute(f"PRAGMA {pragma}")
+            db.execute(
+                "CREATE TABLE disk (k TEXT PRIMARY KEY, raw BLOB NOT NULL, ino INTEGER, "
+                "size INTEGER, mtime INTEGER, regular INTEGER) WITHOUT ROWID"
+            )
+            db.execute(
+                "CREATE TABLE known (k TEXT PRIMARY KEY, ino INTEGER, size INTEGER, "
+                "mtime INTEGER) WITHOUT ROWID"
+            )
+            # one transaction for the comparison's whole life: a commit per statement
+            # cost 12 s per million rows; nothing here needs to outlive the process
+            db.execute("BEGIN")
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def __enter__(self) -> Comparison:
         return self
@@ -176,7 +190,8 @@ def remove_leftovers(directory: str) -> int:
     Safe even if another process still used one: an unlinked file stays readable
     through the descriptors already open on it."""
     n = 0
-    for path in glob.glob(os.path.join(glob.escape(directory), "rescan-*.db")):
+    # the comparison file and any SQLite side file of it (-journal, -wal) a crash left
+    for path in glob.glob(os.path.join(glob.escape(directory), "rescan-*.db*")):
         with contextlib.suppress(OSError):
             os.unlink(path)
             n += 1
