@@ -386,6 +386,25 @@ class Classifier:
         )
 
 
+def _bundle_repository(tag: Tag, path: str) -> Tag:
+    """A git bundle named after its repository: the one whose HEAD is the bundle's first
+    ref (seen when git read its internals to write it), else the tree it was written in."""
+    commit = tag.details.get("git_commit")
+    repo = repository.by_commit(commit) if isinstance(commit, str) else None
+    if repo is None:
+        repo = repository.repository_in(os.path.dirname(os.path.abspath(path)))
+        if repo is not None and repo.commit != commit:
+            repo = None
+    if repo is None:
+        return tag
+    where = repo.remote or f"local repository {repo.name}"
+    details = {**tag.details, "git_remote": repo.remote, "git_root": repo.root}
+    details["repository"] = repo.name
+    return replace(
+        tag, evidence=f"history of git repository {where} in a git bundle", details=details
+    )
+
+
 def _git_internal(path: str, size: int) -> Artefact | None:
     """A file under `.git/` or in a bare repository: part of its repository, one tag.
 
@@ -399,6 +418,8 @@ def _git_internal(path: str, size: int) -> Artefact | None:
 
 
 def _with_git(tag: Tag, path: str) -> Tag:
+    if tag.kind == "source_code" and tag.details.get("detector") == "git_bundle":
+        return _bundle_repository(tag, path)
     if tag.kind != "source_code" or tag.details.get("by_name") or tag.details.get("detector"):
         return tag
     if "git_root" in tag.details or "member" in tag.details:

@@ -22,7 +22,7 @@ import re
 import shlex
 import struct
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -119,6 +119,10 @@ def is_approved(url_or_host: str | None, approved: Iterable[str]) -> bool:
 _lock = threading.Lock()
 _bare_memo: dict[str, str | None] = {}
 _cache: dict[str, tuple[tuple[int, ...], Repository | None]] = {}
+# HEAD commit -> the repository seen at it: a bundle or archive of that commit written
+# anywhere (git bundle create /tmp/x.bundle) is named after its repository
+_by_commit: OrderedDict[str, Repository] = OrderedDict()
+MAX_COMMITS = 10_000
 
 
 def _is_bare_dir(d: str) -> bool:
@@ -232,7 +236,18 @@ def repository(root: str, git_dir: str, bare: bool) -> Repository | None:
         if len(_cache) > 10_000:
             _cache.clear()
         _cache[git_dir] = (stamp, repo)
+        if repo is not None and repo.commit:
+            _by_commit[repo.commit] = repo
+            _by_commit.move_to_end(repo.commit)
+            while len(_by_commit) > MAX_COMMITS:
+                _by_commit.popitem(last=False)
     return repo
+
+
+def by_commit(commit: str) -> Repository | None:
+    """The repository last seen with `commit` at its HEAD (no I/O), or None."""
+    with _lock:
+        return _by_commit.get(commit)
 
 
 def _read_repository(root: str, git_dir: str, common: str, bare: bool) -> Repository | None:
@@ -394,8 +409,8 @@ class GitCommand:
 
 def git_command(proc: ProcessInfo | None) -> GitCommand | None:
     """The git work of `proc` (git, its transports, or ssh run by git), else None."""
-    if proc is None or not proc.cmdline:
-        return None
+    if proc is None or not proc.cmdline or "git" not in proc.cmdline:
+        return None  # every flow passes here: most are gone after one substring test
     try:
         argv = shlex.split(proc.cmdline, posix=True)
     except ValueError:

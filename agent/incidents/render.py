@@ -64,6 +64,21 @@ def render_incident(doc: Mapping[str, Any]) -> str:
     corr = ev.get("correlation")
     if isinstance(corr, Mapping) and corr:
         out.append("  correlation: " + ", ".join(f"{k}={v}" for k, v in corr.items()))
+    tree = ev.get("tree")
+    if isinstance(tree, Mapping) and tree:
+        raw = tree.get("kinds")
+        kinds: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+        out.append(
+            f"  tree {tree.get('root')}: {tree.get('files_count')} files, {tree.get('bytes')} bytes"
+            f" ({', '.join(f'{k} {n}' for k, n in kinds.items()) or 'no kinds'}), "
+            f"{tree.get('git_files') or 0} files of its .git/ not listed"
+        )
+        repo = tree.get("repository")
+        if isinstance(repo, Mapping) and repo:
+            out.append(
+                f"    repository {repo.get('remote') or repo.get('root')} "
+                f"commit {repo.get('commit') or '-'} on {repo.get('branch') or '-'}"
+            )
     repo = ev.get("repository")
     if isinstance(repo, Mapping) and repo:
         out.append(

@@ -197,3 +197,33 @@ def test_transports_and_directions(repo: Path, tmp_path: Path) -> None:
     assert R.flow_repository(_flow(clone, 900_000, 10), [])["direction"] == "fetch"  # type: ignore[index]
     curl = ProcessInfo(pid=16, exe="/usr/bin/curl", cmdline="curl -T a https://x", cwd=str(repo))
     assert R.flow_repository(_flow(curl, 900_000, 10), []) is None
+
+
+def test_a_bundle_is_named_after_its_repository(repo: Path, tmp_path: Path) -> None:
+    clf = Classifier(ClassifySection(use_magika=False), cache=None)
+    head = git(repo, "rev-parse", "HEAD")
+    # written inside the working tree: found by walking up
+    git(repo, "bundle", "create", "-q", "motor.bundle", "--all")
+    a = clf.classify_path(str(repo / "motor.bundle"))
+    assert a.kinds == ("archive", "source_code")
+    code = next(t for t in a.tags if t.kind == "source_code")
+    assert code.details["git_commit"] == head and code.details["repository"] == "motor-ctl"
+    assert code.details["git_remote"] == "https://gitee.com/lab/motor-ctl.git"
+    assert code.evidence == (
+        "history of git repository https://gitee.com/lab/motor-ctl.git in a git bundle"
+    )
+    # written anywhere: named by its commit, after git's reads of the repository's internals
+    out = tmp_path / "outbox"
+    out.mkdir()
+    git(repo, "bundle", "create", "-q", str(out / "x.bundle"), "--all")
+    clf.classify_path(str(repo / ".git" / "HEAD"))
+    b = clf.classify_path(str(out / "x.bundle"))
+    code = next(t for t in b.tags if t.kind == "source_code")
+    assert code.details["git_root"] == str(repo) and code.details["git_commit"] == head
+    # a bundle of a repository never seen stays an anonymous history
+    other = make_repo(tmp_path / "unseen")
+    git(other, "commit", "-q", "--allow-empty", "-m", "only here")
+    git(other, "bundle", "create", "-q", str(out / "y.bundle"), "--all")
+    c = clf.classify_path(str(out / "y.bundle"))
+    code = next(t for t in c.tags if t.kind == "source_code")
+    assert "git_root" not in code.details and code.evidence == "repository history in a git bundle"

@@ -14,6 +14,7 @@ from agent.config import ClassifySection, PoliciesSection
 from agent.events import Channel, FileAction, FileEvent, ProcessInfo
 from agent.incidents.correlate import CorrelationEngine
 from agent.incidents.model import new_document
+from agent.incidents.render import render_incident
 from agent.incidents.tree import TREE_IDLE, TreeFacts
 from agent.policy.facts import tree_facts
 from agent.policy.holder import PolicyHolder
@@ -94,6 +95,10 @@ def test_cp_r_of_a_500_file_repository_is_one_incident(
     assert "repository https://gitee.com/lab/motor-ctl.git at " in f.title and "by cp" in f.title
     doc = new_document(f, "u", "h")
     assert doc["events_count"] == 500 and len(doc["evidence"]["tree"]["paths"]) == 500
+    shown = render_incident({**doc, "id": 1})
+    assert f"  tree {dest}: 500 files, " in shown and "(source_code 499)" in shown
+    head = git(repo, "rev-parse", "HEAD")
+    assert f"    repository https://gitee.com/lab/motor-ctl.git commit {head} on main" in shown
     assert corr.close_trees(later, final=True) == []  # told once
 
 
