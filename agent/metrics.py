@@ -145,6 +145,11 @@ OUTBOUND_BYTES = Counter(
 FLOWS = Counter(
     "egress_agent_flows_total", "Outbound flows exported.", ["dest_class", "country", "protocol"]
 )
+FLOWS_EVICTED = Counter(
+    "egress_agent_flows_evicted_total",
+    "Flows exported early (close_reason=evicted) because the flow table was full "
+    "(network.max_flows): the oldest idle ones make room for new ones.",
+)
 SERVICE_BYTES = Counter(
     "egress_agent_service_bytes_total",
     "Outbound payload bytes to known services, by service category (agent/data/services.yaml).",
@@ -199,6 +204,9 @@ CHAIN_HEAD_HASH = Gauge(
     "egress_agent_incident_chain_head_hash_prefix",
     "First 12 hex digits of the incident chain head's hash, as an integer (exact in a float).",
 )
+# NaN until the daemon has read its chain: a restart or a store outage is not a head of 0
+CHAIN_HEAD_SEQ.set(float("nan"))
+CHAIN_HEAD_HASH.set(float("nan"))
 
 # --- scheduler -----------------------------------------------------------------
 JOB_RUNS = Counter("egress_agent_job_runs_total", "Scheduled job runs.", ["job", "result"])
