@@ -184,7 +184,22 @@ def sniff_layout(text: str, ext: str) -> Layout | None:
         delim = "\t" if ext == "tsv" or "\t" in lines[0] else ","
         header = _split(lines[0], delim) or []
         return Layout(delim, 0, header, len(header)) if len(header) >= 2 else None
-    return _layout(text, " ", min_rows)
+    return _layout(text, " ", min_rows) or _numeric_column(text)
+
+
+def _numeric_column(text: str) -> Layout | None:
+    """One number per line over at least ten lines (a target vector, a time series)."""
+    raw = [ln.strip() for ln in first_lines(text, SNIFF_LINES)]
+    lines = [ln for ln in raw[:-1] or raw if ln and not ln.startswith(_COMMENT)]
+    if len(lines) < 10 or not all(_NUMBER.fullmatch(ln) for ln in lines[1:]):
+        return None
+    header = lines[0] if not _NUMBER.fullmatch(lines[0]) else "c0"
+    return Layout(" ", 0, [header], 1)
+
+
+def is_matrix_market(text: str) -> bool:
+    """A Matrix Market exchange file (sparse or dense numeric matrix)."""
+    return text.startswith("%%MatrixMarket")
 
 
 def sniff_delimited(text: str, ext: str) -> str | None:

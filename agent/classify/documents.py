@@ -182,6 +182,8 @@ def prose_evidence(text: str) -> str | None:
         return "CJK text runs"
     lines = 0
     for line in sample.splitlines()[:2000]:
+        if line.lstrip().startswith(("#", "//", ";", "%", "--")):
+            continue  # comments of a config or script are not what makes a document
         words = _WORD.findall(line)
         if len(words) < 5:
             continue

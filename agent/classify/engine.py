@@ -249,7 +249,7 @@ class Engine:
         return Finding("application/x-ole-storage", [tag])
 
     def _text(self, src: Source) -> Finding | None:
-        text = decode_text(src.head)
+        text = decode_text(src.head) or _legacy_table_text(src.head, src.ext)
         if text is None:
             return None
         if src.size > len(src.head):
@@ -264,7 +264,7 @@ class Engine:
         eng = engineering.text_tag(text, src.ext)
         if eng is not None:
             return Finding("text/plain", [eng, *secrets], text=text)
-        lang = source.language_for(src.name, src.head)
+        lang = None if datasets.is_matrix_market(text) else source.language_for(src.name, src.head)
         if lang is not None and src.ext not in ("csv", "tsv", "jsonl"):
             tag = source.source_tag(lang, None)
             comments = source.comments(text, lang, self.limits.max_text_bytes)
@@ -300,6 +300,18 @@ class Engine:
         found = documents.text_document(text, src.ext)
         found.tags += secrets
         return found
+
+
+def _legacy_table_text(head: bytes, ext: str) -> str | None:
+    """A table file in a legacy 8-bit encoding (cp852, cp1252...): neither UTF-8 nor
+    GB18030, but no control bytes either. Read as latin-1, which keeps every delimiter
+    and digit where it is; only tabular extensions qualify."""
+    if ext not in ("csv", "tsv", "tab", "dat") or not head:
+        return None
+    sample = head[:8192]
+    if any(b < 9 or 13 < b < 32 or b == 127 for b in sample):
+        return None
+    return head.decode("latin-1")
 
 
 def _refused(fmt: str, reason: str, budget: archives.Budget) -> Finding:

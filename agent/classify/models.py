@@ -30,10 +30,7 @@ def sniff_model(head: bytes, size: int, ext: str) -> str | None:
     """tflite / fasttext / word2vec / coreml when the header proves it, else None."""
     if len(head) >= 8 and head[4:8] == b"TFL3" and 8 <= struct.unpack_from("<I", head)[0] < size:
         return "tflite"
-    if len(head) >= 8 and struct.unpack_from("<iI", head) in (
-        (FASTTEXT_MAGIC, 11),
-        (FASTTEXT_MAGIC, 12),
-    ):
+    if _fasttext_args(head) is not None:
         return "fasttext"
     if word2vec_binary(head, size) is not None:
         return "word2vec"
@@ -142,20 +139,46 @@ def _tflite(src: Source, limits: Limits) -> Finding:
 
 
 # --- fastText and word2vec ------------------------------------------------------------------
+def _fasttext_args(head: bytes) -> int | None:
+    """Offset of the args block of a fastText model: 8 after the magic and version, or 0
+    for the first releases, which wrote no magic — then the 12 arguments, the sampling
+    threshold and the dictionary sizes must all be in their ranges (16 checks)."""
+    if len(head) >= 8 and struct.unpack_from("<iI", head) in (
+        (FASTTEXT_MAGIC, 11),
+        (FASTTEXT_MAGIC, 12),
+    ):
+        return 8
+    if len(head) < 84:
+        return None
+    dim, ws, epoch, min_count, neg, ngrams, loss, model, bucket, minn, maxn, lr_update = (
+        struct.unpack_from("<12i", head)
+    )
+    (t,) = struct.unpack_from("<d", head, 48)
+    size, nwords, nlabels, ntokens = struct.unpack_from("<3iq", head, 56)
+    plausible = (
+        0 < dim <= 10_000 and 0 < ws <= 1000 and 0 < epoch <= 100_000 and min_count >= 0
+        and 0 <= neg <= 10_000 and 0 < ngrams <= 100 and 1 <= loss <= 4 and 1 <= model <= 3
+        and 0 <= bucket <= 1 << 30 and 0 <= minn <= maxn <= 100 and lr_update > 0
+        and 0.0 < t < 1.0 and size > 0 and 0 <= nwords <= size and 0 <= nlabels <= size
+        and nwords <= ntokens
+    )  # fmt: skip
+    return 0 if plausible else None
+
+
 def _fasttext(src: Source, limits: Limits) -> Finding:
     """fastText .bin: magic, version, the args block (dim first), then dictionary sizes.
 
     Input matrix rows are the words plus the hashed n-gram buckets: parameters are
     (nwords + bucket) x dim, and the output matrix (labels or words) x dim beside it."""
     head = src.head
-    magic, version = struct.unpack_from("<iI", head)
-    if magic != FASTTEXT_MAGIC or version not in (11, 12):
-        raise ParseError(f"fastText: version {version}")
+    at = _fasttext_args(head)
+    if at is None:
+        raise ParseError("fastText: neither the magic nor a plausible argument block")
     dim, _ws, _epoch, _min_count, _neg, _ngrams, loss, model, bucket = struct.unpack_from(
-        "<9i", head, 8
+        "<9i", head, at
     )
     # minn, maxn, lrUpdateRate (3 ints), t (double) then the dictionary header
-    size, nwords, nlabels = struct.unpack_from("<3i", head, 8 + 9 * 4 + 3 * 4 + 8)
+    size, nwords, nlabels = struct.unpack_from("<3i", head, at + 9 * 4 + 3 * 4 + 8)
     if not (0 < dim <= 1 << 16 and 0 <= nwords <= size and nlabels >= 0 and bucket >= 0):
         raise ParseError("fastText: implausible dimensions")
     outputs = nlabels if model == 3 else nwords  # model 3: supervised
@@ -205,7 +228,9 @@ def word2vec_text(text: str) -> Finding | None:
     if m is None:
         return None
     words, dim = int(m.group(1)), int(m.group(2))
-    lines = text[nl + 1 : nl + 1 + (1 << 16)].split("\n", 4)[:3]
+    lines = [ln for ln in text[nl + 1 : nl + 1 + (1 << 16)].split("\n", 4)[:3] if ln.strip()]
+    if not lines:
+        return None
     for line in lines:
         parts = line.split(" ")
         if len(parts) < dim + 1 or len(parts) > dim + 2:

@@ -82,7 +82,7 @@ def secret_tags(text: str) -> list[Tag]:
 
 
 # --- public material and binary key files ----------------------------------------------
-_PEM_BEGIN = re.compile(r"-----BEGIN ([A-Z0-9 ]{1,40})-----")
+_PEM_BEGIN = re.compile(r"-----BEGIN ([A-Z0-9 .]{1,40})-----")
 _PUBLIC_PEM = {
     "CERTIFICATE": "x509-certificate",
     "TRUSTED CERTIFICATE": "x509-certificate",

@@ -536,3 +536,32 @@ def test_model_headers_on_hostile_bytes(data: bytes, fmt: str) -> None:
     }[fmt]
     found = ENGINE.classify(Source.from_bytes("x.mlmodel", prefix + data))
     assert found.skipped in (None, "malformed", "truncated", "absurd_count")
+
+
+def test_formats_found_in_the_wild() -> None:
+    import struct
+
+    # fastText's first releases wrote no magic: the argument block must all be plausible
+    args = struct.pack("<12i", 10, 5, 5, 5, 5, 1, 2, 2, 1000, 3, 6, 10_000)
+    old_ft = args + struct.pack("<d", 1e-4) + struct.pack("<3iq", 1762, 1762, 0, 60_000) + bytes(64)
+    assert tag("lee.bin", old_ft, "model_weights")["parameters"] == (1762 + 1000) * 10 + 1762 * 10
+    assert "model_weights" not in kinds("x.bin", struct.pack("<12i", *range(99, 111)) + bytes(64))
+    # a single numeric column (a target vector) and a Matrix Market file are datasets
+    column = "".join(f"{i * 1.5:.18e}\n" for i in range(40))
+    assert kinds("target.csv", column.encode()) == ["dataset"]
+    assert "dataset" not in kinds("few.txt", b"1\n2\n3\n")
+    mm = "%%MatrixMarket matrix coordinate real general\n% comment\n9 12 4\n"
+    mm += "1 1 0.5\n2 3 1.0\n4 4 2.5\n9 12 0.1\n"
+    assert kinds("corpus.mm", mm.encode()) == ["dataset"]
+    # a TSV in a legacy 8-bit code page (cp852) is still a table
+    tsv = "".join(f"sł{i}\tžena{i}\t{i}\n" for i in range(20)).encode("cp852")
+    assert kinds("pairs.tsv", tsv) == ["dataset"]
+    # comments of a config file are not prose; X9.42 DH parameters are public
+    rc = "# This style is used for the gallery. It is part of the private API.\n"
+    rc += "# make it so the axes labels don't show up. Obviously not good style.\n"
+    rc += "axes.grid: True\nfigure.figsize: 2, 2\n"
+    assert kinds("gallery.mplstyle", rc.encode()) == []
+    x942 = (
+        "-----BEGIN X9.42 DH PARAMETERS-----\nMIICKQKCAQEArRB+\n-----END X9.42 DH PARAMETERS-----\n"
+    )
+    assert kinds("dhp.pem", x942.encode()) == []
