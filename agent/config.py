@@ -172,6 +172,8 @@ class NetworkSection(_Section):
     services_file: Path | None = None  # site's known services, over agent/data/services.yaml
     idle_timeout: float = Field(default=60.0, gt=0)
     active_timeout: float = Field(default=300.0, gt=0)
+    # open flows held at once; when full the longest-idle are exported as "evicted"
+    max_flows: int = Field(default=65_536, ge=16, le=16_777_216)
     kernel_accounting: bool = True  # sock_diag byte counts for local sockets
     socket_buffer_bytes: int = Field(default=8 << 20, ge=1 << 16)
 

@@ -206,7 +206,7 @@ class Flow:
     http_host: str | None = None
     dest_class: str = "unknown"  # loopback | internal | approved | domestic | foreign | unknown
     country: str | None = None
-    close_reason: str = "fin"  # fin | rst | idle | active | end_of_capture | destroy
+    close_reason: str = "fin"  # fin | rst | idle | active | end_of_capture | destroy | evicted
     dest_org: str | None = None  # owner of dst_ip from network.asn_db
     service: str | None = None  # known service of the name, e.g. "Google Drive"
     service_category: str | None = None  # cloud_storage | code_hosting | webmail | ...

@@ -9,11 +9,16 @@ inbound SYN marks its key as ignored. Bytes come from, best first: the kernel's
 Records are exported like IPFIX: on close (FIN both ways, RST, or socket destroy), on
 idle timeout and on active timeout — an active-timeout record carries the bytes since
 the previous record of the same flow, so the records of one flow add up to its total.
-Time is passed in (packet timestamps in replay, the clock live), so this is testable.
+The table holds at most `max_flows` open flows (`network.max_flows`): when full, the
+longest-idle are exported with close_reason "evicted" (counted in
+egress_agent_flows_evicted_total), so a scan or flood of distinct flows costs bounded
+memory and a bounded timeout pass. Time is passed in (packet timestamps in replay, the
+clock live), so this is testable.
 """
 
 from __future__ import annotations
 
+import heapq
 import socket
 from collections import OrderedDict
 from collections.abc import Callable
@@ -41,10 +46,16 @@ from agent.sensors.network.seqtrack import SeqCounter
 _PROTO_NAMES = {6: "tcp", 17: "udp"}
 _MAX_PROBES = 3  # payload packets per direction inspected for names
 _RESET_WAIT = 1.0  # seconds to wait for the RST packet after a zeroed destroy notification
+EVICTED = "evicted"  # close_reason of a flow exported to make room in a full table
+EVICT_FRACTION = 16  # a full table evicts 1/16 of its flows at once
 
 
 def _ntop(addr: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
+
+
+def _last_seen(st: FlowState) -> float:
+    return st.last
 
 
 def _utc(ts: float) -> datetime:
@@ -63,7 +74,7 @@ class FlowTable:
         is_local: Callable[[bytes], bool] | None = None,
         midstream: bool = False,
         count_metrics: bool = False,
-        max_flows: int = 1 << 20,
+        max_flows: int = 65_536,
     ) -> None:
         self.emit = emit
         self.destinations = destinations or Destinations()
@@ -82,7 +93,7 @@ class FlowTable:
         self.ct_exported: OrderedDict[FlowKey, tuple[int, int]] = OrderedDict()
         self.on_new_flow: Callable[[FlowState], None] | None = None
         self.exported = 0
-        self.skipped_full = 0
+        self.evicted = 0
         # metric children by label values, looked up once (labels() costs a lock and a
         # tuple per call, twice per flow otherwise)
         self._byte_counters: dict[tuple[str, str], Any] = {}
@@ -166,8 +177,7 @@ class FlowTable:
 
     def _new(self, key: FlowKey, ts: float) -> FlowState | None:
         if len(self.flows) >= self.max_flows:
-            self.skipped_full += 1
-            return None
+            self._evict()
         st = FlowState(key, ts, ts, ts)
         self.flows[key] = st
         self.reverse[(key[0], key[3], key[4], key[1], key[2])] = key
@@ -344,6 +354,23 @@ class FlowTable:
                     self._export(st, now, "active", final=False)
                 else:  # nothing new to report: no empty records for idle keep-alive sessions
                     st.record_start = now
+
+    def _evict(self) -> None:
+        """Make room: export the longest-idle flows, a sixteenth of the table at once.
+
+        One selection over the table per `max_flows / 16` new flows keeps the cost per
+        new flow constant (a scan opening a flow per packet would otherwise pay a full
+        pass each); the evicted records carry their bytes so far, like an idle timeout.
+        A TCP flow that goes on after its eviction is seen again only from a kernel
+        count or, in replay, mid-stream; a UDP one simply opens a new record.
+        """
+        room = max(1, self.max_flows // EVICT_FRACTION)
+        victims = heapq.nsmallest(room, self.flows.values(), key=_last_seen)
+        for st in victims:
+            self._export(st, st.last, EVICTED, final=True)  # it ends where it was last seen
+        self.evicted += len(victims)
+        if self.count_metrics:
+            metrics.FLOWS_EVICTED.inc(len(victims))
 
     def flush(self, now: float, reason: str = "end_of_capture") -> None:
         for st in list(self.flows.values()):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import mmap
+import os
+import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -85,15 +87,40 @@ class ClassicHeader(NamedTuple):
         return ClassicLayout(self.endian, self.unit < 1e-6, self.snaplen)
 
 
+def _file_kind(mode: int) -> str:
+    for test, kind in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+    ):
+        if test(mode):
+            return kind
+    return "not a file"
+
+
 @contextlib.contextmanager
 def mapped(path: Path) -> Iterator[mmap.mmap]:
-    """The capture file mapped read-only, after checking it starts like one."""
+    """The capture file mapped read-only, after checking it starts like one.
+
+    Only a regular file is read: a FIFO, a socket or a device has no size to map, and
+    opening a FIFO without O_NONBLOCK waits for a writer for ever (replay of a FIFO used
+    to hang). A stream is saved to a file first, then replayed.
+    """
     try:
-        f = path.open("rb")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
         raise PcapError(f"{path}: cannot open: {e.strerror}") from None
+    f = os.fdopen(fd, "rb")
     with f:
-        size = path.stat().st_size
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PcapError(
+                f"{path}: not a regular file ({_file_kind(st.st_mode)}); replay reads a saved "
+                "capture: save the stream to a file first"
+            )
+        size = st.st_size
         if size < 24:
             raise PcapError(f"{path}: too short to be a pcap or pcapng file ({size} bytes)")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import mmap
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +47,7 @@ class ReplayResult:
     flows: list[Flow] = field(default_factory=list)
     stats: PcapStats = field(default_factory=PcapStats)
     undecoded: int = 0  # frames that were not IPv4/IPv6 TCP/UDP, or malformed
+    evicted: int = 0  # flows exported early because the table was full (network.max_flows)
 
 
 def destinations_from(cfg: NetworkSection) -> Destinations:
@@ -83,17 +84,25 @@ def _by_ethertype(etype: int, buf: Buffer, off: int, end: int) -> Packet | None:
 
 
 def replay_pcap(
-    path: Path, cfg: NetworkSection | None = None, destinations: Destinations | None = None
+    path: Path,
+    cfg: NetworkSection | None = None,
+    destinations: Destinations | None = None,
+    emit: Callable[[Flow], object] | None = None,
 ) -> ReplayResult:
-    """All flows in a pcap/pcapng file. Raises PcapError if the file is unreadable."""
+    """All flows in a pcap/pcapng file. Raises PcapError if the file is unreadable.
+
+    With `emit`, each flow goes there as it ends and `result.flows` stays empty: memory
+    is then bounded by the flow table (network.max_flows), whatever the capture holds.
+    """
     cfg = cfg or NetworkSection()
     result = ReplayResult()
     table = FlowTable(
-        result.flows.append,
+        emit or result.flows.append,
         destinations or destinations_from(cfg),
         idle_timeout=cfg.idle_timeout,
         active_timeout=cfg.active_timeout,
         midstream=True,
+        max_flows=cfg.max_flows,
     )
     with mapped(path) as mm:
         header = classic_header(path, mm)
@@ -102,6 +111,7 @@ def replay_pcap(
         else:
             last_ts = _any(frames(path, mm, result.stats), table, result)
     table.flush(last_ts)
+    result.evicted = table.evicted
     st = result.stats
     if st.resyncs:
         log.warning(

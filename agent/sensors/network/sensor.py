@@ -104,6 +104,7 @@ class NetworkSensor:
             active_timeout=self.cfg.active_timeout,
             is_local=self._is_local,
             count_metrics=True,
+            max_flows=self.cfg.max_flows,
         )
         self.table.on_new_flow = self._attribute
         self._beat = HEARTBEATS.add("sensor-network")
