@@ -32,6 +32,7 @@ from agent.events import Flow, ProcessInfo, Tag
 
 MAX_INDEX_BYTES = 64 << 20  # an index past this is counted from its header only
 MAX_LANGUAGES = 5
+MAX_PATH = 4096  # a tracked path longer than this is a damaged (or hostile) index
 _CRED = re.compile(r"^(\w[\w+.-]*://)[^@/]+@")
 _SCP = re.compile(r"^(?:[^@/:]+@)?([^/:]+):(?!//)")
 _SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
@@ -331,6 +332,8 @@ def _index_summary(path: str) -> tuple[int | None, tuple[str, ...], int | None]:
             strip, start = _varint(data, start)
             end = data.find(b"\0", start)
             if end < 0 or strip > len(prev):
+                return count, _top(langs), None
+            if len(prev) - strip + end - start > MAX_PATH:  # names grow by prefix: bound
                 return count, _top(langs), None
             name = prev[: len(prev) - strip] + data[start:end]
             pos = end + 1

@@ -227,3 +227,25 @@ def test_a_bundle_is_named_after_its_repository(repo: Path, tmp_path: Path) -> N
     c = clf.classify_path(str(out / "y.bundle"))
     code = next(t for t in c.tags if t.kind == "source_code")
     assert "git_root" not in code.details and code.evidence == "repository history in a git bundle"
+
+
+def test_hostile_indexes_are_bounded(tmp_path: Path) -> None:
+    import struct
+    import time
+
+    # v4 names grow by prefix: a million one-byte suffixes would copy ~5e11 bytes
+    entry = b"\0" * 60 + struct.pack(">H", 1) + b"\0" + b"a\0"
+    count = 300_000
+    v4 = b"DIRC" + struct.pack(">II", 4, count) + entry * count
+    (tmp_path / "v4").write_bytes(v4)
+    t0 = time.process_time()
+    n, _langs, size = R._index_summary(str(tmp_path / "v4"))
+    assert n == count and size is None  # cut where the names became absurd
+    # garbage after a valid header, and a count far past the data
+    (tmp_path / "junk").write_bytes(
+        b"DIRC" + struct.pack(">II", 2, 2**32 - 1) + os.urandom(1 << 16)
+    )
+    assert R._index_summary(str(tmp_path / "junk"))[0] == 2**32 - 1
+    (tmp_path / "short").write_bytes(b"DIRC\0\0")
+    assert R._index_summary(str(tmp_path / "short")) == (None, (), None)
+    assert time.process_time() - t0 < 20  # bounded work, generous for a shared machine
