@@ -11,6 +11,7 @@ costs the sample, and a nested element stops at Python's recursion limit as a Pa
 from __future__ import annotations
 
 import json
+import re
 import struct
 
 from agent.classify.base import Finding, Limits, ParseError, Source
@@ -19,6 +20,7 @@ from agent.classify.datasets import MAX_COLUMNS, dataset_tag
 MAX_RECORDS = 1_000_000  # JSON elements counted before the count becomes an estimate
 SAS_MAGIC = bytes.fromhex("000000000000000000000000c2ea8160b31411cfbd92080009c7318c181f1011")
 _DECODER = json.JSONDecoder()
+_STATA_TIME = re.compile(rb"[ \d]\d [A-Z][a-z]{2} \d{4} \d\d:\d\d")
 _WS = " \t\r\n"
 
 
@@ -85,7 +87,10 @@ def sniff_table(head: bytes, size: int, ext: str) -> str | None:
     if head.startswith(b"<stata_dta><header><release>"):
         return "stata"
     old_stata = len(head) >= 10 and 104 <= head[0] <= 115 and head[1] in (1, 2)
-    if ext == "dta" and old_stata and head[2] == 1 and head[3] == 0:
+    # four header bytes are weak alone: the name, or the save time Stata writes at
+    # offset 91 ("27 May 2010 23:49"), must agree
+    agree = ext == "dta" or _STATA_TIME.fullmatch(head[91:108]) is not None
+    if old_stata and head[2] == 1 and head[3] == 0 and agree:
         return "stata"
     if head[:4] in (b"$FL2", b"$FL3") and len(head) >= 176:
         return "spss"

@@ -52,6 +52,7 @@ class Label:
     pattern: str
     kinds: frozenset[str]
     take: int = 1000
+    renamed: bool = False  # also a copy named `renamed-N`: no extension to go by
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,32 @@ LABELS = (
     Label("matplotlib", f"{_MPL}/fonts/ttf/LICENSE_*", _k(DOC)),
     Label("gensim", f"{_GT}/crime-and-punishment.txt", _k(DOC)),
     Label("gensim", f"{_GT}/para2para_text*.txt", _k(DOC)),
+    Label("gensim", f"{_GT}/lee_background.cor", _k(DOC)),
+    Label("gensim", f"{_GT}/alldata-id-10.txt", _k(DOC)),
+    Label("sklearn", "sklearn/datasets/descr/[l-z]*.rst", _k(DOC)),
+    Label("sklearn", "*.dist-info/COPYING", _k(DOC)),
+    Label("certifi", "*.dist-info/LICENSE", _k(DOC)),
+    Label("onnx", "*.dist-info/LICENSE", _k(DOC)),
+    Label("matplotlib", "*.dist-info/LICENSE", _k(DOC)),
+    Label("matplotlib", f"{_MPL}/sample_data/README.txt", _k(DOC)),
+    Label("statsmodels", "*.dist-info/LICENSE.txt", _k(DOC)),
+    Label("reportlab", "reportlab/fonts/DarkGarden-c*.txt", _k(DOC)),
+    # archives, and what they hold
+    Label("gensim", f"{_GT}/test_mmcorpus_no_index.mm.gz", _k(A, D)),
+    Label("matplotlib", f"{_MPL}/sample_data/s1045.ima.gz", _k(A)),
+    # disguises: the same contents without a name to go by
+    Label("silero", "*.onnx", _k(W), renamed=True),
+    Label("gensim", f"{_GT}/lee_fasttext.bin", _k(W), renamed=True),
+    Label("gensim", f"{_GT}/toy-model.bin", _k(W), renamed=True),
+    Label("sklearn", "sklearn/datasets/data/iris.csv", _k(D), renamed=True),
+    Label("sklearn", "sklearn/datasets/data/digits.csv.gz", _k(A, D), renamed=True),
+    Label("statsmodels", "statsmodels/datasets/macrodata/macrodata.dta", _k(D), renamed=True),
+    Label("vectors", f"{_AS}/DER_Serialization/unenc-rsa-pkcs8.der", _k(SEC), renamed=True),
+    Label("vectors", "cryptography_vectors/pkcs12/no-password.p12", _k(SEC), renamed=True),
+    Label("vectors", f"{_AS}/PEM_Serialization/rsa_public_key.pem", NONE, renamed=True),
+    Label("certifi", "certifi/cacert.pem", NONE, renamed=True),
+    Label("gensim", f"{_GT}/crime-and-punishment.txt", _k(DOC), renamed=True),
+    Label("reportlab", "reportlab/fonts/DarkGardenMK.afm", NONE, renamed=True),
     # secrets: private keys in PEM, DER, OpenSSH and PKCS#12
     Label("vectors", f"{_AS}/DER_Serialization/ec_private_key*.der", _k(SEC)),
     Label("vectors", f"{_AS}/DER_Serialization/*rsa-pkcs8.der", _k(SEC)),
@@ -214,7 +241,7 @@ def prepare(cache: Path = DEFAULT_CACHE) -> list[Labelled]:
     dl = cache / "downloads"
     dl.mkdir(parents=True, exist_ok=True)
     out: list[Labelled] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str, bool]] = set()
     for key, pin in PINS.items():
         labels = [lab for lab in LABELS if lab.pin == key]
         dist = _fetch(pin, dl)
@@ -225,10 +252,13 @@ def prepare(cache: Path = DEFAULT_CACHE) -> list[Labelled]:
                 if not hits:
                     raise RuntimeError(f"{key}: no member matches {lab.pattern}")
                 for member in hits:
-                    if (key, member) in seen:
+                    if (key, member, lab.renamed) in seen:
                         continue
-                    seen.add((key, member))
+                    seen.add((key, member, lab.renamed))
                     target = cache / "files" / key / member
+                    if lab.renamed:
+                        tag = hashlib.sha1(f"{key}:{member}".encode()).hexdigest()[:10]
+                        target = cache / "files" / "renamed" / f"renamed-{tag}"
                     if not target.exists():
                         target.parent.mkdir(parents=True, exist_ok=True)
                         tmp = target.with_name(target.name + ".part")
@@ -236,7 +266,8 @@ def prepare(cache: Path = DEFAULT_CACHE) -> list[Labelled]:
                             for block in iter(lambda: src.read(1 << 20), b""):
                                 f.write(block)
                         tmp.replace(target)
-                    out.append(Labelled(target, f"{key}:{member}", lab.kinds))
+                    shown = f"{key}:{member}" + (f" as {target.name}" if lab.renamed else "")
+                    out.append(Labelled(target, shown, lab.kinds))
     return out
 
 

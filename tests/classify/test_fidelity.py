@@ -336,6 +336,8 @@ def test_stata_spss_sas_headers() -> None:
     old = bytes([114, 2, 1, 0]) + struct.pack("<HI", 7, 250) + b"\x00" * 200
     assert tag("old.dta", old, "dataset")["rows"] == 250
     assert "dataset" not in kinds("old.bin", old)  # the old header is too weak unnamed
+    stamped = old[:91] + b"27 May 2010 23:49\x00" + old[109:]
+    assert tag("renamed", stamped, "dataset")["rows"] == 250
     sav = (
         b"$FL2"
         + b"@(#) IBM SPSS STATISTICS 64-bit".ljust(60)
