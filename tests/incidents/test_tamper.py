@@ -393,3 +393,15 @@ def test_keys_show_and_status_print_the_public_key_to_pin(tmp_path: Path) -> Non
     status = json.loads(cli("status", "--json", config=cfg).stdout)
     assert status["signing_key"] == {k: shown[k] for k in ("public_key", "key_id")}
     assert f"signing key: {shown['public_key']}" in cli("status", config=cfg).stdout
+
+
+def test_edited_trailer_fails(tmp_path: Path) -> None:
+    cfg, out, pub = exported(tmp_path)
+    whole = out.read_text()
+    lines = whole.splitlines(keepends=True)
+    doc = json.loads(lines[-1])
+    doc["egress_agent_export_trailer"]["records"] -= 1  # to hide a removed record
+    out.write_text("".join(lines[:-1]) + json.dumps(doc) + "\n")
+    failed(verify_cli(cfg, out, pub), "not signed by the pinned key")
+    out.write_text("".join(lines[:-1]) + lines[-1][:40] + "\n")  # garbled
+    failed(verify_cli(cfg, out, pub), "the signed trailer cannot be read")

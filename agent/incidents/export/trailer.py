@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +36,7 @@ _JSON_PREFIX = '{"' + TRAILER + '":'
 _CSV_PREFIX = '"#' + TRAILER + '",'
 _CEF_HEAD = "CEF:0|egress-agent|egress-agent|"
 _CEF_MARK = "|egress.export.trailer|incident export trailer|0|cs1Label=exportTrailer cs1="
+_CEF_TRAILER = re.compile(re.escape(_CEF_HEAD) + r"[^|\\]*" + re.escape(_CEF_MARK))
 
 
 @dataclass
@@ -68,8 +70,8 @@ def parse(line: str) -> dict[str, Any] | None:
         if not (cell.startswith('"') and cell.endswith('"')):
             raise ValueError("malformed CSV trailer")
         doc = json.loads(cell[1:-1].replace('""', '"'))
-    elif text.startswith(_CEF_HEAD) and _CEF_MARK in text:
-        doc = json.loads(unescape_value(text.split(_CEF_MARK, 1)[1]))
+    elif m := _CEF_TRAILER.match(text):
+        doc = json.loads(unescape_value(text[m.end() :]))
     else:
         return None
     if not isinstance(doc, dict):
@@ -123,12 +125,17 @@ class Split:
     body: list[str]
     trailer: dict[str, Any] | None
     after: int  # non-empty lines after the trailer
+    broken: str | None = None  # why a line shaped like a trailer could not be read
 
 
 def split(lines: list[str]) -> Split:
     """The lines before the (first) trailer, the trailer, and how many lines follow it."""
     for i, line in enumerate(lines):
-        doc = parse(line)
+        try:
+            doc = parse(line)
+        except (ValueError, KeyError, TypeError) as e:
+            after = sum(1 for ln in lines[i + 1 :] if ln.strip())
+            return Split(lines[:i], {}, after, f"{type(e).__name__}: {e}")
         if doc is not None:
             after = sum(1 for ln in lines[i + 1 :] if ln.strip())
             return Split(lines[:i], doc, after)
@@ -155,8 +162,12 @@ def check(
         if required:
             fail(
                 "the export has no signed trailer: lines were removed at its end, "
-                "or it was exported unsigned"
+                "or it was exported unsigned (--unsigned-ok accepts that)"
             )
+        return
+    if parts.broken is not None:
+        report.signature = "invalid"
+        fail(f"the signed trailer cannot be read ({parts.broken[:200]}): it was edited")
         return
     if parts.after:
         fail(f"{parts.after} line(s) follow the signed trailer: appended after signing")
