@@ -33,6 +33,10 @@ def human(n: int) -> str:
 def describe(e: FileEvent) -> str:
     kinds = ",".join(e.artefact.kinds) if e.artefact and e.artefact.kinds else "tagged file"
     name = e.current_path.rsplit("/", 1)[-1]
+    for t in e.artefact.tags if e.artefact else ():
+        if t.details.get("detector") == "git_bundle" and t.details.get("repository"):
+            where = t.details.get("git_remote") or t.details["repository"]
+            return f"{kinds} '{name}' (repository {where})"  # a bundle names its repository
     return f"{kinds} '{name}'"
 
 

@@ -149,3 +149,45 @@ def test_incidents_show_names_repository_commit_and_remote(tmp_path: Path) -> No
         "remote https://gitee.com/lab/motor-ctl.git; pushed to git@github.com:alice/motor-ctl.git"
         in text
     )
+
+
+def test_a_bundle_uploaded_abroad_names_the_repository(tmp_path: Path) -> None:
+    from agent.classify.classifier import Classifier
+    from agent.config import ClassifySection
+    from tests.incidents.helpers import CURL, judge
+
+    repo = make_repo(tmp_path / "motor-ctl")
+    out = tmp_path / "outbox"
+    out.mkdir()
+    git(repo, "bundle", "create", "-q", str(out / "m.bundle"), "--all")
+    clf = Classifier(ClassifySection(use_magika=False), cache=None)
+    clf.classify_path(str(repo / ".git" / "HEAD"))  # git read its internals to bundle them
+    a = clf.classify_path(str(out / "m.bundle"))
+    corr = CorrelationEngine(judge_transfer=judge)
+    read = FileEvent(
+        FileAction.READ, str(out / "m.bundle"), size=a.size, artefact=a, process=CURL, time=T0
+    )
+    assert corr.observe(read) == []
+    up = Flow(
+        "tcp",
+        "10.1.2.3",
+        51000,
+        "203.0.113.9",
+        443,
+        T0,
+        T0 + timedelta(seconds=2),
+        a.size + 900,
+        4000,
+        sni="paste.example",
+        name="paste.example",
+        dest_class="foreign",
+        country="US",
+        process=CURL,
+    )
+    (f,) = corr.observe(up)
+    assert f.kind == "exfiltration" and f.rule_id == "rd-assets-source-out"
+    assert "'m.bundle' (repository https://gitee.com/lab/motor-ctl.git)" in f.title
+    tags = f.evidence["files"][0]["tags"]
+    assert any(
+        t["evidence"].startswith("history of git repository https://gitee.com/") for t in tags
+    )
