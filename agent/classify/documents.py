@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import html
 import io
+import itertools
 import re
 import zipfile
 
 from agent.classify.base import Finding, Limits, ParseError, Source
+from agent.classify.datasets import dataset_tag
 from agent.events import Tag
 
 MAX_TAG = 4096  # characters inside one XML tag; a longer "tag" is text
@@ -56,6 +58,8 @@ def parse_office(zf: zipfile.ZipFile, kind: str, limits: Limits) -> Finding:
     budget = limits.max_text_bytes
     chunks: list[str] = []
     partial = False
+    sheets: list[str] = []
+    shared: list[str] = []
     for info in zf.infolist():
         if not pattern.match(info.filename):
             continue
@@ -71,15 +75,48 @@ def parse_office(zf: zipfile.ZipFile, kind: str, limits: Limits) -> Finding:
         with zf.open(info) as fh:
             raw = fh.read(budget)
         budget -= len(raw)
-        text = html.unescape(strip_tags(raw.decode("utf-8", "replace")))
+        xml = raw.decode("utf-8", "replace")
+        if kind == "xlsx" and "/worksheets/" in info.filename:
+            sheets.append(xml)
+        elif kind == "xlsx":
+            found = itertools.islice(_SI.finditer(xml[: 64 << 10]), 1000)  # header names
+            shared = [html.unescape(strip_tags(m.group(1))).strip() for m in found]
+        text = html.unescape(strip_tags(xml))
         chunks.append(re.sub(r"\s+", " ", text))
     text = " ".join(chunks).strip()
-    return Finding(
-        _MIME[kind],
-        [document_tag(fmt, len(text))],
-        text=text,
-        skipped="text_limit" if partial else None,
-    )
+    tags = [document_tag(fmt, len(text))]
+    table = next((t for t in (sheet_table(s, shared) for s in sheets) if t), None)
+    if table is not None:
+        tags.append(table)
+    return Finding(_MIME[kind], tags, text=text, skipped="text_limit" if partial else None)
+
+
+_SI = re.compile(r"<si>(.{0,1024}?)</si>", re.S)
+_CELL = re.compile(r"<c\b[^>]{0,512}?(?:/>|>(.{0,4096}?)</c>)", re.S)
+_VALUE = re.compile(r"<v>([^<]{0,256})</v>")
+MAX_SHEET_ROWS = 100_000
+
+
+def sheet_table(xml: str, shared: list[str]) -> Tag | None:
+    """A dataset tag when a worksheet is a table: at least three rows, and the cell
+    count of the first row (the header) repeated by at least 80 % of the rows. Header
+    names come from the shared strings. Linear: one split, bounded matches per row."""
+    rows = xml.split("<row")[1 : MAX_SHEET_ROWS + 1]
+    if len(rows) < 3:
+        return None
+    counts = [r.count("<c ") + r.count("<c>") for r in rows]
+    width = counts[0]
+    if width < 2 or sum(1 for c in counts if c == width) < 0.8 * len(counts):
+        return None
+    header: list[str] = []
+    for m in _CELL.finditer(rows[0]):
+        cell = m.group(0)
+        v = _VALUE.search(cell)
+        value = v.group(1) if v else ""
+        if 't="s"' in cell[:512] and value.isdigit() and int(value) < len(shared):
+            value = shared[int(value)]
+        header.append(value[:128])
+    return dataset_tag("xlsx", header[:200], len(rows) - 1, "worksheet table")
 
 
 def strip_tags(text: str) -> str:

@@ -567,3 +567,56 @@ def test_formats_found_in_the_wild() -> None:
         "-----BEGIN X9.42 DH PARAMETERS-----\nMIICKQKCAQEArRB+\n-----END X9.42 DH PARAMETERS-----\n"
     )
     assert kinds("dhp.pem", x942.encode()) == []
+
+
+def _xlsx(rows: list[list[str | int]]) -> bytes:
+    """An .xlsx as Excel lays it out (ECMA-376): shared strings for text cells."""
+    import io
+    import zipfile
+
+    strings: list[str] = []
+    body = []
+    for r, row in enumerate(rows, 1):
+        cells = []
+        for c, v in enumerate(row):
+            ref = f"{chr(65 + c)}{r}"
+            if isinstance(v, str):
+                strings.append(v)
+                cells.append(f'<c r="{ref}" t="s"><v>{len(strings) - 1}</v></c>')
+            else:
+                cells.append(f'<c r="{ref}"><v>{v}</v></c>')
+        body.append(f'<row r="{r}">{"".join(cells)}</row>')
+    sheet = f"<worksheet><sheetData>{''.join(body)}</sheetData></worksheet>"
+    sst = "<sst>" + "".join(f"<si><t>{s}</t></si>" for s in strings) + "</sst>"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("[Content_Types].xml", "<Types/>")
+        z.writestr("xl/workbook.xml", "<workbook/>")
+        z.writestr("xl/sharedStrings.xml", sst)
+        z.writestr("xl/worksheets/sheet1.xml", sheet)
+    return buf.getvalue()
+
+
+def test_excel_sheet_that_is_a_table() -> None:
+    table = _xlsx([["lot", "density", "supplier"]] + [[i, i * 2, f"s{i}"] for i in range(30)])
+    found = ENGINE.classify(Source.from_bytes("lots.xlsx", table))
+    d = next(t.details for t in found.tags if t.kind == "dataset")
+    assert (
+        d["format"] == "xlsx" and d["rows"] == 30 and d["columns"] == ["lot", "density", "supplier"]
+    )
+    assert "document" in [t.kind for t in found.tags]
+    memo = _xlsx([["Minutes of the review"], ["Attendees: A, B"], ["Decision", "ship", "now", "x"]])
+    assert "dataset" not in kinds("memo.xlsx", memo)
+
+
+def test_shared_strings_are_linear() -> None:
+    import time
+
+    hostile = _xlsx([["a", "b"], [1, 2], [3, 4]]).replace(b"<sst>", b"<sst>" + b"<si>" * 20_000)
+    t0 = time.process_time()
+    kinds("h.xlsx", hostile)
+    from agent.classify.documents import sheet_table
+
+    sheet_table("<row>" + "<c>" * 1_000_000, [])
+    sheet_table("<row><c/><c/></row>" * 200_000, [])
+    assert time.process_time() - t0 < 3.0
