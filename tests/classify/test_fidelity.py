@@ -67,11 +67,16 @@ def test_prose_is_a_document_and_structured_text_is_not() -> None:
         ("Vera.afm", AFM),
         ("icon.svg", SVG),
         ("vocab.txt", VOCAB),
-        ("top.gbr", GERBER),
+        ("top.gbr", GERBER),  # engineering (PCB artwork), never a document
         ("shade.vert", SHADER),
     ):
         assert "document" not in kinds(name, text.encode()), name
         assert prose_evidence(text) is None, name
+
+
+def test_gerber_is_pcb_artwork() -> None:
+    assert tag("top.gbr", GERBER.encode(), "engineering")["format"] == "gerber"
+    assert tag("renamed", GERBER.encode(), "engineering")["format"] == "gerber"
 
 
 def test_document_formats_stay_documents() -> None:
