@@ -424,12 +424,7 @@ def git_command(proc: ProcessInfo | None) -> GitCommand | None:
     exe = os.path.basename(proc.exe or "")
     cwd = proc.cwd
     if prog == "ssh" or exe == "ssh":
-        words = " ".join(argv[1:])
-        if "git-receive-pack" in words:
-            return GitCommand(cwd, "push", None)
-        if "git-upload-pack" in words:
-            return GitCommand(cwd, "fetch", None)
-        return None
+        return _ssh_command(argv, cwd)
     if prog not in GIT_TRANSPORTS and exe not in GIT_TRANSPORTS:
         return None
     if prog.startswith("git-remote-"):  # git-remote-https <remote> <url>
@@ -456,6 +451,25 @@ def git_command(proc: ProcessInfo | None) -> GitCommand | None:
         rest = [a for a in argv[i + 1 :] if not a.startswith("-")]
         url = strip_credentials(rest[0]) if rest else None
     return GitCommand(directory, direction, url)
+
+
+def _ssh_command(argv: list[str], cwd: str | None) -> GitCommand | None:
+    """`ssh [opts] [-p port] [user@]host "git-receive-pack '/path'"` as git runs it."""
+    for i, arg in enumerate(argv[1:], start=1):
+        words = arg.split(None, 1)
+        if not words or words[0] not in ("git-receive-pack", "git-upload-pack"):
+            continue
+        direction = "push" if words[0] == "git-receive-pack" else "fetch"
+        path = words[1] if len(words) > 1 else (argv[i + 1] if i + 1 < len(argv) else "")
+        path = path.strip("'\"")
+        host = argv[i - 1] if i > 1 else ""
+        port = next((argv[j + 1] for j in range(1, i - 1) if argv[j] == "-p"), "")
+        if not host or host.startswith("-"):
+            return GitCommand(cwd, direction, None)
+        where = f"{host}:{port}" if port else host
+        url = f"ssh://{where}{'' if path.startswith('/') else '/'}{path}"
+        return GitCommand(cwd, direction, strip_credentials(url))
+    return None
 
 
 def flow_repository(
@@ -487,7 +501,10 @@ def flow_repository(
         push_url=url,
         push_host=(remote_host(url) if url else None) or dest,
         direction=direction,
-        approved=is_approved(url, approved) or is_approved(dest, approved),
+        # the URL git was given decides; the destination's name only when it has no host
+        approved=is_approved(url, approved)
+        if url and remote_host(url)
+        else is_approved(dest, approved),
     )
     return doc
 

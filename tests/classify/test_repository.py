@@ -179,6 +179,17 @@ def test_transports_and_directions(repo: Path, tmp_path: Path) -> None:
     )
     assert R.flow_repository(_flow(helper, 900_000, 5_000), [])["direction"] == "push"  # type: ignore[index]
     assert R.flow_repository(_flow(helper, 5_000, 900_000), [])["direction"] == "fetch"  # type: ignore[index]
+    ssh_p = ProcessInfo(
+        pid=17,
+        exe="/usr/bin/ssh",
+        cmdline="ssh -o SendEnv=GIT_PROTOCOL -p 2222 git@github.com git-receive-pack 'alice/x.git'",
+        cwd=str(repo),
+    )
+    # the flow's name (gitee.com here) does not approve a push to an unapproved URL
+    doc = R.flow_repository(_flow(ssh_p, 10, 10), ["gitee.com"])
+    assert doc is not None and doc["push_url"] == "ssh://github.com:2222/alice/x.git"
+    assert doc["push_host"] == "github.com" and doc["approved"] is False
+    assert doc["direction"] == "push"
     ssh = ProcessInfo(
         pid=12,
         exe="/usr/bin/ssh",

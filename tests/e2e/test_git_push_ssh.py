@@ -1,0 +1,191 @@
+"""End to end: a real `git push` over ssh, the connection owned by the `ssh` that git runs.
+
+The peer namespace runs its own `sshd` (a throwaway host key and authorized key, no
+system configuration touched). git starts `ssh … git-receive-pack '<path>'` in the
+repository's directory; the agent ties that ssh's flow to the repository and opens
+exactly one `repository_push` incident.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.classify.test_repository import GIT_ENV, git, make_repo
+from tests.conftest import REPO, free_port, is_root
+from tests.e2e.test_exfiltration import query, wait
+from tests.sensors.network.rig import Rig, free_port_in, make_rig, unavailable_reason
+
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
+SSHD = "/usr/sbin/sshd"
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    if not Path(SSHD).exists() or shutil.which("ssh-keygen") is None:
+        pytest.skip("openssh-server not installed (scripts/system-deps.sh)")
+    with make_rig() as r:
+        yield r
+
+
+def keygen(path: Path) -> None:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.mark.skipif(not is_root(), reason="needs root: namespaces, sshd")
+def test_ssh_push_is_one_incident(rig: Rig, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    repo = make_repo(work / "motor-ctl", files=30)
+    for i in range(30):
+        (repo / "src" / f"table_{i:02d}.py").write_text(
+            "".join(f"K{i}_{j} = {j * 7919 % 104729}\n" for j in range(1500))
+        )
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "tables")
+    head = git(repo, "rev-parse", "HEAD")
+    bare = tmp_path / "srv" / "motor-ctl.git"
+    bare.parent.mkdir()
+    git(bare.parent, "init", "-q", "--bare", bare.name)
+    ssh_dir = tmp_path / "ssh"
+    ssh_dir.mkdir(mode=0o700)
+    keygen(ssh_dir / "host")
+    keygen(ssh_dir / "client")
+    (ssh_dir / "authorized_keys").write_text((ssh_dir / "client.pub").read_text())
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+    port = free_port_in(rig, rig.peer_ns)
+    cfg_sshd = ssh_dir / "sshd_config"
+    cfg_sshd.write_text(
+        f"Port {port}\nListenAddress {rig.peer_v4}\nHostKey {ssh_dir / 'host'}\n"
+        f"AuthorizedKeysFile {ssh_dir / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\nStrictModes no\nUsePAM no\n"
+        f"PidFile {ssh_dir / 'sshd.pid'}\n"
+    )
+    sshd = rig.exec(
+        rig.peer_ns,
+        SSHD,
+        "-D",
+        "-e",
+        "-f",
+        str(cfg_sshd),
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "sshd.log").open("wb"),
+    )
+    agent = None
+    try:
+        state = tmp_path / "state"
+        countries = tmp_path / "countries.csv"
+        countries.write_text(f"network,country\n{rig.peer_v4}/32,US\n")
+        cfg = tmp_path / "agent.yaml"
+        cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "agent": {"state_dir": str(state), "hostname": "lab-ws-ssh"},
+                    "metrics": {"listen": f"127.0.0.1:{free_port()}"},
+                    "sensors": {"enabled": ["network"]},
+                    "network": {
+                        "interfaces": [rig.sender_if],
+                        "internal_networks": ["192.168.0.0/16"],
+                        "foreign_networks": [f"{rig.peer_v4}/32"],
+                        "country_db": str(countries),
+                        "approved_git_remotes": ["git.corp.example"],
+                    },
+                    "classify": {"use_magika": False},
+                }
+            )
+        )
+        stderr = (tmp_path / "agent.stderr").open("wb")
+        agent = rig.exec(
+            rig.sender_ns,
+            sys.executable,
+            "-m",
+            "agent",
+            "--config",
+            str(cfg),
+            "run",
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+
+        def diag() -> str:
+            stderr.flush()
+            return (tmp_path / "agent.stderr").read_text(errors="replace")[-6000:]
+
+        def status() -> dict[str, Any]:
+            try:
+                return dict(json.loads((state / "status.json").read_text()))
+            except (OSError, ValueError):
+                return {}
+
+        wait(lambda: "network" in status().get("sensors", {}), "sensors", diag=diag)
+        db = state / "agent.db"
+        ssh_cmd = (
+            f"ssh -i {ssh_dir / 'client'} -o StrictHostKeyChecking=no "
+            f"-o UserKnownHostsFile=/dev/null -o BatchMode=yes -p {port}"
+        )
+        url = f"ssh://root@{rig.peer_v4}:{port}{bare}"
+        p = rig.exec(
+            rig.sender_ns,
+            "git",
+            "push",
+            "-q",
+            url,
+            "main",
+            cwd=repo,
+            env={**GIT_ENV, "GIT_SSH_COMMAND": ssh_cmd},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        _out, err = p.communicate(timeout=60)
+        sshd_log = (tmp_path / "sshd.log").read_text(errors="replace")
+        assert p.returncode == 0, err.decode(errors="replace") + sshd_log
+        assert git(bare, "rev-parse", "main") == head
+
+        def pushes() -> list[tuple[Any, ...]]:
+            return query(
+                db,
+                "SELECT rule_id, severity, title, evidence FROM incidents "
+                "WHERE kind = 'repository_push'",
+            )
+
+        wait(
+            pushes,
+            "the repository_push incident",
+            timeout=45,
+            diag=lambda: diag() + json.dumps(query(db, "SELECT * FROM flows"), default=str),
+        )
+        time.sleep(2)
+        rows = pushes()
+        assert len(rows) == 1, rows
+        rule_id, severity, title, evidence = rows[0]
+        assert rule_id == "rd-assets-repository-push" and severity == "high"
+        pushed = f"ssh://{rig.peer_v4}:{port}{bare}"  # the user name is not kept
+        assert title.startswith(f"repository motor-ctl ({pushed}, commit {head[:12]}"), title
+        assert f"pushed to {rig.peer_v4} (US, foreign) by ssh" in title, title
+        ev = json.loads(evidence)
+        assert ev["repository"]["direction"] == "push" and ev["repository"]["root"] == str(repo)
+        (flow,) = ev["flows"]
+        assert flow["dst_port"] == port and flow["bytes_out"] > 100_000
+    finally:
+        if agent is not None:
+            agent.terminate()
+            agent.wait(30)
+        sshd.terminate()
+        sshd.wait(10)
