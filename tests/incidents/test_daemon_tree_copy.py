@@ -56,3 +56,4 @@ def test_cp_r_of_a_repository_onto_usb_is_one_incident(
     assert tree["repository"]["commit"] == git(repo, "rev-parse", "HEAD")
     assert title.startswith("tree motor-ctl (500 files, "), title
     assert agent.stop() == 0
+    assert "Traceback" not in agent.stderr(), agent.stderr()[-4000:]
