@@ -149,7 +149,7 @@ def test_gguf_with_absurd_counts(tmp_path: Path) -> None:
     f.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 1 << 60, 1 << 60))
     t0 = time.monotonic()
     a = classify_file(f, settings=NO_MAGIKA)
-    assert time.monotonic() - t0 < 1
+    assert time.monotonic() - t0 < 10  # absurd counts are refused, not walked (a walk: hours)
     assert a.skipped == "absurd_count" and a.kinds == ("model_weights",)
     g = tmp_path / "array.gguf"
     key = b"general.big"
@@ -215,7 +215,7 @@ def test_fifo_and_devices_are_never_opened(tmp_path: Path) -> None:
     t0 = time.monotonic()
     assert classify_file(fifo).skipped == "special_file"  # opening it would block forever
     assert classify_file("/dev/zero").skipped == "special_file"
-    assert time.monotonic() - t0 < 1
+    assert time.monotonic() - t0 < 10  # a hang is for ever; a 1 s bound measured the machine
     assert skips("special_file") >= before + 2
 
 
