@@ -155,6 +155,8 @@ def _layout(text: str, delim: str, min_rows: int = 2) -> Layout | None:
         if agree < len(counts) - 1 or counts[0] != n or agree < 2:
             continue
         data = [f for _, f in body[1:]]
+        if all(not f[0].strip() for f in data):
+            return None  # lines indented by a tab: an empty first field is no column
         if delim == " " and not all(_NUMBER.fullmatch(x) for f in data for x in f):
             return None
         cells = [x for _, f in body for x in f]
@@ -199,7 +201,31 @@ def _numeric_column(text: str) -> Layout | None:
 
 def is_matrix_market(text: str) -> bool:
     """A Matrix Market exchange file (sparse or dense numeric matrix)."""
-    return text.startswith("%%MatrixMarket")
+    return text[:14].lower() == "%%matrixmarket"
+
+
+_ARFF_LINE = re.compile(r"^[ \t]*@(relation|attribute|data)\b[ \t]*(\S*)", re.I | re.M)
+
+
+def parse_arff(text: str) -> Finding | None:
+    """Weka ARFF: `%` comments, `@RELATION`, one `@ATTRIBUTE` per column, `@DATA`.
+    Looked for in the first 64 KiB; the rows are counted after `@DATA` in the sample."""
+    sample = text[:65536]
+    columns: list[str] = []
+    relation = data_at = None
+    for m in _ARFF_LINE.finditer(sample):
+        word = m.group(1).lower()
+        if word == "relation" and relation is None and not columns:
+            relation = m.group(2)
+        elif word == "attribute" and relation is not None and len(columns) < 10_000:
+            columns.append(m.group(2).strip("'\""))
+        elif word == "data" and relation is not None:
+            data_at = m.end()
+            break
+    if relation is None or data_at is None or not columns:
+        return None
+    rows = sum(1 for ln in text[data_at:].splitlines() if ln.strip() and ln[:1] != "%")
+    return Finding("text/x-arff", [dataset_tag("arff", columns[:MAX_COLUMNS], rows)], text=text)
 
 
 def sniff_delimited(text: str, ext: str) -> str | None:

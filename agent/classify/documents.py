@@ -190,6 +190,9 @@ _FORMAT_EXT = {"md", "markdown", "rst", "tex", "org", "adoc", "rtf", "html", "ht
 PROSE_SAMPLE = 64 * 1024
 _WORD = re.compile(r"[^\W\d_]{2,}")
 _SENTENCE_END = re.compile(r"[^\W\d_][.!?][\"')\]]?(?:\s|$)")
+_LATEX = re.compile(r"^[ \t]*\\(?:documentclass|begin\{document\})", re.M)
+_WORD_TOKEN = re.compile(r"[\"'(\[“‘]?[^\W\d_]+(?:[-'’][^\W\d_]+)*[\"')\],.;:!?”’]*")
+_KEY_VALUE = re.compile(r"[\w\-]*[._][\w.\-]*\s*[:=]|[\w.\-]+\s*=")
 _CJK = re.compile(r"[\u3400-\u9fff\uac00-\ud7af\u3040-\u30ff]")
 _CJK_RUN = re.compile(r"[\u3400-\u9fff\uac00-\ud7af\u3040-\u30ff]{6,}")
 _CJK_PUNCT = re.compile(r"[，。；：、！？]")
@@ -217,19 +220,31 @@ def prose_evidence(text: str) -> str | None:
         return "CJK sentences"
     if len(_CJK.findall(sample[:4096])) >= 40 and runs >= 3:
         return "CJK text runs"
-    lines = 0
+    if head.startswith(("{", "[")):
+        return None  # JSON: structured data, whatever its strings say
+    if head.startswith("<"):  # XML: the prose, if any, is between the tags
+        sample = strip_tags(sample)
+    lines = nonblank = all_tokens = all_words = 0
     for line in sample.splitlines()[:2000]:
-        if line.lstrip().startswith(("#", "//", ";", "%", "--")):
-            continue  # comments of a config or script are not what makes a document
-        words = _WORD.findall(line)
-        if len(words) < 5:
-            continue
-        letters = sum(len(w) for w in words) + len(words)
-        if letters >= 0.75 * len(line.strip()):
+        s = line.strip()
+        if not s or s.startswith(("#", "//", ";", "%", "--")) or _KEY_VALUE.match(s):
+            continue  # comments and settings of a config or script are not prose
+        nonblank += 1
+        tokens = s.split()
+        words = sum(1 for t in tokens if _WORD_TOKEN.fullmatch(t))
+        all_tokens += len(tokens)
+        all_words += words
+        if words >= 5 and words >= 0.7 * len(tokens):
             lines += 1
     ends = len(_SENTENCE_END.findall(sample))
-    if (lines >= 2 and ends >= 1) or (lines >= 1 and ends >= 2) or lines >= 5:
-        return f"{lines} lines of words, {ends} sentence ends"
+    enough = (lines >= 2 and ends >= 1) or (lines >= 1 and ends >= 2) or lines >= 5
+    # notes without full stops (a change log, a list of findings): mostly words, in
+    # lines of several, a few of them long
+    wordy = all_words >= 0.6 * all_tokens and all_tokens >= 3 * nonblank
+    enough = enough or (lines >= 3 and wordy)
+    # a few lines of words over a table of numbers are its caption, not a document
+    if enough and (5 * lines >= nonblank or lines >= 20):
+        return f"{lines} of {nonblank} lines are words, {ends} sentence ends"
     return None
 
 
@@ -240,7 +255,7 @@ def _content_format(text: str) -> str | None:
         return "html"
     if head.startswith("{\\rtf"):
         return "rtf"
-    if "\\documentclass" in head or "\\begin{document}" in text[:8192]:
+    if _LATEX.search(text[:8192]):  # at a line start: not quoted in a comment or setting
         return "tex"
     return None
 

@@ -277,8 +277,9 @@ class Engine:
             else:
                 found.tags += secrets
                 return found
-        vectors = models.word2vec_text(text)
+        vectors = models.word2vec_text(text) or datasets.parse_arff(text)
         if vectors is not None:
+            vectors.tags += secrets
             return vectors
         records = tables.json_records(src, text) if text.lstrip()[:1] == "[" else None
         if records is not None:

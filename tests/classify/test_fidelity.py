@@ -625,3 +625,48 @@ def test_shared_strings_are_linear() -> None:
     sheet_table("<row>" + "<c>" * 1_000_000, [])
     sheet_table("<row><c/><c/></row>" * 200_000, [])
     assert time.process_time() - t0 < 3.0
+
+
+def test_structured_text_with_some_words_is_not_a_document() -> None:
+    style = "### LINES\n# See the docs for more information on line properties.\n" + "".join(
+        f"lines.prop{i}   : {i}.0     # the width of the line in points\n" for i in range(30)
+    )
+    assert kinds("classic.mplstyle", style.encode()) == []
+    cfg = (
+        "[tool:pytest]\nfilterwarnings =\n"
+        + "    ignore:Using a non-tuple sequence:FutureWarning\n" * 9
+    )
+    assert kinds("setup.cfg", cfg.encode()) == []
+    xml = (
+        '<?xml version="1.0" ?>\n<resource>\n'
+        + ('  <object class="wxStaticText"><label>Value of the field</label></object>\n' * 20)
+        + "</resource>\n"
+    )
+    assert kinds("frame.xrc", xml.encode()) == []
+    caption = "/*\nWest German data until 1990, all of Germany afterwards and the rest\n*/\n"
+    caption += "".join(f"{i}.1 {i}.2 {i}.3 {i}.4\n" for i in range(80))
+    assert "document" not in kinds("e6.dat", caption.encode())
+    latex_in_setting = "text.latex.preamble : \\documentclass{article}\n" * 3
+    assert kinds("rc.mplstyle", latex_in_setting.encode()) == []
+
+
+def test_notes_without_full_stops_are_documents() -> None:
+    log = "2004-05-18 Jane Doe <jane@example.org>\n" + "".join(
+        f"\t* Added the {w} characters to every weight of the family\n"
+        for w in ("Polish", "German", "Czech", "Greek")
+    )
+    assert kinds("ChangeLog.txt", log.encode()) == ["document"]
+    xml_prose = "<article><para>" + PROSE + "</para></article>"
+    assert kinds("doc.xml", xml_prose.encode()) == ["document"]
+
+
+def test_arff_matrix_market_lowercase_and_json_are_not_prose() -> None:
+    arff = "% 1. Title: Iris Plants Database\n%\n@RELATION iris\n\n@ATTRIBUTE sepallength REAL\n"
+    arff += "@ATTRIBUTE class {Iris-setosa,Iris-versicolor}\n\n@DATA\n"
+    arff += "".join(f"5.{i},Iris-setosa\n" for i in range(9)) + "% end\n"
+    d = tag("iris.arff", arff.encode(), "dataset")
+    assert d["format"] == "arff" and d["columns"] == ["sepallength", "class"] and d["rows"] == 9
+    mm = "%%matrixmarket matrix coordinate real general\n3 5 3\n1 1 1.0\n2 2 1.0\n3 5 2.0\n"
+    assert kinds("small.mm", mm.encode()) == ["dataset"]
+    api = json.dumps({"data_set_description": {"description": PROSE, "name": "iris"}})
+    assert kinds("api.json", api.encode()) == []
