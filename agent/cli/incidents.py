@@ -194,8 +194,9 @@ def verify(
         pinned = parse_public(public_key) if public_key else None
     except AnchorError as e:
         raise UserError(f"--public-key: {e}") from None
+    notes: list[str] = []
     if file_:
-        key = pinned or _local_public_key(settings.state_dir)
+        key = pinned or _local_public_key(settings.state_dir, notes)
         try:
             with open(file_, encoding="utf-8", newline="") as fp:
                 fmt, report = verify_file(
@@ -208,7 +209,8 @@ def verify(
         where = f"{file_} ({fmt})"
     else:
         engine = open_store(settings)
-        anchored = _read_anchor(settings.state_dir, pinned)  # before the chain: it only grows
+        # before the chain: the daemon may append meanwhile, and the chain only grows
+        anchored = _read_anchor(settings.state_dir, pinned, notes)
         entries = list(chain_entries(engine, host=host))
         report = verify_entries(entries, incident_documents(engine, host))
         where = "store"
@@ -227,6 +229,7 @@ def verify(
                 raise UserError(f"{witness}: the witness export does not verify itself")
             check_witness(report, {(e.host_id, e.seq): e.hash for e in entries}, witnessed)
             where = f"store against {witness}"
+    report.notes.extend(notes)
     summary = describe(report)
     if as_json:
         print_json({"source": where, **summary})
@@ -245,6 +248,8 @@ def verify(
                     click.echo(f"  host {h}: {n} record(s) after the last checkpoint")
             if report.signature:
                 click.echo(f"  signed trailer: {report.signature}")
+            for note in report.notes:
+                click.echo(f"  not checked: {note}")
         else:
             click.echo(
                 f"FAILED: {where}: first broken link at host {first.host_id} seq {first.seq}: "
@@ -255,22 +260,33 @@ def verify(
         ctx.exit(1)
 
 
-def _local_public_key(state_dir: Path) -> Any:
-    from agent.incidents.anchor import AnchorError, load_key
+def _local_public_key(state_dir: Path, notes: list[str]) -> Any:
+    from agent.incidents.anchor import AnchorError, AnchorUnreadable, load_key
 
     try:
         key = load_key(state_dir)
+    except AnchorUnreadable as e:
+        notes.append(f"this host's key is not readable by this user ({e}): pass --public-key")
+        return None
     except AnchorError as e:
         raise UserError(str(e)) from None
     return key.public_key() if key is not None else None
 
 
-def _read_anchor(state_dir: Path, pinned: Any) -> Any:
+def _read_anchor(state_dir: Path, pinned: Any, notes: list[str]) -> Any:
     """The anchor file's head, None without one, or why it cannot be trusted (a str)."""
-    from agent.incidents.anchor import AnchorError, read_anchor
+    from agent.incidents.anchor import AnchorError, AnchorUnreadable, read_anchor
 
+    before = len(notes)
+    key = pinned or _local_public_key(state_dir, notes)
+    if len(notes) > before:
+        notes.append("the chain head anchor (its key is not readable by this user)")
+        return None
     try:
-        return read_anchor(state_dir, pinned or _local_public_key(state_dir))
+        return read_anchor(state_dir, key)
+    except AnchorUnreadable as e:
+        notes.append(f"the chain head anchor is not readable by this user ({e})")
+        return None
     except AnchorError as e:
         return str(e)
 

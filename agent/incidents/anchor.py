@@ -42,6 +42,10 @@ class AnchorError(Exception):
     """A key that cannot be read, parsed or created (one line for the user)."""
 
 
+class AnchorUnreadable(AnchorError):
+    """The key or anchor exists but this user may not read it: not evidence of tampering."""
+
+
 @dataclass(frozen=True, slots=True)
 class Head:
     """The last record of one host's chain, as anchored somewhere."""
@@ -60,6 +64,8 @@ def load_key(state_dir: Path) -> Ed25519PrivateKey | None:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
+    except PermissionError as e:
+        raise AnchorUnreadable(f"{path}: {e.strerror or e}") from None
     except OSError as e:
         raise AnchorError(f"{path}: {e.strerror or e}") from None
     try:
@@ -174,6 +180,8 @@ def read_anchor(state_dir: Path, key: Ed25519PublicKey | None) -> Head | None:
             text = f.read(4096).decode("utf-8")
     except FileNotFoundError:
         return None
+    except PermissionError as e:
+        raise AnchorUnreadable(f"{path}: {e.strerror or e}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise AnchorError(f"{path}: unreadable ({e})") from None
     try:

@@ -94,6 +94,7 @@ class VerifyReport:
     anchors: dict[str, int] = field(default_factory=dict)  # host -> first seq checked
     unsealed: dict[str, int] = field(default_factory=dict)  # records after last checkpoint
     signature: str = ""  # an export's trailer: "", absent, unchecked (...), verified (...)
+    notes: list[str] = field(default_factory=list)  # checks that could not run, and why
 
     @property
     def ok(self) -> bool:

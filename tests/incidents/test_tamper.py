@@ -405,3 +405,30 @@ def test_edited_trailer_fails(tmp_path: Path) -> None:
     failed(verify_cli(cfg, out, pub), "not signed by the pinned key")
     out.write_text("".join(lines[:-1]) + lines[-1][:40] + "\n")  # garbled
     failed(verify_cli(cfg, out, pub), "the signed trailer cannot be read")
+
+
+def test_an_unreadable_key_or_anchor_is_a_note_not_a_tampering(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An analyst outside the agent's group cannot read the state directory: the anchor
+    check is skipped and says so, instead of reporting tampering."""
+    from agent.cli import incidents as cli_incidents
+    from agent.incidents import anchor
+
+    _cfg, _url, state = make_store(tmp_path)
+
+    def denied(_state_dir: Path, *_a: object) -> None:
+        raise anchor.AnchorUnreadable(f"{_state_dir}: Permission denied")
+
+    notes: list[str] = []
+    monkeypatch.setattr(anchor, "load_key", denied)
+    assert cli_incidents._read_anchor(state, None, notes) is None
+    assert any("not readable by this user" in n for n in notes)
+    notes = []
+    assert cli_incidents._local_public_key(state, notes) is None
+    assert notes and "pass --public-key" in notes[0]
+    monkeypatch.undo()
+    monkeypatch.setattr(anchor, "read_anchor", denied)
+    notes = []
+    assert cli_incidents._read_anchor(state, None, notes) is None
+    assert notes and "anchor is not readable" in notes[0]

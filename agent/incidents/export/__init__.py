@@ -170,4 +170,5 @@ def describe(report: VerifyReport) -> dict[str, Any]:
         "unsealed_records": report.unsealed,
         "anchors": report.anchors,
         "signature": report.signature or None,
+        "notes": report.notes,
     }
