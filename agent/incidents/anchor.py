@@ -103,7 +103,18 @@ def load_or_create_key(state_dir: Path) -> Ed25519PrivateKey:
         f.write(pem)
         f.flush()
         os.fsync(f.fileno())
+    _give_to_owner_of(state_dir, path)
     return new
+
+
+def _give_to_owner_of(state_dir: Path, path: Path) -> None:
+    """Root (an admin's `keys show` or `export` before the first start) makes the key
+    for the agent's user, who owns the state directory: never one it cannot use."""
+    if os.geteuid() != 0:
+        return
+    st = state_dir.stat()
+    if st.st_uid != 0:
+        os.chown(path, st.st_uid, st.st_gid)
 
 
 def public_text(key: Ed25519PublicKey) -> str:
@@ -160,7 +171,7 @@ def write_anchor(state_dir: Path, key: Ed25519PrivateKey, host_id: str, seq: int
     doc = {**fields, "key_id": key_id(key.public_key()), "signature": sign(key, fields)}
     path = state_dir / ANCHOR_FILE
     tmp = path.with_name(f".{ANCHOR_FILE}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)  # signed, not secret
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(json.dumps(doc, sort_keys=True) + "\n")
         f.flush()

@@ -432,3 +432,13 @@ def test_an_unreadable_key_or_anchor_is_a_note_not_a_tampering(
     notes = []
     assert cli_incidents._read_anchor(state, None, notes) is None
     assert notes and "anchor is not readable" in notes[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a key for another user")
+def test_a_key_root_makes_belongs_to_the_agent_user(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 4242, 4343)
+    load_or_create_key(state)
+    st = os.stat(state / KEY_FILE)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4242, 4343, 0o600)
