@@ -386,6 +386,25 @@ class Classifier:
         )
 
 
+_GIT_ARCHIVE_FORMATS = frozenset({"tar", "tar.gz", "tgz", "zip"})
+
+
+def _archive_repository(tag: Tag, path: str) -> Tag:
+    """A `git archive` output named after its repository, by the commit git wrote into it."""
+    if "member" in tag.details or "git_commit" in tag.details:
+        return tag
+    commit = repository.archive_commit(path)
+    repo = repository.by_commit(commit) if commit else None
+    if commit is None:
+        return tag
+    details = {**tag.details, "git_commit": commit}
+    evidence = f"{tag.evidence}, git archive of commit {commit[:12]}"
+    if repo is not None:
+        details.update(git_remote=repo.remote, git_root=repo.root, repository=repo.name)
+        evidence += f" of repository {repo.remote or repo.name}"
+    return replace(tag, evidence=evidence, details=details)
+
+
 def _bundle_repository(tag: Tag, path: str) -> Tag:
     """A git bundle named after its repository: the one whose HEAD is the bundle's first
     ref (seen when git read its internals to write it), else the tree it was written in."""
@@ -420,6 +439,8 @@ def _git_internal(path: str, size: int) -> Artefact | None:
 def _with_git(tag: Tag, path: str) -> Tag:
     if tag.kind == "source_code" and tag.details.get("detector") == "git_bundle":
         return _bundle_repository(tag, path)
+    if tag.kind == "archive" and tag.details.get("format") in _GIT_ARCHIVE_FORMATS:
+        return _archive_repository(tag, path)
     if tag.kind != "source_code" or tag.details.get("by_name") or tag.details.get("detector"):
         return tag
     if "git_root" in tag.details or "member" in tag.details:

@@ -22,6 +22,7 @@ import re
 import shlex
 import struct
 import threading
+import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -373,6 +374,42 @@ def _language(name: bytes) -> str | None:
 
 def _top(langs: Counter[str]) -> tuple[str, ...]:
     return tuple(lang for lang, _n in langs.most_common(MAX_LANGUAGES))
+
+
+# --- git archive outputs -------------------------------------------------------------
+_PAX_COMMENT = re.compile(rb"\d+ comment=([0-9a-f]{40}|[0-9a-f]{64})\n")
+_HEX_COMMIT = re.compile(rb"([0-9a-f]{40}|[0-9a-f]{64})")
+
+
+def archive_commit(path: str) -> str | None:
+    """The commit `git archive` recorded in its output: the pax global header's
+    `comment` of a tar (plain or gzip), or the zip comment. Bounded reads (2 KiB at the
+    start, 64 KiB at the end); None for any other file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2048)
+            if head[:2] == b"\x1f\x8b":  # tar.gz: the first blocks only
+                try:
+                    head = zlib.decompressobj(wbits=31).decompress(head, 2048)
+                except zlib.error:
+                    return None
+            if len(head) >= 1024 and head[156:157] == b"g":
+                m = _PAX_COMMENT.match(head[512:1024])
+                return m.group(1).decode() if m else None
+            if head[:4] != b"PK\x03\x04":
+                return None
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - (64 << 10) - 22))
+            tail = f.read()
+    except OSError:
+        return None
+    eocd = tail.rfind(b"PK\x05\x06")
+    if eocd < 0 or eocd + 22 > len(tail):
+        return None
+    length = struct.unpack("<H", tail[eocd + 20 : eocd + 22])[0]
+    comment = tail[eocd + 22 : eocd + 22 + length]
+    m = _HEX_COMMIT.fullmatch(comment)
+    return m.group(1).decode() if m else None
 
 
 # --- the classifier's view of internals ----------------------------------------------

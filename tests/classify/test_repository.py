@@ -260,3 +260,27 @@ def test_hostile_indexes_are_bounded(tmp_path: Path) -> None:
     (tmp_path / "short").write_bytes(b"DIRC\0\0")
     assert R._index_summary(str(tmp_path / "short")) == (None, (), None)
     assert time.process_time() - t0 < 20  # bounded work, generous for a shared machine
+
+
+@pytest.mark.parametrize("fmt", ["tar", "tar.gz", "zip"])
+def test_git_archive_outputs_name_their_repository(repo: Path, tmp_path: Path, fmt: str) -> None:
+    clf = Classifier(ClassifySection(use_magika=False), cache=None)
+    head = git(repo, "rev-parse", "HEAD")
+    out = tmp_path / f"release.{fmt}"
+    git(repo, "archive", f"--format={fmt}", "-o", str(out), "HEAD")
+    assert R.archive_commit(str(out)) == head
+    clf.classify_path(str(repo / ".git" / "HEAD"))  # git read the repository to archive it
+    a = clf.classify_path(str(out))
+    arch = next(t for t in a.tags if t.kind == "archive" and "member" not in t.details)
+    assert arch.details["git_commit"] == head and arch.details["git_root"] == str(repo)
+    assert arch.evidence.endswith(
+        f"git archive of commit {head[:12]} of repository https://gitee.com/lab/motor-ctl.git"
+    )
+    # an ordinary archive of the same files carries no commit
+    plain = tmp_path / f"plain.{fmt}"
+    if fmt == "zip":
+        subprocess.run(["zip", "-qr", str(plain), "src"], cwd=repo, check=True)
+    else:
+        flag = "czf" if fmt == "tar.gz" else "cf"
+        subprocess.run(["tar", flag, str(plain), "src"], cwd=repo, check=True)
+    assert R.archive_commit(str(plain)) is None
