@@ -28,6 +28,7 @@ TREE_IDLE = timedelta(seconds=20)  # a copy that wrote nothing for this long is 
 MIN_TREE_FILES = 2  # below this a copy is a file, judged by the file rules
 MAX_TREE_FILES = 20_000  # files remembered per copy; more are counted, not listed
 MAX_OPEN_TREES = 256
+MAX_HELD_FILES = 100_000  # files remembered over all open copies (memory bound)
 TREE_CHANNELS = {
     Channel.REMOVABLE: "removable media",
     Channel.CLOUD_SYNC: "a cloud-sync folder",
@@ -97,6 +98,7 @@ class TreeCopies:
     def __init__(self, idle: timedelta = TREE_IDLE) -> None:
         self.idle = idle
         self._open: dict[tuple[Channel, int | None], TreeCopy] = {}
+        self._held = 0  # files remembered in all open copies
 
     def note(self, e: FileEvent) -> TreeCopy | None:
         """Count `e` into its copy when it is a file arriving on a leaving channel."""
@@ -118,8 +120,11 @@ class TreeCopies:
                 tree.repository = {k: details[k] for k in keep if details.get(k) is not None}
             return tree
         path = e.current_path
-        if path in tree.files or len(tree.files) < MAX_TREE_FILES:
+        if path in tree.files:
             tree.files[path] = e
+        elif len(tree.files) < MAX_TREE_FILES and self._held < MAX_HELD_FILES:
+            tree.files[path] = e
+            self._held += 1
         else:
             tree.more += 1
         return tree
@@ -131,6 +136,7 @@ class TreeCopies:
             if final or (now is not None and now - tree.last > self.idle):
                 out.append(tree)
                 del self._open[key]
+                self._held -= len(tree.files)
         return out
 
 

@@ -132,3 +132,53 @@ def test_two_processes_are_two_copies(tmp_path: Path, holder: PolicyHolder) -> N
         str(tmp_path / "usb" / "a"),
         str(tmp_path / "usb" / "b"),
     ]
+
+
+def test_the_tree_supersedes_its_files_own_copy_incidents(
+    tmp_path: Path, holder: PolicyHolder
+) -> None:
+    import dataclasses
+
+    from tests.incidents.helpers import EAR, weights
+
+    repo = make_repo(tmp_path / "lab", files=40)
+    (tmp_path / "usb").mkdir()
+    events = copy_events(repo, tmp_path / "usb")
+    ckpt = dataclasses.replace(
+        events[0],
+        path=str(tmp_path / "usb" / "lab" / "model.safetensors"),
+        artefact=weights(),
+        decisions=(EAR,),
+        uid="ckpt",
+    )
+    corr = engine(holder)
+    (per_file,) = corr.observe(ckpt)  # the checkpoint's own removable_copy incident
+    assert per_file.kind == "removable_copy"
+    for e in events[1:]:
+        assert corr.observe(e) == []
+    (tree,) = corr.close_trees(None, final=True)
+    assert tree.kind == "tree_copy" and tree.supersedes == (per_file.dedup_key,)
+    assert str(tmp_path / "usb" / "lab" / "model.safetensors") in tree.evidence["tree"]["paths"]
+    assert tree.evidence["tree"]["kinds"]["model_weights"] == 1
+
+
+def test_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.incidents import tree as T
+
+    monkeypatch.setattr(T, "MAX_HELD_FILES", 50)
+    trees = T.TreeCopies()
+    for pid in (1, 2):
+        proc = ProcessInfo(pid=pid, exe="/usr/bin/cp")
+        for i in range(40):
+            e = FileEvent(
+                FileAction.CREATED,
+                f"/media/usb/{pid}/f{i}",
+                Channel.REMOVABLE,
+                size=1,
+                process=proc,
+                time=T0,
+            )
+            trees.note(e)
+    first, second = trees.due(None, final=True)
+    assert (len(first.files), first.more, len(second.files), second.more) == (40, 0, 10, 30)
+    assert first.files_count == second.files_count == 40
