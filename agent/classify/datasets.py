@@ -121,6 +121,8 @@ class Layout:
 def _split(line: str, delim: str) -> list[str] | None:
     if delim == " ":
         return line.split()
+    if '"' not in line:
+        return line.split(delim)  # what csv.reader gives a line without quotes, faster
     try:
         return next(csv.reader([line], delimiter=delim))
     except (csv.Error, StopIteration):
@@ -136,6 +138,10 @@ def _layout(text: str, delim: str, min_rows: int = 2) -> Layout | None:
     complete = len(raw) < SNIFF_LINES or len(text) <= sum(len(x) + 1 for x in raw)
     if not complete and len(raw) > 2:
         raw = raw[:-1]  # the last line may be cut by the sample bound
+    if delim == " ":  # a whitespace table's last line is numbers: most text stops here
+        last = next((ln for ln in reversed(raw) if ln.strip()), "")
+        if not all(_NUMBER.fullmatch(x) for x in last.split()):
+            return None
     rows: list[tuple[int, list[str]]] = []
     for i, line in enumerate(raw):
         if not line.strip() or line.lstrip().startswith(_COMMENT):
@@ -147,19 +153,19 @@ def _layout(text: str, delim: str, min_rows: int = 2) -> Layout | None:
     for title in range(min(3, len(rows))):
         body = rows[title:]
         counts = [len(f) for _, f in body]
-        n = counts[-1] if counts else 0
+        n = counts[0] if counts else 0  # the header's width
         if n < 2 or len(body) < 2:
             continue
-        # a last line shorter than the rest is a cut or ragged end, not a disagreement
+        # one line of another width (a ragged or cut end) is not a disagreement
         agree = sum(1 for c in counts if c == n)
-        if agree < len(counts) - 1 or counts[0] != n or agree < 2:
+        if agree < len(counts) - 1 or agree < 2:
             continue
         data = [f for _, f in body[1:]]
         if all(not f[0].strip() for f in data):
             return None  # lines indented by a tab: an empty first field is no column
         if delim == " " and not all(_NUMBER.fullmatch(x) for f in data for x in f):
             return None
-        cells = [x for _, f in body for x in f]
+        cells = [x for _, f in body[:20] for x in f]
         wordy = sum(1 for x in cells if x.count(" ") >= 2)
         if sum(len(x) for x in cells) > 40 * len(cells) or 2 * wordy > len(cells):
             return None  # fields of sentences: prose with a steady count of commas
