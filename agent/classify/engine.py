@@ -22,6 +22,7 @@ from agent.classify import (
     documents,
     engineering,
     models,
+    onnx_graph,
     source,
     tables,
     weights,
@@ -152,7 +153,7 @@ class Engine:
         simple = {
             "safetensors": weights.parse_safetensors,
             "gguf": weights.parse_gguf,
-            "onnx": weights.parse_onnx,
+            "onnx": onnx_graph.parse_onnx,
             "pickle": weights.parse_pickle,
             "npy": datasets.parse_npy,
             "hdf5": datasets.parse_hdf5,

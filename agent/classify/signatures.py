@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.classify import datasets, engineering, models, source, tables, weights
+from agent.classify import datasets, engineering, models, onnx_graph, source, tables, weights
 from agent.classify.base import promised_tag
 from agent.classify.secrets import der_kind
 from agent.events import Tag
@@ -64,7 +64,7 @@ def sniff(head: bytes, size: int, ext: str, basename: str) -> str | None:
         return "pickle"
     if ext == "mlmodel" and models.sniff_model(head, size, ext) == "coreml":
         return "coreml"  # Core ML's protobuf opens like ONNX's: the name breaks the tie
-    if weights.looks_like_onnx(head) or (ext == "onnx" and head[:1] == b"\x08"):
+    if onnx_graph.looks_like_onnx(head) or (ext == "onnx" and head[:1] == b"\x08"):
         return "onnx"
     if datasets.is_tfrecord(head):
         return "tfrecord"

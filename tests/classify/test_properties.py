@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.classify import datasets, documents, weights
+from agent.classify import datasets, documents, onnx_graph, weights
 from agent.classify.base import Finding, Limits, ParseError, Source
 from agent.classify.engine import Engine
 from agent.classify.pickle_vm import scan_pickle
@@ -28,7 +28,7 @@ Parser = Callable[[Source, Limits], Finding]
 PARSERS: dict[str, Parser] = {
     "safetensors": weights.parse_safetensors,
     "gguf": weights.parse_gguf,
-    "onnx": weights.parse_onnx,
+    "onnx": onnx_graph.parse_onnx,
     "pickle": weights.parse_pickle,
     "npy": datasets.parse_npy,
     "tfrecord": datasets.parse_tfrecord,
