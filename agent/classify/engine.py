@@ -19,6 +19,7 @@ import zlib
 from agent.classify import (
     archives,
     datasets,
+    delimited,
     documents,
     engineering,
     models,
@@ -265,7 +266,7 @@ class Engine:
         eng = engineering.text_tag(text, src.ext)
         if eng is not None:
             return Finding("text/plain", [eng, *secrets], text=text)
-        lang = None if datasets.is_matrix_market(text) else source.language_for(src.name, src.head)
+        lang = None if delimited.is_matrix_market(text) else source.language_for(src.name, src.head)
         if lang is not None and src.ext not in ("csv", "tsv", "jsonl"):
             tag = source.source_tag(lang, None)
             comments = source.comments(text, lang, self.limits.max_text_bytes)
@@ -278,7 +279,7 @@ class Engine:
             else:
                 found.tags += secrets
                 return found
-        vectors = models.word2vec_text(text) or datasets.parse_arff(text)
+        vectors = models.word2vec_text(text) or delimited.parse_arff(text)
         if vectors is not None:
             vectors.tags += secrets
             return vectors
@@ -287,10 +288,10 @@ class Engine:
             records.tags += secrets
             return records
         src.deadline.check()  # the parsers above take any ParseError (a timeout too) as "not it"
-        delim = None if src.ext in _NOT_TABULAR else datasets.sniff_delimited(text, src.ext)
+        delim = None if src.ext in _NOT_TABULAR else delimited.sniff_delimited(text, src.ext)
         if delim is not None:
             try:
-                found = datasets.parse_delimited(src, self.limits, text, delim)
+                found = delimited.parse_delimited(src, self.limits, text, delim)
             except ParseError:
                 pass  # not tabular after all: a text document
             else:

@@ -276,7 +276,7 @@ def test_prose_with_commas_is_not_a_table() -> None:
 @settings(deadline=None, max_examples=100)
 @given(st.text(alphabet=st.sampled_from(list(',;\t|" \n#ab1.')), max_size=2000))
 def test_sniffer_never_raises(text: str) -> None:
-    from agent.classify.datasets import sniff_layout
+    from agent.classify.delimited import sniff_layout
 
     sniff_layout(text, "csv")
     sniff_layout(text, "")

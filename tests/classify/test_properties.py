@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.classify import datasets, documents, onnx_graph, weights
+from agent.classify import datasets, delimited, documents, onnx_graph, weights
 from agent.classify.base import Finding, Limits, ParseError, Source
 from agent.classify.engine import Engine
 from agent.classify.pickle_vm import scan_pickle
@@ -201,7 +201,7 @@ def test_text_tier_functions_never_raise(text: str, ext: str) -> None:
     source.comments(text, lang or "c", 10_000)
     engineering.text_tag(text, ext)
     secrets.secret_tags(text)
-    datasets.sniff_delimited(text, ext)
+    delimited.sniff_delimited(text, ext)
     datasets.is_jsonl(text)
     documents.text_document(text, ext)
 
