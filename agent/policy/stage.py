@@ -12,7 +12,7 @@ import dataclasses
 from typing import Any
 
 from agent import metrics
-from agent.classify.repository import with_repository
+from agent.classify.gitprocess import with_repository
 from agent.events import Event, FileEvent
 from agent.policy.holder import PolicyHolder
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.classify import gitprocess as G
 from agent.classify import repository as R
 from agent.classify.classifier import Classifier
 from agent.config import ClassifySection
@@ -161,7 +162,7 @@ def test_git_push_flow_names_its_repository(repo: Path) -> None:
     proc = ProcessInfo(
         pid=10, exe="/usr/bin/git", cmdline="git push backup main", cwd=str(repo / "src")
     )
-    doc = R.flow_repository(_flow(proc, 800_000, 4_000, "github.com"), ["git.corp.example"])
+    doc = G.flow_repository(_flow(proc, 800_000, 4_000, "github.com"), ["git.corp.example"])
     assert doc is not None
     assert doc["direction"] == "push" and doc["approved"] is False
     assert (
@@ -177,8 +178,8 @@ def test_transports_and_directions(repo: Path, tmp_path: Path) -> None:
         cmdline="git-remote-https origin https://gitee.com/lab/motor-ctl.git",
         cwd=str(repo),
     )
-    assert R.flow_repository(_flow(helper, 900_000, 5_000), [])["direction"] == "push"  # type: ignore[index]
-    assert R.flow_repository(_flow(helper, 5_000, 900_000), [])["direction"] == "fetch"  # type: ignore[index]
+    assert G.flow_repository(_flow(helper, 900_000, 5_000), [])["direction"] == "push"  # type: ignore[index]
+    assert G.flow_repository(_flow(helper, 5_000, 900_000), [])["direction"] == "fetch"  # type: ignore[index]
     ssh_p = ProcessInfo(
         pid=17,
         exe="/usr/bin/ssh",
@@ -186,7 +187,7 @@ def test_transports_and_directions(repo: Path, tmp_path: Path) -> None:
         cwd=str(repo),
     )
     # the flow's name (gitee.com here) does not approve a push to an unapproved URL
-    doc = R.flow_repository(_flow(ssh_p, 10, 10), ["gitee.com"])
+    doc = G.flow_repository(_flow(ssh_p, 10, 10), ["gitee.com"])
     assert doc is not None and doc["push_url"] == "ssh://github.com:2222/alice/x.git"
     assert doc["push_host"] == "github.com" and doc["approved"] is False
     assert doc["direction"] == "push"
@@ -196,18 +197,18 @@ def test_transports_and_directions(repo: Path, tmp_path: Path) -> None:
         cmdline="ssh git@github.com git-receive-pack 'alice/x.git'",
         cwd=str(repo),
     )
-    assert R.flow_repository(_flow(ssh, 10, 10), [])["direction"] == "push"  # type: ignore[index]
+    assert G.flow_repository(_flow(ssh, 10, 10), [])["direction"] == "push"  # type: ignore[index]
     plain_ssh = ProcessInfo(pid=13, exe="/usr/bin/ssh", cmdline="ssh build01", cwd=str(repo))
-    assert R.flow_repository(_flow(plain_ssh, 900_000, 10), []) is None
+    assert G.flow_repository(_flow(plain_ssh, 900_000, 10), []) is None
     elsewhere = ProcessInfo(
         pid=14, exe="/usr/bin/git", cmdline=f"git -C {repo} push", cwd=str(tmp_path)
     )
-    doc = R.flow_repository(_flow(elsewhere, 900_000, 10), ["gitee.com"])
+    doc = G.flow_repository(_flow(elsewhere, 900_000, 10), ["gitee.com"])
     assert doc is not None and doc["root"] == str(repo) and doc["approved"] is True
     clone = ProcessInfo(pid=15, exe="/usr/bin/git", cmdline="git clone https://x/y", cwd=str(repo))
-    assert R.flow_repository(_flow(clone, 900_000, 10), [])["direction"] == "fetch"  # type: ignore[index]
+    assert G.flow_repository(_flow(clone, 900_000, 10), [])["direction"] == "fetch"  # type: ignore[index]
     curl = ProcessInfo(pid=16, exe="/usr/bin/curl", cmdline="curl -T a https://x", cwd=str(repo))
-    assert R.flow_repository(_flow(curl, 900_000, 10), []) is None
+    assert G.flow_repository(_flow(curl, 900_000, 10), []) is None
 
 
 def test_a_bundle_is_named_after_its_repository(repo: Path, tmp_path: Path) -> None:
