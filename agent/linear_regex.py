@@ -37,6 +37,33 @@ _UNSUPPORTED = (
 )
 
 
+# RE2 matches UTF-8: a lone surrogate (a non-UTF-8 byte of a file name, kept by
+# os.fsdecode) cannot be encoded, so it is matched as U+FFFD (same length, same offsets)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _encodable(text: str) -> str:
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text
+    return _SURROGATE.sub("\ufffd", text)
+
+
+class _Re2Pattern:
+    """An RE2 pattern that accepts any Python string, surrogates included."""
+
+    __slots__ = ("_rx", "pattern")
+
+    def __init__(self, rx: Any) -> None:
+        self._rx = rx
+        self.pattern = rx.pattern
+
+    def search(self, text: str) -> Any:
+        return self._rx.search(_encodable(text))
+
+    def finditer(self, text: str) -> Any:
+        return self._rx.finditer(_encodable(text))
+
+
 class PatternRefused(ValueError):
     """A pack pattern that cannot run in linear time, or that does not parse."""
 
@@ -65,7 +92,7 @@ def compile_pack_regex(pattern: str) -> LinearPattern:
                 f"{what} are not supported: pack patterns run on RE2, a linear-time engine"
             )
     try:
-        return re2.compile(pattern, _OPTIONS)
+        return _Re2Pattern(re2.compile(pattern, _OPTIONS))
     except re2.error as e:
         detail = (
             e.args[0].decode(errors="replace") if e.args and isinstance(e.args[0], bytes) else e

@@ -204,3 +204,15 @@ def test_backtracking_regex_runs_in_linear_time_or_is_refused(tmp_path: Path) ->
     assert policy is None
     assert any("lookahead/lookbehind" in i.message for i in issues)
     assert issues[0].line == 4  # the macro with the pattern
+
+
+def test_pack_regex_matches_names_with_non_utf8_bytes() -> None:
+    """A file name with a byte that is not UTF-8 (a lone surrogate) reaches RE2 safely."""
+    import os
+
+    from agent.linear_regex import compile_pack_regex
+
+    name = os.fsdecode(b"/data/r\xe9sum\xe9-secret.pdf")
+    rx = compile_pack_regex(r"secret\.pdf$")
+    assert rx.search(name) is not None
+    assert [m.span() for m in rx.finditer(name)] == [(len(name) - 10, len(name))]
