@@ -8,7 +8,7 @@ that vouches for it. Several writers may share a chain (the daemon and an analys
 `incidents ack` on the same store): the record's primary key (host, seq) makes a lost
 race fail cleanly, and the transaction is retried on the new head.
 
-After each write the chain head is published (agent/incidents/anchor.py): the
+After each write the chain head is published (agent/incidents/heads.py): the
 `egress_agent_incident_chain_head_*` gauges, and, with `anchor_dir`, a signed anchor
 file in the state directory; each checkpoint also logs "incident chain head seq=N
 hash=H" to the journal. These are what show a chain cut off at its tail.
@@ -29,8 +29,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from agent import metrics
 from agent.events import new_uid
-from agent.incidents import anchor
 from agent.incidents.chain import GENESIS_PREV, link_hash, make_payload
+from agent.incidents.heads import HeadPublisher
 from agent.incidents.model import (
     Finding,
     document_from_row,
@@ -146,13 +146,7 @@ class IncidentLog:
         self.hostname = hostname
         self.dedup_window = timedelta(seconds=dedup_window)
         self.checkpoint_every = checkpoint_every
-        self.anchor_dir = anchor_dir
-        self._key = None
-        if anchor_dir is not None:
-            try:
-                self._key = anchor.load_or_create_key(anchor_dir)
-            except anchor.AnchorError as e:  # the gauges and journal still anchor the head
-                log.error("incident chain head not anchored in the state directory: %s", e)
+        self.heads = HeadPublisher(engine, host_id, anchor_dir)
 
     # --- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -187,20 +181,7 @@ class IncidentLog:
 
     def publish_head(self, journal: bool = False) -> tuple[int, str] | None:
         """Publish the chain head: gauges, the signed anchor file, a journal line."""
-        found = chain_head(self.engine, self.host_id)
-        if found is None:
-            return None
-        seq, hsh = found
-        metrics.CHAIN_HEAD_SEQ.set(seq)
-        metrics.CHAIN_HEAD_HASH.set(anchor.hash_gauge_value(hsh))
-        if self.anchor_dir is not None and self._key is not None:
-            try:
-                anchor.write_anchor(self.anchor_dir, self._key, self.host_id, seq, hsh)
-            except OSError as e:
-                log.error("could not write the incident chain anchor: %s", e)
-        if journal:
-            log.info("incident chain head seq=%d hash=%s host=%s", seq, hsh, self.host_id)
-        return found
+        return self.heads.publish(journal)
 
     def _checkpoint(self, conn: Connection, reason: str) -> int:
         head = conn.execute(
@@ -317,18 +298,6 @@ class IncidentLog:
 
     def refresh_open_gauge(self) -> None:
         refresh_open_gauge(self.engine, self.host_id)
-
-
-def chain_head(engine: Engine, host_id: str) -> tuple[int, str] | None:
-    """(seq, hash) of the last record of `host_id`'s chain, None when it has none."""
-    with engine.connect() as conn:
-        row = conn.execute(
-            select(ChainRecord.seq, ChainRecord.hash)
-            .where(ChainRecord.host_id == host_id)
-            .order_by(ChainRecord.seq.desc())
-            .limit(1)
-        ).first()
-    return (int(row.seq), str(row.hash)) if row is not None else None
 
 
 def refresh_open_gauge(engine: Engine, host_id: str) -> None:

@@ -24,7 +24,8 @@ from agent.incidents.anchor import ANCHOR_FILE, KEY_FILE, load_or_create_key, pu
 from agent.incidents.chain import VerifyReport, link_hash, make_payload
 from agent.incidents.export import FORMATS, verify_file
 from agent.incidents.export.trailer import write_signed
-from agent.incidents.log import IncidentLog, chain_head
+from agent.incidents.heads import chain_head
+from agent.incidents.log import IncidentLog
 from agent.incidents.model import canonical_json
 from agent.incidents.queries import chain_entries
 from tests.conftest import cli, write_config
@@ -442,3 +443,50 @@ def test_a_key_root_makes_belongs_to_the_agent_user(tmp_path: Path) -> None:
     load_or_create_key(state)
     st = os.stat(state / KEY_FILE)
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (4242, 4343, 0o600)
+
+
+def test_a_restart_on_an_emptied_store_does_not_move_the_anchor(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Empty the store, restart the daemon: it begins a new chain at seq 0, but the anchor
+    keeps the old head, so verify still fails."""
+    cfg, url, state = make_store(tmp_path)
+    seq, hsh = head(url)
+    sql(url, "DELETE FROM incident_chain", "DELETE FROM incidents")
+    engine = create_engine(url)
+    with caplog.at_level(logging.ERROR, logger="agent.incidents.log"):
+        lg = IncidentLog(engine, "host-a", "lab-ws-1", anchor_dir=state)
+        lg.start()
+        lg.record(finding(9, key="z"))
+    engine.dispose()
+    assert "incident chain tampered" in caplog.text
+    doc = json.loads((state / ANCHOR_FILE).read_text())
+    assert (doc["seq"], doc["hash"]) == (seq, hsh)
+    res = cli("incidents", "verify", config=cfg, check=False)
+    failed(res, f"the last anchored head was seq {seq}")
+
+
+def test_a_tail_cut_under_the_running_log_does_not_move_the_anchor(tmp_path: Path) -> None:
+    """Cut the head record while the daemon runs: its next record takes the same seq
+    with another hash; the anchor stays on the old one."""
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "host_id").write_text("host-a\n")
+    url = f"sqlite:///{state / 'agent.db'}"
+    engine = new_store(url)
+    lg = IncidentLog(engine, "host-a", "lab-ws-1", anchor_dir=state)
+    lg.start()
+    lg.record(finding(1, key="a"))
+    lg.checkpoint("interval")
+    seq, hsh = head(url)
+    sql(url, f"DELETE FROM incident_chain WHERE seq = {seq}")
+    lg.record(finding(2, key="b"))
+    assert head(url)[0] == seq and head(url)[1] != hsh
+    engine.dispose()
+    doc = json.loads((state / ANCHOR_FILE).read_text())
+    assert (doc["seq"], doc["hash"]) == (seq, hsh)
+    cfg = write_config(
+        tmp_path / "agent.yaml", {"agent": {"state_dir": str(state)}, "database": {"url": url}}
+    )
+    res = cli("incidents", "verify", config=cfg, check=False)
+    failed(res, f"record {seq} has another hash than the anchored head")
