@@ -231,7 +231,7 @@ def prose_evidence(text: str) -> str | None:
         return None  # JSON: structured data, whatever its strings say
     if head.startswith("<"):  # XML: the prose, if any, is between the tags
         sample = strip_tags(sample)
-    lines = nonblank = all_tokens = all_words = 0
+    lines = nonblank = all_tokens = all_words = widest = 0
     for line in sample.splitlines()[:2000]:
         s = line.strip()
         if not s or s.startswith(("#", "//", ";", "%", "--")) or _KEY_VALUE.match(s):
@@ -241,6 +241,7 @@ def prose_evidence(text: str) -> str | None:
         words = sum(1 for t in tokens if _is_word(t))
         all_tokens += len(tokens)
         all_words += words
+        widest = max(widest, words)
         if words >= 5 and words >= 0.7 * len(tokens):
             lines += 1
             if lines >= 20:
@@ -251,6 +252,9 @@ def prose_evidence(text: str) -> str | None:
     # lines of several, a few of them long
     wordy = all_words >= 0.6 * all_tokens and all_tokens >= 3 * nonblank
     enough = enough or (lines >= 3 and wordy)
+    # a short note ("call Li about the NdFeB batch"): one to three lines of words
+    if 1 <= nonblank <= 3 and widest >= 2 and all_words >= 0.6 * all_tokens:
+        return f"a short note of {all_words} words"
     # a few lines of words over a table of numbers are its caption, not a document
     if enough and (5 * lines >= nonblank or lines >= 20):
         return f"{lines} of {nonblank} lines are words, {ends} sentence ends"

@@ -670,3 +670,10 @@ def test_arff_matrix_market_lowercase_and_json_are_not_prose() -> None:
     assert kinds("small.mm", mm.encode()) == ["dataset"]
     api = json.dumps({"data_set_description": {"description": PROSE, "name": "iris"}})
     assert kinds("api.json", api.encode()) == []
+
+
+def test_a_short_note_is_a_document_a_short_list_is_not() -> None:
+    assert kinds("todo.txt", b"call Li about the sintered batch\n") == ["document"]
+    assert kinds("稀土-notes.txt", b"nothing here\n") == ["document"]
+    assert kinds("vocab.txt", b"[PAD]\n[UNK]\nthe\n") == []
+    assert kinds("ids.txt", b"4711 0815\n") == []
