@@ -165,6 +165,19 @@ def test_every_tampering_of_the_incident_evidence_is_detected(
         "emptied",
     )
     verified += 1
+    # ... and the agent restarted on the emptied store: it begins a new chain at seq 0,
+    # its gauge shows the drop, the anchor stays where it was
+    restarted = run_agent({**agent_config, "agent": {"state_dir": str(db.parent)}}, name="again")
+    restarted.wait_metrics()
+    assert _wait(lambda: restarted.metric("egress_agent_incident_chain_head_seq") == 0)
+    assert restarted.stop() == 0
+    assert "incident chain tampered" in restarted.stderr()
+    _failed(
+        cli("incidents", "verify", config=cfg, check=False),
+        f"but the last anchored head was seq {head_seq}",
+        "emptied, restarted",
+    )
+    verified += 1
     # cut k records off the end, rows rolled back to match: the chain alone still links
     for k in range(1, 4):
         cfg, db = copies.new()
