@@ -33,7 +33,11 @@ class Layout:
     fields: int
 
 
+MAX_LINE = 1 << 16  # characters of one line looked at: a 4 MB line is no table row
+
+
 def _split(line: str, delim: str) -> list[str] | None:
+    line = line[:MAX_LINE]
     if delim == " ":
         return line.split()
     if '"' not in line:

@@ -17,7 +17,7 @@ import struct
 from agent.classify.base import Finding, Limits, ParseError, Source
 from agent.classify.datasets import MAX_COLUMNS, dataset_tag
 
-MAX_RECORDS = 1_000_000  # JSON elements counted before the count becomes an estimate
+MAX_RECORDS = 20_000  # JSON elements decoded before the count becomes an estimate
 SAS_MAGIC = bytes.fromhex("000000000000000000000000c2ea8160b31411cfbd92080009c7318c181f1011")
 _DECODER = json.JSONDecoder()
 _STATA_TIME = re.compile(rb"[ \d]\d [A-Z][a-z]{2} \d{4} \d\d:\d\d")

@@ -677,3 +677,27 @@ def test_a_short_note_is_a_document_a_short_list_is_not() -> None:
     assert kinds("稀土-notes.txt", b"nothing here\n") == ["document"]
     assert kinds("vocab.txt", b"[PAD]\n[UNK]\nthe\n") == []
     assert kinds("ids.txt", b"4711 0815\n") == []
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("records.json", b"[" + b'{"a":1},' * 500_000),
+        ("deep.json", b"[" + b'{"a":[' * 600_000),
+        ("attrs.arff", b"@relation x\n" + b"@attribute a real\n" * 230_000),
+        ("certs.pem", b"-----BEGIN CERTIFICATE-----\n" * 150_000),
+        ("mm.mm", b"%%MatrixMarket x\n" + b"1 2 3\n" * 700_000),
+        ("w2v.txt", b"100 3\n" + b"w 1 2 3\n" * 500_000),
+        ("quotes.csv", b'"a,b' * 1_000_000),
+        ("kube.yaml", b"kind: Config\ntoken: x\n" * 190_000),
+        ("tabs.tsv", b"\t" * 4_000_000),
+        ("words.txt", b"word " * 800_000),
+    ],
+)
+def test_new_text_checks_are_bounded_on_4mb(name: str, data: bytes) -> None:
+    """Every check this issue added to the text tier, on 4 MB shaped against it."""
+    import time
+
+    t0 = time.process_time()
+    ENGINE.classify(Source.from_bytes(name, data))
+    assert time.process_time() - t0 < 3.0
