@@ -189,6 +189,14 @@ def verify(
         raise UserError("--expect-head needs --expect-seq (the seq that hash belongs to)")
     if file_ and expect_seq is not None:
         raise UserError("--expect-seq/--expect-head check the store, not an export file")
+    if expect_head is not None:
+        from agent.incidents.anchor import hash_prefixes
+
+        if not hash_prefixes(expect_head):
+            raise UserError(
+                "--expect-head: give at least 12 hex digits of the hash, or the decimal value "
+                "of egress_agent_incident_chain_head_hash_prefix"
+            )
     settings = settings_from(ctx)
     try:
         pinned = parse_public(public_key) if public_key else None

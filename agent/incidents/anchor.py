@@ -216,8 +216,8 @@ def hash_prefixes(value: str) -> tuple[str, ...]:
     out: list[str] = []
     if v.isdigit() and len(v) <= 15 and int(v) < 16**HASH_PREFIX_DIGITS:
         out.append(f"{int(v):0{HASH_PREFIX_DIGITS}x}")
-    if v and all(c in "0123456789abcdef" for c in v):
-        out.append(v)
+    if len(v) >= HASH_PREFIX_DIGITS and all(c in "0123456789abcdef" for c in v):
+        out.append(v)  # fewer hex digits would match too many hashes to mean anything
     return tuple(out)
 
 

@@ -490,3 +490,25 @@ def test_a_tail_cut_under_the_running_log_does_not_move_the_anchor(tmp_path: Pat
     )
     res = cli("incidents", "verify", config=cfg, check=False)
     failed(res, f"record {seq} has another hash than the anchored head")
+
+
+def test_expect_head_accepts_the_gauge_value_or_hex_and_refuses_junk(tmp_path: Path) -> None:
+    from agent.incidents.anchor import hash_prefixes
+
+    hsh = "00ab" + "c" * 60
+    gauge = int(hsh[:12], 16)
+    assert any(hsh.startswith(p) for p in hash_prefixes(str(gauge)))
+    assert any(hsh.startswith(p) for p in hash_prefixes(hsh[:16].upper()))
+    assert hash_prefixes("abc") == () and hash_prefixes("zz" * 8) == ()
+    cfg, url, _state = make_store(tmp_path)
+    seq, real = head(url)
+    ok = cli("incidents", "verify", "--expect-seq", str(seq), "--expect-head", real, config=cfg)
+    assert ok.stdout.startswith("OK:")
+    for junk in ("abc", "xyz" * 5):
+        res = cli(
+            "incidents", "verify", "--expect-seq", "1", "--expect-head", junk,
+            config=cfg, check=False,
+        )  # fmt: skip
+        assert res.returncode == 2 and "--expect-head" in res.stderr, res.stderr
+    res = cli("incidents", "verify", "--expect-head", real, config=cfg, check=False)
+    assert res.returncode == 2 and "--expect-seq" in res.stderr
