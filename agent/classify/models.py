@@ -54,10 +54,16 @@ class _Flat:
     def __init__(self, f: BinaryIO, size: int) -> None:
         self.f = f
         self.size = size
+        # a model up to 16 MiB is read once: offsets then cost a slice, not a seek
+        self.data = f.read() if size <= 16 << 20 else None
 
     def read(self, pos: int, n: int) -> bytes:
         if pos < 0 or pos + n > self.size:
             raise ParseError(f"flatbuffer: offset {pos} outside the file")
+        if self.data is not None:
+            if pos + n > len(self.data):
+                raise ParseError("flatbuffer: short read")
+            return self.data[pos : pos + n]
         self.f.seek(pos)
         data = self.f.read(n)
         if len(data) != n:

@@ -701,3 +701,53 @@ def test_new_text_checks_are_bounded_on_4mb(name: str, data: bytes) -> None:
     t0 = time.process_time()
     ENGINE.classify(Source.from_bytes(name, data))
     assert time.process_time() - t0 < 3.0
+
+
+def test_tflite_of_130000_shared_tensors_is_bounded() -> None:
+    """One tensor table referenced 130,000 times (flatbuffers allow sharing): every
+    reference is counted up to max_tensors, in bounded time."""
+    import time
+
+    import flatbuffers
+
+    b = flatbuffers.Builder(1 << 20)
+    b.StartVector(1, 4, 16)
+    for _ in range(4):
+        b.PrependByte(1)
+    data = b.EndVector()
+    bufs = []
+    for payload in (None, data):
+        b.StartObject(3)
+        if payload is not None:
+            b.PrependUOffsetTRelativeSlot(0, payload, 0)
+        bufs.append(b.EndObject())
+    b.StartVector(4, 2, 4)
+    b.PrependInt32(4)
+    b.PrependInt32(1)
+    shape = b.EndVector()
+    b.StartObject(5)
+    b.PrependUOffsetTRelativeSlot(0, shape, 0)
+    b.PrependUint32Slot(2, 1, 0)
+    tensor = b.EndObject()
+    b.StartVector(4, 130_000, 4)
+    for _ in range(130_000):
+        b.PrependUOffsetTRelative(tensor)
+    tv = b.EndVector()
+    b.StartObject(5)
+    b.PrependUOffsetTRelativeSlot(0, tv, 0)
+    sub = b.EndObject()
+    b.StartVector(4, 1, 4)
+    b.PrependUOffsetTRelative(sub)
+    subs = b.EndVector()
+    b.StartVector(4, 2, 4)
+    for o in reversed(bufs):
+        b.PrependUOffsetTRelative(o)
+    bv = b.EndVector()
+    b.StartObject(8)
+    b.PrependUOffsetTRelativeSlot(2, subs, 0)
+    b.PrependUOffsetTRelativeSlot(4, bv, 0)
+    b.Finish(b.EndObject(), file_identifier=b"TFL3")
+    t0 = time.process_time()
+    d = tag("m.tflite", bytes(b.Output()), "model_weights")
+    assert d["tensors"] == 130_000 and d["parameters"] == 4 * 130_000
+    assert time.process_time() - t0 < 3.0
