@@ -79,6 +79,10 @@ _NAME_KINDS = {
     **{e: ("dataset", e) for e in ("npz", "tfrecord", "sqlite", "db")},
     **{e: ("document", e) for e in ("pdf", "docx", "xlsx", "pptx", "doc", "xls", "ppt", "md")},
     **{e: ("archive", e) for e in ("zip", "tar", "tgz", "gz", "7z", "rar", "xz", "zst", "bz2")},
+    **{e: ("model_weights", e) for e in ("tflite", "mlmodel")},
+    **{e: ("dataset", e) for e in ("orc", "dta", "sav", "sas7bdat", "arff")},
+    "p12": ("secret", "pkcs12"),
+    "pfx": ("secret", "pkcs12"),
     "pem": ("secret", "private_key"),
     "key": ("secret", "private_key"),
 }

@@ -751,3 +751,13 @@ def test_tflite_of_130000_shared_tensors_is_bounded() -> None:
     d = tag("m.tflite", bytes(b.Output()), "model_weights")
     assert d["tensors"] == 130_000 and d["parameters"] == 4 * 130_000
     assert time.process_time() - t0 < 3.0
+
+
+def test_members_beyond_the_limits_are_named_by_their_extension() -> None:
+    from agent.classify.signatures import name_tags
+
+    assert [(t.kind, t.details["format"]) for t in name_tags("m/model.tflite")] == [
+        ("model_weights", "tflite")
+    ]
+    assert name_tags("survey.dta")[0].kind == "dataset"
+    assert name_tags("keys/client.p12")[0].details["type"] == "pkcs12"
