@@ -114,15 +114,15 @@ def status(ctx: click.Context, as_json: bool, host: str | None, per_host: bool) 
 
 def _signing_key(state_dir: Path) -> dict[str, object] | None:
     """The host key that signs exports and the chain anchor, for an auditor to pin."""
-    from agent.incidents.anchor import AnchorError, key_id, load_key, public_text
+    from agent.incidents.anchor import AnchorError, key_id, load_public, public_text
 
     try:
-        key = load_key(state_dir)
+        key = load_public(state_dir)
     except AnchorError as e:
         return {"error": str(e)}
     if key is None:
         return None
-    return {"public_key": public_text(key.public_key()), "key_id": key_id(key.public_key())}
+    return {"public_key": public_text(key), "key_id": key_id(key)}
 
 
 def _destinations(cfg: NetworkSection) -> dict[str, object]:

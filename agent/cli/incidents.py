@@ -269,16 +269,15 @@ def verify(
 
 
 def _local_public_key(state_dir: Path, notes: list[str]) -> Any:
-    from agent.incidents.anchor import AnchorError, AnchorUnreadable, load_key
+    from agent.incidents.anchor import AnchorError, AnchorUnreadable, load_public
 
     try:
-        key = load_key(state_dir)
+        return load_public(state_dir)
     except AnchorUnreadable as e:
         notes.append(f"this host's key is not readable by this user ({e}): pass --public-key")
         return None
     except AnchorError as e:
         raise UserError(str(e)) from None
-    return key.public_key() if key is not None else None
 
 
 def _read_anchor(state_dir: Path, pinned: Any, notes: list[str]) -> Any:

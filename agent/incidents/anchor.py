@@ -33,6 +33,7 @@ from agent.incidents.chain import Problem, VerifyReport
 from agent.incidents.model import canonical_json
 
 KEY_FILE = "incident-signing.key"
+PUBLIC_FILE = "incident-signing.pub"  # 0644: lets a user who may not read the key verify
 ANCHOR_FILE = "incident-chain-anchor.json"
 KEY_PREFIX = "ed25519:"
 HASH_PREFIX_DIGITS = 12  # 48 bits: exact in a float64 gauge
@@ -78,7 +79,51 @@ def load_key(state_dir: Path) -> Ed25519PrivateKey | None:
 
 
 def load_or_create_key(state_dir: Path) -> Ed25519PrivateKey:
-    """The host's signing key, generated once (mode 0600) on first use."""
+    """The host's signing key, generated once (mode 0600) on first use; its public half
+    is kept beside it (0644) for verifiers who may not read the key."""
+    key = _load_or_create(state_dir)
+    _write_public(state_dir, key.public_key())
+    return key
+
+
+def load_public(state_dir: Path) -> Ed25519PublicKey | None:
+    """This host's public key: the public file, else from the key; None when neither is."""
+    path = state_dir / PUBLIC_FILE
+    try:
+        with path.open("rb") as f:
+            text = f.read(4096).decode("ascii", "replace")
+    except FileNotFoundError:
+        key = load_key(state_dir)
+        return key.public_key() if key is not None else None
+    except PermissionError as e:
+        raise AnchorUnreadable(f"{path}: {e.strerror or e}") from None
+    except OSError as e:
+        raise AnchorError(f"{path}: {e.strerror or e}") from None
+    if not text.strip().startswith(KEY_PREFIX):
+        raise AnchorError(f"{path}: not an ed25519: public key (edited?)")
+    return parse_public(text)
+
+
+def _write_public(state_dir: Path, key: Ed25519PublicKey) -> None:
+    path = state_dir / PUBLIC_FILE
+    want = public_text(key) + "\n"
+    try:
+        if path.read_text(encoding="ascii", errors="replace") == want:
+            return
+    except OSError:
+        pass
+    tmp = path.with_name(f".{PUBLIC_FILE}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(want)
+        _give_to_owner_of(state_dir, tmp)
+        os.replace(tmp, path)
+    except OSError:  # a reader without write access: the key itself still verifies
+        return
+
+
+def _load_or_create(state_dir: Path) -> Ed25519PrivateKey:
     key = load_key(state_dir)
     if key is not None:
         return key

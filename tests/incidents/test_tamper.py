@@ -20,7 +20,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import REGISTRY
 from sqlalchemy import create_engine, text
 
-from agent.incidents.anchor import ANCHOR_FILE, KEY_FILE, load_or_create_key, public_text
+from agent.incidents.anchor import (
+    ANCHOR_FILE,
+    KEY_FILE,
+    PUBLIC_FILE,
+    load_or_create_key,
+    public_text,
+)
 from agent.incidents.chain import VerifyReport, link_hash, make_payload
 from agent.incidents.export import FORMATS, verify_file
 from agent.incidents.export.trailer import write_signed
@@ -208,7 +214,9 @@ def test_edited_anchor_file_fails(tmp_path: Path) -> None:
 
 def test_anchor_without_its_key_fails(tmp_path: Path) -> None:
     cfg, _url, state = make_store(tmp_path)
-    (state / KEY_FILE).unlink()
+    (state / KEY_FILE).unlink()  # the public file still verifies the anchor
+    assert cli("incidents", "verify", config=cfg).stdout.startswith("OK:")
+    (state / PUBLIC_FILE).unlink()
     res = cli("incidents", "verify", config=cfg, check=False)
     failed(res, "host key is missing")
 
@@ -238,6 +246,10 @@ def test_head_is_published_as_gauges_and_anchor(tmp_path: Path) -> None:
     doc = json.loads((state / ANCHOR_FILE).read_text())
     assert (doc["seq"], doc["hash"], doc["host_id"]) == (seq, hsh, "host-a")
     assert stat.S_IMODE(os.stat(state / KEY_FILE).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(state / ANCHOR_FILE).st_mode) == 0o640
+    assert stat.S_IMODE(os.stat(state / PUBLIC_FILE).st_mode) == 0o644
+    pub = (state / PUBLIC_FILE).read_text().strip()
+    assert pub == public_text(load_or_create_key(state).public_key())
 
 
 # --- export files ------------------------------------------------------------------------
@@ -317,6 +329,7 @@ def test_truncated_export_passes_without_a_key(tmp_path: Path) -> None:
     lines = out.read_text().splitlines(keepends=True)
     out.write_text("".join(lines[:-2]))
     (tmp_path / "state" / KEY_FILE).unlink()
+    (tmp_path / "state" / PUBLIC_FILE).unlink()
     res = cli("incidents", "verify", "--file", str(out), config=cfg)
     assert res.stdout.startswith("OK:")
 
@@ -377,6 +390,7 @@ def test_export_checks_without_a_pinned_key(tmp_path: Path) -> None:
     res = cli("incidents", "verify", "--file", str(out), config=cfg, check=False)
     failed(res, "no signed trailer")
     (tmp_path / "state" / KEY_FILE).unlink()
+    (tmp_path / "state" / PUBLIC_FILE).unlink()
     out.write_text("".join(lines[:-2] + lines[-1:]))
     res = cli("incidents", "verify", "--file", str(out), config=cfg, check=False)
     failed(res, "not the ones it signed")
@@ -422,7 +436,7 @@ def test_an_unreadable_key_or_anchor_is_a_note_not_a_tampering(
         raise anchor.AnchorUnreadable(f"{_state_dir}: Permission denied")
 
     notes: list[str] = []
-    monkeypatch.setattr(anchor, "load_key", denied)
+    monkeypatch.setattr(anchor, "load_public", denied)
     assert cli_incidents._read_anchor(state, None, notes) is None
     assert any("not readable by this user" in n for n in notes)
     notes = []
