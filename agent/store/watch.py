@@ -22,7 +22,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,9 +78,40 @@ def change_reason(opened: FileIdentity | None, now: FileIdentity | None) -> str 
 
 
 def quick_check_problems(rows: list[tuple[object, ...]]) -> list[str]:
-    """quick_check's answer as a list of problems: empty when it said "ok"."""
-    out = [str(r[0]) for r in rows if r]
-    return [] if out == ["ok"] else out or ["quick_check returned nothing"]
+    """quick_check's answer as a list of problems, one line each: empty when it said "ok".
+
+    SQLite puts several problems in one row separated by newlines; each becomes its own
+    entry (a log line must never carry a raw newline)."""
+    out = [
+        line
+        for r in rows
+        if r
+        for line in str(r[0]).splitlines()
+        if line.strip() and not line.startswith("*** in database")  # a heading, no problem
+    ]
+    if out == ["ok"]:
+        return []
+    return [" ".join(p.split())[:200] for p in out] or ["quick_check returned nothing"]
+
+
+def quick_check(path: Path, busy_seconds: float = 30.0) -> list[str]:
+    """`PRAGMA quick_check` of the file at `path`, read from disk: the problems found.
+
+    A connection of its own, read-only and with an empty page cache: a pooled one in WAL
+    mode trusts its cache while the WAL index says nothing changed, and so found a store
+    overwritten in place "ok". "file is not a database" and "malformed" are problems; an
+    OperationalError ("database is locked") is raised: the job fails and runs again.
+    """
+    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=busy_seconds)
+    try:
+        rows = conn.execute(f"PRAGMA quick_check({QUICK_CHECK_ROWS})").fetchall()
+    except sqlite3.OperationalError:
+        raise
+    except sqlite3.DatabaseError as e:
+        return [" ".join(str(e).split())[:200]]
+    finally:
+        conn.close()
+    return quick_check_problems([tuple(r) for r in rows])
 
 
 def quarantine(
@@ -145,20 +176,34 @@ class StoreWatch:
 
     def check(self) -> bool:
         """Reopen the store if the file at its path is not the one opened; True if it did."""
+        with self._lock:
+            return self._check()
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[bool]:
+        """Check, then hold off any reopen while the caller writes one batch.
+
+        A reopen from another thread (the maintenance job) in the middle of a commit
+        would checkpoint and unlink the old WAL while the commit still appends to it:
+        the batch would be in neither file. Yields whether a reopen just happened.
+        """
+        with self._lock:
+            yield self._check()
+
+    def _check(self) -> bool:
         now = self._clock()
         if self.min_interval and now - self._last_check < self.min_interval:
             return False
         self._last_check = now
-        with self._lock:
-            reason = change_reason(self._opened, identity_of(self.path))
-            if self._failing is not None:  # a reopen failed: retried every RETRY seconds
-                if now < self._retry_at:
-                    return False
-                return self._reopen(reason or self._failing)
-            if reason is None:
-                self._wal = identity_of(self.wal)
+        reason = change_reason(self._opened, identity_of(self.path))
+        if self._failing is not None:  # a reopen failed: retried every RETRY seconds
+            if now < self._retry_at:
                 return False
-            return self._reopen(reason)
+            return self._reopen(reason or self._failing)
+        if reason is None:
+            self._wal = identity_of(self.wal)
+            return False
+        return self._reopen(reason)
 
     def check_integrity(self) -> list[str]:
         """`PRAGMA quick_check`; a broken store is moved aside and a new one opened.
@@ -166,19 +211,7 @@ class StoreWatch:
         Returns the problems found (empty when the store is sound).
         """
         self.check()
-        try:
-            with self.engine.connect() as conn:
-                rows = conn.exec_driver_sql(f"PRAGMA quick_check({QUICK_CHECK_ROWS})").fetchall()
-            problems = quick_check_problems([tuple(r) for r in rows])
-        except SQLAlchemyError as e:
-            orig = getattr(e, "orig", None)
-            # "file is not a database", "database disk image is malformed": broken too;
-            # an OperationalError ("database is locked") is not: the job fails and reruns
-            if not isinstance(orig, sqlite3.DatabaseError) or isinstance(
-                orig, sqlite3.OperationalError
-            ):
-                raise
-            problems = [str(orig)]
+        problems = quick_check(self.path)
         if not problems:
             return []
         with self._lock:

@@ -250,9 +250,11 @@ class StoreWriter:
         while True:
             started = time.perf_counter()
             try:
-                if self.watch is not None:
-                    self.watch.check()
-                counts = self._write(batch)
+                if self.watch is None:
+                    counts = self._write(batch)
+                else:
+                    with self.watch.writing():  # a store swapped under us is reopened first
+                        counts = self._write(batch)
             except (SQLAlchemyError, sqlite3.Error) as e:
                 reason = type(getattr(e, "orig", None) or e).__name__
                 metrics.STORE_ERRORS.labels(reason).inc()

@@ -63,6 +63,10 @@ def test_change_reason_and_quick_check_answers() -> None:
         "page 7: btree",
     ]
     assert quick_check_problems([]) == ["quick_check returned nothing"]
+    # several problems in one row, newline-separated: one line each, never a raw newline
+    assert quick_check_problems(
+        [("*** in database main ***\nPage 2: btreeInitPage() returns error code 11\nPage 3: x",)]
+    ) == ["Page 2: btreeInitPage() returns error code 11", "Page 3: x"]
 
 
 def test_no_watch_for_memory_or_central_stores(pg_url: str) -> None:
