@@ -109,15 +109,37 @@ _SSH_PUBLIC = re.compile(
 def public_material(text: str) -> str | None:
     """What public key material `text` is (certificates, public keys, DSA/DH parameters,
     OpenSSH `authorized_keys` lines), or None: meant to be shared, so never a secret and
-    never a document. Only a text whose every PEM block is public counts."""
+    never a document. Only a text whose every PEM block is public counts, and that is
+    mostly key material: a source file or a how-to quoting a certificate is still what
+    it is (four fifths of its other characters must be comments or blank)."""
     sample = text[: 1 << 20]
     labels = {m.group(1) for m in _PEM_BEGIN.finditer(sample)}
     if labels and all(label in _PUBLIC_PEM for label in labels):
+        if _other_chars(sample) * 5 > len(sample):
+            return None
         kinds = sorted({_PUBLIC_PEM[label] for label in labels})
         return kinds[0] if len(kinds) == 1 else "pem-bundle"
     if not labels and _SSH_PUBLIC.search(sample[:65536]):
+        if _other_chars(sample[:65536], ssh=True) * 5 > len(sample[:65536]):
+            return None
         return "ssh-public-key"
     return None
+
+
+def _other_chars(sample: str, ssh: bool = False) -> int:
+    """Characters outside PEM blocks (or OpenSSH key lines), comments and blank lines:
+    one linear pass over the lines."""
+    other = 0
+    inside = False
+    for line in sample.splitlines():
+        s = line.strip()
+        if s.startswith("-----BEGIN "):
+            inside = True
+        elif s.startswith("-----END "):
+            inside = False
+        elif not inside and s and not s.startswith("#") and not (ssh and _SSH_PUBLIC.match(s)):
+            other += len(line)
+    return other
 
 
 _KUBECONFIG = re.compile(r"^kind:\s*Config\s*$", re.M)

@@ -761,3 +761,15 @@ def test_members_beyond_the_limits_are_named_by_their_extension() -> None:
     ]
     assert name_tags("survey.dta")[0].kind == "dataset"
     assert name_tags("keys/client.p12")[0].details["type"] == "pkcs12"
+
+
+def test_source_quoting_a_certificate_is_still_source() -> None:
+    cert = _key_material()["cert.pem"].decode()
+    code = "import ssl\n\n\ndef context():\n    ctx = ssl.create_default_context()\n"
+    code += (
+        "    ctx.load_verify_locations(cadata=CA)\n    return ctx\n\n\nCA = '''" + cert + "'''\n"
+    )
+    code += "".join(f"\n\ndef helper_{i}(x):\n    return x * {i} + len(CA)\n" for i in range(12))
+    assert kinds("tls.py", code.encode()) == ["source_code"]
+    bundle = "# Issuer: CN=Lab Root\n# Label: lab\n" + cert
+    assert kinds("ca-bundle.crt", bundle.encode()) == []
