@@ -29,7 +29,8 @@ pytestmark = pytest.mark.drill
 
 SIZE = 100 * 1000 * 1000
 SUMMARY = re.compile(
-    r"(\d+) flows from (\d+) frames in [\d.]+ s; skipped: (\d+) not TCP/UDP or malformed, "
+    r"(\d+) flows from (\d+) frames in [\d.]+ s(?: \(\d+ evicted: network.max_flows\))?; "
+    r"skipped: (\d+) not TCP/UDP or malformed, "
     r"(\d+) truncated, (\d+) bad blocks"
 )
 # whole process: interpreter + agent imports (~55 MB) + pages of the mapped 100 MB file
