@@ -253,7 +253,8 @@ def prose_evidence(text: str) -> str | None:
     wordy = all_words >= 0.6 * all_tokens and all_tokens >= 3 * nonblank
     enough = enough or (lines >= 3 and wordy)
     # a short note ("call Li about the NdFeB batch"): one to three lines of words
-    if 1 <= nonblank <= 3 and widest >= 2 and all_words >= 0.6 * all_tokens:
+    note = 1 <= nonblank <= 3 and widest >= 2 and all_words >= 0.6 * all_tokens
+    if note and not head.startswith("<"):  # markup's few words are labels, not a note
         return f"a short note of {all_words} words"
     # a few lines of words over a table of numbers are its caption, not a document
     if enough and (5 * lines >= nonblank or lines >= 20):

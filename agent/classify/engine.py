@@ -260,6 +260,10 @@ class Engine:
         src.deadline.check()
         secrets = secret_tags(text) + credential_file_tags(text)
         src.deadline.check()
+        vino = models.openvino_ir(text) if text.lstrip()[:1] == "<" else None
+        if vino is not None:
+            vino.tags += secrets
+            return vino
         public = public_material(text) if src.ext not in documents.TEXT_DOC_EXT else None
         if public is not None and not secrets:  # shared on purpose: neither secret nor prose
             return Finding(f"application/x-{public}", [])

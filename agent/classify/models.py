@@ -249,6 +249,51 @@ def word2vec_text(text: str) -> Finding | None:
     return Finding("text/plain", [tag])
 
 
+# --- OpenVINO IR -----------------------------------------------------------------------------
+_VINO_NET = re.compile(r"<net\b[^>]{0,512}\bversion=\"(\d+)\"")
+_VINO_CONST = re.compile(r'\btype="Const"')
+_VINO_DATA = re.compile(r"<data\b([^>]{0,1024})>")
+_VINO_SHAPE = re.compile(r'\bshape="([\d, ]{0,256})"')
+_VINO_TYPE = re.compile(r'\belement_type="(\w{1,16})"')
+_VINO_TYPES = {"f32": "f32", "f16": "f16", "bf16": "bf16", "i8": "i8", "u8": "u8", "i4": "i4",
+               "u4": "u4", "i32": "i32", "i64": "i64", "f64": "f64", "u1": "u1"}  # fmt: skip
+MAX_VINO_LAYERS = 1 << 17
+
+
+def openvino_ir(text: str) -> Finding | None:
+    """OpenVINO IR (`model.xml`, weights in `model.bin` beside it): a `<net ... version=>`
+    root with `<layers>`; parameters are the elements of its `Const` layers (each
+    `<data element_type= shape=>`). Each layer is looked at within 2 KiB of its start."""
+    head = text[:4096]
+    m = _VINO_NET.search(head)
+    if m is None or "<layers>" not in text[: 1 << 16]:
+        return None
+    tensors = params = 0
+    dtypes: Counter[str] = Counter()
+    pos = text.find("<layer ")
+    for _ in range(MAX_VINO_LAYERS):
+        if pos < 0:
+            break
+        window = text[pos : pos + 2048]
+        opening = window[: window.find(">") + 1]
+        data = _VINO_DATA.search(window) if _VINO_CONST.search(opening) else None
+        if data is not None:
+            shape_m, type_m = _VINO_SHAPE.search(data.group(1)), _VINO_TYPE.search(data.group(1))
+            if shape_m is not None:
+                dims = [int(d) for d in shape_m.group(1).replace(" ", "").split(",") if d]
+                count = 1
+                for d in dims[:64]:
+                    count *= d
+                tensors += 1
+                params += count
+                dtype = type_m.group(1) if type_m else "unknown"
+                dtypes[_VINO_TYPES.get(dtype, dtype)] += count
+        pos = text.find("<layer ", pos + 7)
+    dtype = dtypes.most_common(1)[0][0] if dtypes else None
+    tag = weights_tag("openvino_ir", tensors, params, dtype, f"IR version {m.group(1)}")
+    return Finding("application/x-openvino-ir", [tag])
+
+
 # --- Core ML --------------------------------------------------------------------------------
 _COREML_TYPES = {200: "pipelineClassifier", 201: "pipelineRegressor", 202: "pipeline",
                  300: "glmRegressor", 301: "supportVectorRegressor", 302: "treeEnsembleRegressor",

@@ -773,3 +773,36 @@ def test_source_quoting_a_certificate_is_still_source() -> None:
     assert kinds("tls.py", code.encode()) == ["source_code"]
     bundle = "# Issuer: CN=Lab Root\n# Label: lab\n" + cert
     assert kinds("ca-bundle.crt", bundle.encode()) == []
+
+
+def _openvino_xml(consts: list[tuple[str, str]]) -> str:
+    """An OpenVINO IR v11 `model.xml` as `ov.save_model` writes it (layers, Const
+    weights with element_type and shape, edges)."""
+    layers = [
+        '<layer id="0" name="x" type="Parameter" version="opset1">'
+        '<data shape="1,3,32,32" element_type="f32"/><output><port id="0"/></output></layer>'
+    ]
+    for i, (shape, et) in enumerate(consts, 1):
+        layers.append(
+            f'<layer id="{i}" name="w{i}" type="Const" version="opset1">'
+            f'<data element_type="{et}" shape="{shape}" offset="0" size="4"/>'
+            '<output><port id="0"/></output></layer>'
+        )
+    layers.append('<layer id="99" name="conv" type="Convolution" version="opset1">'
+                  '<data strides="1,1" pads_begin="0,0"/></layer>')  # fmt: skip
+    return ('<?xml version="1.0"?>\n<net name="lab-net" version="11">\n<layers>\n'
+            + "\n".join(layers) + "\n</layers>\n<edges/>\n</net>\n")  # fmt: skip
+
+
+def test_openvino_ir_counts_const_layers() -> None:
+    xml = _openvino_xml([("16,3,3,3", "f16"), ("16", "f16"), ("10,16", "f32")])
+    for name in ("model.xml", "renamed"):
+        d = tag(name, xml.encode(), "model_weights")
+        assert d["format"] == "openvino_ir" and d["tensors"] == 3
+        assert d["parameters"] == 16 * 27 + 16 + 160 and d["dtype"] == "f16"
+    assert kinds("page.xml", b'<?xml version="1.0"?><net version="2"><p>no layers</p></net>') == []
+    import time
+
+    t0 = time.process_time()
+    kinds("h.xml", b'<net version="11"><layers>' + b'<layer type="Const"' * 500_000)
+    assert time.process_time() - t0 < 3.0
