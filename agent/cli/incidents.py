@@ -225,6 +225,7 @@ def verify(
         stored = {(e.host_id, e.seq): e.hash for e in entries}
         local = _local_host_id(settings.state_dir)
         _check_anchors(report, stored, anchored, local, host, expect_seq, expect_head)
+        _check_central(report, stored, engine, host, pinned)
         if witness:
             try:
                 with open(witness, encoding="utf-8", newline="") as fp:
@@ -322,6 +323,23 @@ def _check_anchors(
             raise UserError("--expect-seq: name the host with --host")
         source = "expected by --expect-seq" + (" --expect-head" if expect_head else "")
         check_head(report, stored, Head(who, expect_seq, expect_head or "", source))
+
+
+def _check_central(
+    report: Any, stored: dict[tuple[str, int], str], engine: Any, host: str | None, pinned: Any
+) -> None:
+    """Fleet store: each host's chain must reach the head record kept beside it."""
+    from agent.incidents.anchor import check_head
+    from agent.incidents.chain import Problem
+    from agent.incidents.heads import central_heads
+
+    if engine.dialect.name != "postgresql":
+        return
+    for head in central_heads(engine, host, pinned if host else None):
+        if isinstance(head, str):
+            report.problems.append(Problem(host or "-", -1, head, report.records))
+        else:
+            check_head(report, stored, head)
 
 
 def _local_host_id(state_dir: Path) -> str | None:

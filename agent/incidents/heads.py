@@ -7,21 +7,28 @@ the chain no longer reaches it (records deleted before a restart, a store emptie
 new chain begun, a tail cut under the running daemon) it stays where it is, so the
 evidence is not overwritten and `incidents verify` keeps failing; that is logged once.
 The gauges always show the truth, and the `EgressAgentIncidentChainWentBack` alert
-watches them.
+watches them. On a fleet store (PostgreSQL) the same signed head is also kept centrally,
+in `job_state` (name `incident_chain_head`, one row per host), so `incidents verify` run
+centrally checks every host's chain without the hosts' state directories.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Engine, select
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import SQLAlchemyError
 
 from agent import metrics
 from agent.incidents import anchor
-from agent.store.models import ChainRecord
+from agent.store.models import ChainRecord, JobState
 
 log = logging.getLogger("agent.incidents.log")
+CENTRAL = "incident_chain_head"  # job_state name of a host's head record (fleet store)
 
 
 def chain_head(engine: Engine, host_id: str) -> tuple[int, str] | None:
@@ -84,7 +91,30 @@ class HeadPublisher:
                 self._anchored = (seq, hsh)
             except OSError as e:
                 log.error("could not write the incident chain anchor: %s", e)
+            if self.engine.dialect.name == "postgresql":
+                self._publish_central(seq, hsh)
         return found
+
+    def _publish_central(self, seq: int, hsh: str) -> None:
+        assert self._key is not None
+        fields: dict[str, object] = {"host_id": self.host_id, "seq": seq, "hash": hsh}
+        value = {
+            **fields,
+            "public_key": anchor.public_text(self._key.public_key()),
+            "signature": anchor.sign(self._key, fields),
+        }
+        now = datetime.now(UTC)
+        stmt = postgresql.insert(JobState).values(
+            name=CENTRAL, host_id=self.host_id, value=value, updated_at=now
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["name", "host_id"], set_={"value": value, "updated_at": now}
+        )
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(stmt)
+        except SQLAlchemyError as e:  # the next write publishes again
+            log.warning("could not keep the incident chain head in the fleet store: %s", e)
 
     def _hold_if_cut(self, seq: int, hsh: str) -> None:
         if self._anchored is None or self.held is not None:
@@ -102,3 +132,35 @@ class HeadPublisher:
             why,
             old_seq,
         )
+
+
+def central_heads(
+    engine: Engine, host: str | None, pinned: Ed25519PublicKey | None
+) -> list[anchor.Head | str]:
+    """The head records the fleet store keeps (a str: why one cannot be trusted).
+
+    Each is checked with `pinned` when given, else with the key it names: that catches
+    an edit by someone without the host's key, not a record replaced whole.
+    """
+    query = select(JobState.host_id, JobState.value).where(JobState.name == CENTRAL)
+    if host is not None:
+        query = query.where(JobState.host_id == host)
+    out: list[anchor.Head | str] = []
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    for host_id, value in rows:
+        where = f"fleet store head record of host {host_id}"
+        try:
+            seq, hsh = int(value["seq"]), str(value["hash"])
+            fields = {"host_id": str(value["host_id"]), "seq": seq, "hash": hsh}
+            key = pinned or anchor.parse_public(str(value["public_key"]))
+            ok = fields["host_id"] == host_id and anchor.signature_ok(
+                key, fields, str(value["signature"])
+            )
+        except (KeyError, TypeError, ValueError, anchor.AnchorError):
+            ok = False
+        if not ok:
+            out.append(f"the {where} does not verify: it was edited")
+            continue
+        out.append(anchor.Head(host_id, seq, hsh, where))
+    return out

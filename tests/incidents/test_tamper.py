@@ -526,3 +526,39 @@ def test_expect_head_accepts_the_gauge_value_or_hex_and_refuses_junk(tmp_path: P
         assert res.returncode == 2 and "--expect-head" in res.stderr, res.stderr
     res = cli("incidents", "verify", "--expect-head", real, config=cfg, check=False)
     assert res.returncode == 2 and "--expect-seq" in res.stderr
+
+
+def test_fleet_store_keeps_each_hosts_head_record(tmp_path: Path, pg_url: str) -> None:
+    """The host wiped as well (anchor file gone): the head record the fleet store keeps
+    still shows the emptied chain; an edited record fails on its signature."""
+    cfg, url, state = make_store(tmp_path, url=pg_url)
+    seq, hsh = head(url)
+    engine = create_engine(url)
+    with engine.connect() as c:
+        value = c.execute(
+            text("SELECT value FROM job_state WHERE name = 'incident_chain_head'")
+        ).scalar_one()
+    engine.dispose()
+    record = value if isinstance(value, dict) else json.loads(value)
+    assert (record["seq"], record["hash"], record["host_id"]) == (seq, hsh, "host-a")
+    assert cli("incidents", "verify", config=cfg).stdout.startswith("OK:")
+    sql(url, "DELETE FROM incident_chain WHERE host_id = 'host-a'", "DELETE FROM incidents")
+    (state / ANCHOR_FILE).unlink()
+    res = cli("incidents", "verify", config=cfg, check=False)
+    failed(res, f"the last anchored head was seq {seq} (fleet store head record of host host-a)")
+    sql(
+        url,
+        "UPDATE job_state SET value = jsonb_set(value::jsonb, '{seq}', '0')::json "
+        "WHERE name = 'incident_chain_head'",
+    )
+    res = cli("incidents", "verify", config=cfg, check=False)
+    failed(res, "fleet store head record of host host-a does not verify: it was edited")
+
+
+def test_a_local_store_keeps_no_head_record(tmp_path: Path) -> None:
+    _cfg, url, _state = make_store(tmp_path)
+    engine = create_engine(url)
+    with engine.connect() as c:
+        n = c.execute(text("SELECT count(*) FROM job_state")).scalar_one()
+    engine.dispose()
+    assert n == 0
