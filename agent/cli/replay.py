@@ -14,7 +14,6 @@ import click
 from agent.cli._common import UserError, existing_path, open_store, print_json, settings_from
 from agent.events import Flow
 
-
 _DOC_FIELDS = tuple(f.name for f in fields(Flow) if f.name != "decisions")
 
 
