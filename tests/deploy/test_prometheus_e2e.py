@@ -64,6 +64,7 @@ categories:
     control: restricted
     keywords_en: ["{MARKER}"]
     min_count: 1
+    corroborate: false  # a project code name is an identifier: no technical context needed
 rules:
   - id: e2e-drill-marker-removable
     description: A file carrying the drill marker written to removable media
