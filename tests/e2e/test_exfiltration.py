@@ -303,7 +303,8 @@ def test_checkpoint_upload_is_one_incident(rig: Rig, tmp_path: Path) -> None:
                 cli("incidents", "verify", "--file", str(out), "--json", config=cfg).stdout
             )["ok"], fmt
         ecs = [json.loads(x) for x in (tmp_path / "incidents.ecs").read_text().splitlines()]
-        opened = [d for d in ecs if d["event"].get("action") == "incident-opened"]
+        assert "egress_agent_export_trailer" in ecs[-1]  # the signed trailer ends the file
+        opened = [d for d in ecs[:-1] if d["event"].get("action") == "incident-opened"]
         exfil_doc = next(d for d in opened if d["event"]["dataset"] == "egress.exfiltration")
         assert exfil_doc["tls"]["client"]["server_name"] == SNI
         assert exfil_doc["destination"]["geo"]["country_iso_code"] == "US"
