@@ -199,3 +199,20 @@ def cli(
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
+
+
+def _utf8_safe(text: str) -> str:
+    """Lone surrogates (non-UTF-8 file names in logs) as \\udcXX text."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """pytest-xdist sends reports between processes as UTF-8: a captured log line or an
+    assertion message naming a non-UTF-8 file would crash the run (INTERNALERROR)."""
+    report.sections = [(name, _utf8_safe(text)) for name, text in report.sections]
+    longrepr = report.longrepr
+    if longrepr is not None and not isinstance(longrepr, tuple):
+        text = str(longrepr)
+        if text != _utf8_safe(text):
+            report.longrepr = _utf8_safe(text)
