@@ -27,7 +27,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.classify.source import LANGUAGES, _packed_ref, _read, _resolve_git_dir
+from agent.classify.source import (
+    LANGUAGES,
+    AncestorMemo,
+    _packed_ref,
+    _read,
+    _resolve_git_dir,
+)
 from agent.events import Tag
 
 MAX_INDEX_BYTES = 64 << 20  # an index past this is counted from its header only
@@ -118,7 +124,6 @@ def is_approved(url_or_host: str | None, approved: Iterable[str]) -> bool:
 
 # --- finding the repository ----------------------------------------------------------
 _lock = threading.Lock()
-_bare_memo: dict[str, str | None] = {}
 _cache: dict[str, tuple[tuple[int, ...], Repository | None]] = {}
 # HEAD commit -> the repository seen at it: a bundle or archive of that commit written
 # anywhere (git bundle create /tmp/x.bundle) is named after its repository
@@ -145,28 +150,15 @@ def git_dir_of(path: str) -> tuple[str, str, bool] | None:
         i = parts.index(".git")
         git_dir = os.sep.join(parts[: i + 1]) or os.sep
         return os.sep.join(parts[:i]) or os.sep, git_dir, False
-    d = os.path.dirname(os.path.abspath(path))
-    seen: list[str] = []
-    found: str | None = None
-    for _ in range(64):
-        with _lock:
-            if d in _bare_memo:
-                found = _bare_memo[d]
-                break
-        seen.append(d)
-        if _is_bare_dir(d) and (d.endswith(".git") or _is_bare_config(d)):
-            found = d
-            break
-        parent = os.path.dirname(d)
-        if parent == d:
-            break
-        d = parent
-    with _lock:
-        if len(_bare_memo) > 50_000:
-            _bare_memo.clear()
-        for s in seen:
-            _bare_memo[s] = found
+    found = _bare_repositories.nearest(os.path.dirname(os.path.abspath(path)))
     return (found, found, True) if found else None
+
+
+def _is_bare_repository(d: str) -> bool:
+    return _is_bare_dir(d) and (d.endswith(".git") or _is_bare_config(d))
+
+
+_bare_repositories = AncestorMemo(_is_bare_repository)
 
 
 def _is_bare_config(d: str) -> bool:

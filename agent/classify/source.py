@@ -15,7 +15,7 @@ import itertools
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,38 +143,60 @@ class GitInfo:
 
 
 _cache: dict[str, tuple[tuple[int, int], GitInfo | None]] = {}
-_dir_cache: dict[str, str | None] = {}
 _lock = threading.Lock()
 _CRED = re.compile(r"^(\w+://)[^@/]+@")
 
 
+class AncestorMemo:
+    """The nearest directory, from `d` upwards, that passes `test` — memoised per directory.
+
+    Every file event under a tree asks the same question of the same few directories;
+    the answer for each directory walked is kept (up to `MAX_MEMO` directories, then the
+    memo starts over), and a walk stops after 64 levels.
+    """
+
+    MAX_MEMO = 50_000
+
+    def __init__(self, test: Callable[[str], bool]) -> None:
+        self._test = test
+        self._memo: dict[str, str | None] = {}
+        self._lock = threading.Lock()
+
+    def nearest(self, d: str) -> str | None:
+        seen: list[str] = []
+        found: str | None = None
+        for _ in range(64):
+            with self._lock:
+                if d in self._memo:
+                    found = self._memo[d]
+                    break
+            seen.append(d)
+            if self._test(d):
+                found = d
+                break
+            parent = os.path.dirname(d)
+            if parent == d:
+                break
+            d = parent
+        with self._lock:
+            if len(self._memo) > self.MAX_MEMO:
+                self._memo.clear()
+            for s in seen:
+                self._memo[s] = found
+        return found
+
+
+def _has_dot_git(d: str) -> bool:
+    candidate = os.path.join(d, ".git")
+    return os.path.isdir(candidate) or os.path.isfile(candidate)
+
+
+_worktrees = AncestorMemo(_has_dot_git)
+
+
 def _find_git_dir(start: str) -> tuple[str, str] | None:
     """(worktree root, git dir) above `start`, with per-directory memoisation."""
-    d = os.path.dirname(os.path.abspath(start))
-    seen: list[str] = []
-    result: str | None = None
-    for _ in range(64):
-        with _lock:
-            if d in _dir_cache:
-                result = _dir_cache[d]
-                break
-        seen.append(d)
-        candidate = os.path.join(d, ".git")
-        if os.path.isdir(candidate):
-            result = d
-            break
-        if os.path.isfile(candidate):
-            result = d
-            break
-        parent = os.path.dirname(d)
-        if parent == d:
-            break
-        d = parent
-    with _lock:
-        if len(_dir_cache) > 50_000:
-            _dir_cache.clear()
-        for s in seen:
-            _dir_cache[s] = result
+    result = _worktrees.nearest(os.path.dirname(os.path.abspath(start)))
     if result is None:
         return None
     return result, _resolve_git_dir(os.path.join(result, ".git"))
