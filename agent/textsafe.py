@@ -18,9 +18,9 @@ import re
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # C0 controls, DEL, C1 controls, bidi embeddings/overrides/isolates and marks, line and
 # paragraph separators, and lone surrogates (surrogateescape'd bytes of a file name)
-_UNSAFE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
-)
+BEYOND_C0 = "\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+"""Regex class body: DEL, C1 and the bidi and line-separator controls (CEF uses it too)."""
+_UNSAFE = re.compile(f"[\x00-\x1f{BEYOND_C0}\ud800-\udfff]")
 
 
 def _visible(m: re.Match[str]) -> str:

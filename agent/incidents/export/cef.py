@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from agent import __version__
 from agent.incidents.chain import ChainEntry
 from agent.incidents.export._view import basename, view, written_lines
+from agent.textsafe import BEYOND_C0
 
 NAME = "cef"
 EXTENSION = "cef"
@@ -29,9 +30,7 @@ _KEY = re.compile(r"(?:^| )([A-Za-z0-9_.\[\]-]+)=")
 
 # other control characters (ESC, C1, bidi overrides): never raw in a syslog line, where
 # a SIEM console or a terminal tailing the file would act on them
-_CONTROL = re.compile(
-    "[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
-)
+_CONTROL = re.compile(f"[\x00-\x08\x0b\x0c\x0e-\x1f{BEYOND_C0}]")
 _HEX_ESCAPE = re.compile(r"x([0-9a-f]{2})|u([0-9a-f]{4})")
 
 
