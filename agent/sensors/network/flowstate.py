@@ -29,6 +29,9 @@ class FlowState:
     packet_in: int = 0
     kernel_out: int | None = None
     kernel_in: int | None = None
+    # tcpi_bytes_received from a dump in state CLOSE, where the kernel no longer says
+    # whether the peer's FIN (counted as one byte) arrived: resolved by the wire at export
+    kernel_in_closed: int | None = None
     conntrack_out: int | None = None
     conntrack_in: int | None = None
     owned: bool = False  # a local socket owns it: wait for its destroy notification
@@ -56,9 +59,19 @@ class FlowState:
             return True
         return not self.kernel_final and self.out.bytes > (self.kernel_out or 0)
 
+    def kernel_received(self) -> int:
+        """Payload bytes received by the local socket. A reading taken in state CLOSE
+        counted the peer's FIN if there was one; the capture sees teardown packets, so by
+        the time a record is written `fin_in` tells (a socket closed by a reset has none)."""
+        known = self.kernel_in or 0
+        raw = self.kernel_in_closed
+        if self.kernel_final or not raw:
+            return known
+        return max(known, raw - 1 if self.fin_in else raw)
+
     def totals(self) -> tuple[int, int, str]:
         if self.kernel_out is not None and not self._seq_knows_better():
-            return self.kernel_out, self.kernel_in or 0, "tcp_info"
+            return self.kernel_out, self.kernel_received(), "tcp_info"
         if self.conntrack_out is not None:
             return self.conntrack_out, self.conntrack_in or 0, "conntrack_l3"
         if self.out is not None:

@@ -274,13 +274,15 @@ class FlowTable:
         ts: float,
         final: bool = False,
         adopt: bool = False,
-        peer_fin: bool = False,
+        peer_fin: bool | None = False,
     ) -> FlowState | None:
         """Exact counts from a local socket's tcp_info; `final` when it was destroyed.
 
         `key` is the socket's own view (local side first), so it matches only a flow
         this socket initiated — never the accepting end of a connection to ourselves.
-        `received` is tcpi_bytes_received, which counts the peer's FIN as one byte.
+        `received` is tcpi_bytes_received, which counts the peer's FIN as one byte;
+        `peer_fin` says whether the socket's state implies that FIN arrived (None: the
+        state, CLOSE, cannot say).
         `adopt` creates the flow when no SYN was seen (connections older than the agent).
         """
         st = self.flows.get(key)
@@ -292,13 +294,17 @@ class FlowTable:
             if st is None:
                 return None
         st.owned = True
-        bytes_in = received - 1 if received and (peer_fin or st.fin_in) else received
-        if final:  # the destroy notification is the last word
-            st.kernel_out, st.kernel_in = bytes_out, bytes_in
+        if final:  # the destroy notification is the last word; the capture was drained first
+            st.kernel_out = bytes_out
+            st.kernel_in = received - 1 if received and st.fin_in else received
             st.kernel_final = True
-        else:  # a dump in state CLOSE may count the peer's FIN as a byte: the final corrects it
+        else:
             st.kernel_out = max(bytes_out, st.kernel_out or 0)
-            st.kernel_in = max(bytes_in, st.kernel_in or 0)
+            if peer_fin is None:  # state CLOSE: FIN or not is for the wire to say (totals)
+                st.kernel_in_closed = max(received, st.kernel_in_closed or 0)
+            else:  # the state says exactly whether the FIN is in the count
+                bytes_in = received - 1 if received and peer_fin else received
+                st.kernel_in = max(bytes_in, st.kernel_in or 0)
         st.last = ts
         if final:
             self._export(st, ts, close_reason(st, "destroy"), final=True)

@@ -39,7 +39,8 @@ DUMP_INTERVAL = 3.0
 REOPEN_INTERVAL = 5.0  # seconds between attempts to reopen a failed capture
 LOCAL_REFRESH = 30.0  # seconds between re-reads of this host's addresses (DHCP, VPNs)
 TICK = 0.5
-_PEER_FIN_STATES = frozenset((8, 9, 11))  # CLOSE_WAIT, LAST_ACK, CLOSING
+_PEER_FIN_STATES = frozenset((6, 8, 9, 11))  # TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING
+_TCP_CLOSE = 7  # reached by an orderly close (FIN counted) or a reset (none): ambiguous
 _BATCH = 256  # packets read from one socket before looking at the others
 _DRAIN_BATCHES = 16  # at most this many batches read ahead of destroy notifications
 
@@ -363,7 +364,7 @@ class NetworkSensor:
                 s.bytes_received or 0,
                 now,
                 adopt=self._outbound_guess(s),
-                peer_fin=s.state in _PEER_FIN_STATES,
+                peer_fin=None if s.state == _TCP_CLOSE else s.state in _PEER_FIN_STATES,
             )
             if st is not None and st.cookie is None:
                 self._own(st, s)

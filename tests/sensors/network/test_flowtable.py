@@ -36,6 +36,48 @@ def test_kernel_counts_win_and_the_destroy_closes() -> None:
     assert (f.bytes_out, f.bytes_in, f.byte_source, f.close_reason) == (5000, 0, "tcp_info", "fin")
 
 
+def test_a_dump_in_state_close_before_the_fin_was_read_does_not_count_it() -> None:
+    """The CI flake: a dump caught the socket in CLOSE (its count includes the peer's
+    FIN) before the capture read that FIN, and the destroy notification never came."""
+    t, out = _table(is_local=lambda a: a in (A, L))
+    key = (6, A, 40002, B, 443)
+    t.packet(_tcp(A, 40002, B, 443, 100, TCP_SYN), 1.0, b"", 0)
+    t.flows[key].owned = True
+    t.packet(_tcp(A, 40002, B, 443, 5101, TCP_FIN | TCP_ACK), 2.0, b"", 0)
+    t.kernel_update(key, 5000, 1, 2.1, peer_fin=None)  # state CLOSE: FIN counted or not?
+    t.packet(_tcp(B, 443, A, 40002, 900, TCP_FIN | TCP_ACK), 2.2, b"", 0)
+    t.kernel_update(key, 5000, 1, 2.3, peer_fin=True)  # a later dump that knows
+    t.expire(2.2 + t.close_grace)
+    (f,) = out
+    assert (f.bytes_out, f.bytes_in, f.byte_source) == (5000, 0, "tcp_info")
+
+
+def test_a_dump_in_state_close_after_a_reset_keeps_every_byte() -> None:
+    t, out = _table(is_local=lambda a: a in (A, L))
+    key = (6, A, 40003, B, 443)
+    t.packet(_tcp(A, 40003, B, 443, 100, TCP_SYN), 1.0, b"", 0)
+    t.flows[key].owned = True
+    t.kernel_update(key, 5000, 7, 2.1, peer_fin=None)  # no FIN on the wire: 7 real bytes
+    t.packet(_tcp(B, 443, A, 40003, 900, TCP_RST), 2.2, b"", 0)
+    t.expire(2.2 + t.close_grace)
+    (f,) = out
+    assert (f.bytes_out, f.bytes_in) == (5000, 7)
+
+
+def test_a_dump_that_predates_the_fin_is_not_corrected_by_the_wire() -> None:
+    """The capture sees the FIN before TCP does: a dump in ESTABLISHED right after
+    still excludes it, and must not lose a real byte."""
+    t, out = _table(is_local=lambda a: a in (A, L))
+    key = (6, A, 40004, B, 443)
+    t.packet(_tcp(A, 40004, B, 443, 100, TCP_SYN), 1.0, b"", 0)
+    t.flows[key].owned = True
+    t.packet(_tcp(B, 443, A, 40004, 900, TCP_FIN | TCP_ACK), 2.0, b"", 0)
+    t.kernel_update(key, 10, 3, 2.05, peer_fin=False)
+    t.kernel_update(key, 10, 4, 2.1, final=True)
+    (f,) = out
+    assert (f.bytes_out, f.bytes_in) == (10, 3)
+
+
 def test_owned_flow_without_destroy_ends_after_the_grace_period() -> None:
     t, out = _table()
     t.packet(_tcp(A, 40001, B, 443, 100, TCP_SYN), 1.0, b"", 0)
