@@ -1,0 +1,328 @@
+"""Fleet simulator: N agents' real forwarders against one PostgreSQL, and the store at scale.
+
+`python -m bench.fleet [--agents N] [--sizes 1e6,1e7,1e8] [--private-server]` prints one
+JSON object. What runs (bench/fleet_agents.py): N simulated agents, each the production
+spool + forwarder pair from `open_forwarder` with its own spool file and host id, hosted
+`--agents-per-process` to a process (each agent its own forwarder thread and its own
+PostgreSQL connection). Only the sensors are synthetic (bench/fleet_mix.py).
+
+Phases, all in this run:
+
+1. **backlog**: every spool is filled with `--backlog` events before forwarding starts,
+   then all N forwarders start together (a fleet catching up after an outage of the
+   central store): sustained central ingest = events / seconds until every spool is
+   empty. Afterwards the store must hold each event exactly once.
+2. **reference**: the same number of events' rows COPYed by one bare psycopg connection
+   straight into the same tables (no spool, no staging, no idempotency) — the ceiling.
+3. **steady**: every agent gets `--rate` events/s for `--steady` seconds; the age of the
+   oldest event still spooled on each agent is sampled every second (forward lag).
+4. **scale**: the store is grown server-side to each of `--sizes` events
+   (bench/fleet_grow.py; not an ingest figure) and at each size the CLI's three fleet
+   queries and every panel of the fleet Grafana dashboard are timed.
+
+PostgreSQL: a scratch database on EGRESS_TEST_PG's server (dropped at the end), or with
+`--private-server` a server of its own (bench/fleet_server.py) — needed past ~90 agents,
+since each agent holds a connection and the shared server allows 100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import statistics
+import sys
+import time
+import uuid
+from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
+
+from agent.store.db import make_engine, upgrade
+from bench.fleet_agents import WorkerSpec, hostname, worker
+from bench.fleet_grow import bare_queries, cli_queries, event_count, grow, store_size, timed
+from bench.fleet_mix import HostMix
+from bench.fleet_panels import expand, panel_queries
+from bench.fleet_server import SERVER_CONF, private_cluster
+from bench.store import raw_copy
+
+PG_ADMIN = os.environ.get("EGRESS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def disk_free_gb() -> float:
+    return round(shutil.disk_usage("/").free / 1e9, 1)
+
+
+class Fleet:
+    """The worker processes and the pipes that drive them."""
+
+    def __init__(self, url: str, agents: int, per_process: int, seed: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.procs: list[Any] = []
+        self.pipes: list[Any] = []
+        for first in range(0, agents, per_process):
+            parent, child = ctx.Pipe()
+            spec = WorkerSpec(url, first, min(per_process, agents - first), seed)
+            p = ctx.Process(target=worker, args=(spec, child), name=f"fleet-{first}", daemon=True)
+            p.start()
+            self.procs.append(p)
+            self.pipes.append(parent)
+        for pipe in self.pipes:
+            pipe.recv()  # ready
+
+    def ask(self, cmd: str, arg: Any = None) -> list[dict[str, Any]]:
+        for pipe in self.pipes:
+            pipe.send((cmd, arg))
+        return [pipe.recv() for pipe in self.pipes]
+
+    def spooled(self) -> int:
+        return sum(r["spooled"] for r in self.ask("spooled"))
+
+    def close(self) -> dict[str, int]:
+        res = self.ask("close")
+        for p in self.procs:
+            p.join(60)
+        return {k: sum(r[k] for r in res) for k in ("left", "forwarded")}
+
+
+def backlog(fleet: Fleet, engine: Engine, agents: int, per_host: int) -> dict[str, Any]:
+    before = event_count(engine)
+    spooled = sum(r["spooled"] for r in fleet.ask("fill", per_host))
+    load_before = load()
+    started = time.perf_counter()
+    fleet.ask("start")
+    while fleet.spooled():
+        time.sleep(0.2)
+    seconds = time.perf_counter() - started
+    stored = event_count(engine) - before
+    with engine.connect() as c:
+        per_host_rows = c.execute(
+            text(
+                "SELECT count(DISTINCT host_id), min(n), max(n) FROM (SELECT host_id, count(*) n "
+                "FROM (SELECT host_id FROM file_events UNION ALL SELECT host_id FROM flows) u "
+                "WHERE host_id LIKE 'fleet-%' GROUP BY host_id) x"
+            )
+        ).one()
+    return {
+        "events": spooled,
+        "seconds": round(seconds, 2),
+        "events_per_s": round(spooled / seconds),
+        "stored": stored,
+        "exactly_once": stored == spooled
+        and int(per_host_rows[0]) == agents
+        and int(per_host_rows[1]) == int(per_host_rows[2]) == per_host,
+        "load_before": load_before,
+        "load_after": load(),
+    }
+
+
+def reference_copy(engine: Engine, events: int) -> dict[str, Any]:
+    """Bare COPY of the same number of events (one connection), then those rows removed."""
+    mix = HostMix(999_999)
+    done, seconds = 0, 0.0
+    while done < events:
+        k = min(50_000, events - done)
+        seconds += raw_copy(engine, mix.events(k))
+        done += k
+    with engine.begin() as c:
+        for t in ("file_events", "flows", "decisions"):
+            c.execute(text(f"DELETE FROM {t} WHERE host_id = 'bench-host'"))
+    return {"events": events, "seconds": round(seconds, 2), "events_per_s": round(events / seconds)}
+
+
+def steady(fleet: Fleet, engine: Engine, rate: float, seconds: float) -> dict[str, Any]:
+    before = event_count(engine)
+    load_before = load()
+    res = fleet.ask("steady", (rate, seconds))
+    fed = sum(r["fed"] for r in res)
+    fed_seconds = max(r["fed_seconds"] for r in res)
+    started = time.perf_counter()
+    while fleet.spooled():
+        time.sleep(0.2)
+    drain = time.perf_counter() - started
+    ages = sorted(a for r in res for a in r["ages"])
+
+    def pct(p: float) -> float:
+        return round(ages[min(len(ages) - 1, int(p * len(ages)))], 2) if ages else 0.0
+
+    return {
+        "rate_per_host": rate,
+        "offered_events_per_s": round(fed / fed_seconds),
+        "fed": fed,
+        "stored": event_count(engine) - before,
+        "drain_after_s": round(drain, 2),
+        "lag_s": {"p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99), "max": pct(1.0)},
+        "lag_mean_s": round(statistics.fmean(ages), 3) if ages else 0.0,
+        "load": [load_before, load()],
+    }
+
+
+def queries_at(engine: Engine, host: str) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    panels = {}
+    for q in panel_queries():
+        sql = text(expand(q.sql, now - timedelta(hours=24), now, "15m").replace(":", r"\:"))
+
+        def run(sql: Any = sql) -> None:
+            with engine.connect() as c:
+                c.execute(sql).all()
+
+        panels[q.panel] = timed(run)
+    return {
+        "cli": cli_queries(engine, host),
+        "bare_sql": bare_queries(engine, host.replace("lab-", "fleet-")),
+        "grafana_24h": panels,
+        "load": load(),
+    }
+
+
+def scale(engine: Engine, sizes: list[int], hosts: int, salt: str) -> list[dict[str, Any]]:
+    out = []
+    for size in sizes:
+        have = event_count(engine)
+        step: dict[str, Any] = {"target_events": size}
+        if size > have:
+            free = disk_free_gb()
+            need = (size - have) * 550 / 1e9  # bytes per event with indexes: 517 measured at 3 M
+            if need > free - 10:
+                step["skipped"] = f"needs ≈{need:.0f} GB, {free} GB free"
+                out.append(step)
+                break
+            step["grow"] = grow(engine, size - have, hosts, f"{salt}s{len(out)}")
+        step.update(store_size(engine))
+        step["events"] = step["rows"]["file_events"] + step["rows"]["flows"]
+        step["queries"] = queries_at(engine, hostname(hosts // 2))
+        step["disk_free_gb"] = disk_free_gb()
+        out.append(step)
+        print(json.dumps({"progress": step}), flush=True)
+    return out
+
+
+def comparisons(res: dict[str, Any]) -> list[dict[str, Any]]:
+    n = res["agents"]
+    b, ref = res["backlog"], res["reference_copy"]
+    out = [
+        {
+            "what": f"central ingest from {n} agents' forwarders vs bare COPY (one connection)",
+            "agent": b["events_per_s"],
+            "reference": ref["events_per_s"],
+            "unit": "events/s",
+            "ratio": round(ref["events_per_s"] / b["events_per_s"], 2),
+            "note": f"{b['events']} events, exactly once: {b['exactly_once']}; "
+            f"load {b['load_before']}",
+        }
+    ]
+    s = res.get("steady")
+    if s:
+        out.append(
+            {
+                "what": f"forward lag p95 at {s['offered_events_per_s']} events/s "
+                f"({n} agents × {s['rate_per_host']}/s)",
+                "agent": s["lag_s"]["p95"],
+                "reference": None,
+                "unit": "s",
+                "note": f"max {s['lag_s']['max']} s; spool age of the oldest event, sampled 1/s",
+            }
+        )
+    for step in res.get("scale", []):
+        if "queries" not in step:
+            continue
+        bare = step["queries"]["bare_sql"]
+        for q, t in step["queries"]["cli"].items():
+            ref = bare["events list" if q.startswith("events list") else q]["best_ms"]
+            out.append(
+                {
+                    "what": f"`{q.replace(hostname(n // 2), 'H')}` at {step['events']:,} events",
+                    "agent": t["best_ms"],
+                    "reference": ref,
+                    "unit": "ms",
+                    "ratio": round(t["best_ms"] / ref, 2) if ref else None,
+                    "note": "best of 3; reference: the same SQL by hand on one psycopg cursor",
+                }
+            )
+        worst = max(step["queries"]["grafana_24h"].items(), key=lambda kv: kv[1]["best_ms"])
+        out.append(
+            {
+                "what": f"slowest fleet dashboard panel (24 h) at {step['events']:,} events",
+                "agent": worst[1]["best_ms"],
+                "reference": None,
+                "unit": "ms",
+                "note": worst[0],
+            }
+        )
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--agents", type=int, default=50)
+    ap.add_argument("--agents-per-process", type=int, default=0, help="default: N/2 rounded up")
+    ap.add_argument("--backlog", type=int, default=2000, help="events spooled per agent")
+    ap.add_argument("--rate", type=float, default=5.0, help="steady events/s per agent")
+    ap.add_argument("--steady", type=float, default=30.0, help="seconds of steady load")
+    ap.add_argument("--sizes", default="1e6", help="store sizes to time queries at, events")
+    ap.add_argument("--private-server", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch database")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    # a SIGTERM still runs the clean-up below (workers, scratch database, private server)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    n = args.agents
+    per_process = args.agents_per_process or max(1, -(-n // 2))
+    sizes = [int(float(s)) for s in args.sizes.split(",") if s]
+    res: dict[str, Any] = {
+        "agents": n,
+        "agents_per_process": per_process,
+        "processes": -(-n // per_process),
+        "backlog_per_agent": args.backlog,
+        "mix": "70% file events (written/created/moved/deleted, 5% artefact, 2% decision), "
+        "30% flows (15% foreign)",
+        "disk_free_gb": disk_free_gb(),
+    }
+    with ExitStack() as stack:
+        admin_url = PG_ADMIN
+        if args.private_server:
+            admin_url = stack.enter_context(private_cluster(max_connections=n + 50))
+            res["server"] = {"private": True, **SERVER_CONF, "max_connections": n + 50}
+        else:
+            res["server"] = {"private": False, "url": make_url(PG_ADMIN).host}
+        name = f"egress_fleet_bench_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+            res["server"]["version"] = c.execute(text("SHOW server_version")).scalar_one()
+        url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+        engine = make_engine(url)
+        try:
+            upgrade(engine)  # the agents' own migrations (auto_upgrade off in the agents)
+            fleet = Fleet(url, n, per_process, args.seed)
+            try:
+                res["backlog"] = backlog(fleet, engine, n, args.backlog)
+                res["reference_copy"] = reference_copy(engine, res["backlog"]["events"])
+                if args.steady > 0:
+                    res["steady"] = steady(fleet, engine, args.rate, args.steady)
+            finally:
+                res["agents_closed"] = fleet.close()
+            res["scale"] = scale(engine, sizes, n, uuid.uuid4().hex[:6])
+            res["comparisons"] = comparisons(res)
+        finally:
+            engine.dispose()
+            if not args.keep:
+                with admin.connect() as c:
+                    c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""A process hosting many simulated agents: each its own spool file, host id and forwarder.
+
+Every agent is the production pair built by `open_forwarder` from a `Settings` (the same
+engine options, batch size, timeouts and COPY path as `egress-agent run`), fed through
+`Forwarder.commit` — the call the store writer makes with each batch of at most 1,000
+events. What is simulated is only the sensors: events come from bench/fleet_mix.py.
+Hosting several agents per process (each agent one forwarder thread, as in the daemon)
+is what lets 1,000 agents run on a 2-core VM; they still hold separate spools, separate
+connections and separate host ids, so PostgreSQL sees 1,000 independent clients.
+
+The parent drives the phases over a pipe (bench/fleet.py): `backlog` (spools filled
+before forwarding starts, then drained: the fleet's catch-up after an outage) and
+`steady` (events at a per-host rate; the age of the oldest spooled event is sampled each
+second: the forward lag).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from agent.config import AgentSection, DatabaseSection, Settings
+from agent.store import codec
+from agent.store.forwarder import Forwarder, open_forwarder
+from bench.fleet_mix import HostMix
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    url: str
+    first: int  # index of this worker's first host
+    count: int
+    seed: int = 0
+
+
+def host_id(i: int) -> str:
+    return f"fleet-{i:05d}"
+
+
+def hostname(i: int) -> str:
+    return f"lab-{i:05d}"
+
+
+class Agents:
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.tmp = Path(tempfile.mkdtemp(prefix="ea-fleet-"))
+        self.mixes: list[HostMix] = []
+        self.forwarders: list[Forwarder] = []
+        for i in range(spec.first, spec.first + spec.count):
+            state = self.tmp / hostname(i)
+            settings = Settings(
+                agent=AgentSection(state_dir=state),
+                database=DatabaseSection(url=spec.url, auto_upgrade=False),
+            )
+            self.forwarders.append(open_forwarder(settings, host_id(i), hostname(i)))
+            self.mixes.append(HostMix(i, spec.seed))
+
+    def fill(self, per_host: int) -> int:
+        """Spool `per_host` events on each agent, in writer-sized batches, not forwarding."""
+        n = 0
+        for mix, fwd in zip(self.mixes, self.forwarders, strict=True):
+            left = per_host
+            while left:
+                k = min(left, 1000)
+                n += fwd.commit(mix.events(k))["events_kept"]
+                left -= k
+        return n
+
+    def start(self) -> None:
+        for fwd in self.forwarders:
+            fwd.start()
+
+    def spooled(self) -> int:
+        return sum(len(f.spool) for f in self.forwarders)
+
+    def oldest_ages(self, now: float) -> list[float]:
+        """Seconds since the oldest event still spooled on each agent (0 when empty)."""
+        out = []
+        for f in self.forwarders:
+            head = f.spool.peek(1)
+            out.append(max(0.0, now - codec.decode(head[0].text).time.timestamp()) if head else 0.0)
+        return out
+
+    def steady(self, rate: float, seconds: float) -> dict[str, Any]:
+        """Feed `rate` events/s per host for `seconds`, sampling the lag once a second."""
+        fed = 0
+        ages: list[float] = []
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(1.0):
+                ages.extend(self.oldest_ages(time.time()))
+
+        sampler = threading.Thread(target=sample, name="lag-sampler")
+        sampler.start()
+        owed = [0.0] * len(self.forwarders)
+        started = time.monotonic()
+        tick = 0.1  # the writer's flush interval: a batch per host at most every 100 ms
+        next_at = started
+        while time.monotonic() - started < seconds:
+            for j, fwd in enumerate(self.forwarders):
+                owed[j] += rate * tick
+                k = int(owed[j])
+                if k:
+                    owed[j] -= k
+                    fed += fwd.commit(self.mixes[j].events(k))["events_kept"]
+            next_at += tick
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        fed_seconds = time.monotonic() - started
+        stop.set()
+        sampler.join()
+        return {"fed": fed, "fed_seconds": fed_seconds, "ages": ages}
+
+    def close(self) -> dict[str, int]:
+        for f in self.forwarders:
+            f.stop()
+        left = self.spooled()
+        forwarded = sum(f.forwarded for f in self.forwarders)
+        for f in self.forwarders:
+            f.spool.close()
+            f.engine.dispose()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return {"left": left, "forwarded": forwarded}
+
+
+def worker(spec: WorkerSpec, conn: Connection) -> None:
+    """Serve the parent's commands until `close`; each answer is a dict."""
+    logging.basicConfig(level=logging.ERROR)
+    agents = Agents(spec)
+    conn.send({"ready": spec.count})
+    while True:
+        cmd, arg = conn.recv()
+        if cmd == "fill":
+            conn.send({"spooled": agents.fill(arg)})
+        elif cmd == "start":
+            agents.start()
+            conn.send({"started": True})
+        elif cmd == "spooled":
+            conn.send({"spooled": agents.spooled()})
+        elif cmd == "steady":
+            conn.send(agents.steady(*arg))
+        elif cmd == "close":
+            conn.send(agents.close())
+            return
