@@ -88,6 +88,21 @@ class Fleet:
     def spooled(self) -> int:
         return sum(r["spooled"] for r in self.ask("spooled"))
 
+    def drain(self, stall: float = 120.0) -> None:
+        """Wait until every spool is empty; fail if none shrinks for `stall` seconds."""
+        last, since = -1, time.monotonic()
+        while True:
+            res = self.ask("spooled")
+            left = sum(r["spooled"] for r in res)
+            if not left:
+                return
+            if left != last:
+                last, since = left, time.monotonic()
+            elif time.monotonic() - since > stall:
+                errors = sorted({e for r in res for e in r["errors"]})
+                raise RuntimeError(f"forwarding stalled with {left} spooled: {errors[:3]}")
+            time.sleep(0.2)
+
     def close(self) -> dict[str, int]:
         res = self.ask("close")
         for p in self.procs:
@@ -101,8 +116,7 @@ def backlog(fleet: Fleet, engine: Engine, agents: int, per_host: int) -> dict[st
     load_before = load()
     started = time.perf_counter()
     fleet.ask("start")
-    while fleet.spooled():
-        time.sleep(0.2)
+    fleet.drain()
     seconds = time.perf_counter() - started
     stored = event_count(engine) - before
     with engine.connect() as c:
@@ -147,8 +161,7 @@ def steady(fleet: Fleet, engine: Engine, rate: float, seconds: float) -> dict[st
     fed = sum(r["fed"] for r in res)
     fed_seconds = max(r["fed_seconds"] for r in res)
     started = time.perf_counter()
-    while fleet.spooled():
-        time.sleep(0.2)
+    fleet.drain()
     drain = time.perf_counter() - started
     ages = sorted(a for r in res for a in r["ages"])
 

@@ -119,9 +119,16 @@ class Agents:
         sampler.join()
         return {"fed": fed, "fed_seconds": fed_seconds, "ages": ages}
 
+    def errors(self) -> list[str]:
+        return sorted({f.last_error for f in self.forwarders if f.last_error})
+
     def close(self) -> dict[str, int]:
-        for f in self.forwarders:
-            f.stop()
+        # all at once: each stop may forward for up to forward_stop_seconds
+        stoppers = [threading.Thread(target=f.stop) for f in self.forwarders]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()
         left = self.spooled()
         forwarded = sum(f.forwarded for f in self.forwarders)
         for f in self.forwarders:
@@ -144,7 +151,7 @@ def worker(spec: WorkerSpec, conn: Connection) -> None:
             agents.start()
             conn.send({"started": True})
         elif cmd == "spooled":
-            conn.send({"spooled": agents.spooled()})
+            conn.send({"spooled": agents.spooled(), "errors": agents.errors()})
         elif cmd == "steady":
             conn.send(agents.steady(*arg))
         elif cmd == "close":
