@@ -25,9 +25,9 @@ from agent.store.writer import EVENT_TABLES, batch_rows, write_batch
 # how each staged table is merged: uid tables skip re-sent rows; artefacts and file state
 # take the newest values (each key appears once per batch: batch_rows folds repeats)
 _MERGE: dict[str, str] = {
-    "file_events": "ON CONFLICT (uid) DO NOTHING",
-    "flows": "ON CONFLICT (uid) DO NOTHING",
-    "decisions": "ON CONFLICT (uid) DO NOTHING",
+    "file_events": "ON CONFLICT DO NOTHING",
+    "flows": "ON CONFLICT DO NOTHING",
+    "decisions": "ON CONFLICT DO NOTHING",
     "lineage": "ON CONFLICT DO NOTHING",
     "artefacts": "ON CONFLICT (sha256) DO UPDATE SET last_seen = EXCLUDED.last_seen, "
     "tags = EXCLUDED.tags, kinds = EXCLUDED.kinds, matches = EXCLUDED.matches, "

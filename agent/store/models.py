@@ -3,8 +3,9 @@
 Schema changes only through Alembic migrations in `migrations/`; a test fails when the
 models and the migrations disagree. Every event row carries `host_id` (many agents can
 share one PostgreSQL) and a globally unique `uid` — the idempotency key that makes a
-retried batch insert no duplicate. No file content is ever stored: only hashes, sizes,
-tags, category match counts and rule ids.
+retried batch insert no duplicate. On PostgreSQL the event tables are partitioned by day
+(agent/store/partitions.py, migration 0005) and that key is `(uid, <event time>)`. No
+file content is ever stored: only hashes, sizes, tags, category match counts and rule ids.
 """
 
 from __future__ import annotations
@@ -233,6 +234,23 @@ class FileState(Base):
     inode: Mapped[int | None] = mapped_column(BigInteger)
     mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
     sha256: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ForwardMark(Base):
+    """How far each spool has been committed to the central store (migration 0005).
+
+    The forwarder (agent/store/forwarder.py) moves this mark in the same transaction as
+    the batch it stores, so after a lost acknowledgement the mark says which spooled
+    events are already in: they are acknowledged, not sent again, and the event rows can
+    be COPYed straight into their tables without a conflict check.
+    """
+
+    __tablename__ = "forward_marks"
+
+    spool_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host_id: Mapped[str] = mapped_column(String(64))
+    last_seq: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

@@ -143,7 +143,9 @@ def write_batch(engine: Engine, host_id: str, events: Sequence[Event]) -> dict[s
     rows = batch_rows(host_id, events)
     with engine.begin() as conn:
         for name, table in EVENT_TABLES:
-            _upsert(conn, engine, table, getattr(rows, name), conflict=("uid",))
+            # no conflict target: the key is `uid` on SQLite, `(uid, time)` on a partitioned
+            # PostgreSQL store (agent/store/partitions.py); either way a re-sent row is skipped
+            _upsert(conn, engine, table, getattr(rows, name))
         write_shared_rows(conn, engine, host_id, rows)
     return rows.counts()
 
