@@ -19,6 +19,7 @@ clock live), so this is testable.
 from __future__ import annotations
 
 import heapq
+import math
 import socket
 from collections import OrderedDict
 from collections.abc import Callable
@@ -86,6 +87,9 @@ class FlowTable:
         self.max_flows = max_flows
         self.close_grace = 5.0  # seconds an owned flow waits for its destroy notification
         self.flows: dict[FlowKey, FlowState] = {}
+        # the earliest time (the clock passed in) at which `expire` may have work: a live
+        # sensor sleeps until then instead of calling it every second
+        self.due = math.inf
         self.reverse: dict[FlowKey, FlowKey] = {}  # responder-side key -> flow key
         self.ignored: OrderedDict[FlowKey, float] = OrderedDict()  # inbound and closed keys
         self.names = names.NameCache()
@@ -180,6 +184,7 @@ class FlowTable:
             self._evict()
         st = FlowState(key, ts, ts, ts)
         self.flows[key] = st
+        self._due(ts + min(self.idle_timeout, self.active_timeout))
         self.reverse[(key[0], key[3], key[4], key[1], key[2])] = key
         return st
 
@@ -228,6 +233,7 @@ class FlowTable:
             if st.rst or (st.fin_out and st.fin_in):
                 if st.owned:
                     st.closed_at = st.closed_at or ts
+                    self._due(st.closed_at + self.close_grace)
                 else:
                     self._export(st, ts, "rst" if st.rst else "fin", final=True)
 
@@ -320,6 +326,7 @@ class FlowTable:
             st.kernel_reset = True
             st.owned = True
             st.closed_at = min(st.closed_at or ts, ts - self.close_grace + _RESET_WAIT)
+            self._due(st.closed_at + self.close_grace)
 
     def conntrack_update(self, key: FlowKey, bytes_out: int, bytes_in: int, ts: float) -> None:
         """IP-level byte counts of a UDP conversation from conntrack accounting; a
@@ -348,18 +355,33 @@ class FlowTable:
         self._account(st)
 
     # --- export ----------------------------------------------------------------------------
+    def _due(self, when: float) -> None:
+        if when < self.due:
+            self.due = when
+
     def expire(self, now: float) -> None:
-        """Export flows idle past idle_timeout, and running ones past active_timeout."""
+        """Export flows idle past idle_timeout, and running ones past active_timeout;
+        `due` becomes the earliest time one of the remaining flows can time out."""
+        due = math.inf
+        idle, active, grace = self.idle_timeout, self.active_timeout, self.close_grace
         for st in list(self.flows.values()):
-            if st.closed_at is not None and now - st.closed_at >= self.close_grace:
+            if st.closed_at is not None and now - st.closed_at >= grace:
                 self._export(st, now, close_reason(st, "fin"), final=True)
-            elif now - st.last >= self.idle_timeout:
+                continue
+            if now - st.last >= idle:
                 self._export(st, now, "idle", final=True)
-            elif now - st.record_start >= self.active_timeout:
+                continue
+            if now - st.record_start >= active:
                 if st.totals()[:2] != (st.exported_out, st.exported_in):
                     self._export(st, now, "active", final=False)
                 else:  # nothing new to report: no empty records for idle keep-alive sessions
                     st.record_start = now
+            when = min(st.last + idle, st.record_start + active)
+            if st.closed_at is not None:
+                when = min(when, st.closed_at + grace)
+            if when < due:
+                due = when
+        self.due = due
 
     def _evict(self) -> None:
         """Make room: export the longest-idle flows, a sixteenth of the table at once.

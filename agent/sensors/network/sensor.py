@@ -6,13 +6,22 @@ socket-destroy listener) and raises `SensorUnavailable` with the reason when it 
 capture. The thread then waits on all sockets at once: captured packets feed the
 `FlowTable`; an outbound SYN triggers an exact sock_diag lookup (inode, uid, cookie)
 and the /proc index (pid, exe, user); destroy notifications close flows with exact
-bytes; a dump every `DUMP_INTERVAL` seconds updates long flows and repairs lost
-notifications. Flows leave through `emit` as `agent.events.Flow`.
+bytes; a dump every `DUMP_INTERVAL` seconds, while local TCP flows are open, updates
+long flows (backing off to `MAX_DUMP_INTERVAL` while their counts stand still), and a
+dump repairs lost notifications. Flows leave through `emit` as `agent.events.Flow`.
+
+The loop is event-driven: it sleeps in one select() until a socket is readable or the
+earliest of its own deadlines (the table's next timeout, the next dump, a drop-counter
+read after packets) is due, so a quiet host with no open flows wakes it only for what
+arrives (address changes and new UDP conversations come as netlink messages, see
+`netwatch`), and at least every `MAX_SLEEP` seconds to beat its heartbeat.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import select
 import threading
 import time
@@ -20,32 +29,32 @@ from typing import Any
 
 from agent import metrics
 from agent.config import NetworkSection
-from agent.events import Flow, ProcessInfo
+from agent.events import Flow
 from agent.liveness import HEARTBEATS, Heartbeat, supervised
 from agent.sensors import Emit, SensorUnavailable
 from agent.sensors.network.capture import DLT_RAW, PACKET_OUTGOING, CaptureSocket
 from agent.sensors.network.conntrack import Conntrack
 from agent.sensors.network.destinations import Destinations
-from agent.sensors.network.flowstate import FlowKey, FlowState
+from agent.sensors.network.flowstate import FlowKey
 from agent.sensors.network.flowtable import FlowTable
-from agent.sensors.network.host import ephemeral_range, is_loopback, local_addresses
-from agent.sensors.network.packets import IPPROTO_TCP, decode_ethernet, decode_ip
-from agent.sensors.network.procindex import ProcIndex, user_name
-from agent.sensors.network.sockdiag import DestroyListener, DiagSocket, SockDiag
+from agent.sensors.network.host import ephemeral_range, local_addresses
+from agent.sensors.network.kernelacct import DUMP_INTERVAL, KernelAccounting
+from agent.sensors.network.netwatch import AddressWatch, ConntrackEvents
+from agent.sensors.network.packets import decode_ethernet, decode_ip
+from agent.sensors.network.procindex import ProcIndex
+from agent.sensors.network.sockdiag import DestroyListener, SockDiag
 
 log = logging.getLogger(__name__)
 
-DUMP_INTERVAL = 3.0
 REOPEN_INTERVAL = 5.0  # seconds between attempts to reopen a failed capture
-LOCAL_REFRESH = 30.0  # seconds between re-reads of this host's addresses (DHCP, VPNs)
-TICK = 0.5
-_PEER_FIN_STATES = frozenset((6, 8, 9, 11))  # TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING
-_TCP_CLOSE = 7  # reached by an orderly close (FIN counted) or a reset (none): ambiguous
+LOCAL_REFRESH = 30.0  # re-read of this host's addresses when no AddressWatch can open
+HOUSEKEEPING = 1.0  # at most this often: timeouts, drop counters (as precise as before)
+MAX_SLEEP = 60.0  # longest sleep: the heartbeat's age stays below agent.stall_after
 _BATCH = 256  # packets read from one socket before looking at the others
 _DRAIN_BATCHES = 16  # at most this many batches read ahead of destroy notifications
 
 
-class NetworkSensor:
+class NetworkSensor(KernelAccounting):
     name = "network"
 
     def __init__(
@@ -59,6 +68,8 @@ class NetworkSensor:
         self.destroy: DestroyListener | None = None
         self.kernel_accounting = "off"
         self.conntrack: Conntrack | None = None
+        self.ct_events: ConntrackEvents | None = None
+        self.addresses: AddressWatch | None = None
         self.udp_accounting = "off"
         self.procs = ProcIndex()
         self.cookies: dict[int, FlowKey] = {}
@@ -69,7 +80,13 @@ class NetworkSensor:
         self.dropped = 0
         self.packets = 0
         self.lost_notifications = 0
-        self.thread_cpu = 0.0  # CPU seconds of the sensor's own thread, updated each second
+        # deadlines of the loop (time.monotonic()); inf: nothing to do until an event
+        self._next_dump = self._next_ct = self._stats_due = math.inf
+        self._next_reopen = self._next_local = self._next_house = 0.0
+        self._dump_interval = DUMP_INTERVAL
+        self._last_stats = 0.0
+        self.wakeups = 0  # times the loop woke (status: a quiet host should see few)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)  # stop() wakes
         self._emit: Emit | None = None
         # metric children looked up once, not per packet batch and per flow
         self._events_metric = metrics.SENSOR_EVENTS.labels(self.name)
@@ -92,6 +109,14 @@ class NetworkSensor:
                 )
             self._open_kernel_accounting()
             self._open_conntrack()
+            try:
+                self.addresses = AddressWatch()
+            except OSError as e:  # polled every LOCAL_REFRESH seconds instead
+                log.warning(
+                    "cannot watch address changes (%s); re-reading them every %.0f s",
+                    e,
+                    LOCAL_REFRESH,
+                )
             self.local = local_addresses()
         except BaseException:
             self._close()
@@ -122,32 +147,12 @@ class NetworkSensor:
         except Exception as e:  # keep the last known set; addresses rarely change
             log.warning("cannot list local addresses: %s", e)
 
-    def _open_kernel_accounting(self) -> None:
-        if not self.cfg.kernel_accounting:
-            return
-        try:
-            self.diag = SockDiag()
-        except OSError as e:
-            self.kernel_accounting = f"off: sock_diag unavailable ({e.strerror})"
-            return
-        try:
-            self.destroy = DestroyListener(self.netlink_buffer)
-        except OSError as e:
-            # without CAP_NET_ADMIN: owners and dumps still work; bytes at close from seq
-            self.kernel_accounting = f"dump only: destroy notifications need CAP_NET_ADMIN ({e})"
-            return
-        self.kernel_accounting = "on"
-
-    def _open_conntrack(self) -> None:
-        try:
-            self.conntrack = Conntrack()
-        except (OSError, ImportError) as e:
-            self.udp_accounting = f"captured packets only: conntrack unavailable ({e})"
-            return
-        self.udp_accounting = "conntrack"
-
     def stop(self) -> None:
         self._stop.set()
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:  # the pipe is full: the loop is awake anyway
+            pass
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -158,11 +163,13 @@ class NetworkSensor:
         for c in self.captures:
             c.close()
         self.captures = []
-        for s in (self.diag, self.destroy, self.conntrack):
+        for s in (self.diag, self.destroy, self.conntrack, self.ct_events, self.addresses):
             if s is not None:
                 s.close()
         self.diag = self.destroy = None
         self.conntrack = None
+        self.ct_events = None
+        self.addresses = None
 
     def status(self) -> dict[str, object]:
         return {
@@ -176,7 +183,9 @@ class NetworkSensor:
             "flows_dropped": self.dropped,
             "packets": self.packets,
             "lost_notifications": self.lost_notifications,
-            "thread_cpu_seconds": round(self.thread_cpu, 3),
+            "wakeups": self.wakeups,
+            "dumps": self.dumps,
+            "thread_cpu_seconds": round(self.thread_cpu(), 3),
             # which country table the running sensor uses, and how old it is
             "country_data": (
                 self.destinations.countries.info.as_dict(self.cfg.country_data_max_age_days)
@@ -185,55 +194,82 @@ class NetworkSensor:
             ),
         }
 
+    def thread_cpu(self) -> float:
+        """CPU seconds of the sensor's thread so far, read from the kernel (schedstat, in
+        ns), so that the loop does not have to wake to publish it."""
+        thread = self._thread
+        tid = thread.native_id if thread is not None else None
+        if tid is None:
+            return 0.0
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+                return int(f.read().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
     # --- the loop ----------------------------------------------------------------------
+    def next_deadline(self) -> float:
+        """When (time.monotonic()) the loop has work of its own, inf for none: the
+        table's next timeout (at most once a second), the next dump, a drop-counter
+        read, a capture to reopen, the address re-read without an AddressWatch."""
+        assert self.table is not None
+        table_due = time.monotonic() + self.table.due - time.time()
+        return min(
+            max(self._next_house, table_due),
+            self._next_dump,
+            self._next_ct,
+            self._stats_due,
+            self._next_reopen if self.down else math.inf,
+            self._next_local,
+        )
+
     def _run(self) -> None:
         assert self.table is not None
         table = self.table
-        next_dump = next_tick = 0.0
-        next_reopen = time.monotonic() + REOPEN_INTERVAL
-        next_local = time.monotonic() + LOCAL_REFRESH
+        now = time.monotonic()
+        # a dump at once adopts connections older than the agent (and UDP conversations)
+        self._next_dump = now if self.diag is not None else math.inf
+        self._next_ct = now if self.conntrack is not None else math.inf
+        self._next_reopen = now + REOPEN_INTERVAL
+        self._next_local = now + LOCAL_REFRESH if self.addresses is None else math.inf
         beat = self._beat.beat
         while not self._stop.is_set():
             beat()
-            waitables: list[Any] = [*self.captures]
-            if self.destroy is not None:
-                waitables.append(self.destroy)
+            waitables: list[Any] = [*self.captures, self._wake_r]
+            for extra in (self.destroy, self.ct_events, self.addresses):
+                if extra is not None:
+                    waitables.append(extra)
+            sleep = min(max(0.0, self.next_deadline() - time.monotonic()), MAX_SLEEP)
             try:
-                ready, _, _ = select.select(waitables, [], [], TICK)
+                ready, _, _ = select.select(waitables, [], [], sleep)
             except InterruptedError:
                 continue
+            self.wakeups += 1
             try:
-                for w in ready:
-                    if isinstance(w, CaptureSocket):
-                        self._read_packets(w)
-                if self.destroy is not None and self.destroy in ready:
-                    # a destroyed connection's packets were queued on the capture sockets
-                    # before the kernel reported the destroy: read them first, or a late
-                    # SYN would open the flow again after its final record (and its SNI
-                    # would miss that record)
-                    for cap in list(self.captures):
-                        for _ in range(_DRAIN_BATCHES):
-                            if self._read_packets(cap) < _BATCH:
-                                break
-                    self._read_destroyed()
+                self._handle(ready)
                 now = time.monotonic()
-                if now >= next_dump:
-                    next_dump = now + DUMP_INTERVAL
+                if now >= self._next_dump:
+                    self._next_dump = math.inf
                     if self.diag is not None:
                         self._dump()
+                if now >= self._next_ct:
+                    self._next_ct = math.inf
                     if self.conntrack is not None:
                         self._conntrack_dump()
-                if self.down and now >= next_reopen:
-                    next_reopen = now + REOPEN_INTERVAL
+                if self.down and now >= self._next_reopen:
+                    self._next_reopen = now + REOPEN_INTERVAL
                     self._reopen()
-                if now >= next_local:
-                    next_local = now + LOCAL_REFRESH
+                if now >= self._next_local:
+                    self._next_local = now + LOCAL_REFRESH
                     self._refresh_local()
-                if now >= next_tick:
-                    next_tick = now + 1.0
-                    self.thread_cpu = time.thread_time()
+                if now >= self._stats_due:
+                    self._stats_due = math.inf
+                    self._last_stats = now
                     self._poll_stats()
-                    table.expire(time.time())
+                wall = time.time()
+                if wall >= table.due and now >= self._next_house:
+                    self._next_house = now + HOUSEKEEPING
+                    table.expire(wall)
                     self.cookies = {c: k for c, k in self.cookies.items() if k in table.flows}
             except Exception:  # one bad packet or netlink hiccup must not end the sensor
                 log.exception("network sensor: error while processing; continuing")
@@ -242,6 +278,32 @@ class NetworkSensor:
         if self.destroy is not None:
             self._read_destroyed()
         table.flush(time.time())
+
+    def _handle(self, ready: list[Any]) -> None:
+        """Read what woke the loop."""
+        for w in ready:
+            if isinstance(w, CaptureSocket):
+                self._read_packets(w)
+        if self.destroy is not None and self.destroy in ready:
+            # a destroyed connection's packets were queued on the capture sockets
+            # before the kernel reported the destroy: read them first, or a late
+            # SYN would open the flow again after its final record (and its SNI
+            # would miss that record)
+            for cap in list(self.captures):
+                for _ in range(_DRAIN_BATCHES):
+                    if self._read_packets(cap) < _BATCH:
+                        break
+            self._read_destroyed()
+        ct = self.ct_events
+        if ct is not None and ct in ready and ct.udp_started():  # adopt it once it has bytes
+            self._next_ct = min(self._next_ct, time.monotonic() + DUMP_INTERVAL)
+        if self.addresses is not None and self.addresses in ready and self.addresses.changed():
+            self._refresh_local()
+        if self._wake_r in ready:
+            try:
+                os.read(self._wake_r, 64)
+            except OSError:
+                pass
 
     def _read_packets(self, cap: CaptureSocket) -> int:
         """Read up to `_BATCH` packets; returns how many were read."""
@@ -282,6 +344,8 @@ class NetworkSensor:
                 packet(pkt, time.time(), view, size)
         if n:
             self.packets += n
+            if self._stats_due == math.inf:  # drops can only follow packets: read them soon
+                self._stats_due = max(time.monotonic(), self._last_stats + HOUSEKEEPING)
             counter = self._packet_metrics.get(cap.interface)
             if counter is None:
                 counter = self._packet_metrics[cap.interface] = metrics.CAPTURE_PACKETS.labels(
@@ -312,110 +376,6 @@ class NetworkSensor:
                 metrics.CAPTURE_DROPS.labels(cap.interface).inc(drops)
 
     # --- kernel accounting ---------------------------------------------------------------
-    def _key(self, s: DiagSocket) -> FlowKey:
-        return (IPPROTO_TCP, s.src, s.sport, s.dst, s.dport)
-
-    def _outbound_guess(self, s: DiagSocket) -> bool:
-        """A socket whose SYN we did not see: outbound if its local port is ephemeral.
-        Loopback conversations never leave the host and are not reported."""
-        if is_loopback(s.dst):
-            return False
-        return self.ephemeral[0] <= s.sport <= self.ephemeral[1]
-
-    def _read_destroyed(self) -> None:
-        assert self.destroy is not None and self.table is not None
-        socks, lost = self.destroy.read()
-        now = time.time()
-        for s in socks:
-            # the cookie first: an abortive close (tcp_disconnect) zeroes the peer port
-            key = self.cookies.pop(s.cookie, None)
-            if key is None:
-                if s.dport == 0:
-                    continue  # a listening or unconnected socket
-                key = self._key(s)
-            if not s.bytes_acked and not s.bytes_received:
-                self.table.kernel_reset(key, now)
-                continue
-            self.table.kernel_update(
-                key,
-                s.payload_out,
-                s.bytes_received or 0,
-                now,
-                final=True,
-                adopt=self._outbound_guess(s),
-            )
-        if lost:
-            self.lost_notifications += 1
-            metrics.NETLINK_LOST.inc()
-            self._dump()
-
-    def _dump(self) -> None:
-        assert self.diag is not None and self.table is not None
-        try:
-            socks = self.diag.dump()
-        except OSError as e:
-            log.warning("sock_diag dump failed: %s", e)
-            return
-        now = time.time()
-        for s in socks:
-            st = self.table.kernel_update(
-                self._key(s),
-                s.payload_out,
-                s.bytes_received or 0,
-                now,
-                adopt=self._outbound_guess(s),
-                peer_fin=None if s.state == _TCP_CLOSE else s.state in _PEER_FIN_STATES,
-            )
-            if st is not None and st.cookie is None:
-                self._own(st, s)
-
-    def _conntrack_dump(self) -> None:
-        assert self.conntrack is not None and self.table is not None
-        try:
-            entries = self.conntrack.dump()
-        except Exception as err:  # netlink errors surface as several pyroute2 types
-            log.warning("conntrack dump failed: %s", err)
-            return
-        now = time.time()
-        for e in entries:
-            if is_loopback(e.dst):
-                continue
-            key = (e.proto, e.src, e.sport, e.dst, e.dport)
-            self.table.conntrack_update(key, e.bytes_orig, e.bytes_reply, now)
-
-    def _attribute(self, st: FlowState) -> None:
-        """On an outbound SYN (or a UDP conversation's first packet): which local socket,
-        and which process, sent it."""
-        proto, src, sport, dst, dport = st.key
-        if src not in self.local:
-            return  # forwarded traffic: no local socket
-        if proto != IPPROTO_TCP:
-            if self.diag is not None:
-                s = self.diag.lookup_udp(src, sport, dst, dport)
-                if s is not None:
-                    self._process(st, s)
-            return
-        if self.destroy is not None:
-            st.owned = True  # its destroy notification will bring the exact bytes
-        if self.diag is None:
-            return
-        s = self.diag.lookup(src, sport, dst, dport)
-        if s is not None:
-            self._own(st, s)
-
-    def _own(self, st: FlowState, s: DiagSocket) -> None:
-        st.cookie = s.cookie
-        self.cookies[s.cookie] = st.key
-        self._process(st, s)
-
-    def _process(self, st: FlowState, s: DiagSocket) -> None:
-        if st.process is None:
-            pid = self.procs.pid_of(s.inode)
-            if pid is not None:
-                st.process = self.procs.process(pid, s.uid)
-            else:
-                st.process = ProcessInfo(uid=s.uid, user=user_name(s.uid))
-
     def _export(self, flow: Flow) -> None:
         assert self._emit is not None
         if self._emit(flow):

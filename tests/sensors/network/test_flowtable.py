@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -127,3 +129,31 @@ def test_any_packet_sequence_is_safe_and_adds_up(packets: list, midstream: bool)
     t.flush(ts + 1)
     assert t.flows == {}
     assert all(f.bytes_out >= 0 and f.bytes_in >= 0 and f.end >= f.start for f in out)
+
+
+def test_due_says_when_the_next_timeout_can_happen() -> None:
+    """A live sensor sleeps until `due` instead of calling expire() every second: it
+    must never be later than a flow's timeout, and an empty table has none."""
+    t, out = _table(is_local=lambda a: a in (A, L), idle_timeout=60.0, active_timeout=300.0)
+    assert t.due == math.inf
+    key = (6, A, 40010, B, 443)
+    t.packet(_tcp(A, 40010, B, 443, 100, TCP_SYN), 10.0, b"", 0)
+    assert t.due == 70.0  # idle timeout of the new flow
+    t.flows[key].owned = True
+    t.packet(_tcp(A, 40010, B, 443, 5101, TCP_FIN | TCP_ACK), 12.0, b"", 0)
+    t.packet(_tcp(B, 443, A, 40010, 900, TCP_FIN | TCP_ACK), 12.5, b"", 0)
+    assert t.due == 12.5 + t.close_grace  # owned and closed: the destroy's grace period
+    t.expire(13.0)  # nothing due yet: the earliest deadline is recomputed
+    assert t.due == 12.5 + t.close_grace and out == []
+    t.expire(t.due)
+    assert len(out) == 1 and t.due == math.inf
+
+
+def test_due_follows_the_active_timeout_of_a_long_flow() -> None:
+    t, out = _table(is_local=lambda a: a in (A, L), idle_timeout=60.0, active_timeout=5.0)
+    key = (6, A, 40011, B, 443)
+    t.packet(_tcp(A, 40011, B, 443, 100, TCP_SYN), 1.0, b"", 0)
+    assert t.due == 6.0
+    t.kernel_update(key, 1000, 0, 4.0)
+    t.expire(6.0)  # an active record, and the next one 5 s later
+    assert [f.close_reason for f in out] == ["active"] and t.due == 11.0

@@ -1,0 +1,234 @@
+"""Kernel byte accounting and owners for the live network sensor: sock_diag and conntrack.
+
+Split from `sensor` (the loop, the capture) so each reads on its own. An outbound SYN
+(or a UDP conversation's first packet) triggers an exact sock_diag lookup and the /proc
+index (`_attribute`); destroy notifications close TCP flows with tcp_info's exact bytes
+(`_read_destroyed`); a dump updates long flows, adopts connections older than the agent
+and repairs lost notifications (`_dump`), and is scheduled only while local TCP flows
+are open (`_schedule_dump`); conntrack dumps give UDP conversations their bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from agent import metrics
+from agent.config import NetworkSection
+from agent.events import ProcessInfo
+from agent.sensors.network.conntrack import Conntrack
+from agent.sensors.network.flowstate import FlowKey, FlowState
+from agent.sensors.network.flowtable import FlowTable
+from agent.sensors.network.host import is_loopback
+from agent.sensors.network.netwatch import ConntrackEvents
+from agent.sensors.network.packets import IPPROTO_TCP
+from agent.sensors.network.procindex import ProcIndex, user_name
+from agent.sensors.network.sockdiag import DestroyListener, DiagSocket, SockDiag
+
+log = logging.getLogger(__name__)
+
+DUMP_INTERVAL = 3.0  # seconds between sock_diag dumps while local TCP flows move bytes
+MAX_DUMP_INTERVAL = 30.0  # ... backed off to this while their counts stand still
+_PEER_FIN_STATES = frozenset((6, 8, 9, 11))  # TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING
+_TCP_CLOSE = 7  # reached by an orderly close (FIN counted) or a reset (none): ambiguous
+
+
+class KernelAccounting:
+    """The sock_diag and conntrack half of `NetworkSensor` (a mixin: it shares the
+    sensor's flow table, sockets and loop deadlines)."""
+
+    cfg: NetworkSection
+    netlink_buffer: int
+    table: FlowTable | None
+    diag: SockDiag | None
+    destroy: DestroyListener | None
+    conntrack: Conntrack | None
+    ct_events: ConntrackEvents | None
+    kernel_accounting: str
+    udp_accounting: str
+    procs: ProcIndex
+    cookies: dict[int, FlowKey]
+    local: set[bytes]
+    ephemeral: tuple[int, int]
+    lost_notifications: int
+    dumps: int = 0  # sock_diag dumps done
+    _next_dump: float  # time.monotonic() of the next sock_diag dump; inf: none due
+    _next_ct: float  # ... of the next conntrack dump
+    _dump_interval: float
+
+    def _open_kernel_accounting(self) -> None:
+        if not self.cfg.kernel_accounting:
+            return
+        try:
+            self.diag = SockDiag()
+        except OSError as e:
+            self.kernel_accounting = f"off: sock_diag unavailable ({e.strerror})"
+            return
+        try:
+            self.destroy = DestroyListener(self.netlink_buffer)
+        except OSError as e:
+            # without CAP_NET_ADMIN: owners and dumps still work; bytes at close from seq
+            self.kernel_accounting = f"dump only: destroy notifications need CAP_NET_ADMIN ({e})"
+            return
+        self.kernel_accounting = "on"
+
+    def _open_conntrack(self) -> None:
+        try:
+            self.conntrack = Conntrack()
+        except (OSError, ImportError) as e:
+            self.udp_accounting = f"captured packets only: conntrack unavailable ({e})"
+            return
+        self.udp_accounting = "conntrack"
+        try:
+            self.ct_events = ConntrackEvents()
+        except OSError as e:  # new UDP conversations are then found by a dump every 3 s
+            log.warning(
+                "cannot listen to conntrack events (%s); dumping every %.0f s", e, DUMP_INTERVAL
+            )
+
+    def _key(self, s: DiagSocket) -> FlowKey:
+        return (IPPROTO_TCP, s.src, s.sport, s.dst, s.dport)
+
+    def _outbound_guess(self, s: DiagSocket) -> bool:
+        """A socket whose SYN we did not see: outbound if its local port is ephemeral.
+        Loopback conversations never leave the host and are not reported."""
+        if is_loopback(s.dst):
+            return False
+        return self.ephemeral[0] <= s.sport <= self.ephemeral[1]
+
+    def _read_destroyed(self) -> None:
+        assert self.destroy is not None and self.table is not None
+        socks, lost = self.destroy.read()
+        now = time.time()
+        for s in socks:
+            # the cookie first: an abortive close (tcp_disconnect) zeroes the peer port
+            key = self.cookies.pop(s.cookie, None)
+            if key is None:
+                if s.dport == 0:
+                    continue  # a listening or unconnected socket
+                key = self._key(s)
+            if not s.bytes_acked and not s.bytes_received:
+                self.table.kernel_reset(key, now)
+                continue
+            self.table.kernel_update(
+                key,
+                s.payload_out,
+                s.bytes_received or 0,
+                now,
+                final=True,
+                adopt=self._outbound_guess(s),
+            )
+        if lost:
+            self.lost_notifications += 1
+            metrics.NETLINK_LOST.inc()
+            self._dump()
+
+    def _dump(self) -> None:
+        assert self.diag is not None and self.table is not None
+        try:
+            socks = self.diag.dump()
+        except OSError as e:
+            log.warning("sock_diag dump failed: %s", e)
+            self._next_dump = time.monotonic() + DUMP_INTERVAL
+            return
+        self.dumps += 1
+        now = time.time()
+        flows = self.table.flows
+        changed = False
+        for s in socks:
+            key = self._key(s)
+            old = flows.get(key)
+            before = None if old is None else (old.kernel_out, old.kernel_in, old.kernel_in_closed)
+            st = self.table.kernel_update(
+                key,
+                s.payload_out,
+                s.bytes_received or 0,
+                now,
+                adopt=self._outbound_guess(s),
+                peer_fin=None if s.state == _TCP_CLOSE else s.state in _PEER_FIN_STATES,
+            )
+            if st is None:
+                continue
+            if st is not old or before != (st.kernel_out, st.kernel_in, st.kernel_in_closed):
+                changed = True
+            if st.cookie is None:
+                self._own(st, s)
+        self._schedule_dump(changed)
+
+    def _schedule_dump(self, changed: bool) -> None:
+        """The next dump: none while no local TCP flow is open (new ones are seen by
+        their SYN, and their destroy notification ends them); in DUMP_INTERVAL while
+        counts move, backing off while they stand still — but always well within
+        idle_timeout, since a dump is what keeps an owned flow's `last` fresh."""
+        assert self.table is not None
+        local = self.local
+        if not any(k[0] == IPPROTO_TCP and k[1] in local for k in self.table.flows):
+            self._next_dump = math.inf
+            self._dump_interval = DUMP_INTERVAL
+            return
+        if changed:
+            self._dump_interval = DUMP_INTERVAL
+        else:
+            longest = max(DUMP_INTERVAL, min(MAX_DUMP_INTERVAL, self.cfg.idle_timeout / 2))
+            self._dump_interval = min(self._dump_interval * 2, longest)
+        self._next_dump = time.monotonic() + self._dump_interval
+
+    def _conntrack_dump(self) -> None:
+        assert self.conntrack is not None and self.table is not None
+        try:
+            entries = self.conntrack.dump()
+        except Exception as err:  # netlink errors surface as several pyroute2 types
+            log.warning("conntrack dump failed: %s", err)
+            self._next_ct = time.monotonic() + DUMP_INTERVAL
+            return
+        now = time.time()
+        for e in entries:
+            if is_loopback(e.dst):
+                continue
+            key = (e.proto, e.src, e.sport, e.dst, e.dport)
+            self.table.conntrack_update(key, e.bytes_orig, e.bytes_reply, now)
+        # again while UDP flows are open (their counts) or, without conntrack events,
+        # always (new conversations are found only this way then)
+        if self.ct_events is None or any(k[0] != IPPROTO_TCP for k in self.table.flows):
+            self._next_ct = time.monotonic() + DUMP_INTERVAL
+
+    def _attribute(self, st: FlowState) -> None:
+        """On an outbound SYN (or a UDP conversation's first packet): which local socket,
+        and which process, sent it."""
+        proto, src, sport, dst, dport = st.key
+        if proto != IPPROTO_TCP:
+            if self.conntrack is not None and self._next_ct == math.inf:
+                self._next_ct = time.monotonic() + DUMP_INTERVAL  # its bytes
+        elif self.diag is not None and src in self.local:
+            # a long upload's counts (and a lost SYN owner) come from dumps
+            self._dump_interval = DUMP_INTERVAL
+            self._next_dump = min(self._next_dump, time.monotonic() + DUMP_INTERVAL)
+        if src not in self.local:
+            return  # forwarded traffic: no local socket
+        if proto != IPPROTO_TCP:
+            if self.diag is not None:
+                s = self.diag.lookup_udp(src, sport, dst, dport)
+                if s is not None:
+                    self._process(st, s)
+            return
+        if self.destroy is not None:
+            st.owned = True  # its destroy notification will bring the exact bytes
+        if self.diag is None:
+            return
+        s = self.diag.lookup(src, sport, dst, dport)
+        if s is not None:
+            self._own(st, s)
+
+    def _own(self, st: FlowState, s: DiagSocket) -> None:
+        st.cookie = s.cookie
+        self.cookies[s.cookie] = st.key
+        self._process(st, s)
+
+    def _process(self, st: FlowState, s: DiagSocket) -> None:
+        if st.process is None:
+            pid = self.procs.pid_of(s.inode)
+            if pid is not None:
+                st.process = self.procs.process(pid, s.uid)
+            else:
+                st.process = ProcessInfo(uid=s.uid, user=user_name(s.uid))

@@ -1,0 +1,137 @@
+"""Kernel notifications that let the network sensor sleep instead of polling.
+
+A quiet host must cost the sensor nothing, so the two facts it used to poll for arrive
+as netlink multicast messages instead, and its loop sleeps until one of them (or a
+packet, or a deadline of its own) is due:
+- `AddressWatch` (rtnetlink, RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR): an address was
+  added or removed (DHCP, a VPN coming up), so the set of local addresses that tells
+  outbound from inbound is re-read — instead of every 30 s.
+- `ConntrackEvents` (NETLINK_NETFILTER, NFNLGRP_CONNTRACK_NEW): a new conntrack entry.
+  A UDP conversation that the capture filter never shows Python (no DNS, no QUIC
+  Initial) is adopted from a conntrack dump; the event says when a dump is worth doing,
+  instead of dumping every 3 s on a quiet host. Only UDP entries matter (TCP has
+  sock_diag), so messages are parsed just far enough to find the protocol number.
+Both are optional: when a socket cannot be opened, the sensor falls back to polling.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+
+NETLINK_ROUTE = 0
+NETLINK_NETFILTER = 12
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV6_IFADDR = 0x100
+NFNLGRP_CONNTRACK_NEW = 1
+NFNL_SUBSYS_CTNETLINK = 1
+IPCTNL_MSG_CT_NEW = 0
+CTA_TUPLE_ORIG = 1
+CTA_TUPLE_PROTO = 2
+CTA_PROTO_NUM = 1
+_NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
+_CT_NEW = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW
+_NFGENMSG = 4
+_MAX_MESSAGES = 1024  # per datagram: a bound for hostile input, far above what one holds
+
+_nlmsghdr = struct.Struct("=IHHII")
+_nlattr = struct.Struct("=HH")
+
+
+class _Multicast:
+    """A non-blocking netlink socket joined to some multicast groups."""
+
+    def __init__(self, protocol: int, groups: int) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
+        try:
+            self.sock.bind((0, groups))
+        except OSError:
+            self.sock.close()
+            raise
+        self.sock.setblocking(False)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def _drain(self) -> tuple[list[bytes], bool]:
+        """Every datagram queued now, and whether some were lost (ENOBUFS)."""
+        out: list[bytes] = []
+        lost = False
+        while True:
+            try:
+                out.append(self.sock.recv(1 << 16))
+            except BlockingIOError:
+                return out, lost
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    raise
+                lost = True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class AddressWatch(_Multicast):
+    """Wakes the sensor when an interface address is added or removed."""
+
+    def __init__(self) -> None:
+        super().__init__(NETLINK_ROUTE, RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
+
+    def changed(self) -> bool:
+        """Whether anything arrived (the messages themselves do not matter: the caller
+        re-reads the whole address list, which also covers lost messages)."""
+        datagrams, lost = self._drain()
+        return bool(datagrams) or lost
+
+
+class ConntrackEvents(_Multicast):
+    """New conntrack entries; `udp_started()` says whether a UDP one was among them."""
+
+    def __init__(self) -> None:
+        super().__init__(NETLINK_NETFILTER, 1 << (NFNLGRP_CONNTRACK_NEW - 1))
+
+    def udp_started(self) -> bool:
+        """True if a new UDP conversation (or a lost message, which might have been one)
+        was reported since the last call."""
+        datagrams, lost = self._drain()
+        return lost or any(new_protocols(d) & {socket.IPPROTO_UDP} for d in datagrams)
+
+
+def _attrs(data: bytes, start: int, end: int) -> dict[int, tuple[int, int]]:
+    """Netlink attributes in data[start:end]: type -> (payload start, payload end)."""
+    found: dict[int, tuple[int, int]] = {}
+    a = start
+    while a + 4 <= end:
+        alen, atype = _nlattr.unpack_from(data, a)
+        if alen < 4 or a + alen > end:
+            break
+        found.setdefault(atype & _NLA_TYPE_MASK, (a + 4, a + alen))
+        a += (alen + 3) & ~3
+    return found
+
+
+def new_protocols(data: bytes) -> set[int]:
+    """Transport protocol numbers of the conntrack NEW messages in one netlink datagram.
+
+    Reads only the original tuple's CTA_PROTO_NUM; anything malformed is skipped, never
+    raised on (the kernel writes these, but a parser stays bounded anyway)."""
+    out: set[int] = set()
+    off, n = 0, len(data)
+    for _ in range(_MAX_MESSAGES):
+        if off + 16 > n:
+            break
+        length, mtype, _flags, _seq, _pid = _nlmsghdr.unpack_from(data, off)
+        if length < 16 or off + length > n:
+            break
+        end = off + length
+        if mtype == _CT_NEW:
+            tuple_orig = _attrs(data, off + 16 + _NFGENMSG, end).get(CTA_TUPLE_ORIG)
+            if tuple_orig is not None:
+                proto = _attrs(data, *tuple_orig).get(CTA_TUPLE_PROTO)
+                if proto is not None:
+                    num = _attrs(data, *proto).get(CTA_PROTO_NUM)
+                    if num is not None and num[1] > num[0]:
+                        out.add(data[num[0]])
+        off += (length + 3) & ~3
+    return out
