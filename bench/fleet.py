@@ -59,6 +59,11 @@ def load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+def progress(doc: dict[str, Any]) -> None:
+    """A line per finished phase: a long run that is stopped still leaves its figures."""
+    print(json.dumps({"progress": doc}), flush=True)
+
+
 def disk_free_gb() -> float:
     return round(shutil.disk_usage("/").free / 1e9, 1)
 
@@ -217,7 +222,7 @@ def scale(engine: Engine, sizes: list[int], hosts: int, salt: str) -> list[dict[
         step["queries"] = queries_at(engine, hostname(hosts // 2))
         step["disk_free_gb"] = disk_free_gb()
         out.append(step)
-        print(json.dumps({"progress": step}), flush=True)
+        progress(step)
     return out
 
 
@@ -322,8 +327,10 @@ def main() -> None:
             try:
                 res["backlog"] = backlog(fleet, engine, n, args.backlog)
                 res["reference_copy"] = reference_copy(engine, res["backlog"]["events"])
+                progress({k: res[k] for k in ("backlog", "reference_copy")})
                 if args.steady > 0:
                     res["steady"] = steady(fleet, engine, args.rate, args.steady)
+                    progress({"steady": res["steady"]})
             finally:
                 res["agents_closed"] = fleet.close()
             res["scale"] = scale(engine, sizes, n, uuid.uuid4().hex[:6])
