@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -25,16 +25,27 @@ from agent import metrics, sensors
 from agent.backoff import Backoff
 from agent.config import ConfigError, Settings, load_settings
 from agent.events import Event
-from agent.liveness import HEARTBEATS
+from agent.liveness import HEARTBEATS, name_all_threads
 from agent.pipeline import Pipeline, Sink, StageSpec
 from agent.sdnotify import Notifier
 from agent.sensors import Sensor, SensorUnavailable
-from agent.store.db import host_identity, make_engine, register_host, upgrade
-from agent.store.forwarder import Forwarder, is_central, open_forwarder
+from agent.store.db import (
+    host_identity,
+    is_central,
+    make_engine,
+    register_host,
+    schema_is_current,
+    upgrade,
+)
 from agent.store.watch import StoreWatch
 from agent.store.writer import StoreWriter
 
+if TYPE_CHECKING:
+    from agent.store.forwarder import Forwarder
+
 log = logging.getLogger(__name__)
+
+STATUS_EVERY = 10.0  # seconds between status.json rewrites (`status` calls it stale past 30)
 
 
 @dataclass
@@ -99,6 +110,7 @@ class Agent:
         self.notifier = Notifier()
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._wake = threading.Event()  # a signal or request_stop cuts the main loop's wait
         self.sensors: list[Sensor] = []
         self.sensor_errors: dict[str, str] = {}
         self._metrics_server: Any = None
@@ -110,12 +122,15 @@ class Agent:
 
     # --- lifecycle -------------------------------------------------------------
     def start(self) -> None:
+        name_all_threads()  # every thread started below shows its name in top -H and ps -L
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True)
         self.engine = make_engine(s.database_url)
         host_id, hostname = host_identity(s.state_dir, s.agent.host_id, s.agent.hostname)
         self.forwarder: Forwarder | None = None
         if is_central(s.database_url):
+            from agent.store.forwarder import open_forwarder  # psycopg: the fleet store only
+
             # fleet store: the writer commits to a local spool and never waits on the
             # network; the forwarder upgrades, registers the host and sends the spool on
             self.forwarder = open_forwarder(s, host_id, hostname)
@@ -126,8 +141,8 @@ class Agent:
                     self.forwarder.spool.path,
                 )
         else:
-            if s.database.auto_upgrade:
-                upgrade(self.engine)
+            if s.database.auto_upgrade and not schema_is_current(self.engine):
+                upgrade(self.engine)  # imports Alembic: only when there is a migration to run
             register_host(self.engine, host_id, hostname)
         self.runtime = Runtime(s, self.engine, host_id, hostname)
         watch = None
@@ -231,23 +246,35 @@ class Agent:
 
     # --- main loop -------------------------------------------------------------
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.request_reload())
 
     def request_stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+        self._wake.set()
 
     def serve(self) -> None:
+        """Wake for a signal, or every `ping` seconds (systemd's watchdog half-period, else
+        `agent.watchdog_interval`) and at most every STATUS_EVERY: a quiet agent's main
+        thread costs a wake-up every few seconds, not one a second."""
         ping = self.notifier.watchdog_interval() or self.settings.agent.watchdog_interval
-        last_status = 0.0
-        while not self._stop.wait(timeout=min(ping, 1.0)):
+        last_status = time.monotonic()
+        while not self._stop.is_set():
+            self._wake.wait(timeout=min(ping, STATUS_EVERY))
+            self._wake.clear()
+            if self._stop.is_set():
+                break
             if self.check_health():
                 self.notifier.watchdog()  # fed only while the pipeline keeps up
             if self._reload.is_set():
                 self._reload.clear()
                 self.reload()
-            if time.monotonic() - last_status > 5:
+            if time.monotonic() - last_status >= STATUS_EVERY - 0.5:
                 self.write_status()
                 last_status = time.monotonic()
 

@@ -107,19 +107,42 @@ def name_os_thread(name: str) -> None:
 
     Python names threads for itself only; `prctl(PR_SET_NAME)` takes 15 bytes.
     """
+    global _LIBC
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+        if _LIBC is None:
+            _LIBC = ctypes.CDLL(None, use_errno=True)
+        _LIBC.prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: the Python name still shows in status
         pass
 
 
 _PR_SET_NAME = 15
+_LIBC: ctypes.CDLL | None = None
 
 
 def name_current_thread() -> None:
     """`name_os_thread` for the calling thread's Python name (a pool's initializer)."""
     name_os_thread(threading.current_thread().name)
+
+
+def name_all_threads() -> None:
+    """From now on every thread, ours or a library's (APScheduler, thread pools, timers),
+    names itself in the kernel as it starts, so that no thread of the daemon shows up as
+    `python` in `top -H`, `ps -L` or the idle benchmark.
+
+    `Thread._bootstrap_inner` is where every `Thread` subclass starts, whatever its `run`;
+    wrapping it once is the only hook Python offers for that.
+    """
+    original = threading.Thread._bootstrap_inner  # type: ignore[attr-defined]
+    if getattr(original, "_names_os_thread", False):
+        return
+
+    def bootstrap(self: threading.Thread) -> None:
+        name_os_thread(self.name)
+        original(self)
+
+    bootstrap._names_os_thread = True  # type: ignore[attr-defined]
+    threading.Thread._bootstrap_inner = bootstrap  # type: ignore[attr-defined]
 
 
 HEARTBEATS = Heartbeats()

@@ -19,6 +19,8 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import os
+import selectors
 import socket
 import ssl
 import threading
@@ -153,6 +155,7 @@ class MetricsServer(ThreadingHTTPServer):
                 self.socket, server_side=True, do_handshake_on_connect=False
             )
         self._thread: threading.Thread | None = None
+        self._wake_r = self._wake_w = -1
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver would print a traceback to stderr; keep it in the log instead
@@ -163,15 +166,30 @@ class MetricsServer(ThreadingHTTPServer):
         return int(self.server_address[1])
 
     def start(self) -> MetricsServer:
-        self._thread = threading.Thread(target=self.serve_forever, name="metrics-http")
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._serve, name="metrics-http")
         self._thread.start()
         return self
 
+    def _serve(self) -> None:
+        """Accept until `shutdown()`: asleep until a scrape connects or the wake pipe is
+        written (socketserver's `serve_forever` wakes every 0.5 s to look for shutdown)."""
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.socket, selectors.EVENT_READ, "accept")
+            sel.register(self._wake_r, selectors.EVENT_READ, "stop")
+            while True:
+                for key, _ in sel.select():
+                    if key.data == "stop":
+                        return
+                    self._handle_request_noblock()  # type: ignore[attr-defined]
+
     def shutdown(self) -> None:
-        super().shutdown()
         if self._thread is not None:
+            os.write(self._wake_w, b"x")
             self._thread.join()
             self._thread = None
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
 
 
 def _family(host: str) -> socket.AddressFamily:

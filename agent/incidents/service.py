@@ -132,7 +132,10 @@ class Correlator:
         while not done:
             # linger: flows that trickle in are correlated a batch at a time, one wake-up
             # per BATCH_LINGER instead of one per event
-            wait = 1.0
+            # a second while something is time-bound (held flows, open tree copies, findings
+            # the store refused); else asleep until the open-incidents gauge is due
+            busy = self._pending or not self._started or len(self.core.trees)
+            wait = 1.0 if busy else GAUGE_REFRESH_SECONDS
             if self._held:
                 wait = min(wait, max(0.0, self._held[0][0] - time.monotonic()))
             batch, done = self.queue.get_batch(256, wait, linger=BATCH_LINGER)

@@ -129,6 +129,10 @@ class TreeCopies:
             tree.more += 1
         return tree
 
+    def __len__(self) -> int:
+        """Open copies: while there are any, the correlator wakes to close quiet ones."""
+        return len(self._open)
+
     def due(self, now: datetime | None, final: bool = False) -> list[TreeCopy]:
         """Copies that have gone quiet by `now` (all of them when `final`), removed."""
         out = []

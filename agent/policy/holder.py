@@ -2,8 +2,8 @@
 
 `PolicyHolder` loads the shipped packs (`policies/`, when `policies.builtin`) and the
 site packs (`policies.paths`), honouring `policies.disabled` and site overrides. A
-reload — on SIGHUP (a daemon reload hook) or when a pack file changes (a small polling
-thread, joined on stop) — replaces the policy only if the new one validates and its
+reload — on SIGHUP (a daemon reload hook) or when a pack file changes (a thread waiting
+on inotify, joined on stop) — replaces the policy only if the new one validates and its
 rule tests pass; otherwise the last good policy stays, the errors are logged and
 `egress_agent_policy_last_reload_success` goes to 0. Each policy version loaded is
 recorded in the store's `policy_versions` table.
@@ -12,10 +12,14 @@ recorded in the store's `policy_versions` table.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from select import POLLIN
+from select import poll as Poll
 from typing import Any
 
 from sqlalchemy import Engine, Table, insert, select
@@ -27,8 +31,34 @@ from agent.config import PoliciesSection
 from agent.policy.build import load_policy
 from agent.policy.loader import SHIPPED_DIR, Issue
 from agent.policy.model import EMPTY_POLICY, Policy
+from agent.sensors.files._inotify import (
+    IN_ATTRIB,
+    IN_CLOSE_WRITE,
+    IN_CREATE,
+    IN_DELETE,
+    IN_DELETE_SELF,
+    IN_MOVE_SELF,
+    IN_MOVED_FROM,
+    IN_MOVED_TO,
+    IN_ONLYDIR,
+    Inotify,
+)
 
 log = logging.getLogger(__name__)
+
+# what changes a pack: written, created, removed, renamed, touched; its directory replaced
+WATCH_MASK = (
+    IN_CLOSE_WRITE
+    | IN_CREATE
+    | IN_DELETE
+    | IN_MOVED_FROM
+    | IN_MOVED_TO
+    | IN_ATTRIB
+    | IN_DELETE_SELF
+    | IN_MOVE_SELF
+    | IN_ONLYDIR
+)
+SETTLE = 0.2  # seconds of quiet after a change before the packs are read
 
 
 def load_configured(
@@ -61,6 +91,7 @@ class PolicyHolder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._snapshot: dict[str, tuple[int, int, int]] = {}
+        self._wake_r = self._wake_w = -1  # stop() writes here to end the watcher's wait
 
     @property
     def current(self) -> Policy:
@@ -173,27 +204,76 @@ class PolicyHolder:
         return snap
 
     def start_watching(self, interval: float) -> None:
-        """Poll the pack files every `interval` seconds and reload when one changes."""
+        """Reload when a pack file changes: inotify on the pack directories (a quiet agent
+        does not wake for them), or a poll every `interval` seconds where inotify cannot
+        watch one of them (a path or its parent missing, no inotify)."""
         if interval <= 0 or self._thread is not None:
             return
         self._stop.clear()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._thread = threading.Thread(
             target=self._watch, args=(interval,), name="policy-watch", daemon=False
         )
         self._thread.start()
 
     def _watch(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            try:
-                if self._take_snapshot() != self._snapshot:
-                    log.info("policy files changed; reloading")
-                    self.reload()
-            except Exception:  # the watcher must outlive any one bad reload
-                log.exception("policy watch failed")
+        ino: Inotify | None
+        try:
+            ino = Inotify()
+        except OSError as e:
+            log.info("policy files polled every %s s: no inotify (%s)", interval, e)
+            ino = None
+        poller = Poll()
+        poller.register(self._wake_r, POLLIN)
+        if ino is not None:
+            poller.register(ino.fd, POLLIN)
+        try:
+            while not self._stop.is_set():
+                complete = ino is not None and self._arm(ino)
+                ready = poller.poll(None if complete else interval * 1000)
+                if self._stop.is_set():
+                    return
+                if ready and ino is not None:
+                    self._settle(ino, poller)
+                try:
+                    if self._take_snapshot() != self._snapshot:
+                        log.info("policy files changed; reloading")
+                        self.reload()
+                except Exception:  # the watcher must outlive any one bad reload
+                    log.exception("policy watch failed")
+        finally:
+            if ino is not None:
+                ino.close()
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
+
+    def _arm(self, ino: Inotify) -> bool:
+        """Watch each pack directory and each path's parent (a replaced or removed
+        directory or file shows there); False when one cannot be watched."""
+        complete = True
+        for path in self._watched():
+            for d in ([path] if path.is_dir() else []) + [path.parent]:
+                try:
+                    ino.add_watch(str(d), WATCH_MASK)
+                except OSError:
+                    complete = False
+        return complete
+
+    def _settle(self, ino: Inotify, poller: Poll) -> None:
+        """Read what came, then wait until the files have been quiet for SETTLE seconds
+        (an editor's save or a `cp` of several packs is one reload, not one per file)."""
+        deadline = time.monotonic() + 5.0
+        while ino.read() and time.monotonic() < deadline and not self._stop.is_set():
+            if not poller.poll(SETTLE * 1000):
+                return
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
             self._thread.join()
             self._thread = None
 

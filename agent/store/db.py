@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import uuid
 from datetime import UTC, datetime
@@ -82,6 +83,50 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         raise StoreError(
             f"cannot upgrade the database at {engine.url!r}: {getattr(e, 'orig', None) or e}"
         ) from None
+
+
+_REVISION = re.compile(
+    r"""^(down_revision|revision)(?:\s*:[^=]+)?\s*=\s*['"]?([^'"\s]*)['"]?\s*$""", re.M
+)
+
+
+def head_revision(versions: Path = MIGRATIONS_DIR / "versions") -> str | None:
+    """The one head of the migration scripts, read from their `revision` lines without
+    importing Alembic (a third of the daemon's start-up CPU); None when it is not plain
+    (several heads, a script it cannot read): then `upgrade` decides."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    try:
+        scripts = sorted(versions.glob("*.py"))
+        for script in scripts:
+            text = script.read_text("utf-8")
+            found = {m.group(1): m.group(2) for m in _REVISION.finditer(text)}
+            if "revision" not in found:
+                return None
+            revisions.add(found["revision"])
+            if found.get("down_revision") not in (None, "", "None"):
+                parents.add(found["down_revision"])
+    except OSError:
+        return None
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 and len(revisions) == len(scripts) else None
+
+
+def schema_is_current(engine: Engine) -> bool:
+    """True when the store is at the scripts' head: `run` then skips `upgrade` and its
+    Alembic import. Any doubt (no version table, a newer or unknown revision) is False."""
+    head = head_revision()
+    if head is None:
+        return False
+    try:
+        return current_revision(engine) == head
+    except SQLAlchemyError:
+        return False
+
+
+def is_central(url: str) -> bool:
+    """A database other than SQLite is a central store, reached through the spool."""
+    return make_url(url).get_backend_name() != "sqlite"
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -2,34 +2,35 @@
 
 watchdog's reader drops the queue-overflow record (`wd == -1`); this one keeps every
 record the kernel hands over, overflow included, so the watch tree above it can count
-the loss and ask for a rescan. The flag values come from watchdog's `InotifyConstants`.
+the loss and ask for a rescan. The flag values are the kernel's
+(<sys/inotify.h>; watchdog's `InotifyConstants` has the same), written out so that
+importing this module costs no watchdog import at start-up.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import struct
 from dataclasses import dataclass
 
-from watchdog.observers.inotify_c import InotifyConstants as K
-
-IN_CREATE = K.IN_CREATE
-IN_CLOSE_WRITE = K.IN_CLOSE_WRITE
-IN_MOVED_FROM = K.IN_MOVED_FROM
-IN_MOVED_TO = K.IN_MOVED_TO
-IN_DELETE = K.IN_DELETE
-IN_DELETE_SELF = K.IN_DELETE_SELF
-IN_MOVE_SELF = K.IN_MOVE_SELF
-IN_UNMOUNT = K.IN_UNMOUNT
-IN_Q_OVERFLOW = K.IN_Q_OVERFLOW
-IN_IGNORED = K.IN_IGNORED
-IN_ISDIR = K.IN_ISDIR
-IN_ONLYDIR = K.IN_ONLYDIR
-IN_DONT_FOLLOW = K.IN_DONT_FOLLOW
-IN_EXCL_UNLINK = K.IN_EXCL_UNLINK
+IN_MODIFY = 0x00000002
+IN_ATTRIB = 0x00000004
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_FROM = 0x00000040
+IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+IN_DELETE = 0x00000200
+IN_DELETE_SELF = 0x00000400
+IN_MOVE_SELF = 0x00000800
+IN_UNMOUNT = 0x00002000
+IN_Q_OVERFLOW = 0x00004000
+IN_IGNORED = 0x00008000
+IN_ONLYDIR = 0x01000000
+IN_DONT_FOLLOW = 0x02000000
+IN_EXCL_UNLINK = 0x04000000
+IN_ISDIR = 0x40000000
 
 # No IN_MODIFY: one event per close is what we report, and every record we do not ask
 # for is room in the kernel queue (max_queued_events) for one we need.
@@ -75,7 +76,7 @@ def parse_events(data: bytes) -> list[RawEvent]:
 
 
 def _libc() -> ctypes.CDLL:
-    lib = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    lib = ctypes.CDLL(None, use_errno=True)  # the process's libc (find_library runs ldconfig)
     lib.inotify_init1.argtypes = [ctypes.c_int]
     lib.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
     lib.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]

@@ -14,7 +14,6 @@ ctypes shell.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import struct
 from collections import OrderedDict
@@ -97,7 +96,7 @@ _LIBC: ctypes.CDLL | None = None
 def libc() -> ctypes.CDLL:
     global _LIBC
     if _LIBC is None:
-        lib = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        lib = ctypes.CDLL(None, use_errno=True)  # the process's libc (find_library runs ldconfig)
         lib.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
         lib.fanotify_mark.argtypes = [
             ctypes.c_int,

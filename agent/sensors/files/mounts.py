@@ -1,13 +1,13 @@
 """Following the mount table while the file sensor runs.
 
 One thread waits on /proc/self/mountinfo (the kernel signals POLLPRI when the table
-changes; `files.mount_poll_interval` bounds the wait as a fallback) and, on a change,
-swaps in a new `ChannelMap` and tells the sensor which mounts appeared and left. A new
-mount under a watched root, or — with `files.follow_mounts` — any removable medium or
-network share, becomes a watched root and is reconciled (its files are reported with
-`origin=rescan`, and only once: the store remembers them). An unmount drops the
-watches without reporting the files as deleted: the medium left, its files did not.
-Pseudo file systems (/proc, /sys, cgroup...) are never walked.
+changes; `files.mount_poll_interval` is the poll period only where that cannot be used)
+and, on a change, swaps in a new `ChannelMap` and tells the sensor which mounts appeared
+and left. A new mount under a watched root, or — with `files.follow_mounts` — any
+removable medium or network share, becomes a watched root and is reconciled (its files
+are reported with `origin=rescan`, and only once: the store remembers them). An unmount
+drops the watches without reporting the files as deleted: the medium left, its files did
+not. Pseudo file systems (/proc, /sys, cgroup...) are never walked.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class MountFollower:
         self._known: dict[int, Mount] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._wake_r = self._wake_w = -1  # stop() writes here to end the thread's wait
         self.channels = self._build(self._read())
 
     def _read(self) -> list[Mount]:
@@ -85,12 +86,14 @@ class MountFollower:
 
     def start(self) -> None:
         self._apply(self.channels.mounts)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._run, name="files-mounts")
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
+            os.write(self._wake_w, b"x")
             self._thread.join()
             self._thread = None
 
@@ -131,26 +134,23 @@ class MountFollower:
         self._known = now
 
     def _run(self) -> None:
+        """Sleep until the kernel says the table changed (POLLPRI) or stop() writes the
+        wake pipe; only without a pollable mountinfo read it every `mount_poll_interval`."""
         poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
         fd = -1
+        if self.path.startswith("/proc/"):  # a copy in a plain file is never signalled
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                poller.register(fd, select.POLLPRI | select.POLLERR)
+            except OSError:
+                pass  # polling on the interval alone
+        timeout_ms = None if fd >= 0 else int(self.settings.mount_poll_interval * 1000)
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            poller.register(fd, select.POLLPRI | select.POLLERR)
-        except OSError:
-            pass  # polling on the interval alone
-        timeout_ms = int(self.settings.mount_poll_interval * 1000)
-        try:
-            waited = 0
             while not self._stop.is_set():
-                step = min(timeout_ms, 250)
-                if fd >= 0 and poller.poll(step):
-                    waited = timeout_ms  # the kernel says the table changed
-                elif fd < 0:
-                    self._stop.wait(step / 1000)
-                waited += step
-                if waited < timeout_ms:
-                    continue
-                waited = 0
+                poller.poll(timeout_ms)
+                if self._stop.is_set():
+                    return
                 mounts = self._read()
                 if {m.mount_id for m in mounts} == set(self._known):
                     continue
@@ -162,3 +162,5 @@ class MountFollower:
         finally:
             if fd >= 0:
                 os.close(fd)
+            for w in (self._wake_r, self._wake_w):
+                os.close(w)

@@ -67,6 +67,13 @@ class Recent:
                     break
                 d.popitem(last=False)
 
+    def next_expiry(self) -> float | None:
+        """When (monotonic) the oldest entry is due to be pruned; None when empty."""
+        with self._lock:
+            if not self._d:
+                return None
+            return next(iter(self._d.values()))[1] + RECENT_TTL
+
     def under(self, prefix: str) -> list[tuple[str, tuple[R.StatKey | None, float]]]:
         with self._lock:
             return [(k, v) for k, v in self._d.items() if R.under(k, prefix)]
@@ -89,7 +96,16 @@ class Rescans:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._backoff = Backoff(initial=1.0, maximum=60.0)
-        self.check_interval = 60.0  # seconds between looks for what is not watched
+        self._check_interval = 60.0  # seconds between looks for what is not watched
+
+    @property
+    def check_interval(self) -> float:
+        return self._check_interval
+
+    @check_interval.setter
+    def check_interval(self, seconds: float) -> None:
+        self._check_interval = seconds
+        self._wake.set()  # the thread may be asleep until the old interval's end
 
     @property
     def dirty(self) -> list[str]:
@@ -125,10 +141,11 @@ class Rescans:
         s = self.sensor
         last_check = time.monotonic()
         while not self._stop.is_set():
-            if not self._wake.wait(0.5):
-                if time.monotonic() - last_check >= self.check_interval:
-                    last_check = time.monotonic()
-                    self._check()
+            # asleep until marked dirty, stopped, or the next look at what is not watched
+            due = last_check + self.check_interval - time.monotonic()
+            if not self._wake.wait(max(due, 0.0)):
+                last_check = time.monotonic()
+                self._check()
                 continue
             first = time.monotonic()
             while not self._stop.is_set():
@@ -212,6 +229,7 @@ class Rescans:
             # wait until the watch has reported everything the kernel queued during the
             # walk: what it reports from now on is newer than the walk and wins over it
             self.idle.clear()
+            s.poke()  # the reader sleeps while nothing is due: make it look now
             deadline = time.monotonic() + 10.0
             while not self.idle.wait(0.05) and time.monotonic() < deadline:
                 if self._stop.is_set():

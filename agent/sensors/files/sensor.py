@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 HOLD = 0.15  # seconds events wait for fanotify's pid when attribution is on
 BUSY_POLL_MS = 50  # while moves wait for their pair or reads are held
-IDLE_POLL_MS = 1000  # nothing due: the kernel or stop() wakes the reader sooner
+IDLE_POLL_MS = 1000  # shortest idle wait while recent events wait to be pruned
 
 
 class FileSensor:
@@ -160,10 +160,7 @@ class FileSensor:
     def stop(self) -> None:
         self._stop.set()
         self._paused.clear()
-        try:
-            os.write(self._wake_w, b"x")  # cut the reader's idle poll short
-        except OSError:
-            pass
+        self.poke()  # cut the reader's idle wait short
         self.mounts.stop()
         self.rescans.stop()
         if self._reader is not None:
@@ -213,6 +210,22 @@ class FileSensor:
     # --- test and drill hooks ------------------------------------------------------
     def pause_reader(self) -> None:
         self._paused.set()
+        self.poke()
+
+    def poke(self) -> None:
+        """Wake the reader now (it sleeps until the kernel has events when nothing is due):
+        a stop, a pause, or a rescan waiting for it to report what is queued."""
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:  # full (it will wake anyway) or closed at stop
+            pass
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except OSError:  # empty (EAGAIN)
+            pass
 
     def resume_reader(self) -> None:
         self._paused.clear()
@@ -246,6 +259,10 @@ class FileSensor:
                 self._stop.wait(0.05)
                 continue
             ready = poller.poll(wait_ms)
+            if any(fd == self._wake_r for fd, _ in ready):
+                self._drain_wake()
+                if self._paused.is_set():
+                    continue
             busy = any(fd == ino.fd for fd, _ in ready)
             if busy:
                 self._stop.wait(0.005)  # let a burst gather: fewer, fuller reads
@@ -257,14 +274,21 @@ class FileSensor:
                 wait_ms = BUSY_POLL_MS  # moves to pair, reads held for attribution
             else:
                 self.rescans.idle.set()
-                # nothing due: sleep until the kernel has events or stop() writes the
-                # wake pipe (a quiet host costs a wake-up a second, not twenty)
-                wait_ms = IDLE_POLL_MS
+                # nothing due: sleep until the kernel has events, stop() writes the wake
+                # pipe, or the memory of recent events is due for pruning
+                wait_ms = self._idle_wait_ms()
             metrics.FILE_WATCHES.set(len(tree.wd_path))
             self.rescans.recent.prune()
         tree.handle(ino.read())  # what the kernel already queued is still reported
         tree.flush(now=float("inf"))
         self._release(float("inf"))
+
+    def _idle_wait_ms(self) -> int:
+        """-1 (no timeout) on a quiet host; else until `Recent`'s oldest entry expires."""
+        expiry = self.rescans.recent.next_expiry()
+        if expiry is None:
+            return -1
+        return max(IDLE_POLL_MS, int((expiry - time.monotonic()) * 1000) + 1)
 
     def _on_change(self, ch: Change) -> None:
         if self.attribution.active:
