@@ -22,6 +22,7 @@ restart classifies it again.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import stat
@@ -198,6 +199,7 @@ class Classifier:
         ident = (fst.st_dev, fst.st_ino, fst.st_size, fst.st_mtime_ns)
         sha = self.cache.lookup(*ident) if self.cache is not None else None
         hashing: Callable[[], str] | None = None  # a hash in flight: wait for it with this
+        head: bytes | None = None  # a small file's whole content, when it was read to hash
         early = self._ahead.claim(ident, needed=sha is None) if self._ahead is not None else None
         if early is not None:
             hashing = partial(claimed_sha256, early)
@@ -205,6 +207,16 @@ class Classifier:
             hashing = self._hash_pool.submit(
                 sha256_fd, fd, fst.st_size, BIG_BUF_SIZE, self._stopping
             ).result
+        elif sha is None and fst.st_size <= HEAD_BYTES:
+            # a small file is read once: the bytes hashed are the head the parsers see
+            try:
+                head = os.pread(fd, fst.st_size + 1, 0)
+            except OSError as e:
+                return skipped(_OS_REASONS.get(e.errno or 0, "read_error"), fst.st_size)
+            metrics.HASHED_BYTES.inc(len(head))
+            if len(head) != fst.st_size:
+                return skipped("changed_while_read", fst.st_size)
+            sha = hashlib.sha256(head).hexdigest()
         elif sha is None:
             try:
                 sha = sha256_fd(fd, fst.st_size)
@@ -216,7 +228,7 @@ class Classifier:
         finding: Finding | None = None
         if known is None:
             # beside a hash in flight only the cheap tiers run; magika waits for the hash
-            finding = self._parse(path, fd, fst.st_size, deadline, magika=hashing is None)
+            finding = self._parse(path, fd, fst.st_size, deadline, hashing is None, head)
             if hashing is not None and self.engine.is_unknown(finding):
                 # magika may be needed once the hash is known: load it during the hash
                 self._hash_pool.submit(self.engine.prepare_identify)
@@ -274,8 +286,11 @@ class Classifier:
             metrics.CLASSIFIED.labels(kind).inc()
         return art
 
-    def _source(self, path: str, fd: int, size: int, deadline: Deadline) -> Source:
-        head = os.pread(fd, HEAD_BYTES, 0)
+    def _source(
+        self, path: str, fd: int, size: int, deadline: Deadline, head: bytes | None = None
+    ) -> Source:
+        if head is None:
+            head = os.pread(fd, HEAD_BYTES, 0)
 
         def opener() -> Any:
             f = os.fdopen(os.dup(fd), "rb")
@@ -292,10 +307,16 @@ class Classifier:
             return None
 
     def _parse(
-        self, path: str, fd: int, size: int, deadline: Deadline, magika: bool = True
+        self,
+        path: str,
+        fd: int,
+        size: int,
+        deadline: Deadline,
+        magika: bool = True,
+        head: bytes | None = None,
     ) -> Finding:
         try:
-            src = self._source(path, fd, size, deadline)
+            src = self._source(path, fd, size, deadline, head)
         except OSError as e:  # EIO on a failing disk, a vanished network share
             reason = _OS_REASONS.get(e.errno or 0, "read_error")
             metrics.CLASSIFY_SKIPPED.labels(reason).inc()
@@ -353,7 +374,7 @@ class Classifier:
         matcher = self.matcher()
         tags = tuple(_with_git(t, path) for t in known.tags)
         kinds = tuple(dict.fromkeys(t.kind for t in tags))
-        index = {c.code: i for i, c in enumerate(matcher.categories)}
+        index = matcher.index
         counts: Counter[int] = Counter(
             {index[code]: n for code, n in known.counts if code in index}
         )

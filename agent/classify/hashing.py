@@ -78,9 +78,17 @@ class HashCache:
     Thread-safe (one connection behind a lock; statements take microseconds). Writes
     are committed in small batches: losing the last second of cache entries in a crash
     only costs a re-hash.
+
+    `buffered=True` (scan's worker processes, several writers on one file) keeps the
+    writes in memory, where lookups see them, until `flush()` writes them in one
+    `BEGIN IMMEDIATE` transaction: a deferred transaction held open across reads fails
+    at once (SQLITE_BUSY_SNAPSHOT) when another process committed meanwhile, and one
+    statement per row costs more than the small file it describes.
     """
 
-    def __init__(self, path: Path | str | None, commit_every: int = 256) -> None:
+    def __init__(
+        self, path: Path | str | None, commit_every: int = 256, buffered: bool = False
+    ) -> None:
         self.path = str(path) if path is not None else ":memory:"
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -93,9 +101,16 @@ class HashCache:
         self._commit_every = commit_every
         self._timer: threading.Timer | None = None
         self._closed = False
+        self._buffered = buffered
+        self._files: dict[tuple[int, int], tuple[int, int, int, int, str, float]] = {}
+        self._results: dict[tuple[str, str, str], str] = {}
 
     # --- file identity → hash ------------------------------------------------------
     def lookup(self, device: int, inode: int, size: int, mtime_ns: int) -> str | None:
+        held = self._files.get((device, inode)) if self._buffered else None
+        if held is not None and held[2:4] == (size, mtime_ns):
+            metrics.HASH_CACHE.labels("hit").inc()
+            return held[4]
         row = self._read(
             "SELECT sha256 FROM files WHERE device=? AND inode=? AND size=? AND mtime_ns=?",
             (device, inode, size, mtime_ns),
@@ -104,6 +119,11 @@ class HashCache:
         return str(row[0]) if row else None
 
     def store(self, device: int, inode: int, size: int, mtime_ns: int, sha256: str) -> None:
+        if self._buffered:
+            with self._lock:
+                self._files[(device, inode)] = (device, inode, size, mtime_ns, sha256, time.time())
+            self._held()
+            return
         self._write(
             "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
             (device, inode, size, mtime_ns, sha256, time.time()),
@@ -111,9 +131,14 @@ class HashCache:
 
     # --- hash → classification result -----------------------------------------------
     def result(self, sha256: str, version: str, categories: str) -> dict[str, Any] | None:
-        row = self._read(
-            "SELECT result FROM results WHERE sha256=? AND version=? AND categories=?",
-            (sha256, version, categories),
+        held = self._results.get((sha256, version, categories)) if self._buffered else None
+        row = (
+            (held,)
+            if held is not None
+            else self._read(
+                "SELECT result FROM results WHERE sha256=? AND version=? AND categories=?",
+                (sha256, version, categories),
+            )
         )
         if row is None:
             return None
@@ -127,6 +152,11 @@ class HashCache:
         self, sha256: str, version: str, categories: str, result: dict[str, Any]
     ) -> None:
         text = json.dumps(result, ensure_ascii=False, default=str)
+        if self._buffered:
+            with self._lock:
+                self._results[(sha256, version, categories)] = text
+            self._held()
+            return
         self._write(
             "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
             (sha256, version, categories, text),
@@ -203,8 +233,35 @@ class HashCache:
             self._db.rollback()
         self._pending = 0
 
+    def _held(self) -> None:
+        if len(self._files) + len(self._results) >= 4 * self._commit_every:
+            self.flush()
+
+    def _write_held(self) -> None:
+        """The buffered writes in one transaction (lock held); lost, with a warning, when
+        the file stays busy past the timeout or the disk is full (only a cache)."""
+        files, self._files = list(self._files.values()), {}
+        results = [(*k, v) for k, v in self._results.items()]
+        self._results = {}
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", files
+                )
+                self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", results)
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                self._db.rollback()
+                raise
+        except sqlite3.Error as e:
+            metrics.CLASSIFY_SKIPPED.labels("hash_cache_error").inc()
+            log.warning("hash cache %s: write of %d entries failed: %s", self.path, len(files), e)
+
     def flush(self) -> None:
         with self._lock:
+            if (self._files or self._results) and not self._closed:
+                self._write_held()
             timer, self._timer = self._timer, None
             if timer is not None and timer is not threading.current_thread():
                 timer.cancel()  # a pending timer would keep the process alive for a second
@@ -217,6 +274,8 @@ class HashCache:
                 self._timer.cancel()
                 self._timer = None
             if not self._closed:
+                if self._files or self._results:
+                    self._write_held()
                 self._commit()
                 self._db.close()
             self._closed = True

@@ -95,6 +95,7 @@ class KeywordMatcher:
     def __init__(self, categories: Sequence[CategorySpec]) -> None:
         self.categories = list(categories)
         self.key = categories_key(self.categories)
+        self.index = {c.code: i for i, c in enumerate(self.categories)}  # code -> index
         self._automaton: ahocorasick.Automaton | None = None
         self._patterns: list[_Pattern] = []
         self._thresholds = [
@@ -122,6 +123,7 @@ class KeywordMatcher:
                     log.warning("category %s: pattern %r refused: %s", cat.code, pattern, e)
                     continue
                 self._patterns.append(_Pattern(index, rx, validator))
+        self._any_pattern = _union([p.regex for p in self._patterns])
         self._support_rx = [
             [compile_pack_regex(p) for p in cat.supporting_patterns if _compiles(p)]
             for cat in self.categories
@@ -206,7 +208,10 @@ class KeywordMatcher:
                             equipment.append((start, "equipment:" + word))
                     elif len(negative) < 64:
                         negative[word] = i
-        for p in self._patterns:
+        patterns = self._patterns
+        if self._any_pattern is not None and self._any_pattern.search(norm) is None:
+            patterns = []  # one pass over the text says none of them can match
+        for p in patterns:
             n = 0
             for m in p.regex.finditer(norm):
                 if p.validator is None or p.validator(m.group(0)):
@@ -345,6 +350,23 @@ def _corroboration(
             if len(seen) >= 16:
                 return len(seen)
     return len(seen)
+
+
+def _union(patterns: Sequence[LinearPattern]) -> LinearPattern | None:
+    """One RE2 program that matches where any of `patterns` does, or None.
+
+    Most texts match no pattern at all; one search of the alternation says so where a
+    search per pattern cost a call each (14 patterns, 28 calls for a small source file
+    and its name). An alternation matches at a position exactly when one of its
+    branches does, so the answer is the same; past RE2's bounds there is simply no
+    shortcut.
+    """
+    if len(patterns) < 2:
+        return None
+    try:
+        return compile_pack_regex("|".join(f"(?:{p.pattern})" for p in patterns))
+    except PatternRefused:
+        return None
 
 
 def _compiles(pattern: str) -> bool:

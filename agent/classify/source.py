@@ -37,6 +37,9 @@ LANGUAGES: dict[str, str] = {
     "mk": "make", "asm": "assembly", "s": "assembly", "vb": "visual basic", "pas": "pascal",
     "ada": "ada", "adb": "ada", "zig": "zig", "nim": "nim", "sol": "solidity", "tcl": "tcl",
     "ipynb": "jupyter", "mat": "matlab", "scl": "plc-scl", "awl": "plc-awl",
+    "pxd": "cython", "pxi": "cython", "metal": "metal", "glsl": "glsl", "vert": "glsl",
+    "frag": "glsl", "comp": "glsl", "geom": "glsl", "tesc": "glsl", "tese": "glsl",
+    "hlsl": "hlsl",
 }  # fmt: skip
 BASENAMES = {"makefile": "make", "cmakelists.txt": "cmake", "dockerfile": "dockerfile"}
 _SHEBANG = re.compile(rb"^#!\s*(\S+)(?:[ \t]+(?:-\S+[ \t]+)*(\S+))?")
@@ -93,19 +96,46 @@ def comments(text: str, language: str, limit: int) -> str:
     """The comments (and docstrings) of a source text, at most `limit` characters."""
     text = text[:limit]
     marker = _line_marker(language)
-    line = re.compile(re.escape(marker) + r"\s?(.*)$", re.M)
     block = _PY_DOC if language in ("python", "cython") else _C_BLOCK if marker == "//" else None
     # written as found, not listed: a million two-character comments are 60 MB as strings
     out = io.StringIO()
     sep = ""
-    parts = (m.group(1) for m in line.finditer(text))
-    for part in itertools.chain(parts, _blocks(text, block) if block is not None else ()):
+    pieces = _line_comments(text, marker)
+    for part in itertools.chain(pieces, _blocks(text, block) if block is not None else ()):
         out.write(sep)
         out.write(part)
         sep = "\n"
         if out.tell() > limit:
             break
     return out.getvalue()[:limit]
+
+
+_LINE_RX: dict[str, re.Pattern[str]] = {}
+_SLAB = 1 << 16  # characters of text whose line comments are listed at once
+
+
+def _line_comments(text: str, marker: str) -> Iterator[str]:
+    """The line comments of `text` joined by newlines, a slab of about 64 KiB at a time
+    (one `findall` per slab: bounded lists, C speed).
+
+    A slab ends after a newline that does not follow the marker itself: `\\s?` after a
+    marker may take that newline and the comment then runs on into the next line, and
+    such a match must not be cut in two.
+    """
+    rx = _LINE_RX.get(marker)
+    if rx is None:
+        rx = _LINE_RX[marker] = re.compile(re.escape(marker) + r"\s?(.*)$", re.M)
+    pos = 0
+    n = len(text)
+    while pos < n:
+        j = text.find("\n", pos + _SLAB)
+        while j >= 0 and text.endswith(marker, 0, j):
+            j = text.find("\n", j + 1)
+        end = n if j < 0 else j + 1
+        parts = rx.findall(text, pos, end)
+        if parts:
+            yield "\n".join(parts)
+        pos = end
 
 
 def _blocks(text: str, delims: tuple[tuple[str, str], ...]) -> Iterator[str]:
@@ -115,6 +145,16 @@ def _blocks(text: str, delims: tuple[tuple[str, str], ...]) -> Iterator[str]:
     regex rescans to the end of the text for every opener that is never closed (4 MB
     of "/* " took hours).
     """
+    if len(delims) == 1:  # C's /* */: the same walk without the bookkeeping
+        ((o, c),) = delims
+        i = text.find(o)
+        while i >= 0:
+            j = text.find(c, i + len(o))
+            if j < 0:
+                return
+            yield text[i + len(o) : j]
+            i = text.find(o, j + len(c))
+        return
     close = dict(delims)
     nxt = {o: text.find(o) for o, _c in delims}
     while True:

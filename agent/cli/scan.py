@@ -10,18 +10,22 @@ records each file as a `scanned` event in the configured store (an inventory).
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import re
 import stat
 import sys
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from agent.cli._common import UserError, print_json, settings_from
+from agent.cli._common import UserError, settings_from
 from agent.textsafe import shown
 
 if TYPE_CHECKING:
@@ -56,34 +60,56 @@ _PSEUDO = ("/proc/", "/sys/")
 
 
 def walk(paths: Sequence[str], exclude: Sequence[str]) -> Iterator[str]:
-    """Every path under `paths`, depth first, never following a symlink."""
-    rx = [_glob_regex(p) for p in exclude]
-    # a directory matches "**/x/**" when "dir/" does
-    excluded = lambda p: any(r.match(p) or r.match(p + "/") for r in rx)  # noqa: E731
+    """Every path under `paths`, depth first, never following a symlink.
+
+    A directory's entries carry their type (`d_type`) from `scandir`, so only the named
+    paths and the directories themselves are `lstat`ed; the exclude globs are one
+    alternation, matched against the absolute path (and with a trailing slash, so that
+    a directory matches "**/x/**").
+    """
+    rx = _exclusion(exclude)
     for top in paths:
-        stack = [top]
+        stack: list[tuple[str, str, bool | None]] = [(top, os.path.abspath(top), None)]
         while stack:
-            p = stack.pop()
-            full = os.path.abspath(p)
-            if excluded(full) or full.startswith(_PSEUDO) or full in ("/proc", "/sys"):
+            p, full, is_dir = stack.pop()
+            if full.startswith(_PSEUDO) or full in ("/proc", "/sys"):
                 continue  # kernel pseudo-files: /proc/kcore claims 128 TB
-            try:
-                st = os.lstat(p)
-            except OSError:
-                yield p
+            if rx is not None and (rx.match(full) or rx.match(full + "/")):
                 continue
-            if not stat.S_ISDIR(st.st_mode):
+            if is_dir is None:
+                try:
+                    is_dir = stat.S_ISDIR(os.lstat(p).st_mode)
+                except OSError:
+                    yield p
+                    continue
+            if not is_dir:
                 yield p
                 continue
             if os.path.isfile(os.path.join(p, "saved_model.pb")):
                 yield p  # a SavedModel is one artefact, and its files are still listed
             try:
                 with os.scandir(p) as it:
-                    names = sorted(e.name for e in it)
+                    entries = sorted((e.name, _is_dir(e)) for e in it)
             except OSError:
                 yield p
                 continue
-            stack.extend(os.path.join(p, n) for n in reversed(names))
+            stack.extend(
+                (os.path.join(p, n), os.path.join(full, n), d) for n, d in reversed(entries)
+            )
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool | None:
+    """The entry's type from the directory listing, or None (ask `lstat` later)."""
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return None
+
+
+def _exclusion(exclude: Sequence[str]) -> re.Pattern[str] | None:
+    if not exclude:
+        return None
+    return re.compile("|".join(f"(?:{_glob_regex(p).pattern})" for p in exclude))
 
 
 def printable(path: str) -> str:
@@ -122,11 +148,17 @@ def artefact_doc(path: str, a: Artefact) -> dict[str, Any]:
 
 
 def _categories(s: Settings) -> tuple[Any, ...]:
+    # the packs through agent.policy.build, not the holder: that one imports SQLAlchemy
+    # for the daemon's store of policy versions (0.15 s of a scan's start-up)
     try:
-        from agent.policy.holder import load_configured
+        from agent.policy.build import load_policy
+        from agent.policy.loader import SHIPPED_DIR
     except ImportError:
         return ()
-    policy, issues = load_configured(s.policies)
+    sec = s.policies
+    policy, issues = load_policy(
+        [SHIPPED_DIR] if sec.builtin else [], list(sec.paths), sec.disabled, sec.pack_parameters()
+    )
     if policy is None:
         click.echo(
             f"warning: the configured policy is invalid ({len(issues)} problem(s)); "
@@ -169,67 +201,131 @@ def _scan(
     to_store: bool,
     ahead: HashAhead,
 ) -> None:
-    from agent.classify.classifier import Classifier
     from agent.classify.hashing import HashCache
+    from agent.classify.parallel import safe_to_fork
 
     s = settings_from(ctx)
-    # the policy packs load on another thread while the first files are hashed
+    # the policy packs load on another thread while the first files are walked (and,
+    # when there are few, hashed)
     loader = ThreadPoolExecutor(1, "scan-policy")
     cats_future = loader.submit(_categories, s)
     loader.shutdown(wait=False)
-    cache = None
+    cache_path = None
     if not no_cache:
         cache_path = s.classify.hash_cache or s.state_dir / "hashcache.db"
         try:
-            cache = HashCache(cache_path)
+            HashCache(cache_path).close()  # fails here, with one clear line, if it cannot
         except Exception as e:
             raise UserError(f"classify.hash_cache {cache_path}: cannot open: {e}") from None
-    classifier = Classifier(s.classify, cache=cache, categories=cats_future.result, ahead=ahead)
+    walked = walk(paths, s.files.exclude)
+    first = list(itertools.islice(walked, PARALLEL_FROM))
+    todo = itertools.chain(first, walked)
+    render = partial(_render, as_json, to_store)
+    parallel = len(first) >= PARALLEL_FROM and s.classify.workers > 1
+    if parallel:
+        cats = cats_future.result()
+        loader.shutdown(wait=True)
+        parallel = safe_to_fork()  # a big file named on the command line is still hashing
+    if parallel:
+        results = _in_processes(s, cache_path, cats, render, todo)
+    else:
+        results = _in_threads(s, cache_path, cats_future.result, ahead, render, todo)
     recorder = _Recorder(s) if to_store else None
     progress = _progress() if sys.stderr.isatty() else None
     count = 0
+    out = sys.stdout
     try:
-        for path, artefact in _classify_all(classifier, walk(paths, s.files.exclude), s):
+        for path, (line, artefact) in results:
             count += 1
-            if recorder is not None:
+            if recorder is not None and artefact is not None:
                 recorder.add(path, artefact)
             if as_json:
-                print_json(artefact_doc(path, artefact))
+                out.write(line)
             else:
-                _print_row(path, artefact)
+                click.echo(line)
             if progress is not None:
                 progress.update(count)
     finally:
+        results.close()
         if progress is not None:
             progress.close()
-        classifier.close()
-        if cache is not None:
-            cache.close()
         if recorder is not None:
             recorder.close()
 
 
-def _classify_all(
-    classifier: Any, paths: Iterator[str], s: Settings
-) -> Iterator[tuple[str, Artefact]]:
-    """Classify on a thread pool, yielding in input order with a bounded window."""
-    window: deque[tuple[str, Future[Artefact]]] = deque()
+PARALLEL_FROM = 128  # files: fewer are classified in this process (no fork for a handful)
+Rendered = tuple[str, "Artefact | None"]
+
+
+def _render(as_json: bool, keep: bool, path: str, a: Artefact) -> Rendered:
+    """The output line of one file (made where it was classified), and the artefact
+    itself only when the parent records it (`--store`)."""
+    if as_json:
+        line = json.dumps(artefact_doc(path, a), ensure_ascii=False, default=str) + "\n"
+    else:
+        line = _row(path, a)
+    return line, a if keep else None
+
+
+def _in_processes(
+    s: Settings,
+    cache_path: Path | None,
+    cats: Sequence[Any],
+    render: Callable[[str, Artefact], Rendered],
+    paths: Iterator[str],
+) -> Generator[tuple[str, Rendered], None, None]:
+    """Many files: one forked worker process per `classify.workers` (every core)."""
+    from agent.classify.parallel import ProcessClassifier
+
+    pool = ProcessClassifier(s.classify, cache_path, cats, render, s.classify.workers)
+    try:
+        yield from pool.map(paths)
+    finally:
+        pool.close()
+
+
+def _in_threads(
+    s: Settings,
+    cache_path: Path | None,
+    cats: Callable[[], Sequence[Any]],
+    ahead: HashAhead,
+    render: Callable[[str, Artefact], Rendered],
+    paths: Iterator[str],
+) -> Generator[tuple[str, Rendered], None, None]:
+    """A few files, or one worker: threads in this process, in input order with a
+    bounded window (a big file's hash runs beside its parsers, GIL released)."""
+    from agent.classify.classifier import Classifier
+    from agent.classify.hashing import HashCache
+
+    cache = HashCache(cache_path) if cache_path is not None else None
+    classifier = Classifier(s.classify, cache=cache, categories=cats, ahead=ahead)
+    window: deque[tuple[str, Future[Rendered]]] = deque()
     limit = s.classify.workers * 4
-    with ThreadPoolExecutor(s.classify.workers, "scan") as pool:
-        for path in paths:
-            window.append((path, pool.submit(classifier.classify_path, path)))
-            if len(window) >= limit:
+
+    def one(path: str) -> Rendered:
+        return render(path, classifier.classify_path(path))
+
+    try:
+        with ThreadPoolExecutor(s.classify.workers, "scan") as pool:
+            for path in paths:
+                window.append((path, pool.submit(one, path)))
+                if len(window) >= limit:
+                    p, fut = window.popleft()
+                    yield p, fut.result()
+            while window:
                 p, fut = window.popleft()
                 yield p, fut.result()
-        while window:
-            p, fut = window.popleft()
-            yield p, fut.result()
+    finally:
+        for _p, fut in window:
+            fut.cancel()
+        classifier.close()
+        if cache is not None:
+            cache.close()
 
 
-def _print_row(path: str, a: Artefact) -> None:
+def _row(path: str, a: Artefact) -> str:
     if a.skipped and not a.tags:
-        click.echo(f"{shown_path(path)}\tskipped: {a.skipped}")
-        return
+        return f"{shown_path(path)}\tskipped: {a.skipped}"
     summary = "; ".join(f"{t.kind}: {t.evidence}" for t in a.tags) or a.content_type
     if a.matches:
         summary += " | categories: " + ", ".join(
@@ -238,7 +334,7 @@ def _print_row(path: str, a: Artefact) -> None:
     if a.skipped:
         at = f" at {a.skipped_at}" if a.skipped_at else ""
         summary += f" (partial: {a.skipped}{at})"
-    click.echo(f"{shown_path(path)}\t{shown(summary)}")
+    return f"{shown_path(path)}\t{shown(summary)}"
 
 
 class _Progress:

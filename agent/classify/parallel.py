@@ -1,0 +1,158 @@
+"""Classify many paths on every core: forked worker processes, chunks of paths, results in order.
+
+The work on a small file — parsing, the keyword automaton, rendering its line — holds the
+GIL, so `scan`'s threads used one core however many there were. Here `workers`
+processes each run their own `Classifier.classify_path`, the very code the daemon runs:
+the per-file deadline (`classify.file_deadline`, checked by the parsers themselves) and
+every skip reason are the same. Paths go out in chunks (one task per chunk, not per
+file) and what comes back is already rendered by `render` in the worker, so the parent
+only walks and writes.
+
+Workers are forked, not spawned: the parent has already imported the classifier and
+loaded the policy, and a fork hands both over in microseconds where a fresh interpreter
+would import them again on a core the scan needs. The caller forks only while it runs
+no other thread (`safe_to_fork`). Each worker opens its own connection to the hash cache
+in buffered mode and writes a chunk's entries in one transaction when the chunk is done,
+so that a second scan finds what the first one hashed.
+
+A worker that dies (a native parser crashing the interpreter, the OOM killer) breaks
+the pool; its chunks are classified again one path per task in a fresh pool, and the
+one path that kills a worker again is reported `skipped="worker_died"`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from agent.categories import CategorySpec
+from agent.config import ClassifySection
+from agent.events import Artefact
+
+R = TypeVar("R")
+Render = Callable[[str, Artefact], R]
+
+CHUNK = 64  # paths per task: a few ms of work, so workers stay busy and output flows
+WINDOW = 4  # chunks in flight per worker: enough to hide the round trips, bounded memory
+
+_worker: dict[str, Any] = {}  # the worker process's classifier, cache and render
+
+
+def safe_to_fork() -> bool:
+    """Only this thread runs: no lock can be held across the fork by another one."""
+    return threading.active_count() == 1
+
+
+def _init(
+    settings: ClassifySection,
+    cache_path: Path | None,
+    categories: Sequence[CategorySpec],
+    render: Render[Any],
+) -> None:
+    from agent.classify.classifier import Classifier
+    from agent.classify.hashing import HashCache
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    cache = HashCache(cache_path, buffered=True) if cache_path is not None else None
+    cats = tuple(categories)
+    _worker["cache"] = cache
+    _worker["classifier"] = Classifier(settings, cache=cache, categories=lambda: cats)
+    _worker["render"] = render
+
+
+def _run(paths: list[str]) -> list[Any]:
+    clf = _worker["classifier"]
+    render = _worker["render"]
+    out = [render(p, clf.classify_path(p)) for p in paths]
+    cache = _worker["cache"]
+    if cache is not None:
+        cache.flush()  # the parent hears of a chunk only once its entries are written
+    return out
+
+
+class ProcessClassifier(Generic[R]):
+    """`map(paths)` → (path, render(path, artefact)) in input order, on `workers` processes."""
+
+    def __init__(
+        self,
+        settings: ClassifySection,
+        cache_path: Path | None,
+        categories: Sequence[CategorySpec],
+        render: Render[R],
+        workers: int,
+        chunk: int = CHUNK,
+    ) -> None:
+        self._initargs = (settings, cache_path, tuple(categories), render)
+        self._render = render
+        self.workers = workers
+        self.chunk = chunk
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # fork: the workers are started at once (before the executor's own thread)
+        return ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_init,
+            initargs=self._initargs,
+        )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def map(self, paths: Iterator[str]) -> Iterator[tuple[str, R]]:
+        window: deque[tuple[list[str], Future[list[R]]]] = deque()
+        limit = self.workers * WINDOW
+        chunk: list[str] = []
+        for path in paths:
+            chunk.append(path)
+            if len(chunk) >= self.chunk:
+                window.append((chunk, self._pool.submit(_run, chunk)))
+                chunk = []
+            while len(window) >= limit:
+                yield from self._collect(window)
+        if chunk:
+            window.append((chunk, self._pool.submit(_run, chunk)))
+        while window:
+            yield from self._collect(window)
+
+    def _collect(self, window: deque[tuple[list[str], Future[list[R]]]]) -> Iterator[tuple[str, R]]:
+        chunk, fut = window.popleft()
+        try:
+            results = fut.result()
+        except BrokenProcessPool:
+            # every chunk in flight is lost with the pool: redo them path by path
+            pending = [chunk, *(c for c, _f in window)]
+            window.clear()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+            for lost in pending:
+                yield from self._one_by_one(lost)
+            return
+        yield from zip(chunk, results)
+
+    def _one_by_one(self, paths: list[str]) -> Iterator[tuple[str, R]]:
+        for path in paths:
+            try:
+                result = self._pool.submit(_run, [path]).result()[0]
+            except BrokenProcessPool:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._new_pool()
+                result = self._render(path, Artefact(sha256=None, size=_size(path),
+                                                     skipped="worker_died"))  # fmt: skip
+            yield path, result
+
+
+def _size(path: str) -> int:
+    try:
+        return os.lstat(path).st_size
+    except (OSError, ValueError):
+        return 0
