@@ -45,7 +45,7 @@ from agent.events import Tag
 
 log = logging.getLogger(__name__)
 
-CLASSIFIER_VERSION = "6"
+CLASSIFIER_VERSION = "7"
 # structured text whose lines may carry a steady count of commas without being a table
 _NOT_TABULAR = {"json", "yaml", "yml", "xml", "toml", "ini", "cfg", "conf", "html", "htm"}
 _NOT_TABULAR |= set(documents.TEXT_DOC_EXT) - {"txt", "text"}  # tables ship as .txt too
@@ -192,7 +192,7 @@ class Engine:
             return Finding("application/x-tf-checkpoint", [tag])
         if fmt == "git_bundle":
             return Finding("application/x-git-bundle", source.git_bundle_tags(src.head))
-        if fmt in ("tflite", "fasttext", "word2vec", "coreml"):
+        if fmt in ("tflite", "fasttext", "word2vec", "coreml", "tensorrt"):
             return models.parse_model(fmt, src, lim)
         if fmt in ("orc", "stata", "spss", "sas"):
             return tables.parse_table(fmt, src, lim)

@@ -10,6 +10,7 @@ reported wherever the format states them. Reads are random-access through the
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from collections import Counter
@@ -36,11 +37,65 @@ def sniff_model(head: bytes, size: int, ext: str) -> str | None:
         return "word2vec"
     if ext == "mlmodel" and len(head) >= 4 and head[0] == 0x08 and 1 <= head[1] <= 20:
         return "coreml"
+    if tensorrt_start(head, size) is not None:
+        return "tensorrt"
     return None
 
 
+# --- TensorRT engines (plans) -----------------------------------------------------------
+# NVIDIA does not publish the plan format. What is stable is the header TensorRT itself
+# checks before anything else ("Magic tag does not match" when it is wrong): the ASCII
+# tag `ptrt` (or `ftrt`) and a little-endian uint32 serialization version (205 for
+# TensorRT 8.2, 213 for 8.4, 232 for 8.5-8.6...). Exporters such as Ultralytics put a
+# uint32 length and a JSON object of metadata in front. Nothing after the header is read:
+# tensors and parameters are not counted.
+_TRT_TAGS = (b"ptrt", b"ftrt")
+_TRT_HEADER = 24  # tag, version and the fields after them that every plan has
+
+
+def tensorrt_start(head: bytes, size: int) -> int | None:
+    """Offset of a TensorRT plan's magic tag in `head` (0, or after a metadata prefix)."""
+    if size < _TRT_HEADER or len(head) < 8:
+        return None
+    if _trt_header(head, 0, size):
+        return 0
+    n = int.from_bytes(head[:4], "little")
+    if head[4:5] == b"{" and 4 + n + 8 <= len(head) and _trt_header(head, 4 + n, size):
+        return 4 + n
+    return None
+
+
+def _trt_header(head: bytes, at: int, size: int) -> bool:
+    # the version is a small number: text that happens to start with "ptrt" has letters
+    # (at least 0x09090909) where it would be
+    version = int.from_bytes(head[at + 4 : at + 8], "little")
+    return head[at : at + 4] in _TRT_TAGS and 0 < version < 0x10000 and at + _TRT_HEADER <= size
+
+
+def _tensorrt(src: Source, limits: Limits) -> Finding:
+    at = tensorrt_start(src.head, src.size)
+    if at is None:
+        raise ParseError("TensorRT: no plan header")
+    version = int.from_bytes(src.head[at + 4 : at + 8], "little")
+    extra = f"serialization version {version}"
+    details: dict[str, object] = {"serialization_version": version}
+    if at:
+        extra += ", exporter metadata in front"
+        try:
+            meta = json.loads(src.head[4:at].decode("utf-8"))
+        except ValueError:
+            meta = None
+        if isinstance(meta, dict):
+            task = meta.get("task")
+            if isinstance(task, str) and task.isprintable() and len(task) <= 40:
+                details["task"] = task
+    tag = weights_tag("tensorrt", None, None, None, extra, **details)
+    return Finding("application/x-tensorrt-plan", [tag])
+
+
 def parse_model(fmt: str, src: Source, limits: Limits) -> Finding:
-    parsers = {"tflite": _tflite, "fasttext": _fasttext, "word2vec": _word2vec, "coreml": _coreml}
+    parsers = {"tflite": _tflite, "fasttext": _fasttext, "word2vec": _word2vec, "coreml": _coreml,
+               "tensorrt": _tensorrt}  # fmt: skip
     try:
         return parsers[fmt](src, limits)
     except struct.error as e:

@@ -127,7 +127,7 @@ def signature_tag(fmt: str, reason: str) -> Tag | None:
            for f in ("orc", "stata", "spss", "sas")},
         **{f: ("model_weights", {"format": f, "parameters": None, "tensors": None,
                                  "dtype": None})
-           for f in ("tflite", "fasttext", "word2vec", "coreml")},
+           for f in ("tflite", "fasttext", "word2vec", "coreml", "tensorrt")},
     }  # fmt: skip
     if fmt in kinds:
         kind, details = kinds[fmt]

@@ -44,6 +44,7 @@ _LABELS = {
     "keras": "Keras archive",
     "tf_savedmodel": "TensorFlow SavedModel",
     "tf_checkpoint": "TensorFlow checkpoint",
+    "tensorrt": "TensorRT engine",
 }
 
 
