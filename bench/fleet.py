@@ -31,6 +31,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -216,7 +217,8 @@ def scale(engine: Engine, sizes: list[int], hosts: int, salt: str) -> list[dict[
                 step["skipped"] = f"needs ≈{need:.0f} GB, {free} GB free"
                 out.append(step)
                 break
-            step["grow"] = grow(engine, size - have, hosts, f"{salt}s{len(out)}")
+            rebuild = size - have > have  # more than doubling: load, then index
+            step["grow"] = grow(engine, size - have, hosts, f"{salt}s{len(out)}", rebuild)
         step.update(store_size(engine))
         step["events"] = step["rows"]["file_events"] + step["rows"]["flows"]
         step["queries"] = queries_at(engine, hostname(hosts // 2))
@@ -228,18 +230,20 @@ def scale(engine: Engine, sizes: list[int], hosts: int, salt: str) -> list[dict[
 
 def comparisons(res: dict[str, Any]) -> list[dict[str, Any]]:
     n = res["agents"]
-    b, ref = res["backlog"], res["reference_copy"]
-    out = [
-        {
-            "what": f"central ingest from {n} agents' forwarders vs bare COPY (one connection)",
-            "agent": b["events_per_s"],
-            "reference": ref["events_per_s"],
-            "unit": "events/s",
-            "ratio": round(ref["events_per_s"] / b["events_per_s"], 2),
-            "note": f"{b['events']} events, exactly once: {b['exactly_once']}; "
-            f"load {b['load_before']}",
-        }
-    ]
+    out: list[dict[str, Any]] = []
+    if "backlog" in res:
+        b, ref = res["backlog"], res["reference_copy"]
+        out.append(
+            {
+                "what": f"central ingest from {n} agents' forwarders vs bare COPY (one connection)",
+                "agent": b["events_per_s"],
+                "reference": ref["events_per_s"],
+                "unit": "events/s",
+                "ratio": round(ref["events_per_s"] / b["events_per_s"], 2),
+                "note": f"{b['events']} events, exactly once: {b['exactly_once']}; "
+                f"load {b['load_before']}",
+            }
+        )
     s = res.get("steady")
     if s:
         out.append(
@@ -260,7 +264,7 @@ def comparisons(res: dict[str, Any]) -> list[dict[str, Any]]:
             ref = bare["events list" if q.startswith("events list") else q]["best_ms"]
             out.append(
                 {
-                    "what": f"`{q.replace(hostname(n // 2), 'H')}` at {step['events']:,} events",
+                    "what": f"`{re.sub(r'lab-[0-9]+', 'H', q)}` at {step['events']:,} events",
                     "agent": t["best_ms"],
                     "reference": ref,
                     "unit": "ms",
@@ -283,7 +287,8 @@ def comparisons(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--agents", type=int, default=50)
+    ap.add_argument("--agents", type=int, default=50, help="0: only grow and time the store")
+    ap.add_argument("--hosts", type=int, default=1000, help="hosts of the store with --agents 0")
     ap.add_argument("--agents-per-process", type=int, default=0, help="default: N/2 rounded up")
     ap.add_argument("--backlog", type=int, default=2000, help="events spooled per agent")
     ap.add_argument("--rate", type=float, default=5.0, help="steady events/s per agent")
@@ -296,12 +301,12 @@ def main() -> None:
     # a SIGTERM still runs the clean-up below (workers, scratch database, private server)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     n = args.agents
-    per_process = args.agents_per_process or max(1, -(-n // 2))
+    per_process = args.agents_per_process or max(1, -(-n // 2))  # two processes by default
     sizes = [int(float(s)) for s in args.sizes.split(",") if s]
     res: dict[str, Any] = {
         "agents": n,
         "agents_per_process": per_process,
-        "processes": -(-n // per_process),
+        "processes": -(-n // per_process) if n else 0,
         "backlog_per_agent": args.backlog,
         "mix": "70% file events (written/created/moved/deleted, 5% artefact, 2% decision), "
         "30% flows (15% foreign)",
@@ -323,17 +328,30 @@ def main() -> None:
         engine = make_engine(url)
         try:
             upgrade(engine)  # the agents' own migrations (auto_upgrade off in the agents)
-            fleet = Fleet(url, n, per_process, args.seed)
-            try:
-                res["backlog"] = backlog(fleet, engine, n, args.backlog)
-                res["reference_copy"] = reference_copy(engine, res["backlog"]["events"])
-                progress({k: res[k] for k in ("backlog", "reference_copy")})
-                if args.steady > 0:
-                    res["steady"] = steady(fleet, engine, args.rate, args.steady)
-                    progress({"steady": res["steady"]})
-            finally:
-                res["agents_closed"] = fleet.close()
-            res["scale"] = scale(engine, sizes, n, uuid.uuid4().hex[:6])
+            if n:
+                fleet = Fleet(url, n, per_process, args.seed)
+                try:
+                    res["backlog"] = backlog(fleet, engine, n, args.backlog)
+                    res["reference_copy"] = reference_copy(engine, res["backlog"]["events"])
+                    progress({k: res[k] for k in ("backlog", "reference_copy")})
+                    if args.steady > 0:
+                        res["steady"] = steady(fleet, engine, args.rate, args.steady)
+                        progress({"steady": res["steady"]})
+                finally:
+                    res["agents_closed"] = fleet.close()
+            else:  # the store alone (--agents 0): hosts registered as the agents would be
+                with engine.begin() as c:
+                    c.execute(
+                        text(
+                            "INSERT INTO hosts (id, hostname, agent_version, first_seen, "
+                            "last_seen) SELECT 'fleet-' || lpad(g::text, 5, '0'), "
+                            "'lab-' || lpad(g::text, 5, '0'), 'bench', now(), now() "
+                            "FROM generate_series(0, :n - 1) g"
+                        ),
+                        {"n": args.hosts},
+                    )
+            hosts = n or args.hosts
+            res["scale"] = scale(engine, sizes, hosts, uuid.uuid4().hex[:6])
             res["comparisons"] = comparisons(res)
         finally:
             engine.dispose()
