@@ -83,7 +83,11 @@ class HashCache:
     writes in memory, where lookups see them, until `flush()` writes them in one
     `BEGIN IMMEDIATE` transaction: a deferred transaction held open across reads fails
     at once (SQLITE_BUSY_SNAPSHOT) when another process committed meanwhile, and one
-    statement per row costs more than the small file it describes.
+    statement per row costs more than the small file it describes. Its reads go through
+    a second connection that holds one read transaction from the start: they see the
+    cache as it was before the scan (and this process's own writes, from memory), never
+    what another worker wrote meanwhile, so what a worker concludes does not depend on
+    which worker happened to be faster.
     """
 
     def __init__(
@@ -102,6 +106,11 @@ class HashCache:
         self._timer: threading.Timer | None = None
         self._closed = False
         self._buffered = buffered
+        self._reader = self._db
+        if buffered and path is not None:
+            self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._reader.execute("BEGIN")
+            self._reader.execute("SELECT count(*) FROM files").fetchone()  # the snapshot
         self._files: dict[tuple[int, int], tuple[int, int, int, int, str, float]] = {}
         self._results: dict[tuple[str, str, str], str] = {}
 
@@ -191,7 +200,7 @@ class HashCache:
             if self._closed:
                 return None
             try:
-                return self._db.execute(sql, args).fetchone()
+                return self._reader.execute(sql, args).fetchone()
             except sqlite3.Error as e:
                 metrics.CLASSIFY_SKIPPED.labels("hash_cache_error").inc()
                 log.warning("hash cache %s: read failed: %s", self.path, e)
@@ -278,4 +287,6 @@ class HashCache:
                     self._write_held()
                 self._commit()
                 self._db.close()
+                if self._reader is not self._db:
+                    self._reader.close()
             self._closed = True

@@ -18,6 +18,12 @@ so that a second scan finds what the first one hashed.
 A worker that dies (a native parser crashing the interpreter, the OOM killer) breaks
 the pool; its chunks are classified again one path per task in a fresh pool, and the
 one path that kills a worker again is reported `skipped="worker_died"`.
+
+Lineage stays what one process in walk order gives (`WalkOrderLineage`): a worker reads
+the cache as it was before the scan (`HashCache(buffered=True)`), so of two files with
+the same content only its own earlier files can make one a copy; the parent, which sees
+every file in walk order, makes every later copy point to the content (`parents`), and
+after the scan records the first one as the content's origin in the cache.
 """
 
 from __future__ import annotations
@@ -149,6 +155,61 @@ class ProcessClassifier(Generic[R]):
                 result = self._render(path, Artefact(sha256=None, size=_size(path),
                                                      skipped="worker_died"))  # fmt: skip
             yield path, result
+
+
+class WalkOrderLineage:
+    """`parents` as a single process classifying in walk order would give them.
+
+    Such a process calls a file a copy (`parents=(sha,)`) when the content is known
+    with another origin: from before the scan (the worker saw that too, and said so),
+    or from an earlier file of this scan, which only the parent knows across workers.
+    """
+
+    def __init__(self) -> None:
+        self._first: dict[str, tuple[int, int]] = {}  # sha -> identity of its first file
+        self._origin_here: set[str] = set()  # contents first met in this scan (no origin)
+        self._copied: set[str] = set()
+
+    def parents(
+        self, sha: str | None, ident: tuple[int, int] | None, got: tuple[str, ...]
+    ) -> tuple[str, ...]:
+        if sha is None or ident is None or got not in ((), (sha,)):
+            return got  # no content, or the parents are an archive's members
+        first = self._first.get(sha)
+        if first is None:
+            self._first[sha] = ident
+            if not got:
+                self._origin_here.add(sha)
+            return got
+        if first == ident:
+            return ()  # the same file again (named twice)
+        self._copied.add(sha)
+        return (sha,)
+
+    def origins(self) -> list[tuple[str, tuple[int, int]]]:
+        """(sha, identity of its first file) for contents met here first and copied: the
+        origin to record, whichever worker stored its result last."""
+        return [(sha, self._first[sha]) for sha in sorted(self._copied & self._origin_here)]
+
+
+def record_origins(cache_path: Path, origins: list[tuple[str, tuple[int, int]]]) -> None:
+    """Set the origin of these contents' cached results (after the workers are done)."""
+    if not origins:
+        return
+    import sqlite3
+
+    db = sqlite3.connect(str(cache_path), timeout=30)
+    try:
+        with db:
+            db.executemany(
+                "UPDATE results SET result = json_set(result, '$.origin', json_array(?, ?)) "
+                "WHERE sha256 = ?",
+                [(dev, ino, sha) for sha, (dev, ino) in origins],
+            )
+    except sqlite3.Error:
+        pass  # only a cache: a later scan may then name the other copy first
+    finally:
+        db.close()
 
 
 def _size(path: str) -> int:

@@ -19,6 +19,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -227,7 +228,7 @@ def _scan(
         loader.shutdown(wait=True)
         parallel = safe_to_fork()  # a big file named on the command line is still hashing
     if parallel:
-        results = _in_processes(s, cache_path, cats, render, todo)
+        results = _in_processes(s, cache_path, cats, render, todo, as_json)
     else:
         results = _in_threads(s, cache_path, cats_future.result, ahead, render, todo)
     recorder = _Recorder(s) if to_store else None
@@ -235,7 +236,7 @@ def _scan(
     count = 0
     out = sys.stdout
     try:
-        for path, (line, artefact) in results:
+        for path, (line, artefact, *_) in results:
             count += 1
             if recorder is not None and artefact is not None:
                 recorder.add(path, artefact)
@@ -254,7 +255,8 @@ def _scan(
 
 
 PARALLEL_FROM = 128  # files: fewer are classified in this process (no fork for a handful)
-Rendered = tuple[str, "Artefact | None"]
+# the line, the artefact (`--store` only), the content and file it came from, its parents
+Rendered = tuple[str, "Artefact | None", "str | None", "tuple[int, int] | None", tuple[str, ...]]
 
 
 def _render(as_json: bool, keep: bool, path: str, a: Artefact) -> Rendered:
@@ -264,7 +266,14 @@ def _render(as_json: bool, keep: bool, path: str, a: Artefact) -> Rendered:
         line = json.dumps(artefact_doc(path, a), ensure_ascii=False, default=str) + "\n"
     else:
         line = _row(path, a)
-    return line, a if keep else None
+    ident = None
+    if a.sha256 is not None:
+        try:
+            st = os.lstat(path)
+            ident = (st.st_dev, st.st_ino)
+        except OSError:
+            pass
+    return line, a if keep else None, a.sha256, ident, a.parents
 
 
 def _in_processes(
@@ -273,15 +282,29 @@ def _in_processes(
     cats: Sequence[Any],
     render: Callable[[str, Artefact], Rendered],
     paths: Iterator[str],
+    as_json: bool,
 ) -> Generator[tuple[str, Rendered], None, None]:
-    """Many files: one forked worker process per `classify.workers` (every core)."""
-    from agent.classify.parallel import ProcessClassifier
+    """Many files: one forked worker process per `classify.workers` (every core), with
+    `parents` made what one process in walk order would say."""
+    from agent.classify.parallel import ProcessClassifier, WalkOrderLineage, record_origins
 
     pool = ProcessClassifier(s.classify, cache_path, cats, render, s.classify.workers)
+    lineage = WalkOrderLineage()
     try:
-        yield from pool.map(paths)
+        for path, (line, a, sha, ident, got) in pool.map(paths):
+            want = lineage.parents(sha, ident, got)
+            if want != got:
+                if a is not None:
+                    a = replace(a, parents=want)
+                if as_json:
+                    doc = json.loads(line)
+                    doc["parents"] = list(want)
+                    line = json.dumps(doc, ensure_ascii=False, default=str) + "\n"
+            yield path, (line, a, sha, ident, want)
     finally:
         pool.close()
+    if cache_path is not None:
+        record_origins(cache_path, lineage.origins())
 
 
 def _in_threads(

@@ -43,6 +43,11 @@ def big_tree(tmp_path: Path) -> Path:
     C.docx_file(root / "asr.docx", "语音识别 speech recognition 麦克风阵列")
     (root / "same-a.txt").write_text("one content, two names\n" * 20)
     (root / "same-b.txt").write_text("one content, two names\n" * 20)
+    # copies far apart in walk order: classified by different workers at the same time
+    copy = b"\n".join(b"%d,%d,%d" % (i, i * i, i % 7) for i in range(400))
+    (root / "aa-first.csv").write_bytes(copy)
+    (root / "src" / "m050-copy.csv").write_bytes(copy)
+    (root / "zz-last.csv").write_bytes(copy)
     os.mkfifo(root / "fifo")
     return root
 
@@ -58,11 +63,15 @@ def test_processes_print_what_one_process_prints(tmp_path: Path, big_tree: Path)
     two = _scan(two_cfg, big_tree)
     assert two == one  # same lines, same order (walk order), byte for byte
     docs = [json.loads(line) for line in two]
-    assert len(docs) == PARALLEL_FROM + 40 + 6
+    assert len(docs) == PARALLEL_FROM + 40 + 9
     by_name = {d["path"].rsplit("/", 1)[-1]: d for d in docs}
     assert by_name["model.safetensors"]["kinds"] == ["model_weights"]
     assert by_name["fifo"]["skipped"] == "special_file"
     assert by_name["m007.py"]["kinds"] == ["source_code"]
+    # lineage as in walk order: the first of the copies is the origin, the others copies
+    sha = by_name["aa-first.csv"]["sha256"]
+    assert by_name["aa-first.csv"]["parents"] == []
+    assert by_name["m050-copy.csv"]["parents"] == [sha] == by_name["zz-last.csv"]["parents"]
     # the workers wrote the hash cache: every regular file has its identity there
     db = sqlite3.connect(tmp_path / "state-two" / "hashcache.db")
     (files,) = db.execute("SELECT count(*) FROM files").fetchone()
@@ -110,7 +119,7 @@ def test_a_dying_worker_costs_one_file(tmp_path: Path) -> None:
     cache.close()
 
 
-def test_buffered_cache_sees_its_own_writes_and_shares_the_file(tmp_path: Path) -> None:
+def test_buffered_cache_reads_a_snapshot_and_its_own_writes(tmp_path: Path) -> None:
     a = HashCache(tmp_path / "hc.db", buffered=True)
     b = HashCache(tmp_path / "hc.db", buffered=True)
     a.store(1, 2, 3, 4, "aa" * 32)
@@ -120,8 +129,15 @@ def test_buffered_cache_sees_its_own_writes_and_shares_the_file(tmp_path: Path) 
     assert b.lookup(1, 2, 3, 4) is None  # not yet written
     b.store(5, 6, 7, 8, "bb" * 32)
     a.flush()
+    assert b.lookup(5, 6, 7, 8) == "bb" * 32  # its own, from memory
     b.flush()
-    assert b.lookup(1, 2, 3, 4) == "aa" * 32 and a.lookup(5, 6, 7, 8) == "bb" * 32
-    assert a.lookup(1, 2, 3, 5) is None  # another mtime: not this content
+    # each reads the cache as it was when it opened: what the other worker concluded
+    # meanwhile does not change its own conclusions
+    assert b.lookup(1, 2, 3, 4) is None and a.lookup(5, 6, 7, 8) is None
     a.close()
     b.close()
+    c = HashCache(tmp_path / "hc.db")  # the next scan finds both
+    assert c.lookup(1, 2, 3, 4) == "aa" * 32 and c.lookup(5, 6, 7, 8) == "bb" * 32
+    assert c.lookup(1, 2, 3, 5) is None  # another mtime: not this content
+    assert c.result("aa" * 32, "v", "k") == {"content_type": "text/plain"}
+    c.close()
