@@ -30,6 +30,8 @@ from typing import Any
 
 import yaml
 
+from bench.idle import threads
+
 REPO = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -117,6 +119,7 @@ def run_agent(
         time.sleep(1.0)  # let the start-up rescan finish
         db = sqlite3.connect(f"file:{state / 'agent.db'}?mode=ro", uri=True, timeout=30)
         cpu0 = cpu_seconds(proc.pid)
+        threads0 = threads(proc.pid)
         took = burst(root, files, dirs)
         end = time.perf_counter()
 
@@ -126,6 +129,7 @@ def run_agent(
 
         seen, last = wait_until(count, timeout=300, settle=10)
         cpu = cpu_seconds(proc.pid) - cpu0
+        per_thread = thread_cpu(threads0, threads(proc.pid), max(seen, 1))
         distinct = db.execute(
             "SELECT count(DISTINCT path) FROM file_events WHERE action='written'"
         ).fetchone()[0]
@@ -152,8 +156,21 @@ def run_agent(
         "drain_seconds": round(max(0.0, last - end), 3),
         "cpu_seconds": round(cpu, 3),
         "cpu_seconds_per_10k_written": round(cpu / max(seen, 1) * 10_000, 3),
+        "thread_cpu_seconds_per_10k_written": per_thread,
         "note": "agent process CPU includes fanotify attribution, the pipeline and SQLite writes",
     }
+
+
+def thread_cpu(
+    before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]], events: int
+) -> dict[str, float]:
+    """CPU seconds per 10,000 events of each OS thread name (threads of one pool summed)."""
+    per: dict[str, float] = {}
+    for tid, now in after.items():
+        ns = now["ns"] - before.get(tid, {"ns": 0})["ns"]
+        per[now["name"]] = per.get(now["name"], 0.0) + ns / 1e9
+    scaled = {k: round(v / events * 10_000, 3) for k, v in per.items()}
+    return dict(sorted(((k, v) for k, v in scaled.items() if v), key=lambda kv: -kv[1]))
 
 
 SENSOR_CHILD = textwrap.dedent(

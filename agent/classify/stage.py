@@ -19,6 +19,7 @@ import logging
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
@@ -74,6 +75,23 @@ class ClassifyStage:
         rt.extras.setdefault("status_hooks", []).append(self.status)
 
     def __call__(self, event: Event) -> Event:
+        started = self._start(event)
+        return started if isinstance(started, Event) else self._finish(*started)
+
+    def batch(self, events: list[Event], beat: Callable[[], None]) -> list[Event]:
+        """The pipeline's batch call: every file of the batch is handed to the pool before
+        the first result is awaited, so all workers classify at once and the stage thread
+        sleeps once per batch rather than once per file; events still leave in order, and
+        `beat` (the stage's heartbeat) is called as each one is done."""
+        started = [self._start(e) for e in events]
+        out: list[Event] = []
+        for s in started:
+            out.append(s if isinstance(s, Event) else self._finish(*s))
+            beat()
+        return out
+
+    def _start(self, event: Event) -> Event | tuple[FileEvent, Future[Artefact]]:
+        """The event itself when it needs no classification, else it and its job."""
         if not self.enabled or not isinstance(event, FileEvent):
             return event
         if event.action == FileAction.READ:
@@ -90,8 +108,7 @@ class ClassifyStage:
             if (fut is None or fut.done()) and len(self._overdue) >= self.workers:
                 # every worker is stuck on an overdue file (a hung network share...):
                 # waiting would stall the whole pipeline, so this event goes on now
-                metrics.CLASSIFY_SKIPPED.labels("busy").inc()
-                return replace(event, artefact=Artefact(None, event.size or 0, skipped="busy"))
+                return self._busy(event)
             if fut is None or fut.done():
                 fut = self.pool.submit(self.classifier.classify_path, path)
                 self._inflight[key] = fut
@@ -99,6 +116,11 @@ class ClassifyStage:
         if submitted:
             # outside the lock: a future already done runs the callback right here
             fut.add_done_callback(partial(self._done, key))
+        return event, fut
+
+    def _finish(self, event: FileEvent, fut: Future[Artefact]) -> Event:
+        if not fut.done() and len(self._overdue) >= self.workers:
+            return self._busy(event)  # workers went overdue on earlier files of the batch
         try:
             artefact = fut.result(timeout=self.timeout)
         except FutureTimeout:
@@ -108,6 +130,11 @@ class ClassifyStage:
             metrics.CLASSIFY_SKIPPED.labels("deferred").inc()
             artefact = Artefact(sha256=None, size=event.size or 0, skipped="deferred")
         return replace(event, artefact=artefact)
+
+    @staticmethod
+    def _busy(event: FileEvent) -> Event:
+        metrics.CLASSIFY_SKIPPED.labels("busy").inc()
+        return replace(event, artefact=Artefact(None, event.size or 0, skipped="busy"))
 
     def status(self) -> dict[str, object]:
         """For `egress-agent status`: the cache in use and the work in flight."""

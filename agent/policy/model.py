@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from agent.categories import CategorySpec
 from agent.events import Artefact, Decision, FileEvent, Flow, Severity
 from agent.policy import facts as facts_mod
-from agent.policy.conditions import Condition, event_kinds
+from agent.policy.conditions import All, Compare, Condition, event_kinds
 from agent.policy.timeline import ControlState, Period, periods_from_status, state_on, strongest
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -165,6 +165,7 @@ class Policy:
     regimes: Mapping[str, str] = field(init=False, repr=False, compare=False)
     zones: Mapping[str, ZoneInfo] = field(init=False, repr=False, compare=False)
     _by_event: Mapping[str, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
+    _gated: Mapping[str, Gated] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "min_counts", {c.code: c.min_count for c in self.categories})
@@ -181,6 +182,7 @@ class Policy:
                 r for r in self.rules if r.enabled and (r.events is None or kind in r.events)
             )
         object.__setattr__(self, "_by_event", by_event)
+        object.__setattr__(self, "_gated", {k: _gates(rules) for k, rules in by_event.items()})
 
     def decide(
         self,
@@ -194,13 +196,23 @@ class Policy:
         it, every rule is judged on `day` (default today).
         """
         day = day or (when.date() if when is not None else dt.date.today())
-        rules = self._by_event.get(facts.get("event"))  # type: ignore[arg-type]
-        if rules is None:
-            rules = tuple(r for r in self.rules if r.enabled)
+        gated = self._gated.get(facts.get("event"))  # type: ignore[arg-type]
+        if gated is None:
+            gated = _gates(tuple(r for r in self.rules if r.enabled))
+        # a comparison that several rules require (event is file, kinds contain weights)
+        # is made once per event: most rules fail on one, so this is most of the work
+        seen: dict[Hashable, bool] = {}
         out = []
-        for rule in rules:
-            if rule.fires(facts):
-                out.append(self._decision(rule, facts, self._day(rule.pack, day, when)))
+        for rule, gates in gated:
+            for key, compare in gates:
+                ok = seen.get(key)
+                if ok is None:
+                    ok = seen[key] = compare(facts)
+                if not ok:
+                    break
+            else:
+                if rule.fires(facts):
+                    out.append(self._decision(rule, facts, self._day(rule.pack, day, when)))
         return out
 
     def _day(self, pack: str, day: dt.date, when: dt.datetime | None) -> dt.date:
@@ -315,6 +327,40 @@ class Policy:
             artefact, flow, self.min_counts, file_event, self.min_confidence
         )
         return self.decide(f, flow.time.date(), flow.time)
+
+
+Gated = tuple[tuple[Rule, tuple[tuple[Hashable, Compare], ...]], ...]
+
+
+def _gates(rules: tuple[Rule, ...]) -> Gated:
+    """Each rule with the comparisons its condition requires outright (the `Compare`s at
+    the top of an `all`), in its order, keyed so that equal ones are shared across rules.
+    A rule whose gates all hold is then judged in full (`Rule.fires`)."""
+    out = []
+    for rule in rules:
+        c = rule.condition
+        items = c.items if isinstance(c, All) else (c,)
+        out.append((rule, tuple((_gate_key(i), i) for i in items if isinstance(i, Compare))))
+    return tuple(out)
+
+
+def _gate_key(c: Compare) -> Hashable:
+    key = (c.field, c.op, _frozen(c.value))
+    try:
+        hash(key)
+    except TypeError:
+        return ("unshared", id(c))
+    return key
+
+
+def _frozen(value: Any) -> Any:
+    if isinstance(value, list):
+        return ("list", tuple(_frozen(v) for v in value))
+    if isinstance(value, set):
+        return ("set", frozenset(value))
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((k, _frozen(v)) for k, v in value.items())))
+    return (type(value).__name__, value)
 
 
 def _zone(name: str) -> ZoneInfo | None:

@@ -93,7 +93,8 @@ class FileSensor:
         self._beat = Heartbeat("sensor-files")
         self._hold: deque[tuple[float, Change]] = deque()
         self.rescans = Rescans(self)
-        self._labels: dict[tuple[str, str], Any] = {}
+        self._labels: dict[tuple[str, str], Any] = {}  # metric children, looked up once
+        self._sent = metrics.SENSOR_EVENTS.labels(self.name)
         self.ino: I.Inotify | None = None
         self.tree: WatchTree | None = None
         self.attribution = Attribution(
@@ -355,7 +356,7 @@ class FileSensor:
         if counter is None:
             counter = self._labels[key] = metrics.FILE_EVENTS.labels(*key)
         counter.inc()
-        metrics.SENSOR_EVENTS.labels(self.name).inc()
+        self._sent.inc()
         if ch.action != FileAction.READ:
             self.rescans.recent.remember(ch, content)
             if ch.action in (FileAction.WRITTEN, FileAction.MOVED) and ch.dest_path is not None:
