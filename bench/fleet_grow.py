@@ -144,6 +144,25 @@ def drop_indexes(engine: Engine) -> list[str]:
     return restore
 
 
+def day_partitions(engine: Engine, now: datetime) -> int:
+    """On a partitioned store, the day partitions the maintenance job would have made.
+
+    The store's history is 30 days old: a real one got a partition a day from the
+    maintenance job (agent/store/partitions.py, migration 0005), so the grown rows go to
+    their days, not to the default partition. Plain tables (before 0005): nothing to do.
+    """
+    try:
+        from agent.store import partitions
+    except ImportError:
+        return 0
+    with engine.begin() as c:
+        if not partitions.is_partitioned(c):
+            return 0
+        first = (now - timedelta(days=SPAN_DAYS)).date()
+        wanted = [first + timedelta(days=i) for i in range(SPAN_DAYS + 2)]
+        return int(partitions.ensure_days(c, wanted))
+
+
 def grow(engine: Engine, add: int, hosts: int, salt: str, rebuild: bool = False) -> dict[str, Any]:
     """Add `add` events (and their decisions and incidents) in CHUNK-sized statements.
 
@@ -155,6 +174,7 @@ def grow(engine: Engine, add: int, hosts: int, salt: str, rebuild: bool = False)
     chunks = -(-add // CHUNK)
     span = timedelta(days=SPAN_DAYS) / chunks
     started = time.perf_counter()
+    day_partitions(engine, now)
     restore = drop_indexes(engine) if rebuild else []
     done = 0
     for i in range(chunks):
