@@ -29,6 +29,7 @@ from sqlalchemy import Engine, delete, insert, select, update
 from agent import metrics
 from agent.incidents.export.job import export_job as incident_export_job
 from agent.sensors.files import inventory_rescan_job as files_inventory_rescan_job
+from agent.store import partitions
 from agent.store.models import DecisionRow, FileEventRow, FlowRow, IncidentRow, JobState
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ def store_size_bytes(rt: Runtime) -> int:
 def maintenance_job(rt: Runtime) -> tuple[str, float, Job] | None:
     """SQLite: check the file is still the store opened and sound (`PRAGMA quick_check`,
     agent/store/watch.py), fold the WAL back into the database and refresh the planner's
-    statistics.
+    statistics. PostgreSQL: create the event tables' day partitions a week ahead.
 
     (`egress_agent_store_size_bytes` needs no job: `start` makes it measure at each scrape.)
     """
@@ -150,6 +151,8 @@ def maintenance_job(rt: Runtime) -> tuple[str, float, Job] | None:
         watch = rt.extras.get("store_watch")
         if watch is not None:  # a swapped or broken file is reopened before the work below
             watch.check_integrity()
+        if rt.engine.dialect.name == "postgresql":
+            partitions.ensure_ahead(rt.engine)  # the days to come exist before their events
         if rt.engine.dialect.name == "sqlite":
             with rt.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -179,15 +182,17 @@ def _uids_in(value: Any) -> Iterator[str]:
             yield from _uids_in(v)
 
 
-def protected_uids(engine: Engine, host_id: str) -> set[str]:
-    """Uids of events, flows and decisions that a not-closed incident's evidence names."""
+def protected_uids(engine: Engine, host_id: str | None) -> set[str]:
+    """Uids of events, flows and decisions that a not-closed incident's evidence names.
+
+    `host_id` None: every host's (a day partition of a fleet store holds them all).
+    """
     uids: set[str] = set()
+    query = select(IncidentRow.uid, IncidentRow.evidence).where(IncidentRow.status != "closed")
+    if host_id is not None:
+        query = query.where(IncidentRow.host_id == host_id)
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(IncidentRow.uid, IncidentRow.evidence).where(
-                IncidentRow.host_id == host_id, IncidentRow.status != "closed"
-            )
-        )
+        rows = conn.execute(query)
         for incident_uid, evidence in rows:
             uids.add(incident_uid)
             uids.update(_uids_in(evidence))
@@ -225,10 +230,28 @@ def apply_retention(engine: Engine, host_id: str, days: int) -> dict[str, int]:
 
     Incidents are never deleted. What an open (not closed) incident's evidence names is
     kept: the events and flows, their decisions, and the event a named decision judged.
+    On a PostgreSQL store partitioned by day (agent/store/partitions.py) whole days are
+    dropped instead of rows deleted, for all hosts, once all of a day is older than
+    `days`; rows deleted one by one are only this host's in the default partition.
     """
     cutoff = datetime.now(UTC) - timedelta(days=days)
+    with engine.connect() as conn:
+        by_day = partitions.is_partitioned(conn)
     keep = protected_uids(engine, host_id)
     keep.update(uid.partition(":")[0] for uid in list(keep))  # decision uid -> its event
+    if by_day:
+        # whole days go for every host at once (the first agent to run does it, so the
+        # smallest retention_days of the fleet decides), sparing every host's evidence;
+        # then this host's old rows in the default partition go one by one, just as spared
+        everyone = protected_uids(engine, None)
+        everyone.update(uid.partition(":")[0] for uid in list(everyone))
+        dropped = partitions.drop_expired(engine, cutoff, everyone)
+        for name, col in partitions.PARTITIONED.items():
+            default = partitions.default_partition(name)
+            dropped[name] += _delete_older(
+                engine, default, default.c[col], host_id, cutoff, everyone
+            )
+        return dropped
     counts: dict[str, int] = {}
     for model, when in (
         (FileEventRow, FileEventRow.time),

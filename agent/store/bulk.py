@@ -1,29 +1,43 @@
-"""The PostgreSQL bulk path: COPY through psycopg 3, then an idempotent INSERT … SELECT.
+"""The PostgreSQL bulk path: binary COPY through psycopg 3, exactly once.
 
 Used by the forwarder (agent/store/forwarder.py) to move spooled batches into the central
-store. COPY cannot skip conflicting rows, so each event table is loaded into a temporary
-table first (`ON COMMIT DELETE ROWS`, created once per session) and moved with
-`INSERT … SELECT … ON CONFLICT (uid) DO NOTHING`: a batch re-sent after a commit whose
-acknowledgement was lost stores nothing twice. Artefacts, lineage and file state go the
-same way with the upserts of the plain writer (`write_batch`), in the same transaction,
-so both paths leave the same rows. Measured in bench/store.py.
+store. Two ways, both one transaction per batch:
+
+- `copy_direct`, the fast one: the event rows are COPYed straight into `file_events`,
+  `flows` and `decisions`. It is only tried when a batch is new to the store: a batch
+  whose first event is already there (a re-send after a lost acknowledgement) goes the
+  merge way at once, and a COPY that hits the `(uid, time)` key anyway (a batch that was
+  partly stored by an earlier bisection, an event spooled twice) rolls back and is merged.
+- `copy_batch`, the idempotent one: each event table is loaded into a temporary table and
+  moved with `INSERT … SELECT … ON CONFLICT DO NOTHING`, so a re-send stores nothing twice.
+
+Artefacts, lineage and file state are upserts keyed by content or path in both ways
+(staged, then `ON CONFLICT … DO UPDATE`), with the semantics of the plain writer
+(`write_batch`), so every path leaves the same rows. COPY is binary with the column types
+set once, which spares PostgreSQL parsing text and psycopg formatting it. The progress of
+each spool goes into `forward_marks` in the same transaction (for `status` and lag, see
+docs/fleet.md). Measured in bench/store.py.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
+import psycopg
 from psycopg import Cursor, sql
-from psycopg.types.json import Json
-from sqlalchemy import JSON, Engine, Table
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Engine, Integer, Table
 
-from agent.events import Event
+from agent.events import Event, FileEvent
 from agent.store.models import Artefact, FileState, Lineage
-from agent.store.writer import EVENT_TABLES, batch_rows, write_batch
+from agent.store.writer import EVENT_TABLES, BatchRows, batch_rows, write_batch
 
-# how each staged table is merged: uid tables skip re-sent rows; artefacts and file state
-# take the newest values (each key appears once per batch: batch_rows folds repeats)
+# how each staged table is merged: event tables skip re-sent rows (no conflict target: the
+# key is (uid, time) on a partitioned store); artefacts and file state take the newest
+# values (each key appears once per batch: batch_rows folds repeats)
 _MERGE: dict[str, str] = {
     "file_events": "ON CONFLICT DO NOTHING",
     "flows": "ON CONFLICT DO NOTHING",
@@ -38,52 +52,176 @@ _MERGE: dict[str, str] = {
 }
 
 
-def _columns(table: Table) -> list[tuple[str, bool]]:
-    """(name, is_json) of the columns a row provides: all but the surrogate `id`."""
-    return [(c.name, isinstance(c.type, JSON)) for c in table.columns if c.name != "id"]
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """Which spooled records a batch is: the forwarder's progress, kept centrally."""
+
+    spool_id: str
+    last_seq: int
 
 
-def _copy_merge(cur: Cursor[Any], table: Table, rows: list[dict[str, Any]]) -> None:
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    names: tuple[str, ...]
+    json: tuple[bool, ...]
+    pg_types: tuple[str, ...]
+    columns: sql.Composable
+
+
+def _pg_type(col: Any) -> str:
+    t = col.type
+    if isinstance(t, JSON):
+        return "text"  # json's binary form is its text: dumped once here, checked there
+    if isinstance(t, DateTime):
+        return "timestamptz"
+    if isinstance(t, Boolean):
+        return "bool"
+    if isinstance(t, BigInteger):  # before Integer: BigInteger is one
+        return "int8"
+    if isinstance(t, Integer):
+        return "int4"
+    return "text"  # String and Text: varchar takes text's binary form
+
+
+@functools.cache
+def _layout(table: Table) -> _Layout:
+    """The columns a row provides (all but the surrogate `id`), with their COPY types."""
+    cols = [c for c in table.columns if c.name != "id"]
+    names = tuple(c.name for c in cols)
+    return _Layout(
+        names=names,
+        json=tuple(isinstance(c.type, JSON) for c in cols),
+        pg_types=tuple(_pg_type(c) for c in cols),
+        columns=sql.SQL(", ").join(sql.Identifier(n) for n in names),
+    )
+
+
+def _copy(
+    cur: Cursor[Any], target: sql.Composable, lay: _Layout, rows: list[dict[str, Any]]
+) -> None:
+    stmt = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(target, lay.columns)
+    names = lay.names
+    json_at = [i for i, j in enumerate(lay.json) if j]
+    dumps = json.dumps  # what SQLAlchemy's JSON type writes, so both paths store one text
+    with cur.copy(stmt) as copy:
+        copy.set_types(list(lay.pg_types))
+        write = copy.write_row
+        for row in rows:
+            values = [row[n] for n in names]
+            for i in json_at:
+                # JSON columns always get JSON, None as `null`, as SQLAlchemy's JSON type
+                v = values[i]
+                values[i] = "null" if v is None else dumps(v)
+            write(values)
+
+
+def _stage_merge(cur: Cursor[Any], table: Table, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
-    cols = _columns(table)
-    names = sql.SQL(", ").join(sql.Identifier(n) for n, _ in cols)
+    lay = _layout(table)
     staging = sql.Identifier(f"_in_{table.name}")
+    # created once per session; its rows go at COMMIT (ON COMMIT DELETE ROWS) or ROLLBACK
     cur.execute(
         sql.SQL(
             "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS "
             "SELECT {} FROM {} WITH NO DATA"
-        ).format(staging, names, sql.Identifier(table.name))
+        ).format(staging, lay.columns, sql.Identifier(table.name))
     )
-    with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(staging, names)) as copy:
-        for row in rows:
-            # JSON columns always get JSON, None as `null`, exactly as SQLAlchemy's JSON type
-            copy.write_row([Json(row[n]) if is_json else row[n] for n, is_json in cols])
-    # the staging rows go at COMMIT (ON COMMIT DELETE ROWS) or with a ROLLBACK
+    _copy(cur, staging, lay, rows)
     cur.execute(
         sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ").format(
-            sql.Identifier(table.name), names, names, staging
+            sql.Identifier(table.name), lay.columns, lay.columns, staging
         )
         + sql.SQL(_MERGE[table.name])
     )
 
 
-def copy_batch(engine: Engine, host_id: str, events: Sequence[Event]) -> dict[str, int]:
-    """Commit one batch with COPY in one transaction; idempotent like `write_batch`."""
-    if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg":
+def _shared_rows(cur: Cursor[Any], host_id: str, rows: BatchRows) -> None:
+    _stage_merge(cur, cast(Table, Artefact.__table__), rows.artefacts)
+    _stage_merge(cur, cast(Table, Lineage.__table__), rows.lineage)
+    if rows.file_state_deletes:
+        cur.execute(
+            "DELETE FROM file_state WHERE host_id = %s AND path = ANY(%s)",
+            (host_id, rows.file_state_deletes),
+        )
+    _stage_merge(cur, cast(Table, FileState.__table__), rows.file_state_upserts)
+
+
+def _mark(cur: Cursor[Any], host_id: str, mark: Mark | None) -> None:
+    if mark is not None:
+        cur.execute(
+            "INSERT INTO forward_marks (spool_id, host_id, last_seq, updated_at) "
+            "VALUES (%s, %s, %s, now()) ON CONFLICT (spool_id) DO UPDATE SET "
+            "host_id = EXCLUDED.host_id, updated_at = EXCLUDED.updated_at, "
+            "last_seq = greatest(forward_marks.last_seq, EXCLUDED.last_seq)",
+            (mark.spool_id, host_id, mark.last_seq),
+        )
+
+
+def _is_bulk(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
+
+
+def copy_batch(
+    engine: Engine, host_id: str, events: Sequence[Event], mark: Mark | None = None
+) -> dict[str, int]:
+    """Commit one batch with COPY and merges in one transaction; idempotent like `write_batch`."""
+    if not _is_bulk(engine):
         return write_batch(engine, host_id, events)
     rows = batch_rows(host_id, events)
     with engine.begin() as conn:
         raw = conn.connection.driver_connection
         with raw.cursor() as cur:  # type: ignore[union-attr]
             for name, table in EVENT_TABLES:
-                _copy_merge(cur, cast(Table, table), getattr(rows, name))
-            _copy_merge(cur, cast(Table, Artefact.__table__), rows.artefacts)
-            _copy_merge(cur, cast(Table, Lineage.__table__), rows.lineage)
-            if rows.file_state_deletes:
-                cur.execute(
-                    "DELETE FROM file_state WHERE host_id = %s AND path = ANY(%s)",
-                    (host_id, rows.file_state_deletes),
-                )
-            _copy_merge(cur, cast(Table, FileState.__table__), rows.file_state_upserts)
+                _stage_merge(cur, cast(Table, table), getattr(rows, name))
+            _shared_rows(cur, host_id, rows)
+            _mark(cur, host_id, mark)
     return rows.counts()
+
+
+def _stored(cur: Cursor[Any], event: Event) -> bool:
+    """Whether this event is in the store already: one lookup on its (uid, time) key."""
+    if isinstance(event, FileEvent):
+        q = "SELECT 1 FROM file_events WHERE uid = %s AND time = %s"
+        cur.execute(q, (event.uid, event.time))
+    else:
+        q = "SELECT 1 FROM flows WHERE uid = %s AND end_time = %s"
+        cur.execute(q, (event.uid, event.time))
+    return cur.fetchone() is not None
+
+
+def copy_direct(
+    engine: Engine, host_id: str, events: Sequence[Event], mark: Mark | None = None
+) -> dict[str, int]:
+    """Commit one batch, its event rows COPYed straight into their tables; exactly once.
+
+    Falls back to `copy_batch` (idempotent merges) for a batch the store may have seen:
+    its first event is stored, or the COPY hits the unique key. Either way the result is
+    each event stored once.
+    """
+    if not _is_bulk(engine) or not events:
+        return copy_batch(engine, host_id, events, mark)
+    rows = batch_rows(host_id, events)
+    try:
+        with engine.begin() as conn:
+            raw = conn.connection.driver_connection
+            with raw.cursor() as cur:  # type: ignore[union-attr]
+                if _stored(cur, events[0]):
+                    raise _SeenBefore
+                for name, table in EVENT_TABLES:
+                    if getattr(rows, name):
+                        lay = _layout(cast(Table, table))
+                        _copy(cur, sql.Identifier(name), lay, getattr(rows, name))
+                _shared_rows(cur, host_id, rows)
+                _mark(cur, host_id, mark)
+    except (_SeenBefore, psycopg.errors.UniqueViolation):
+        return copy_batch(engine, host_id, events, mark)
+    except Exception as e:  # SQLAlchemy wraps what psycopg raised inside its transaction
+        if isinstance(getattr(e, "orig", None), psycopg.errors.UniqueViolation):
+            return copy_batch(engine, host_id, events, mark)
+        raise
+    return rows.counts()
+
+
+class _SeenBefore(Exception):
+    """The batch's first event is stored: a re-send, merged instead of COPYed."""

@@ -2,10 +2,12 @@
 
 With a central database the store writer commits to the local spool (agent/store/spool.py)
 and never waits on the network. This thread takes the oldest spooled events, commits them
-to the central store in one transaction (COPY, agent/store/bulk.py) and only then deletes
-them from the spool. A crash or a lost acknowledgement between the two re-sends the batch
-on the next attempt; `ON CONFLICT (uid) DO NOTHING` makes that re-send store nothing
-twice, so the result is exactly once. While the central store is unreachable it retries
+to the central store in one transaction (binary COPY, agent/store/bulk.py) and only then
+deletes them from the spool. A crash or a lost acknowledgement between the two re-sends
+the batch on the next attempt; the bulk path sees that the batch's first event is stored
+and merges it with `ON CONFLICT DO NOTHING` on the `(uid, time)` key instead of COPYing
+it (a COPY that still meets a stored event rolls back and merges), so the re-send stores
+nothing twice: exactly once. While the central store is unreachable it retries
 with exponential back-off (`egress_agent_fleet_connected` 0, errors counted by reason).
 
 An attempt that hangs — a peer that accepts and never answers — is abandoned after
@@ -24,6 +26,8 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -37,7 +41,7 @@ from agent.backoff import Backoff
 from agent.config import Settings
 from agent.events import Event
 from agent.store import codec
-from agent.store.bulk import copy_batch
+from agent.store.bulk import Mark, copy_batch, copy_direct
 from agent.store.db import StoreError, make_engine, register_host, upgrade
 from agent.store.spool import Spool, SpooledEvent
 from agent.store.writer import write_batch
@@ -105,6 +109,15 @@ class _AttemptGuard:
                 self._socks.clear()
 
 
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """One host's run of spooled records and the events decoded from them."""
+
+    run: list[SpooledEvent]
+    events: list[Event]
+    corrupt: int
+
+
 class Forwarder:
     """One thread draining the spool into the central store."""
 
@@ -116,7 +129,7 @@ class Forwarder:
         hostname: str,
         *,
         batch_size: int = 5000,
-        write: WriteFn = copy_batch,
+        write: WriteFn = copy_direct,
         timeout: float = 30.0,
         backoff_max: float = 30.0,
         stop_seconds: float = 5.0,
@@ -132,7 +145,11 @@ class Forwarder:
         self.stop_seconds = stop_seconds
         self.auto_upgrade = auto_upgrade
         self._write = write
+        # the bulk paths also keep this spool's progress centrally (forward_marks)
+        self._marks = write in (copy_direct, copy_batch)
         self._guard = _AttemptGuard(engine)
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: Future[_Batch] | None = None
         self._prepared = False
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -183,6 +200,10 @@ class Forwarder:
 
     def close(self) -> None:
         self.stop()
+        self._discard_prefetch()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
         self.spool.close()
         self.engine.dispose()
 
@@ -256,31 +277,68 @@ class Forwarder:
         register_host(self.engine, self.host_id, self.hostname)
         self._prepared = True
 
-    def forward_once(self) -> int:
-        """Commit the oldest spooled batch (one host's run of it) and acknowledge it."""
-        records = self.spool.peek(self.batch_size)
-        if not records:
-            return 0
-        host = records[0].host_id
+    def _read(self, after: int = 0) -> _Batch:
+        """The oldest spooled run of one host past seq `after`, decoded."""
+        records = self.spool.peek(self.batch_size, after)
         run: list[SpooledEvent] = []
         for r in records:
-            if r.host_id != host:
+            if r.host_id != records[0].host_id:
                 break
             run.append(r)
-        events, corrupt = [], 0
+        events: list[Event] = []
+        corrupt = 0
         for r in run:
             try:
                 events.append(codec.decode(r.text))
             except codec.CodecError as e:
                 corrupt += 1
                 log.error("spool record %d cannot be read and is skipped: %s", r.seq, e)
+        return _Batch(run, events, corrupt)
+
+    def _prefetched(self) -> _Batch:
+        """The batch read ahead while the last one was being committed, or a fresh read.
+
+        Reading and decoding the next batch is Python work that overlaps the server's
+        work on the current one (the GIL is free while psycopg waits for it). It is only
+        valid once the current batch is acknowledged: a failure throws it away.
+        """
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            batch = ahead.result()
+            if batch.run:
+                return batch
+        return self._read()
+
+    def _discard_prefetch(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            with contextlib.suppress(Exception):
+                ahead.result()
+
+    def forward_once(self) -> int:
+        """Commit the oldest spooled batch (one host's run of it) and acknowledge it."""
+        try:
+            batch = self._prefetched()
+        except BaseException:
+            self._discard_prefetch()
+            raise
+        run, events, corrupt = batch.run, batch.events, batch.corrupt
+        if not run:
+            return 0
+        host = run[0].host_id
+        if len(run) == self.batch_size or len(self.spool) > len(run):
+            self._ahead = self._reader().submit(self._read, run[-1].seq)
         started = time.perf_counter()
         try:
-            counts = dict(self._write(self.engine, host, events)) if events else {}
-        except _REJECTED:
-            counts = self._write_isolating(host, events)
-        metrics.FLEET_FORWARD_SECONDS.observe(time.perf_counter() - started)
-        self.spool.acknowledge(run)
+            try:
+                counts = dict(self._write_run(host, events, run[-1].seq)) if events else {}
+            except _REJECTED:
+                counts = self._write_isolating(host, events)
+            metrics.FLEET_FORWARD_SECONDS.observe(time.perf_counter() - started)
+            self.spool.acknowledge(run)
+        except BaseException:
+            self._discard_prefetch()  # the same batch goes again: what follows is not next
+            raise
         if corrupt:
             metrics.DROPPED.labels("spool", "corrupt").inc(corrupt)
         stored = counts.pop("_stored", len(events))
@@ -292,6 +350,17 @@ class Forwarder:
         metrics.STORE_LAST_WRITE.set_to_current_time()
         self.forwarded += stored
         return len(run)
+
+    def _reader(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="store-prefetch")
+        return self._pool
+
+    def _write_run(self, host: str, events: Sequence[Event], last_seq: int) -> Mapping[str, int]:
+        if self._marks:
+            mark = Mark(self.spool.spool_id, last_seq)
+            return self._write(self.engine, host, events, mark)  # type: ignore[call-arg]
+        return self._write(self.engine, host, events)
 
     def _write_isolating(self, host: str, events: Sequence[Event]) -> dict[str, int]:
         """Bisect a batch the store refused as data, so one bad event cannot block the rest.
@@ -344,7 +413,7 @@ def open_forwarder(settings: Settings, host_id: str, hostname: str) -> Forwarder
             "tcp_user_timeout": int(db.forward_timeout * 1000),
         }
     engine = make_engine(settings.database_url, **kwargs)
-    write: WriteFn = copy_batch if db.forward_method == "copy" else write_batch
+    write: WriteFn = copy_direct if db.forward_method == "copy" else write_batch
     return Forwarder(
         spool,
         engine,

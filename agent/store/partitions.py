@@ -21,7 +21,9 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, column, text
+from sqlalchemy import table as sa_table
+from sqlalchemy.sql.expression import TableClause
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +136,14 @@ def drop_expired(engine: Engine, cutoff: datetime, keep: set[str]) -> dict[str, 
 
     Rows that an open incident's evidence names (`keep`: event uids, and a decision's
     subject) are first re-inserted into the table, where they land in the default
-    partition since no day covers them any more. Rows of the default partition older than
-    `cutoff` are deleted row by row (it holds few). A day partly before the cutoff stays
-    until all of it is: retention is per whole day, at most one day late. Fleet-wide:
-    which agent runs it first does the work, the others find nothing left.
+    partition since no day covers them any more (each agent's retention deletes its own
+    old rows there, row by row: it holds few; see agent/jobs.py). A day partly before the
+    cutoff stays until all of it is: retention is per whole day, at most one day late.
+    Fleet-wide: which agent runs it first does the work, the others find nothing left.
     """
     keep_list = sorted(keep)
     counts: dict[str, int] = {}
-    for table, col in PARTITIONED.items():
+    for table in PARTITIONED:
         spared = '"uid" = ANY(:keep)' + (
             ' OR "subject_uid" = ANY(:keep)' if table == "decisions" else ""
         )
@@ -163,11 +165,6 @@ def drop_expired(engine: Engine, cutoff: datetime, keep: set[str]) -> dict[str, 
                 ).rowcount
                 conn.exec_driver_sql(f'DROP TABLE "{name}"')
                 dropped += int(n) - max(kept, 0)
-        with engine.begin() as conn:
-            dropped += conn.execute(
-                text(f'DELETE FROM "{table}_default" WHERE "{col}" < :cutoff AND NOT ({spared})'),
-                {"cutoff": cutoff, "keep": keep_list},
-            ).rowcount
         counts[table] = dropped
     return counts
 
@@ -176,6 +173,14 @@ def is_partition_name(name: str | None) -> bool:
     return name is not None and any(
         name == f"{t}_default" or _day_of(name, t) is not None for t in PARTITIONED
     )
+
+
+def default_partition(table: str) -> TableClause:
+    """The default partition of `table` as a selectable, with the columns retention uses."""
+    cols = ["id", "uid", "host_id", PARTITIONED[table]]
+    if table == "decisions":
+        cols.append("subject_uid")
+    return sa_table(f"{table}_default", *(column(c) for c in cols))
 
 
 def compare_filter(dialect: str) -> Callable[..., bool]:

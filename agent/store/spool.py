@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,8 @@ CREATE TABLE IF NOT EXISTS spool (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     host_id TEXT NOT NULL,
     event TEXT NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS spool_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -74,7 +76,16 @@ class Spool:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA journal_size_limit=67108864")
-        self._db.execute(_SCHEMA)
+        self._db.executescript(_SCHEMA)
+        # this file's identity: its seqs mean something only together with it (a new file
+        # starts at 1 again), so the central store's progress marks are kept per spool id
+        self._db.execute(
+            "INSERT OR IGNORE INTO spool_meta (key, value) VALUES ('spool_id', ?)",
+            (uuid.uuid4().hex,),
+        )
+        self.spool_id = str(
+            self._db.execute("SELECT value FROM spool_meta WHERE key = 'spool_id'").fetchone()[0]
+        )
         n, size = self._db.execute(
             "SELECT count(*), coalesce(sum(length(event)), 0) FROM spool"
         ).fetchone()
@@ -139,11 +150,12 @@ class Spool:
             self._full = False
             self._dropped_in_episode = 0
 
-    def peek(self, limit: int) -> list[SpooledEvent]:
-        """The oldest `limit` events, in order, without removing them."""
+    def peek(self, limit: int, after: int = 0) -> list[SpooledEvent]:
+        """The oldest `limit` events (past seq `after`), in order, without removing them."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, host_id, event FROM spool ORDER BY seq LIMIT ?", (limit,)
+                "SELECT seq, host_id, event FROM spool WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit),
             ).fetchall()
         return [SpooledEvent(int(s), str(h), str(t)) for s, h, t in rows]
 

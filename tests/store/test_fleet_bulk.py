@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
 from agent.events import Event, FileAction, FileEvent, ProcessInfo
-from agent.store.bulk import copy_batch
+from agent.store.bulk import Mark, copy_batch, copy_direct
 from agent.store.db import make_engine, register_host, upgrade
 from agent.store.writer import write_batch
 from tests.store.test_spool_codec import artefacts, decisions, paths, times
@@ -88,6 +88,8 @@ def test_copy_batch_equals_write_batch_and_is_idempotent(
     except sqlalchemy.exc.DataError:  # e.g. a NUL in a text: refused both ways
         with pytest.raises(psycopg.DataError):
             copy_batch(pg, HOST, events)
+        with pytest.raises(psycopg.DataError):
+            copy_direct(pg, HOST, events)
         return
     expected = _snapshot(pg)
     _clear(pg)
@@ -95,4 +97,11 @@ def test_copy_batch_equals_write_batch_and_is_idempotent(
     copy_batch(pg, HOST, events[:cut])
     copy_batch(pg, HOST, events)
     copy_batch(pg, HOST, events)
+    assert _snapshot(pg) == expected
+    _clear(pg)
+    # the forwarder's direct COPY: a batch whose tail (not its first event) is stored
+    # meets the key and merges; a batch whose first event is stored merges at once
+    copy_direct(pg, HOST, events[cut:])
+    copy_direct(pg, HOST, events)
+    copy_direct(pg, HOST, events, Mark("spool-a", 7))
     assert _snapshot(pg) == expected

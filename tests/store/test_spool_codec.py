@@ -171,3 +171,24 @@ def test_unknown_fields_from_another_version_are_ignored() -> None:
 def test_garbage_is_a_codec_error(text: str) -> None:
     with pytest.raises(codec.CodecError):
         codec.decode(text)
+
+
+@settings(max_examples=300)
+@given(
+    st.one_of(file_events, flows),
+    st.sampled_from(["path", "size", "action", "time", "start", "process", "artefact", "sni"]),
+    json_values | st.sampled_from(["2026-12-06", "2026-12-06T10:00:00", "2026-12-06T10:00Z"]),
+)
+def test_fast_decoder_agrees_with_the_checked_one(
+    event: FileEvent | Flow, field: str, value: object
+) -> None:
+    """msgspec's typed decode must give what the checked decoder gives, or defer to it."""
+    doc = json.loads(codec.encode(event))
+    doc["e"][field] = value
+    text = json.dumps(doc)
+    assert codec.decode(codec.encode(event)) == codec.decode_checked(codec.encode(event))
+    try:
+        checked = codec.decode_checked(text)
+    except codec.CodecError:
+        return
+    assert codec.decode(text) == checked

@@ -28,7 +28,7 @@ from sqlalchemy.exc import OperationalError
 
 from agent.events import Event, FileAction, FileEvent, Flow
 from agent.store import codec
-from agent.store.bulk import copy_batch
+from agent.store.bulk import copy_batch, copy_direct
 from agent.store.db import make_engine, upgrade
 from agent.store.forwarder import Forwarder
 from agent.store.spool import Spool
@@ -97,9 +97,9 @@ class SpoolForwarderMachine(RuleBasedStateMachine):
         if fault == "refused":
             raise Injected()
         if fault == "half":  # the first half commits, then the link dies
-            copy_batch(engine, host, events[: len(events) // 2])
+            copy_direct(engine, host, events[: len(events) // 2])
             raise Injected()
-        counts = copy_batch(engine, host, events)
+        counts = copy_direct(engine, host, events)
         if fault == "ack_lost":  # committed, but the forwarder never hears back
             raise Injected()
         return counts
