@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import struct
 
+from agent.classify.base import first_lines
 from agent.events import Tag
 
 # extension → (format, what it is); only used when the content does not contradict it
@@ -104,13 +105,16 @@ def binary_tag(head: bytes, size: int, ext: str) -> Tag | None:
     return None
 
 
+_ABAQUS_HEADING = re.compile(r"^[ \t]*\*HEADING\b", re.M)
+
+
 def text_tag(text: str, ext: str) -> Tag | None:
     """Text CAD and machine formats recognised by their content."""
     t = text[:8192]
     stripped = t.lstrip()
     if stripped.startswith("ISO-10303-21;"):
         return _tag("step", "STEP model (ISO-10303-21 header)")
-    lines = t.splitlines()
+    lines = first_lines(t, 2)
     if len(lines) >= 2 and lines[0].strip() == "0" and lines[1].strip() in ("SECTION", "$ACADVER"):
         return _tag("dxf", "DXF drawing (SECTION header)")
     if lines and len(lines[0]) >= 73 and lines[0][72] == "S" and lines[0][73:].strip().isdigit():
@@ -122,7 +126,7 @@ def text_tag(text: str, ext: str) -> Tag | None:
     if stripped.startswith("**ABCDEFGHIJKLMNOPQRSTUVWXYZ"):
         return _tag("parasolid", "Parasolid transmit file")
     upper = t.upper()
-    if re.search(r"^[ \t]*\*HEADING\b", upper, re.M) and "*NODE" in upper:
+    if "*NODE" in upper and _ABAQUS_HEADING.search(upper):
         return _tag("abaqus", "Abaqus input deck (*HEADING, *NODE)")
     if stripped.upper().startswith("*KEYWORD"):
         return _tag("lsdyna", "LS-DYNA keyword deck")

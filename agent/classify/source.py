@@ -158,10 +158,12 @@ def _blocks(text: str, delims: tuple[tuple[str, str], ...]) -> Iterator[str]:
     close = dict(delims)
     nxt = {o: text.find(o) for o, _c in delims}
     while True:
-        live = [(i, o) for o, i in nxt.items() if i >= 0]
-        if not live:
+        i, o = -1, ""
+        for k, v in nxt.items():  # the leftmost opener still to come (ties: the smaller)
+            if v >= 0 and (i < 0 or (v, k) < (i, o)):
+                i, o = v, k
+        if i < 0:
             return
-        i, o = min(live)
         j = text.find(close[o], i + len(o))
         if j < 0:  # never closed: no later opener of this kind can be closed either
             nxt[o] = -1
