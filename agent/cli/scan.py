@@ -1,10 +1,11 @@
 """`egress-agent scan PATH...`: classify files now, without a running daemon.
 
 Directories are walked recursively (symlinks are reported, never followed; the
-`files.exclude` globs apply), files are classified on `classify.workers` threads with
-the same persistent hash cache the daemon uses (so a second scan re-reads nothing),
-and results come out in walk order: a table for people, one JSON object per file with
-`--json`. A rich progress bar is drawn on stderr when it is a terminal. `--store` also
+`files.exclude` globs apply), files are classified with the same persistent hash cache
+the daemon uses (so a second scan re-reads nothing) — on `classify.workers` forked
+processes when there are many (`agent.classify.parallel`), on threads here when there
+are a few — and results come out in walk order: a table for people, one JSON object
+per file with `--json`. A rich progress bar is drawn on stderr when it is a terminal. `--store` also
 records each file as a `scanned` event in the configured store (an inventory).
 """
 
