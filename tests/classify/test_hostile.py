@@ -199,13 +199,26 @@ def test_truncated_files_end_as_partial_tags(tmp_path: Path) -> None:
         C.sqlite_file(tmp_path / "a.sqlite"),
         C.tar_gz(tmp_path / "a.tar.gz", [tmp_path / "a.safetensors"]),
     ]
+    partial = 0
     for src in sources:
         data = src.read_bytes()
+        whole = classify_file(src, settings=NO_MAGIKA)
         for cut in (len(data) // 3, len(data) // 2, len(data) - 7):
             t = tmp_path / f"cut-{cut}-{src.name}"
             t.write_bytes(data[:cut])
             a = classify_file(t, settings=NO_MAGIKA)
-            assert a.sha256 is not None, (t, a)
+            assert a.sha256 == hashlib.sha256(data[:cut]).hexdigest(), (t, a)
+            if a.skipped is None:  # the cut spared what the parser reads (a GGUF header)
+                assert a.kinds == whole.kinds, (t, a)
+                continue
+            partial += 1
+            # the signature still names a kind, and the tag says it was not fully read
+            assert a.tags and a.kinds, (t, a)
+            assert any(
+                "not parsed" in tag.evidence or "partial" in tag.evidence for tag in a.tags
+            ), (t, a)
+            assert skips(a.skipped) > 0, (t, a)
+    assert partial >= 2 * len(sources), partial  # most cuts break what a parser needs
 
 
 def test_fifo_and_devices_are_never_opened(tmp_path: Path) -> None:
