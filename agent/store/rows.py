@@ -8,16 +8,28 @@ people as `\\xNN` escapes, because no database text column takes lone surrogates
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
-from agent.events import Artefact, Event, FileAction, FileEvent, Flow, ProcessInfo
+from agent.events import (
+    Artefact,
+    CategoryMatch,
+    Event,
+    FileAction,
+    FileEvent,
+    Flow,
+    ProcessInfo,
+)
+
+_MATCH_FIELDS = tuple(f.name for f in fields(CategoryMatch))
 
 
 def storable_text(s: str | None) -> str | None:
     if s is None:
         return None
+    if s.isascii():  # nearly every path and command line: no encoding, nothing escaped
+        return s.replace("\x00", "\\x00") if "\x00" in s else s
     try:
         s.encode("utf-8")
         return s.replace("\x00", "\\x00")
@@ -104,7 +116,8 @@ def artefact_row(a: Artefact, seen: datetime) -> dict[str, Any] | None:
         "content_type": a.content_type,
         "kinds": list(a.kinds),
         "tags": [{"kind": t.kind, "evidence": t.evidence, "details": t.details} for t in a.tags],
-        "matches": [asdict(m) for m in a.matches],
+        # CategoryMatch holds scalars only: a shallow dict is what asdict's deep copy gave
+        "matches": [{f: getattr(m, f) for f in _MATCH_FIELDS} for m in a.matches],
         "first_seen": seen,
         "last_seen": seen,
     }
