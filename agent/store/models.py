@@ -175,6 +175,7 @@ class IncidentRow(Base):
     __tablename__ = "incidents"
     __table_args__ = (
         Index("ix_incidents_opened", "opened_at"),
+        Index("ix_incidents_updated", "updated_at"),  # incidents list --since (0006)
         Index("ix_incidents_host_status", "host_id", "status"),
         Index("ix_incidents_rule", "rule_id"),
     )
