@@ -185,23 +185,6 @@ def tls_upload(rig: Rig, addr: str, port: int, name: str, payload: bytes) -> tup
     return local, written
 
 
-def sensor_thread_cpu(tmp: Path, newer_than: float, timeout: float = 12.0) -> float:
-    """The network sensor thread's CPU seconds from the daemon's status.json (written
-    every 5 s): waits for a value past `newer_than` (the sensor updates it each second)."""
-    deadline = time.monotonic() + timeout
-    value = newer_than
-    while time.monotonic() < deadline:
-        try:
-            doc = json.loads((tmp / "state" / "status.json").read_text())
-            value = float(doc["sensors"]["network"]["thread_cpu_seconds"])
-        except (OSError, ValueError, KeyError):
-            pass
-        if value > newer_than:
-            return value
-        time.sleep(0.5)
-    return value
-
-
 def metric_sum(rig: Rig, url: str, name: str) -> float:
     with rig.sender(), urllib.request.urlopen(url, timeout=5) as r:
         text = r.read().decode()
@@ -308,7 +291,6 @@ def run(
         cpu0 = (cpu_seconds(agent.pid), cpu_seconds(tcpdump.pid))
         plain0 = cpu_seconds(plain.pid) if plain is not None else 0.0
         threads0 = thread_cpu(agent.pid)
-        thread0 = sensor_thread_cpu(tmp, 0.0)
         t0 = time.perf_counter()
         local, n = upload(rig, rig.peer_v4, sink.port, size)
         transfer_s = time.perf_counter() - t0
@@ -339,7 +321,6 @@ def run(
         plain_cpu = cpu_seconds(plain.pid) - plain0 if plain is not None else None
         threads1 = thread_cpu(agent.pid)
         window_s = time.perf_counter() - t0
-        thread1 = sensor_thread_cpu(tmp, thread0)
         tids = thread_names(tmp)
         to_python = metric_sum(rig, url, "egress_agent_capture_packets_total")
         drops = metric_sum(rig, url, "egress_agent_capture_drops_total")
@@ -411,7 +392,6 @@ def run(
         "byte_sources": sorted({r[5] for r in rows}),
         "window_seconds": round(window_s, 2),
         "agent_idle_cpu_per_second": round(idle_rate, 4),
-        "sensor_thread_cpu_seconds": round(thread1 - thread0, 3),
         "agent_cpu_by_thread": threads,
         "packets_to_python": int(to_python),
         "kernel_drops": int(drops),

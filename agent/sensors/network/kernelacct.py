@@ -225,9 +225,18 @@ class KernelAccounting:
         self.cookies[s.cookie] = st.key
         self._process(st, s)
 
+    def _still_open(self, key: FlowKey, inode: int) -> bool:
+        """Whether the socket of `key` still exists (same inode), by one exact lookup."""
+        if self.diag is None:
+            return True
+        proto, src, sport, dst, dport = key
+        find = self.diag.lookup if proto == IPPROTO_TCP else self.diag.lookup_udp
+        again = find(src, sport, dst, dport)
+        return again is not None and again.inode == inode
+
     def _process(self, st: FlowState, s: DiagSocket) -> None:
         if st.process is None:
-            pid = self.procs.pid_of(s.inode)
+            pid = self.procs.pid_of(s.inode, lambda: self._still_open(st.key, s.inode))
             if pid is not None:
                 st.process = self.procs.process(pid, s.uid)
             else:

@@ -16,20 +16,23 @@ import os
 import pwd
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 from agent.events import ProcessInfo
 
 _MAX_CMDLINE = 1024
 PROCESS_TTL = 10.0
+_MAX_SEEN_FDS = 4096  # fds remembered per hot process (to order the next search)
 
 
 def _socket_inode(pid: int, fd: str) -> int | None:
-    """The inode of the socket that `fd` of `pid` holds, or None (closed, not a socket)."""
+    """The inode of the socket that `fd` of `pid` holds, 0 when it holds something else,
+    None when it cannot be read (closed meanwhile)."""
     try:
         target = os.readlink(f"/proc/{pid}/fd/{fd}")
     except OSError:
         return None
-    return int(target[8:-1]) if target.startswith("socket:[") else None
+    return int(target[8:-1]) if target.startswith("socket:[") else 0
 
 
 def _start_time(pid: int) -> bytes:
@@ -91,6 +94,21 @@ def process_info(pid: int, uid: int | None = None) -> ProcessInfo:
     )
 
 
+def _likely_first(fds: list[str], seen: dict[str, int | None]) -> list[str]:
+    """`fds` ordered so a new socket is met early: fds absent from the last search
+    first (a new socket takes a free number), then those that held sockets (closed
+    and reused), then the rest — every fd is still read if need be."""
+    fresh, sockets, rest = [], [], []
+    for fd in fds:
+        if fd not in seen:
+            fresh.append(fd)
+        elif seen[fd] is not None:
+            sockets.append(fd)
+        else:
+            rest.append(fd)
+    return fresh + sockets + rest
+
+
 class ProcIndex:
     """inode → pid, refreshed on a miss (rate-limited full scans)."""
 
@@ -101,6 +119,8 @@ class ProcIndex:
         self._inode_pid: dict[int, int] = {}
         self._hot: OrderedDict[int, None] = OrderedDict()  # pids that recently owned sockets
         self._last_fd: dict[int, str] = {}  # hot pid -> the fd of its last matched socket
+        # hot pid -> its fds at the last search, and what each held (None: no socket)
+        self._seen_fds: dict[int, dict[str, int | None]] = {}
         self._hot_size = hot_size
         # (pid, start time, uid) -> (info, until): an exec keeps the start time, so
         # entries also expire after PROCESS_TTL seconds
@@ -109,8 +129,13 @@ class ProcIndex:
         )
         self._last_refill = time.monotonic()
         self.full_scans = 0
+        self.skipped_scans = 0  # walks not done: the socket had closed meanwhile
 
-    def pid_of(self, inode: int) -> int | None:
+    def pid_of(self, inode: int, still_open: Callable[[], bool] | None = None) -> int | None:
+        """The process holding socket `inode`. Before a walk of all of /proc,
+        `still_open()` is asked whether the socket still exists: a short connection
+        often closes between the SYN and this search, and then no walk can find it (on
+        a busy host a walk reads thousands of fd links)."""
         if not inode:
             return None
         pid = self._inode_pid.get(inode)
@@ -119,6 +144,9 @@ class ProcIndex:
         for hot in list(self._hot):
             if self._index(hot, inode, early=True):
                 return hot
+        if still_open is not None and not still_open():
+            self.skipped_scans += 1
+            return None
         now = time.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._last_refill) * self.budget)
         self._last_refill = now
@@ -163,7 +191,7 @@ class ProcIndex:
         """
         hint = self._last_fd.get(pid) if early else None
         hinted = _socket_inode(pid, hint) if hint is not None else None
-        if hinted is not None:
+        if hinted:
             self._inode_pid[hinted] = pid
             if hinted == wanted:  # no listing of the fd directory at all
                 self._hot.move_to_end(pid)
@@ -174,10 +202,17 @@ class ProcIndex:
             fds = []
         if hint is not None and hint in fds:
             fds.remove(hint)  # read above: it holds another socket now, or none
-        sockets, found = hinted is not None, False
+        seen = self._seen_fds.get(pid) if early else None
+        if seen is not None:
+            fds = _likely_first(fds, seen)
+        now_seen: dict[str, int | None] = {}
+        sockets, found = bool(hinted), False
         for fd in fds:
             inode = _socket_inode(pid, fd)
-            if inode is None:
+            if inode is None:  # closed meanwhile (this listing's own fd, too): unknown
+                continue
+            now_seen[fd] = inode or None
+            if not inode:
                 continue
             sockets = True
             self._inode_pid[inode] = pid
@@ -189,11 +224,15 @@ class ProcIndex:
         if not sockets:
             self._hot.pop(pid, None)
             self._last_fd.pop(pid, None)
+            self._seen_fds.pop(pid, None)
             return False
+        if len(now_seen) < _MAX_SEEN_FDS:  # what was not read keeps its old answer
+            self._seen_fds[pid] = {**(seen or {}), **now_seen} if early else now_seen
         if found:
             self._hot[pid] = None
             self._hot.move_to_end(pid)
             while len(self._hot) > self._hot_size:
                 gone, _ = self._hot.popitem(last=False)
                 self._last_fd.pop(gone, None)
+                self._seen_fds.pop(gone, None)
         return found

@@ -185,6 +185,7 @@ class NetworkSensor(KernelAccounting):
             "lost_notifications": self.lost_notifications,
             "wakeups": self.wakeups,
             "dumps": self.dumps,
+            "proc_walks": self.procs.full_scans,  # full /proc walks to find an owner
             "thread_cpu_seconds": round(self.thread_cpu(), 3),
             # which country table the running sensor uses, and how old it is
             "country_data": (

@@ -55,3 +55,48 @@ def test_an_unknown_inode_is_none_never_guessed() -> None:
     idx = ProcIndex(budget=0.0, burst=0.0)  # no full walk allowed
     with socket.socket() as s:
         assert idx.pid_of(_inode(s)) is None
+
+
+def test_a_new_fd_of_a_hot_process_is_read_before_the_old_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past the hint, fds absent from the last search are read first: a process with
+    many open files finds its new socket in a readlink or two, not one per fd."""
+    idx = ProcIndex()
+    first = socket.socket()
+    files = [open(os.devnull, "rb") for _ in range(40)]  # noqa: SIM115 (closed below)
+    assert idx.pid_of(_inode(first)) == os.getpid()
+    assert idx.pid_of(_inode(first)) == os.getpid()  # a hot search: the fds are seen
+    second = socket.socket()  # a new, higher fd: `first` still holds the hinted one
+    reads: list[str] = []
+    real = os.readlink
+
+    def counting(path: str) -> str:
+        reads.append(path)
+        return real(path)
+
+    monkeypatch.setattr(procindex.os, "readlink", counting)
+    assert idx.pid_of(_inode(second)) == os.getpid()
+    monkeypatch.undo()
+    for f in files:
+        f.close()
+    first.close()
+    second.close()
+    assert len(reads) <= 3, reads  # the hint, then the new fd (not 40 files)
+
+
+def test_no_proc_walk_for_a_socket_that_closed_meanwhile() -> None:
+    idx = ProcIndex()
+    gone = socket.socket()
+    inode = _inode(gone)
+    gone.close()
+    assert idx.pid_of(inode, still_open=lambda: False) is None
+    assert (idx.full_scans, idx.skipped_scans) == (0, 1)
+    assert idx.pid_of(inode, still_open=lambda: True) is None  # open elsewhere: walk
+    assert idx.full_scans == 1
+
+
+def test_fd_order_reads_new_then_socket_fds_first() -> None:
+    seen: dict[str, int | None] = {"0": None, "3": 77, "4": None, "5": 78}
+    order = procindex._likely_first(["0", "3", "4", "5", "6", "9"], seen)
+    assert order == ["6", "9", "3", "5", "0", "4"]  # every fd, new ones first
