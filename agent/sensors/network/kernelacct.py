@@ -97,6 +97,17 @@ class KernelAccounting:
             return False
         return self.ephemeral[0] <= s.sport <= self.ephemeral[1]
 
+    def _followed_or_adoptable(self, src: bytes, sport: int, dst: bytes, dport: int) -> bool:
+        """Whether a dumped socket is worth parsing: a flow of the table, or one the dump
+        would adopt (ephemeral local port, not loopback). Accepted connections of local
+        servers are neither, and are most of a server's sockets."""
+        assert self.table is not None
+        if (IPPROTO_TCP, src, sport, dst, dport) in self.table.flows:
+            return True
+        return (
+            dport != 0 and not is_loopback(dst) and self.ephemeral[0] <= sport <= self.ephemeral[1]
+        )
+
     def _read_destroyed(self) -> None:
         assert self.destroy is not None and self.table is not None
         socks, lost = self.destroy.read()
@@ -127,7 +138,7 @@ class KernelAccounting:
     def _dump(self) -> None:
         assert self.diag is not None and self.table is not None
         try:
-            socks = self.diag.dump()
+            socks = self.diag.dump(self._followed_or_adoptable)
         except OSError as e:
             log.warning("sock_diag dump failed: %s", e)
             self._next_dump = time.monotonic() + DUMP_INTERVAL

@@ -6,7 +6,10 @@ Three uses, all over raw netlink sockets parsed with `struct`:
   ENOBUFS (a full receive buffer: notifications were lost) is reported to the caller,
   who counts it and repairs with a dump.
 - `SockDiag.dump()`: all live TCP sockets with tcp_info, uid and inode (every few
-  seconds: long uploads become visible before they end; owners for the cookie join).
+  seconds while flows are open: long uploads become visible before they end; owners
+  for the cookie join). A `want(src, sport, dst, dport)` predicate is asked before a
+  socket's message is parsed past its addresses: on a server with thousands of
+  accepted connections, only the sockets the sensor follows or may adopt cost more.
 - `SockDiag.lookup()`: the one socket of a 4-tuple (on a captured outbound SYN).
 Messages are per network namespace: the sockets serve the namespace they were opened in.
 """
@@ -17,6 +20,7 @@ import errno
 import os
 import socket
 import struct
+from collections.abc import Callable
 from typing import NamedTuple
 
 NETLINK_SOCK_DIAG = 4
@@ -41,6 +45,7 @@ _sockid = struct.Struct("!HH16s16s")  # sport, dport, src, dst (network order)
 _diag_msg = struct.Struct("=BBBB")
 _tail = struct.Struct("=IQIIIII")  # if, cookie, expires, rqueue, wqueue, uid, inode
 _rtattr = struct.Struct("=HH")
+Want = Callable[[bytes, int, bytes, int], bool]  # (src, sport, dst, dport) -> parse it?
 
 
 class DiagSocket(NamedTuple):
@@ -74,8 +79,9 @@ def _addr(raw: bytes, family: int) -> bytes:
     return raw[:4] if family == socket.AF_INET else raw
 
 
-def parse_messages(data: bytes) -> tuple[list[DiagSocket], bool, int]:
-    """Parse a netlink datagram: (sockets, done, error errno or 0). Never raises."""
+def parse_messages(data: bytes, want: Want | None = None) -> tuple[list[DiagSocket], bool, int]:
+    """Parse a netlink datagram: (sockets, done, error errno or 0). Never raises.
+    With `want`, sockets it declines are skipped after their addresses are read."""
     out: list[DiagSocket] = []
     off = 0
     n = len(data)
@@ -91,6 +97,12 @@ def parse_messages(data: bytes) -> tuple[list[DiagSocket], bool, int]:
             err = -struct.unpack_from("=i", data, body)[0] if end - body >= 4 else errno.EIO
             return out, True, err
         if mtype == SOCK_DIAG_BY_FAMILY and end - body >= 72:
+            if want is not None:
+                family = data[body]
+                sport, dport, src, dst = _sockid.unpack_from(data, body + 4)
+                if not want(_addr(src, family), sport, _addr(dst, family), dport):
+                    off += (length + 3) & ~3
+                    continue
             out.append(_parse_diag(data, body, end))
         off += (length + 3) & ~3
     return out, False, 0
@@ -157,26 +169,29 @@ class SockDiag:
         )
         self._seq = 0
 
-    def _ask(self, msg: bytes, dump: bool) -> list[DiagSocket]:
+    def _ask(self, msg: bytes, dump: bool, want: Want | None = None) -> list[DiagSocket]:
         self.sock.send(msg)
         found: list[DiagSocket] = []
         while True:
-            socks, done, err = parse_messages(self.sock.recv(1 << 16))
+            socks, done, err = parse_messages(self.sock.recv(1 << 16), want)
             found.extend(socks)
             if err and err != errno.ENOENT:
                 raise OSError(err, os.strerror(err))
             if done or not dump:  # an exact lookup answers with one message
                 return found
 
-    def dump(self) -> list[DiagSocket]:
-        """Every live TCP socket (IPv4 and IPv6) with its tcp_info."""
+    def dump(self, want: Want | None = None) -> list[DiagSocket]:
+        """Every live TCP socket (IPv4 and IPv6) with its tcp_info (those `want`
+        accepts, when given)."""
         out: list[DiagSocket] = []
         for family in (socket.AF_INET, socket.AF_INET6):
             self._seq += 1
             zero = b"\0" * 48
             out.extend(
                 self._ask(
-                    _request(family, NLM_F_REQUEST | NLM_F_DUMP, _STATES, zero, self._seq), True
+                    _request(family, NLM_F_REQUEST | NLM_F_DUMP, _STATES, zero, self._seq),
+                    True,
+                    want,
                 )
             )
         return out

@@ -112,3 +112,31 @@ def test_udp_lookup_finds_the_sending_socket() -> None:
         found = diag.lookup_udp(lo, tx.getsockname()[1], lo, rx.getsockname()[1])
         assert found is not None and found.inode == os.fstat(tx.fileno()).st_ino
     diag.close()
+
+
+def _diag_message(sport: int, dport: int, src: bytes, dst: bytes) -> bytes:
+    """One SOCK_DIAG_BY_FAMILY message (IPv4) with a tcp_info attribute."""
+    body = bytes([2, 1, 0, 0]) + struct.pack("!HH16s16s", sport, dport, src, dst)
+    body += b"\0" * (72 - len(body))
+    tcp_info = bytearray(232)
+    struct.pack_into("=QQ", tcp_info, 120, 101, 0)  # bytes_acked (SYN + 100), received
+    struct.pack_into("=QQ", tcp_info, 200, 100, 0)  # bytes_sent, bytes_retrans
+    attr = struct.pack("=HH", 4 + 232, 2) + bytes(tcp_info)
+    return struct.pack("=IHHII", 16 + 72 + len(attr), 20, 2, 1, 0) + body + attr
+
+
+def test_a_declined_socket_is_skipped_and_the_rest_parsed() -> None:
+    """What `want` declines (a local server's accepted connections) is not parsed past
+    its addresses; the sockets after it in the same datagram still are."""
+    a, b = bytes([10, 0, 0, 1]) + b"\0" * 12, bytes([10, 0, 0, 2]) + b"\0" * 12
+    data = _diag_message(443, 50000, a, b) + _diag_message(40000, 443, a, b)
+    asked: list[tuple[bytes, int, bytes, int]] = []
+
+    def want(src: bytes, sport: int, dst: bytes, dport: int) -> bool:
+        asked.append((src, sport, dst, dport))
+        return sport >= 32768
+
+    socks, _done, _err = parse_messages(data, want)
+    assert [(s.sport, s.dport, s.payload_out) for s in socks] == [(40000, 443, 100)]
+    assert asked == [(a[:4], 443, b[:4], 50000), (a[:4], 40000, b[:4], 443)]
+    assert len(parse_messages(data)[0]) == 2  # without `want`: everything
