@@ -260,28 +260,23 @@ PARALLEL_FROM = 128  # files: fewer are classified in this process (no fork for 
 Rendered = tuple[str, "Artefact | None", "str | None", "tuple[int, int] | None", tuple[str, ...]]
 
 
-def _render(as_json: bool, keep: bool, path: str, a: Artefact) -> Rendered:
+def _render(
+    as_json: bool, keep: bool, path: str, a: Artefact, ident: tuple[int, int] | None
+) -> Rendered:
     """The output line of one file (made where it was classified), and the artefact
     itself only when the parent records it (`--store`)."""
     if as_json:
         line = json.dumps(artefact_doc(path, a), ensure_ascii=False, default=str) + "\n"
     else:
         line = _row(path, a)
-    ident = None
-    if a.sha256 is not None:
-        try:
-            st = os.lstat(path)
-            ident = (st.st_dev, st.st_ino)
-        except OSError:
-            pass
-    return line, a if keep else None, a.sha256, ident, a.parents
+    return line, a if keep else None, a.sha256, ident if a.sha256 else None, a.parents
 
 
 def _in_processes(
     s: Settings,
     cache_path: Path | None,
     cats: Sequence[Any],
-    render: Callable[[str, Artefact], Rendered],
+    render: Callable[[str, Artefact, tuple[int, int] | None], Rendered],
     paths: Iterator[str],
     as_json: bool,
 ) -> Generator[tuple[str, Rendered], None, None]:
@@ -313,7 +308,7 @@ def _in_threads(
     cache_path: Path | None,
     cats: Callable[[], Sequence[Any]],
     ahead: HashAhead,
-    render: Callable[[str, Artefact], Rendered],
+    render: Callable[[str, Artefact, tuple[int, int] | None], Rendered],
     paths: Iterator[str],
 ) -> Generator[tuple[str, Rendered], None, None]:
     """A few files, or one worker: threads in this process, in input order with a
@@ -327,7 +322,7 @@ def _in_threads(
     limit = s.classify.workers * 4
 
     def one(path: str) -> Rendered:
-        return render(path, classifier.classify_path(path))
+        return render(path, classifier.classify_path(path), None)
 
     try:
         with ThreadPoolExecutor(s.classify.workers, "scan") as pool:

@@ -87,7 +87,7 @@ def test_text_output_from_processes(tmp_path: Path, big_tree: Path) -> None:
     assert "model_weights: safetensors header" in two
 
 
-def _dies_on_marked(path: str, a: Artefact) -> str:
+def _dies_on_marked(path: str, a: Artefact, _ident: tuple[int, int] | None) -> str:
     """A render that takes its worker process down for one file (as a native parser's
     crash would): runs in the worker."""
     if path.endswith("crash.py") and a.skipped != "worker_died":
