@@ -70,6 +70,65 @@ _SEVERITY_RANK = {
 }
 
 
+class Action(StrEnum):
+    """What a policy decision asks for: an incident (`alert`) or only the record."""
+
+    ALERT = "alert"
+    RECORD = "record"
+
+
+class Protocol(StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
+class ByteSource(StrEnum):
+    """Where a flow's byte counts come from, most exact first."""
+
+    TCP_INFO = "tcp_info"  # the kernel's tcpi_bytes_acked / tcpi_bytes_received
+    TCP_SEQ = "tcp_seq"  # sequence numbers seen on the wire
+    CONNTRACK_L3 = "conntrack_l3"  # conntrack's counters, headers included
+    PACKETS = "packets"  # payload lengths of the packets captured
+
+
+class DestClass(StrEnum):
+    """What a destination is to this site (network.internal, approved, country)."""
+
+    LOOPBACK = "loopback"
+    INTERNAL = "internal"
+    APPROVED = "approved"
+    DOMESTIC = "domestic"
+    FOREIGN = "foreign"
+    UNKNOWN = "unknown"
+
+
+class CloseReason(StrEnum):
+    """Why a flow was exported."""
+
+    FIN = "fin"
+    RST = "rst"
+    IDLE = "idle"
+    ACTIVE = "active"  # still open at network.active_timeout: exported in parts
+    END_OF_CAPTURE = "end_of_capture"
+    DESTROY = "destroy"  # the kernel's socket-destroy notification
+    EVICTED = "evicted"  # the flow table was full (network.max_flows)
+
+
+class MatchMethod(StrEnum):
+    """How correlation tied an incident's evidence together (`evidence.correlation.method`).
+
+    The first three relate a flow to the files it carried, closest first; the others
+    name stories that are not file-to-flow matches.
+    """
+
+    SAME_PROCESS = "same_process"
+    CHILD_PROCESS = "child_process"
+    SIZE_AND_TIME = "size_and_time"
+    DECISION = "decision"  # one event that policy alerted on
+    REPOSITORY = "repository"  # a git push of a tagged repository
+    TREE = "tree"  # a whole-tree copy
+
+
 @dataclass(frozen=True, slots=True)
 class ProcessInfo:
     """Who did it. Every field may be unknown; unknown is None, never a guess."""
@@ -144,7 +203,7 @@ class Decision:
     rule_id: str
     pack: str
     severity: Severity
-    action: str  # "alert" | "record"
+    action: Action
     policy_version: str
     reason: str = ""
     categories: tuple[str, ...] = ()
@@ -190,7 +249,7 @@ class FileEvent:
 class Flow:
     """One outbound transport connection (or UDP conversation), exported like IPFIX."""
 
-    protocol: str  # "tcp" | "udp"
+    protocol: str  # a Protocol value
     src_ip: str
     src_port: int
     dst_ip: str
@@ -199,14 +258,14 @@ class Flow:
     end: datetime
     bytes_out: int = 0  # payload bytes this host sent
     bytes_in: int = 0
-    byte_source: str = "tcp_seq"  # tcp_info | tcp_seq | conntrack_l3 | packets
+    byte_source: str = ByteSource.TCP_SEQ
     name: str | None = None  # best destination name
     name_source: str | None = None  # sni | http_host | dns
     sni: str | None = None
     http_host: str | None = None
-    dest_class: str = "unknown"  # loopback | internal | approved | domestic | foreign | unknown
+    dest_class: str = DestClass.UNKNOWN
     country: str | None = None
-    close_reason: str = "fin"  # fin | rst | idle | active | end_of_capture | destroy | evicted
+    close_reason: str = CloseReason.FIN
     dest_org: str | None = None  # owner of dst_ip from network.asn_db
     service: str | None = None  # known service of the name, e.g. "Google Drive"
     service_category: str | None = None  # cloud_storage | code_hosting | webmail | ...

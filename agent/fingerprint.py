@@ -16,6 +16,8 @@ import threading
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from agent.errors import AgentError
+
 BUF_SIZE = 1 << 20
 BIG_BUF_SIZE = 8 << 20
 BIG_FILE = 16 << 20  # from here on a hash runs on its own thread, beside the parsers
@@ -23,7 +25,7 @@ Ident = tuple[int, int, int, int]  # device, inode, size, mtime_ns
 _local = threading.local()
 
 
-class FileChanged(Exception):
+class FileChanged(AgentError):
     """The file changed (grew, shrank or was rewritten) while it was being hashed."""
 
     def __init__(self, read: int, expected: int) -> None:
@@ -31,7 +33,7 @@ class FileChanged(Exception):
         self.read = read
 
 
-class Abandoned(Exception):
+class Abandoned(AgentError):
     """A hash stopped because its result was no longer wanted."""
 
 

@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 import re2
 
+from agent.errors import UserFacingError
+
 MAX_PATTERN_LENGTH = 2_000
 MAX_PROGRAM_BYTES = 8 << 20  # RE2's memory budget for one compiled pattern
 
@@ -64,7 +66,7 @@ class _Re2Pattern:
         return self._rx.finditer(_encodable(text))
 
 
-class PatternRefused(ValueError):
+class PatternRefused(UserFacingError, ValueError):
     """A pack pattern that cannot run in linear time, or that does not parse."""
 
 

@@ -10,13 +10,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from agent.errors import UserFacingError
+
 if TYPE_CHECKING:  # sqlalchemy, pydantic: imported by the verbs that need them, not at start-up
     from sqlalchemy import Engine
 
     from agent.config import Settings
 
 
-class UserError(click.ClickException):
+class UserError(click.ClickException, UserFacingError):
     """One clear line for the user, exit 2."""
 
     exit_code = 2
@@ -55,6 +57,16 @@ def open_store(settings: Settings, upgrade: bool = False) -> Engine:
     except (StoreError, SQLAlchemyError) as e:
         raise UserError(f"store {engine.url.render_as_string()}: {_short(e)}") from None
     return engine
+
+
+def _store_outage(e: BaseException) -> bool:
+    """A store that went away under a verb (SQLAlchemy's OperationalError).
+
+    Looked up where sqlalchemy already is: a CLI that never opened a store does not pay
+    for importing it, and no instance of its error can exist before it is imported.
+    """
+    exc = sys.modules.get("sqlalchemy.exc")
+    return exc is not None and isinstance(e, exc.OperationalError)
 
 
 def _short(e: BaseException) -> str:
@@ -102,10 +114,11 @@ def run_cli(group: click.Group) -> int:
         return e.exit_code
     except BrokenPipeError:
         return 0
+    except UserFacingError as e:  # one a verb did not word itself: its message is the line
+        UserError(str(e)).show()
+        return UserError.exit_code
     except Exception as e:
-        if type(e).__name__ != "OperationalError" or not type(e).__module__.startswith(
-            "sqlalchemy"
-        ):
+        if not _store_outage(e):
             raise
         click.echo(f"error: store unavailable: {_short(e)}", err=True)
         return 1

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from agent.cli._common import UserError, existing_path, print_json, settings_from
+from agent.events import Action
 
 if TYPE_CHECKING:
     from agent.config import PoliciesSection
@@ -136,7 +137,7 @@ def _list_rules(policy_obj: Any, day: dt.date, as_json: bool) -> None:
             "pack": r.pack,
             "regime": policy_obj.regimes.get(r.pack, ""),
             "severity": str(r.severity),
-            "action": r.action if in_force else "record",
+            "action": r.action if in_force else Action.RECORD,
             "status": r.status,
             "state": state.state,
             "state_verified": state.verified,

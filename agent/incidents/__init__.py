@@ -2,22 +2,22 @@
 incident log (hash chain), its lifecycle, and exports for SIEM, legal and auditors.
 
 Data walks one way: the pipeline's judged events reach the `Correlator` (a sink beside
-the store writer), whose pure `CorrelationEngine` emits `Finding`s that the
+the store writer), whose pure `CorrelationCore` emits `IncidentFinding`s that the
 `IncidentLog` writes with their chain records; the CLI and the export job only read.
 """
 
 from agent.incidents.chain import ChainEntry, VerifyReport, verify_entries
-from agent.incidents.correlate import CorrelationEngine
+from agent.incidents.correlate import CorrelationCore
 from agent.incidents.log import IncidentError, IncidentLog, set_status
-from agent.incidents.model import Finding
+from agent.incidents.model import IncidentFinding
 from agent.incidents.service import Correlator
 
 __all__ = [
     "ChainEntry",
-    "CorrelationEngine",
+    "CorrelationCore",
     "Correlator",
-    "Finding",
     "IncidentError",
+    "IncidentFinding",
     "IncidentLog",
     "VerifyReport",
     "set_status",

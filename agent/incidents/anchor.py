@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from agent.errors import UserFacingError
 from agent.incidents.chain import Problem, VerifyReport
 from agent.incidents.model import canonical_json
 
@@ -39,7 +40,7 @@ KEY_PREFIX = "ed25519:"
 HASH_PREFIX_DIGITS = 12  # 48 bits: exact in a float64 gauge
 
 
-class AnchorError(Exception):
+class AnchorError(UserFacingError):
     """A key that cannot be read, parsed or created (one line for the user)."""
 
 

@@ -1,5 +1,8 @@
 """Correlation: judged events in, incident findings out (pure logic, no I/O).
 
+This module orchestrates; `matching.py` decides which touches a flow carried and
+`findings.py` tells each story with its evidence.
+
 Sits after policy in the pipeline, beside the store writer. It remembers, for
 `incidents.correlation_window`, which tagged artefacts each process read, copied,
 archived or wrote ("touches"), and the recent outbound flows to external destinations.
@@ -26,46 +29,62 @@ here) and the flow's process is unknown, the match falls back to bytes and time 
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from agent.events import (
     Artefact,
     Channel,
     Decision,
+    DestClass,
     FileAction,
     FileEvent,
     Flow,
     ProcessInfo,
 )
 from agent.incidents.ancestry import Ancestry
-from agent.incidents.evidence import (
-    decision_doc,
-    describe,
-    file_doc,
-    flow_doc,
-    human,
-    processes,
-    size_of,
+from agent.incidents.evidence import size_of
+from agent.incidents.findings import (
+    choose_rule,
+    dedup_key,
+    destination,
+    exfiltration_finding,
+    file_finding,
+    flow_alert_finding,
+    is_alerting,
 )
 from agent.incidents.lineage import ArtefactMemory, ParentsOf
-from agent.incidents.model import METHOD_RANK, Finding
+from agent.incidents.matching import (
+    CLOCK_SKEW,
+    MIN_UNATTRIBUTED_BYTES,
+    Match,
+    Touch,
+    TouchWindow,
+)
+from agent.incidents.model import METHOD_RANK, IncidentFinding
 from agent.incidents.repository import RepositoryMemory, is_push, push_finding
 from agent.incidents.tree import MIN_TREE_FILES, JudgeTree, TreeCopies, facts_of, tree_finding
-from agent.store.rows import storable_text
 
-EXTERNAL = frozenset({"foreign", "unknown", "domestic"})
+__all__ = [
+    "CLOCK_SKEW",
+    "EXTERNAL",
+    "MIN_UNATTRIBUTED_BYTES",
+    "CorrelationCore",
+    "JudgeTransfer",
+    "Match",
+    "Touch",
+    "is_alerting",
+    "is_tagged",
+]
+
+EXTERNAL = frozenset({DestClass.FOREIGN, DestClass.UNKNOWN, DestClass.DOMESTIC})
 TOUCH_ACTIONS = frozenset(
     {FileAction.READ, FileAction.WRITTEN, FileAction.MOVED, FileAction.CREATED}
 )
 # a copy shows as created then written (or as a move); both belong to one copy incident
 COPY_ACTIONS = frozenset({FileAction.CREATED, FileAction.WRITTEN, FileAction.MOVED})
 COPY_KINDS = {Channel.REMOVABLE: "removable_copy", Channel.CLOUD_SYNC: "cloud_sync_copy"}
-MIN_UNATTRIBUTED_BYTES = 64 * 1024
-CLOCK_SKEW = timedelta(seconds=5)
 MAX_MATCHED_FLOWS = 20_000
 MAX_JUDGED = 20_000  # (flow, artefact) pairs whose transfer decisions are remembered
 
@@ -73,39 +92,14 @@ JudgeTransfer = Callable[[Artefact, Flow, FileEvent], Sequence[Decision]]
 """Policy on an artefact that left in a flow (`Policy.decide_transfer`)."""
 
 
-def is_alerting(d: Decision) -> bool:
-    """An alert opens an incident whatever its severity: the pack chose alert over record."""
-    return d.action == "alert"
-
-
 def is_tagged(e: FileEvent) -> bool:
     a = e.artefact
     return bool(a and (a.tags or a.matches)) or any(is_alerting(d) for d in e.decisions)
 
 
-def dedup_key(kind: str, rule_id: str, root: str, dest: str) -> str:
-    return hashlib.sha256(f"{kind}\x1f{rule_id}\x1f{root}\x1f{dest}".encode()).hexdigest()
+class CorrelationCore:
+    """The correlator's pure core: its window, its memories and the stories it told."""
 
-
-@dataclass(frozen=True, slots=True)
-class Touch:
-    event: FileEvent
-    sha: str
-    size: int
-
-    @property
-    def pid(self) -> int | None:
-        return self.event.process.pid if self.event.process else None
-
-
-@dataclass(frozen=True, slots=True)
-class Match:
-    touches: tuple[Touch, ...]
-    method: str  # same_process | child_process | size_and_time
-    file_bytes: int
-
-
-class CorrelationEngine:
     def __init__(
         self,
         window: float = 900.0,
@@ -119,21 +113,18 @@ class CorrelationEngine:
         self.tolerance = byte_tolerance
         self._judge_transfer = judge_transfer
         self.ancestry = ancestry if ancestry is not None else Ancestry(proc=None)
-        self._touches: deque[Touch] = deque()  # in time order, for expiry
-        self._by_pid: dict[int | None, deque[Touch]] = {}  # the same touches by process
-        self._flows: deque[tuple[Flow, str | None]] = deque()  # (flow, its policy-alert key)
+        self.touches = TouchWindow(self.window, byte_tolerance, self.ancestry)
         self.memory = ArtefactMemory(parents_of)
         self._matched_flows: OrderedDict[str, str] = OrderedDict()  # flow uid -> method
         # (flow uid, artefact key) -> policy on that transfer, judged once
         self._judged: OrderedDict[tuple[str, str], tuple[Decision, ...]] = OrderedDict()
-        self._file_attribution = False
         self._now: datetime | None = None
         self.repositories = RepositoryMemory()
         self.trees = TreeCopies()
         self._judge_tree = judge_tree
 
     # --- feeding -----------------------------------------------------------------
-    def observe(self, event: FileEvent | Flow) -> list[Finding]:
+    def observe(self, event: FileEvent | Flow) -> list[IncidentFinding]:
         self._advance(event.time)
         self._learn_process(event.process)
         closed = self.close_trees(self._now)
@@ -146,42 +137,39 @@ class CorrelationEngine:
         """The newest event time seen (the correlator's clock)."""
         return self._now
 
-    def close_trees(self, now: datetime | None, final: bool = False) -> list[Finding]:
+    def close_trees(self, now: datetime | None, final: bool = False) -> list[IncidentFinding]:
         """Whole-tree copies that went quiet by `now` (all when `final`), as policy judges them."""
-        out: list[Finding] = []
+        out: list[IncidentFinding] = []
         for tree in self.trees.due(now, final):
             if tree.files_count < MIN_TREE_FILES or self._judge_tree is None:
                 continue
             facts = facts_of(tree)
             decisions = list(self._judge_tree(facts))
-            rule = _choose_rule([("tree", d) for d in decisions if is_alerting(d)])
+            rule = choose_rule([("tree", d) for d in decisions if is_alerting(d)])
             if rule is None:
                 continue
             key = dedup_key("tree_copy", rule.rule_id, facts.root, facts.channel)
             out.append(tree_finding(tree, facts, decisions, rule, key))
         return out
 
+    def comparable(self, file_bytes: int, flow_bytes: int) -> bool:
+        return self.touches.comparable(file_bytes, flow_bytes)
+
+    def lineage(self, shas: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
+        return self.memory.lineage(shas)
+
     def _advance(self, t: datetime) -> None:
         if self._now is None or t > self._now:
             self._now = t
-        horizon = self._now - self.window - CLOCK_SKEW
-        while self._touches and self._touches[0].event.time < horizon:
-            old = self._touches.popleft()
-            mine = self._by_pid.get(old.pid)
-            if mine:
-                mine.popleft()  # touches enter both queues in the same order
-                if not mine:
-                    del self._by_pid[old.pid]
-        while self._flows and self._flows[0][0].end < horizon:
-            self._flows.popleft()
+        self.touches.expire(self._now)
 
     def _learn_process(self, p: ProcessInfo | None) -> None:
         if p is not None:
             self.ancestry.learn(p.pid, p.ppid)
 
-    def _on_file(self, e: FileEvent) -> list[Finding]:
+    def _on_file(self, e: FileEvent) -> list[IncidentFinding]:
         if e.process is not None and e.process.pid is not None:
-            self._file_attribution = True
+            self.touches.file_attribution = True
         a = e.artefact
         sha = a.sha256 if a and a.sha256 else None
         if sha and a is not None and a.parents:
@@ -193,7 +181,7 @@ class CorrelationEngine:
         key = sha or f"path:{e.current_path}"
         seen = self.memory.seen_for(key)
         seen.events.append(e)
-        findings: list[Finding] = []
+        findings: list[IncidentFinding] = []
         alerting = [d for d in e.decisions if is_alerting(d)]
         if alerting and e.action in COPY_ACTIONS and e.channel in COPY_KINDS:
             findings.append(self._copy_finding(e, key, COPY_KINDS[e.channel], alerting))
@@ -208,14 +196,13 @@ class CorrelationEngine:
             findings.append(f)
         if e.action in TOUCH_ACTIONS:
             touch = Touch(e, key, size_of(e))
-            self._touches.append(touch)
-            self._by_pid.setdefault(touch.pid, deque()).append(touch)
+            self.touches.add_touch(touch)
             # events from different sensors arrive in no guaranteed order: a read by the
             # uploader may reach us after its flow did
-            for flow, flow_key in list(self._flows):
+            for flow, flow_key in self.touches.flows():
                 if flow.end + CLOCK_SKEW < e.time:
                     continue
-                match = self._match(flow, [touch])
+                match = self.touches.match(flow, [touch])
                 if match is None:
                     continue
                 before = self._matched_flows.get(flow.uid)
@@ -226,20 +213,19 @@ class CorrelationEngine:
                     findings.append(story)
         return findings
 
-    def _on_flow(self, f: Flow) -> list[Finding]:
+    def _on_flow(self, f: Flow) -> list[IncidentFinding]:
         alerting = [d for d in f.decisions if is_alerting(d)]
         if alerting and is_push(f):  # the repository is the story, not the files it read
-            rule = _choose_rule([(f.uid, d) for d in alerting])
+            rule = choose_rule([(f.uid, d) for d in alerting])
             assert rule is not None
             root = str((f.repository or {}).get("root") or "")
-            dest = f.sni or f.name or f.dst_ip
-            key = dedup_key("repository_push", rule.rule_id, root, dest)
+            key = dedup_key("repository_push", rule.rule_id, root, destination(f))
             return [push_finding(f, rule, self.repositories, key)]
         if f.dest_class not in EXTERNAL:
             return [self._flow_alert_finding(f, alerting)] if alerting else []
-        match = self._match(f, self._candidates(f))
+        match = self.touches.match(f, self.touches.candidates(f))
         flow_key = None
-        findings: list[Finding] = []
+        findings: list[IncidentFinding] = []
         story = self._exfil_finding(f, match, None) if match is not None else None
         if story is not None:
             findings.append(story)
@@ -248,83 +234,13 @@ class CorrelationEngine:
             flow_key = finding.dedup_key
             findings.append(finding)
         if f.bytes_out > 0:  # kept for touches that arrive later, matched or not
-            self._flows.append((f, flow_key))
+            self.touches.add_flow(f, flow_key)
         return findings
 
-    # --- matching ------------------------------------------------------------------
-    def _candidates(self, flow: Flow) -> list[Touch]:
-        """Touches that could belong to `flow`: by its process and ancestors, or unattributed."""
-        fpid = flow.process.pid if flow.process else None
-        if fpid is None:
-            return list(self._touches)
-        out: list[Touch] = []
-        for pid in (fpid, *self.ancestry.ancestors(fpid)):
-            out.extend(self._by_pid.get(pid, ()))
-        if not self._file_attribution:
-            out.extend(self._by_pid.get(None, ()))
-        return out
-
-    def _relation(self, touch: Touch, flow: Flow) -> str | None:
-        fpid = flow.process.pid if flow.process else None
-        if fpid is None:
-            return "size_and_time"
-        if touch.pid is None:
-            return None if self._file_attribution else "size_and_time"
-        if touch.pid == fpid:
-            return "same_process"
-        if touch.pid in self.ancestry.ancestors(fpid):
-            return "child_process"
-        return None
-
-    def comparable(self, file_bytes: int, flow_bytes: int) -> bool:
-        if file_bytes <= 0 or flow_bytes <= 0:
-            return False
-        return abs(flow_bytes - file_bytes) <= self.tolerance * file_bytes
-
-    def _match(self, flow: Flow, touches: Iterable[Touch]) -> Match | None:
-        lo = flow.start - self.window
-        hi = flow.end + CLOCK_SKEW
-        by_method: dict[str, list[Touch]] = {}
-        for t in touches:
-            if not lo <= t.event.time <= hi:
-                continue
-            rel = self._relation(t, flow)
-            if rel is None:
-                continue
-            if rel == "size_and_time" and t.size < MIN_UNATTRIBUTED_BYTES:
-                continue
-            by_method.setdefault(rel, []).append(t)
-        for method in ("same_process", "child_process", "size_and_time"):
-            cands = by_method.get(method)
-            if not cands:
-                continue
-            best = self._best(cands, flow.bytes_out)
-            if best is not None:
-                return Match(best[0], method, best[1])
-        return None
-
-    def _best(self, cands: list[Touch], flow_bytes: int) -> tuple[tuple[Touch, ...], int] | None:
-        options: list[tuple[tuple[Touch, ...], int]] = []
-        per_sha: dict[str, Touch] = {}
-        for t in cands:
-            per_sha.setdefault(t.sha, t)
-            options.append(((t,), t.size))
-        if len(per_sha) > 1:
-            options.append((tuple(per_sha.values()), sum(t.size for t in per_sha.values())))
-        good = [o for o in options if self.comparable(o[1], flow_bytes)]
-        if not good:
-            return None
-        chosen = min(good, key=lambda o: (abs(flow_bytes - o[1]), -o[0][-1].event.time.timestamp()))
-        # every touch of the chosen artefacts is part of the story (read, then copied...)
-        shas = {t.sha for t in chosen[0]}
-        return tuple(t for t in cands if t.sha in shas), chosen[1]
-
-    # --- lineage -------------------------------------------------------------------
-    def lineage(self, shas: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
-        return self.memory.lineage(shas)
-
-    # --- building findings ---------------------------------------------------------
-    def _exfil_finding(self, flow: Flow, match: Match, flow_key: str | None) -> Finding | None:
+    # --- gathering a story -----------------------------------------------------------
+    def _exfil_finding(
+        self, flow: Flow, match: Match, flow_key: str | None
+    ) -> IncidentFinding | None:
         """The upload story of `flow`, or None when no policy alerts on it."""
         shas = [t.sha for t in match.touches]
         nodes, edges = self.lineage(shas)
@@ -345,7 +261,7 @@ class CorrelationEngine:
         transfer = self._transfer_decisions(flow, files)
         about_flow = [(flow.uid, d) for d in (*transfer, *flow.decisions)]
         # named after what policy says about the transfer itself; nothing alerts, no story
-        rule = _choose_rule([x for x in about_flow if is_alerting(x[1])])
+        rule = choose_rule([x for x in about_flow if is_alerting(x[1])])
         if rule is None:
             return None
         self._matched_flows[flow.uid] = match.method
@@ -353,51 +269,17 @@ class CorrelationEngine:
         while len(self._matched_flows) > MAX_MATCHED_FLOWS:
             self._matched_flows.popitem(last=False)
         decisions = about_flow + [(e.uid, d) for e in files for d in e.decisions]
-        dest = flow.sni or flow.name or flow.dst_ip
-        touched = match.touches[-1].event
-        sev, rule_id, pack, version = (
-            rule.severity,
-            rule.rule_id,
-            rule.pack,
-            rule.policy_version,
-        )
-        proc = flow.process or touched.process
-        who = (proc.exe or "").rsplit("/", 1)[-1] if proc and proc.exe else "unknown process"
-        where = f"{dest} ({flow.country or '??'}, {flow.dest_class})"
-        title = (
-            f"{describe(touched)} ({human(match.file_bytes)}) uploaded to {where} by {who}: "
-            f"{human(flow.bytes_out)} sent"
-        )
-        touched_uids = {t.event.uid for t in match.touches}
-        evidence = {
-            "files": [
-                file_doc(e, "touched" if e.uid in touched_uids else "lineage") for e in files
-            ],
-            "flows": [flow_doc(flow)],
-            "lineage": [{"parent": p, "child": c} for p, c in edges],
-            "processes": processes([flow.process, *(e.process for e in files)]),
-            "decisions": [decision_doc(uid, d) for uid, d in decisions],
-            "correlation": {
-                "method": match.method,
-                "file_bytes": match.file_bytes,
-                "flow_bytes": flow.bytes_out,
-                "window_seconds": int(self.window.total_seconds()),
-                "tolerance_percent": round(self.tolerance * 100),
-            },
-            "roots": roots,
-        }
-        return Finding(
-            kind="exfiltration",
-            rule_id=rule_id,
-            pack=pack,
-            severity=sev,
-            policy_version=version,
-            title=storable_text(title) or "",
-            dedup_key=dedup_key("exfiltration", rule_id, roots[0], dest),
-            time=flow.end,
-            bytes_out=flow.bytes_out,
-            evidence=evidence,
-            supersedes=tuple(sorted(supersedes)),
+        return exfiltration_finding(
+            flow,
+            match,
+            files,
+            rule,
+            decisions,
+            edges,
+            roots,
+            supersedes,
+            self.window,
+            self.tolerance,
         )
 
     def _transfer_decisions(self, flow: Flow, files: Sequence[FileEvent]) -> list[Decision]:
@@ -428,8 +310,8 @@ class CorrelationEngine:
 
     def _file_finding(
         self, e: FileEvent, key: str, kind: str, alerting: list[Decision], what: str
-    ) -> Finding:
-        rule = _choose_rule([(e.uid, d) for d in alerting])
+    ) -> IncidentFinding:
+        rule = choose_rule([(e.uid, d) for d in alerting])
         assert rule is not None
         roots = self.memory.roots(key)
         nodes, edges = self.lineage([key])
@@ -439,68 +321,18 @@ class CorrelationEngine:
             if sha != key and (seen := self.memory.get(sha)) is not None
             for ev in seen.events
         ]
-        files = [file_doc(e, "touched")] + [file_doc(ev, "lineage") for ev in lineage_events]
-        title = f"{describe(e)} ({human(size_of(e))}) {what}: {rule.rule_id}"
-        return Finding(
-            kind=kind,
-            rule_id=rule.rule_id,
-            pack=rule.pack,
-            severity=rule.severity,
-            policy_version=rule.policy_version,
-            title=storable_text(title) or "",
-            dedup_key=dedup_key(kind, rule.rule_id, roots[0], str(e.channel)),
-            time=e.time,
-            evidence={
-                "files": files,
-                "flows": [],
-                "lineage": [{"parent": p, "child": c} for p, c in edges],
-                "processes": processes([e.process]),
-                "decisions": [decision_doc(e.uid, d) for d in e.decisions],
-                "correlation": {"method": "decision", "channel": str(e.channel)},
-                "roots": roots,
-            },
-        )
+        return file_finding(e, kind, rule, what, roots, edges, lineage_events)
 
-    def _copy_finding(self, e: FileEvent, key: str, kind: str, alerting: list[Decision]) -> Finding:
+    def _copy_finding(
+        self, e: FileEvent, key: str, kind: str, alerting: list[Decision]
+    ) -> IncidentFinding:
         where = "removable media" if kind == "removable_copy" else "a cloud-sync folder"
         return self._file_finding(e, key, kind, alerting, f"copied to {where}")
 
-    def _alert_finding(self, e: FileEvent, key: str, alerting: list[Decision]) -> Finding:
+    def _alert_finding(self, e: FileEvent, key: str, alerting: list[Decision]) -> IncidentFinding:
         return self._file_finding(e, key, "policy_alert", alerting, f"{e.action} on {e.channel}")
 
-    def _flow_alert_finding(self, f: Flow, alerting: list[Decision]) -> Finding:
-        rule = _choose_rule([(f.uid, d) for d in alerting])
+    def _flow_alert_finding(self, f: Flow, alerting: list[Decision]) -> IncidentFinding:
+        rule = choose_rule([(f.uid, d) for d in alerting])
         assert rule is not None
-        dest = f.sni or f.name or f.dst_ip
-        where = f"{dest} ({f.country or '??'}, {f.dest_class})"
-        title = f"{human(f.bytes_out)} sent to {where}: {rule.rule_id}"
-        return Finding(
-            kind="policy_alert",
-            rule_id=rule.rule_id,
-            pack=rule.pack,
-            severity=rule.severity,
-            policy_version=rule.policy_version,
-            title=storable_text(title) or "",
-            dedup_key=dedup_key("policy_alert", rule.rule_id, "", dest),
-            time=f.end,
-            bytes_out=f.bytes_out,
-            evidence={
-                "files": [],
-                "flows": [flow_doc(f)],
-                "lineage": [],
-                "processes": processes([f.process]),
-                "decisions": [decision_doc(f.uid, d) for d in f.decisions],
-                "correlation": {"method": "decision", "channel": "network"},
-                "roots": [],
-            },
-        )
-
-
-def _choose_rule(decisions: Sequence[tuple[str, Decision]]) -> Decision | None:
-    """The decision an incident is named after: alerting first, then the most severe."""
-    if not decisions:
-        return None
-    return max(
-        (d for _uid, d in decisions),
-        key=lambda d: (is_alerting(d), d.severity.rank),
-    )
+        return flow_alert_finding(f, rule)

@@ -15,17 +15,15 @@ centrally checks every host's chain without the hosts' state directories.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import Engine, select
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from agent import metrics
 from agent.incidents import anchor
-from agent.store.models import ChainRecord, JobState
+from agent.store import incidents as store
 
 log = logging.getLogger("agent.incidents.log")
 CENTRAL = "incident_chain_head"  # job_state name of a host's head record (fleet store)
@@ -33,22 +31,7 @@ CENTRAL = "incident_chain_head"  # job_state name of a host's head record (fleet
 
 def chain_head(engine: Engine, host_id: str) -> tuple[int, str] | None:
     """(seq, hash) of the last record of `host_id`'s chain, None when it has none."""
-    with engine.connect() as conn:
-        row = conn.execute(
-            select(ChainRecord.seq, ChainRecord.hash)
-            .where(ChainRecord.host_id == host_id)
-            .order_by(ChainRecord.seq.desc())
-            .limit(1)
-        ).first()
-    return (int(row.seq), str(row.hash)) if row is not None else None
-
-
-def hash_at(engine: Engine, host_id: str, seq: int) -> str | None:
-    with engine.connect() as conn:
-        value = conn.execute(
-            select(ChainRecord.hash).where(ChainRecord.host_id == host_id, ChainRecord.seq == seq)
-        ).scalar()
-    return str(value) if value is not None else None
+    return store.chain_head_now(engine, host_id)
 
 
 class HeadPublisher:
@@ -103,16 +86,8 @@ class HeadPublisher:
             "public_key": anchor.public_text(self._key.public_key()),
             "signature": anchor.sign(self._key, fields),
         }
-        now = datetime.now(UTC)
-        stmt = postgresql.insert(JobState).values(
-            name=CENTRAL, host_id=self.host_id, value=value, updated_at=now
-        )
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["name", "host_id"], set_={"value": value, "updated_at": now}
-        )
         try:
-            with self.engine.begin() as conn:
-                conn.execute(stmt)
+            store.put_job_value(self.engine, CENTRAL, self.host_id, value)
         except SQLAlchemyError as e:  # the next write publishes again
             log.warning("could not keep the incident chain head in the fleet store: %s", e)
 
@@ -122,7 +97,7 @@ class HeadPublisher:
         old_seq, old_hash = self._anchored
         if seq < old_seq:
             why = f"the chain head is seq {seq}, below the anchored head seq {old_seq}"
-        elif hash_at(self.engine, self.host_id, old_seq) != old_hash:
+        elif store.hash_at(self.engine, self.host_id, old_seq) != old_hash:
             why = f"record {old_seq} no longer has the anchored hash {old_hash[:12]}"
         else:
             return
@@ -142,13 +117,8 @@ def central_heads(
     Each is checked with `pinned` when given, else with the key it names: that catches
     an edit by someone without the host's key, not a record replaced whole.
     """
-    query = select(JobState.host_id, JobState.value).where(JobState.name == CENTRAL)
-    if host is not None:
-        query = query.where(JobState.host_id == host)
     out: list[anchor.Head | str] = []
-    with engine.connect() as conn:
-        rows = conn.execute(query).all()
-    for host_id, value in rows:
+    for host_id, value in store.job_values(engine, CENTRAL, host):
         where = f"fleet store head record of host {host_id}"
         try:
             seq, hsh = int(value["seq"]), str(value["hash"])

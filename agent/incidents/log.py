@@ -12,44 +12,48 @@ After each write the chain head is published (agent/incidents/heads.py): the
 `egress_agent_incident_chain_head_*` gauges, and, with `anchor_dir`, a signed anchor
 file in the state directory; each checkpoint also logs "incident chain head seq=N
 hash=H" to the journal. These are what show a chain cut off at its tail.
+
+The statements themselves are in agent/store/incidents.py; this module decides what to
+write (documents, chain payloads and hashes) and in which transaction.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import Connection, Engine, func, insert, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import Connection, Engine
 
 from agent import metrics
+from agent.errors import UserFacingError
 from agent.events import new_uid
 from agent.incidents.chain import GENESIS_PREV, link_hash, make_payload
 from agent.incidents.heads import HeadPublisher
 from agent.incidents.model import (
-    Finding,
+    IncidentFinding,
     document_from_row,
     iso,
     merge,
     new_document,
     row_values,
 )
-from agent.store.models import ChainRecord, Host, IncidentRow
+from agent.store import incidents as store
+from agent.store.incidents import hostname_of, transact
 from agent.store.rows import storable_text
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
+__all__ = ["IncidentError", "IncidentLog", "Recorded", "append_record", "set_status", "transact"]
+
 SYSTEM_ACTOR = "egress-agent"
 TRANSITIONS = {"acknowledged": ("open",), "closed": ("open", "acknowledged")}
 
 
-class IncidentError(Exception):
+class IncidentError(UserFacingError):
     """An analyst's request that cannot be done (unknown id, wrong status)."""
 
 
@@ -58,32 +62,6 @@ class Recorded:
     uid: str
     created: bool
     superseded: tuple[str, ...] = ()
-
-
-def transact(engine: Engine, fn: Callable[[Connection], T], races: int = 50, outages: int = 3) -> T:
-    """Run `fn` in a transaction, retrying when another writer took the chain head.
-
-    A lost race (IntegrityError on the chain's key) is retried up to `races` times; a
-    store that is locked or unreachable (OperationalError) only `outages` times, then the
-    error goes to the caller, which keeps the work for later.
-    """
-    delay = 0.01
-    lost = failed = 0
-    while True:
-        try:
-            with engine.begin() as conn:
-                return fn(conn)
-        except IntegrityError as e:
-            lost += 1
-            if lost >= races:
-                raise
-            log.debug("incident log write raced (%s); retrying", type(e.orig).__name__)
-        except OperationalError:
-            failed += 1
-            if failed >= outages:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
 
 
 def append_record(
@@ -96,37 +74,26 @@ def append_record(
     info: Mapping[str, Any] | None = None,
 ) -> int:
     """Append one record at the head of `host_id`'s chain; returns its seq."""
-    head = conn.execute(
-        select(ChainRecord.seq, ChainRecord.hash)
-        .where(ChainRecord.host_id == host_id)
-        .order_by(ChainRecord.seq.desc())
-        .limit(1)
-    ).first()
+    head = store.chain_head(conn, host_id)
     if head is None and record_type != "genesis":
         append_record(conn, host_id, hostname, "genesis", now, info={"reason": "first record"})
         return append_record(conn, host_id, hostname, record_type, now, incident, info)
-    seq = head.seq + 1 if head is not None else 0
-    prev = head.hash if head is not None else GENESIS_PREV
+    seq = head[0] + 1 if head is not None else 0
+    prev = head[1] if head is not None else GENESIS_PREV
     stamp = iso(now)
     payload = make_payload(seq, record_type, stamp, host_id, hostname, incident, info)
-    conn.execute(
-        insert(ChainRecord).values(
-            seq=seq,
-            host_id=host_id,
-            time=now,
-            record_type=record_type,
-            incident_uid=incident["uid"] if incident is not None else None,
-            payload=payload,
-            prev_hash=prev,
-            hash=link_hash(prev, payload),
-        )
+    store.insert_chain_record(
+        conn,
+        seq=seq,
+        host_id=host_id,
+        time=now,
+        record_type=record_type,
+        incident_uid=incident["uid"] if incident is not None else None,
+        payload=payload,
+        prev_hash=prev,
+        hash=link_hash(prev, payload),
     )
     return seq
-
-
-def hostname_of(conn: Connection, host_id: str) -> str:
-    name = conn.execute(select(Host.hostname).where(Host.id == host_id)).scalar()
-    return str(name) if name else host_id
 
 
 class IncidentLog:
@@ -153,21 +120,12 @@ class IncidentLog:
         """Write the genesis record of a new chain; publish the checkpoint and open gauges."""
 
         def tx(conn: Connection) -> None:
-            exists = conn.execute(
-                select(ChainRecord.seq).where(ChainRecord.host_id == self.host_id).limit(1)
-            ).first()
-            if exists is None:
+            if not store.has_chain(conn, self.host_id):
                 info = {"reason": "agent start"}
                 append_record(conn, self.host_id, self.hostname, "genesis", _now(), info=info)
 
         transact(self.engine, tx)
-        with self.engine.connect() as conn:
-            last = conn.execute(
-                select(func.max(ChainRecord.time)).where(
-                    ChainRecord.host_id == self.host_id,
-                    ChainRecord.record_type.in_(("genesis", "checkpoint")),
-                )
-            ).scalar()
+        last = store.last_checkpoint_time(self.engine, self.host_id)
         if last is not None:
             metrics.CHAIN_CHECKPOINT.set(_as_utc(last).timestamp())
         self.refresh_open_gauge()
@@ -184,74 +142,44 @@ class IncidentLog:
         return self.heads.publish(journal)
 
     def _checkpoint(self, conn: Connection, reason: str) -> int:
-        head = conn.execute(
-            select(ChainRecord.seq, ChainRecord.hash)
-            .where(ChainRecord.host_id == self.host_id)
-            .order_by(ChainRecord.seq.desc())
-            .limit(1)
-        ).first()
-        counts: dict[str, int] = dict(
-            (r[0], int(r[1]))
-            for r in conn.execute(
-                select(IncidentRow.status, func.count())
-                .where(IncidentRow.host_id == self.host_id)
-                .group_by(IncidentRow.status)
-            ).all()
-        )
+        head = store.chain_head(conn, self.host_id)
         info = {
             "reason": reason,
-            "head_seq": head.seq if head is not None else None,
-            "head_hash": head.hash if head is not None else None,
-            "incidents": {str(k): int(v) for k, v in counts.items()},
+            "head_seq": head[0] if head is not None else None,
+            "head_hash": head[1] if head is not None else None,
+            "incidents": store.count_by_status(conn, self.host_id),
         }
         return append_record(conn, self.host_id, self.hostname, "checkpoint", _now(), info=info)
 
     def _maybe_checkpoint(self, conn: Connection) -> bool:
-        rows = conn.execute(
-            select(ChainRecord.seq, ChainRecord.record_type)
-            .where(ChainRecord.host_id == self.host_id)
-            .order_by(ChainRecord.seq.desc())
-            .limit(self.checkpoint_every)
-        ).all()
-        if len(rows) < self.checkpoint_every:
+        types = store.recent_record_types(conn, self.host_id, self.checkpoint_every)
+        if len(types) < self.checkpoint_every:
             return False
-        if any(r.record_type in ("checkpoint", "genesis") for r in rows):
+        if any(t in store.CHECKPOINT_TYPES for t in types):
             return False
         self._checkpoint(conn, "interval")
         return True
 
     # --- findings ----------------------------------------------------------------------
-    def record(self, finding: Finding) -> Recorded | None:
+    def record(self, finding: IncidentFinding) -> Recorded | None:
         """Open or update the incident for `finding`; None when it added nothing new."""
         checkpointed = False
 
         def tx(conn: Connection) -> Recorded | None:
             nonlocal checkpointed
             cutoff = finding.time - self.dedup_window
-            row = conn.execute(
-                select(IncidentRow)
-                .where(
-                    IncidentRow.host_id == self.host_id,
-                    IncidentRow.dedup_key == finding.dedup_key,
-                    IncidentRow.status != "closed",
-                    IncidentRow.updated_at >= cutoff,
-                )
-                .order_by(IncidentRow.updated_at.desc())
-                .limit(1)
-            ).first()
+            row = store.open_incident(conn, self.host_id, finding.dedup_key, cutoff)
             now = _now()
             if row is not None:
                 doc = merge(document_from_row(row), finding)
                 if doc is None:
                     return None
-                conn.execute(
-                    update(IncidentRow).where(IncidentRow.uid == doc["uid"]).values(row_values(doc))
-                )
+                store.update_incident_by_uid(conn, doc["uid"], row_values(doc))
                 append_record(conn, self.host_id, self.hostname, "update", now, incident=doc)
                 created = False
             else:
                 doc = new_document(finding, new_uid(), self.host_id)
-                conn.execute(insert(IncidentRow).values(row_values(doc)))
+                store.insert_incident(conn, row_values(doc))
                 append_record(conn, self.host_id, self.hostname, "incident", now, incident=doc)
                 created = True
             merged = self._supersede(conn, finding.supersedes, doc["uid"], now)
@@ -274,14 +202,7 @@ class IncidentLog:
     ) -> tuple[str, ...]:
         if not keys:
             return ()
-        rows = conn.execute(
-            select(IncidentRow).where(
-                IncidentRow.host_id == self.host_id,
-                IncidentRow.dedup_key.in_(keys),
-                IncidentRow.kind == "policy_alert",
-                IncidentRow.status != "closed",
-            )
-        ).all()
+        rows = store.open_policy_alerts(conn, self.host_id, keys)
         merged = []
         for r in rows:
             doc = document_from_row(r)
@@ -291,7 +212,7 @@ class IncidentLog:
                 note=f"merged into incident {into}",
                 updated_at=max(doc["updated_at"], iso(now)),
             )
-            conn.execute(update(IncidentRow).where(IncidentRow.id == r.id).values(row_values(doc)))
+            store.update_incident_by_id(conn, r.id, row_values(doc))
             append_record(conn, self.host_id, self.hostname, "status", now, incident=doc)
             merged.append(doc["uid"])
         return tuple(merged)
@@ -301,15 +222,7 @@ class IncidentLog:
 
 
 def refresh_open_gauge(engine: Engine, host_id: str) -> None:
-    with engine.connect() as conn:
-        counts: dict[str, int] = dict(
-            (r[0], int(r[1]))
-            for r in conn.execute(
-                select(IncidentRow.severity, func.count())
-                .where(IncidentRow.host_id == host_id, IncidentRow.status != "closed")
-                .group_by(IncidentRow.severity)
-            ).all()
-        )
+    counts = store.count_open_by_severity(engine, host_id)
     for sev in ("info", "low", "medium", "high", "critical"):
         metrics.INCIDENTS_OPEN.labels(sev).set(int(counts.get(sev, 0)))
 
@@ -323,7 +236,7 @@ def set_status(
         raise IncidentError(f"unknown status {status!r}")
 
     def tx(conn: Connection) -> dict[str, Any]:
-        row = conn.execute(select(IncidentRow).where(IncidentRow.id == incident_id)).first()
+        row = store.incident_by_id(conn, incident_id)
         if row is None:
             raise IncidentError(f"no incident with id {incident_id}")
         if row.status not in allowed_from:
@@ -339,7 +252,7 @@ def set_status(
             note=storable_text(note),
             updated_at=max(doc["updated_at"], iso(now)),
         )
-        conn.execute(update(IncidentRow).where(IncidentRow.id == row.id).values(row_values(doc)))
+        store.update_incident_by_id(conn, row.id, row_values(doc))
         hostname = hostname_of(conn, row.host_id)
         append_record(conn, row.host_id, hostname, "status", now, incident=doc)
         return doc

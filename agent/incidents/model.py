@@ -1,6 +1,6 @@
 """The incident record: what correlation finds and what the incident log stores.
 
-Correlation (`correlate.py`) turns judged events into `Finding`s; the incident log
+Correlation (`correlate.py`) turns judged events into `IncidentFinding`s; the incident log
 (`log.py`) turns a finding into a new incident or an update of an open one. The
 incident *document* — a plain JSON-able dict with the row's columns — is the one shape
 shared by the store row, the hash chain payload, `incidents show` and every export, so
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from agent.events import Severity
+from agent.events import MatchMethod, Severity
 
 KINDS = (
     "exfiltration",
@@ -51,7 +51,7 @@ EVIDENCE_CAP = 100  # items kept per evidence list; the rest are counted in `tru
 
 
 @dataclass(frozen=True, slots=True)
-class Finding:
+class IncidentFinding:
     """One correlated story (or a part of one), ready to open or update an incident.
 
     `evidence` holds lists of plain dicts (`files`, `flows`, `lineage`, `processes`,
@@ -96,7 +96,7 @@ def severity_of(value: str) -> Severity:
         return Severity.INFO
 
 
-def new_document(finding: Finding, uid: str, host_id: str) -> dict[str, Any]:
+def new_document(finding: IncidentFinding, uid: str, host_id: str) -> dict[str, Any]:
     evidence: dict[str, Any] = {k: list(finding.evidence.get(k, ())) for k in EVIDENCE_LISTS}
     evidence["correlation"] = dict(finding.evidence.get("correlation", {}))
     evidence["roots"] = sorted(finding.evidence.get("roots", ()))
@@ -151,14 +151,18 @@ def _cap(evidence: dict[str, Any]) -> None:
 
 # how closely a file was tied to a flow; a later, closer match (the uploader's own read
 # arriving after its flow) refines the story's correlation
-METHOD_RANK = {"size_and_time": 1, "child_process": 2, "same_process": 3}
+METHOD_RANK: dict[str, int] = {
+    MatchMethod.SIZE_AND_TIME: 1,
+    MatchMethod.CHILD_PROCESS: 2,
+    MatchMethod.SAME_PROCESS: 3,
+}
 
 
 def _method_rank(correlation: Mapping[str, Any] | None) -> int:
     return METHOD_RANK.get(str((correlation or {}).get("method", "")), 0)
 
 
-def merge(doc: Mapping[str, Any], finding: Finding) -> dict[str, Any] | None:
+def merge(doc: Mapping[str, Any], finding: IncidentFinding) -> dict[str, Any] | None:
     """The document after adding a finding's new evidence; None when nothing is new.
 
     Re-delivered events add nothing, so replaying a story never touches the chain.

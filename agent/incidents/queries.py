@@ -1,6 +1,7 @@
 """Read side of the incident log: listing, finding one incident, loading the chain.
 
-Used by the CLI, the verifier and the exporters; nothing here writes.
+Used by the CLI, the verifier and the exporters; nothing here writes. The rows come from
+agent/store/incidents.py; this module turns them into incident documents and chain entries.
 """
 
 from __future__ import annotations
@@ -9,13 +10,26 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from agent.events import Severity
 from agent.incidents.chain import ChainEntry
 from agent.incidents.model import document_from_row, iso
-from agent.store.models import ChainRecord, Host, IncidentRow
+from agent.store import incidents as store
+from agent.store.incidents import host_ids
+from agent.store.models import ChainRecord
+
+__all__ = [
+    "SEVERITIES",
+    "at_least",
+    "chain_entries",
+    "entry_of",
+    "find_incident",
+    "host_ids",
+    "incident_documents",
+    "list_incidents",
+]
 
 SEVERITIES = tuple(str(s) for s in Severity)
 
@@ -23,15 +37,6 @@ SEVERITIES = tuple(str(s) for s in Severity)
 def at_least(severity: str) -> list[str]:
     rank = Severity(severity).rank
     return [str(s) for s in Severity if s.rank >= rank]
-
-
-def host_ids(session: Session, host: str) -> list[str]:
-    found = list(
-        session.execute(
-            select(Host.id).where((Host.id == host) | (Host.hostname == host))
-        ).scalars()
-    )
-    return found or [host]
 
 
 def list_incidents(
@@ -45,20 +50,11 @@ def list_incidents(
 ) -> list[dict[str, Any]]:
     """Newest first, as documents plus their row `id` (what `show`, `ack` and `close` take)."""
     with Session(engine) as s:
-        q = select(IncidentRow).order_by(IncidentRow.updated_at.desc(), IncidentRow.id.desc())
-        if since is not None:
-            q = q.where(IncidentRow.updated_at >= since)
-        if min_severity:
-            q = q.where(IncidentRow.severity.in_(at_least(min_severity)))
-        if status:
-            q = q.where(IncidentRow.status == status)
-        if rule:
-            q = q.where(IncidentRow.rule_id == rule)
-        if host:
-            q = q.where(IncidentRow.host_id.in_(host_ids(s, host)))
-        names: dict[str, str] = {r[0]: r[1] for r in s.execute(select(Host.id, Host.hostname))}
+        severities = at_least(min_severity) if min_severity else None
+        rows = store.incident_rows(s, since, severities, status, rule, host, limit)
+        names = store.hostnames(s)
         out = []
-        for row in s.execute(q.limit(limit)).scalars():
+        for row in rows:
             doc = {"id": row.id, **document_from_row(row)}
             doc["hostname"] = names.get(row.host_id, row.host_id)
             out.append(doc)
@@ -69,29 +65,19 @@ def find_incident(engine: Engine, ident: str) -> dict[str, Any] | None:
     """By row id, or by uid (or a unique uid prefix of at least 6 characters)."""
     with Session(engine) as s:
         if ident.isascii() and ident.isdigit() and int(ident) < 2**63:  # a row id fits
-            rows = list(
-                s.execute(select(IncidentRow).where(IncidentRow.id == int(ident))).scalars()
-            )
+            rows = store.incident_rows_by_id(s, int(ident))
         else:
             rows = []
         if not rows and len(ident) >= 6:
-            rows = list(
-                s.execute(
-                    select(IncidentRow).where(IncidentRow.uid.startswith(ident, autoescape=True))
-                ).scalars()
-            )
+            rows = store.incident_rows_by_uid_prefix(s, ident)
         if len(rows) != 1:
             return None
         row = rows[0]
         doc = {"id": row.id, **document_from_row(row)}
-        doc["hostname"] = s.execute(select(Host.hostname).where(Host.id == row.host_id)).scalar()
+        doc["hostname"] = store.hostname(s, row.host_id)
         doc["chain"] = [
             {"seq": c.seq, "type": c.record_type, "time": iso(c.time), "hash": c.hash}
-            for c in s.execute(
-                select(ChainRecord)
-                .where(ChainRecord.host_id == row.host_id, ChainRecord.incident_uid == row.uid)
-                .order_by(ChainRecord.seq)
-            ).scalars()
+            for c in store.incident_chain(s, row.host_id, row.uid)
         ]
         return doc
 
@@ -114,18 +100,10 @@ def chain_entries(
 ) -> Iterator[ChainEntry]:
     """Chain records ordered by (host, seq), streamed."""
     with Session(engine) as s:
-        q = select(ChainRecord).order_by(ChainRecord.host_id, ChainRecord.seq)
-        if host is not None:
-            q = q.where(ChainRecord.host_id.in_(host_ids(s, host)))
-        if after_seq is not None:
-            q = q.where(ChainRecord.seq > after_seq)
-        for c in s.execute(q.execution_options(yield_per=500)).scalars():
+        for c in store.chain_records(s, host, after_seq):
             yield entry_of(c)
 
 
 def incident_documents(engine: Engine, host: str | None = None) -> dict[str, dict[str, Any]]:
     with Session(engine) as s:
-        q = select(IncidentRow)
-        if host is not None:
-            q = q.where(IncidentRow.host_id.in_(host_ids(s, host)))
-        return {row.uid: document_from_row(row) for row in s.execute(q).scalars()}
+        return {row.uid: document_from_row(row) for row in store.all_incident_rows(s, host)}

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.events import Decision, FileEvent, Flow
+from agent.events import Decision, FileEvent, Flow, MatchMethod
 from agent.incidents.evidence import decision_doc, flow_doc, human, processes
-from agent.incidents.model import Finding
+from agent.incidents.model import IncidentFinding
 from agent.store.rows import storable_text
 
 MAX_REPOSITORIES = 1_000  # repositories whose file kinds and categories are remembered
@@ -92,7 +92,7 @@ def push_title(repo: Mapping[str, Any], flow: Flow, seen: Seen | None) -> str:
     )
 
 
-def push_finding(flow: Flow, rule: Decision, memory: RepositoryMemory, key: str) -> Finding:
+def push_finding(flow: Flow, rule: Decision, memory: RepositoryMemory, key: str) -> IncidentFinding:
     """The push story of `flow`, named after the alerting decision `rule`."""
     repo = dict(flow.repository or {})
     seen = memory.get(str(repo.get("root") or ""))
@@ -100,7 +100,7 @@ def push_finding(flow: Flow, rule: Decision, memory: RepositoryMemory, key: str)
     if seen is not None:
         repo_doc["seen_kinds"] = dict(seen.kinds)
         repo_doc["seen_categories"] = sorted(seen.categories)
-    return Finding(
+    return IncidentFinding(
         kind="repository_push",
         rule_id=rule.rule_id,
         pack=rule.pack,
@@ -117,7 +117,7 @@ def push_finding(flow: Flow, rule: Decision, memory: RepositoryMemory, key: str)
             "processes": processes([flow.process]),
             "decisions": [decision_doc(flow.uid, d) for d in flow.decisions],
             "correlation": {
-                "method": "repository",
+                "method": str(MatchMethod.REPOSITORY),
                 "direction": repo.get("direction"),
                 "bytes_out": flow.bytes_out,
                 "bytes_in": flow.bytes_in,

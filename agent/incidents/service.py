@@ -2,7 +2,7 @@
 
 `submit()` is the pipeline's sink. It keeps only what correlation can use (file events
 with an artefact, decision or process; flows) and queues it; one thread runs the pure
-`CorrelationEngine` and hands each finding to the `IncidentLog`. When the store is
+`CorrelationCore` and hands each finding to the `IncidentLog`. When the store is
 unavailable (a fleet database during an outage) findings wait in memory, in order and
 bounded, and are retried with back-off; nothing here ever blocks the agent's start.
 `stop()` drains the queue, writes what is pending, then the clean-stop checkpoint.
@@ -27,20 +27,20 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from agent import metrics
 from agent.backoff import Backoff
 from agent.config import IncidentsSection
 from agent.events import Artefact, Decision, Event, FileAction, FileEvent, Flow
 from agent.incidents.ancestry import Ancestry
-from agent.incidents.correlate import CorrelationEngine, is_tagged
+from agent.incidents.correlate import CorrelationCore, is_tagged
 from agent.incidents.log import IncidentLog
-from agent.incidents.model import Finding
+from agent.incidents.model import IncidentFinding
 from agent.incidents.tree import TreeFacts
 from agent.pipeline import BoundedQueue
 from agent.policy.facts import tree_facts
-from agent.store.models import Lineage
+from agent.store.incidents import lineage_parents
 
 log = logging.getLogger(__name__)
 GAUGE_REFRESH_SECONDS = 30.0
@@ -75,7 +75,7 @@ class Correlator:
             checkpoint_every=settings.checkpoint_every,
             anchor_dir=anchor_dir,
         )
-        self.core = CorrelationEngine(
+        self.core = CorrelationCore(
             window=settings.correlation_window,
             byte_tolerance=settings.byte_tolerance,
             parents_of=self._parents_from_store,
@@ -85,7 +85,7 @@ class Correlator:
         )
         self.queue: BoundedQueue[Event] = BoundedQueue("incidents", queue_size)
         self._thread: threading.Thread | None = None
-        self._pending: deque[Finding] = deque()
+        self._pending: deque[IncidentFinding] = deque()
         self._held: deque[tuple[float, Flow]] = deque()  # (due, flow), in arrival order
         self._started = False
         self._retry_at = 0.0
@@ -266,12 +266,7 @@ class Correlator:
 
     def _parents_from_store(self, sha: str) -> Sequence[str]:
         try:
-            with self.engine.connect() as conn:
-                return list(
-                    conn.execute(
-                        select(Lineage.parent_sha256).where(Lineage.child_sha256 == sha).limit(16)
-                    ).scalars()
-                )
+            return lineage_parents(self.engine, sha, limit=16)
         except Exception:
             log.debug("lineage lookup failed for %s", sha, exc_info=True)
             return []

@@ -19,9 +19,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from agent.events import Artefact, Channel, Decision, FileAction, FileEvent, ProcessInfo
+from agent.events import (
+    Artefact,
+    Channel,
+    Decision,
+    FileAction,
+    FileEvent,
+    MatchMethod,
+    ProcessInfo,
+)
 from agent.incidents.evidence import decision_doc, file_doc, human, processes, size_of
-from agent.incidents.model import Finding
+from agent.incidents.model import IncidentFinding
 from agent.store.rows import storable_text
 
 TREE_IDLE = timedelta(seconds=20)  # a copy that wrote nothing for this long is complete
@@ -175,7 +183,7 @@ def facts_of(tree: TreeCopy) -> TreeFacts:
 
 def tree_finding(
     tree: TreeCopy, facts: TreeFacts, decisions: Sequence[Decision], rule: Decision, key: str
-) -> Finding:
+) -> IncidentFinding:
     kinds: Counter[str] = Counter()
     for a in facts.artefacts:
         kinds.update(a.kinds)
@@ -196,7 +204,7 @@ def tree_finding(
     )
     events = sorted(tree.files.values(), key=lambda e: e.time)
     paths = [storable_text(e.current_path) for e in events]
-    return Finding(
+    return IncidentFinding(
         kind="tree_copy",
         rule_id=rule.rule_id,
         pack=rule.pack,
@@ -212,7 +220,7 @@ def tree_finding(
             "processes": processes([proc]),
             "decisions": [decision_doc(f"tree:{key[:16]}", d) for d in decisions],
             "correlation": {
-                "method": "tree",
+                "method": str(MatchMethod.TREE),
                 "channel": str(tree.channel),
                 "files": facts.files_count,
                 "idle_seconds": int(TREE_IDLE.total_seconds()),

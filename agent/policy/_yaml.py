@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from agent.errors import UserFacingError
+
 MAX_PACK_BYTES = 4 << 20
 MAX_NODES = 200_000
 
@@ -32,7 +34,7 @@ class MarkedList(list[Any]):
     item_lines: list[int]
 
 
-class YamlProblem(Exception):
+class YamlProblem(UserFacingError):
     """The file is not YAML we can read; `line` is 1-based (0 when unknown)."""
 
     def __init__(self, line: int, message: str) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.categories import QUANTITY_WORDS, UNIT_FORMS, CategorySpec, Threshold
+from agent.events import Action
 from agent.linear_regex import PatternRefused, compile_pack_regex
 from agent.policy import rules as rules_mod
 from agent.policy._yaml import item_line, key_line, line_of
@@ -319,7 +320,7 @@ def _apply_overrides(
                 r,
                 enabled=r.enabled if ov.enabled is None else ov.enabled,
                 severity=ov.severity or r.severity,
-                action=ov.action or r.action,
+                action=Action(ov.action) if ov.action else r.action,
                 status=ov.status or r.status,
                 # a site's status replaces the pack's timeline from the rule's start
                 timeline=(

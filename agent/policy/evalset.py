@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.errors import UserFacingError
 from agent.events import Severity
 from agent.policy._yaml import MarkedDict, key_line, line_of, load_marked
 
@@ -40,7 +41,7 @@ _CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _EXPECT = re.compile(r"^(none|record|alert)(?:\s*>=\s*(\w+))?$")
 
 
-class ManifestError(Exception):
+class ManifestError(UserFacingError):
     """One problem in a manifest: `file:line: message`."""
 
     def __init__(self, file: str, line: int, message: str) -> None:

@@ -19,7 +19,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.events import Artefact, Channel, Decision, FileAction, FileEvent, Flow
+from agent.events import (
+    Action,
+    Artefact,
+    Channel,
+    Decision,
+    DestClass,
+    FileAction,
+    FileEvent,
+    Flow,
+    Protocol,
+)
 from agent.policy.evalset import CHANNELS, OUTCOMES, Case, CaseSet, Expectation
 from agent.policy.explain import EXAMPLE_FOREIGN_DST, EXAMPLE_SRC
 from agent.policy.model import Policy
@@ -105,7 +115,7 @@ def outcome_of(decisions: Iterable[Decision], expected: Expectation) -> str:
     """alert / record / none; an alert below the case's minimum severity counts as record."""
     decisions = list(decisions)
     floor = expected.min_severity.rank if expected.min_severity else -1
-    if any(d.action == "alert" and d.severity.rank >= floor for d in decisions):
+    if any(d.action == Action.ALERT and d.severity.rank >= floor for d in decisions):
         return "alert"
     return "record" if decisions else "none"
 
@@ -143,7 +153,7 @@ def event_for(channel: str, artefact: Artefact, path: str, day: dt.date) -> File
     when = dt.datetime.combine(day, dt.time(12)).astimezone()
     if channel == "abroad":
         return Flow(
-            protocol="tcp",
+            protocol=Protocol.TCP,
             src_ip=EXAMPLE_SRC,
             src_port=50000,
             dst_ip=EXAMPLE_FOREIGN_DST,
@@ -151,7 +161,7 @@ def event_for(channel: str, artefact: Artefact, path: str, day: dt.date) -> File
             start=when,
             end=when,
             bytes_out=artefact.size,
-            dest_class="foreign",
+            dest_class=DestClass.FOREIGN,
             country="US",
             name="upload.example.com",
         )

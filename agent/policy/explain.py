@@ -16,7 +16,17 @@ import datetime as dt
 from typing import Any
 
 from agent.categories import reaches
-from agent.events import Artefact, Channel, Decision, FileAction, FileEvent, Flow
+from agent.events import (
+    Action,
+    Artefact,
+    Channel,
+    Decision,
+    DestClass,
+    FileAction,
+    FileEvent,
+    Flow,
+    Protocol,
+)
 from agent.policy import facts as facts_mod
 from agent.policy.conditions import All, AnyOf, Compare, Condition, Not
 from agent.policy.model import Policy, highest_confidence
@@ -42,7 +52,7 @@ def scenarios(
         for ch in (Channel.LOCAL, Channel.REMOVABLE, Channel.NETWORK_SHARE, Channel.CLOUD_SYNC)
     ]
     flow = Flow(
-        protocol="tcp",
+        protocol=Protocol.TCP,
         src_ip=EXAMPLE_SRC,
         src_port=50000,
         dst_ip=EXAMPLE_FOREIGN_DST,
@@ -50,7 +60,7 @@ def scenarios(
         start=now,
         end=now,
         bytes_out=artefact.size,
-        dest_class="foreign",
+        dest_class=DestClass.FOREIGN,
         country="US",
         name="upload.example.com",
     )
@@ -141,7 +151,7 @@ def explain(
         for d in decisions:
             for c in d.categories:
                 old = named.setdefault(c, {}).get(name)
-                if old is None or (old.action != "alert" and d.action == "alert"):
+                if old is None or (old.action != Action.ALERT and d.action == Action.ALERT):
                     named[c][name] = d
         results.append({"scenario": name, "decisions": [decision_doc(d) for d in decisions]})
     specs = {c.code: c for c in policy.categories}
@@ -183,7 +193,7 @@ def explain(
         }
         for name, facts in facts_of.items():
             naming = named.get(code, {}).get(name)
-            if naming is not None and naming.action == "alert":
+            if naming is not None and naming.action == Action.ALERT:
                 if entry["in_force"]:
                     entry["fired"].append({"scenario": name, "rule_id": naming.rule_id})
                 else:  # the alert rests on another entry of the same decision

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from agent.errors import UserFacingError
 from agent.policy._yaml import MAX_PACK_BYTES, MarkedDict, item_line, key_line, line_of, load_marked
 from agent.policy.schema import (
     CategoryModel,
@@ -48,7 +49,7 @@ class Issue:
         )
 
 
-class PolicyError(Exception):
+class PolicyError(UserFacingError):
     """The packs do not form a valid policy; `issues` lists every problem found."""
 
     def __init__(self, issues: Sequence[Issue]) -> None:

@@ -1,13 +1,14 @@
 """The compiled policy in force: packs, categories, rules, and the decision function.
 
-`Policy` is immutable and built only by `loader.load_policy`; the holder swaps whole
-policies. `Policy.decide(facts)` is pure — it checks each rule's condition, then its
-exceptions (data: destinations, users, processes, paths), and turns a firing rule into
-a `Decision` carrying the rule, pack, severity, action, the policy version and the
-categories that made it fire. A rule whose legal control is not in force on the day of
-the event (not yet in force, suspended, not enforced) still decides, but only records;
-the decision names the regime, the law, the item code, the control's state on that day
-and the confidence of the categories behind it, which is what an officer acts on.
+`Policy` is immutable and built only by `build.build_policy` (behind `build.load_policy`,
+which reads the pack files); the holder swaps whole policies. `Policy.decide(facts)` is
+pure — it checks each rule's condition, then its exceptions (data: destinations, users,
+processes, paths), and turns a firing rule into a `Decision` carrying the rule, pack,
+severity, action, the policy version and the categories that made it fire. A rule whose
+legal control is not in force on the day of the event (not yet in force, suspended, not
+enforced) still decides, but only records; the decision names the regime, the law, the
+item code, the control's state on that day and the confidence of the categories behind
+it, which is what an officer acts on.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from agent.categories import CategorySpec
-from agent.events import Artefact, Decision, FileEvent, Flow, Severity
+from agent.events import Action, Artefact, Decision, FileEvent, Flow, Severity
 from agent.policy import facts as facts_mod
 from agent.policy.conditions import All, Compare, Condition, event_kinds
 from agent.policy.timeline import ControlState, Period, periods_from_status, state_on, strongest
@@ -104,7 +105,7 @@ class RuleCase:
     facts: Mapping[str, Any]
     expect: str  # "decision" | "none"
     severity: Severity | None = None
-    action: str | None = None
+    action: Action | None = None
     line: int = 0
     date: dt.date | None = None
     state: str | None = None
@@ -117,7 +118,7 @@ class Rule:
     description: str
     condition: Condition
     severity: Severity
-    action: str
+    action: Action
     tags: tuple[str, ...] = ()
     exceptions: tuple[RuleException, ...] = ()
     status: str = "in_force"  # the old one-word status; `timeline` wins when given
@@ -235,7 +236,7 @@ class Policy:
         refs = [rule.legal_ref] if rule.legal_ref else []
         if state.ref and state.ref not in refs:
             refs.append(state.ref)
-        action = rule.action if state.in_force else "record"
+        action = rule.action if state.in_force else Action.RECORD
         reason = rule.description
         if cats:
             reason = f"{reason} [{'; '.join(self._describe(c, facts) for c in cats)}]"

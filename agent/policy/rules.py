@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from agent.categories import CONFIDENCE_LEVELS
+from agent.events import Action
 from agent.policy import facts as facts_mod
 from agent.policy._yaml import item_line, key_line, line_of
 from agent.policy.conditions import (
@@ -84,7 +85,7 @@ def compile_rules(
                 description=model.description,
                 condition=cond,
                 severity=model.severity,
-                action=model.action,
+                action=Action(model.action),
                 tags=tuple(model.tags),
                 exceptions=exceptions,
                 status=model.status,
@@ -100,7 +101,7 @@ def compile_rules(
                         c.facts,
                         c.expect,
                         c.severity,
-                        c.action,
+                        Action(c.action) if c.action else None,
                         item_line(raw["tests"], i),
                         c.date,
                         c.state,

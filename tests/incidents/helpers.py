@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
+import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from agent.events import (
     Severity,
     Tag,
 )
-from agent.incidents.model import Finding
+from agent.incidents.model import IncidentFinding
 from agent.policy.build import load_policy
 from agent.policy.loader import SHIPPED_DIR
 from agent.policy.model import Policy
@@ -177,7 +177,7 @@ def sqlite_url(tmp: Path) -> str:
     return f"sqlite:///{tmp / 'agent.db'}"
 
 
-def finding(n: int = 0, key: str = "k", t: float = 0.0, **kw: Any) -> Finding:
+def finding(n: int = 0, key: str = "k", t: float = 0.0, **kw: Any) -> IncidentFinding:
     base: dict[str, Any] = {
         "kind": "exfiltration",
         "rule_id": "ear.model_weights",
@@ -226,7 +226,7 @@ def finding(n: int = 0, key: str = "k", t: float = 0.0, **kw: Any) -> Finding:
         },
     }
     base.update(kw)
-    return Finding(**base)
+    return IncidentFinding(**base)
 
 
 # a site that keeps EAR 4E091 under a licence condition raises its rules to alerts
@@ -249,7 +249,11 @@ overrides:
 
 
 def safetensors(path: Path, rows: int = 768, cols: int = 1024) -> Path:
-    """A real safetensors checkpoint: one F32 tensor of random (incompressible) values."""
+    """A real safetensors checkpoint: one F32 tensor of random (incompressible) values.
+
+    Seeded by the file name: the same test writes the same bytes every run, and two
+    checkpoints of one test differ.
+    """
     header = {
         "__metadata__": {"format": "pt"},
         "lm_head.weight": {
@@ -260,5 +264,6 @@ def safetensors(path: Path, rows: int = 768, cols: int = 1024) -> Path:
     }
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
-    path.write_bytes(len(raw).to_bytes(8, "little") + raw + os.urandom(4 * rows * cols))
+    values = random.Random(path.name).randbytes(4 * rows * cols)
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + values)
     return path

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
-from agent.events import Channel, FileAction, Flow, Severity, Tag
+import json
+from dataclasses import replace
+
+from agent.events import (
+    Action,
+    ByteSource,
+    Channel,
+    CloseReason,
+    DestClass,
+    FileAction,
+    Protocol,
+    Severity,
+    Tag,
+)
 from agent.incidents.ancestry import Ancestry, read_ppid
-from agent.incidents.correlate import CorrelationEngine
-from agent.incidents.model import Finding
+from agent.incidents.correlate import CorrelationCore
+from agent.incidents.model import IncidentFinding
 from tests.incidents.helpers import (
     ARCHIVE,
     CAT,
@@ -26,12 +39,12 @@ from tests.incidents.helpers import (
 )
 
 
-def run(events: list, **kw: object) -> list[Finding]:
+def run(events: list, **kw: object) -> list[IncidentFinding]:
     kw.setdefault("judge_transfer", judge)  # the shipped rd-assets rules decide uploads
-    eng = CorrelationEngine(**kw)  # type: ignore[arg-type]
-    out: list[Finding] = []
+    core = CorrelationCore(**kw)  # type: ignore[arg-type]
+    out: list[IncidentFinding] = []
     for e in events:
-        out.extend(eng.observe(e))
+        out.extend(core.observe(e))
     return out
 
 
@@ -246,23 +259,53 @@ def test_sum_of_several_artefacts_counts() -> None:
 
 def test_lineage_from_the_store_is_followed() -> None:
     grand = "ee" * 32
-    eng = CorrelationEngine(
+    core = CorrelationCore(
         parents_of=lambda sha: [grand] if sha == CKPT else [], judge_transfer=judge
     )
-    out: list[Finding] = []
+    out: list[IncidentFinding] = []
     for e in [fev(FileAction.READ, "/d/x.tgz", 0, archive(), CURL), flow(1, 5, SIZE)]:
-        out.extend(eng.observe(e))
+        out.extend(core.observe(e))
     assert out[0].evidence["roots"] == [grand]
 
 
 def test_lineage_cycles_terminate() -> None:
-    eng = CorrelationEngine(parents_of=lambda sha: ["11" * 32] if sha == "22" * 32 else ["22" * 32])
-    nodes, edges = eng.lineage(["22" * 32])
+    core = CorrelationCore(parents_of=lambda sha: ["11" * 32] if sha == "22" * 32 else ["22" * 32])
+    nodes, edges = core.lineage(["22" * 32])
     assert set(nodes) == {"11" * 32, "22" * 32} and len(edges) == 2
 
 
 def test_flow_events_are_plain_flows() -> None:
-    assert isinstance(flow(0, 1, 1), Flow)
+    """A flow leaves correlation as a plain document, whatever types its record carries.
+
+    The evidence is what the hash chain signs and every export writes: builtin values
+    only, so a `StrEnum` in a `Flow` or `Decision` never reaches a payload as itself.
+    """
+    f = replace(
+        flow(0, 1, 5000, dest_class=DestClass.INTERNAL, decisions=(EAR,)),
+        protocol=Protocol.TCP,
+        byte_source=ByteSource.TCP_INFO,
+        close_reason=CloseReason.FIN,
+        decisions=(replace(EAR, action=Action.ALERT),),
+    )
+    (finding,) = CorrelationCore().observe(f)
+    assert finding.kind == "policy_alert"  # an internal destination: no upload story
+    (doc,) = finding.evidence["flows"]
+    assert doc["uid"] == f.uid and doc["bytes_out"] == 5000
+    assert (doc["protocol"], doc["byte_source"], doc["dest_class"]) == (
+        "tcp",
+        "tcp_info",
+        "internal",
+    )
+
+    def plain(v: object) -> bool:
+        if isinstance(v, dict):
+            return all(type(k) is str and plain(x) for k, x in v.items())
+        if isinstance(v, list):
+            return all(plain(x) for x in v)
+        return type(v) in (str, int, float, bool, type(None))
+
+    assert plain(dict(finding.evidence)), finding.evidence
+    assert json.loads(json.dumps(dict(finding.evidence))) == finding.evidence
 
 
 def test_ancestry_reads_proc(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -320,9 +363,9 @@ def test_store_lineage_is_asked_once_per_artefact() -> None:
         asked.append(sha)
         return []
 
-    eng = CorrelationEngine(parents_of=parents_of)
+    core = CorrelationCore(parents_of=parents_of)
     for _ in range(3):
-        eng.lineage([CKPT])
+        core.lineage([CKPT])
     assert asked == [CKPT]
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from agent.events import FileAction, ProcessInfo
 from agent.incidents.chain import GENESIS_PREV, ChainEntry, link_hash, make_payload, verify_entries
-from agent.incidents.correlate import EXTERNAL, CorrelationEngine
+from agent.incidents.correlate import EXTERNAL, CorrelationCore
 from agent.incidents.model import iso, new_document
 from tests.incidents.helpers import T0, archive, fev, finding, flow, judge, weights
 
@@ -104,9 +104,9 @@ def events(draw: st.DrawFn) -> list:
 @settings(max_examples=200, deadline=None)
 @given(events(), st.floats(0.05, 2.0))
 def test_correlation_only_links_what_it_may(evs: list, tolerance: float) -> None:
-    eng = CorrelationEngine(window=900, byte_tolerance=tolerance, judge_transfer=judge)
+    core = CorrelationCore(window=900, byte_tolerance=tolerance, judge_transfer=judge)
     for e in evs:
-        for f in eng.observe(e):
+        for f in core.observe(e):
             assert f.kind == "exfiltration"  # no decisions in these events
             (fl,) = f.evidence["flows"]
             # the rd-assets upload rules alert on foreign and unknown destinations only

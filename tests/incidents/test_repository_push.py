@@ -18,7 +18,7 @@ from agent.events import (
     ProcessInfo,
     Tag,
 )
-from agent.incidents.correlate import CorrelationEngine
+from agent.incidents.correlate import CorrelationCore
 from agent.policy.facts import flow_facts
 from agent.policy.holder import PolicyHolder
 from agent.policy.stage import PolicyStage
@@ -63,7 +63,7 @@ def test_push_abroad_is_one_incident_naming_the_repository(tmp_path: Path) -> No
     repo = make_repo(tmp_path / "motor-ctl")
     head = git(repo, "rev-parse", "HEAD")
     st = stage(["git.corp.example"])
-    corr = CorrelationEngine()
+    corr = CorrelationCore()
     # a file of the repository with a category, seen before the push
     src = repo / "src" / "mod_001.py"
     tag = Tag("source_code", "python source", {"language": "python", "git_root": str(repo)})
@@ -101,13 +101,13 @@ def test_push_to_an_approved_remote_opens_none(tmp_path: Path) -> None:
     flow = st(push_flow(repo, "git push backup main"))
     assert isinstance(flow, Flow) and flow.repository and flow.repository["approved"] is True
     assert not [d for d in flow.decisions if d.action == "alert"]
-    assert CorrelationEngine().observe(flow) == []
+    assert CorrelationCore().observe(flow) == []
 
 
 def test_fetch_and_clone_are_not_egress(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "motor-ctl")
     st = stage([])
-    corr = CorrelationEngine()
+    corr = CorrelationCore()
     for cmd, out, inn in (
         ("git fetch origin", 3_000, 900_000),
         ("git clone https://github.com/a/b", 3_000, 900_000),
@@ -128,7 +128,7 @@ def test_push_to_gitee_is_the_domestic_rule(tmp_path: Path) -> None:
         )
     )
     assert isinstance(flow, Flow)
-    (f,) = CorrelationEngine().observe(flow)
+    (f,) = CorrelationCore().observe(flow)
     assert f.rule_id == "rd-assets-repository-push-domestic" and f.severity == "medium"
     assert "https://gitee.com/lab/motor-ctl.git" in f.title  # origin, no credentials
 
@@ -138,7 +138,7 @@ def test_incidents_show_names_repository_commit_and_remote(tmp_path: Path) -> No
     from agent.incidents.render import render_incident
 
     repo = make_repo(tmp_path / "motor-ctl")
-    (f,) = CorrelationEngine().observe(stage([])(push_flow(repo, "git push backup main")))
+    (f,) = CorrelationCore().observe(stage([])(push_flow(repo, "git push backup main")))
     doc = new_document(f, "u1", "h1")
     assert doc["evidence"]["repository"]["commit"] == git(repo, "rev-parse", "HEAD")
     text = render_incident(doc)
@@ -163,7 +163,7 @@ def test_a_bundle_uploaded_abroad_names_the_repository(tmp_path: Path) -> None:
     clf = Classifier(ClassifySection(use_magika=False), cache=None)
     clf.classify_path(str(repo / ".git" / "HEAD"))  # git read its internals to bundle them
     a = clf.classify_path(str(out / "m.bundle"))
-    corr = CorrelationEngine(judge_transfer=judge)
+    corr = CorrelationCore(judge_transfer=judge)
     read = FileEvent(
         FileAction.READ, str(out / "m.bundle"), size=a.size, artefact=a, process=CURL, time=T0
     )

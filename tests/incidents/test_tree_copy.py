@@ -12,7 +12,7 @@ import pytest
 from agent.classify.classifier import Classifier
 from agent.config import ClassifySection, PoliciesSection
 from agent.events import Channel, FileAction, FileEvent, ProcessInfo
-from agent.incidents.correlate import CorrelationEngine
+from agent.incidents.correlate import CorrelationCore
 from agent.incidents.model import new_document
 from agent.incidents.render import render_incident
 from agent.incidents.tree import TREE_IDLE, TreeFacts
@@ -33,12 +33,12 @@ def holder() -> PolicyHolder:
     return h
 
 
-def engine(holder: PolicyHolder) -> CorrelationEngine:
+def correlation(holder: PolicyHolder) -> CorrelationCore:
     def judge(tree: TreeFacts) -> list:  # type: ignore[type-arg]
         p = holder.current
         return p.decide(tree_facts(tree, p.min_counts, p.min_confidence), when=tree.time)
 
-    return CorrelationEngine(judge_tree=judge)
+    return CorrelationCore(judge_tree=judge)
 
 
 def copy_events(src: Path, usb: Path, proc: ProcessInfo | None = CP) -> list[FileEvent]:
@@ -71,7 +71,7 @@ def test_cp_r_of_a_500_file_repository_is_one_incident(
     usb = tmp_path / "usb"
     usb.mkdir()
     events = copy_events(repo, usb)
-    corr = engine(holder)
+    corr = correlation(holder)
     findings = [f for e in events for f in corr.observe(e)]
     assert findings == []  # the copy is still going on as far as anyone knows
     later = events[-1].time + TREE_IDLE + timedelta(seconds=1)
@@ -105,7 +105,7 @@ def test_cp_r_of_a_500_file_repository_is_one_incident(
 def test_a_few_files_and_separate_copies(tmp_path: Path, holder: PolicyHolder) -> None:
     small = make_repo(tmp_path / "small", files=5)
     (tmp_path / "usb").mkdir()
-    corr = engine(holder)
+    corr = correlation(holder)
     events = copy_events(small, tmp_path / "usb")
     for e in events:
         assert corr.observe(e) == []
@@ -121,7 +121,7 @@ def test_two_processes_are_two_copies(tmp_path: Path, holder: PolicyHolder) -> N
         pid=6262, exe="/usr/bin/rsync", cmdline="rsync -a b /media/usb", uid=1000, ppid=1
     )
     ev = copy_events(a, tmp_path / "usb") + copy_events(b, tmp_path / "usb", other)
-    corr = engine(holder)
+    corr = correlation(holder)
     for e in sorted(ev, key=lambda e: e.time):
         corr.observe(e)
     found = sorted(
@@ -151,7 +151,7 @@ def test_the_tree_supersedes_its_files_own_copy_incidents(
         decisions=(EAR,),
         uid="ckpt",
     )
-    corr = engine(holder)
+    corr = correlation(holder)
     (per_file,) = corr.observe(ckpt)  # the checkpoint's own removable_copy incident
     assert per_file.kind == "removable_copy"
     for e in events[1:]:

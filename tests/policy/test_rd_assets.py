@@ -5,7 +5,7 @@ uploaded to a foreign address and a source archive put in a cloud-sync folder ea
 an incident by default, naming the pack rule; a site pack lowers or switches off each.
 Every file is generated here (safetensors with a MiniLM-like layout, an RSA key from
 `cryptography`, a tar.gz of Python modules, a 60 000-row CSV, an ASCII STL) and goes
-through `Classifier.classify_path`, `Policy.decide_*` and the `CorrelationEngine`.
+through `Classifier.classify_path`, `Policy.decide_*` and the `CorrelationCore`.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from agent.events import (
     ProcessInfo,
     Severity,
 )
-from agent.incidents.correlate import CorrelationEngine
-from agent.incidents.model import Finding
+from agent.incidents.correlate import CorrelationCore
+from agent.incidents.model import IncidentFinding
 from agent.policy import Policy, load_configured
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
@@ -212,11 +212,11 @@ def decided(e: FileEvent | Flow, policy: Policy) -> FileEvent | Flow:
     return dataclasses.replace(e, decisions=tuple(found))
 
 
-def correlate(events: list[FileEvent | Flow], policy: Policy) -> list[Finding]:
-    eng = CorrelationEngine(judge_transfer=policy.decide_transfer)
-    out: list[Finding] = []
+def correlate(events: list[FileEvent | Flow], policy: Policy) -> list[IncidentFinding]:
+    core = CorrelationCore(judge_transfer=policy.decide_transfer)
+    out: list[IncidentFinding] = []
     for e in events:
-        out.extend(eng.observe(decided(e, policy)))
+        out.extend(core.observe(decided(e, policy)))
     return out
 
 
@@ -378,8 +378,8 @@ def test_a_transfer_decision_is_made_and_counted_once(
     shell = ProcessInfo(pid=4000, exe="/bin/bash", uid=1000, user="alice", ppid=1)
     child = ProcessInfo(pid=4201, exe="/usr/bin/curl", uid=1000, user="alice", ppid=4000)
     flow = dataclasses.replace(foreign_flow(src.size), process=child)
-    eng = CorrelationEngine(judge_transfer=judge)
-    out: list[Finding] = []
+    core = CorrelationCore(judge_transfer=judge)
+    out: list[IncidentFinding] = []
     written = FileEvent(
         FileAction.WRITTEN, "/tmp/s.tgz", size=src.size, process=shell, time=T0, artefact=src
     )
@@ -392,7 +392,7 @@ def test_a_transfer_decision_is_made_and_counted_once(
         artefact=src,
     )
     for e in (written, flow, late_read):
-        out.extend(eng.observe(e))
+        out.extend(core.observe(e))
     methods = [f.evidence["correlation"]["method"] for f in out]
     assert methods == ["child_process", "same_process"]  # the story, then its refinement
     assert {f.rule_id for f in out} == {"rd-assets-source-out"}

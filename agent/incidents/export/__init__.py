@@ -18,6 +18,7 @@ from typing import IO, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from agent.errors import UserFacingError
 from agent.incidents.chain import ChainEntry, Problem, VerifyReport, verify_entries
 from agent.incidents.export import cef, ecs, jsonl, ocsf, trailer
 from agent.incidents.export import csv as csv_format
@@ -33,7 +34,7 @@ FORMATS: dict[str, ModuleType] = {
 }
 
 
-class ExportFileError(Exception):
+class ExportFileError(UserFacingError):
     """An export file that cannot be read as any known format."""
 
 

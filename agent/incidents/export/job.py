@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Engine, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Engine
 
 from agent.incidents.anchor import load_or_create_key
 from agent.incidents.export import FORMATS, write
 from agent.incidents.export.trailer import write_signed
 from agent.incidents.queries import chain_entries
-from agent.store.models import JobState
+from agent.store.incidents import job_value, put_job_value
 
 if TYPE_CHECKING:
     from agent.daemon import Runtime
@@ -37,23 +36,12 @@ JOB_NAME = "incident_export"
 
 
 def cursor(engine: Engine, host_id: str) -> int:
-    with engine.connect() as conn:
-        value = conn.execute(
-            select(JobState.value).where(JobState.name == JOB_NAME, JobState.host_id == host_id)
-        ).scalar()
+    value = job_value(engine, JOB_NAME, host_id)
     return int(value.get("last_seq", -1)) if isinstance(value, dict) else -1
 
 
 def _save_cursor(engine: Engine, host_id: str, last_seq: int, path: str) -> None:
-    ins = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-    now = datetime.now(UTC)
-    value = {"last_seq": last_seq, "file": path}
-    stmt = ins(JobState).values(name=JOB_NAME, host_id=host_id, value=value, updated_at=now)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["name", "host_id"], set_={"value": value, "updated_at": now}
-    )
-    with engine.begin() as conn:
-        conn.execute(stmt)
+    put_job_value(engine, JOB_NAME, host_id, {"last_seq": last_seq, "file": path})
 
 
 def export_new(
