@@ -107,10 +107,15 @@ class HashCache:
         self._closed = False
         self._buffered = buffered
         self._reader = self._db
+        # which tables the snapshot has no row in: no query can find one there (a first scan)
+        self._empty = (False, False)
         if buffered and path is not None:
             self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._reader.execute("BEGIN")
-            self._reader.execute("SELECT count(*) FROM files").fetchone()  # the snapshot
+            self._reader.execute("BEGIN")  # the snapshot starts with the first read
+            files, results = self._reader.execute(
+                "SELECT NOT EXISTS (SELECT 1 FROM files), NOT EXISTS (SELECT 1 FROM results)"
+            ).fetchone()
+            self._empty = (files == 1, results == 1)
         self._files: dict[tuple[int, int], tuple[int, int, int, int, str, float]] = {}
         self._results: dict[tuple[str, str, str], str] = {}
 
@@ -120,9 +125,13 @@ class HashCache:
         if held is not None and held[2:4] == (size, mtime_ns):
             metrics.HASH_CACHE.labels("hit").inc()
             return held[4]
-        row = self._read(
-            "SELECT sha256 FROM files WHERE device=? AND inode=? AND size=? AND mtime_ns=?",
-            (device, inode, size, mtime_ns),
+        row = (
+            None
+            if self._empty[0]
+            else self._read(
+                "SELECT sha256 FROM files WHERE device=? AND inode=? AND size=? AND mtime_ns=?",
+                (device, inode, size, mtime_ns),
+            )
         )
         metrics.HASH_CACHE.labels("hit" if row else "miss").inc()
         return str(row[0]) if row else None
@@ -141,14 +150,15 @@ class HashCache:
     # --- hash → classification result -----------------------------------------------
     def result(self, sha256: str, version: str, categories: str) -> dict[str, Any] | None:
         held = self._results.get((sha256, version, categories)) if self._buffered else None
-        row = (
-            (held,)
-            if held is not None
-            else self._read(
+        if held is not None:
+            row: Any = (held,)
+        elif self._empty[1]:
+            row = None
+        else:
+            row = self._read(
                 "SELECT result FROM results WHERE sha256=? AND version=? AND categories=?",
                 (sha256, version, categories),
             )
-        )
         if row is None:
             return None
         try:

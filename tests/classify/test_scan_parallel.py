@@ -141,3 +141,7 @@ def test_buffered_cache_reads_a_snapshot_and_its_own_writes(tmp_path: Path) -> N
     assert c.lookup(1, 2, 3, 5) is None  # another mtime: not this content
     assert c.result("aa" * 32, "v", "k") == {"content_type": "text/plain"}
     c.close()
+    d = HashCache(tmp_path / "hc.db", buffered=True)  # a worker of the next scan
+    assert d.lookup(1, 2, 3, 4) == "aa" * 32 and d.result("aa" * 32, "v", "k") is not None
+    assert d.lookup(9, 9, 9, 9) is None and d.result("cc" * 32, "v", "k") is None
+    d.close()
