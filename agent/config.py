@@ -10,7 +10,6 @@ on 127.0.0.1 only. Every key is documented in README.md ("Configuration").
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -27,8 +26,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
-from pydantic_settings.exceptions import SettingsError
+
+from agent.config_env import EnvJSONError, env_layer, merge
 
 DEFAULT_CONFIG_PATH = Path("/etc/egress-agent/agent.yaml")
 DEFAULT_METRICS_PORT = 9813
@@ -230,13 +229,10 @@ class SensorsSection(_Section):
     synthetic_rate: float = Field(default=0.0, ge=0)  # events/s, 0 = as fast as possible
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_nested_delimiter="__",
-        extra="forbid",
-        case_sensitive=False,
-    )
+class Settings(BaseModel):
+    """Every section; `load_settings` lays the environment over the file (config_env)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     agent: AgentSection = Field(default_factory=AgentSection)
     database: DatabaseSection = Field(default_factory=DatabaseSection)
@@ -251,18 +247,6 @@ class Settings(BaseSettings):
 
     # where the YAML came from (not a key users set)
     _source: Path | None = None
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # init carries the YAML document; environment variables override it
-        return (env_settings, init_settings)
 
     @property
     def database_url(self) -> str:
@@ -336,11 +320,15 @@ def load_settings(path: Path | str | None = None) -> Settings:
         raise ConfigError(f"{where}: section names must be text, got {bad_keys[0]!r}")
     check_environment(os.environ)
     try:
+        data = merge(data, env_layer(Settings, os.environ, ENV_PREFIX, _ENV_NOT_KEYS))
         settings = Settings(**data)
     except ValidationError as e:
         raise ConfigError(_format_error(e, cfg_path)) from None
-    except SettingsError as e:  # an environment value that is not valid JSON
-        raise ConfigError(f"environment: {_env_error(e)}") from None
+    except EnvJSONError as e:  # an environment value that is not valid JSON
+        raise ConfigError(
+            f"environment: {e.name}: not valid JSON"
+            " (lists and mappings are written as JSON, e.g. '[\"/srv/data\"]')"
+        ) from None
     except RecursionError:
         raise ConfigError(f"{where} or environment: a value is nested too deeply") from None
     settings._source = cfg_path
@@ -354,8 +342,8 @@ _ENV_NOT_KEYS = frozenset({"EGRESS_AGENT_CONFIG"})
 def check_environment(environ: Mapping[str, str]) -> None:
     """An `EGRESS_AGENT_*` variable must name a real section and key, like a YAML key.
 
-    pydantic-settings ignores a misspelled section (`EGRESS_AGENT_FILE__ROOTS`): the
-    operator believes the roots are set and the agent watches the defaults.
+    A misspelled section (`EGRESS_AGENT_FILE__ROOTS`) must not be ignored: the operator
+    would believe the roots are set while the agent watches the defaults.
     """
     sections = Settings.model_fields
     for name in sorted(environ):
@@ -374,21 +362,3 @@ def check_environment(environ: Mapping[str, str]) -> None:
         first = key.partition("__")[0]
         if key and first not in fields:
             raise ConfigError(f"environment: {name}: unknown key {first!r} in section {section!r}")
-
-
-def _env_error(e: SettingsError) -> str:
-    """Which variables hold the value pydantic-settings could not parse."""
-    m = re.search(r'field "(\w+)"', str(e))
-    if m is None:
-        return _first_line(e)
-    prefix = f"{ENV_PREFIX}{m.group(1).upper()}"
-    names = sorted(n for n in os.environ if n.upper().startswith(prefix))
-    return (
-        f"{', '.join(names) or prefix + '*'}: not valid JSON"
-        " (lists and mappings are written as JSON, e.g. '[\"/srv/data\"]')"
-    )
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
