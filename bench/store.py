@@ -171,8 +171,11 @@ def pg_bytes_per_event(engine: Any, n: int) -> float:
     with engine.connect() as c:
         size = c.execute(
             text(
-                "SELECT sum(pg_total_relation_size(t)) FROM unnest("
-                "ARRAY['file_events','flows','decisions','artefacts','file_state']) t"
+                # a partitioned table's own size is 0: its partitions hold the rows
+                "SELECT sum(pg_total_relation_size(r)) FROM unnest("
+                "ARRAY['file_events','flows','decisions','artefacts','file_state']) t, "
+                "LATERAL (SELECT relid FROM pg_partition_tree(t::regclass) "
+                "UNION SELECT t::regclass) p(r)"
             )
         ).scalar_one()
     return round(int(size) / n, 1)
@@ -209,13 +212,43 @@ def raw_copy(engine: Any, events: list[Event], binary: bool = False) -> float:
     return time.perf_counter() - started
 
 
+# the CLI's fleet queries as agent/store/queries.py and agent/store/incidents.py send them
+PLANNED = {
+    "events list --host lab-42 --since 2h (file events)": (
+        "SELECT * FROM file_events WHERE time >= now() - interval '2 hours' "
+        "AND host_id IN ('h42') ORDER BY time DESC, id DESC LIMIT 100"
+    ),
+    "status --hosts (file events)": (
+        "SELECT host_id, count(*), max(time) FROM file_events GROUP BY host_id"
+    ),
+    "incidents list --since 24h": (
+        "SELECT * FROM incidents WHERE updated_at >= now() - interval '24 hours' "
+        "ORDER BY updated_at DESC, id DESC LIMIT 100"
+    ),
+}
+
+
+def query_plans(engine: Any) -> dict[str, list[str]]:
+    """EXPLAIN ANALYZE (costs and timing off: the plan's shape) of each fleet query."""
+    out = {}
+    with engine.connect() as c:
+        for name, q in PLANNED.items():
+            plan = c.execute(text(f"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {q}")).scalars()
+            out[name] = list(plan)
+    return out
+
+
 def fleet_queries(engine: Any, rows: int, hosts: int = 100) -> dict[str, Any]:
     """The CLI's fleet queries on `rows` file events from `hosts` hosts over 30 days."""
+    from agent.store import partitions
     from agent.store.queries import host_counts, list_events
 
     truncate(engine)
     started = time.perf_counter()
     with engine.begin() as c:
+        if partitions.is_partitioned(c):  # the days the rows fall in, as maintenance makes
+            today = datetime.now(UTC).date()
+            partitions.ensure_days(c, [today - timedelta(days=d) for d in range(31)])
         c.execute(
             text(
                 "INSERT INTO hosts (id, hostname, agent_version, first_seen, last_seen) "
@@ -235,7 +268,20 @@ def fleet_queries(engine: Any, rows: int, hosts: int = 100) -> dict[str, Any]:
             ),
             {"hosts": hosts, "rows": rows},
         )
+        c.execute(
+            text(
+                "INSERT INTO incidents (uid, host_id, kind, rule_id, pack, severity, status, "
+                "title, dedup_key, opened_at, updated_at, evidence, events_count, bytes_out, "
+                "policy_version) SELECT md5('i' || g), 'h' || (g % :hosts), 'exfiltration', "
+                "'r' || (g % 20), 'pack', 'high', 'open', 't', 'k' || g, "
+                "now() - (g % 2592) * interval '1000 s', "
+                "now() - (g % 2592) * interval '1000 s', '{}', 1, 0, 'v1' "
+                "FROM generate_series(1, :n) g"
+            ),
+            {"hosts": hosts, "n": max(rows // 1000, 10)},
+        )
         c.execute(text("ANALYZE file_events"))
+        c.execute(text("ANALYZE incidents"))
     load = time.perf_counter() - started
 
     def best_ms(fn: Any) -> float:
@@ -254,7 +300,9 @@ def fleet_queries(engine: Any, rows: int, hosts: int = 100) -> dict[str, Any]:
     with engine.connect() as c:
         sha = c.execute(text("SELECT sha256 FROM file_events WHERE sha256 IS NOT NULL LIMIT 1"))
         some_sha = sha.scalar_one()
+    plans = query_plans(engine)
     return {
+        "plans": plans,
         "rows": rows,
         "hosts": hosts,
         "load_rows_per_s": rate(rows, load),

@@ -163,12 +163,19 @@ def _is_bulk(engine: Engine) -> bool:
 
 
 def copy_batch(
-    engine: Engine, host_id: str, events: Sequence[Event], mark: Mark | None = None
+    engine: Engine,
+    host_id: str,
+    events: Sequence[Event],
+    mark: Mark | None = None,
+    rows: BatchRows | None = None,
 ) -> dict[str, int]:
-    """Commit one batch with COPY and merges in one transaction; idempotent like `write_batch`."""
+    """Commit one batch with COPY and merges in one transaction; idempotent like `write_batch`.
+
+    `rows`: `batch_rows(host_id, events)` when the caller has them already.
+    """
     if not _is_bulk(engine):
         return write_batch(engine, host_id, events)
-    rows = batch_rows(host_id, events)
+    rows = rows or batch_rows(host_id, events)
     with engine.begin() as conn:
         raw = conn.connection.driver_connection
         with raw.cursor() as cur:  # type: ignore[union-attr]
@@ -191,7 +198,11 @@ def _stored(cur: Cursor[Any], event: Event) -> bool:
 
 
 def copy_direct(
-    engine: Engine, host_id: str, events: Sequence[Event], mark: Mark | None = None
+    engine: Engine,
+    host_id: str,
+    events: Sequence[Event],
+    mark: Mark | None = None,
+    rows: BatchRows | None = None,
 ) -> dict[str, int]:
     """Commit one batch, its event rows COPYed straight into their tables; exactly once.
 
@@ -200,8 +211,8 @@ def copy_direct(
     each event stored once.
     """
     if not _is_bulk(engine) or not events:
-        return copy_batch(engine, host_id, events, mark)
-    rows = batch_rows(host_id, events)
+        return copy_batch(engine, host_id, events, mark, rows)
+    rows = rows or batch_rows(host_id, events)
     try:
         with engine.begin() as conn:
             raw = conn.connection.driver_connection
@@ -215,10 +226,10 @@ def copy_direct(
                 _shared_rows(cur, host_id, rows)
                 _mark(cur, host_id, mark)
     except (_SeenBefore, psycopg.errors.UniqueViolation):
-        return copy_batch(engine, host_id, events, mark)
+        return copy_batch(engine, host_id, events, mark, rows)
     except Exception as e:  # SQLAlchemy wraps what psycopg raised inside its transaction
         if isinstance(getattr(e, "orig", None), psycopg.errors.UniqueViolation):
-            return copy_batch(engine, host_id, events, mark)
+            return copy_batch(engine, host_id, events, mark, rows)
         raise
     return rows.counts()
 

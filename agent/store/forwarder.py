@@ -44,7 +44,7 @@ from agent.store import codec
 from agent.store.bulk import Mark, copy_batch, copy_direct
 from agent.store.db import StoreError, make_engine, register_host, upgrade
 from agent.store.spool import Spool, SpooledEvent
-from agent.store.writer import write_batch
+from agent.store.writer import BatchRows, batch_rows, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ class _Batch:
     run: list[SpooledEvent]
     events: list[Event]
     corrupt: int
+    rows: BatchRows | None  # the bulk paths' table rows, built ahead with the decode
 
 
 class Forwarder:
@@ -293,7 +294,8 @@ class Forwarder:
             except codec.CodecError as e:
                 corrupt += 1
                 log.error("spool record %d cannot be read and is skipped: %s", r.seq, e)
-        return _Batch(run, events, corrupt)
+        rows = batch_rows(run[0].host_id, events) if self._marks and events else None
+        return _Batch(run, events, corrupt, rows)
 
     def _prefetched(self) -> _Batch:
         """The batch read ahead while the last one was being committed, or a fresh read.
@@ -331,7 +333,7 @@ class Forwarder:
         started = time.perf_counter()
         try:
             try:
-                counts = dict(self._write_run(host, events, run[-1].seq)) if events else {}
+                counts = dict(self._write_run(host, batch, run[-1].seq)) if events else {}
             except _REJECTED:
                 counts = self._write_isolating(host, events)
             metrics.FLEET_FORWARD_SECONDS.observe(time.perf_counter() - started)
@@ -356,11 +358,13 @@ class Forwarder:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="store-prefetch")
         return self._pool
 
-    def _write_run(self, host: str, events: Sequence[Event], last_seq: int) -> Mapping[str, int]:
+    def _write_run(self, host: str, batch: _Batch, last_seq: int) -> Mapping[str, int]:
         if self._marks:
             mark = Mark(self.spool.spool_id, last_seq)
-            return self._write(self.engine, host, events, mark)  # type: ignore[call-arg]
-        return self._write(self.engine, host, events)
+            return self._write(  # type: ignore[call-arg]
+                self.engine, host, batch.events, mark, batch.rows
+            )
+        return self._write(self.engine, host, batch.events)
 
     def _write_isolating(self, host: str, events: Sequence[Event]) -> dict[str, int]:
         """Bisect a batch the store refused as data, so one bad event cannot block the rest.
