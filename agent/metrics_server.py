@@ -22,6 +22,7 @@ import logging
 import os
 import selectors
 import socket
+import socketserver
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -156,6 +157,13 @@ class MetricsServer(ThreadingHTTPServer):
             )
         self._thread: threading.Thread | None = None
         self._wake_r = self._wake_w = -1
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind resolves the host's FQDN (a reverse lookup, up to a DNS
+        # timeout) only to fill `server_name`, which nothing here reads
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver would print a traceback to stderr; keep it in the log instead
