@@ -8,7 +8,7 @@ names (non-UTF-8 bytes, newlines) survive as readable escapes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from agent.events import Decision, FileEvent, Flow, ProcessInfo
@@ -139,4 +139,28 @@ def decision_doc(subject_uid: str, d: Decision) -> dict[str, Any]:
         "in_force": d.in_force,
         "control_state": d.control_state,
         "confidence": d.confidence,
+    }
+
+
+def evidence_of(
+    correlation: Mapping[str, Any],
+    files: Sequence[Mapping[str, Any]] = (),
+    flows: Sequence[Mapping[str, Any]] = (),
+    lineage: Iterable[tuple[str, str]] = (),
+    procs: Sequence[Mapping[str, Any]] = (),
+    decisions: Sequence[Mapping[str, Any]] = (),
+    roots: Iterable[str] = (),
+    **about: Any,
+) -> dict[str, Any]:
+    """One finding's evidence: the lists every incident has, plus what its kind adds
+    (`about`: `repository`, `tree`)."""
+    return {
+        "files": list(files),
+        "flows": list(flows),
+        "lineage": [{"parent": p, "child": c} for p, c in lineage],
+        "processes": list(procs),
+        "decisions": list(decisions),
+        "correlation": dict(correlation),
+        "roots": list(roots),
+        **about,
     }

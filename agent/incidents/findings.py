@@ -17,6 +17,7 @@ from agent.events import Action, Decision, FileEvent, Flow, MatchMethod
 from agent.incidents.evidence import (
     decision_doc,
     describe,
+    evidence_of,
     file_doc,
     flow_doc,
     human,
@@ -25,7 +26,6 @@ from agent.incidents.evidence import (
 )
 from agent.incidents.matching import Match
 from agent.incidents.model import IncidentFinding
-from agent.store.rows import storable_text
 
 
 def is_alerting(d: Decision) -> bool:
@@ -74,33 +74,24 @@ def exfiltration_finding(
         f"{human(flow.bytes_out)} sent"
     )
     touched_uids = {t.event.uid for t in match.touches}
-    evidence = {
-        "files": [file_doc(e, "touched" if e.uid in touched_uids else "lineage") for e in files],
-        "flows": [flow_doc(flow)],
-        "lineage": [{"parent": p, "child": c} for p, c in lineage],
-        "processes": processes([flow.process, *(e.process for e in files)]),
-        "decisions": [decision_doc(uid, d) for uid, d in decisions],
-        "correlation": {
+    evidence = evidence_of(
+        {
             "method": str(match.method),
             "file_bytes": match.file_bytes,
             "flow_bytes": flow.bytes_out,
             "window_seconds": int(window.total_seconds()),
             "tolerance_percent": round(tolerance * 100),
         },
-        "roots": list(roots),
-    }
-    return IncidentFinding(
-        kind="exfiltration",
-        rule_id=rule.rule_id,
-        pack=rule.pack,
-        severity=rule.severity,
-        policy_version=rule.policy_version,
-        title=storable_text(title) or "",
-        dedup_key=dedup_key("exfiltration", rule.rule_id, roots[0], dest),
-        time=flow.end,
-        bytes_out=flow.bytes_out,
-        evidence=evidence,
-        supersedes=tuple(sorted(supersedes)),
+        files=[file_doc(e, "touched" if e.uid in touched_uids else "lineage") for e in files],
+        flows=[flow_doc(flow)],
+        lineage=lineage,
+        procs=processes([flow.process, *(e.process for e in files)]),
+        decisions=[decision_doc(uid, d) for uid, d in decisions],
+        roots=roots,
+    )
+    key = dedup_key("exfiltration", rule.rule_id, roots[0], dest)
+    return IncidentFinding.named_after(
+        rule, "exfiltration", title, key, flow.end, evidence, flow.bytes_out, supersedes
     )
 
 
@@ -114,27 +105,17 @@ def file_finding(
     lineage_events: Sequence[FileEvent],
 ) -> IncidentFinding:
     """One file event policy alerted on (a copy to removable media or cloud sync, or any)."""
-    files = [file_doc(e, "touched")] + [file_doc(ev, "lineage") for ev in lineage_events]
     title = f"{describe(e)} ({human(size_of(e))}) {what}: {rule.rule_id}"
-    return IncidentFinding(
-        kind=kind,
-        rule_id=rule.rule_id,
-        pack=rule.pack,
-        severity=rule.severity,
-        policy_version=rule.policy_version,
-        title=storable_text(title) or "",
-        dedup_key=dedup_key(kind, rule.rule_id, roots[0], str(e.channel)),
-        time=e.time,
-        evidence={
-            "files": files,
-            "flows": [],
-            "lineage": [{"parent": p, "child": c} for p, c in lineage],
-            "processes": processes([e.process]),
-            "decisions": [decision_doc(e.uid, d) for d in e.decisions],
-            "correlation": {"method": str(MatchMethod.DECISION), "channel": str(e.channel)},
-            "roots": list(roots),
-        },
+    evidence = evidence_of(
+        {"method": str(MatchMethod.DECISION), "channel": str(e.channel)},
+        files=[file_doc(e, "touched")] + [file_doc(ev, "lineage") for ev in lineage_events],
+        lineage=lineage,
+        procs=processes([e.process]),
+        decisions=[decision_doc(e.uid, d) for d in e.decisions],
+        roots=roots,
     )
+    key = dedup_key(kind, rule.rule_id, roots[0], str(e.channel))
+    return IncidentFinding.named_after(rule, kind, title, key, e.time, evidence)
 
 
 def flow_alert_finding(f: Flow, rule: Decision) -> IncidentFinding:
@@ -142,23 +123,13 @@ def flow_alert_finding(f: Flow, rule: Decision) -> IncidentFinding:
     dest = destination(f)
     where = f"{dest} ({f.country or '??'}, {f.dest_class})"
     title = f"{human(f.bytes_out)} sent to {where}: {rule.rule_id}"
-    return IncidentFinding(
-        kind="policy_alert",
-        rule_id=rule.rule_id,
-        pack=rule.pack,
-        severity=rule.severity,
-        policy_version=rule.policy_version,
-        title=storable_text(title) or "",
-        dedup_key=dedup_key("policy_alert", rule.rule_id, "", dest),
-        time=f.end,
-        bytes_out=f.bytes_out,
-        evidence={
-            "files": [],
-            "flows": [flow_doc(f)],
-            "lineage": [],
-            "processes": processes([f.process]),
-            "decisions": [decision_doc(f.uid, d) for d in f.decisions],
-            "correlation": {"method": str(MatchMethod.DECISION), "channel": "network"},
-            "roots": [],
-        },
+    evidence = evidence_of(
+        {"method": str(MatchMethod.DECISION), "channel": "network"},
+        flows=[flow_doc(f)],
+        procs=processes([f.process]),
+        decisions=[decision_doc(f.uid, d) for d in f.decisions],
+    )
+    key = dedup_key("policy_alert", rule.rule_id, "", dest)
+    return IncidentFinding.named_after(
+        rule, "policy_alert", title, key, f.end, evidence, f.bytes_out
     )

@@ -10,12 +10,13 @@ that verifying a row means comparing two documents.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from agent.events import MatchMethod, Severity
+from agent.events import Decision, MatchMethod, Severity
+from agent.store.rows import storable_text
 
 KINDS = (
     "exfiltration",
@@ -70,6 +71,36 @@ class IncidentFinding:
     bytes_out: int = 0
     evidence: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
     supersedes: tuple[str, ...] = ()
+
+    @classmethod
+    def named_after(
+        cls,
+        rule: Decision,
+        kind: str,
+        title: str,
+        dedup_key: str,
+        time: datetime,
+        evidence: Mapping[str, Any],
+        bytes_out: int = 0,
+        supersedes: Iterable[str] = (),
+    ) -> IncidentFinding:
+        """A finding that carries `rule`'s name, pack, severity and policy version.
+
+        The severity is policy's: correlation never grades a story itself.
+        """
+        return cls(
+            kind=kind,
+            rule_id=rule.rule_id,
+            pack=rule.pack,
+            severity=rule.severity,
+            policy_version=rule.policy_version,
+            title=storable_text(title) or "",
+            dedup_key=dedup_key,
+            time=time,
+            bytes_out=bytes_out,
+            evidence=evidence,
+            supersedes=tuple(sorted(supersedes)),
+        )
 
 
 def iso(t: datetime) -> str:

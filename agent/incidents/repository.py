@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.events import Decision, FileEvent, Flow, MatchMethod
-from agent.incidents.evidence import decision_doc, flow_doc, human, processes
+from agent.incidents.evidence import decision_doc, evidence_of, flow_doc, human, processes
 from agent.incidents.model import IncidentFinding
 from agent.store.rows import storable_text
 
@@ -100,29 +100,19 @@ def push_finding(flow: Flow, rule: Decision, memory: RepositoryMemory, key: str)
     if seen is not None:
         repo_doc["seen_kinds"] = dict(seen.kinds)
         repo_doc["seen_categories"] = sorted(seen.categories)
-    return IncidentFinding(
-        kind="repository_push",
-        rule_id=rule.rule_id,
-        pack=rule.pack,
-        severity=rule.severity,
-        policy_version=rule.policy_version,
-        title=storable_text(push_title(repo, flow, seen)) or "",
-        dedup_key=key,
-        time=flow.end,
-        bytes_out=flow.bytes_out,
-        evidence={
-            "files": [],
-            "flows": [flow_doc(flow)],
-            "lineage": [],
-            "processes": processes([flow.process]),
-            "decisions": [decision_doc(flow.uid, d) for d in flow.decisions],
-            "correlation": {
-                "method": str(MatchMethod.REPOSITORY),
-                "direction": repo.get("direction"),
-                "bytes_out": flow.bytes_out,
-                "bytes_in": flow.bytes_in,
-            },
-            "roots": [],
-            "repository": repo_doc,
+    evidence = evidence_of(
+        {
+            "method": str(MatchMethod.REPOSITORY),
+            "direction": repo.get("direction"),
+            "bytes_out": flow.bytes_out,
+            "bytes_in": flow.bytes_in,
         },
+        flows=[flow_doc(flow)],
+        procs=processes([flow.process]),
+        decisions=[decision_doc(flow.uid, d) for d in flow.decisions],
+        repository=repo_doc,
+    )
+    title = push_title(repo, flow, seen)
+    return IncidentFinding.named_after(
+        rule, "repository_push", title, key, flow.end, evidence, flow.bytes_out
     )

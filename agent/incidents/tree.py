@@ -28,7 +28,14 @@ from agent.events import (
     MatchMethod,
     ProcessInfo,
 )
-from agent.incidents.evidence import decision_doc, file_doc, human, processes, size_of
+from agent.incidents.evidence import (
+    decision_doc,
+    evidence_of,
+    file_doc,
+    human,
+    processes,
+    size_of,
+)
 from agent.incidents.model import IncidentFinding
 from agent.store.rows import storable_text
 
@@ -204,40 +211,29 @@ def tree_finding(
     )
     events = sorted(tree.files.values(), key=lambda e: e.time)
     paths = [storable_text(e.current_path) for e in events]
-    return IncidentFinding(
-        kind="tree_copy",
-        rule_id=rule.rule_id,
-        pack=rule.pack,
-        severity=rule.severity,
-        policy_version=rule.policy_version,
-        title=storable_text(title) or "",
-        dedup_key=key,
-        time=tree.last,
-        evidence={
-            "files": [file_doc(e, "copied") for e in events],
-            "flows": [],
-            "lineage": [],
-            "processes": processes([proc]),
-            "decisions": [decision_doc(f"tree:{key[:16]}", d) for d in decisions],
-            "correlation": {
-                "method": str(MatchMethod.TREE),
-                "channel": str(tree.channel),
-                "files": facts.files_count,
-                "idle_seconds": int(TREE_IDLE.total_seconds()),
-            },
-            "roots": [],
-            "tree": {
-                "root": storable_text(facts.root),
-                "files_count": facts.files_count,
-                "bytes": facts.size,
-                "kinds": dict(kinds),
-                "repository": repo,
-                "paths": paths,
-                "paths_not_listed": tree.more,
-                "git_files": tree.git_files,
-                "first": tree.first.isoformat(),
-                "last": tree.last.isoformat(),
-            },
+    evidence = evidence_of(
+        {
+            "method": str(MatchMethod.TREE),
+            "channel": str(tree.channel),
+            "files": facts.files_count,
+            "idle_seconds": int(TREE_IDLE.total_seconds()),
         },
-        supersedes=tuple(sorted(tree.alert_keys)),
+        files=[file_doc(e, "copied") for e in events],
+        procs=processes([proc]),
+        decisions=[decision_doc(f"tree:{key[:16]}", d) for d in decisions],
+        tree={
+            "root": storable_text(facts.root),
+            "files_count": facts.files_count,
+            "bytes": facts.size,
+            "kinds": dict(kinds),
+            "repository": repo,
+            "paths": paths,
+            "paths_not_listed": tree.more,
+            "git_files": tree.git_files,
+            "first": tree.first.isoformat(),
+            "last": tree.last.isoformat(),
+        },
+    )
+    return IncidentFinding.named_after(
+        rule, "tree_copy", title, key, tree.last, evidence, supersedes=tree.alert_keys
     )
