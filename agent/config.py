@@ -28,13 +28,14 @@ from pydantic import (
 )
 
 from agent.config_env import EnvJSONError, env_layer, merge
+from agent.errors import UserFacingError
 
 DEFAULT_CONFIG_PATH = Path("/etc/egress-agent/agent.yaml")
 DEFAULT_METRICS_PORT = 9813
 ENV_PREFIX = "EGRESS_AGENT_"
 
 
-class ConfigError(Exception):
+class ConfigError(UserFacingError):
     """A config problem a user can fix: the message names the file and the key."""
 
 
