@@ -100,7 +100,11 @@ class ClassifyStage:
         if event.action not in _CLASSIFY_ACTIONS:
             return event
         path = event.current_path
-        key = _identity(path)
+        # the sensor's lstat is in the event (no second system call); else look now
+        if event.inode is not None and event.size is not None and event.mtime_ns is not None:
+            key: tuple[object, ...] = (path, event.inode, event.size, event.mtime_ns)
+        else:
+            key = _identity(path)
         submitted = False
         with self._lock:
             # a second event for the same unchanged file waits for the first's result
