@@ -118,7 +118,13 @@ class ProcessClassifier(Generic[R]):
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        # fork: the workers are started at once (before the executor's own thread)
+        # fork: every worker is started by the first submit (before the executor's own
+        # thread), so a no-op task forks them now, while the caller runs no other thread
+        pool = self._fork_pool()
+        pool.submit(int)
+        return pool
+
+    def _fork_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             self.workers,
             mp_context=multiprocessing.get_context("fork"),

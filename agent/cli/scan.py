@@ -5,8 +5,9 @@ Directories are walked recursively (symlinks are reported, never followed; the
 the daemon uses (so a second scan re-reads nothing) — on `classify.workers` forked
 processes when there are many (`agent.classify.parallel`), on threads here when there
 are a few — and results come out in walk order: a table for people, one JSON object
-per file with `--json`. A rich progress bar is drawn on stderr when it is a terminal. `--store` also
-records each file as a `scanned` event in the configured store (an inventory).
+per file with `--json`. A rich progress bar is drawn on stderr when it is a terminal.
+`--store` also records each file as a `scanned` event in the configured store (an
+inventory).
 """
 
 from __future__ import annotations
@@ -281,10 +282,19 @@ def _in_processes(
     as_json: bool,
 ) -> Generator[tuple[str, Rendered], None, None]:
     """Many files: one forked worker process per `classify.workers` (every core), with
-    `parents` made what one process in walk order would say."""
-    from agent.classify.parallel import ProcessClassifier, WalkOrderLineage, record_origins
+    `parents` made what one process in walk order would say. The workers are forked
+    here, at once, before the caller starts the progress bar's thread or opens a store."""
+    from agent.classify.parallel import ProcessClassifier
 
     pool = ProcessClassifier(s.classify, cache_path, cats, render, s.classify.workers)
+    return _from_processes(pool, paths, cache_path, as_json)
+
+
+def _from_processes(
+    pool: Any, paths: Iterator[str], cache_path: Path | None, as_json: bool
+) -> Generator[tuple[str, Rendered], None, None]:
+    from agent.classify.parallel import WalkOrderLineage, record_origins
+
     lineage = WalkOrderLineage()
     try:
         for path, (line, a, sha, ident, got) in pool.map(paths):
