@@ -1,28 +1,31 @@
 """Fleet simulator: N agents' real forwarders against one PostgreSQL, and the store at scale.
 
-`python -m bench.fleet [--agents N] [--sizes 1e6,1e7,1e8] [--private-server]` prints one
-JSON object. What runs (bench/fleet_agents.py): N simulated agents, each the production
-spool + forwarder pair from `open_forwarder` with its own spool file and host id, hosted
-`--agents-per-process` to a process (each agent its own forwarder thread and its own
-PostgreSQL connection). Only the sensors are synthetic (bench/fleet_mix.py).
+`python -m bench.fleet [--agents 100,1000] [--sizes 1e6] [--private-server]` prints one
+JSON object (`runs`, one per fleet size, and `comparisons`). What runs
+(bench/fleet_agents.py): N simulated agents, each the production spool + forwarder pair
+from `open_forwarder` with its own spool file and host id, several to a process (each
+agent its own forwarder thread and its own PostgreSQL connection). Only the sensors are
+synthetic (bench/fleet_mix.py).
 
-Phases, all in this run:
+Phases, for each fleet size, all in this run:
 
-1. **backlog**: every spool is filled with `--backlog` events before forwarding starts,
-   then all N forwarders start together (a fleet catching up after an outage of the
-   central store): sustained central ingest = events / seconds until every spool is
-   empty. Afterwards the store must hold each event exactly once.
+1. **backlog**: `--backlog-events` (default 100,000) are spooled across the agents before
+   forwarding starts, then all N forwarders start together (a fleet catching up after an
+   outage of the central store): sustained central ingest = events / seconds until every
+   spool is empty. Afterwards the store must hold each event exactly once.
 2. **reference**: the same number of events' rows COPYed by one bare psycopg connection
    straight into the same tables (no spool, no staging, no idempotency) — the ceiling.
 3. **steady**: every agent gets `--rate` events/s for `--steady` seconds; the age of the
    oldest event still spooled on each agent is sampled every second (forward lag).
-4. **scale**: the store is grown server-side to each of `--sizes` events
-   (bench/fleet_grow.py; not an ingest figure) and at each size the CLI's three fleet
-   queries and every panel of the fleet Grafana dashboard are timed.
+4. **scale** (last fleet only): the store is grown server-side to each of `--sizes`
+   events (bench/fleet_grow.py; not an ingest figure) and at each size the CLI's three
+   fleet queries, the same SQL by hand, and every panel of the fleet Grafana dashboard
+   are timed. `--agents 0 --sizes 3e7,1e8` grows and times the store alone.
 
-PostgreSQL: a scratch database on EGRESS_TEST_PG's server (dropped at the end), or with
-`--private-server` a server of its own (bench/fleet_server.py) — needed past ~90 agents,
-since each agent holds a connection and the shared server allows 100.
+PostgreSQL: a scratch database on EGRESS_TEST_PG's server (dropped at the end) for up to
+80 agents; past that, or with `--private-server`, a server of its own
+(bench/fleet_server.py), since each agent holds a connection and the shared server
+allows 100.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from bench.fleet_server import SERVER_CONF, private_cluster
 from bench.store import raw_copy
 
 PG_ADMIN = os.environ.get("EGRESS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+SHARED_SERVER_AGENTS = 80  # more agents than this get a private server (max_connections 100)
 
 
 def load() -> float:
@@ -285,36 +289,22 @@ def comparisons(res: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--agents", type=int, default=50, help="0: only grow and time the store")
-    ap.add_argument("--hosts", type=int, default=1000, help="hosts of the store with --agents 0")
-    ap.add_argument("--agents-per-process", type=int, default=0, help="default: N/2 rounded up")
-    ap.add_argument("--backlog", type=int, default=2000, help="events spooled per agent")
-    ap.add_argument("--rate", type=float, default=5.0, help="steady events/s per agent")
-    ap.add_argument("--steady", type=float, default=30.0, help="seconds of steady load")
-    ap.add_argument("--sizes", default="1e6", help="store sizes to time queries at, events")
-    ap.add_argument("--private-server", action="store_true")
-    ap.add_argument("--keep", action="store_true", help="keep the scratch database")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    # a SIGTERM still runs the clean-up below (workers, scratch database, private server)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    n = args.agents
+def run(args: argparse.Namespace, n: int, sizes: list[int]) -> dict[str, Any]:
+    """One fleet of `n` agents (0: the store alone) on its own scratch database."""
     per_process = args.agents_per_process or max(1, -(-n // 2))  # two processes by default
-    sizes = [int(float(s)) for s in args.sizes.split(",") if s]
+    per_agent = args.backlog or max(1, args.backlog_events // max(n, 1))
     res: dict[str, Any] = {
         "agents": n,
         "agents_per_process": per_process,
         "processes": -(-n // per_process) if n else 0,
-        "backlog_per_agent": args.backlog,
+        "backlog_per_agent": per_agent,
         "mix": "70% file events (written/created/moved/deleted, 5% artefact, 2% decision), "
         "30% flows (15% foreign)",
         "disk_free_gb": disk_free_gb(),
     }
     with ExitStack() as stack:
         admin_url = PG_ADMIN
-        if args.private_server:
+        if args.private_server or n > SHARED_SERVER_AGENTS:
             admin_url = stack.enter_context(private_cluster(max_connections=n + 50))
             res["server"] = {"private": True, **SERVER_CONF, "max_connections": n + 50}
         else:
@@ -331,12 +321,12 @@ def main() -> None:
             if n:
                 fleet = Fleet(url, n, per_process, args.seed)
                 try:
-                    res["backlog"] = backlog(fleet, engine, n, args.backlog)
+                    res["backlog"] = backlog(fleet, engine, n, per_agent)
                     res["reference_copy"] = reference_copy(engine, res["backlog"]["events"])
-                    progress({k: res[k] for k in ("backlog", "reference_copy")})
+                    progress({k: res[k] for k in ("agents", "backlog", "reference_copy")})
                     if args.steady > 0:
                         res["steady"] = steady(fleet, engine, args.rate, args.steady)
-                        progress({"steady": res["steady"]})
+                        progress({"agents": n, "steady": res["steady"]})
                 finally:
                     res["agents_closed"] = fleet.close()
             else:  # the store alone (--agents 0): hosts registered as the agents would be
@@ -350,8 +340,7 @@ def main() -> None:
                         ),
                         {"n": args.hosts},
                     )
-            hosts = n or args.hosts
-            res["scale"] = scale(engine, sizes, hosts, uuid.uuid4().hex[:6])
+            res["scale"] = scale(engine, sizes, n or args.hosts, uuid.uuid4().hex[:6])
             res["comparisons"] = comparisons(res)
         finally:
             engine.dispose()
@@ -359,7 +348,36 @@ def main() -> None:
                 with admin.connect() as c:
                     c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
             admin.dispose()
-    print(json.dumps(res))
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument(
+        "--agents", default="100,1000", help="fleet sizes, comma-separated; 0: the store alone"
+    )
+    ap.add_argument("--hosts", type=int, default=1000, help="hosts of the store with --agents 0")
+    ap.add_argument("--agents-per-process", type=int, default=0, help="default: N/2 rounded up")
+    ap.add_argument("--backlog", type=int, default=0, help="events spooled per agent")
+    ap.add_argument(
+        "--backlog-events", type=int, default=100_000, help="spooled in all (without --backlog)"
+    )
+    ap.add_argument("--rate", type=float, default=2.0, help="steady events/s per agent")
+    ap.add_argument("--steady", type=float, default=30.0, help="seconds of steady load")
+    ap.add_argument(
+        "--sizes", default="1e6", help="store sizes to time queries at (events; the last fleet)"
+    )
+    ap.add_argument("--private-server", action="store_true", help="also for small fleets")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch databases")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    # a SIGTERM still runs the clean-up (workers, scratch database, private server)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    fleets = [int(a) for a in args.agents.split(",")]
+    sizes = [int(float(s)) for s in args.sizes.split(",") if s]
+    runs = [run(args, n, sizes if i == len(fleets) - 1 else []) for i, n in enumerate(fleets)]
+    out = {"runs": runs, "comparisons": [c for r in runs for c in r.pop("comparisons")]}
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":
