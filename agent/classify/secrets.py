@@ -69,9 +69,16 @@ _NEEDLES: dict[str, tuple[str, ...]] = {
 }
 
 
+# every needle at once: one scan of a small text says that no pattern can match
+_ANY_NEEDLE = re.compile("|".join(re.escape(n) for ns in _NEEDLES.values() for n in ns))
+_ONE_SCAN = 1 << 16  # past this, the needles' own `in` scans are faster than one regex
+
+
 def secret_tags(text: str) -> list[Tag]:
     """One tag per secret type found, with its count (never the value)."""
-    tags = []
+    tags: list[Tag] = []
+    if len(text) <= _ONE_SCAN and _ANY_NEEDLE.search(text) is None:
+        return tags
     for kind, what, pattern in _PATTERNS:
         if not any(n in text for n in _NEEDLES[kind]):
             continue
@@ -113,6 +120,8 @@ def public_material(text: str) -> str | None:
     mostly key material: a source file or a how-to quoting a certificate is still what
     it is (four fifths of its other characters must be comments or blank)."""
     sample = text[: 1 << 20]
+    if "-----BEGIN " not in sample and " AAAA" not in sample[:65536]:
+        return None  # neither a PEM block nor an OpenSSH key line can be there
     labels = {m.group(1) for m in _PEM_BEGIN.finditer(sample)}
     if labels and all(label in _PUBLIC_PEM for label in labels):
         if _other_chars(sample) * 5 > len(sample):
