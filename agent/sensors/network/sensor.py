@@ -52,6 +52,9 @@ HOUSEKEEPING = 1.0  # at most this often: timeouts, drop counters (as precise as
 MAX_SLEEP = 60.0  # longest sleep: the heartbeat's age stays below agent.stall_after
 _BATCH = 256  # packets read from one socket before looking at the others
 _DRAIN_BATCHES = 16  # at most this many batches read ahead of destroy notifications
+# destroy notifications wait up to this long (s) for a wake-up that happens anyway (the
+# next connection's SYN): one wake per flow fewer; flows end this much later at most
+DESTROY_LINGER = 0.05
 
 
 class NetworkSensor(KernelAccounting):
@@ -83,6 +86,7 @@ class NetworkSensor(KernelAccounting):
         # deadlines of the loop (time.monotonic()); inf: nothing to do until an event
         self._next_dump = self._next_ct = self._stats_due = math.inf
         self._next_reopen = self._next_local = self._next_house = 0.0
+        self._destroy_due = math.inf  # destroy notifications are waiting until then
         self._dump_interval = DUMP_INTERVAL
         self._last_stats = 0.0
         self.wakeups = 0  # times the loop woke (status: a quiet host should see few)
@@ -217,6 +221,7 @@ class NetworkSensor(KernelAccounting):
         table_due = time.monotonic() + self.table.due - time.time()
         return min(
             max(self._next_house, table_due),
+            self._destroy_due,
             self._next_dump,
             self._next_ct,
             self._stats_due,
@@ -237,7 +242,9 @@ class NetworkSensor(KernelAccounting):
         while not self._stop.is_set():
             beat()
             waitables: list[Any] = [*self.captures, self._wake_r]
-            for extra in (self.destroy, self.ct_events, self.addresses):
+            # pending destroy notifications are not waited for again: they are due anyway
+            destroy = self.destroy if self._destroy_due == math.inf else None
+            for extra in (destroy, self.ct_events, self.addresses):
                 if extra is not None:
                     waitables.append(extra)
             sleep = min(max(0.0, self.next_deadline() - time.monotonic()), MAX_SLEEP)
@@ -286,15 +293,21 @@ class NetworkSensor(KernelAccounting):
             if isinstance(w, CaptureSocket):
                 self._read_packets(w)
         if self.destroy is not None and self.destroy in ready:
-            # a destroyed connection's packets were queued on the capture sockets
-            # before the kernel reported the destroy: read them first, or a late
-            # SYN would open the flow again after its final record (and its SNI
-            # would miss that record)
+            self._destroy_due = time.monotonic() + DESTROY_LINGER
+        if self._destroy_due != math.inf and (
+            len(ready) > 1 or self.destroy not in ready or time.monotonic() >= self._destroy_due
+        ):
+            # due, or the loop is awake for something else anyway; a destroyed
+            # connection's packets were queued on the capture sockets before the kernel
+            # reported the destroy: read them first, or a late SYN would open the flow
+            # again after its final record (and its SNI would miss that record)
+            self._destroy_due = math.inf
             for cap in list(self.captures):
                 for _ in range(_DRAIN_BATCHES):
                     if self._read_packets(cap) < _BATCH:
                         break
-            self._read_destroyed()
+            if self.destroy is not None:
+                self._read_destroyed()
         ct = self.ct_events
         if ct is not None and ct in ready and ct.udp_started():  # adopt it once it has bytes
             self._next_ct = min(self._next_ct, time.monotonic() + DUMP_INTERVAL)
