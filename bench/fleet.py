@@ -53,7 +53,7 @@ from bench.fleet_agents import WorkerSpec, hostname, worker
 from bench.fleet_grow import bare_queries, cli_queries, event_count, grow, store_size, timed
 from bench.fleet_mix import HostMix
 from bench.fleet_panels import expand, panel_queries
-from bench.fleet_server import SERVER_CONF, private_cluster
+from bench.fleet_server import PG_BIN, SERVER_CONF, private_cluster
 from bench.store import raw_copy
 
 PG_ADMIN = os.environ.get("EGRESS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -302,9 +302,12 @@ def run(args: argparse.Namespace, n: int, sizes: list[int]) -> dict[str, Any]:
         "30% flows (15% foreign)",
         "disk_free_gb": disk_free_gb(),
     }
+    private = args.private_server or n > SHARED_SERVER_AGENTS
+    if private and not (PG_BIN / "initdb").exists():
+        return {**res, "skipped": f"needs a private server: no {PG_BIN}/initdb", "comparisons": []}
     with ExitStack() as stack:
         admin_url = PG_ADMIN
-        if args.private_server or n > SHARED_SERVER_AGENTS:
+        if private:
             admin_url = stack.enter_context(private_cluster(max_connections=n + 50))
             res["server"] = {"private": True, **SERVER_CONF, "max_connections": n + 50}
         else:
