@@ -220,3 +220,22 @@ def test_stalled_stage_stops_the_watchdog_and_sensor_up(
     assert pings(1.0) > 0
     _wait(lambda: _stored(agent, "queued-4.txt"))
     assert os.path.exists(tmp_path / "state")
+
+
+def test_every_thread_started_after_name_all_threads_is_named_in_the_kernel() -> None:
+    from agent.liveness import name_all_threads
+
+    name_all_threads()
+    name_all_threads()  # idempotent: the hook is not stacked
+    seen: dict[str, str] = {}
+
+    def look() -> None:
+        tid = threading.get_native_id()
+        with open(f"/proc/self/task/{tid}/comm") as f:
+            seen["comm"] = f.read().strip()
+
+    t = threading.Timer(0, look)  # a Thread subclass with its own run(), as libraries use
+    t.name = "ea-test-timer-long-name"
+    t.start()
+    t.join()
+    assert seen["comm"] == "ea-test-timer-l"  # the kernel keeps 15 bytes
