@@ -24,14 +24,12 @@ from agent.events import (
     Artefact,
     Channel,
     Decision,
-    DestClass,
     FileAction,
     FileEvent,
     Flow,
-    Protocol,
 )
 from agent.policy.evalset import CHANNELS, OUTCOMES, Case, CaseSet, Expectation
-from agent.policy.explain import EXAMPLE_FOREIGN_DST, EXAMPLE_SRC
+from agent.policy.explain import example_upload
 from agent.policy.model import Policy
 from agent.textsafe import shown
 
@@ -152,19 +150,7 @@ def event_for(channel: str, artefact: Artefact, path: str, day: dt.date) -> File
     """
     when = dt.datetime.combine(day, dt.time(12)).astimezone()
     if channel == "abroad":
-        return Flow(
-            protocol=Protocol.TCP,
-            src_ip=EXAMPLE_SRC,
-            src_port=50000,
-            dst_ip=EXAMPLE_FOREIGN_DST,
-            dst_port=443,
-            start=when,
-            end=when,
-            bytes_out=artefact.size,
-            dest_class=DestClass.FOREIGN,
-            country="US",
-            name="upload.example.com",
-        )
+        return example_upload(artefact, when)
     return FileEvent(
         FileAction.WRITTEN, path, Channel(channel), size=artefact.size, artefact=artefact, time=when
     )

@@ -51,21 +51,26 @@ def scenarios(
         )
         for ch in (Channel.LOCAL, Channel.REMOVABLE, Channel.NETWORK_SHARE, Channel.CLOUD_SYNC)
     ]
-    flow = Flow(
+    out.append(("upload to a foreign destination", example_upload(artefact, now)))
+    return out
+
+
+def example_upload(artefact: Artefact, when: dt.datetime) -> Flow:
+    """`artefact` sent whole to a documentation address abroad at `when` (what `policy
+    explain` and `policy eval` judge as the upload)."""
+    return Flow(
         protocol=Protocol.TCP,
         src_ip=EXAMPLE_SRC,
         src_port=50000,
         dst_ip=EXAMPLE_FOREIGN_DST,
         dst_port=443,
-        start=now,
-        end=now,
+        start=when,
+        end=when,
         bytes_out=artefact.size,
         dest_class=DestClass.FOREIGN,
         country="US",
         name="upload.example.com",
     )
-    out.append(("upload to a foreign destination", flow))
-    return out
 
 
 def decision_doc(d: Decision) -> dict[str, Any]:
