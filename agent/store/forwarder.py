@@ -355,7 +355,7 @@ class Forwarder:
 
     def _reader(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="store-prefetch")
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="store-ahead")
         return self._pool
 
     def _write_run(self, host: str, batch: _Batch, last_seq: int) -> Mapping[str, int]:
