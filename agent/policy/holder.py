@@ -230,17 +230,20 @@ class PolicyHolder:
         try:
             while not self._stop.is_set():
                 complete = ino is not None and self._arm(ino)
+                # compared once armed, so a change made before the watches existed (just
+                # after the last reload, or while it ran) is not missed
+                try:
+                    if self._take_snapshot() != self._snapshot:
+                        log.info("policy files changed; reloading")
+                        self.reload()
+                        continue  # arm again: a reload can take a while
+                except Exception:  # the watcher must outlive any one bad reload
+                    log.exception("policy watch failed")
                 ready = poller.poll(None if complete else interval * 1000)
                 if self._stop.is_set():
                     return
                 if ready and ino is not None:
                     self._settle(ino, poller)
-                try:
-                    if self._take_snapshot() != self._snapshot:
-                        log.info("policy files changed; reloading")
-                        self.reload()
-                except Exception:  # the watcher must outlive any one bad reload
-                    log.exception("policy watch failed")
         finally:
             if ino is not None:
                 ino.close()

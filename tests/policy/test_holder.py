@@ -372,3 +372,28 @@ def test_exception_destinations() -> None:
     both = RuleException("svc", users=("svc-release",), processes=("/opt/release/*",))
     assert both.matches({"user": "svc-release", "process.exe": "/opt/release/bin/push"})
     assert not both.matches({"user": "svc-release", "process.exe": "/usr/bin/curl"})
+
+
+def test_a_replaced_site_directory_is_noticed(tmp_path: Path) -> None:
+    """The watch is on each path's parent too: a pack directory swapped for a new one (a
+    deployment tool's rename) is seen at once, without a poll."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "lab.yaml").write_text(SITE.format(version="1").split("overrides:")[0])
+    holder = PolicyHolder(lambda: PoliciesSection(paths=[site], builtin=False))
+    assert holder.reload(), holder.errors
+    first = holder.current.version
+    holder.start_watching(3600)  # a poll this slow would never see it within the test
+    try:
+        new = tmp_path / "site.new"
+        new.mkdir()
+        (new / "lab.yaml").write_text(SITE.format(version="2").split("overrides:")[0])
+        site.rename(tmp_path / "site.old")
+        new.rename(site)
+        deadline = time.monotonic() + 20
+        while holder.current.version == first and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert holder.current.version != first
+        assert [p.version for p in holder.current.packs if p.enabled] == ["2"]
+    finally:
+        holder.stop()
