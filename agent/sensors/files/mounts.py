@@ -147,10 +147,15 @@ class MountFollower:
                 pass  # polling on the interval alone
         timeout_ms = None if fd >= 0 else int(self.settings.mount_poll_interval * 1000)
         try:
+            armed = False
             while not self._stop.is_set():
-                poller.poll(timeout_ms)
-                if self._stop.is_set():
-                    return
+                # the first look is right after arming: a mount made between start's read
+                # and the open of the table would otherwise wait for the next change
+                if armed:
+                    poller.poll(timeout_ms)
+                    if self._stop.is_set():
+                        return
+                armed = True
                 mounts = self._read()
                 if {m.mount_id for m in mounts} == set(self._known):
                     continue
