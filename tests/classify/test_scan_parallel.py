@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.classify.hashing import HashCache
-from agent.classify.parallel import ProcessClassifier, safe_to_fork
+from agent.classify.parallel import ProcessClassifier
 from agent.cli.scan import PARALLEL_FROM
 from agent.config import ClassifySection
 from agent.events import Artefact
@@ -96,7 +96,6 @@ def _dies_on_marked(path: str, a: Artefact, _ident: tuple[int, int] | None) -> s
 
 
 def test_a_dying_worker_costs_one_file(tmp_path: Path) -> None:
-    assert safe_to_fork()
     paths = []
     for i in range(30):
         p = tmp_path / (f"f{i:02d}.py" if i != 17 else "crash.py")
