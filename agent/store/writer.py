@@ -61,16 +61,27 @@ def _upsert_sql(
     third of the writer's CPU). PostgreSQL and SQLite (3.24+) share this syntax; typed
     bind parameters keep SQLAlchemy's JSON and DateTime handling.
     """
+    sql = _upsert_text(engine, table, keys, conflict, update, [f":{k}" for k in keys])
+    return text(sql).bindparams(*(bindparam(k, type_=table.c[k].type) for k in keys))
+
+
+def _upsert_text(
+    engine: Engine,
+    table: Any,
+    keys: tuple[str, ...],
+    conflict: tuple[str, ...],
+    update: tuple[str, ...],
+    placeholders: list[str],
+) -> str:
     q = engine.dialect.identifier_preparer.quote
     cols = ", ".join(q(k) for k in keys)
-    values = ", ".join(f":{k}" for k in keys)
+    values = ", ".join(placeholders)
     target = f" ({', '.join(q(c) for c in conflict)})" if conflict else ""
     if update:
         action = "DO UPDATE SET " + ", ".join(f"{q(c)} = excluded.{q(c)}" for c in update)
     else:
         action = "DO NOTHING"
-    sql = f"INSERT INTO {q(table.name)} ({cols}) VALUES ({values}) ON CONFLICT{target} {action}"
-    return text(sql).bindparams(*(bindparam(k, type_=table.c[k].type) for k in keys))
+    return f"INSERT INTO {q(table.name)} ({cols}) VALUES ({values}) ON CONFLICT{target} {action}"
 
 
 def _upsert(
@@ -82,8 +93,42 @@ def _upsert(
     update: tuple[str, ...] = (),
 ) -> None:
     """executemany of one batch's rows (all with the same keys) into `table`."""
-    if rows:
-        conn.execute(_upsert_sql(engine, table, tuple(rows[0]), conflict, update), list(rows))
+    if not rows:
+        return
+    keys = tuple(rows[0])
+    if engine.dialect.name == "sqlite":
+        sql, processors = _sqlite_upsert(engine, table, keys, conflict, update)
+        conn.exec_driver_sql(sql, [_bound(row, keys, processors) for row in rows])
+        return
+    conn.execute(_upsert_sql(engine, table, keys, conflict, update), list(rows))
+
+
+Processor = Callable[[Any], Any] | None
+
+
+@functools.lru_cache(maxsize=128)
+def _sqlite_upsert(
+    engine: Engine,
+    table: Any,
+    keys: tuple[str, ...],
+    conflict: tuple[str, ...],
+    update: tuple[str, ...],
+) -> tuple[str, tuple[Processor, ...]]:
+    """The same statement with `?` placeholders, and each column's SQLAlchemy bind
+    processor (JSON text, DateTime text: exactly what `conn.execute` would store).
+
+    On SQLite, SQLAlchemy's per-row parameter handling (named to positional, a processor
+    lookup per value) cost more than the inserts themselves; here it is one tuple per
+    row handed to the driver's executemany.
+    """
+    sql = _upsert_text(engine, table, keys, conflict, update, ["?"] * len(keys))
+    dialect = engine.dialect
+    processors = tuple(table.c[k].type.dialect_impl(dialect).bind_processor(dialect) for k in keys)
+    return sql, processors
+
+
+def _bound(row: Mapping[str, Any], keys: tuple[str, ...], procs: tuple[Processor, ...]) -> Any:
+    return tuple(row[k] if p is None else p(row[k]) for k, p in zip(keys, procs, strict=True))
 
 
 @dataclass(frozen=True, slots=True)

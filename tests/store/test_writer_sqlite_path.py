@@ -1,0 +1,65 @@
+"""On SQLite the writer hands positional tuples to the driver itself; what it stores must
+be byte for byte what SQLAlchemy's own `conn.execute` path stores."""
+
+from __future__ import annotations
+
+from datetime import datetime, tzinfo
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from agent.store import writer as W
+from agent.store.db import make_engine, register_host, upgrade
+from tests.store.test_writer import _sample
+
+TABLES = ("file_events", "flows", "decisions", "artefacts", "lineage", "file_state")
+
+
+def _store(tmp_path: Path, name: str) -> Engine:
+    engine = make_engine(f"sqlite:///{tmp_path / name}")
+    upgrade(engine)
+    register_host(engine, "h1", "host")
+    return engine
+
+
+def _dump(engine: Engine) -> dict[str, list[tuple[object, ...]]]:
+    with engine.connect() as conn:
+        return {
+            t: [tuple(r) for r in conn.execute(text(f"SELECT * FROM {t} ORDER BY 1, 2"))]
+            for t in TABLES
+        }
+
+
+def test_fast_path_stores_what_sqlalchemy_stores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Frozen(datetime):  # artefacts' first and last seen are the batch's time
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> Frozen:  # type: ignore[override]
+            return cls(2026, 12, 6, 12, 0, 0, 123456, tzinfo=tz)
+
+    monkeypatch.setattr(W, "datetime", Frozen)
+    events = _sample()
+    fast = _store(tmp_path, "fast.db")
+    W.write_batch(fast, "h1", events)
+    W.write_batch(fast, "h1", events)  # idempotent on this path too
+
+    # the same batch through conn.execute (the path every other dialect takes)
+    def through_sqlalchemy(conn, engine, table, rows, conflict=(), update=()):  # type: ignore[no-untyped-def]
+        if rows:
+            sql = W._upsert_sql(engine, table, tuple(rows[0]), conflict, update)
+            conn.execute(sql, list(rows))
+
+    slow = _store(tmp_path, "slow.db")
+    monkeypatch.setattr(W, "_upsert", through_sqlalchemy)
+    W.write_batch(slow, "h1", events)
+    got, want = _dump(fast), _dump(slow)
+    assert all(want[t] for t in ("file_events", "flows", "decisions", "artefacts"))
+    for t in TABLES:
+        if t == "file_state":  # updated_at is the time of the write
+            got[t] = [r[:-1] for r in got[t]]
+            want[t] = [r[:-1] for r in want[t]]
+        assert got[t] == want[t], t
+    fast.dispose()
+    slow.dispose()
