@@ -25,6 +25,8 @@ from sqlalchemy import Connection, Engine, column, text
 from sqlalchemy import table as sa_table
 from sqlalchemy.sql.expression import TableClause
 
+from agent.store import rollup
+
 log = logging.getLogger(__name__)
 
 # table -> the column it is partitioned by (the event's own time, never the arrival time)
@@ -96,7 +98,8 @@ def _create_day(conn: Connection, table: str, day: date) -> None:
     )
     where = f'"{col}" >= {lo} AND "{col}" < {hi}'
     conn.exec_driver_sql(f'INSERT INTO "{name}" SELECT * FROM "{default}" WHERE {where}')
-    conn.exec_driver_sql(f'DELETE FROM "{default}" WHERE {where}')
+    with rollup.paused(conn, table):  # a move within the day: the counts stay as they are
+        conn.exec_driver_sql(f'DELETE FROM "{default}" WHERE {where}')
     conn.exec_driver_sql(f'ALTER TABLE "{table}" ATTACH PARTITION "{default}" DEFAULT')
 
 
@@ -159,6 +162,7 @@ def drop_expired(engine: Engine, cutoff: datetime, keep: set[str]) -> dict[str, 
                     continue
                 conn.exec_driver_sql(f'ALTER TABLE "{table}" DETACH PARTITION "{name}"')
                 n = conn.exec_driver_sql(f'SELECT count(*) FROM "{name}"').scalar_one()
+                rollup.forget_day(conn, table, day)  # the spared rows are counted again
                 kept = conn.execute(
                     text(f'INSERT INTO "{table}" SELECT * FROM "{name}" WHERE {spared}'),
                     {"keep": keep_list},
@@ -195,10 +199,10 @@ def compare_filter(dialect: str) -> Callable[..., bool]:
     def include(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
         if dialect != "postgresql":
             return True
-        if type_ == "table":
-            return not is_partition_name(name)
+        if type_ == "table":  # the rollup is kept by triggers, made by migration 0007
+            return not is_partition_name(name) and name != rollup.TABLE
         table = getattr(getattr(obj, "table", None), "name", None)
-        if is_partition_name(table):
+        if is_partition_name(table) or table == rollup.TABLE:
             return False
         return not (type_ == "unique_constraint" and table in PARTITIONED)
 

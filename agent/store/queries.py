@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.orm import Session
 
+from agent.store import rollup
 from agent.store.models import (
     Artefact,
     DecisionRow,
@@ -32,6 +33,34 @@ class StoreCounts:
     last_flow: datetime | None
 
 
+_Rollup = dict[str, dict[str, tuple[int, datetime | None]]]
+
+
+def _rollup(conn: Connection, host_id: str | None = None) -> _Rollup | None:
+    """host -> table -> (rows, newest event time) from `event_rollup`, where it exists.
+
+    A PostgreSQL store at 0007 or later keeps that table (agent/store/rollup.py), so the
+    counts cost a read of hosts × days rows, not of the events; elsewhere (SQLite, an
+    older schema) this is None and the rows are counted.
+    """
+    if conn.dialect.name != "postgresql" or not rollup.installed(conn):
+        return None
+    q = (
+        f"SELECT host_id, table_name, sum(n_rows), max(last_time) FROM {rollup.TABLE}"
+        + (" WHERE host_id = :h" if host_id is not None else "")
+        + " GROUP BY host_id, table_name"
+    )
+    out: _Rollup = {}
+    for h, table, n, last in conn.execute(text(q), {"h": host_id}):
+        out.setdefault(h, {})[table] = (int(n), last)
+    return out
+
+
+def _total(rolled: _Rollup, table: str) -> tuple[int, datetime | None]:
+    lasts = [last for t in rolled.values() if (last := t.get(table, (0, None))[1]) is not None]
+    return sum(t.get(table, (0, None))[0] for t in rolled.values()), max(lasts, default=None)
+
+
 def counts(engine: Engine, host_id: str | None = None) -> StoreCounts:
     def n(model: Any) -> int:
         q = select(func.count()).select_from(model)
@@ -40,6 +69,19 @@ def counts(engine: Engine, host_id: str | None = None) -> StoreCounts:
         return int(conn.execute(q).scalar_one())
 
     with engine.connect() as conn:
+        rolled = _rollup(conn, host_id)
+        if rolled is not None:
+            fe, fl, de = (_total(rolled, t) for t in ("file_events", "flows", "decisions"))
+            return StoreCounts(
+                hosts=n(Host),
+                file_events=fe[0],
+                flows=fl[0],
+                artefacts=n(Artefact),
+                decisions=de[0],
+                incidents=n(IncidentRow),
+                last_file_event=as_utc(fe[1]),
+                last_flow=as_utc(fl[1]),
+            )
         last_fe = select(func.max(FileEventRow.time))
         last_fl = select(func.max(FlowRow.end_time))
         if host_id is not None:
@@ -75,18 +117,24 @@ class HostCounts:
 def host_counts(engine: Engine, host: str | None = None) -> list[HostCounts]:
     """Rows per host, by host name; `host` (id or name) keeps only that host.
 
-    Each table is counted with one GROUP BY host_id (the host/time indexes serve it).
-    Hosts with rows but no `hosts` entry (registered later) are listed without a name.
+    On PostgreSQL the event counts come from `event_rollup` (independent of the number
+    of events); on SQLite each table is counted with one GROUP BY host_id. Incidents are
+    counted (few). Hosts with rows but no `hosts` entry (registered later) are listed
+    without a name.
     """
     with engine.connect() as conn:
         names = {r.id: r for r in conn.execute(select(Host))}
 
         def per_host(model: Any, time_col: Any = None) -> dict[str, tuple[int, Any]]:
+            if rolled is not None and model is not IncidentRow:
+                table = model.__tablename__
+                return {h: t[table] for h, t in rolled.items() if table in t}
             cols = [model.host_id, func.count()]
             cols.append(func.max(time_col) if time_col is not None else func.count())
             q = select(*cols).group_by(model.host_id)
             return {h: (int(n), last) for h, n, last in conn.execute(q)}
 
+        rolled = _rollup(conn)
         fe = per_host(FileEventRow, FileEventRow.time)
         fl = per_host(FlowRow, FlowRow.end_time)
         de = per_host(DecisionRow)

@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
 from agent.events import Event, FileAction, FileEvent, ProcessInfo
+from agent.store import rollup
 from agent.store.bulk import Mark, copy_batch, copy_direct
 from agent.store.db import make_engine, register_host, upgrade
 from agent.store.writer import write_batch
+from tests.store.test_event_rollup import assert_exact
 from tests.store.test_spool_codec import artefacts, decisions, paths, times
 
 HOST = "bulk-host"
@@ -63,7 +65,7 @@ def _snapshot(engine: Engine) -> dict[str, list[Any]]:
 
 def _clear(engine: Engine) -> None:
     with engine.begin() as c:
-        c.execute(text("TRUNCATE " + ", ".join(SNAPSHOT)))
+        c.execute(text("TRUNCATE " + ", ".join([*SNAPSHOT, rollup.TABLE])))
 
 
 @pytest.fixture
@@ -98,6 +100,7 @@ def test_copy_batch_equals_write_batch_and_is_idempotent(
     copy_batch(pg, HOST, events)
     copy_batch(pg, HOST, events)
     assert _snapshot(pg) == expected
+    assert_exact(pg)  # the per-host rollup counted each stored row once
     _clear(pg)
     # the forwarder's direct COPY: a batch whose tail (not its first event) is stored
     # meets the key and merges; a batch whose first event is stored merges at once
@@ -105,3 +108,4 @@ def test_copy_batch_equals_write_batch_and_is_idempotent(
     copy_direct(pg, HOST, events)
     copy_direct(pg, HOST, events, Mark("spool-a", 7))
     assert _snapshot(pg) == expected
+    assert_exact(pg)

@@ -1,0 +1,167 @@
+"""`event_rollup` (migration 0007) equals the event tables after every way rows come and go.
+
+The per-host status reads it instead of counting events, so it must be exact: after a
+re-sent batch (nothing new stored, nothing counted), a COPY that rolls back, a day's
+rows moved out of the default partition, retention's dropped days and row deletes, and
+the migration's backfill of a store that had rows before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from alembic import command
+from sqlalchemy import Engine, insert, text
+
+from agent import jobs
+from agent.events import Event, FileAction, FileEvent, Flow
+from agent.store import partitions, rollup
+from agent.store.bulk import Mark, copy_batch, copy_direct
+from agent.store.db import alembic_config, make_engine, register_host, upgrade
+from agent.store.models import IncidentRow
+from agent.store.queries import counts, host_counts
+from agent.store.writer import write_batch
+
+HOST, OTHER = "r" * 32, "s" * 32
+NOW = datetime.now(UTC)
+
+
+def truth(engine: Engine) -> set[tuple[Any, ...]]:
+    """(host, table, day, rows, newest time) counted from the event tables themselves."""
+    out: set[tuple[Any, ...]] = set()
+    with engine.connect() as c:
+        for table, col in rollup.TIMED.items():
+            out |= set(
+                map(
+                    tuple,
+                    c.execute(
+                        text(
+                            f"SELECT host_id, '{table}', ({col} AT TIME ZONE 'UTC')::date, "
+                            f"count(*), max({col}) FROM {table} GROUP BY 1, 3"
+                        )
+                    ),
+                )
+            )
+    return out
+
+
+def rolled(engine: Engine) -> set[tuple[Any, ...]]:
+    with engine.connect() as c:
+        q = f"SELECT host_id, table_name, day, n_rows, last_time FROM {rollup.TABLE}"
+        return set(map(tuple, c.execute(text(q))))
+
+
+def assert_exact(engine: Engine) -> None:
+    assert rolled(engine) == truth(engine)
+
+
+@pytest.fixture
+def pg(pg_url: str) -> Iterator[Engine]:
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    register_host(engine, HOST, "alpha")
+    register_host(engine, OTHER, "beta")
+    yield engine
+    engine.dispose()
+
+
+def _events(n: int, days_ago: float = 0, tag: str = "") -> list[Event]:
+    out: list[Event] = []
+    for i in range(n):
+        t = NOW - timedelta(days=days_ago, seconds=i)
+        out.append(FileEvent(FileAction.WRITTEN, f"/r/{tag}{i}", time=t))
+        if i % 3 == 0:
+            out.append(Flow("tcp", "10.0.0.1", 40000 + i, "203.0.113.9", 443, t, t))
+    return out
+
+
+def test_resent_and_half_stored_batches_count_once(pg: Engine) -> None:
+    batch = _events(30, tag="a")
+    copy_direct(pg, HOST, batch[:10], Mark("sp", 1))  # a bisection stored the head
+    copy_direct(pg, HOST, batch, Mark("sp", 2))  # the COPY meets the key: rollback, merge
+    copy_direct(pg, HOST, batch, Mark("sp", 2))  # lost acknowledgement: re-sent whole
+    copy_batch(pg, HOST, batch)
+    write_batch(pg, HOST, batch)  # the plain writer's path too
+    write_batch(pg, OTHER, _events(5, days_ago=1, tag="b"))
+    assert_exact(pg)
+    by_host = {h.hostname: h for h in host_counts(pg)}
+    assert (by_host["alpha"].file_events, by_host["alpha"].flows) == (30, 10)
+    assert by_host["alpha"].last_event == max(e.time for e in batch)
+    assert (by_host["beta"].file_events, by_host["beta"].flows) == (5, 2)
+    total = counts(pg)
+    assert (total.file_events, total.flows, total.last_file_event) == (35, 12, batch[0].time)
+    assert counts(pg, OTHER).file_events == 5
+
+
+def test_moves_between_partitions_and_retention_keep_it_exact(pg: Engine) -> None:
+    ahead = _events(4, days_ago=-20, tag="f")  # no partition yet: the default holds them
+    write_batch(pg, HOST, ahead)
+    with pg.begin() as c:
+        partitions.ensure_days(c, [ahead[0].time.date()])  # moved into their new day
+    assert_exact(pg)
+    with pg.begin() as c:
+        partitions.ensure_days(c, [(NOW - timedelta(days=d)).date() for d in (12, 11)])
+    old, cited = (
+        _events(6, days_ago=12, tag="o"),
+        FileEvent(FileAction.WRITTEN, "/cited", time=NOW - timedelta(days=12)),
+    )
+    write_batch(pg, HOST, [*old, cited])
+    write_batch(pg, OTHER, _events(3, days_ago=11, tag="p"))
+    write_batch(pg, HOST, _events(3, tag="n"))
+    with pg.begin() as c:  # an open case names one old event: spared into the default
+        c.execute(
+            insert(IncidentRow).values(
+                uid="i1",
+                host_id=HOST,
+                kind="exfiltration",
+                rule_id="r1",
+                pack="p",
+                severity="high",
+                status="open",
+                title="t",
+                dedup_key="k",
+                opened_at=NOW,
+                updated_at=NOW,
+                evidence={"events": [cited.uid]},
+                policy_version="v1",
+            )
+        )
+    jobs.apply_retention(pg, HOST, days=5)
+    assert_exact(pg)
+    assert {h.hostname: h.file_events for h in host_counts(pg)} == {"alpha": 8, "beta": 0}
+    with pg.begin() as c:
+        c.execute(text("UPDATE incidents SET status = 'closed'"))
+    jobs.apply_retention(pg, HOST, days=5)  # the spared row goes, deleted one by one
+    assert_exact(pg)
+    assert {h.hostname: h.file_events for h in host_counts(pg)} == {"alpha": 7, "beta": 0}
+
+
+def test_migration_backfills_a_store_that_had_rows(pg: Engine) -> None:
+    cfg = alembic_config(pg.url.render_as_string(hide_password=False))
+    write_batch(pg, HOST, _events(7, tag="x"))
+    with pg.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0006")
+    with pg.connect() as c:
+        assert not rollup.installed(c)
+    assert counts(pg).file_events == 7  # counted the old way meanwhile
+    write_batch(pg, OTHER, _events(4, days_ago=2, tag="y"))  # no triggers: not counted
+    upgrade(pg)
+    assert_exact(pg)
+    assert {h.hostname: h.file_events for h in host_counts(pg)} == {"alpha": 7, "beta": 4}
+
+
+def test_status_query_reads_no_event_table(pg: Engine) -> None:
+    write_batch(pg, HOST, _events(3))
+    q = (
+        f"SELECT host_id, table_name, sum(n_rows), max(last_time) FROM {rollup.TABLE} "
+        "GROUP BY host_id, table_name"
+    )
+    with pg.connect() as c:
+        plan = "\n".join(r[0] for r in c.execute(text("EXPLAIN " + q)))
+    assert rollup.TABLE in plan
+    for table in rollup.TIMED:
+        assert table not in plan.replace(rollup.TABLE, "")
