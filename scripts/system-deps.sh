@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Debian packages the agent and its tests use: libpcap (scapy's BPF compiler), tcpdump
-# and tshark (benchmark references), iperf3, openssl, Prometheus with promtool, systemd
+# and tshark (benchmark references), prometheus-node-exporter (the idle benchmark's
+# reference daemon, never started as a service here), iperf3, openssl, Prometheus with promtool, systemd
 # tools (systemd-analyze verify), iproute2 (network namespaces for tests), nftables
 # (turns conntrack on in a test namespace for the network sensor's UDP accounting),
 # openssh-server (a `git push` over ssh to a peer namespace, tests/e2e/test_git_push_ssh.py).
 # Runs only as root; without root it prints what is missing and carries on.
 set -euo pipefail
-PKGS=(libpcap0.8 tcpdump tshark iperf3 openssl prometheus systemd iproute2 git nftables openssh-server)
+PKGS=(libpcap0.8 tcpdump tshark prometheus-node-exporter iperf3 openssl prometheus systemd iproute2 git nftables openssh-server)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
