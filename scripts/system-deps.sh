@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian packages the agent and its tests use: libpcap (scapy's BPF compiler), tcpdump
 # and tshark (benchmark references), prometheus-node-exporter (the idle benchmark's
-# reference daemon, never started as a service here), iperf3, openssl, Prometheus with promtool, systemd
+# reference daemon; the bench starts its own copy on a free port), iperf3, openssl,
+# Prometheus with promtool, systemd
 # tools (systemd-analyze verify), iproute2 (network namespaces for tests), nftables
 # (turns conntrack on in a test namespace for the network sensor's UDP accounting),
 # openssh-server (a `git push` over ssh to a peer namespace, tests/e2e/test_git_push_ssh.py).
