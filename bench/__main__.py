@@ -21,7 +21,17 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-BENCHMARKS = ["file_burst", "network", "replay", "udp_flows", "hashing", "store", "fleet", "memory"]
+BENCHMARKS = [
+    "idle",
+    "file_burst",
+    "network",
+    "replay",
+    "udp_flows",
+    "hashing",
+    "store",
+    "fleet",
+    "memory",
+]
 
 
 def machine() -> dict[str, Any]:
