@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 DUMP_INTERVAL = 3.0  # seconds between sock_diag dumps while local TCP flows move bytes
 MAX_DUMP_INTERVAL = 30.0  # ... backed off to this while their counts stand still
 _PEER_FIN_STATES = frozenset((6, 8, 9, 11))  # TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING
+_TCP_TIME_WAIT = 6
 _TCP_CLOSE = 7  # reached by an orderly close (FIN counted) or a reset (none): ambiguous
 
 
@@ -53,6 +54,13 @@ class KernelAccounting:
     ephemeral: tuple[int, int]
     lost_notifications: int
     dumps: int = 0  # sock_diag dumps done
+    # destroy notifications joined to their flow by socket cookie, and by 4-tuple (a
+    # socket the sensor never looked up: adopted by no dump yet, or its SYN unseen)
+    destroy_by_cookie: int = 0
+    destroy_by_tuple: int = 0
+    destroy_by_port: int = 0  # aborted sockets joined by local port and peer address
+    # (local port, peer address) -> the open local TCP flow, None when two share them
+    endpoints: dict[tuple[int, bytes], FlowKey | None]
     _next_dump: float  # time.monotonic() of the next sock_diag dump; inf: none due
     _next_ct: float  # ... of the next conntrack dump
     _dump_interval: float
@@ -112,13 +120,23 @@ class KernelAccounting:
         assert self.destroy is not None and self.table is not None
         socks, lost = self.destroy.read()
         now = time.time()
+        flows = self.table.flows
         for s in socks:
-            # the cookie first: an abortive close (tcp_disconnect) zeroes the peer port
             key = self.cookies.pop(s.cookie, None)
-            if key is None:
-                if s.dport == 0:
-                    continue  # a listening or unconnected socket
+            if key is not None:
+                self.destroy_by_cookie += 1
+            elif s.dport == 0:
+                # an abortive close (tcp_disconnect) zeroed the peer port and the local
+                # address; its cookie is unknown when the SYN's lookup came too late
+                key = self._aborted(s)
+                if key is None:
+                    continue  # a listening or unconnected socket, or not ours
+                self.destroy_by_port += 1
+            else:
                 key = self._key(s)
+                if key in flows:
+                    self.destroy_by_tuple += 1
+            self.endpoints.pop((key[2], key[3]), None)
             if not s.bytes_acked and not s.bytes_received:
                 self.table.kernel_reset(key, now)
                 continue
@@ -134,6 +152,37 @@ class KernelAccounting:
             self.lost_notifications += 1
             metrics.NETLINK_LOST.inc()
             self._dump()
+
+    def _aborted(self, s: DiagSocket) -> FlowKey | None:
+        """The open flow of an aborted socket whose cookie the sensor does not know, by
+        what tcp_disconnect leaves in the notification: the local port and the peer
+        address. None when no open flow, or more than one, has them."""
+        key = self.endpoints.get((s.sport, s.dst))
+        if key is None or self.table is None or key not in self.table.flows:
+            return None
+        return key
+
+    def _prune_joins(self) -> None:
+        """Forget the cookies of flows the table no longer holds (exported without a
+        destroy notification: idle, evicted, lost notifications); index the endpoints
+        of those it holds afresh."""
+        assert self.table is not None
+        flows = self.table.flows
+        self.cookies = {c: k for c, k in self.cookies.items() if k in flows}
+        self.endpoints = {}
+        for key, st in flows.items():
+            if key[0] == IPPROTO_TCP and st.owned and key[1] in self.local:
+                self._add_endpoint(key)
+
+    def _add_endpoint(self, key: FlowKey) -> None:
+        """Index an owned flow by (local port, peer address), which the kernel lets
+        two connections share when their peer ports differ: then neither is joined."""
+        assert self.table is not None
+        endpoint = (key[2], key[3])
+        other = self.endpoints.get(endpoint, key)
+        if other is not None and other != key and other not in self.table.flows:
+            other = key  # a flow already exported
+        self.endpoints[endpoint] = key if other == key else None
 
     def _dump(self) -> None:
         assert self.diag is not None and self.table is not None
@@ -225,10 +274,14 @@ class KernelAccounting:
             return
         if self.destroy is not None:
             st.owned = True  # its destroy notification will bring the exact bytes
+            self._add_endpoint(st.key)
         if self.diag is None:
             return
         s = self.diag.lookup(src, sport, dst, dport)
-        if s is not None:
+        # a lookup after the connection closed finds its TIME_WAIT remnant: another
+        # socket, with a cookie of its own (the full socket's was never generated, so the
+        # remnant did not inherit it), and no inode or uid (the kernel reports 0: root)
+        if s is not None and s.state != _TCP_TIME_WAIT:
             self._own(st, s)
 
     def _own(self, st: FlowState, s: DiagSocket) -> None:

@@ -76,6 +76,7 @@ class NetworkSensor(KernelAccounting):
         self.udp_accounting = "off"
         self.procs = ProcIndex()
         self.cookies: dict[int, FlowKey] = {}
+        self.endpoints: dict[tuple[int, bytes], FlowKey | None] = {}
         self.down: dict[str, str] = {}  # interfaces whose capture failed, and why
         self._programs: dict[int, bytes] = {}  # compiled filters by link type
         self.local: set[bytes] = set()
@@ -189,6 +190,9 @@ class NetworkSensor(KernelAccounting):
             "lost_notifications": self.lost_notifications,
             "wakeups": self.wakeups,
             "dumps": self.dumps,
+            "destroy_by_cookie": self.destroy_by_cookie,
+            "destroy_by_tuple": self.destroy_by_tuple,
+            "destroy_by_port": self.destroy_by_port,
             "proc_walks": self.procs.full_scans,  # full /proc walks to find an owner
             "thread_cpu_seconds": round(self.thread_cpu(), 3),
             # which country table the running sensor uses, and how old it is
@@ -278,7 +282,7 @@ class NetworkSensor(KernelAccounting):
                 if wall >= table.due and now >= self._next_house:
                     self._next_house = now + HOUSEKEEPING
                     table.expire(wall)
-                    self.cookies = {c: k for c, k in self.cookies.items() if k in table.flows}
+                    self._prune_joins()
             except Exception:  # one bad packet or netlink hiccup must not end the sensor
                 log.exception("network sensor: error while processing; continuing")
         for c in list(self.captures):

@@ -71,7 +71,9 @@ def test_uploads_of_known_sizes_are_exact(rig: Rig, sensor_in: Any) -> None:
         assert f.close_reason == "fin"
         assert f.protocol == "tcp" and f.dst_ip == rig.peer_v4 and f.src_ip == rig.sender_v4
         assert f.dest_class == "internal"
-        assert f.process is not None and f.process.uid == os.getuid()
+        # attribution is best effort: a short connection may be in TIME_WAIT by the time
+        # the sensor looks its SYN up, and that remnant names no owner (inode and uid 0)
+        assert f.process is None or f.process.uid == os.getuid()
     assert _sample(metrics.OUTBOUND_BYTES, "internal", "unknown") - bytes_before == sum(sizes)
     # the kernel filter let through only handshake and teardown packets, not 43 MB of data
     assert _sample(metrics.CAPTURE_PACKETS, rig.sender_if) - packets_before < 12 * len(sizes)
