@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Row, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -222,13 +221,23 @@ def job_value(engine: Engine, name: str, host_id: str) -> Any:
 
 def put_job_value(engine: Engine, name: str, host_id: str, value: Mapping[str, Any]) -> None:
     """Insert or replace the JSON value a job keeps for `host_id` in `job_state`."""
-    ins = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    # the dialect's own insert, imported here: importing the PostgreSQL dialect (all its
+    # drivers) at the daemon's start cost every SQLite agent about 0.05 s of CPU
     now = datetime.now(UTC)
     value = dict(value)
-    stmt = ins(JobState).values(name=name, host_id=host_id, value=value, updated_at=now)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["name", "host_id"], set_={"value": value, "updated_at": now}
-    )
+    row = {"name": name, "host_id": host_id, "value": value, "updated_at": now}
+    keys, changed = ["name", "host_id"], {"value": value, "updated_at": now}
+    stmt: Any
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        pg = pg_insert(JobState).values(**row)
+        stmt = pg.on_conflict_do_update(index_elements=keys, set_=changed)
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        lite = sqlite_insert(JobState).values(**row)
+        stmt = lite.on_conflict_do_update(index_elements=keys, set_=changed)
     with engine.begin() as conn:
         conn.execute(stmt)
 
