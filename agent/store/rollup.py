@@ -67,7 +67,8 @@ BEGIN
                  AND t."{col}" < (gone.day + 1)::timestamp AT TIME ZONE 'UTC')
   FROM gone
   WHERE r.host_id = gone.host_id AND r.table_name = '{table}' AND r.day = gone.day;
-  DELETE FROM {TABLE} WHERE table_name = '{table}' AND n_rows <= 0;
+  DELETE FROM {TABLE} WHERE table_name = '{table}' AND n_rows <= 0
+    AND (host_id, day) IN (SELECT DISTINCT host_id, {day} FROM old_rows);
   RETURN NULL;
 END $f$"""
     return [added, removed]

@@ -165,3 +165,16 @@ def test_status_query_reads_no_event_table(pg: Engine) -> None:
     assert rollup.TABLE in plan
     for table in rollup.TIMED:
         assert table not in plan.replace(rollup.TABLE, "")
+
+
+def test_deleting_a_days_newest_row_looks_its_time_up_again(pg: Engine) -> None:
+    late = [e for e in _events(3, days_ago=-30, tag="z") if isinstance(e, FileEvent)]
+    write_batch(pg, HOST, late)  # 30 days ahead: in the default partition
+    with pg.begin() as c:  # retention's way: by the partition's name
+        c.execute(text("DELETE FROM file_events_default WHERE uid = :u"), {"u": late[0].uid})
+    assert_exact(pg)
+    assert host_counts(pg, "alpha")[0].last_event == late[1].time
+    with pg.begin() as c:  # and through the parent
+        c.execute(text("DELETE FROM file_events WHERE uid = :u"), {"u": late[1].uid})
+    assert_exact(pg)
+    assert host_counts(pg, "alpha")[0].last_event == late[2].time
