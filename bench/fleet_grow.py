@@ -236,7 +236,8 @@ def cli_queries(engine: Engine, host: str) -> dict[str, dict[str, float]]:
 
 
 # the same answers in hand-written SQL over one psycopg cursor: what the CLI's functions
-# cost above the database's own work (the reference rows of `make bench`)
+# cost above the database's own work (the reference rows of `make bench`); for
+# `status --hosts` the count of every row, which the rollup of migration 0007 replaces
 _BARE = {
     "status --hosts": [
         "SELECT id, hostname FROM hosts",
