@@ -8,7 +8,9 @@ earlier stage saw.
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -19,9 +21,29 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _uid_source() -> tuple[str, Iterator[int]]:
+    return os.urandom(12).hex(), itertools.count()
+
+
+# 96 random bits per process (drawn again in a forked child, and after 2^32 ids) and a
+# counter: as unique across hosts and restarts as a random id needs to be (two
+# processes share a prefix with probability ~n^2 / 2^97), at an eighth of uuid4's cost
+_uid_state = _uid_source()
+os.register_at_fork(after_in_child=lambda: globals().update(_uid_state=_uid_source()))
+
+
 def new_uid() -> str:
-    """A globally unique id; it is also the idempotency key in a fleet store."""
-    return uuid.uuid4().hex
+    """A globally unique id (32 hex digits); it is also the idempotency key in a fleet
+    store, so it must never repeat — not across hosts, restarts or forked workers.
+    One per flow and per file event: uuid4() (a getrandom call each) cost 4 us."""
+    global _uid_state
+    state = _uid_state  # prefix and counter read together: a reseed cannot split them
+    n = next(state[1])
+    if n > 0xFFFFFFFF:
+        if _uid_state is state:
+            _uid_state = _uid_source()
+        return new_uid()
+    return f"{state[0]}{n:08x}"
 
 
 class FileAction(StrEnum):
