@@ -17,12 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, cast
 
+from agent.errors import AgentError
 from agent.events import Tag
 
 HEAD_BYTES = 64 * 1024
 
 
-class ParseError(Exception):
+class ParseError(AgentError):
     """The content does not parse as the format its signature claimed (or hit a bound)."""
 
 

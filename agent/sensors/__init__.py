@@ -13,6 +13,7 @@ import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from agent.errors import AgentError
 from agent.events import Event
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 Emit = Callable[[Event], bool]
 
 
-class SensorUnavailable(Exception):
+class SensorUnavailable(AgentError):
     """The sensor cannot run here (missing privilege, kernel feature...): a reason, not a crash."""
 
 

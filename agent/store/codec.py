@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 
 import msgspec
 
+from agent.errors import AgentError
 from agent.events import (
     Artefact,
     CategoryMatch,
@@ -37,7 +38,7 @@ from agent.events import (
 T = TypeVar("T")
 
 
-class CodecError(ValueError):
+class CodecError(AgentError, ValueError):
     """A spooled record is not a valid event (corrupt or from an incompatible version)."""
 
 

@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from agent import __version__
+from agent.errors import AgentError
 from agent.store.models import Host
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
 
 
-class StoreError(Exception):
+class StoreError(AgentError):
     """The store cannot be reached or upgraded; the message says which and why."""
 
 

@@ -73,3 +73,20 @@ def test_the_agents_errors_share_one_root() -> None:
     assert issubclass(PatternRefused, UserFacingError) and issubclass(PatternRefused, ValueError)
     assert issubclass(FileChanged, AgentError) and not issubclass(FileChanged, UserFacingError)
     assert issubclass(Abandoned, AgentError)
+
+
+def test_the_sensors_store_and_classifier_errors_share_it_too() -> None:
+    from agent.classify.base import LimitExceeded, ParseError
+    from agent.sensors import SensorUnavailable
+    from agent.sensors.network.destinations import CountryTableError
+    from agent.sensors.network.geo import GeoDataError
+    from agent.sensors.network.pcapfile import PcapError
+    from agent.sensors.network.services import ServicesError
+    from agent.store.codec import CodecError
+    from agent.store.db import StoreError
+
+    for cls in (PcapError, GeoDataError, CountryTableError, ServicesError):
+        assert issubclass(cls, UserFacingError)  # a file the user gave: one line
+    for cls in (ParseError, LimitExceeded, SensorUnavailable, CodecError, StoreError):
+        assert issubclass(cls, AgentError) and not issubclass(cls, UserFacingError)
+    assert issubclass(GeoDataError, ValueError) and issubclass(CodecError, ValueError)

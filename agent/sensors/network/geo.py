@@ -25,6 +25,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.errors import UserFacingError
+
 log = logging.getLogger(__name__)
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _MMDB_MARKER = b"\xab\xcd\xefMaxMind.com"
@@ -32,7 +34,7 @@ _MMDB_TAIL = 128 * 1024  # the metadata section sits in the last 128 KiB of the 
 _MAX_SBOM = 1 << 20
 
 
-class GeoDataError(ValueError):
+class GeoDataError(UserFacingError, ValueError):
     """A country or ASN database cannot be used: the message names the file."""
 
 

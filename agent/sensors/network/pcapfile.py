@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from agent.errors import UserFacingError
 from agent.sensors.network.pcapresync import (
     ClassicLayout,
     find_block,
@@ -62,7 +63,7 @@ Frame = tuple[float, int, mmap.mmap, int, int]
 MAX_TIMESTAMP = float(1 << 32)
 
 
-class PcapError(Exception):
+class PcapError(UserFacingError):
     """The file is not a capture we can read; the message says why and where."""
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.errors import UserFacingError
 from agent.policy._yaml import item_line, key_line, load_marked
 
 SHIPPED = Path(__file__).resolve().parents[2] / "data" / "services.yaml"
@@ -37,7 +38,7 @@ _MAX_NAME = 253  # longest DNS name; anything longer is not a host name
 _MAX_SERVICE = 64
 
 
-class ServicesError(ValueError):
+class ServicesError(UserFacingError, ValueError):
     """A services file cannot be used: the message names the file and the line."""
 
 
