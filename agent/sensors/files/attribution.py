@@ -95,7 +95,6 @@ class Attribution:
         self._wake_r = self._wake_w = -1  # stop() writes here to end the thread's wait
         self._own_pid = os.getpid()
         self.joined = 0
-        self.unmarked = 0  # directories that could not be marked
         self.reads = 0
 
     @property
@@ -128,25 +127,14 @@ class Attribution:
         self._thread = threading.Thread(target=self._run, name="files-fanotify")
         self._thread.start()
 
-    def add_filesystem(self, path: str) -> None:
-        """A root (or mount) on a file system whose events' handles must be opened."""
+    def mark_filesystem(self, path: str) -> None:
         if self.fan is None:
             return
         try:
-            self.fan.add_filesystem(path)
+            self.fan.mark_filesystem(path)
         except OSError as e:
-            log.info("no process attribution for %s: %s", path, e.strerror or e)
-
-    def watch_dir(self, path: str) -> None:
-        """Attribute changes in a directory the watch tree has just watched."""
-        if self.fan is not None and not self.fan.mark_dir(path):
             # e.g. a file system without file handles: writes there stay unattributed
-            self.unmarked += 1
-            log.debug("no process attribution for %s", path)
-
-    def unwatch_dir(self, path: str) -> None:
-        if self.fan is not None:
-            self.fan.mark_dir(path, add=False)  # gone already: the kernel dropped the mark
+            log.info("no process attribution for %s: %s", path, e.strerror or e)
 
     def forget_filesystem(self, path: str) -> None:
         if self.fan is not None:

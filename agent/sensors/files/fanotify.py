@@ -1,13 +1,11 @@
 """Process attribution with fanotify (needs CAP_SYS_ADMIN and CAP_DAC_READ_SEARCH).
 
-One fanotify group in `FAN_REPORT_DFID_NAME` mode. An inode mark on each watched
-directory (beside its inotify watch; `FAN_EVENT_ON_CHILD`) with close-after-write,
-create, delete and rename events says which pid wrote, made, removed or renamed a file
-there. (A filesystem mark would need no marks per directory, but it delivers every write
-anywhere on the file system — the system's logs, package caches — to a quiet agent.)
-Inode marks with `FAN_OPEN` — only on the "paths of interest" the later stages name —
-say which pid opened a tagged artefact, so the kernel filters reads and the agent sees
-no other. Events carry a directory handle and a name; handles are resolved with
+One fanotify group in `FAN_REPORT_DFID_NAME` mode. A filesystem mark
+(`FAN_MARK_FILESYSTEM`) with close-after-write, create, delete and rename events on each
+watched file system says which pid wrote, made, removed or renamed a file. Inode marks
+with `FAN_OPEN` — only on the "paths of interest" the later stages name — say which pid
+opened a tagged artefact, so the kernel filters reads and the agent sees no other.
+Events carry a directory handle and a name; handles are resolved with
 `open_by_handle_at` on a short-lived fd of the mount (no fd is held open, so media can
 still be unmounted) and cached per directory. `parse_events` is pure; `Fanotify` is the
 ctypes shell.
@@ -30,10 +28,6 @@ FAN_REPORT_DFID_NAME = FAN_REPORT_DIR_FID | FAN_REPORT_NAME
 FAN_MARK_ADD = 0x1
 FAN_MARK_REMOVE = 0x2
 FAN_MARK_FILESYSTEM = 0x100
-FAN_MARK_DONT_FOLLOW = 0x4
-FAN_MARK_ONLYDIR = 0x8
-FAN_UNLIMITED_MARKS = 0x20
-FAN_EVENT_ON_CHILD = 0x08000000
 FAN_OPEN = 0x20
 FAN_CLOSE_WRITE = 0x8
 FAN_MOVED_FROM = 0x40
@@ -42,8 +36,6 @@ FAN_CREATE = 0x100
 FAN_DELETE = 0x200
 # what a filesystem mark reports: who wrote, made, removed and renamed files
 FS_MASK = FAN_CLOSE_WRITE | FAN_CREATE | FAN_DELETE | FAN_MOVED_FROM | FAN_MOVED_TO
-# the same on one watched directory: its entries' changes, and closes of its files
-DIR_MASK = FS_MASK | FAN_EVENT_ON_CHILD
 FAN_Q_OVERFLOW = 0x4000
 FAN_EVENT_INFO_TYPE_DFID_NAME = 2
 AT_FDCWD = -100
@@ -126,10 +118,7 @@ def _err(what: str) -> OSError:
 class Fanotify:
     def __init__(self) -> None:
         flags = FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_REPORT_DFID_NAME
-        # one mark per watched directory, like inotify's watches: past the default limit
-        fd = libc().fanotify_init(flags | FAN_UNLIMITED_MARKS, os.O_RDONLY | os.O_LARGEFILE)
-        if fd < 0:
-            fd = libc().fanotify_init(flags, os.O_RDONLY | os.O_LARGEFILE)
+        fd = libc().fanotify_init(flags, os.O_RDONLY | os.O_LARGEFILE)
         if fd < 0:
             raise _err("fanotify_init")
         self.fd: int = fd
@@ -137,15 +126,12 @@ class Fanotify:
         self._dirs: OrderedDict[tuple[int, bytes], str] = OrderedDict()
         self.generation = 0
 
-    def add_filesystem(self, path: str) -> None:
-        """Remember a path on the file system of `path`: events' handles open there."""
+    def mark_filesystem(self, path: str) -> None:
+        flags = FAN_MARK_ADD | FAN_MARK_FILESYSTEM
+        r = libc().fanotify_mark(self.fd, flags, FS_MASK, AT_FDCWD, os.fsencode(path))
+        if r < 0:
+            raise _err(f"fanotify_mark {path!r}")
         self.filesystems[os.statvfs(path).f_fsid] = path
-
-    def mark_dir(self, path: str, add: bool = True) -> bool:
-        """Report changes in this directory (an inode mark, not a filesystem mark: writes
-        elsewhere on the file system never reach the agent); False if it cannot."""
-        op = (FAN_MARK_ADD if add else FAN_MARK_REMOVE) | FAN_MARK_ONLYDIR | FAN_MARK_DONT_FOLLOW
-        return libc().fanotify_mark(self.fd, op, DIR_MASK, AT_FDCWD, os.fsencode(path)) >= 0
 
     def forget_filesystem(self, path: str) -> None:
         for fsid, p in list(self.filesystems.items()):

@@ -125,8 +125,8 @@ class MountFollower:
             if mp in self.sensor.roots:
                 # mounted right on a configured root: watch the new file system's top
                 if running and self.sensor.tree is not None:
-                    self.sensor.attribution.add_filesystem(mp)
                     self.sensor.tree.add_tree(mp, emit_files=False)
+                    self.sensor.attribution.mark_filesystem(mp)
             else:
                 self.sensor.add_root(mp, "mount")
             if running:

@@ -115,13 +115,7 @@ class FileSensor:
             log.info("files: removed rescan files a previous run left in %s", self.scratch_dir)
         self.ino = I.Inotify()
         self.tree = WatchTree(
-            self.ino,
-            self.excluded,
-            self._on_change,
-            self._on_lost,
-            self.rescans.gone_dir,
-            on_watch=self.attribution.watch_dir,
-            on_unwatch=self.attribution.unwatch_dir,
+            self.ino, self.excluded, self._on_change, self._on_lost, self.rescans.gone_dir
         )
         try:
             self.attribution.start()
@@ -150,8 +144,8 @@ class FileSensor:
         if path in self.roots:
             return
         self.roots = {**self.roots, path: why}
-        self.attribution.add_filesystem(path)
         self.tree.add_tree(path, emit_files=False)
+        self.attribution.mark_filesystem(path)
         log.info("files: watching %s (%s)", path, why)
 
     def remove_root(self, path: str) -> None:

@@ -76,13 +76,7 @@ class WatchTree:
         dir_gone: Callable[[str], None],
         move_window: float = 0.1,
         scan_defer: float = 0.5,
-        on_watch: Callable[[str], None] | None = None,
-        on_unwatch: Callable[[str], None] | None = None,
     ) -> None:
-        # told each directory watched and dropped (the fanotify marks that attribute
-        # changes to processes follow the same directories)
-        self.on_watch = on_watch
-        self.on_unwatch = on_unwatch
         self.ino = ino
         self.excluded = excluded
         self.out = out
@@ -117,8 +111,6 @@ class WatchTree:
             return False
         self.wd_path[wd] = d
         self.unwatched.discard(d)
-        if self.on_watch is not None:
-            self.on_watch(d)
         return True
 
     def walk(
@@ -185,8 +177,6 @@ class WatchTree:
                 if p == prefix or p.startswith(prefix.rstrip("/") + "/"):
                     del self.wd_path[wd]
                     self.ino.rm_watch(wd)
-                    if self.on_unwatch is not None:
-                        self.on_unwatch(p)
                     n += 1
             self.generation += 1
         return n
