@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 DUMP_INTERVAL = 3.0  # seconds between sock_diag dumps while local TCP flows move bytes
 MAX_DUMP_INTERVAL = 30.0  # ... backed off to this while their counts stand still
 _PEER_FIN_STATES = frozenset((6, 8, 9, 11))  # TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING
-_TCP_TIME_WAIT = 6
 _TCP_CLOSE = 7  # reached by an orderly close (FIN counted) or a reset (none): ambiguous
 
 
@@ -59,8 +58,8 @@ class KernelAccounting:
     destroy_by_cookie: int = 0
     destroy_by_tuple: int = 0
     destroy_by_port: int = 0  # aborted sockets joined by local port and peer address
-    # (local port, peer address) -> the open local TCP flow, None when two share them
-    endpoints: dict[tuple[int, bytes], FlowKey | None]
+    # (local port, peer address) -> the local TCP flows opened with them
+    endpoints: dict[tuple[int, bytes], set[FlowKey]]
     _next_dump: float  # time.monotonic() of the next sock_diag dump; inf: none due
     _next_ct: float  # ... of the next conntrack dump
     _dump_interval: float
@@ -136,7 +135,7 @@ class KernelAccounting:
                 key = self._key(s)
                 if key in flows:
                     self.destroy_by_tuple += 1
-            self.endpoints.pop((key[2], key[3]), None)
+            self._forget_endpoint(key)
             if not s.bytes_acked and not s.bytes_received:
                 self.table.kernel_reset(key, now)
                 continue
@@ -156,33 +155,32 @@ class KernelAccounting:
     def _aborted(self, s: DiagSocket) -> FlowKey | None:
         """The open flow of an aborted socket whose cookie the sensor does not know, by
         what tcp_disconnect leaves in the notification: the local port and the peer
-        address. None when no open flow, or more than one, has them."""
-        key = self.endpoints.get((s.sport, s.dst))
-        if key is None or self.table is None or key not in self.table.flows:
-            return None
-        return key
+        address. None when no open flow, or more than one, has them (the kernel lets two
+        connections share both when their peer ports differ)."""
+        assert self.table is not None
+        flows = self.table.flows
+        live = [k for k in self.endpoints.get((s.sport, s.dst), ()) if k in flows]
+        return live[0] if len(live) == 1 else None
 
     def _prune_joins(self) -> None:
-        """Forget the cookies of flows the table no longer holds (exported without a
-        destroy notification: idle, evicted, lost notifications); index the endpoints
-        of those it holds afresh."""
+        """Forget the cookies and endpoints of flows the table no longer holds (exported
+        without a destroy notification: idle, evicted, lost notifications)."""
         assert self.table is not None
         flows = self.table.flows
         self.cookies = {c: k for c, k in self.cookies.items() if k in flows}
-        self.endpoints = {}
-        for key, st in flows.items():
-            if key[0] == IPPROTO_TCP and st.owned and key[1] in self.local:
-                self._add_endpoint(key)
+        endpoints: dict[tuple[int, bytes], set[FlowKey]] = {}
+        for endpoint, keys in self.endpoints.items():
+            live = {k for k in keys if k in flows}
+            if live:
+                endpoints[endpoint] = live
+        self.endpoints = endpoints
 
-    def _add_endpoint(self, key: FlowKey) -> None:
-        """Index an owned flow by (local port, peer address), which the kernel lets
-        two connections share when their peer ports differ: then neither is joined."""
-        assert self.table is not None
-        endpoint = (key[2], key[3])
-        other = self.endpoints.get(endpoint, key)
-        if other is not None and other != key and other not in self.table.flows:
-            other = key  # a flow already exported
-        self.endpoints[endpoint] = key if other == key else None
+    def _forget_endpoint(self, key: FlowKey) -> None:
+        keys = self.endpoints.get((key[2], key[3]))
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self.endpoints[(key[2], key[3])]
 
     def _dump(self) -> None:
         assert self.diag is not None and self.table is not None
@@ -274,17 +272,21 @@ class KernelAccounting:
             return
         if self.destroy is not None:
             st.owned = True  # its destroy notification will bring the exact bytes
-            self._add_endpoint(st.key)
+            self.endpoints.setdefault((sport, dst), set()).add(st.key)
         if self.diag is None:
             return
         s = self.diag.lookup(src, sport, dst, dport)
-        # a lookup after the connection closed finds its TIME_WAIT remnant: another
-        # socket, with a cookie of its own (the full socket's was never generated, so the
-        # remnant did not inherit it), and no inode or uid (the kernel reports 0: root)
-        if s is not None and s.state != _TCP_TIME_WAIT:
+        if s is not None:
             self._own(st, s)
 
     def _own(self, st: FlowState, s: DiagSocket) -> None:
+        if not s.inode:
+            # no file holds the socket: a lookup after the connection closed found its
+            # TIME_WAIT remnant — another socket, with a cookie of its own (the full
+            # socket's was never generated, so the remnant inherited none) — or a socket
+            # its process already closed; either way the kernel reports uid 0 (root)
+            # and no inode, so neither the owner nor the cookie is kept
+            return
         st.cookie = s.cookie
         self.cookies[s.cookie] = st.key
         self._process(st, s)

@@ -76,7 +76,7 @@ class NetworkSensor(KernelAccounting):
         self.udp_accounting = "off"
         self.procs = ProcIndex()
         self.cookies: dict[int, FlowKey] = {}
-        self.endpoints: dict[tuple[int, bytes], FlowKey | None] = {}
+        self.endpoints: dict[tuple[int, bytes], set[FlowKey]] = {}
         self.down: dict[str, str] = {}  # interfaces whose capture failed, and why
         self._programs: dict[int, bytes] = {}  # compiled filters by link type
         self.local: set[bytes] = set()

@@ -36,6 +36,27 @@ def _owned(sensor: NetworkSensor, port: int) -> None:
         time.sleep(0.01)
 
 
+def _late_lookups(sensor: NetworkSensor) -> threading.Event:
+    """Hold the sensor's SYN lookups until the returned event is set, as on a busy host
+    where the sensor is behind. Its start-up dump (which adopts live connections) is
+    waited for first, so that it cannot find the sockets early."""
+    deadline = time.monotonic() + 15
+    while sensor.dumps < 1:
+        assert time.monotonic() < deadline, "the sensor's start-up dump never ran"
+        time.sleep(0.01)
+    assert sensor.table is not None
+    attribute = sensor.table.on_new_flow
+    assert attribute is not None
+    gate = threading.Event()
+
+    def late(st: FlowState) -> None:
+        gate.wait(15)
+        attribute(st)
+
+    sensor.table.on_new_flow = late
+    return gate
+
+
 def _abort_after(rig: Rig, sink: Sink, n: int, before_close: Any = None) -> int:
     """Connect, send `n` bytes the peer acknowledges reading, then close with SO_LINGER 0
     (tcp_disconnect: RST, tcp_info zeroed); the local port."""
@@ -84,16 +105,7 @@ def test_lookups_after_the_close_still_join(rig: Rig, sensor_in: Any) -> None:
     """The sensor's SYN lookups are held until both connections are gone: one in
     TIME_WAIT (an orderly close), one aborted (no socket left at all)."""
     sensor, out = sensor_in()
-    assert sensor.table is not None
-    attribute = sensor.table.on_new_flow
-    assert attribute is not None
-    gate = threading.Event()
-
-    def late(st: FlowState) -> None:
-        gate.wait(15)
-        attribute(st)
-
-    sensor.table.on_new_flow = late
+    gate = _late_lookups(sensor)
     sink = _start_sink(rig)
     acking = _start_sink(rig, ack_after=N)
     clean = _upload(rig, rig.peer_v4, sink.port, 7777)  # returns in TIME_WAIT
@@ -121,16 +133,7 @@ def test_two_connections_sharing_local_port_and_peer_are_not_guessed(
     two ports: an aborted one's notification names neither peer port, so it is not
     joined by endpoint — the flow still ends exact, from the wire."""
     sensor, out = sensor_in()
-    assert sensor.table is not None
-    attribute = sensor.table.on_new_flow
-    assert attribute is not None
-    gate = threading.Event()
-
-    def late(st: FlowState) -> None:
-        gate.wait(15)
-        attribute(st)
-
-    sensor.table.on_new_flow = late
+    gate = _late_lookups(sensor)
     one = _start_sink(rig, ack_after=N)
     two = _start_sink(rig, ack_after=N)
     socks = []
