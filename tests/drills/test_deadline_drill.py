@@ -75,7 +75,7 @@ EXPECTED: dict[str, tuple[set[str | None], set[str | None]] | None] = {
     "dag.pkl": ({"unsafe_pickle"}, {None}),
     "slow1.pkl": ({"timeout"}, {"content"}),
     "slow2.pkl": ({"timeout"}, {"content"}),
-    "members1.tar": None,  # ~1 s of honest work: cut at a member on most hosts
+    "members1.tar": None,  # ~1 s of honest work: cut at a member on most hosts (or content)
     "members2.tar": None,
     "comments.c": ({None}, {None}),
 }
@@ -147,11 +147,16 @@ def test_hostile_files_cannot_blind_a_running_agent(
         expected = EXPECTED[name]
         if expected is None:
             assert (skipped, at is not None) in ((None, False), ("timeout", True)), name
-            assert at is None or at.startswith("archive member "), (name, at)
+            # the tier reached: a member on most hosts, still the tar's own content when
+            # the other worker's hostile files held the CPU for the whole deadline
+            assert at is None or at == "content" or at.startswith("archive member "), (name, at)
         else:
             assert skipped in expected[0] and at in expected[1], (name, skipped, at)
     assert written(cfg, key)[2] is None and written(cfg, ckpt)[2] is None  # type: ignore[index]
-    assert "secret" in written(cfg, root / "members2.tar")[1]  # type: ignore[index]
+    # what was read before a cut is kept: past its first member, the key inside is found
+    _sha, m2_kinds, _skipped, m2_at = written(cfg, root / "members2.tar")  # type: ignore[misc]
+    if m2_at != "content":
+        assert "secret" in m2_kinds
 
     # refusals and cuts are counted with their reason (each file may be classified twice:
     # on its creation and on its close, so the counts are lower bounds)
