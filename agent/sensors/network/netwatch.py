@@ -35,17 +35,24 @@ _CT_NEW = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW
 _NFGENMSG = 4
 _MAX_MESSAGES = 1024  # per datagram: a bound for hostile input, far above what one holds
 
+_SO_RCVBUFFORCE = 33  # past net.core.rmem_max, with CAP_NET_ADMIN
 _nlmsghdr = struct.Struct("=IHHII")
 _nlattr = struct.Struct("=HH")
 
 
-class _Multicast:
-    """A non-blocking netlink socket joined to some multicast groups."""
+class Multicast:
+    """A non-blocking netlink socket joined to some multicast groups (also the base of
+    sock_diag's destroy listener)."""
 
-    def __init__(self, protocol: int, groups: int) -> None:
+    def __init__(self, protocol: int, groups: int, buffer_bytes: int | None = None) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
+        if buffer_bytes is not None:  # a burst of notifications must not overflow it
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, buffer_bytes)
+            except PermissionError:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
         try:
-            self.sock.bind((0, groups))
+            self.sock.bind((0, groups))  # some groups need CAP_NET_ADMIN
         except OSError:
             self.sock.close()
             raise
@@ -72,7 +79,7 @@ class _Multicast:
         self.sock.close()
 
 
-class AddressWatch(_Multicast):
+class AddressWatch(Multicast):
     """Wakes the sensor when an interface address is added or removed."""
 
     def __init__(self) -> None:
@@ -85,7 +92,7 @@ class AddressWatch(_Multicast):
         return bool(datagrams) or lost
 
 
-class ConntrackEvents(_Multicast):
+class ConntrackEvents(Multicast):
     """New conntrack entries; `udp_started()` says whether a UDP one was among them."""
 
     def __init__(self) -> None:

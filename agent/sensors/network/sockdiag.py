@@ -23,6 +23,8 @@ import struct
 from collections.abc import Callable
 from typing import NamedTuple
 
+from agent.sensors.network.netwatch import Multicast
+
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
 NLMSG_ERROR = 2
@@ -32,7 +34,6 @@ NLM_F_DUMP = 0x300
 INET_DIAG_INFO = 2
 SKNLGRP_INET_TCP_DESTROY = 1
 SKNLGRP_INET6_TCP_DESTROY = 3
-SO_RCVBUFFORCE = 33
 NOCOOKIE = 0xFFFFFFFFFFFFFFFF
 REPLY_TIMEOUT = 2  # seconds a request waits for the kernel's answer (then OSError EAGAIN)
 
@@ -234,41 +235,14 @@ class SockDiag:
         self.sock.close()
 
 
-class DestroyListener:
+class DestroyListener(Multicast):
     """Receives the final tcp_info of every TCP socket freed in this namespace."""
 
     def __init__(self, buffer_bytes: int = 4 << 20) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, buffer_bytes)
-        except PermissionError:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
         groups = (1 << (SKNLGRP_INET_TCP_DESTROY - 1)) | (1 << (SKNLGRP_INET6_TCP_DESTROY - 1))
-        try:
-            self.sock.bind((0, groups))  # needs CAP_NET_ADMIN
-        except OSError:
-            self.sock.close()
-            raise
-        self.sock.setblocking(False)
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
+        super().__init__(NETLINK_SOCK_DIAG, groups, buffer_bytes)
 
     def read(self) -> tuple[list[DiagSocket], bool]:
         """Pending notifications, and whether some were lost (ENOBUFS) since last read."""
-        out: list[DiagSocket] = []
-        lost = False
-        while True:
-            try:
-                data = self.sock.recv(1 << 16)
-            except BlockingIOError:
-                return out, lost
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    lost = True
-                    continue
-                raise
-            out.extend(parse_messages(data)[0])
-
-    def close(self) -> None:
-        self.sock.close()
+        datagrams, lost = self._drain()
+        return [s for data in datagrams for s in parse_messages(data)[0]], lost
