@@ -10,14 +10,16 @@ with `parents=(sha256,)`. Archives get their lineage from their members' hashes 
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.events import CategoryMatch, Tag
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 log = logging.getLogger(__name__)
 
@@ -95,26 +97,19 @@ class LRU:
                 self._d.popitem(last=False)
 
 
-_LOOKUP = "SELECT content_type, tags, matches FROM artefacts WHERE sha256 = :sha"
-
-
-def store_lookup(engine: Any, sha: str) -> Known | None:
+def store_lookup(engine: Engine, sha: str) -> Known | None:
     """The store's artefact row for `sha`, if it has tags; None on any store problem."""
-    from sqlalchemy import text
-    from sqlalchemy.exc import SQLAlchemyError
+    from agent.store import artefacts  # SQLAlchemy only where the daemon has a store
+    from agent.store.db import StoreError
 
     try:
-        with engine.connect() as conn:
-            row = conn.execute(text(_LOOKUP), {"sha": sha}).first()
-    except SQLAlchemyError as e:
-        log.debug("lineage lookup of %s failed: %s", sha[:12], e)
+        row = artefacts.lookup(engine, sha)
+    except StoreError as e:
+        log.debug("lineage: %s", e)
         return None
-    if row is None:
+    if row is None or not row.tags:
         return None
-    content_type, tags, matches = (_json(v) for v in row)
-    if not tags or not isinstance(tags, list):
-        return None
-    known = Known.from_doc({"content_type": content_type, "tags": tags})
+    known = Known.from_doc({"content_type": row.content_type or "unknown", "tags": row.tags})
     found = tuple(
         CategoryMatch(
             str(m["category"]),
@@ -124,17 +119,7 @@ def store_lookup(engine: Any, sha: str) -> Known | None:
             str(m.get("confidence", "low")),
             str(m.get("basis", "")),
         )
-        for m in (matches if isinstance(matches, list) else [])
-        if isinstance(m, dict) and "category" in m
+        for m in row.matches
+        if "category" in m
     )
     return Known(known.content_type, known.tags, found, (), None)
-
-
-def _json(value: Any) -> Any:
-    """JSON columns come back decoded from PostgreSQL and as text from SQLite via text()."""
-    if isinstance(value, str) and value[:1] in ("[", "{"):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return None
-    return value
