@@ -7,8 +7,8 @@ sensor's memory of events emitted but perhaps not yet committed. The differences
 out as events with `origin=rescan`: a file the agent never saw or saw differently is
 `written` (`created` for what is not a regular file), a file the agent knew and that is
 gone is `deleted` (or `moved` with no destination, when its directory left the watched
-area). `Comparison` holds both sides on disk and yields the difference; `load_known` is the
-one store query.
+area). `Comparison` holds both sides on disk and yields the difference; the store's side
+comes from `agent.store.filestate`.
 """
 
 from __future__ import annotations
@@ -21,13 +21,10 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, or_, select
-
 from agent.events import FileAction
-from agent.store.models import FileState
+from agent.store.filestate import StatKey
 from agent.store.rows import storable_text
 
-StatKey = tuple[int, int, int]
 UNSEEN: StatKey = (-1, -1, -1)  # a name whose content was not seen: never equal to a stat
 
 
@@ -205,25 +202,3 @@ def _i64(n: int) -> int:
 
 def _u64(n: int) -> int:
     return n + (1 << 64) if n < 0 else n
-
-
-def load_known(engine: Engine, host_id: str, prefix: str, into: Comparison) -> int:
-    """Stream the file_state rows at or below `prefix` for this host into `into`;
-    returns how many. Rows come through in batches (a server-side cursor on PostgreSQL),
-    so a million of them never sit in memory at once."""
-    p = store_key(prefix).rstrip("/") or "/"
-    q = select(FileState.path, FileState.inode, FileState.size, FileState.mtime_ns).where(
-        FileState.host_id == host_id
-    )
-    if p != "/":
-        q = q.where(or_(FileState.path == p, FileState.path.startswith(p + "/", autoescape=True)))
-    n = 0
-    with engine.connect() as conn:
-        rows = conn.execution_options(stream_results=True, yield_per=5000).execute(q)
-        for path, inode, size, mtime_ns in rows:
-            if inode is None or size is None or mtime_ns is None:
-                into.add_known(path, UNSEEN)  # known but never fully seen: compare unequal
-            else:
-                into.add_known(path, (int(inode), int(size), int(mtime_ns)))
-            n += 1
-    return n

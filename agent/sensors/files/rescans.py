@@ -23,6 +23,7 @@ from agent.backoff import Backoff
 from agent.events import FileAction, Origin
 from agent.sensors.files import rescan as R
 from agent.sensors.files.tree import Change, stat_key
+from agent.store import filestate
 
 if TYPE_CHECKING:
     from agent.sensors.files.sensor import FileSensor
@@ -234,7 +235,8 @@ class Rescans:
             while not self.idle.wait(0.05) and time.monotonic() < deadline:
                 if self._stop.is_set():
                     return 0
-            R.load_known(s.engine, s.host_id, prefix, cmp)
+            for k, state in filestate.known_under(s.engine, s.host_id, R.store_key(prefix)):
+                cmp.add_known(k, R.UNSEEN if state is None else state)
             for k, (state, t) in self.recent.under(R.store_key(prefix)):
                 cmp.overlay(k, state, fresh=t >= started)
             cmp.drop_known(lambda k: not (s.excluded(k) or s.mounts.departed(k)))
