@@ -14,16 +14,16 @@ from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import Engine, insert, text
+from sqlalchemy import Engine, text
 
 from agent import jobs
 from agent.events import Event, FileAction, FileEvent, Flow
 from agent.store import partitions, rollup
 from agent.store.bulk import Mark, copy_batch, copy_direct
 from agent.store.db import alembic_config, make_engine, register_host, upgrade
-from agent.store.models import IncidentRow
 from agent.store.queries import counts, host_counts
 from agent.store.writer import write_batch
+from tests.store.conftest import OpenIncident
 
 HOST, OTHER = "r" * 32, "s" * 32
 NOW = datetime.now(UTC)
@@ -96,7 +96,9 @@ def test_resent_and_half_stored_batches_count_once(pg: Engine) -> None:
     assert counts(pg, OTHER).file_events == 5
 
 
-def test_moves_between_partitions_and_retention_keep_it_exact(pg: Engine) -> None:
+def test_moves_between_partitions_and_retention_keep_it_exact(
+    pg: Engine, open_incident: OpenIncident
+) -> None:
     ahead = _events(4, days_ago=-20, tag="f")  # no partition yet: the default holds them
     write_batch(pg, HOST, ahead)
     with pg.begin() as c:
@@ -111,24 +113,7 @@ def test_moves_between_partitions_and_retention_keep_it_exact(pg: Engine) -> Non
     write_batch(pg, HOST, [*old, cited])
     write_batch(pg, OTHER, _events(3, days_ago=11, tag="p"))
     write_batch(pg, HOST, _events(3, tag="n"))
-    with pg.begin() as c:  # an open case names one old event: spared into the default
-        c.execute(
-            insert(IncidentRow).values(
-                uid="i1",
-                host_id=HOST,
-                kind="exfiltration",
-                rule_id="r1",
-                pack="p",
-                severity="high",
-                status="open",
-                title="t",
-                dedup_key="k",
-                opened_at=NOW,
-                updated_at=NOW,
-                evidence={"events": [cited.uid]},
-                policy_version="v1",
-            )
-        )
+    open_incident(pg, HOST, {"events": [cited.uid]})  # an open case: spared into the default
     jobs.apply_retention(pg, HOST, days=5)
     assert_exact(pg)
     assert {h.hostname: h.file_events for h in host_counts(pg)} == {"alpha": 8, "beta": 0}

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert, text, update
+from sqlalchemy import Engine, text, update
 
 from agent import jobs
 from agent.events import Decision, FileAction, FileEvent, Flow, Severity
@@ -15,6 +14,7 @@ from agent.store import partitions
 from agent.store.db import make_engine, register_host, upgrade
 from agent.store.models import IncidentRow
 from agent.store.writer import write_batch
+from tests.store.conftest import OpenIncident
 
 HOST, OTHER = "h" * 32, "o" * 32
 NOW = datetime.now(UTC)
@@ -73,35 +73,16 @@ def test_rows_of_a_day_not_yet_made_move_into_it(pg: Engine) -> None:
     assert list(_where(pg, "flows").values()) == [partitions.partition_name("flows", day)]
 
 
-def _incident(engine: Engine, host: str, evidence: dict[str, Any]) -> None:
-    with engine.begin() as c:
-        c.execute(
-            insert(IncidentRow).values(
-                uid=f"inc-{host[:4]}",
-                host_id=host,
-                kind="exfiltration",
-                rule_id="r1",
-                pack="pack",
-                severity="high",
-                status="open",
-                title="t",
-                dedup_key="k",
-                opened_at=NOW,
-                updated_at=NOW,
-                evidence=evidence,
-                policy_version="v1",
-            )
-        )
-
-
-def test_retention_drops_whole_days_and_keeps_open_evidence(pg: Engine) -> None:
+def test_retention_drops_whole_days_and_keeps_open_evidence(
+    pg: Engine, open_incident: OpenIncident
+) -> None:
     with pg.begin() as c:
         partitions.ensure_days(c, [(NOW - timedelta(days=d)).date() for d in (12, 11)])
     old_mine, old_theirs, cited = _event(12), _event(11), _event(12, decided=True)
     recent = _event(0, decided=True)
     write_batch(pg, HOST, [old_mine, cited, recent, _flow(11), _flow(0)])
     write_batch(pg, OTHER, [old_theirs])
-    _incident(pg, OTHER, {"decisions": [f"{cited.uid}:0"]})  # another host's open case
+    open_incident(pg, OTHER, {"decisions": [f"{cited.uid}:0"]})  # another host's open case
     gone = {partitions.partition_name(t, (NOW - timedelta(days=12)).date()) for t in ("flows",)}
 
     counts = jobs.apply_retention(pg, HOST, days=5)
