@@ -69,8 +69,7 @@ def db_upgrade(ctx: click.Context, revision: str) -> None:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool, host: str | None, per_host: bool) -> None:
     """Store reachability, counts, the last event, and the running agent's sensors."""
-    from agent.store.db import current_revision
-    from agent.store.forwarder import is_central
+    from agent.store.db import current_revision, is_central
     from agent.store.queries import counts, host_counts
     from agent.store.spool import read_stats
 

@@ -393,11 +393,6 @@ class Forwarder:
         return counts
 
 
-def is_central(url: str) -> bool:
-    """A database other than SQLite is a central store, reached through the spool."""
-    return make_url(url).get_backend_name() != "sqlite"
-
-
 def open_forwarder(settings: Settings, host_id: str, hostname: str) -> Forwarder:
     """The spool and forwarder for `database.url`, from the config (not started)."""
     db = settings.database
