@@ -23,7 +23,7 @@ from agent.sensors.files.channels import (
 )
 from agent.sensors.files.globs import compile_excludes
 from agent.sensors.files.process import parse_cmdline, parse_status
-from agent.sensors.files.rescan import UNSEEN, Comparison, OnDisk, StatKey, Step
+from agent.sensors.files.rescan_plan import UNSEEN, Comparison, OnDisk, StatKey, Step
 
 # --- inotify records ----------------------------------------------------------------
 

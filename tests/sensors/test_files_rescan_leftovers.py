@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.sensors.files import rescan as R
+from agent.sensors.files import rescan_plan as R
 from tests.conftest import REPO
 
 
@@ -39,7 +39,7 @@ def test_what_a_killed_rescan_left_is_removed_at_the_next_start(tmp_path: Path) 
     code = textwrap.dedent(
         f"""
         import os, signal
-        from agent.sensors.files.rescan import Comparison, OnDisk
+        from agent.sensors.files.rescan_plan import Comparison, OnDisk
         c = Comparison({str(tmp_path)!r})
         for i in range(20000):
             c.add_disk(OnDisk(f"/r/{{i}}", (i, i, i), True))

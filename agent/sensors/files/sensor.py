@@ -7,9 +7,10 @@ hands `FileEvent`s to `emit`. Threads, all joined on `stop()`:
 
 - reader: inotify records → `WatchTree` → events (held briefly when fanotify is on, so
   the writer's pid can be joined to `written` events);
-- rescans (`rescans.py`): reconciling rescans of roots marked dirty by a lost-event
-  condition (queue overflow, watch limit) or a dropped emit, of new mounts, and of
-  directories that left the watched area;
+- rescans (`rescan_worker.py`; what each one emits is planned in `rescan_plan.py`):
+  reconciling rescans of roots marked dirty by a lost-event condition (queue overflow,
+  watch limit) or a dropped emit, of new mounts, and of directories that left the
+  watched area;
 - mounts: polls /proc/self/mountinfo and follows mounts and unmounts;
 - fanotify (optional, `attribution.py`): pids of writers, reads of paths of interest.
 """
@@ -33,11 +34,11 @@ from agent.events import FileAction, FileEvent, Origin, ProcessInfo
 from agent.liveness import HEARTBEATS, Heartbeat, supervised
 from agent.sensors import Emit, SensorUnavailable
 from agent.sensors.files import _inotify as I
-from agent.sensors.files import rescan as R
+from agent.sensors.files import rescan_plan as R
 from agent.sensors.files.attribution import Attribution
 from agent.sensors.files.globs import compile_excludes
 from agent.sensors.files.mounts import MountFollower
-from agent.sensors.files.rescans import Rescans
+from agent.sensors.files.rescan_worker import Rescans
 from agent.sensors.files.tree import Change, WatchTree
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Reconciling rescans: what the file system holds against what the store knows.
+"""A reconciling rescan's plan: what the file system holds against what the store knows.
 
 After lost events (queue overflow, watch limit, a full pipeline) or on the inventory
 schedule, a root is walked and each file's (inode, size, mtime_ns) compared with the
@@ -8,7 +8,8 @@ out as events with `origin=rescan`: a file the agent never saw or saw differentl
 `written` (`created` for what is not a regular file), a file the agent knew and that is
 gone is `deleted` (or `moved` with no destination, when its directory left the watched
 area). `Comparison` holds both sides on disk and yields the difference; the store's side
-comes from `agent.store.filestate`.
+comes from `agent.store.filestate`. No threads and no events sent here: the worker that
+runs rescans and emits their steps is `rescan_worker.py`.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 Lost-event conditions, refused emits, new mounts and directories that left the watched
 area mark paths dirty here; one thread waits until the burst has been quiet for half a
-second (at most 5 s), then reconciles each dirty path with the store (`rescan.py`). It
-also keeps `Recent`, the sensor's memory of what it emitted in the last two minutes —
-what the store will believe once the pipeline has delivered it — so a rescan does not
-report again what is merely still on its way.
+second (at most 5 s), then reconciles each dirty path with the store, sending the steps
+that `rescan_plan.py` works out. It also keeps `Recent`, the sensor's memory of what it
+emitted in the last two minutes — what the store will believe once the pipeline has
+delivered it — so a rescan does not report again what is merely still on its way.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from agent import metrics
 from agent.backoff import Backoff
 from agent.events import FileAction, Origin
-from agent.sensors.files import rescan as R
+from agent.sensors.files import rescan_plan as R
 from agent.sensors.files.tree import Change, stat_key
 from agent.store import filestate
 
