@@ -15,11 +15,8 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from sqlalchemy import Engine
 
 from agent import metrics, sensors
 from agent.backoff import Backoff
@@ -27,6 +24,7 @@ from agent.config import ConfigError, Settings, load_settings
 from agent.events import Event
 from agent.liveness import HEARTBEATS, name_all_threads
 from agent.pipeline import Pipeline, Sink, StageSpec
+from agent.runtime import Runtime
 from agent.sdnotify import Notifier
 from agent.sensors import Sensor, SensorUnavailable
 from agent.store.db import (
@@ -48,33 +46,23 @@ log = logging.getLogger(__name__)
 STATUS_EVERY = 10.0  # seconds between status.json rewrites (`status` calls it stale past 30)
 
 
-@dataclass
-class Runtime:
-    """What stages and jobs may need from the running agent."""
-
-    settings: Settings
-    engine: Engine
-    host_id: str
-    hostname: str
-    extras: dict[str, Any] = field(default_factory=dict)
-
-
 def build_stages(rt: Runtime) -> list[StageSpec]:
     """The pipeline's stages, in order: classify, then policy.
 
     Each capability adds its stage here with one line; a stage is a callable
-    `Event -> Event` built from the runtime. The policy holder is created before the
-    classifier so that the classifier can read its categories (`rt.extras["categories"]`,
-    a `CategoryProvider`).
+    `Event -> Event` built from the runtime. The policy holder is attached first: the
+    classifier reads its categories, and the policy stage and the correlator (a sink,
+    built next) judge with it.
     """
     stages: list[StageSpec] = []
     from agent.policy import PolicyStage, attach_policy
 
-    attach_policy(rt)  # rt.extras["policy"], ["categories"]; reload on SIGHUP and file change
+    holder = attach_policy(rt)  # rt.policy(); reloads on SIGHUP and on pack file changes
     from agent.classify.stage import ClassifyStage
 
-    stages.append(StageSpec("classify", ClassifyStage(rt)))
-    stages.append(StageSpec("policy", PolicyStage(rt)))
+    stages.append(StageSpec("classify", ClassifyStage(rt, categories=holder.categories)))
+    approved = rt.settings.network.approved_git_remotes
+    stages.append(StageSpec("policy", PolicyStage(holder, approved)))
     return stages
 
 
@@ -88,12 +76,13 @@ def build_sinks(rt: Runtime, writer: StoreWriter) -> list[Sink]:
         rt.host_id,
         rt.hostname,
         rt.settings.incidents,
-        rt.extras,
+        policy=rt.policy(),
+        read_watch=rt.read_watch,
         anchor_dir=rt.settings.state_dir,
     )
     correlator.start()
     sinks.append(correlator.submit)
-    rt.extras.setdefault("stop_hooks", []).append(correlator.stop)
+    rt.on_stop(correlator.stop)
     return sinks
 
 
@@ -144,18 +133,15 @@ class Agent:
             if s.database.auto_upgrade and not schema_is_current(self.engine):
                 upgrade(self.engine)  # imports Alembic: only when there is a migration to run
             register_host(self.engine, host_id, hostname)
-        self.runtime = Runtime(s, self.engine, host_id, hostname)
         watch = None
         if self.forwarder is None:
             watch = StoreWatch.for_engine(
                 self.engine, host_id, hostname, auto_upgrade=s.database.auto_upgrade
             )
-            self.runtime.extras["store_watch"] = watch  # the maintenance job's integrity check
+        self.runtime = Runtime(s, self.engine, host_id, hostname, store_watch=watch)
         if self.forwarder is not None:
             fwd = self.forwarder
-            self.runtime.extras.setdefault("status_hooks", []).append(
-                lambda: {"fleet": fwd.status()}
-            )
+            self.runtime.on_status(lambda: {"fleet": fwd.status()})
         self.writer = StoreWriter(
             self.engine,
             host_id,
@@ -225,11 +211,7 @@ class Agent:
         if hasattr(self, "pipeline"):
             self.pipeline.stop()
         if hasattr(self, "runtime"):
-            for hook in self.runtime.extras.get("stop_hooks", []):
-                try:
-                    hook()
-                except Exception:
-                    log.exception("stop hook failed")
+            self.runtime.run_stop_hooks()
         if hasattr(self, "writer"):
             self.writer.stop()
         forwarder = getattr(self, "forwarder", None)
@@ -352,11 +334,7 @@ class Agent:
                 log.warning("config sections changed that need a restart: %s", ", ".join(changed))
             self.settings = new
             self.runtime.settings = new
-        for hook in self.runtime.extras.get("reload_hooks", []):
-            try:
-                hook()
-            except Exception:
-                log.exception("reload hook failed")
+        self.runtime.run_reload_hooks()
         self.notifier.ready("reloaded")
 
     # --- status for `egress-agent status` --------------------------------------
@@ -378,11 +356,7 @@ class Agent:
             "queues": {"store": self.writer.queue.qsize(), "pipeline": self.pipeline.input.qsize()},
             "threads": thread_table(),
         }
-        for extra in self.runtime.extras.get("status_hooks", []):
-            try:
-                doc.update(extra())
-            except Exception:
-                log.exception("status hook failed")
+        doc.update(self.runtime.status())
         path = self.settings.state_dir / "status.json"
         tmp = path.with_suffix(".tmp")
         try:

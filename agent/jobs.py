@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,18 +28,16 @@ from sqlalchemy import Engine, delete, insert, select, update
 
 from agent import metrics
 from agent.incidents.export.job import export_job as incident_export_job
+from agent.runtime import Job, JobBuilder, JobSpec
 from agent.sensors.files import inventory_rescan_job as files_inventory_rescan_job
 from agent.store import partitions
 from agent.store.models import DecisionRow, FileEventRow, FlowRow, IncidentRow, JobState
 
 if TYPE_CHECKING:
-    from agent.daemon import Runtime
+    from agent.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-Job = Callable[[], object]
-# each builder returns (name, interval seconds, callable) or None when off in config
-JobBuilder = Callable[["Runtime"], "tuple[str, float, Job] | None"]
 
 # a job that never ran, or whose slot passed while the agent was down, runs this soon
 # after start: late enough not to compete with start-up, early enough to be useful
@@ -139,7 +137,7 @@ def store_size_bytes(rt: Runtime) -> int:
     return total
 
 
-def maintenance_job(rt: Runtime) -> tuple[str, float, Job] | None:
+def maintenance_job(rt: Runtime) -> JobSpec | None:
     """SQLite: check the file is still the store opened and sound (`PRAGMA quick_check`,
     agent/store/watch.py), fold the WAL back into the database and refresh the planner's
     statistics. PostgreSQL: create the event tables' day partitions a week ahead.
@@ -148,7 +146,7 @@ def maintenance_job(rt: Runtime) -> tuple[str, float, Job] | None:
     """
 
     def run() -> None:
-        watch = rt.extras.get("store_watch")
+        watch = rt.store_watch
         if watch is not None:  # a swapped or broken file is reopened before the work below
             watch.check_integrity()
         if rt.engine.dialect.name == "postgresql":
@@ -263,7 +261,7 @@ def apply_retention(engine: Engine, host_id: str, days: int) -> dict[str, int]:
     return counts
 
 
-def retention_job(rt: Runtime) -> tuple[str, float, Job] | None:
+def retention_job(rt: Runtime) -> JobSpec | None:
     """Delete events, flows and decisions older than N days; incidents are never touched."""
 
     def run() -> None:

@@ -22,8 +22,8 @@ from sqlalchemy import Engine, func, insert, select
 
 from agent import jobs, metrics
 from agent.config import Settings
-from agent.daemon import Runtime
 from agent.events import Decision, FileAction, FileEvent, Flow, Severity
+from agent.runtime import Runtime
 from agent.store.db import make_engine, register_host, upgrade
 from agent.store.models import DecisionRow, FileEventRow, FlowRow, IncidentRow, JobState
 from agent.store.writer import write_batch

@@ -34,7 +34,8 @@ from agent.events import Artefact, Event, FileAction, FileEvent
 from agent.liveness import name_current_thread
 
 if TYPE_CHECKING:
-    from agent.daemon import Runtime
+    from agent.categories import CategoryProvider
+    from agent.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,13 @@ _CLASSIFY_ACTIONS = {FileAction.CREATED, FileAction.WRITTEN, FileAction.MOVED, F
 
 
 class ClassifyStage:
-    """`Event -> Event`; register `close` as a stop hook (done in __init__)."""
+    """`Event -> Event`; registers `close` as a stop hook and `status` as a status hook.
 
-    def __init__(self, rt: Runtime) -> None:
+    `categories` is the policy in force's (`PolicyHolder.categories`); without it the
+    classifier matches no export-control category (tests of the other kinds).
+    """
+
+    def __init__(self, rt: Runtime, categories: CategoryProvider | None = None) -> None:
         s = rt.settings.classify
         self.enabled = s.enabled
         self.timeout = s.event_timeout
@@ -59,11 +64,10 @@ class ClassifyStage:
         pruned = self.cache.prune()
         if pruned:
             log.info("hash cache: forgot %d file identities not seen for 90 days", pruned)
-        provider = rt.extras.get("categories")
         self.classifier = Classifier(
             s,
             cache=self.cache,
-            categories=provider,
+            categories=categories,
             store_lookup=partial(store_lookup, rt.engine),
         )
         self.workers = s.workers
@@ -71,8 +75,8 @@ class ClassifyStage:
         self._overdue: set[Future[Artefact]] = set()  # timed out, still running
         self._inflight: dict[tuple[object, ...], Future[Artefact]] = {}
         self._lock = threading.Lock()
-        rt.extras.setdefault("stop_hooks", []).append(self.close)
-        rt.extras.setdefault("status_hooks", []).append(self.status)
+        rt.on_stop(self.close)
+        rt.on_status(self.status)
 
     def __call__(self, event: Event) -> Event:
         started = self._start(event)

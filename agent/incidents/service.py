@@ -8,12 +8,13 @@ bounded, and are retried with back-off; nothing here ever blocks the agent's sta
 `stop()` drains the queue, writes what is pending, then the clean-stop checkpoint.
 Lineage not seen since start is read from the store's `lineage` table.
 
-Two seams reach the running agent through `Runtime.extras`, looked up when used (the
-sensors start after the sinks): the file sensor's `watch_reads(path)` — each tagged
-artefact becomes a "path of interest" whose opens fanotify reports as `read` events,
-which is what links a file to the process that uploads it — and the policy holder,
-whose `decide_transfer` judges an artefact as carried by a flow (the catalogue and EAR
-rules about uploads abroad).
+Two collaborators reach the running agent: the policy holder, whose `decide_transfer`
+judges an artefact as carried by a flow (the catalogue and EAR rules about uploads
+abroad), and the `ReadWatch` of agent/feedback.py — each tagged artefact becomes a
+"path of interest" whose opens the file sensor reports as `read` events, which is what
+links a file to the process that uploads it. The file sensor attaches to that watch
+when it starts, after the sinks; until then asking is a no-op. Flows wait `FLOW_HOLD`
+(same module) for the reads that preceded them.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 
@@ -33,6 +34,7 @@ from agent import metrics
 from agent.backoff import Backoff
 from agent.config import IncidentsSection
 from agent.events import Artefact, Decision, Event, FileAction, FileEvent, Flow
+from agent.feedback import FLOW_HOLD, ReadWatch
 from agent.incidents.ancestry import Ancestry
 from agent.incidents.correlate import CorrelationCore, is_tagged
 from agent.incidents.log import IncidentLog
@@ -42,15 +44,14 @@ from agent.pipeline import BoundedQueue
 from agent.policy.facts import tree_facts
 from agent.store.incidents import lineage_parents
 
+if TYPE_CHECKING:
+    from agent.policy.holder import PolicyHolder
+
 log = logging.getLogger(__name__)
 GAUGE_REFRESH_SECONDS = 30.0
 SUBMIT_PATIENCE = 0.05  # seconds a full correlation queue may hold up the pipeline
 MAX_PENDING = 10_000  # findings kept in memory while the store is unavailable
 BATCH_LINGER = 0.1  # seconds a batch waits for more events (the store writer's default too)
-# seconds a flow waits before correlation: the reads that preceded it reach us later than
-# it can (the file sensor holds a read 0.15 s for fanotify's pid, then the stages), and an
-# incident opened without the upload's read names the wrong file until it is refined
-FLOW_HOLD = 1.0
 
 
 class Correlator:
@@ -60,13 +61,16 @@ class Correlator:
         host_id: str,
         hostname: str,
         settings: IncidentsSection,
-        extras: Mapping[str, Any] | None = None,
+        policy: PolicyHolder | None = None,
+        read_watch: ReadWatch | None = None,
         queue_size: int = 100_000,
         anchor_dir: Path | None = None,
     ) -> None:
+        """`policy` None: no transfer or tree rules (the events' own decisions only);
+        `read_watch` None: no file sensor to ask for reads."""
         self.engine = engine
-        self._extras: Mapping[str, Any] = extras if extras is not None else {}
-        self._watched: OrderedDict[str, None] = OrderedDict()
+        self._policy = policy
+        self._read_watch = read_watch if read_watch is not None else ReadWatch()
         self.log = IncidentLog(
             engine,
             host_id,
@@ -209,18 +213,7 @@ class Correlator:
         """Ask the file sensor to report reads of a tagged artefact at its current path."""
         if e.action in (FileAction.READ, FileAction.DELETED) or not is_tagged(e):
             return
-        watch = self._extras.get("watch_reads")
-        path = e.current_path
-        if watch is None or path in self._watched:
-            return
-        try:
-            watch(path)
-        except Exception:
-            log.debug("watch_reads(%s) failed", path, exc_info=True)
-            return
-        self._watched[path] = None
-        while len(self._watched) > 65_536:
-            self._watched.popitem(last=False)
+        self._read_watch.ask(e.current_path)
 
     def _close_trees(self, final: bool) -> None:
         """Whole-tree copies quiet on the wall clock (a copy's last file has no successor)."""
@@ -237,7 +230,7 @@ class Correlator:
         self._pending.extend(findings[: max(0, MAX_PENDING - len(self._pending))])
 
     def _judge_tree(self, tree: TreeFacts) -> list[Decision]:
-        holder = self._extras.get("policy")
+        holder = self._policy
         if holder is None:
             return []
         policy = holder.current
@@ -252,7 +245,7 @@ class Correlator:
         return decisions
 
     def _judge_transfer(self, artefact: Artefact, flow: Flow, fe: FileEvent) -> list[Decision]:
-        holder = self._extras.get("policy")
+        holder = self._policy
         if holder is None:
             return []
         try:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from select import POLLIN
 from select import poll as Poll
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, Table, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -43,6 +43,9 @@ from agent.sensors.files._inotify import (
     IN_ONLYDIR,
     Inotify,
 )
+
+if TYPE_CHECKING:
+    from agent.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -281,21 +284,20 @@ class PolicyHolder:
             self._thread = None
 
 
-def attach_policy(rt: Any) -> PolicyHolder:
+def attach_policy(rt: Runtime) -> PolicyHolder:
     """Create the runtime's holder, load the policy, and register its hooks.
 
-    Sets `rt.extras["policy"]` (the holder) and `rt.extras["categories"]` (the
-    classifier's CategoryProvider); SIGHUP reloads through `reload_hooks`; the file
-    watcher stops through `stop_hooks`; `status_hooks` report the version in force.
-    A policy that does not validate at start leaves an empty policy in force (events are
-    still recorded, nothing is decided) until a reload succeeds.
+    Attaches the holder to `rt` (`rt.policy()`; its `categories` is the classifier's
+    CategoryProvider); SIGHUP reloads it through a reload hook; the file watcher stops
+    through a stop hook; a status hook reports the version in force. A policy that does
+    not validate at start leaves an empty policy in force (events are still recorded,
+    nothing is decided) until a reload succeeds.
     """
     holder = PolicyHolder(lambda: rt.settings.policies, rt.engine)
     holder.reload()
-    rt.extras["policy"] = holder
-    rt.extras["categories"] = holder.categories
-    rt.extras.setdefault("reload_hooks", []).append(holder.reload)
-    rt.extras.setdefault("stop_hooks", []).append(holder.stop)
-    rt.extras.setdefault("status_hooks", []).append(holder.status)
+    rt.attach_policy(holder)
+    rt.on_reload(holder.reload)
+    rt.on_stop(holder.stop)
+    rt.on_status(holder.status)
     holder.start_watching(rt.settings.policies.watch_interval)
     return holder

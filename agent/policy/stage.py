@@ -9,7 +9,7 @@ a reload takes effect on the next event; every decision is counted in
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import Iterable
 
 from agent import metrics
 from agent.classify.gitprocess import with_repository
@@ -20,14 +20,10 @@ from agent.policy.holder import PolicyHolder
 class PolicyStage:
     """Callable `Event -> Event` that adds the policy's decisions."""
 
-    def __init__(self, rt: Any) -> None:
-        holder = rt.extras.get("policy")
-        if not isinstance(holder, PolicyHolder):
-            raise RuntimeError("PolicyStage needs rt.extras['policy'] (a PolicyHolder)")
+    def __init__(self, holder: PolicyHolder, approved_git_remotes: Iterable[str] = ()) -> None:
         self.holder = holder
-        settings = getattr(rt, "settings", None)
-        network = getattr(settings, "network", None)
-        self.approved_git_remotes = tuple(getattr(network, "approved_git_remotes", ()))
+        # `network.approved_git_remotes`: a push there has `repository.approved` true
+        self.approved_git_remotes = tuple(approved_git_remotes)
 
     def __call__(self, event: Event) -> Event:
         policy = self.holder.current

@@ -17,7 +17,7 @@ from agent.errors import AgentError
 from agent.events import Event
 
 if TYPE_CHECKING:
-    from agent.daemon import Runtime
+    from agent.runtime import Runtime
 
 Emit = Callable[[Event], bool]
 

@@ -15,7 +15,7 @@ from agent.events import Channel, FileAction, FileEvent, Origin
 from agent.sensors import Emit
 
 if TYPE_CHECKING:
-    from agent.daemon import Runtime
+    from agent.runtime import Runtime
 
 
 class SyntheticSensor:

@@ -16,9 +16,9 @@ from agent.classify import Classifier
 from agent.classify.hashing import HashCache
 from agent.classify.stage import ClassifyStage
 from agent.config import ClassifySection, Settings
-from agent.daemon import Runtime
 from agent.events import Artefact, FileAction, FileEvent, Flow, Tag
 from agent.pipeline import Pipeline, StageSpec
+from agent.runtime import Runtime
 from agent.store.db import make_engine, upgrade
 from agent.store.writer import write_batch
 from tests.classify import corpus as C
@@ -39,8 +39,7 @@ def rt(tmp_path: Path) -> Any:
     upgrade(engine)
     runtime = Runtime(s, engine, "host-1", "host")
     yield runtime
-    for hook in runtime.extras.get("stop_hooks", []):
-        hook()
+    runtime.run_stop_hooks()
     engine.dispose()
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from types import SimpleNamespace
 
-from agent.config import NetworkSection, PoliciesSection
+from agent.config import PoliciesSection
 from agent.events import (
     Artefact,
     CategoryMatch,
@@ -29,8 +28,7 @@ from tests.incidents.helpers import T0
 def stage(approved: list[str]) -> PolicyStage:
     holder = PolicyHolder(lambda: PoliciesSection())
     assert holder.reload()
-    settings = SimpleNamespace(network=NetworkSection(approved_git_remotes=approved))
-    return PolicyStage(SimpleNamespace(extras={"policy": holder}, settings=settings))
+    return PolicyStage(holder, approved)
 
 
 def push_flow(repo: Path, cmd: str, out: int = 810_000, inn: int = 6_000, **kw: object) -> Flow:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import REGISTRY
 from sqlalchemy import Engine
 
 from agent.config import IncidentsSection
 from agent.events import FileAction
+from agent.feedback import ReadWatch
 from agent.incidents.chain import verify_entries
 from agent.incidents.queries import chain_entries, incident_documents, list_incidents
 from agent.incidents.service import Correlator
@@ -66,8 +68,9 @@ def test_restart_keeps_the_chain_and_dedups_against_the_store(store: Engine) -> 
 
 def test_tagged_paths_become_paths_of_interest(store: Engine) -> None:
     watched: list[str] = []
-    extras = {"watch_reads": lambda p: watched.append(p) or True}
-    c = Correlator(store, "host-a", "lab-ws-1", IncidentsSection(), extras)
+    reads = ReadWatch()
+    reads.attach(lambda p: watched.append(p) or True)
+    c = Correlator(store, "host-a", "lab-ws-1", IncidentsSection(), read_watch=reads)
     c.start()
     for e in story():
         c.submit(e)
@@ -195,7 +198,8 @@ def test_transfer_decisions_are_counted_once_and_name_the_incident(store: Engine
         "dest_class": "foreign",
     }
     before = sample("egress_agent_decisions_total", labels)
-    c = Correlator(store, "host-a", "lab-ws-1", IncidentsSection(), extras={"policy": Holder()})
+    holder: Any = Holder()  # what the correlator reads of a PolicyHolder: `current`
+    c = Correlator(store, "host-a", "lab-ws-1", IncidentsSection(), policy=holder)
     c.start()
     # the archive written by the shell, uploaded by its child curl: a child_process story
     c.submit(fev(FileAction.WRITTEN, "/data/tmp/x.tgz", 0, archive(), SHELL))

@@ -8,7 +8,6 @@ import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -16,7 +15,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
-from agent.config import PoliciesSection
+from agent.config import PoliciesSection, Settings
 from agent.events import (
     Artefact,
     CategoryMatch,
@@ -27,7 +26,8 @@ from agent.events import (
     ProcessInfo,
     Tag,
 )
-from agent.policy import SHIPPED_DIR, PolicyHolder, PolicyStage
+from agent.policy import SHIPPED_DIR, PolicyHolder, PolicyStage, attach_policy
+from agent.runtime import NotAttached, Runtime
 from agent.store.db import make_engine, upgrade
 from agent.store.models import PolicyVersion
 
@@ -231,7 +231,7 @@ def test_policy_versions_postgresql(pg_url: str, tmp_path: Path) -> None:
 def test_stage_decides_and_counts(tmp_path: Path) -> None:
     holder = PolicyHolder(lambda: PoliciesSection())
     assert holder.reload()
-    stage = PolicyStage(SimpleNamespace(extras={"policy": holder}))
+    stage = PolicyStage(holder)
     artefact = Artefact(
         sha256="cd" * 32,
         size=30_000,
@@ -283,9 +283,26 @@ def test_stage_decides_and_counts(tmp_path: Path) -> None:
     assert _metric("egress_agent_decisions_total", flow_labels) >= 1
 
 
-def test_stage_needs_a_holder() -> None:
-    with pytest.raises(RuntimeError):
-        PolicyStage(SimpleNamespace(extras={}))
+def test_attach_policy_gives_the_runtime_its_holder_and_hooks(tmp_path: Path) -> None:
+    """The daemon's wiring: before attach_policy the runtime refuses to hand out a policy;
+    after it, the holder is the runtime's, reports in status, reloads and stops by hooks."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'agent.db'}")
+    upgrade(engine)
+    rt = Runtime(Settings(agent={"state_dir": str(tmp_path)}), engine, "host-1", "host")
+    with pytest.raises(NotAttached, match="attach_policy"):
+        rt.policy()
+    holder = attach_policy(rt)
+    try:
+        assert rt.policy() is holder
+        assert rt.status()["policy"]["version"] == holder.current.version
+        before = holder.current
+        rt.run_reload_hooks()
+        assert holder.current is not before  # read again (same packs, a new load)
+        assert holder._thread is not None  # watching the pack files
+    finally:
+        rt.run_stop_hooks()
+    assert holder._thread is None
+    engine.dispose()
 
 
 def test_shipped_dir_copy_is_watched(tmp_path: Path) -> None:
@@ -352,7 +369,7 @@ def test_stage_survives_any_artefact(
 
 _HOLDER = PolicyHolder(lambda: PoliciesSection())
 _HOLDER.reload()
-_STAGE = PolicyStage(SimpleNamespace(extras={"policy": _HOLDER}))
+_STAGE = PolicyStage(_HOLDER)
 
 
 def test_exception_destinations() -> None:

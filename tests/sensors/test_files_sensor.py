@@ -296,8 +296,8 @@ def test_stop_joins_every_thread_and_flushes_pending_moves(tmp_path, start_senso
 
 def test_inventory_job_reconciles_every_root(tmp_path, engine):
     from agent.config import Settings
-    from agent.daemon import Runtime
     from agent.jobs import JOB_BUILDERS
+    from agent.runtime import Runtime
     from agent.sensors.files import create, inventory_rescan_job
 
     root = tmp_path / "root"
@@ -312,7 +312,7 @@ def test_inventory_job_reconciles_every_root(tmp_path, engine):
     assert inventory_rescan_job in JOB_BUILDERS
     assert inventory_rescan_job(rt) is None  # no file sensor running: no job
     sensor = create(rt)
-    assert rt.extras["files_sensor"] is sensor
+    assert rt.files_sensor is sensor
     col = Collector()
     sensor.rescan_on_start = False
     sensor.start(col)

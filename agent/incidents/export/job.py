@@ -28,8 +28,7 @@ from agent.incidents.queries import chain_entries
 from agent.store.incidents import job_value, put_job_value
 
 if TYPE_CHECKING:
-    from agent.daemon import Runtime
-    from agent.jobs import Job
+    from agent.runtime import JobSpec, Runtime
 
 log = logging.getLogger(__name__)
 JOB_NAME = "incident_export"
@@ -79,7 +78,7 @@ def export_new(
     return path
 
 
-def export_job(rt: Runtime) -> tuple[str, float, Job] | None:
+def export_job(rt: Runtime) -> JobSpec | None:
     jobs = rt.settings.jobs
     if jobs.export_dir is None:
         return None

@@ -194,7 +194,7 @@ class Attribution:
                 return
             # let records gather: writes anywhere on a marked file system come here, and
             # on a busy host one read a GATHER is far cheaper than one per record; the
-            # sensor holds its own events HOLD (0.15 s) for the join, so pids still come
+            # sensor holds its own events READ_HOLD (0.15 s) for the join, so pids still come
             self._stop.wait(GATHER)
             for ev in fan.read():
                 try:

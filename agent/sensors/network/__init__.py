@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from agent.sensors import SensorUnavailable
 
 if TYPE_CHECKING:
-    from agent.daemon import Runtime
+    from agent.runtime import Runtime
     from agent.sensors.network.sensor import NetworkSensor
 
 
