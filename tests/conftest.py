@@ -3,6 +3,7 @@ a running `egress-agent run` subprocess with helpers to scrape and stop it."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -52,23 +53,65 @@ def pg_available() -> bool:
         return False
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for one test, dropped afterwards.
-
-    Skips when the server is unreachable — except under CI, where that is a failure.
-    """
+def _require_pg() -> None:
     if not pg_available():
         if os.environ.get("CI"):
             pytest.fail("PostgreSQL at 127.0.0.1:5432 is unreachable under CI")
         pytest.skip("PostgreSQL at 127.0.0.1:5432 is unreachable")
+
+
+def _migrations_digest() -> str:
+    """Names the migrated template after the scripts it ran, so a changed or added
+    migration builds a new template instead of reusing a stale one."""
+    h = hashlib.sha256()
+    for script in sorted((REPO / "migrations").rglob("*.py")):
+        h.update(script.name.encode() + b"\0" + script.read_bytes())
+    return h.hexdigest()[:16]
+
+
+_TEMPLATE_LOCK = 0x6561_7470_6C74  # pg_advisory_lock key: one builder of the template
+
+
+def _migrated_template(admin: Any) -> str:
+    """A database at the migrations' head, built once per migrations digest and cloned
+    per test: `CREATE DATABASE ... TEMPLATE` copies it in a fraction of a second, where
+    running the seven migrations (day partitions, triggers) takes seconds per test."""
+    from sqlalchemy import text
+
+    from agent.store.db import make_engine, upgrade
+
+    # dated: the migrations create day partitions around today
+    name = f"ea_tpl_{_migrations_digest()}_{time.strftime('%Y%m%d', time.gmtime())}"
+    with admin.connect() as c:
+        c.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _TEMPLATE_LOCK})
+        try:
+            found = c.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+            if found.first() is None:
+                building = f"{name}_{uuid.uuid4().hex[:8]}"
+                c.execute(text(f'CREATE DATABASE "{building}"'))
+                engine = make_engine(
+                    admin.url.set(database=building).render_as_string(hide_password=False)
+                )
+                try:
+                    upgrade(engine)
+                finally:
+                    engine.dispose()
+                # published under its final name only once complete
+                c.execute(text(f'ALTER DATABASE "{building}" RENAME TO "{name}"'))
+        finally:
+            c.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _TEMPLATE_LOCK})
+    return name
+
+
+def _scratch_database(template: str | None) -> Iterator[str]:
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
     name = f"ea_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    source = _migrated_template(admin) if template is None else template
     with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
+        c.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{source}"'))
     url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     try:
         yield url
@@ -76,6 +119,25 @@ def pg_url() -> Iterator[str]:
         with admin.connect() as c:
             c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database at the migrations' head for one test, dropped
+    afterwards (upgrading it again is a no-op, as for an agent restarting on its store).
+
+    Skips when the server is unreachable — except under CI, where that is a failure.
+    """
+    _require_pg()
+    yield from _scratch_database(template=None)
+
+
+@pytest.fixture
+def pg_empty_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database: for tests of the migrations themselves and of
+    agents creating the schema on first start."""
+    _require_pg()
+    yield from _scratch_database(template="template1")
 
 
 def write_config(path: Path, doc: dict[str, Any]) -> Path:

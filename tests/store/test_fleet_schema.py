@@ -20,9 +20,9 @@ FLEET_INDEXES = {
 
 
 @pytest.mark.timeout(60)  # without the advisory lock, concurrent first upgrades hang
-def test_agents_starting_together_migrate_a_fresh_database_once(pg_url: str) -> None:
+def test_agents_starting_together_migrate_a_fresh_database_once(pg_empty_url: str) -> None:
     errors: list[BaseException] = []
-    engines = [make_engine(pg_url) for _ in range(4)]
+    engines = [make_engine(pg_empty_url) for _ in range(4)]
 
     def start(i: int) -> None:
         try:

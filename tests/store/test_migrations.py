@@ -32,8 +32,8 @@ def test_sqlite_migrations_match_models(tmp_path: Path) -> None:
     assert set(Base.metadata.tables) <= set(inspect(engine).get_table_names())
 
 
-def test_postgresql_migrations_match_models(pg_url: str) -> None:
-    engine = make_engine(pg_url)
+def test_postgresql_migrations_match_models(pg_empty_url: str) -> None:
+    engine = make_engine(pg_empty_url)
     upgrade(engine)
     assert _diff(engine) == []
     engine.dispose()
@@ -75,8 +75,8 @@ def _partitioned(engine: Engine) -> set[str]:
         )
 
 
-def test_postgresql_event_tables_are_partitioned_by_day(pg_url: str) -> None:
-    engine = make_engine(pg_url)
+def test_postgresql_event_tables_are_partitioned_by_day(pg_empty_url: str) -> None:
+    engine = make_engine(pg_empty_url)
     upgrade(engine)
     assert _partitioned(engine) == set(PARTITIONED)
     insp = inspect(engine)
@@ -136,8 +136,8 @@ def _rows(engine: Engine) -> dict[str, list[tuple[object, ...]]]:
         }
 
 
-def test_upgrade_converts_an_existing_postgresql_store_and_back(pg_url: str) -> None:
-    engine = make_engine(pg_url)
+def test_upgrade_converts_an_existing_postgresql_store_and_back(pg_empty_url: str) -> None:
+    engine = make_engine(pg_empty_url)
     upgrade(engine, "0004")
     _fill_0004(engine)
     before = _rows(engine)
