@@ -2,41 +2,20 @@
 
 Directory entries carry their type from `scandir` (`d_type`), so only the paths named on
 the command line and the directories themselves are `lstat`ed; `files.exclude` globs are
-matched, as one alternation, against each absolute path; kernel pseudo-file systems are
-never entered; a TensorFlow SavedModel directory is listed as one more path beside its
-files.
+matched against each absolute path by the file sensor's own matcher (`agent.globs`), so
+`scan` skips what the daemon skips; kernel pseudo-file systems are never entered; a
+TensorFlow SavedModel directory is listed as one more path beside its files.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import stat
 from collections.abc import Iterator, Sequence
 
+from agent.globs import compile_excludes
+
 __all__ = ["walk"]
-
-
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    out = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
 
 
 _PSEUDO = ("/proc/", "/sys/")
@@ -46,18 +25,17 @@ def walk(paths: Sequence[str], exclude: Sequence[str]) -> Iterator[str]:
     """Every path under `paths`, depth first, never following a symlink.
 
     A directory's entries carry their type (`d_type`) from `scandir`, so only the named
-    paths and the directories themselves are `lstat`ed; the exclude globs are one
-    alternation, matched against the absolute path (and with a trailing slash, so that
-    a directory matches "**/x/**").
+    paths and the directories themselves are `lstat`ed; the exclude globs are the file
+    sensor's matcher (`agent.globs`), tried on each absolute path.
     """
-    rx = _exclusion(exclude)
+    excluded = compile_excludes(exclude)
     for top in paths:
         stack: list[tuple[str, str, bool | None]] = [(top, os.path.abspath(top), None)]
         while stack:
             p, full, is_dir = stack.pop()
             if full.startswith(_PSEUDO) or full in ("/proc", "/sys"):
                 continue  # kernel pseudo-files: /proc/kcore claims 128 TB
-            if rx is not None and (rx.match(full) or rx.match(full + "/")):
+            if excluded(full):
                 continue
             if is_dir is None:
                 try:
@@ -88,8 +66,3 @@ def _is_dir(entry: os.DirEntry[str]) -> bool | None:
     except OSError:
         return None
 
-
-def _exclusion(exclude: Sequence[str]) -> re.Pattern[str] | None:
-    if not exclude:
-        return None
-    return re.compile("|".join(f"(?:{_glob_regex(p).pattern})" for p in exclude))

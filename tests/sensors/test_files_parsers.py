@@ -1,9 +1,8 @@
-"""The file sensor's pure parts: kernel record parsers, mount table, globs, rescan plan."""
+"""The file sensor's pure parts: kernel record parsers, mount table, rescan plan."""
 
 from __future__ import annotations
 
 import os
-import re
 import struct
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from agent.sensors.files.channels import (
     is_removable_device,
     parse_mountinfo,
 )
-from agent.sensors.files.globs import compile_excludes
 from agent.sensors.files.process import parse_cmdline, parse_status
 from agent.sensors.files.rescan_plan import UNSEEN, Comparison, OnDisk, StatKey, Step
 
@@ -196,37 +194,6 @@ def test_channel_map(tmp_path: Path) -> None:
         "/home/u/remote",
         "/media/u/KINGSTON USB",
     ]
-
-
-# --- exclude globs --------------------------------------------------------------------
-
-
-def test_default_excludes() -> None:
-    ex = compile_excludes(["**/.git/objects/**", "**/__pycache__/**", "**/*.swp", "**/*~"])
-    assert ex("/r/.git/objects") and ex("/r/.git/objects/ab/cdef")
-    assert ex("/r/a/__pycache__/m.pyc") and ex("/r/.x.swp") and ex("/r/notes~")
-    assert not ex("/r/foo.git/objects/x") and not ex("/r/.git/config") and not ex("/r/a.swpx")
-
-
-@given(st.lists(st.text("ab/.", max_size=6).filter(lambda s: "/" not in s and s), max_size=4))
-def test_exclude_by_name_matches_any_depth(parts: list[str]) -> None:
-    ex = compile_excludes(["*.tmp"])
-    path = "/" + "/".join([*parts, "x.tmp"])
-    assert ex(path)
-    assert not ex(path + "x")
-
-
-@given(st.text(max_size=30))
-def test_exclude_never_crashes(pattern: str) -> None:
-    try:
-        ex = compile_excludes([pattern])
-    except re.error:
-        return
-    ex("/a/b")
-
-
-def test_no_excludes_excludes_nothing() -> None:
-    assert not compile_excludes([])("/anything")
 
 
 # --- rescan plan --------------------------------------------------------------------

@@ -1,5 +1,11 @@
 """`files.exclude` globs, compiled once into one regular expression.
 
+The one matcher for these globs: the file sensor (what it neither watches nor reports)
+and `egress-agent scan` (what its walk skips) both use it, so a file the daemon ignores
+is never classified by a scan, nor the other way round. It lives here, outside the
+sensor package, because importing that package loads SQLAlchemy — CPU a scan's start
+does not need.
+
 Syntax (matched against the whole absolute path): `*` is any run of characters
 within one path component, `?` one such character, `[...]` a character class, `**`
 any run of components. `**/` may match nothing (`**/x` matches `/x` and `/a/b/x`),
