@@ -31,6 +31,7 @@ from sqlalchemy import Engine
 from agent import metrics
 from agent.config import FilesSection
 from agent.events import FileAction, FileEvent, Origin, ProcessInfo
+from agent.feedback import READ_HOLD
 from agent.globs import compile_excludes
 from agent.liveness import HEARTBEATS, Heartbeat, supervised
 from agent.sensors import Emit, SensorUnavailable
@@ -42,11 +43,10 @@ from agent.sensors.files.rescan_worker import Rescans
 from agent.sensors.files.tree import Change, WatchTree
 
 if TYPE_CHECKING:
-    from agent.daemon import Runtime
+    from agent.runtime import JobSpec, Runtime
 
 log = logging.getLogger(__name__)
 
-HOLD = 0.15  # seconds events wait for fanotify's pid when attribution is on
 BUSY_POLL_MS = 50  # while moves wait for their pair or reads are held
 IDLE_POLL_MS = 1000  # shortest idle wait while recent events wait to be pruned
 
@@ -293,8 +293,8 @@ class FileSensor:
         return max(IDLE_POLL_MS, int((expiry - time.monotonic()) * 1000) + 1)
 
     def _on_change(self, ch: Change) -> None:
-        if self.attribution.active:
-            self._hold.append((time.monotonic() + HOLD, ch))
+        if self.attribution.active:  # held for fanotify's pid (see agent/feedback.py)
+            self._hold.append((time.monotonic() + READ_HOLD, ch))
         else:
             self.send(ch, None)
 
@@ -395,15 +395,14 @@ def create(rt: Runtime) -> FileSensor:
     sensor = FileSensor(
         rt.settings.files, rt.engine, rt.host_id, scratch_dir=str(rt.settings.state_dir)
     )
-    rt.extras["files_sensor"] = sensor
-    rt.extras["watch_reads"] = sensor.watch_reads
+    rt.attach_files_sensor(sensor)  # the inventory job, and incidents' read marks
     return sensor
 
 
-def inventory_rescan_job(rt: Runtime) -> tuple[str, float, Any] | None:
+def inventory_rescan_job(rt: Runtime) -> JobSpec | None:
     """The scheduled inventory rescan: reconcile every root with the store."""
-    sensor = rt.extras.get("files_sensor")
-    if not isinstance(sensor, FileSensor):
+    sensor = rt.files_sensor
+    if sensor is None:
         return None
     interval = rt.settings.jobs.rescan_interval
 
