@@ -20,13 +20,13 @@ import struct
 from pathlib import Path
 
 from agent.sensors import SensorUnavailable
+from agent.sensors.network.sockbuf import set_receive_buffer
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
 PACKET_OUTGOING = 4
 SO_ATTACH_FILTER = 26
-SO_RCVBUFFORCE = 33
 DLT_EN10MB = 1
 DLT_RAW = 12  # Linux: packets start with the IP header (tun, WireGuard, ...)
 # ARPHRD_* interface types (/sys/class/net/IF/type) -> link type of their frames
@@ -111,10 +111,7 @@ class CaptureSocket:
             ) from None
         try:
             _attach(self.sock, program)
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, buffer_bytes)
-            except PermissionError:  # without CAP_NET_ADMIN: capped at net.core.rmem_max
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
+            set_receive_buffer(self.sock, buffer_bytes)
             self.sock.bind((interface, ETH_P_ALL))
         except OSError as e:
             self.sock.close()

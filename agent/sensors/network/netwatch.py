@@ -20,6 +20,8 @@ import errno
 import socket
 import struct
 
+from agent.sensors.network.sockbuf import set_receive_buffer
+
 NETLINK_ROUTE = 0
 NETLINK_NETFILTER = 12
 RTMGRP_IPV4_IFADDR = 0x10
@@ -35,7 +37,6 @@ _CT_NEW = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW
 _NFGENMSG = 4
 _MAX_MESSAGES = 1024  # per datagram: a bound for hostile input, far above what one holds
 
-_SO_RCVBUFFORCE = 33  # past net.core.rmem_max, with CAP_NET_ADMIN
 _nlmsghdr = struct.Struct("=IHHII")
 _nlattr = struct.Struct("=HH")
 
@@ -47,10 +48,7 @@ class Multicast:
     def __init__(self, protocol: int, groups: int, buffer_bytes: int | None = None) -> None:
         self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
         if buffer_bytes is not None:  # a burst of notifications must not overflow it
-            try:
-                self.sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, buffer_bytes)
-            except PermissionError:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
+            set_receive_buffer(self.sock, buffer_bytes)
         try:
             self.sock.bind((0, groups))  # some groups need CAP_NET_ADMIN
         except OSError:
