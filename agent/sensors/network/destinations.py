@@ -1,8 +1,8 @@
 """Where a flow went: destination class, country, organisation and known service.
 
-`Destinations.classify(address, name)` answers `(dest_class, country)` with dest_class
-in loopback | internal | approved | foreign | domestic | unknown, checked in that order.
-Countries come from a `geo.CountrySource`: the table installed with the package when
+`Destinations.classify(address, name)` answers `(dest_class, country)` with dest_class a
+`DestClass`: loopback | internal | approved | foreign | domestic | unknown, checked in
+that order. Countries come from a `geo.CountrySource`: the table installed with the package when
 `network.country_db` is unset, else the site's `.mmdb` file or a CSV loaded here as a
 `CountryTable` (`cidr,country` or `first_ip,last_ip,country` rows, as GeoIP/ipinfo/DB-IP
 exports give them). `org(address)` names the owner from `network.asn_db`, and
@@ -19,15 +19,19 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent.events import DestClass
 from agent.sensors.network.geo import AsnTable, CountrySource, GeoDataError, GeoDataInfo
 from agent.sensors.network.services import Service, ServiceIndex
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _CACHE_SIZE = 65536  # addresses whose classification is kept (cleared when full)
-Verdict = tuple[str, str | None]  # (dest_class, country)
+Verdict = tuple[DestClass, str | None]  # (dest_class, country)
 # what an address alone decides: a verdict no name changes, or (None, in an approved
 # network, the verdict when no name approves it); then the owning organisation
 _AddressClass = tuple[Verdict | None, bool, Verdict, str | None]
+_UNKNOWN: Verdict = (DestClass.UNKNOWN, None)
+_LOOPBACK: Verdict = (DestClass.LOOPBACK, None)
+_INTERNAL: Verdict = (DestClass.INTERNAL, None)
 
 
 class CountryTableError(GeoDataError):
@@ -160,7 +164,7 @@ class Destinations:
             return fixed
         country = otherwise[1]
         if approved_net or self._name_approved(name):
-            return "approved", country
+            return DestClass.APPROVED, country
         return otherwise
 
     def org(self, address: str) -> str | None:
@@ -186,19 +190,19 @@ class Destinations:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
-            return ("unknown", None), False, ("unknown", None), None
+            return _UNKNOWN, False, _UNKNOWN, None
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
             ip = ip.ipv4_mapped
         if ip.is_loopback:
-            return ("loopback", None), False, ("loopback", None), None
+            return _LOOPBACK, False, _LOOPBACK, None
         if any(ip in n for n in self.internal):
-            return ("internal", None), False, ("internal", None), None
+            return _INTERNAL, False, _INTERNAL, None
         country = self.countries.lookup(ip) if self.countries is not None else None
         org = self.asn.org(ip) if self.asn is not None else None
         approved_net = any(ip in n for n in self.approved_nets)
         if any(ip in n for n in self.foreign):
-            return None, approved_net, ("foreign", country), org
+            return None, approved_net, (DestClass.FOREIGN, country), org
         if country is None:
-            return None, approved_net, ("unknown", None), org
-        where = "domestic" if country == self.domestic else "foreign"
+            return None, approved_net, _UNKNOWN, org
+        where = DestClass.DOMESTIC if country == self.domestic else DestClass.FOREIGN
         return None, approved_net, (where, country), org
