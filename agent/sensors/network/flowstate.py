@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.events import ProcessInfo
+from agent.events import ByteSource, CloseReason, ProcessInfo
 from agent.sensors.network.seqtrack import SeqCounter
 
 FlowKey = tuple[int, bytes, int, bytes, int]
@@ -69,18 +69,18 @@ class FlowState:
             return known
         return max(known, raw - 1 if self.fin_in else raw)
 
-    def totals(self) -> tuple[int, int, str]:
+    def totals(self) -> tuple[int, int, ByteSource]:
         if self.kernel_out is not None and not self._seq_knows_better():
-            return self.kernel_out, self.kernel_received(), "tcp_info"
+            return self.kernel_out, self.kernel_received(), ByteSource.TCP_INFO
         if self.conntrack_out is not None:
-            return self.conntrack_out, self.conntrack_in or 0, "conntrack_l3"
+            return self.conntrack_out, self.conntrack_in or 0, ByteSource.CONNTRACK_L3
         if self.out is not None:
-            return self.out.bytes, self.inn.bytes if self.inn else 0, "tcp_seq"
-        return self.packet_out, self.packet_in, "packets"
+            return self.out.bytes, self.inn.bytes if self.inn else 0, ByteSource.TCP_SEQ
+        return self.packet_out, self.packet_in, ByteSource.PACKETS
 
 
-def close_reason(st: FlowState, default: str) -> str:
+def close_reason(st: FlowState, default: CloseReason) -> CloseReason:
     """How the flow ended as the wire showed it, else `default`."""
     if st.rst:
-        return "rst"
-    return "fin" if st.fin_out or st.fin_in else default
+        return CloseReason.RST
+    return CloseReason.FIN if st.fin_out or st.fin_in else default

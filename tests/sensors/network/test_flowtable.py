@@ -1,4 +1,5 @@
-"""The flow table on its own: kernel counts, inbound filtering, hostile packet sequences."""
+"""The flow state machine on its own: closes, timeouts, when it is due, hostile packet
+sequences (the kernel's counts are test_reconcile.py's)."""
 
 from __future__ import annotations
 
@@ -25,61 +26,6 @@ def _tcp(
     return Packet(6, src, dst, sport, dport, seq, 0, flags, 0, n)
 
 
-def test_kernel_counts_win_and_the_destroy_closes() -> None:
-    t, out = _table(is_local=lambda a: a in (A, L))
-    t.packet(_tcp(A, 40000, B, 443, 100, TCP_SYN), 1.0, b"", 0)
-    st = t.flows[(6, A, 40000, B, 443)]
-    st.owned = True  # what the sensor does when sock_diag found the socket
-    t.packet(_tcp(A, 40000, B, 443, 5101, TCP_FIN | TCP_ACK), 2.0, b"", 0)
-    t.packet(_tcp(B, 443, A, 40000, 900, TCP_FIN | TCP_ACK), 2.1, b"", 0)
-    assert out == []  # owned: wait for the destroy notification
-    t.kernel_update((6, A, 40000, B, 443), 5000, 1, 2.2, final=True)
-    (f,) = out
-    assert (f.bytes_out, f.bytes_in, f.byte_source, f.close_reason) == (5000, 0, "tcp_info", "fin")
-
-
-def test_a_dump_in_state_close_before_the_fin_was_read_does_not_count_it() -> None:
-    """The CI flake: a dump caught the socket in CLOSE (its count includes the peer's
-    FIN) before the capture read that FIN, and the destroy notification never came."""
-    t, out = _table(is_local=lambda a: a in (A, L))
-    key = (6, A, 40002, B, 443)
-    t.packet(_tcp(A, 40002, B, 443, 100, TCP_SYN), 1.0, b"", 0)
-    t.flows[key].owned = True
-    t.packet(_tcp(A, 40002, B, 443, 5101, TCP_FIN | TCP_ACK), 2.0, b"", 0)
-    t.kernel_update(key, 5000, 1, 2.1, peer_fin=None)  # state CLOSE: FIN counted or not?
-    t.packet(_tcp(B, 443, A, 40002, 900, TCP_FIN | TCP_ACK), 2.2, b"", 0)
-    t.kernel_update(key, 5000, 1, 2.3, peer_fin=True)  # a later dump that knows
-    t.expire(2.2 + t.close_grace)
-    (f,) = out
-    assert (f.bytes_out, f.bytes_in, f.byte_source) == (5000, 0, "tcp_info")
-
-
-def test_a_dump_in_state_close_after_a_reset_keeps_every_byte() -> None:
-    t, out = _table(is_local=lambda a: a in (A, L))
-    key = (6, A, 40003, B, 443)
-    t.packet(_tcp(A, 40003, B, 443, 100, TCP_SYN), 1.0, b"", 0)
-    t.flows[key].owned = True
-    t.kernel_update(key, 5000, 7, 2.1, peer_fin=None)  # no FIN on the wire: 7 real bytes
-    t.packet(_tcp(B, 443, A, 40003, 900, TCP_RST), 2.2, b"", 0)
-    t.expire(2.2 + t.close_grace)
-    (f,) = out
-    assert (f.bytes_out, f.bytes_in) == (5000, 7)
-
-
-def test_a_dump_that_predates_the_fin_is_not_corrected_by_the_wire() -> None:
-    """The capture sees the FIN before TCP does: a dump in ESTABLISHED right after
-    still excludes it, and must not lose a real byte."""
-    t, out = _table(is_local=lambda a: a in (A, L))
-    key = (6, A, 40004, B, 443)
-    t.packet(_tcp(A, 40004, B, 443, 100, TCP_SYN), 1.0, b"", 0)
-    t.flows[key].owned = True
-    t.packet(_tcp(B, 443, A, 40004, 900, TCP_FIN | TCP_ACK), 2.0, b"", 0)
-    t.kernel_update(key, 10, 3, 2.05, peer_fin=False)
-    t.kernel_update(key, 10, 4, 2.1, final=True)
-    (f,) = out
-    assert (f.bytes_out, f.bytes_in) == (10, 3)
-
-
 def test_owned_flow_without_destroy_ends_after_the_grace_period() -> None:
     t, out = _table()
     t.packet(_tcp(A, 40001, B, 443, 100, TCP_SYN), 1.0, b"", 0)
@@ -90,16 +36,6 @@ def test_owned_flow_without_destroy_ends_after_the_grace_period() -> None:
     t.expire(2.0 + t.close_grace)
     (f,) = out
     assert (f.bytes_out, f.byte_source, f.close_reason) == (200, "tcp_seq", "rst")
-
-
-def test_inbound_and_accepting_sockets_are_not_flows() -> None:
-    t, out = _table(is_local=lambda a: a == L)
-    t.packet(_tcp(B, 5555, L, 22, 1, TCP_SYN), 1.0, b"", 0)
-    t.packet(_tcp(B, 5555, L, 22, 2, TCP_FIN), 2.0, b"", 0)
-    # the accepting socket's view of the same connection, from a dump: not adopted
-    assert t.kernel_update((6, L, 22, B, 5555), 10, 10, 3.0, adopt=True) is None
-    t.flush(4.0)
-    assert out == [] and t.flows == {}
 
 
 @settings(max_examples=200)

@@ -14,15 +14,11 @@ from pathlib import Path
 
 import communityid
 import yaml
-from prometheus_client import REGISTRY
 from scapy.packet import Packet
 
 from agent.config import NetworkSection
-from agent.events import Flow
 from agent.policy.facts import flow_facts
 from agent.sensors.network.destinations import Destinations
-from agent.sensors.network.flowtable import FlowTable
-from agent.sensors.network.packets import decode_ethernet
 from agent.sensors.network.replay import destinations_from, replay_pcap
 from tests.conftest import cli
 from tests.sensors.network.pcaps import Clock, tcp_session, write
@@ -108,30 +104,6 @@ def test_mmdb_country_db_and_asn_db_from_config(tmp_path: Path) -> None:
     )
     # the site's file replaces the built-in table: what it does not list is unknown
     assert (flows["142.250.72.14"].dest_class, flows["142.250.72.14"].country) == ("unknown", None)
-
-
-def test_bytes_by_service_category_metric(tmp_path: Path) -> None:
-    def sample(category: str) -> float:
-        labels = {"category": category}
-        return REGISTRY.get_sample_value("egress_agent_service_bytes_total", labels) or 0.0
-
-    before = {c: sample(c) for c in ("cloud_storage", "code_hosting", "ai_assistant")}
-    flows: list[Flow] = []
-    table = FlowTable(flows.append, destinations_from(NetworkSection()), count_metrics=True)
-    last = 0.0
-    for pkt in packets(upload=14_000):
-        raw = bytes(pkt)
-        decoded = decode_ethernet(raw, 0, len(raw))
-        assert decoded is not None
-        last = float(pkt.time)
-        table.packet(decoded, last, raw, len(raw))
-    table.flush(last)
-    sent = {f.sni: f.bytes_out for f in flows if f.sni}
-    assert sample("cloud_storage") - before["cloud_storage"] == (
-        sent["drive.google.com"] + sent["pan.baidu.com"]
-    )
-    assert sample("code_hosting") - before["code_hosting"] == sent["github.com"]
-    assert sample("ai_assistant") - before["ai_assistant"] == sent["api.openai.com"]
 
 
 def test_cli_replay_on_a_fresh_install_and_a_site_services_file(tmp_path: Path) -> None:
