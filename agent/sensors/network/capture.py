@@ -19,6 +19,7 @@ import socket
 import struct
 from pathlib import Path
 
+from agent import metrics
 from agent.sensors import SensorUnavailable
 from agent.sensors.network.sockbuf import set_receive_buffer
 
@@ -120,6 +121,8 @@ class CaptureSocket:
             raise SensorUnavailable(f"cannot capture on {interface}: {e}") from None
         self.sock.setblocking(False)
         self.stats()  # reading resets the counters: start from zero
+        # egress_agent_capture_packets_total{interface}, looked up once, not per batch
+        self.packet_counter = metrics.CAPTURE_PACKETS.labels(interface)
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -129,6 +132,15 @@ class CaptureSocket:
         raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
         packets, drops = struct.unpack("II", raw)
         return packets, drops
+
+    def count_drops(self) -> None:
+        """Add the kernel's drops since the last call to egress_agent_capture_drops_total."""
+        try:
+            _packets, drops = self.stats()
+        except OSError:
+            return
+        if drops:
+            metrics.CAPTURE_DROPS.labels(self.interface).inc(drops)
 
     def close(self) -> None:
         self.sock.close()

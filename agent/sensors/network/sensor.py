@@ -95,7 +95,6 @@ class NetworkSensor(KernelAccounting):
         self._emit: Emit | None = None
         # metric children looked up once, not per packet batch and per flow
         self._events_metric = metrics.SENSOR_EVENTS.labels(self.name)
-        self._packet_metrics: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._beat = Heartbeat("sensor-network")
@@ -277,7 +276,8 @@ class NetworkSensor(KernelAccounting):
                 if now >= self._stats_due:
                     self._stats_due = math.inf
                     self._last_stats = now
-                    self._poll_stats()
+                    for cap in self.captures:
+                        cap.count_drops()
                 wall = time.time()
                 if wall >= table.due and now >= self._next_house:
                     self._next_house = now + HOUSEKEEPING
@@ -364,12 +364,7 @@ class NetworkSensor(KernelAccounting):
             self.packets += n
             if self._stats_due == math.inf:  # drops can only follow packets: read them soon
                 self._stats_due = max(time.monotonic(), self._last_stats + HOUSEKEEPING)
-            counter = self._packet_metrics.get(cap.interface)
-            if counter is None:
-                counter = self._packet_metrics[cap.interface] = metrics.CAPTURE_PACKETS.labels(
-                    cap.interface
-                )
-            counter.inc(n)
+            cap.packet_counter.inc(n)
         return reads
 
     def _reopen(self) -> None:
@@ -384,16 +379,7 @@ class NetworkSensor(KernelAccounting):
             log.info("capture on %s reopened", name)
             self._refresh_local()
 
-    def _poll_stats(self) -> None:
-        for cap in self.captures:
-            try:
-                _packets, drops = cap.stats()
-            except OSError:
-                continue
-            if drops:
-                metrics.CAPTURE_DROPS.labels(cap.interface).inc(drops)
-
-    # --- kernel accounting ---------------------------------------------------------------
+    # --- export ------------------------------------------------------------------------
     def _export(self, flow: Flow) -> None:
         assert self._emit is not None
         if self._emit(flow):
