@@ -1,14 +1,17 @@
 """The network sensor: outbound flows with exact bytes, names, destination class, process.
 
-Modules, from the wire inwards: `capture` (filtered AF_PACKET sockets), `packets`
-(struct header parsing), `names` (SNI, HTTP Host, DNS, name cache), `quic` (SNI from
-QUIC Initials), `seqtrack` (TCP sequence counting past 4 GiB), `sockdiag` (kernel byte
-counts and socket owners), `conntrack` (UDP volume), `procindex` (inode → process),
-`host` (local addresses and ports), `destinations` (class and country), `geo` (country
-and organisation tables), `services` (known services by category), `communityid` (the
-flow hash SIEMs join on), `flowstate`
-and `flowtable` (the flow logic shared with replay), `sensor` (the live thread),
-`pcapfile` and `replay` (offline mode). See docs/network-sensor.md.
+Modules, from the wire inwards: `capture` (filtered AF_PACKET sockets), `sockbuf`
+(their receive buffers, and the netlink sockets'), `packets` (struct header parsing),
+`names` (SNI, HTTP Host, DNS, name cache), `quic` (SNI from QUIC Initials), `seqtrack`
+(TCP sequence counting past 4 GiB), `sockdiag` (kernel byte counts and socket owners),
+`conntrack` (UDP volume), `netwatch` (netlink notifications that wake the loop),
+`procindex` (inode → process), `host` (local addresses and ports), `destinations`
+(class and country), `geo` (country and organisation tables), `services` (known
+services by category), `communityid` (the flow hash SIEMs join on); the flow logic
+shared with replay: `flowstate` (one flow, which count wins), `flowtable` (the state
+machine), `reconcile` (the kernel's counts merged in), `flownames` (naming a flow and
+its destination), `flowmetrics` (its bytes in Prometheus); `kernelacct` and `sensor`
+(the live thread), `pcapfile` and `replay` (offline mode). See docs/network-sensor.md.
 """
 
 from __future__ import annotations
