@@ -8,10 +8,62 @@ ISO country code, rule id from the loaded packs) and never a path, hash or addre
 from __future__ import annotations
 
 import platform
+from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+import prometheus_client
+from prometheus_client import Info
 
 from agent import __version__
+
+
+class _CachedLabels:
+    """`labels(*values)` from a plain dict once a child exists.
+
+    prometheus_client validates and str()s every value and takes the metric's lock on
+    each `labels()` call; the pipeline calls it per event (a classified file, a decision,
+    a hash-cache hit), which cost more than the `inc()` itself. Children are never
+    removed once made unless `remove`/`clear` is called, and those empty this cache too.
+    Keyword labels and first calls go through prometheus_client unchanged.
+    """
+
+    _children: dict[tuple[Any, ...], Any]
+
+    def labels(self, *values: Any, **kw: Any) -> Any:
+        if not kw:
+            try:
+                return self._children[values]
+            except (KeyError, AttributeError, TypeError):
+                pass
+        child = super().labels(*values, **kw)  # type: ignore[misc]
+        if not kw:
+            try:
+                self._children[values] = child
+            except AttributeError:
+                self._children = {values: child}
+            except TypeError:  # an unhashable value: served uncached, still correct
+                pass
+        return child
+
+    def remove(self, *values: Any) -> None:
+        self._children = {}
+        super().remove(*values)  # type: ignore[misc]
+
+    def clear(self) -> None:
+        self._children = {}
+        super().clear()  # type: ignore[misc]
+
+
+class Counter(_CachedLabels, prometheus_client.Counter):
+    pass
+
+
+class Gauge(_CachedLabels, prometheus_client.Gauge):
+    pass
+
+
+class Histogram(_CachedLabels, prometheus_client.Histogram):
+    pass
+
 
 # --- agent and pipeline health ---------------------------------------------------
 BUILD_INFO = Info("egress_agent_build", "Version of the running agent.")
