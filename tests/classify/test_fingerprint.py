@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import threading
 from pathlib import Path
 
@@ -22,7 +23,7 @@ def hashed_bytes() -> float:
 
 
 def big_file(path: Path, mib: int) -> str:
-    block = os.urandom(MIB)
+    block = random.Random(f"{path.name}:{mib}").randbytes(MIB)  # one content per call
     h = hashlib.sha256()
     with path.open("wb") as f:
         for _ in range(mib):

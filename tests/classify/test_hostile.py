@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import random
 import struct
 import subprocess
 import sys
@@ -116,7 +117,7 @@ def test_tar_expanded_bytes_limit(tmp_path: Path) -> None:
     target = tmp_path / "big.tar.gz"
     with tarfile.open(target, "w:gz") as t:
         for i in range(4):
-            data = os.urandom(1 << 20)
+            data = random.Random(i).randbytes(1 << 20)
             ti = tarfile.TarInfo(f"r{i}.bin")
             ti.size = len(data)
             t.addfile(ti, io.BytesIO(data))
@@ -299,7 +300,7 @@ def test_growing_file_never_caches_a_stale_hash(tmp_path: Path) -> None:
     import hashlib
 
     f = tmp_path / "log.bin"
-    f.write_bytes(os.urandom(32 << 20))
+    f.write_bytes(random.Random(2).randbytes(32 << 20))
     stop = threading.Event()
 
     def writer() -> None:

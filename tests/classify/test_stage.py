@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,7 +77,7 @@ def test_stage_attaches_artefacts_by_action(rt: Any, tmp_path: Path) -> None:
 
 def test_hash_cache_survives_a_restart(tmp_path: Path) -> None:
     f = tmp_path / "big.bin"
-    f.write_bytes(os.urandom(3 << 20))
+    f.write_bytes(random.Random(1).randbytes(3 << 20))
     db = tmp_path / "hc.db"
     settings = ClassifySection(use_magika=False)
     c1 = HashCache(db)
@@ -104,7 +105,7 @@ def test_hash_cache_survives_a_restart(tmp_path: Path) -> None:
 def test_lineage_from_the_store(rt: Any, tmp_path: Path) -> None:
     """Another host's agent tagged this content; a copy here inherits its tags unparsed."""
     blob = tmp_path / "opaque.bin"
-    blob.write_bytes(os.urandom(4096))
+    blob.write_bytes(random.Random(2).randbytes(4096))
     sha = hashlib.sha256(blob.read_bytes()).hexdigest()
     known = Artefact(
         sha256=sha,
@@ -148,7 +149,7 @@ def test_archive_lineage_reaches_the_store(rt: Any, tmp_path: Path) -> None:
 def test_slow_file_is_deferred_not_lost(rt: Any, tmp_path: Path) -> None:
     rt.settings.classify.event_timeout = 0.0001
     big = tmp_path / "big.bin"
-    big.write_bytes(os.urandom(64 << 20))
+    big.write_bytes(random.Random(3).randbytes(64 << 20))
     stage = ClassifyStage(rt)
     out = stage(ev(FileAction.WRITTEN, big))
     assert isinstance(out, FileEvent) and out.artefact is not None
@@ -248,7 +249,7 @@ def test_overdue_workers_do_not_stall_the_pipeline(rt: Any, tmp_path: Path) -> N
     rt.settings.classify.event_timeout = 0.0001
     rt.settings.classify.workers = 1
     big = tmp_path / "big.bin"
-    big.write_bytes(os.urandom(64 << 20))
+    big.write_bytes(random.Random(4).randbytes(64 << 20))
     small = tmp_path / "small.py"
     small.write_text("x = 1\n")
     stage = ClassifyStage(rt)

@@ -9,7 +9,7 @@ Run alone with `pytest -m drill`.
 
 from __future__ import annotations
 
-import os
+import random
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,7 @@ rules:
 
 GARBAGE = (
     b"pack: [\x00\xff{{{ this is : not : yaml\n\t- rules: !!python/object:os.system\n"
-    + os.urandom(512)
+    + random.Random(1).randbytes(512)
 )
 
 

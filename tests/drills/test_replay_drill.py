@@ -13,7 +13,7 @@ section header followed by random blocks. Run alone with `pytest -m drill`.
 
 from __future__ import annotations
 
-import os
+import random
 import re
 import struct
 import subprocess
@@ -79,8 +79,8 @@ def random_records(f: object, linktype: int) -> int:
     """Valid record headers (sane lengths, rising time) around random frames; ~100 MB."""
     write = f.write  # type: ignore[attr-defined]
     write(pcap_header(linktype))
-    blob = os.urandom(SIZE)
-    lengths = os.urandom(SIZE // 400)
+    blob = random.Random(1).randbytes(SIZE)
+    lengths = random.Random(2).randbytes(SIZE // 400)
     pos = n = 0
     while pos < SIZE - 1600:
         size = 20 + (lengths[n % len(lengths)] * 6) % 1500
@@ -104,7 +104,7 @@ def check_bounds(rss_kb: int, seconds: float) -> None:
 
 def test_random_bytes_are_a_one_line_error(tmp_path: Path) -> None:
     f = tmp_path / "random.pcap"
-    f.write_bytes(os.urandom(SIZE))
+    f.write_bytes(random.Random(3).randbytes(SIZE))
     code, rss, err, secs = replay(f)
     assert code == 2
     lines = [ln for ln in err.splitlines() if ln.strip()]
@@ -114,7 +114,7 @@ def test_random_bytes_are_a_one_line_error(tmp_path: Path) -> None:
 
 def test_random_bytes_behind_a_pcap_header_are_counted(tmp_path: Path) -> None:
     f = tmp_path / "header.pcap"
-    f.write_bytes(pcap_header(1) + os.urandom(SIZE))
+    f.write_bytes(pcap_header(1) + random.Random(4).randbytes(SIZE))
     code, rss, err, secs = replay(f)
     assert code == 0, err
     _flows, frames, undecoded, truncated, _bad = summary(err)
@@ -145,7 +145,7 @@ def test_random_blocks_behind_a_pcapng_header_are_counted(tmp_path: Path) -> Non
     body = struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)
     shb = struct.pack("<II", 0x0A0D0D0A, 28) + body + struct.pack("<I", 28)
     f = tmp_path / "random.pcapng"
-    f.write_bytes(shb + os.urandom(SIZE))
+    f.write_bytes(shb + random.Random(5).randbytes(SIZE))
     code, rss, err, secs = replay(f)
     assert code in (0, 2), err
     if code == 0:

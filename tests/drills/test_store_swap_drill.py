@@ -14,6 +14,7 @@ files, none lost and none twice. SIGTERM still ends it with exit 0. Run: `pytest
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sqlite3
 import time
@@ -113,7 +114,7 @@ def test_store_swapped_removed_and_broken_under_a_running_agent(
 
     # broken in place: the maintenance job's quick_check moves it aside, a new one opens
     with db.open("r+b") as f:
-        f.write(os.urandom(db.stat().st_size))
+        f.write(random.Random(1).randbytes(db.stat().st_size))
     _wait(lambda: reopened("integrity") == 1)
     moved = [p for p in db.parent.iterdir() if p.name.startswith("store.db.broken-")]
     assert len(moved) == 1

@@ -7,10 +7,10 @@ end: every file that exists was reported, and nothing that is gone is still beli
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,8 @@ from agent.events import FileAction
 from agent.sensors.files import FileSensor
 from agent.store.db import make_engine, upgrade
 from tests.sensors.test_files_rig import HOST, Collector
+
+_UNIQUE = itertools.count()  # fresh names, the same in every run (no uuid4)
 
 OPS = st.lists(
     st.tuples(
@@ -70,13 +72,13 @@ def _apply(root: Path, outside: Path, op: str, a: int, b: int) -> None:
     elif op == "rmtree" and len(dirs) > 1:
         shutil.rmtree(dirs[1 + a % (len(dirs) - 1)])
     elif op == "in":
-        src = outside / f"in{uuid.uuid4().hex[:6]}"
+        src = outside / f"in{next(_UNIQUE)}"
         src.mkdir()
         for i in range(b % 4):
             (src / f"g{i}").write_text("g")
         os.rename(src, d / src.name)
     elif op == "out" and len(dirs) > 1:
-        os.rename(dirs[1 + a % (len(dirs) - 1)], outside / f"out{uuid.uuid4().hex[:6]}")
+        os.rename(dirs[1 + a % (len(dirs) - 1)], outside / f"out{next(_UNIQUE)}")
 
 
 def _replay(events: list) -> set[str]:
@@ -108,7 +110,7 @@ def model_engine(tmp_path_factory):
 )
 @given(ops=OPS)
 def test_event_stream_matches_the_file_system(tmp_path, model_engine, ops):
-    base = tmp_path / uuid.uuid4().hex[:8]
+    base = tmp_path / f"example-{next(_UNIQUE)}"
     root, outside = base / "root", base / "outside"
     root.mkdir(parents=True)
     outside.mkdir()

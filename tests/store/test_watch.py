@@ -4,6 +4,7 @@ once and reopened (agent/store/watch.py), in-process and in a running daemon."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sqlite3
 import time
@@ -135,7 +136,7 @@ def test_a_broken_store_is_moved_aside_by_the_integrity_check(tmp_path: Path) ->
     engine.dispose()
     before = reopened("integrity")
     with db.open("r+b") as f:  # the same inode, now garbage: only the check can see it
-        f.write(os.urandom(db.stat().st_size))
+        f.write(random.Random(1).randbytes(db.stat().st_size))
     problems = watch.check_integrity()
     assert problems
     assert reopened("integrity") == before + 1
