@@ -2,16 +2,17 @@
 
 PyTorch checkpoints (`torch.save`) are zips whose `data.pkl` describes each tensor as
 `torch._utils._rebuild_tensor_v2(<persistent storage id>, offset, shape, stride, ...)`.
-Unpickling runs arbitrary code, so this module walks the opcodes with
-`pickletools.genops` (a disassembler: it decodes arguments, it never imports or calls
-anything) and keeps a symbolic stack of plain values. A GLOBAL becomes a `Global`
-name, a REDUCE of `_rebuild_tensor_v2` over a storage id becomes a `TensorRecord`, and
-every other call becomes an opaque value. Any global outside an allowlist of what model
-checkpoints legitimately reference (torch's rebuild functions and storages, numpy's
-array reconstruction, OrderedDict, the builtins that construct data...) is *named* in
-`unsafe_globals` so that the evidence can say so: a denylist always misses one
-(`operator`, `functools`, `marshal`, `ctypes`...). Bounded: input size, opcode count,
-stack and memo size, tensors, dimensions per shape, and the caller's `Deadline`.
+Unpickling runs arbitrary code, so this module decodes the opcodes itself (`_opcodes`: a
+table of opcode → argument layout, every length checked against the input; neither
+`pickle` nor `pickletools` is ever loaded) and keeps a symbolic stack of plain values. A
+GLOBAL becomes a `Global` name, a REDUCE of `_rebuild_tensor_v2` over a storage id
+becomes a `TensorRecord`, and every other call becomes an opaque value. Any global
+outside an allowlist of what model checkpoints legitimately reference (torch's rebuild
+functions and storages, numpy's array reconstruction, OrderedDict, the builtins that
+construct data...) is *named* in `unsafe_globals` so that the evidence can say so: a
+denylist always misses one (`operator`, `functools`, `marshal`, `ctypes`...). Bounded:
+input size, opcode count, stack and memo size, tensors, dimensions per shape, and the
+caller's `Deadline`.
 """
 
 from __future__ import annotations

@@ -1,14 +1,16 @@
 """The compiled policy in force: packs, categories, rules, and the decision function.
 
-`Policy` is immutable and built only by `build.build_policy` (behind `build.load_policy`,
-which reads the pack files); the holder swaps whole policies. `Policy.decide(facts)` is
-pure — it checks each rule's condition, then its exceptions (data: destinations, users,
-processes, paths), and turns a firing rule into a `Decision` carrying the rule, pack,
-severity, action, the policy version and the categories that made it fire. A rule whose
-legal control is not in force on the day of the event (not yet in force, suspended, not
-enforced) still decides, but only records; the decision names the regime, the law, the
-item code, the control's state on that day and the confidence of the categories behind
-it, which is what an officer acts on.
+`Policy` is immutable and built only by `build.build_policy` (behind
+`build.load_policy`, which reads the pack files); the holder swaps whole policies.
+`Policy.decide(facts)` is pure — it tries only the rules that can hold for the event's
+kind, makes the comparisons several rules require once (`_gates`), then checks each
+remaining rule's condition and its exceptions (data: destination networks and host
+globs, users, processes, paths), and turns a firing rule into a `Decision` carrying the
+rule, pack, severity, action, the policy version and the categories that made it fire. A
+rule whose legal control is not in force on the day of the event (not yet in force,
+suspended, not enforced) still decides, but only records; the decision names the regime,
+the law, the item code, the control's state on that day and the confidence of the
+categories behind it, which is what an officer acts on.
 """
 
 from __future__ import annotations

@@ -1,12 +1,16 @@
 """Socket inode → process: a cached index over /proc/<pid>/fd, for flow attribution.
 
 sock_diag gives a connection's socket inode and uid; this finds the process holding
-that inode. A miss first re-reads the fds of processes that recently owned sockets
-(cheap, and usually where the next connection comes from: the fd of a process's last
-match is read first, and the search stops at the inode), then — at most once per
-a time budget (walks may burst, but cost at most ~2% of a core over time) — walks all
-of /proc. Best effort: a process that already exited
-stays unknown (None), never guessed.
+that inode. A lookup answers from the inode → pid map learned so far; a miss first
+re-reads the fds of processes that recently owned sockets (cheap, and usually where the
+next connection comes from: the fd of a process's last match is read first, then the
+fds that are new since its last search, and the search stops at the inode). Only then,
+and only if the socket still exists (`still_open`: a short connection often closes
+before this search), does it walk all of /proc, within a CPU budget (a token bucket:
+`budget` seconds of walking per second, ~2% of a core, in bursts of up to `burst`); a
+walk records every socket inode it reads, for the next lookups. What /proc says of a
+process is cached per incarnation (pid + start time) for PROCESS_TTL seconds. Best
+effort: a process that already exited stays unknown (None), never guessed.
 """
 
 from __future__ import annotations
