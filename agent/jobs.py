@@ -8,8 +8,10 @@ it: a job whose interval passed while the agent was down runs once soon after st
 (coalesced, not once per missed slot); one that is not yet due waits for its slot.
 Jobs run one at a time: they all work on the same store, and on SQLite two of them
 writing at once (retention deleting while maintenance runs ANALYZE, both due at start)
-made one fail with "database is locked". Jobs that belong to a later capability
-register themselves in `JOB_BUILDERS`.
+made one fail with "database is locked". The jobs are the builders listed in
+`JOB_BUILDERS`, each next to the code it runs (the file sensor's inventory rescan, the
+incident export): `(runtime) -> (name, interval, run)`, or None when its capability is
+off in the config; a builder that raises costs only its own job.
 """
 
 from __future__ import annotations
