@@ -2,8 +2,10 @@
 
 Correlation copies what an analyst needs out of the frozen pipeline events into these
 dicts, which become the incident's `evidence` (and so the hash-chain payload and every
-export). Text that came from the file system goes through `storable_text`, so odd file
-names (non-UTF-8 bytes, newlines) survive as readable escapes.
+export). Each document is a projection of its record (agent/store/schema_map.py says
+which fields are left out), so a field added to `Flow` reaches the evidence and the
+exports with no edit here. Text that came from outside goes through `storable_text`, so
+odd file names (non-UTF-8 bytes, newlines) survive as readable escapes.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from agent.events import Decision, FileEvent, Flow, ProcessInfo
-from agent.store.rows import storable_text
-
-
-def size_of(e: FileEvent) -> int:
-    if e.size is not None:
-        return e.size
-    return e.artefact.size if e.artefact else 0
+from agent.store.schema_map import (
+    DECISION_EVIDENCE,
+    FILE_EVIDENCE,
+    FLOW_EVIDENCE,
+    PROCESS_EVIDENCE,
+)
+from agent.store.schema_map import size_of as size_of  # where correlation finds it
 
 
 def human(n: int) -> str:
@@ -41,16 +43,7 @@ def describe(e: FileEvent) -> str:
 
 
 def process_doc(p: ProcessInfo | None) -> dict[str, Any] | None:
-    if p is None:
-        return None
-    return {
-        "pid": p.pid,
-        "ppid": p.ppid,
-        "exe": storable_text(p.exe),
-        "cmdline": storable_text(p.cmdline),
-        "uid": p.uid,
-        "user": p.user,
-    }
+    return None if p is None else PROCESS_EVIDENCE(p)
 
 
 def processes(ps: Iterable[ProcessInfo | None]) -> list[dict[str, Any]]:
@@ -63,83 +56,15 @@ def processes(ps: Iterable[ProcessInfo | None]) -> list[dict[str, Any]]:
 
 
 def file_doc(e: FileEvent, role: str) -> dict[str, Any]:
-    a = e.artefact
-    return {
-        "uid": e.uid,
-        "role": role,
-        "time": e.time.isoformat(),
-        "action": str(e.action),
-        "path": storable_text(e.path),
-        "dest_path": storable_text(e.dest_path),
-        "channel": str(e.channel),
-        "size": size_of(e),
-        "sha256": a.sha256 if a else None,
-        "parents": list(a.parents) if a else [],
-        "content_type": a.content_type if a else None,
-        "kinds": list(a.kinds) if a else [],
-        "tags": [{"kind": t.kind, "evidence": storable_text(t.evidence)} for t in a.tags]
-        if a
-        else [],
-        "categories": [
-            {
-                "category": m.category,
-                "count": m.count,
-                "pack": m.pack,
-                "distinct": m.distinct,
-                "confidence": m.confidence,
-                "basis": m.basis,
-            }
-            for m in a.matches
-        ]
-        if a
-        else [],
-        "process": process_doc(e.process),
-    }
+    return {**FILE_EVIDENCE(e), "role": role}
 
 
 def flow_doc(f: Flow) -> dict[str, Any]:
-    return {
-        "uid": f.uid,
-        "start": f.start.isoformat(),
-        "end": f.end.isoformat(),
-        "protocol": str(f.protocol),
-        "src_ip": f.src_ip,
-        "src_port": f.src_port,
-        "dst_ip": f.dst_ip,
-        "dst_port": f.dst_port,
-        "bytes_out": f.bytes_out,
-        "bytes_in": f.bytes_in,
-        "byte_source": str(f.byte_source),
-        "name": f.name,
-        "sni": f.sni,
-        "http_host": f.http_host,
-        "dest_class": str(f.dest_class),
-        "country": f.country,
-        "dest_org": storable_text(f.dest_org),
-        "service": storable_text(f.service),
-        "service_category": f.service_category,
-        "community_id": f.community_id,
-        "process": process_doc(f.process),
-    }
+    return FLOW_EVIDENCE(f)
 
 
 def decision_doc(subject_uid: str, d: Decision) -> dict[str, Any]:
-    return {
-        "subject_uid": subject_uid,
-        "rule_id": d.rule_id,
-        "pack": d.pack,
-        "severity": str(d.severity),
-        "action": str(d.action),
-        "policy_version": d.policy_version,
-        "reason": storable_text(d.reason),
-        "categories": list(d.categories),
-        "regime": d.regime,
-        "legal_ref": d.legal_ref,
-        "item": d.item,
-        "in_force": d.in_force,
-        "control_state": d.control_state,
-        "confidence": d.confidence,
-    }
+    return {"subject_uid": subject_uid, **DECISION_EVIDENCE(d)}
 
 
 def evidence_of(

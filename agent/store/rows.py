@@ -1,8 +1,9 @@
 """Pure conversion of pipeline events into store rows (dicts per table).
 
-Kept apart from the writer so it can be tested without a database. Paths arrive as
-`os.fsdecode()`d strings; bytes that are not UTF-8 are kept readable and lossless for
-people as `\\xNN` escapes, because no database text column takes lone surrogates.
+Kept apart from the writer so it can be tested without a database. An event's row is a
+projection of its record (agent/store/schema_map.py: which fields are renamed, left out
+or escaped), so a field added to an event needs no edit here. Text from outside the
+agent goes through `storable_text`, which no database text column refuses.
 """
 
 from __future__ import annotations
@@ -19,92 +20,22 @@ from agent.events import (
     FileAction,
     FileEvent,
     Flow,
-    ProcessInfo,
 )
+from agent.store.schema_map import DECISION_ROW, FILE_EVENT_ROW, FLOW_ROW, storable_text
 
 _MATCH_FIELDS = tuple(f.name for f in fields(CategoryMatch))
 
 
-def storable_text(s: str | None) -> str | None:
-    if s is None:
-        return None
-    if s.isascii():  # nearly every path and command line: no encoding, nothing escaped
-        return s.replace("\x00", "\\x00") if "\x00" in s else s
-    try:
-        s.encode("utf-8")
-        return s.replace("\x00", "\\x00")
-    except UnicodeEncodeError:
-        try:  # file names: os.fsdecode's escapes (U+DC80..U+DCFF) back to their bytes
-            raw = s.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:  # any other lone surrogate: as \uXXXX text
-            raw = s.encode("utf-8", "backslashreplace")
-        return raw.decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
-
-
-def _process_cols(p: ProcessInfo | None) -> dict[str, Any]:
-    if p is None:
-        return {"pid": None, "exe": None, "cmdline": None, "uid_num": None, "user": None}
-    return {
-        "pid": p.pid,
-        "exe": storable_text(p.exe),
-        "cmdline": storable_text(p.cmdline),
-        "uid_num": p.uid,
-        "user": p.user,
-    }
-
-
 def file_event_row(e: FileEvent, host_id: str) -> dict[str, Any]:
-    a = e.artefact
-    return {
-        "uid": e.uid,
-        "host_id": host_id,
-        "time": e.time,
-        "action": str(e.action),
-        "path": storable_text(e.path),
-        "dest_path": storable_text(e.dest_path),
-        "channel": str(e.channel),
-        "origin": str(e.origin),
-        "sensor": e.sensor,
-        "size": e.size,
-        "inode": e.inode,
-        "device": e.device,
-        "mtime_ns": e.mtime_ns,
-        "sha256": a.sha256 if a else None,
-        "kinds": list(a.kinds) if a else None,
-        "categories": [m.category for m in a.matches] if a else None,
-        "skipped": a.skipped[:32] if a and a.skipped else None,
-        "skipped_at": a.skipped_at[:64] if a and a.skipped_at else None,
-        **_process_cols(e.process),
-    }
+    row = FILE_EVENT_ROW(e)
+    row["host_id"] = host_id
+    return row
 
 
 def flow_row(f: Flow, host_id: str) -> dict[str, Any]:
-    return {
-        "uid": f.uid,
-        "host_id": host_id,
-        "start_time": f.start,
-        "end_time": f.end,
-        "protocol": f.protocol,
-        "src_ip": f.src_ip,
-        "src_port": f.src_port,
-        "dst_ip": f.dst_ip,
-        "dst_port": f.dst_port,
-        "bytes_out": f.bytes_out,
-        "bytes_in": f.bytes_in,
-        "byte_source": f.byte_source,
-        "name": f.name,
-        "name_source": f.name_source,
-        "sni": f.sni,
-        "http_host": f.http_host,
-        "dest_class": f.dest_class,
-        "country": f.country,
-        "close_reason": f.close_reason,
-        "dest_org": storable_text(f.dest_org),
-        "service": storable_text(f.service),
-        "service_category": f.service_category,
-        "community_id": f.community_id,
-        **_process_cols(f.process),
-    }
+    row = FLOW_ROW(f)
+    row["host_id"] = host_id
+    return row
 
 
 def artefact_row(a: Artefact, seen: datetime) -> dict[str, Any] | None:
@@ -127,24 +58,12 @@ def decision_rows(e: Event, host_id: str) -> list[dict[str, Any]]:
     kind = "file_event" if isinstance(e, FileEvent) else "flow"
     return [
         {
+            **DECISION_ROW(d),
             "uid": f"{e.uid}:{i}",
             "host_id": host_id,
             "time": e.time,
             "subject_kind": kind,
             "subject_uid": e.uid,
-            "pack": d.pack,
-            "rule_id": d.rule_id,
-            "severity": str(d.severity),
-            "action": d.action,
-            "policy_version": d.policy_version,
-            "reason": d.reason,
-            "categories": list(d.categories),
-            "regime": d.regime,
-            "legal_ref": d.legal_ref,
-            "item": d.item,
-            "in_force": d.in_force,
-            "control_state": d.control_state,
-            "confidence": d.confidence,
         }
         for i, d in enumerate(e.decisions)
     ]
