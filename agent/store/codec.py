@@ -2,11 +2,13 @@
 
 The spool (agent/store/spool.py) holds judged events between the writer and the central
 PostgreSQL; it keeps them as JSON so that a spool written by one agent version can be
-read by the next, and so that nothing is ever unpickled. Encoding is generic over the
-frozen dataclasses in agent/events.py; decoding is explicit per type and ignores keys
-it does not know (a field removed in a newer version does not make old spools
-unreadable). Paths that are not UTF-8 survive as surrogate escapes: `json.dumps` writes
-them as `\\udcNN` and `json.loads` gives them back.
+read by the next, and so that nothing is ever unpickled. Encoding and decoding are
+generic over the frozen dataclasses in agent/events.py (a field added there needs no
+edit here); decoding converts by each field's annotation (times, enums such as
+`Decision.action`, nested records, tuples) and ignores keys it does not know (a field
+removed in a newer version does not make old spools unreadable). Paths that are not
+UTF-8 survive as surrogate escapes: `json.dumps` writes them as `\\udcNN` and
+`json.loads` gives them back.
 """
 
 from __future__ import annotations
@@ -14,26 +16,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import types
+import typing
+from collections.abc import Callable
 from datetime import datetime
+from enum import Enum
 from typing import Any, TypeVar, cast
 
 import msgspec
 
 from agent.errors import AgentError
-from agent.events import (
-    Artefact,
-    CategoryMatch,
-    Channel,
-    Decision,
-    Event,
-    FileAction,
-    FileEvent,
-    Flow,
-    Origin,
-    ProcessInfo,
-    Severity,
-    Tag,
-)
+from agent.events import Event, FileEvent, Flow
 
 T = TypeVar("T")
 
@@ -62,7 +55,7 @@ def _plain(v: Any) -> Any:
 
 def encode(event: Event) -> str:
     """One event as a JSON object `{"k": "file"|"flow", "e": {...fields}}` (ASCII only)."""
-    kind = "file" if isinstance(event, FileEvent) else "flow"
+    kind = "file" if isinstance(event, FileEvent) else "flow"  # the keys of _RECORDS
     return json.dumps({"k": kind, "e": _plain(event)}, separators=(",", ":"), default=str)
 
 
@@ -99,40 +92,53 @@ def _known(cls: type[T], d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _process(d: dict[str, Any] | None) -> ProcessInfo | None:
-    return None if d is None else ProcessInfo(**_known(ProcessInfo, d))
+def _record(cls: type[T], d: Any) -> T:
+    """An instance of dataclass `cls` from its JSON object: unknown keys ignored, scalars
+    checked, and the fields that JSON cannot hold as such (times, enums, records, tuples)
+    converted as their annotations say."""
+    known = _known(cls, d)
+    for name, convert in _conversions(cast(type, cls)):
+        if name in known:
+            known[name] = convert(known[name])
+    return cls(**known)
 
 
-def _artefact(d: dict[str, Any] | None) -> Artefact | None:
-    if d is None:
-        return None
-    d = _known(Artefact, d)
-    return Artefact(
-        **{
-            **d,
-            "tags": tuple(Tag(**_known(Tag, t)) for t in d.get("tags", ())),
-            "matches": tuple(
-                CategoryMatch(**_known(CategoryMatch, m)) for m in d.get("matches", ())
-            ),
-            "parents": tuple(d.get("parents", ())),
-        }
-    )
-
-
-def _decisions(items: list[dict[str, Any]]) -> tuple[Decision, ...]:
+@functools.cache
+def _conversions(cls: type) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+    """(field, how its JSON value becomes the field's value) for the fields that need it."""
+    hints = typing.get_type_hints(cls)
     out = []
-    for raw in items:
-        d = _known(Decision, raw)
-        d["severity"] = Severity(d["severity"])
-        d["categories"] = tuple(d.get("categories", ()))
-        out.append(Decision(**d))
+    for f in dataclasses.fields(cls):
+        convert = _from_json(hints[f.name])
+        if convert is not None:
+            out.append((f.name, convert))
     return tuple(out)
 
 
-def _common(d: dict[str, Any]) -> dict[str, Any]:
-    d["process"] = _process(d.get("process"))
-    d["decisions"] = _decisions(d.get("decisions", []))
-    return d
+def _from_json(tp: Any) -> Callable[[Any], Any] | None:
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        some = _from_json(inner[0]) if len(inner) == 1 else None
+        return None if some is None else functools.partial(_or_none, some)
+    if tp is datetime:
+        return datetime.fromisoformat
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return tp
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return functools.partial(_record, tp)
+    if tp is tuple or typing.get_origin(tp) is tuple:
+        item = typing.get_args(tp)[:1]
+        each = _from_json(item[0]) if item else None
+        return tuple if each is None else functools.partial(_tuple_of, each)
+    return None
+
+
+def _or_none(convert: Callable[[Any], Any], v: Any) -> Any:
+    return None if v is None else convert(v)
+
+
+def _tuple_of(convert: Callable[[Any], Any], v: Any) -> tuple[Any, ...]:
+    return tuple(convert(x) for x in v)
 
 
 class _Envelope(msgspec.Struct):
@@ -140,11 +146,9 @@ class _Envelope(msgspec.Struct):
     e: msgspec.Raw
 
 
+_RECORDS: dict[str, type[FileEvent] | type[Flow]] = {"file": FileEvent, "flow": Flow}
 _ENVELOPE = msgspec.json.Decoder(_Envelope)
-_TYPED: dict[str, msgspec.json.Decoder[Any]] = {
-    "file": msgspec.json.Decoder(FileEvent),
-    "flow": msgspec.json.Decoder(Flow),
-}
+_TYPED = {kind: msgspec.json.Decoder(record) for kind, record in _RECORDS.items()}
 
 
 def decode(text: str) -> Event:
@@ -170,19 +174,9 @@ def decode_checked(text: str) -> Event:
     try:
         doc = json.loads(text)
         kind, d = doc["k"], doc["e"]
-        if kind == "file":
-            d = _common(_known(FileEvent, d))
-            d["action"] = FileAction(d["action"])
-            d["channel"] = Channel(d["channel"])
-            d["origin"] = Origin(d["origin"])
-            d["time"] = datetime.fromisoformat(d["time"])
-            d["artefact"] = _artefact(d.get("artefact"))
-            return FileEvent(**d)
-        if kind == "flow":
-            d = _common(_known(Flow, d))
-            d["start"] = datetime.fromisoformat(d["start"])
-            d["end"] = datetime.fromisoformat(d["end"])
-            return Flow(**d)
+        record = _RECORDS.get(kind)
+        if record is not None:
+            return cast(Event, _record(record, d))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise CodecError(f"not a spooled event: {type(e).__name__}: {e}") from None
     raise CodecError(f"not a spooled event: unknown kind {kind!r}")
