@@ -1,9 +1,11 @@
-"""Shared fixtures: free ports, temporary configs, a PostgreSQL database per test, and
-a running `egress-agent run` subprocess with helpers to scrape and stop it."""
+"""Shared fixtures: free ports, temporary configs, a PostgreSQL database per test, the
+two-namespace network rig, and a running `egress-agent run` subprocess (on the host or
+inside one of the rig's namespaces) with helpers to scrape and stop it."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -13,13 +15,16 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 from hypothesis import settings
+
+if TYPE_CHECKING:
+    from tests.sensors.network.rig import Rig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -157,17 +162,24 @@ def agent_config(tmp_path: Path) -> dict[str, Any]:
 
 
 class AgentProcess:
-    """`egress-agent run` in a subprocess, with its metrics URL."""
+    """`egress-agent run` in a subprocess, with its metrics URL and status file.
 
-    def __init__(self, config_path: Path, env: dict[str, str] | None = None) -> None:
+    `prefix` runs it through another command that then execs it, such as
+    `rig.netns_exec(ns)` for a network namespace (whose metrics port the test process
+    cannot reach: read `status()` there)."""
+
+    def __init__(
+        self, config_path: Path, env: dict[str, str] | None = None, prefix: Sequence[str] = ()
+    ) -> None:
         self.config_path = config_path
         doc = yaml.safe_load(config_path.read_text())
         self.metrics_url = f"http://{doc['metrics']['listen']}/metrics"
+        self.state_dir = Path(doc["agent"]["state_dir"])
         full_env = {**os.environ, **(env or {})}
         self.stderr_path = config_path.with_suffix(".stderr")
         self._stderr = self.stderr_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "--config", str(config_path), "run"],
+            [*prefix, sys.executable, "-m", "agent", "--config", str(config_path), "run"],
             cwd=REPO,
             env=full_env,
             stdout=subprocess.DEVNULL,
@@ -208,10 +220,27 @@ class AgentProcess:
         finally:
             self._stderr.close()
 
+    def stop_or_kill(self, timeout: float = 30.0) -> None:
+        """Teardown: SIGTERM, then SIGKILL if it has not exited within `timeout`."""
+        if self.proc.poll() is None:
+            try:
+                self.stop(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._stderr.close()
+
     def stderr(self) -> str:
         if not self._stderr.closed:  # also readable after stop()
             self._stderr.flush()
-        return self.stderr_path.read_text(errors="replace")[-4000:]
+        return self.stderr_path.read_text(errors="replace")[-6000:]
+
+    def status(self) -> dict[str, Any]:
+        """The agent's status.json ({} until it has written one)."""
+        try:
+            return dict(json.loads((self.state_dir / "status.json").read_text()))
+        except (OSError, ValueError):
+            return {}
 
 
 @pytest.fixture
@@ -232,6 +261,25 @@ def run_agent(tmp_path: Path) -> Iterator[Any]:
         if p.proc.poll() is None:
             p.proc.kill()
             p.proc.wait()
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    """Two network namespaces joined by a veth pair (tests/sensors/network/rig.py),
+    deleted afterwards; skips where they cannot be made (not root, no `ip`, no
+    CAP_SYS_ADMIN in a container)."""
+    from tests.sensors.network.rig import make_rig, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    try:
+        with make_rig() as r:
+            yield r
+    except Exception as e:  # `ip netns add` refused
+        if "netns" in str(e) or "RTNETLINK" in str(getattr(e, "stderr", "")):
+            pytest.skip(f"cannot create network namespaces: {getattr(e, 'stderr', e)}")
+        raise
 
 
 def cli(

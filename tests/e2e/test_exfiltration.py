@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.conftest import REPO, cli, free_port, is_root
+from tests.conftest import cli, is_root
 
 for _component in (
     "agent.sensors.files.sensor",  # issue 3
@@ -40,7 +38,7 @@ for _component in (
 
 from tests.incidents.helpers import SITE_PACK, safetensors  # noqa: E402
 from tests.sensors.network.peers import Sink, self_signed  # noqa: E402
-from tests.sensors.network.rig import Rig, make_rig, unavailable_reason  # noqa: E402
+from tests.sensors.network.rig import Rig  # noqa: E402
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -62,15 +60,6 @@ UPLOADER = textwrap.dedent(
         assert s.recv(1) == b"k"
     """
 )
-
-
-@pytest.fixture
-def rig() -> Iterator[Rig]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with make_rig() as r:
-        yield r
 
 
 def wait(fn: Callable[[], Any], what: str, timeout: float = 30.0, diag: Any = None) -> Any:
@@ -95,7 +84,7 @@ def query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
 
 
 @pytest.mark.skipif(not is_root(), reason="needs root: namespaces, fanotify, tmpfs mounts")
-def test_checkpoint_upload_is_one_incident(rig: Rig, tmp_path: Path) -> None:
+def test_checkpoint_upload_is_one_incident(rig: Rig, tmp_path: Path, sender_agent: Any) -> None:
     work = tmp_path / "work"
     (work / "ckpt").mkdir(parents=True)
     (work / "tmp").mkdir()
@@ -108,56 +97,20 @@ def test_checkpoint_upload_is_one_incident(rig: Rig, tmp_path: Path) -> None:
         site = tmp_path / "site"
         site.mkdir()
         (site / "lab.yaml").write_text(SITE_PACK)
-        countries = tmp_path / "countries.csv"
-        countries.write_text(f"network,country\n{rig.peer_v4}/32,US\n")
-        cfg = tmp_path / "agent.yaml"
-        cfg.write_text(
-            yaml.safe_dump(
-                {
-                    "agent": {"state_dir": str(state), "hostname": "lab-ws-e2e"},
-                    "metrics": {"listen": f"127.0.0.1:{free_port()}"},
-                    "sensors": {"enabled": ["files", "network"]},
-                    "files": {
-                        "roots": [str(work), str(usb)],
-                        "removable": [str(usb)],
-                        "follow_mounts": False,
-                        "fanotify": "on",
-                    },
-                    "network": {
-                        "interfaces": [rig.sender_if],
-                        "internal_networks": ["192.168.0.0/16"],
-                        "foreign_networks": [f"{rig.peer_v4}/32"],
-                        "country_db": str(countries),
-                    },
-                    "classify": {"use_magika": False},
-                    "policies": {"paths": [str(site)], "model_parameter_threshold": 1000},
-                    "incidents": {"correlation_window": 300, "checkpoint_every": 50},
-                }
-            )
+        agent = sender_agent(
+            "lab-ws-e2e",
+            sensors=("files", "network"),
+            files={
+                "roots": [str(work), str(usb)],
+                "removable": [str(usb)],
+                "follow_mounts": False,
+                "fanotify": "on",
+            },
+            policies={"paths": [str(site)], "model_parameter_threshold": 1000},
+            incidents={"correlation_window": 300, "checkpoint_every": 50},
         )
-        stderr = (tmp_path / "agent.stderr").open("wb")
-        agent = rig.exec(
-            rig.sender_ns,
-            sys.executable,
-            "-m",
-            "agent",
-            "--config",
-            str(cfg),
-            "run",
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-
-        def diag() -> str:
-            stderr.flush()
-            return (tmp_path / "agent.stderr").read_text(errors="replace")[-6000:]
-
-        def status() -> dict[str, Any]:
-            try:
-                return dict(json.loads((state / "status.json").read_text()))
-            except (OSError, ValueError):
-                return {}
+        cfg = agent.config_path
+        diag, status = agent.stderr, agent.status
 
         up = wait(
             lambda: {"files", "network"} <= set(status().get("sensors", {})), "sensors", diag=diag
@@ -287,8 +240,7 @@ def test_checkpoint_upload_is_one_incident(rig: Rig, tmp_path: Path) -> None:
         shown = cli("incidents", "show", "1", config=cfg).stdout
         assert SNI in shown and str(ckpt) in shown and "us-ear-model-weights-abroad" in shown
 
-        agent.send_signal(signal.SIGTERM)
-        assert agent.wait(60) == 0, diag()
+        assert agent.stop(timeout=60) == 0, diag()
         agent = None
 
         # the log verifies; so does every export; one changed byte is found at its record
@@ -320,11 +272,6 @@ def test_checkpoint_upload_is_one_incident(rig: Rig, tmp_path: Path) -> None:
         bad = cli("incidents", "verify", config=cfg, check=False)
         assert bad.returncode == 1 and f"seq {seq}:" in bad.stderr, bad.stderr
     finally:
-        if agent is not None and agent.poll() is None:
-            agent.send_signal(signal.SIGTERM)
-            try:
-                agent.wait(30)
-            except subprocess.TimeoutExpired:
-                agent.kill()
-                agent.wait()
+        if agent is not None:  # stopped before the namespaces and the mount go
+            agent.stop_or_kill()
         subprocess.run(["umount", "-l", str(usb)], capture_output=True)

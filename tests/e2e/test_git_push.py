@@ -12,30 +12,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.classify.test_repository import GIT_ENV, git, make_repo
-from tests.conftest import REPO, free_port, is_root
+from tests.conftest import is_root
 from tests.e2e.test_exfiltration import query, wait
-from tests.sensors.network.rig import Rig, free_port_in, make_rig, unavailable_reason
+from tests.sensors.network.rig import Rig, free_port_in
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
-
-
-@pytest.fixture
-def rig() -> Iterator[Rig]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with make_rig() as r:
-        yield r
 
 
 def push(rig: Rig, repo: Path, url: str) -> None:
@@ -56,7 +44,9 @@ def push(rig: Rig, repo: Path, url: str) -> None:
 
 
 @pytest.mark.skipif(not is_root(), reason="needs root: namespaces, sock_diag")
-def test_git_push_is_one_incident_unless_approved(rig: Rig, tmp_path: Path) -> None:
+def test_git_push_is_one_incident_unless_approved(
+    rig: Rig, tmp_path: Path, sender_agent: Any
+) -> None:
     work = tmp_path / "work"
     work.mkdir()
     repo = make_repo(work / "motor-ctl", files=30)
@@ -87,53 +77,11 @@ def test_git_push_is_one_incident_unless_approved(rig: Rig, tmp_path: Path) -> N
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    agent = None
     try:
-        state = tmp_path / "state"
-        countries = tmp_path / "countries.csv"
-        countries.write_text(f"network,country\n{rig.peer_v4}/32,US\n")
         approved = f"git://{rig.peer_v4}:{port}/corp/"
-        cfg = tmp_path / "agent.yaml"
-        cfg.write_text(
-            yaml.safe_dump(
-                {
-                    "agent": {"state_dir": str(state), "hostname": "lab-ws-git"},
-                    "metrics": {"listen": f"127.0.0.1:{free_port()}"},
-                    "sensors": {"enabled": ["network"]},
-                    "network": {
-                        "interfaces": [rig.sender_if],
-                        "internal_networks": ["192.168.0.0/16"],
-                        "foreign_networks": [f"{rig.peer_v4}/32"],
-                        "country_db": str(countries),
-                        "approved_git_remotes": [approved],
-                    },
-                    "classify": {"use_magika": False},
-                }
-            )
-        )
-        stderr = (tmp_path / "agent.stderr").open("wb")
-        agent = rig.exec(
-            rig.sender_ns,
-            sys.executable,
-            "-m",
-            "agent",
-            "--config",
-            str(cfg),
-            "run",
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-
-        def diag() -> str:
-            stderr.flush()
-            return (tmp_path / "agent.stderr").read_text(errors="replace")[-6000:]
-
-        def status() -> dict[str, Any]:
-            try:
-                return dict(json.loads((state / "status.json").read_text()))
-            except (OSError, ValueError):
-                return {}
+        agent = sender_agent("lab-ws-git", network={"approved_git_remotes": [approved]})
+        state = agent.state_dir
+        diag, status = agent.stderr, agent.status
 
         wait(lambda: "network" in status().get("sensors", {}), "sensors", diag=diag)
         db = state / "agent.db"
@@ -175,8 +123,5 @@ def test_git_push_is_one_incident_unless_approved(rig: Rig, tmp_path: Path) -> N
         assert len(query(db, "SELECT 1 FROM flows WHERE dst_port = ?", port)) >= 2
         assert not query(db, "SELECT 1 FROM incidents WHERE title LIKE '%/corp/%'")
     finally:
-        if agent is not None:
-            agent.terminate()
-            agent.wait(30)
         daemon.terminate()
         daemon.wait(10)

@@ -13,33 +13,21 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.classify.test_repository import GIT_ENV, git, make_repo
-from tests.conftest import REPO, free_port, is_root
+from tests.conftest import is_root
 from tests.e2e.test_exfiltration import query, wait
 from tests.sensors.network.peers import self_signed
-from tests.sensors.network.rig import Rig, free_port_in, make_rig, unavailable_reason
+from tests.sensors.network.rig import Rig, free_port_in
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
-
-
-@pytest.fixture
-def rig() -> Iterator[Rig]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with make_rig() as r:
-        yield r
 
 
 def backend_handler(root: Path) -> type[BaseHTTPRequestHandler]:
@@ -93,7 +81,7 @@ def backend_handler(root: Path) -> type[BaseHTTPRequestHandler]:
 
 
 @pytest.mark.skipif(not is_root(), reason="needs root: namespaces, sock_diag")
-def test_https_push_to_github_is_one_incident(rig: Rig, tmp_path: Path) -> None:
+def test_https_push_to_github_is_one_incident(rig: Rig, tmp_path: Path, sender_agent: Any) -> None:
     work = tmp_path / "work"
     work.mkdir()
     repo = make_repo(work / "motor-ctl", files=30)
@@ -122,52 +110,10 @@ def test_https_push_to_github_is_one_incident(rig: Rig, tmp_path: Path) -> None:
 
     rig.run_in(rig.peer_ns, serve)
     assert ready.wait(10)
-    agent = None
     try:
-        state = tmp_path / "state"
-        countries = tmp_path / "countries.csv"
-        countries.write_text(f"network,country\n{rig.peer_v4}/32,US\n")
-        cfg = tmp_path / "agent.yaml"
-        cfg.write_text(
-            yaml.safe_dump(
-                {
-                    "agent": {"state_dir": str(state), "hostname": "lab-ws-https"},
-                    "metrics": {"listen": f"127.0.0.1:{free_port()}"},
-                    "sensors": {"enabled": ["network"]},
-                    "network": {
-                        "interfaces": [rig.sender_if],
-                        "internal_networks": ["192.168.0.0/16"],
-                        "foreign_networks": [f"{rig.peer_v4}/32"],
-                        "country_db": str(countries),
-                        "approved_git_remotes": ["git.corp.example"],
-                    },
-                    "classify": {"use_magika": False},
-                }
-            )
-        )
-        stderr = (tmp_path / "agent.stderr").open("wb")
-        agent = rig.exec(
-            rig.sender_ns,
-            sys.executable,
-            "-m",
-            "agent",
-            "--config",
-            str(cfg),
-            "run",
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-
-        def diag() -> str:
-            stderr.flush()
-            return (tmp_path / "agent.stderr").read_text(errors="replace")[-6000:]
-
-        def status() -> dict[str, Any]:
-            try:
-                return dict(json.loads((state / "status.json").read_text()))
-            except (OSError, ValueError):
-                return {}
+        agent = sender_agent("lab-ws-https", network={"approved_git_remotes": ["git.corp.example"]})
+        state = agent.state_dir
+        diag, status = agent.stderr, agent.status
 
         wait(lambda: "network" in status().get("sensors", {}), "sensors", diag=diag)
         db = state / "agent.db"
@@ -217,8 +163,5 @@ def test_https_push_to_github_is_one_incident(rig: Rig, tmp_path: Path) -> None:
         assert flow["sni"] == "github.com" and flow["bytes_out"] > 100_000
         assert ev["repository"]["root"] == str(repo) and ev["repository"]["commit"] == head
     finally:
-        if agent is not None:
-            agent.terminate()
-            agent.wait(30)
         for s in servers:
             s.shutdown()

@@ -1,4 +1,5 @@
-"""Fixtures for the network sensor: the two-namespace rig and a sensor running inside it."""
+"""Fixtures for the network sensor: a sensor running inside the two-namespace rig (the
+rig itself is the shared `rig` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -13,21 +14,7 @@ from agent.config import NetworkSection
 from agent.events import Event, Flow
 from agent.sensors.network.replay import destinations_from
 from agent.sensors.network.sensor import NetworkSensor
-from tests.sensors.network.rig import Rig, make_rig, unavailable_reason
-
-
-@pytest.fixture
-def rig() -> Iterator[Rig]:
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    try:
-        with make_rig() as r:
-            yield r
-    except Exception as e:  # `ip netns add` refused (no CAP_SYS_ADMIN in a container...)
-        if "netns" in str(e) or "RTNETLINK" in str(getattr(e, "stderr", "")):
-            pytest.skip(f"cannot create network namespaces: {getattr(e, 'stderr', e)}")
-        raise
+from tests.sensors.network.rig import Rig
 
 
 class Collected:

@@ -1,7 +1,8 @@
 """The two-namespace test rig: a sender and a peer namespace joined by a veth pair.
 
-Namespaces are named `ea-<random>-s` / `ea-<random>-p` and addressed in 10.200.N.0/30
-and fd00:200:N::/64, all created and deleted by the tests. Threads enter a namespace
+Namespaces are named `ea-<token>-s` / `ea-<token>-p` (the token: this process's pid and
+a count, so concurrent test processes never collide) and addressed in 10.200.N.0/30 and
+fd00:200:N::/64, all created and deleted by the tests. Threads enter a namespace
 with setns(2), which for network namespaces changes only the calling thread: sockets
 created while inside stay in that namespace, so the in-process sensor, the senders and
 the peer's servers can all run in the test process.
@@ -11,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import itertools
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 CLONE_NEWNET = 0x40000000
+_MADE = itertools.count()  # rigs made by this process
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -99,7 +101,13 @@ class Rig:
         _ip("-n", self.sender_ns, "link", "del", self.sender_if)
 
     def exec(self, ns: str, *argv: str, **kw: Any) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kw)
+        return subprocess.Popen([*self.netns_exec(ns), *argv], **kw)
+
+    @staticmethod
+    def netns_exec(ns: str) -> list[str]:
+        """The command prefix that runs a program inside `ns` (it execs the program, so
+        the child's pid is the program's own and signals reach it)."""
+        return ["ip", "netns", "exec", ns]
 
 
 def unavailable_reason() -> str | None:
@@ -112,8 +120,9 @@ def unavailable_reason() -> str | None:
 
 @contextlib.contextmanager
 def make_rig() -> Iterator[Rig]:
-    token = f"{random.randrange(16**6):06x}"
-    n = random.randrange(256)
+    seq = next(_MADE)
+    token = f"{os.getpid():x}{seq % 256:02x}"  # interface names: at most 15 bytes
+    n = seq % 256
     rig = Rig(
         name=token,
         sender_ns=f"ea-{token}-s",

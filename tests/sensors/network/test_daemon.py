@@ -7,8 +7,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -19,7 +17,7 @@ import pytest
 from agent.config import Settings
 from agent.sensors import SensorUnavailable
 from agent.sensors.network import create
-from tests.conftest import REPO, cli, free_port, write_config
+from tests.conftest import AgentProcess, cli, free_port, write_config
 from tests.sensors.network.peers import Sink
 from tests.sensors.network.rig import Rig
 
@@ -74,14 +72,8 @@ def test_bad_country_db_is_a_reason(tmp_path: Path) -> None:
 def test_without_cap_net_raw_the_sensor_is_down_and_the_agent_runs(tmp_path: Path) -> None:
     port = free_port()
     cfg = _config(tmp_path, ["lo"], port)
-    proc = subprocess.Popen(
-        [
-            *("setpriv", "--bounding-set", "-net_raw", "--inh-caps", "-net_raw"),
-            *(sys.executable, "-m", "agent", "--config", str(cfg), "run"),
-        ],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    agent = AgentProcess(
+        cfg, prefix=("setpriv", "--bounding-set", "-net_raw", "--inh-caps", "-net_raw")
     )
     try:
         url = f"http://127.0.0.1:{port}/metrics"
@@ -90,28 +82,16 @@ def test_without_cap_net_raw_the_sensor_is_down_and_the_agent_runs(tmp_path: Pat
         assert _metric(url, "egress_agent_sensor_up", 'sensor="network"') == 0
         status = json.loads(cli("status", "--json", config=cfg).stdout)
         assert "CAP_NET_RAW" in status["daemon"]["sensor_errors"]["network"]
-        assert proc.poll() is None
+        assert agent.proc.poll() is None
     finally:
-        proc.terminate()
-        assert proc.wait(30) == 0
+        assert agent.stop(timeout=30) == 0, agent.stderr()
 
 
 @pytest.mark.netns
 def test_agent_in_the_sender_namespace_stores_exact_flows(rig: Rig, tmp_path: Path) -> None:
     port = free_port()
     cfg = _config(tmp_path, [rig.sender_if], port)
-    proc = rig.exec(
-        rig.sender_ns,
-        sys.executable,
-        "-m",
-        "agent",
-        "--config",
-        str(cfg),
-        "run",
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    agent = AgentProcess(cfg, prefix=rig.netns_exec(rig.sender_ns))
     sink = Sink()
     rig.run_in(rig.peer_ns, sink.serve)
     assert sink.ready.wait(5)
@@ -133,8 +113,7 @@ def test_agent_in_the_sender_namespace_stores_exact_flows(rig: Rig, tmp_path: Pa
         _wait(lambda: scrape("egress_agent_flows_total", 'dest_class="internal"'))
         assert scrape("egress_agent_outbound_bytes_total", 'dest_class="internal"') == 6_543_210
     finally:
-        proc.terminate()
-        assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else ""
+        assert agent.stop(timeout=30) == 0, agent.stderr()
         sink.stop()
     rows = [json.loads(x) for x in cli("events", "list", "--json", config=cfg).stdout.splitlines()]
     (flow,) = [r for r in rows if r.get("dst_port") == sink.port]
