@@ -24,6 +24,7 @@ from agent import jobs, metrics
 from agent.config import Settings
 from agent.events import Decision, FileAction, FileEvent, Flow, Severity
 from agent.runtime import Runtime
+from agent.store import jobstate, retention
 from agent.store.db import make_engine, register_host, upgrade
 from agent.store.models import DecisionRow, FileEventRow, FlowRow, IncidentRow, JobState
 from agent.store.writer import write_batch
@@ -105,7 +106,7 @@ def test_retention_deletes_old_rows_and_keeps_recent_ones(engine: Engine) -> Non
     foreign = file_event(200)
     write_batch(engine, OTHER, [foreign])
 
-    counts = jobs.apply_retention(engine, HOST, days=90)
+    counts = retention.apply_retention(engine, HOST, days=90)
 
     assert counts == {"file_events": 1, "flows": 1, "decisions": 1}
     assert uids(engine, FileEventRow) == {new_ev.uid, foreign.uid}  # other hosts untouched
@@ -128,7 +129,7 @@ def test_retention_never_deletes_incidents_and_keeps_open_evidence(engine: Engin
     incident(engine, "acknowledged", {"decisions": [f"{judged.uid}:0"]})
     incident(engine, "closed", {"file_events": [closed_case.uid]})
 
-    jobs.apply_retention(engine, HOST, days=90)
+    retention.apply_retention(engine, HOST, days=90)
 
     assert uids(engine, FileEventRow) == {cited_event.uid, judged.uid}
     assert uids(engine, FlowRow) == {cited_flow.uid}
@@ -140,13 +141,13 @@ def test_retention_never_deletes_incidents_and_keeps_open_evidence(engine: Engin
 def test_retention_works_past_chunks_full_of_protected_rows(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(jobs, "RETENTION_CHUNK", 3)
+    monkeypatch.setattr(retention, "RETENTION_CHUNK", 3)
     events = [file_event(200 + i) for i in range(10)]
     write_batch(engine, HOST, events)
     kept = [e.uid for e in events[:4]]  # the first chunk and a bit are all protected
     incident(engine, "open", {"file_events": kept})
 
-    counts = jobs.apply_retention(engine, HOST, days=90)
+    counts = retention.apply_retention(engine, HOST, days=90)
 
     assert counts["file_events"] == 6
     assert uids(engine, FileEventRow) == set(kept)
@@ -161,7 +162,7 @@ def test_retention_job_runs_through_the_scheduler_wrapper(engine: Engine, tmp_pa
     jobs._instrumented(name, fn, runtime(engine, tmp_path))()
     assert metrics.JOB_RUNS.labels("retention", "success")._value.get() == before + 1
     assert len(uids(engine, FileEventRow)) == 1
-    assert jobs.last_run(engine, HOST, "retention") is not None
+    assert jobstate.last_run(engine, HOST, "retention") is not None
 
 
 # --- the persisted schedule -----------------------------------------------------------
@@ -210,7 +211,7 @@ def test_a_job_missed_many_times_runs_once_on_start(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # last ran 10 days ago on an hourly interval: 240 missed slots
-    jobs.record_run(engine, HOST, "hourly", NOW - timedelta(days=10), ok=True)
+    jobstate.record_run(engine, HOST, "hourly", NOW - timedelta(days=10), ok=True)
     calls: list[float] = []
     sched = start_with(
         monkeypatch, runtime(engine, tmp_path), [counting_job("hourly", 3600, calls)]
@@ -223,7 +224,7 @@ def test_a_job_missed_many_times_runs_once_on_start(
         assert timedelta(minutes=59) < nxt - datetime.now(UTC) <= timedelta(hours=1)
     finally:
         sched.shutdown(wait=True)
-    last = jobs.last_run(engine, HOST, "hourly")
+    last = jobstate.last_run(engine, HOST, "hourly")
     assert last is not None and datetime.now(UTC) - last < timedelta(seconds=30)
 
 
@@ -231,7 +232,7 @@ def test_a_job_not_yet_due_waits_for_its_slot(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ran_at = datetime.now(UTC) - timedelta(minutes=10)
-    jobs.record_run(engine, HOST, "hourly", ran_at, ok=True)
+    jobstate.record_run(engine, HOST, "hourly", ran_at, ok=True)
     calls: list[float] = []
     sched = start_with(
         monkeypatch, runtime(engine, tmp_path), [counting_job("hourly", 3600, calls)]
@@ -294,8 +295,8 @@ def test_a_failing_job_is_counted_logged_and_retried(
 
 def test_a_failed_run_is_recorded_and_keeps_the_last_success(engine: Engine) -> None:
     t1, t2 = NOW - timedelta(hours=2), NOW - timedelta(hours=1)
-    jobs.record_run(engine, HOST, "j", t1, ok=True)
-    jobs.record_run(engine, HOST, "j", t2, ok=False)
+    jobstate.record_run(engine, HOST, "j", t1, ok=True)
+    jobstate.record_run(engine, HOST, "j", t2, ok=False)
     with engine.connect() as conn:
         state = conn.execute(select(JobState.value).where(JobState.name == "schedule/j")).scalar()
     assert state == {
@@ -303,8 +304,8 @@ def test_a_failed_run_is_recorded_and_keeps_the_last_success(engine: Engine) -> 
         "result": "failure",
         "last_success": t1.isoformat(),
     }
-    assert jobs.last_run(engine, HOST, "j") == t2
-    assert jobs.last_run(engine, OTHER, "j") is None
+    assert jobstate.last_run(engine, HOST, "j") == t2
+    assert jobstate.last_run(engine, OTHER, "j") is None
 
 
 def test_an_unreadable_store_does_not_stop_the_scheduler(
@@ -337,9 +338,9 @@ def test_schedule_survives_agent_restarts(run_agent: Any, agent_config: dict[str
     def age(job: str) -> None:
         eng = make_engine(f"sqlite:///{db}")
         host_id = (db.parent / "host_id").read_text().strip()
-        ran = jobs.last_run(eng, host_id, job)
+        ran = jobstate.last_run(eng, host_id, job)
         assert ran is not None and datetime.now(UTC) - ran < timedelta(minutes=5)
-        jobs.record_run(eng, host_id, job, datetime.now(UTC) - timedelta(days=3), True)
+        jobstate.record_run(eng, host_id, job, datetime.now(UTC) - timedelta(days=3), True)
         eng.dispose()
 
     first = run_agent(agent_config)

@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from agent import metrics
 from agent.incidents import anchor
 from agent.store import incidents as store
+from agent.store import jobstate
 
 log = logging.getLogger("agent.incidents.log")
 CENTRAL = "incident_chain_head"  # job_state name of a host's head record (fleet store)
@@ -87,7 +88,7 @@ class HeadPublisher:
             "signature": anchor.sign(self._key, fields),
         }
         try:
-            store.put_job_value(self.engine, CENTRAL, self.host_id, value)
+            jobstate.put_job_value(self.engine, CENTRAL, self.host_id, value)
         except SQLAlchemyError as e:  # the next write publishes again
             log.warning("could not keep the incident chain head in the fleet store: %s", e)
 
@@ -118,7 +119,7 @@ def central_heads(
     an edit by someone without the host's key, not a record replaced whole.
     """
     out: list[anchor.Head | str] = []
-    for host_id, value in store.job_values(engine, CENTRAL, host):
+    for host_id, value in jobstate.job_values(engine, CENTRAL, host):
         where = f"fleet store head record of host {host_id}"
         try:
             seq, hsh = int(value["seq"]), str(value["hash"])

@@ -1,4 +1,4 @@
-"""The incidents' SQL: incident rows, chain records, job state, and the read side.
+"""The incidents' SQL: incident rows, chain records, lineage parents, and the read side.
 
 The incident log (agent/incidents/log.py) decides what to write — documents, chain
 payloads, hashes — and these narrow functions are the only place it meets the tables,
@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Row, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from agent.store.models import ChainRecord, Host, IncidentRow, JobState, Lineage
+from agent.store.models import ChainRecord, Host, IncidentRow, Lineage
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def count_open_by_severity(engine: Engine, host_id: str) -> dict[str, int]:
         }
 
 
-# --- what correlation and the export job read and keep ----------------------------------
+# --- what correlation and the head publisher read ----------------------------------------
 def lineage_parents(engine: Engine, sha: str, limit: int = 16) -> list[str]:
     """The artefacts `sha` inherited tags from, as the store's `lineage` table knows them."""
     with engine.connect() as conn:
@@ -209,37 +209,6 @@ def lineage_parents(engine: Engine, sha: str, limit: int = 16) -> list[str]:
                 select(Lineage.parent_sha256).where(Lineage.child_sha256 == sha).limit(limit)
             ).scalars()
         )
-
-
-def job_value(engine: Engine, name: str, host_id: str) -> Any:
-    """The JSON value a job keeps for `host_id` in `job_state` (None when it has none)."""
-    with engine.connect() as conn:
-        return conn.execute(
-            select(JobState.value).where(JobState.name == name, JobState.host_id == host_id)
-        ).scalar()
-
-
-def put_job_value(engine: Engine, name: str, host_id: str, value: Mapping[str, Any]) -> None:
-    """Insert or replace the JSON value a job keeps for `host_id` in `job_state`."""
-    # the dialect's own insert, imported here: importing the PostgreSQL dialect (all its
-    # drivers) at the daemon's start cost every SQLite agent about 0.05 s of CPU
-    now = datetime.now(UTC)
-    value = dict(value)
-    row = {"name": name, "host_id": host_id, "value": value, "updated_at": now}
-    keys, changed = ["name", "host_id"], {"value": value, "updated_at": now}
-    stmt: Any
-    if engine.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        pg = pg_insert(JobState).values(**row)
-        stmt = pg.on_conflict_do_update(index_elements=keys, set_=changed)
-    else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        lite = sqlite_insert(JobState).values(**row)
-        stmt = lite.on_conflict_do_update(index_elements=keys, set_=changed)
-    with engine.begin() as conn:
-        conn.execute(stmt)
 
 
 def chain_head_now(engine: Engine, host_id: str) -> tuple[int, str] | None:
@@ -256,15 +225,6 @@ def hash_at(engine: Engine, host_id: str, seq: int) -> str | None:
             select(ChainRecord.hash).where(ChainRecord.host_id == host_id, ChainRecord.seq == seq)
         ).scalar()
     return str(value) if value is not None else None
-
-
-def job_values(engine: Engine, name: str, host_id: str | None = None) -> list[tuple[str, Any]]:
-    """(host id, value) of every host's `job_state` row `name` (or only `host_id`'s)."""
-    query = select(JobState.host_id, JobState.value).where(JobState.name == name)
-    if host_id is not None:
-        query = query.where(JobState.host_id == host_id)
-    with engine.connect() as conn:
-        return [(str(h), v) for h, v in conn.execute(query).all()]
 
 
 # --- the read side: listing, one incident, the chain (the CLI, verifier, exporters) ---------

@@ -16,9 +16,8 @@ import pytest
 from alembic import command
 from sqlalchemy import Engine, text
 
-from agent import jobs
 from agent.events import Event, FileAction, FileEvent, Flow
-from agent.store import partitions, rollup
+from agent.store import partitions, retention, rollup
 from agent.store.bulk import Mark, copy_batch, copy_direct
 from agent.store.db import alembic_config, make_engine, register_host, upgrade
 from agent.store.queries import counts, host_counts
@@ -114,12 +113,12 @@ def test_moves_between_partitions_and_retention_keep_it_exact(
     write_batch(pg, OTHER, _events(3, days_ago=11, tag="p"))
     write_batch(pg, HOST, _events(3, tag="n"))
     open_incident(pg, HOST, {"events": [cited.uid]})  # an open case: spared into the default
-    jobs.apply_retention(pg, HOST, days=5)
+    retention.apply_retention(pg, HOST, days=5)
     assert_exact(pg)
     assert {h.hostname: h.file_events for h in host_counts(pg)} == {"alpha": 8, "beta": 0}
     with pg.begin() as c:
         c.execute(text("UPDATE incidents SET status = 'closed'"))
-    jobs.apply_retention(pg, HOST, days=5)  # the spared row goes, deleted one by one
+    retention.apply_retention(pg, HOST, days=5)  # the spared row goes, deleted one by one
     assert_exact(pg)
     assert {h.hostname: h.file_events for h in host_counts(pg)} == {"alpha": 7, "beta": 0}
 

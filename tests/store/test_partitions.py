@@ -8,9 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, text, update
 
-from agent import jobs
 from agent.events import Decision, FileAction, FileEvent, Flow, Severity
-from agent.store import partitions
+from agent.store import partitions, retention
 from agent.store.db import make_engine, register_host, upgrade
 from agent.store.models import IncidentRow
 from agent.store.writer import write_batch
@@ -85,7 +84,7 @@ def test_retention_drops_whole_days_and_keeps_open_evidence(
     open_incident(pg, OTHER, {"decisions": [f"{cited.uid}:0"]})  # another host's open case
     gone = {partitions.partition_name(t, (NOW - timedelta(days=12)).date()) for t in ("flows",)}
 
-    counts = jobs.apply_retention(pg, HOST, days=5)
+    counts = retention.apply_retention(pg, HOST, days=5)
 
     # whole days went, for every host; the cited event and its decision moved to default
     assert counts == {"file_events": 2, "flows": 1, "decisions": 0}
@@ -103,12 +102,12 @@ def test_retention_drops_whole_days_and_keeps_open_evidence(
     # once the case is closed, the next run of its host's retention deletes the evidence
     with pg.begin() as c:
         c.execute(update(IncidentRow).values(status="closed"))
-    assert jobs.apply_retention(pg, OTHER, days=5) == {
+    assert retention.apply_retention(pg, OTHER, days=5) == {
         "file_events": 0,
         "flows": 0,
         "decisions": 0,
     }  # the evidence is HOST's: OTHER's run leaves it
-    assert jobs.apply_retention(pg, HOST, days=5) == {
+    assert retention.apply_retention(pg, HOST, days=5) == {
         "file_events": 1,
         "flows": 0,
         "decisions": 1,

@@ -25,7 +25,7 @@ from agent.incidents.anchor import load_or_create_key
 from agent.incidents.export import FORMATS, write
 from agent.incidents.export.trailer import write_signed
 from agent.incidents.queries import chain_entries
-from agent.store.incidents import job_value, put_job_value
+from agent.store.jobstate import job_value, put_job_value
 
 if TYPE_CHECKING:
     from agent.runtime import JobSpec, Runtime
