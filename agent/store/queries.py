@@ -19,6 +19,7 @@ from agent.store.models import (
     Host,
     IncidentRow,
 )
+from agent.store.schema_map import FLOW_LISTED
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,15 @@ def _iso(t: datetime | None) -> str | None:
     return t.isoformat() if t is not None else None
 
 
+def _listed(f: FlowRow) -> dict[str, Any]:
+    """A flow row's stored fields under their own names (agent/store/schema_map.py)."""
+    out = {}
+    for name, column in FLOW_LISTED:
+        value = getattr(f, column)
+        out[name] = _iso(value) if isinstance(value, datetime) else value
+    return out
+
+
 def list_events(
     engine: Engine,
     since: datetime | None = None,
@@ -242,28 +252,13 @@ def list_events(
                         "time": _iso(f.end_time),
                         "kind": "flow",
                         "type": f.protocol,
-                        "start": _iso(f.start_time),
                         "src": f"{f.src_ip}:{f.src_port}",
                         "dst": f"{f.dst_ip}:{f.dst_port}",
-                        "dst_ip": f.dst_ip,
-                        "dst_port": f.dst_port,
-                        "bytes_out": f.bytes_out,
-                        "bytes_in": f.bytes_in,
-                        "byte_source": f.byte_source,
-                        "name": f.name,
-                        "name_source": f.name_source,
-                        "sni": f.sni,
-                        "dest_class": f.dest_class,
-                        "country": f.country,
-                        "dest_org": f.dest_org,
-                        "service": f.service,
-                        "service_category": f.service_category,
-                        "community_id": f.community_id,
+                        **_listed(f),
                         "channel": "network",
                         "tags": [],
                         "process": {"pid": f.pid, "exe": f.exe, "user": f.user},
                         "host_id": f.host_id,
-                        "uid": f.uid,
                     }
                 )
         out.sort(key=lambda d: d["time"] or "", reverse=True)
