@@ -22,8 +22,8 @@ from select import POLLIN
 from select import poll as Poll
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, Table, insert, select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from agent import metrics
 from agent.categories import CategorySpec
@@ -139,7 +139,7 @@ class PolicyHolder:
     def _record(self, policy: Policy) -> None:
         if self._engine is None:
             return
-        from agent.store.models import PolicyVersion
+        from agent.store.policy_versions import record_policy_version
 
         packs = [
             {
@@ -152,23 +152,9 @@ class PolicyHolder:
             for p in policy.packs
             if p.enabled
         ]
-        row = {
-            "version": policy.version,
-            "loaded_at": datetime.fromtimestamp(policy.loaded_at, UTC),
-            "packs": packs,
-            "rules_count": len(policy.rules),
-        }
-        table = PolicyVersion.__table__
-        assert isinstance(table, Table)
+        loaded_at = datetime.fromtimestamp(policy.loaded_at, UTC)
         try:
-            with self._engine.begin() as conn:
-                found = conn.execute(
-                    select(table.c.version).where(table.c.version == policy.version)
-                ).first()
-                if found is None:
-                    conn.execute(insert(table).values(**row))
-        except IntegrityError:
-            pass  # another agent on the fleet store recorded the same version first
+            record_policy_version(self._engine, policy.version, loaded_at, packs, len(policy.rules))
         except SQLAlchemyError as e:
             log.warning("cannot record policy version %s: %s", policy.version[:12], e)
 
