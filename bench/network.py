@@ -9,14 +9,16 @@ seconds of each process are read from /proc/<pid>/stat over the traffic window o
 Then the store is checked: every flow's bytes_out equals what the
 sender wrote, every TLS flow has its SNI, every resolved name is attached.
 
+The headline row is one agent and tcpdump on that traffic, nothing else capturing.
 Destination lookups are exercised, not skipped: `internal_networks` is emptied so the
 rig's private addresses go through the country table (the built-in iptocc one), and the
 TLS names are under known services' domains (github.com, drive.google.com, ...), each
 name distinct, so each is a services.yaml lookup; every record gets its Community ID.
-Unless `--no-lookups-agent`, a second agent runs beside the first on the same traffic
-with those lookups off (no country table, no services, no Community ID: a launcher
-patches them out, the product has no such switch), so "lookups on vs off" is measured
-in the same run (issue #16: the lookups must add no measurable CPU).
+Unless `--no-lookups-agent`, a second round of the same traffic follows with two agents
+side by side, one with those lookups off (no country table, no services, no Community
+ID: a launcher patches them out, the product has no such switch), so "lookups on vs off"
+is measured on the same packets (issue #16: the lookups must add no measurable CPU)
+without a second agent inflating the headline on a 2-core machine.
 Prints one JSON object (see bench/__main__.py) on its last line.
 """
 
@@ -35,7 +37,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -225,131 +229,229 @@ def wait_up(rig: Rig, url: str) -> None:
         time.sleep(0.2)
 
 
-def run(
-    rig: Rig, tmp: Path, size: int, n_tls: int, n_dns: int, compare_lookups: bool = True
-) -> dict[str, object]:
-    cfg, url = agent_config(rig, tmp)
-    # peers: a plain sink, a TLS sink, a DNS responder; extra IPv6 addresses to name
-    names = {f"n{i}.files.example": f"{rig.peer_v6[:-1]}{0x100 + i:x}" for i in range(n_dns)}
+@dataclass
+class Peers:
+    """The peer namespace's servers, shared by both phases."""
+
+    sink: Sink
+    sink6: Sink
+    tls: Sink
+    dns: DnsResponder
+    names: dict[str, str]  # DNS name -> the peer's IPv6 address it resolves to
+
+    def stop(self) -> None:
+        for server in (self.sink, self.sink6, self.tls, self.dns):
+            server.stop()
+
+
+def start_peers(rig: Rig, tmp: Path, n_dns: int) -> Peers:
+    # extra IPv6 addresses to name, in the canonical text form the store keeps
+    prefix = rig.peer_v6.rsplit(":", 1)[0]
+    names = {
+        f"n{i}.files.example": socket.inet_ntop(
+            socket.AF_INET6, socket.inet_pton(socket.AF_INET6, f"{prefix}:{0x100 + i:x}")
+        )
+        for i in range(n_dns)
+    }
     for addr in names.values():
         subprocess.run(
             ["ip", "-n", rig.peer_ns, "addr", "add", f"{addr}/64", "dev", rig.peer_if, "nodad"],
             check=True,
         )
-    sink, sink6 = Sink(), Sink(family=socket.AF_INET6)
-    tls_sink = Sink(tls=self_signed(tmp), ack_after=20_000)
-    dns = DnsResponder({n: [socket.inet_pton(socket.AF_INET6, a)] for n, a in names.items()})
-    for server in (sink, sink6, tls_sink, dns):
+    peers = Peers(
+        Sink(),
+        Sink(family=socket.AF_INET6),
+        Sink(tls=self_signed(tmp), ack_after=20_000),
+        DnsResponder({n: [socket.inet_pton(socket.AF_INET6, a)] for n, a in names.items()}),
+        names,
+    )
+    for server in (peers.sink, peers.sink6, peers.tls, peers.dns):
         rig.run_in(rig.peer_ns, server.serve)
         assert server.ready.wait(5)
-    agent = rig.exec(
-        rig.sender_ns,
-        sys.executable,
-        "-m",
-        "agent",
-        "--config",
-        str(cfg),
-        "run",
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    plain: subprocess.Popen[bytes] | None = None
-    if compare_lookups:
-        plain_cfg, plain_url = agent_config(rig, tmp / "no-lookups")
-        plain = rig.exec(
-            rig.sender_ns,
-            sys.executable,
-            "-c",
-            NO_LOOKUPS,
-            "--config",
-            str(plain_cfg),
-            "run",
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-    tcpdump = rig.exec(
-        rig.sender_ns,
-        "tcpdump",
-        "-i",
-        rig.sender_if,
-        "-w",
-        "/dev/null",
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    truth: dict[tuple[str, int], tuple[int, str | None, str | None]] = {}  # bytes, sni, name
+    return peers
+
+
+Truth = dict[tuple[str, int], tuple[int, str | None, str | None]]  # bytes, sni, name
+
+
+def traffic(rig: Rig, peers: Peers, size: int, n_tls: int) -> tuple[Truth, float]:
+    """The upload, the TLS connections and the DNS lookups with their uploads: what each
+    flow carried, and the upload's wall seconds."""
+    truth: Truth = {}
+    t0 = time.perf_counter()
+    local, n = upload(rig, rig.peer_v4, peers.sink.port, size)
+    transfer_s = time.perf_counter() - t0
+    truth[(rig.peer_v4, local)] = (n, None, None)
+    payload = b"t" * 20_000
+    for i in range(n_tls):
+        name = f"tls{i}.{SERVICE_DOMAINS[i % len(SERVICE_DOMAINS)]}"
+        local, n = tls_upload(rig, rig.peer_v4, peers.tls.port, name, payload)
+        truth[(rig.peer_v4, local)] = (n, name, None)
+    for name, addr in peers.names.items():
+        with rig.sender():
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with u:
+            u.settimeout(5)
+            u.sendto(dns_query(name, 28), (rig.peer_v4, 53))
+            u.recvfrom(2048)
+        local, n = upload(rig, addr, peers.sink6.port, 1000 + len(truth))
+        truth[(addr, local)] = (n, None, name)
+    return truth, transfer_s
+
+
+@dataclass
+class Phase:
+    """One round of traffic watched by some agents (and maybe tcpdump): CPU seconds of
+    each over the traffic window, the first agent's per thread."""
+
+    cpu: dict[str, float]
+    truth: Truth
+    transfer_s: float
+    window_s: float
+    idle_rate: float
+    threads: dict[str, float]
+    packets_to_python: int
+    drops: int
+
+
+def phase(
+    rig: Rig,
+    tmp: Path,
+    peers: Peers,
+    size: int,
+    n_tls: int,
+    agents: dict[str, list[str]],
+    with_tcpdump: bool,
+) -> Phase:
+    """Start `agents` (name -> argv before `--config`; each its own state in tmp/name),
+    and tcpdump if asked, run the traffic, wait until every agent exported every flow."""
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    urls: dict[str, str] = {}
     try:
-        wait_up(rig, url)
-        if plain is not None:
-            wait_up(rig, plain_url)
+        for name, argv in agents.items():
+            cfg, urls[name] = agent_config(rig, tmp / name)
+            procs[name] = rig.exec(
+                rig.sender_ns,
+                *argv,
+                "--config",
+                str(cfg),
+                "run",
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        if with_tcpdump:
+            procs["tcpdump"] = rig.exec(
+                rig.sender_ns,
+                "tcpdump",
+                "-i",
+                rig.sender_if,
+                "-w",
+                "/dev/null",
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        for url in urls.values():
+            wait_up(rig, url)
+        first = next(iter(agents))
         time.sleep(1.0)  # tcpdump is up too
-        idle0 = cpu_seconds(agent.pid)
+        idle0 = cpu_seconds(procs[first].pid)
         time.sleep(3.0)  # what the agent costs with no traffic at all (timers, writer, jobs)
-        idle_rate = (cpu_seconds(agent.pid) - idle0) / 3.0
-        cpu0 = (cpu_seconds(agent.pid), cpu_seconds(tcpdump.pid))
-        plain0 = cpu_seconds(plain.pid) if plain is not None else 0.0
-        threads0 = thread_cpu(agent.pid)
+        idle_rate = (cpu_seconds(procs[first].pid) - idle0) / 3.0
+        cpu0 = {name: cpu_seconds(p.pid) for name, p in procs.items()}
+        threads0 = thread_cpu(procs[first].pid)
         t0 = time.perf_counter()
-        local, n = upload(rig, rig.peer_v4, sink.port, size)
-        transfer_s = time.perf_counter() - t0
-        truth[(rig.peer_v4, local)] = (n, None, None)
-        payload = b"t" * 20_000
-        for i in range(n_tls):
-            name = f"tls{i}.{SERVICE_DOMAINS[i % len(SERVICE_DOMAINS)]}"
-            local, n = tls_upload(rig, rig.peer_v4, tls_sink.port, name, payload)
-            truth[(rig.peer_v4, local)] = (n, name, None)
-        for name, addr in names.items():
-            with rig.sender():
-                u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            with u:
-                u.settimeout(5)
-                u.sendto(dns_query(name, 28), (rig.peer_v4, 53))
-                u.recvfrom(2048)
-            local, n = upload(rig, addr, sink6.port, 1000 + len(truth))
-            truth[(addr, local)] = (n, None, name)
+        truth, transfer_s = traffic(rig, peers, size, n_tls)
         deadline = time.monotonic() + 60
-        waiting = [url] + ([plain_url] if plain is not None else [])
-        while any(metric_sum(rig, u, "egress_agent_flows_total") < len(truth) for u in waiting):
+        while any(
+            metric_sum(rig, u, "egress_agent_flows_total") < len(truth) for u in urls.values()
+        ):
             if time.monotonic() > deadline:
                 raise AssertionError("an agent did not export every flow in 60 s")
             # each scrape costs the agent ~2 ms of CPU inside the window: poll like a
             # (fast) Prometheus, not five times a second
             time.sleep(1.0)
-        cpu1 = (cpu_seconds(agent.pid), cpu_seconds(tcpdump.pid))
-        plain_cpu = cpu_seconds(plain.pid) - plain0 if plain is not None else None
-        threads1 = thread_cpu(agent.pid)
+        cpu = {name: cpu_seconds(p.pid) - cpu0[name] for name, p in procs.items()}
+        threads1 = thread_cpu(procs[first].pid)
         window_s = time.perf_counter() - t0
-        tids = thread_names(tmp)
-        to_python = metric_sum(rig, url, "egress_agent_capture_packets_total")
-        drops = metric_sum(rig, url, "egress_agent_capture_drops_total")
+        tids = thread_names(tmp / first)
+        to_python = metric_sum(rig, urls[first], "egress_agent_capture_packets_total")
+        drops = metric_sum(rig, urls[first], "egress_agent_capture_drops_total")
     finally:
-        tcpdump.send_signal(signal.SIGTERM)
-        tcpdump.wait(30)
-        for proc in (agent, plain):
-            if proc is not None:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(60)
-        for server in (sink, sink6, tls_sink, dns):
-            server.stop()
-    agent_cpu, tcpdump_cpu = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
-    threads = per_thread(threads0, threads1, tids, agent_cpu)
-    db = sqlite3.connect(tmp / "state" / "agent.db")
-    rows = db.execute(
-        "SELECT dst_ip, src_port, bytes_out, sni, name, byte_source FROM flows"
-        " WHERE protocol = 'tcp'"
-    ).fetchall()
+        for p in procs.values():
+            p.send_signal(signal.SIGTERM)
+        for p in procs.values():
+            p.wait(60)
+    return Phase(
+        cpu,
+        truth,
+        transfer_s,
+        window_s,
+        idle_rate,
+        per_thread(threads0, threads1, tids, cpu[first]),
+        int(to_python),
+        int(drops),
+    )
+
+
+def check(db_path: Path, truth: Truth) -> dict[str, Any]:
+    """What the agent stored against what was sent: flows with wrong bytes, TLS flows
+    without their SNI, resolved addresses without their name."""
+    db = sqlite3.connect(db_path)
+    try:
+        rows = db.execute(
+            "SELECT dst_ip, src_port, bytes_out, sni, name, byte_source FROM flows"
+            " WHERE protocol = 'tcp'"
+        ).fetchall()
+        services = db.execute(
+            "SELECT count(*) FROM flows WHERE service IS NOT NULL AND community_id IS NOT NULL"
+        ).fetchone()[0]
+    finally:
+        db.close()
     got = {(r[0], r[1]): r[2:] for r in rows}
     none = (None, None, None, None)
     wrong_bytes = [k for k, (n, _, _) in truth.items() if got.get(k, none)[0] != n]
-    tls_without_sni = [k for k, (_, sni, _) in truth.items() if sni and got.get(k, none)[1] != sni]
+    no_sni = [k for k, (_, sni, _) in truth.items() if sni and got.get(k, none)[1] != sni]
     unnamed = [k for k, (_, _, nm) in truth.items() if nm and got.get(k, none)[2] != nm]
+    return {
+        "flows_stored": len(rows),
+        "wrong_bytes": wrong_bytes[:10],
+        "tls_without_sni": no_sni[:10],
+        "names_missing": unnamed[:10],
+        "byte_sources": sorted({r[5] for r in rows}),
+        "services": services,
+        "correct": not wrong_bytes and not no_sni and not unnamed,
+    }
+
+
+AGENT = [sys.executable, "-m", "agent"]
+AGENT_NO_LOOKUPS = [sys.executable, "-c", NO_LOOKUPS]
+
+
+def run(
+    rig: Rig, tmp: Path, size: int, n_tls: int, n_dns: int, compare_lookups: bool = True
+) -> dict[str, object]:
+    peers = start_peers(rig, tmp, n_dns)
+    try:
+        # the headline: one agent and tcpdump on the same traffic, nothing else capturing
+        main = phase(rig, tmp, peers, size, n_tls, {"agent": AGENT}, with_tcpdump=True)
+        lookups = None
+        if compare_lookups:  # then both agents side by side on a second round
+            lookups = phase(
+                rig,
+                tmp,
+                peers,
+                size,
+                n_tls,
+                {"lookups-on": AGENT, "lookups-off": AGENT_NO_LOOKUPS},
+                with_tcpdump=False,
+            )
+    finally:
+        peers.stop()
+    stored = check(tmp / "agent" / "state" / "agent.db", main.truth)
+    agent_cpu, tcpdump_cpu = main.cpu["agent"], main.cpu["tcpdump"]
     ratio = agent_cpu / tcpdump_cpu if tcpdump_cpu > 0 else float("inf")
-    correct = not wrong_bytes and not tls_without_sni and not unnamed
-    services = db.execute(
-        "SELECT count(*) FROM flows WHERE service IS NOT NULL AND community_id IS NOT NULL"
-    ).fetchone()[0]
+    correct = bool(stored["correct"])
     comparisons: list[dict[str, object]] = [
         {
             "what": f"CPU during {size / 1e9:.1f} GB upload + {n_tls} TLS + {n_dns} DNS "
@@ -360,41 +462,39 @@ def run(
             "ratio": round(ratio, 2),
             "goal": "<= 1",
             "met": ratio <= 1 and correct,
-            "note": "every flow exact, every TLS flow with SNI, every DNS name attached: "
-            + str(correct),
+            "note": "one agent beside tcpdump; every flow exact, every TLS flow with SNI, "
+            f"every DNS name attached: {correct}",
         }
     ]
-    if plain_cpu is not None:
-        on_off = agent_cpu / plain_cpu if plain_cpu > 0 else float("inf")
+    if lookups is not None:
+        on, off = lookups.cpu["lookups-on"], lookups.cpu["lookups-off"]
+        on_check = check(tmp / "lookups-on" / "state" / "agent.db", lookups.truth)
+        on_off = on / off if off > 0 else float("inf")
         comparisons.append(
             {
                 "what": "the same agent CPU with destination lookups on vs off (country, "
                 "services.yaml, Community ID), both agents on the same traffic",
-                "agent": round(agent_cpu, 3),
-                "reference": round(plain_cpu, 3),
+                "agent": round(on, 3),
+                "reference": round(off, 3),
                 "unit": "cpu_s, lookups on vs off",
                 "ratio": round(on_off, 2),
                 "goal": "no measurable difference (within run-to-run noise, about 10%)",
                 "met": on_off <= 1.1,
-                "note": f"lookups-off agent vs tcpdump {plain_cpu / tcpdump_cpu:.2f}; "
-                f"{services} flows with a known service and a Community ID",
+                "note": "a second round of the same traffic, the two agents side by side; "
+                f"{on_check['services']} flows with a known service and a Community ID",
             }
         )
     return {
         "upload_bytes": size,
-        "upload_seconds": round(transfer_s, 2),
-        "upload_gbit_s": round(size * 8 / transfer_s / 1e9, 2),
-        "flows_expected": len(truth),
-        "flows_stored": len(rows),
-        "wrong_bytes": wrong_bytes[:10],
-        "tls_without_sni": tls_without_sni[:10],
-        "names_missing": unnamed[:10],
-        "byte_sources": sorted({r[5] for r in rows}),
-        "window_seconds": round(window_s, 2),
-        "agent_idle_cpu_per_second": round(idle_rate, 4),
-        "agent_cpu_by_thread": threads,
-        "packets_to_python": int(to_python),
-        "kernel_drops": int(drops),
+        "upload_seconds": round(main.transfer_s, 2),
+        "upload_gbit_s": round(size * 8 / main.transfer_s / 1e9, 2),
+        "flows_expected": len(main.truth),
+        **{k: v for k, v in stored.items() if k not in ("correct", "services")},
+        "window_seconds": round(main.window_s, 2),
+        "agent_idle_cpu_per_second": round(main.idle_rate, 4),
+        "agent_cpu_by_thread": main.threads,
+        "packets_to_python": main.packets_to_python,
+        "kernel_drops": main.drops,
         "load": [round(x, 2) for x in os.getloadavg()],
         "comparisons": comparisons,
     }
@@ -408,7 +508,7 @@ def main() -> None:
     ap.add_argument(
         "--no-lookups-agent",
         action="store_true",
-        help="skip the second agent (destination lookups off) that runs beside the first",
+        help="skip the second round (two agents, destination lookups on and off)",
     )
     args = ap.parse_args()
     why = unavailable_reason() or (None if shutil.which("tcpdump") else "tcpdump not installed")
