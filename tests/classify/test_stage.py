@@ -23,6 +23,7 @@ from agent.runtime import Runtime
 from agent.store.db import make_engine, upgrade
 from agent.store.writer import write_batch
 from tests.classify import corpus as C
+from tests.store.test_artefacts import store_weights
 
 
 def hashed() -> float:
@@ -212,15 +213,10 @@ def test_lineage_lookup_on_a_postgresql_fleet_store(pg_url: str) -> None:
     engine = make_engine(pg_url)
     upgrade(engine)
     sha = "ab" * 32
-    art = Artefact(
-        sha256=sha,
-        size=10,
-        content_type="application/vnd.safetensors",
-        tags=(Tag("model_weights", "safetensors header", {"format": "safetensors"}),),
-    )
-    write_batch(engine, "host-9", [FileEvent(FileAction.WRITTEN, "/x", artefact=art)])
+    store_weights(engine, sha, host="host-9")
     known = store_lookup(engine, sha)
     assert known is not None and known.tags[0].kind == "model_weights"
+    assert [(m.category, m.count, m.confidence) for m in known.matches] == [("pii", 3, "medium")]
     assert known.origin is None  # from the store: always inherited lineage
     assert store_lookup(engine, "cd" * 32) is None
     engine.dispose()

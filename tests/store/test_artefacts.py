@@ -1,5 +1,5 @@
-"""`store.artefacts.lookup`: what a real store (SQLite here, PostgreSQL in
-tests/classify/test_stage.py) answers for a content hash, damaged rows included."""
+"""`store.artefacts.lookup`: what a real store (SQLite, and a scratch PostgreSQL
+database) answers for a content hash, damaged rows included."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ def engine(tmp_path: Path) -> Engine:
     return e
 
 
-def test_lookup_returns_the_decoded_row(engine: Engine) -> None:
-    sha = "ab" * 32
+def store_weights(engine: Engine, sha: str, host: str = "host-1") -> None:
+    """One stored artefact of `sha`: safetensors weights with one category match, written
+    by the store writer as the daemon writes it."""
     art = Artefact(
         sha256=sha,
         size=10,
@@ -30,7 +31,18 @@ def test_lookup_returns_the_decoded_row(engine: Engine) -> None:
         tags=(Tag("model_weights", "safetensors header", {"format": "safetensors"}),),
         matches=(CategoryMatch("pii", 3, "gdpr", 2, "medium", "terms"),),
     )
-    write_batch(engine, "host-1", [FileEvent(FileAction.WRITTEN, "/x", artefact=art)])
+    write_batch(engine, host, [FileEvent(FileAction.WRITTEN, "/x", artefact=art)])
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_lookup_returns_the_decoded_row(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    engine = make_engine(url or f"sqlite:///{tmp_path / 'agent.db'}")
+    upgrade(engine)
+    sha = "ab" * 32
+    store_weights(engine, sha)
     row = artefacts.lookup(engine, sha)
     assert row is not None
     assert row.content_type == "application/vnd.safetensors"
@@ -38,6 +50,7 @@ def test_lookup_returns_the_decoded_row(engine: Engine) -> None:
     assert row.tags[0]["details"] == {"format": "safetensors"}
     assert [(m["category"], m["count"]) for m in row.matches] == [("pii", 3)]
     assert artefacts.lookup(engine, "cd" * 32) is None
+    engine.dispose()
 
 
 def test_a_row_with_text_that_is_not_json_reads_as_empty(engine: Engine) -> None:
