@@ -19,7 +19,7 @@ from agent.store.models import (
     Host,
     IncidentRow,
 )
-from agent.store.schema_map import FLOW_LISTED
+from agent.store.schema_map import FILE_LISTED, FLOW_LISTED
 
 
 @dataclass(frozen=True)
@@ -174,11 +174,11 @@ def _iso(t: datetime | None) -> str | None:
     return t.isoformat() if t is not None else None
 
 
-def _listed(f: FlowRow) -> dict[str, Any]:
-    """A flow row's stored fields under their own names (agent/store/schema_map.py)."""
+def _listed(row: Any, listed: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """A row's stored fields under their own names (agent/store/schema_map.py)."""
     out = {}
-    for name, column in FLOW_LISTED:
-        value = getattr(f, column)
+    for name, column in listed:
+        value = getattr(row, column)
         out[name] = _iso(value) if isinstance(value, datetime) else value
     return out
 
@@ -226,18 +226,13 @@ def list_events(
                         "time": _iso(r.time),
                         "kind": "file",
                         "type": r.action,
-                        "path": r.path,
-                        "new_path": r.dest_path,
-                        "channel": r.channel,
-                        "origin": r.origin,
-                        "size": r.size,
+                        **_listed(r, FILE_LISTED),
                         "sha256": r.sha256,
                         "kinds": r.kinds or [],
                         "tags": tags.get(r.sha256 or "", []),
                         "categories": r.categories or [],
                         "process": {"pid": r.pid, "exe": r.exe, "user": r.user},
                         "host_id": r.host_id,
-                        "uid": r.uid,
                     }
                 )
         if kind in (None, "flow"):
@@ -254,7 +249,7 @@ def list_events(
                         "type": f.protocol,
                         "src": f"{f.src_ip}:{f.src_port}",
                         "dst": f"{f.dst_ip}:{f.dst_port}",
-                        **_listed(f),
+                        **_listed(f, FLOW_LISTED),
                         "channel": "network",
                         "tags": [],
                         "process": {"pid": f.pid, "exe": f.exe, "user": f.user},

@@ -279,15 +279,29 @@ FILE_EVIDENCE = Projection(
 DECISION_EVIDENCE = Projection(Decision, value_of=document_value)
 
 
-# -- `events list` (agent/store/queries.py): a flow row shown by its fields' names -------
+# -- `events list` (agent/store/queries.py): rows shown by their fields' names ----------
+
+
+def listed(
+    row: Projection, leave_out: Collection[str], rename: Mapping[str, str] | None = None
+) -> tuple[tuple[str, str], ...]:
+    """(listing key, column) for each field `row` stores, but those left out."""
+    rename = rename or {}
+    return tuple(
+        (rename.get(name, name), column)
+        for name, column in zip(row.fields, row.names, strict=True)
+        if name not in leave_out
+    )
+
 
 # protocol is shown as the listing's `type`, the end as its `time`, the endpoints as
 # `src`/`dst`; the HTTP host and the close reason have never been listed
-FLOW_LISTING_OMITS = frozenset(
-    {"protocol", "end", "src_ip", "src_port", "http_host", "close_reason"}
+FLOW_LISTED = listed(
+    FLOW_ROW, {"protocol", "end", "src_ip", "src_port", "http_host", "close_reason"}
 )
-FLOW_LISTED = tuple(
-    (name, column)
-    for name, column in zip(FLOW_ROW.fields, FLOW_ROW.names, strict=True)
-    if name not in FLOW_LISTING_OMITS
+# the action is shown as `type`; inode, device, mtime and sensor have never been listed
+FILE_LISTED = listed(
+    FILE_EVENT_ROW,
+    {"action", "time", "inode", "device", "mtime_ns", "sensor"},
+    rename={"dest_path": "new_path"},
 )
