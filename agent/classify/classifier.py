@@ -22,6 +22,7 @@ restart classifies it again.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -67,6 +68,13 @@ def limits_from(settings: ClassifySection) -> Limits:
         max_archive_expanded_bytes=settings.max_archive_expanded_bytes,
         max_compression_ratio=settings.max_compression_ratio,
     )
+
+
+@functools.cache
+def _labelled(metric: Any, label: str) -> Any:
+    """`metric.labels(label)`, looked up once: the child is the same object every time,
+    and its lookup (a lock and a tuple of strings) was 3 µs of each small file."""
+    return metric.labels(label)
 
 
 def skipped(reason: str, size: int = 0) -> Artefact:
@@ -283,7 +291,7 @@ class Classifier:
                 ", ".join(art.kinds) or "no kinds",
             )
         for kind in art.kinds or ("unknown",):
-            metrics.CLASSIFIED.labels(kind).inc()
+            _labelled(metrics.CLASSIFIED, kind).inc()
         return art
 
     def _source(

@@ -303,6 +303,8 @@ def _quote(path: str) -> str:
 # --- HDF5 (and Keras .h5) ------------------------------------------------------------
 def is_hdf5(head: bytes) -> bool:
     sig = b"\x89HDF\r\n\x1a\n"
+    if sig not in head:  # one C scan answers for nearly every file (3 µs of 8 slices)
+        return False
     return any(head[o : o + 8] == sig for o in (0, 512, 1024, 2048, 4096, 8192, 16384, 32768))
 
 

@@ -134,7 +134,7 @@ def text_tag(text: str, ext: str) -> Tag | None:
         return _tag("nastran", "Nastran bulk data deck (BEGIN BULK)")
     if ("%FSLA" in t or "%FSTA" in t) and ("%MOMM*%" in t or "%MOIN*%" in t):
         return _tag("gerber", "PCB artwork (Gerber RS-274X format and unit statements)")
-    if len(_GCODE_WORD.findall(t)) >= 5 and ext not in ("py", "c", "md"):
+    if ext not in ("py", "c", "md") and len(_GCODE_WORD.findall(t)) >= 5:
         return _tag("gcode", "G-code program (motion and spindle words)")
     return None
 

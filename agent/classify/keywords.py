@@ -97,6 +97,7 @@ class KeywordMatcher:
         self.key = categories_key(self.categories)
         self.index = {c.code: i for i, c in enumerate(self.categories)}  # code -> index
         self._automaton: ahocorasick.Automaton | None = None
+        self._ascii_automaton: ahocorasick.Automaton | None = None
         self._patterns: list[_Pattern] = []
         self._thresholds = [
             [(t, tuple(fold(w) for w in t.words or QUANTITY_WORDS.get(t.quantity, ())))
@@ -140,16 +141,29 @@ class KeywordMatcher:
                 for word in words:
                     entries.setdefault(fold(word), []).append((NEGATIVE, genre))
         auto = ahocorasick.Automaton()
+        # the same terms without those that hold a non-ASCII character, for ASCII texts
+        # (most source and data files): such a term cannot occur in them, and the root of
+        # the full automaton, with a branch per Chinese first character, is searched
+        # linearly at every character (21 µs for 400 characters of comments, 7 µs here).
+        # Its ASCII branches and their fail links are the same, so are the hits and order.
+        ascii_auto = ahocorasick.Automaton()
         for w, roles in entries.items():
             if not w:
                 continue
             # an English word must stand alone ("ASR" not inside "LASER"); CJK needs no
             # boundaries (no spaces between words)
             edges = (_is_word(w[0]), _is_word(w[-1]))
-            auto.add_word(w, (len(w), edges, w, tuple(dict.fromkeys(roles))))
+            value = (len(w), edges, w, tuple(dict.fromkeys(roles)))
+            auto.add_word(w, value)
+            if w.isascii():
+                ascii_auto.add_word(w, value)
         if len(auto):
             auto.make_automaton()
             self._automaton = auto
+            self._ascii_automaton = auto
+        if len(ascii_auto):
+            ascii_auto.make_automaton()
+            self._ascii_automaton = ascii_auto
 
     # --- per text ------------------------------------------------------------------------
     def evidence(self, texts: Iterable[str]) -> dict[int, Evidence]:
@@ -180,9 +194,10 @@ class KeywordMatcher:
                 h = hits[i] = _Hits([], [], [])
             return h
 
-        if self._automaton is not None:
+        automaton = self._ascii_automaton if folded.isascii() else self._automaton
+        if automaton is not None:
             last = len(folded) - 1
-            for end, (length, (sw, ew), word, roles) in self._automaton.iter(folded):
+            for end, (length, (sw, ew), word, roles) in automaton.iter(folded):
                 start = end - length + 1
                 if sw and start > 0 and _is_word(folded[start - 1]):
                     continue

@@ -145,12 +145,13 @@ def git_dir_of(path: str) -> tuple[str, str, bool] | None:
     Internals are anything under a `.git` directory or inside a bare repository (a
     directory with `HEAD`, `objects/` and `refs/`); the working tree's own files are not.
     """
-    parts = os.path.abspath(path).split(os.sep)
-    if ".git" in parts[:-1] or (parts[-1] == ".git"):
+    full = os.path.abspath(path)
+    parts = full.split(os.sep)
+    if ".git" in parts:
         i = parts.index(".git")
         git_dir = os.sep.join(parts[: i + 1]) or os.sep
         return os.sep.join(parts[:i]) or os.sep, git_dir, False
-    found = _bare_repositories.nearest(os.path.dirname(os.path.abspath(path)))
+    found = _bare_repositories.nearest(os.path.dirname(full))
     return (found, found, True) if found else None
 
 
