@@ -15,9 +15,9 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 import yaml
@@ -37,6 +37,7 @@ settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True
 settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "local")
 )
+T = TypeVar("T")
 PG_ADMIN_URL = os.environ.get("EGRESS_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -280,6 +281,30 @@ def rig() -> Iterator[Rig]:
         if "netns" in str(e) or "RTNETLINK" in str(getattr(e, "stderr", "")):
             pytest.skip(f"cannot create network namespaces: {getattr(e, 'stderr', e)}")
         raise
+
+
+def eventually(fn: Callable[[], T], timeout: float = 60.0, interval: float = 0.2) -> T:
+    """`fn()`'s first truthy value within `timeout` seconds, else its last value (for the
+    caller's assert to show). Generous by default: it only delays a failing test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(interval)
+    return fn()
+
+
+@pytest.fixture
+def usb(tmp_path: Path, agent_config: dict[str, Any]) -> Path:
+    """A directory the daemon's file sensor watches as removable media: `agent_config`
+    gets the files sensor alone, on this root only (no mount following), magika off."""
+    root = tmp_path / "usb"
+    root.mkdir()
+    agent_config["sensors"] = {"enabled": ["files"]}
+    agent_config["files"] = {"roots": [str(root)], "removable": [str(root)], "follow_mounts": False}
+    agent_config["classify"] = {"use_magika": False}
+    return root
 
 
 def cli(

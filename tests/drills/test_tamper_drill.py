@@ -15,7 +15,6 @@ import json
 import shutil
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from agent.incidents.chain import ChainEntry, link_hash, make_payload
 from agent.incidents.export import FORMATS, detect
 from agent.incidents.model import row_values
 from agent.store.models import ChainRecord, IncidentRow
-from tests.conftest import cli, write_config
+from tests.conftest import cli, eventually, write_config
 
 for _component in ("agent.sensors.files.sensor", "agent.classify.stage", "agent.policy.stage"):
     pytest.importorskip(_component, reason=f"{_component} is not in this checkout")
@@ -35,16 +34,6 @@ from tests.incidents.helpers import SITE_PACK, safetensors  # noqa: E402
 
 pytestmark = pytest.mark.drill
 N_FILES = 3
-
-
-def _wait(fn: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.2)
-    return fn()
 
 
 def _count(db: Path) -> int:
@@ -120,17 +109,12 @@ def _cut_tail(db: Path, cut: int) -> None:
 
 
 def test_every_tampering_of_the_incident_evidence_is_detected(
-    tmp_path: Path, agent_config: dict[str, Any], run_agent: Any
+    tmp_path: Path, agent_config: dict[str, Any], run_agent: Any, usb: Path
 ) -> None:
-    usb = tmp_path / "usb"
-    usb.mkdir()
     site = tmp_path / "site"
     site.mkdir()
     (site / "lab.yaml").write_text(SITE_PACK)
     exports = tmp_path / "exports"
-    agent_config["sensors"] = {"enabled": ["files"]}
-    agent_config["files"] = {"roots": [str(usb)], "removable": [str(usb)], "follow_mounts": False}
-    agent_config["classify"] = {"use_magika": False}
     agent_config["policies"] = {"paths": [str(site)], "model_parameter_threshold": 1000}
     agent_config["jobs"] = {"export_dir": str(exports), "export_interval": 1}
     agent = run_agent(agent_config)
@@ -138,8 +122,8 @@ def test_every_tampering_of_the_incident_evidence_is_detected(
     state = Path(agent_config["agent"]["state_dir"])
     for i in range(N_FILES):
         safetensors(usb / f"model-{i}.safetensors", rows=64, cols=64 + i)
-    assert _wait(lambda: _count(state / "agent.db") >= N_FILES), agent.stderr()
-    assert _wait(lambda: exports.exists() and any(exports.glob("*.ecs.jsonl")))
+    assert eventually(lambda: _count(state / "agent.db") >= N_FILES), agent.stderr()
+    assert eventually(lambda: exports.exists() and any(exports.glob("*.ecs.jsonl")))
     assert agent.stop() == 0
 
     with sqlite3.connect(state / "agent.db") as c:
@@ -169,7 +153,7 @@ def test_every_tampering_of_the_incident_evidence_is_detected(
     # its gauge shows the drop, the anchor stays where it was
     restarted = run_agent({**agent_config, "agent": {"state_dir": str(db.parent)}}, name="again")
     restarted.wait_metrics()
-    assert _wait(lambda: restarted.metric("egress_agent_incident_chain_head_seq") == 0)
+    assert eventually(lambda: restarted.metric("egress_agent_incident_chain_head_seq") == 0)
     assert restarted.stop() == 0
     assert "incident chain tampered" in restarted.stderr()
     _failed(

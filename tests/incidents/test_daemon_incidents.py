@@ -5,28 +5,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import cli
+from tests.conftest import cli, eventually
 
 for _component in ("agent.sensors.files.sensor", "agent.classify.stage", "agent.policy.stage"):
     pytest.importorskip(_component, reason=f"{_component} is not in this checkout")
 
 from tests.incidents.helpers import SITE_PACK, safetensors  # noqa: E402
-
-
-def _wait(fn: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.2)
-    return fn()
 
 
 def _incidents(db: Path) -> list[tuple[str, str, int]]:
@@ -39,17 +28,12 @@ def _incidents(db: Path) -> list[tuple[str, str, int]]:
 
 @pytest.mark.slow
 def test_daemon_opens_a_removable_copy_incident(
-    tmp_path: Path, agent_config: dict[str, Any], run_agent: Any
+    tmp_path: Path, agent_config: dict[str, Any], run_agent: Any, usb: Path
 ) -> None:
-    usb = tmp_path / "usb"
-    usb.mkdir()
     site = tmp_path / "site"
     site.mkdir()
     (site / "lab.yaml").write_text(SITE_PACK)
     exports = tmp_path / "exports"
-    agent_config["sensors"] = {"enabled": ["files"]}
-    agent_config["files"] = {"roots": [str(usb)], "removable": [str(usb)], "follow_mounts": False}
-    agent_config["classify"] = {"use_magika": False}
     agent_config["policies"] = {"paths": [str(site)], "model_parameter_threshold": 1000}
     agent_config["jobs"] = {"export_dir": str(exports), "export_interval": 1}
     agent = run_agent(agent_config)
@@ -59,22 +43,26 @@ def test_daemon_opens_a_removable_copy_incident(
         {"rule": "us-ear-model-weights-copied-out", "severity": "high"},
     )
     # the genesis record is written by the correlator's thread soon after start
-    assert _wait(lambda: (agent.metric("egress_agent_chain_checkpoint_timestamp_seconds") or 0) > 0)
+    assert eventually(
+        lambda: (agent.metric("egress_agent_chain_checkpoint_timestamp_seconds") or 0) > 0
+    )
 
     safetensors(usb / "model.safetensors", rows=64, cols=64)
     db = Path(agent_config["agent"]["state_dir"]) / "agent.db"
-    rows = _wait(lambda: _incidents(db))
+    rows = eventually(lambda: _incidents(db))
     assert rows and rows[0][:2] == ("removable_copy", "us-ear-model-weights-copied-out"), (
         agent.stderr()
     )
     labels = {"rule": "us-ear-model-weights-copied-out", "severity": "high"}
-    assert _wait(lambda: (agent.metric("egress_agent_incidents_opened_total", labels) or 0) > 0)
+    assert eventually(
+        lambda: (agent.metric("egress_agent_incidents_opened_total", labels) or 0) > 0
+    )
     assert (agent.metric("egress_agent_incidents_opened_total", labels) or 0) == (before or 0) + 1
     assert (agent.metric("egress_agent_incidents_open", {"severity": "high"}) or 0) == 1
     # the scheduled export picks the new records up
-    assert _wait(lambda: exports.exists() and any(exports.glob("*.ecs.jsonl")))
+    assert eventually(lambda: exports.exists() and any(exports.glob("*.ecs.jsonl")))
     # the chain head is published: gauges now, the journal line and anchor file at stop
-    assert _wait(lambda: (agent.metric("egress_agent_incident_chain_head_seq") or 0) >= 1)
+    assert eventually(lambda: (agent.metric("egress_agent_incident_chain_head_seq") or 0) >= 1)
     assert agent.stop() == 0
     assert "incident chain head seq=" in agent.stderr()
 
@@ -97,20 +85,17 @@ def test_daemon_opens_a_removable_copy_incident(
 
 @pytest.mark.slow
 def test_daemon_by_default_opens_an_rd_assets_incident_for_a_checkpoint_on_usb(
-    tmp_path: Path, agent_config: dict[str, Any], run_agent: Any
+    tmp_path: Path, agent_config: dict[str, Any], run_agent: Any, usb: Path
 ) -> None:
     """No site pack, no threshold in the config: the shipped rd-assets pack decides."""
-    usb = tmp_path / "usb"
-    usb.mkdir()
-    agent_config["sensors"] = {"enabled": ["files"]}
-    agent_config["files"] = {"roots": [str(usb)], "removable": [str(usb)], "follow_mounts": False}
-    agent_config["classify"] = {"use_magika": False}
     agent = run_agent(agent_config)
     agent.wait_metrics()
     safetensors(usb / "encoder.safetensors", rows=384, cols=1024)  # 3.9e5 parameters
     db = Path(agent_config["agent"]["state_dir"]) / "agent.db"
-    rows = _wait(lambda: _incidents(db))
+    rows = eventually(lambda: _incidents(db))
     assert rows and rows[0][:2] == ("removable_copy", "rd-assets-model-weights-out"), agent.stderr()
     labels = {"rule": "rd-assets-model-weights-out", "severity": "medium"}
-    assert _wait(lambda: (agent.metric("egress_agent_incidents_opened_total", labels) or 0) > 0)
+    assert eventually(
+        lambda: (agent.metric("egress_agent_incidents_opened_total", labels) or 0) > 0
+    )
     assert agent.stop() == 0

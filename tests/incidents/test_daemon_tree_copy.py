@@ -27,14 +27,9 @@ def _incidents(db: Path) -> list[tuple[Any, ...]]:
 
 @pytest.mark.slow
 def test_cp_r_of_a_repository_onto_usb_is_one_incident(
-    tmp_path: Path, agent_config: dict[str, Any], run_agent: Any
+    tmp_path: Path, agent_config: dict[str, Any], run_agent: Any, usb: Path
 ) -> None:
     repo = make_repo(tmp_path / "src" / "motor-ctl", files=498)  # 500 files with drive.c, README
-    usb = tmp_path / "usb"
-    usb.mkdir()
-    agent_config["sensors"] = {"enabled": ["files"]}
-    agent_config["files"] = {"roots": [str(usb)], "removable": [str(usb)], "follow_mounts": False}
-    agent_config["classify"] = {"use_magika": False}
     agent = run_agent(agent_config)
     agent.wait_metrics()
     db = Path(agent_config["agent"]["state_dir"]) / "agent.db"

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import eventually
 from tests.policy.makefiles import RARE_EARTH_ZH, make_docx
 
 SITE = """\
@@ -42,16 +42,6 @@ rules:
 """
 
 
-def _wait(fn: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.1)
-    return fn()
-
-
 def _decisions(db: Path) -> list[tuple[str, str, str, str]]:
     if not db.exists():
         return []
@@ -66,26 +56,22 @@ def _decisions(db: Path) -> list[tuple[str, str, str, str]]:
 
 @pytest.mark.slow
 def test_agent_decides_and_reloads(
-    tmp_path: Path, agent_config: dict[str, Any], run_agent: Any
+    tmp_path: Path, agent_config: dict[str, Any], run_agent: Any, usb: Path
 ) -> None:
-    usb = tmp_path / "usb"
-    usb.mkdir()
     site = tmp_path / "site"
     site.mkdir()
     pack = site / "lab.yaml"
     pack.write_text(SITE.format(version="1"))
     state = Path(agent_config["agent"]["state_dir"])
-    agent_config["sensors"] = {"enabled": ["files"]}
-    agent_config["files"] = {"roots": [str(usb)], "removable": [str(usb)], "follow_mounts": False}
     agent_config["policies"] = {"paths": [str(site)], "watch_interval": 0.2}
     agent = run_agent(agent_config)
     agent.wait_metrics()
-    assert _wait(lambda: agent.metric("egress_agent_policy_last_reload_success") == 1)
+    assert eventually(lambda: agent.metric("egress_agent_policy_last_reload_success") == 1)
 
     # a Chinese rare-earth process document copied onto the "USB stick"
     make_docx(usb / "萃取工艺.docx", RARE_EARTH_ZH)
     db = state / "agent.db"
-    rows = _wait(lambda: [r for r in _decisions(db) if r[0] == "cn-cat-prohibited-removable"])
+    rows = eventually(lambda: [r for r in _decisions(db) if r[0] == "cn-cat-prohibited-removable"])
     assert rows, agent.stderr()
     _rule, packname, cats, version = rows[0]
     assert packname == "cn-export-catalogue" and json.loads(cats) == ["CN-CAT-RE-REFINING"]
@@ -96,22 +82,22 @@ def test_agent_decides_and_reloads(
     # a broken pack and SIGHUP: the reload fails, the previous policy stays in force
     pack.write_text(SITE.format(version="2").replace("action: record", "action: shred"))
     agent.proc.send_signal(signal.SIGHUP)
-    assert _wait(lambda: agent.metric("egress_agent_policy_last_reload_success") == 0)
+    assert eventually(lambda: agent.metric("egress_agent_policy_last_reload_success") == 0)
     assert (agent.metric("egress_agent_policy_reloads_total", {"result": "failure"}) or 0) >= 1
     # (the watcher may first see the file half-written; wait for the final error)
-    status = _wait(lambda: _status_policy(state, "lab.yaml:16:"))
+    status = eventually(lambda: _status_policy(state, "lab.yaml:16:"))
     assert status, _status_policy(state, "")
     assert status["version"] == version and not status["last_reload_ok"]
     assert any("action" in e for e in status["errors"])
     make_docx(usb / "second.docx", RARE_EARTH_ZH)
-    assert _wait(
+    assert eventually(
         lambda: len([r for r in _decisions(db) if r[0] == "cn-cat-prohibited-removable"]) >= 2
     )
     assert all(r[3] == version for r in _decisions(db))
 
     # fixed: the file watcher reloads it without a signal, and a new version is recorded
     pack.write_text(SITE.format(version="3"))
-    assert _wait(lambda: agent.metric("egress_agent_policy_last_reload_success") == 1)
+    assert eventually(lambda: agent.metric("egress_agent_policy_last_reload_success") == 1)
     with sqlite3.connect(db) as c:
         versions = {v for (v,) in c.execute("SELECT version FROM policy_versions")}
     assert version in versions and len(versions) == 2
