@@ -52,12 +52,11 @@ def storable_text(s: str | None) -> str | None:
 
 
 # Text that comes from outside the agent (file names, command lines, names from the
-# network, rule text), per record: escaped by `storable_text` in every view.
+# network), per record: escaped by `storable_text` in every view.
 OUTSIDE_TEXT: Mapping[type, frozenset[str]] = {
     ProcessInfo: frozenset({"exe", "cmdline"}),
     FileEvent: frozenset({"path", "dest_path"}),
     Flow: frozenset({"dest_org", "service"}),
-    Decision: frozenset({"reason"}),
 }
 
 
@@ -276,7 +275,9 @@ FILE_EVIDENCE = Projection(
     },
 )
 
-DECISION_EVIDENCE = Projection(Decision, value_of=document_value)
+# a rule's reason is the packs' text (a decision row keeps it as it is, and a store that
+# refuses it isolates that one event); the signed evidence has always escaped it
+DECISION_EVIDENCE = Projection(Decision, value_of=document_value, convert={"reason": storable_text})
 
 
 # -- `events list` (agent/store/queries.py): rows shown by their fields' names ----------
