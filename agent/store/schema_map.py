@@ -8,8 +8,9 @@ spreads it (the process behind an event). So a field added to `Flow` reaches the
 evidence (and with it every export) and the listing with no edit here; the store needs
 its column and migration (tests/store/test_schema_map.py says which field lacks one).
 
-What is left out is left out on purpose, and says why: evidence is signed by the
-incident chain, so its documents keep exactly the keys they have always had.
+What is left out is left out on purpose, and says why. Evidence is signed by the
+incident chain: a key once signed keeps its name and meaning, and the fields left out
+of it stay out (tests/store/test_schema_map.py lists them), while a new field joins it.
 """
 
 from __future__ import annotations
@@ -231,7 +232,7 @@ FILE_EVENT_ROW = Projection(
 DECISION_ROW = Projection(Decision)
 
 
-# -- incident evidence (the chain signs these documents: their keys do not change) --------
+# -- incident evidence (signed by the chain: a key keeps its name, what is left out stays out)
 
 
 def size_of(e: FileEvent) -> int:
