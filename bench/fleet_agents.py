@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentSection, DatabaseSection, Settings
-from agent.store import codec
 from agent.store.forwarder import Forwarder, open_forwarder
 from bench.fleet_mix import HostMix
 
@@ -86,7 +85,8 @@ class Agents:
         out = []
         for f in self.forwarders:
             head = f.spool.peek(1)
-            out.append(max(0.0, now - codec.decode(head[0].text).time.timestamp()) if head else 0.0)
+            at = head[0].at if head else None  # the event's time, kept beside its rows
+            out.append(max(0.0, now - at) if at is not None else 0.0)
         return out
 
     def steady(self, rate: float, seconds: float, feeders: int = 8) -> dict[str, Any]:

@@ -1,7 +1,10 @@
 """The PostgreSQL bulk path: binary COPY through psycopg 3, exactly once.
 
 Used by the forwarder (agent/store/forwarder.py) to move spooled batches into the central
-store. Two ways, both one transaction per batch:
+store. `copy_rows` takes batches spooled as COPY-ready rows (agent/store/spool_rows.py):
+the same two ways as below with text COPY of the spooled lines and no per-row work here;
+whether the batch is new is read from its spool's `forward_marks` row. For events (spools
+written as JSON, the other write paths), two ways, both one transaction per batch:
 
 - `copy_direct`, the fast one: the event rows are COPYed straight into `file_events`,
   `flows` and `decisions`. It is only tried when a batch is new to the store: a batch
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -33,6 +37,8 @@ from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Engine, Integer, Tab
 
 from agent.events import Event, FileEvent
 from agent.store.models import Artefact, FileState, Lineage
+from agent.store.spool_rows import EVENT_TABLES as EVENT_TABLES_IN_ROWS
+from agent.store.spool_rows import RowsBatch
 from agent.store.writer import EVENT_TABLES, BatchRows, batch_rows, write_batch
 
 # how each staged table is merged: event tables skip re-sent rows (no conflict target: the
@@ -158,7 +164,7 @@ def _mark(cur: Cursor[Any], host_id: str, mark: Mark | None) -> None:
         )
 
 
-def _is_bulk(engine: Engine) -> bool:
+def is_bulk(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
 
 
@@ -173,7 +179,7 @@ def copy_batch(
 
     `rows`: `batch_rows(host_id, events)` when the caller has them already.
     """
-    if not _is_bulk(engine):
+    if not is_bulk(engine):
         return write_batch(engine, host_id, events)
     rows = rows or batch_rows(host_id, events)
     with engine.begin() as conn:
@@ -210,7 +216,7 @@ def copy_direct(
     its first event is stored, or the COPY hits the unique key. Either way the result is
     each event stored once.
     """
-    if not _is_bulk(engine) or not events:
+    if not is_bulk(engine) or not events:
         return copy_batch(engine, host_id, events, mark, rows)
     rows = rows or batch_rows(host_id, events)
     try:
@@ -236,3 +242,94 @@ def copy_direct(
 
 class _SeenBefore(Exception):
     """The batch's first event is stored: a re-send, merged instead of COPYed."""
+
+
+def _copy_text(cur: Cursor[Any], target: str, columns: tuple[str, ...], data: str) -> None:
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(target), cols)) as cp:
+        cp.write(data)
+
+
+def _stage_text(cur: Cursor[Any], table: str, columns: tuple[str, ...], data: str) -> str:
+    """COPY `data` into this session's staging table for these columns of `table`."""
+    # named by the columns too: a spool may hold rows of an older layout
+    staging = f"_in_{table}_{zlib.crc32(' '.join(columns).encode()):08x}"
+    cur.execute(
+        sql.SQL(
+            "CREATE TEMP TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS "
+            "SELECT {} FROM {} WITH NO DATA"
+        ).format(
+            sql.Identifier(staging),
+            sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+            sql.Identifier(table),
+        )
+    )
+    _copy_text(cur, staging, columns, data)
+    return staging
+
+
+def _merge_text(cur: Cursor[Any], table: str, columns: tuple[str, ...], data: str) -> None:
+    if not data:
+        return
+    staging = _stage_text(cur, table, columns, data)
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    cur.execute(
+        sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ").format(
+            sql.Identifier(table), cols, cols, sql.Identifier(staging)
+        )
+        + sql.SQL(_MERGE[table])
+    )
+
+
+def _shared_text(cur: Cursor[Any], host_id: str, rows: RowsBatch) -> None:
+    _merge_text(cur, "artefacts", rows.columns["artefacts"], rows.texts["artefacts"])
+    _merge_text(cur, "lineage", rows.columns["lineage"], rows.texts["lineage"])
+    if rows.file_state_deletes:
+        staging = _stage_text(cur, "file_state", ("path",), rows.file_state_deletes)
+        cur.execute(
+            sql.SQL(
+                "DELETE FROM file_state f USING {} g WHERE f.host_id = %s AND f.path = g.path"
+            ).format(sql.Identifier(staging)),
+            (host_id,),
+        )
+    _merge_text(cur, "file_state", rows.columns["file_state"], rows.file_state_upserts)
+
+
+def _marked(cur: Cursor[Any], mark: Mark) -> int:
+    cur.execute("SELECT last_seq FROM forward_marks WHERE spool_id = %s", (mark.spool_id,))
+    found = cur.fetchone()
+    return int(found[0]) if found else 0
+
+
+def copy_rows(engine: Engine, host_id: str, rows: RowsBatch, mark: Mark | None) -> dict[str, int]:
+    """Commit a run of spooled rows in one transaction; exactly once.
+
+    COPY straight into the event tables when the spool's mark is below the run (nothing
+    of it stored), else — or when the COPY meets the `(uid, time)` key anyway — each
+    event table through staging and `ON CONFLICT DO NOTHING`. Either way each row once.
+    """
+    try:
+        with engine.begin() as conn:
+            raw = conn.connection.driver_connection
+            with raw.cursor() as cur:  # type: ignore[union-attr]
+                if mark is not None and _marked(cur, mark) >= rows.first_seq:
+                    raise _SeenBefore
+                for name in EVENT_TABLES_IN_ROWS:
+                    if rows.texts[name]:
+                        _copy_text(cur, name, rows.columns[name], rows.texts[name])
+                _shared_text(cur, host_id, rows)
+                _mark(cur, host_id, mark)
+    except Exception as e:  # SQLAlchemy wraps what psycopg raised inside its transaction
+        seen = isinstance(e, _SeenBefore | psycopg.errors.UniqueViolation) or isinstance(
+            getattr(e, "orig", None), psycopg.errors.UniqueViolation
+        )
+        if not seen:
+            raise
+        with engine.begin() as conn:
+            raw = conn.connection.driver_connection
+            with raw.cursor() as cur:  # type: ignore[union-attr]
+                for name in EVENT_TABLES_IN_ROWS:
+                    _merge_text(cur, name, rows.columns[name], rows.texts[name])
+                _shared_text(cur, host_id, rows)
+                _mark(cur, host_id, mark)
+    return rows.counts()

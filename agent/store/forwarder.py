@@ -2,18 +2,19 @@
 
 With a central database the store writer commits to the local spool (agent/store/spool.py)
 and never waits on the network. This thread takes the oldest spooled events, commits them
-to the central store in one transaction (binary COPY, agent/store/bulk.py) and only then
-deletes them from the spool. A crash or a lost acknowledgement between the two re-sends
-the batch on the next attempt; the bulk path sees that the batch's first event is stored
-and merges it with `ON CONFLICT DO NOTHING` on the `(uid, time)` key instead of COPYing
-it (a COPY that still meets a stored event rolls back and merges), so the re-send stores
-nothing twice: exactly once. While the central store is unreachable it retries
+to the central store in one transaction and only then deletes them from the spool. On
+the PostgreSQL bulk path the writer spools each event as its COPY-ready table rows
+(agent/store/spool_rows.py), so a batch is sent as it was spooled with no per-event work
+here (`copy_rows`); events spooled as JSON (an older spool, a text that is not UTF-8,
+the other write paths) are decoded and COPYed as before (`copy_direct`). A crash or a
+lost acknowledgement between commit and delete re-sends the batch; the bulk path sees
+from the spool's forward mark, or from the `(uid, time)` key a COPY meets, that the
+batch may be stored and merges it with `ON CONFLICT DO NOTHING` instead, so the re-send
+stores nothing twice: exactly once. While the central store is unreachable it retries
 with exponential back-off (`egress_agent_fleet_connected` 0, errors counted by reason).
 
-An attempt that hangs — a peer that accepts and never answers — is abandoned after
-`database.forward_timeout`: a timer shuts down the sockets of the connections the attempt
-checked out, which wakes libpq with an error (TCP keepalives alone cannot see a peer that
-acknowledges packets and never replies). At stop it keeps forwarding for at most
+An attempt that hangs is abandoned after `database.forward_timeout`
+(agent/store/attempt.py). At stop it keeps forwarding for at most
 `database.forward_stop_seconds`; what is left stays in the spool for the next start.
 """
 
@@ -21,18 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import sqlalchemy.exc
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -40,8 +39,9 @@ from agent import metrics
 from agent.backoff import Backoff
 from agent.config import Settings
 from agent.events import Event
-from agent.store import codec
-from agent.store.bulk import Mark, copy_batch, copy_direct
+from agent.store import codec, spool_rows
+from agent.store.attempt import AttemptGuard
+from agent.store.bulk import Mark, copy_batch, copy_direct, copy_rows, is_bulk
 from agent.store.db import StoreError, make_engine, register_host, upgrade
 from agent.store.spool import Spool, SpooledEvent
 from agent.store.writer import BatchRows, batch_rows, write_batch
@@ -60,63 +60,15 @@ _REJECTED = (
 WriteFn = Callable[[Engine, str, Sequence[Event]], Mapping[str, int]]
 
 
-class _AttemptGuard:
-    """Abandons an attempt that outlives its deadline by shutting down its sockets."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._lock = threading.Lock()
-        self._socks: list[socket.socket] = []
-        self._armed = False
-        self.fired = False
-        event.listen(engine, "connect", self._track)
-        event.listen(engine, "checkout", self._track)
-
-    def _track(self, dbapi_conn: Any, *_: Any) -> None:
-        fileno = getattr(dbapi_conn, "fileno", None)
-        with self._lock:
-            if not self._armed or fileno is None:
-                return
-            try:
-                # a dup keeps the socket alive even if libpq closes its fd meanwhile, so
-                # the timer can never shut down an unrelated descriptor that reused it
-                self._socks.append(socket.socket(fileno=os.dup(fileno())))
-            except (OSError, ValueError):
-                pass
-
-    def _fire(self) -> None:
-        with self._lock:
-            if not self._armed:
-                return
-            self.fired = True
-            for s in self._socks:
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    @contextlib.contextmanager
-    def deadline(self, seconds: float) -> Iterator[None]:
-        timer = threading.Timer(max(seconds, 0.01), self._fire)
-        with self._lock:
-            self._armed, self.fired = True, False
-        timer.start()
-        try:
-            yield
-        finally:
-            timer.cancel()
-            with self._lock:
-                self._armed = False
-                for s in self._socks:
-                    s.close()
-                self._socks.clear()
-
-
 @dataclass(frozen=True, slots=True)
 class _Batch:
-    """One host's run of spooled records and the events decoded from them."""
+    """One host's run of spooled records of one form, made ready ahead of its commit."""
 
     run: list[SpooledEvent]
-    events: list[Event]
+    events: list[Event]  # decoded, from a run spooled as JSON
     corrupt: int
     rows: BatchRows | None  # the bulk paths' table rows, built ahead with the decode
+    spooled_rows: spool_rows.RowsBatch | None = None  # a run spooled as COPY rows
 
 
 class Forwarder:
@@ -148,7 +100,9 @@ class Forwarder:
         self._write = write
         # the bulk paths also keep this spool's progress centrally (forward_marks)
         self._marks = write in (copy_direct, copy_batch)
-        self._guard = _AttemptGuard(engine)
+        # and have the writer spool COPY rows, so that forwarding does no per-event work
+        self._as_rows = self._marks and is_bulk(engine)
+        self._guard = AttemptGuard(engine)
         self._pool: ThreadPoolExecutor | None = None
         self._ahead: Future[_Batch] | None = None
         self._prepared = False
@@ -169,7 +123,7 @@ class Forwarder:
         No table rows yet (the forwarder counts those); `events_kept` tells the writer
         how many the spool took.
         """
-        kept = self.spool.append(self.host_id, events)
+        kept = self.spool.append(self.host_id, events, as_rows=self._as_rows)
         self._wake.set()
         return {"events_kept": kept}
 
@@ -279,13 +233,15 @@ class Forwarder:
         self._prepared = True
 
     def _read(self, after: int = 0) -> _Batch:
-        """The oldest spooled run of one host past seq `after`, decoded."""
+        """The oldest spooled run of one host and form past seq `after`, ready to send."""
         records = self.spool.peek(self.batch_size, after)
         run: list[SpooledEvent] = []
         for r in records:
-            if r.host_id != records[0].host_id:
+            if r.host_id != records[0].host_id or r.layout != records[0].layout:
                 break
             run.append(r)
+        if run and run[0].layout is not None:
+            return _Batch(run, [], 0, None, self._rows_of(run))
         events: list[Event] = []
         corrupt = 0
         for r in run:
@@ -296,6 +252,11 @@ class Forwarder:
                 log.error("spool record %d cannot be read and is skipped: %s", r.seq, e)
         rows = batch_rows(run[0].host_id, events) if self._marks and events else None
         return _Batch(run, events, corrupt, rows)
+
+    def _rows_of(self, run: Sequence[SpooledEvent]) -> spool_rows.RowsBatch:
+        layout = run[0].layout
+        assert layout is not None
+        return spool_rows.batch([r.text for r in run], self.spool.layouts[layout], run[0].seq)
 
     def _prefetched(self) -> _Batch:
         """The batch read ahead while the last one was being committed, or a fresh read.
@@ -332,10 +293,13 @@ class Forwarder:
             self._ahead = self._reader().submit(self._read, run[-1].seq)
         started = time.perf_counter()
         try:
-            try:
-                counts = dict(self._write_run(host, batch, run[-1].seq)) if events else {}
-            except _REJECTED:
-                counts = self._write_isolating(host, events)
+            if batch.spooled_rows is not None:
+                counts = self._write_spooled_rows(host, batch.spooled_rows, run)
+            else:
+                try:
+                    counts = dict(self._write_run(host, batch, run[-1].seq)) if events else {}
+                except _REJECTED:
+                    counts = self._write_isolating(host, events)
             metrics.FLEET_FORWARD_SECONDS.observe(time.perf_counter() - started)
             self.spool.acknowledge(run)
         except BaseException:
@@ -366,6 +330,39 @@ class Forwarder:
             )
         return self._write(self.engine, host, batch.events)
 
+    def _write_spooled_rows(
+        self, host: str, rows: spool_rows.RowsBatch, run: Sequence[SpooledEvent]
+    ) -> dict[str, int]:
+        """A run spooled as COPY rows: one transaction, or bisected as events are."""
+        try:
+            counts = copy_rows(self.engine, host, rows, Mark(self.spool.spool_id, run[-1].seq))
+        except _REJECTED:
+            return self._rows_isolating(host, run)
+        return {**counts, "_stored": len(run)}
+
+    def _rows_isolating(self, host: str, run: Sequence[SpooledEvent]) -> dict[str, int]:
+        """`_write_isolating` for spooled rows: halves without a mark, each idempotent."""
+        try:
+            counts = copy_rows(self.engine, host, self._rows_of(run), None)
+        except _REJECTED as e:
+            if len(run) > 1:
+                half = len(run) // 2
+                a = self._rows_isolating(host, run[:half])
+                b = self._rows_isolating(host, run[half:])
+                return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
+            self._refused(f"spooled as record {run[0].seq}", e)
+            return {"_stored": 0}
+        return {**counts, "_stored": len(run)}
+
+    def _refused(self, what: str, e: Exception) -> None:
+        orig = getattr(e, "orig", None) or e
+        log.error(
+            "central store refused event %s and it is dropped: %s",
+            what,
+            (str(orig).strip().splitlines() or [type(orig).__name__])[0],
+        )
+        metrics.DROPPED.labels("spool", "rejected").inc()
+
     def _write_isolating(self, host: str, events: Sequence[Event]) -> dict[str, int]:
         """Bisect a batch the store refused as data, so one bad event cannot block the rest.
 
@@ -381,13 +378,7 @@ class Forwarder:
                 a = self._write_isolating(host, events[:half])
                 b = self._write_isolating(host, events[half:])
                 return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
-            orig = getattr(e, "orig", None) or e
-            log.error(
-                "central store refused event %s and it is dropped: %s",
-                events[0].uid,
-                (str(orig).strip().splitlines() or [type(orig).__name__])[0],
-            )
-            metrics.DROPPED.labels("spool", "rejected").inc()
+            self._refused(events[0].uid, e)
             return {"_stored": 0}
         counts["_stored"] = len(events)
         return counts

@@ -3,9 +3,12 @@
 When `database.url` names a central (non-SQLite) database, the store writer commits each
 batch here instead (agent/store/writer.py, `commit=`), so the agent never waits on the
 network; the forwarder (agent/store/forwarder.py) reads the oldest events, commits them
-to the central store and only then deletes them here. Each row is one event as JSON
-(agent/store/codec.py) with the host id it belongs to; `seq` is AUTOINCREMENT so order
-survives restarts and emptying. The bound is on the serialised bytes held
+to the central store and only then deletes them here. Each row is one event with the
+host id it belongs to: as its COPY-ready table rows (agent/store/spool_rows.py, `layout`
+names their columns) when the forwarder takes the PostgreSQL bulk path, else as JSON
+(agent/store/codec.py; also the form of an event whose text is not UTF-8, and of spools
+written before the rows form). `seq` is AUTOINCREMENT so order survives restarts and
+emptying. The bound is on the serialised bytes held
 (`database.spool_max_bytes`; the file is that plus SQLite's page overhead): past it the
 newest events are dropped, counted in `egress_agent_events_dropped_total{queue="spool",
 reason="spool_full"}` and logged once per episode.
@@ -13,6 +16,7 @@ reason="spool_full"}` and logged once per episode.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -23,7 +27,7 @@ from pathlib import Path
 
 from agent import metrics
 from agent.events import Event
-from agent.store import codec
+from agent.store import codec, spool_rows
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +39,23 @@ CREATE TABLE IF NOT EXISTS spool (
 );
 CREATE TABLE IF NOT EXISTS spool_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# added with the rows form; a spool from before gets them on open (NULL: a JSON record)
+_COLUMNS = {"layout": "INTEGER", "at": "REAL"}
 
 
 @dataclass(frozen=True, slots=True)
 class SpooledEvent:
-    """One spooled record: its position, the host it belongs to and its JSON."""
+    """One spooled record: its position, the host it belongs to and its text.
+
+    `layout` None: the text is the event as JSON; else its COPY rows, in the columns
+    `Spool.layouts[layout]`. `at`: the event's time (UNIX seconds), for the lag.
+    """
 
     seq: int
     host_id: str
     text: str
+    layout: int | None = None
+    at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +89,10 @@ class Spool:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA journal_size_limit=67108864")
         self._db.executescript(_SCHEMA)
+        have = {r[1] for r in self._db.execute("PRAGMA table_info(spool)")}
+        for name, kind in _COLUMNS.items():
+            if name not in have:
+                self._db.execute(f"ALTER TABLE spool ADD COLUMN {name} {kind}")
         # this file's identity: its seqs mean something only together with it (a new file
         # starts at 1 again), so the central store's progress marks are kept per spool id
         self._db.execute(
@@ -86,6 +102,8 @@ class Spool:
         self.spool_id = str(
             self._db.execute("SELECT value FROM spool_meta WHERE key = 'spool_id'").fetchone()[0]
         )
+        self.layouts = self._layouts()
+        self._layout_id = self._this_layout()
         n, size = self._db.execute(
             "SELECT count(*), coalesce(sum(length(event)), 0) FROM spool"
         ).fetchone()
@@ -97,26 +115,52 @@ class Spool:
         metrics.SPOOL_CAPACITY.set(max_bytes)
         self._publish()
 
+    def _layouts(self) -> dict[int, dict[str, tuple[str, ...]]]:
+        rows = self._db.execute("SELECT key, value FROM spool_meta WHERE key LIKE 'layout:%'")
+        return {
+            int(k.split(":", 1)[1]): {t: tuple(c) for t, c in json.loads(v).items()}
+            for k, v in rows
+        }
+
+    def _this_layout(self) -> int:
+        """The id of this version's column lists, registered the first time it spools."""
+        mine = spool_rows.layout()
+        for n, cols in self.layouts.items():
+            if cols == mine:
+                return n
+        n = max(self.layouts, default=0) + 1
+        self._db.execute(
+            "INSERT INTO spool_meta (key, value) VALUES (?, ?)",
+            (f"layout:{n}", json.dumps(mine)),
+        )
+        self.layouts[n] = mine
+        return n
+
     def _publish(self) -> None:
         metrics.SPOOL_EVENTS.set(self._events)
         metrics.SPOOL_BYTES.set(self._bytes)
 
-    def append(self, host_id: str, events: Sequence[Event]) -> int:
-        """Commit events in order; returns how many were kept (the rest are counted drops)."""
-        texts = [codec.encode(e) for e in events]
+    def append(self, host_id: str, events: Sequence[Event], *, as_rows: bool = False) -> int:
+        """Commit events in order; returns how many were kept (the rest are counted drops).
+
+        `as_rows`: spool COPY rows (the forwarder's bulk path) instead of JSON.
+        """
+        records = [self._record(host_id, e, as_rows) for e in events]
         with self._lock:
             room = self.max_bytes - self._bytes
-            kept: list[tuple[str, str]] = []
+            kept: list[tuple[str, str, int | None, float]] = []
             size = 0
-            for t in texts:
-                if size + len(t) > room:
+            for r in records:
+                if size + len(r[1]) > room:
                     break
-                kept.append((host_id, t))
-                size += len(t)
+                kept.append(r)
+                size += len(r[1])
             if kept:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    self._db.executemany("INSERT INTO spool (host_id, event) VALUES (?, ?)", kept)
+                    self._db.executemany(
+                        "INSERT INTO spool (host_id, event, layout, at) VALUES (?, ?, ?, ?)", kept
+                    )
                     self._db.execute("COMMIT")
                 except BaseException:
                     self._db.execute("ROLLBACK")
@@ -124,8 +168,18 @@ class Spool:
                 self._events += len(kept)
                 self._bytes += size
                 self._publish()
-            self._account(len(texts) - len(kept))
+            self._account(len(records) - len(kept))
         return len(kept)
+
+    def _record(
+        self, host_id: str, event: Event, as_rows: bool
+    ) -> tuple[str, str, int | None, float]:
+        at = event.time.timestamp()
+        if as_rows:
+            text = spool_rows.encode(host_id, event)
+            if text is not None:
+                return host_id, text, self._layout_id, at
+        return host_id, codec.encode(event), None, at
 
     def _account(self, dropped: int) -> None:
         if dropped:
@@ -154,10 +208,11 @@ class Spool:
         """The oldest `limit` events (past seq `after`), in order, without removing them."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, host_id, event FROM spool WHERE seq > ? ORDER BY seq LIMIT ?",
+                "SELECT seq, host_id, event, layout, at FROM spool WHERE seq > ? "
+                "ORDER BY seq LIMIT ?",
                 (after, limit),
             ).fetchall()
-        return [SpooledEvent(int(s), str(h), str(t)) for s, h, t in rows]
+        return [SpooledEvent(*r) for r in rows]
 
     def acknowledge(self, records: Sequence[SpooledEvent]) -> None:
         """Delete records the central store has committed (a prefix of the spool)."""
