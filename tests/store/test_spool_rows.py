@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
-from agent.events import Event, FileAction, FileEvent, ProcessInfo
+from agent.events import Decision, Event, FileAction, FileEvent, ProcessInfo, Severity
 from agent.store import spool_rows
 from agent.store.bulk import Mark, copy_rows
 from agent.store.forwarder import Forwarder
@@ -148,4 +148,23 @@ def test_a_text_that_is_not_utf8_is_spooled_as_json(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool.db", 1 << 20)
     spool.append(HOST, [odd, FileEvent(action=FileAction.WRITTEN, path="/q")], as_rows=True)
     assert [r.layout is None for r in spool.peek(10)] == [True, False]
+    spool.close()
+
+
+def test_a_refused_row_is_isolated_and_the_rest_stored(pg: Engine, tmp_path: Path) -> None:  # noqa: F811
+    """A NUL in a rule's reason: PostgreSQL refuses that event's rows, not its batch's."""
+    poison = Decision("r", "p", Severity.HIGH, "alert", "v1", "a NUL \x00 PostgreSQL refuses")
+    events: list[Event] = [FileEvent(action=FileAction.WRITTEN, path=f"/r/{i}") for i in range(10)]
+    events[4] = FileEvent(action=FileAction.WRITTEN, path="/poison", decisions=(poison,))
+    spool = Spool(tmp_path / "spool.db", 1 << 20)
+    fwd = Forwarder(spool, pg, HOST, "h")
+    fwd.commit(events)
+    fwd.prepare()
+    assert fwd.forward_once() == 10
+    with pg.connect() as c:
+        stored = set(c.execute(text("SELECT uid FROM file_events")).scalars())
+    assert stored == {e.uid for i, e in enumerate(events) if i != 4}
+    assert fwd.forwarded == 9
+    assert len(spool) == 0
+    assert_exact(pg)
     spool.close()
