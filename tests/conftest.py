@@ -295,6 +295,23 @@ def eventually(fn: Callable[[], T], timeout: float = 60.0, interval: float = 0.2
     return fn()
 
 
+def wait_until(
+    fn: Callable[[], T],
+    what: str = "condition",
+    timeout: float = 60.0,
+    *,
+    interval: float = 0.1,
+    why: Callable[[], Any] | None = None,
+) -> T:
+    """`fn()`'s first truthy value within `timeout` seconds; else an AssertionError that
+    names `what` and, when given, `why()` (a log tail, a status) to say what went wrong."""
+    value = eventually(fn, timeout, interval)
+    if not value:
+        detail = f": {why()}" if why is not None else ""
+        raise AssertionError(f"{what} not met within {timeout:.0f}s{detail}")
+    return value
+
+
 @pytest.fixture
 def usb(tmp_path: Path, agent_config: dict[str, Any]) -> Path:
     """A directory the daemon's file sensor watches as removable media: `agent_config`

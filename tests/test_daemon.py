@@ -9,17 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import cli, write_config
-
-
-def _wait_for(pred: Any, timeout: float = 30.0, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
+from tests.conftest import cli, wait_until, write_config
 
 
 def test_sigterm_with_10000_queued_events_loses_none(
@@ -30,7 +20,7 @@ def test_sigterm_with_10000_queued_events_loses_none(
     agent_config["sensors"] = {"enabled": ["synthetic"], "synthetic_count": 10_000}
     agent = run_agent(agent_config)
     agent.wait_metrics()
-    _wait_for(
+    wait_until(
         lambda: agent.metric("egress_agent_sensor_events_total", {"sensor": "synthetic"}) == 10_000
     )
     queued = (agent.metric("egress_agent_queue_depth", {"queue": "store"}) or 0) + (
@@ -109,7 +99,7 @@ def test_sighup_reload_keeps_running_and_rejects_bad_config(
     agent.wait_metrics()
     write_config(agent.config_path, {**agent_config, "bogus": 1})
     agent.proc.send_signal(signal.SIGHUP)
-    _wait_for(lambda: "config reload failed" in agent.stderr(), timeout=15)
+    wait_until(lambda: "config reload failed" in agent.stderr(), timeout=15)
     assert agent.proc.poll() is None
     agent.scrape()
     assert agent.stop() == 0
@@ -137,7 +127,7 @@ def test_db_upgrade_and_events_list_json(
     assert "revision" in cli("db", "upgrade", config=cfg).stdout
     agent = run_agent(agent_config)
     agent.wait_metrics()
-    _wait_for(
+    wait_until(
         lambda: agent.metric("egress_agent_store_rows_written_total", {"table": "file_events"}) == 3
     )
     assert agent.stop() == 0

@@ -12,7 +12,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,20 +24,11 @@ from agent.backoff import Backoff
 from agent.config import Settings
 from agent.daemon import Agent
 from agent.liveness import HEARTBEATS, Heartbeat, supervised
+from tests.conftest import wait_until
 
 
 def _value(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
-
-
-def _wait(pred: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 # --- the pieces ---------------------------------------------------------------------
@@ -126,7 +117,7 @@ def _up() -> float:
 
 
 def test_reader_that_raises_is_restarted_and_sensor_up_dips(agent: Agent, tmp_path: Path) -> None:
-    _wait(lambda: _up() == 1)
+    wait_until(lambda: _up() == 1)
     sensor = agent.sensors[0]
     tree = sensor.tree  # type: ignore[attr-defined]
     real = tree.handle
@@ -147,19 +138,21 @@ def test_reader_that_raises_is_restarted_and_sensor_up_dips(agent: Agent, tmp_pa
     before = _value("egress_agent_thread_restarts_total", {"thread": "sensor-files"})
     tree.handle = broken
     (tmp_path / "watched" / "trigger.txt").write_text("x")
-    _wait(lambda: _value("egress_agent_thread_restarts_total", {"thread": "sensor-files"}) > before)
-    _wait(lambda: _up() == 1 and 0.0 in seen)
+    wait_until(
+        lambda: _value("egress_agent_thread_restarts_total", {"thread": "sensor-files"}) > before
+    )
+    wait_until(lambda: _up() == 1 and 0.0 in seen)
     watcher_stop.set()
     watcher.join()
     (tmp_path / "watched" / "after-fault.txt").write_text("still seen")
-    _wait(lambda: _stored(agent, "after-fault.txt"))
+    wait_until(lambda: _stored(agent, "after-fault.txt"))
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_dead_reader_thread_turns_sensor_up_0_and_the_sensor_is_restarted(
     agent: Agent, tmp_path: Path
 ) -> None:
-    _wait(lambda: _up() == 1)
+    wait_until(lambda: _up() == 1)
     old = agent.sensors[0]
     before = _value("egress_agent_sensor_restarts_total", {"sensor": "files"})
 
@@ -168,12 +161,12 @@ def test_dead_reader_thread_turns_sensor_up_0_and_the_sensor_is_restarted(
 
     old.tree.handle = die  # type: ignore[attr-defined]
     (tmp_path / "watched" / "kill.txt").write_text("x")
-    _wait(lambda: _up() == 0)
-    _wait(lambda: _value("egress_agent_sensor_restarts_total", {"sensor": "files"}) > before)
+    wait_until(lambda: _up() == 0)
+    wait_until(lambda: _value("egress_agent_sensor_restarts_total", {"sensor": "files"}) > before)
     assert agent.sensors[0] is not old
-    _wait(lambda: _up() == 1)
+    wait_until(lambda: _up() == 1)
     (tmp_path / "watched" / "after-restart.txt").write_text("seen by the new sensor")
-    _wait(lambda: _stored(agent, "after-restart.txt"))
+    wait_until(lambda: _stored(agent, "after-restart.txt"))
 
 
 def test_stalled_stage_stops_the_watchdog_and_sensor_up(
@@ -209,16 +202,16 @@ def test_stalled_stage_stops_the_watchdog_and_sensor_up(
     stage.fn = stuck
     for i in range(5):
         (tmp_path / "watched" / f"queued-{i}.txt").write_text("x")
-    _wait(lambda: _value("egress_agent_pipeline_healthy") == 0)
+    wait_until(lambda: _value("egress_agent_pipeline_healthy") == 0)
     assert HEARTBEATS.unhealthy(1.0, "stage-")
     assert _up() == 0
     assert pings(1.0) == 0  # systemd would restart a hung agent
     release.set()
     stage.fn = real
-    _wait(lambda: _value("egress_agent_pipeline_healthy") == 1)
-    _wait(lambda: _up() == 1)
+    wait_until(lambda: _value("egress_agent_pipeline_healthy") == 1)
+    wait_until(lambda: _up() == 1)
     assert pings(1.0) > 0
-    _wait(lambda: _stored(agent, "queued-4.txt"))
+    wait_until(lambda: _stored(agent, "queued-4.txt"))
     assert os.path.exists(tmp_path / "state")
 
 

@@ -8,29 +8,17 @@ import json
 import re
 import socket
 import subprocess
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, wait_until
 
 PROM_DIR = REPO / "deploy" / "prometheus"
 RULES = PROM_DIR / "rules" / "egress-agent.rules.yml"
-
-
-def wait_for(what: str, fn: Callable[[], Any], timeout: float, why: Callable[[], str]) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"{what} within {timeout}s: {why()}")
 
 
 class Prometheus:
@@ -72,7 +60,7 @@ class Prometheus:
         else:
             rig, ns = netns
             self.proc = rig.exec(ns, *argv, stdout=self._log, stderr=subprocess.STDOUT)
-        wait_for("prometheus ready", self._ready, 60, self.tail)
+        wait_until(self._ready, "prometheus ready", 60, why=self.tail)
 
     def _net(self) -> contextlib.AbstractContextManager[None]:
         if self.netns is None:

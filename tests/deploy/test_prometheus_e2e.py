@@ -34,8 +34,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, have, is_root
-from tests.deploy.promserver import RULES, rules_with_short_for, wait_for
+from tests.conftest import REPO, have, is_root, wait_until
+from tests.deploy.promserver import RULES, rules_with_short_for
 from tests.deploy.test_grafana import exprs as dashboard_exprs
 from tests.deploy.test_grafana import to_promql
 from tests.sensors.network.peers import Sink
@@ -107,18 +107,18 @@ def test_high_severity_incident_fires_the_shipped_alert(
     agent_config["policies"] = {"paths": [str(site)]}
     agent = run_agent(agent_config)
     agent.wait_metrics()
-    wait_for(
-        "policy loaded",
+    wait_until(
         lambda: agent.metric("egress_agent_policy_last_reload_success") == 1,
+        "policy loaded",
         60,
-        agent.stderr,
+        why=agent.stderr,
     )
     prom = prometheus(agent_config["metrics"]["listen"])
-    wait_for(
-        "first scrape",
+    wait_until(
         lambda: prom.api("query", query='up{job="egress-agent"} == 1')["result"],
+        "first scrape",
         30,
-        prom.tail,
+        why=prom.tail,
     )
     assert not prom.alerts("EgressAgentHighSeverityIncident", "firing")
 
@@ -127,17 +127,17 @@ def test_high_severity_incident_fires_the_shipped_alert(
         f"Internal design notes.\nProject {MARKER}: do not distribute.\n" * 20
     )
     labels = {"rule": "e2e-drill-marker-removable", "severity": "high"}
-    wait_for(
-        "the agent opens a high-severity incident",
+    wait_until(
         lambda: agent.metric("egress_agent_incidents_opened_total", labels),
+        "the agent opens a high-severity incident",
         60,
-        agent.stderr,
+        why=agent.stderr,
     )
-    firing = wait_for(
-        "EgressAgentHighSeverityIncident firing",
+    firing = wait_until(
         lambda: prom.alerts("EgressAgentHighSeverityIncident"),
+        "EgressAgentHighSeverityIncident firing",
         60,
-        lambda: json.dumps(prom.api("alerts"), indent=1) + prom.tail(),
+        why=lambda: json.dumps(prom.api("alerts"), indent=1) + prom.tail(),
     )
     (alert,) = firing
     assert alert["labels"]["rule"] == "e2e-drill-marker-removable"
@@ -155,19 +155,19 @@ def test_sensor_down_and_agent_down_fire(
     agent_config["network"] = {"interfaces": ["e2e-missing0"]}  # no such interface
     agent = run_agent(agent_config)
     agent.wait_metrics()
-    wait_for(
-        "the network sensor reported down",
+    wait_until(
         lambda: agent.metric("egress_agent_sensor_up", {"sensor": "network"}) == 0,
+        "the network sensor reported down",
         30,
-        agent.stderr,
+        why=agent.stderr,
     )
     prom = prometheus(agent_config["metrics"]["listen"], rules_with_short_for(tmp_path))
 
-    (alert,) = wait_for(
-        "EgressAgentSensorDown firing",
+    (alert,) = wait_until(
         lambda: prom.alerts("EgressAgentSensorDown"),
+        "EgressAgentSensorDown firing",
         60,
-        lambda: json.dumps(prom.api("alerts")) + prom.tail(),
+        why=lambda: json.dumps(prom.api("alerts")) + prom.tail(),
     )
     assert alert["labels"]["sensor"] == "network" and alert["labels"]["host"] == "127.0.0.1"
     assert not prom.alerts("EgressAgentDown")
@@ -184,11 +184,11 @@ def test_sensor_down_and_agent_down_fire(
     )
 
     assert agent.stop() == 0
-    (down,) = wait_for(
-        "EgressAgentDown firing",
+    (down,) = wait_until(
         lambda: prom.alerts("EgressAgentDown"),
+        "EgressAgentDown firing",
         60,
-        lambda: json.dumps(prom.api("alerts")) + prom.tail(),
+        why=lambda: json.dumps(prom.api("alerts")) + prom.tail(),
     )
     assert down["labels"]["instance"] == agent_config["metrics"]["listen"]
 
@@ -223,17 +223,17 @@ def test_prometheus_scrapes_a_tls_and_password_protected_agent(
     bad = prometheus(
         target, **tls, basic_auth={"username": "prometheus", "password_file": str(wrong)}
     )
-    wait_for(
-        "an authenticated HTTPS scrape",
+    wait_until(
         lambda: good.api("query", query='up{job="egress-agent"} == 1')["result"],
+        "an authenticated HTTPS scrape",
         30,
-        lambda: json.dumps(good.api("targets")),
+        why=lambda: json.dumps(good.api("targets")),
     )
-    targets = wait_for(
-        "the wrong password fails",
+    targets = wait_until(
         lambda: [t for t in bad.api("targets")["activeTargets"] if t["health"] == "down"],
+        "the wrong password fails",
         30,
-        lambda: json.dumps(bad.api("targets")),
+        why=lambda: json.dumps(bad.api("targets")),
     )
     assert "401" in targets[0]["lastError"]
 
@@ -326,13 +326,13 @@ def test_controlled_egress_abroad_and_an_unusual_upload_fire(
         prom = None
         try:
             prom = prometheus(listen, rules_with_short_for(tmp_path), netns=(rig, rig.sender_ns))
-            wait_for(
-                "the agent scraped with its network sensor up",
+            wait_until(
                 lambda: prom.api("query", query='egress_agent_sensor_up{sensor="network"} == 1')[
                     "result"
                 ],
+                "the agent scraped with its network sensor up",
                 60,
-                lambda: log.read_text()[-3000:] + prom.tail(),
+                why=lambda: log.read_text()[-3000:] + prom.tail(),
             )
             rig.run_in(rig.peer_ns, sink.serve)
             assert sink.ready.wait(5)
@@ -350,19 +350,19 @@ def test_controlled_egress_abroad_and_an_unusual_upload_fire(
                     if a["labels"]["rule"] == "e2e-bulk-upload-abroad"
                 ]
 
-            (egress,) = wait_for(
-                "EgressAgentControlledEgressForeign firing",
+            (egress,) = wait_until(
                 ours,
+                "EgressAgentControlledEgressForeign firing",
                 60,
-                lambda: json.dumps(prom.api("alerts")) + log.read_text()[-3000:],
+                why=lambda: json.dumps(prom.api("alerts")) + log.read_text()[-3000:],
             )
             assert egress["labels"]["decision_severity"] == "high"
             assert egress["labels"]["pack"] == "e2e-egress"
-            (upload,) = wait_for(
-                "EgressAgentUnusualForeignUpload firing",
+            (upload,) = wait_until(
                 lambda: prom.alerts("EgressAgentUnusualForeignUpload"),
+                "EgressAgentUnusualForeignUpload firing",
                 60,
-                lambda: (
+                why=lambda: (
                     json.dumps(prom.api("alerts"))
                     + json.dumps(
                         prom.api("query", query="egress_agent_outbound_bytes_total")["result"]
@@ -394,11 +394,11 @@ def test_events_dropped_fires_when_the_store_is_stuck(
     agent = run_agent(agent_config)
     agent.wait_metrics()
     prom = prometheus(agent_config["metrics"]["listen"])
-    wait_for(
-        "events stored",
+    wait_until(
         lambda: (agent.metric("egress_agent_store_rows_written_total") or 0) > 0,
+        "events stored",
         30,
-        agent.stderr,
+        why=agent.stderr,
     )
     db = Path(agent_config["agent"]["state_dir"]) / "agent.db"
     release = threading.Event()
@@ -412,11 +412,11 @@ def test_events_dropped_fires_when_the_store_is_stuck(
     locker = threading.Thread(target=hold_lock)
     locker.start()
     try:
-        (alert,) = wait_for(
-            "EgressAgentEventsDropped firing",
+        (alert,) = wait_until(
             lambda: prom.alerts("EgressAgentEventsDropped"),
+            "EgressAgentEventsDropped firing",
             40,
-            lambda: json.dumps(prom.api("alerts")) + agent.stderr(),
+            why=lambda: json.dumps(prom.api("alerts")) + agent.stderr(),
         )
         assert alert["labels"]["reason"] == "queue_full"
         assert alert["labels"]["severity"] == "critical"
@@ -440,30 +440,30 @@ def test_policy_reload_failing_fires(
     agent = run_agent(agent_config)
     agent.wait_metrics()
     prom = prometheus(agent_config["metrics"]["listen"], rules_with_short_for(tmp_path))
-    wait_for(
-        "the policy loaded and scraped",
+    wait_until(
         lambda: prom.api("query", query="egress_agent_policy_last_reload_success == 1")["result"],
+        "the policy loaded and scraped",
         60,
-        agent.stderr,
+        why=agent.stderr,
     )
     assert not prom.alerts("EgressAgentPolicyReloadFailing", "firing")
 
     pack.write_text(SITE_PACK.replace("action: alert", "action: shred"))
     agent.proc.send_signal(signal.SIGHUP)
-    (alert,) = wait_for(
-        "EgressAgentPolicyReloadFailing firing",
+    (alert,) = wait_until(
         lambda: prom.alerts("EgressAgentPolicyReloadFailing"),
+        "EgressAgentPolicyReloadFailing firing",
         60,
-        lambda: json.dumps(prom.api("alerts")) + agent.stderr(),
+        why=lambda: json.dumps(prom.api("alerts")) + agent.stderr(),
     )
     assert alert["labels"]["team"] == "security"
 
     pack.write_text(SITE_PACK)
     agent.proc.send_signal(signal.SIGHUP)
-    wait_for(
-        "the alert resolved",
+    wait_until(
         lambda: not prom.alerts("EgressAgentPolicyReloadFailing", "firing"),
+        "the alert resolved",
         60,
-        lambda: json.dumps(prom.api("alerts")),
+        why=lambda: json.dumps(prom.api("alerts")),
     )
     assert agent.stop() == 0

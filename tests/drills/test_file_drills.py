@@ -28,22 +28,12 @@ from typing import Any
 import pytest
 from sqlalchemy.pool import NullPool
 
-from tests.conftest import AgentProcess, is_root
+from tests.conftest import AgentProcess, is_root, wait_until
 from tests.drills import hostile
 
 pytestmark = pytest.mark.drill
 
 QUEUED_EVENTS = Path("/proc/sys/fs/inotify/max_queued_events")
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.2)
-    raise AssertionError(f"not met within {timeout:.0f}s: {what}")
 
 
 def files_config(cfg: dict[str, Any], root: Path, **classify: Any) -> dict[str, Any]:
@@ -160,20 +150,20 @@ def test_kill9_mid_burst_then_restart_recovers_every_file(
         cfg["database"] = {"url": request.getfixturevalue("pg_url")}
     agent = run_agent(cfg)
     agent.wait_metrics()
-    wait_for(lambda: (agent.metric("egress_agent_file_watches") or 0) >= 1, 20, "root watched")
+    wait_until(lambda: (agent.metric("egress_agent_file_watches") or 0) >= 1, "root watched", 20)
 
     # 8,000 files from a writer thread; the agent dies after it has seen the first few hundred
     started = threading.Event()
     writer = threading.Thread(target=burst, args=(root, 40, 200, started))
     writer.start()
     started.wait(30)
-    wait_for(
+    wait_until(
         lambda: (agent.metric("egress_agent_sensor_events_total", {"sensor": "files"}) or 0) > 300,
-        20,
         "the agent saw part of the burst",
+        20,
     )
     # and has committed part of it (the writer batches, so seen is not yet stored)
-    wait_for(lambda: len(store_files(cfg)) + spooled(cfg) > 0, 20, "part of the burst stored")
+    wait_until(lambda: len(store_files(cfg)) + spooled(cfg) > 0, "part of the burst stored", 20)
     agent.proc.kill()  # SIGKILL: no flush, no goodbye
     agent.proc.wait(10)
     writer.join(120)
@@ -186,7 +176,7 @@ def test_kill9_mid_burst_then_restart_recovers_every_file(
 
     agent2 = run_agent(cfg, name="restart")
     agent2.wait_metrics()
-    wait_for(lambda: not missing(cfg, root), 90, "every file on disk in the store")
+    wait_until(lambda: not missing(cfg, root), "every file on disk in the store", 90)
     assert agent2.stop() == 0
     after = store_files(cfg)
     on_disk = disk_sizes(root)
@@ -229,11 +219,11 @@ def test_inotify_overflow_is_counted_and_every_file_stored(
     cfg = files_config(agent_config, root, enabled=False)
     agent = run_agent(cfg)
     agent.wait_metrics()
-    wait_for(lambda: (agent.metric("egress_agent_file_watches") or 0) >= 1, 20, "root watched")
+    wait_until(lambda: (agent.metric("egress_agent_file_watches") or 0) >= 1, "root watched", 20)
     small_inotify_queue()  # the agent's instance keeps 64; others get the old limit back
     for d in range(20):
         (root / f"burst{d:03d}").mkdir()
-    wait_for(lambda: (agent.metric("egress_agent_file_watches") or 0) >= 21, 20, "dirs watched")
+    wait_until(lambda: (agent.metric("egress_agent_file_watches") or 0) >= 21, "dirs watched", 20)
     # the agent is frozen while the burst lands in watched directories, so its 64-event
     # kernel queue must overflow; a fast reader could otherwise keep up and prove nothing
     agent.proc.send_signal(signal.SIGSTOP)
@@ -241,21 +231,21 @@ def test_inotify_overflow_is_counted_and_every_file_stored(
         burst(root, 20, 250)
     finally:
         agent.proc.send_signal(signal.SIGCONT)
-    wait_for(
+    wait_until(
         lambda: (
             (agent.metric("egress_agent_file_events_lost_total", {"reason": "queue_overflow"}) or 0)
             > 0
         ),
-        30,
         "the overflow counted",
+        30,
     )
-    wait_for(lambda: not missing(cfg, root), 90, "every file in the store after the rescan")
-    wait_for(  # counted when the rescan ends, which can be after its last event is stored
+    wait_until(lambda: not missing(cfg, root), "every file in the store after the rescan", 90)
+    wait_until(  # counted when the rescan ends, which can be after its last event is stored
         lambda: (
             (agent.metric("egress_agent_file_rescans_total", {"reason": "queue_overflow"}) or 0) > 0
         ),
-        30,
         "the overflow rescan counted",
+        30,
     )
     assert agent.proc.poll() is None
     assert agent.stop() == 0
@@ -272,7 +262,7 @@ def test_hostile_tree_under_a_running_agent(
     cfg = files_config(agent_config, root)
     agent: AgentProcess = run_agent(cfg)
     agent.wait_metrics()
-    wait_for(lambda: (agent.metric("egress_agent_file_watches") or 0) >= 1, 20, "root watched")
+    wait_until(lambda: (agent.metric("egress_agent_file_watches") or 0) >= 1, "root watched", 20)
     t0 = time.monotonic()
     counts = hostile.generate(root / "hostile", 10_000, marker)
     assert sum(counts.values()) == 10_000
@@ -282,7 +272,7 @@ def test_hostile_tree_under_a_running_agent(
         assert agent.proc.poll() is None, f"agent died: {agent.stderr()}"
         return expected <= set(store_files(cfg))
 
-    wait_for(all_there, 240, "an event for every hostile entry")
+    wait_until(all_there, "an event for every hostile entry", 240)
     elapsed = time.monotonic() - t0
     assert agent.proc.poll() is None
     skips = _samples(agent, "egress_agent_classify_skipped_total")

@@ -9,25 +9,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import is_root
+from tests.conftest import is_root, wait_until
 
 pytestmark = pytest.mark.drill
-
-
-def _wait(pred: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def _rows(db: Path) -> int:
@@ -77,14 +66,14 @@ def test_disk_full_counts_and_recovers(
         pass
     finally:
         os.close(fd)
-    _wait(
+    wait_until(
         lambda: (
             (agent.metric("egress_agent_store_write_errors_total") or 0) > 0
             or any("full" in line for line in agent.stderr().splitlines())
         )
     )
     # the writer is stuck, queues fill, and the sensor's puts start to be refused
-    _wait(lambda: _sensor_dropped(agent_config) > 0, timeout=90)
+    wait_until(lambda: _sensor_dropped(agent_config) > 0, timeout=90)
     assert agent.proc.poll() is None, "the agent must keep running on a full disk"
     dropped_metric = agent.metric(
         "egress_agent_events_dropped_total", {"queue": "classify", "reason": "queue_full"}
@@ -92,7 +81,7 @@ def test_disk_full_counts_and_recovers(
     assert dropped_metric and dropped_metric > 0
     before = agent.metric("egress_agent_store_rows_written_total", {"table": "file_events"}) or 0
     filler.unlink()  # space returns
-    _wait(
+    wait_until(
         lambda: (
             (agent.metric("egress_agent_store_rows_written_total", {"table": "file_events"}) or 0)
             > before + 1000
@@ -141,7 +130,9 @@ def test_locked_database_delays_but_loses_nothing(
         ],
     )
     locker.wait(timeout=30)
-    _wait(lambda: agent.metric("egress_agent_sensor_events_total", {"sensor": "synthetic"}) == 5000)
+    wait_until(
+        lambda: agent.metric("egress_agent_sensor_events_total", {"sensor": "synthetic"}) == 5000
+    )
     assert agent.stop() == 0
     assert _rows(db) == 5000
     assert os.path.exists(db)

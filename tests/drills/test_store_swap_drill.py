@@ -17,25 +17,16 @@ import os
 import random
 import signal
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import wait_until
+
 pytestmark = pytest.mark.drill
 
 N = 3000
-
-
-def _wait(pred: Any, timeout: float = 90.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def _read(db: Path, sql: str) -> list[Any]:
@@ -81,7 +72,7 @@ def test_store_swapped_removed_and_broken_under_a_running_agent(
     gens: list[Path] = []
 
     def swap_away() -> Path:
-        _wait(lambda: len(paths_in(db)) >= 50)  # the current file is being written
+        wait_until(lambda: len(paths_in(db)) >= 50)  # the current file is being written
         gen = tmp_path / f"gen{len(gens)}.db"
         os.replace(db, gen)
         gens.append(gen)
@@ -89,7 +80,7 @@ def test_store_swapped_removed_and_broken_under_a_running_agent(
 
     swap_away()
     db.write_bytes(b"")
-    _wait(lambda: reopened("replaced") == 1)
+    wait_until(lambda: reopened("replaced") == 1)
 
     swap_away()
     other = tmp_path / "other.db"
@@ -98,15 +89,17 @@ def test_store_swapped_removed_and_broken_under_a_running_agent(
     conn.commit()
     conn.close()
     os.replace(other, db)
-    _wait(lambda: reopened("replaced") == 2)
+    wait_until(lambda: reopened("replaced") == 2)
 
     swap_away()
-    _wait(lambda: reopened("missing") == 1)
-    _wait(lambda: len(paths_in(db)) >= 50)
+    wait_until(lambda: reopened("missing") == 1)
+    wait_until(lambda: len(paths_in(db)) >= 50)
 
     # every event so far is in exactly one file: none lost in three swaps, none twice
-    _wait(lambda: agent.metric("egress_agent_sensor_events_total", {"sensor": "synthetic"}) == N)
-    _wait(
+    wait_until(
+        lambda: agent.metric("egress_agent_sensor_events_total", {"sensor": "synthetic"}) == N
+    )
+    wait_until(
         lambda: agent.metric("egress_agent_store_rows_written_total", {"table": "file_events"}) == N
     )
     before_break = [p for g in gens for p in paths_in(g)] + paths_in(db)
@@ -115,10 +108,10 @@ def test_store_swapped_removed_and_broken_under_a_running_agent(
     # broken in place: the maintenance job's quick_check moves it aside, a new one opens
     with db.open("r+b") as f:
         f.write(random.Random(1).randbytes(db.stat().st_size))
-    _wait(lambda: reopened("integrity") == 1)
+    wait_until(lambda: reopened("integrity") == 1)
     moved = [p for p in db.parent.iterdir() if p.name.startswith("store.db.broken-")]
     assert len(moved) == 1
-    _wait(lambda: hosts_in(db) == 1)  # the new store: the schema and this host in it
+    wait_until(lambda: hosts_in(db) == 1)  # the new store: the schema and this host in it
     assert paths_in(db) == []  # no event came after the break
 
     assert agent.stop(signal.SIGTERM) == 0, agent.stderr()

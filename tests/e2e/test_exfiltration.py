@@ -20,13 +20,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import cli, is_root
+from tests.conftest import cli, is_root, wait_until
 
 for _component in (
     "agent.sensors.files.sensor",  # issue 3
@@ -60,17 +59,6 @@ UPLOADER = textwrap.dedent(
         assert s.recv(1) == b"k"
     """
 )
-
-
-def wait(fn: Callable[[], Any], what: str, timeout: float = 30.0, diag: Any = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.2)
-    extra = diag() if callable(diag) else ""
-    raise AssertionError(f"timed out waiting for {what}\n{extra}")
 
 
 def query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -112,15 +100,15 @@ def test_checkpoint_upload_is_one_incident(rig: Rig, tmp_path: Path, sender_agen
         cfg = agent.config_path
         diag, status = agent.stderr, agent.status
 
-        up = wait(
-            lambda: {"files", "network"} <= set(status().get("sensors", {})), "sensors", diag=diag
+        up = wait_until(
+            lambda: {"files", "network"} <= set(status().get("sensors", {})), "sensors", why=diag
         )
         assert up and not status().get("sensor_errors"), status()
 
         # the peer: a TLS sink that acknowledges once the whole archive arrived
         db = state / "agent.db"
         ckpt = safetensors(work / "ckpt" / "model.safetensors")
-        wait(
+        wait_until(
             lambda: query(
                 db,
                 "SELECT 1 FROM file_events WHERE path = ? AND kinds LIKE ?",
@@ -128,7 +116,7 @@ def test_checkpoint_upload_is_one_incident(rig: Rig, tmp_path: Path, sender_agen
                 "%model_weights%",
             ),
             "the checkpoint classified",
-            diag=diag,
+            why=diag,
         )
         subprocess.run(["cp", str(ckpt), str(work / "tmp" / "model-copy.safetensors")], check=True)
         os.rename(work / "tmp" / "model-copy.safetensors", work / "tmp" / "notes.bin")
@@ -136,7 +124,7 @@ def test_checkpoint_upload_is_one_incident(rig: Rig, tmp_path: Path, sender_agen
         subprocess.run(
             ["tar", "czf", str(archive), "-C", str(work / "tmp"), "notes.bin"], check=True
         )
-        wait(
+        wait_until(
             lambda: query(
                 db,
                 "SELECT 1 FROM file_events WHERE path = ? AND sha256 IS NOT NULL AND kinds LIKE ?",
@@ -144,13 +132,13 @@ def test_checkpoint_upload_is_one_incident(rig: Rig, tmp_path: Path, sender_agen
                 "%archive%",
             ),
             "the archive classified",
-            diag=diag,
+            why=diag,
         )
         # the archive became a path of interest: its opens are reported with the process
-        wait(
+        wait_until(
             lambda: status().get("sensors", {}).get("files", {}).get("interesting_paths", 0) >= 2,
             "paths of interest",
-            diag=lambda: json.dumps(status(), indent=1),
+            why=lambda: json.dumps(status(), indent=1),
         )
 
         sink = Sink(tls=self_signed(tmp_path), ack_after=archive.stat().st_size)
@@ -190,11 +178,11 @@ def test_checkpoint_upload_is_one_incident(rig: Rig, tmp_path: Path, sender_agen
                 for k, r, p, s, e, b, t in rows
             ]
 
-        exfil = wait(
+        exfil = wait_until(
             lambda: [i for i in incidents() if i["kind"] == "exfiltration"],
             "the exfiltration incident",
-            timeout=45,
-            diag=lambda: diag() + json.dumps(query(db, "SELECT * FROM flows"), default=str),
+            45,
+            why=lambda: diag() + json.dumps(query(db, "SELECT * FROM flows"), default=str),
         )
         time.sleep(2)  # anything else it would (wrongly) open comes now
         exfil = [i for i in incidents() if i["kind"] == "exfiltration"]
@@ -225,10 +213,10 @@ def test_checkpoint_upload_is_one_incident(rig: Rig, tmp_path: Path, sender_agen
 
         # the same checkpoint onto the removable medium: an incident of its own
         subprocess.run(["cp", str(ckpt), str(usb / "model.safetensors")], check=True)
-        usb_inc = wait(
+        usb_inc = wait_until(
             lambda: [i for i in incidents() if i["kind"] == "removable_copy"],
             "the removable-copy incident",
-            diag=diag,
+            why=diag,
         )
         assert len(usb_inc) == 1
         assert usb_inc[0]["rule_id"] == "us-ear-model-weights-copied-out"

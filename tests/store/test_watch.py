@@ -7,7 +7,6 @@ import os
 import random
 import signal
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from agent.store.watch import (
     quick_check_problems,
 )
 from agent.store.writer import StoreWriter, write_batch
+from tests.conftest import wait_until
 
 HOST = "host-watch"
 
@@ -174,26 +174,16 @@ def test_the_writer_reopens_before_its_next_batch(tmp_path: Path) -> None:
     writer.start()
     try:
         writer.submit(FileEvent(FileAction.WRITTEN, "/before", size=1))
-        _wait(lambda: writer.written == 1)
+        wait_until(lambda: writer.written == 1)
         db.rename(tmp_path / "old.db")
         db.write_bytes(b"")
         writer.submit(FileEvent(FileAction.WRITTEN, "/after", size=1))
-        _wait(lambda: writer.written == 2)
+        wait_until(lambda: writer.written == 2)
     finally:
         writer.stop()
     assert file_events(db) == ["/after"]
     assert file_events(tmp_path / "old.db") == ["/before"]
     engine.dispose()
-
-
-def _wait(pred: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_a_running_agent_notices_its_store_replaced_and_writes_to_the_new_one(
@@ -208,11 +198,13 @@ def test_a_running_agent_notices_its_store_replaced_and_writes_to_the_new_one(
     }
     agent = run_agent(agent_config)
     agent.wait_metrics()
-    _wait(lambda: db.exists() and len(file_events(db)) >= 20)
+    wait_until(lambda: db.exists() and len(file_events(db)) >= 20)
     os.replace(db, tmp_path / "old.db")
     db.write_bytes(b"")
-    _wait(lambda: agent.metric("egress_agent_store_reopened_total", {"reason": REPLACED}) == 1)
-    _wait(lambda: agent.metric("egress_agent_sensor_events_total", {"sensor": "synthetic"}) == 600)
+    wait_until(lambda: agent.metric("egress_agent_store_reopened_total", {"reason": REPLACED}) == 1)
+    wait_until(
+        lambda: agent.metric("egress_agent_sensor_events_total", {"sensor": "synthetic"}) == 600
+    )
     assert agent.stop(signal.SIGTERM) == 0, agent.stderr()
     old, new = file_events(tmp_path / "old.db"), file_events(db)
     # every event is in one file or the other: none lost in the swap, none stored twice
