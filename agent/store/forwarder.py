@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import sqlalchemy.exc
@@ -57,6 +57,7 @@ _REJECTED = (
     psycopg.IntegrityError,
 )
 
+_T = TypeVar("_T")
 WriteFn = Callable[[Engine, str, Sequence[Event]], Mapping[str, int]]
 
 
@@ -337,50 +338,47 @@ class Forwarder:
         try:
             counts = copy_rows(self.engine, host, rows, Mark(self.spool.spool_id, run[-1].seq))
         except _REJECTED:
-            return self._rows_isolating(host, run)
+            return self._bisecting(
+                run,
+                lambda part: copy_rows(self.engine, host, self._rows_of(part), None),
+                lambda r: f"spooled as record {r.seq}",
+            )
         return {**counts, "_stored": len(run)}
-
-    def _rows_isolating(self, host: str, run: Sequence[SpooledEvent]) -> dict[str, int]:
-        """`_write_isolating` for spooled rows: halves without a mark, each idempotent."""
-        try:
-            counts = copy_rows(self.engine, host, self._rows_of(run), None)
-        except _REJECTED as e:
-            if len(run) > 1:
-                half = len(run) // 2
-                a = self._rows_isolating(host, run[:half])
-                b = self._rows_isolating(host, run[half:])
-                return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
-            self._refused(f"spooled as record {run[0].seq}", e)
-            return {"_stored": 0}
-        return {**counts, "_stored": len(run)}
-
-    def _refused(self, what: str, e: Exception) -> None:
-        orig = getattr(e, "orig", None) or e
-        log.error(
-            "central store refused event %s and it is dropped: %s",
-            what,
-            (str(orig).strip().splitlines() or [type(orig).__name__])[0],
-        )
-        metrics.DROPPED.labels("spool", "rejected").inc()
 
     def _write_isolating(self, host: str, events: Sequence[Event]) -> dict[str, int]:
+        return self._bisecting(
+            events, lambda part: self._write(self.engine, host, part), lambda e: e.uid
+        )
+
+    def _bisecting(
+        self,
+        items: Sequence[_T],
+        write: Callable[[Sequence[_T]], Mapping[str, int]],
+        name: Callable[[_T], str],
+    ) -> dict[str, int]:
         """Bisect a batch the store refused as data, so one bad event cannot block the rest.
 
-        Each half is its own (idempotent) transaction; an event refused on its own is
-        dropped, logged with its uid and counted as `reason="rejected"`. Connection
+        Each half is its own (idempotent) transaction, without a mark; an event refused
+        on its own is dropped, logged and counted as `reason="rejected"`. Connection
         errors still propagate, and the whole batch is retried later.
         """
         try:
-            counts = dict(self._write(self.engine, host, events))
+            counts = dict(write(items))
         except _REJECTED as e:
-            if len(events) > 1:
-                half = len(events) // 2
-                a = self._write_isolating(host, events[:half])
-                b = self._write_isolating(host, events[half:])
+            if len(items) > 1:
+                half = len(items) // 2
+                a = self._bisecting(items[:half], write, name)
+                b = self._bisecting(items[half:], write, name)
                 return {k: a.get(k, 0) + b.get(k, 0) for k in set(a) | set(b)}
-            self._refused(events[0].uid, e)
+            orig = getattr(e, "orig", None) or e
+            log.error(
+                "central store refused event %s and it is dropped: %s",
+                name(items[0]),
+                (str(orig).strip().splitlines() or [type(orig).__name__])[0],
+            )
+            metrics.DROPPED.labels("spool", "rejected").inc()
             return {"_stored": 0}
-        counts["_stored"] = len(events)
+        counts["_stored"] = len(items)
         return counts
 
 
