@@ -168,3 +168,38 @@ def test_a_refused_row_is_isolated_and_the_rest_stored(pg: Engine, tmp_path: Pat
     assert len(spool) == 0
     assert_exact(pg)
     spool.close()
+
+
+def test_rows_of_an_older_layout_are_sent_with_their_own_columns(
+    pg: Engine,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Rows spooled before a column existed (here: file events without `skipped`,
+    `skipped_at`) are sent with the columns they were written with, after the new ones."""
+    import json
+
+    spool = Spool(tmp_path / "spool.db", 1 << 20)
+    old = {**spool_rows.layout(), "file_events": spool_rows.layout()["file_events"][:-2]}
+    spool._db.execute(
+        "INSERT INTO spool_meta (key, value) VALUES ('layout:7', ?)", (json.dumps(old),)
+    )
+    spool.close()
+    spool = Spool(tmp_path / "spool.db", 1 << 20)  # reopened: both layouts known
+    assert spool.layouts[7]["file_events"] == old["file_events"]
+    before = FileEvent(action=FileAction.WRITTEN, path="/old", size=1)
+    sections = (spool_rows.encode(HOST, before) or "").split(spool_rows.SECTION)
+    sections[0] = sections[0][:-1].rsplit("\t", 2)[0] + "\n"  # the line as it was then
+    text_old = spool_rows.SECTION.join(sections)
+    spool._db.execute(
+        "INSERT INTO spool (host_id, event, layout, at) VALUES (?, ?, 7, 0)", (HOST, text_old)
+    )
+    spool._events += 1
+    spool._bytes += len(text_old)
+    fwd = Forwarder(spool, pg, HOST, "h")
+    fwd.commit([FileEvent(action=FileAction.WRITTEN, path="/new", size=2)])
+    fwd.prepare()
+    assert [fwd.forward_once(), fwd.forward_once(), fwd.forward_once()] == [1, 1, 0]
+    with pg.connect() as c:
+        rows = c.execute(text("SELECT path, size, skipped FROM file_events ORDER BY id")).all()
+    assert [tuple(r) for r in rows] == [("/old", 1, None), ("/new", 2, None)]
+    spool.close()
