@@ -12,51 +12,25 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.classify.test_repository import GIT_ENV, git, make_repo
-from tests.conftest import is_root
-from tests.e2e.test_exfiltration import query, wait
+from tests.classify.test_repository import GIT_ENV, git
+from tests.conftest import is_root, wait_until
+from tests.e2e.gitpush import agent_up, push, the_push_incident, weighty_repo
+from tests.e2e.test_exfiltration import query
 from tests.sensors.network.rig import Rig, free_port_in
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
-
-
-def push(rig: Rig, repo: Path, url: str) -> None:
-    p = rig.exec(
-        rig.sender_ns,
-        "git",
-        "push",
-        "-q",
-        url,
-        "main",
-        cwd=repo,
-        env=GIT_ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    _out, err = p.communicate(timeout=60)
-    assert p.returncode == 0, err.decode(errors="replace")
 
 
 @pytest.mark.skipif(not is_root(), reason="needs root: namespaces, sock_diag")
 def test_git_push_is_one_incident_unless_approved(
     rig: Rig, tmp_path: Path, sender_agent: Any
 ) -> None:
-    work = tmp_path / "work"
-    work.mkdir()
-    repo = make_repo(work / "motor-ctl", files=30)
-    for i in range(30):  # some weight, so the push is a real transfer (~600 KB)
-        (repo / "src" / f"table_{i:02d}.py").write_text(
-            "".join(f"K{i}_{j} = {j * 7919 % 104729}\n" for j in range(1500))
-        )
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "tables")
-    head = git(repo, "rev-parse", "HEAD")
+    repo, head = weighty_repo(tmp_path / "work")
     srv = tmp_path / "srv"
     for sub in ("corp", "personal"):
         (srv / sub).mkdir(parents=True)
@@ -79,38 +53,16 @@ def test_git_push_is_one_incident_unless_approved(
     )
     try:
         approved = f"git://{rig.peer_v4}:{port}/corp/"
-        agent = sender_agent("lab-ws-git", network={"approved_git_remotes": [approved]})
-        state = agent.state_dir
-        diag, status = agent.stderr, agent.status
-
-        wait(lambda: "network" in status().get("sensors", {}), "sensors", diag=diag)
-        db = state / "agent.db"
-
+        agent, db = agent_up(sender_agent, "lab-ws-git", approved)
         push(rig, repo, f"{approved}motor-ctl.git")
-        wait(
+        wait_until(
             lambda: query(db, "SELECT 1 FROM flows WHERE dst_port = ?", port),
             "the approved push's flow",
-            diag=diag,
+            why=agent.stderr,
         )
         push(rig, repo, f"git://{rig.peer_v4}:{port}/personal/motor-ctl.git")
 
-        def pushes() -> list[tuple[Any, ...]]:
-            return query(
-                db,
-                "SELECT kind, rule_id, severity, title, evidence FROM incidents "
-                "WHERE kind = 'repository_push'",
-            )
-
-        wait(
-            pushes,
-            "the repository_push incident",
-            timeout=45,
-            diag=lambda: diag() + json.dumps(query(db, "SELECT * FROM flows"), default=str),
-        )
-        time.sleep(2)  # anything else it would (wrongly) open comes now
-        rows = pushes()
-        assert len(rows) == 1, rows
-        _kind, rule_id, severity, title, evidence = rows[0]
+        rule_id, severity, title, evidence = the_push_incident(agent, db)
         assert rule_id == "rd-assets-repository-push" and severity == "high"
         assert title.startswith("repository motor-ctl (git://"), title
         assert "/personal/motor-ctl.git" in title and head[:12] in title

@@ -14,16 +14,15 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.classify.test_repository import GIT_ENV, git, make_repo
+from tests.classify.test_repository import GIT_ENV, git
 from tests.conftest import is_root
-from tests.e2e.test_exfiltration import query, wait
+from tests.e2e.gitpush import agent_up, push, the_push_incident, weighty_repo
 from tests.sensors.network.peers import self_signed
 from tests.sensors.network.rig import Rig, free_port_in
 
@@ -82,16 +81,7 @@ def backend_handler(root: Path) -> type[BaseHTTPRequestHandler]:
 
 @pytest.mark.skipif(not is_root(), reason="needs root: namespaces, sock_diag")
 def test_https_push_to_github_is_one_incident(rig: Rig, tmp_path: Path, sender_agent: Any) -> None:
-    work = tmp_path / "work"
-    work.mkdir()
-    repo = make_repo(work / "motor-ctl", files=30)
-    for i in range(30):
-        (repo / "src" / f"table_{i:02d}.py").write_text(
-            "".join(f"K{i}_{j} = {j * 7919 % 104729}\n" for j in range(1500))
-        )
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "tables")
-    head = git(repo, "rev-parse", "HEAD")
+    repo, head = weighty_repo(tmp_path / "work")
     srv = tmp_path / "srv"
     (srv / "alice").mkdir(parents=True)
     git(srv / "alice", "init", "-q", "--bare", "motor-ctl.git")
@@ -111,50 +101,19 @@ def test_https_push_to_github_is_one_incident(rig: Rig, tmp_path: Path, sender_a
     rig.run_in(rig.peer_ns, serve)
     assert ready.wait(10)
     try:
-        agent = sender_agent("lab-ws-https", network={"approved_git_remotes": ["git.corp.example"]})
-        state = agent.state_dir
-        diag, status = agent.stderr, agent.status
-
-        wait(lambda: "network" in status().get("sensors", {}), "sensors", diag=diag)
-        db = state / "agent.db"
+        agent, db = agent_up(sender_agent, "lab-ws-https", "git.corp.example")
         url = f"https://github.com:{port}/alice/motor-ctl.git"
-        p = rig.exec(
-            rig.sender_ns,
-            "git",
-            "-c",
-            "http.sslVerify=false",
-            "-c",
-            f"http.curloptResolve=github.com:{port}:{rig.peer_v4}",
-            "push",
-            "-q",
+        push(
+            rig,
+            repo,
             url,
-            "main",
-            cwd=repo,
-            env={**GIT_ENV, "GIT_TERMINAL_PROMPT": "0", "HOME": str(tmp_path)},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            "http.sslVerify=false",
+            f"http.curloptResolve=github.com:{port}:{rig.peer_v4}",
+            env={"GIT_TERMINAL_PROMPT": "0", "HOME": str(tmp_path)},
         )
-        _out, err = p.communicate(timeout=60)
-        assert p.returncode == 0, err.decode(errors="replace")
         assert git(srv / "alice" / "motor-ctl.git", "rev-parse", "main") == head
 
-        def pushes() -> list[tuple[Any, ...]]:
-            return query(
-                db,
-                "SELECT rule_id, severity, title, evidence FROM incidents "
-                "WHERE kind = 'repository_push'",
-            )
-
-        wait(
-            pushes,
-            "the repository_push incident",
-            timeout=45,
-            diag=lambda: diag() + json.dumps(query(db, "SELECT * FROM flows"), default=str),
-        )
-        time.sleep(2)
-        rows = pushes()
-        assert len(rows) == 1, rows
-        rule_id, severity, title, evidence = rows[0]
+        rule_id, severity, title, evidence = the_push_incident(agent, db)
         assert rule_id == "rd-assets-repository-push" and severity == "high"
         assert title.startswith(f"repository motor-ctl ({url}, commit {head[:12]}"), title
         assert "pushed to github.com (US, foreign) by git-remote-http" in title, title

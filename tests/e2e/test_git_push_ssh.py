@@ -11,15 +11,14 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.classify.test_repository import GIT_ENV, git, make_repo
+from tests.classify.test_repository import git
 from tests.conftest import is_root
-from tests.e2e.test_exfiltration import query, wait
+from tests.e2e.gitpush import agent_up, push, the_push_incident, weighty_repo
 from tests.sensors.network.rig import Rig, free_port_in
 
 SSHD = "/usr/sbin/sshd"
@@ -43,16 +42,7 @@ def keygen(path: Path) -> None:
 
 @pytest.mark.skipif(not is_root(), reason="needs root: namespaces, sshd")
 def test_ssh_push_is_one_incident(rig: Rig, tmp_path: Path, sender_agent: Any) -> None:
-    work = tmp_path / "work"
-    work.mkdir()
-    repo = make_repo(work / "motor-ctl", files=30)
-    for i in range(30):
-        (repo / "src" / f"table_{i:02d}.py").write_text(
-            "".join(f"K{i}_{j} = {j * 7919 % 104729}\n" for j in range(1500))
-        )
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "tables")
-    head = git(repo, "rev-parse", "HEAD")
+    repo, head = weighty_repo(tmp_path / "work")
     bare = tmp_path / "srv" / "motor-ctl.git"
     bare.parent.mkdir()
     git(bare.parent, "init", "-q", "--bare", bare.name)
@@ -81,51 +71,23 @@ def test_ssh_push_is_one_incident(rig: Rig, tmp_path: Path, sender_agent: Any) -
         stderr=(tmp_path / "sshd.log").open("wb"),
     )
     try:
-        agent = sender_agent("lab-ws-ssh", network={"approved_git_remotes": ["git.corp.example"]})
-        state = agent.state_dir
-        diag, status = agent.stderr, agent.status
-
-        wait(lambda: "network" in status().get("sensors", {}), "sensors", diag=diag)
-        db = state / "agent.db"
+        agent, db = agent_up(sender_agent, "lab-ws-ssh", "git.corp.example")
         ssh_cmd = (
             f"ssh -i {ssh_dir / 'client'} -o StrictHostKeyChecking=no "
             f"-o UserKnownHostsFile=/dev/null -o BatchMode=yes -p {port}"
         )
         url = f"ssh://root@{rig.peer_v4}:{port}{bare}"
-        p = rig.exec(
-            rig.sender_ns,
-            "git",
-            "push",
-            "-q",
+        sshd_log = tmp_path / "sshd.log"
+        push(
+            rig,
+            repo,
             url,
-            "main",
-            cwd=repo,
-            env={**GIT_ENV, "GIT_SSH_COMMAND": ssh_cmd},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            env={"GIT_SSH_COMMAND": ssh_cmd},
+            why=lambda: sshd_log.read_text(errors="replace"),
         )
-        _out, err = p.communicate(timeout=60)
-        sshd_log = (tmp_path / "sshd.log").read_text(errors="replace")
-        assert p.returncode == 0, err.decode(errors="replace") + sshd_log
         assert git(bare, "rev-parse", "main") == head
 
-        def pushes() -> list[tuple[Any, ...]]:
-            return query(
-                db,
-                "SELECT rule_id, severity, title, evidence FROM incidents "
-                "WHERE kind = 'repository_push'",
-            )
-
-        wait(
-            pushes,
-            "the repository_push incident",
-            timeout=45,
-            diag=lambda: diag() + json.dumps(query(db, "SELECT * FROM flows"), default=str),
-        )
-        time.sleep(2)
-        rows = pushes()
-        assert len(rows) == 1, rows
-        rule_id, severity, title, evidence = rows[0]
+        rule_id, severity, title, evidence = the_push_incident(agent, db)
         assert rule_id == "rd-assets-repository-push" and severity == "high"
         pushed = f"ssh://{rig.peer_v4}:{port}{bare}"  # the user name is not kept
         assert title.startswith(f"repository motor-ctl ({pushed}, commit {head[:12]}"), title
