@@ -2,7 +2,7 @@
 
 It sits between the sensors and policy: the pipeline stage (`stage.ClassifyStage`)
 attaches an `Artefact` to file events, and `egress-agent scan` / `policy explain` call
-`classify_file` directly. Layout: `engine` (tiers: signatures → parsers → magika) over
+`classify_file` directly. Layout: `tiers` (signatures → parsers → magika) over
 the format modules (`weights`, `datasets`, `source`, `archives`, `documents`,
 `engineering`, `secrets`), `keywords` (categories in, matches out), `hashing` (SHA-256
 and the persistent cache), `lineage`, and `classifier` (the path-level shell).

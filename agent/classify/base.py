@@ -2,8 +2,9 @@
 
 A parser never sees a path: it gets a `Source` (a name, a size, the first bytes and a
 seekable binary file over the content, which for an archive member may be only a
-head), applies the `Limits`, and returns a `Finding` or raises `ParseError`. The engine
-(`agent.classify.engine`) turns findings into an `Artefact`. Keeping the parsers pure
+head), applies the `Limits`, and returns a `Finding` or raises `ParseError`. The content
+tiers (`agent.classify.tiers`) choose and run them, and the classifier turns their findings
+into an `Artefact`. Keeping the parsers pure
 over a `Source` is what lets the same code classify a file, a member of a zip inside a
 tar, and the random bytes of a property test.
 """

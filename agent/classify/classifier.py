@@ -40,7 +40,6 @@ from agent import metrics
 from agent.categories import CategorySpec
 from agent.classify import repository, source
 from agent.classify.base import HEAD_BYTES, Deadline, Finding, Limits, Source
-from agent.classify.engine import CLASSIFIER_VERSION, Engine
 from agent.classify.hashing import (
     BIG_BUF_SIZE,
     FileChanged,
@@ -50,6 +49,7 @@ from agent.classify.hashing import (
 )
 from agent.classify.keywords import KeywordMatcher
 from agent.classify.lineage import LRU, Known
+from agent.classify.tiers import CLASSIFIER_VERSION, ContentTiers
 from agent.config import ClassifySection
 from agent.events import Artefact, CategoryMatch, Tag
 from agent.fingerprint import BIG_FILE, Abandoned, HashAhead
@@ -106,7 +106,7 @@ class Classifier:
         self.settings = settings or ClassifySection()
         self._ahead = ahead  # hashes `scan` started before this classifier existed
         self.limits = limits_from(self.settings)
-        self.engine = Engine(self.limits, use_magika=self.settings.use_magika)
+        self.tiers = ContentTiers(self.limits, use_magika=self.settings.use_magika)
         self.cache = cache
         self.lru = LRU()
         self._categories = categories or (lambda: ())
@@ -237,9 +237,9 @@ class Classifier:
         if known is None:
             # beside a hash in flight only the cheap tiers run; magika waits for the hash
             finding = self._parse(path, fd, fst.st_size, deadline, hashing is None, head)
-            if hashing is not None and self.engine.is_unknown(finding):
+            if hashing is not None and self.tiers.is_unknown(finding):
                 # magika may be needed once the hash is known: load it during the hash
-                self._hash_pool.submit(self.engine.prepare_identify)
+                self._hash_pool.submit(self.tiers.prepare_identify)
         if hashing is not None:
             try:
                 sha = hashing()
@@ -251,7 +251,7 @@ class Classifier:
                 return skipped(_OS_REASONS.get(e.errno or 0, "read_error"), fst.st_size)
             if (
                 finding is not None
-                and self.engine.is_unknown(finding)
+                and self.tiers.is_unknown(finding)
                 and not self._known(sha)
                 and not deadline.expired
             ):
@@ -310,7 +310,7 @@ class Classifier:
 
     def _identify(self, path: str, fd: int, size: int, deadline: Deadline) -> Finding | None:
         try:
-            return self.engine.identify(self._source(path, fd, size, deadline), path)
+            return self.tiers.identify(self._source(path, fd, size, deadline), path)
         except OSError:
             return None
 
@@ -329,7 +329,7 @@ class Classifier:
             reason = _OS_REASONS.get(e.errno or 0, "read_error")
             metrics.CLASSIFY_SKIPPED.labels(reason).inc()
             return Finding("application/octet-stream", skipped=reason)
-        finding = self.engine.classify(src, path, magika=magika)
+        finding = self.tiers.classify(src, path, magika=magika)
         if finding.skipped:
             metrics.CLASSIFY_SKIPPED.labels(finding.skipped).inc()
             log.info("classify %r: partial (%s)", path, finding.skipped)

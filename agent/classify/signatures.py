@@ -4,7 +4,7 @@
 framing checks, the extension only to break ties) in about 0.02 ms; `signature_tag` is
 the tag a signature alone supports when the format's parser could not finish, and
 `name_tags` the tag for an archive member that was never read (beyond a limit), with
-evidence that says so. Used by `engine.py`.
+evidence that says so. Used by `tiers.py`.
 """
 
 from __future__ import annotations

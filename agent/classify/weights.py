@@ -4,7 +4,7 @@ Each reads only headers (bounded by `Limits`) and returns a `model_weights` tag 
 format, tensor count, parameter count and dominant dtype as evidence. Nothing is ever
 unpickled: PyTorch's `data.pkl` goes through `pickle_vm`, which only walks opcodes.
 Keras/HDF5 lives in `datasets.py` beside the other HDF5 reader; SavedModel files are
-recognised by name in `engine.py`.
+recognised by name in `tiers.py`.
 """
 
 from __future__ import annotations

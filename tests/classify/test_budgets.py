@@ -35,15 +35,15 @@ from agent.classify.base import (
     ParseError,
     Source,
 )
-from agent.classify.engine import Engine
 from agent.classify.hashing import HashCache
 from agent.classify.pickle_vm import scan_pickle
+from agent.classify.tiers import ContentTiers
 from agent.config import ClassifySection
 from agent.fingerprint import BIG_FILE
 from tests.classify import bombs as B
 from tests.classify import corpus as C
 
-ENGINE = Engine(Limits(), use_magika=False)
+TIERS = ContentTiers(Limits(), use_magika=False)
 NO_MAGIKA = ClassifySection(use_magika=False)
 # generous bounds for a busy 2-core machine; measured times are in the comments
 TIME_BOUND = 10.0
@@ -100,7 +100,7 @@ def test_hostile_input_ends_quickly_with_a_reason(
     name: str, fname: str, build: Callable[[], bytes], reasons: set[str | None]
 ) -> None:
     data = build()
-    finding, seconds, peak = measured(lambda: ENGINE.classify(Source.from_bytes(fname, data)))
+    finding, seconds, peak = measured(lambda: TIERS.classify(Source.from_bytes(fname, data)))
     assert finding.skipped in reasons, (name, finding.skipped, finding.tags)
     assert seconds < TIME_BOUND, f"{name}: {seconds:.1f} s"
     # beyond the input itself (held by the test): JSON objects, ZipInfos, stacks
@@ -115,14 +115,14 @@ def test_hostile_input_ends_quickly_with_a_reason(
     ],
 )
 def test_text_tier_is_linear(fname: str, data: bytes) -> None:
-    finding, seconds, _peak = measured(lambda: ENGINE.classify(Source.from_bytes(fname, data)))
+    finding, seconds, _peak = measured(lambda: TIERS.classify(Source.from_bytes(fname, data)))
     assert finding.skipped is None
     assert seconds < TIME_BOUND / 2
 
 
 def test_tar_keeps_the_members_before_the_lying_one() -> None:
     data = B.tar_with_lying_member(lead={"id_rsa": B.PEM, "notes.txt": b"hello\n"})
-    f = ENGINE.classify(Source.from_bytes("x.tar", data))
+    f = TIERS.classify(Source.from_bytes("x.tar", data))
     assert f.skipped == "malformed"
     assert [m.name for m in f.members] == ["id_rsa", "notes.txt"]
     assert "secret" in {t.kind for t in f.tags}
@@ -178,9 +178,9 @@ class CountdownDeadline(Deadline):
 
 def test_deadline_cuts_an_archive_and_keeps_what_was_found() -> None:
     data = B.many_member_tar(300, first=B.PEM)
-    full = ENGINE.classify(Source.from_bytes("x.tar", data))
+    full = TIERS.classify(Source.from_bytes("x.tar", data))
     assert full.skipped is None and len(full.members) == 300
-    cut = ENGINE.classify(Source.from_bytes("x.tar", data, deadline=CountdownDeadline(60)))
+    cut = TIERS.classify(Source.from_bytes("x.tar", data, deadline=CountdownDeadline(60)))
     assert cut.skipped == "timeout"
     assert cut.cut_at is not None and cut.cut_at.startswith("archive member ")
     assert 1 <= len(cut.members) < 300
@@ -199,7 +199,7 @@ def test_deadline_cuts_an_archive_and_keeps_what_was_found() -> None:
     ],
 )
 def test_every_tier_honours_an_expired_deadline(fname: str, data: bytes) -> None:
-    f = ENGINE.classify(Source.from_bytes(fname, data, deadline=CountdownDeadline(1)))
+    f = TIERS.classify(Source.from_bytes(fname, data, deadline=CountdownDeadline(1)))
     assert f.skipped == "timeout", (fname, f.skipped)
     assert f.cut_at is not None
 
@@ -302,7 +302,7 @@ def _tar_declaring(size: int, lead: bool) -> bytes:
 def test_any_declared_tar_size_ends(size: int, lead: bool) -> None:
     data = _tar_declaring(size, lead)
     t0 = time.monotonic()
-    f = ENGINE.classify(Source.from_bytes("x.tar", data))
+    f = TIERS.classify(Source.from_bytes("x.tar", data))
     assert time.monotonic() - t0 < TIME_BOUND
     fits = size <= 5 or size <= len(data) - data.rfind(b"huge.bin") - 512
     assert f.skipped in ({None, "truncated", "malformed"} if fits else {"malformed"})
@@ -318,7 +318,7 @@ def test_any_safetensors_shape_ends(dims: int, tensors: int, dim: int) -> None:
         header = header[: 8 << 20]
     data = len(header).to_bytes(8, "little") + header
     t0 = time.monotonic()
-    f = ENGINE.classify(Source.from_bytes("x.safetensors", data))
+    f = TIERS.classify(Source.from_bytes("x.safetensors", data))
     assert time.monotonic() - t0 < TIME_BOUND
     assert f.tags and f.tags[0].kind == "model_weights"
     if dims > Limits().max_dims:
@@ -351,7 +351,7 @@ def test_stopping_abandons_a_big_hash(tmp_path: Path) -> None:
     ],
 )
 def test_text_of_short_lines_is_not_a_million_strings(fname: str, data: bytes, kind: str) -> None:
-    finding, seconds, peak = measured(lambda: ENGINE.classify(Source.from_bytes(fname, data)))
+    finding, seconds, peak = measured(lambda: TIERS.classify(Source.from_bytes(fname, data)))
     assert [t.kind for t in finding.tags] == [kind]
     assert peak < 32 << 20, f"{peak >> 20} MB"
     assert seconds < TIME_BOUND
@@ -361,10 +361,10 @@ def test_json_lines_are_not_a_safetensors_length_prefix() -> None:
     """`{"a":1}\\n` read as a little-endian length is 8e17: only a file named
     .safetensors is believed to have a header longer than itself."""
     data = b'{"a":1}\n' * 100
-    assert ENGINE.classify(Source.from_bytes("x.jsonl", data)).tags[0].kind == "dataset"
-    assert ENGINE.classify(Source.from_bytes("x", data)).tags[0].kind == "dataset"
+    assert TIERS.classify(Source.from_bytes("x.jsonl", data)).tags[0].kind == "dataset"
+    assert TIERS.classify(Source.from_bytes("x", data)).tags[0].kind == "dataset"
     lying = B.safetensors_many_dims(3)[:8] + b'{"w": 1}'
-    assert ENGINE.classify(Source.from_bytes("x.safetensors", lying)).skipped == "malformed"
+    assert TIERS.classify(Source.from_bytes("x.safetensors", lying)).skipped == "malformed"
 
 
 def test_office_xml_of_unclosed_tags_is_linear() -> None:
@@ -375,7 +375,7 @@ def test_office_xml_of_unclosed_tags_is_linear() -> None:
         z.writestr("[Content_Types].xml", b"<Types/>")
         z.writestr("word/document.xml", b"<" * (3 << 20) + b"> secret plans")
     finding, seconds, peak = measured(
-        lambda: ENGINE.classify(Source.from_bytes("x.docx", buf.getvalue()))
+        lambda: TIERS.classify(Source.from_bytes("x.docx", buf.getvalue()))
     )
     assert finding.tags[0].kind == "document" and "secret plans" in finding.text
     assert seconds < TIME_BOUND / 2
@@ -405,7 +405,7 @@ def test_archive_text_is_bounded_by_the_text_limit_not_the_members() -> None:
             z.writestr(f"doc{i}.txt", b"%d " % i + body)
     data = buf.getvalue()
     finding, _seconds, peak = measured(
-        lambda: Engine(lim, use_magika=False).classify(Source.from_bytes("x.zip", data))
+        lambda: ContentTiers(lim, use_magika=False).classify(Source.from_bytes("x.zip", data))
     )
     assert len(finding.members) == 40 and len(finding.text) == 1 << 20
     assert peak < 24 << 20, f"{peak >> 20} MB"  # 40 member texts held together: 90+ MB

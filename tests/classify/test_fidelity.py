@@ -17,18 +17,18 @@ from hypothesis import strategies as st
 
 from agent.classify.base import Limits, Source
 from agent.classify.documents import prose_evidence
-from agent.classify.engine import Engine
 from agent.classify.secrets import credential_file_tags, der_kind, public_material
+from agent.classify.tiers import ContentTiers
 
-ENGINE = Engine(Limits(), use_magika=False)
+TIERS = ContentTiers(Limits(), use_magika=False)
 
 
 def kinds(name: str, data: bytes) -> list[str]:
-    return [t.kind for t in ENGINE.classify(Source.from_bytes(name, data)).tags]
+    return [t.kind for t in TIERS.classify(Source.from_bytes(name, data)).tags]
 
 
 def tag(name: str, data: bytes, kind: str) -> dict[str, object]:
-    found = ENGINE.classify(Source.from_bytes(name, data))
+    found = TIERS.classify(Source.from_bytes(name, data))
     return next(t.details for t in found.tags if t.kind == kind)
 
 
@@ -181,7 +181,7 @@ def test_der_private_keys_and_pkcs12_are_secrets_also_renamed() -> None:
     want |= {"enc.der": "private_key", "bundle.p12": "pkcs12"}
     for name, typ in want.items():
         for shown in (name, "blob.bin"):
-            found = ENGINE.classify(Source.from_bytes(shown, files[name]))
+            found = TIERS.classify(Source.from_bytes(shown, files[name]))
             assert [(t.kind, t.details["type"]) for t in found.tags] == [("secret", typ)], shown
     # one byte more or less: the outer length no longer is the file
     assert der_kind(files["key.der"] + b"\x00", len(files["key.der"]) + 1) is None
@@ -296,7 +296,7 @@ def test_json_array_of_records() -> None:
             d["format"] == "json" and d["rows"] == 200 and d["columns"] == ["id", "name", "score"]
         )
     # a cut array (an archive member's head): rows estimated from the bytes per record
-    cut = ENGINE.classify(Source.from_bytes("rows.json", data[:5000], size=len(data)))
+    cut = TIERS.classify(Source.from_bytes("rows.json", data[:5000], size=len(data)))
     est = next(t for t in cut.tags if t.kind == "dataset").details["rows"]
     assert 150 <= est <= 260
     for not_records in (b"[1, 2, 3]", b'[{"a": 1}]', b'[{"a": 1}, {"b": 2}, {"c": 3}]', b"[[[[[[["):
@@ -359,7 +359,7 @@ def test_stata_spss_sas_headers() -> None:
 @settings(deadline=None, max_examples=200)
 @given(st.binary(max_size=400), st.sampled_from(["ORC", "<stata_dta><header><release>", "$FL2"]))
 def test_table_headers_never_raise_but_parse_errors(data: bytes, magic: str) -> None:
-    found = ENGINE.classify(Source.from_bytes("x.dta", magic.encode() + data))
+    found = TIERS.classify(Source.from_bytes("x.dta", magic.encode() + data))
     assert found is not None
 
 
@@ -391,7 +391,7 @@ def test_legacy_torch_pickle_also_renamed() -> None:
         d = tag(name, data, "model_weights")
         assert d["format"] == "pytorch_legacy" and d["tensors"] == 2 and d["parameters"] == 28
     cut = data[:30]  # the header pickles are there, the state dict is not
-    assert ENGINE.classify(Source.from_bytes("m.pt", cut)).skipped in ("malformed", "truncated")
+    assert TIERS.classify(Source.from_bytes("m.pt", cut)).skipped in ("malformed", "truncated")
 
 
 def _tflite(const: bool = True) -> bytes:
@@ -485,7 +485,7 @@ def test_coreml_header() -> None:
     spec = b"\x08\x04" + b"\x12\x00" + b"\xa2\x1f\x02\x0a\x00"
     d = tag("clf.mlmodel", spec, "model_weights")
     assert d["format"] == "coreml"
-    unnamed = ENGINE.classify(Source.from_bytes("clf.bin", spec)).tags
+    unnamed = TIERS.classify(Source.from_bytes("clf.bin", spec)).tags
     assert all(t.details.get("format") != "coreml" for t in unnamed)  # only by name
 
 
@@ -541,7 +541,7 @@ def test_model_headers_on_hostile_bytes(data: bytes, fmt: str) -> None:
         "w2v": b"3 4\nab ",
         "coreml": b"\x08\x04",
     }[fmt]
-    found = ENGINE.classify(Source.from_bytes("x.mlmodel", prefix + data))
+    found = TIERS.classify(Source.from_bytes("x.mlmodel", prefix + data))
     assert found.skipped in (None, "malformed", "truncated", "absurd_count")
 
 
@@ -604,7 +604,7 @@ def _xlsx(rows: list[list[str | int]]) -> bytes:
 
 def test_excel_sheet_that_is_a_table() -> None:
     table = _xlsx([["lot", "density", "supplier"]] + [[i, i * 2, f"s{i}"] for i in range(30)])
-    found = ENGINE.classify(Source.from_bytes("lots.xlsx", table))
+    found = TIERS.classify(Source.from_bytes("lots.xlsx", table))
     d = next(t.details for t in found.tags if t.kind == "dataset")
     assert (
         d["format"] == "xlsx" and d["rows"] == 30 and d["columns"] == ["lot", "density", "supplier"]
@@ -699,7 +699,7 @@ def test_new_text_checks_are_bounded_on_4mb(name: str, data: bytes) -> None:
     import time
 
     t0 = time.process_time()
-    ENGINE.classify(Source.from_bytes(name, data))
+    TIERS.classify(Source.from_bytes(name, data))
     assert time.process_time() - t0 < 3.0
 
 

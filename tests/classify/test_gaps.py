@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.classify.base import Limits, Source
-from agent.classify.engine import Engine
+from agent.classify.tiers import ContentTiers
 
-ENGINE = Engine(Limits(), use_magika=False)
+TIERS = ContentTiers(Limits(), use_magika=False)
 
 METAL = """#include <metal_stdlib>
 using namespace metal;
@@ -117,7 +117,7 @@ def rates(double[:] temps, double ea, double a):
 
 
 def found(name: str, data: bytes):  # type: ignore[no-untyped-def]
-    return ENGINE.classify(Source.from_bytes(name, data))
+    return TIERS.classify(Source.from_bytes(name, data))
 
 
 def test_metal_glsl_and_cython_are_source_code() -> None:

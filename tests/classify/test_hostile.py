@@ -90,14 +90,14 @@ def test_member_identical_to_an_ancestor_is_cut(tmp_path: Path) -> None:
     """A quine contains itself: a member whose hash is an enclosing archive's is not walked."""
     from agent.classify.archives import Budget, walk_zip
     from agent.classify.base import Limits, Source
-    from agent.classify.engine import Engine, name_tags
+    from agent.classify.tiers import ContentTiers, name_tags
 
     inner = C.zip_bytes({"readme.txt": b"hello"})
     outer = C.zip_bytes({"self.zip": inner})
-    engine = Engine(Limits(), use_magika=False)
+    tiers = ContentTiers(Limits(), use_magika=False)
     budget = Budget(Limits())
     budget.ancestors.add(hashlib.sha256(inner).hexdigest())  # as if we were inside `inner`
-    found = walk_zip(Source.from_bytes("outer.zip", outer), budget, engine.classify, name_tags)
+    found = walk_zip(Source.from_bytes("outer.zip", outer), budget, tiers.classify, name_tags)
     assert budget.reasons == ["archive_quine"]
     assert found.members[0].tags == ()
 

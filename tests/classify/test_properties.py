@@ -1,5 +1,5 @@
 """Property tests: random and truncated bytes never make a parser raise anything but
-ParseError, and never make the engine raise at all — quickly."""
+ParseError, and never make the content tiers raise at all — quickly."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 
 from agent.classify import datasets, delimited, documents, onnx_graph, weights
 from agent.classify.base import Finding, Limits, ParseError, Source
-from agent.classify.engine import Engine
 from agent.classify.pickle_vm import scan_pickle
+from agent.classify.tiers import ContentTiers
 from tests.classify import corpus as C
 
 LIMITS = Limits(max_archive_expanded_bytes=8 << 20, max_member_inline=1 << 20)
-ENGINE = Engine(LIMITS, use_magika=False)
+TIERS = ContentTiers(LIMITS, use_magika=False)
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 Parser = Callable[[Source, Limits], Finding]
@@ -115,14 +115,16 @@ def test_parsers_on_truncated_and_mutated_real_files(
 @pytest.mark.parametrize("name", ["torch", "docx", "pdf", "targz", "safetensors", "gguf", "hdf5"])
 @FAST
 @given(data=st.data())
-def test_engine_never_raises(samples: dict[str, bytes], name: str, data: st.DataObject) -> None:
+def test_content_tiers_never_raise(
+    samples: dict[str, bytes], name: str, data: st.DataObject
+) -> None:
     raw = bytearray(samples[name])
     cut = data.draw(st.integers(0, len(raw)))
     for pos, value in data.draw(
         st.lists(st.tuples(st.integers(0, len(raw) - 1), st.integers(0, 255)), max_size=3)
     ):
         raw[pos] = value
-    found = ENGINE.classify(Source.from_bytes(f"f.{name}", bytes(raw[:cut])))
+    found = TIERS.classify(Source.from_bytes(f"f.{name}", bytes(raw[:cut])))
     assert isinstance(found, Finding)
 
 
@@ -131,8 +133,8 @@ def test_engine_never_raises(samples: dict[str, bytes], name: str, data: st.Data
     blob=st.binary(max_size=4096),
     name=st.sampled_from(["a.zip", "a.tar", "x.txt", "a.py", "b.csv", "n"]),
 )
-def test_engine_on_random_bytes(blob: bytes, name: str) -> None:
-    assert isinstance(ENGINE.classify(Source.from_bytes(name, blob)), Finding)
+def test_content_tiers_on_random_bytes(blob: bytes, name: str) -> None:
+    assert isinstance(TIERS.classify(Source.from_bytes(name, blob)), Finding)
 
 
 @FAST
@@ -157,7 +159,7 @@ def test_random_zip_and_tar_archives(members: dict[str, bytes]) -> None:
     with zipfile.ZipFile(buf, "w") as z:
         for n, b in members.items():
             z.writestr(n, b)
-    found = ENGINE.classify(Source.from_bytes("r.zip", buf.getvalue()))
+    found = TIERS.classify(Source.from_bytes("r.zip", buf.getvalue()))
     assert found.tags  # an archive (or npz, when every member is .npy)
     tbuf = io.BytesIO()
     with tarfile.open(fileobj=tbuf, mode="w") as t:
@@ -165,7 +167,7 @@ def test_random_zip_and_tar_archives(members: dict[str, bytes]) -> None:
             ti = tarfile.TarInfo(n)
             ti.size = len(b)
             t.addfile(ti, io.BytesIO(b))
-    assert isinstance(ENGINE.classify(Source.from_bytes("r.tar", tbuf.getvalue())), Finding)
+    assert isinstance(TIERS.classify(Source.from_bytes("r.tar", tbuf.getvalue())), Finding)
 
 
 def test_git_config_parser_on_odd_files(tmp_path: Path) -> None:

@@ -53,8 +53,8 @@ _ZIP_ERRORS: tuple[type[Exception], ...] = (zipfile.BadZipFile, zlib.error, EOFE
 _ZIP_ERRORS += (NotImplementedError, ValueError, OSError, RuntimeError)
 
 
-class Engine:
-    """Classifies Sources with one set of limits; one Engine per classify settings."""
+class ContentTiers:
+    """Classifies Sources with one set of limits; one instance per classify settings."""
 
     def __init__(self, limits: Limits, use_magika: bool = True) -> None:
         self.limits = limits
