@@ -12,9 +12,10 @@ dump repairs lost notifications. Flows leave through `emit` as `agent.events.Flo
 
 The loop is event-driven: it sleeps in one select() until a socket is readable or the
 earliest of its own deadlines (the table's next timeout, the next dump, a drop-counter
-read after packets) is due, so a quiet host with no open flows wakes it only for what
-arrives (address changes and new UDP conversations come as netlink messages, see
-`netwatch`), and at least every `MAX_SLEEP` seconds to beat its heartbeat.
+read after packets, held flows to hand over) is due, so a quiet host with no open flows
+wakes it only for what arrives (address changes and new UDP conversations come as
+netlink messages, see `netwatch`), and at least every `MAX_SLEEP` seconds to beat its
+heartbeat. Exported flows are handed to the pipeline in batches (`FLOW_LINGER`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ _DRAIN_BATCHES = 16  # at most this many batches read ahead of destroy notificat
 # destroy notifications wait up to this long (s) for a wake-up that happens anyway (the
 # next connection's SYN): one wake per flow fewer; flows end this much later at most
 DESTROY_LINGER = 0.05
+# exported flows are held up to this long (s) and handed to the pipeline together: its
+# stages and the writer then wake once per batch, not once per short connection (the
+# correlator holds every flow for feedback.FLOW_HOLD anyway); at most _MAX_HELD at once
+FLOW_LINGER = 0.5
+_MAX_HELD = 256
 
 
 class NetworkSensor(KernelAccounting):
@@ -88,6 +94,8 @@ class NetworkSensor(KernelAccounting):
         self._next_dump = self._next_ct = self._stats_due = math.inf
         self._next_reopen = self._next_local = self._next_house = 0.0
         self._destroy_due = math.inf  # destroy notifications are waiting until then
+        self._held: list[Flow] = []  # exported flows not yet handed to the pipeline
+        self._hand_over_due = math.inf  # ... until then
         self._dump_interval = DUMP_INTERVAL
         self._last_stats = 0.0
         self.wakeups = 0  # times the loop woke (status: a quiet host should see few)
@@ -218,13 +226,15 @@ class NetworkSensor(KernelAccounting):
     # --- the loop ----------------------------------------------------------------------
     def next_deadline(self) -> float:
         """When (time.monotonic()) the loop has work of its own, inf for none: the
-        table's next timeout (at most once a second), the next dump, a drop-counter
-        read, a capture to reopen, the address re-read without an AddressWatch."""
+        table's next timeout (at most once a second), held flows to hand over, the next
+        dump, a drop-counter read, a capture to reopen, the address re-read without an
+        AddressWatch."""
         assert self.table is not None
         table_due = time.monotonic() + self.table.due - time.time()
         return min(
             max(self._next_house, table_due),
             self._destroy_due,
+            self._hand_over_due,
             self._next_dump,
             self._next_ct,
             self._stats_due,
@@ -283,13 +293,18 @@ class NetworkSensor(KernelAccounting):
                     self._next_house = now + HOUSEKEEPING
                     table.expire(wall)
                     self._prune_joins()
+                if time.monotonic() >= self._hand_over_due:
+                    self._hand_over()
             except Exception:  # one bad packet or netlink hiccup must not end the sensor
                 log.exception("network sensor: error while processing; continuing")
-        for c in list(self.captures):
-            self._read_packets(c)
-        if self.destroy is not None:
-            self._read_destroyed()
-        table.flush(time.time())
+        try:
+            for c in list(self.captures):
+                self._read_packets(c)
+            if self.destroy is not None:
+                self._read_destroyed()
+            table.flush(time.time())
+        finally:
+            self._hand_over()
 
     def _handle(self, ready: list[Any]) -> None:
         """Read what woke the loop."""
@@ -381,9 +396,25 @@ class NetworkSensor(KernelAccounting):
 
     # --- export ------------------------------------------------------------------------
     def _export(self, flow: Flow) -> None:
+        """Hold the table's record until the next hand-over (FLOW_LINGER)."""
+        self._held.append(flow)
+        if len(self._held) >= _MAX_HELD:
+            self._hand_over()
+        elif self._hand_over_due == math.inf:
+            self._hand_over_due = time.monotonic() + FLOW_LINGER
+
+    def _hand_over(self) -> None:
+        """Emit the held flows, in the order the table exported them."""
+        held, self._held = self._held, []
+        self._hand_over_due = math.inf
+        if not held:
+            return
         assert self._emit is not None
-        if self._emit(flow):
-            self.emitted += 1
-            self._events_metric.inc()
-        else:
-            self.dropped += 1
+        emitted = 0
+        for flow in held:
+            if self._emit(flow):
+                emitted += 1
+        self.emitted += emitted
+        self.dropped += len(held) - emitted
+        if emitted:
+            self._events_metric.inc(emitted)
