@@ -1,16 +1,18 @@
 """Bounded queues and stage threads between sensors and the store.
 
 Sensors `emit()` into the first queue; each stage (classify, policy) runs in its own
-thread, takes an event, returns the enriched event, and puts it on the next queue; the
-last stage's thread hands what comes out to the sinks (the store writer, the
-correlator), whose own queues decouple them. The first stage waits up to `LINGER`
-after an event for others, so that events arriving one by one wake each thread once per
-burst (a flood is never held up). Every queue is bounded:
-when a producer cannot put within its patience the event is dropped and counted in
-`egress_agent_events_dropped_total{queue,reason}` — never silently. A stop walks a
-sentinel down the pipeline so that everything queued before it is processed and
-flushed before the threads are joined. Each stage loop runs supervised (`liveness`):
-it beats per batch and per event, and one that fails is restarted, not lost.
+thread, takes a batch of events, enriches them, and puts the batch on the next queue;
+the last stage's thread hands what comes out to the sinks (the store writer, the
+correlator), whose own queues decouple them — a batch at a time where the sink takes
+batches, so a burst costs a lock and a wake-up per batch and hop, not per event. The
+first stage waits up to `LINGER` after an event for others, so that events arriving one
+by one wake each thread once per burst (a flood is never held up). Every queue is
+bounded: when a producer cannot put within its patience the event is dropped and
+counted in `egress_agent_events_dropped_total{queue,reason}` — never silently. A stop
+walks a sentinel down the pipeline so that everything queued before it is processed
+and flushed before the threads are joined. Each stage loop runs supervised
+(`liveness`): it beats per batch and per event, and one that fails is restarted, not
+lost.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -42,31 +46,79 @@ STOP = _Stop()
 
 
 class BoundedQueue(Generic[T]):
-    """A `queue.Queue` that counts its depth and what it had to drop."""
+    """A bounded FIFO between threads that counts its depth and what it had to drop.
+
+    Not `queue.Queue`: a burst moves every event through three or four of these, and
+    `queue.Queue` takes its lock and signals a condition for each item on each side. Here
+    `put_many` and `get_batch` move a whole batch under one lock, and a waiting thread is
+    signalled only when one is actually waiting.
+    """
 
     def __init__(self, name: str, maxsize: int) -> None:
         self.name = name
         self.maxsize = maxsize
-        self._q: queue.Queue[T | _Stop] = queue.Queue(maxsize)
+        self._items: deque[T | _Stop] = deque()
+        self._lock = threading.Lock()
+        self._readable = threading.Condition(self._lock)
+        self._writable = threading.Condition(self._lock)
+        self._getters = 0  # threads waiting in _readable / _writable
+        self._putters = 0
         self._stopping = threading.Event()  # set by put_stop: a lingering consumer stops waiting
         metrics.QUEUE_CAPACITY.labels(name).set(maxsize)
-        metrics.QUEUE_DEPTH.labels(name).set_function(self._q.qsize)
+        metrics.QUEUE_DEPTH.labels(name).set_function(self.qsize)
 
     def put(self, item: T, timeout: float | None = 5.0) -> bool:
         """Put, waiting up to `timeout` seconds (None: forever). False = dropped."""
-        try:
-            self._q.put(item, timeout=timeout)
-            return True
-        except queue.Full:
-            metrics.DROPPED.labels(self.name, "queue_full").inc()
-            return False
+        with self._lock:
+            if self._full() and not self._wait_for_room(timeout):
+                metrics.DROPPED.labels(self.name, "queue_full").inc()
+                return False
+            self._items.append(item)
+            if self._getters:
+                self._readable.notify()
+        return True
+
+    def put_many(self, items: Sequence[T], timeout: float | None = 5.0) -> int:
+        """Put every item in order, waiting up to `timeout` seconds in all for room (None:
+        forever); returns how many were put, the rest are dropped and counted."""
+        put = 0
+        with self._lock:
+            if self.maxsize <= 0 or len(self._items) + len(items) <= self.maxsize:
+                self._items.extend(items)
+                put = len(items)
+            else:
+                deadline = None if timeout is None else time.monotonic() + timeout
+                for item in items:
+                    if self._full():
+                        if self._getters:
+                            self._readable.notify()  # what is queued can go while we wait
+                        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                        if not self._wait_for_room(left):
+                            break
+                    self._items.append(item)
+                    put += 1
+            if put and self._getters:
+                self._readable.notify()
+        if put < len(items):
+            metrics.DROPPED.labels(self.name, "queue_full").inc(len(items) - put)
+        return put
 
     def put_stop(self) -> None:
-        self._q.put(STOP)
+        """Queue the stop sentinel (never refused: a stop must not wait for room)."""
+        with self._lock:
+            self._items.append(STOP)
+            self._readable.notify_all()
         self._stopping.set()
 
     def get(self, timeout: float | None = None) -> T | _Stop:
-        return self._q.get(timeout=timeout)
+        """The next item; `queue.Empty` when none came within `timeout` (None: forever)."""
+        with self._lock:
+            if not self._wait_for_items(timeout):
+                raise queue.Empty
+            item = self._items.popleft()
+            if self._putters:
+                self._writable.notify()
+            return item
 
     def get_batch(
         self, max_items: int, max_wait: float | None, linger: float = 0.0
@@ -81,34 +133,63 @@ class BoundedQueue(Generic[T]):
         Returns the items and whether the stop sentinel was reached.
         """
         items: list[T] = []
-        try:
-            first = self._q.get(timeout=max_wait)
-        except queue.Empty:
-            return items, False
-        if isinstance(first, _Stop):
-            return items, True
-        items.append(first)
-        if self._drain(items, max_items):
-            return items, True
+        with self._lock:
+            if not self._wait_for_items(max_wait):
+                return items, False
+            if self._drain(items, max_items):
+                return items, True
         if linger > 0 and len(items) < max_items:
             self._stopping.wait(linger)  # returns at once after put_stop
-            return items, self._drain(items, max_items)
+            with self._lock:
+                return items, self._drain(items, max_items)
         return items, False
 
-    def _drain(self, items: list[T], max_items: int) -> bool:
-        """Append what is queued now, up to `max_items`; True when the stop sentinel came."""
-        while len(items) < max_items:
-            try:
-                nxt = self._q.get_nowait()
-            except queue.Empty:
-                return False
-            if isinstance(nxt, _Stop):
-                return True
-            items.append(nxt)
-        return False
-
     def qsize(self) -> int:
-        return self._q.qsize()
+        return len(self._items)
+
+    # --- with the lock held ---------------------------------------------------------
+    def _full(self) -> bool:
+        return 0 < self.maxsize <= len(self._items)
+
+    def _wait_for_room(self, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._full():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self._putters += 1
+            try:
+                self._writable.wait(left)
+            finally:
+                self._putters -= 1
+        return True
+
+    def _wait_for_items(self, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._items:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            self._getters += 1
+            try:
+                self._readable.wait(left)
+            finally:
+                self._getters -= 1
+        return True
+
+    def _drain(self, items: list[T], max_items: int) -> bool:
+        """Move what is queued now into `items`, up to `max_items`; True at the stop."""
+        q = self._items
+        stopped = False
+        while q and len(items) < max_items:
+            item = q.popleft()
+            if isinstance(item, _Stop):
+                stopped = True
+                break
+            items.append(item)
+        if self._putters:
+            self._writable.notify_all()
+        return stopped
 
 
 Stage = Callable[[Event], Event | None]
@@ -116,6 +197,17 @@ Stage = Callable[[Event], Event | None]
 deliberately (never used to lose data: only for events a stage decides are noise)."""
 
 Sink = Callable[[Event], None]
+BatchSink = Callable[[Sequence[Event]], None]
+
+
+def batch_form(sink: Sink) -> BatchSink | None:
+    """The batch entry point of a sink that has one: a sink that is an object's `submit`
+    method (the store writer's, the correlator's) is given whole batches through the same
+    object's `submit_many`, when it defines one."""
+    if getattr(sink, "__name__", None) != "submit":
+        return None
+    many = getattr(getattr(sink, "__self__", None), "submit_many", None)
+    return many if callable(many) else None
 
 
 @dataclass
@@ -144,6 +236,7 @@ class Pipeline:
         self._queues: list[BoundedQueue[Event]] = [BoundedQueue(n, queue_size) for n in names]
         self._stages = list(stages)
         self._sinks = list(sinks)
+        self._batch_sinks = [batch_form(sink) for sink in self._sinks]
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
@@ -194,17 +287,14 @@ class Pipeline:
             beat.beat()
             beat.busy = True
             taken.inc(len(items))
-            n = 0
-            for result in self._apply(spec, items, beat):
-                if result is None:
-                    continue
-                n += 1
+            results = [r for r in self._apply(spec, items, beat) if r is not None]
+            if results:
                 if outbox is None:
-                    self._deliver(result)
+                    self._deliver_many(results)
                 else:
                     # inside the pipeline we wait: back-pressure reaches the sensors' put
-                    outbox.put(result, timeout=None)
-            passed.inc(n)
+                    outbox.put_many(results, timeout=None)
+            passed.inc(len(results))
             beat.busy = False
             if stopped:
                 if outbox is not None:
@@ -252,4 +342,23 @@ class Pipeline:
                 sink(event)
             except Exception:
                 log.exception("sink %r failed on %s", sink, event.uid)
+                metrics.STAGE_ERRORS.labels("sink").inc()
+
+    def _deliver_many(self, events: list[Event]) -> None:
+        """A stage's whole batch to each sink: in one call where the sink takes batches
+        (one queue lock and at most one wake-up of its thread per batch), else event by
+        event."""
+        for sink, many in zip(self._sinks, self._batch_sinks, strict=True):
+            if many is None:
+                for event in events:
+                    try:
+                        sink(event)
+                    except Exception:
+                        log.exception("sink %r failed on %s", sink, event.uid)
+                        metrics.STAGE_ERRORS.labels("sink").inc()
+                continue
+            try:
+                many(events)
+            except Exception:
+                log.exception("sink %r failed on a batch of %d", sink, len(events))
                 metrics.STAGE_ERRORS.labels("sink").inc()

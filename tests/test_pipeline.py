@@ -108,3 +108,56 @@ def test_without_stages_a_dispatch_thread_delivers() -> None:
     p.emit(e)
     p.stop()
     assert out == [e]
+
+
+def test_put_many_waits_for_room_in_order_and_counts_what_it_drops() -> None:
+    q: BoundedQueue[int] = BoundedQueue("test-many", 3)
+    got: list[int] = []
+
+    def consume() -> None:
+        while len(got) < 10:
+            items, _ = q.get_batch(2, 5.0)
+            got.extend(items)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    assert q.put_many(list(range(10)), timeout=None) == 10  # more than fits: waits for room
+    t.join()
+    assert got == list(range(10))
+    before = _dropped("test-many")
+    assert q.put_many([1, 2], timeout=0) == 2
+    assert q.put_many([3, 4, 5], timeout=0.01) == 1  # one place left
+    assert _dropped("test-many") == before + 2
+    assert q.get_batch(10, 0) == ([1, 2, 3], False)
+    assert q.get_batch(10, 0.01) == ([], False)
+
+
+class _BatchCollector:
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def submit(self, e: Event) -> None:
+        self.batches.append([e.path] if isinstance(e, FileEvent) else [])
+
+    def submit_many(self, events: list[Event]) -> None:
+        self.batches.append([e.path for e in events if isinstance(e, FileEvent)])
+
+
+def test_a_sink_with_submit_many_gets_whole_batches() -> None:
+    gate = threading.Event()
+
+    def held(e: Event) -> Event:
+        gate.wait()
+        return e
+
+    batched, single = _BatchCollector(), list[Event]()
+    p = Pipeline([StageSpec("t-held", held)], [batched.submit, single.append], queue_size=1000)
+    p.start()
+    for i in range(300):
+        assert p.emit(FileEvent(FileAction.WRITTEN, f"/b/{i}"))
+    gate.set()
+    p.stop()
+    paths = [f"/b/{i}" for i in range(300)]
+    assert [path for b in batched.batches for path in b] == paths
+    assert len(batched.batches) < 300  # batches, not one call per event
+    assert [e.path for e in single if isinstance(e, FileEvent)] == paths  # plain sinks: per event

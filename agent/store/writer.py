@@ -21,9 +21,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, delete, text, tuple_
+from sqlalchemy import JSON, Connection, Engine, bindparam, delete, text, tuple_
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import TextClause
 
@@ -98,7 +99,7 @@ def _upsert(
     keys = tuple(rows[0])
     if engine.dialect.name == "sqlite":
         sql, processors = _sqlite_upsert(engine, table, keys, conflict, update)
-        conn.exec_driver_sql(sql, [_bound(row, keys, processors) for row in rows])
+        conn.exec_driver_sql(sql, _bound_rows(rows, keys, processors))
         return
     conn.execute(_upsert_sql(engine, table, keys, conflict, update), list(rows))
 
@@ -123,12 +124,58 @@ def _sqlite_upsert(
     """
     sql = _upsert_text(engine, table, keys, conflict, update, ["?"] * len(keys))
     dialect = engine.dialect
-    processors = tuple(table.c[k].type.dialect_impl(dialect).bind_processor(dialect) for k in keys)
+    processors = tuple(
+        _remembering(p) if isinstance(table.c[k].type, JSON) and p is not None else p
+        for k in keys
+        for p in [table.c[k].type.dialect_impl(dialect).bind_processor(dialect)]
+    )
     return sql, processors
 
 
-def _bound(row: Mapping[str, Any], keys: tuple[str, ...], procs: tuple[Processor, ...]) -> Any:
-    return tuple(row[k] if p is None else p(row[k]) for k, p in zip(keys, procs, strict=True))
+def _bound_rows(
+    rows: Sequence[Mapping[str, Any]], keys: tuple[str, ...], procs: tuple[Processor, ...]
+) -> list[tuple[Any, ...]]:
+    """Each row as a tuple in `keys` order, every value through its column's processor.
+
+    Column by column (`map` over one column's values) rather than value by value: the
+    burst's writer spent a quarter of its time in the per-value loop this replaces.
+    """
+    get = itemgetter(*keys)
+    values = [(get(r),) for r in rows] if len(keys) == 1 else [get(r) for r in rows]
+    if not any(procs):
+        return values
+    columns = list(zip(*values, strict=True))
+    for i, p in enumerate(procs):
+        if p is not None:
+            columns[i] = tuple(map(p, columns[i]))
+    return list(zip(*columns, strict=True))
+
+
+def _remembering(process: Callable[[Any], Any], limit: int = 4096) -> Callable[[Any], Any]:
+    """A JSON column's processor that remembers the text of small repeated values.
+
+    Event rows repeat a few JSON values (`[]`, `null`, the same two or three content
+    kinds) thousands of times; a list of strings is keyed by its tuple, anything else
+    is encoded every time. At most `limit` texts are kept.
+    """
+    known: dict[tuple[str, ...] | None, Any] = {}
+
+    def remembered(value: Any) -> Any:
+        if value is None:
+            key = None
+        elif type(value) is list and all(type(x) is str for x in value):
+            key = tuple(value)
+        else:
+            return process(value)
+        try:
+            return known[key]
+        except KeyError:
+            text = process(value)
+            if len(known) < limit:
+                known[key] = text
+            return text
+
+    return remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +303,10 @@ class StoreWriter:
     def submit(self, event: Event) -> None:
         """Sink for the pipeline: waits while the queue is full (back-pressure)."""
         self.queue.put(event, timeout=None)
+
+    def submit_many(self, events: Sequence[Event]) -> None:
+        """`submit` for a whole batch (the pipeline's batch sink): one queue lock."""
+        self.queue.put_many(events, timeout=None)
 
     def start(self) -> None:
         self._beat = HEARTBEATS.add("store-writer", self.queue.qsize)

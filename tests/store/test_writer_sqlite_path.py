@@ -3,6 +3,7 @@ be byte for byte what SQLAlchemy's own `conn.execute` path stores."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, tzinfo
 from pathlib import Path
 
@@ -63,3 +64,25 @@ def test_fast_path_stores_what_sqlalchemy_stores(
         assert got[t] == want[t], t
     fast.dispose()
     slow.dispose()
+
+
+def test_remembered_json_text_is_the_encoders_text() -> None:
+    calls: list[object] = []
+
+    def encode(value: object) -> str:
+        calls.append(value)
+        return json.dumps(value)
+
+    remembered = W._remembering(encode, limit=2)
+    values: list[object] = [["a", "b"], ["a", "b"], None, None, [], {"k": 1}, {"k": 1}, [1], ["c"]]
+    assert [remembered(v) for v in values] == [json.dumps(v) for v in values]
+    # lists of strings and None are encoded once (up to the limit); anything else each time
+    assert calls == [["a", "b"], None, [], {"k": 1}, {"k": 1}, [1], ["c"]]
+    assert remembered(["c"]) == '["c"]' and calls[-1] == ["c"]  # past the limit: not kept
+
+
+def test_rows_are_bound_column_by_column_in_key_order() -> None:
+    rows: list[dict[str, object]] = [{"a": 1, "b": [1], "c": "x"}, {"a": 2, "b": None, "c": "y"}]
+    procs: tuple[W.Processor, ...] = (None, json.dumps, str.upper)
+    assert W._bound_rows(rows, ("a", "b", "c"), procs) == [(1, "[1]", "X"), (2, "null", "Y")]
+    assert W._bound_rows(rows, ("c",), (None,)) == [("x",), ("y",)]
