@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -310,6 +311,31 @@ def wait_until(
         detail = f": {why()}" if why is not None else ""
         raise AssertionError(f"{what} not met within {timeout:.0f}s{detail}")
     return value
+
+
+def synthetic_into(
+    agent_config: dict[str, Any], db: Path, count: int, rate: int, **database: Any
+) -> None:
+    """`agent_config` with the synthetic sensor alone (`count` events, `rate` a second)
+    writing to the SQLite store `db` (more `database` settings as keywords)."""
+    agent_config["database"] = {"url": f"sqlite:///{db}", **database}
+    agent_config["sensors"] = {
+        "enabled": ["synthetic"],
+        "synthetic_count": count,
+        "synthetic_rate": rate,
+    }
+
+
+def store_rows(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """`sql`'s rows in the running agent's SQLite store `db`; [] while there is no such
+    store or table yet (the agent creates them after it starts)."""
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(db, timeout=10) as c:
+            return c.execute(sql, args).fetchall()
+    except sqlite3.OperationalError:
+        return []
 
 
 @pytest.fixture

@@ -23,12 +23,14 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import REPO, free_port, have
+from tests.conftest import REPO, free_port, have, wait_until
 
 DEPLOY = REPO / "deploy"
 UNIT = DEPLOY / "egress-agent.service"
@@ -236,6 +238,35 @@ def run_as_service(
     return proc, f"http://127.0.0.1:{port}/metrics", watched
 
 
+@dataclass
+class Service:
+    proc: subprocess.Popen[bytes]
+    url: str  # its metrics
+    watched: Path  # the root-only directory its file sensor watches
+    notes: Notifications  # what it told the NOTIFY_SOCKET
+
+    def stop(self) -> None:
+        """SIGTERM, as systemd stops it: the agent exits 0 within a minute."""
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(timeout=60) == 0
+
+
+@contextmanager
+def service(
+    sandbox: Path, caps: str | None, seccomp: Path | None = None, fanotify: str = "auto"
+) -> Iterator[Service]:
+    """The agent run as the unit runs it (`run_as_service`), killed if a test left it running."""
+    notes = Notifications(sandbox / "notify.sock")
+    proc, url, watched = run_as_service(sandbox, caps, seccomp, fanotify)
+    try:
+        yield Service(proc, url, watched, notes)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        notes.close()
+
+
 def sample(url: str, name: str, **labels: str) -> float | None:
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -258,36 +289,31 @@ needs_root_tools = pytest.mark.skipif(
 @needs_root_tools
 @pytest.mark.slow
 def test_daemon_under_the_units_capabilities_speaks_sd_notify(sandbox: Path) -> None:
-    notes = Notifications(sandbox / "notify.sock")
-    proc, url, watched = run_as_service(sandbox, unit_caps(), seccomp=UNIT)
-    try:
-        ready = notes.wait_for("READY=1", timeout=60)
-        status = Path(f"/proc/{proc.pid}/status").read_text()
+    with service(sandbox, unit_caps(), seccomp=UNIT) as agent:
+        ready = agent.notes.wait_for("READY=1", timeout=60)
+        status = Path(f"/proc/{agent.proc.pid}/status").read_text()
         assert re.search(r"^Uid:\s+65534\s", status, re.M), status
         eff = int(re.search(r"^CapEff:\s+([0-9a-f]+)", status, re.M).group(1), 16)  # type: ignore[union-attr]
         # CAP_DAC_READ_SEARCH=2, CAP_NET_ADMIN=12, CAP_NET_RAW=13, CAP_SYS_PTRACE=19
         assert eff == (1 << 2) | (1 << 12) | (1 << 13) | (1 << 19), hex(eff)
-        pings = [notes.wait_for("WATCHDOG=1", timeout=3) for _ in range(3)]
+        pings = [agent.notes.wait_for("WATCHDOG=1", timeout=3) for _ in range(3)]
         # WATCHDOG_USEC=2s: systemd kills a service whose pings are 2 s apart; ours come ~1 s
-        assert all(b - a < 2.0 for a, b in zip([ready, *pings], pings)), notes.seen
-        assert sample(url, "egress_agent_sensor_up", sensor="files") == 1
-        assert sample(url, "egress_agent_sensor_up", sensor="network") == 1
-        (watched / "new-design.step").write_text("a file in a root-only directory\n")
-        deadline = time.monotonic() + 20
-        while not sample(url, "egress_agent_file_events_total"):
-            assert time.monotonic() < deadline, (sandbox / "stderr").read_text()[-3000:]
-            time.sleep(0.2)
+        assert all(b - a < 2.0 for a, b in zip([ready, *pings], pings)), agent.notes.seen
+        assert sample(agent.url, "egress_agent_sensor_up", sensor="files") == 1
+        assert sample(agent.url, "egress_agent_sensor_up", sensor="network") == 1
+        (agent.watched / "new-design.step").write_text("a file in a root-only directory\n")
+        wait_until(
+            lambda: sample(agent.url, "egress_agent_file_events_total"),
+            "a file event",
+            20,
+            why=lambda: (sandbox / "stderr").read_text()[-3000:],
+        )
         # classified under the unit's syscall filter (hashing, parsers, keyword matching)
-        assert sample(url, "egress_agent_artefacts_classified_total")
+        assert sample(agent.url, "egress_agent_artefacts_classified_total")
         assert "seccomp: " in (sandbox / "stderr").read_text()
-        proc.send_signal(signal.SIGTERM)
-        notes.wait_for("STOPPING=1", timeout=10)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        notes.close()
+        agent.proc.send_signal(signal.SIGTERM)
+        agent.notes.wait_for("STOPPING=1", timeout=10)
+        assert agent.proc.wait(timeout=60) == 0
 
 
 @needs_root_tools
@@ -295,18 +321,10 @@ def test_daemon_under_the_units_capabilities_speaks_sd_notify(sandbox: Path) -> 
 def test_without_the_capabilities_the_network_sensor_is_down_not_the_agent(
     sandbox: Path,
 ) -> None:
-    notes = Notifications(sandbox / "notify.sock")
-    proc, url, _watched = run_as_service(sandbox, caps=None)
-    try:
-        notes.wait_for("READY=1", timeout=60)
-        assert sample(url, "egress_agent_sensor_up", sensor="network") == 0
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        notes.close()
+    with service(sandbox, caps=None) as agent:
+        agent.notes.wait_for("READY=1", timeout=60)
+        assert sample(agent.url, "egress_agent_sensor_up", sensor="network") == 0
+        agent.stop()
 
 
 def file_events(sandbox: Path) -> list[tuple[str, str, int | None, str | None]]:
@@ -320,29 +338,21 @@ def test_fanotify_drop_in_gives_file_events_their_process(sandbox: Path) -> None
     """The base unit plus the drop-in: CAP_SYS_ADMIN and the fanotify calls let
     `files.fanotify: on` start, and a write by a shell carries that shell's pid."""
     merged = runnable_unit(sandbox, with_fanotify=True)
-    notes = Notifications(sandbox / "notify.sock")
-    proc, url, watched = run_as_service(
-        sandbox, unit_caps(UNIT, FANOTIFY), seccomp=merged, fanotify="on"
-    )
-    try:
-        notes.wait_for("READY=1", timeout=60)
-        assert sample(url, "egress_agent_sensor_up", sensor="files") == 1
+    with service(sandbox, unit_caps(UNIT, FANOTIFY), seccomp=merged, fanotify="on") as agent:
+        agent.notes.wait_for("READY=1", timeout=60)
+        assert sample(agent.url, "egress_agent_sensor_up", sensor="files") == 1
         writer = subprocess.run(
-            ["sh", "-c", f"echo $$; echo payload > {watched}/by-shell.txt"],
+            ["sh", "-c", f"echo $$; echo payload > {agent.watched}/by-shell.txt"],
             capture_output=True, text=True, check=True,
         )  # fmt: skip
         shell_pid = int(writer.stdout.split()[0])
-        deadline = time.monotonic() + 20
-        while not any(p == shell_pid for _a, _p, p, _e in file_events(sandbox)):
-            assert time.monotonic() < deadline, (file_events(sandbox), sample(url, "up"))
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        notes.close()
+        wait_until(
+            lambda: any(p == shell_pid for _a, _p, p, _e in file_events(sandbox)),
+            "the shell's write with its pid",
+            20,
+            why=lambda: str((file_events(sandbox), sample(agent.url, "up"))),
+        )
+        agent.stop()
 
 
 @needs_root_tools
@@ -350,19 +360,11 @@ def test_fanotify_drop_in_gives_file_events_their_process(sandbox: Path) -> None
 def test_without_the_drop_in_fanotify_on_is_refused_and_only_the_file_sensor_is_down(
     sandbox: Path,
 ) -> None:
-    notes = Notifications(sandbox / "notify.sock")
-    proc, url, _watched = run_as_service(sandbox, unit_caps(), seccomp=UNIT, fanotify="on")
-    try:
-        notes.wait_for("READY=1", timeout=60)
-        assert sample(url, "egress_agent_sensor_up", sensor="files") == 0
-        assert sample(url, "egress_agent_sensor_up", sensor="network") == 1
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        notes.close()
+    with service(sandbox, unit_caps(), seccomp=UNIT, fanotify="on") as agent:
+        agent.notes.wait_for("READY=1", timeout=60)
+        assert sample(agent.url, "egress_agent_sensor_up", sensor="files") == 0
+        assert sample(agent.url, "egress_agent_sensor_up", sensor="network") == 1
+        agent.stop()
 
 
 @needs_analyze

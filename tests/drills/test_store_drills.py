@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import is_root, wait_until
+from tests.conftest import is_root, synthetic_into, wait_until
 
 pytestmark = pytest.mark.drill
 
@@ -48,12 +48,7 @@ def test_disk_full_counts_and_recovers(
     small_tmpfs: Path, agent_config: dict[str, Any], run_agent: Any
 ) -> None:
     db = small_tmpfs / "agent.db"
-    agent_config["database"] = {"url": f"sqlite:///{db}", "queue_size": 2000}
-    agent_config["sensors"] = {
-        "enabled": ["synthetic"],
-        "synthetic_count": 150_000,
-        "synthetic_rate": 10_000,
-    }
+    synthetic_into(agent_config, db, 150_000, 10_000, queue_size=2000)
     agent = run_agent(agent_config)
     agent.wait_metrics()
     # fill the rest of the file system so the store hits ENOSPC
@@ -111,12 +106,7 @@ def test_locked_database_delays_but_loses_nothing(
     agent_config: dict[str, Any], run_agent: Any, tmp_path: Path
 ) -> None:
     db = tmp_path / "locked.db"
-    agent_config["database"] = {"url": f"sqlite:///{db}"}
-    agent_config["sensors"] = {
-        "enabled": ["synthetic"],
-        "synthetic_count": 5000,
-        "synthetic_rate": 2000,
-    }
+    synthetic_into(agent_config, db, 5000, 2000)
     agent = run_agent(agent_config)
     agent.wait_metrics()
     # another process takes an exclusive lock for a few seconds

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import synthetic_into, wait_until
 
 pytestmark = pytest.mark.drill
 
@@ -56,12 +56,7 @@ def test_store_swapped_removed_and_broken_under_a_running_agent(
     agent_config: dict[str, Any], run_agent: Any, tmp_path: Path
 ) -> None:
     db = tmp_path / "state" / "store.db"
-    agent_config["database"] = {"url": f"sqlite:///{db}"}
-    agent_config["sensors"] = {
-        "enabled": ["synthetic"],
-        "synthetic_count": N,
-        "synthetic_rate": 250,
-    }
+    synthetic_into(agent_config, db, N, 250)
     agent_config["jobs"] = {"maintenance_interval": 1.0}
     agent = run_agent(agent_config)
     agent.wait_metrics()

@@ -30,7 +30,7 @@ from tests.conftest import cli, eventually, write_config
 for _component in ("agent.sensors.files.sensor", "agent.classify.stage", "agent.policy.stage"):
     pytest.importorskip(_component, reason=f"{_component} is not in this checkout")
 
-from tests.incidents.helpers import SITE_PACK, safetensors  # noqa: E402
+from tests.incidents.helpers import safetensors, with_site_pack  # noqa: E402
 
 pytestmark = pytest.mark.drill
 N_FILES = 3
@@ -111,12 +111,7 @@ def _cut_tail(db: Path, cut: int) -> None:
 def test_every_tampering_of_the_incident_evidence_is_detected(
     tmp_path: Path, agent_config: dict[str, Any], run_agent: Any, usb: Path
 ) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "lab.yaml").write_text(SITE_PACK)
-    exports = tmp_path / "exports"
-    agent_config["policies"] = {"paths": [str(site)], "model_parameter_threshold": 1000}
-    agent_config["jobs"] = {"export_dir": str(exports), "export_interval": 1}
+    exports = with_site_pack(agent_config, tmp_path)
     agent = run_agent(agent_config)
     agent.wait_metrics()
     state = Path(agent_config["agent"]["state_dir"])

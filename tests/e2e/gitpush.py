@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.classify.test_repository import GIT_ENV, git, make_repo
-from tests.conftest import wait_until
-from tests.e2e.test_exfiltration import query
+from tests.conftest import store_rows, wait_until
 from tests.sensors.network.rig import Rig
 
 
@@ -73,7 +72,7 @@ def the_push_incident(agent: Any, db: Path) -> tuple[Any, ...]:
     have come)."""
 
     def pushes() -> list[tuple[Any, ...]]:
-        return query(
+        return store_rows(
             db,
             "SELECT rule_id, severity, title, evidence FROM incidents "
             "WHERE kind = 'repository_push'",
@@ -83,7 +82,7 @@ def the_push_incident(agent: Any, db: Path) -> tuple[Any, ...]:
         pushes,
         "the repository_push incident",
         45,
-        why=lambda: agent.stderr() + json.dumps(query(db, "SELECT * FROM flows"), default=str),
+        why=lambda: agent.stderr() + json.dumps(store_rows(db, "SELECT * FROM flows"), default=str),
     )
     time.sleep(2)
     rows = pushes()

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import cli, is_root, wait_until
+from tests.conftest import cli, is_root, store_rows, wait_until
 
 for _component in (
     "agent.sensors.files.sensor",  # issue 3
@@ -59,16 +59,6 @@ UPLOADER = textwrap.dedent(
         assert s.recv(1) == b"k"
     """
 )
-
-
-def query(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    if not db.exists():
-        return []
-    try:
-        with sqlite3.connect(db, timeout=10) as c:
-            return c.execute(sql, args).fetchall()
-    except sqlite3.OperationalError:
-        return []
 
 
 @pytest.mark.skipif(not is_root(), reason="needs root: namespaces, fanotify, tmpfs mounts")
@@ -109,7 +99,7 @@ def test_checkpoint_upload_is_one_incident(rig: Rig, tmp_path: Path, sender_agen
         db = state / "agent.db"
         ckpt = safetensors(work / "ckpt" / "model.safetensors")
         wait_until(
-            lambda: query(
+            lambda: store_rows(
                 db,
                 "SELECT 1 FROM file_events WHERE path = ? AND kinds LIKE ?",
                 str(ckpt),
@@ -125,7 +115,7 @@ def test_checkpoint_upload_is_one_incident(rig: Rig, tmp_path: Path, sender_agen
             ["tar", "czf", str(archive), "-C", str(work / "tmp"), "notes.bin"], check=True
         )
         wait_until(
-            lambda: query(
+            lambda: store_rows(
                 db,
                 "SELECT 1 FROM file_events WHERE path = ? AND sha256 IS NOT NULL AND kinds LIKE ?",
                 str(archive),
@@ -160,7 +150,7 @@ def test_checkpoint_upload_is_one_incident(rig: Rig, tmp_path: Path, sender_agen
         sink.stop()
 
         def incidents() -> list[dict[str, Any]]:
-            rows = query(
+            rows = store_rows(
                 db,
                 "SELECT kind, rule_id, pack, severity, evidence, bytes_out, title "
                 "FROM incidents ORDER BY id",
@@ -182,7 +172,7 @@ def test_checkpoint_upload_is_one_incident(rig: Rig, tmp_path: Path, sender_agen
             lambda: [i for i in incidents() if i["kind"] == "exfiltration"],
             "the exfiltration incident",
             45,
-            why=lambda: diag() + json.dumps(query(db, "SELECT * FROM flows"), default=str),
+            why=lambda: diag() + json.dumps(store_rows(db, "SELECT * FROM flows"), default=str),
         )
         time.sleep(2)  # anything else it would (wrongly) open comes now
         exfil = [i for i in incidents() if i["kind"] == "exfiltration"]
@@ -204,11 +194,13 @@ def test_checkpoint_upload_is_one_incident(rig: Rig, tmp_path: Path, sender_agen
         assert inc["rule_id"] == "us-ear-model-weights-abroad" and inc["pack"] == "us-ear"
         assert inc["severity"] == "high"
         assert ev["correlation"]["method"] == "same_process"
-        sha = query(db, "SELECT sha256 FROM file_events WHERE path = ?", str(ckpt))[0][0]
+        sha = store_rows(db, "SELECT sha256 FROM file_events WHERE path = ?", str(ckpt))[0][0]
         assert sha in ev["roots"]
         assert {
             "parent": sha,
-            "child": query(db, "SELECT sha256 FROM file_events WHERE path = ?", str(archive))[0][0],
+            "child": store_rows(db, "SELECT sha256 FROM file_events WHERE path = ?", str(archive))[
+                0
+            ][0],
         } in ev["lineage"]
 
         # the same checkpoint onto the removable medium: an incident of its own
@@ -234,7 +226,9 @@ def test_checkpoint_upload_is_one_incident(rig: Rig, tmp_path: Path, sender_agen
         # the log verifies; so does every export; one changed byte is found at its record
         res = cli("incidents", "verify", config=cfg)
         assert res.stdout.startswith("OK:"), res.stdout
-        types = [t for (t,) in query(db, "SELECT record_type FROM incident_chain ORDER BY seq")]
+        types = [
+            t for (t,) in store_rows(db, "SELECT record_type FROM incident_chain ORDER BY seq")
+        ]
         assert types[0] == "genesis" and types[-1] == "checkpoint"
         for fmt in ("jsonl", "ecs", "ocsf", "csv", "cef"):
             out = tmp_path / f"incidents.{fmt}"

@@ -18,9 +18,8 @@ from typing import Any
 import pytest
 
 from tests.classify.test_repository import GIT_ENV, git
-from tests.conftest import is_root, wait_until
+from tests.conftest import is_root, store_rows, wait_until
 from tests.e2e.gitpush import agent_up, push, the_push_incident, weighty_repo
-from tests.e2e.test_exfiltration import query
 from tests.sensors.network.rig import Rig, free_port_in
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -56,7 +55,7 @@ def test_git_push_is_one_incident_unless_approved(
         agent, db = agent_up(sender_agent, "lab-ws-git", approved)
         push(rig, repo, f"{approved}motor-ctl.git")
         wait_until(
-            lambda: query(db, "SELECT 1 FROM flows WHERE dst_port = ?", port),
+            lambda: store_rows(db, "SELECT 1 FROM flows WHERE dst_port = ?", port),
             "the approved push's flow",
             why=agent.stderr,
         )
@@ -72,8 +71,8 @@ def test_git_push_is_one_incident_unless_approved(
         assert ev["repository"]["files_count"] == 62 and ev["repository"]["approved"] is False
         (flow,) = ev["flows"]
         assert flow["dst_port"] == port and flow["bytes_out"] > 100_000
-        assert len(query(db, "SELECT 1 FROM flows WHERE dst_port = ?", port)) >= 2
-        assert not query(db, "SELECT 1 FROM incidents WHERE title LIKE '%/corp/%'")
+        assert len(store_rows(db, "SELECT 1 FROM flows WHERE dst_port = ?", port)) >= 2
+        assert not store_rows(db, "SELECT 1 FROM incidents WHERE title LIKE '%/corp/%'")
     finally:
         daemon.terminate()
         daemon.wait(10)

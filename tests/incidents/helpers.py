@@ -267,3 +267,16 @@ def safetensors(path: Path, rows: int = 768, cols: int = 1024) -> Path:
     values = random.Random(path.name).randbytes(4 * rows * cols)
     path.write_bytes(len(raw).to_bytes(8, "little") + raw + values)
     return path
+
+
+def with_site_pack(agent_config: dict[str, Any], tmp_path: Path) -> Path:
+    """`agent_config` for a daemon that opens incidents under SITE_PACK (small checkpoints
+    count: 1,000 parameters make model weights) and exports them every second; returns
+    the export directory."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "lab.yaml").write_text(SITE_PACK)
+    exports = tmp_path / "exports"
+    agent_config["policies"] = {"paths": [str(site)], "model_parameter_threshold": 1000}
+    agent_config["jobs"] = {"export_dir": str(exports), "export_interval": 1}
+    return exports

@@ -10,32 +10,23 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import cli, eventually
+from tests.conftest import cli, eventually, store_rows
 
 for _component in ("agent.sensors.files.sensor", "agent.classify.stage", "agent.policy.stage"):
     pytest.importorskip(_component, reason=f"{_component} is not in this checkout")
 
-from tests.incidents.helpers import SITE_PACK, safetensors  # noqa: E402
+from tests.incidents.helpers import safetensors, with_site_pack  # noqa: E402
 
 
-def _incidents(db: Path) -> list[tuple[str, str, int]]:
-    try:
-        with sqlite3.connect(db, timeout=10) as c:
-            return c.execute("SELECT kind, rule_id, events_count FROM incidents").fetchall()
-    except sqlite3.OperationalError:
-        return []
+def _incidents(db: Path) -> list[tuple[Any, ...]]:
+    return store_rows(db, "SELECT kind, rule_id, events_count FROM incidents")
 
 
 @pytest.mark.slow
 def test_daemon_opens_a_removable_copy_incident(
     tmp_path: Path, agent_config: dict[str, Any], run_agent: Any, usb: Path
 ) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "lab.yaml").write_text(SITE_PACK)
-    exports = tmp_path / "exports"
-    agent_config["policies"] = {"paths": [str(site)], "model_parameter_threshold": 1000}
-    agent_config["jobs"] = {"export_dir": str(exports), "export_interval": 1}
+    exports = with_site_pack(agent_config, tmp_path)
     agent = run_agent(agent_config)
     agent.wait_metrics()
     before = agent.metric(

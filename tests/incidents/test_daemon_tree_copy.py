@@ -4,7 +4,6 @@ tree_copy incident listing the 500 files (no namespaces needed)."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -13,16 +12,13 @@ from typing import Any
 import pytest
 
 from tests.classify.test_repository import git, make_repo
+from tests.conftest import store_rows, wait_until
 
 
 def _incidents(db: Path) -> list[tuple[Any, ...]]:
-    try:
-        with sqlite3.connect(db, timeout=10) as c:
-            return c.execute(
-                "SELECT kind, rule_id, severity, events_count, title, evidence FROM incidents"
-            ).fetchall()
-    except sqlite3.OperationalError:
-        return []
+    return store_rows(
+        db, "SELECT kind, rule_id, severity, events_count, title, evidence FROM incidents"
+    )
 
 
 @pytest.mark.slow
@@ -34,12 +30,13 @@ def test_cp_r_of_a_repository_onto_usb_is_one_incident(
     agent.wait_metrics()
     db = Path(agent_config["agent"]["state_dir"]) / "agent.db"
     subprocess.run(["cp", "-r", str(repo), str(usb)], check=True)
-    deadline = time.monotonic() + 120
-    rows: list[tuple[Any, ...]] = []
-    while time.monotonic() < deadline and not rows:
-        rows = [r for r in _incidents(db) if r[0] == "tree_copy"]
-        time.sleep(0.5)
-    assert rows, agent.stderr()[-4000:]
+    wait_until(
+        lambda: [r for r in _incidents(db) if r[0] == "tree_copy"],
+        "a tree_copy incident",
+        120,
+        interval=0.5,
+        why=lambda: agent.stderr()[-4000:],
+    )
     time.sleep(2)  # anything else it would (wrongly) open comes now
     everything = _incidents(db)
     assert len(everything) == 1, [r[:5] for r in everything]

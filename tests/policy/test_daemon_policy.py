@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import eventually
+from tests.conftest import eventually, store_rows
 from tests.policy.makefiles import RARE_EARTH_ZH, make_docx
 
 SITE = """\
@@ -42,16 +42,8 @@ rules:
 """
 
 
-def _decisions(db: Path) -> list[tuple[str, str, str, str]]:
-    if not db.exists():
-        return []
-    with sqlite3.connect(db) as c:
-        try:
-            return c.execute(
-                "SELECT rule_id, pack, categories, policy_version FROM decisions"
-            ).fetchall()
-        except sqlite3.OperationalError:
-            return []
+def _decisions(db: Path) -> list[tuple[Any, ...]]:
+    return store_rows(db, "SELECT rule_id, pack, categories, policy_version FROM decisions")
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ from agent.store.watch import (
     quick_check_problems,
 )
 from agent.store.writer import StoreWriter, write_batch
-from tests.conftest import wait_until
+from tests.conftest import synthetic_into, wait_until
 
 HOST = "host-watch"
 
@@ -190,12 +190,7 @@ def test_a_running_agent_notices_its_store_replaced_and_writes_to_the_new_one(
     agent_config: dict[str, Any], run_agent: Any, tmp_path: Path
 ) -> None:
     db = tmp_path / "state" / "store.db"
-    agent_config["database"] = {"url": f"sqlite:///{db}"}
-    agent_config["sensors"] = {
-        "enabled": ["synthetic"],
-        "synthetic_count": 600,
-        "synthetic_rate": 150,
-    }
+    synthetic_into(agent_config, db, 600, 150)
     agent = run_agent(agent_config)
     agent.wait_metrics()
     wait_until(lambda: db.exists() and len(file_events(db)) >= 20)
