@@ -75,6 +75,27 @@ def head(url: str) -> tuple[int, str]:
     return found
 
 
+def verify_against(cfg: Path, seq: int | str, head: int | str) -> subprocess.CompletedProcess[str]:
+    """`incidents verify` against the head Prometheus last saw (its seq and hash)."""
+    return cli(
+        "incidents", "verify", "--expect-seq", str(seq), "--expect-head", str(head),
+        config=cfg, check=False,
+    )  # fmt: skip
+
+
+def reseal_head(url: str, seq: int) -> None:
+    """Rewrite the head record's payload and re-seal it: the chain still links."""
+    engine = create_engine(url)
+    last = next(e for e in chain_entries(engine) if e.seq == seq)
+    payload = make_payload(seq, "checkpoint", last.time, "host-a", "lab-ws-1", info={"x": 1})
+    with engine.begin() as c:
+        c.execute(
+            text("UPDATE incident_chain SET payload = :p, hash = :h WHERE seq = :s"),
+            {"p": payload, "h": link_hash(last.prev_hash, payload), "s": seq},
+        )
+    engine.dispose()
+
+
 def failed(res: subprocess.CompletedProcess[str], *needles: str) -> None:
     assert res.returncode == 1, (res.stdout, res.stderr)
     err = res.stderr.strip().splitlines()
@@ -116,16 +137,7 @@ def test_emptied_store_fails_against_the_prometheus_head(tmp_path: Path) -> None
     prefix = int(REGISTRY.get_sample_value("egress_agent_incident_chain_head_hash_prefix") or -1)
     assert (seq, f"{prefix:012x}") == (head(url)[0], head(url)[1][:12])
     sql(url, "DELETE FROM incident_chain", "DELETE FROM incidents")
-    res = cli(
-        "incidents",
-        "verify",
-        "--expect-seq",
-        str(seq),
-        "--expect-head",
-        str(prefix),
-        config=cfg,
-        check=False,
-    )
+    res = verify_against(cfg, seq, prefix)
     failed(res, f"chain is empty but the last anchored head was seq {seq}", "--expect-seq")
 
 
@@ -143,16 +155,7 @@ def test_cut_tail_fails_against_the_prometheus_head(tmp_path: Path) -> None:
     sql(url, f"DELETE FROM incident_chain WHERE seq = {seq}")
     ok = cli("incidents", "verify", config=cfg)
     assert ok.stdout.startswith("OK:")  # the chain alone cannot tell
-    res = cli(
-        "incidents",
-        "verify",
-        "--expect-seq",
-        str(seq),
-        "--expect-head",
-        str(int(hsh[:12], 16)),
-        config=cfg,
-        check=False,
-    )
+    res = verify_against(cfg, seq, int(hsh[:12], 16))
     failed(res, "its tail was cut off")
 
 
@@ -163,42 +166,16 @@ def test_resealed_head_fails_against_the_journal_hash(
         cfg, url, _state = make_store(tmp_path, anchored=False)
     seq, hsh = head(url)
     assert f"incident chain head seq={seq} hash={hsh}" in caplog.text
-    # rewrite the last record's payload and re-seal it: the chain still links
-    engine = create_engine(url)
-    last = next(e for e in chain_entries(engine) if e.seq == seq)
-    payload = make_payload(seq, "checkpoint", last.time, "host-a", "lab-ws-1", info={"x": 1})
-    with engine.begin() as c:
-        c.execute(
-            text("UPDATE incident_chain SET payload = :p, hash = :h WHERE seq = :s"),
-            {"p": payload, "h": link_hash(last.prev_hash, payload), "s": seq},
-        )
-    engine.dispose()
+    reseal_head(url, seq)
     assert cli("incidents", "verify", config=cfg).stdout.startswith("OK:")
-    res = cli(
-        "incidents",
-        "verify",
-        "--expect-seq",
-        str(seq),
-        "--expect-head",
-        hsh,
-        config=cfg,
-        check=False,
-    )
+    res = verify_against(cfg, seq, hsh)
     failed(res, f"record {seq} has another hash than the anchored head", "re-sealed")
 
 
 def test_resealed_head_fails_against_the_anchor_file(tmp_path: Path) -> None:
     cfg, url, _state = make_store(tmp_path)
     seq, _h = head(url)
-    engine = create_engine(url)
-    last = next(e for e in chain_entries(engine) if e.seq == seq)
-    payload = make_payload(seq, "checkpoint", last.time, "host-a", "lab-ws-1", info={"x": 1})
-    with engine.begin() as c:
-        c.execute(
-            text("UPDATE incident_chain SET payload = :p, hash = :h WHERE seq = :s"),
-            {"p": payload, "h": link_hash(last.prev_hash, payload), "s": seq},
-        )
-    engine.dispose()
+    reseal_head(url, seq)
     res = cli("incidents", "verify", config=cfg, check=False)
     failed(res, f"record {seq} has another hash than the anchored head (anchor file")
 
@@ -516,13 +493,9 @@ def test_expect_head_accepts_the_gauge_value_or_hex_and_refuses_junk(tmp_path: P
     assert hash_prefixes("abc") == () and hash_prefixes("zz" * 8) == ()
     cfg, url, _state = make_store(tmp_path)
     seq, real = head(url)
-    ok = cli("incidents", "verify", "--expect-seq", str(seq), "--expect-head", real, config=cfg)
-    assert ok.stdout.startswith("OK:")
+    assert verify_against(cfg, seq, real).stdout.startswith("OK:")
     for junk in ("abc", "xyz" * 5):
-        res = cli(
-            "incidents", "verify", "--expect-seq", "1", "--expect-head", junk,
-            config=cfg, check=False,
-        )  # fmt: skip
+        res = verify_against(cfg, 1, junk)
         assert res.returncode == 2 and "--expect-head" in res.stderr, res.stderr
     res = cli("incidents", "verify", "--expect-head", real, config=cfg, check=False)
     assert res.returncode == 2 and "--expect-seq" in res.stderr
