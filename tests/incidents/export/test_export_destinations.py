@@ -5,17 +5,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 
 from agent.events import Flow
 from agent.incidents.evidence import flow_doc
-from agent.incidents.export import select, verify_file, write
+from agent.incidents.export import verify_file
 from agent.incidents.export.cef import parse_extension, split_header
-from agent.incidents.log import IncidentLog
-from agent.incidents.queries import chain_entries
+from tests.incidents.export.exporting import exported, ocsf_errors, with_incident
 from tests.incidents.helpers import at, finding
 
 CID = "1:LQU9qZlK+B5F3KDmev6m5PMibrg="
@@ -43,17 +41,7 @@ def store(sqlite_store: Engine) -> Engine:
     )
     f = finding(1)
     f.evidence["flows"] = [flow_doc(flow)]  # type: ignore[index]
-    log = IncidentLog(sqlite_store, "host-a", "lab-ws-1", checkpoint_every=10)
-    log.start()
-    log.record(f)
-    log.checkpoint("stop")
-    return sqlite_store
-
-
-def export(engine: Engine, fmt: str) -> list[str]:
-    buf = io.StringIO(newline="")
-    write(select(chain_entries(engine)), fmt, buf)  # type: ignore[arg-type]
-    return [ln for ln in buf.getvalue().splitlines() if ln]
+    return with_incident(sqlite_store, f)
 
 
 def test_evidence_keeps_the_fields() -> None:
@@ -65,7 +53,7 @@ def test_evidence_keeps_the_fields() -> None:
 
 
 def test_ecs_has_network_community_id_org_and_service_labels(store: Engine) -> None:
-    docs = [json.loads(ln) for ln in export(store, "ecs")]
+    docs = [json.loads(ln) for ln in exported(store, "ecs")]
     (alert,) = [d for d in docs if d["event"]["kind"] == "alert"]
     assert alert["network"]["community_id"] == CID
     assert alert["destination"]["as"]["organization"]["name"] == "AMAZON-02"
@@ -73,38 +61,27 @@ def test_ecs_has_network_community_id_org_and_service_labels(store: Engine) -> N
 
 
 def test_ocsf_and_csv_and_cef_carry_them_and_verify(store: Engine) -> None:
-    (ocsf,) = [d for d in map(json.loads, export(store, "ocsf")) if d["class_uid"] == 2006]
+    (ocsf,) = [d for d in map(json.loads, exported(store, "ocsf")) if d["class_uid"] == 2006]
     assert ocsf["unmapped"]["network"] == {
         "community_id": CID,
         "service": "Amazon S3",
         "service_category": "cloud_storage",
     }
     assert ocsf["dst_endpoint"]["autonomous_system"] == {"name": "AMAZON-02"}
-    rows = list(csv.DictReader(io.StringIO("\n".join(export(store, "csv")))))
+    rows = list(csv.DictReader(io.StringIO("\n".join(exported(store, "csv")))))
     (row,) = [r for r in rows if r["record_type"] == "incident"]
     assert (row["service"], row["service_category"], row["community_id"]) == (
         "Amazon S3",
         "cloud_storage",
         CID,
     )
-    (cef,) = [ln for ln in export(store, "cef") if "ear.model_weights" in ln]
+    (cef,) = [ln for ln in exported(store, "cef") if "ear.model_weights" in ln]
     assert parse_extension(split_header(cef)[-1])["destinationServiceName"] == "Amazon S3"
     for fmt in ("ecs", "ocsf", "csv", "cef", "jsonl"):
-        _fmt, report = verify_file(io.StringIO("\n".join(export(store, fmt)) + "\n"))
+        _fmt, report = verify_file(io.StringIO("\n".join(exported(store, fmt)) + "\n"))
         assert report.ok and report.incidents == 1, (fmt, report)
 
 
 def test_ocsf_line_with_the_new_fields_validates(store: Engine) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
-    ocsf_json_schema = pytest.importorskip("ocsf_json_schema")
-    from agent.incidents.export.ocsf import OCSF_VERSION
-
-    data = Path(ocsf_json_schema.__file__).parent / "ocsf" / f"{OCSF_VERSION}.json"
-    schema = ocsf_json_schema.OcsfJsonSchemaEmbedded(
-        ocsf_json_schema.load_ocsf_schema_json(str(data))
-    )
-    for line in export(store, "ocsf"):
-        doc = json.loads(line)
-        name = schema.lookup_class_name_from_uid(doc["class_uid"])
-        validator = jsonschema.Draft202012Validator(schema.get_class_schema(name, []))
-        assert not [e.message for e in validator.iter_errors(doc)]
+    for line in exported(store, "ocsf"):
+        assert not ocsf_errors(json.loads(line))

@@ -12,9 +12,8 @@ from sqlalchemy import Engine
 
 from agent.events import Decision, Severity
 from agent.incidents.evidence import decision_doc
-from agent.incidents.export import select, verify_file, write
-from agent.incidents.log import IncidentLog
-from agent.incidents.queries import chain_entries
+from agent.incidents.export import verify_file
+from tests.incidents.export.exporting import exported, with_incident
 from tests.incidents.helpers import finding
 
 SUSPENDED = Decision(
@@ -41,21 +40,11 @@ def store(sqlite_store: Engine) -> Engine:
         decision_doc("u1", other),
         decision_doc("u1", SUSPENDED),
     ]
-    log = IncidentLog(sqlite_store, "host-a", "lab-ws-1", checkpoint_every=10)
-    log.start()
-    log.record(f)
-    log.checkpoint("stop")
-    return sqlite_store
-
-
-def _export(engine: Engine, fmt: str) -> list[str]:
-    buf = io.StringIO(newline="")
-    write(select(chain_entries(engine)), fmt, buf)  # type: ignore[arg-type]
-    return [ln for ln in buf.getvalue().splitlines() if ln]
+    return with_incident(sqlite_store, f)
 
 
 def test_csv_names_the_incident_rule_s_legal_facts(store: Engine) -> None:
-    rows = list(csv.DictReader(io.StringIO("\n".join(_export(store, "csv")))))
+    rows = list(csv.DictReader(io.StringIO("\n".join(exported(store, "csv")))))
     (row,) = [r for r in rows if r["record_type"] == "incident"]
     assert (row["regime"], row["item"], row["in_force"], row["control_state"]) == (
         "US-EAR",
@@ -64,12 +53,12 @@ def test_csv_names_the_incident_rule_s_legal_facts(store: Engine) -> None:
         "not_enforced",
     )
     assert "BIS announcement 2025-05-13" in row["legal_ref"]
-    _fmt, report = verify_file(io.StringIO("\n".join(_export(store, "csv")) + "\n"))
+    _fmt, report = verify_file(io.StringIO("\n".join(exported(store, "csv")) + "\n"))
     assert report.ok and report.incidents == 1
 
 
 def test_ecs_names_regime_and_law_and_keeps_the_decisions(store: Engine) -> None:
-    docs = [json.loads(ln) for ln in _export(store, "ecs")]
+    docs = [json.loads(ln) for ln in exported(store, "ecs")]
     (alert,) = [d for d in docs if d["event"]["kind"] == "alert"]
     assert alert["rule"]["category"] == "US-EAR"
     assert "90 FR 4544" in alert["rule"]["reference"]
@@ -80,5 +69,5 @@ def test_ecs_names_regime_and_law_and_keeps_the_decisions(store: Engine) -> None
         "not_enforced",
         "4E091",
     )
-    _fmt, report = verify_file(io.StringIO("\n".join(_export(store, "ecs")) + "\n"))
+    _fmt, report = verify_file(io.StringIO("\n".join(exported(store, "ecs")) + "\n"))
     assert report.ok
