@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from agent.store import jobstate, retention
 from agent.store.db import make_engine, register_host, upgrade
 from agent.store.models import DecisionRow, FileEventRow, FlowRow, IncidentRow, JobState
 from agent.store.writer import write_batch
+from tests.conftest import wait_until
 
 HOST = "h" * 32
 OTHER = "o" * 32
@@ -200,13 +201,6 @@ def start_with(
     return jobs.start(rt)
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
 def test_a_job_missed_many_times_runs_once_on_start(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -217,7 +211,7 @@ def test_a_job_missed_many_times_runs_once_on_start(
         monkeypatch, runtime(engine, tmp_path), [counting_job("hourly", 3600, calls)]
     )
     try:
-        wait_for(lambda: len(calls) >= 1)
+        wait_until(lambda: len(calls) >= 1)
         time.sleep(1.0)
         assert len(calls) == 1
         nxt = sched.get_job("hourly").next_run_time
@@ -252,7 +246,7 @@ def test_a_never_run_job_runs_soon_and_then_on_its_interval(
     calls: list[float] = []
     sched = start_with(monkeypatch, runtime(engine, tmp_path), [counting_job("fast", 0.5, calls)])
     try:
-        wait_for(lambda: len(calls) >= 3)
+        wait_until(lambda: len(calls) >= 3)
     finally:
         sched.shutdown(wait=True)
     gaps = [b - a for a, b in itertools.pairwise(calls)]
@@ -316,7 +310,7 @@ def test_an_unreadable_store_does_not_stop_the_scheduler(
     calls: list[float] = []
     sched = start_with(monkeypatch, runtime(eng, tmp_path), [counting_job("j", 0.3, calls)])
     try:
-        wait_for(lambda: len(calls) >= 2)
+        wait_until(lambda: len(calls) >= 2)
     finally:
         sched.shutdown(wait=True)
         eng.dispose()
@@ -345,14 +339,14 @@ def test_schedule_survives_agent_restarts(run_agent: Any, agent_config: dict[str
 
     first = run_agent(agent_config)
     first.wait_metrics()
-    wait_for(lambda: runs(first, maintenance) == 1 and runs(first, retention) == 1, timeout=90)
+    wait_until(lambda: runs(first, maintenance) == 1 and runs(first, retention) == 1, timeout=90)
     assert first.stop() == 0
 
     age("retention")
     second = run_agent(agent_config)
     second.wait_metrics()
     # retention was due: once it ran, the scheduler is up and past its start delay
-    wait_for(lambda: runs(second, retention) == 1, timeout=90)
+    wait_until(lambda: runs(second, retention) == 1, timeout=90)
     time.sleep(1)
     assert runs(second, maintenance) == 0 and runs(second, retention) == 1
     assert second.stop() == 0
@@ -360,7 +354,7 @@ def test_schedule_survives_agent_restarts(run_agent: Any, agent_config: dict[str
     age("maintenance")
     third = run_agent(agent_config)
     third.wait_metrics()
-    wait_for(lambda: runs(third, maintenance) == 1, timeout=90)
+    wait_until(lambda: runs(third, maintenance) == 1, timeout=90)
     time.sleep(1)
     assert runs(third, maintenance) == 1 and runs(third, retention) == 0
     assert third.stop() == 0
@@ -377,7 +371,7 @@ def test_a_broken_job_builder_leaves_the_other_jobs_running(
         monkeypatch, runtime(engine, tmp_path), [broken, counting_job("ok", 0.3, calls)]
     )
     try:
-        wait_for(lambda: len(calls) >= 1)
+        wait_until(lambda: len(calls) >= 1)
         assert [j.id for j in sched.get_jobs()] == ["ok"]
     finally:
         sched.shutdown(wait=True)

@@ -159,27 +159,28 @@ def test_one_byte_changed_in_a_title_is_found(store: Engine) -> None:
     assert report.first is not None and report.first.seq == seq_of(store, victim)
 
 
-def test_edited_chain_payload_is_found(store: Engine) -> None:
+@pytest.mark.parametrize(
+    ("tampering", "why"),
+    [
+        (
+            "UPDATE incident_chain SET payload = replace(payload, 'lab-ws-1', 'lab-ws-2') "
+            "WHERE seq = 3",
+            "edited",
+        ),
+        ("DELETE FROM incident_chain WHERE seq = 2", "missing"),
+    ],
+    ids=["edited-payload", "deleted-record"],
+)
+def test_edited_or_deleted_chain_record_is_found_at_seq_3(
+    store: Engine, tampering: str, why: str
+) -> None:
+    """Record 3 no longer links: its own payload was edited, or record 2 before it is gone."""
     populated(store)
     with store.begin() as c:
-        c.execute(
-            text(
-                "UPDATE incident_chain SET payload = replace(payload, 'lab-ws-1', 'lab-ws-2') "
-                "WHERE seq = 3"
-            )
-        )
+        c.execute(text(tampering))
     report = verify(store)
     assert report.first is not None and report.first.seq == 3
-    assert "edited" in report.first.why
-
-
-def test_deleted_chain_record_is_found(store: Engine) -> None:
-    populated(store)
-    with store.begin() as c:
-        c.execute(text("DELETE FROM incident_chain WHERE seq = 2"))
-    report = verify(store)
-    assert report.first is not None and report.first.seq == 3
-    assert "missing" in report.first.why
+    assert why in report.first.why
 
 
 def test_deleted_incident_row_is_found(store: Engine) -> None:
