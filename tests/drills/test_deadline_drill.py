@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 
 from tests.classify import bombs as B
-from tests.conftest import AgentProcess
-from tests.drills.test_file_drills import _samples, files_config, query, wait_for
+from tests.conftest import AgentProcess, wait_until
+from tests.drills.test_file_drills import _samples, files_config, query
 
 pytestmark = pytest.mark.drill
 
@@ -107,7 +107,7 @@ def latency(cfg: dict[str, Any], agent: AgentProcess, path: Path, data: bytes) -
         assert agent.proc.poll() is None, f"agent died: {agent.stderr()}"
         return written(cfg, path) is not None
 
-    wait_for(done, 120, f"{path.name} stored with a hash")
+    wait_until(done, f"{path.name} stored with a hash", 120)
     return time.monotonic() - t0
 
 
@@ -118,7 +118,7 @@ def test_hostile_files_cannot_blind_a_running_agent(
     cfg = files_config(agent_config, root, file_deadline=FILE_DEADLINE)
     agent: AgentProcess = run_agent(cfg)
     agent.wait_metrics()
-    wait_for(lambda: (agent.metric("egress_agent_file_watches") or 0) >= 1, 20, "root watched")
+    wait_until(lambda: (agent.metric("egress_agent_file_watches") or 0) >= 1, "root watched", 20)
 
     # the normal latency of an ordinary file, on this agent, on this host, now
     normal = latency(cfg, agent, root / "before.pem", B.PEM + b"# before\n")
@@ -140,7 +140,7 @@ def test_hostile_files_cannot_blind_a_running_agent(
     def all_stored() -> bool:
         return all(written(cfg, root / n) is not None for n in files)
 
-    wait_for(all_stored, 120, "every hostile file stored with a hash")
+    wait_until(all_stored, "every hostile file stored with a hash", 120)
     for name, data in files.items():
         sha, _kinds, skipped, at = written(cfg, root / name)  # type: ignore[misc]
         assert sha == hashlib.sha256(data).hexdigest(), name

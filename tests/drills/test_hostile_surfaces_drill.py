@@ -28,8 +28,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import AgentProcess
-from tests.drills.test_file_drills import files_config, query, wait_for
+from tests.conftest import AgentProcess, wait_until
+from tests.drills.test_file_drills import files_config, query
 
 pytestmark = pytest.mark.drill
 
@@ -131,7 +131,7 @@ def _stored(cfg: dict[str, Any], name_like: str) -> list[tuple[Any, ...]]:
 def _latency(cfg: dict[str, Any], root: Path, name: str, content: bytes) -> float:
     started = time.monotonic()
     (root / name).write_bytes(content)
-    wait_for(lambda: _stored(cfg, name), 60, f"{name} stored")
+    wait_until(lambda: _stored(cfg, name), f"{name} stored", 60)
     return time.monotonic() - started
 
 
@@ -162,16 +162,16 @@ def test_hostile_packs_and_names_do_not_stall_or_fool_a_running_agent(
         started = time.monotonic()
         agent.proc.send_signal(signal.SIGHUP)
         if refusal is not None:
-            wait_for(lambda n=refusal: n in agent.stderr(), 30, f"reload refusal ({refusal})")
+            wait_until(lambda n=refusal: n in agent.stderr(), f"reload refusal ({refusal})", 30)
             assert re.search(rf"{re.escape(str(pack))}:\d+", agent.stderr())
         else:
-            wait_for(
+            wait_until(
                 lambda r=reloads: (
                     (agent.metric("egress_agent_policy_reloads_total", {"result": "success"}) or 0)
                     > r
                 ),
-                30,
                 "the linear-time pack loaded",
+                30,
             )
         assert time.monotonic() - started < 15, "the reload took too long"
         assert _latency(cfg, root, probe, PEM) < normal + 10
@@ -187,7 +187,7 @@ def test_hostile_packs_and_names_do_not_stall_or_fool_a_running_agent(
         (root / name).write_bytes(b"plain text %d\n" % i)
     # the unsafe-pickle log line names the file and the pickle's globals: both hostile
     (root / f"evil\n{FORGED}\x1b[2J.pkl").write_bytes(planted_pickle())
-    wait_for(
+    wait_until(
         lambda: (
             len(
                 query(
@@ -196,8 +196,8 @@ def test_hostile_packs_and_names_do_not_stall_or_fool_a_running_agent(
             )
             >= len(HOSTILE_NAMES)
         ),
-        60,
         "hostile names stored",
+        60,
     )
     stored = {os.path.basename(r[0]) for r in query(cfg, "SELECT path FROM file_events")}
     for name in HOSTILE_NAMES:

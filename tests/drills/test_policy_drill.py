@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.drills.test_file_drills import files_config, wait_for
+from tests.conftest import wait_until
+from tests.drills.test_file_drills import files_config
 
 pytestmark = pytest.mark.drill
 
@@ -86,26 +87,30 @@ def test_garbage_policy_keeps_the_last_good_one_and_recovers(
     agent = run_agent(cfg)
     agent.wait_metrics()
     assert agent.metric("egress_agent_policy_last_reload_success") == 1
-    wait_for(lambda: (agent.metric("egress_agent_file_watches") or 0) >= 1, 20, "root watched")
+    wait_until(lambda: (agent.metric("egress_agent_file_watches") or 0) >= 1, "root watched", 20)
 
     first = root / "a.drill"
     first.write_text("one")
-    rule, v1, sev = wait_for(lambda: decision_for(cfg, first), 30, "decision under the good policy")
+    rule, v1, sev = wait_until(
+        lambda: decision_for(cfg, first), "decision under the good policy", 30
+    )
     assert (rule, sev) == ("drill-v1", "low")
 
     failures = agent.metric("egress_agent_policy_reloads_total", {"result": "failure"}) or 0
     pack.write_bytes(GARBAGE)
-    wait_for(
+    wait_until(
         lambda: agent.metric("egress_agent_policy_last_reload_success") == 0,
-        20,
         "the garbage refused",
+        20,
     )
     assert (
         agent.metric("egress_agent_policy_reloads_total", {"result": "failure"}) or 0
     ) > failures
     second = root / "b.drill"
     second.write_text("two")
-    decided = wait_for(lambda: decision_for(cfg, second), 30, "decision while the file is garbage")
+    decided = wait_until(
+        lambda: decision_for(cfg, second), "decision while the file is garbage", 30
+    )
     assert decided == ("drill-v1", v1, "low"), "the last good policy decided"
     assert agent.proc.poll() is None
 
@@ -115,26 +120,26 @@ def test_garbage_policy_keeps_the_last_good_one_and_recovers(
     for bad in (b"", good[: good.index("severity")].encode()):
         failures = agent.metric("egress_agent_policy_reloads_total", {"result": "failure"}) or 0
         pack.write_bytes(bad)
-        wait_for(
+        wait_until(
             lambda before=failures: (
                 (agent.metric("egress_agent_policy_reloads_total", {"result": "failure"}) or 0)
                 > before
             ),
-            20,
             "refused",
+            20,
         )
     assert agent.metric("egress_agent_policy_last_reload_success") == 0
 
     pack.write_text(PACK.format(version="2", rule="drill-v2", severity="high"))
-    wait_for(
+    wait_until(
         lambda: agent.metric("egress_agent_policy_last_reload_success") == 1,
-        20,
         "good file taken up",
+        20,
     )
     third = root / "c.drill"
     third.write_text("three")
-    rule3, v2, sev3 = wait_for(
-        lambda: decision_for(cfg, third), 30, "decision under the new policy"
+    rule3, v2, sev3 = wait_until(
+        lambda: decision_for(cfg, third), "decision under the new policy", 30
     )
     assert (rule3, sev3) == ("drill-v2", "high") and v2 != v1
     assert agent.stop() == 0
