@@ -25,6 +25,8 @@ import yaml
 from hypothesis import settings
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from tests.sensors.network.rig import Rig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -336,6 +338,18 @@ def store_rows(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
             return c.execute(sql, args).fetchall()
     except sqlite3.OperationalError:
         return []
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    """A migrated SQLite store in the test's directory (a test module may define its own,
+    e.g. one parametrized over SQLite and PostgreSQL)."""
+    from agent.store.db import make_engine, upgrade
+
+    eng = make_engine(f"sqlite:///{tmp_path / 'agent.db'}")
+    upgrade(eng)
+    yield eng
+    eng.dispose()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ collaborators used before their producer attached them fail with a clear error."
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,7 @@ from agent.config import FilesSection, Settings
 from agent.daemon import build_sinks
 from agent.runtime import NotAttached, Runtime
 from agent.sensors.files.sensor import FileSensor
-from agent.store.db import make_engine, upgrade
 from agent.store.writer import StoreWriter
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = make_engine(f"sqlite:///{tmp_path / 'agent.db'}")
-    upgrade(eng)
-    yield eng
-    eng.dispose()
 
 
 @pytest.fixture

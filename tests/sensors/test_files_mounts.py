@@ -13,7 +13,7 @@ import pytest
 
 from agent.events import Channel, FileAction, Origin
 from tests.conftest import is_root
-from tests.sensors.test_files_rig import engine, start_sensor  # noqa: F401
+from tests.sensors.test_files_rig import start_sensor  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not is_root(), reason="mounting a tmpfs needs root")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +14,6 @@ from sqlalchemy import Engine
 from agent.config import FilesSection
 from agent.events import FileAction, FileEvent
 from agent.sensors.files import FileSensor
-from agent.store.db import make_engine, upgrade
 from agent.store.writer import write_batch
 
 HOST = "test-host"
@@ -59,14 +57,6 @@ class Collector:
     def store(self, engine: Engine) -> None:
         """Commit what was collected, as the store writer would."""
         write_batch(engine, HOST, self.snapshot())
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    eng = make_engine(f"sqlite:///{tmp_path / 'store.db'}")
-    upgrade(eng)
-    yield eng
-    eng.dispose()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 
 from agent import metrics
 from agent.events import FileAction, FileEvent, Origin
-from tests.sensors.test_files_rig import Collector, engine, start_sensor  # noqa: F401
+from tests.sensors.test_files_rig import Collector, start_sensor  # noqa: F401
 
 
 def _sample(metric: object, **labels: str) -> float:

@@ -14,13 +14,6 @@ from agent.store.db import StoreError, make_engine, upgrade
 from agent.store.writer import write_batch
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Engine:
-    e = make_engine(f"sqlite:///{tmp_path / 'agent.db'}")
-    upgrade(e)
-    return e
-
-
 def store_weights(engine: Engine, sha: str, host: str = "host-1") -> None:
     """One stored artefact of `sha`: safetensors weights with one category match, written
     by the store writer as the daemon writes it."""
