@@ -4,7 +4,6 @@ collecting `emit`, a SQLite store, and sensors started under tmp_path and always
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,6 +14,7 @@ from agent.config import FilesSection
 from agent.events import FileAction, FileEvent
 from agent.sensors.files import FileSensor
 from agent.store.writer import write_batch
+from tests.conftest import eventually
 
 HOST = "test-host"
 
@@ -47,12 +47,7 @@ class Collector:
         return [e.path for e in self.of(FileAction.WRITTEN)]
 
     def wait(self, pred: Callable[[list[FileEvent]], bool], timeout: float = 15.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if pred(self.snapshot()):
-                return True
-            time.sleep(0.05)
-        return pred(self.snapshot())
+        return eventually(lambda: pred(self.snapshot()), timeout, interval=0.05)
 
     def store(self, engine: Engine) -> None:
         """Commit what was collected, as the store writer would."""
