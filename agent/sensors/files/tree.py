@@ -22,7 +22,7 @@ import os
 import stat
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 StatKey = tuple[int, int, int]  # inode, size, mtime_ns
 MAX_DEFERRED = 10_000  # files found by scans that wait for their own close, at most
+RECENT_DIR_MOVES = 64  # directory moves remembered for files gone before their walk
+DIR_MOVE_MEMORY = 2.0  # seconds: the records queued before a walk are read by then
 
 
 def stat_key(st: os.stat_result) -> StatKey:
@@ -64,6 +66,29 @@ class Change:
     origin: Origin = Origin.WATCH
 
 
+@dataclass(slots=True)
+class DirMove:
+    """A directory moved inside the watched area, and the files known under its new name.
+
+    A directory move is reported file by file from a walk of its new place, done when
+    the move is read. A file deleted or moved away between the move and that walk is not
+    there to be found, and its own record then names it under the new path only: without
+    a `moved` first, its old path would stay in the store for ever. `known` holds what the
+    walk reported and what appeared there since; any other file that leaves is one of those.
+    """
+
+    src: str
+    dst: str
+    known: set[str]
+    at: float  # monotonic time of the walk
+
+    def old_path(self, path: str) -> str | None:
+        """`path`'s name before the move when it is under the moved directory and unknown."""
+        if path in self.known or not path.startswith(self.dst + "/"):
+            return None
+        return self.src + path[len(self.dst) :]
+
+
 class WatchTree:
     """Everything here runs under `lock`; the reader thread and rescans share it."""
 
@@ -89,6 +114,7 @@ class WatchTree:
         self.pending: dict[int, tuple[str, bool, float]] = {}  # cookie -> MOVED_FROM
         self.deferred: OrderedDict[str, tuple[Change, float]] = OrderedDict()
         self.unwatched: set[str] = set()  # directories left unwatched by the watch limit
+        self.dir_moves: deque[DirMove] = deque(maxlen=RECENT_DIR_MOVES)
         self.denied = 0  # directories that could not be watched or listed
         self.generation = 0  # bumped whenever directories change path (for caches)
 
@@ -218,6 +244,8 @@ class WatchTree:
                 del self.deferred[path]  # its own close reports it, with the final size
             elif m & (I.IN_DELETE | I.IN_MOVED_FROM):
                 self._release(self.deferred.pop(path)[0])  # it existed: report it first
+        if self.dir_moves and not is_dir:
+            self._settle_dir_move(path, leaving=bool(m & (I.IN_DELETE | I.IN_MOVED_FROM)))
         if m & I.IN_MOVED_FROM:
             self.pending[ev.cookie] = (path, is_dir, time.monotonic())
             return
@@ -253,11 +281,27 @@ class WatchTree:
         self._release_under(src)
         self._rename(src, dst)
         prefix = len(dst)
+        record = DirMove(src, dst, set(), 0.0)
 
         def moved(path: str, st: os.stat_result) -> None:
+            record.known.add(path)
             self.out(Change(FileAction.MOVED, src + path[prefix:], path, st))
 
         self.walk(dst, moved, watch=True)
+        record.at = time.monotonic()
+        self.dir_moves.append(record)
+
+    def _settle_dir_move(self, path: str, leaving: bool) -> None:
+        """A file record under a recently moved directory: one that leaves and that its
+        walk did not report moved first, from its old name (see `DirMove`)."""
+        for record in reversed(self.dir_moves):
+            if not path.startswith(record.dst + "/"):
+                continue
+            old = record.old_path(path)
+            record.known.add(path)
+            if leaving and old is not None and not self.excluded(path):
+                self.out(Change(FileAction.MOVED, old, path, None))
+            return
 
     def _moved_in(self, dst: str, is_dir: bool) -> None:
         if is_dir:
@@ -278,6 +322,8 @@ class WatchTree:
         """Settle moves whose other half never came (moved out), and age the scan memory."""
         now = time.monotonic() if now is None else now
         with self.lock:
+            while self.dir_moves and now - self.dir_moves[0].at >= DIR_MOVE_MEMORY:
+                self.dir_moves.popleft()
             for cookie, (path, is_dir, t) in list(self.pending.items()):
                 if now - t >= self.move_window:
                     del self.pending[cookie]
