@@ -13,6 +13,7 @@ import pytest
 
 from agent import metrics
 from agent.events import FileAction, FileEvent, Origin
+from tests.conftest import wait_until
 from tests.sensors.test_files_rig import Collector, start_sensor  # noqa: F401
 
 
@@ -203,7 +204,12 @@ def test_overflow_is_counted_and_repaired_by_a_rescan(tmp_path, start_sensor, en
 
     assert col.wait(lambda evs: set(paths) <= {e.path for e in evs if e.action == "written"}, 60)
     assert _sample(metrics.FILE_LOST, reason="queue_overflow") == lost_before + 1
-    assert _sample(metrics.FILE_RESCANS, reason="queue_overflow") >= rescans_before + 1
+    # the rescan counts itself once it has sent its last step, after the events above
+    wait_until(
+        lambda: _sample(metrics.FILE_RESCANS, reason="queue_overflow") >= rescans_before + 1,
+        "the overflow rescan counted",
+        timeout=30,
+    )
     found = [e for e in col.of(FileAction.WRITTEN) if e.origin == Origin.RESCAN]
     assert found, "the rescan found nothing: the overflow was not repaired"
     assert sensor.status()["lost"] == {"queue_overflow": 1}
