@@ -29,13 +29,25 @@ def _start_sink(rig: Rig, **kw: Any) -> Sink:
     return sink
 
 
-def _upload(rig: Rig, addr: str, port: int, size: int, family: int = socket.AF_INET) -> int:
-    """Connect from the sender namespace, send `size` bytes, close cleanly; the local port."""
+def _upload(
+    rig: Rig,
+    addr: str,
+    port: int,
+    size: int,
+    family: int = socket.AF_INET,
+    hold: float = 0.0,
+) -> int:
+    """Connect from the sender namespace, send `size` bytes, close cleanly; the local port.
+
+    `hold` keeps the connection open that long before sending: the owner of a socket is
+    looked up while it is open, and a connection that ends before the sensor reads its
+    first packet (a busy capture, just reopened) keeps its bytes but not its process."""
     with rig.sender():
         s = socket.socket(family)
     with s:
         s.connect((addr, port))
         local = s.getsockname()[1]
+        time.sleep(hold)
         chunk = b"\xa5" * (1 << 20)
         left = size
         while left:
@@ -296,7 +308,7 @@ def test_capture_reopens_when_the_interface_comes_back(rig: Rig, sensor_in: Any)
         time.sleep(0.2)
     sink = _start_sink(rig)
     time.sleep(0.2)  # IPv4 on the new link is usable at once; give ARP a moment
-    port = _upload(rig, rig.peer_v4, sink.port, 424_242)
+    port = _upload(rig, rig.peer_v4, sink.port, 424_242, hold=1.0)
     (f,) = out.wait_for(lambda fs: any(f.src_port == port for f in fs))
     assert f.bytes_out == 424_242 and f.process is not None
 
