@@ -14,6 +14,7 @@ from pathlib import Path
 from agent.events import FileAction
 from agent.sensors.files import _inotify as I
 from agent.sensors.files.tree import Change, WatchTree
+from tests.sensors.test_files_model import _replay
 
 
 def _tree(root: Path) -> tuple[WatchTree, I.Inotify, list[Change]]:
@@ -28,20 +29,6 @@ def _read_all(tree: WatchTree, ino: I.Inotify) -> None:
     while events := ino.read():
         tree.handle(events)
     tree.flush(now=float("inf"))  # settle unpaired moves and deferred scan finds
-
-
-def _replay(changes: list[Change]) -> set[str]:
-    files: set[str] = set()
-    for ch in changes:
-        if ch.action in (FileAction.CREATED, FileAction.WRITTEN):
-            files.add(ch.path)
-        elif ch.action == FileAction.DELETED:
-            files.discard(ch.path)
-        elif ch.action == FileAction.MOVED:
-            files.discard(ch.path)
-            if ch.dest_path is not None:
-                files.add(ch.dest_path)
-    return files
 
 
 def test_a_file_deleted_before_its_directory_move_is_read_leaves_no_stale_path(
