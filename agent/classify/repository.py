@@ -33,6 +33,7 @@ from agent.classify.source import (
     _packed_ref,
     _read,
     _resolve_git_dir,
+    config_remote_urls,
 )
 from agent.events import Tag
 
@@ -282,21 +283,8 @@ def _read_repository(root: str, git_dir: str, common: str, bare: bool) -> Reposi
 
 def remotes_of(git_dir: str) -> tuple[tuple[str, str], ...]:
     """Every `[remote "name"] url = …` of the config (first URL per remote), stripped."""
-    text = _read(os.path.join(git_dir, "config"), 1 << 20)
-    if not text:
-        return ()
-    section = None
-    urls: dict[str, str] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.startswith("["):
-            m = re.match(r'\[\s*remote\s+"([^"]*)"\s*\]', line)
-            section = m.group(1) if m else None
-        elif section is not None and "=" in line:
-            key, _, value = line.partition("=")
-            if key.strip().lower() == "url" and section not in urls:
-                urls[section] = strip_credentials(value.strip().strip('"'))
-    return tuple(urls.items())
+    urls = config_remote_urls(git_dir)
+    return tuple((name, strip_credentials(url)) for name, url in urls.items())
 
 
 def _index_summary(path: str) -> tuple[int | None, tuple[str, ...], int | None]:

@@ -331,11 +331,14 @@ def _packed_ref(git_dir: str, ref: str) -> str | None:
     return None
 
 
-def _remote(git_dir: str) -> str | None:
-    """The URL of `origin` (else the first remote) from the repository's config."""
+def config_remote_urls(git_dir: str) -> dict[str, str]:
+    """Remote name -> its first `url = …` in the repository's config, in config order.
+
+    URLs are returned as written (credentials included) so each caller strips them its way.
+    """
     text = _read(os.path.join(git_dir, "config"), 1 << 20)
     if not text:
-        return None
+        return {}
     section = None
     urls: dict[str, str] = {}
     for raw in text.splitlines():
@@ -347,6 +350,12 @@ def _remote(git_dir: str) -> str | None:
             key, _, value = line.partition("=")
             if key.strip().lower() == "url" and section not in urls:
                 urls[section] = value.strip().strip('"')
+    return urls
+
+
+def _remote(git_dir: str) -> str | None:
+    """The URL of `origin` (else the first remote) from the repository's config."""
+    urls = config_remote_urls(git_dir)
     url = urls.get("origin") or next(iter(urls.values()), None)
     return _CRED.sub(r"\1", url) if url else None
 
