@@ -92,30 +92,40 @@ def _k(*kinds: str) -> frozenset[str]:
     return frozenset(kinds)
 
 
+def _each(
+    pin: str,
+    kinds: frozenset[str],
+    *patterns: str,
+    under: str = "",
+    take: int = 1000,
+    renamed: bool = False,
+) -> tuple[Label, ...]:
+    """One label a pattern (below the folder `under`), for members of one package that are
+    alike, so that the table names each package, kind and folder once."""
+    folder = f"{under}/" if under else ""
+    return tuple(Label(pin, folder + pattern, kinds, take, renamed) for pattern in patterns)
+
+
 _MPL = "matplotlib/mpl-data"
 _GT = "gensim/test/test_data"
 _AS = "cryptography_vectors/asymmetric"
+_DER = f"{_AS}/DER_Serialization"
+_PEM = f"{_AS}/PEM_Serialization"
+_FONTS = "reportlab/fonts"
 LABELS = (
     # model weights
     Label("minilm", "*/model.safetensors", _k(W)),
-    Label("silero", "*.onnx", _k(W)),
-    Label("silero", "*.jit", _k(W)),
+    *_each("silero", _k(W), "*.onnx", "*.jit"),
     Label("onnx", "onnx/backend/test/data/node/test_*/model.onnx", _k(W), take=25),
-    Label("gensim", f"{_GT}/*fasttext*.bin", _k(W)),
-    Label("gensim", f"{_GT}/*.vec", _k(W)),
-    Label("gensim", f"{_GT}/toy-model.bin", _k(W)),
-    Label("gensim", f"{_GT}/crime-and-punishment.bin", _k(W)),
+    *_each("gensim", _k(W), "*fasttext*.bin", "*.vec", "toy-model.bin",
+           "crime-and-punishment.bin", under=_GT),
     # datasets
     Label("sklearn", "sklearn/datasets/data/*.csv", _k(D)),
     Label("sklearn", "sklearn/datasets/data/*.csv.gz", _k(A, D)),
     Label("statsmodels", "statsmodels/datasets/*/*.csv", _k(D), take=40),
     Label("statsmodels", "statsmodels/*.dta", _k(D)),
-    Label("matplotlib", f"{_MPL}/sample_data/*.csv", _k(D)),
-    Label("matplotlib", f"{_MPL}/sample_data/*.npy", _k(D)),
-    Label("matplotlib", f"{_MPL}/sample_data/*.npz", _k(D)),
-    Label("gensim", f"{_GT}/*.tsv", _k(D)),
-    Label("gensim", f"{_GT}/test_mmcorpus_*.mm", _k(D)),
-    Label("gensim", f"{_GT}/simlex999.txt", _k(D)),
+    *_each("matplotlib", _k(D), "*.csv", "*.npy", "*.npz", under=f"{_MPL}/sample_data"),
+    *_each("gensim", _k(D), "*.tsv", "test_mmcorpus_*.mm", "simlex999.txt", under=_GT),
     # source code
     Label("matplotlib", "matplotlib/[a-c]*.py", _k(S), take=12),
     Label("statsmodels", "statsmodels/regression/*.py", _k(S), take=8),
@@ -126,72 +136,55 @@ LABELS = (
     # documents: prose and document formats
     Label("minilm", "*/README.md", _k(DOC)),
     Label("sklearn", "sklearn/datasets/descr/*.rst", _k(DOC), take=10),
-    Label("reportlab", "reportlab/fonts/*-readme.txt", _k(DOC)),
-    Label("reportlab", "reportlab/fonts/00readme.txt", _k(DOC)),
-    Label("reportlab", "reportlab/fonts/DarkGarden-copying.txt", _k(DOC)),
-    Label("reportlab", "reportlab/fonts/bitstream-vera-license.txt", _k(DOC)),
+    *_each("reportlab", _k(DOC), "*-readme.txt", "00readme.txt", "DarkGarden-copying.txt",
+           "bitstream-vera-license.txt", under=_FONTS),
     Label("matplotlib", f"{_MPL}/fonts/ttf/LICENSE_*", _k(DOC)),
-    Label("gensim", f"{_GT}/crime-and-punishment.txt", _k(DOC)),
-    Label("gensim", f"{_GT}/para2para_text*.txt", _k(DOC)),
-    Label("gensim", f"{_GT}/lee_background.cor", _k(DOC)),
-    Label("gensim", f"{_GT}/alldata-id-10.txt", _k(DOC)),
-    Label("sklearn", "sklearn/datasets/descr/[l-z]*.rst", _k(DOC)),
-    Label("sklearn", "*.dist-info/COPYING", _k(DOC)),
-    Label("certifi", "*.dist-info/LICENSE", _k(DOC)),
-    Label("onnx", "*.dist-info/LICENSE", _k(DOC)),
-    Label("matplotlib", "*.dist-info/LICENSE", _k(DOC)),
-    Label("matplotlib", f"{_MPL}/sample_data/README.txt", _k(DOC)),
-    Label("statsmodels", "*.dist-info/LICENSE.txt", _k(DOC)),
-    Label("reportlab", "reportlab/fonts/DarkGarden-c*.txt", _k(DOC)),
+    *_each("gensim", _k(DOC), "crime-and-punishment.txt", "para2para_text*.txt",
+           "lee_background.cor", "alldata-id-10.txt", under=_GT),
+    *_each("sklearn", _k(DOC), "sklearn/datasets/descr/[l-z]*.rst", "*.dist-info/COPYING"),
+    *_each("certifi", _k(DOC), "*.dist-info/LICENSE"),
+    *_each("onnx", _k(DOC), "*.dist-info/LICENSE"),
+    *_each("matplotlib", _k(DOC), "*.dist-info/LICENSE", f"{_MPL}/sample_data/README.txt"),
+    *_each("statsmodels", _k(DOC), "*.dist-info/LICENSE.txt"),
+    *_each("reportlab", _k(DOC), "DarkGarden-c*.txt", under=_FONTS),
     # archives, and what they hold
     Label("gensim", f"{_GT}/test_mmcorpus_no_index.mm.gz", _k(A, D)),
     Label("matplotlib", f"{_MPL}/sample_data/s1045.ima.gz", _k(A)),
     # disguises: the same contents without a name to go by
-    Label("silero", "*.onnx", _k(W), renamed=True),
-    Label("gensim", f"{_GT}/lee_fasttext.bin", _k(W), renamed=True),
-    Label("gensim", f"{_GT}/toy-model.bin", _k(W), renamed=True),
-    Label("sklearn", "sklearn/datasets/data/iris.csv", _k(D), renamed=True),
-    Label("sklearn", "sklearn/datasets/data/digits.csv.gz", _k(A, D), renamed=True),
-    Label("statsmodels", "statsmodels/datasets/macrodata/macrodata.dta", _k(D), renamed=True),
-    Label("vectors", f"{_AS}/DER_Serialization/unenc-rsa-pkcs8.der", _k(SEC), renamed=True),
-    Label("vectors", "cryptography_vectors/pkcs12/no-password.p12", _k(SEC), renamed=True),
-    Label("vectors", f"{_AS}/PEM_Serialization/rsa_public_key.pem", NONE, renamed=True),
-    Label("certifi", "certifi/cacert.pem", NONE, renamed=True),
-    Label("gensim", f"{_GT}/crime-and-punishment.txt", _k(DOC), renamed=True),
-    Label("reportlab", "reportlab/fonts/DarkGardenMK.afm", NONE, renamed=True),
+    *_each("silero", _k(W), "*.onnx", renamed=True),
+    *_each("gensim", _k(W), "lee_fasttext.bin", "toy-model.bin", under=_GT, renamed=True),
+    *_each("sklearn", _k(D), "sklearn/datasets/data/iris.csv", renamed=True),
+    *_each("sklearn", _k(A, D), "sklearn/datasets/data/digits.csv.gz", renamed=True),
+    *_each("statsmodels", _k(D), "statsmodels/datasets/macrodata/macrodata.dta", renamed=True),
+    *_each("vectors", _k(SEC), "unenc-rsa-pkcs8.der", under=_DER, renamed=True),
+    *_each("vectors", _k(SEC), "cryptography_vectors/pkcs12/no-password.p12", renamed=True),
+    *_each("vectors", NONE, "rsa_public_key.pem", under=_PEM, renamed=True),
+    *_each("certifi", NONE, "certifi/cacert.pem", renamed=True),
+    *_each("gensim", _k(DOC), "crime-and-punishment.txt", under=_GT, renamed=True),
+    *_each("reportlab", NONE, "DarkGardenMK.afm", under=_FONTS, renamed=True),
     # secrets: private keys in PEM, DER, OpenSSH and PKCS#12
-    Label("vectors", f"{_AS}/DER_Serialization/ec_private_key*.der", _k(SEC)),
-    Label("vectors", f"{_AS}/DER_Serialization/*rsa-pkcs8.der", _k(SEC)),
-    Label("vectors", f"{_AS}/DER_Serialization/unenc-*-pkcs8.der", _k(SEC)),
-    Label("vectors", f"{_AS}/DER_Serialization/testrsa.der", _k(SEC)),
-    Label("vectors", f"{_AS}/Ed25519/ed25519-pkcs8*.der", _k(SEC)),
-    Label("vectors", f"{_AS}/Ed448/ed448-pkcs8*.der", _k(SEC)),
-    Label("vectors", f"{_AS}/Ed25519/ed25519-pkcs8*.pem", _k(SEC)),
-    Label("vectors", f"{_AS}/PEM_Serialization/*_private_key*.pem", _k(SEC)),
+    *_each("vectors", _k(SEC), "ec_private_key*.der", "*rsa-pkcs8.der", "unenc-*-pkcs8.der",
+           "testrsa.der", under=_DER),
+    *_each("vectors", _k(SEC), "Ed25519/ed25519-pkcs8*.der", "Ed448/ed448-pkcs8*.der",
+           "Ed25519/ed25519-pkcs8*.pem", "PEM_Serialization/*_private_key*.pem", under=_AS),
     Label("vectors", f"{_AS}/OpenSSH/*-nopsw.key", _k(SEC), take=4),
-    Label("vectors", "cryptography_vectors/pkcs12/cert-key-aes256cbc.p12", _k(SEC)),
-    Label("vectors", "cryptography_vectors/pkcs12/no-password.p12", _k(SEC)),
+    *_each("vectors", _k(SEC), "cert-key-aes256cbc.p12", "no-password.p12",
+           under="cryptography_vectors/pkcs12"),
     # none of the kinds: public material, fonts, images, vocabularies, configs
-    Label("vectors", f"{_AS}/DER_Serialization/*public_key.der", NONE),
-    Label("vectors", f"{_AS}/*/*-pub.der", NONE),
-    Label("vectors", f"{_AS}/*/*-pub.pem", NONE),
-    Label("vectors", f"{_AS}/PEM_Serialization/*_public_key.pem", NONE),
-    Label("vectors", f"{_AS}/PEM_Serialization/dsaparam.pem", NONE),
-    Label("vectors", f"{_AS}/DH/dhp*.pem", NONE),
+    *_each("vectors", NONE, "*public_key.der", under=_DER),
+    *_each("vectors", NONE, "*/*-pub.der", "*/*-pub.pem", under=_AS),
+    *_each("vectors", NONE, "*_public_key.pem", "dsaparam.pem", under=_PEM),
+    *_each("vectors", NONE, "DH/dhp*.pem", under=_AS),
     Label("vectors", f"{_AS}/OpenSSH/*-nopsw.key.pub", NONE, take=4),
     Label("certifi", "certifi/cacert.pem", NONE),
-    Label("minilm", "*/vocab.txt", NONE),
-    Label("minilm", "*/tokenizer.json", NONE),
-    Label("minilm", "*/config.json", NONE),
-    Label("reportlab", "reportlab/fonts/*.afm", NONE),
-    Label("reportlab", "reportlab/fonts/Vera*.ttf", NONE),
-    Label("reportlab", "reportlab/fonts/_a*.pfb", NONE),
+    *_each("minilm", NONE, "*/vocab.txt", "*/tokenizer.json", "*/config.json"),
+    *_each("reportlab", NONE, "*.afm", "Vera*.ttf", "_a*.pfb", under=_FONTS),
     Label("matplotlib", f"{_MPL}/fonts/afm/p*.afm", NONE, take=10),
     Label("matplotlib", f"{_MPL}/images/*.svg", NONE, take=8),
     Label("matplotlib", f"{_MPL}/images/*.png", NONE, take=4),
     Label("matplotlib", f"{_MPL}/stylelib/*.mplstyle", NONE, take=4),
     Label("sklearn", "sklearn/datasets/images/*.jpg", NONE),
-)
+)  # fmt: skip
 
 
 def _fetch(pin: Pin, dl: Path) -> Path:
