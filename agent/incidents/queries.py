@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
-
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING, Any
 
 from agent.events import Severity
 from agent.incidents.chain import ChainEntry
@@ -19,6 +16,9 @@ from agent.incidents.model import document_from_row, iso
 from agent.store import incidents as store
 from agent.store.incidents import host_ids
 from agent.store.models import ChainRecord
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = [
     "SEVERITIES",
@@ -49,7 +49,7 @@ def list_incidents(
     limit: int = 100,
 ) -> list[dict[str, Any]]:
     """Newest first, as documents plus their row `id` (what `show`, `ack` and `close` take)."""
-    with Session(engine) as s:
+    with store.reading(engine) as s:
         severities = at_least(min_severity) if min_severity else None
         rows = store.incident_rows(s, since, severities, status, rule, host, limit)
         names = store.hostnames(s)
@@ -63,7 +63,7 @@ def list_incidents(
 
 def find_incident(engine: Engine, ident: str) -> dict[str, Any] | None:
     """By row id, or by uid (or a unique uid prefix of at least 6 characters)."""
-    with Session(engine) as s:
+    with store.reading(engine) as s:
         if ident.isascii() and ident.isdigit() and int(ident) < 2**63:  # a row id fits
             rows = store.incident_rows_by_id(s, int(ident))
         else:
@@ -99,11 +99,11 @@ def chain_entries(
     engine: Engine, host: str | None = None, after_seq: int | None = None
 ) -> Iterator[ChainEntry]:
     """Chain records ordered by (host, seq), streamed."""
-    with Session(engine) as s:
+    with store.reading(engine) as s:
         for c in store.chain_records(s, host, after_seq):
             yield entry_of(c)
 
 
 def incident_documents(engine: Engine, host: str | None = None) -> dict[str, dict[str, Any]]:
-    with Session(engine) as s:
+    with store.reading(engine) as s:
         return {row.uid: document_from_row(row) for row in store.all_incident_rows(s, host)}

@@ -31,7 +31,24 @@ from agent.events import (
 from agent.policy.evalset import CHANNELS, OUTCOMES, Case, CaseSet, Expectation
 from agent.policy.explain import example_upload
 from agent.policy.model import Policy
+from agent.store.schema_map import Projection, document_value
 from agent.textsafe import shown
+
+# a decision in the score's mismatches: who decided, how badly, on which categories
+_DECISION_SCORED = Projection(
+    Decision,
+    value_of=document_value,
+    omit={
+        "policy_version",
+        "reason",
+        "regime",
+        "legal_ref",
+        "item",
+        "in_force",
+        "control_state",
+    },
+    convert={"confidence": lambda c: c or None},
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,17 +263,7 @@ def _result_doc(r: Result) -> dict[str, Any]:
             }
             for c in r.categories
         ],
-        "decisions": [
-            {
-                "rule_id": d.rule_id,
-                "pack": d.pack,
-                "severity": str(d.severity),
-                "action": d.action,
-                "categories": list(d.categories),
-                "confidence": d.confidence or None,
-            }
-            for d in r.decisions
-        ],
+        "decisions": [_DECISION_SCORED(d) for d in r.decisions],
     }
 
 

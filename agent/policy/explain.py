@@ -30,6 +30,7 @@ from agent.events import (
 from agent.policy import facts as facts_mod
 from agent.policy.conditions import All, AnyOf, Compare, Condition, Not
 from agent.policy.model import Policy, highest_confidence
+from agent.store.schema_map import Projection, document_value
 from agent.textsafe import shown
 
 # documentation addresses (RFC 5737): an example destination that is never contacted
@@ -73,21 +74,9 @@ def example_upload(artefact: Artefact, when: dt.datetime) -> Flow:
     )
 
 
-def decision_doc(d: Decision) -> dict[str, Any]:
-    return {
-        "rule_id": d.rule_id,
-        "pack": d.pack,
-        "severity": str(d.severity),
-        "action": d.action,
-        "reason": d.reason,
-        "categories": list(d.categories),
-        "regime": d.regime,
-        "legal_ref": d.legal_ref,
-        "item": d.item,
-        "in_force": d.in_force,
-        "control_state": d.control_state,
-        "confidence": d.confidence,
-    }
+# a decision as `policy explain` shows it: every field of the one description but the
+# policy version (the report names it once)
+decision_doc = Projection(Decision, value_of=document_value, omit={"policy_version"})
 
 
 def thresholds(cond: Condition, code: str) -> list[tuple[str, Any]]:

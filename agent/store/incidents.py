@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -228,6 +229,13 @@ def hash_at(engine: Engine, host_id: str, seq: int) -> str | None:
 
 
 # --- the read side: listing, one incident, the chain (the CLI, verifier, exporters) ---------
+@contextmanager
+def reading(engine: Engine) -> Iterator[Session]:
+    """A session for the read side: one incident's several lookups share it."""
+    with Session(engine) as session:
+        yield session
+
+
 def host_ids(session: Session, host: str) -> list[str]:
     """The host ids `host` names (an id or a hostname); `[host]` when none is known."""
     found = list(
