@@ -150,7 +150,7 @@ rules:
     action: record
     tests:
       - name: a local copy should not fire, but the test expects it to
-        facts: {channel: local}
+        facts: {event: file, channel: local}
         expect: decision
   - id: r-dupkey
     description: x
@@ -262,28 +262,19 @@ def test_every_mistake_reported_at_its_line(broken: Path) -> None:
 
 
 def test_rule_self_test_failures_are_reported(tmp_path: Path) -> None:
+    # BROKEN's header (without its mistakes) and its one rule whose only fault is its test
     text = BROKEN.split("categories:")[0].replace('"9.0"', '"1.0"')
     text = text.replace("  loop: {macro: loop}  # M-macro-loop\n", "")
-    text += """\
-rules:
-  - id: r-selftest
-    description: x
-    condition: {macro: to_usb}
-    severity: low
-    effective_from: 2020-01-01
-    action: record
-    tests:
-      - name: wrong expectation
-        facts: {event: file, channel: local}
-        expect: decision
-"""
+    selftest = BROKEN[BROKEN.index("  - id: r-selftest\n") : BROKEN.index("  - id: r-dupkey\n")]
+    text += "rules:\n" + selftest
     path = tmp_path / "p.yaml"
     path.write_text(text)
     res = cli("policy", "check", "--alone", "--json", str(path), check=False)
     assert res.returncode == 1
     doc = json.loads(res.stdout)
     (issue,) = doc["issues"]
-    assert issue["line"] == text.splitlines().index("      - name: wrong expectation") + 1
+    case = "      - name: a local copy should not fire, but the test expects it to"
+    assert issue["line"] == text.splitlines().index(case) + 1
     assert "expected a decision, got none" in issue["message"]
 
 
