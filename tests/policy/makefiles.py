@@ -13,6 +13,7 @@ import struct
 from pathlib import Path
 
 from agent.validators import prc_resident_id_check
+from tests.classify.corpus import write_pdf
 
 RARE_EARTH_ZH = [
     "稀土萃取分离工艺说明(内部资料)",
@@ -84,21 +85,8 @@ def make_pdf(path: Path, lines: list[str]) -> Path:
         b"/FontBBox [-25 -254 1000 880] /ItalicAngle 0 /Ascent 880 /Descent -120 "
         b"/CapHeight 880 /StemV 93 >>",
     ]
-    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for i, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    for off in offsets:
-        out += b"%010d 00000 n \n" % off
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
-    )
-    path.write_bytes(bytes(out))
-    return path
+    # a binary comment after the version line: readers then treat the file as binary
+    return write_pdf(path, objects, header=b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
 
 
 def resident_id(rng: random.Random) -> str:
