@@ -15,8 +15,9 @@ import pytest
 
 from agent.classify import classify_file
 from agent.config import PoliciesSection
-from agent.events import Channel, FileAction, FileEvent, Flow
+from agent.events import Channel, FileAction, FileEvent
 from agent.policy import Policy, load_configured
+from agent.policy.explain import example_upload
 from tests.conftest import cli, write_config
 from tests.policy.makefiles import (
     RARE_EARTH_ZH,
@@ -39,23 +40,6 @@ def _on_usb(path: Path, policy: Policy, usb: Path) -> FileEvent:
     dest.write_bytes(path.read_bytes())
     artefact = classify_file(dest, policy.categories)
     return FileEvent(FileAction.WRITTEN, str(dest), Channel.REMOVABLE, artefact=artefact)
-
-
-def _foreign_flow(size: int) -> Flow:
-    now = datetime.now(UTC)
-    return Flow(
-        "tcp",
-        "10.1.2.3",
-        51000,
-        "203.0.113.50",
-        443,
-        now,
-        now,
-        bytes_out=size,
-        dest_class="foreign",
-        country="US",
-        name="upload.example.net",
-    )
 
 
 @pytest.mark.parametrize("maker", [make_docx, make_pdf], ids=["docx", "pdf"])
@@ -82,7 +66,7 @@ def test_resident_id_csv_to_external_address(tmp_path: Path, policy: Policy) -> 
     assert "dataset" in artefact.kinds
     counts = {m.category: m.count for m in artefact.matches}
     assert counts.get("PI-PRC-RESIDENT-ID") == 300
-    decisions = policy.decide_transfer(artefact, _foreign_flow(csv.stat().st_size))
+    decisions = policy.decide_transfer(artefact, example_upload(artefact, datetime.now(UTC)))
     ids = {d.rule_id for d in decisions}
     assert "cn-pi-resident-ids-abroad" in ids
     assert "cn-pi-sensitive-assessment-abroad" not in ids  # 300 < 10 000
@@ -95,7 +79,7 @@ def test_resident_id_csv_to_external_address(tmp_path: Path, policy: Policy) -> 
     broken.write_text("\n".join(fixed) + "\n")
     art2 = classify_file(broken, policy.categories)
     assert "PI-PRC-RESIDENT-ID" not in {m.category for m in art2.matches}
-    assert policy.decide_transfer(art2, _foreign_flow(broken.stat().st_size)) == []
+    assert policy.decide_transfer(art2, example_upload(art2, datetime.now(UTC))) == []
 
 
 def _break_check(line: str) -> str:
@@ -121,7 +105,7 @@ def test_safetensors_above_threshold(tmp_path: Path, policy: Policy) -> None:
     assert "us-ear-model-weights-copied-out" not in {
         x.rule_id for x in policy.decide_file(_on_usb(small, policy, usb))
     }
-    abroad = policy.decide_transfer(ev.artefact, _foreign_flow(big.stat().st_size))
+    abroad = policy.decide_transfer(ev.artefact, example_upload(ev.artefact, datetime.now(UTC)))
     assert "us-ear-model-weights-abroad" in {x.rule_id for x in abroad}
 
 
