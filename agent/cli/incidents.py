@@ -109,24 +109,24 @@ def _os_user() -> str:
         return "unknown"
 
 
-@incidents.command("ack")
-@click.argument("ident")
-@click.option("--note", help="Why, what was done.")
-@click.option("--by", help="Who (default: the OS user).")
-@click.pass_context
-def ack(ctx: click.Context, ident: str, note: str | None, by: str | None) -> None:
-    """Acknowledge an open incident."""
-    _transition(ctx, ident, "acknowledged", note, by)
+def _status_command(name: str, status: str, summary: str, note_help: str) -> click.Command:
+    """`incidents <name> IDENT [--note] [--by]`: the lifecycle commands differ only in these."""
+
+    @incidents.command(name, help=summary)
+    @click.argument("ident")
+    @click.option("--note", help=note_help)
+    @click.option("--by", help="Who (default: the OS user).")
+    @click.pass_context
+    def command(ctx: click.Context, ident: str, note: str | None, by: str | None) -> None:
+        _transition(ctx, ident, status, note, by)
+
+    return command
 
 
-@incidents.command("close")
-@click.argument("ident")
-@click.option("--note", help="The resolution.")
-@click.option("--by", help="Who (default: the OS user).")
-@click.pass_context
-def close(ctx: click.Context, ident: str, note: str | None, by: str | None) -> None:
-    """Close an open or acknowledged incident."""
-    _transition(ctx, ident, "closed", note, by)
+ack = _status_command("ack", "acknowledged", "Acknowledge an open incident.", "Why, what was done.")
+close = _status_command(
+    "close", "closed", "Close an open or acknowledged incident.", "The resolution."
+)
 
 
 @incidents.command("verify")
