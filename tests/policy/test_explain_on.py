@@ -39,12 +39,15 @@ def _why(entry: dict, scenario: str) -> str | None:  # type: ignore[type-arg]
     return next((n["why"] for n in entry["not_fired"] if n["scenario"] == scenario), None)
 
 
-def _art(code: str, distinct: int, confidence: str) -> Artefact:
+def _art(distinct: dict[str, int], confidence: str = "high") -> Artefact:
+    """A text document matching each category with its count of distinct terms."""
     return Artefact(
         "9" * 64,
         5000,
         tags=(Tag("document", "text"),),
-        matches=(CategoryMatch(code, distinct + 2, "", distinct, confidence),),
+        matches=tuple(
+            CategoryMatch(code, n + 2, "", n, confidence) for code, n in distinct.items()
+        ),
     )
 
 
@@ -90,23 +93,14 @@ def test_cli_rejects_a_bad_day(tmp_path: Path) -> None:
 
 
 def test_below_minimum(shipped: Policy) -> None:
-    report = explain(shipped, _art("CN-CAT-252604X-CATHODE", 1, "high"), "/x", dt.date(2026, 1, 5))
+    report = explain(shipped, _art({"CN-CAT-252604X-CATHODE": 1}), "/x", dt.date(2026, 1, 5))
     cat = _by(report, "CN-CAT-252604X-CATHODE")
     assert not cat["present"] and cat["fired"] == []
     assert _why(cat, "copy to removable") == "below minimum: 1 distinct term(s), min_count 2"
 
 
 def test_an_entry_not_in_force_beside_one_that_is(shipped: Policy) -> None:
-    art = Artefact(
-        "6" * 64,
-        5000,
-        tags=(Tag("document", "text"),),
-        matches=(
-            CategoryMatch("CN-CAT-RE-REFINING", 6, "", 4, "high"),
-            CategoryMatch("CN-CAT-RE-CONTEXT", 5, "", 3, "high"),
-            CategoryMatch("CN-CAT-252604X-CATHODE", 6, "", 4, "high"),
-        ),
-    )
+    art = _art({"CN-CAT-RE-REFINING": 4, "CN-CAT-RE-CONTEXT": 3, "CN-CAT-252604X-CATHODE": 4})
     report = explain(shipped, art, "/mixed.txt", dt.date(2025, 3, 1))
     upload = "upload to a foreign destination"
     assert upload in {f["scenario"] for f in _by(report, "CN-CAT-RE-REFINING")["fired"]}
@@ -137,7 +131,7 @@ def test_below_a_rule_threshold(shipped: Policy) -> None:
 
 
 def test_low_confidence(shipped: Policy) -> None:
-    report = explain(shipped, _art("CN-CAT-252604X-CATHODE", 4, "low"), "/x", dt.date(2026, 1, 5))
+    report = explain(shipped, _art({"CN-CAT-252604X-CATHODE": 4}, "low"), "/x", dt.date(2026, 1, 5))
     cat = _by(report, "CN-CAT-252604X-CATHODE")
     assert not cat["present"] and cat["confidence"] == "low"
     assert (_why(cat, "copy to removable") or "").startswith("low confidence: low, needs medium")
@@ -152,7 +146,7 @@ def test_low_confidence(shipped: Policy) -> None:
     ],
 )
 def test_3e901_states(shipped: Policy, day: str, state: str, why: str | None) -> None:
-    art = _art("CN-DU-3E901-BATTERY", 4, "high")
+    art = _art({"CN-DU-3E901-BATTERY": 4})
     report = explain(shipped, art, "/cell.txt", dt.date.fromisoformat(day))
     cat = _by(report, "CN-DU-3E901-BATTERY")
     assert cat["control_state"] == state and cat["item"] == "3E901.a"
@@ -164,15 +158,7 @@ def test_3e901_states(shipped: Policy, day: str, state: str, why: str | None) ->
 
 
 def test_unverified_code_and_indicator(shipped: Policy) -> None:
-    art = Artefact(
-        "8" * 64,
-        5000,
-        tags=(Tag("document", "text"),),
-        matches=(
-            CategoryMatch("CN-CAT-RE-REFINING", 6, "", 4, "high"),
-            CategoryMatch("CN-CAT-RE-CONTEXT", 5, "", 3, "high"),
-        ),
-    )
+    art = _art({"CN-CAT-RE-REFINING": 4, "CN-CAT-RE-CONTEXT": 3})
     report = explain(shipped, art, "/re.txt", dt.date(2026, 12, 1))
     refining = _by(report, "CN-CAT-RE-REFINING")
     assert not refining["code_verified"] and "(code unverified)" in refining["item"]
