@@ -175,10 +175,6 @@ def render(entry: ChainEntry) -> str:
     return "|".join(escape_header(h) if i else h for i, h in enumerate(header)) + "|" + ext
 
 
-def expected(entry: ChainEntry) -> str:
-    return render(entry)
-
-
 def read(lines: Iterable[str]) -> Iterator[tuple[ChainEntry, str]]:
     for line in written_lines(lines):
         _header, ext = split_header(line)

@@ -138,10 +138,6 @@ def render(entry: ChainEntry) -> str:
     return json.dumps(document(entry), ensure_ascii=True)
 
 
-def expected(entry: ChainEntry) -> str:
-    return render(entry)
-
-
 def read(lines: Iterable[str]) -> Iterator[tuple[ChainEntry, str]]:
     for line in written_lines(lines):
         doc = json.loads(line)

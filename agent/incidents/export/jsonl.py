@@ -36,10 +36,6 @@ def render(entry: ChainEntry) -> str:
     return json.dumps(doc, ensure_ascii=True, sort_keys=True)
 
 
-def expected(entry: ChainEntry) -> str:
-    return render(entry)
-
-
 def read(lines: Iterable[str]) -> Iterator[tuple[ChainEntry, str]]:
     """(entry, the line as written) for each non-empty line."""
     for line in written_lines(lines):
