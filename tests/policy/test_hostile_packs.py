@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.policy import SHIPPED_DIR, load_policy
+from agent.policy import SHIPPED_DIR, Issue, Policy, load_policy
 
 SHIPPED_TEXT = (SHIPPED_DIR / "cn-cross-border-data.yaml").read_text()
 SHIPPED_LINES = SHIPPED_TEXT.splitlines()
@@ -98,54 +100,44 @@ def test_binary_and_huge_files(tmp_path: Path) -> None:
     assert issues
 
 
-def test_macro_chain_deeper_than_the_interpreter(tmp_path: Path) -> None:
-    n = 1500
-    chain = "\n".join(f"  m{i}: {{macro: m{i + 1}}}" for i in range(n))
-    text = f"""pack: {{id: deep, name: d, regime: X, version: "1", required_engine_version: "1.0",
-  sources: [{{title: t}}]}}
-macros:
-{chain}
-  m{n}: {{field: size, gt: 1}}
-rules:
-  - {{id: r, description: d, severity: low, action: record, effective_from: 2020-01-01,
-     condition: {{macro: m0}}}}
-"""
-    f = tmp_path / "deep.yaml"
-    f.write_text(text)
-    policy, issues = load_policy([], [f])
-    assert policy is None
-    assert issues[0].line == 4 and "nested too deeply" in issues[0].message
-    assert not any("refers to itself" in i.message for i in issues)
-
-
-def _pack(macros: str, rules: str) -> str:
+def _pack(macros: str, fires_on: str) -> str:
+    """A pack of `macros` (from line 4) and one rule whose condition is the macro `fires_on`."""
     return f"""pack: {{id: hostile, name: h, regime: X, version: "1",
   required_engine_version: "1.0", sources: [{{title: t}}]}}
 macros:
 {macros}
 rules:
-{rules}
+  - {{id: r, description: d, severity: low, action: record, effective_from: 2020-01-01,
+     condition: {{macro: {fires_on}}}}}
 """
+
+
+def _chain(n: int, level: Callable[[int], str]) -> str:
+    """Macros m0 to m{n-1}, `level(i)` each (referring to m{i+1}), and m{n} a plain condition."""
+    return "".join(f"  m{i}: {level(i)}\n" for i in range(n)) + f"  m{n}: {{field: size, gt: 1}}"
+
+
+def _load(tmp_path: Path, macros: str, fires_on: str) -> tuple[Policy | None, list[Issue], float]:
+    """Load `_pack(macros, fires_on)`; also return the CPU seconds loading took."""
+    f = tmp_path / "p.yaml"
+    f.write_text(_pack(macros, fires_on))
+    started = time.process_time()
+    policy, issues = load_policy([], [f])
+    return policy, issues, time.process_time() - started
+
+
+def test_macro_chain_deeper_than_the_interpreter(tmp_path: Path) -> None:
+    policy, issues, _ = _load(tmp_path, _chain(1500, lambda i: f"{{macro: m{i + 1}}}"), "m0")
+    assert policy is None
+    assert issues[0].line == 4 and "nested too deeply" in issues[0].message
+    assert not any("refers to itself" in i.message for i in issues)
 
 
 def test_macros_used_twice_at_every_level_load_fast_and_evaluate_fast(tmp_path: Path) -> None:
     """30 levels of `all: [m, m]` were 2^30 nodes: 100 s to load, 0.7 s per event."""
-    import time
-
-    n = 30
-    chain = "\n".join(
-        f"  m{i}: {{all: [{{macro: m{i + 1}}}, {{macro: m{i + 1}}}]}}" for i in range(n)
-    )
-    text = _pack(
-        f"{chain}\n  m{n}: {{field: size, gt: 1}}",
-        "  - {id: r, description: d, severity: low, action: record, effective_from: 2020-01-01,"
-        " condition: {macro: m0}}",
-    )
-    f = tmp_path / "twice.yaml"
-    f.write_text(text)
-    started = time.process_time()
-    policy, issues = load_policy([], [f])
-    assert time.process_time() - started < 5.0
+    twice = _chain(30, lambda i: f"{{all: [{{macro: m{i + 1}}}, {{macro: m{i + 1}}}]}}")
+    policy, issues, took = _load(tmp_path, twice, "m0")
+    assert took < 5.0
     assert not issues and policy is not None
     started = time.process_time()
     for _ in range(1000):
@@ -155,52 +147,28 @@ def test_macros_used_twice_at_every_level_load_fast_and_evaluate_fast(tmp_path: 
 
 def test_macros_that_branch_exponentially_are_refused_with_a_line(tmp_path: Path) -> None:
     """`any: [all: [m, a], all: [m, b]]` per level cannot be flattened: it is measured."""
-    import time
-
-    n = 40
-    chain = "\n".join(
-        f"  m{i}: {{any: [{{all: [{{macro: m{i + 1}}}, {{field: size, gt: {i}}}]}},"
-        f" {{all: [{{macro: m{i + 1}}}, {{field: size, lt: {i}}}]}}]}}"
-        for i in range(n)
+    branch = _chain(
+        40,
+        lambda i: (
+            f"{{any: [{{all: [{{macro: m{i + 1}}}, {{field: size, gt: {i}}}]}},"
+            f" {{all: [{{macro: m{i + 1}}}, {{field: size, lt: {i}}}]}}]}}"
+        ),
     )
-    text = _pack(
-        f"{chain}\n  m{n}: {{field: size, gt: 1}}",
-        "  - {id: r, description: d, severity: low, action: record, effective_from: 2020-01-01,"
-        " condition: {macro: m0}}",
-    )
-    f = tmp_path / "branch.yaml"
-    f.write_text(text)
-    started = time.process_time()
-    policy, issues = load_policy([], [f])
-    assert time.process_time() - started < 5.0
+    policy, issues, took = _load(tmp_path, branch, "m0")
+    assert took < 5.0
     assert policy is None
     assert any("expands to" in i.message and "limit" in i.message for i in issues)
     assert all(i.line > 0 for i in issues)
 
 
 def test_backtracking_regex_runs_in_linear_time_or_is_refused(tmp_path: Path) -> None:
-    import time
-
-    text = _pack(
-        "  big: {field: path, regex: '^(a+)+$'}",
-        "  - {id: r, description: d, severity: low, action: record, effective_from: 2020-01-01,"
-        " condition: {macro: big}}",
-    )
-    f = tmp_path / "redos.yaml"
-    f.write_text(text)
-    policy, issues = load_policy([], [f])
+    policy, issues, _ = _load(tmp_path, "  big: {field: path, regex: '^(a+)+$'}", "big")
     assert not issues and policy is not None
     started = time.process_time()
     assert not policy.decide({"event": "file", "path": "a" * 100_000 + "!"})
     assert time.process_time() - started < 1.0
 
-    text = _pack(
-        "  look: {field: path, regex: '(?<=secret)/x'}",
-        "  - {id: r, description: d, severity: low, action: record, effective_from: 2020-01-01,"
-        " condition: {macro: look}}",
-    )
-    f.write_text(text)
-    policy, issues = load_policy([], [f])
+    policy, issues, _ = _load(tmp_path, "  look: {field: path, regex: '(?<=secret)/x'}", "look")
     assert policy is None
     assert any("lookahead/lookbehind" in i.message for i in issues)
     assert issues[0].line == 4  # the macro with the pattern
