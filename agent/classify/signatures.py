@@ -17,6 +17,15 @@ from agent.classify.secrets import der_kind
 from agent.events import Tag
 
 COMPRESSED = {"gzip": b"\x1f\x8b", "bzip2": b"BZh", "xz": b"\xfd7zXZ\x00", "zstd": b"(\xb5/\xfd"}
+# formats proved by a fixed prefix alone, tried in this order after HDF5
+FIXED_MAGIC = {
+    "parquet": b"PAR1",
+    "arrow": b"ARROW1",
+    "feather1": b"FEA1",
+    "npy": b"\x93NUMPY",
+    "sqlite": b"SQLite format 3\x00",
+    "ole2": b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1",
+}
 
 
 def sniff(head: bytes, size: int, ext: str, basename: str) -> str | None:
@@ -44,18 +53,9 @@ def sniff(head: bytes, size: int, ext: str, basename: str) -> str | None:
         return "pdf"
     if datasets.is_hdf5(head):
         return "hdf5"
-    if head.startswith(b"PAR1"):
-        return "parquet"
-    if head.startswith(b"ARROW1"):
-        return "arrow"
-    if head.startswith(b"FEA1"):
-        return "feather1"
-    if head.startswith(b"\x93NUMPY"):
-        return "npy"
-    if head.startswith(b"SQLite format 3\x00"):
-        return "sqlite"
-    if head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):
-        return "ole2"
+    for fmt, magic in FIXED_MAGIC.items():
+        if head.startswith(magic):
+            return fmt
     if basename == "saved_model.pb" or (ext == "pb" and basename.startswith("saved_model")):
         return "savedmodel"
     if basename == "variables.index" or basename.startswith("variables.data-"):
