@@ -49,6 +49,17 @@ def dataset_tag(fmt: str, columns: list[str] | None, rows: int | None, extra: st
     )
 
 
+def columnar_finding(mime: str, fmt: str, names: list[str], rows: int | None) -> Finding:
+    """A columnar file whose schema was read: its column names are the text to match."""
+    return Finding(mime, [dataset_tag(fmt, names, rows)], text=" ".join(names))
+
+
+def without_pyarrow(mime: str, fmt: str) -> Finding:
+    """A columnar file when pyarrow (optional) is not installed: tagged, and marked skipped."""
+    tag = dataset_tag(fmt, None, None, "pyarrow not installed")
+    return Finding(mime, [tag], skipped="missing_library")
+
+
 # --- NumPy ---------------------------------------------------------------------------
 def parse_npy(src: Source, limits: Limits) -> Finding:
     head = src.head
@@ -197,8 +208,7 @@ def parse_parquet(src: Source, limits: Limits) -> Finding:
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            tag = dataset_tag("parquet", None, None, "pyarrow not installed")
-            return Finding("application/vnd.apache.parquet", [tag], skipped="missing_library")
+            return without_pyarrow("application/vnd.apache.parquet", "parquet")
         f.seek(0)
         try:
             meta = pq.ParquetFile(f).metadata
@@ -206,11 +216,7 @@ def parse_parquet(src: Source, limits: Limits) -> Finding:
             rows = int(meta.num_rows)
         except Exception as e:  # pyarrow raises its own error types on bad files
             raise ParseError(f"Parquet footer: {e}") from None
-    return Finding(
-        "application/vnd.apache.parquet",
-        [dataset_tag("parquet", names, rows)],
-        text=" ".join(names),
-    )
+    return columnar_finding("application/vnd.apache.parquet", "parquet", names, rows)
 
 
 def parse_arrow(src: Source, limits: Limits, path: str | None = None) -> Finding:
@@ -222,8 +228,7 @@ def parse_arrow(src: Source, limits: Limits, path: str | None = None) -> Finding
         import pyarrow as pa
         import pyarrow.ipc as ipc
     except ImportError:
-        tag = dataset_tag("arrow", None, None, "pyarrow not installed")
-        return Finding("application/vnd.apache.arrow.file", [tag], skipped="missing_library")
+        return without_pyarrow("application/vnd.apache.arrow.file", "arrow")
     try:
         if path is not None:
             with pa.memory_map(path, "r") as mm:
@@ -233,11 +238,7 @@ def parse_arrow(src: Source, limits: Limits, path: str | None = None) -> Finding
                 names, rows = _arrow_counts(ipc.open_file(pa.PythonFile(f, mode="r")), src.deadline)
     except Exception as e:  # pyarrow raises its own error types on bad files
         raise ParseError(f"Arrow IPC: {e}") from None
-    return Finding(
-        "application/vnd.apache.arrow.file",
-        [dataset_tag("arrow", names, rows)],
-        text=" ".join(names),
-    )
+    return columnar_finding("application/vnd.apache.arrow.file", "arrow", names, rows)
 
 
 def _arrow_counts(reader: Any, deadline: Deadline) -> tuple[list[str], int | None]:

@@ -15,7 +15,7 @@ import re
 import struct
 
 from agent.classify.base import Finding, Limits, ParseError, Source
-from agent.classify.datasets import MAX_COLUMNS, dataset_tag
+from agent.classify.datasets import MAX_COLUMNS, columnar_finding, dataset_tag, without_pyarrow
 
 MAX_RECORDS = 20_000  # JSON elements decoded before the count becomes an estimate
 SAS_MAGIC = bytes.fromhex("000000000000000000000000c2ea8160b31411cfbd92080009c7318c181f1011")
@@ -118,8 +118,7 @@ def _orc(src: Source, limits: Limits) -> Finding:
         try:
             import pyarrow.orc as orc
         except ImportError:
-            tag = dataset_tag("orc", None, None, "pyarrow not installed")
-            return Finding("application/x-orc", [tag], skipped="missing_library")
+            return without_pyarrow("application/x-orc", "orc")
         f.seek(0)
         try:
             reader = orc.ORCFile(f)
@@ -127,7 +126,7 @@ def _orc(src: Source, limits: Limits) -> Finding:
             rows = int(reader.nrows)
         except Exception as e:  # pyarrow raises its own error types on bad files
             raise ParseError(f"ORC footer: {type(e).__name__}: {e}") from None
-    return Finding("application/x-orc", [dataset_tag("orc", names, rows)], text=" ".join(names))
+    return columnar_finding("application/x-orc", "orc", names, rows)
 
 
 def _stata(src: Source, limits: Limits) -> Finding:
