@@ -15,16 +15,8 @@ def _inode(s: socket.socket) -> int:
     return os.fstat(s.fileno()).st_ino
 
 
-def test_next_socket_on_a_reused_fd_is_found_with_one_readlink(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    idx = ProcIndex()
-    first = socket.socket()
-    assert idx.pid_of(_inode(first)) == os.getpid()  # a full walk makes this pid hot
-    fd = first.fileno()
-    first.close()
-    second = socket.socket()  # the lowest free fd: the one `first` had
-    assert second.fileno() == fd
+def _readlinks_to_find(idx: ProcIndex, s: socket.socket) -> list[str]:
+    """The fd links `idx` reads to find this process by the socket `s` (and it finds it)."""
     reads: list[str] = []
     real = os.readlink
 
@@ -32,9 +24,21 @@ def test_next_socket_on_a_reused_fd_is_found_with_one_readlink(
         reads.append(path)
         return real(path)
 
-    monkeypatch.setattr(procindex.os, "readlink", counting)
-    assert idx.pid_of(_inode(second)) == os.getpid()
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(procindex.os, "readlink", counting)
+        assert idx.pid_of(_inode(s)) == os.getpid()
+    return reads
+
+
+def test_next_socket_on_a_reused_fd_is_found_with_one_readlink() -> None:
+    idx = ProcIndex()
+    first = socket.socket()
+    assert idx.pid_of(_inode(first)) == os.getpid()  # a full walk makes this pid hot
+    fd = first.fileno()
+    first.close()
+    second = socket.socket()  # the lowest free fd: the one `first` had
+    assert second.fileno() == fd
+    reads = _readlinks_to_find(idx, second)
     second.close()
     assert reads == [f"/proc/{os.getpid()}/fd/{fd}"]
     assert idx.full_scans == 1
@@ -57,9 +61,7 @@ def test_an_unknown_inode_is_none_never_guessed() -> None:
         assert idx.pid_of(_inode(s)) is None
 
 
-def test_a_new_fd_of_a_hot_process_is_read_before_the_old_ones(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_a_new_fd_of_a_hot_process_is_read_before_the_old_ones() -> None:
     """Past the hint, fds absent from the last search are read first: a process with
     many open files finds its new socket in a readlink or two, not one per fd."""
     idx = ProcIndex()
@@ -68,16 +70,7 @@ def test_a_new_fd_of_a_hot_process_is_read_before_the_old_ones(
     assert idx.pid_of(_inode(first)) == os.getpid()
     assert idx.pid_of(_inode(first)) == os.getpid()  # a hot search: the fds are seen
     second = socket.socket()  # a new, higher fd: `first` still holds the hinted one
-    reads: list[str] = []
-    real = os.readlink
-
-    def counting(path: str) -> str:
-        reads.append(path)
-        return real(path)
-
-    monkeypatch.setattr(procindex.os, "readlink", counting)
-    assert idx.pid_of(_inode(second)) == os.getpid()
-    monkeypatch.undo()
+    reads = _readlinks_to_find(idx, second)
     for f in files:
         f.close()
     first.close()
