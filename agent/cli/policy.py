@@ -27,6 +27,16 @@ def _load(section: PoliciesSection, extra: tuple[str, ...] = ()) -> Any:
     return load_configured(section, extra_site=[Path(p) for p in extra])
 
 
+def _configured_policy(section: PoliciesSection) -> Any:
+    """The configured policy; its problems on stderr and a UserError when it is invalid."""
+    policy_obj, issues = _load(section)
+    if policy_obj is None:
+        for issue in issues:
+            click.echo(str(issue), err=True)
+        raise UserError(f"the configured policy is invalid ({len(issues)} problem(s))")
+    return policy_obj
+
+
 @policy.command("check")
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option("--alone", is_flag=True, help="Check PATHs without the shipped packs beside them.")
@@ -94,11 +104,7 @@ def policy_list(ctx: click.Context, show_rules: bool, day: Any, as_json: bool) -
     only records.
     """
     s = settings_from(ctx)
-    policy_obj, issues = _load(s.policies)
-    if policy_obj is None:
-        for issue in issues:
-            click.echo(str(issue), err=True)
-        raise UserError(f"the configured policy is invalid ({len(issues)} problem(s))")
+    policy_obj = _configured_policy(s.policies)
     if show_rules:
         _list_rules(policy_obj, (day.date() if day else dt.date.today()), as_json)
         return
@@ -188,11 +194,7 @@ def policy_explain(ctx: click.Context, path: str, day: Any, as_json: bool) -> No
 
     s = settings_from(ctx)
     target = existing_path(path)
-    policy_obj, issues = _load(s.policies)
-    if policy_obj is None:
-        for issue in issues:
-            click.echo(str(issue), err=True)
-        raise UserError(f"the configured policy is invalid ({len(issues)} problem(s))")
+    policy_obj = _configured_policy(s.policies)
     try:
         from agent.classify import classify_file
     except ImportError as e:
@@ -246,11 +248,7 @@ def policy_eval(
         case_set = load_case_set(Path(directory), cache)
     except ManifestError as e:
         raise UserError(str(e)) from None
-    policy_obj, issues = _load(s.policies)
-    if policy_obj is None:
-        for issue in issues:
-            click.echo(str(issue), err=True)
-        raise UserError(f"the configured policy is invalid ({len(issues)} problem(s))")
+    policy_obj = _configured_policy(s.policies)
     from agent.classify import Classifier
 
     cats = tuple(policy_obj.categories)
