@@ -29,6 +29,18 @@ def _start_sink(rig: Rig, **kw: Any) -> Sink:
     return sink
 
 
+def _connect(rig: Rig, addr: str, port: int, family: int = socket.AF_INET) -> socket.socket:
+    """A TCP socket of the sender namespace, connected to `addr`:`port`."""
+    with rig.sender():
+        s = socket.socket(family)
+    try:
+        s.connect((addr, port))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
 def _upload(
     rig: Rig,
     addr: str,
@@ -42,10 +54,7 @@ def _upload(
     `hold` keeps the connection open that long before sending: the owner of a socket is
     looked up while it is open, and a connection that ends before the sensor reads its
     first packet (a busy capture, just reopened) keeps its bytes but not its process."""
-    with rig.sender():
-        s = socket.socket(family)
-    with s:
-        s.connect((addr, port))
+    with _connect(rig, addr, port, family) as s:
         local = s.getsockname()[1]
         time.sleep(hold)
         chunk = b"\xa5" * (1 << 20)
@@ -122,9 +131,7 @@ def test_tls_client_hello_gives_sni(rig: Rig, sensor_in: Any, tmp_path: Path) ->
     client.verify_mode = ssl.CERT_NONE
     ports = []
     for i in range(20):
-        with rig.sender():
-            raw = socket.socket()
-        raw.connect((rig.peer_v4, sink.port))
+        raw = _connect(rig, rig.peer_v4, sink.port)
         with client.wrap_socket(raw, server_hostname=f"upload{i}.example.org") as s:
             s.sendall(b"z" * 10_000)
             assert s.recv(1) == b"k"  # all of it arrived before we close
@@ -175,9 +182,7 @@ def test_dns_answers_name_the_flow(rig: Rig, sensor_in: Any) -> None:
 def test_reset_by_sender_after_known_bytes(rig: Rig, sensor_in: Any) -> None:
     _sensor, out = sensor_in()
     sink = _start_sink(rig, ack_after=1_000_000)
-    with rig.sender():
-        s = socket.socket()
-    s.connect((rig.peer_v4, sink.port))
+    s = _connect(rig, rig.peer_v4, sink.port)
     port = s.getsockname()[1]
     s.sendall(b"r" * 1_000_000)
     assert s.recv(1) == b"k"  # the peer read all of it
@@ -192,9 +197,7 @@ def test_reset_by_sender_after_known_bytes(rig: Rig, sensor_in: Any) -> None:
 def test_reset_by_peer_mid_transfer(rig: Rig, sensor_in: Any) -> None:
     _sensor, out = sensor_in()
     sink = _start_sink(rig, reset_after=300_000)
-    with rig.sender():
-        s = socket.socket()
-    s.connect((rig.peer_v4, sink.port))
+    s = _connect(rig, rig.peer_v4, sink.port)
     port = s.getsockname()[1]
     sent = 0
     with s:
@@ -243,10 +246,7 @@ def test_sequence_accounting_without_kernel_counts(rig: Rig, sensor_in: Any) -> 
 def test_active_timeout_splits_a_long_upload(rig: Rig, sensor_in: Any) -> None:
     _sensor, out = sensor_in(active_timeout=1.0)
     sink = _start_sink(rig)
-    with rig.sender():
-        s = socket.socket()
-    with s:
-        s.connect((rig.peer_v4, sink.port))
+    with _connect(rig, rig.peer_v4, sink.port) as s:
         port = s.getsockname()[1]
         for _ in range(8):
             s.sendall(b"a" * 500_000)
@@ -265,10 +265,7 @@ def test_active_timeout_splits_a_long_upload(rig: Rig, sensor_in: Any) -> None:
 def test_process_and_user_of_the_sending_socket(rig: Rig, sensor_in: Any) -> None:
     _sensor, out = sensor_in()
     sink = _start_sink(rig)
-    with rig.sender():
-        s = socket.socket()
-    with s:
-        s.connect((rig.peer_v4, sink.port))
+    with _connect(rig, rig.peer_v4, sink.port) as s:
         port = s.getsockname()[1]
         time.sleep(0.3)  # attribution is best effort: give it a live socket to find
         s.sendall(b"p" * 1000)
