@@ -95,21 +95,24 @@ def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     )
 
 
+def _mutated(data: st.DataObject, sample: bytes, flips: int) -> bytes:
+    """`sample` with up to `flips` bytes overwritten, then cut short: a drawn length."""
+    raw = bytearray(sample)
+    cut = data.draw(st.integers(0, len(raw)))
+    at = st.tuples(st.integers(0, max(len(raw) - 1, 0)), st.integers(0, 255))
+    for pos, value in data.draw(st.lists(at, max_size=flips)):
+        if pos < len(raw):
+            raw[pos] = value
+    return bytes(raw[:cut])
+
+
 @pytest.mark.parametrize("name", sorted(PARSERS))
 @FAST
 @given(data=st.data())
 def test_parsers_on_truncated_and_mutated_real_files(
     samples: dict[str, bytes], name: str, data: st.DataObject
 ) -> None:
-    raw = bytearray(samples[name])
-    cut = data.draw(st.integers(0, len(raw)))
-    flips = data.draw(
-        st.lists(st.tuples(st.integers(0, max(len(raw) - 1, 0)), st.integers(0, 255)), max_size=4)
-    )
-    for pos, value in flips:
-        if pos < len(raw):
-            raw[pos] = value
-    only_parse_errors(PARSERS[name], bytes(raw[:cut]))
+    only_parse_errors(PARSERS[name], _mutated(data, samples[name], flips=4))
 
 
 @pytest.mark.parametrize("name", ["torch", "docx", "pdf", "targz", "safetensors", "gguf", "hdf5"])
@@ -118,13 +121,7 @@ def test_parsers_on_truncated_and_mutated_real_files(
 def test_content_tiers_never_raise(
     samples: dict[str, bytes], name: str, data: st.DataObject
 ) -> None:
-    raw = bytearray(samples[name])
-    cut = data.draw(st.integers(0, len(raw)))
-    for pos, value in data.draw(
-        st.lists(st.tuples(st.integers(0, len(raw) - 1), st.integers(0, 255)), max_size=3)
-    ):
-        raw[pos] = value
-    found = TIERS.classify(Source.from_bytes(f"f.{name}", bytes(raw[:cut])))
+    found = TIERS.classify(Source.from_bytes(f"f.{name}", _mutated(data, samples[name], flips=3)))
     assert isinstance(found, Finding)
 
 
