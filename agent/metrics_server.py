@@ -34,6 +34,7 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import CollectorRegistry
 
 from agent.config import ConfigError, MetricsSection
+from agent.wakepipe import close_pipe, wake_then_join
 
 log = logging.getLogger(__name__)
 
@@ -193,11 +194,9 @@ class MetricsServer(ThreadingHTTPServer):
 
     def shutdown(self) -> None:
         if self._thread is not None:
-            os.write(self._wake_w, b"x")
-            self._thread.join()
+            wake_then_join(self._thread, self._wake_w)
             self._thread = None
-            for fd in (self._wake_r, self._wake_w):
-                os.close(fd)
+            close_pipe(self._wake_r, self._wake_w)
 
 
 def _family(host: str) -> socket.AddressFamily:

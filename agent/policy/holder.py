@@ -43,6 +43,7 @@ from agent.sensors.files._inotify import (
     IN_ONLYDIR,
     Inotify,
 )
+from agent.wakepipe import close_pipe
 
 if TYPE_CHECKING:
     from agent.runtime import Runtime
@@ -236,8 +237,7 @@ class PolicyHolder:
         finally:
             if ino is not None:
                 ino.close()
-            for fd in (self._wake_r, self._wake_w):
-                os.close(fd)
+            close_pipe(self._wake_r, self._wake_w)
 
     def _arm(self, ino: Inotify) -> bool:
         """Watch each pack directory and each path's parent (a replaced or removed

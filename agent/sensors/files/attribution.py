@@ -34,6 +34,7 @@ from agent.sensors.files.fanotify import (
     Fanotify,
 )
 from agent.sensors.files.process import ProcessCache
+from agent.wakepipe import close_pipe, wake_then_join
 
 log = logging.getLogger(__name__)
 
@@ -240,11 +241,9 @@ class Attribution:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            os.write(self._wake_w, b"x")
-            self._thread.join()
+            wake_then_join(self._thread, self._wake_w)
             self._thread = None
-            for fd in (self._wake_r, self._wake_w):
-                os.close(fd)
+            close_pipe(self._wake_r, self._wake_w)
         if self.fan is not None:
             self.fan.close()
             self.fan = None

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from agent.config import FilesSection
 from agent.events import Channel
 from agent.sensors.files.channels import ChannelMap, Mount, parse_mountinfo, read_mountinfo
+from agent.wakepipe import close_pipe, wake_then_join
 
 if TYPE_CHECKING:
     from agent.sensors.files.sensor import FileSensor
@@ -93,8 +94,7 @@ class MountFollower:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            os.write(self._wake_w, b"x")
-            self._thread.join()
+            wake_then_join(self._thread, self._wake_w)
             self._thread = None
 
     def _wanted(self, m: Mount) -> bool:
@@ -167,5 +167,4 @@ class MountFollower:
         finally:
             if fd >= 0:
                 os.close(fd)
-            for w in (self._wake_r, self._wake_w):
-                os.close(w)
+            close_pipe(self._wake_r, self._wake_w)
