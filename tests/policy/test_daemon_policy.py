@@ -13,33 +13,11 @@ import pytest
 
 from tests.conftest import eventually, store_rows
 from tests.policy.makefiles import RARE_EARTH_ZH, make_docx
+from tests.policy.sitepacks import lab_pack
 
-SITE = """\
-pack:
-  id: site-lab
-  name: Lab rules
-  regime: SITE
-  version: "{version}"
-  required_engine_version: "1.0"
-  sources: [{{title: internal procedure EC-07}}]
-rules:
-  - id: site-any-document-usb
-    description: Any document onto removable media
-    condition:
-      all:
-        - {{field: channel, eq: removable}}
-        - {{field: kinds, contains: document}}
-    severity: low
-    action: record
-    effective_from: 2020-01-01
-    tests:
-      - name: doc on usb
-        facts: {{event: file, channel: removable, kinds: [document]}}
-        expect: decision
-      - name: doc on disk
-        facts: {{event: file, channel: local, kinds: [document]}}
-        expect: none
-"""
+
+def _site(version: str) -> str:
+    return lab_pack(version, "site-any-document-usb", "document", "document")
 
 
 def _decisions(db: Path) -> list[tuple[Any, ...]]:
@@ -53,7 +31,7 @@ def test_agent_decides_and_reloads(
     site = tmp_path / "site"
     site.mkdir()
     pack = site / "lab.yaml"
-    pack.write_text(SITE.format(version="1"))
+    pack.write_text(_site("1"))
     state = Path(agent_config["agent"]["state_dir"])
     agent_config["policies"] = {"paths": [str(site)], "watch_interval": 0.2}
     agent = run_agent(agent_config)
@@ -72,7 +50,7 @@ def test_agent_decides_and_reloads(
     assert {r[0] for r in _decisions(db)} >= {"site-any-document-usb"}
 
     # a broken pack and SIGHUP: the reload fails, the previous policy stays in force
-    pack.write_text(SITE.format(version="2").replace("action: record", "action: shred"))
+    pack.write_text(_site("2").replace("action: record", "action: shred"))
     agent.proc.send_signal(signal.SIGHUP)
     assert eventually(lambda: agent.metric("egress_agent_policy_last_reload_success") == 0)
     assert (agent.metric("egress_agent_policy_reloads_total", {"result": "failure"}) or 0) >= 1
@@ -88,7 +66,7 @@ def test_agent_decides_and_reloads(
     assert all(r[3] == version for r in _decisions(db))
 
     # fixed: the file watcher reloads it without a signal, and a new version is recorded
-    pack.write_text(SITE.format(version="3"))
+    pack.write_text(_site("3"))
     assert eventually(lambda: agent.metric("egress_agent_policy_last_reload_success") == 1)
     with sqlite3.connect(db) as c:
         versions = {v for (v,) in c.execute("SELECT version FROM policy_versions")}

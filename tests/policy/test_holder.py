@@ -30,32 +30,9 @@ from agent.policy import SHIPPED_DIR, PolicyHolder, PolicyStage, attach_policy
 from agent.runtime import NotAttached, Runtime
 from agent.store.db import make_engine, upgrade
 from agent.store.models import PolicyVersion
+from tests.policy.sitepacks import lab_pack
 
-SITE = """\
-pack:
-  id: site-lab
-  name: Lab rules
-  regime: SITE
-  version: "{version}"
-  required_engine_version: "1.0"
-  sources: [{{title: internal procedure EC-07}}]
-rules:
-  - id: site-any-weights-usb
-    description: Any model weights onto a USB stick
-    condition:
-      all:
-        - {{field: channel, eq: removable}}
-        - {{field: kinds, contains: model_weights}}
-    severity: low
-    effective_from: 2020-01-01
-    action: record
-    tests:
-      - name: weights on usb
-        facts: {{event: file, channel: removable, kinds: [model_weights]}}
-        expect: decision
-      - name: weights on disk
-        facts: {{event: file, channel: local, kinds: [model_weights]}}
-        expect: none
+OVERRIDES = """\
 overrides:
   - rule: us-ear-model-weights-copied-out
     status: in_force
@@ -66,6 +43,10 @@ overrides:
 """
 
 
+def _site(version: str) -> str:
+    return lab_pack(version, "site-any-weights-usb", "model_weights", "model weights", OVERRIDES)
+
+
 def _metric(name: str, labels: dict[str, str] | None = None) -> float:
     return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
@@ -73,7 +54,7 @@ def _metric(name: str, labels: dict[str, str] | None = None) -> float:
 def _holder(tmp_path: Path, **kw: object) -> tuple[PolicyHolder, Path]:
     site = tmp_path / "site"
     site.mkdir(exist_ok=True)
-    (site / "lab.yaml").write_text(SITE.format(version="1"))
+    (site / "lab.yaml").write_text(_site("1"))
     section = PoliciesSection(paths=[site], **kw)  # type: ignore[arg-type]
     return PolicyHolder(lambda: section), site
 
@@ -102,9 +83,7 @@ def test_broken_reload_keeps_last_good_policy(tmp_path: Path) -> None:
     cats = holder.categories()
     assert _metric("egress_agent_policy_last_reload_success") == 1
     failures = _metric("egress_agent_policy_reloads_total", {"result": "failure"})
-    (site / "lab.yaml").write_text(
-        SITE.format(version="2").replace("severity: low", "severity: urgent")
-    )
+    (site / "lab.yaml").write_text(_site("2").replace("severity: low", "severity: urgent"))
     assert not holder.reload()
     assert holder.current is good
     assert holder.categories() is cats
@@ -112,7 +91,7 @@ def test_broken_reload_keeps_last_good_policy(tmp_path: Path) -> None:
     assert _metric("egress_agent_policy_reloads_total", {"result": "failure"}) == failures + 1
     assert any("severity" in str(i) and ":15:" in str(i) for i in holder.errors)
     # fixed again: the new version replaces the old one, categories are a new object
-    (site / "lab.yaml").write_text(SITE.format(version="3"))
+    (site / "lab.yaml").write_text(_site("3"))
     assert holder.reload()
     assert holder.current.version != good.version
     assert _metric("egress_agent_policy_last_reload_success") == 1
@@ -123,7 +102,7 @@ def test_pack_cut_before_its_rules_is_refused(tmp_path: Path) -> None:
     holder, site = _holder(tmp_path)
     assert holder.reload()
     good = holder.current
-    text = SITE.format(version="2")
+    text = _site("2")
     cut = text[: text.index("\nrules:") if "\nrules:" in text else text.index("\noverrides:")]
     (site / "lab.yaml").write_text(cut + "\n")
     assert not holder.reload()
@@ -167,7 +146,7 @@ def test_disable_and_replace_shipped_packs(tmp_path: Path) -> None:
 def test_builtin_off_means_only_site_packs(tmp_path: Path) -> None:
     site = tmp_path / "only"
     site.mkdir()
-    text = SITE.format(version="1").split("overrides:")[0]
+    text = _site("1").split("overrides:")[0]
     (site / "lab.yaml").write_text(text)
     holder = PolicyHolder(lambda: PoliciesSection(paths=[site], builtin=False))
     assert holder.reload(), holder.errors
@@ -181,7 +160,7 @@ def test_file_change_triggers_reload(tmp_path: Path) -> None:
     first = holder.current.version
     holder.start_watching(0.05)
     try:
-        (site / "lab.yaml").write_text(SITE.format(version="changed"))
+        (site / "lab.yaml").write_text(_site("changed"))
         deadline = time.monotonic() + 10
         while holder.current.version == first and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -203,12 +182,12 @@ def _check_versions_recorded(url: str, tmp_path: Path) -> None:
     upgrade(engine)
     site = tmp_path / "site"
     site.mkdir(exist_ok=True)
-    (site / "lab.yaml").write_text(SITE.format(version="1"))
+    (site / "lab.yaml").write_text(_site("1"))
     section = PoliciesSection(paths=[site])
     holder = PolicyHolder(lambda: section, engine)
     assert holder.reload() and holder.reload()  # the same version is recorded once
     v1 = holder.current.version
-    (site / "lab.yaml").write_text(SITE.format(version="2"))
+    (site / "lab.yaml").write_text(_site("2"))
     assert holder.reload()
     with engine.connect() as c:
         rows = c.execute(select(PolicyVersion.version, PolicyVersion.packs)).all()
@@ -396,7 +375,7 @@ def test_a_replaced_site_directory_is_noticed(tmp_path: Path) -> None:
     deployment tool's rename) is seen at once, without a poll."""
     site = tmp_path / "site"
     site.mkdir()
-    (site / "lab.yaml").write_text(SITE.format(version="1").split("overrides:")[0])
+    (site / "lab.yaml").write_text(_site("1").split("overrides:")[0])
     holder = PolicyHolder(lambda: PoliciesSection(paths=[site], builtin=False))
     assert holder.reload(), holder.errors
     first = holder.current.version
@@ -404,7 +383,7 @@ def test_a_replaced_site_directory_is_noticed(tmp_path: Path) -> None:
     try:
         new = tmp_path / "site.new"
         new.mkdir()
-        (new / "lab.yaml").write_text(SITE.format(version="2").split("overrides:")[0])
+        (new / "lab.yaml").write_text(_site("2").split("overrides:")[0])
         site.rename(tmp_path / "site.old")
         new.rename(site)
         deadline = time.monotonic() + 20
