@@ -30,10 +30,10 @@ from typing import Any
 from agent.classify.source import (
     LANGUAGES,
     AncestorMemo,
-    _packed_ref,
     _read,
     _resolve_git_dir,
     config_remote_urls,
+    resolve_head,
 )
 from agent.events import Tag
 
@@ -42,7 +42,6 @@ MAX_LANGUAGES = 5
 MAX_PATH = 4096  # a tracked path longer than this is a damaged (or hostile) index
 _CRED = re.compile(r"^(\w[\w+.-]*://)[^@/]+@")
 _SCP = re.compile(r"^(?:[^@/:]+@)?([^/:]+):(?!//)")
-_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,20 +248,7 @@ def _read_repository(root: str, git_dir: str, common: str, bare: bool) -> Reposi
     head = _read(os.path.join(git_dir, "HEAD"), 4096)
     if head is None:
         return None
-    head = head.strip()
-    branch = commit = None
-    if head.startswith("ref:"):
-        ref = head[4:].strip()
-        branch = ref.removeprefix("refs/heads/")
-        if ref.startswith("refs/") and ".." not in ref:
-            value = _read(os.path.join(git_dir, ref), 4096) or _read(
-                os.path.join(common, ref), 4096
-            )
-            commit = value.strip() if value else _packed_ref(common, ref)
-    elif _SHA.fullmatch(head):
-        commit = head
-    if commit is not None and not _SHA.fullmatch(commit):
-        commit = None
+    branch, commit = resolve_head(head, git_dir, common)
     remotes = remotes_of(common)
     names = dict(remotes)
     remote = names.get("origin") or (remotes[0][1] if remotes else None)

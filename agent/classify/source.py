@@ -187,6 +187,7 @@ class GitInfo:
 _cache: dict[str, tuple[tuple[int, int], GitInfo | None]] = {}
 _lock = threading.Lock()
 _CRED = re.compile(r"^(\w+://)[^@/]+@")
+_OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a SHA-1 or SHA-256 commit id
 
 
 class AncestorMemo:
@@ -298,13 +299,24 @@ def _read_repo(root: str, git_dir: str) -> GitInfo | None:
     head = _read(os.path.join(git_dir, "HEAD"), 4096)
     if head is None:
         return None
-    head = head.strip()
-    commit: str | None = None
-    branch: str | None = None
     common = git_dir
     commondir = _read(os.path.join(git_dir, "commondir"), 4096)
     if commondir:
         common = os.path.normpath(os.path.join(git_dir, commondir.strip()))
+    branch, commit = resolve_head(head, git_dir, common)
+    return GitInfo(root, _remote(common), commit, branch)
+
+
+def resolve_head(head: str, git_dir: str, common: str) -> tuple[str | None, str | None]:
+    """(branch, commit) from the text of HEAD: a symbolic ref is looked up as a loose ref
+    (in `git_dir`, then the shared `common` dir of a worktree) or in packed-refs.
+
+    A ref outside refs/ or holding `..` is not followed (it would name a file outside the
+    git directory); a commit that is not a SHA-1 or SHA-256 object id is None.
+    """
+    head = head.strip()
+    commit: str | None = None
+    branch: str | None = None
     if head.startswith("ref:"):
         ref = head[4:].strip()
         branch = ref.removeprefix("refs/heads/")
@@ -313,11 +325,11 @@ def _read_repo(root: str, git_dir: str) -> GitInfo | None:
                 os.path.join(common, ref), 4096
             )
             commit = value.strip() if value else _packed_ref(common, ref)
-    elif re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", head):
+    elif _OBJECT_ID.fullmatch(head):
         commit = head
-    if commit is not None and not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", commit):
+    if commit is not None and not _OBJECT_ID.fullmatch(commit):
         commit = None
-    return GitInfo(root, _remote(common), commit, branch)
+    return branch, commit
 
 
 def _packed_ref(git_dir: str, ref: str) -> str | None:
