@@ -28,6 +28,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,21 @@ rules:
 """
 
 
+def _until_series(prom: Any, query: str, what: str, timeout: float, why: Callable[[], Any]) -> Any:
+    """Prometheus's first non-empty answer to `query`, waited for as `wait_until` does."""
+    return wait_until(lambda: prom.api("query", query=query)["result"], what, timeout, why=why)
+
+
+def _until_firing(prom: Any, alert: str, timeout: float, log: Callable[[], str]) -> Any:
+    """The firing `alert`s once there is one; else all alerts and `log()` say why not."""
+    return wait_until(
+        lambda: prom.alerts(alert),
+        f"{alert} firing",
+        timeout,
+        why=lambda: json.dumps(prom.api("alerts")) + log(),
+    )
+
+
 def test_high_severity_incident_fires_the_shipped_alert(
     tmp_path: Path, agent_config: dict[str, Any], run_agent: Any, prometheus: Any
 ) -> None:
@@ -114,12 +130,7 @@ def test_high_severity_incident_fires_the_shipped_alert(
         why=agent.stderr,
     )
     prom = prometheus(agent_config["metrics"]["listen"])
-    wait_until(
-        lambda: prom.api("query", query='up{job="egress-agent"} == 1')["result"],
-        "first scrape",
-        30,
-        why=prom.tail,
-    )
+    _until_series(prom, 'up{job="egress-agent"} == 1', "first scrape", 30, why=prom.tail)
     assert not prom.alerts("EgressAgentHighSeverityIncident", "firing")
 
     # the real thing: a document with the marker lands on the "USB stick"
@@ -133,13 +144,7 @@ def test_high_severity_incident_fires_the_shipped_alert(
         60,
         why=agent.stderr,
     )
-    firing = wait_until(
-        lambda: prom.alerts("EgressAgentHighSeverityIncident"),
-        "EgressAgentHighSeverityIncident firing",
-        60,
-        why=lambda: json.dumps(prom.api("alerts"), indent=1) + prom.tail(),
-    )
-    (alert,) = firing
+    (alert,) = _until_firing(prom, "EgressAgentHighSeverityIncident", 60, log=prom.tail)
     assert alert["labels"]["rule"] == "e2e-drill-marker-removable"
     assert alert["labels"]["incident_severity"] == "high"
     assert alert["labels"]["severity"] == "critical"
@@ -163,12 +168,7 @@ def test_sensor_down_and_agent_down_fire(
     )
     prom = prometheus(agent_config["metrics"]["listen"], rules_with_short_for(tmp_path))
 
-    (alert,) = wait_until(
-        lambda: prom.alerts("EgressAgentSensorDown"),
-        "EgressAgentSensorDown firing",
-        60,
-        why=lambda: json.dumps(prom.api("alerts")) + prom.tail(),
-    )
+    (alert,) = _until_firing(prom, "EgressAgentSensorDown", 60, log=prom.tail)
     assert alert["labels"]["sensor"] == "network" and alert["labels"]["host"] == "127.0.0.1"
     assert not prom.alerts("EgressAgentDown")
 
@@ -184,12 +184,7 @@ def test_sensor_down_and_agent_down_fire(
     )
 
     assert agent.stop() == 0
-    (down,) = wait_until(
-        lambda: prom.alerts("EgressAgentDown"),
-        "EgressAgentDown firing",
-        60,
-        why=lambda: json.dumps(prom.api("alerts")) + prom.tail(),
-    )
+    (down,) = _until_firing(prom, "EgressAgentDown", 60, log=prom.tail)
     assert down["labels"]["instance"] == agent_config["metrics"]["listen"]
 
 
@@ -326,10 +321,9 @@ def test_controlled_egress_abroad_and_an_unusual_upload_fire(
         prom = None
         try:
             prom = prometheus(listen, rules_with_short_for(tmp_path), netns=(rig, rig.sender_ns))
-            wait_until(
-                lambda: prom.api("query", query='egress_agent_sensor_up{sensor="network"} == 1')[
-                    "result"
-                ],
+            _until_series(
+                prom,
+                'egress_agent_sensor_up{sensor="network"} == 1',
                 "the agent scraped with its network sensor up",
                 60,
                 why=lambda: log.read_text()[-3000:] + prom.tail(),
@@ -358,15 +352,12 @@ def test_controlled_egress_abroad_and_an_unusual_upload_fire(
             )
             assert egress["labels"]["decision_severity"] == "high"
             assert egress["labels"]["pack"] == "e2e-egress"
-            (upload,) = wait_until(
-                lambda: prom.alerts("EgressAgentUnusualForeignUpload"),
-                "EgressAgentUnusualForeignUpload firing",
+            (upload,) = _until_firing(
+                prom,
+                "EgressAgentUnusualForeignUpload",
                 60,
-                why=lambda: (
-                    json.dumps(prom.api("alerts"))
-                    + json.dumps(
-                        prom.api("query", query="egress_agent_outbound_bytes_total")["result"]
-                    )
+                log=lambda: json.dumps(
+                    prom.api("query", query="egress_agent_outbound_bytes_total")["result"]
                 ),
             )
             assert upload["labels"]["host"] == "127.0.0.1"
@@ -412,12 +403,7 @@ def test_events_dropped_fires_when_the_store_is_stuck(
     locker = threading.Thread(target=hold_lock)
     locker.start()
     try:
-        (alert,) = wait_until(
-            lambda: prom.alerts("EgressAgentEventsDropped"),
-            "EgressAgentEventsDropped firing",
-            40,
-            why=lambda: json.dumps(prom.api("alerts")) + agent.stderr(),
-        )
+        (alert,) = _until_firing(prom, "EgressAgentEventsDropped", 40, log=agent.stderr)
         assert alert["labels"]["reason"] == "queue_full"
         assert alert["labels"]["severity"] == "critical"
     finally:
@@ -440,8 +426,9 @@ def test_policy_reload_failing_fires(
     agent = run_agent(agent_config)
     agent.wait_metrics()
     prom = prometheus(agent_config["metrics"]["listen"], rules_with_short_for(tmp_path))
-    wait_until(
-        lambda: prom.api("query", query="egress_agent_policy_last_reload_success == 1")["result"],
+    _until_series(
+        prom,
+        "egress_agent_policy_last_reload_success == 1",
         "the policy loaded and scraped",
         60,
         why=agent.stderr,
@@ -450,12 +437,7 @@ def test_policy_reload_failing_fires(
 
     pack.write_text(SITE_PACK.replace("action: alert", "action: shred"))
     agent.proc.send_signal(signal.SIGHUP)
-    (alert,) = wait_until(
-        lambda: prom.alerts("EgressAgentPolicyReloadFailing"),
-        "EgressAgentPolicyReloadFailing firing",
-        60,
-        why=lambda: json.dumps(prom.api("alerts")) + agent.stderr(),
-    )
+    (alert,) = _until_firing(prom, "EgressAgentPolicyReloadFailing", 60, log=agent.stderr)
     assert alert["labels"]["team"] == "security"
 
     pack.write_text(SITE_PACK)
