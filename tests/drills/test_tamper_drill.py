@@ -30,7 +30,7 @@ from tests.conftest import cli, eventually, write_config
 for _component in ("agent.sensors.files.sensor", "agent.classify.stage", "agent.policy.stage"):
     pytest.importorskip(_component, reason=f"{_component} is not in this checkout")
 
-from tests.incidents.helpers import safetensors, with_site_pack  # noqa: E402
+from tests.incidents.helpers import safetensors, start_under_site_pack  # noqa: E402
 
 pytestmark = pytest.mark.drill
 N_FILES = 3
@@ -111,9 +111,7 @@ def _cut_tail(db: Path, cut: int) -> None:
 def test_every_tampering_of_the_incident_evidence_is_detected(
     tmp_path: Path, agent_config: dict[str, Any], run_agent: Any, usb: Path
 ) -> None:
-    exports = with_site_pack(agent_config, tmp_path)
-    agent = run_agent(agent_config)
-    agent.wait_metrics()
+    agent, exports = start_under_site_pack(run_agent, agent_config, tmp_path)
     state = Path(agent_config["agent"]["state_dir"])
     for i in range(N_FILES):
         safetensors(usb / f"model-{i}.safetensors", rows=64, cols=64 + i)

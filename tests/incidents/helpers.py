@@ -269,14 +269,18 @@ def safetensors(path: Path, rows: int = 768, cols: int = 1024) -> Path:
     return path
 
 
-def with_site_pack(agent_config: dict[str, Any], tmp_path: Path) -> Path:
-    """`agent_config` for a daemon that opens incidents under SITE_PACK (small checkpoints
-    count: 1,000 parameters make model weights) and exports them every second; returns
-    the export directory."""
+def start_under_site_pack(
+    run_agent: Any, agent_config: dict[str, Any], tmp_path: Path
+) -> tuple[Any, Path]:
+    """A daemon (from the `run_agent` fixture) that opens incidents under SITE_PACK (small
+    checkpoints count: 1,000 parameters make model weights) and exports them every second,
+    serving metrics; returns it and the export directory."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "lab.yaml").write_text(SITE_PACK)
     exports = tmp_path / "exports"
     agent_config["policies"] = {"paths": [str(site)], "model_parameter_threshold": 1000}
     agent_config["jobs"] = {"export_dir": str(exports), "export_interval": 1}
-    return exports
+    agent = run_agent(agent_config)
+    agent.wait_metrics()
+    return agent, exports

@@ -15,7 +15,7 @@ from tests.conftest import cli, eventually, store_rows
 for _component in ("agent.sensors.files.sensor", "agent.classify.stage", "agent.policy.stage"):
     pytest.importorskip(_component, reason=f"{_component} is not in this checkout")
 
-from tests.incidents.helpers import safetensors, with_site_pack  # noqa: E402
+from tests.incidents.helpers import safetensors, start_under_site_pack  # noqa: E402
 
 
 def _incidents(db: Path) -> list[tuple[Any, ...]]:
@@ -26,9 +26,7 @@ def _incidents(db: Path) -> list[tuple[Any, ...]]:
 def test_daemon_opens_a_removable_copy_incident(
     tmp_path: Path, agent_config: dict[str, Any], run_agent: Any, usb: Path
 ) -> None:
-    exports = with_site_pack(agent_config, tmp_path)
-    agent = run_agent(agent_config)
-    agent.wait_metrics()
+    agent, exports = start_under_site_pack(run_agent, agent_config, tmp_path)
     before = agent.metric(
         "egress_agent_incidents_opened_total",
         {"rule": "us-ear-model-weights-copied-out", "severity": "high"},
