@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.events import Artefact, CategoryMatch, Channel, FileAction, FileEvent, Tag
+from agent.events import Artefact, CategoryMatch, Channel, FileAction, FileEvent, Flow, Tag
 from agent.incidents.evidence import decision_doc
 from agent.incidents.render import render_incident
 from agent.policy.build import load_policy
@@ -43,24 +43,57 @@ def _one(policy: Policy, event: FileEvent, rule: str):  # type: ignore[no-untype
     return next(d for d in policy.decide_file(event) if d.rule_id == rule)
 
 
-# (category, day, control state, action) on the days that matter
-DAYS = [
-    ("CN-DU-1E902-RARE-EARTH", "2025-03-01", "not_yet_in_force", "record"),
-    ("CN-DU-1E902-RARE-EARTH", "2025-10-09", "in_force", "alert"),
-    ("CN-DU-1E902-RARE-EARTH", "2025-10-20", "in_force", "alert"),
-    ("CN-DU-1E902-RARE-EARTH", "2025-11-07", "in_force", "alert"),
-    ("CN-DU-1E902-RARE-EARTH", "2025-11-08", "suspended", "record"),
-    ("CN-DU-1E902-RARE-EARTH", "2026-11-10", "suspended", "record"),
-    ("CN-DU-1E902-RARE-EARTH", "2026-11-11", "in_force (unverified)", "alert"),
-    ("CN-DU-3E901-BATTERY", "2025-10-20", "not_yet_in_force", "record"),
-    ("CN-DU-3E901-BATTERY", "2025-11-07", "not_yet_in_force", "record"),
-    ("CN-DU-3E901-BATTERY", "2025-11-08", "suspended", "record"),
-    ("CN-DU-3E901-BATTERY", "2026-11-10", "suspended", "record"),
-    ("CN-DU-3E901-BATTERY", "2026-11-11", "in_force (unverified)", "alert"),
-]
+def _sent_abroad(  # type: ignore[no-untyped-def]
+    policy: Policy, code: str, day: str, rule: str, country: str | None = None
+):
+    """`rule`'s decision on a document of category `code` uploaded abroad at noon on `day`."""
+    when = datetime.fromisoformat(f"{day}T12:00:00+00:00")
+    art = Artefact(
+        "e" * 64,
+        9000,
+        tags=(Tag("document", "text"),),
+        matches=(CategoryMatch(code, 5, "", 4, "high"),),
+    )
+    flow = Flow(
+        "tcp",
+        "192.0.2.1",
+        5000,
+        "203.0.113.5",
+        443,
+        when,
+        when,
+        dest_class="foreign",
+        country=country,
+    )
+    return next(d for d in policy.decide_transfer(art, flow) if d.rule_id == rule)
 
 
-@pytest.mark.parametrize(("code", "day", "state", "action"), DAYS)
+# per category, its control state on the days that matter; the rule alerts on the days
+# the control is in force and records on the others
+DAYS = {
+    "CN-DU-1E902-RARE-EARTH": {
+        "not_yet_in_force": ["2025-03-01"],
+        "in_force": ["2025-10-09", "2025-10-20", "2025-11-07"],
+        "suspended": ["2025-11-08", "2026-11-10"],
+        "in_force (unverified)": ["2026-11-11"],
+    },
+    "CN-DU-3E901-BATTERY": {
+        "not_yet_in_force": ["2025-10-20", "2025-11-07"],
+        "suspended": ["2025-11-08", "2026-11-10"],
+        "in_force (unverified)": ["2026-11-11"],
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("code", "day", "state", "action"),
+    [
+        (code, day, state, "alert" if state.startswith("in_force") else "record")
+        for code, states in DAYS.items()
+        for state, days in states.items()
+        for day in days
+    ],
+)
 def test_dual_use_dates(shipped: Policy, code: str, day: str, state: str, action: str) -> None:
     d = _one(shipped, _usb(code, dt.date.fromisoformat(day)), "cn-dual-use-technology-leaving")
     assert (d.control_state, d.action) == (state, action)
@@ -80,19 +113,7 @@ def test_dual_use_dates(shipped: Policy, code: str, day: str, state: str, action
 def test_lfp_upload_before_and_after_the_2025_amendment(
     shipped: Policy, day: str, action: str, state: str
 ) -> None:
-    from agent.events import Flow
-
-    when = datetime.fromisoformat(f"{day}T12:00:00+00:00")
-    art = Artefact(
-        "e" * 64,
-        9000,
-        tags=(Tag("document", "text"),),
-        matches=(CategoryMatch("CN-CAT-252604X-CATHODE", 5, "", 4, "high"),),
-    )
-    flow = Flow("tcp", "192.0.2.1", 5000, "203.0.113.5", 443, when, when, dest_class="foreign")
-    d = next(
-        d for d in shipped.decide_transfer(art, flow) if d.rule_id == "cn-cat-transfer-foreign"
-    )
+    d = _sent_abroad(shipped, "CN-CAT-252604X-CATHODE", day, "cn-cat-transfer-foreign")
     assert (d.action, d.control_state, d.item) == (action, state, "252604X")
 
 
@@ -101,23 +122,8 @@ def test_lfp_upload_before_and_after_the_2025_amendment(
     [("2026-11-27", "suspended (unverified)"), ("2026-11-28", "in_force (unverified)")],
 )
 def test_gallium_germanium_us_ban(shipped: Policy, day: str, state: str) -> None:
-    from agent.events import Flow
-
-    when = datetime.fromisoformat(f"{day}T12:00:00+00:00")
-    art = Artefact(
-        "f" * 64,
-        9000,
-        tags=(Tag("document", "text"),),
-        matches=(CategoryMatch("CN-DU-GALLIUM-GERMANIUM", 5, "", 4, "high"),),
-    )
-    flow = Flow(
-        "tcp", "192.0.2.1", 5000, "203.0.113.5", 443, when, when, dest_class="foreign", country="US"
-    )
-    d = next(
-        d
-        for d in shipped.decide_transfer(art, flow)
-        if d.rule_id == "cn-du-gallium-germanium-to-us"
-    )
+    rule = "cn-du-gallium-germanium-to-us"
+    d = _sent_abroad(shipped, "CN-DU-GALLIUM-GERMANIUM", day, rule, country="US")
     assert d.control_state == state and d.action == "record"
     if state.startswith("suspended"):
         assert "Ann. 2025 No. 72" in d.legal_ref and "2026-11-27 inclusive" in d.reason
