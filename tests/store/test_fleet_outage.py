@@ -66,7 +66,9 @@ class FaultyProxy:
         s.settimeout(0.1)
         self._listener = s
 
-    def url(self, database: str) -> str:
+    def url(self, direct: str) -> str:
+        """The database of the URL `direct`, reached through this proxy."""
+        database = direct.rsplit("/", 1)[1]
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 
     def _accept_loop(self) -> None:
@@ -152,7 +154,17 @@ def proxy() -> Any:
     p.close()
 
 
-def _agent_doc(agent_config: dict[str, Any], tmp: Path, name: str, url: str, count: int) -> Any:
+def _agent_doc(
+    agent_config: dict[str, Any],
+    tmp: Path,
+    name: str,
+    url: str,
+    count: int,
+    rate: float = 500.0,
+    **database: Any,
+) -> Any:
+    """The config of agent `name`: `count` synthetic events at `rate` a second, stored at
+    `url`; `database` overrides the store's settings."""
     doc = {k: dict(v) for k, v in agent_config.items()}
     doc["agent"] = {"state_dir": str(tmp / name), "hostname": name}
     doc["metrics"] = {"listen": f"127.0.0.1:{free_port()}"}
@@ -164,11 +176,12 @@ def _agent_doc(agent_config: dict[str, Any], tmp: Path, name: str, url: str, cou
         "forward_timeout": 2.0,
         "forward_backoff_max": 0.5,
         "forward_stop_seconds": 5.0,
+        **database,
     }
     doc["sensors"] = {
         "enabled": ["synthetic"] if count else [],
         "synthetic_count": count,
-        "synthetic_rate": 500.0,
+        "synthetic_rate": rate,
     }
     # synthetic paths do not exist: there is nothing to classify, and the drill is
     # about the store
@@ -222,14 +235,33 @@ def _expected(count: int) -> list[str]:
     return sorted(f"/synthetic/{i // 1000:04d}/file-{i:08d}.bin" for i in range(count))
 
 
+def _emit_while_the_store_is_away(run_agent: Any, doc: Any, proxy: FaultyProxy) -> Any:
+    """A first agent, started against the store; the store then goes away while it emits
+    its `synthetic_count` events."""
+    first = run_agent(doc, name="first")
+    first.wait_metrics()
+    proxy.refuse()
+    count = doc["sensors"]["synthetic_count"]
+    _wait(lambda: _sample(first, "egress_agent_sensor_events_total") == count, 30, "events")
+    return first
+
+
+def _forward_on_the_next_start(run_agent: Any, doc: Any, timeout: float) -> Any:
+    """The same agent started again without sensors, once it has forwarded its spool."""
+    doc["sensors"] = {"enabled": []}
+    second = run_agent(doc, name="second")
+    second.wait_metrics()
+    _wait(lambda: _sample(second, "egress_agent_spool_events") == 0, timeout, "spool forwarded")
+    return second
+
+
 def test_three_agents_lose_nothing_through_an_outage(
     pg_url: str, proxy: FaultyProxy, run_agent: Any, agent_config: dict[str, Any], tmp_path: Path
 ) -> None:
-    database = pg_url.rsplit("/", 1)[1]
     count = 4000  # 8 s at 500 events/s each: the outage falls in the middle
     names = ["lab-a", "lab-b", "lab-c"]
     agents = [
-        run_agent(_agent_doc(agent_config, tmp_path, n, proxy.url(database), count), name=n)
+        run_agent(_agent_doc(agent_config, tmp_path, n, proxy.url(pg_url), count), name=n)
         for n in names
     ]
     for a in agents:
@@ -284,25 +316,25 @@ def test_three_agents_lose_nothing_through_an_outage(
 def test_spool_survives_a_stop_while_the_store_is_away(
     pg_url: str, proxy: FaultyProxy, run_agent: Any, agent_config: dict[str, Any], tmp_path: Path
 ) -> None:
-    database = pg_url.rsplit("/", 1)[1]
     count = 600
-    doc = _agent_doc(agent_config, tmp_path, "lab-d", proxy.url(database), count)
-    doc["sensors"]["synthetic_rate"] = 300.0
-    doc["database"]["forward_stop_seconds"] = 0.5
-    first = run_agent(doc, name="first")
-    first.wait_metrics()
-    proxy.refuse()  # the central store goes away while the agent works; then it stops
-    _wait(lambda: _sample(first, "egress_agent_sensor_events_total") == count, 30, "events")
+    doc = _agent_doc(
+        agent_config,
+        tmp_path,
+        "lab-d",
+        proxy.url(pg_url),
+        count,
+        rate=300.0,
+        forward_stop_seconds=0.5,
+    )
+    # the central store goes away while the agent works; then it stops
+    first = _emit_while_the_store_is_away(run_agent, doc, proxy)
     _wait(lambda: _sample(first, "egress_agent_fleet_connected") == 0, 30, "outage seen")
     spooled = _sample(first, "egress_agent_spool_events")
     assert spooled > 0
     assert first.stop() == 0, first.stderr()
 
     proxy.restore()  # the next start sends what the last one spooled
-    doc["sensors"] = {"enabled": []}
-    second = run_agent(doc, name="second")
-    second.wait_metrics()
-    _wait(lambda: _sample(second, "egress_agent_spool_events") == 0, 30, "spool forwarded")
+    second = _forward_on_the_next_start(run_agent, doc, 30)
     assert _sample(second, "egress_agent_fleet_forwarded_events_total") >= spooled
     assert second.stop() == 0, second.stderr()
     assert sorted(_stored_paths(pg_url)["lab-d"]) == _expected(count)
@@ -311,9 +343,8 @@ def test_spool_survives_a_stop_while_the_store_is_away(
 def test_agent_starts_while_the_central_store_is_down(
     pg_url: str, proxy: FaultyProxy, run_agent: Any, agent_config: dict[str, Any], tmp_path: Path
 ) -> None:
-    database = pg_url.rsplit("/", 1)[1]
     proxy.refuse()
-    doc = _agent_doc(agent_config, tmp_path, "lab-e", proxy.url(database), 100)
+    doc = _agent_doc(agent_config, tmp_path, "lab-e", proxy.url(pg_url), 100)
     agent = run_agent(doc, name="down")
     agent.wait_metrics()
     _wait(lambda: _sample(agent, "egress_agent_spool_events") == 100, 30, "events spooled")
@@ -336,7 +367,7 @@ def test_a_stalled_batch_is_abandoned_after_the_forward_timeout(
 
     direct = make_engine(pg_url)
     upgrade(direct)
-    engine = make_engine(proxy.url(pg_url.rsplit("/", 1)[1]), pool_pre_ping=False)
+    engine = make_engine(proxy.url(pg_url), pool_pre_ping=False)
     spool = Spool(tmp_path / "spool.db", 1 << 20)
     fwd = Forwarder(spool, engine, "h-stall", "stall", timeout=1.0)
     fwd.commit([FileEvent(action=FileAction.WRITTEN, path="/before")])
@@ -370,15 +401,12 @@ def test_kill_9_while_forwarding_loses_and_duplicates_nothing(
 
     from agent.store.spool import read_stats
 
-    database = pg_url.rsplit("/", 1)[1]
     count = 3000
-    doc = _agent_doc(agent_config, tmp_path, "lab-k", proxy.url(database), count)
-    doc["sensors"]["synthetic_rate"] = 0.0
-    doc["database"]["forward_batch_size"] = 10  # a slow drain, so the kill lands inside it
-    first = run_agent(doc, name="first")
-    first.wait_metrics()
-    proxy.refuse()
-    _wait(lambda: _sample(first, "egress_agent_sensor_events_total") == count, 30, "events")
+    # a slow drain, so the kill lands inside it
+    doc = _agent_doc(
+        agent_config, tmp_path, "lab-k", proxy.url(pg_url), count, rate=0.0, forward_batch_size=10
+    )
+    first = _emit_while_the_store_is_away(run_agent, doc, proxy)
 
     def all_spooled_or_sent() -> bool:
         sent = _sample(first, "egress_agent_fleet_forwarded_events_total")
@@ -397,9 +425,6 @@ def test_kill_9_while_forwarding_loses_and_duplicates_nothing(
     left = read_stats(tmp_path / "lab-k" / "spool.db")
     assert left is not None and 0 < left.events < count, left
 
-    doc["sensors"] = {"enabled": []}
-    second = run_agent(doc, name="second")
-    second.wait_metrics()
-    _wait(lambda: _sample(second, "egress_agent_spool_events") == 0, 60, "spool forwarded")
+    second = _forward_on_the_next_start(run_agent, doc, 60)
     assert second.stop() == 0, second.stderr()
     assert sorted(_stored_paths(pg_url)["lab-k"]) == _expected(count)
