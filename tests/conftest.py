@@ -17,6 +17,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -338,6 +339,42 @@ def store_rows(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
             return c.execute(sql, args).fetchall()
     except sqlite3.OperationalError:
         return []
+
+
+def insert_incident(
+    engine: Engine,
+    host: str,
+    status: str,
+    evidence: dict[str, Any],
+    *,
+    uid: str,
+    dedup_key: str,
+    at: datetime,
+) -> None:
+    """One incident row of `host` citing `evidence`, inserted as is (no incident log, no
+    chain): what the retention tests need of a case, that it stands and what it cites."""
+    from sqlalchemy import insert
+
+    from agent.store.models import IncidentRow
+
+    with engine.begin() as c:
+        c.execute(
+            insert(IncidentRow).values(
+                uid=uid,
+                host_id=host,
+                kind="exfiltration",
+                rule_id="r1",
+                pack="pack",
+                severity="high",
+                status=status,
+                title="t",
+                dedup_key=dedup_key,
+                opened_at=at,
+                updated_at=at,
+                evidence=evidence,
+                policy_version="v1",
+            )
+        )
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, func, select
 
 from agent import jobs, metrics
 from agent.config import Settings
@@ -28,7 +28,7 @@ from agent.store import jobstate, retention
 from agent.store.db import make_engine, register_host, upgrade
 from agent.store.models import DecisionRow, FileEventRow, FlowRow, IncidentRow, JobState
 from agent.store.writer import write_batch
-from tests.conftest import wait_until
+from tests.conftest import insert_incident, wait_until
 
 HOST = "h" * 32
 OTHER = "o" * 32
@@ -73,25 +73,15 @@ def flow(age_days: float) -> Flow:
 
 
 def incident(engine: Engine, status: str, evidence: dict[str, Any]) -> None:
-    old = NOW - timedelta(days=400)
-    with engine.begin() as conn:
-        conn.execute(
-            insert(IncidentRow).values(
-                uid=f"{status}{len(str(evidence))}".ljust(32, "0")[:32],
-                host_id=HOST,
-                kind="exfiltration",
-                rule_id="r1",
-                pack="pack",
-                severity="high",
-                status=status,
-                title="t",
-                dedup_key=status + str(len(evidence)),
-                opened_at=old,
-                updated_at=old,
-                evidence=evidence,
-                policy_version="v1",
-            )
-        )
+    insert_incident(
+        engine,
+        HOST,
+        status,
+        evidence,
+        uid=f"{status}{len(str(evidence))}".ljust(32, "0")[:32],
+        dedup_key=status + str(len(evidence)),
+        at=NOW - timedelta(days=400),
+    )
 
 
 def uids(engine: Engine, model: Any) -> set[str]:

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine
 
-from agent.store.models import IncidentRow
+from tests.conftest import insert_incident
 
 OpenIncident = Callable[[Engine, str, dict[str, Any]], str]
 
@@ -26,25 +26,9 @@ def open_incident() -> OpenIncident:
         nonlocal made
         made += 1
         uid = f"inc-{host[:4]}-{made}"
-        now = datetime.now(UTC)
-        with engine.begin() as c:
-            c.execute(
-                insert(IncidentRow).values(
-                    uid=uid,
-                    host_id=host,
-                    kind="exfiltration",
-                    rule_id="r1",
-                    pack="pack",
-                    severity="high",
-                    status="open",
-                    title="t",
-                    dedup_key=f"k{made}",
-                    opened_at=now,
-                    updated_at=now,
-                    evidence=evidence,
-                    policy_version="v1",
-                )
-            )
+        insert_incident(
+            engine, host, "open", evidence, uid=uid, dedup_key=f"k{made}", at=datetime.now(UTC)
+        )
         return uid
 
     return insert_row
