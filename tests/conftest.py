@@ -341,6 +341,19 @@ def store_rows(db: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         return []
 
 
+def registry_value(name: str, labels: dict[str, str] | None = None) -> float:
+    """`name`'s sample with `labels` in this process's metrics registry (0 before the
+    first count), for tests that drive the product in-process."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+def decision_labels(pack: str, rule: str, severity: str, dest_class: str) -> dict[str, str]:
+    """The labels of egress_agent_decisions_total for one rule's decisions."""
+    return {"pack": pack, "rule": rule, "severity": severity, "dest_class": dest_class}
+
+
 def insert_incident(
     engine: Engine,
     host: str,

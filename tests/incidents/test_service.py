@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prometheus_client import REGISTRY
 from sqlalchemy import Engine
 
 from agent.config import IncidentsSection
@@ -14,15 +13,12 @@ from agent.feedback import ReadWatch
 from agent.incidents.chain import verify_entries
 from agent.incidents.queries import chain_entries, incident_documents, list_incidents
 from agent.incidents.service import Correlator
+from tests.conftest import decision_labels, registry_value
 from tests.incidents.helpers import CURL, SHELL, SIZE, archive, fev, flow, rd_assets, story
 
 
-def sample(name: str, labels: dict[str, str]) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
-
-
 def test_story_through_the_correlator_is_one_incident(store: Engine) -> None:
-    before = sample(
+    before = registry_value(
         "egress_agent_incidents_opened_total", {"rule": "ear.model_weights", "severity": "high"}
     )
     c = Correlator(store, "host-a", "lab-ws-1", IncidentsSection(checkpoint_every=50))
@@ -38,14 +34,14 @@ def test_story_through_the_correlator_is_one_incident(store: Engine) -> None:
     doc = docs[0]
     assert len(doc["evidence"]["flows"]) == 2 and doc["bytes_out"] == 2 * (SIZE + 30_000)
     assert (
-        sample(
+        registry_value(
             "egress_agent_incidents_opened_total",
             {"rule": "ear.model_weights", "severity": "high"},
         )
         == before + 1
     )
-    assert sample("egress_agent_incidents_open", {"severity": "high"}) >= 1
-    assert sample("egress_agent_chain_checkpoint_timestamp_seconds", {}) > 0
+    assert registry_value("egress_agent_incidents_open", {"severity": "high"}) >= 1
+    assert registry_value("egress_agent_chain_checkpoint_timestamp_seconds", {}) > 0
     entries = list(chain_entries(store))
     assert [e.record_type for e in entries] == ["genesis", "incident", "update", "checkpoint"]
     assert verify_entries(entries, incident_documents(store)).ok
@@ -88,12 +84,12 @@ def test_a_full_correlation_queue_drops_and_counts_instead_of_blocking(store: En
 
     c = Correlator(store, "host-a", "lab-ws-1", IncidentsSection(), queue_size=1)
     labels = {"queue": "incidents", "reason": "queue_full"}
-    before = sample("egress_agent_events_dropped_total", labels)
+    before = registry_value("egress_agent_events_dropped_total", labels)
     started = time.monotonic()
     for i in range(3):  # nobody drains the queue: the thread was never started
         c.submit(flow(i, i + 1, 100))
     assert time.monotonic() - started < 2
-    assert sample("egress_agent_events_dropped_total", labels) == before + 2
+    assert registry_value("egress_agent_events_dropped_total", labels) == before + 2
 
 
 class _Proxy:
@@ -191,13 +187,8 @@ def test_transfer_decisions_are_counted_once_and_name_the_incident(store: Engine
     class Holder:
         current = rd_assets()
 
-    labels = {
-        "pack": "rd-assets",
-        "rule": "rd-assets-model-weights-out",
-        "severity": "medium",
-        "dest_class": "foreign",
-    }
-    before = sample("egress_agent_decisions_total", labels)
+    labels = decision_labels("rd-assets", "rd-assets-model-weights-out", "medium", "foreign")
+    before = registry_value("egress_agent_decisions_total", labels)
     holder: Any = Holder()  # what the correlator reads of a PolicyHolder: `current`
     c = Correlator(store, "host-a", "lab-ws-1", IncidentsSection(), policy=holder)
     c.start()
@@ -216,4 +207,4 @@ def test_transfer_decisions_are_counted_once_and_name_the_incident(store: Engine
     assert [(d["kind"], d["rule_id"]) for d in docs] == [
         ("exfiltration", "rd-assets-model-weights-out")
     ]
-    assert sample("egress_agent_decisions_total", labels) == before + 1
+    assert registry_value("egress_agent_decisions_total", labels) == before + 1

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from agent.config import PoliciesSection, Settings
@@ -30,6 +29,7 @@ from agent.policy import SHIPPED_DIR, PolicyHolder, PolicyStage, attach_policy
 from agent.runtime import NotAttached, Runtime
 from agent.store.db import make_engine, upgrade
 from agent.store.models import PolicyVersion
+from tests.conftest import decision_labels, registry_value
 from tests.policy.sitepacks import lab_pack
 
 OVERRIDES = """\
@@ -45,10 +45,6 @@ overrides:
 
 def _site(version: str) -> str:
     return lab_pack(version, "site-any-weights-usb", "model_weights", "model weights", OVERRIDES)
-
-
-def _metric(name: str, labels: dict[str, str] | None = None) -> float:
-    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
 
 def _holder(tmp_path: Path, **kw: object) -> tuple[PolicyHolder, Path]:
@@ -81,20 +77,22 @@ def test_broken_reload_keeps_last_good_policy(tmp_path: Path) -> None:
     assert holder.reload()
     good = holder.current
     cats = holder.categories()
-    assert _metric("egress_agent_policy_last_reload_success") == 1
-    failures = _metric("egress_agent_policy_reloads_total", {"result": "failure"})
+    assert registry_value("egress_agent_policy_last_reload_success") == 1
+    failures = registry_value("egress_agent_policy_reloads_total", {"result": "failure"})
     (site / "lab.yaml").write_text(_site("2").replace("severity: low", "severity: urgent"))
     assert not holder.reload()
     assert holder.current is good
     assert holder.categories() is cats
-    assert _metric("egress_agent_policy_last_reload_success") == 0
-    assert _metric("egress_agent_policy_reloads_total", {"result": "failure"}) == failures + 1
+    assert registry_value("egress_agent_policy_last_reload_success") == 0
+    assert (
+        registry_value("egress_agent_policy_reloads_total", {"result": "failure"}) == failures + 1
+    )
     assert any("severity" in str(i) and ":15:" in str(i) for i in holder.errors)
     # fixed again: the new version replaces the old one, categories are a new object
     (site / "lab.yaml").write_text(_site("3"))
     assert holder.reload()
     assert holder.current.version != good.version
-    assert _metric("egress_agent_policy_last_reload_success") == 1
+    assert registry_value("egress_agent_policy_last_reload_success") == 1
 
 
 def test_pack_cut_before_its_rules_is_refused(tmp_path: Path) -> None:
@@ -108,7 +106,7 @@ def test_pack_cut_before_its_rules_is_refused(tmp_path: Path) -> None:
     assert not holder.reload()
     assert holder.current is good
     assert any("'rules:'" in str(i) for i in holder.errors), holder.errors
-    assert _metric("egress_agent_policy_last_reload_success") == 0
+    assert registry_value("egress_agent_policy_last_reload_success") == 0
 
 
 def test_site_overrides_and_exceptions(tmp_path: Path) -> None:
@@ -220,13 +218,8 @@ def test_stage_decides_and_counts(tmp_path: Path) -> None:
             CategoryMatch("CN-CAT-RE-CONTEXT", 5, "cn-export-catalogue"),
         ),
     )
-    labels = {
-        "pack": "cn-export-catalogue",
-        "rule": "cn-cat-prohibited-removable",
-        "severity": "critical",
-        "dest_class": "",
-    }
-    before = _metric("egress_agent_decisions_total", labels)
+    labels = decision_labels("cn-export-catalogue", "cn-cat-prohibited-removable", "critical", "")
+    before = registry_value("egress_agent_decisions_total", labels)
     ev = FileEvent(FileAction.CREATED, "/media/usb/稀土.docx", Channel.REMOVABLE, artefact=artefact)
     out = stage(ev)
     assert isinstance(out, FileEvent) and out.uid == ev.uid
@@ -234,7 +227,7 @@ def test_stage_decides_and_counts(tmp_path: Path) -> None:
     assert d.rule_id == "cn-cat-prohibited-removable" and d.categories == ("CN-CAT-RE-REFINING",)
     assert d.policy_version == holder.current.version
     assert "053302J" in d.reason and "稀土的提炼、加工、利用技术" in d.reason
-    assert _metric("egress_agent_decisions_total", labels) == before + 1
+    assert registry_value("egress_agent_decisions_total", labels) == before + 1
     # no artefact, local channel: nothing to decide, the same object comes back
     plain = FileEvent(FileAction.CREATED, "/home/a/x.txt", Channel.LOCAL)
     assert stage(plain) is plain
@@ -253,13 +246,10 @@ def test_stage_decides_and_counts(tmp_path: Path) -> None:
     )
     (fd,) = stage(flow).decisions
     assert fd.rule_id == "cn-bulk-upload-foreign" and fd.action == "record"
-    flow_labels = {
-        "pack": "cn-cross-border-data",
-        "rule": "cn-bulk-upload-foreign",
-        "severity": "medium",
-        "dest_class": "foreign",
-    }
-    assert _metric("egress_agent_decisions_total", flow_labels) >= 1
+    flow_labels = decision_labels(
+        "cn-cross-border-data", "cn-bulk-upload-foreign", "medium", "foreign"
+    )
+    assert registry_value("egress_agent_decisions_total", flow_labels) >= 1
 
 
 def test_attach_policy_gives_the_runtime_its_holder_and_hooks(tmp_path: Path) -> None:
