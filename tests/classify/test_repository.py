@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -159,11 +160,22 @@ def _flow(proc: ProcessInfo, out: int, inn: int, name: str = "gitee.com") -> Flo
     )
 
 
+def _carried(
+    exe: str,
+    cmdline: str,
+    cwd: Path,
+    sizes: tuple[int, int],
+    approved: list[str],
+    name: str = "gitee.com",
+) -> dict[str, Any] | None:
+    """The repository a flow of (out, in) bytes to `name` carried, sent by this process."""
+    proc = ProcessInfo(pid=10, exe=exe, cmdline=cmdline, cwd=str(cwd))
+    return G.flow_repository(_flow(proc, *sizes, name), approved)
+
+
 def test_git_push_flow_names_its_repository(repo: Path) -> None:
-    proc = ProcessInfo(
-        pid=10, exe="/usr/bin/git", cmdline="git push backup main", cwd=str(repo / "src")
-    )
-    doc = G.flow_repository(_flow(proc, 800_000, 4_000, "github.com"), ["git.corp.example"])
+    git_push = ("/usr/bin/git", "git push backup main")
+    doc = _carried(*git_push, repo / "src", (800_000, 4_000), ["git.corp.example"], "github.com")
     assert doc is not None
     assert doc["direction"] == "push" and doc["approved"] is False
     assert (
@@ -172,44 +184,46 @@ def test_git_push_flow_names_its_repository(repo: Path) -> None:
     assert doc["commit"] == git(repo, "rev-parse", "HEAD") and doc["files_count"] == 32
 
 
-def test_transports_and_directions(repo: Path, tmp_path: Path) -> None:
-    helper = ProcessInfo(
-        pid=11,
-        exe="/usr/lib/git-core/git-remote-https",
-        cmdline="git-remote-https origin https://gitee.com/lab/motor-ctl.git",
-        cwd=str(repo),
-    )
-    assert G.flow_repository(_flow(helper, 900_000, 5_000), [])["direction"] == "push"  # type: ignore[index]
-    assert G.flow_repository(_flow(helper, 5_000, 900_000), [])["direction"] == "fetch"  # type: ignore[index]
-    ssh_p = ProcessInfo(
-        pid=17,
-        exe="/usr/bin/ssh",
-        cmdline="ssh -o SendEnv=GIT_PROTOCOL -p 2222 git@github.com git-receive-pack 'alice/x.git'",
-        cwd=str(repo),
-    )
+HTTPS_HELPER = (
+    "/usr/lib/git-core/git-remote-https",
+    "git-remote-https origin https://gitee.com/lab/motor-ctl.git",
+)
+SSH_PUSH = ("/usr/bin/ssh", "ssh git@github.com git-receive-pack 'alice/x.git'")
+
+
+@pytest.mark.parametrize(
+    ("exe", "cmdline", "sizes", "direction"),
+    [
+        (*HTTPS_HELPER, (900_000, 5_000), "push"),
+        (*HTTPS_HELPER, (5_000, 900_000), "fetch"),
+        (*SSH_PUSH, (10, 10), "push"),
+        ("/usr/bin/ssh", "ssh build01", (900_000, 10), None),
+        ("/usr/bin/git", "git clone https://x/y", (900_000, 10), "fetch"),
+        ("/usr/bin/curl", "curl -T a https://x", (900_000, 10), None),
+    ],
+)
+def test_transports_and_directions(
+    repo: Path, exe: str, cmdline: str, sizes: tuple[int, int], direction: str | None
+) -> None:
+    doc = _carried(exe, cmdline, repo, sizes, [])
+    if direction is None:
+        assert doc is None  # not a git transfer
+    else:
+        assert doc is not None and doc["direction"] == direction
+
+
+def test_ssh_push_on_another_port_to_an_unapproved_url(repo: Path) -> None:
+    ssh = "ssh -o SendEnv=GIT_PROTOCOL -p 2222 git@github.com git-receive-pack 'alice/x.git'"
     # the flow's name (gitee.com here) does not approve a push to an unapproved URL
-    doc = G.flow_repository(_flow(ssh_p, 10, 10), ["gitee.com"])
+    doc = _carried("/usr/bin/ssh", ssh, repo, (10, 10), ["gitee.com"])
     assert doc is not None and doc["push_url"] == "ssh://github.com:2222/alice/x.git"
     assert doc["push_host"] == "github.com" and doc["approved"] is False
     assert doc["direction"] == "push"
-    ssh = ProcessInfo(
-        pid=12,
-        exe="/usr/bin/ssh",
-        cmdline="ssh git@github.com git-receive-pack 'alice/x.git'",
-        cwd=str(repo),
-    )
-    assert G.flow_repository(_flow(ssh, 10, 10), [])["direction"] == "push"  # type: ignore[index]
-    plain_ssh = ProcessInfo(pid=13, exe="/usr/bin/ssh", cmdline="ssh build01", cwd=str(repo))
-    assert G.flow_repository(_flow(plain_ssh, 900_000, 10), []) is None
-    elsewhere = ProcessInfo(
-        pid=14, exe="/usr/bin/git", cmdline=f"git -C {repo} push", cwd=str(tmp_path)
-    )
-    doc = G.flow_repository(_flow(elsewhere, 900_000, 10), ["gitee.com"])
+
+
+def test_push_of_a_repository_named_with_git_c(repo: Path, tmp_path: Path) -> None:
+    doc = _carried("/usr/bin/git", f"git -C {repo} push", tmp_path, (900_000, 10), ["gitee.com"])
     assert doc is not None and doc["root"] == str(repo) and doc["approved"] is True
-    clone = ProcessInfo(pid=15, exe="/usr/bin/git", cmdline="git clone https://x/y", cwd=str(repo))
-    assert G.flow_repository(_flow(clone, 900_000, 10), [])["direction"] == "fetch"  # type: ignore[index]
-    curl = ProcessInfo(pid=16, exe="/usr/bin/curl", cmdline="curl -T a https://x", cwd=str(repo))
-    assert G.flow_repository(_flow(curl, 900_000, 10), []) is None
 
 
 def test_a_bundle_is_named_after_its_repository(repo: Path, tmp_path: Path) -> None:
