@@ -89,7 +89,19 @@ def test_strongest() -> None:
     assert strongest([y, s]) is s and strongest([s, f, y]) is f and strongest([]) is None
 
 
-PACK = """\
+def _rule(rule_id: str, dates: str = "") -> str:
+    """One rule of PACK: the same rule each time but for its dates (YAML lines)."""
+    return f"""\
+  - id: {rule_id}
+    description: x
+    condition: {{field: event, eq: file}}
+    severity: low
+    action: record
+{dates}"""
+
+
+PACK = (
+    """\
 pack:
   id: site-dates
   name: dates
@@ -98,38 +110,35 @@ pack:
   required_engine_version: "1.0"
   sources: [{title: site policy}]
 rules:
-  - id: site-no-date
-    description: x
-    condition: {field: event, eq: file}
-    severity: low
-    action: record
-  - id: site-bad-timeline
-    description: x
-    condition: {field: event, eq: file}
-    severity: low
-    action: record
+"""
+    + _rule("site-no-date")
+    + _rule(
+        "site-bad-timeline",
+        """\
     effective_from: 2025-01-01
     timeline:
       - {from: 2025-06-01, state: in_force}
       - {from: 2025-03-01, state: suspended}
-  - id: site-until-before-from
-    description: x
-    condition: {field: event, eq: file}
-    severity: low
-    action: record
+""",
+    )
+    + _rule(
+        "site-until-before-from",
+        """\
     effective_from: 2025-01-01
     timeline:
       - {from: 2025-06-01, until: 2025-05-01, state: suspended}
-  - id: site-both
-    description: x
-    condition: {field: event, eq: file}
-    severity: low
-    action: record
+""",
+    )
+    + _rule(
+        "site-both",
+        """\
     effective_from: 2025-01-01
     status: rescinded_nonenforced
     timeline:
       - {from: 2025-06-01, state: in_force}
-"""
+""",
+    )
+)
 
 
 def test_loader_reports_missing_dates_and_bad_timelines(tmp_path: Path) -> None:
