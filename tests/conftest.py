@@ -217,6 +217,10 @@ class AgentProcess:
                     return float(s.value)
         return None
 
+    def policy_reloads(self, result: str) -> float:
+        """How many policy reloads ended in `result` ("success", "failure") so far."""
+        return self.metric("egress_agent_policy_reloads_total", {"result": result}) or 0
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

@@ -158,7 +158,7 @@ def test_hostile_packs_and_names_do_not_stall_or_fool_a_running_agent(
     ]
     for text, refusal, probe in cases:
         pack.write_text(text)
-        reloads = agent.metric("egress_agent_policy_reloads_total", {"result": "success"}) or 0
+        reloads = agent.policy_reloads("success")
         started = time.monotonic()
         agent.proc.send_signal(signal.SIGHUP)
         if refusal is not None:
@@ -166,10 +166,7 @@ def test_hostile_packs_and_names_do_not_stall_or_fool_a_running_agent(
             assert re.search(rf"{re.escape(str(pack))}:\d+", agent.stderr())
         else:
             wait_until(
-                lambda r=reloads: (
-                    (agent.metric("egress_agent_policy_reloads_total", {"result": "success"}) or 0)
-                    > r
-                ),
+                lambda r=reloads: agent.policy_reloads("success") > r,
                 "the linear-time pack loaded",
                 30,
             )

@@ -96,16 +96,14 @@ def test_garbage_policy_keeps_the_last_good_one_and_recovers(
     )
     assert (rule, sev) == ("drill-v1", "low")
 
-    failures = agent.metric("egress_agent_policy_reloads_total", {"result": "failure"}) or 0
+    failures = agent.policy_reloads("failure")
     pack.write_bytes(GARBAGE)
     wait_until(
         lambda: agent.metric("egress_agent_policy_last_reload_success") == 0,
         "the garbage refused",
         20,
     )
-    assert (
-        agent.metric("egress_agent_policy_reloads_total", {"result": "failure"}) or 0
-    ) > failures
+    assert agent.policy_reloads("failure") > failures
     second = root / "b.drill"
     second.write_text("two")
     decided = wait_until(
@@ -118,16 +116,9 @@ def test_garbage_policy_keeps_the_last_good_one_and_recovers(
     # before `rules:` is a valid pack with no rules: that is a policy, not garbage)
     good = PACK.format(version="1", rule="drill-v1", severity="low")
     for bad in (b"", good[: good.index("severity")].encode()):
-        failures = agent.metric("egress_agent_policy_reloads_total", {"result": "failure"}) or 0
+        failures = agent.policy_reloads("failure")
         pack.write_bytes(bad)
-        wait_until(
-            lambda before=failures: (
-                (agent.metric("egress_agent_policy_reloads_total", {"result": "failure"}) or 0)
-                > before
-            ),
-            "refused",
-            20,
-        )
+        wait_until(lambda before=failures: agent.policy_reloads("failure") > before, "refused", 20)
     assert agent.metric("egress_agent_policy_last_reload_success") == 0
 
     pack.write_text(PACK.format(version="2", rule="drill-v2", severity="high"))
