@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 
@@ -14,33 +15,24 @@ from agent.incidents.evidence import flow_doc
 from agent.incidents.export import verify_file
 from agent.incidents.export.cef import parse_extension, split_header
 from tests.incidents.export.exporting import exported, ocsf_errors, with_incident
-from tests.incidents.helpers import at, finding
+from tests.incidents.helpers import at, finding, flow
 
 CID = "1:LQU9qZlK+B5F3KDmev6m5PMibrg="
 
 
 @pytest.fixture
 def store(sqlite_store: Engine) -> Engine:
-    flow = Flow(
-        protocol="tcp",
-        src_ip="10.0.0.2",
-        src_port=40000,
+    # an upload to S3: the helper's flow abroad, to an address S3 serves from
+    s3 = dataclasses.replace(
+        flow(0, 5, 80_000_000, process=None, sni="mybucket.s3.us-east-1.amazonaws.com"),
         dst_ip="52.216.8.9",
-        dst_port=443,
-        start=at(0),
-        end=at(5),
-        bytes_out=80_000_000,
-        sni="mybucket.s3.us-east-1.amazonaws.com",
-        name="mybucket.s3.us-east-1.amazonaws.com",
-        dest_class="foreign",
-        country="US",
         dest_org="AMAZON-02",
         service="Amazon S3",
         service_category="cloud_storage",
         community_id=CID,
     )
     f = finding(1)
-    f.evidence["flows"] = [flow_doc(flow)]  # type: ignore[index]
+    f.evidence["flows"] = [flow_doc(s3)]  # type: ignore[index]
     return with_incident(sqlite_store, f)
 
 
