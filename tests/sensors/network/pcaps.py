@@ -44,57 +44,32 @@ def tcp_session(
     replies: list[bytes] | None = None,
 ) -> list[Packet]:
     """A client→server connection: handshake, data, optional replies, then FIN or RST."""
-    out = [clock(_ip(client, server) / TCP(sport=sport, dport=dport, flags="S", seq=isn))]
-    out.append(
-        clock(
-            _ip(server, client)
-            / TCP(sport=dport, dport=sport, flags="SA", seq=server_isn, ack=(isn + 1) & MASK)
+
+    def segment(
+        from_client: bool, flags: str, seq: int, ack: int | None = None, data: bytes | None = None
+    ) -> Packet:
+        """One TCP segment of this connection, timed by `clock`; no ack on a SYN or an RST."""
+        src, dst, sp, dp = (
+            (client, server, sport, dport) if from_client else (server, client, dport, sport)
         )
-    )
+        acked = {} if ack is None else {"ack": ack & MASK}
+        pkt = _ip(src, dst) / TCP(sport=sp, dport=dp, flags=flags, seq=seq & MASK, **acked)
+        return clock(pkt if data is None else pkt / Raw(data))
+
+    out = [segment(True, "S", isn), segment(False, "SA", server_isn, isn + 1)]
     seq, ack = isn + 1, server_isn + 1
     for data in payloads:
-        out.append(
-            clock(
-                _ip(client, server)
-                / TCP(sport=sport, dport=dport, flags="PA", seq=seq & MASK, ack=ack & MASK)
-                / Raw(data)
-            )
-        )
+        out.append(segment(True, "PA", seq, ack, data))
         seq += len(data)
     for data in replies or []:
-        out.append(
-            clock(
-                _ip(server, client)
-                / TCP(sport=dport, dport=sport, flags="PA", seq=ack & MASK, ack=seq & MASK)
-                / Raw(data)
-            )
-        )
+        out.append(segment(False, "PA", ack, seq, data))
         ack += len(data)
     if close == "fin":
-        out.append(
-            clock(
-                _ip(client, server)
-                / TCP(sport=sport, dport=dport, flags="FA", seq=seq & MASK, ack=ack & MASK)
-            )
-        )
-        out.append(
-            clock(
-                _ip(server, client)
-                / TCP(sport=dport, dport=sport, flags="FA", seq=ack & MASK, ack=(seq + 1) & MASK)
-            )
-        )
-        out.append(
-            clock(
-                _ip(client, server)
-                / TCP(
-                    sport=sport, dport=dport, flags="A", seq=(seq + 1) & MASK, ack=(ack + 1) & MASK
-                )
-            )
-        )
+        out.append(segment(True, "FA", seq, ack))
+        out.append(segment(False, "FA", ack, seq + 1))
+        out.append(segment(True, "A", seq + 1, ack + 1))
     elif close == "rst":
-        out.append(
-            clock(_ip(client, server) / TCP(sport=sport, dport=dport, flags="R", seq=seq & MASK))
-        )
+        out.append(segment(True, "R", seq))
     return out
 
 
