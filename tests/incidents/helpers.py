@@ -166,10 +166,11 @@ def story(offset: float = 0.0, bytes_out: int = SIZE + 30_000) -> list[FileEvent
     ]
 
 
-def new_store(url: str) -> Engine:
+def new_store(url: str, host: str = "host-a", name: str = "lab-ws-1") -> Engine:
+    """A migrated store at `url` that knows `host` (called `name`)."""
     engine = make_engine(url)
     upgrade(engine)
-    register_host(engine, "host-a", "lab-ws-1")
+    register_host(engine, host, name)
     return engine
 
 

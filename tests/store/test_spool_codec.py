@@ -10,19 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.events import (
-    Artefact,
-    CategoryMatch,
-    Channel,
-    Decision,
-    FileAction,
-    FileEvent,
-    Flow,
-    Origin,
-    ProcessInfo,
-    Severity,
-    Tag,
-)
+from agent import events
 from agent.store import codec
 
 # paths as the file sensor sees them: any bytes, os.fsdecode()d (surrogate escapes)
@@ -33,7 +21,7 @@ opt_text = st.none() | st.text(max_size=20)
 json_scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=10)
 
 processes = st.builds(
-    ProcessInfo,
+    events.ProcessInfo,
     pid=st.none() | st.integers(0, 2**22),
     exe=st.none() | paths,
     cmdline=opt_text,
@@ -42,23 +30,23 @@ processes = st.builds(
     ppid=st.none() | st.integers(0, 2**22),
 )
 decisions = st.builds(
-    Decision,
+    events.Decision,
     rule_id=st.text(max_size=20),
     pack=st.text(max_size=10),
-    severity=st.sampled_from(Severity),
+    severity=st.sampled_from(events.Severity),
     action=st.sampled_from(["alert", "record"]),
     policy_version=st.text(max_size=10),
     reason=st.text(max_size=30),
     categories=st.tuples(st.text(max_size=8)),
 )
 artefacts = st.builds(
-    Artefact,
+    events.Artefact,
     sha256=st.none() | st.text("0123456789abcdef", min_size=64, max_size=64),
     size=st.integers(0, 2**40),
     content_type=st.text(max_size=10),
     tags=st.lists(
         st.builds(
-            Tag,
+            events.Tag,
             kind=st.text(max_size=10),
             evidence=st.text(max_size=30),
             details=st.dictionaries(st.text(max_size=5), json_scalars, max_size=3),
@@ -66,31 +54,31 @@ artefacts = st.builds(
         max_size=3,
     ).map(tuple),
     matches=st.lists(
-        st.builds(CategoryMatch, category=st.text(max_size=8), count=st.integers(0, 99)),
+        st.builds(events.CategoryMatch, category=st.text(max_size=8), count=st.integers(0, 99)),
         max_size=3,
     ).map(tuple),
     parents=st.lists(st.text(max_size=8), max_size=2).map(tuple),
     skipped=opt_text,
 )
 file_events = st.builds(
-    FileEvent,
-    action=st.sampled_from(FileAction),
+    events.FileEvent,
+    action=st.sampled_from(events.FileAction),
     path=paths,
-    channel=st.sampled_from(Channel),
+    channel=st.sampled_from(events.Channel),
     dest_path=st.none() | paths,
     size=st.none() | small,
     inode=st.none() | small,
     device=st.none() | small,
     mtime_ns=st.none() | small,
     process=st.none() | processes,
-    origin=st.sampled_from(Origin),
+    origin=st.sampled_from(events.Origin),
     sensor=st.text(max_size=10),
     time=times,
     artefact=st.none() | artefacts,
     decisions=st.lists(decisions, max_size=2).map(tuple),
 )
 flows = st.builds(
-    Flow,
+    events.Flow,
     protocol=st.sampled_from(["tcp", "udp"]),
     src_ip=st.ip_addresses().map(str),
     src_port=st.integers(0, 65535),
@@ -110,14 +98,14 @@ flows = st.builds(
 
 @settings(max_examples=300)
 @given(st.one_of(file_events, flows))
-def test_round_trip_is_exact(event: FileEvent | Flow) -> None:
+def test_round_trip_is_exact(event: events.FileEvent | events.Flow) -> None:
     text = codec.encode(event)
     assert text.isascii()  # lone surrogates travel as \\udcNN escapes
     back = codec.decode(text)
     assert back == event
     assert type(back) is type(event)
-    if isinstance(event, FileEvent):
-        assert isinstance(back, FileEvent)
+    if isinstance(event, events.FileEvent):
+        assert isinstance(back, events.FileEvent)
         assert back.path.encode("utf-8", "surrogateescape") == event.path.encode(
             "utf-8", "surrogateescape"
         )
@@ -147,7 +135,7 @@ def test_hostile_records_raise_codec_error_only(text: str) -> None:
 @settings(max_examples=300)
 @given(file_events, st.sampled_from(["path", "size", "action", "time", "process"]), json_values)
 def test_damaged_fields_are_rejected_or_harmless(
-    event: FileEvent, field: str, value: object
+    event: events.FileEvent, field: str, value: object
 ) -> None:
     doc = json.loads(codec.encode(event))
     doc["e"][field] = value
@@ -155,13 +143,13 @@ def test_damaged_fields_are_rejected_or_harmless(
         back = codec.decode(json.dumps(doc))
     except codec.CodecError:
         return
-    assert isinstance(back, FileEvent)
+    assert isinstance(back, events.FileEvent)
     assert isinstance(back.path, str)
     assert back.size is None or isinstance(back.size, int)
 
 
 def test_unknown_fields_from_another_version_are_ignored() -> None:
-    ev = FileEvent(action=FileAction.WRITTEN, path="/a")
+    ev = events.FileEvent(action=events.FileAction.WRITTEN, path="/a")
     doc = json.loads(codec.encode(ev))
     doc["e"]["added_in_a_later_version"] = 1
     assert codec.decode(json.dumps(doc)) == ev
@@ -180,7 +168,7 @@ def test_garbage_is_a_codec_error(text: str) -> None:
     json_values | st.sampled_from(["2026-12-06", "2026-12-06T10:00:00", "2026-12-06T10:00Z"]),
 )
 def test_fast_decoder_agrees_with_the_checked_one(
-    event: FileEvent | Flow, field: str, value: object
+    event: events.FileEvent | events.Flow, field: str, value: object
 ) -> None:
     """msgspec's typed decode must give what the checked decoder gives, or defer to it."""
     doc = json.loads(codec.encode(event))

@@ -9,33 +9,19 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select
 
-from agent import metrics
-from agent.events import (
-    Artefact,
-    CategoryMatch,
-    Channel,
-    Decision,
-    FileAction,
-    FileEvent,
-    Flow,
-    ProcessInfo,
-    Severity,
-    Tag,
-)
-from agent.store.db import make_engine, register_host, upgrade
+from agent import events, metrics
+from agent.store.db import make_engine
 from agent.store.models import Artefact as ArtefactRow
 from agent.store.models import DecisionRow, FileEventRow, FileState, FlowRow, Lineage
 from agent.store.queries import counts, list_events
 from agent.store.writer import StoreWriter, write_batch
+from tests.incidents.helpers import new_store
 
 HOST = "host-test"
 
 
 def _engine(url: str) -> Engine:
-    engine = make_engine(url)
-    upgrade(engine)
-    register_host(engine, HOST, "test-host")
-    return engine
+    return new_store(url, HOST, "test-host")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -45,44 +31,48 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
     return _engine(request.getfixturevalue("pg_url"))
 
 
-def _sample() -> list[FileEvent | Flow]:
-    art = Artefact(
+def _sample() -> list[events.FileEvent | events.Flow]:
+    art = events.Artefact(
         sha256="a" * 64,
         size=1234,
         content_type="safetensors",
         tags=(
-            Tag(
+            events.Tag(
                 "model_weights",
                 "safetensors header, 1.1e8 parameters, bf16",
                 {"parameters": 110_000_000},
             ),
         ),
-        matches=(CategoryMatch("CN-AI-1", 3, "cn"),),
+        matches=(events.CategoryMatch("CN-AI-1", 3, "cn"),),
         parents=("b" * 64,),
     )
     weird = os.fsdecode(b"/data/caf\xe9\nname.bin")  # not UTF-8, with a newline
     now = datetime.now(UTC)
     return [
-        FileEvent(
-            FileAction.WRITTEN,
+        events.FileEvent(
+            events.FileAction.WRITTEN,
             "/data/model.safetensors",
-            Channel.LOCAL,
+            events.Channel.LOCAL,
             size=1234,
             inode=7,
             mtime_ns=1,
             artefact=art,
-            process=ProcessInfo(pid=42, exe="/usr/bin/cp", uid=1000, user="alice"),
-            decisions=(Decision("R1", "cn", Severity.HIGH, "alert", "v1", "why", ("CN-AI-1",)),),
+            process=events.ProcessInfo(pid=42, exe="/usr/bin/cp", uid=1000, user="alice"),
+            decisions=(
+                events.Decision(
+                    "R1", "cn", events.Severity.HIGH, "alert", "v1", "why", ("CN-AI-1",)
+                ),
+            ),
         ),
-        FileEvent(
-            FileAction.MOVED,
+        events.FileEvent(
+            events.FileAction.MOVED,
             "/data/model.safetensors",
-            Channel.REMOVABLE,
+            events.Channel.REMOVABLE,
             dest_path="/media/usb/m.bin",
             size=1234,
         ),
-        FileEvent(FileAction.CREATED, weird, size=0),
-        Flow(
+        events.FileEvent(events.FileAction.CREATED, weird, size=0),
+        events.Flow(
             "tcp",
             "10.0.0.1",
             40000,
@@ -101,8 +91,8 @@ def _sample() -> list[FileEvent | Flow]:
 
 
 def test_round_trip(engine: Engine) -> None:
-    events = _sample()
-    write_batch(engine, HOST, events)
+    batch = _sample()
+    write_batch(engine, HOST, batch)
     c = counts(engine)
     assert (c.file_events, c.flows, c.artefacts, c.decisions) == (3, 1, 1, 1)
     with engine.connect() as conn:
@@ -129,9 +119,9 @@ def test_round_trip(engine: Engine) -> None:
 
 
 def test_batch_is_idempotent(engine: Engine) -> None:
-    events = _sample()
-    write_batch(engine, HOST, events)
-    write_batch(engine, HOST, events)  # a retry after an unknown outcome
+    batch = _sample()
+    write_batch(engine, HOST, batch)
+    write_batch(engine, HOST, batch)  # a retry after an unknown outcome
     c = counts(engine)
     assert (c.file_events, c.flows, c.decisions) == (3, 1, 1)
 
@@ -140,7 +130,7 @@ def test_writer_flushes_everything_on_stop(tmp_path: Path) -> None:
     engine = _engine(f"sqlite:///{tmp_path / 's.db'}")
     writer = StoreWriter(engine, HOST, batch_size=500, flush_interval=5.0, queue_size=20_000)
     for i in range(10_000):
-        writer.submit(FileEvent(FileAction.WRITTEN, f"/x/{i}", size=i))
+        writer.submit(events.FileEvent(events.FileAction.WRITTEN, f"/x/{i}", size=i))
     writer.start()
     writer.stop()
     assert counts(engine).file_events == 10_000
@@ -168,7 +158,7 @@ def test_writer_retries_until_the_store_returns(tmp_path: Path) -> None:
     writer = StoreWriter(engine, HOST, flush_interval=0.01)
     writer.start()
     for i in range(100):
-        writer.submit(FileEvent(FileAction.WRITTEN, f"/y/{i}"))
+        writer.submit(events.FileEvent(events.FileAction.WRITTEN, f"/y/{i}"))
     release = threading.Timer(1.0, holder.rollback)
     release.start()
     writer.stop()
@@ -190,19 +180,17 @@ def test_a_trickle_of_events_shares_commits(tmp_path: Path) -> None:
     import time
     from collections.abc import Sequence
 
-    from agent.events import Event
-
     engine = _engine(f"sqlite:///{tmp_path / 't.db'}")
     batches: list[int] = []
 
-    def commit(batch: Sequence[Event]) -> dict[str, int]:
+    def commit(batch: Sequence[events.Event]) -> dict[str, int]:
         batches.append(len(batch))
         return write_batch(engine, HOST, batch)
 
     writer = StoreWriter(engine, HOST, flush_interval=0.5, commit=commit)
     writer.start()
     for i in range(10):
-        writer.submit(FileEvent(FileAction.WRITTEN, f"/t/{i}"))
+        writer.submit(events.FileEvent(events.FileAction.WRITTEN, f"/t/{i}"))
         time.sleep(0.01)
     writer.stop()
     assert sum(batches) == 10 and counts(engine).file_events == 10
