@@ -191,6 +191,19 @@ def start_with(
     return jobs.start(rt)
 
 
+def runs_of_one_job(
+    monkeypatch: pytest.MonkeyPatch, rt: Runtime, name: str, interval: float, times: int
+) -> list[float]:
+    """When a scheduler of one job (every `interval` s) ran it, stopped after `times` runs."""
+    calls: list[float] = []
+    sched = start_with(monkeypatch, rt, [counting_job(name, interval, calls)])
+    try:
+        wait_until(lambda: len(calls) >= times)
+    finally:
+        sched.shutdown(wait=True)
+    return calls
+
+
 def test_a_job_missed_many_times_runs_once_on_start(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -233,12 +246,7 @@ def test_a_job_not_yet_due_waits_for_its_slot(
 def test_a_never_run_job_runs_soon_and_then_on_its_interval(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[float] = []
-    sched = start_with(monkeypatch, runtime(engine, tmp_path), [counting_job("fast", 0.5, calls)])
-    try:
-        wait_until(lambda: len(calls) >= 3)
-    finally:
-        sched.shutdown(wait=True)
+    calls = runs_of_one_job(monkeypatch, runtime(engine, tmp_path), "fast", 0.5, times=3)
     gaps = [b - a for a, b in itertools.pairwise(calls)]
     assert all(0.3 < g < 3.0 for g in gaps), gaps
 
@@ -297,12 +305,9 @@ def test_an_unreadable_store_does_not_stop_the_scheduler(
 ) -> None:
     # no migrations: job_state does not exist, so reading and recording both fail
     eng = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
-    calls: list[float] = []
-    sched = start_with(monkeypatch, runtime(eng, tmp_path), [counting_job("j", 0.3, calls)])
     try:
-        wait_until(lambda: len(calls) >= 2)
+        runs_of_one_job(monkeypatch, runtime(eng, tmp_path), "j", 0.3, times=2)
     finally:
-        sched.shutdown(wait=True)
         eng.dispose()
 
 
