@@ -93,28 +93,21 @@ def gguf_absurd_tensors() -> bytes:
     return b"GGUF" + struct.pack("<IQQ", 3, 2**63 - 1, 0)
 
 
+def _gguf_array(key: bytes, element_type: int, count: int) -> bytes:
+    """A GGUF v3 header, no tensors and one metadata key: an array (type 9) of `count`
+    elements of `element_type`, with no data after it."""
+    header = b"GGUF" + struct.pack("<IQQ", 3, 0, 1)
+    return header + struct.pack("<Q", len(key)) + key + struct.pack("<IIQ", 9, element_type, count)
+
+
 def gguf_string_array(count: int = (1 << 26) - 1) -> bytes:
-    """One metadata key holding an array of `count` strings, with no data after it."""
-    key = b"tokenizer.ggml.tokens"
-    return (
-        b"GGUF"
-        + struct.pack("<IQQ", 3, 0, 1)
-        + struct.pack("<Q", len(key))
-        + key
-        + struct.pack("<IIQ", 9, 8, count)
-    )
+    """One metadata key holding an array of `count` strings (type 8)."""
+    return _gguf_array(b"tokenizer.ggml.tokens", 8, count)
 
 
 def gguf_scalar_array(count: int = (1 << 26) - 1) -> bytes:
-    """An array of `count` u64 whose skip would seek far past the end of the file."""
-    key = b"k"
-    return (
-        b"GGUF"
-        + struct.pack("<IQQ", 3, 0, 1)
-        + struct.pack("<Q", len(key))
-        + key
-        + struct.pack("<IIQ", 9, 10, count)
-    )
+    """An array of `count` u64 (type 10) whose skip would seek far past the end of the file."""
+    return _gguf_array(b"k", 10, count)
 
 
 def zip_declaring_entries(entries: int = 10_000_000) -> bytes:
