@@ -24,25 +24,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from tests.sensors.network.tls import client_hello
+
 REPO = Path(__file__).resolve().parent.parent
 MSS = 1448
 CLIENT = "10.9.0.5"
 MAC = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00"
-
-
-def _hello(name: str) -> bytes:
-    import ssl
-
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(inc, out, server_hostname=name)
-    try:
-        obj.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return out.read()
 
 
 def _csum(hdr: bytes) -> int:
@@ -121,7 +108,7 @@ def make_pcap(path: Path, flows: int, total_bytes: int) -> dict[tuple[str, int],
         server = f"10.9.{1 + i // 250}.{1 + i % 250}"
         sport = 20000 + i
         isn = 0xFFFFFFFF - 3 * per_flow // 4 if i == 0 else 1000 * i  # flow 0 wraps
-        hello = _hello(f"host{i}.example.com")
+        hello = client_hello(f"host{i}.example.com")
         # DNS answer naming this server, then the handshake and the ClientHello
         w.ip(
             CLIENT, "10.9.0.53", 17, struct.pack("!HHHH", 30000 + i, 53, 8 + 30, 0), 30, b"\0" * 30

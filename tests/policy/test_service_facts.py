@@ -11,7 +11,7 @@ from agent.policy.build import load_policy
 from agent.sensors.network.replay import replay_pcap
 from tests.conftest import cli
 from tests.sensors.network.pcaps import Clock, tcp_session, write
-from tests.sensors.network.test_names import client_hello
+from tests.sensors.network.tls import client_hello
 
 PACK = """\
 pack:

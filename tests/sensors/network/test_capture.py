@@ -14,7 +14,7 @@ from scapy.packet import Raw
 from agent.sensors import SensorUnavailable
 from agent.sensors.network.capture import FILTER, CaptureSocket, compile_bpf
 from tests.sensors.network.pcaps import ETHER, write
-from tests.sensors.network.test_names import client_hello
+from tests.sensors.network.tls import client_hello
 
 SEQ = 123_456_789  # a sequence number outside the once-per-GiB sample window
 QUIC_INITIAL = b"\xc3\x00\x00\x00\x01" + b"\x08" * 40

@@ -9,7 +9,7 @@ from agent.events import DestClass
 from agent.sensors.network.destinations import Destinations
 from agent.sensors.network.flownames import FlowNaming, Naming, text_address
 from agent.sensors.network.flowstate import FlowState
-from tests.sensors.network.test_names import client_hello
+from tests.sensors.network.tls import client_hello
 
 A, B = b"\x0a\x00\x00\x01", b"\xcb\x00\x71\x07"  # B is 203.0.113.7
 

@@ -23,7 +23,7 @@ from agent.sensors.network.replay import destinations_from, replay_pcap
 from tests.conftest import cli
 from tests.sensors.network.pcaps import Clock, tcp_session, write
 from tests.sensors.network.test_geo import write_mmdb
-from tests.sensors.network.test_names import client_hello
+from tests.sensors.network.tls import client_hello
 
 CLIENT = "10.0.0.5"
 # public addresses, in a capture file only (what these names resolved to at some point)

@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import ssl
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 
 from agent.sensors.network import names
-
-
-def client_hello(server_name: str) -> bytes:
-    """The bytes Python's ssl module (OpenSSL) sends first, with this SNI."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(inc, out, server_hostname=server_name)
-    try:
-        obj.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return out.read()
+from tests.sensors.network.tls import client_hello
 
 
 def test_sni_from_a_real_client_hello() -> None:

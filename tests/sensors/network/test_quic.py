@@ -15,7 +15,7 @@ from scapy.packet import Raw
 from agent.sensors.network.quic import client_initial_keys, quic_sni
 from agent.sensors.network.replay import replay_pcap
 from tests.sensors.network.pcaps import ETHER, Clock, write
-from tests.sensors.network.test_names import client_hello
+from tests.sensors.network.tls import client_hello
 
 
 def quic_initial(server_name: str, dcid: bytes = b"\x83\x94\xc8\xf0\x3e\x51\x57\x08") -> bytes:

@@ -21,7 +21,7 @@ from agent.sensors.network.pcapfile import PcapError
 from agent.sensors.network.replay import replay_pcap
 from tests.conftest import cli
 from tests.sensors.network.pcaps import ETHER, Clock, dns_exchange, tcp_session, write
-from tests.sensors.network.test_names import client_hello
+from tests.sensors.network.tls import client_hello
 
 C, S, R = "10.0.0.5", "203.0.113.7", "10.0.0.53"
 DATA = Path(__file__).parent / "data"
