@@ -10,11 +10,33 @@ import struct
 import subprocess
 import tarfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
+Build = TypeVar("Build", bound=Callable[[Path], Path])
+# format: the builder below that makes its sample file, and the file's name
+SAMPLES: dict[str, tuple[Callable[[Path], Path], str]] = {}
 
+
+def sample(fmt: str, name: str) -> Callable[[Build], Build]:
+    """Register the builder it decorates as the maker of `fmt`'s sample file `name`."""
+
+    def register(build: Build) -> Build:
+        SAMPLES[fmt] = (build, name)
+        return build
+
+    return register
+
+
+def sample_files(d: Path) -> dict[str, Path]:
+    """In `d`, the sample file of each registered model-weights and dataset format."""
+    return {fmt: build(d / name) for fmt, (build, name) in SAMPLES.items()}
+
+
+@sample("safetensors", "model.safetensors")
 def safetensors_file(path: Path, n: int = 64) -> Path:
     from safetensors.numpy import save_file
 
@@ -27,6 +49,7 @@ def safetensors_file(path: Path, n: int = 64) -> Path:
     return path  # parameters: n*32 + 1024 + 32
 
 
+@sample("gguf", "model.gguf")
 def gguf_file(path: Path) -> Path:
     import gguf
 
@@ -44,6 +67,7 @@ def gguf_file(path: Path) -> Path:
     return path  # 2 tensors, 320 parameters, architecture llama
 
 
+@sample("onnx", "model.onnx")
 def onnx_file(path: Path) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -103,6 +127,7 @@ def _pickle_tensor_dict(tensors: list[tuple[str, str, str, tuple[int, ...]]]) ->
     return bytes(out)
 
 
+@sample("torch", "model.pt")
 def torch_zip(path: Path, root: str = "archive") -> Path:
     """A PyTorch-format checkpoint like torch.save writes (2 tensors, 24+4 parameters)."""
     tensors = [
@@ -124,6 +149,7 @@ def malicious_pickle(marker: Path) -> bytes:
     return b"\x80\x02cos\nsystem\nX" + struct.pack("<I", len(cmd)) + cmd + b"\x85R."
 
 
+@sample("parquet", "data.parquet")
 def parquet_file(path: Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -133,6 +159,7 @@ def parquet_file(path: Path) -> Path:
     return path
 
 
+@sample("feather", "data.feather")
 def feather_file(path: Path) -> Path:
     import pyarrow as pa
     import pyarrow.feather as feather
@@ -141,6 +168,7 @@ def feather_file(path: Path) -> Path:
     return path
 
 
+@sample("hdf5", "data.h5")
 def hdf5_dataset(path: Path) -> Path:
     import h5py
 
@@ -150,6 +178,7 @@ def hdf5_dataset(path: Path) -> Path:
     return path
 
 
+@sample("keras", "model.h5")
 def keras_h5(path: Path) -> Path:
     import h5py
 
@@ -206,6 +235,7 @@ def write_pdf(path: Path, objects: list[bytes], header: bytes = b"%PDF-1.4\n") -
     return path
 
 
+@sample("sqlite", "data.sqlite")
 def sqlite_file(path: Path) -> Path:
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE samples (id INTEGER, value REAL)")
@@ -215,6 +245,7 @@ def sqlite_file(path: Path) -> Path:
     return path
 
 
+@sample("tfrecord", "data.tfrecord")
 def tfrecord_file(path: Path, records: int = 3) -> Path:
     from agent.classify.datasets import masked_crc
 
@@ -228,6 +259,7 @@ def tfrecord_file(path: Path, records: int = 3) -> Path:
     return path
 
 
+@sample("npy", "arr.npy")
 def npy_file(path: Path) -> Path:
     np.save(path, np.zeros((7, 3), dtype=np.float32))
     return path
@@ -288,6 +320,7 @@ def zip_bytes(members: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
+@sample("jsonl", "data.jsonl")
 def jsonl_file(path: Path) -> Path:
     path.write_text("".join(json.dumps({"q": f"问题 {i}", "a": i}) + "\n" for i in range(30)))
     return path

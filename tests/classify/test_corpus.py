@@ -50,18 +50,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (d / "bracket.sldprt").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 600)
     (d / "notes.md").write_text("# 稀土永磁工艺\n\nrare earth magnet sintering parameters\n")
     return {
-        "safetensors": C.safetensors_file(d / "model.safetensors"),
-        "gguf": C.gguf_file(d / "model.gguf"),
-        "onnx": C.onnx_file(d / "model.onnx"),
-        "torch": C.torch_zip(d / "model.pt"),
-        "keras": C.keras_h5(d / "model.h5"),
-        "parquet": C.parquet_file(d / "data.parquet"),
-        "feather": C.feather_file(d / "data.feather"),
-        "hdf5": C.hdf5_dataset(d / "data.h5"),
-        "npy": C.npy_file(d / "arr.npy"),
-        "sqlite": C.sqlite_file(d / "data.sqlite"),
-        "tfrecord": C.tfrecord_file(d / "data.tfrecord"),
-        "jsonl": C.jsonl_file(d / "data.jsonl"),
+        **C.sample_files(d),
         "csv": d / "table.csv",
         "tsv": d / "table.tsv",
         "docx": C.docx_file(d / "process.docx", "稀土 rare earth sintering process"),

@@ -75,24 +75,14 @@ class Samples(dict[str, bytes]):
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     d = tmp_path_factory.mktemp("samples")
-    return Samples(
-        {
-            "safetensors": C.safetensors_file(d / "a.safetensors").read_bytes(),
-            "gguf": C.gguf_file(d / "a.gguf").read_bytes(),
-            "onnx": C.onnx_file(d / "a.onnx").read_bytes(),
-            "pickle": C._pickle_tensor_dict([("w", "FloatStorage", "0", (2, 3))]),
-            "npy": C.npy_file(d / "a.npy").read_bytes(),
-            "tfrecord": C.tfrecord_file(d / "a.tfrecord").read_bytes(),
-            "parquet": C.parquet_file(d / "a.parquet").read_bytes(),
-            "arrow": C.feather_file(d / "a.feather").read_bytes(),
-            "hdf5": C.hdf5_dataset(d / "a.h5").read_bytes(),
-            "sqlite": C.sqlite_file(d / "a.sqlite").read_bytes(),
-            "torch": C.torch_zip(d / "a.pt").read_bytes(),
-            "docx": C.docx_file(d / "a.docx", "x").read_bytes(),
-            "pdf": C.pdf_file(d / "a.pdf", "x").read_bytes(),
-            "targz": C.tar_gz(d / "a.tar.gz", [d / "a.safetensors"]).read_bytes(),
-        }
-    )
+    built = C.sample_files(d)
+    built["arrow"] = built.pop("feather")  # the parser's name for it
+    built["docx"] = C.docx_file(d / "a.docx", "x")
+    built["pdf"] = C.pdf_file(d / "a.pdf", "x")
+    built["targz"] = C.tar_gz(d / "a.tar.gz", [built["safetensors"]])
+    samples = {name: path.read_bytes() for name, path in built.items()}
+    samples["pickle"] = C._pickle_tensor_dict([("w", "FloatStorage", "0", (2, 3))])
+    return Samples(samples)
 
 
 def _mutated(data: st.DataObject, sample: bytes, flips: int) -> bytes:
