@@ -152,6 +152,11 @@ rules:
       - name: a local copy should not fire, but the test expects it to
         facts: {event: file, channel: local}
         expect: decision
+      - name: a fact that does not exist
+        facts:
+          channel: removable
+          colour: red  # M-facts
+        expect: decision
   - id: r-dupkey
     description: x
     description: y  # M-dupkey
@@ -159,18 +164,6 @@ rules:
     severity: low
     effective_from: 2020-01-01
     action: record
-  - id: r-facts
-    description: x
-    condition: {macro: to_usb}
-    severity: low
-    effective_from: 2020-01-01
-    action: record
-    tests:
-      - name: a fact that does not exist
-        facts:
-          channel: removable
-          colour: red  # M-facts
-        expect: decision
   - id: r-empty-exception
     description: x
     condition: {macro: to_usb}
@@ -262,10 +255,12 @@ def test_every_mistake_reported_at_its_line(broken: Path) -> None:
 
 
 def test_rule_self_test_failures_are_reported(tmp_path: Path) -> None:
-    # BROKEN's header (without its mistakes) and its one rule whose only fault is its test
+    # BROKEN's header (without its mistakes) and its r-selftest rule with its first test
+    # case only, whose only fault is that it fails (the second case is the M-facts mistake)
     text = BROKEN.split("categories:")[0].replace('"9.0"', '"1.0"')
     text = text.replace("  loop: {macro: loop}  # M-macro-loop\n", "")
-    selftest = BROKEN[BROKEN.index("  - id: r-selftest\n") : BROKEN.index("  - id: r-dupkey\n")]
+    end = BROKEN.index("      - name: a fact that does not exist\n")
+    selftest = BROKEN[BROKEN.index("  - id: r-selftest\n") : end]
     text += "rules:\n" + selftest
     path = tmp_path / "p.yaml"
     path.write_text(text)
