@@ -17,7 +17,6 @@ import ctypes
 import errno
 import socket
 import struct
-from pathlib import Path
 
 from agent import metrics
 from agent.sensors import SensorUnavailable
@@ -90,20 +89,6 @@ class CaptureSocket:
     def __init__(self, interface: str, buffer_bytes: int, programs: dict[int, bytes]) -> None:
         """`programs` caches compiled filters by link type across interfaces."""
         self.interface = interface
-        kind = _arphrd(interface)
-        self.loopback = kind == 772
-        if kind in _RAW_IP_TYPES:
-            self.linktype = DLT_RAW
-        elif kind in _ETHERNET_TYPES or kind is None:
-            self.linktype = DLT_EN10MB  # None: no such interface; bind() will say so
-        else:
-            raise SensorUnavailable(
-                f"network.interfaces: {interface} has link type {kind}, which the agent "
-                "cannot capture (Ethernet-like and raw IP interfaces are supported)"
-            )
-        if self.linktype not in programs:
-            programs[self.linktype] = compile_bpf(FILTER, self.linktype)
-        program = programs[self.linktype]
         try:
             self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         except PermissionError as e:
@@ -111,14 +96,34 @@ class CaptureSocket:
                 f"cannot open a packet socket ({e.strerror}): the agent needs CAP_NET_RAW"
             ) from None
         try:
-            _attach(self.sock, program)
+            # bound with protocol 0 the socket receives nothing yet, and names the
+            # interface's ARPHRD type as the kernel of this socket's namespace sees it
+            # (/sys/class/net is the namespace /sys was mounted in, which may be another)
+            self.sock.bind((interface, 0))
+            kind = self.sock.getsockname()[3]
+            self.loopback = kind == 772
+            if kind in _RAW_IP_TYPES:
+                self.linktype = DLT_RAW
+            elif kind in _ETHERNET_TYPES:
+                self.linktype = DLT_EN10MB
+            else:
+                raise SensorUnavailable(
+                    f"network.interfaces: {interface} has link type {kind}, which the agent "
+                    "cannot capture (Ethernet-like and raw IP interfaces are supported)"
+                )
+            if self.linktype not in programs:
+                programs[self.linktype] = compile_bpf(FILTER, self.linktype)
+            _attach(self.sock, programs[self.linktype])
             set_receive_buffer(self.sock, buffer_bytes)
-            self.sock.bind((interface, ETH_P_ALL))
+            self.sock.bind((interface, ETH_P_ALL))  # filtered from its first packet
         except OSError as e:
             self.sock.close()
             if e.errno == errno.ENODEV:
                 raise SensorUnavailable(f"network.interfaces: no interface {interface!r}") from None
             raise SensorUnavailable(f"cannot capture on {interface}: {e}") from None
+        except BaseException:
+            self.sock.close()
+            raise
         self.sock.setblocking(False)
         self.stats()  # reading resets the counters: start from zero
         # egress_agent_capture_packets_total{interface}, looked up once, not per batch
@@ -144,10 +149,3 @@ class CaptureSocket:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def _arphrd(interface: str) -> int | None:
-    try:
-        return int(Path(f"/sys/class/net/{interface}/type").read_text())
-    except (OSError, ValueError):
-        return None

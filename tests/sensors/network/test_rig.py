@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import io
 import json
 import os
+import select
 import socket
 import ssl
 import struct
@@ -403,21 +406,45 @@ def test_raw_ip_interfaces_like_tun_and_wireguard(rig: Rig, sensor_in: Any) -> N
         ["link", "set", tun, "up"],
     ):
         subprocess.run(["ip", "-n", rig.sender_ns, *cmd], check=True, capture_output=True)
-    cfg_ifaces = [rig.sender_if, tun]
-    sensor, out = sensor_in(interfaces=cfg_ifaces)
+    sensor, out = sensor_in(interfaces=[tun])  # alone: every packet it counts is the tunnel's
     with rig.sender():
+        # a tun with no reader has no carrier, and the kernel drops what is routed to it
+        # before any capture sees it: attach one, as a VPN daemon would, so the SYN leaves
+        reader = _attach_tun(tun)
         s = socket.socket()
-    s.setblocking(False)
-    try:
-        s.connect(("10.201.0.2", 443))  # nobody answers on the tunnel: only the SYN leaves
-    except BlockingIOError:
-        pass
-    port = s.getsockname()[1]
-    deadline = time.monotonic() + 5
-    while sensor.status()["open_flows"] == 0:
-        assert time.monotonic() < deadline, "the SYN on the tun device was not seen"
-        time.sleep(0.05)
-    s.close()
+    with reader, s:
+        s.setblocking(False)
+        try:
+            s.connect(("10.201.0.2", 443))  # nobody answers on the tunnel: only the SYN leaves
+        except BlockingIOError:
+            pass
+        port = s.getsockname()[1]
+        # the SYN as the tunnel's reader gets it: a bare IPv4 packet, no link header (IPv6
+        # router solicitations may come first)
+        assert _tun_reads_ipv4_to(reader, "10.201.0.2"), "the SYN did not reach the tunnel"
+        deadline = time.monotonic() + 5
+        while sensor.status()["packets"] == 0 or sensor.status()["open_flows"] == 0:
+            assert time.monotonic() < deadline, "the SYN on the tun device was not captured"
+            time.sleep(0.05)
     sensor.stop()
     (f,) = [f for f in out.flows if f.src_port == port]
     assert (f.dst_ip, f.dst_port, f.dest_class) == ("10.201.0.2", 443, "internal")
+
+
+def _attach_tun(name: str) -> io.FileIO:
+    """Attach a reader to the persistent tun device `name` (in this thread's namespace):
+    the device's carrier comes up, and packets routed to it are sent, and captured."""
+    tun_set_iff, iff_tun, iff_no_pi = 0x400454CA, 0x0001, 0x1000
+    reader = io.FileIO("/dev/net/tun", "r+")
+    fcntl.ioctl(reader, tun_set_iff, struct.pack("16sH", name.encode(), iff_tun | iff_no_pi))
+    return reader
+
+
+def _tun_reads_ipv4_to(reader: io.FileIO, dst: str, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([reader], [], [], left)[0]:
+            packet = reader.read(2048) or b""
+            if packet[:1] == b"\x45" and socket.inet_ntoa(packet[16:20]) == dst:
+                return True
+    return False
