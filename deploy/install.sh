@@ -130,7 +130,9 @@ rm -rf "$APP.old"
 
 say "creating the virtualenv $VENV"
 have_py="$(readlink -f "$VENV/bin/python" 2>/dev/null || true)"
-want_py="$(readlink -f "$(command -v "$PYTHON")")"
+# the interpreter itself, not the name it is called by: a pyenv shim is a script, and
+# comparing the venv's python with it rebuilt the venv on every upgrade
+want_py="$("$PYTHON" -c 'import os, sys; print(os.path.realpath(sys.executable))')"
 if [ "$have_py" != "$want_py" ]; then "$PYTHON" -m venv --clear "$VENV"; fi
 # the service runs this interpreter as its own user: one under /root (pyenv, conda) is
 # unreadable to it, which would otherwise only show when the unit starts

@@ -152,7 +152,10 @@ def test_reinstall_keeps_an_edited_config_and_uninstall_keeps_evidence(
     cfg = r / "etc/egress-agent/agent.yaml"
     cfg.write_text(cfg.read_text() + "\n# edited by the admin\n")
     (r / "var/lib/egress-agent/agent.db").write_bytes(b"evidence")
+    kept = r / "opt/egress-agent/venv/kept"  # an upgrade with the same interpreter keeps
+    kept.touch()  # the venv (pip updates it), also when python3 is a pyenv shim
     sh("deploy/install.sh", "--root", str(r), "--no-db-upgrade")
+    assert kept.exists()
     assert cfg.read_text().endswith("# edited by the admin\n")
     assert (r / "etc/egress-agent/agent.yaml.dist").exists()
     assert not (r / "etc/systemd/system/egress-agent.service.d/fanotify.conf").exists()
