@@ -45,7 +45,8 @@ from tests.classify import corpus as C
 
 TIERS = ContentTiers(Limits(), use_magika=False)
 NO_MAGIKA = ClassifySection(use_magika=False)
-# generous bounds for a busy 2-core machine; measured times are in the comments
+# generous bounds in CPU seconds of this process (the work is in-process), so that other
+# tests busy on the same cores cannot fail a bound; measured times are in the comments
 TIME_BOUND = 10.0
 PEAK_BOUND = 128 << 20
 
@@ -55,12 +56,12 @@ def skips(reason: str) -> float:
 
 
 def measured(fn: Callable[[], Finding]) -> tuple[Finding, float, int]:
-    """(result, seconds, peak bytes allocated by Python while it ran)."""
+    """(result, CPU seconds, peak bytes allocated by Python while it ran)."""
     tracemalloc.start()
-    t0 = time.monotonic()
+    t0 = time.process_time()
     try:
         out = fn()
-        return out, time.monotonic() - t0, tracemalloc.get_traced_memory()[1]
+        return out, time.process_time() - t0, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
 
@@ -133,11 +134,11 @@ def test_tarfile_itself_cannot_spin_on_a_guarded_file() -> None:
     guarded file stops a reader that keeps reading at the end of the content."""
     data = B.tar_with_lying_member()
     f = Source.from_bytes("x.tar", data).open()
-    t0 = time.monotonic()
+    t0 = time.process_time()
     with pytest.raises(ParseError), tarfile.open(fileobj=f, mode="r|") as tf:
         for _ti in tf:
             pass
-    assert time.monotonic() - t0 < TIME_BOUND
+    assert time.process_time() - t0 < TIME_BOUND
 
 
 def test_guarded_file_refuses_seeks_past_the_end_and_checks_the_deadline() -> None:
@@ -214,9 +215,9 @@ def test_classifier_enforces_file_deadline(tmp_path: Path) -> None:
     p.write_bytes(B.many_member_tar(9_000, first=B.PEM))
     before = skips("timeout")
     clf = Classifier(ClassifySection(use_magika=False, file_deadline=0.05))
-    t0 = time.monotonic()
+    t0 = time.process_time()
     a = clf.classify_path(str(p))
-    elapsed = time.monotonic() - t0
+    elapsed = time.process_time() - t0
     assert a.skipped == "timeout"
     assert a.skipped_at is not None and a.skipped_at.startswith("archive member ")
     assert a.sha256 == hashlib.sha256(p.read_bytes()).hexdigest()  # the hash is kept
@@ -301,9 +302,9 @@ def _tar_declaring(size: int, lead: bool) -> bytes:
 @given(size=st.integers(0, 2**87 - 1), lead=st.booleans())
 def test_any_declared_tar_size_ends(size: int, lead: bool) -> None:
     data = _tar_declaring(size, lead)
-    t0 = time.monotonic()
+    t0 = time.process_time()
     f = TIERS.classify(Source.from_bytes("x.tar", data))
-    assert time.monotonic() - t0 < TIME_BOUND
+    assert time.process_time() - t0 < TIME_BOUND
     fits = size <= 5 or size <= len(data) - data.rfind(b"huge.bin") - 512
     assert f.skipped in ({None, "truncated", "malformed"} if fits else {"malformed"})
 
@@ -317,9 +318,9 @@ def test_any_safetensors_shape_ends(dims: int, tensors: int, dim: int) -> None:
     if len(header) > 8 << 20:
         header = header[: 8 << 20]
     data = len(header).to_bytes(8, "little") + header
-    t0 = time.monotonic()
+    t0 = time.process_time()
     f = TIERS.classify(Source.from_bytes("x.safetensors", data))
-    assert time.monotonic() - t0 < TIME_BOUND
+    assert time.process_time() - t0 < TIME_BOUND
     assert f.tags and f.tags[0].kind == "model_weights"
     if dims > Limits().max_dims:
         assert f.skipped in ("absurd_count", "malformed")
@@ -389,9 +390,9 @@ def test_secret_patterns_are_linear() -> None:
 
     for unit in ("-eyJ", "-sk-", "_ghp_", "-xoxb-", "-glpat-", "LTAI-", '"service_account"'):
         text = unit * ((4 << 20) // len(unit))
-        t0 = time.monotonic()
+        t0 = time.process_time()
         secret_tags(text)
-        assert time.monotonic() - t0 < TIME_BOUND / 2, unit
+        assert time.process_time() - t0 < TIME_BOUND / 2, unit
 
 
 def test_archive_text_is_bounded_by_the_text_limit_not_the_members() -> None:
