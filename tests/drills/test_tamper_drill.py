@@ -32,7 +32,8 @@ for _component in ("agent.sensors.files.sensor", "agent.classify.stage", "agent.
 
 from tests.incidents.helpers import safetensors, start_under_site_pack  # noqa: E402
 
-pytestmark = pytest.mark.drill
+# only the CLI and a short-lived agent, with no time bound: it runs beside other tests
+pytestmark = [pytest.mark.drill, pytest.mark.concurrent]
 N_FILES = 3
 
 
