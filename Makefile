@@ -32,9 +32,10 @@ typecheck: setup
 test: setup system-deps
 	$(BIN)/ruff check agent tests bench migrations
 	$(BIN)/mypy
-	# two workers for the independent tests (and drills that may run beside them); drills
-	# with host-wide limits or timing bounds and network-namespace tests run alone afterwards
-	$(BIN)/pytest -q -n 2 -m "not (drill or netns) or concurrent" $(PYTEST_ARGS)
+	# three workers on two cores for the independent tests (and drills that may run beside
+	# them: most of their time is spent waiting on agents and subprocesses); drills with
+	# host-wide limits or timing bounds and network-namespace tests run alone afterwards
+	$(BIN)/pytest -q -n 3 -m "not (drill or netns) or concurrent" $(PYTEST_ARGS)
 	$(BIN)/pytest -q -m "(drill or netns) and not concurrent" $(PYTEST_ARGS)
 
 bench: setup system-deps
