@@ -6,7 +6,9 @@ the store writer), whose pure `CorrelationCore` emits `IncidentFinding`s that th
 `IncidentLog` writes with their chain records; the CLI and the export job only read.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from agent.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from agent.incidents.chain import ChainEntry, VerifyReport, verify_entries
@@ -31,14 +33,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f"agent.incidents.{module}"), name)
-
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = [
     "ChainEntry",

@@ -6,8 +6,9 @@ files into a `Policy` or a list of `Issue`s with file and line. The pack format 
 described in docs/policy.md.
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from agent.lazy import lazy_attributes
 from agent.policy.build import load_policy
 from agent.policy.loader import ENGINE_VERSION, SHIPPED_DIR, Issue, PolicyError
 from agent.policy.model import EMPTY_POLICY, PackInfo, Policy, Rule
@@ -27,14 +28,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f"agent.policy.{module}"), name)
-
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = [
     "EMPTY_POLICY",
