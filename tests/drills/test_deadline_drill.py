@@ -77,7 +77,9 @@ EXPECTED: dict[str, tuple[set[str | None], set[str | None]] | None] = {
     "slow2.pkl": ({"timeout"}, {"content"}),
     "members1.tar": None,  # ~1 s of honest work: cut at a member on most hosts (or content)
     "members2.tar": None,
-    "comments.c": ({None}, {None}),
+    # 4 MB of "/*": linear (0.06 s alone, tests/classify/test_budgets.py), but its keyword
+    # scan beside the other worker's hostile files can outlast the 0.5 s wall deadline
+    "comments.c": ({None, "timeout"}, {None, "content"}),
 }
 
 
@@ -152,6 +154,7 @@ def test_hostile_files_cannot_blind_a_running_agent(
             assert at is None or at == "content" or at.startswith("archive member "), (name, at)
         else:
             assert skipped in expected[0] and at in expected[1], (name, skipped, at)
+            assert (skipped == "timeout") == (at is not None), (name, skipped, at)
     assert written(cfg, key)[2] is None and written(cfg, ckpt)[2] is None  # type: ignore[index]
     # what was read before a cut is kept: past its first member, the key inside is found
     _sha, m2_kinds, _skipped, m2_at = written(cfg, root / "members2.tar")  # type: ignore[misc]

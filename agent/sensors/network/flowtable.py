@@ -136,6 +136,11 @@ class FlowTable(KernelReconciliation):
                 return st  # a retransmitted SYN
             self._export(st, ts, close_reason(st, CloseReason.IDLE), final=True)  # port reused
         if self.is_local is not None and self.is_local(pkt.dst) and not self.is_local(pkt.src):
+            if st is not None and st.out is None and not st.exported_out + st.exported_in:
+                # a dump ran before we read this SYN and adopted the accepting socket
+                # (a server on an ephemeral port looks outbound): it was never ours
+                del self.flows[st.key]
+                self.reverse.pop(key, None)
             self._ignore(key, ts)  # inbound connection: not ours to report
             return None
         self.ignored.pop(key, None)

@@ -75,6 +75,19 @@ def test_inbound_and_accepting_sockets_are_not_flows() -> None:
     assert out == [] and t.flows == {}
 
 
+def test_an_accepting_socket_adopted_before_its_syn_was_read_is_dropped() -> None:
+    """The CI flake: a server on an ephemeral port, and a dump that ran between the
+    handshake and the capture's read of the inbound SYN, adopted the accepting socket as
+    an outbound flow; the SYN, read next, shows whose connection it is."""
+    t, out = _table(is_local=lambda a: a == L)
+    assert t.kernel_update((6, L, 45000, B, 5555), 0, 2000, 1.0, adopt=True) is not None
+    t.packet(_tcp(B, 5555, L, 45000, 1, TCP_SYN), 1.1, b"", 0)
+    t.packet(_tcp(B, 5555, L, 45000, 2002, TCP_FIN | TCP_ACK), 2.0, b"", 0)
+    assert t.kernel_update((6, L, 45000, B, 5555), 0, 2001, 2.1, final=True, adopt=True) is None
+    t.flush(4.0)
+    assert out == [] and t.flows == {} and t.reverse == {}
+
+
 def test_an_abortive_close_counts_from_sequence_numbers_once_the_rst_is_read() -> None:
     """tcp_disconnect zeroes tcp_info: the destroy notification has no bytes, so the
     flow waits RESET_WAIT for its RST and is counted from sequence numbers."""
