@@ -11,9 +11,18 @@ import os
 import threading
 
 
+def wake(wake_w: int) -> None:
+    """One byte to the pipe's write end. A full pipe means the thread is awake anyway,
+    and a closed one that it has ended: neither is an error."""
+    try:
+        os.write(wake_w, b"x")
+    except OSError:
+        pass
+
+
 def wake_then_join(thread: threading.Thread, wake_w: int) -> None:
     """Wake `thread` through its pipe's write end and wait for it to end."""
-    os.write(wake_w, b"x")
+    wake(wake_w)
     thread.join()
 
 

@@ -43,7 +43,7 @@ from agent.sensors.files._inotify import (
     IN_ONLYDIR,
     Inotify,
 )
-from agent.wakepipe import close_pipe
+from agent.wakepipe import close_pipe, wake_then_join
 
 if TYPE_CHECKING:
     from agent.runtime import Runtime
@@ -262,11 +262,7 @@ class PolicyHolder:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            try:
-                os.write(self._wake_w, b"x")
-            except OSError:
-                pass
-            self._thread.join()
+            wake_then_join(self._thread, self._wake_w)
             self._thread = None
 
 

@@ -41,6 +41,7 @@ from agent.sensors.files.attribution import Attribution
 from agent.sensors.files.mounts import MountFollower
 from agent.sensors.files.rescan_worker import Rescans
 from agent.sensors.files.tree import Change, WatchTree
+from agent.wakepipe import wake
 
 if TYPE_CHECKING:
     from agent.runtime import JobSpec, Runtime
@@ -217,10 +218,7 @@ class FileSensor:
     def poke(self) -> None:
         """Wake the reader now (it sleeps until the kernel has events when nothing is due):
         a stop, a pause, or a rescan waiting for it to report what is queued."""
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:  # full (it will wake anyway) or closed at stop
-            pass
+        wake(self._wake_w)
 
     def _drain_wake(self) -> None:
         try:

@@ -44,6 +44,7 @@ from agent.sensors.network.netwatch import AddressWatch, ConntrackEvents
 from agent.sensors.network.packets import decode_ethernet, decode_ip
 from agent.sensors.network.procindex import ProcIndex
 from agent.sensors.network.sockdiag import DestroyListener, SockDiag
+from agent.wakepipe import wake
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +162,7 @@ class NetworkSensor(KernelAccounting):
 
     def stop(self) -> None:
         self._stop.set()
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:  # the pipe is full: the loop is awake anyway
-            pass
+        wake(self._wake_w)
         if self._thread is not None:
             self._thread.join()
             self._thread = None
