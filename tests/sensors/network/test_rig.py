@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from agent import metrics
+from tests.conftest import wait_until
 from tests.sensors.network.peers import DnsResponder, Sink, dns_query, self_signed
 from tests.sensors.network.rig import Rig
 
@@ -422,10 +423,12 @@ def test_raw_ip_interfaces_like_tun_and_wireguard(rig: Rig, sensor_in: Any) -> N
         # the SYN as the tunnel's reader gets it: a bare IPv4 packet, no link header (IPv6
         # router solicitations may come first)
         assert _tun_reads_ipv4_to(reader, "10.201.0.2"), "the SYN did not reach the tunnel"
-        deadline = time.monotonic() + 5
-        while sensor.status()["packets"] == 0 or sensor.status()["open_flows"] == 0:
-            assert time.monotonic() < deadline, "the SYN on the tun device was not captured"
-            time.sleep(0.05)
+        wait_until(
+            lambda: sensor.status()["packets"] and sensor.status()["open_flows"],
+            "the SYN on the tun device captured",
+            5,
+            interval=0.05,
+        )
     sensor.stop()
     (f,) = [f for f in out.flows if f.src_port == port]
     assert (f.dst_ip, f.dst_port, f.dest_class) == ("10.201.0.2", 443, "internal")
