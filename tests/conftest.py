@@ -208,10 +208,14 @@ class AgentProcess:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
             return str(r.read().decode())
 
-    def metric(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+    def metric(
+        self, name: str, labels: dict[str, str] | None = None, text: str | None = None
+    ) -> float | None:
+        """One sample's value from a new scrape, or from `text` (an earlier scrape) so that
+        several values can be read at one instant."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        for fam in text_string_to_metric_families(self.scrape()):
+        for fam in text_string_to_metric_families(self.scrape() if text is None else text):
             for s in fam.samples:
                 if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items()):
                     return float(s.value)

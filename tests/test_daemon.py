@@ -5,32 +5,47 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import cli, wait_until, write_config
+from tests.conftest import cli, store_rows, synthetic_into, wait_until, write_config
 
 
 def test_sigterm_with_10000_queued_events_loses_none(
     agent_config: dict[str, Any], run_agent: Any, tmp_path: Path
 ) -> None:
-    # one row per commit makes the writer slow enough that events are still queued
-    agent_config["database"] = {"batch_size": 1}
-    agent_config["sensors"] = {"enabled": ["synthetic"], "synthetic_count": 10_000}
+    # The backlog at SIGTERM is made certain, not likely: the test holds the store's write
+    # lock from before the sensor has finished until after SIGTERM, so the writer (one row
+    # per commit) waits in its busy timeout while every later event stays queued.
+    db = tmp_path / "queued.db"
+    synthetic_into(agent_config, db, 10_000, 2_000, batch_size=1)
     agent = run_agent(agent_config)
     agent.wait_metrics()
-    wait_until(
-        lambda: agent.metric("egress_agent_sensor_events_total", {"sensor": "synthetic"}) == 10_000
-    )
-    queued = (agent.metric("egress_agent_queue_depth", {"queue": "store"}) or 0) + (
-        agent.metric("egress_agent_queue_depth", {"queue": "dispatch"}) or 0
-    )
-    assert queued > 0, "the test needs events still queued at SIGTERM"
-    assert agent.stop(signal.SIGTERM) == 0, agent.stderr()
-    cfg = agent.config_path
-    out = cli("status", "--json", config=cfg)
-    doc = json.loads(out.stdout)
+    wait_until(lambda: bool(store_rows(db, "SELECT 1 FROM file_events LIMIT 1")))
+    lock = sqlite3.connect(db, timeout=30, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        emitted = agent.metric("egress_agent_sensor_events_total", {"sensor": "synthetic"})
+        assert (emitted or 0) < 10_000, "the lock must be held before the sensor finishes"
+        wait_until(
+            lambda: (
+                agent.metric("egress_agent_sensor_events_total", {"sensor": "synthetic"}) == 10_000
+            )
+        )
+        text = agent.scrape()  # one scrape: the depths are read at one instant
+        queued = agent.metric("egress_agent_queue_depth", {"queue": "store"}, text=text) or 0
+        queued += agent.metric("egress_agent_queue_depth", {"queue": "dispatch"}, text=text) or 0
+        assert queued > 0
+        agent.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)  # the stop begins with the writer still locked out
+    finally:
+        lock.rollback()
+        lock.close()
+    assert agent.stop() == 0, agent.stderr()
+    assert store_rows(db, "SELECT count(*) FROM file_events") == [(10_000,)]
+    doc = json.loads(cli("status", "--json", config=agent.config_path).stdout)
     assert doc["counts"]["file_events"] == 10_000
     assert doc["daemon"]["running"] is False
 
