@@ -44,6 +44,11 @@ _UNSUPPORTED = (
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+# google-re2's own names for "search anywhere" and "no match" (its Python layer uses them)
+_UNANCHORED = re2._Anchor.UNANCHORED
+_NO_MATCH = re2._NULL_SPAN
+
+
 def _encodable(text: str) -> str:
     if text.isascii() or _SURROGATE.search(text) is None:
         return text
@@ -65,6 +70,12 @@ class _Re2Pattern:
     def finditer(self, text: str) -> Any:
         return self._rx.finditer(_encodable(text))
 
+    def found(self, text: str) -> bool:
+        """`search(text) is not None`, asked of RE2 directly: no Match object, no byte
+        offsets turned back into characters, no generator (3 µs a call against 8)."""
+        data = _encodable(text).encode("utf-8")
+        return bool(self._rx._regexp.Match(_UNANCHORED, data, 0, len(data))[0] != _NO_MATCH)
+
 
 class PatternRefused(UserFacingError, ValueError):
     """A pack pattern that cannot run in linear time, or that does not parse."""
@@ -78,6 +89,8 @@ class LinearPattern(Protocol):
     def search(self, text: str) -> Any: ...
 
     def finditer(self, text: str) -> Any: ...
+
+    def found(self, text: str) -> bool: ...
 
 
 def compile_pack_regex(pattern: str) -> LinearPattern:

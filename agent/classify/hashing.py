@@ -72,6 +72,14 @@ CREATE TABLE IF NOT EXISTS results (
 """
 
 
+# json.dumps(doc, ensure_ascii=False, default=str), built once: dumps makes a new encoder
+# on every call that passes options (a few µs of each small file's result)
+_encode_result = json.JSONEncoder(ensure_ascii=False, default=str).encode
+# the hit and miss counters, looked up once (a `labels()` call takes a lock and a tuple)
+_HIT = metrics.HASH_CACHE.labels("hit")
+_MISS = metrics.HASH_CACHE.labels("miss")
+
+
 class HashCache:
     """(device, inode, size, mtime_ns) → sha256, and sha256 → result, in SQLite.
 
@@ -123,7 +131,7 @@ class HashCache:
     def lookup(self, device: int, inode: int, size: int, mtime_ns: int) -> str | None:
         held = self._files.get((device, inode)) if self._buffered else None
         if held is not None and held[2:4] == (size, mtime_ns):
-            metrics.HASH_CACHE.labels("hit").inc()
+            _HIT.inc()
             return held[4]
         row = (
             None
@@ -133,7 +141,7 @@ class HashCache:
                 (device, inode, size, mtime_ns),
             )
         )
-        metrics.HASH_CACHE.labels("hit" if row else "miss").inc()
+        (_HIT if row else _MISS).inc()
         return str(row[0]) if row else None
 
     def store(self, device: int, inode: int, size: int, mtime_ns: int, sha256: str) -> None:
@@ -170,7 +178,7 @@ class HashCache:
     def store_result(
         self, sha256: str, version: str, categories: str, result: dict[str, Any]
     ) -> None:
-        text = json.dumps(result, ensure_ascii=False, default=str)
+        text = _encode_result(result)
         if self._buffered:
             with self._lock:
                 self._results[(sha256, version, categories)] = text

@@ -224,7 +224,7 @@ class KeywordMatcher:
                     elif len(negative) < 64:
                         negative[word] = i
         patterns = self._patterns
-        if self._any_pattern is not None and self._any_pattern.search(norm) is None:
+        if self._any_pattern is not None and not self._any_pattern.found(norm):
             patterns = []  # one pass over the text says none of them can match
         for p in patterns:
             n = 0

@@ -54,9 +54,10 @@ def walk(paths: Sequence[str], exclude: Sequence[str]) -> Iterator[str]:
             except OSError:
                 yield p
                 continue
-            stack.extend(
-                (os.path.join(p, n), os.path.join(full, n), d) for n, d in reversed(entries)
-            )
+            # os.path.join's result, without its two calls a file (a tenth of the walk)
+            ps = p if p.endswith("/") else p + "/"
+            fs = full if full.endswith("/") else full + "/"
+            stack.extend((ps + n, fs + n, d) for n, d in reversed(entries))
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool | None:
@@ -65,4 +66,3 @@ def _is_dir(entry: os.DirEntry[str]) -> bool | None:
         return entry.is_dir(follow_symlinks=False)
     except OSError:
         return None
-
