@@ -28,8 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from agent import metrics
 from agent.categories import CategorySpec
 from agent.config import PoliciesSection
-from agent.policy.build import load_policy
-from agent.policy.loader import SHIPPED_DIR, Issue
+from agent.policy.issues import SHIPPED_DIR, Issue
 from agent.policy.model import EMPTY_POLICY, Policy
 from agent.sensors.files._inotify import (
     IN_ATTRIB,
@@ -66,15 +65,34 @@ SETTLE = 0.2  # seconds of quiet after a change before the packs are read
 
 
 def load_configured(
-    section: PoliciesSection, shipped_dir: Path = SHIPPED_DIR, extra_site: Sequence[Path] = ()
+    section: PoliciesSection,
+    shipped_dir: Path = SHIPPED_DIR,
+    extra_site: Sequence[Path] = (),
+    cache_dir: Path | None = None,
 ) -> tuple[Policy | None, list[Issue]]:
-    """Load what the config names (rule tests included): (policy, []) or (None, issues)."""
-    return load_policy(
-        [shipped_dir] if section.builtin else [],
-        [*section.paths, *extra_site],
-        section.disabled,
-        section.pack_parameters(),
-    )
+    """Load what the config names (rule tests included): (policy, []) or (None, issues).
+
+    With `cache_dir`, a policy compiled before from the same files, parameters and code
+    is taken from there (agent/policy/cache.py), and a new one that loads is kept."""
+    shipped = [shipped_dir] if section.builtin else []
+    site = [*section.paths, *extra_site]
+    parameters = section.pack_parameters()
+    key = None
+    if cache_dir is not None:
+        from agent.policy.cache import cache_key, code_fingerprint, load_cached
+
+        key = cache_key(shipped, site, section.disabled, parameters, code_fingerprint())
+        cached = load_cached(cache_dir, key)
+        if cached is not None:
+            return cached, []
+    from agent.policy.build import load_policy  # the packs' parser: only on a cache miss
+
+    policy, issues = load_policy(shipped, site, section.disabled, parameters)
+    if policy is not None and key is not None and cache_dir is not None:
+        from agent.policy.cache import store_cached
+
+        store_cached(cache_dir, key, policy)
+    return policy, issues
 
 
 class PolicyHolder:
@@ -85,10 +103,12 @@ class PolicyHolder:
         section: Callable[[], PoliciesSection],
         engine: Engine | None = None,
         shipped_dir: Path = SHIPPED_DIR,
+        cache_dir: Path | None = None,
     ) -> None:
         self._section = section
         self._engine = engine
         self._shipped_dir = shipped_dir
+        self._cache_dir = cache_dir  # where the compiled policy is kept between starts
         self._policy: Policy = EMPTY_POLICY
         self._lock = threading.Lock()
         self.errors: list[Issue] = []
@@ -108,7 +128,9 @@ class PolicyHolder:
         """Load the configured packs; swap them in only if they validate."""
         with self._lock:
             self._snapshot = self._take_snapshot()
-            policy, issues = load_configured(self._section(), self._shipped_dir)
+            policy, issues = load_configured(
+                self._section(), self._shipped_dir, cache_dir=self._cache_dir
+            )
             if policy is None:
                 self.errors = issues
                 metrics.POLICY_RELOADS.labels("failure").inc()
@@ -275,7 +297,7 @@ def attach_policy(rt: Runtime) -> PolicyHolder:
     not validate at start leaves an empty policy in force (events are still recorded,
     nothing is decided) until a reload succeeds.
     """
-    holder = PolicyHolder(lambda: rt.settings.policies, rt.engine)
+    holder = PolicyHolder(lambda: rt.settings.policies, rt.engine, cache_dir=rt.settings.state_dir)
     holder.reload()
     rt.attach_policy(holder)
     rt.on_reload(holder.reload)

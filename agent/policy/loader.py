@@ -18,8 +18,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from agent.errors import UserFacingError
 from agent.policy._yaml import MAX_PACK_BYTES, MarkedDict, item_line, key_line, line_of, load_marked
+from agent.policy.issues import ENGINE_VERSION, Issue
+from agent.policy.issues import SHIPPED_DIR as SHIPPED_DIR  # re-exported
+from agent.policy.issues import PolicyError as PolicyError  # re-exported
 from agent.policy.schema import (
     CategoryModel,
     OverrideModel,
@@ -28,33 +30,7 @@ from agent.policy.schema import (
     Scalar,
 )
 
-ENGINE_VERSION = (1, 0)
-SHIPPED_DIR = Path(__file__).resolve().parents[2] / "policies"
 TOP_LEVEL = ("pack", "parameters", "lists", "macros", "categories", "rules", "overrides")
-
-
-@dataclass(frozen=True, slots=True)
-class Issue:
-    """One problem in a pack: where it is and what is wrong."""
-
-    file: str
-    line: int
-    message: str
-
-    def __str__(self) -> str:
-        return (
-            f"{self.file}:{self.line}: {self.message}"
-            if self.line
-            else f"{self.file}: {self.message}"
-        )
-
-
-class PolicyError(UserFacingError):
-    """The packs do not form a valid policy; `issues` lists every problem found."""
-
-    def __init__(self, issues: Sequence[Issue]) -> None:
-        self.issues = list(issues)
-        super().__init__("\n".join(map(str, self.issues)) or "invalid policy")
 
 
 @dataclass
