@@ -64,7 +64,13 @@ def fold(text: str) -> str:
     Chinese and other scripts otherwise stay as they are. Lower-casing ASCII keeps the
     length, so positions in `fold(t)` and `_nfkc(t)` are the same.
     """
-    return _nfkc(text).translate(_ASCII_UPPER)
+    return _ascii_lower(_nfkc(text))
+
+
+def _ascii_lower(text: str) -> str:
+    """A-Z to a-z, nothing else: `str.lower` on ASCII text (the same result, and a C loop
+    without a table lookup a character: 2.5 % of a small file's classification)."""
+    return text.lower() if text.isascii() else text.translate(_ASCII_UPPER)
 
 
 def _nfkc(text: str) -> str:
@@ -183,7 +189,7 @@ class KeywordMatcher:
 
     def _text_evidence(self, text: str) -> dict[int, Evidence]:
         norm = _nfkc(text)
-        folded = norm.translate(_ASCII_UPPER)
+        folded = _ascii_lower(norm)
         hits: dict[int, _Hits] = {}
         equipment: list[tuple[int, str]] = []
         negative: dict[str, int] = {}  # genre marker -> its genre's index
