@@ -474,5 +474,5 @@ def _with_git(tag: Tag, path: str) -> Tag:
         return tag
     if "git_root" in tag.details or "member" in tag.details:
         return tag
-    fresh = source.source_tag(str(tag.details.get("language")), path)
-    return replace(tag, evidence=fresh.evidence, details=fresh.details)
+    # the fresh tag is the whole answer (the same kind): no dataclasses.replace (3 µs)
+    return source.source_tag(str(tag.details.get("language")), path)
