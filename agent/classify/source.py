@@ -147,16 +147,15 @@ def _blocks(text: str, delims: tuple[tuple[str, str], ...]) -> Iterator[str]:
     """
     if len(delims) == 1:  # C's /* */: the same walk without the bookkeeping
         ((o, c),) = delims
-        i = text.find(o)
-        while i >= 0:
-            j = text.find(c, i + len(o))
-            if j < 0:
-                return
-            yield text[i + len(o) : j]
-            i = text.find(o, j + len(c))
+        yield from _one_kind(text, o, c, text.find(o))
         return
     close = dict(delims)
     nxt = {o: text.find(o) for o, _c in delims}
+    present = [o for o, at in nxt.items() if at >= 0]
+    if len(present) <= 1:  # one kind in the text: a Python file without ''' blocks, most often
+        for o in present:
+            yield from _one_kind(text, o, close[o], nxt[o])
+        return
     while True:
         i, o = -1, ""
         for k, v in nxt.items():  # the leftmost opener still to come (ties: the smaller)
@@ -173,6 +172,17 @@ def _blocks(text: str, delims: tuple[tuple[str, str], ...]) -> Iterator[str]:
         for k, v in nxt.items():
             if 0 <= v < pos:
                 nxt[k] = text.find(k, pos)
+
+
+def _one_kind(text: str, o: str, c: str, i: int) -> Iterator[str]:
+    """`_blocks` with a single kind of delimiter, from its first opener at `i`: the same
+    answer without choosing the leftmost kind each time (1 µs a block)."""
+    while i >= 0:
+        j = text.find(c, i + len(o))
+        if j < 0:
+            return
+        yield text[i + len(o) : j]
+        i = text.find(o, j + len(c))
 
 
 # --- git -----------------------------------------------------------------------------
