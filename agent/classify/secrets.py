@@ -69,6 +69,9 @@ _NEEDLES: dict[str, tuple[str, ...]] = {
 }
 
 
+_WITH_NEEDLES = [(kind, what, pattern, _NEEDLES[kind]) for kind, what, pattern in _PATTERNS]
+
+
 def secret_tags(text: str) -> list[Tag]:
     """One tag per secret type found, with its count (never the value).
 
@@ -78,8 +81,11 @@ def secret_tags(text: str) -> list[Tag]:
     and 41 µs.
     """
     tags: list[Tag] = []
-    for kind, what, pattern in _PATTERNS:
-        if not any(n in text for n in _NEEDLES[kind]):
+    for kind, what, pattern, needles in _WITH_NEEDLES:
+        for needle in needles:  # a loop, not any(<generator>): 11 generators a file
+            if needle in text:
+                break
+        else:
             continue
         n = sum(1 for _ in pattern.finditer(text))
         if n:

@@ -200,6 +200,9 @@ _CRED = re.compile(r"^(\w+://)[^@/]+@")
 _OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a SHA-1 or SHA-256 commit id
 
 
+_UNKNOWN = "\0"  # no directory is named this: the memo has no answer for it yet
+
+
 class AncestorMemo:
     """The nearest directory, from `d` upwards, that passes `test` — memoised per directory.
 
@@ -216,6 +219,9 @@ class AncestorMemo:
         self._lock = threading.Lock()
 
     def nearest(self, d: str) -> str | None:
+        hit = self._memo.get(d, _UNKNOWN)  # a dict read is atomic: no lock when known
+        if hit is not _UNKNOWN:
+            return hit
         seen: list[str] = []
         found: str | None = None
         for _ in range(64):
