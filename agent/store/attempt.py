@@ -41,6 +41,11 @@ class AttemptGuard:
             except (OSError, ValueError):
                 pass
 
+    def watch(self, dbapi_conn: Any) -> None:
+        """Cover a connection checked out before this attempt (one that an earlier attempt
+        handed to the next batch, agent/store/rows_pipeline.py) by its deadline too."""
+        self._track(dbapi_conn)
+
     def _fire(self) -> None:
         with self._lock:
             if not self._armed:

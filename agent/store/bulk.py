@@ -224,14 +224,14 @@ def copy_direct(
             raw = conn.connection.driver_connection
             with raw.cursor() as cur:  # type: ignore[union-attr]
                 if _stored(cur, events[0]):
-                    raise _SeenBefore
+                    raise SeenBefore
                 for name, table in EVENT_TABLES:
                     if getattr(rows, name):
                         lay = _layout(cast(Table, table))
                         _copy(cur, sql.Identifier(name), lay, getattr(rows, name))
                 _shared_rows(cur, host_id, rows)
                 _mark(cur, host_id, mark)
-    except (_SeenBefore, psycopg.errors.UniqueViolation):
+    except (SeenBefore, psycopg.errors.UniqueViolation):
         return copy_batch(engine, host_id, events, mark, rows)
     except Exception as e:  # SQLAlchemy wraps what psycopg raised inside its transaction
         if isinstance(getattr(e, "orig", None), psycopg.errors.UniqueViolation):
@@ -240,7 +240,7 @@ def copy_direct(
     return rows.counts()
 
 
-class _SeenBefore(Exception):
+class SeenBefore(Exception):
     """The batch's first event is stored: a re-send, merged instead of COPYed."""
 
 
@@ -287,8 +287,11 @@ def _shared_text(cur: Cursor[Any], host_id: str, rows: RowsBatch) -> None:
     if rows.file_state_deletes:
         staging = _stage_text(cur, "file_state", ("path",), rows.file_state_deletes)
         cur.execute(
+            # an array, not a join: the join hashed all of the host's file state per batch
+            # (its cost grew with the files a host tracks); `= ANY` probes the key per path
             sql.SQL(
-                "DELETE FROM file_state f USING {} g WHERE f.host_id = %s AND f.path = g.path"
+                "DELETE FROM file_state WHERE host_id = %s "
+                "AND path = ANY(ARRAY(SELECT path FROM {}))"
             ).format(sql.Identifier(staging)),
             (host_id,),
         )
@@ -299,6 +302,40 @@ def _marked(cur: Cursor[Any], mark: Mark) -> int:
     cur.execute("SELECT last_seq FROM forward_marks WHERE spool_id = %s", (mark.spool_id,))
     found = cur.fetchone()
     return int(found[0]) if found else 0
+
+
+def copy_event_rows(cur: Cursor[Any], rows: RowsBatch, mark: Mark | None) -> None:
+    """The first half of a rows batch: raise `SeenBefore` if its spool's mark says it may
+    be stored, else COPY its lines straight into the event tables."""
+    if mark is not None and _marked(cur, mark) >= rows.first_seq:
+        raise SeenBefore
+    for name in EVENT_TABLES_IN_ROWS:
+        if rows.texts[name]:
+            _copy_text(cur, name, rows.columns[name], rows.texts[name])
+
+
+def finish_rows(cur: Cursor[Any], host_id: str, rows: RowsBatch, mark: Mark | None) -> None:
+    """The second half: artefacts, lineage and file state merged, the mark set."""
+    _shared_text(cur, host_id, rows)
+    _mark(cur, host_id, mark)
+
+
+def is_seen_before(e: BaseException) -> bool:
+    """Whether a failed direct COPY means "merge this batch instead": its mark was past
+    it, or the COPY met the `(uid, time)` key (SQLAlchemy wraps what psycopg raised)."""
+    return isinstance(e, SeenBefore | psycopg.errors.UniqueViolation) or isinstance(
+        getattr(e, "orig", None), psycopg.errors.UniqueViolation
+    )
+
+
+def merge_rows(engine: Engine, host_id: str, rows: RowsBatch, mark: Mark | None) -> None:
+    """A rows batch the idempotent way: each event table staged and merged."""
+    with engine.begin() as conn:
+        raw = conn.connection.driver_connection
+        with raw.cursor() as cur:  # type: ignore[union-attr]
+            for name in EVENT_TABLES_IN_ROWS:
+                _merge_text(cur, name, rows.columns[name], rows.texts[name])
+            finish_rows(cur, host_id, rows, mark)
 
 
 def copy_rows(engine: Engine, host_id: str, rows: RowsBatch, mark: Mark | None) -> dict[str, int]:
@@ -312,24 +349,10 @@ def copy_rows(engine: Engine, host_id: str, rows: RowsBatch, mark: Mark | None) 
         with engine.begin() as conn:
             raw = conn.connection.driver_connection
             with raw.cursor() as cur:  # type: ignore[union-attr]
-                if mark is not None and _marked(cur, mark) >= rows.first_seq:
-                    raise _SeenBefore
-                for name in EVENT_TABLES_IN_ROWS:
-                    if rows.texts[name]:
-                        _copy_text(cur, name, rows.columns[name], rows.texts[name])
-                _shared_text(cur, host_id, rows)
-                _mark(cur, host_id, mark)
-    except Exception as e:  # SQLAlchemy wraps what psycopg raised inside its transaction
-        seen = isinstance(e, _SeenBefore | psycopg.errors.UniqueViolation) or isinstance(
-            getattr(e, "orig", None), psycopg.errors.UniqueViolation
-        )
-        if not seen:
+                copy_event_rows(cur, rows, mark)
+                finish_rows(cur, host_id, rows, mark)
+    except Exception as e:
+        if not is_seen_before(e):
             raise
-        with engine.begin() as conn:
-            raw = conn.connection.driver_connection
-            with raw.cursor() as cur:  # type: ignore[union-attr]
-                for name in EVENT_TABLES_IN_ROWS:
-                    _merge_text(cur, name, rows.columns[name], rows.texts[name])
-                _shared_text(cur, host_id, rows)
-                _mark(cur, host_id, mark)
+        merge_rows(engine, host_id, rows, mark)
     return rows.counts()

@@ -21,6 +21,7 @@ An attempt that hangs is abandoned after `database.forward_timeout`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -31,7 +32,7 @@ from typing import Any, TypeVar
 
 import psycopg
 import sqlalchemy.exc
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -39,7 +40,7 @@ from agent import metrics
 from agent.backoff import Backoff
 from agent.config import Settings
 from agent.events import Event
-from agent.store import codec, spool_rows
+from agent.store import codec, rows_pipeline, spool_rows
 from agent.store.attempt import AttemptGuard
 from agent.store.bulk import Mark, copy_batch, copy_direct, copy_rows, is_bulk
 from agent.store.db import StoreError, make_engine, register_host, upgrade
@@ -70,6 +71,7 @@ class _Batch:
     corrupt: int
     rows: BatchRows | None  # the bulk paths' table rows, built ahead with the decode
     spooled_rows: spool_rows.RowsBatch | None = None  # a run spooled as COPY rows
+    opened: rows_pipeline.Opened | None = None  # its event rows COPYed, not committed
 
 
 class Forwarder:
@@ -180,6 +182,12 @@ class Forwarder:
         return self._stop_by - time.monotonic()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self._discard_prefetch()  # a batch opened ahead is rolled back: it stays spooled
+
+    def _loop(self) -> None:
         # jittered: after an outage a fleet must not come back to the store in lockstep
         delays = Backoff(initial=0.1, maximum=self.backoff_max)
         while True:
@@ -273,11 +281,42 @@ class Forwarder:
                 return batch
         return self._read()
 
+    def _read_ahead(self, after: int, conn: Connection | None) -> _Batch:
+        """`_read`, and with `conn` the batch opened on it (rows_pipeline.open_rows)."""
+        try:
+            batch = self._read(after)
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        if conn is None:
+            return batch
+        if batch.spooled_rows is None or not batch.run:
+            conn.close()
+            return batch
+        mark = Mark(self.spool.spool_id, batch.run[-1].seq)
+        opened = rows_pipeline.open_rows(conn, batch.spooled_rows, mark)
+        return dataclasses.replace(batch, opened=opened)
+
+    def _read_next(self, run: Sequence[SpooledEvent], open_it: bool) -> None:
+        """Read (and with `open_it`, open) the batch after `run` in the reader thread.
+
+        Only open it once `run`'s event rows are in the store (committed, or in the open
+        transaction that commits first): its COPY may then wait for `run`'s commit, never
+        the reverse, so the two cannot block each other.
+        """
+        if len(run) < self.batch_size and len(self.spool) <= len(run):
+            return
+        conn = rows_pipeline.checkout(self.engine) if open_it and self._as_rows else None
+        self._ahead = self._reader().submit(self._read_ahead, run[-1].seq, conn)
+
     def _discard_prefetch(self) -> None:
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
             with contextlib.suppress(Exception):
-                ahead.result()
+                batch = ahead.result()
+                if batch.opened is not None:
+                    batch.opened.discard()
 
     def forward_once(self) -> int:
         """Commit the oldest spooled batch (one host's run of it) and acknowledge it."""
@@ -290,13 +329,19 @@ class Forwarder:
         if not run:
             return 0
         host = run[0].host_id
-        if len(run) == self.batch_size or len(self.spool) > len(run):
-            self._ahead = self._reader().submit(self._read, run[-1].seq)
         started = time.perf_counter()
         try:
-            if batch.spooled_rows is not None:
+            opened = batch.opened
+            if opened is not None and not opened.merge:
+                # pipelined: the next batch is opened while this one is finished
+                self._guard.watch(opened.dbapi())
+                self._read_next(run, open_it=True)
+                counts = self._finish_opened(opened, host, run)
+            elif batch.spooled_rows is not None:
                 counts = self._write_spooled_rows(host, batch.spooled_rows, run)
+                self._read_next(run, open_it=True)
             else:
+                self._read_next(run, open_it=False)
                 try:
                     counts = dict(self._write_run(host, batch, run[-1].seq)) if events else {}
                 except _REJECTED:
@@ -305,6 +350,8 @@ class Forwarder:
             self.spool.acknowledge(run)
         except BaseException:
             self._discard_prefetch()  # the same batch goes again: what follows is not next
+            if batch.opened is not None:
+                batch.opened.discard()
             raise
         if corrupt:
             metrics.DROPPED.labels("spool", "corrupt").inc(corrupt)
@@ -317,6 +364,19 @@ class Forwarder:
         metrics.STORE_LAST_WRITE.set_to_current_time()
         self.forwarded += stored
         return len(run)
+
+    def _finish_opened(
+        self, opened: rows_pipeline.Opened, host: str, run: Sequence[SpooledEvent]
+    ) -> dict[str, int]:
+        """Commit a batch opened ahead; one the store refuses as data is bisected."""
+        try:
+            return {**rows_pipeline.finish(opened, host), "_stored": len(run)}
+        except _REJECTED:
+            # roll the next batch back first: this one is written again (see _read_next)
+            self._discard_prefetch()
+            counts = self._write_spooled_rows(host, opened.rows, run)
+            self._read_next(run, open_it=True)
+            return counts
 
     def _reader(self) -> ThreadPoolExecutor:
         if self._pool is None:

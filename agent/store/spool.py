@@ -23,6 +23,7 @@ import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -59,6 +60,9 @@ class SpooledEvent(NamedTuple):
     text: str
     layout: int | None = None
     at: float | None = None
+
+
+_SEQ, _TEXT = itemgetter(0), itemgetter(2)  # SpooledEvent's fields, read without Python
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,11 +225,12 @@ class Spool:
         """Delete records the central store has committed (a prefix of the spool)."""
         if not records:
             return
-        last = max(r.seq for r in records)
+        last = max(map(_SEQ, records))
+        size = sum(map(len, map(_TEXT, records)))  # C loops: this runs per batch of 5,000
         with self._lock:
             self._db.execute("DELETE FROM spool WHERE seq <= ?", (last,))
             self._events -= len(records)
-            self._bytes -= sum(len(r.text) for r in records)
+            self._bytes -= size
             if self._events == 0:  # an outage's backlog is gone: shrink the file again
                 self._db.executescript("PRAGMA incremental_vacuum;")  # steps to the end
             self._publish()
