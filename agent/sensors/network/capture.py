@@ -12,6 +12,11 @@ unfiltered packet is ever queued. The receive buffer is raised to
 libpcap is called directly, not through scapy: scapy's `compile_filter` imports scapy's
 configuration, protocol tables and cryptography and runs `ldconfig -p` to find the
 library (0.17 s of CPU at every start, against 1 ms for the compile itself).
+
+Each capture has a second socket, `Wakeup`, whose filter passes only a connection's
+opening SYN and DNS queries: the sensor waits on it always, but on the main socket only
+once `sensor.CAPTURE_LINGER` has passed since it last read it, so the rest (SYN-ACKs,
+ClientHellos, FINs, DNS answers) is read in batches, in order, without a wake-up each.
 """
 
 from __future__ import annotations
@@ -63,6 +68,20 @@ FILTER = " or ".join(
         " and ip6[4:2] - ((ip6[52]&0xf0)>>2) > 0",
     )
 )
+
+# what the wake-up socket passes (a subset of FILTER): a connection's opening SYN (not
+# the SYN-ACK), IPv4 and IPv6, and DNS queries — whose sender is looked up in sock_diag
+# and /proc, which only works while its socket exists
+WAKEUP_FILTER = " or ".join(
+    f"({c})"
+    for c in (
+        "tcp[tcpflags] & (tcp-syn|tcp-ack) = tcp-syn",
+        "ip6 and ip6[6] = 6 and ip6[53] & 0x12 = 0x02",
+        "udp dst port 53",
+    )
+)
+WAKEUP_BUFFER = 256 << 10  # only a wake-up and an early look-up: a full queue loses nothing
+WAKEUP_SNAPLEN = 160  # Ethernet, two VLAN tags, IPv6 and a full TCP header fit
 
 
 class _BpfProgram(ctypes.Structure):
@@ -137,24 +156,70 @@ def _attach(sock: socket.socket, program: bytes) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
-class CaptureSocket:
-    """One filtered AF_PACKET socket bound to one interface."""
+class Wakeup:
+    """The second packet socket of a capture: it holds only what must be handled at once
+    (`WAKEUP_FILTER`: outbound connection openings, whose owner is looked up while the
+    socket still exists, and DNS queries), so the sensor can leave the main socket
+    unwatched for `sensor.CAPTURE_LINGER` after reading it and still wake for those.
+    What it receives only starts the look-up of each sender early (before the main
+    queue ahead of it is processed): the main socket has the same packets, in order."""
 
-    def __init__(self, interface: str, buffer_bytes: int, programs: dict[int, bytes]) -> None:
-        """`programs` caches compiled filters by link type across interfaces."""
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._scratch = bytearray(WAKEUP_SNAPLEN)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def read(self) -> list[bytes]:
+        """The queued copies, each cut to WAKEUP_SNAPLEN bytes (headers: enough to look
+        the sender up at once; the packets themselves are read from the main socket)."""
+        out: list[bytes] = []
+        recv, scratch = self.sock.recv_into, self._scratch
+        while True:
+            try:
+                size = recv(scratch)
+            except OSError:  # BlockingIOError: empty; anything else shows on the main socket
+                return out
+            out.append(bytes(scratch[:size]))
+
+
+def _packet_socket() -> socket.socket:
+    try:
+        return socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    except PermissionError as e:
+        raise SensorUnavailable(
+            f"cannot open a packet socket ({e.strerror}): the agent needs CAP_NET_RAW"
+        ) from None
+
+
+class CaptureSocket:
+    """One filtered AF_PACKET socket bound to one interface, and its `Wakeup` socket.
+
+    The wake-up socket is bound first: the kernel hands each packet to the taps of an
+    interface newest first, so by the time the wake-up socket is readable the main
+    socket already holds the same packet (were it otherwise, the packet would only be
+    read up to one linger later)."""
+
+    def __init__(
+        self, interface: str, buffer_bytes: int, programs: dict[tuple[str, int], bytes]
+    ) -> None:
+        """`programs` caches compiled filters by expression and link type across
+        interfaces."""
         self.interface = interface
+        wake = _packet_socket()
         try:
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        except PermissionError as e:
-            raise SensorUnavailable(
-                f"cannot open a packet socket ({e.strerror}): the agent needs CAP_NET_RAW"
-            ) from None
+            self.sock = _packet_socket()
+        except BaseException:
+            wake.close()
+            raise
+        self.wakeup = Wakeup(wake)
         try:
             # bound with protocol 0 the socket receives nothing yet, and names the
             # interface's ARPHRD type as the kernel of this socket's namespace sees it
             # (/sys/class/net is the namespace /sys was mounted in, which may be another)
-            self.sock.bind((interface, 0))
-            kind = self.sock.getsockname()[3]
+            wake.bind((interface, 0))
+            kind = wake.getsockname()[3]
             self.loopback = kind == 772
             if kind in _RAW_IP_TYPES:
                 self.linktype = DLT_RAW
@@ -165,20 +230,27 @@ class CaptureSocket:
                     f"network.interfaces: {interface} has link type {kind}, which the agent "
                     "cannot capture (Ethernet-like and raw IP interfaces are supported)"
                 )
-            if self.linktype not in programs:
-                programs[self.linktype] = compile_bpf(FILTER, self.linktype)
-            _attach(self.sock, programs[self.linktype])
-            set_receive_buffer(self.sock, buffer_bytes)
-            self.sock.bind((interface, ETH_P_ALL))  # filtered from its first packet
+            self.sock.bind((interface, 0))
+            for sock, expression, size in (
+                (wake, WAKEUP_FILTER, WAKEUP_BUFFER),
+                (self.sock, FILTER, buffer_bytes),  # bound last: it gets each packet first
+            ):
+                key = (expression, self.linktype)
+                if key not in programs:
+                    programs[key] = compile_bpf(expression, self.linktype)
+                _attach(sock, programs[key])
+                set_receive_buffer(sock, size)
+                sock.bind((interface, ETH_P_ALL))  # filtered from its first packet
         except OSError as e:
-            self.sock.close()
+            self.close()
             if e.errno == errno.ENODEV:
                 raise SensorUnavailable(f"network.interfaces: no interface {interface!r}") from None
             raise SensorUnavailable(f"cannot capture on {interface}: {e}") from None
         except BaseException:
-            self.sock.close()
+            self.close()
             raise
         self.sock.setblocking(False)
+        wake.setblocking(False)
         self.stats()  # reading resets the counters: start from zero
         # egress_agent_capture_packets_total{interface}, looked up once, not per batch
         self.packet_counter = metrics.CAPTURE_PACKETS.labels(interface)
@@ -203,3 +275,4 @@ class CaptureSocket:
 
     def close(self) -> None:
         self.sock.close()
+        self.wakeup.sock.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterable
 
 from agent import metrics
 from agent.config import NetworkSection
@@ -22,7 +23,7 @@ from agent.sensors.network.flowstate import FlowKey, FlowState
 from agent.sensors.network.flowtable import FlowTable
 from agent.sensors.network.host import is_loopback
 from agent.sensors.network.netwatch import ConntrackEvents
-from agent.sensors.network.packets import IPPROTO_TCP
+from agent.sensors.network.packets import IPPROTO_TCP, TCP_ACK, TCP_SYN, Packet
 from agent.sensors.network.procindex import ProcIndex, user_name
 from agent.sensors.network.sockdiag import DestroyListener, DiagSocket, SockDiag
 
@@ -32,6 +33,7 @@ DUMP_INTERVAL = 3.0  # seconds between sock_diag dumps while local TCP flows mov
 MAX_DUMP_INTERVAL = 30.0  # ... backed off to this while their counts stand still
 _PEER_FIN_STATES = frozenset((6, 8, 9, 11))  # TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING
 _TCP_CLOSE = 7  # reached by an orderly close (FIN counted) or a reset (none): ambiguous
+EARLY_LOOKUP_AGE = 0.25  # s an early sock_diag answer is used for its flow's opening
 
 
 class KernelAccounting:
@@ -63,6 +65,9 @@ class KernelAccounting:
     _next_dump: float  # time.monotonic() of the next sock_diag dump; inf: none due
     _next_ct: float  # ... of the next conntrack dump
     _dump_interval: float
+    # sock_diag answers for outbound SYNs and DNS queries read from the wake-up sockets,
+    # by flow key, with when they were asked (time.monotonic()): `_attribute` uses them
+    _early: dict[FlowKey, tuple[float, DiagSocket | None, ProcessInfo | None]]
 
     def _open_kernel_accounting(self) -> None:
         if not self.cfg.kernel_accounting:
@@ -251,10 +256,56 @@ class KernelAccounting:
         if self.ct_events is None or any(k[0] != IPPROTO_TCP for k in self.table.flows):
             self._next_ct = time.monotonic() + DUMP_INTERVAL
 
+    def _look_up_early(self, packets: Iterable[Packet]) -> None:
+        """Ask sock_diag for the socket of each outbound SYN and DNS query as soon as
+        its wake-up copy is read, before the capture queue ahead of it is processed: a
+        short connection (a 1 kB upload over veth lasts well under a millisecond) may be
+        gone by the time its SYN's turn comes, and then its owner is lost. The process
+        is searched for at once too: /proc only shows the socket while a process holds
+        it."""
+        if self.diag is None:
+            return
+        now = time.monotonic()
+        early, local = self._early, self.local
+        asked: set[FlowKey] = set()  # loopback shows each packet twice
+        for pkt in packets:
+            if pkt.src not in local:
+                continue
+            key = (pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport)
+            if key in asked:
+                continue
+            asked.add(key)
+            if pkt.proto == IPPROTO_TCP:
+                if pkt.flags & (TCP_SYN | TCP_ACK) != TCP_SYN:
+                    continue
+                found = self.diag.lookup(pkt.src, pkt.sport, pkt.dst, pkt.dport)
+            else:
+                found = self.diag.lookup_udp(pkt.src, pkt.sport, pkt.dst, pkt.dport)
+            owner = self._owner(key, found) if found is not None and found.inode else None
+            early[key] = (now, found, owner)
+
+    def _forget_early(self) -> None:
+        """Drop early answers no flow opening used (a retransmitted SYN, a port in use)."""
+        if self._early:
+            now = time.monotonic()
+            self._early = {k: v for k, v in self._early.items() if now - v[0] < EARLY_LOOKUP_AGE}
+
+    def _socket_of(self, key: FlowKey) -> tuple[DiagSocket | None, ProcessInfo | None]:
+        """The local socket of a new flow and its owner: the early answer when fresh,
+        else the socket asked now (its owner searched for by the caller)."""
+        assert self.diag is not None
+        when, found, owner = self._early.pop(key, (0.0, None, None))
+        if found is not None and time.monotonic() - when < EARLY_LOOKUP_AGE:
+            return found, owner
+        proto, src, sport, dst, dport = key
+        if proto == IPPROTO_TCP:
+            return self.diag.lookup(src, sport, dst, dport), None
+        return self.diag.lookup_udp(src, sport, dst, dport), None
+
     def _attribute(self, st: FlowState) -> None:
         """On an outbound SYN (or a UDP conversation's first packet): which local socket,
         and which process, sent it."""
-        proto, src, sport, dst, dport = st.key
+        proto, src, sport, dst, _dport = st.key
         if proto != IPPROTO_TCP:
             if self.conntrack is not None and self._next_ct == math.inf:
                 self._next_ct = time.monotonic() + DUMP_INTERVAL  # its bytes
@@ -266,20 +317,20 @@ class KernelAccounting:
             return  # forwarded traffic: no local socket
         if proto != IPPROTO_TCP:
             if self.diag is not None:
-                s = self.diag.lookup_udp(src, sport, dst, dport)
+                s, owner = self._socket_of(st.key)
                 if s is not None:
-                    self._process(st, s)
+                    self._process(st, s, owner)
             return
         if self.destroy is not None:
             st.owned = True  # its destroy notification will bring the exact bytes
             self.endpoints.setdefault((sport, dst), set()).add(st.key)
         if self.diag is None:
             return
-        s = self.diag.lookup(src, sport, dst, dport)
+        s, owner = self._socket_of(st.key)
         if s is not None:
-            self._own(st, s)
+            self._own(st, s, owner)
 
-    def _own(self, st: FlowState, s: DiagSocket) -> None:
+    def _own(self, st: FlowState, s: DiagSocket, owner: ProcessInfo | None = None) -> None:
         if not s.inode:
             # no file holds the socket: a lookup after the connection closed found its
             # TIME_WAIT remnant — another socket, with a cookie of its own (the full
@@ -289,7 +340,7 @@ class KernelAccounting:
             return
         st.cookie = s.cookie
         self.cookies[s.cookie] = st.key
-        self._process(st, s)
+        self._process(st, s, owner)
 
     def _still_open(self, key: FlowKey, inode: int) -> bool:
         """Whether the socket of `key` still exists (same inode), by one exact lookup."""
@@ -300,10 +351,14 @@ class KernelAccounting:
         again = find(src, sport, dst, dport)
         return again is not None and again.inode == inode
 
-    def _process(self, st: FlowState, s: DiagSocket) -> None:
+    def _process(self, st: FlowState, s: DiagSocket, owner: ProcessInfo | None = None) -> None:
+        """The flow's process: `owner` when it was found early, else searched for now."""
         if st.process is None:
-            pid = self.procs.pid_of(s.inode, lambda: self._still_open(st.key, s.inode))
-            if pid is not None:
-                st.process = self.procs.process(pid, s.uid)
-            else:
-                st.process = ProcessInfo(uid=s.uid, user=user_name(s.uid))
+            st.process = owner or self._owner(st.key, s)
+
+    def _owner(self, key: FlowKey, s: DiagSocket) -> ProcessInfo:
+        """The process holding socket `s` (of flow `key`), or its uid alone."""
+        pid = self.procs.pid_of(s.inode, lambda: self._still_open(key, s.inode))
+        if pid is not None:
+            return self.procs.process(pid, s.uid)
+        return ProcessInfo(uid=s.uid, user=user_name(s.uid))

@@ -30,10 +30,10 @@ from typing import Any
 
 from agent import metrics
 from agent.config import NetworkSection
-from agent.events import Flow
+from agent.events import Flow, ProcessInfo
 from agent.liveness import HEARTBEATS, Heartbeat, supervised
 from agent.sensors import Emit, SensorUnavailable
-from agent.sensors.network.capture import DLT_RAW, PACKET_OUTGOING, CaptureSocket
+from agent.sensors.network.capture import DLT_RAW, PACKET_OUTGOING, CaptureSocket, Wakeup
 from agent.sensors.network.conntrack import Conntrack
 from agent.sensors.network.destinations import Destinations
 from agent.sensors.network.flowstate import FlowKey
@@ -43,7 +43,7 @@ from agent.sensors.network.kernelacct import DUMP_INTERVAL, KernelAccounting
 from agent.sensors.network.netwatch import AddressWatch, ConntrackEvents
 from agent.sensors.network.packets import decode_ethernet, decode_ip
 from agent.sensors.network.procindex import ProcIndex
-from agent.sensors.network.sockdiag import DestroyListener, SockDiag
+from agent.sensors.network.sockdiag import DestroyListener, DiagSocket, SockDiag
 from agent.wakepipe import wake
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,13 @@ LOCAL_REFRESH = 30.0  # re-read of this host's addresses when no AddressWatch ca
 HOUSEKEEPING = 1.0  # at most this often: timeouts, drop counters (as precise as before)
 MAX_SLEEP = 60.0  # longest sleep: the heartbeat's age stays below agent.stall_after
 _BATCH = 256  # packets read from one socket before looking at the others
-_DRAIN_BATCHES = 16  # at most this many batches read ahead of destroy notifications
+_DRAIN_BATCHES = 16  # at most this many batches read from a capture at one turn
+# after reading a capture, its main socket is left unwatched this long (s): what arrives
+# meanwhile (SYN-ACKs, ClientHellos, FINs, DNS answers) is read with the next wake-up of
+# any kind, in order, instead of a wake-up each; its wake-up socket (a connection's SYN,
+# a DNS query: their sender is looked up while its socket exists) is always watched
+CAPTURE_LINGER = 0.05
+_CAPTURES = (CaptureSocket, Wakeup)
 # destroy notifications wait up to this long (s) for a wake-up that happens anyway (the
 # next connection's SYN): one wake per flow fewer; flows end this much later at most
 DESTROY_LINGER = 0.05
@@ -83,9 +89,10 @@ class NetworkSensor(KernelAccounting):
         self.udp_accounting = "off"
         self.procs = ProcIndex()
         self.cookies: dict[int, FlowKey] = {}
+        self._early: dict[FlowKey, tuple[float, DiagSocket | None, ProcessInfo | None]] = {}
         self.endpoints: dict[tuple[int, bytes], set[FlowKey]] = {}
         self.down: dict[str, str] = {}  # interfaces whose capture failed, and why
-        self._programs: dict[int, bytes] = {}  # compiled filters by link type
+        self._programs: dict[tuple[str, int], bytes] = {}  # filters by expression, link type
         self.local: set[bytes] = set()
         self.emitted = 0
         self.dropped = 0
@@ -95,6 +102,7 @@ class NetworkSensor(KernelAccounting):
         self._next_dump = self._next_ct = self._stats_due = math.inf
         self._next_reopen = self._next_local = self._next_house = 0.0
         self._destroy_due = math.inf  # destroy notifications are waiting until then
+        self._capture_quiet = math.inf  # main capture sockets unwatched until then
         self._held: list[Flow] = []  # exported flows not yet handed to the pipeline
         self._hand_over_due = math.inf  # ... until then
         self._dump_interval = DUMP_INTERVAL
@@ -232,6 +240,7 @@ class NetworkSensor(KernelAccounting):
         return min(
             max(self._next_house, table_due),
             self._destroy_due,
+            self._capture_quiet,
             self._hand_over_due,
             self._next_dump,
             self._next_ct,
@@ -252,9 +261,14 @@ class NetworkSensor(KernelAccounting):
         beat = self._beat.beat
         while not self._stop.is_set():
             beat()
-            waitables: list[Any] = [*self.captures, self._wake_r]
-            # pending destroy notifications are not waited for again: they are due anyway
-            destroy = self.destroy if self._destroy_due == math.inf else None
+            waitables: list[Any] = [self._wake_r, *(c.wakeup for c in self.captures)]
+            if self._capture_quiet == math.inf:
+                waitables.extend(self.captures)
+            # destroy notifications are not waited for while some are due, nor while the
+            # captures are unwatched: the loop wakes within CAPTURE_LINGER anyway, and
+            # every read of the captures reads the notifications after them
+            quiet = self._destroy_due != math.inf or self._capture_quiet != math.inf
+            destroy = None if quiet else self.destroy
             for extra in (destroy, self.ct_events, self.addresses):
                 if extra is not None:
                     waitables.append(extra)
@@ -296,8 +310,7 @@ class NetworkSensor(KernelAccounting):
             except Exception:  # one bad packet or netlink hiccup must not end the sensor
                 log.exception("network sensor: error while processing; continuing")
         try:
-            for c in list(self.captures):
-                self._read_packets(c)
+            self._read_captures()
             if self.destroy is not None:
                 self._read_destroyed()
             table.flush(time.time())
@@ -306,24 +319,22 @@ class NetworkSensor(KernelAccounting):
 
     def _handle(self, ready: list[Any]) -> None:
         """Read what woke the loop."""
-        for w in ready:
-            if isinstance(w, CaptureSocket):
-                self._read_packets(w)
-        if self.destroy is not None and self.destroy in ready:
-            self._destroy_due = time.monotonic() + DESTROY_LINGER
-        if self._destroy_due != math.inf and (
-            len(ready) > 1 or self.destroy not in ready or time.monotonic() >= self._destroy_due
-        ):
-            # due, or the loop is awake for something else anyway; a destroyed
-            # connection's packets were queued on the capture sockets before the kernel
-            # reported the destroy: read them first, or a late SYN would open the flow
-            # again after its final record (and its SNI would miss that record)
+        now = time.monotonic()
+        destroy = self.destroy
+        if destroy is not None and destroy in ready:
+            self._destroy_due = now + DESTROY_LINGER
+        # destroy notifications are read when due, when the loop is awake for something
+        # else anyway, and after every read of the captures
+        destroys = self._destroy_due != math.inf and (
+            len(ready) > 1 or destroy not in ready or now >= self._destroy_due
+        )
+        if destroys or now >= self._capture_quiet or any(isinstance(w, _CAPTURES) for w in ready):
+            # a destroyed connection's packets were queued on the capture sockets before
+            # the kernel reported the destroy: read them first, or a late SYN would open
+            # the flow again after its final record (and its SNI would miss that record)
+            self._read_captures()
             self._destroy_due = math.inf
-            for cap in list(self.captures):
-                for _ in range(_DRAIN_BATCHES):
-                    if self._read_packets(cap) < _BATCH:
-                        break
-            if self.destroy is not None:
+            if destroy is not None:
                 self._read_destroyed()
         ct = self.ct_events
         if ct is not None and ct in ready and ct.udp_started():  # adopt it once it has bytes
@@ -335,6 +346,32 @@ class NetworkSensor(KernelAccounting):
                 os.read(self._wake_r, 64)
             except OSError:
                 pass
+
+    def _read_captures(self) -> None:
+        """Read every capture's queue (up to `_DRAIN_BATCHES` batches each), then leave
+        the main sockets unwatched for CAPTURE_LINGER if anything came. The wake-up
+        copies are read first: their senders are looked up at once (the packets are in
+        the main queue already, maybe behind others), and a SYN queued after this read
+        wakes the loop again."""
+        read = 0
+        more = False
+        for cap in list(self.captures):
+            decode = decode_ip if cap.linktype == DLT_RAW else decode_ethernet
+            self._look_up_early(p for p in map(decode, cap.wakeup.read()) if p is not None)
+            for _ in range(_DRAIN_BATCHES):
+                n = self._read_packets(cap)
+                read += n
+                if n < _BATCH:
+                    break
+            else:
+                more = True
+        self._forget_early()
+        if more:
+            self._capture_quiet = time.monotonic()  # read on at the next turn
+        elif read:
+            self._capture_quiet = time.monotonic() + CAPTURE_LINGER
+        else:
+            self._capture_quiet = math.inf  # watched again
 
     def _read_packets(self, cap: CaptureSocket) -> int:
         """Read up to `_BATCH` packets; returns how many were read."""

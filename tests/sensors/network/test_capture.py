@@ -18,6 +18,7 @@ from agent.sensors.network.capture import (
     DLT_EN10MB,
     DLT_RAW,
     FILTER,
+    WAKEUP_FILTER,
     CaptureSocket,
     compile_bpf,
 )
@@ -70,6 +71,47 @@ def test_filter_passes_exactly_the_interesting_packets(tmp_path: Path) -> None:
         )
         passed = bool(res.stdout.strip())
         assert passed == wanted, name
+
+
+def _wakeup_cases() -> list[tuple[str, object, bool]]:
+    """What must wake the sensor at once: a connection's opening SYN and a DNS query."""
+    out = []
+    for fam, a, b in ((IP, "10.0.0.1", "10.0.0.2"), (IPv6, "fd00::1", "fd00::2")):
+        v = fam.__name__
+        ip = ETHER / fam(src=a, dst=b)
+        out += [
+            (f"{v} syn", ip / TCP(flags="S"), True),
+            (f"{v} syn with ecn", ip / TCP(flags="SEC"), True),
+            (f"{v} syn-ack", ip / TCP(flags="SA"), False),
+            (f"{v} fin", ip / TCP(flags="FA"), False),
+            (f"{v} rst", ip / TCP(flags="R"), False),
+            (f"{v} client hello", ip / TCP(flags="PA") / Raw(client_hello("f.example")), False),
+            (f"{v} dns query", ip / UDP(sport=5000, dport=53) / Raw(b"\0" * 20), True),
+            (f"{v} dns answer", ip / UDP(sport=53, dport=5000) / Raw(b"\0" * 20), False),
+            (f"{v} quic initial", ip / UDP(sport=5000, dport=443) / Raw(QUIC_INITIAL), False),
+            (f"{v} bulk data", ip / TCP(flags="A", seq=SEQ) / Raw(b"\x00" * 1400), False),
+        ]
+    return out
+
+
+@pytest.mark.skipif(shutil.which("tcpdump") is None, reason="tcpdump not installed")
+def test_wakeup_filter_passes_openings_and_dns_queries_only(tmp_path: Path) -> None:
+    """The wake-up socket's filter, and that it is a subset of the main filter (what it
+    announces must be in the main queue)."""
+    for name, pkt, wanted in _wakeup_cases() + [(n, p, None) for n, p, _ in _cases()]:
+        path = write(tmp_path / "one.pcap", [pkt])  # type: ignore[list-item]
+        passed = {}
+        for expression in (WAKEUP_FILTER, FILTER):
+            res = subprocess.run(
+                ["tcpdump", "-nr", str(path), expression],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            passed[expression] = bool(res.stdout.strip())
+        if wanted is not None:
+            assert passed[WAKEUP_FILTER] == wanted, name
+        assert passed[FILTER] or not passed[WAKEUP_FILTER], name
 
 
 def test_filter_compiles_through_libpcap() -> None:

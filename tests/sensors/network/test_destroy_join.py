@@ -9,15 +9,18 @@ local port and peer address, must do.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
 
 from agent.sensors.network.flowstate import FlowState
+from agent.sensors.network.packets import Packet
 from agent.sensors.network.sensor import NetworkSensor
 from tests.sensors.network.peers import Sink
 from tests.sensors.network.rig import Rig
@@ -37,8 +40,9 @@ def _owned(sensor: NetworkSensor, port: int) -> None:
 
 
 def _late_lookups(sensor: NetworkSensor) -> threading.Event:
-    """Hold the sensor's SYN lookups until the returned event is set, as on a busy host
-    where the sensor is behind. Its start-up dump (which adopts live connections) is
+    """Hold the sensor's SYN lookups (the early one from the wake-up socket and the one
+    when the flow opens) until the returned event is set, as on a busy host where the
+    sensor is behind. Its start-up dump (which adopts live connections) is
     waited for first, so that it cannot find the sockets early."""
     deadline = time.monotonic() + 15
     while sensor.dumps < 1:
@@ -53,7 +57,14 @@ def _late_lookups(sensor: NetworkSensor) -> threading.Event:
         gate.wait(15)
         attribute(st)
 
+    early = sensor._look_up_early
+
+    def late_early(packets: Iterable[Packet]) -> None:  # the wake-up sockets' early look-up
+        gate.wait(15)
+        early(packets)
+
     sensor.table.on_new_flow = late
+    sensor._look_up_early = late_early  # type: ignore[method-assign]
     return gate
 
 
@@ -157,3 +168,42 @@ def test_two_connections_sharing_local_port_and_peer_are_not_guessed(
     socks[1].close()
     one.stop()
     two.stop()
+
+
+def test_the_owner_is_looked_up_from_the_wake_up_copy(rig: Rig, sensor_in: Any) -> None:
+    """A connection that is over before the sensor gets to its SYN in the capture queue
+    keeps its process: the wake-up socket's copy of the SYN was looked up at once
+    (sock_diag and /proc), while the socket was still open."""
+    sensor, out = sensor_in()
+    deadline = time.monotonic() + 15
+    while sensor.dumps < 1:  # the start-up dump must not be what finds the socket
+        assert time.monotonic() < deadline, "the sensor's start-up dump never ran"
+        time.sleep(0.01)
+    assert sensor.table is not None
+    attribute = sensor.table.on_new_flow
+    assert attribute is not None
+    opening, gate = threading.Event(), threading.Event()
+
+    def late(st: FlowState) -> None:  # the flow opens only after the connection is over
+        opening.set()
+        gate.wait(15)
+        attribute(st)
+
+    sensor.table.on_new_flow = late
+    sink = _start_sink(rig)
+    with rig.sender():
+        s = socket.socket()
+    with s:
+        s.connect((rig.peer_v4, sink.port))
+        port = int(s.getsockname()[1])
+        assert opening.wait(15)  # the sensor read the SYN (after its wake-up copy)
+        s.sendall(b"e" * 3000)
+        s.shutdown(socket.SHUT_WR)
+        s.recv(1)
+    gate.set()  # closed: a look-up now would find its TIME_WAIT remnant (inode 0)
+    flows = out.wait_for(lambda fs: port in {f.src_port for f in fs})
+    f = next(f for f in flows if f.src_port == port)
+    assert (f.bytes_out, f.byte_source) == (3000, "tcp_info")
+    assert f.process is not None and f.process.pid == os.getpid()
+    assert sensor.status()["destroy_by_cookie"] == 1  # the early answer's cookie joined it
+    sink.stop()
