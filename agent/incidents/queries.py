@@ -15,10 +15,11 @@ from agent.incidents.chain import ChainEntry
 from agent.incidents.model import document_from_row, iso
 from agent.store import incidents as store
 from agent.store.incidents import host_ids
-from agent.store.models import ChainRecord
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
+
+    from agent.store.models import ChainRecord
 
 __all__ = [
     "SEVERITIES",

@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from agent import __version__
 from agent.errors import AgentError
-from agent.store.models import Host
+from agent.store.tables import hosts
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +160,10 @@ def host_identity(state_dir: Path, host_id: str | None, hostname: str | None) ->
 def register_host(engine: Engine, host_id: str, hostname: str) -> None:
     now = datetime.now(UTC)
     with engine.begin() as conn:
-        row = conn.execute(select(Host.id).where(Host.id == host_id)).first()
+        row = conn.execute(select(hosts.c.id).where(hosts.c.id == host_id)).first()
         if row is None:
             conn.execute(
-                insert(Host).values(
+                insert(hosts).values(
                     id=host_id,
                     hostname=hostname,
                     agent_version=__version__,
@@ -173,7 +173,7 @@ def register_host(engine: Engine, host_id: str, hostname: str) -> None:
             )
         else:
             conn.execute(
-                update(Host)
-                .where(Host.id == host_id)
+                update(hosts)
+                .where(hosts.c.id == host_id)
                 .values(hostname=hostname, agent_version=__version__, last_seen=now)
             )

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from sqlalchemy import Engine, or_, select
 
-from agent.store.models import FileState
+from agent.store.tables import file_state
 
 StatKey = tuple[int, int, int]  # (inode, size, mtime_ns), as the file sensor compares them
 
@@ -22,11 +22,13 @@ def known_under(engine: Engine, host_id: str, prefix: str) -> Iterator[tuple[str
     `agent.store.rows.storable_text` makes it): (path, stat key), the key None for a
     path the agent knew of but never saw whole (no inode, size or mtime stored)."""
     p = prefix.rstrip("/") or "/"
-    q = select(FileState.path, FileState.inode, FileState.size, FileState.mtime_ns).where(
-        FileState.host_id == host_id
-    )
+    q = select(
+        file_state.c.path, file_state.c.inode, file_state.c.size, file_state.c.mtime_ns
+    ).where(file_state.c.host_id == host_id)
     if p != "/":
-        q = q.where(or_(FileState.path == p, FileState.path.startswith(p + "/", autoescape=True)))
+        q = q.where(
+            or_(file_state.c.path == p, file_state.c.path.startswith(p + "/", autoescape=True))
+        )
     with engine.connect() as conn:
         rows = conn.execution_options(stream_results=True, yield_per=5000).execute(q)
         for path, inode, size, mtime_ns in rows:

@@ -15,13 +15,17 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Row, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session
 
-from agent.store.models import ChainRecord, Host, IncidentRow, Lineage
+from agent.store import tables as t
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from agent.store.models import ChainRecord, IncidentRow
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +63,9 @@ def transact(engine: Engine, fn: Callable[[Connection], T], races: int = 50, out
 def chain_head(conn: Connection, host_id: str) -> tuple[int, str] | None:
     """(seq, hash) of the newest record of `host_id`'s chain; None before its genesis."""
     head = conn.execute(
-        select(ChainRecord.seq, ChainRecord.hash)
-        .where(ChainRecord.host_id == host_id)
-        .order_by(ChainRecord.seq.desc())
+        select(t.incident_chain.c.seq, t.incident_chain.c.hash)
+        .where(t.incident_chain.c.host_id == host_id)
+        .order_by(t.incident_chain.c.seq.desc())
         .limit(1)
     ).first()
     return (head.seq, head.hash) if head is not None else None
@@ -69,7 +73,9 @@ def chain_head(conn: Connection, host_id: str) -> tuple[int, str] | None:
 
 def has_chain(conn: Connection, host_id: str) -> bool:
     return (
-        conn.execute(select(ChainRecord.seq).where(ChainRecord.host_id == host_id).limit(1)).first()
+        conn.execute(
+            select(t.incident_chain.c.seq).where(t.incident_chain.c.host_id == host_id).limit(1)
+        ).first()
         is not None
     )
 
@@ -87,7 +93,7 @@ def insert_chain_record(
     hash: str,
 ) -> None:
     conn.execute(
-        insert(ChainRecord).values(
+        insert(t.incident_chain).values(
             seq=seq,
             host_id=host_id,
             time=time,
@@ -104,9 +110,9 @@ def last_checkpoint_time(engine: Engine, host_id: str) -> datetime | None:
     """When `host_id`'s chain last had a genesis or checkpoint record."""
     with engine.connect() as conn:
         last: datetime | None = conn.execute(
-            select(func.max(ChainRecord.time)).where(
-                ChainRecord.host_id == host_id,
-                ChainRecord.record_type.in_(CHECKPOINT_TYPES),
+            select(func.max(t.incident_chain.c.time)).where(
+                t.incident_chain.c.host_id == host_id,
+                t.incident_chain.c.record_type.in_(CHECKPOINT_TYPES),
             )
         ).scalar()
     return last
@@ -115,16 +121,16 @@ def last_checkpoint_time(engine: Engine, host_id: str) -> datetime | None:
 def recent_record_types(conn: Connection, host_id: str, limit: int) -> list[str]:
     """The record types of the newest `limit` records of `host_id`'s chain, newest first."""
     rows = conn.execute(
-        select(ChainRecord.seq, ChainRecord.record_type)
-        .where(ChainRecord.host_id == host_id)
-        .order_by(ChainRecord.seq.desc())
+        select(t.incident_chain.c.seq, t.incident_chain.c.record_type)
+        .where(t.incident_chain.c.host_id == host_id)
+        .order_by(t.incident_chain.c.seq.desc())
         .limit(limit)
     ).all()
     return [r.record_type for r in rows]
 
 
 def hostname_of(conn: Connection, host_id: str) -> str:
-    name = conn.execute(select(Host.hostname).where(Host.id == host_id)).scalar()
+    name = conn.execute(select(t.hosts.c.hostname).where(t.hosts.c.id == host_id)).scalar()
     return str(name) if name else host_id
 
 
@@ -134,14 +140,14 @@ def open_incident(
 ) -> Row[Any] | None:
     """The newest incident with `dedup_key`, not closed and updated at `since` or later."""
     return conn.execute(
-        select(IncidentRow)
+        select(t.incidents)
         .where(
-            IncidentRow.host_id == host_id,
-            IncidentRow.dedup_key == dedup_key,
-            IncidentRow.status != "closed",
-            IncidentRow.updated_at >= since,
+            t.incidents.c.host_id == host_id,
+            t.incidents.c.dedup_key == dedup_key,
+            t.incidents.c.status != "closed",
+            t.incidents.c.updated_at >= since,
         )
-        .order_by(IncidentRow.updated_at.desc())
+        .order_by(t.incidents.c.updated_at.desc())
         .limit(1)
     ).first()
 
@@ -150,30 +156,30 @@ def open_policy_alerts(conn: Connection, host_id: str, keys: Sequence[str]) -> l
     """Open `policy_alert` incidents with one of the dedup `keys` (a story absorbs them)."""
     return list(
         conn.execute(
-            select(IncidentRow).where(
-                IncidentRow.host_id == host_id,
-                IncidentRow.dedup_key.in_(keys),
-                IncidentRow.kind == "policy_alert",
-                IncidentRow.status != "closed",
+            select(t.incidents).where(
+                t.incidents.c.host_id == host_id,
+                t.incidents.c.dedup_key.in_(keys),
+                t.incidents.c.kind == "policy_alert",
+                t.incidents.c.status != "closed",
             )
         ).all()
     )
 
 
 def incident_by_id(conn: Connection, incident_id: int) -> Row[Any] | None:
-    return conn.execute(select(IncidentRow).where(IncidentRow.id == incident_id)).first()
+    return conn.execute(select(t.incidents).where(t.incidents.c.id == incident_id)).first()
 
 
 def insert_incident(conn: Connection, values: Mapping[str, Any]) -> None:
-    conn.execute(insert(IncidentRow).values(dict(values)))
+    conn.execute(insert(t.incidents).values(dict(values)))
 
 
 def update_incident_by_uid(conn: Connection, uid: str, values: Mapping[str, Any]) -> None:
-    conn.execute(update(IncidentRow).where(IncidentRow.uid == uid).values(dict(values)))
+    conn.execute(update(t.incidents).where(t.incidents.c.uid == uid).values(dict(values)))
 
 
 def update_incident_by_id(conn: Connection, incident_id: int, values: Mapping[str, Any]) -> None:
-    conn.execute(update(IncidentRow).where(IncidentRow.id == incident_id).values(dict(values)))
+    conn.execute(update(t.incidents).where(t.incidents.c.id == incident_id).values(dict(values)))
 
 
 def count_by_status(conn: Connection, host_id: str) -> dict[str, int]:
@@ -181,9 +187,9 @@ def count_by_status(conn: Connection, host_id: str) -> dict[str, int]:
     return {
         str(r[0]): int(r[1])
         for r in conn.execute(
-            select(IncidentRow.status, func.count())
-            .where(IncidentRow.host_id == host_id)
-            .group_by(IncidentRow.status)
+            select(t.incidents.c.status, func.count())
+            .where(t.incidents.c.host_id == host_id)
+            .group_by(t.incidents.c.status)
         ).all()
     }
 
@@ -194,9 +200,9 @@ def count_open_by_severity(engine: Engine, host_id: str) -> dict[str, int]:
         return {
             str(r[0]): int(r[1])
             for r in conn.execute(
-                select(IncidentRow.severity, func.count())
-                .where(IncidentRow.host_id == host_id, IncidentRow.status != "closed")
-                .group_by(IncidentRow.severity)
+                select(t.incidents.c.severity, func.count())
+                .where(t.incidents.c.host_id == host_id, t.incidents.c.status != "closed")
+                .group_by(t.incidents.c.severity)
             ).all()
         }
 
@@ -207,7 +213,9 @@ def lineage_parents(engine: Engine, sha: str, limit: int = 16) -> list[str]:
     with engine.connect() as conn:
         return list(
             conn.execute(
-                select(Lineage.parent_sha256).where(Lineage.child_sha256 == sha).limit(limit)
+                select(t.lineage.c.parent_sha256)
+                .where(t.lineage.c.child_sha256 == sha)
+                .limit(limit)
             ).scalars()
         )
 
@@ -223,7 +231,9 @@ def hash_at(engine: Engine, host_id: str, seq: int) -> str | None:
     """The hash of record `seq` of `host_id`'s chain; None when there is no such record."""
     with engine.connect() as conn:
         value = conn.execute(
-            select(ChainRecord.hash).where(ChainRecord.host_id == host_id, ChainRecord.seq == seq)
+            select(t.incident_chain.c.hash).where(
+                t.incident_chain.c.host_id == host_id, t.incident_chain.c.seq == seq
+            )
         ).scalar()
     return str(value) if value is not None else None
 
@@ -231,7 +241,10 @@ def hash_at(engine: Engine, host_id: str, seq: int) -> str | None:
 # --- the read side: listing, one incident, the chain (the CLI, verifier, exporters) ---------
 @contextmanager
 def reading(engine: Engine) -> Iterator[Session]:
-    """A session for the read side: one incident's several lookups share it."""
+    """A session for the read side: one incident's several lookups share it (the ORM is
+    imported here: the daemon writes through Core and never reads this way)."""
+    from sqlalchemy.orm import Session
+
     with Session(engine) as session:
         yield session
 
@@ -240,18 +253,20 @@ def host_ids(session: Session, host: str) -> list[str]:
     """The host ids `host` names (an id or a hostname); `[host]` when none is known."""
     found = list(
         session.execute(
-            select(Host.id).where((Host.id == host) | (Host.hostname == host))
+            select(t.hosts.c.id).where((t.hosts.c.id == host) | (t.hosts.c.hostname == host))
         ).scalars()
     )
     return found or [host]
 
 
 def hostnames(session: Session) -> dict[str, str]:
-    return {r[0]: r[1] for r in session.execute(select(Host.id, Host.hostname))}
+    return {r[0]: r[1] for r in session.execute(select(t.hosts.c.id, t.hosts.c.hostname))}
 
 
 def hostname(session: Session, host_id: str) -> str | None:
-    name: str | None = session.execute(select(Host.hostname).where(Host.id == host_id)).scalar()
+    name: str | None = session.execute(
+        select(t.hosts.c.hostname).where(t.hosts.c.id == host_id)
+    ).scalar()
     return name
 
 
@@ -265,6 +280,8 @@ def incident_rows(
     limit: int = 100,
 ) -> list[IncidentRow]:
     """Incident rows, newest update first, narrowed by whichever filters are given."""
+    from agent.store.models import IncidentRow
+
     q = select(IncidentRow).order_by(IncidentRow.updated_at.desc(), IncidentRow.id.desc())
     if since is not None:
         q = q.where(IncidentRow.updated_at >= since)
@@ -280,15 +297,21 @@ def incident_rows(
 
 
 def incident_rows_by_id(session: Session, incident_id: int) -> list[IncidentRow]:
+    from agent.store.models import IncidentRow
+
     return list(session.execute(select(IncidentRow).where(IncidentRow.id == incident_id)).scalars())
 
 
 def incident_rows_by_uid_prefix(session: Session, prefix: str) -> list[IncidentRow]:
+    from agent.store.models import IncidentRow
+
     q = select(IncidentRow).where(IncidentRow.uid.startswith(prefix, autoescape=True))
     return list(session.execute(q).scalars())
 
 
 def all_incident_rows(session: Session, host: str | None = None) -> list[IncidentRow]:
+    from agent.store.models import IncidentRow
+
     q = select(IncidentRow)
     if host is not None:
         q = q.where(IncidentRow.host_id.in_(host_ids(session, host)))
@@ -297,6 +320,8 @@ def all_incident_rows(session: Session, host: str | None = None) -> list[Inciden
 
 def incident_chain(session: Session, host_id: str, incident_uid: str) -> list[ChainRecord]:
     """The chain records of one incident, in chain order."""
+    from agent.store.models import ChainRecord
+
     q = (
         select(ChainRecord)
         .where(ChainRecord.host_id == host_id, ChainRecord.incident_uid == incident_uid)
@@ -309,6 +334,8 @@ def chain_records(
     session: Session, host: str | None = None, after_seq: int | None = None
 ) -> Iterator[ChainRecord]:
     """Chain records ordered by (host, seq), streamed 500 at a time."""
+    from agent.store.models import ChainRecord
+
     q = select(ChainRecord).order_by(ChainRecord.host_id, ChainRecord.seq)
     if host is not None:
         q = q.where(ChainRecord.host_id.in_(host_ids(session, host)))

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Engine, insert, select, update
 
-from agent.store.models import JobState
+from agent.store.tables import job_state
 
 __all__ = ["job_value", "job_values", "last_run", "put_job_value", "record_run"]
 
@@ -23,7 +23,9 @@ def job_value(engine: Engine, name: str, host_id: str) -> Any:
     """The JSON value a job keeps for `host_id` in `job_state` (None when it has none)."""
     with engine.connect() as conn:
         return conn.execute(
-            select(JobState.value).where(JobState.name == name, JobState.host_id == host_id)
+            select(job_state.c.value).where(
+                job_state.c.name == name, job_state.c.host_id == host_id
+            )
         ).scalar()
 
 
@@ -39,12 +41,12 @@ def put_job_value(engine: Engine, name: str, host_id: str, value: Mapping[str, A
     if engine.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-        pg = pg_insert(JobState).values(**row)
+        pg = pg_insert(job_state).values(**row)
         stmt = pg.on_conflict_do_update(index_elements=keys, set_=changed)
     else:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-        lite = sqlite_insert(JobState).values(**row)
+        lite = sqlite_insert(job_state).values(**row)
         stmt = lite.on_conflict_do_update(index_elements=keys, set_=changed)
     with engine.begin() as conn:
         conn.execute(stmt)
@@ -52,9 +54,9 @@ def put_job_value(engine: Engine, name: str, host_id: str, value: Mapping[str, A
 
 def job_values(engine: Engine, name: str, host_id: str | None = None) -> list[tuple[str, Any]]:
     """(host id, value) of every host's `job_state` row `name` (or only `host_id`'s)."""
-    query = select(JobState.host_id, JobState.value).where(JobState.name == name)
+    query = select(job_state.c.host_id, job_state.c.value).where(job_state.c.name == name)
     if host_id is not None:
-        query = query.where(JobState.host_id == host_id)
+        query = query.where(job_state.c.host_id == host_id)
     with engine.connect() as conn:
         return [(str(h), v) for h, v in conn.execute(query).all()]
 
@@ -81,15 +83,15 @@ def record_run(engine: Engine, host_id: str, job: str, when: datetime, ok: bool)
     key = _schedule_key(job)
     value = {"last_run": when.isoformat(), "result": "success" if ok else "failure"}
     with engine.begin() as conn:
-        where = (JobState.name == key, JobState.host_id == host_id)
-        previous = conn.execute(select(JobState.value).where(*where)).scalar()
+        where = (job_state.c.name == key, job_state.c.host_id == host_id)
+        previous = conn.execute(select(job_state.c.value).where(*where)).scalar()
         if ok:
             value["last_success"] = value["last_run"]
         elif isinstance(previous, dict) and "last_success" in previous:
             value["last_success"] = previous["last_success"]
         if previous is None:
             conn.execute(
-                insert(JobState).values(name=key, host_id=host_id, value=value, updated_at=when)
+                insert(job_state).values(name=key, host_id=host_id, value=value, updated_at=when)
             )
         else:
-            conn.execute(update(JobState).where(*where).values(value=value, updated_at=when))
+            conn.execute(update(job_state).where(*where).values(value=value, updated_at=when))

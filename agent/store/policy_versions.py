@@ -11,10 +11,10 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Table, insert, select
+from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from agent.store.models import PolicyVersion
+from agent.store.tables import policy_versions
 
 __all__ = ["record_policy_version"]
 
@@ -31,8 +31,7 @@ def record_policy_version(
     Another agent on a fleet store recording the same version at the same moment is not
     an error (its insert won). Other store errors go to the caller.
     """
-    table = PolicyVersion.__table__
-    assert isinstance(table, Table)
+    table = policy_versions
     row = {
         "version": version,
         "loaded_at": loaded_at,

@@ -128,7 +128,7 @@ def host_counts(engine: Engine, host: str | None = None) -> list[HostCounts]:
 
         def per_host(model: Any, time_col: Any = None) -> dict[str, tuple[int, Any]]:
             if rolled is not None and model is not IncidentRow:
-                table = model.__tablename__
+                table = model.__table__.name
                 return {h: t[table] for h, t in rolled.items() if table in t}
             cols = [model.host_id, func.count()]
             cols.append(func.max(time_col) if time_col is not None else func.count())

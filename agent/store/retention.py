@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Engine, delete, select
 
 from agent.store import partitions
-from agent.store.models import DecisionRow, FileEventRow, FlowRow, IncidentRow
+from agent.store.tables import decisions, file_events, flows, incidents
 
 __all__ = ["RETENTION_CHUNK", "apply_retention", "protected_uids"]
 
@@ -46,9 +46,9 @@ def protected_uids(engine: Engine, host_id: str | None) -> set[str]:
     `host_id` None: every host's (a day partition of a fleet store holds them all).
     """
     uids: set[str] = set()
-    query = select(IncidentRow.uid, IncidentRow.evidence).where(IncidentRow.status != "closed")
+    query = select(incidents.c.uid, incidents.c.evidence).where(incidents.c.status != "closed")
     if host_id is not None:
-        query = query.where(IncidentRow.host_id == host_id)
+        query = query.where(incidents.c.host_id == host_id)
     with engine.connect() as conn:
         rows = conn.execute(query)
         for incident_uid, evidence in rows:
@@ -109,11 +109,10 @@ def apply_retention(engine: Engine, host_id: str, days: int) -> dict[str, int]:
             )
         return dropped
     counts: dict[str, int] = {}
-    for model, when in (
-        (FileEventRow, FileEventRow.time),
-        (FlowRow, FlowRow.end_time),
-        (DecisionRow, DecisionRow.time),
+    for table, when in (
+        (file_events, file_events.c.time),
+        (flows, flows.c.end_time),
+        (decisions, decisions.c.time),
     ):
-        table: Any = model.__table__
         counts[table.name] = _delete_older(engine, table, when, host_id, cutoff, keep)
     return counts

@@ -34,14 +34,7 @@ from agent.events import Event, FileEvent, Flow
 from agent.liveness import HEARTBEATS, Heartbeat, supervised
 from agent.pipeline import BoundedQueue
 from agent.store import rows as R
-from agent.store.models import (
-    Artefact,
-    DecisionRow,
-    FileEventRow,
-    FileState,
-    FlowRow,
-    Lineage,
-)
+from agent.store.tables import artefacts, decisions, file_events, file_state, flows, lineage
 from agent.store.watch import StoreWatch
 
 log = logging.getLogger(__name__)
@@ -224,9 +217,9 @@ def batch_rows(host_id: str, events: Sequence[Event]) -> BatchRows:
 
 # the tables keyed by each row's uid: a re-sent row is skipped, never stored twice
 EVENT_TABLES = (
-    ("file_events", FileEventRow.__table__),
-    ("flows", FlowRow.__table__),
-    ("decisions", DecisionRow.__table__),
+    ("file_events", file_events),
+    ("flows", flows),
+    ("decisions", decisions),
 )
 
 
@@ -247,24 +240,24 @@ def write_shared_rows(conn: Connection, engine: Engine, host_id: str, rows: Batc
     _upsert(
         conn,
         engine,
-        Artefact.__table__,
+        artefacts,
         rows.artefacts,
         conflict=("sha256",),
         update=("last_seen", "tags", "kinds", "matches", "content_type"),
     )
-    _upsert(conn, engine, Lineage.__table__, rows.lineage)
+    _upsert(conn, engine, lineage, rows.lineage)
     if rows.file_state_deletes:
         keys = [(host_id, p) for p in rows.file_state_deletes]
         for i in range(0, len(keys), 500):
             conn.execute(
-                delete(FileState).where(
-                    tuple_(FileState.host_id, FileState.path).in_(keys[i : i + 500])
+                delete(file_state).where(
+                    tuple_(file_state.c.host_id, file_state.c.path).in_(keys[i : i + 500])
                 )
             )
     _upsert(
         conn,
         engine,
-        FileState.__table__,
+        file_state,
         rows.file_state_upserts,
         conflict=("host_id", "path"),
         update=("size", "inode", "mtime_ns", "sha256", "updated_at"),
