@@ -5,8 +5,11 @@ and never waits on the network. This thread takes the oldest spooled events, com
 to the central store in one transaction and only then deletes them from the spool. On
 the PostgreSQL bulk path the writer spools each event as its COPY-ready table rows
 (agent/store/spool_rows.py), so a batch is sent as it was spooled with no per-event work
-here (`copy_rows`); events spooled as JSON (an older spool, a text that is not UTF-8,
-the other write paths) are decoded and COPYed as before (`copy_direct`). A crash or a
+here (`copy_rows`); the next batch is opened on a second connection (its event rows
+COPYed, not committed) while the current one is merged and committed (rows_pipeline.py;
+batches still commit one after the other), and a committed batch is deleted from the
+spool in a thread of its own. Events spooled as JSON (an older spool, a text that is not
+UTF-8, the other write paths) are decoded and COPYed as before (`copy_direct`). A crash or a
 lost acknowledgement between commit and delete re-sends the batch; the bulk path sees
 from the spool's forward mark, or from the `(uid, time)` key a COPY meets, that the
 batch may be stored and merges it with `ON CONFLICT DO NOTHING` instead, so the re-send
@@ -107,6 +110,8 @@ class Forwarder:
         self._as_rows = self._marks and is_bulk(engine)
         self._guard = AttemptGuard(engine)
         self._pool: ThreadPoolExecutor | None = None
+        self._acks: ThreadPoolExecutor | None = None
+        self._acking: Future[None] | None = None  # a committed batch being deleted
         self._ahead: Future[_Batch] | None = None
         self._prepared = False
         self._wake = threading.Event()
@@ -162,6 +167,9 @@ class Forwarder:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+        if self._acks is not None:
+            self._acks.shutdown()
+            self._acks = None
         self.spool.close()
         self.engine.dispose()
 
@@ -186,6 +194,8 @@ class Forwarder:
             self._loop()
         finally:
             self._discard_prefetch()  # a batch opened ahead is rolled back: it stays spooled
+            with contextlib.suppress(Exception):  # a failed delete: the batch is merged again
+                self._settle_ack()
 
     def _loop(self) -> None:
         # jittered: after an outage a fleet must not come back to the store in lockstep
@@ -279,6 +289,7 @@ class Forwarder:
             batch = ahead.result()
             if batch.run:
                 return batch
+        self._settle_ack()  # a read from the start must not see a committed batch again
         return self._read()
 
     def _read_ahead(self, after: int, conn: Connection | None) -> _Batch:
@@ -347,7 +358,7 @@ class Forwarder:
                 except _REJECTED:
                     counts = self._write_isolating(host, events)
             metrics.FLEET_FORWARD_SECONDS.observe(time.perf_counter() - started)
-            self.spool.acknowledge(run)
+            self._acknowledge(run, later=opened is not None and not opened.merge)
         except BaseException:
             self._discard_prefetch()  # the same batch goes again: what follows is not next
             if batch.opened is not None:
@@ -377,6 +388,29 @@ class Forwarder:
             counts = self._write_spooled_rows(host, opened.rows, run)
             self._read_next(run, open_it=True)
             return counts
+
+    def _acknowledge(self, run: Sequence[SpooledEvent], later: bool) -> None:
+        """Delete a committed run from the spool; `later`: in the ack thread.
+
+        On the pipelined path the deletion (SQLite, `synchronous=FULL`: a fifth of the
+        wall time on the forwarding thread) overlaps the next batch's commit. Deletions
+        stay in order (one thread, each waits for the one before), and one that failed
+        surfaces at the next: the run stays spooled and is merged again, as after a
+        lost acknowledgement.
+        """
+        self._settle_ack()
+        if not later:
+            self.spool.acknowledge(run)
+            return
+        if self._acks is None:
+            self._acks = ThreadPoolExecutor(1, thread_name_prefix="store-ack")
+        self._acking = self._acks.submit(self.spool.acknowledge, run)
+
+    def _settle_ack(self) -> None:
+        """Wait for the deletion in flight; raise what it raised."""
+        acking, self._acking = self._acking, None
+        if acking is not None:
+            acking.result()
 
     def _reader(self) -> ThreadPoolExecutor:
         if self._pool is None:

@@ -137,6 +137,7 @@ class PipelineMachine(RuleBasedStateMachine):
         spool.acknowledge = lose  # type: ignore[method-assign]
         try:
             self.fwd.forward_once()
+            self.fwd._settle_ack()  # the pipelined path deletes in its ack thread
         except AckLost:
             pass
         spool.acknowledge = real  # type: ignore[method-assign]
