@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Debian packages the agent and its tests use: libpcap (scapy's BPF compiler), tcpdump
+# Debian packages the agent and its tests use: libpcap (the capture filter's BPF compiler), tcpdump
 # and tshark (benchmark references), prometheus-node-exporter (the idle benchmark's
 # reference daemon; the bench starts its own copy on a free port), iperf3, openssl,
 # Prometheus with promtool, systemd
