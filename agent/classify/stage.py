@@ -11,6 +11,11 @@ every worker is held by such an overdue file, events go on at once (`skipped="bu
 instead of each waiting out the timeout. A worker is never held by a parser for longer
 than `classify.file_deadline` (the classifier's cooperative deadline; the event then
 carries `skipped="timeout"`), which is also what bounds `close()` on SIGTERM.
+
+A file's result is remembered by its identity (path, inode, size, mtime) for the next
+events of the same unchanged file — a burst in a new directory brings each file as
+`created` and then `written`, and a rescan may bring it again — so they take the same
+artefact without a second job (see `_reusable` for which results are).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 import os
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -40,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _CLASSIFY_ACTIONS = {FileAction.CREATED, FileAction.WRITTEN, FileAction.MOVED, FileAction.SCANNED}
+RECENT_RESULTS = 4096  # finished results kept by file identity for the same file's next events
 
 
 class ClassifyStage:
@@ -74,6 +81,8 @@ class ClassifyStage:
         self.pool = ThreadPoolExecutor(s.workers, "classify", initializer=name_current_thread)
         self._overdue: set[Future[Artefact]] = set()  # timed out, still running
         self._inflight: dict[tuple[object, ...], Future[Artefact]] = {}
+        # identity -> (the keyword matcher it was matched with, its artefact)
+        self._recent: OrderedDict[tuple[object, ...], tuple[object, Artefact]] = OrderedDict()
         self._lock = threading.Lock()
         rt.on_stop(self.close)
         rt.on_status(self.status)
@@ -87,15 +96,21 @@ class ClassifyStage:
         the first result is awaited, so all workers classify at once and the stage thread
         sleeps once per batch rather than once per file; events still leave in order, and
         `beat` (the stage's heartbeat) is called as each one is done."""
-        started = [self._start(e) for e in events]
+        ahead = _identities_ahead(events)
+        started = [self._start(e, ahead[i]) for i, e in enumerate(events)]
         out: list[Event] = []
         for s in started:
             out.append(s if isinstance(s, Event) else self._finish(*s))
             beat()
         return out
 
-    def _start(self, event: Event) -> Event | tuple[FileEvent, Future[Artefact]]:
-        """The event itself when it needs no classification, else it and its job."""
+    def _start(
+        self, event: Event, ahead: tuple[object, ...] | None = None
+    ) -> Event | tuple[FileEvent, Future[Artefact]]:
+        """The event itself when it needs no classification, else it and its job.
+
+        `ahead`: the identity of the same file from a later event of the batch, used when
+        this one carries none (see `_identities_ahead`)."""
         if not self.enabled or not isinstance(event, FileEvent):
             return event
         if event.action == FileAction.READ:
@@ -107,9 +122,15 @@ class ClassifyStage:
         # the sensor's lstat is in the event (no second system call); else look now
         if event.inode is not None and event.size is not None and event.mtime_ns is not None:
             key: tuple[object, ...] = (path, event.inode, event.size, event.mtime_ns)
+        elif ahead is not None:
+            key = ahead
         else:
             key = _identity(path)
         submitted = False
+        with self._lock:
+            recent = self._recent.get(key)
+        if recent is not None and recent[0] is self.classifier.matcher():
+            return replace(event, artefact=recent[1])  # the same unchanged file, just classified
         with self._lock:
             # a second event for the same unchanged file waits for the first's result
             fut = self._inflight.get(key)
@@ -151,16 +172,62 @@ class ClassifyStage:
         return {"classify": {"hash_cache": self.cache.path, "in_flight": inflight}}
 
     def _done(self, key: tuple[object, ...], fut: Future[Artefact]) -> None:
+        artefact = fut.result() if not fut.cancelled() and fut.exception() is None else None
+        # the matcher now is the one the job used unless the categories changed meanwhile;
+        # an entry from before a change is never used (see _start)
+        matcher = self.classifier.matcher()
         with self._lock:
             self._overdue.discard(fut)
             if self._inflight.get(key) is fut:
                 del self._inflight[key]
+            if len(key) > 1 and artefact is not None and _reusable(artefact):
+                self._recent[key] = (matcher, artefact)
+                self._recent.move_to_end(key)
+                if len(self._recent) > RECENT_RESULTS:
+                    self._recent.popitem(last=False)
 
     def close(self) -> None:
         self.classifier.stop()  # big hashes in flight give up; parsers end by their deadline
         self.pool.shutdown(wait=True)
         self.classifier.close()
         self.cache.close()
+
+
+def _identities_ahead(events: list[Event]) -> list[tuple[object, ...] | None]:
+    """For each event without an identity of its own (a regular file's `created` carries
+    no size or mtime), the identity a later `written` of the same path and inode in the
+    batch carries, else None.
+
+    A file written into a watched directory comes as `created` then `written`, mostly in
+    one batch. The `created` would be keyed by an lstat in this thread; the job it gets
+    classifies whatever the file holds when it runs, which is what the `written` that
+    follows describes — so the two share that job without the system call (and the GIL
+    hand-over it costs). Should the file change again in between, a later event of it
+    follows, as before.
+    """
+    out: list[tuple[object, ...] | None] = [None] * len(events)
+    written: dict[str, tuple[object, ...]] = {}
+    for i in range(len(events) - 1, -1, -1):
+        e = events[i]
+        if not isinstance(e, FileEvent) or e.inode is None:
+            continue
+        if e.action == FileAction.WRITTEN and e.size is not None and e.mtime_ns is not None:
+            path = e.current_path
+            written[path] = (path, e.inode, e.size, e.mtime_ns)
+        elif e.action == FileAction.CREATED and e.size is None:
+            key = written.get(e.current_path)
+            if key is not None and key[1] == e.inode:
+                out[i] = key
+    return out
+
+
+def _reusable(a: Artefact) -> bool:
+    """Whether classifying the same unchanged file again would give this artefact: a
+    complete result (no skip: a timeout, a file that changed while read or a stop may
+    come out differently next time) whose parents are none or its own content's (a copy
+    of known content). Parents from inside the file (archive members) are reported by
+    the parse that found them only, so such a result is not reused."""
+    return a.skipped is None and a.sha256 is not None and a.parents in ((), (a.sha256,))
 
 
 def _identity(path: str) -> tuple[object, ...]:
