@@ -1,14 +1,15 @@
 """Bounded queues and stage threads between sensors and the store.
 
-Sensors `emit()` into the first queue; each stage (classify, policy) runs in its own
-thread, takes a batch of events, enriches them, and puts the batch on the next queue;
-the last stage's thread hands what comes out to the sinks (the store writer, the
-correlator), whose own queues decouple them — a batch at a time where the sink takes
-batches, so a burst costs a lock and a wake-up per batch and hop, not per event. The
-first stage waits up to `LINGER` after an event for others, so that events arriving one
-by one wake each thread once per burst (a flood is never held up). Every queue is
-bounded: when a producer cannot put within its patience the event is dropped and
-counted in `egress_agent_events_dropped_total{queue,reason}` — never silently. A stop
+Sensors `emit()` into the first queue; each stage (classify, policy) takes a batch of
+events and enriches them, in a thread of its own that puts the batch on the next queue,
+or in the thread of the stage before it (`StageSpec.shares_thread`: one hand-over and
+wake-up less per batch); the last stage's thread hands what comes out to the sinks (the
+store writer, the correlator), whose own queues decouple them — a batch at a time where
+the sink takes batches, so a burst costs a lock and a wake-up per batch and hop, not per
+event. The first stage waits up to `LINGER` after an event for others, so that events
+arriving one by one wake each thread once per burst (a flood is never held up). Every
+queue is bounded: when a producer cannot put within its patience the event is dropped
+and counted in `egress_agent_events_dropped_total{queue,reason}` — never silently. A stop
 walks a sentinel down the pipeline so that everything queued before it is processed
 and flushed before the threads are joined. Each stage loop runs supervised
 (`liveness`): it beats per batch and per event, and one that fails is restarted, not
@@ -214,6 +215,20 @@ def batch_form(sink: Sink) -> BatchSink | None:
 class StageSpec:
     name: str
     fn: Stage
+    # run in the thread of the stage before, on each batch it passes on, instead of in a
+    # thread of its own behind a queue: for a stage that never waits (policy)
+    shares_thread: bool = False
+
+
+def thread_groups(stages: Sequence[StageSpec]) -> list[list[StageSpec]]:
+    """The stages each pipeline thread runs, in order."""
+    groups: list[list[StageSpec]] = []
+    for spec in stages:
+        if spec.shares_thread and groups:
+            groups[-1].append(spec)
+        else:
+            groups.append([spec])
+    return groups
 
 
 class Pipeline:
@@ -229,10 +244,11 @@ class Pipeline:
     ) -> None:
         self._put_timeout = put_timeout
         self._linger = linger
-        # queue i feeds stage i, and the last stage's thread delivers to the sinks itself
-        # (a thread of its own would cost one more wake-up per event); without stages a
-        # "dispatch" thread does the delivering
-        names = [s.name for s in stages] or ["dispatch"]
+        # queue i feeds the thread of stage group i (named after its first stage), and the
+        # last group's thread delivers to the sinks itself (a thread of its own would cost
+        # one more wake-up per event); without stages a "dispatch" thread does the delivering
+        self._groups = thread_groups(stages)
+        names = [g[0].name for g in self._groups] or ["dispatch"]
         self._queues: list[BoundedQueue[Event]] = [BoundedQueue(n, queue_size) for n in names]
         self._stages = list(stages)
         self._sinks = list(sinks)
@@ -252,10 +268,11 @@ class Pipeline:
         # a stage loop that fails is restarted in its thread after a back-off; it stops
         # only at the sentinel, so the supervisor's stop event is never set
         never = threading.Event()
-        for i, spec in enumerate(self._stages):
-            beat = HEARTBEATS.add(f"stage-{spec.name}", self._queues[i].qsize)
+        for i, group in enumerate(self._groups):
+            name = "stage-" + "+".join(spec.name for spec in group)
+            beat = HEARTBEATS.add(name, self._queues[i].qsize)
             target = supervised(partial(self._run_stage, i, beat), beat, never)
-            t = threading.Thread(target=target, name=f"stage-{spec.name}")
+            t = threading.Thread(target=target, name=name)
             t.start()
             self._threads.append(t)
         if not self._stages:
@@ -274,11 +291,13 @@ class Pipeline:
         self._threads.clear()
 
     def _run_stage(self, index: int, beat: Heartbeat) -> None:
-        spec = self._stages[index]
         inbox = self._queues[index]
         outbox = self._queues[index + 1] if index + 1 < len(self._queues) else None
-        # the stage's metric children, looked up once rather than twice per event
-        taken, passed = metrics.STAGE_IN.labels(spec.name), metrics.STAGE_OUT.labels(spec.name)
+        # each stage's metric children, looked up once rather than twice per event
+        steps = [
+            (spec, metrics.STAGE_IN.labels(spec.name), metrics.STAGE_OUT.labels(spec.name))
+            for spec in self._groups[index]
+        ]
         # the first stage lingers, so a trickle (a flow every few ms) moves through the
         # stages in small bursts: one wake-up of each stage thread per burst, not per event
         linger = self._linger if index == 0 else 0.0
@@ -286,15 +305,18 @@ class Pipeline:
             items, stopped = inbox.get_batch(STAGE_BATCH, None, linger=linger)
             beat.beat()
             beat.busy = True
-            taken.inc(len(items))
-            results = [r for r in self._apply(spec, items, beat) if r is not None]
+            results = items
+            for spec, taken, passed in steps:
+                taken.inc(len(results))
+                if results:
+                    results = [r for r in self._apply(spec, results, beat) if r is not None]
+                passed.inc(len(results))
             if results:
                 if outbox is None:
                     self._deliver_many(results)
                 else:
                     # inside the pipeline we wait: back-pressure reaches the sensors' put
                     outbox.put_many(results, timeout=None)
-            passed.inc(len(results))
             beat.busy = False
             if stopped:
                 if outbox is not None:

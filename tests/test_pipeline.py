@@ -8,6 +8,7 @@ import time
 from agent import metrics
 from agent.events import Event, FileAction, FileEvent
 from agent.pipeline import BoundedQueue, Pipeline, StageSpec
+from tests.conftest import registry_value
 
 
 def _dropped(queue: str) -> float:
@@ -161,3 +162,48 @@ def test_a_sink_with_submit_many_gets_whole_batches() -> None:
     assert [path for b in batched.batches for path in b] == paths
     assert len(batched.batches) < 300  # batches, not one call per event
     assert [e.path for e in single if isinstance(e, FileEvent)] == paths  # plain sinks: per event
+
+
+def test_a_stage_that_shares_a_thread_runs_after_the_one_before_it() -> None:
+    """`shares_thread`: one thread runs both stages on each batch, in order; each stage
+    still counts what it took and passed on, and a stop drains both."""
+    threads: dict[str, set[str]] = {"t-first": set(), "t-second": set()}
+
+    def first(e: Event) -> Event:
+        threads["t-first"].add(threading.current_thread().name)
+        assert isinstance(e, FileEvent)
+        return FileEvent(e.action, e.path + "+1", uid=e.uid)
+
+    def second(e: Event) -> Event | None:
+        threads["t-second"].add(threading.current_thread().name)
+        assert isinstance(e, FileEvent)
+        if e.path.startswith("/noise/"):
+            return None  # a stage may drop noise deliberately
+        return FileEvent(e.action, e.path + "+2", uid=e.uid)
+
+    def counts() -> list[float]:
+        return [
+            registry_value(f"egress_agent_stage_events_{way}_total", {"stage": stage})
+            for way in ("in", "out")
+            for stage in threads
+        ]
+
+    before = counts()
+    out: list[Event] = []
+    p = Pipeline(
+        [StageSpec("t-first", first), StageSpec("t-second", second, shares_thread=True)],
+        [out.append],
+        queue_size=1000,
+    )
+    p.start()
+    for i in range(300):
+        assert p.emit(FileEvent(FileAction.WRITTEN, f"/p/{i}" if i % 3 else f"/noise/{i}"))
+    p.stop()
+    assert [e.path for e in out if isinstance(e, FileEvent)] == [
+        f"/p/{i}+1+2" for i in range(300) if i % 3
+    ]
+    assert threads == {
+        "t-first": {"stage-t-first+t-second"},
+        "t-second": {"stage-t-first+t-second"},
+    }
+    assert [a - b for a, b in zip(counts(), before, strict=True)] == [300, 300, 300, 200]
