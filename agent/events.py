@@ -215,7 +215,10 @@ class Artefact:
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(t.kind for t in self.tags))
+        tags = self.tags
+        if len(tags) <= 1:  # nearly every file: no generator, no dict (twice a stored row)
+            return (tags[0].kind,) if tags else ()
+        return tuple(dict.fromkeys(t.kind for t in tags))
 
 
 @dataclass(frozen=True, slots=True)

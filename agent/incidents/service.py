@@ -103,13 +103,19 @@ class Correlator:
         self._thread.start()
 
     def submit(self, event: Event) -> None:
-        if isinstance(event, FileEvent) and not (
-            event.artefact or event.decisions or event.process
-        ):
+        if not _useful(event):
             return  # nothing correlation could use
         # never hold up the store writer, the sink before us: a full queue drops and
         # counts what correlation misses
         self.queue.put(event, timeout=SUBMIT_PATIENCE)
+
+    def submit_many(self, events: Sequence[Event]) -> None:
+        """`submit` for a pipeline batch: one queue lock and at most one wake-up for the
+        whole batch instead of one each; a full queue holds the batch up at most
+        SUBMIT_PATIENCE in all, and what does not fit is dropped and counted."""
+        useful = [e for e in events if _useful(e)]
+        if useful:
+            self.queue.put_many(useful, timeout=SUBMIT_PATIENCE)
 
     def stop(self) -> None:
         """Drain the queue, write what is pending and the clean-stop checkpoint."""
@@ -263,3 +269,11 @@ class Correlator:
         except Exception:
             log.debug("lineage lookup failed for %s", sha, exc_info=True)
             return []
+
+
+def _useful(event: Event) -> bool:
+    """What correlation can use: flows, and file events with an artefact, a decision or
+    a process."""
+    return not isinstance(event, FileEvent) or bool(
+        event.artefact or event.decisions or event.process
+    )

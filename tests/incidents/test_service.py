@@ -92,6 +92,27 @@ def test_a_full_correlation_queue_drops_and_counts_instead_of_blocking(store: En
     assert registry_value("egress_agent_events_dropped_total", labels) == before + 2
 
 
+def test_a_batch_is_queued_at_once_keeping_only_what_correlation_uses(store: Engine) -> None:
+    """The pipeline hands the correlator whole batches (`submit_many`): the same events
+    as `submit` one by one would queue, in order; a full queue drops and counts the rest
+    after its patience instead of holding the pipeline."""
+    import time
+
+    c = Correlator(store, "host-a", "lab-ws-1", IncidentsSection(), queue_size=3)
+    bare = fev(FileAction.WRITTEN, "/tmp/plain.txt", 1.0, None)  # nothing to correlate
+    useful = [flow(1, 2, 100), fev(FileAction.WRITTEN, "/home/a/x.bin", 1.0, None, CURL)]
+    c.submit_many([bare, useful[0], bare, useful[1]])
+    assert c.queue.qsize() == 2
+    labels = {"queue": "incidents", "reason": "queue_full"}
+    before = registry_value("egress_agent_events_dropped_total", labels)
+    started = time.monotonic()
+    c.submit_many([flow(i, i + 1, 100) for i in range(3)])  # room for one: nobody drains
+    assert time.monotonic() - started < 2
+    assert registry_value("egress_agent_events_dropped_total", labels) == before + 2
+    queued, _ = c.queue.get_batch(10, 0)
+    assert queued[:2] == useful and len(queued) == 3
+
+
 class _Proxy:
     """A TCP forwarder to PostgreSQL that can be switched on later (the store "comes back")."""
 
