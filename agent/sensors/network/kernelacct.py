@@ -241,7 +241,7 @@ class KernelAccounting:
         assert self.conntrack is not None and self.table is not None
         try:
             entries = self.conntrack.dump()
-        except Exception as err:  # netlink errors surface as several pyroute2 types
+        except Exception as err:  # an OSError from the socket, or a malformed reply
             log.warning("conntrack dump failed: %s", err)
             self._next_ct = time.monotonic() + DUMP_INTERVAL
             return
