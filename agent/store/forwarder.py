@@ -112,6 +112,10 @@ class Forwarder:
         self._pool: ThreadPoolExecutor | None = None
         self._acks: ThreadPoolExecutor | None = None
         self._acking: Future[None] | None = None  # a committed batch being deleted
+        self._acking_run: Sequence[SpooledEvent] = ()
+        # committed runs whose deletion failed, oldest first: deleted before anything is
+        # read again, never sent again (a later batch may have committed since)
+        self._committed: list[Sequence[SpooledEvent]] = []
         self._ahead: Future[_Batch] | None = None
         self._prepared = False
         self._wake = threading.Event()
@@ -332,6 +336,7 @@ class Forwarder:
     def forward_once(self) -> int:
         """Commit the oldest spooled batch (one host's run of it) and acknowledge it."""
         try:
+            self._delete_committed()
             batch = self._prefetched()
         except BaseException:
             self._discard_prefetch()
@@ -394,23 +399,41 @@ class Forwarder:
 
         On the pipelined path the deletion (SQLite, `synchronous=FULL`: a fifth of the
         wall time on the forwarding thread) overlaps the next batch's commit. Deletions
-        stay in order (one thread, each waits for the one before), and one that failed
-        surfaces at the next: the run stays spooled and is merged again, as after a
-        lost acknowledgement.
+        stay in order (one thread, each waits for the one before). One that failed
+        surfaces here, after the next batch has committed too: both runs are kept in
+        `_committed` and deleted before the spool is read again. Sending the first again
+        instead would merge its file state over the second's (an older state last); a
+        crash meanwhile re-sends both, in order, which is right.
         """
-        self._settle_ack()
+        try:
+            self._settle_ack()
+        except BaseException:
+            self._committed.append(run)
+            raise
         if not later:
+            # a failure here sends the run again, merged: nothing after it has committed
             self.spool.acknowledge(run)
             return
         if self._acks is None:
             self._acks = ThreadPoolExecutor(1, thread_name_prefix="store-ack")
-        self._acking = self._acks.submit(self.spool.acknowledge, run)
+        self._acking, self._acking_run = self._acks.submit(self.spool.acknowledge, run), run
 
     def _settle_ack(self) -> None:
-        """Wait for the deletion in flight; raise what it raised."""
+        """Wait for the deletion in flight; raise what it raised (its run kept to delete)."""
         acking, self._acking = self._acking, None
         if acking is not None:
-            acking.result()
+            try:
+                acking.result()
+            except BaseException:
+                self._committed.append(self._acking_run)
+                raise
+
+    def _delete_committed(self) -> None:
+        """Delete the committed runs a failed deletion left, oldest first."""
+        self._settle_ack()
+        while self._committed:
+            self.spool.acknowledge(self._committed[0])
+            self._committed.pop(0)
 
     def _reader(self) -> ThreadPoolExecutor:
         if self._pool is None:

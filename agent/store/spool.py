@@ -224,13 +224,17 @@ class Spool:
         return list(starmap(SpooledEvent, rows))
 
     def acknowledge(self, records: Sequence[SpooledEvent]) -> None:
-        """Delete records the central store has committed (a prefix of the spool)."""
+        """Delete records the central store has committed (a run `peek` returned).
+
+        Only the run's own seqs go, so the counters stay exact even if an earlier run's
+        delete failed (that run stays spooled and is sent, and merged, again).
+        """
         if not records:
             return
-        last = max(map(_SEQ, records))
+        seqs = list(map(_SEQ, records))
         size = sum(map(len, map(_TEXT, records)))  # C loops: this runs per batch of 5,000
         with self._lock:
-            self._db.execute("DELETE FROM spool WHERE seq <= ?", (last,))
+            self._db.execute("DELETE FROM spool WHERE seq BETWEEN ? AND ?", (min(seqs), max(seqs)))
             self._events -= len(records)
             self._bytes -= size
             if self._events == 0:  # an outage's backlog is gone: shrink the file again
