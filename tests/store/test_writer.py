@@ -195,3 +195,31 @@ def test_a_trickle_of_events_shares_commits(tmp_path: Path) -> None:
     writer.stop()
     assert sum(batches) == 10 and counts(engine).file_events == 10
     assert len(batches) <= 3, batches
+
+
+def test_a_batch_stores_each_content_once_as_its_last_event_saw_it() -> None:
+    """`batch_rows` gives each hash one artefact row — from the last event that carried it
+    (a file name's keyword may differ between copies), in the order the hashes first came —
+    and the lineage of every event that has parents."""
+    from agent.store.writer import batch_rows
+
+    def art(sha: str, kind: str, parents: tuple[str, ...] = ()) -> events.Artefact:
+        return events.Artefact(
+            sha256=sha, size=1, tags=(events.Tag(kind, "test"),), parents=parents
+        )
+
+    x, y, z = "1" * 64, "2" * 64, "3" * 64
+    batch = [
+        events.FileEvent(events.FileAction.CREATED, "/a", artefact=art(x, "source_code")),
+        events.FileEvent(events.FileAction.WRITTEN, "/b", artefact=art(y, "dataset", (z,))),
+        events.FileEvent(events.FileAction.WRITTEN, "/a", artefact=art(x, "model_weights")),
+        events.FileEvent(events.FileAction.WRITTEN, "/c", artefact=events.Artefact(None, 0)),
+        events.FileEvent(events.FileAction.WRITTEN, "/d", artefact=art(y, "dataset", (x,))),
+    ]
+    rows = batch_rows(HOST, batch)
+    assert [(r["sha256"], r["kinds"]) for r in rows.artefacts] == [
+        (x, ["model_weights"]),
+        (y, ["dataset"]),
+    ]
+    assert sorted((r["parent_sha256"], r["child_sha256"]) for r in rows.lineage) == [(x, y), (z, y)]
+    assert len(rows.file_events) == 5
