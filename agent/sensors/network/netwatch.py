@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import errno
 import socket
-import struct
 
+from agent.sensors.network.nldump import attrs, messages
 from agent.sensors.network.sockbuf import set_receive_buffer
 
 NETLINK_ROUTE = 0
@@ -32,13 +32,8 @@ IPCTNL_MSG_CT_NEW = 0
 CTA_TUPLE_ORIG = 1
 CTA_TUPLE_PROTO = 2
 CTA_PROTO_NUM = 1
-_NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 _CT_NEW = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW
 _NFGENMSG = 4
-_MAX_MESSAGES = 1024  # per datagram: a bound for hostile input, far above what one holds
-
-_nlmsghdr = struct.Struct("=IHHII")
-_nlattr = struct.Struct("=HH")
 
 
 class Multicast:
@@ -103,40 +98,20 @@ class ConntrackEvents(Multicast):
         return lost or any(new_protocols(d) & {socket.IPPROTO_UDP} for d in datagrams)
 
 
-def _attrs(data: bytes, start: int, end: int) -> dict[int, tuple[int, int]]:
-    """Netlink attributes in data[start:end]: type -> (payload start, payload end)."""
-    found: dict[int, tuple[int, int]] = {}
-    a = start
-    while a + 4 <= end:
-        alen, atype = _nlattr.unpack_from(data, a)
-        if alen < 4 or a + alen > end:
-            break
-        found.setdefault(atype & _NLA_TYPE_MASK, (a + 4, a + alen))
-        a += (alen + 3) & ~3
-    return found
-
-
 def new_protocols(data: bytes) -> set[int]:
     """Transport protocol numbers of the conntrack NEW messages in one netlink datagram.
 
     Reads only the original tuple's CTA_PROTO_NUM; anything malformed is skipped, never
     raised on (the kernel writes these, but a parser stays bounded anyway)."""
     out: set[int] = set()
-    off, n = 0, len(data)
-    for _ in range(_MAX_MESSAGES):
-        if off + 16 > n:
-            break
-        length, mtype, _flags, _seq, _pid = _nlmsghdr.unpack_from(data, off)
-        if length < 16 or off + length > n:
-            break
-        end = off + length
-        if mtype == _CT_NEW:
-            tuple_orig = _attrs(data, off + 16 + _NFGENMSG, end).get(CTA_TUPLE_ORIG)
-            if tuple_orig is not None:
-                proto = _attrs(data, *tuple_orig).get(CTA_TUPLE_PROTO)
-                if proto is not None:
-                    num = _attrs(data, *proto).get(CTA_PROTO_NUM)
-                    if num is not None and num[1] > num[0]:
-                        out.add(data[num[0]])
-        off += (length + 3) & ~3
+    for mtype, body, end in messages(data):
+        if mtype != _CT_NEW:
+            continue
+        tuple_orig = attrs(data, body + _NFGENMSG, end).get(CTA_TUPLE_ORIG)
+        if tuple_orig is not None:
+            proto = attrs(data, *tuple_orig).get(CTA_TUPLE_PROTO)
+            if proto is not None:
+                num = attrs(data, *proto).get(CTA_PROTO_NUM)
+                if num is not None and num[1] > num[0]:
+                    out.add(data[num[0]])
     return out
