@@ -10,16 +10,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 from prometheus_client import REGISTRY
 
 from agent.classify import Classifier
 from agent.classify.hashing import HashCache
 from agent.classify.stage import ClassifyStage
-from agent.config import ClassifySection, Settings
+from agent.config import ClassifySection
 from agent.events import Artefact, FileAction, FileEvent, Flow, Tag
 from agent.pipeline import Pipeline, StageSpec
-from agent.runtime import Runtime
 from agent.store.db import make_engine, upgrade
 from agent.store.writer import write_batch
 from tests.classify import corpus as C
@@ -28,21 +26,6 @@ from tests.store.test_artefacts import store_weights
 
 def hashed() -> float:
     return REGISTRY.get_sample_value("egress_agent_hashed_bytes_total") or 0.0
-
-
-@pytest.fixture
-def rt(tmp_path: Path) -> Any:
-    s = Settings(
-        agent={"state_dir": str(tmp_path / "state")},
-        classify={"use_magika": False, "event_timeout": 30},
-    )
-    s.state_dir.mkdir(parents=True)
-    engine = make_engine(f"sqlite:///{tmp_path / 'state' / 'agent.db'}")
-    upgrade(engine)
-    runtime = Runtime(s, engine, "host-1", "host")
-    yield runtime
-    runtime.run_stop_hooks()
-    engine.dispose()
 
 
 def ev(action: FileAction, path: Path, dest: Path | None = None) -> FileEvent:

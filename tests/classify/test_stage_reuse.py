@@ -10,31 +10,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from agent.categories import CategorySpec
 from agent.classify.stage import ClassifyStage
-from agent.config import Settings
 from agent.events import Event, FileAction, FileEvent
-from agent.runtime import Runtime
-from agent.store.db import make_engine, upgrade
 from tests.classify import corpus as C
 from tests.conftest import registry_value
-
-
-@pytest.fixture
-def rt(tmp_path: Path) -> Any:
-    s = Settings(
-        agent={"state_dir": str(tmp_path / "state")},
-        classify={"use_magika": False, "event_timeout": 30},
-    )
-    s.state_dir.mkdir(parents=True)
-    engine = make_engine(f"sqlite:///{tmp_path / 'state' / 'agent.db'}")
-    upgrade(engine)
-    runtime = Runtime(s, engine, "host-1", "host")
-    yield runtime
-    runtime.run_stop_hooks()
-    engine.dispose()
 
 
 def jobs() -> float:
