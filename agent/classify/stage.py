@@ -127,18 +127,23 @@ class ClassifyStage:
         else:
             key = _identity(path)
         submitted = False
-        with self._lock:
+        matcher = self.classifier.matcher()
+        with self._lock:  # one section: a job's `_done` moves it from `_inflight` to `_recent`
             recent = self._recent.get(key)
-        if recent is not None and recent[0] is self.classifier.matcher():
-            return replace(event, artefact=recent[1])  # the same unchanged file, just classified
-        with self._lock:
+            if recent is not None and recent[0] is matcher:
+                # the same unchanged file, just classified
+                return replace(event, artefact=recent[1])
             # a second event for the same unchanged file waits for the first's result
             fut = self._inflight.get(key)
-            if (fut is None or fut.done()) and len(self._overdue) >= self.workers:
+            if fut is not None and fut.done() and not _shareable(fut):
+                fut = None  # failed or cut short: this event gets a job of its own
+            # (a done job still in flight is one whose `_done` has not run yet: its result
+            # is what `_recent` is about to hold, so it is shared like a running one)
+            if fut is None and len(self._overdue) >= self.workers:
                 # every worker is stuck on an overdue file (a hung network share...):
                 # waiting would stall the whole pipeline, so this event goes on now
                 return self._busy(event)
-            if fut is None or fut.done():
+            if fut is None:
                 fut = self.pool.submit(self.classifier.classify_path, path)
                 self._inflight[key] = fut
                 submitted = True
@@ -219,6 +224,11 @@ def _identities_ahead(events: list[Event]) -> list[tuple[object, ...] | None]:
             if key is not None and key[1] == e.inode:
                 out[i] = key
     return out
+
+
+def _shareable(fut: Future[Artefact]) -> bool:
+    """Whether a finished job's result may serve another event of the same identity."""
+    return not fut.cancelled() and fut.exception() is None and _reusable(fut.result())
 
 
 def _reusable(a: Artefact) -> bool:
