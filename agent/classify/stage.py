@@ -120,12 +120,7 @@ class ClassifyStage:
             return event
         path = event.current_path
         # the sensor's lstat is in the event (no second system call); else look now
-        if event.inode is not None and event.size is not None and event.mtime_ns is not None:
-            key: tuple[object, ...] = (path, event.inode, event.size, event.mtime_ns)
-        elif ahead is not None:
-            key = ahead
-        else:
-            key = _identity(path)
+        key = _carried_identity(event) or ahead or _identity(path)
         submitted = False
         matcher = self.classifier.matcher()
         with self._lock:  # one section: a job's `_done` moves it from `_inflight` to `_recent`
@@ -216,9 +211,8 @@ def _identities_ahead(events: list[Event]) -> list[tuple[object, ...] | None]:
         e = events[i]
         if not isinstance(e, FileEvent) or e.inode is None:
             continue
-        if e.action == FileAction.WRITTEN and e.size is not None and e.mtime_ns is not None:
-            path = e.current_path
-            written[path] = (path, e.inode, e.size, e.mtime_ns)
+        if e.action == FileAction.WRITTEN and (own := _carried_identity(e)) is not None:
+            written[e.current_path] = own
         elif e.action == FileAction.CREATED and e.size is None:
             key = written.get(e.current_path)
             if key is not None and key[1] == e.inode:
@@ -238,6 +232,14 @@ def _reusable(a: Artefact) -> bool:
     of known content). Parents from inside the file (archive members) are reported by
     the parse that found them only, so such a result is not reused."""
     return a.skipped is None and a.sha256 is not None and a.parents in ((), (a.sha256,))
+
+
+def _carried_identity(event: FileEvent) -> tuple[object, ...] | None:
+    """The identity `_identity` would read, from the sensor's lstat in the event; None
+    when the event does not carry all of it."""
+    if event.inode is None or event.size is None or event.mtime_ns is None:
+        return None
+    return (event.current_path, event.inode, event.size, event.mtime_ns)
 
 
 def _identity(path: str) -> tuple[object, ...]:

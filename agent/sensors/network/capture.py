@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import socket
 import struct
 
@@ -93,14 +94,11 @@ class _BpfProgram(ctypes.Structure):
 _LIBPCAP_NAMES = ("libpcap.so.0.8", "libpcap.so.1", "libpcap.so")
 _SNAPLEN = 0xFFFF  # a dead handle's snapshot length: what scapy passed (its MTU)
 _NETMASK_UNKNOWN = 0xFFFFFFFF  # PCAP_NETMASK_UNKNOWN: only `ip broadcast` would need it
-_libpcap: ctypes.CDLL | None = None
 
 
+@functools.cache
 def _load_libpcap() -> ctypes.CDLL:
-    """libpcap with the four functions compile_bpf calls typed; loaded once."""
-    global _libpcap
-    if _libpcap is not None:
-        return _libpcap
+    """libpcap with the functions compile_bpf calls typed; loaded once."""
     lib = None
     for name in _LIBPCAP_NAMES:
         try:
@@ -126,7 +124,6 @@ def _load_libpcap() -> ctypes.CDLL:
     lib.pcap_freecode.argtypes = [ctypes.POINTER(_BpfProgram)]
     lib.pcap_close.restype = None
     lib.pcap_close.argtypes = [ctypes.c_void_p]
-    _libpcap = lib
     return lib
 
 
