@@ -196,13 +196,13 @@ class AgentProcess:
         last: Exception | None = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"agent exited {self.proc.returncode}: {self.stderr()}")
+                raise AssertionError(f"agent exited {self.proc.returncode}: {self.stderr(6000)}")
             try:
                 return self.scrape()
             except OSError as e:
                 last = e
                 time.sleep(0.1)
-        raise AssertionError(f"metrics never came up: {last}; stderr: {self.stderr()}")
+        raise AssertionError(f"metrics never came up: {last}; stderr: {self.stderr(6000)}")
 
     def scrape(self) -> str:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as r:
@@ -243,10 +243,13 @@ class AgentProcess:
                 self.proc.wait()
         self._stderr.close()
 
-    def stderr(self) -> str:
+    def stderr(self, tail: int | None = None) -> str:
+        """The agent's whole log so far (a test that counts lines must see all of them; a
+        busy run logs more), or its last `tail` characters for an error message."""
         if not self._stderr.closed:  # also readable after stop()
             self._stderr.flush()
-        return self.stderr_path.read_text(errors="replace")[-6000:]
+        text = self.stderr_path.read_text(errors="replace")
+        return text if tail is None else text[-tail:]
 
     def status(self) -> dict[str, Any]:
         """The agent's status.json ({} until it has written one)."""
