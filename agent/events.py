@@ -256,6 +256,9 @@ class FileEvent:
     inode: int | None = None
     device: int | None = None
     mtime_ns: int | None = None
+    # the inode's change time: a rewrite that keeps the size and puts the mtime back
+    # (`touch -d`) still moves it, so an identity with it cannot be fooled that way
+    ctime_ns: int | None = None
     process: ProcessInfo | None = None
     origin: Origin = Origin.WATCH
     sensor: str = "files"

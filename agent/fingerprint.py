@@ -21,7 +21,9 @@ from agent.errors import AgentError
 BUF_SIZE = 1 << 20
 BIG_BUF_SIZE = 8 << 20
 BIG_FILE = 16 << 20  # from here on a hash runs on its own thread, beside the parsers
-Ident = tuple[int, int, int, int]  # device, inode, size, mtime_ns
+# device, inode, size, mtime_ns, ctime_ns: the ctime because an in-place rewrite of the
+# same size can put the mtime back (utimensat), but not the ctime, which the kernel sets
+Ident = tuple[int, int, int, int, int]
 _local = threading.local()
 
 
@@ -38,7 +40,7 @@ class Abandoned(AgentError):
 
 
 def ident_of(st: os.stat_result) -> Ident:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _buffer(size: int) -> memoryview:
@@ -99,7 +101,7 @@ class HashAhead:
     cache) calls `claim`: the running hash is handed over, or stopped when the cache
     already knows the file. A cache hit so costs a fraction of a second of reading on
     an otherwise idle core, never wall time. Files are matched by identity (device,
-    inode, size, mtime), so a file replaced in between is simply hashed again.
+    inode, size, mtime, ctime), so a file replaced in between is simply hashed again.
     """
 
     def __init__(

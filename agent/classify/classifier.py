@@ -2,7 +2,7 @@
 
 Order of work for one path: `lstat` (symlinks, FIFOs, devices and sockets are never
 opened), open with O_NOFOLLOW|O_NONBLOCK and check it is still the same regular file,
-then the file identity (device, inode, size, mtime_ns) → hash cache; on a miss, stream
+then the file identity (device, inode, size, mtime_ns, ctime_ns) → hash cache; on a miss, stream
 the SHA-256 (in a helper thread for big files, while the content is parsed). With the
 hash: the result cache, the in-memory LRU and the store (lineage); only content never
 seen before is parsed by the engine. Path-dependent facts — the git repository of source
@@ -52,7 +52,7 @@ from agent.classify.lineage import LRU, Known
 from agent.classify.tiers import CLASSIFIER_VERSION, ContentTiers
 from agent.config import ClassifySection
 from agent.events import Artefact, CategoryMatch, Tag
-from agent.fingerprint import BIG_FILE, Abandoned, HashAhead
+from agent.fingerprint import BIG_FILE, Abandoned, HashAhead, ident_of
 from agent.liveness import name_current_thread
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class Classifier:
         internal = _git_internal(path, st.st_size)
         if internal is not None:
             return internal
-        sha = self.cache.lookup(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        sha = self.cache.lookup(*ident_of(st))
         if sha is None:
             return None
         known = self._known(sha)
@@ -204,7 +204,7 @@ class Classifier:
         fst = os.fstat(fd)
         if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
             return skipped("changed_while_read")
-        ident = (fst.st_dev, fst.st_ino, fst.st_size, fst.st_mtime_ns)
+        ident = ident_of(fst)
         sha = self.cache.lookup(*ident) if self.cache is not None else None
         hashing: Callable[[], str] | None = None  # a hash in flight: wait for it with this
         head: bytes | None = None  # a small file's whole content, when it was read to hash
@@ -258,7 +258,7 @@ class Classifier:
                 finding = self._identify(path, fd, fst.st_size, deadline) or finding
         assert sha is not None
         after = os.fstat(fd)
-        unchanged = (after.st_size, after.st_mtime_ns) == (fst.st_size, fst.st_mtime_ns)
+        unchanged = ident_of(after) == ident
         if not unchanged:
             metrics.CLASSIFY_SKIPPED.labels("changed_while_read").inc()
         if known is None and hashing is not None:

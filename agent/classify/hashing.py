@@ -4,9 +4,13 @@
 (`agent.fingerprint`, which the CLI can import before everything else) and counts the
 bytes in the metrics. `HashCache` is a small SQLite file
 (`classify.hash_cache`, default state_dir/hashcache.db) with two tables: file identity
-(device, inode, size, mtime_ns) → sha256, and sha256 → the classification result. An
-unchanged file is therefore never re-read, even across restarts; a rename keeps the
-inode and hits the cache. The cache holds hashes and tags only, never content.
+(device, inode, size, mtime_ns, ctime_ns) → sha256, and sha256 → the classification
+result. An unchanged file is therefore never re-read, even across restarts. The ctime is
+in the key because the mtime is not evidence: a rewrite in place that keeps the size and
+puts the mtime back (`touch -d`, utimensat) would otherwise be recorded with the old
+content's hash. The price is that a rename, chmod or chown (which also move the ctime)
+re-reads the bytes once; the result cache by hash still spares the classification. The
+cache holds hashes and tags only, never content.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
     device INTEGER NOT NULL, inode INTEGER NOT NULL, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL, seen REAL NOT NULL,
+    ctime_ns INTEGER NOT NULL DEFAULT -1,
     PRIMARY KEY (device, inode)
 );
 CREATE TABLE IF NOT EXISTS results (
@@ -70,6 +75,22 @@ CREATE TABLE IF NOT EXISTS results (
     result TEXT NOT NULL, PRIMARY KEY (sha256, version, categories)
 );
 """
+_INSERT_FILE = (
+    "INSERT OR REPLACE INTO files (device, inode, size, mtime_ns, sha256, seen, ctime_ns)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _add_ctime(db: sqlite3.Connection) -> None:
+    """A cache written before the ctime was in the key gets the column, its rows -1: no
+    file's ctime is -1, so each of them is hashed once more and then known again."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(files)")}
+    if "ctime_ns" not in columns:
+        try:
+            db.execute("ALTER TABLE files ADD COLUMN ctime_ns INTEGER NOT NULL DEFAULT -1")
+        except sqlite3.OperationalError as e:  # another process added it first
+            if "duplicate column" not in str(e):
+                raise
 
 
 # json.dumps(doc, ensure_ascii=False, default=str), built once: dumps makes a new encoder
@@ -81,7 +102,7 @@ _MISS = metrics.HASH_CACHE.labels("miss")
 
 
 class HashCache:
-    """(device, inode, size, mtime_ns) → sha256, and sha256 → result, in SQLite.
+    """(device, inode, size, mtime_ns, ctime_ns) → sha256, and sha256 → result, in SQLite.
 
     Thread-safe (one connection behind a lock; statements take microseconds). Writes
     are committed in small batches: losing the last second of cache entries in a crash
@@ -109,6 +130,7 @@ class HashCache:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        _add_ctime(self._db)
         self._pending = 0
         self._commit_every = commit_every
         self._timer: threading.Timer | None = None
@@ -124,36 +146,39 @@ class HashCache:
                 "SELECT NOT EXISTS (SELECT 1 FROM files), NOT EXISTS (SELECT 1 FROM results)"
             ).fetchone()
             self._empty = (files == 1, results == 1)
-        self._files: dict[tuple[int, int], tuple[int, int, int, int, str, float]] = {}
+        self._files: dict[tuple[int, int], tuple[int, int, int, int, str, float, int]] = {}
         self._results: dict[tuple[str, str, str], str] = {}
 
     # --- file identity → hash ------------------------------------------------------
-    def lookup(self, device: int, inode: int, size: int, mtime_ns: int) -> str | None:
+    def lookup(
+        self, device: int, inode: int, size: int, mtime_ns: int, ctime_ns: int
+    ) -> str | None:
         held = self._files.get((device, inode)) if self._buffered else None
-        if held is not None and held[2:4] == (size, mtime_ns):
+        if held is not None and (held[2], held[3], held[6]) == (size, mtime_ns, ctime_ns):
             _HIT.inc()
             return held[4]
         row = (
             None
             if self._empty[0]
             else self._read(
-                "SELECT sha256 FROM files WHERE device=? AND inode=? AND size=? AND mtime_ns=?",
-                (device, inode, size, mtime_ns),
+                "SELECT sha256 FROM files WHERE device=? AND inode=? AND size=? AND mtime_ns=?"
+                " AND ctime_ns=?",
+                (device, inode, size, mtime_ns, ctime_ns),
             )
         )
         (_HIT if row else _MISS).inc()
         return str(row[0]) if row else None
 
-    def store(self, device: int, inode: int, size: int, mtime_ns: int, sha256: str) -> None:
+    def store(
+        self, device: int, inode: int, size: int, mtime_ns: int, ctime_ns: int, sha256: str
+    ) -> None:
+        row = (device, inode, size, mtime_ns, sha256, time.time(), ctime_ns)
         if self._buffered:
             with self._lock:
-                self._files[(device, inode)] = (device, inode, size, mtime_ns, sha256, time.time())
+                self._files[(device, inode)] = row
             self._held()
             return
-        self._write(
-            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
-            (device, inode, size, mtime_ns, sha256, time.time()),
-        )
+        self._write(_INSERT_FILE, row)
 
     # --- hash → classification result -----------------------------------------------
     def result(self, sha256: str, version: str, categories: str) -> dict[str, Any] | None:
@@ -273,9 +298,7 @@ class HashCache:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", files
-                )
+                self._db.executemany(_INSERT_FILE, files)
                 self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", results)
                 self._db.execute("COMMIT")
             except sqlite3.Error:

@@ -237,15 +237,21 @@ def _reusable(a: Artefact) -> bool:
 def _carried_identity(event: FileEvent) -> tuple[object, ...] | None:
     """The identity `_identity` would read, from the sensor's lstat in the event; None
     when the event does not carry all of it."""
-    if event.inode is None or event.size is None or event.mtime_ns is None:
+    if (
+        event.inode is None
+        or event.size is None
+        or event.mtime_ns is None
+        or event.ctime_ns is None
+    ):
         return None
-    return (event.current_path, event.inode, event.size, event.mtime_ns)
+    return (event.current_path, event.inode, event.size, event.mtime_ns, event.ctime_ns)
 
 
 def _identity(path: str) -> tuple[object, ...]:
-    """The path with its inode, size and mtime: a changed file is a different job."""
+    """The path with its inode, size, mtime and ctime: a changed file is a different job
+    (also one rewritten in place with its size kept and its mtime put back)."""
     try:
         st = os.lstat(path)
     except (OSError, ValueError):
         return (path,)
-    return (path, st.st_ino, st.st_size, st.st_mtime_ns)
+    return (path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

@@ -216,7 +216,9 @@ FLOW_ROW = Projection(
 
 FILE_EVENT_ROW = Projection(
     FileEvent,
-    omit={"artefact", "decisions"},  # the artefact has its table, keyed by sha256
+    # the artefact has its table, keyed by sha256; the ctime only tells the classifier's
+    # caches that a file changed (agent/fingerprint.py): the row keeps size, inode, mtime
+    omit={"artefact", "decisions", "ctime_ns"},
     spread={"process": PROCESS_COLUMNS},
     derived={
         "sha256": lambda e: e.artefact.sha256 if e.artefact else None,
@@ -259,7 +261,17 @@ FLOW_EVIDENCE = Projection(
 FILE_EVIDENCE = Projection(
     FileEvent,
     value_of=document_value,
-    omit={"size", "inode", "device", "mtime_ns", "origin", "sensor", "artefact", "decisions"},
+    omit={
+        "size",
+        "inode",
+        "device",
+        "mtime_ns",
+        "ctime_ns",
+        "origin",
+        "sensor",
+        "artefact",
+        "decisions",
+    },
     nest={"process": PROCESS_EVIDENCE},
     derived={
         "size": size_of,

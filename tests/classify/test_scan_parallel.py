@@ -15,6 +15,7 @@ from agent.classify.parallel import ProcessClassifier
 from agent.cli.scan import PARALLEL_FROM
 from agent.config import ClassifySection
 from agent.events import Artefact
+from agent.fingerprint import ident_of
 from tests.classify import corpus as C
 from tests.conftest import cli, write_config
 
@@ -114,33 +115,34 @@ def test_a_dying_worker_costs_one_file(tmp_path: Path) -> None:
     assert all(" source_code None" in lines[p] for p in paths if p != paths[17])
     cache = HashCache(tmp_path / "hc.db")  # the chunks that finished are in the cache
     st = os.stat(paths[0])
-    assert cache.lookup(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) is not None
+    assert cache.lookup(*ident_of(st)) is not None
     cache.close()
 
 
 def test_buffered_cache_reads_a_snapshot_and_its_own_writes(tmp_path: Path) -> None:
     a = HashCache(tmp_path / "hc.db", buffered=True)
     b = HashCache(tmp_path / "hc.db", buffered=True)
-    a.store(1, 2, 3, 4, "aa" * 32)
+    a.store(1, 2, 3, 4, 9, "aa" * 32)
     a.store_result("aa" * 32, "v", "k", {"content_type": "text/plain"})
-    assert a.lookup(1, 2, 3, 4) == "aa" * 32  # before any flush
+    assert a.lookup(1, 2, 3, 4, 9) == "aa" * 32  # before any flush
     assert a.result("aa" * 32, "v", "k") == {"content_type": "text/plain"}
-    assert b.lookup(1, 2, 3, 4) is None  # not yet written
-    b.store(5, 6, 7, 8, "bb" * 32)
+    assert b.lookup(1, 2, 3, 4, 9) is None  # not yet written
+    b.store(5, 6, 7, 8, 9, "bb" * 32)
     a.flush()
-    assert b.lookup(5, 6, 7, 8) == "bb" * 32  # its own, from memory
+    assert b.lookup(5, 6, 7, 8, 9) == "bb" * 32  # its own, from memory
     b.flush()
     # each reads the cache as it was when it opened: what the other worker concluded
     # meanwhile does not change its own conclusions
-    assert b.lookup(1, 2, 3, 4) is None and a.lookup(5, 6, 7, 8) is None
+    assert b.lookup(1, 2, 3, 4, 9) is None and a.lookup(5, 6, 7, 8, 9) is None
     a.close()
     b.close()
     c = HashCache(tmp_path / "hc.db")  # the next scan finds both
-    assert c.lookup(1, 2, 3, 4) == "aa" * 32 and c.lookup(5, 6, 7, 8) == "bb" * 32
-    assert c.lookup(1, 2, 3, 5) is None  # another mtime: not this content
+    assert c.lookup(1, 2, 3, 4, 9) == "aa" * 32 and c.lookup(5, 6, 7, 8, 9) == "bb" * 32
+    assert c.lookup(1, 2, 3, 5, 9) is None  # another mtime: not this content
+    assert c.lookup(1, 2, 3, 4, 8) is None  # another ctime (a rewrite, mtime put back)
     assert c.result("aa" * 32, "v", "k") == {"content_type": "text/plain"}
     c.close()
     d = HashCache(tmp_path / "hc.db", buffered=True)  # a worker of the next scan
-    assert d.lookup(1, 2, 3, 4) == "aa" * 32 and d.result("aa" * 32, "v", "k") is not None
-    assert d.lookup(9, 9, 9, 9) is None and d.result("cc" * 32, "v", "k") is None
+    assert d.lookup(1, 2, 3, 4, 9) == "aa" * 32 and d.result("aa" * 32, "v", "k") is not None
+    assert d.lookup(9, 9, 9, 9, 9) is None and d.result("cc" * 32, "v", "k") is None
     d.close()

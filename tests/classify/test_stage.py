@@ -50,13 +50,17 @@ def test_stage_attaches_artefacts_by_action(rt: Any, tmp_path: Path) -> None:
     now = datetime.now(UTC)
     flow = Flow("tcp", "10.0.0.1", 1, "8.8.8.8", 443, now, now)
     assert stage(flow) is flow
-    # MOVED: the destination is classified; a rename hits the cache (no hashing)
+    # MOVED: the destination is classified. A rename moves the inode's ctime, which is in
+    # the hash cache's key (a rewrite that put the mtime back moves it too): the bytes are
+    # read once more, the result is the same content's
     dest = tmp_path / "renamed.bin"
     os.rename(w, dest)
     before = hashed()
     moved = stage(ev(FileAction.MOVED, w, dest))
     assert isinstance(moved, FileEvent) and moved.artefact is not None
-    assert moved.artefact.kinds == ("model_weights",) and hashed() == before
+    assert moved.artefact.kinds == ("model_weights",)
+    assert moved.artefact.sha256 == out.artefact.sha256
+    assert hashed() == before + dest.stat().st_size
 
 
 def test_hash_cache_survives_a_restart(tmp_path: Path) -> None:
@@ -211,16 +215,16 @@ def test_hash_cache_prune_forgets_old_identities(tmp_path: Path) -> None:
 
     db = tmp_path / "hc.db"
     cache = HashCache(db)
-    cache.store(1, 2, 3, 4, "aa" * 32)
+    cache.store(1, 2, 3, 4, 6, "aa" * 32)
     cache.store_result("aa" * 32, "v", "none", {"content_type": "x", "tags": []})
-    cache.store(1, 5, 3, 4, "bb" * 32)
+    cache.store(1, 5, 3, 4, 6, "bb" * 32)
     cache.flush()
     with sqlite3.connect(db) as raw:
         raw.execute("UPDATE files SET seen = ? WHERE inode = 2", (_time.time() - 100 * 86400,))
     assert cache.prune(90) == 1
-    assert cache.lookup(1, 2, 3, 4) is None
+    assert cache.lookup(1, 2, 3, 4, 6) is None
     assert cache.result("aa" * 32, "v", "none") is None  # its result went with it
-    assert cache.lookup(1, 5, 3, 4) == "bb" * 32
+    assert cache.lookup(1, 5, 3, 4, 6) == "bb" * 32
     cache.close()
 
 
@@ -244,3 +248,45 @@ def test_overdue_workers_do_not_stall_the_pipeline(rt: Any, tmp_path: Path) -> N
     stage.timeout = 30  # the worker is free again: events are classified as usual
     third = stage(ev(FileAction.WRITTEN, small))
     assert third.artefact.kinds == ("source_code",)  # type: ignore[union-attr]
+
+
+def test_rewrite_in_place_with_the_mtime_put_back_is_classified_anew(
+    rt: Any, tmp_path: Path
+) -> None:
+    """An insider who overwrites a file's bytes in place (same size, same inode) and puts
+    its mtime back must not get the old content's hash and kinds recorded: the ctime,
+    which the kernel moves and no utimensat can set, is in the identity the stage's memo
+    and the hash cache key on."""
+    stage = ClassifyStage(rt)
+    w = C.safetensors_file(tmp_path / "m.safetensors")
+
+    def written() -> FileEvent:
+        st = os.lstat(w)
+        return FileEvent(
+            FileAction.WRITTEN,
+            str(w),
+            size=st.st_size,
+            inode=st.st_ino,
+            device=st.st_dev,
+            mtime_ns=st.st_mtime_ns,
+            ctime_ns=st.st_ctime_ns,
+        )
+
+    first = stage(written())
+    assert isinstance(first, FileEvent) and first.artefact is not None
+    assert first.artefact.kinds == ("model_weights",)
+    st = os.stat(w)
+    other = random.Random(7).randbytes(st.st_size)
+    with open(w, "r+b") as fh:
+        fh.write(other)
+    os.utime(w, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = os.stat(w)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        st.st_ino,
+        st.st_size,
+        st.st_mtime_ns,
+    )
+    second = stage(written())
+    assert isinstance(second, FileEvent) and second.artefact is not None
+    assert second.artefact.sha256 == hashlib.sha256(other).hexdigest()
+    assert "model_weights" not in second.artefact.kinds

@@ -70,20 +70,48 @@ def test_scan_json_recursive(config: Path, tree: Path) -> None:
 
 
 def test_second_scan_reads_nothing(config: Path, tmp_path: Path) -> None:
-    """Same inode, size and mtime: the cached hash is used, the bytes are not read again."""
+    """Same inode, size, mtime and ctime: the cached hash is used, the bytes are not read
+    again. A rewrite in place that keeps the size and puts the mtime back is hashed again:
+    the kernel moved the ctime, which no utimensat can put back."""
     f = tmp_path / "data.bin"
     f.write_bytes(b"A" * 100_000)
     first = scan_json(config, f)[0]
+    assert first["sha256"] == hashlib.sha256(b"A" * 100_000).hexdigest()
+    cache = sqlite3.connect(tmp_path / "state" / "hashcache.db")
+    with cache:  # a mark only a cache hit can report
+        assert cache.execute("UPDATE files SET sha256 = ?", ("ab" * 32,)).rowcount == 1
+    cache.close()
+    assert scan_json(config, f)[0]["sha256"] == "ab" * 32  # not read again
     st = os.stat(f)
     with open(f, "r+b") as fh:  # same size, same inode; then put the mtime back
         fh.write(b"B" * 100_000)
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
-    second = scan_json(config, f)[0]
-    assert second["sha256"] == first["sha256"]  # proves it was not re-hashed
-    assert (tmp_path / "state" / "hashcache.db").exists()
-    os.utime(f)  # a real change of mtime: hashed again
+    assert os.stat(f).st_mtime_ns == st.st_mtime_ns and os.stat(f).st_size == st.st_size
     third = scan_json(config, f)[0]
     assert third["sha256"] == hashlib.sha256(b"B" * 100_000).hexdigest()
+
+
+def test_hash_cache_from_before_the_ctime_key_is_upgraded(config: Path, tmp_path: Path) -> None:
+    """A cache written by an older agent (no ctime column) gains it; its rows match no
+    file any more, so a file is hashed once more, never given another content's hash."""
+    f = tmp_path / "data.bin"
+    f.write_bytes(b"C" * 5000)
+    st = os.stat(f)
+    (tmp_path / "state").mkdir(exist_ok=True)
+    old = sqlite3.connect(tmp_path / "state" / "hashcache.db")
+    old.executescript(
+        "CREATE TABLE files (device INTEGER NOT NULL, inode INTEGER NOT NULL,"
+        " size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sha256 TEXT NOT NULL,"
+        " seen REAL NOT NULL, PRIMARY KEY (device, inode));"
+    )
+    with old:
+        old.execute(
+            "INSERT INTO files VALUES (?, ?, ?, ?, ?, 0)",
+            (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, "cd" * 32),
+        )
+    old.close()
+    assert scan_json(config, f)[0]["sha256"] == hashlib.sha256(b"C" * 5000).hexdigest()
+    assert scan_json(config, f)[0]["sha256"] == hashlib.sha256(b"C" * 5000).hexdigest()
 
 
 def test_scan_store_records_scanned_events(config: Path, tree: Path, tmp_path: Path) -> None:

@@ -338,6 +338,7 @@ class FileSensor:
             inode=st.st_ino if st is not None else None,
             device=st.st_dev if st is not None else None,
             mtime_ns=st.st_mtime_ns if content and st is not None else None,
+            ctime_ns=st.st_ctime_ns if content and st is not None else None,
             process=proc,
             origin=ch.origin,
             sensor=self.name,
