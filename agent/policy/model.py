@@ -2,9 +2,10 @@
 
 `Policy` is immutable and built only by `build.build_policy` (behind
 `build.load_policy`, which reads the pack files); the holder swaps whole policies.
-`Policy.decide(facts)` is pure — it tries only the rules that can hold for the event's
-kind, makes the comparisons several rules require once (`_gates`), then checks each
-remaining rule's condition and its exceptions (data: destination networks and host
+`Policy.decide(facts)` is pure — it tries only the rules that can still hold once the
+event's kind, action, channel, kinds and categories are known (a plan made once per
+combination, agent/policy/plans.py), checks what is left of each rule's condition and
+its exceptions (data: destination networks and host
 globs, users, processes, paths), and turns a firing rule into a `Decision` carrying the
 rule, pack, severity, action, the policy version and the categories that made it fire. A
 rule whose legal control is not in force on the day of the event (not yet in force,
@@ -27,6 +28,7 @@ from agent.categories import CategorySpec
 from agent.events import Action, Artefact, Decision, FileEvent, Flow, Severity
 from agent.policy import facts as facts_mod
 from agent.policy.conditions import All, Compare, Condition, event_kinds
+from agent.policy.plans import MAX_PLANS, Plan, build_plan, plan_key
 from agent.policy.timeline import ControlState, Period, periods_from_status, state_on, strongest
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -169,6 +171,8 @@ class Policy:
     zones: Mapping[str, ZoneInfo] = field(init=False, repr=False, compare=False)
     _by_event: Mapping[str, tuple[Rule, ...]] = field(init=False, repr=False, compare=False)
     _gated: Mapping[str, Gated] = field(init=False, repr=False, compare=False)
+    # plan key (agent/policy/plans.py) -> the rules left to try: filled as events come
+    _plans: dict[Hashable, Plan] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "min_counts", {c.code: c.min_count for c in self.categories})
@@ -186,6 +190,7 @@ class Policy:
             )
         object.__setattr__(self, "_by_event", by_event)
         object.__setattr__(self, "_gated", {k: _gates(rules) for k, rules in by_event.items()})
+        object.__setattr__(self, "_plans", {})
 
     def decide(
         self,
@@ -199,6 +204,16 @@ class Policy:
         it, every rule is judged on `day` (default today).
         """
         day = day or (when.date() if when is not None else dt.date.today())
+        plan = self._plan(facts)
+        if plan is not None:
+            out = []
+            for rule, left in plan:
+                if (left is None or left(facts)) and not any(
+                    e.matches(facts) for e in rule.exceptions
+                ):
+                    out.append(self._decision(rule, facts, self._day(rule.pack, day, when)))
+            return out
+        # facts whose plan fields cannot key a plan (an unhashable value): rule by rule
         gated = self._gated.get(facts.get("event"))  # type: ignore[arg-type]
         if gated is None:
             gated = _gates(tuple(r for r in self.rules if r.enabled))
@@ -217,6 +232,24 @@ class Policy:
                 if rule.fires(facts):
                     out.append(self._decision(rule, facts, self._day(rule.pack, day, when)))
         return out
+
+    def _plan(self, facts: Mapping[str, Any]) -> Plan | None:
+        """The rules left to try on these facts (agent/policy/plans.py), built on the first
+        event of each combination of the plan fields; None when they cannot be a key."""
+        key = plan_key(facts)
+        plans = self._plans
+        try:
+            plan = plans.get(key)
+        except TypeError:  # an unhashable value
+            return None
+        if plan is None:
+            rules = self._by_event.get(key[0])  # type: ignore[call-overload]
+            if rules is None:
+                rules = tuple(r for r in self.rules if r.enabled)
+            if len(plans) >= MAX_PLANS:
+                plans.clear()
+            plan = plans[key] = build_plan(rules, key)
+        return plan
 
     def _day(self, pack: str, day: dt.date, when: dt.datetime | None) -> dt.date:
         zone = self.zones.get(pack)
