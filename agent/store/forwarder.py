@@ -8,13 +8,14 @@ the PostgreSQL bulk path the writer spools each event as its COPY-ready table ro
 here (`copy_rows`); the next batch is opened on a second connection (its event rows
 COPYed, not committed) while the current one is merged and committed (rows_pipeline.py;
 batches still commit one after the other), and a committed batch is deleted from the
-spool in a thread of its own. Events spooled as JSON (an older spool, a text that is not
-UTF-8, the other write paths) are decoded and COPYed as before (`copy_direct`). A crash or a
-lost acknowledgement between commit and delete re-sends the batch; the bulk path sees
-from the spool's forward mark, or from the `(uid, time)` key a COPY meets, that the
-batch may be stored and merges it with `ON CONFLICT DO NOTHING` instead, so the re-send
-stores nothing twice: exactly once. While the central store is unreachable it retries
-with exponential back-off (`egress_agent_fleet_connected` 0, errors counted by reason).
+spool in a thread of its own (spool_ahead.py keeps the books of both threads). Events
+spooled as JSON (an older spool, a text that is not UTF-8, the other write paths) are
+decoded and COPYed as before (`copy_direct`). A crash or a lost acknowledgement between
+commit and delete re-sends the batch; the bulk path sees from the spool's forward mark,
+or from the `(uid, time)` key a COPY meets, that the batch may be stored and merges it
+with `ON CONFLICT DO NOTHING` instead, so the re-send stores nothing twice: exactly once.
+While the central store is unreachable it retries with exponential back-off
+(`egress_agent_fleet_connected` 0, errors counted by reason).
 
 An attempt that hangs is abandoned after `database.forward_timeout`
 (agent/store/attempt.py). At stop it keeps forwarding for at most
@@ -24,18 +25,15 @@ An attempt that hangs is abandoned after `database.forward_timeout`
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
 import sqlalchemy.exc
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -43,12 +41,13 @@ from agent import metrics
 from agent.backoff import Backoff
 from agent.config import Settings
 from agent.events import Event
-from agent.store import codec, rows_pipeline, spool_rows
+from agent.store import rows_pipeline, spool_rows
 from agent.store.attempt import AttemptGuard
 from agent.store.bulk import Mark, copy_batch, copy_direct, copy_rows, is_bulk
 from agent.store.db import StoreError, make_engine, register_host, upgrade
 from agent.store.spool import Spool, SpooledEvent
-from agent.store.writer import BatchRows, batch_rows, write_batch
+from agent.store.spool_ahead import Batch, SpoolAhead
+from agent.store.writer import write_batch
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +62,6 @@ _REJECTED = (
 
 _T = TypeVar("_T")
 WriteFn = Callable[[Engine, str, Sequence[Event]], Mapping[str, int]]
-
-
-@dataclass(frozen=True, slots=True)
-class _Batch:
-    """One host's run of spooled records of one form, made ready ahead of its commit."""
-
-    run: list[SpooledEvent]
-    events: list[Event]  # decoded, from a run spooled as JSON
-    corrupt: int
-    rows: BatchRows | None  # the bulk paths' table rows, built ahead with the decode
-    spooled_rows: spool_rows.RowsBatch | None = None  # a run spooled as COPY rows
-    opened: rows_pipeline.Opened | None = None  # its event rows COPYed, not committed
 
 
 class Forwarder:
@@ -109,14 +96,10 @@ class Forwarder:
         # and have the writer spool COPY rows, so that forwarding does no per-event work
         self._as_rows = self._marks and is_bulk(engine)
         self._guard = AttemptGuard(engine)
-        self._pool: ThreadPoolExecutor | None = None
-        self._acks: ThreadPoolExecutor | None = None
-        self._acking: Future[None] | None = None  # a committed batch being deleted
-        self._acking_run: Sequence[SpooledEvent] = ()
-        # committed runs whose deletion failed, oldest first: deleted before anything is
-        # read again, never sent again (a later batch may have committed since)
-        self._committed: list[Sequence[SpooledEvent]] = []
-        self._ahead: Future[_Batch] | None = None
+        # the next run read (and opened) ahead, committed runs deleted behind
+        self.runs = SpoolAhead(
+            spool, engine, batch_size, with_rows=self._marks, open_rows=self._as_rows
+        )
         self._prepared = False
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -167,13 +150,7 @@ class Forwarder:
 
     def close(self) -> None:
         self.stop()
-        self._discard_prefetch()
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-        if self._acks is not None:
-            self._acks.shutdown()
-            self._acks = None
+        self.runs.close()
         self.spool.close()
         self.engine.dispose()
 
@@ -197,9 +174,9 @@ class Forwarder:
         try:
             self._loop()
         finally:
-            self._discard_prefetch()  # a batch opened ahead is rolled back: it stays spooled
+            self.runs.discard()  # a batch opened ahead is rolled back: it stays spooled
             with contextlib.suppress(Exception):  # a failed delete: the batch is merged again
-                self._settle_ack()
+                self.runs.settle()
 
     def _loop(self) -> None:
         # jittered: after an outage a fleet must not come back to the store in lockstep
@@ -255,91 +232,13 @@ class Forwarder:
         register_host(self.engine, self.host_id, self.hostname)
         self._prepared = True
 
-    def _read(self, after: int = 0) -> _Batch:
-        """The oldest spooled run of one host and form past seq `after`, ready to send."""
-        records = self.spool.peek(self.batch_size, after)
-        run: list[SpooledEvent] = []
-        for r in records:
-            if r.host_id != records[0].host_id or r.layout != records[0].layout:
-                break
-            run.append(r)
-        if run and run[0].layout is not None:
-            return _Batch(run, [], 0, None, self._rows_of(run))
-        events: list[Event] = []
-        corrupt = 0
-        for r in run:
-            try:
-                events.append(codec.decode(r.text))
-            except codec.CodecError as e:
-                corrupt += 1
-                log.error("spool record %d cannot be read and is skipped: %s", r.seq, e)
-        rows = batch_rows(run[0].host_id, events) if self._marks and events else None
-        return _Batch(run, events, corrupt, rows)
-
-    def _rows_of(self, run: Sequence[SpooledEvent]) -> spool_rows.RowsBatch:
-        layout = run[0].layout
-        assert layout is not None
-        return spool_rows.batch([r.text for r in run], self.spool.layouts[layout], run[0].seq)
-
-    def _prefetched(self) -> _Batch:
-        """The batch read ahead while the last one was being committed, or a fresh read.
-
-        Reading and decoding the next batch is Python work that overlaps the server's
-        work on the current one (the GIL is free while psycopg waits for it). It is only
-        valid once the current batch is acknowledged: a failure throws it away.
-        """
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            batch = ahead.result()
-            if batch.run:
-                return batch
-        self._settle_ack()  # a read from the start must not see a committed batch again
-        return self._read()
-
-    def _read_ahead(self, after: int, conn: Connection | None) -> _Batch:
-        """`_read`, and with `conn` the batch opened on it (rows_pipeline.open_rows)."""
-        try:
-            batch = self._read(after)
-        except BaseException:
-            if conn is not None:
-                conn.close()
-            raise
-        if conn is None:
-            return batch
-        if batch.spooled_rows is None or not batch.run:
-            conn.close()
-            return batch
-        mark = Mark(self.spool.spool_id, batch.run[-1].seq)
-        opened = rows_pipeline.open_rows(conn, batch.spooled_rows, mark)
-        return dataclasses.replace(batch, opened=opened)
-
-    def _read_next(self, run: Sequence[SpooledEvent], open_it: bool) -> None:
-        """Read (and with `open_it`, open) the batch after `run` in the reader thread.
-
-        Only open it once `run`'s event rows are in the store (committed, or in the open
-        transaction that commits first): its COPY may then wait for `run`'s commit, never
-        the reverse, so the two cannot block each other.
-        """
-        if len(run) < self.batch_size and len(self.spool) <= len(run):
-            return
-        conn = rows_pipeline.checkout(self.engine) if open_it and self._as_rows else None
-        self._ahead = self._reader().submit(self._read_ahead, run[-1].seq, conn)
-
-    def _discard_prefetch(self) -> None:
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            with contextlib.suppress(Exception):
-                batch = ahead.result()
-                if batch.opened is not None:
-                    batch.opened.discard()
-
     def forward_once(self) -> int:
         """Commit the oldest spooled batch (one host's run of it) and acknowledge it."""
         try:
-            self._delete_committed()
-            batch = self._prefetched()
+            self.runs.delete_committed()
+            batch = self.runs.next()
         except BaseException:
-            self._discard_prefetch()
+            self.runs.discard()
             raise
         run, events, corrupt = batch.run, batch.events, batch.corrupt
         if not run:
@@ -351,21 +250,21 @@ class Forwarder:
             if opened is not None and not opened.merge:
                 # pipelined: the next batch is opened while this one is finished
                 self._guard.watch(opened.dbapi())
-                self._read_next(run, open_it=True)
+                self.runs.read_next(run, open_it=True)
                 counts = self._finish_opened(opened, host, run)
             elif batch.spooled_rows is not None:
                 counts = self._write_spooled_rows(host, batch.spooled_rows, run)
-                self._read_next(run, open_it=True)
+                self.runs.read_next(run, open_it=True)
             else:
-                self._read_next(run, open_it=False)
+                self.runs.read_next(run, open_it=False)
                 try:
                     counts = dict(self._write_run(host, batch, run[-1].seq)) if events else {}
                 except _REJECTED:
                     counts = self._write_isolating(host, events)
             metrics.FLEET_FORWARD_SECONDS.observe(time.perf_counter() - started)
-            self._acknowledge(run, later=opened is not None and not opened.merge)
+            self.runs.acknowledge(run, later=opened is not None and not opened.merge)
         except BaseException:
-            self._discard_prefetch()  # the same batch goes again: what follows is not next
+            self.runs.discard()  # the same batch goes again: what follows is not next
             if batch.opened is not None:
                 batch.opened.discard()
             raise
@@ -388,59 +287,13 @@ class Forwarder:
         try:
             return {**rows_pipeline.finish(opened, host), "_stored": len(run)}
         except _REJECTED:
-            # roll the next batch back first: this one is written again (see _read_next)
-            self._discard_prefetch()
+            # roll the next batch back first: this one is written again (see read_next)
+            self.runs.discard()
             counts = self._write_spooled_rows(host, opened.rows, run)
-            self._read_next(run, open_it=True)
+            self.runs.read_next(run, open_it=True)
             return counts
 
-    def _acknowledge(self, run: Sequence[SpooledEvent], later: bool) -> None:
-        """Delete a committed run from the spool; `later`: in the ack thread.
-
-        On the pipelined path the deletion (SQLite, `synchronous=FULL`: a fifth of the
-        wall time on the forwarding thread) overlaps the next batch's commit. Deletions
-        stay in order (one thread, each waits for the one before). One that failed
-        surfaces here, after the next batch has committed too: both runs are kept in
-        `_committed` and deleted before the spool is read again. Sending the first again
-        instead would merge its file state over the second's (an older state last); a
-        crash meanwhile re-sends both, in order, which is right.
-        """
-        try:
-            self._settle_ack()
-        except BaseException:
-            self._committed.append(run)
-            raise
-        if not later:
-            # a failure here sends the run again, merged: nothing after it has committed
-            self.spool.acknowledge(run)
-            return
-        if self._acks is None:
-            self._acks = ThreadPoolExecutor(1, thread_name_prefix="store-ack")
-        self._acking, self._acking_run = self._acks.submit(self.spool.acknowledge, run), run
-
-    def _settle_ack(self) -> None:
-        """Wait for the deletion in flight; raise what it raised (its run kept to delete)."""
-        acking, self._acking = self._acking, None
-        if acking is not None:
-            try:
-                acking.result()
-            except BaseException:
-                self._committed.append(self._acking_run)
-                raise
-
-    def _delete_committed(self) -> None:
-        """Delete the committed runs a failed deletion left, oldest first."""
-        self._settle_ack()
-        while self._committed:
-            self.spool.acknowledge(self._committed[0])
-            self._committed.pop(0)
-
-    def _reader(self) -> ThreadPoolExecutor:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="store-ahead")
-        return self._pool
-
-    def _write_run(self, host: str, batch: _Batch, last_seq: int) -> Mapping[str, int]:
+    def _write_run(self, host: str, batch: Batch, last_seq: int) -> Mapping[str, int]:
         if self._marks:
             mark = Mark(self.spool.spool_id, last_seq)
             return self._write(  # type: ignore[call-arg]
@@ -457,7 +310,7 @@ class Forwarder:
         except _REJECTED:
             return self._bisecting(
                 run,
-                lambda part: copy_rows(self.engine, host, self._rows_of(part), None),
+                lambda part: copy_rows(self.engine, host, self.runs.rows_of(part), None),
                 lambda r: f"spooled as record {r.seq}",
             )
         return {**counts, "_stored": len(run)}

@@ -118,7 +118,7 @@ class PipelineMachine(RuleBasedStateMachine):
         `settled`: after that batch's COPY is done (its commit fails), else wherever the
         opening is (its COPY fails, or its reading does not reach the store yet).
         """
-        ahead = self.fwd._ahead
+        ahead = self.fwd.runs.ahead
         if settled and ahead is not None:
             futures.wait([ahead])
         _terminate_forwarder(self.admin)
@@ -153,7 +153,7 @@ class PipelineMachine(RuleBasedStateMachine):
         """The agent dies mid-pipeline (its connections end with it) and starts again."""
         self.fwd.forward_once()
         _terminate_forwarder(self.admin)  # what the process's death does to its sessions
-        self.fwd._ahead = None  # a dead process discards nothing: abandon it as it is
+        self.fwd.runs.ahead = None  # a dead process discards nothing: abandon it as it is
         self.spool.close()
         self.fwd.engine.dispose()
         self._open()
@@ -194,7 +194,7 @@ class PipelineMachine(RuleBasedStateMachine):
         assert state == expected
 
     def teardown(self) -> None:
-        self.fwd._discard_prefetch()
+        self.fwd.runs.discard()
         self.spool.close()
         self.fwd.engine.dispose()
         shutil.rmtree(self.dir, ignore_errors=True)
