@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
     true,
 )
 
@@ -104,8 +105,14 @@ file_events = Table(
     Column("skipped_at", String(64)),
     Index("ix_file_events_time", "time"),
     Index("ix_file_events_host_time", "host_id", "time"),
-    Index("ix_file_events_sha256", "sha256"),
-    Index("ix_file_events_path", "path"),
+    # only hashed events: the look-up by content; no index on path (migration 0008:
+    # each file event paid for both, and no query of the agent or dashboards uses them)
+    Index(
+        "ix_file_events_sha256_set",
+        "sha256",
+        postgresql_where=text("sha256 IS NOT NULL"),
+        sqlite_where=text("sha256 IS NOT NULL"),
+    ),
 )
 
 
