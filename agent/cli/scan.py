@@ -12,6 +12,7 @@ inventory).
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import os
@@ -76,28 +77,6 @@ def artefact_doc(path: str, a: Artefact) -> dict[str, Any]:
     }
 
 
-def _categories(s: Settings) -> tuple[Any, ...]:
-    # the packs through agent.policy.build, not the holder: that one imports SQLAlchemy
-    # for the daemon's store of policy versions (0.15 s of a scan's start-up)
-    try:
-        from agent.policy.build import load_policy
-        from agent.policy.loader import SHIPPED_DIR
-    except ImportError:
-        return ()
-    sec = s.policies
-    policy, issues = load_policy(
-        [SHIPPED_DIR] if sec.builtin else [], list(sec.paths), sec.disabled, sec.pack_parameters()
-    )
-    if policy is None:
-        click.echo(
-            f"warning: the configured policy is invalid ({len(issues)} problem(s)); "
-            "classifying without categories",
-            err=True,
-        )
-        return ()
-    return tuple(policy.categories)
-
-
 @click.command("scan")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file.")
@@ -130,48 +109,44 @@ def _scan(
     to_store: bool,
     ahead: HashAhead,
 ) -> None:
-    from agent.classify.hashing import HashCache
-    from agent.classify.parallel import safe_to_fork
+    # As in `run`: the imports and config make some 100,000 objects that live as long as
+    # the process; the cyclic collector is off while they are made and then leaves them
+    # out of every later collection (gc.freeze), in the workers forked after it too, and
+    # at exit (where its last collections took 25 ms of a 1 s scan)
+    gc.disable()
+    try:
+        s, todo, parallel, cats, cache_path = _prepare(ctx, paths, no_cache)
+        if parallel:
+            from agent.classify.parallel import safe_to_fork
 
-    s = settings_from(ctx)
-    # the policy packs load on another thread while the first files are walked (and,
-    # when there are few, hashed)
-    loader = ThreadPoolExecutor(1, "scan-policy")
-    cats_future = loader.submit(_categories, s)
-    loader.shutdown(wait=False)
-    cache_path = None
-    if not no_cache:
-        cache_path = s.classify.hash_cache or s.state_dir / "hashcache.db"
-        try:
-            HashCache(cache_path).close()  # fails here, with one clear line, if it cannot
-        except Exception as e:
-            raise UserError(f"classify.hash_cache {cache_path}: cannot open: {e}") from None
-    walked = walk(paths, s.files.exclude)
-    first = list(itertools.islice(walked, PARALLEL_FROM))
-    todo = itertools.chain(first, walked)
+            categories = cats()
+            parallel = safe_to_fork()  # a big file named on the command line is still hashing
+    finally:
+        gc.freeze()
+        gc.enable()
     render = partial(_render, as_json, to_store)
-    parallel = len(first) >= PARALLEL_FROM and s.classify.workers > 1
     if parallel:
-        cats = cats_future.result()
-        loader.shutdown(wait=True)
-        parallel = safe_to_fork()  # a big file named on the command line is still hashing
-    if parallel:
-        results = _in_processes(s, cache_path, cats, render, todo, as_json)
+        results = _in_processes(s, cache_path, categories, render, todo, as_json)
     else:
-        results = _in_threads(s, cache_path, cats_future.result, ahead, render, todo)
+        results = _in_threads(s, cache_path, cats, ahead, render, todo)
     recorder = _Recorder(s) if to_store else None
     progress = _progress() if sys.stderr.isatty() else None
     count = 0
     out = sys.stdout
     try:
-        for path, (line, artefact, *_) in results:
-            count += 1
-            if recorder is not None and artefact is not None:
-                recorder.add(path, artefact)
+        # what is ready together is written together: one write a worker's chunk, not a
+        # line (stdout is unbuffered under PYTHONUNBUFFERED: 10,000 lines, 10,000 writes)
+        for batch in results:
+            lines = []
+            for path, (line, artefact, *_) in batch:
+                if recorder is not None and artefact is not None:
+                    recorder.add(path, artefact)
+                lines.append(line)
+            count += len(lines)
             if as_json:
-                out.write(line)
+                out.write("".join(lines))
             else:
-                click.echo(line)
+                click.echo("\n".join(lines))
             if progress is not None:
                 progress.update(count)
     finally:
@@ -180,6 +155,37 @@ def _scan(
             progress.close()
         if recorder is not None:
             recorder.close()
+
+
+def _prepare(
+    ctx: click.Context, paths: tuple[str, ...], no_cache: bool
+) -> tuple[Settings, Iterator[str], bool, Callable[[], Sequence[Any]], Path | None]:
+    """Settings, the walk, whether it is worth forking workers, the categories (to wait
+    for) and the hash cache's path, with the classifier imported."""
+    from agent.cli import scan_policy
+
+    s = settings_from(ctx)
+    walked = walk(paths, s.files.exclude)
+    first = list(itertools.islice(walked, PARALLEL_FROM))
+    todo = itertools.chain(first, walked)
+    parallel = len(first) >= PARALLEL_FROM and s.classify.workers > 1
+    # the policy packs load while the classifier is imported (and, when there are few
+    # files, while the first ones are hashed): in a forked child when workers will be
+    # forked anyway (the two take turns on a thread: both hold the GIL)
+    if parallel and scan_policy.safe_to_fork():
+        cats = scan_policy.in_child(s)
+    else:
+        cats = scan_policy.on_thread(s)
+    from agent.classify.hashing import HashCache  # the classifier: 0.1 s to import
+
+    cache_path = None
+    if not no_cache:
+        cache_path = s.classify.hash_cache or s.state_dir / "hashcache.db"
+        try:
+            HashCache(cache_path).close()  # fails here, with one clear line, if it cannot
+        except Exception as e:
+            raise UserError(f"classify.hash_cache {cache_path}: cannot open: {e}") from None
+    return s, todo, parallel, cats, cache_path
 
 
 PARALLEL_FROM = 128  # files: fewer are classified in this process (no fork for a handful)
@@ -203,7 +209,7 @@ def _in_processes(
     render: Callable[[str, Artefact, tuple[int, int] | None], Rendered],
     paths: Iterator[str],
     as_json: bool,
-) -> Generator[tuple[str, Rendered], None, None]:
+) -> Generator[list[tuple[str, Rendered]], None, None]:
     """Many files: one forked worker process per `classify.workers` (every core), with
     `parents` made what one process in walk order would say. The workers are forked
     here, at once, before the caller starts the progress bar's thread or opens a store."""
@@ -215,21 +221,25 @@ def _in_processes(
 
 def _from_processes(
     pool: Any, paths: Iterator[str], cache_path: Path | None, as_json: bool
-) -> Generator[tuple[str, Rendered], None, None]:
+) -> Generator[list[tuple[str, Rendered]], None, None]:
+    """The workers' results a chunk at a time, in walk order."""
     from agent.classify.parallel import WalkOrderLineage, record_origins
 
     lineage = WalkOrderLineage()
     try:
-        for path, (line, a, sha, ident, got) in pool.map(paths):
-            want = lineage.parents(sha, ident, got)
-            if want != got:
-                if a is not None:
-                    a = replace(a, parents=want)
-                if as_json:
-                    doc = json.loads(line)
-                    doc["parents"] = list(want)
-                    line = _encode_doc(doc) + "\n"
-            yield path, (line, a, sha, ident, want)
+        for chunk in pool.chunks(paths):
+            batch = []
+            for path, (line, a, sha, ident, got) in chunk:
+                want = lineage.parents(sha, ident, got)
+                if want != got:
+                    if a is not None:
+                        a = replace(a, parents=want)
+                    if as_json:
+                        doc = json.loads(line)
+                        doc["parents"] = list(want)
+                        line = _encode_doc(doc) + "\n"
+                batch.append((path, (line, a, sha, ident, want)))
+            yield batch
     finally:
         pool.close()
     if cache_path is not None:
@@ -243,9 +253,10 @@ def _in_threads(
     ahead: HashAhead,
     render: Callable[[str, Artefact, tuple[int, int] | None], Rendered],
     paths: Iterator[str],
-) -> Generator[tuple[str, Rendered], None, None]:
+) -> Generator[list[tuple[str, Rendered]], None, None]:
     """A few files, or one worker: threads in this process, in input order with a
-    bounded window (a big file's hash runs beside its parsers, GIL released)."""
+    bounded window (a big file's hash runs beside its parsers, GIL released); each
+    file's line is written as soon as it is ready."""
     from agent.classify.classifier import Classifier
     from agent.classify.hashing import HashCache
 
@@ -263,10 +274,10 @@ def _in_threads(
                 window.append((path, pool.submit(one, path)))
                 if len(window) >= limit:
                     p, fut = window.popleft()
-                    yield p, fut.result()
+                    yield [(p, fut.result())]
             while window:
                 p, fut = window.popleft()
-                yield p, fut.result()
+                yield [(p, fut.result())]
     finally:
         for _p, fut in window:
             fut.cancel()

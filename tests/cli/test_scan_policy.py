@@ -1,0 +1,62 @@
+"""`scan`'s categories: read in a forked child beside the classifier's import when workers
+will be forked, the same as read in the process itself, and an invalid policy said once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from agent.cli.scan import PARALLEL_FROM
+from agent.cli.scan_policy import categories, in_child, on_thread
+from agent.config import load_settings
+from tests.conftest import cli, write_config
+
+
+def _config(tmp_path: Path, **policies: object) -> Path:
+    return write_config(
+        tmp_path / "agent.yaml",
+        {
+            "agent": {"state_dir": str(tmp_path / "state")},
+            "classify": {"use_magika": False, "workers": 2},
+            "policies": policies,
+        },
+    )
+
+
+def _codes(cats: tuple[object, ...]) -> list[str]:
+    return [c.code for c in cats]  # type: ignore[attr-defined]
+
+
+def test_packs_read_in_a_child_are_the_packs_read_here(tmp_path: Path) -> None:
+    s = load_settings(str(_config(tmp_path)))
+    here = categories(s)
+    assert len(here) > 10  # the shipped packs
+    from_child = in_child(s)
+    assert _codes(from_child()) == _codes(here)
+    assert from_child() is from_child()  # waited for once, then kept
+    assert _codes(on_thread(s)()) == _codes(here)
+
+
+def test_a_many_file_scan_matches_categories_from_the_child(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    root.mkdir()
+    for i in range(PARALLEL_FROM + 5):  # enough for worker processes
+        (root / f"m{i:03d}.py").write_text(f'"""Solver {i}: 稀土萃取分离 process."""\n')
+    res = cli("scan", "--json", str(root), config=_config(tmp_path), timeout=180)
+    docs = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(docs) == PARALLEL_FROM + 5
+    assert all("CN-CAT-RE-REFINING" in {m["category"] for m in d["matches"]} for d in docs)
+
+
+def test_an_invalid_policy_is_said_once_and_scan_goes_on(tmp_path: Path) -> None:
+    bad = tmp_path / "site.yaml"
+    bad.write_text("pack: [unclosed\n")
+    root = tmp_path / "tree"
+    root.mkdir()
+    for i in range(PARALLEL_FROM + 5):
+        (root / f"m{i:03d}.py").write_text(f'"""Solver {i}: 稀土萃取分离 process."""\n')
+    res = cli("scan", "--json", str(root), config=_config(tmp_path, paths=[str(bad)]))
+    assert res.stderr.count("the configured policy is invalid") == 1
+    docs = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(docs) == PARALLEL_FROM + 5
+    assert all(d["kinds"] == ["source_code"] and d["matches"] == [] for d in docs)
