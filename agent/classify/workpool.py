@@ -3,7 +3,7 @@
 Not `concurrent.futures.ThreadPoolExecutor`: a burst of small files is one job per file,
 and there each job cost a `Future` (a condition with its lock), a work item, a semaphore
 probe on submit, a done-callback and a `notify_all` of the future's condition — about as
-much CPU as hashing and judging a 512-byte file. Here a `Job` is four slots; a batch of
+much CPU as hashing and judging a 512-byte file. Here a `Job` is six slots; a batch of
 jobs goes onto the queue under one lock with one wake-up per idle worker, and a finished
 job is handed to one callback (`finished`, the stage's), which decides whom to wake.
 """

@@ -25,6 +25,7 @@ from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import JSON, Connection, Engine, bindparam, delete, text, tuple_
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.sql.elements import TextClause
 
@@ -118,11 +119,38 @@ def _sqlite_upsert(
     sql = _upsert_text(engine, table, keys, conflict, update, ["?"] * len(keys))
     dialect = engine.dialect
     processors = tuple(
-        _remembering(p) if isinstance(table.c[k].type, JSON) and p is not None else p
+        _faster(t, t.dialect_impl(dialect), p) if p is not None else p
         for k in keys
-        for p in [table.c[k].type.dialect_impl(dialect).bind_processor(dialect)]
+        for t in [table.c[k].type]
+        for p in [t.dialect_impl(dialect).bind_processor(dialect)]
     )
     return sql, processors
+
+
+def _faster(column_type: Any, impl: Any, process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A column's bind processor, or one that gives the same text for less: JSON values
+    remembered (`_remembering`), SQLite datetimes by `isoformat` (`_sqlite_datetime`)."""
+    if isinstance(column_type, JSON):
+        return _remembering(process)
+    if isinstance(impl, sqlite.DATETIME) and impl._storage_format == _SQLITE_DATETIME_FORMAT:
+        return functools.partial(_sqlite_datetime, process)
+    return process
+
+
+_DATETIME = datetime  # the class itself (a test freezes the module's `datetime.now`)
+# SQLAlchemy's default text for a datetime in SQLite (sqlalchemy.dialects.sqlite.DATETIME)
+_SQLITE_DATETIME_FORMAT = (
+    "%(year)04d-%(month)02d-%(day)02d %(hour)02d:%(minute)02d:%(second)02d.%(microsecond)06d"
+)
+
+
+def _sqlite_datetime(process: Callable[[Any], Any], value: Any) -> Any:
+    """SQLAlchemy's text of a datetime in SQLite (`YYYY-MM-DD HH:MM:SS.ffffff`, the time
+    zone left out) from `isoformat`, in C: its `%`-format of seven fields was a sixth of
+    the writer's CPU in a burst. Anything but a datetime goes to SQLAlchemy's processor."""
+    if type(value) is _DATETIME:
+        return value.isoformat(" ", "microseconds")[:26]
+    return process(value)
 
 
 def _bound_rows(

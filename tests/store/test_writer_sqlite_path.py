@@ -8,7 +8,10 @@ from datetime import datetime, tzinfo
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, text
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sqlalchemy import DateTime, Engine, text
+from sqlalchemy.dialects import sqlite
 
 from agent.store import writer as W
 from agent.store.db import make_engine, register_host, upgrade
@@ -86,3 +89,19 @@ def test_rows_are_bound_column_by_column_in_key_order() -> None:
     procs: tuple[W.Processor, ...] = (None, json.dumps, str.upper)
     assert W._bound_rows(rows, ("a", "b", "c"), procs) == [(1, "[1]", "X"), (2, "null", "Y")]
     assert W._bound_rows(rows, ("c",), (None,)) == [("x",), ("y",)]
+
+
+@settings(max_examples=300)
+@given(
+    st.one_of(
+        st.datetimes(),
+        st.datetimes(timezones=st.timezones()),
+        st.dates(),
+        st.none(),
+    )
+)
+def test_sqlite_datetime_text_is_sqlalchemys(value: object) -> None:
+    dialect = sqlite.dialect()
+    process = DateTime().dialect_impl(dialect).bind_processor(dialect)
+    assert process is not None
+    assert W._sqlite_datetime(process, value) == process(value)
