@@ -13,7 +13,8 @@ loaded the policy, and a fork hands both over in microseconds where a fresh inte
 would import them again on a core the scan needs. The caller forks only while it runs
 no other thread (`safe_to_fork`). Each worker opens its own connection to the hash cache
 in buffered mode and writes a chunk's entries in one transaction when the chunk is done,
-so that a second scan finds what the first one hashed.
+so that a second scan finds what the first one hashed; the workers take turns at it
+through a lock of their own, which wakes the next one at once where SQLite would poll.
 
 A worker that dies (a native parser crashing the interpreter, the OOM killer) breaks
 the pool; its chunks are classified again one path per task in a fresh pool, and the
@@ -51,7 +52,8 @@ Render = Callable[[str, Artefact, Ident | None], R]
 # less a small file), and still 30-40 ms of work, so output flows
 CHUNK = 256
 MIN_CHUNK = 16  # the last chunks: a big file among them costs little imbalance
-LOOKAHEAD = 4096  # paths walked ahead of the chunks, to know when the end is near
+WRITE_WAIT = 10.0  # s: the longest a worker waits for its turn to write the hash cache
+LOOKAHEAD = 1024  # paths walked ahead of the chunks, to know when the end is near
 WINDOW = 4  # chunks in flight per worker: enough to hide the round trips, bounded memory
 
 _worker: dict[str, Any] = {}  # the worker process's classifier, cache and render
@@ -67,6 +69,7 @@ def _init(
     cache_path: Path | None,
     categories: Sequence[CategorySpec],
     render: Render[Any],
+    writing: Any = None,
 ) -> None:
     from agent.classify.classifier import Classifier
     from agent.classify.hashing import HashCache
@@ -87,6 +90,7 @@ def _init(
     _worker["cache"] = cache
     _worker["classifier"] = Remembering(settings, cache=cache, categories=lambda: cats)
     _worker["render"] = render
+    _worker["writing"] = writing
 
 
 def _run(paths: list[str]) -> list[Any]:
@@ -99,7 +103,17 @@ def _run(paths: list[str]) -> list[Any]:
         out.append(render(p, a, clf.ident))
     cache = _worker["cache"]
     if cache is not None:
-        cache.flush()  # the parent hears of a chunk only once its entries are written
+        # the parent hears of a chunk only once its entries are written; one worker
+        # writes at a time, and the next one is woken the moment it may: SQLite's own
+        # wait for a busy file sleeps 1, 2, 5, 10, 15 ms... (76 ms of a 10,000-file
+        # scan). A worker that died holding the lock holds it for good: wait a while.
+        writing = _worker["writing"]
+        held = writing is not None and writing.acquire(timeout=WRITE_WAIT)
+        try:
+            cache.flush()
+        finally:
+            if held:
+                writing.release()
     return out
 
 
@@ -129,11 +143,12 @@ class ProcessClassifier(Generic[R]):
         return pool
 
     def _fork_pool(self) -> ProcessPoolExecutor:
+        ctx = multiprocessing.get_context("fork")
+        # the workers' turns at writing the hash cache: a semaphore they inherit, new
+        # with each pool (one whose worker died may have died holding it)
+        writing = ctx.Lock()
         return ProcessPoolExecutor(
-            self.workers,
-            mp_context=multiprocessing.get_context("fork"),
-            initializer=_init,
-            initargs=self._initargs,
+            self.workers, mp_context=ctx, initializer=_init, initargs=(*self._initargs, writing)
         )
 
     def close(self) -> None:
