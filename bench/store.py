@@ -224,6 +224,10 @@ PLANNED = {
     "status --hosts (file events)": (
         "SELECT host_id, count(*), max(time) FROM file_events GROUP BY host_id"
     ),
+    # the look-up by content: the partial sha256 index (migration 0008) still serves it
+    "file events by sha256 (look-up)": (
+        "SELECT uid, host_id, time, path FROM file_events WHERE sha256 = md5('1') || md5('10')"
+    ),
     "incidents list --since 24h": (
         "SELECT * FROM incidents WHERE updated_at >= now() - interval '24 hours' "
         "ORDER BY updated_at DESC, id DESC LIMIT 100"
