@@ -349,6 +349,15 @@ class Policy:
 
     # --- conveniences for the stage, correlation and explain ---------------------
     def decide_file(self, event: FileEvent) -> list[Decision]:
+        a = event.artefact
+        if a is None or not a.matches:
+            # the plan fields as `file_facts` gives them (no matches: no categories); when
+            # no rule can fire on that combination (most local files) the other facts are
+            # never needed: building them was two thirds of judging such an event
+            kinds = frozenset(a.kinds) if a is not None else _NO_NAMES
+            key = ("file", str(event.action), str(event.channel), kinds, _NO_NAMES)
+            if self._plans.get(key) == ():
+                return []
         f = facts_mod.file_facts(event, self.min_counts, self.min_confidence)
         return self.decide(f, event.time.date(), event.time)
 
@@ -366,6 +375,7 @@ class Policy:
 
 
 Gated = tuple[tuple[Rule, tuple[tuple[Hashable, Compare], ...]], ...]
+_NO_NAMES: frozenset[str] = frozenset()
 
 
 def _gates(rules: tuple[Rule, ...]) -> Gated:

@@ -8,11 +8,29 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.categories import CategorySpec
 from agent.config import PoliciesSection
-from agent.events import Channel, FileAction
-from agent.policy.conditions import AnyOf, CompileContext, Condition, compile_condition
+from agent.events import (
+    Action,
+    Artefact,
+    CategoryMatch,
+    Channel,
+    FileAction,
+    FileEvent,
+    Severity,
+    Tag,
+)
+from agent.policy.conditions import (
+    All,
+    AnyOf,
+    Compare,
+    CompileContext,
+    Condition,
+    compile_condition,
+)
+from agent.policy.facts import file_facts
 from agent.policy.holder import load_configured
-from agent.policy.model import Policy
+from agent.policy.model import Policy, Rule
 from agent.policy.plans import MAX_PLANS, PLAN_FIELDS, residual
 
 _SHIPPED: Policy | None = None
@@ -170,3 +188,73 @@ def test_a_residual_holds_exactly_when_the_condition_does(
 
 def test_residual_of_an_empty_any_is_false() -> None:
     assert residual(AnyOf(()), {}) is False
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(list(FileAction)),
+    st.sampled_from(list(Channel)),
+    st.one_of(
+        st.none(),
+        st.builds(
+            Artefact,
+            sha256=st.just("ab" * 32),
+            size=st.integers(0, 1 << 40),
+            tags=st.lists(
+                st.builds(
+                    Tag,
+                    kind=st.sampled_from(KINDS),
+                    evidence=st.just("test"),
+                    details=st.fixed_dictionaries(
+                        {}, optional={"parameters": st.integers(0, 1 << 36)}
+                    ),
+                ),
+                max_size=2,
+            ).map(tuple),
+            matches=st.lists(
+                st.builds(
+                    CategoryMatch,
+                    category=st.sampled_from(CODES),
+                    count=st.integers(1, 20),
+                    pack=st.just("p"),
+                    distinct=st.integers(0, 5),
+                    confidence=st.sampled_from(["low", "medium", "high"]),
+                ),
+                max_size=2,
+            ).map(tuple),
+            skipped=st.sampled_from([None, "timeout"]),
+        ),
+    ),
+)
+def test_a_file_event_no_rule_can_fire_on_is_judged_without_its_facts(
+    action: FileAction, channel: Channel, artefact: Artefact | None
+) -> None:
+    policy = shipped()
+    event = FileEvent(action, "/home/a/f.bin", channel=channel, size=10, artefact=artefact)
+    want = every_rule(policy, file_facts(event, policy.min_counts, policy.min_confidence))
+    for _ in range(2):  # the first builds the plan, the second may take the shortcut
+        assert [d.rule_id for d in policy.decide_file(event)] == want
+
+
+def test_an_event_with_category_matches_is_judged_on_its_categories() -> None:
+    """A rule on categories alone, on local disk too: a file whose matches make the
+    category present decides, though its kinds and channel alone decide nothing."""
+    rule = Rule(
+        id="local-cat",
+        pack="site",
+        description="category on any channel",
+        condition=All((Compare("categories", "contains", "CAT-X"),)),
+        severity=Severity.LOW,
+        action=Action.RECORD,
+    )
+    policy = Policy(
+        version="t",
+        packs=(),
+        rules=(rule,),
+        categories=(CategorySpec(code="CAT-X", pack="site"),),
+    )
+    plain = FileEvent(FileAction.WRITTEN, "/a", artefact=Artefact("ab" * 32, 1))
+    assert policy.decide_file(plain) == [] and policy.decide_file(plain) == []
+    matched = Artefact("cd" * 32, 1, matches=(CategoryMatch("CAT-X", 3, "site", 2, "high"),))
+    event = FileEvent(FileAction.WRITTEN, "/b", artefact=matched)
+    assert [d.rule_id for d in policy.decide_file(event)] == ["local-cat"]
