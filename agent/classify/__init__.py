@@ -13,12 +13,23 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from agent.categories import CategorySpec
-from agent.classify.base import ParseError
-from agent.classify.classifier import Classifier
-from agent.config import ClassifySection, Settings
-from agent.events import Artefact
+from agent.lazy import lazy_attributes
+
+if TYPE_CHECKING:
+    from agent.categories import CategorySpec
+    from agent.classify.base import ParseError
+    from agent.classify.classifier import Classifier
+    from agent.config import ClassifySection, Settings
+    from agent.events import Artefact
+
+# the classifier and its parsers load when first named: `scan` imports the hash cache
+# (`agent.classify.hashing`) on a thread, to create a new one while the main thread
+# imports the classifier (0.1 s), and the package must not import all of it first
+_LAZY = {"Classifier": "classifier", "ParseError": "base"}
+
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = ["Classifier", "ParseError", "classify_file"]
 
@@ -34,6 +45,9 @@ def classify_file(
     raises for anything the file can do: unreadable, special or malformed files come
     back with `skipped` set.
     """
+    from agent.classify.classifier import Classifier
+    from agent.config import Settings
+
     if isinstance(settings, Settings):
         settings = settings.classify
     cats = tuple(categories)

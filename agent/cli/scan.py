@@ -176,16 +176,27 @@ def _prepare(
         cats = scan_policy.in_child(s)
     else:
         cats = scan_policy.on_thread(s)
-    from agent.classify.hashing import HashCache  # the classifier: 0.1 s to import
-
-    cache_path = None
-    if not no_cache:
-        cache_path = s.classify.hash_cache or s.state_dir / "hashcache.db"
-        try:
-            HashCache(cache_path).close()  # fails here, with one clear line, if it cannot
-        except Exception as e:
-            raise UserError(f"classify.hash_cache {cache_path}: cannot open: {e}") from None
+    cache_path = None if no_cache else s.classify.hash_cache or s.state_dir / "hashcache.db"
+    # the hash cache is opened (a new one made: eight fsyncs, 25-40 ms of waiting) on
+    # a thread while this one imports the classifier
+    opener = ThreadPoolExecutor(1, "scan-cache")
+    opened = opener.submit(_open_cache, cache_path)
+    try:
+        import agent.classify.classifier  # noqa: F401 - 0.1 s, before anything is forked
+    finally:
+        error = opened.exception()
+        opener.shutdown(wait=True)  # its thread is gone: the caller may fork
+    if error is not None:
+        raise UserError(f"classify.hash_cache {cache_path}: cannot open: {error}")
     return s, todo, parallel, cats, cache_path
+
+
+def _open_cache(path: Path | None) -> None:
+    """Fails, for one clear line, if the hash cache cannot be opened (or made)."""
+    from agent.classify.hashing import HashCache
+
+    if path is not None:
+        HashCache(path).close()
 
 
 PARALLEL_FROM = 128  # files: fewer are classified in this process (no fork for a handful)

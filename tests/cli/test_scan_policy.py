@@ -1,5 +1,6 @@
-"""`scan`'s categories: read in a forked child beside the classifier's import when workers
-will be forked, the same as read in the process itself, and an invalid policy said once."""
+"""`scan`'s start: the categories read in a forked child beside the classifier's import
+when workers will be forked (the same as read in the process itself, an invalid policy
+said once), and the hash cache opened on a thread meanwhile (a failure is one line)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,25 @@ def test_an_invalid_policy_is_said_once_and_scan_goes_on(tmp_path: Path) -> None
     docs = [json.loads(line) for line in res.stdout.splitlines()]
     assert len(docs) == PARALLEL_FROM + 5
     assert all(d["kinds"] == ["source_code"] and d["matches"] == [] for d in docs)
+
+
+def test_a_hash_cache_that_cannot_be_made_is_one_clear_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the cache's directory would be\n")
+    cfg = write_config(
+        tmp_path / "agent.yaml",
+        {
+            "agent": {"state_dir": str(tmp_path / "state")},
+            "classify": {"use_magika": False, "hash_cache": str(blocker / "hc.db")},
+        },
+    )
+    root = tmp_path / "tree"
+    root.mkdir()
+    for i in range(PARALLEL_FROM + 5):  # the many-file path (a forked policy child)
+        (root / f"m{i:03d}.py").write_text(f"x = {i}\n")
+    for target in (root, root / "m001.py"):
+        res = cli("scan", "--json", str(target), config=cfg, check=False)
+        assert res.returncode == 2, res.stderr
+        assert res.stdout == ""
+        assert f"classify.hash_cache {blocker / 'hc.db'}: cannot open" in res.stderr
+        assert "Traceback" not in res.stderr
