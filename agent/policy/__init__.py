@@ -14,7 +14,8 @@ from agent.policy.model import EMPTY_POLICY, PackInfo, Policy, Rule
 
 if TYPE_CHECKING:
     from agent.policy.build import load_policy
-    from agent.policy.holder import PolicyHolder, attach_policy, load_configured
+    from agent.policy.cache import load_configured
+    from agent.policy.holder import PolicyHolder, attach_policy
     from agent.policy.stage import PolicyStage
 
 # the holder and the stage keep policy versions in the store (SQLAlchemy, 0.15 s to
@@ -26,7 +27,7 @@ _LAZY = {
     "load_policy": "build",
     "PolicyHolder": "holder",
     "attach_policy": "holder",
-    "load_configured": "holder",
+    "load_configured": "cache",
     "PolicyStage": "stage",
 }
 

@@ -30,10 +30,14 @@ import stat
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import agent
+from agent.policy.issues import SHIPPED_DIR, Issue
 from agent.policy.model import Policy
+
+if TYPE_CHECKING:
+    from agent.config import PoliciesSection
 
 log = logging.getLogger(__name__)
 
@@ -154,3 +158,31 @@ def store_cached(directory: Path, key: str, policy: Policy) -> None:
             tmp.unlink()
         except OSError:
             pass
+
+
+def load_configured(
+    section: PoliciesSection,
+    shipped_dir: Path = SHIPPED_DIR,
+    extra_site: Sequence[Path] = (),
+    cache_dir: Path | None = None,
+) -> tuple[Policy | None, list[Issue]]:
+    """Load what the config names (rule tests included): (policy, []) or (None, issues).
+
+    With `cache_dir`, a policy compiled before from the same files, parameters and code
+    is taken from there, and a new one that loads is kept. (Here, not in the holder,
+    which imports SQLAlchemy: `scan` reads the packs through this too.)"""
+    shipped = [shipped_dir] if section.builtin else []
+    site = [*section.paths, *extra_site]
+    parameters = section.pack_parameters()
+    key = None
+    if cache_dir is not None:
+        key = cache_key(shipped, site, section.disabled, parameters, code_fingerprint())
+        cached = load_cached(cache_dir, key)
+        if cached is not None:
+            return cached, []
+    from agent.policy.build import load_policy  # the packs' parser: only on a cache miss
+
+    policy, issues = load_policy(shipped, site, section.disabled, parameters)
+    if policy is not None and key is not None and cache_dir is not None:
+        store_cached(cache_dir, key, policy)
+    return policy, issues

@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from agent import metrics
 from agent.categories import CategorySpec
 from agent.config import PoliciesSection
+from agent.policy.cache import load_configured
 from agent.policy.issues import SHIPPED_DIR, Issue
 from agent.policy.model import EMPTY_POLICY, Policy
 from agent.sensors.files._inotify import (
@@ -62,37 +63,6 @@ WATCH_MASK = (
     | IN_ONLYDIR
 )
 SETTLE = 0.2  # seconds of quiet after a change before the packs are read
-
-
-def load_configured(
-    section: PoliciesSection,
-    shipped_dir: Path = SHIPPED_DIR,
-    extra_site: Sequence[Path] = (),
-    cache_dir: Path | None = None,
-) -> tuple[Policy | None, list[Issue]]:
-    """Load what the config names (rule tests included): (policy, []) or (None, issues).
-
-    With `cache_dir`, a policy compiled before from the same files, parameters and code
-    is taken from there (agent/policy/cache.py), and a new one that loads is kept."""
-    shipped = [shipped_dir] if section.builtin else []
-    site = [*section.paths, *extra_site]
-    parameters = section.pack_parameters()
-    key = None
-    if cache_dir is not None:
-        from agent.policy.cache import cache_key, code_fingerprint, load_cached
-
-        key = cache_key(shipped, site, section.disabled, parameters, code_fingerprint())
-        cached = load_cached(cache_dir, key)
-        if cached is not None:
-            return cached, []
-    from agent.policy.build import load_policy  # the packs' parser: only on a cache miss
-
-    policy, issues = load_policy(shipped, site, section.disabled, parameters)
-    if policy is not None and key is not None and cache_dir is not None:
-        from agent.policy.cache import store_cached
-
-        store_cached(cache_dir, key, policy)
-    return policy, issues
 
 
 class PolicyHolder:

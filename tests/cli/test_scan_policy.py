@@ -49,6 +49,25 @@ def test_a_many_file_scan_matches_categories_from_the_child(tmp_path: Path) -> N
     assert all("CN-CAT-RE-REFINING" in {m["category"] for m in d["matches"]} for d in docs)
 
 
+def test_the_compiled_policy_is_kept_in_the_state_dir_and_used_again(tmp_path: Path) -> None:
+    from agent.policy.cache import CACHE_NAME
+
+    root = tmp_path / "tree"
+    root.mkdir()
+    for i in range(PARALLEL_FROM + 5):
+        (root / f"m{i:03d}.py").write_text(f'"""Solver {i}: 稀土萃取分离 process."""\n')
+    cfg = _config(tmp_path)
+    first = cli("scan", "--json", str(root), config=cfg, timeout=180).stdout
+    kept = tmp_path / "state" / CACHE_NAME
+    assert kept.stat().st_mode & 0o777 == 0o600
+    written = kept.stat().st_mtime_ns
+    for f in (tmp_path / "state").glob("hashcache.db*"):  # classified again, kept policy
+        f.unlink()
+    again = cli("scan", "--json", str(root), config=cfg, timeout=180).stdout
+    assert again == first and "CN-CAT-RE-REFINING" in again
+    assert kept.stat().st_mtime_ns == written  # read, not written again
+
+
 def test_an_invalid_policy_is_said_once_and_scan_goes_on(tmp_path: Path) -> None:
     bad = tmp_path / "site.yaml"
     bad.write_text("pack: [unclosed\n")
