@@ -191,7 +191,14 @@ class SpoolAhead:
                 raise
 
     def delete_committed(self) -> None:
-        """Delete the committed runs a failed deletion left, oldest first."""
+        """Delete the committed runs a failed deletion left, oldest first.
+
+        A deletion in flight is not waited for: it overlaps the next run's commit, and
+        a failure of it surfaces at that run's acknowledgement (or before a fresh read),
+        which keeps both runs here. While runs are kept nothing is in flight.
+        """
+        if not self.committed:
+            return
         self.settle()
         while self.committed:
             self.spool.acknowledge(self.committed[0])
