@@ -73,16 +73,26 @@ def _init(
 ) -> None:
     from agent.classify.classifier import Classifier
     from agent.classify.hashing import HashCache
+    from agent.classify.keywords import KeywordMatcher
 
     class Remembering(Classifier):
         """Keeps the identity of the file it opened: the parent needs it for lineage,
         and a second `lstat` costs 5-14 µs a file on a virtual machine."""
 
         ident: Ident | None = None
+        fixed: KeywordMatcher | None = None
 
         def _classify_fd(self, path: str, fd: int, st: Any, deadline: Any = None) -> Artefact:
             self.ident = (st.st_dev, st.st_ino)
             return super()._classify_fd(path, fd, st, deadline)
+
+        def matcher(self) -> KeywordMatcher:
+            # a scan's categories never change: the automaton is not looked up again
+            # under the lock three times a file
+            m = self.fixed
+            if m is None:
+                m = self.fixed = super().matcher()
+            return m
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     cache = HashCache(cache_path, buffered=True) if cache_path is not None else None
