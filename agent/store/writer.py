@@ -227,18 +227,28 @@ def batch_rows(host_id: str, events: Sequence[Event]) -> BatchRows:
     # share a hash, and building a row per event cost the writer about 3 us an event
     last: dict[str, Artefact] = {}
     lineage: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for e in events:
-        if isinstance(e, FileEvent) and e.artefact is not None and e.artefact.sha256:
-            last[e.artefact.sha256] = e.artefact
-            if e.artefact.parents:
-                for ln in R.lineage_rows(e.artefact, now):
-                    lineage[(ln["parent_sha256"], ln["child_sha256"], ln["relation"])] = ln
+    file_rows: list[dict[str, Any]] = []
+    flow_rows: list[dict[str, Any]] = []
+    decisions: list[dict[str, Any]] = []
+    for e in events:  # one pass, in event order; most events have no decision
+        if isinstance(e, FileEvent):
+            file_rows.append(R.file_event_row(e, host_id))
+            a = e.artefact
+            if a is not None and a.sha256:
+                last[a.sha256] = a
+                if a.parents:
+                    for ln in R.lineage_rows(a, now):
+                        lineage[(ln["parent_sha256"], ln["child_sha256"], ln["relation"])] = ln
+        elif isinstance(e, Flow):
+            flow_rows.append(R.flow_row(e, host_id))
+        if e.decisions:
+            decisions.extend(R.decision_rows(e, host_id))
     artefacts = [row for a in last.values() if (row := R.artefact_row(a, now)) is not None]
     upserts, deletes = R.file_state_changes(events)
     return BatchRows(
-        file_events=[R.file_event_row(e, host_id) for e in events if isinstance(e, FileEvent)],
-        flows=[R.flow_row(e, host_id) for e in events if isinstance(e, Flow)],
-        decisions=[d for e in events for d in R.decision_rows(e, host_id)],
+        file_events=file_rows,
+        flows=flow_rows,
+        decisions=decisions,
         artefacts=artefacts,
         lineage=list(lineage.values()),
         file_state_upserts=[{"host_id": host_id, **u} for u in upserts.values()],
