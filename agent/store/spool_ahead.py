@@ -5,7 +5,8 @@ Around each commit this keeps the spool busy on threads of its own:
 
 - ahead: the run after the current one is read (and, spooled as COPY rows, opened on a
   second connection: rows_pipeline.py) in the `store-ahead` thread while the current one
-  is merged and committed. Reading and decoding is Python work that overlaps the
+  is merged and committed, and the run after that is read in the `store-read` thread
+  while the opening's COPY runs. Reading and decoding is Python work that overlaps the
   server's (the GIL is free while psycopg waits for it). A run read ahead is only valid
   once the current one is acknowledged: any failure throws it away (`discard`).
 - behind: a committed run is deleted from the spool in the `store-ack` thread (SQLite,
@@ -69,16 +70,19 @@ class SpoolAhead:
         self.committed: list[Sequence[SpooledEvent]] = []
         self._acking: Future[None] | None = None  # a committed run being deleted
         self._acking_run: Sequence[SpooledEvent] = ()
+        # the run after `ahead`, read (not opened) while `ahead` is opened: (after, run)
+        self._further: tuple[int, Future[Batch]] | None = None
         self._reader: ThreadPoolExecutor | None = None
+        self._further_reader: ThreadPoolExecutor | None = None
         self._acks: ThreadPoolExecutor | None = None
 
     def close(self) -> None:
-        """Roll back what was opened ahead and stop both threads."""
+        """Roll back what was opened ahead and stop the threads."""
         self.discard()
-        for pool in (self._reader, self._acks):
+        for pool in (self._reader, self._further_reader, self._acks):
             if pool is not None:
                 pool.shutdown()
-        self._reader = self._acks = None
+        self._reader = self._further_reader = self._acks = None
 
     # --- ahead -----------------------------------------------------------------------
     def read(self, after: int = 0) -> Batch:
@@ -132,9 +136,14 @@ class SpoolAhead:
         self.ahead = self._reader.submit(self._read_ahead, run[-1].seq, conn)
 
     def _read_ahead(self, after: int, conn: Connection | None) -> Batch:
-        """`read`, and with `conn` the run opened on it (rows_pipeline.open_rows)."""
+        """`read`, and with `conn` the run opened on it (rows_pipeline.open_rows).
+
+        The run is usually read already (`_read_further`), and the one after it is read
+        while this one is opened: reading the spool is then off the path that bounds
+        the rate (the reader waits for its COPY; the forwarding thread for the reader).
+        """
         try:
-            batch = self.read(after)
+            batch = self._read_further(after)
         except BaseException:
             if conn is not None:
                 conn.close()
@@ -148,14 +157,33 @@ class SpoolAhead:
         opened = rows_pipeline.open_rows(conn, batch.spooled_rows, mark)
         return dataclasses.replace(batch, opened=opened)
 
+    def _read_further(self, after: int) -> Batch:
+        """The run past `after`, as read before if it was (and was a whole batch: a short
+        one may have grown since), and the reading of the run after it started."""
+        further, self._further = self._further, None
+        batch = None
+        if further is not None and further[0] == after:
+            with contextlib.suppress(Exception):  # a failed read is read again here
+                batch = further[1].result()
+        if batch is None or len(batch.run) < self.batch_size:
+            batch = self.read(after)
+        if len(batch.run) == self.batch_size:
+            if self._further_reader is None:
+                self._further_reader = ThreadPoolExecutor(1, thread_name_prefix="store-read")
+            last = batch.run[-1].seq
+            self._further = (last, self._further_reader.submit(self.read, last))
+        return batch
+
     def discard(self) -> None:
-        """Throw away the run read ahead; one opened is rolled back (it stays spooled)."""
+        """Throw away the runs read ahead; one opened is rolled back (it stays spooled)."""
         ahead, self.ahead = self.ahead, None
         if ahead is not None:
             with contextlib.suppress(Exception):
                 batch = ahead.result()
                 if batch.opened is not None:
                     batch.opened.discard()
+        # only read, never opened; set by the reader before `ahead` is done
+        self._further = None
 
     # --- behind ----------------------------------------------------------------------
     def acknowledge(self, run: Sequence[SpooledEvent], later: bool) -> None:
