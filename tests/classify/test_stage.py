@@ -21,6 +21,7 @@ from agent.pipeline import Pipeline, StageSpec
 from agent.store.db import make_engine, upgrade
 from agent.store.writer import write_batch
 from tests.classify import corpus as C
+from tests.classify.test_stage_reuse import written
 from tests.store.test_artefacts import store_weights
 
 
@@ -259,20 +260,7 @@ def test_rewrite_in_place_with_the_mtime_put_back_is_classified_anew(
     and the hash cache key on."""
     stage = ClassifyStage(rt)
     w = C.safetensors_file(tmp_path / "m.safetensors")
-
-    def written() -> FileEvent:
-        st = os.lstat(w)
-        return FileEvent(
-            FileAction.WRITTEN,
-            str(w),
-            size=st.st_size,
-            inode=st.st_ino,
-            device=st.st_dev,
-            mtime_ns=st.st_mtime_ns,
-            ctime_ns=st.st_ctime_ns,
-        )
-
-    first = stage(written())
+    first = stage(written(w))
     assert isinstance(first, FileEvent) and first.artefact is not None
     assert first.artefact.kinds == ("model_weights",)
     st = os.stat(w)
@@ -286,7 +274,7 @@ def test_rewrite_in_place_with_the_mtime_put_back_is_classified_anew(
         st.st_size,
         st.st_mtime_ns,
     )
-    second = stage(written())
+    second = stage(written(w))
     assert isinstance(second, FileEvent) and second.artefact is not None
     assert second.artefact.sha256 == hashlib.sha256(other).hexdigest()
     assert "model_weights" not in second.artefact.kinds

@@ -31,6 +31,7 @@ def created(path: Path) -> FileEvent:
 
 
 def written(path: Path) -> FileEvent:
+    """As the file sensor sends it: the lstat's identity, ctime included."""
     st = os.lstat(path)
     return FileEvent(
         FileAction.WRITTEN,
@@ -39,6 +40,7 @@ def written(path: Path) -> FileEvent:
         inode=st.st_ino,
         device=st.st_dev,
         mtime_ns=st.st_mtime_ns,
+        ctime_ns=st.st_ctime_ns,
     )
 
 
