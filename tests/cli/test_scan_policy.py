@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from agent.cli.scan import PARALLEL_FROM
-from agent.cli.scan_policy import categories, in_child, on_thread
+from agent.cli.scan_policy import categories, on_thread
 from agent.config import load_settings
 from tests.conftest import cli, write_config
 
@@ -28,14 +28,16 @@ def _codes(cats: tuple[object, ...]) -> list[str]:
     return [c.code for c in cats]  # type: ignore[attr-defined]
 
 
-def test_packs_read_in_a_child_are_the_packs_read_here(tmp_path: Path) -> None:
+def test_packs_read_on_a_thread_are_the_packs_read_here(tmp_path: Path) -> None:
+    # (the forked child is tried through the command, below and in
+    # tests/classify/test_scan_parallel.py: one worker, with the thread, and two, with
+    # the child, print the same bytes; a fork here would copy pytest's own threads)
     s = load_settings(str(_config(tmp_path)))
     here = categories(s)
     assert len(here) > 10  # the shipped packs
-    from_child = in_child(s)
-    assert _codes(from_child()) == _codes(here)
-    assert from_child() is from_child()  # waited for once, then kept
-    assert _codes(on_thread(s)()) == _codes(here)
+    got = on_thread(s)
+    assert _codes(got()) == _codes(here)
+    assert got() is got()  # waited for once, then kept
 
 
 def test_a_many_file_scan_matches_categories_from_the_child(tmp_path: Path) -> None:
