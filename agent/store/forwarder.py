@@ -45,7 +45,7 @@ from agent.store import rows_pipeline, spool_rows
 from agent.store.attempt import AttemptGuard
 from agent.store.bulk import Mark, copy_batch, copy_direct, copy_rows, is_bulk
 from agent.store.db import StoreError, make_engine, register_host, upgrade
-from agent.store.spool import Spool, SpooledEvent
+from agent.store.spool import Spool, SpooledEvent, events_in, split
 from agent.store.spool_ahead import Batch, SpoolAhead
 from agent.store.writer import write_batch
 
@@ -278,14 +278,14 @@ class Forwarder:
         metrics.FLEET_LAST_FORWARD.set_to_current_time()
         metrics.STORE_LAST_WRITE.set_to_current_time()
         self.forwarded += stored
-        return len(run)
+        return events_in(run)
 
     def _finish_opened(
         self, opened: rows_pipeline.Opened, host: str, run: Sequence[SpooledEvent]
     ) -> dict[str, int]:
         """Commit a batch opened ahead; one the store refuses as data is bisected."""
         try:
-            return {**rows_pipeline.finish(opened, host), "_stored": len(run)}
+            return {**rows_pipeline.finish(opened, host), "_stored": events_in(run)}
         except _REJECTED:
             # roll the next batch back first: this one is written again (see read_next)
             self.runs.discard()
@@ -309,11 +309,11 @@ class Forwarder:
             counts = copy_rows(self.engine, host, rows, Mark(self.spool.spool_id, run[-1].seq))
         except _REJECTED:
             return self._bisecting(
-                run,
+                [e for r in run for e in split(r)],  # a record may hold several events
                 lambda part: copy_rows(self.engine, host, self.runs.rows_of(part), None),
                 lambda r: f"spooled as record {r.seq}",
             )
-        return {**counts, "_stored": len(run)}
+        return {**counts, "_stored": events_in(run)}
 
     def _write_isolating(self, host: str, events: Sequence[Event]) -> dict[str, int]:
         return self._bisecting(

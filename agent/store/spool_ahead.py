@@ -9,8 +9,9 @@ Around each commit this keeps the spool busy on threads of its own:
   while the opening's COPY runs. Reading and decoding is Python work that overlaps the
   server's (the GIL is free while psycopg waits for it). A run read ahead is only valid
   once the current one is acknowledged: any failure throws it away (`discard`).
-- behind: a committed run is deleted from the spool in the `store-ack` thread (SQLite,
-  `synchronous=FULL`: a fifth of the wall time on the forwarding thread), in order, each
+- behind: a committed run is deleted from the spool in the `store-ack` thread (once a
+  fifth of the wall time on the forwarding thread; far less since a run is a few
+  records and a deletion neither zeroes its pages nor waits for an fsync), in order, each
   deletion waiting for the one before. A deletion that failed surfaces at the next
   acknowledgement or read; its run is kept in `committed` and deleted before the spool
   is read again, never sent again (a later run may have committed since).
@@ -30,7 +31,7 @@ from sqlalchemy import Connection, Engine
 from agent.events import Event
 from agent.store import codec, rows_pipeline, spool_rows
 from agent.store.bulk import Mark
-from agent.store.spool import Spool, SpooledEvent
+from agent.store.spool import Spool, SpooledEvent, events_in
 from agent.store.writer import BatchRows, batch_rows
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class Batch:
     rows: BatchRows | None  # the bulk paths' table rows, built ahead with the decode
     spooled_rows: spool_rows.RowsBatch | None = None  # a run spooled as COPY rows
     opened: rows_pipeline.Opened | None = None  # its event rows COPYed, not committed
+    whole: bool = False  # records follow it in the spool: the run cannot grow
 
 
 class SpoolAhead:
@@ -87,14 +89,15 @@ class SpoolAhead:
     # --- ahead -----------------------------------------------------------------------
     def read(self, after: int = 0) -> Batch:
         """The oldest spooled run of one host and form past seq `after`, ready to send."""
-        records = self.spool.peek(self.batch_size, after)
+        records, more = self.spool.read(self.batch_size, after)
         run: list[SpooledEvent] = []
         for r in records:
             if r.host_id != records[0].host_id or r.layout != records[0].layout:
                 break
             run.append(r)
+        whole = more or len(run) < len(records)
         if run and run[0].layout is not None:
-            return Batch(run, [], 0, None, self.rows_of(run))
+            return Batch(run, [], 0, None, self.rows_of(run), whole=whole)
         events: list[Event] = []
         corrupt = 0
         for r in run:
@@ -104,12 +107,12 @@ class SpoolAhead:
                 corrupt += 1
                 log.error("spool record %d cannot be read and is skipped: %s", r.seq, e)
         rows = batch_rows(run[0].host_id, events) if self.with_rows and events else None
-        return Batch(run, events, corrupt, rows)
+        return Batch(run, events, corrupt, rows, whole=whole)
 
     def rows_of(self, run: Sequence[SpooledEvent]) -> spool_rows.RowsBatch:
         layout = run[0].layout
         assert layout is not None
-        return spool_rows.batch([r.text for r in run], self.spool.layouts[layout], run[0].seq)
+        return spool_rows.batch([r.text for r in run], self.spool.layouts[layout], run[0].first_seq)
 
     def next(self) -> Batch:
         """The run read ahead while the last one was being committed, or a fresh read."""
@@ -128,7 +131,7 @@ class SpoolAhead:
         transaction that commits first): its COPY may then wait for `run`'s commit, never
         the reverse, so the two cannot block each other.
         """
-        if len(run) < self.batch_size and len(self.spool) <= len(run):
+        if len(self.spool) <= events_in(run):  # nothing spooled past it (yet)
             return
         conn = rows_pipeline.checkout(self.engine) if open_it and self.open_rows else None
         if self._reader is None:
@@ -158,16 +161,17 @@ class SpoolAhead:
         return dataclasses.replace(batch, opened=opened)
 
     def _read_further(self, after: int) -> Batch:
-        """The run past `after`, as read before if it was (and was a whole batch: a short
-        one may have grown since), and the reading of the run after it started."""
+        """The run past `after`, as read before if it was (and was whole: one that ended
+        at the spool's end may have grown since), and the reading of the run after it
+        started."""
         further, self._further = self._further, None
         batch = None
         if further is not None and further[0] == after:
             with contextlib.suppress(Exception):  # a failed read is read again here
                 batch = further[1].result()
-        if batch is None or len(batch.run) < self.batch_size:
+        if batch is None or not batch.whole:
             batch = self.read(after)
-        if len(batch.run) == self.batch_size:
+        if batch.whole:
             if self._further_reader is None:
                 self._further_reader = ThreadPoolExecutor(1, thread_name_prefix="store-read")
             last = batch.run[-1].seq

@@ -151,7 +151,10 @@ class RowsBatch:
 
 
 def batch(texts: Sequence[str], columns: dict[str, tuple[str, ...]], first_seq: int) -> RowsBatch:
-    """Join a run's spooled texts per table; artefacts and file state folded, last wins."""
+    """Join a run's spooled texts per table; artefacts and file state folded, last wins.
+
+    A text is one event's sections or several events' joined by `SECTION` (one spool
+    record of a batch): joined again here, the two are the same."""
     # one join and one split for the whole run, then every sixth part is one table's
     parts = SECTION.join(texts).split(SECTION)
     width = len(TABLES)
@@ -161,7 +164,8 @@ def batch(texts: Sequence[str], columns: dict[str, tuple[str, ...]], first_seq: 
     state = {line.split("\t", 1)[0]: line for line in _lines("".join(parts[5::width]))}
     upserts = "".join(line + "\n" for line in state.values() if "\t" in line)
     deletes = "".join(line + "\n" for line in state.values() if "\t" not in line)
-    return RowsBatch(columns, joined, upserts, deletes, first_seq, len(texts))
+    # a spooled text may hold several events' sections (agent/store/spool.py joins them)
+    return RowsBatch(columns, joined, upserts, deletes, first_seq, len(parts) // width)
 
 
 def _lines(text: str) -> list[str]:

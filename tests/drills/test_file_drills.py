@@ -107,7 +107,8 @@ def spooled(cfg: dict[str, Any]) -> int:
         return 0
     con = sqlite3.connect(f"file:{spool}?mode=ro", uri=True, timeout=30)
     try:
-        return int(con.execute("SELECT count(*) FROM spool").fetchone()[0])
+        # a record holds `n` events (NULL: one)
+        return int(con.execute("SELECT coalesce(sum(coalesce(n, 1)), 0) FROM spool").fetchone()[0])
     finally:
         con.close()
 

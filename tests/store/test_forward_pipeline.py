@@ -30,7 +30,7 @@ from agent.events import Event, FileAction, FileEvent, Flow
 from agent.store import spool_rows
 from agent.store.db import make_engine, register_host, upgrade
 from agent.store.forwarder import Forwarder
-from agent.store.spool import Spool, SpooledEvent
+from agent.store.spool import Spool, SpooledEvent, split
 
 HOST = "host-pipeline"
 BATCH = 5
@@ -167,7 +167,7 @@ class PipelineMachine(RuleBasedStateMachine):
                 .all()
             )
         assert len(stored) == len(set(stored)), "a uid was stored twice"
-        spooled = [_uid(r) for r in self.spool.peek(10**6)]
+        spooled = [_uid(e) for r in self.spool.peek(10**6) for e in split(r)]
         k = len(stored)
         assert set(stored) == set(self.accepted[:k]), "the store holds a prefix, in order"
         j = len(self.accepted) - len(spooled)

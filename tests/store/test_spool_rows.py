@@ -107,8 +107,11 @@ def test_json_spooled_before_then_rows_forward_in_order_once(
     events = [FileEvent(action=FileAction.WRITTEN, path=f"/f/{i}", size=i) for i in range(30)]
     spool.append(HOST, events[:10])  # JSON, as spooled before the rows form
     fwd = Forwarder(spool, pg, HOST, "h", batch_size=8)
-    fwd.commit(events[10:])  # the bulk forwarder spools rows
-    assert [r.layout is None for r in spool.peek(100)] == [True] * 10 + [False] * 20
+    for i in range(10, 30, 4):  # the bulk forwarder spools rows, a record a commit
+        fwd.commit(events[i : i + 4])
+    assert [(r.layout is None, r.events) for r in spool.peek(100)] == [(True, 1)] * 10 + [
+        (False, 4)
+    ] * 5
     fwd.prepare()
     acknowledge = spool.acknowledge
     lost = {"n": 0}
