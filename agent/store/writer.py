@@ -35,6 +35,7 @@ from agent.events import Artefact, Event, FileEvent, Flow
 from agent.liveness import HEARTBEATS, Heartbeat, supervised
 from agent.pipeline import BoundedQueue
 from agent.store import rows as R
+from agent.store.schema_map import FILE_EVENT_ROW
 from agent.store.tables import artefacts, decisions, file_events, file_state, flows, lineage
 from agent.store.watch import StoreWatch
 
@@ -220,19 +221,22 @@ class BatchRows:
         }
 
 
-def batch_rows(host_id: str, events: Sequence[Event]) -> BatchRows:
+def batch_rows(host_id: str, events: Sequence[Event], file_rows: bool = True) -> BatchRows:
+    """Each table's rows for a batch; `file_rows=False` leaves `file_events` empty (the
+    SQLite writer binds those rows straight from the events: `_sqlite_file_event_rows`)."""
     now = datetime.now(UTC)
     # each content's row once, from its last artefact in the batch, in the order the
     # contents first came: a file's `created` and `written` (and copies of one content)
     # share a hash, and building a row per event cost the writer about 3 us an event
     last: dict[str, Artefact] = {}
     lineage: dict[tuple[str, str, str], dict[str, Any]] = {}
-    file_rows: list[dict[str, Any]] = []
+    file_event_rows: list[dict[str, Any]] = []
     flow_rows: list[dict[str, Any]] = []
     decisions: list[dict[str, Any]] = []
     for e in events:  # one pass, in event order; most events have no decision
         if isinstance(e, FileEvent):
-            file_rows.append(R.file_event_row(e, host_id))
+            if file_rows:
+                file_event_rows.append(R.file_event_row(e, host_id))
             a = e.artefact
             if a is not None and a.sha256:
                 last[a.sha256] = a
@@ -246,7 +250,7 @@ def batch_rows(host_id: str, events: Sequence[Event]) -> BatchRows:
     artefacts = [row for a in last.values() if (row := R.artefact_row(a, now)) is not None]
     upserts, deletes = R.file_state_changes(events)
     return BatchRows(
-        file_events=file_rows,
+        file_events=file_event_rows,
         flows=flow_rows,
         decisions=decisions,
         artefacts=artefacts,
@@ -266,14 +270,59 @@ EVENT_TABLES = (
 
 def write_batch(engine: Engine, host_id: str, events: Sequence[Event]) -> dict[str, int]:
     """Commit one batch in one transaction; idempotent. Returns rows offered per table."""
-    rows = batch_rows(host_id, events)
+    on_sqlite = engine.dialect.name == "sqlite"
+    rows = batch_rows(host_id, events, file_rows=not on_sqlite)
+    counts = rows.counts()
     with engine.begin() as conn:
+        if on_sqlite:
+            sql, row_of = _sqlite_file_event_rows(engine)
+            bound = [row_of(e, host_id) for e in events if isinstance(e, FileEvent)]
+            if bound:
+                conn.exec_driver_sql(sql, bound)
+            counts["file_events"] = len(bound)
         for name, table in EVENT_TABLES:
+            if on_sqlite and table is file_events:
+                continue
             # no conflict target: the key is `uid` on SQLite, `(uid, time)` on a partitioned
             # PostgreSQL store (agent/store/partitions.py); either way a re-sent row is skipped
             _upsert(conn, engine, table, getattr(rows, name))
         write_shared_rows(conn, engine, host_id, rows)
-    return rows.counts()
+    return counts
+
+
+@functools.lru_cache(maxsize=8)
+def _sqlite_file_event_rows(
+    engine: Engine,
+) -> tuple[str, Callable[[FileEvent, str], tuple[Any, ...]]]:
+    """The `file_events` insert with `?` placeholders, and a function that makes an
+    event's bound row (the tuple `_bound_rows` makes of `file_event_row`) in one step.
+
+    The function is compiled from the row's projection (schema_map.FILE_EVENT_ROW) with
+    each column's bind processor around its expression: no dict per event, no
+    transposition: a burst's file-event row cost 6.9 us as a dict bound by `_bound_rows`,
+    2.9 us this way.
+    """
+    projection = FILE_EVENT_ROW
+    keys = (*projection.keys, "host_id")
+    sql, processors = _sqlite_upsert(engine, file_events, keys, (), ())
+    namespace: dict[str, Any] = {}
+    prologue: list[str] = []
+    expressions = dict(projection._expressions("obj", namespace, prologue))
+    expressions["host_id"] = "host_id"
+    values = []
+    for i, (key, process) in enumerate(zip(keys, processors, strict=True)):
+        if process is None:
+            values.append(expressions[key])
+        else:
+            namespace[f"_bind{i}"] = process
+            values.append(f"_bind{i}({expressions[key]})")
+    source = (
+        "def bound_row(obj, host_id):\n"
+        + "".join(f"    {line}\n" for line in prologue)
+        + f"    return ({', '.join(values)},)\n"
+    )
+    exec(source, namespace)  # our own source, made of the projection's field names
+    return sql, namespace["bound_row"]
 
 
 def write_shared_rows(conn: Connection, engine: Engine, host_id: str, rows: BatchRows) -> None:

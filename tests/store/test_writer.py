@@ -223,3 +223,27 @@ def test_a_batch_stores_each_content_once_as_its_last_event_saw_it() -> None:
     ]
     assert sorted((r["parent_sha256"], r["child_sha256"]) for r in rows.lineage) == [(x, y), (z, y)]
     assert len(rows.file_events) == 5
+
+
+def test_sqlite_binds_file_event_rows_as_the_dict_path_does(tmp_path: Path) -> None:
+    """The SQLite writer's compiled row function gives, value for value, the tuple that
+    binding `file_event_row`'s dict through the columns' processors gives."""
+    from agent.store import rows as R
+    from agent.store.tables import file_events
+    from agent.store.writer import _bound_rows, _sqlite_file_event_rows, _sqlite_upsert
+
+    engine = _engine(f"sqlite:///{tmp_path / 'store.db'}")
+    sample = [e for e in _sample() if isinstance(e, events.FileEvent)]
+    skipped = events.Artefact(
+        "c" * 64, 9, "zip", parents=("c" * 64,), skipped="timeout", skipped_at="member 3"
+    )
+    sample += [
+        events.FileEvent(events.FileAction.MOVED, "/a/x\x00y", dest_path="/b/é", artefact=skipped),
+        events.FileEvent(events.FileAction.DELETED, "/a/gone", events.Channel.REMOVABLE),
+    ]
+    _sql, row_of = _sqlite_file_event_rows(engine)
+    dicts = [R.file_event_row(e, HOST) for e in sample]
+    keys = tuple(dicts[0])
+    _, processors = _sqlite_upsert(engine, file_events, keys, (), ())
+    assert [row_of(e, HOST) for e in sample] == _bound_rows(dicts, keys, processors)
+    assert len({len(r) for r in _bound_rows(dicts, keys, processors)}) == 1
