@@ -50,6 +50,12 @@ log = logging.getLogger(__name__)
 
 BUSY_POLL_MS = 50  # while moves wait for their pair or reads are held
 IDLE_POLL_MS = 1000  # shortest idle wait while recent events wait to be pruned
+# While records keep coming (fewer than GATHER_MOST a read), they gather GATHER seconds
+# between reads: at most 20,000 a second then, so the kernel queue
+# (fs.inotify.max_queued_events, 16,384 by default) is far from full; `written` events
+# wait READ_HOLD (0.15 s) for attribution anyway
+GATHER = 0.05
+GATHER_MOST = 1000
 
 
 class FileSensor:
@@ -253,20 +259,32 @@ class FileSensor:
         poller.register(self._wake_r, select.POLLIN)
         beat = self._beat.beat
         wait_ms = BUSY_POLL_MS
+        gathering = False
         while not self._stop.is_set():
             beat()
             if self._paused.is_set():
                 self._stop.wait(0.05)
                 continue
+            if gathering:
+                # records keep coming at a modest rate: let them gather and take them in
+                # one read, without waiting in poll() first. A wake-up costs 20-50 us of
+                # CPU on a VM: poll() then a 5 ms gathering wait made two every 5 ms (the
+                # reader's CPU in a 20,000-file burst over 33 s: 1.29 -> 0.53 s per 10k
+                # files). A flood is read back to back: no sleep while the queue fills
+                time.sleep(GATHER)
+                wait_ms = 0
             ready = poller.poll(wait_ms)
             if any(fd == self._wake_r for fd, _ in ready):
                 self._drain_wake()
                 if self._paused.is_set():
+                    gathering = False
                     continue
             busy = any(fd == ino.fd for fd, _ in ready)
+            gathering = False
             if busy:
-                self._stop.wait(0.005)  # let a burst gather: fewer, fuller reads
-                tree.handle(ino.read())
+                records = ino.read()
+                gathering = 0 < len(records) < GATHER_MOST
+                tree.handle(records)
             tree.flush()
             self._release(time.monotonic())
             if busy or tree.deferred or tree.pending or self._hold:
