@@ -18,11 +18,17 @@ spooled in both batches makes the open batch's COPY wait for the current commit 
 fail on the key; that batch, like one whose mark says it may be stored, is rolled back
 and sent the merge way (`Opened.merge`). Any other failure rolls both back and the
 forwarder retries from the spool.
+
+An opened batch counts its rows in a rollup slot of its own (1 and 2 in turn; the
+current batch, opened before it or sent directly, is in the other one or in 0), so its
+COPY does not wait for the current batch's commit on a shared counter row
+(agent/store/rollup.py, migration 0009).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +42,11 @@ from agent.store.bulk import (
     finish_rows,
     is_seen_before,
 )
+from agent.store.rollup import SLOT_SETTING
 from agent.store.spool_rows import RowsBatch
+
+# the rollup slots opened batches take in turn (next() on a cycle is atomic under the GIL)
+_slots = itertools.cycle(("1", "2"))
 
 # what makes an open batch go the merge way instead of failing the attempt: seen before
 # (its mark, or the key met), or refused as data (the forwarder then bisects it)
@@ -92,6 +102,7 @@ def open_rows(conn: Connection, rows: RowsBatch, mark: Mark) -> Opened:
         opened.tx = conn.begin()
         raw = conn.connection.driver_connection
         with raw.cursor() as cur:  # type: ignore[union-attr]
+            cur.execute("SELECT set_config(%s, %s, true)", (SLOT_SETTING, next(_slots)))
             copy_event_rows(cur, rows, mark)
     except Exception as e:
         orig = getattr(e, "orig", None) or e

@@ -48,8 +48,12 @@ def truth(engine: Engine) -> set[tuple[Any, ...]]:
 
 
 def rolled(engine: Engine) -> set[tuple[Any, ...]]:
+    """The rollup as its readers see it: a day's slots summed."""
     with engine.connect() as c:
-        q = f"SELECT host_id, table_name, day, n_rows, last_time FROM {rollup.TABLE}"
+        q = (
+            f"SELECT host_id, table_name, day, sum(n_rows), max(last_time) FROM {rollup.TABLE}"
+            " GROUP BY 1, 2, 3"
+        )
         return set(map(tuple, c.execute(text(q))))
 
 
@@ -162,3 +166,74 @@ def test_deleting_a_days_newest_row_looks_its_time_up_again(pg: Engine) -> None:
         c.execute(text("DELETE FROM file_events WHERE uid = :u"), {"u": late[1].uid})
     assert_exact(pg)
     assert host_counts(pg, "alpha")[0].last_event == late[2].time
+
+
+def _insert_file_event(cur: Any, slot: str | None, uid: str, t: datetime) -> None:
+    if slot is not None:
+        cur.execute("SELECT set_config(%s, %s, true)", (rollup.SLOT_SETTING, slot))
+    cur.execute(
+        "INSERT INTO file_events (uid, host_id, time, action, path, channel, origin, sensor)"
+        " VALUES (%s, %s, %s, 'written', %s, 'local', 'watch', 'files')",
+        (uid, HOST, t, f"/slot/{uid}"),
+    )
+
+
+def test_two_batches_in_flight_count_in_their_own_slots(pg: Engine, pg_url: str) -> None:
+    """The forwarder's opened batch (slot 1 or 2) COPYs while the batch before it (slot 0
+    or the other one) has counted and not committed: the second insert must not wait
+    for the first commit (it did, on the one counter row of the day), and the counts of
+    the slots add up; a delete folds them back into one row."""
+    import psycopg
+
+    url = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    first, second = psycopg.connect(url), psycopg.connect(url)
+    try:
+        with first.cursor() as a, second.cursor() as b:
+            _insert_file_event(a, None, "slot-a", NOW)  # a direct batch: slot 0
+            b.execute("SET lock_timeout = '2s'")  # waiting on a's row would fail here
+            _insert_file_event(b, "1", "slot-b", NOW - timedelta(seconds=1))
+            second.commit()
+            first.commit()
+            with first.transaction():
+                _insert_file_event(a, "2", "slot-c", NOW - timedelta(seconds=2))
+        with pg.connect() as c:
+            slots = c.execute(
+                text(f"SELECT slot, n_rows FROM {rollup.TABLE} WHERE host_id = :h ORDER BY slot"),
+                {"h": HOST},
+            ).all()
+        assert [tuple(r) for r in slots] == [(0, 1), (1, 1), (2, 1)]
+        assert_exact(pg)
+        assert host_counts(pg, "alpha")[0].file_events == 3
+        with pg.begin() as c:  # retention's kind of delete: the day's slots fold into 0
+            c.execute(text("DELETE FROM file_events WHERE uid = 'slot-a'"))
+        assert_exact(pg)
+        with pg.connect() as c:
+            slots = c.execute(
+                text(f"SELECT slot, n_rows FROM {rollup.TABLE} WHERE host_id = :h"),
+                {"h": HOST},
+            ).all()
+        assert [tuple(r) for r in slots] == [(0, 2)]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_slots_migration_down_and_up_keeps_the_counts(pg: Engine) -> None:
+    """0009's downgrade sums a day's slots into 0007's one row, the upgrade takes them
+    as slot 0; counting works at both revisions."""
+    cfg = alembic_config(pg.url.render_as_string(hide_password=False))
+    write_batch(pg, HOST, _events(6, tag="m"))
+    with pg.begin() as c:
+        c.execute(text(f"UPDATE {rollup.TABLE} SET slot = 1 WHERE table_name = 'flows'"))
+    assert_exact(pg)
+    with pg.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0008")
+    assert_exact(pg)
+    write_batch(pg, OTHER, _events(3, days_ago=1, tag="k"))  # 0007's triggers count it
+    assert_exact(pg)
+    upgrade(pg)
+    assert_exact(pg)
+    write_batch(pg, HOST, _events(2, tag="q"))
+    assert_exact(pg)
+    assert {h.hostname: h.file_events for h in host_counts(pg)} == {"alpha": 8, "beta": 3}
