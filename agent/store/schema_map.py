@@ -159,7 +159,7 @@ class Projection:
         )
         namespace: dict[str, Any] = {}
         prologue: list[str] = []
-        items = self._expressions("obj", namespace, prologue)
+        items = self.expressions("obj", namespace, prologue)
         body = "".join(f"    {line}\n" for line in prologue)
         self.source = (
             "def project(obj):\n"
@@ -171,7 +171,7 @@ class Projection:
         exec(self.source, namespace)  # our own source, made of field names
         self._project: Callable[[Any], dict[str, Any]] = namespace["project"]
 
-    def _expressions(
+    def expressions(
         self, var: str, namespace: dict[str, Any], prologue: list[str]
     ) -> list[tuple[str, str]]:
         """(key, Python expression of `var`) per key; `prologue` gets local assignments."""
@@ -190,7 +190,7 @@ class Projection:
         for name, inner in self._spread:
             local = f"{var}_{name}"
             prologue.append(f"{local} = {var}.{name}")
-            for key, expr in inner._expressions(local, namespace, prologue):
+            for key, expr in inner.expressions(local, namespace, prologue):
                 out.append((key, f"(None if {local} is None else {expr})"))
         for key, fn in self._derived:
             out.append((key, f"{bind(fn)}({var})"))

@@ -230,7 +230,7 @@ def test_sqlite_binds_file_event_rows_as_the_dict_path_does(tmp_path: Path) -> N
     binding `file_event_row`'s dict through the columns' processors gives."""
     from agent.store import rows as R
     from agent.store.tables import file_events
-    from agent.store.writer import _bound_rows, _sqlite_file_event_rows, _sqlite_upsert
+    from agent.store.upserts import bound_rows, sqlite_file_event_rows, sqlite_upsert
 
     engine = _engine(f"sqlite:///{tmp_path / 'store.db'}")
     sample = [e for e in _sample() if isinstance(e, events.FileEvent)]
@@ -241,9 +241,9 @@ def test_sqlite_binds_file_event_rows_as_the_dict_path_does(tmp_path: Path) -> N
         events.FileEvent(events.FileAction.MOVED, "/a/x\x00y", dest_path="/b/é", artefact=skipped),
         events.FileEvent(events.FileAction.DELETED, "/a/gone", events.Channel.REMOVABLE),
     ]
-    _sql, row_of = _sqlite_file_event_rows(engine)
+    _sql, row_of = sqlite_file_event_rows(engine)
     dicts = [R.file_event_row(e, HOST) for e in sample]
     keys = tuple(dicts[0])
-    _, processors = _sqlite_upsert(engine, file_events, keys, (), ())
-    assert [row_of(e, HOST) for e in sample] == _bound_rows(dicts, keys, processors)
-    assert len({len(r) for r in _bound_rows(dicts, keys, processors)}) == 1
+    _, processors = sqlite_upsert(engine, file_events, keys, (), ())
+    assert [row_of(e, HOST) for e in sample] == bound_rows(dicts, keys, processors)
+    assert len({len(r) for r in bound_rows(dicts, keys, processors)}) == 1

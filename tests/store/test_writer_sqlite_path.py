@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from sqlalchemy import DateTime, Engine, text
 from sqlalchemy.dialects import sqlite
 
+from agent.store import upserts as U
 from agent.store import writer as W
 from agent.store.db import make_engine, register_host, upgrade
 from tests.store.test_writer import _sample
@@ -52,11 +53,11 @@ def test_fast_path_stores_what_sqlalchemy_stores(
     # the same batch through conn.execute (the path every other dialect takes)
     def through_sqlalchemy(conn, engine, table, rows, conflict=(), update=()):  # type: ignore[no-untyped-def]
         if rows:
-            sql = W._upsert_sql(engine, table, tuple(rows[0]), conflict, update)
+            sql = U.upsert_sql(engine, table, tuple(rows[0]), conflict, update)
             conn.execute(sql, list(rows))
 
     slow = _store(tmp_path, "slow.db")
-    monkeypatch.setattr(W, "_upsert", through_sqlalchemy)
+    monkeypatch.setattr(W, "upsert", through_sqlalchemy)
     W.write_batch(slow, "h1", events)
     got, want = _dump(fast), _dump(slow)
     assert all(want[t] for t in ("file_events", "flows", "decisions", "artefacts"))
@@ -76,7 +77,7 @@ def test_remembered_json_text_is_the_encoders_text() -> None:
         calls.append(value)
         return json.dumps(value)
 
-    remembered = W._remembering(encode, limit=2)
+    remembered = U.remembering(encode, limit=2)
     values: list[object] = [["a", "b"], ["a", "b"], None, None, [], {"k": 1}, {"k": 1}, [1], ["c"]]
     assert [remembered(v) for v in values] == [json.dumps(v) for v in values]
     # lists of strings and None are encoded once (up to the limit); anything else each time
@@ -86,9 +87,9 @@ def test_remembered_json_text_is_the_encoders_text() -> None:
 
 def test_rows_are_bound_column_by_column_in_key_order() -> None:
     rows: list[dict[str, object]] = [{"a": 1, "b": [1], "c": "x"}, {"a": 2, "b": None, "c": "y"}]
-    procs: tuple[W.Processor, ...] = (None, json.dumps, str.upper)
-    assert W._bound_rows(rows, ("a", "b", "c"), procs) == [(1, "[1]", "X"), (2, "null", "Y")]
-    assert W._bound_rows(rows, ("c",), (None,)) == [("x",), ("y",)]
+    procs: tuple[U.Processor, ...] = (None, json.dumps, str.upper)
+    assert U.bound_rows(rows, ("a", "b", "c"), procs) == [(1, "[1]", "X"), (2, "null", "Y")]
+    assert U.bound_rows(rows, ("c",), (None,)) == [("x",), ("y",)]
 
 
 @settings(max_examples=300)
@@ -104,4 +105,4 @@ def test_sqlite_datetime_text_is_sqlalchemys(value: object) -> None:
     dialect = sqlite.dialect()
     process = DateTime().dialect_impl(dialect).bind_processor(dialect)
     assert process is not None
-    assert W._sqlite_datetime(process, value) == process(value)
+    assert U.sqlite_datetime(process, value) == process(value)
