@@ -193,21 +193,28 @@ def test_stalled_stage_stops_the_watchdog_and_sensor_up(
     assert pings(1.0) > 0
     stage = agent.pipeline._stages[-1]
     real = stage.fn
-    release = threading.Event()
+    entered, release = threading.Event(), threading.Event()
 
     def stuck(event: Any) -> Any:
+        entered.set()
         release.wait(10)
         return real(event)
 
     stage.fn = stuck
-    for i in range(5):
-        (tmp_path / "watched" / f"queued-{i}.txt").write_text("x")
-    wait_until(lambda: _value("egress_agent_pipeline_healthy") == 0)
-    assert HEARTBEATS.unhealthy(1.0, "stage-")
-    assert _up() == 0
-    assert pings(1.0) == 0  # systemd would restart a hung agent
-    release.set()
-    stage.fn = real
+    try:
+        for i in range(5):
+            (tmp_path / "watched" / f"queued-{i}.txt").write_text("x")
+        # the stage thread is held from here on; before, a slow batch on a busy machine
+        # (over a second without progress) could already have counted as a stall, and
+        # the checks below would have met the healthy moment after it
+        assert entered.wait(30)
+        wait_until(lambda: bool(HEARTBEATS.unhealthy(1.0, "stage-")))
+        wait_until(lambda: _value("egress_agent_pipeline_healthy") == 0)
+        assert _up() == 0
+        assert pings(1.0) == 0  # systemd would restart a hung agent
+    finally:
+        release.set()
+        stage.fn = real
     wait_until(lambda: _value("egress_agent_pipeline_healthy") == 1)
     wait_until(lambda: _up() == 1)
     assert pings(1.0) > 0
