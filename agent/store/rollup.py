@@ -124,9 +124,9 @@ END $f$"""
 
 
 def _removed(table: str, col: str) -> str:
+    """After a delete (0007's form): the touched days take the rows gone off, and the
+    newest time left is looked up again."""
     day = _day(col)
-    # after a delete the newest time of a touched day is looked up again: one backward
-    # step of the (host_id, time) index in that day's partition
     return f"""
 CREATE OR REPLACE FUNCTION {TABLE}_{table}_del() RETURNS trigger LANGUAGE plpgsql AS $f$
 BEGIN
@@ -134,9 +134,7 @@ BEGIN
     SELECT host_id, {day} AS day, count(*) AS n FROM old_rows GROUP BY 1, 2 ORDER BY 1, 2
   )
   UPDATE {TABLE} r SET n_rows = r.n_rows - gone.n,
-    last_time = (SELECT max(t."{col}") FROM "{table}" t WHERE t.host_id = gone.host_id
-                 AND t."{col}" >= gone.day::timestamp AT TIME ZONE 'UTC'
-                 AND t."{col}" < (gone.day + 1)::timestamp AT TIME ZONE 'UTC')
+    last_time = {_newest(table, col, "gone.host_id", "gone.day")}
   FROM gone
   WHERE r.host_id = gone.host_id AND r.table_name = '{table}' AND r.day = gone.day;
   DELETE FROM {TABLE} WHERE table_name = '{table}' AND n_rows <= 0
@@ -157,6 +155,13 @@ def _triggers(table: str) -> list[str]:
     ]
 
 
+def _lock_writers(conn: Connection) -> None:
+    """The event tables locked against writers (SHARE ROW EXCLUSIVE, what CREATE TRIGGER
+    takes anyway) until the transaction ends."""
+    for table in TIMED:
+        conn.exec_driver_sql(f'LOCK TABLE "{table}" IN SHARE ROW EXCLUSIVE MODE')
+
+
 def install(conn: Connection) -> None:
     """Create the table and its triggers as migration 0007 made them (one counter a day,
     no slots: `add_slots` is 0009) and count the rows already stored (one scan).
@@ -164,8 +169,7 @@ def install(conn: Connection) -> None:
     The event tables are locked against writers first (SHARE ROW EXCLUSIVE, what
     CREATE TRIGGER takes anyway), so no row slips between the backfill and the triggers.
     """
-    for table in TIMED:
-        conn.exec_driver_sql(f'LOCK TABLE "{table}" IN SHARE ROW EXCLUSIVE MODE')
+    _lock_writers(conn)
     conn.exec_driver_sql(
         f"CREATE TABLE {TABLE} (host_id varchar(64) NOT NULL, table_name varchar(16) NOT NULL,"
         " day date NOT NULL, n_rows bigint NOT NULL, last_time timestamptz,"
@@ -179,11 +183,6 @@ def install(conn: Connection) -> None:
             f"SELECT host_id, '{table}', {_day(col)}, count(*), max(\"{col}\") "
             f'FROM "{table}" GROUP BY 1, 3'
         )
-
-
-def _lock_writers(conn: Connection) -> None:
-    for table in TIMED:
-        conn.exec_driver_sql(f'LOCK TABLE "{table}" IN SHARE ROW EXCLUSIVE MODE')
 
 
 def add_slots(conn: Connection) -> None:
