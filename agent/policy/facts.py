@@ -5,7 +5,7 @@ tag details, category matches, channel, process, time), a `Flow` (destination cl
 country, bytes, name, port, process), or a *transfer*: an artefact joined to the flow
 that carried it (what correlation and `policy explain` ask about). Rule test cases give
 facts directly as YAML (`facts_from_mapping`). Field names are those of
-`conditions.FIELDS` and `conditions.DETAILS`.
+`fields.FIELDS` and `fields.DETAILS`.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def flow_facts(flow: Flow) -> Facts:
             facts[key] = value
     _process_facts(facts, flow.process)
     _time_facts(facts, flow.time)
-    if flow.repository:  # a git push or fetch: `repository.<key>` (conditions.DETAILS)
+    if flow.repository:  # a git push or fetch: `repository.<key>` (fields.DETAILS)
         for key, value in flow.repository.items():
             if isinstance(value, (list, tuple)):
                 value = frozenset(v for v in value if isinstance(v, str))

@@ -23,9 +23,9 @@ from agent.policy.conditions import (
     Condition,
     compile_condition,
     evaluated_size,
-    field_type,
     referenced_categories,
 )
+from agent.policy.fields import field_type
 from agent.policy.loader import Issue, ParsedPack
 from agent.policy.model import Network, Rule, RuleCase, RuleException
 from agent.policy.schema import ExceptionModel, PeriodModel
