@@ -5,8 +5,8 @@
 `Policy.decide(facts)` is pure — it tries only the rules that can still hold once the
 event's kind, action, channel, kinds and categories are known (a plan made once per
 combination, agent/policy/plans.py), checks what is left of each rule's condition and
-its exceptions (data: destination networks and host
-globs, users, processes, paths), and turns a firing rule into a `Decision` carrying the
+its exceptions (data: destination networks and host globs, users, processes, paths;
+agent/policy/rule_exceptions.py), and turns a firing rule into a `Decision` carrying the
 rule, pack, severity, action, the policy version and the categories that made it fire. A
 rule whose legal control is not in force on the day of the event (not yet in force,
 suspended, not enforced) still decides, but only records; the decision names the regime,
@@ -17,8 +17,6 @@ categories behind it, which is what an officer acts on.
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
-import ipaddress
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,9 +27,8 @@ from agent.events import Action, Artefact, Decision, FileEvent, Flow, Severity
 from agent.policy import facts as facts_mod
 from agent.policy.conditions import All, Compare, Condition, event_kinds
 from agent.policy.plans import MAX_PLANS, Plan, build_plan, plan_key
+from agent.policy.rule_exceptions import RuleException
 from agent.policy.timeline import ControlState, Period, periods_from_status, state_on, strongest
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,49 +55,6 @@ class PackInfo:
     categories: int = 0
     sources: tuple[Source, ...] = ()
     timezone: str = "UTC"  # the calendar of the regime's legal dates
-
-
-@dataclass(frozen=True, slots=True)
-class RuleException:
-    name: str
-    networks: tuple[Network, ...] = ()
-    hosts: tuple[str, ...] = ()  # globs on the destination name / SNI
-    users: tuple[str, ...] = ()
-    processes: tuple[str, ...] = ()
-    paths: tuple[str, ...] = ()
-
-    def matches(self, facts: Mapping[str, Any]) -> bool:
-        """True when every field this exception sets matches the facts."""
-        dest = _ip_in(facts.get("dst_ip"), self.networks) or self._host_in(facts)
-        if (self.networks or self.hosts) and not dest:
-            return False
-        if self.users and facts.get("user") not in self.users:
-            return False
-        if self.processes and not _glob_any(facts.get("process.exe"), self.processes):
-            return False
-        return not self.paths or _glob_any(facts.get("path"), self.paths)
-
-    def _host_in(self, facts: Mapping[str, Any]) -> bool:
-        """Host names compare case-insensitively, without a trailing dot (DNS form)."""
-        for key in ("name", "sni"):
-            value = facts.get(key)
-            if isinstance(value, str) and _glob_any(value.lower().rstrip("."), self.hosts):
-                return True
-        return False
-
-
-def _glob_any(value: Any, patterns: tuple[str, ...]) -> bool:
-    return isinstance(value, str) and any(fnmatch.fnmatchcase(value, p) for p in patterns)
-
-
-def _ip_in(value: Any, nets: tuple[Network, ...]) -> bool:
-    if not nets or not isinstance(value, str):
-        return False
-    try:
-        ip = ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return any(ip.version == n.version and ip in n for n in nets)
 
 
 @dataclass(frozen=True, slots=True)

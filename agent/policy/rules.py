@@ -27,7 +27,8 @@ from agent.policy.conditions import (
 )
 from agent.policy.fields import field_type
 from agent.policy.loader import Issue, ParsedPack
-from agent.policy.model import Network, Rule, RuleCase, RuleException
+from agent.policy.model import Rule, RuleCase
+from agent.policy.rule_exceptions import Network, RuleException
 from agent.policy.schema import ExceptionModel, PeriodModel
 from agent.policy.timeline import Period
 

@@ -342,7 +342,7 @@ _STAGE = PolicyStage(_HOLDER)
 
 
 def test_exception_destinations() -> None:
-    from agent.policy.model import RuleException
+    from agent.policy.rule_exceptions import RuleException
 
     ex = RuleException(
         "approved",
