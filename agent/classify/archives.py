@@ -2,29 +2,23 @@
 
 Members are read as streams (never extracted to disk), hashed, and classified by the
 engine through the `classify` callback with their name and bytes; nested archives
-recurse until `classify.max_archive_depth`. One `Budget` is shared by the whole walk of
-a top-level file so the limits on member count and expanded bytes are global, and
-every decompressing reader checks the expansion ratio as it goes — a zip bomb, 42.zip
-or an overlapping-entry quine ends as a partial tag with a counted reason, not as
-gigabytes in memory. 7z is listed from its header (py7zr) and classified by name only.
+recurse until `classify.max_archive_depth`. One `Budget` (agent/classify/budget.py) is
+shared by the whole walk of a top-level file so the limits on member count and expanded
+bytes are global, and every decompressing reader checks the expansion ratio as it goes —
+a zip bomb, 42.zip or an overlapping-entry quine ends as a partial tag with a counted
+reason, not as gigabytes in memory. 7z is listed from its header (py7zr) and classified
+by name only.
 """
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import hashlib
 import itertools
-import lzma
 import struct
 import tarfile
 import zipfile
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol, cast
+from typing import BinaryIO, cast
 
-from agent import metrics
 from agent.classify.base import (
     DeadlineExceeded,
     Finding,
@@ -34,120 +28,20 @@ from agent.classify.base import (
     ParseError,
     Source,
 )
+from agent.classify.budget import (
+    CHUNK,
+    READ_ERRORS,
+    Budget,
+    Counting,
+    Expanding,
+    Readable,
+    decompressor,
+    read_member,
+)
 from agent.events import Tag
 
 Classify = Callable[[Source], Finding]
-CHUNK = 1 << 20
 MAX_MEMBER_TAGS = 32
-
-
-@dataclass(slots=True)
-class Budget:
-    """Limits shared across one recursive walk; `reasons` collects why it was partial."""
-
-    limits: Limits
-    members: int = 0
-    expanded: int = 0
-    ancestors: set[str] = field(default_factory=set)
-    reasons: list[str] = field(default_factory=list)
-    magika: bool = True  # run magika on a still-unknown top-level content now
-
-    def partial(self, reason: str) -> None:
-        if reason not in self.reasons:
-            self.reasons.append(reason)
-
-
-class _Counting:
-    """A reader that counts what it has read (the compressed side of a stream)."""
-
-    def __init__(self, f: BinaryIO) -> None:
-        self.f = f
-        self.count = 0
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.count += len(data)
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-
-class _Expanding:
-    """A decompressed stream that stops at the expanded-bytes budget or the ratio bound."""
-
-    def __init__(self, inner: BinaryIO, raw: _Counting, budget: Budget, slack: int) -> None:
-        self.inner = inner
-        self.raw = raw
-        self.budget = budget
-        self.out = 0
-        self.slack = slack
-
-    def read(self, n: int = -1) -> bytes:
-        lim = self.budget.limits
-        data = self.inner.read(CHUNK if n is None or n < 0 else min(n, CHUNK * 4))
-        self.out += len(data)
-        self.budget.expanded += len(data)
-        if self.budget.expanded > lim.max_archive_expanded_bytes:
-            raise LimitExceeded("expanded_limit", "archive expands past the byte limit")
-        if self.out > self.slack and self.out > lim.max_compression_ratio * max(self.raw.count, 1):
-            raise LimitExceeded("compression_ratio", "archive expands past the ratio limit")
-        return data
-
-
-def _decompressor(fmt: str, raw: _Counting) -> BinaryIO:
-    if fmt == "gzip":
-        return cast(BinaryIO, gzip.GzipFile(fileobj=cast(BinaryIO, raw), mode="rb"))
-    if fmt == "bzip2":
-        return cast(BinaryIO, bz2.BZ2File(cast(BinaryIO, raw), "rb"))
-    if fmt == "xz":
-        return cast(BinaryIO, lzma.LZMAFile(cast(BinaryIO, raw), "rb"))
-    if fmt == "zstd":
-        try:
-            import zstandard
-        except ImportError:
-            raise ParseError("zstandard not installed") from None
-        return cast(BinaryIO, zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, raw)))
-    raise ParseError(f"no decompressor for {fmt}")
-
-
-_ERRORS = (
-    OSError,
-    EOFError,
-    zlib.error,
-    lzma.LZMAError,
-    ValueError,
-    tarfile.TarError,
-    zipfile.BadZipFile,
-    NotImplementedError,
-    RuntimeError,
-)
-
-
-class Readable(Protocol):
-    def read(self, n: int = -1, /) -> bytes: ...
-
-
-def _read_member(fh: Readable, name: str, src: Source, budget: Budget) -> tuple[Source, str]:
-    """Stream one member: hash all of it, keep it whole if small, else only its head."""
-    lim = budget.limits
-    h = hashlib.sha256()
-    keep = bytearray()
-    total = 0
-    while True:
-        src.deadline.check()
-        chunk = fh.read(CHUNK)
-        if not chunk:
-            break
-        total += len(chunk)
-        h.update(chunk)
-        if len(keep) < lim.max_member_inline:
-            keep += chunk[: lim.max_member_inline - len(keep)]
-    metrics.HASHED_BYTES.inc(total)
-    member = Source.from_bytes(
-        name, bytes(keep), depth=src.depth + 1, size=total, deadline=src.deadline
-    )
-    return member, h.hexdigest()
 
 
 def walk_zip(src: Source, budget: Budget, classify: Classify, name_tags: NameTags) -> Finding:
@@ -181,12 +75,12 @@ def walk_zip(src: Source, budget: Budget, classify: Classify, name_tags: NameTag
                 continue
             try:
                 with zf.open(info) as fh:
-                    member, sha = _read_member(fh, name, src, budget)
+                    member, sha = read_member(fh, name, src, budget)
             except DeadlineExceeded:
                 budget.partial("timeout")
                 members.append(Member(name, info.file_size, None, name_tags(name)))
                 break
-            except _ERRORS as e:
+            except READ_ERRORS as e:
                 budget.partial("encrypted" if "encrypted" in str(e) else "malformed")
                 members.append(Member(name, info.file_size, None, name_tags(name)))
                 continue
@@ -297,10 +191,10 @@ def walk_tar(
     fmt = f"tar.{_SHORT[compression]}" if compression else "tar"
     refused = False
     with src.open() as f:
-        raw = _Counting(f)
+        raw = Counting(f)
         stream: Readable = raw
         if compression:
-            stream = _Expanding(_decompressor(compression, raw), raw, budget, CHUNK)
+            stream = Expanding(decompressor(compression, raw), raw, budget, CHUNK)
         try:
             with tarfile.open(
                 fileobj=cast(BinaryIO, stream), mode="r|", tarinfo=_bounded_tarinfo()
@@ -326,7 +220,7 @@ def walk_tar(
                     fh = tf.extractfile(ti)
                     if fh is None:
                         continue
-                    member, sha = _read_member(fh, ti.name, src, budget)
+                    member, sha = read_member(fh, ti.name, src, budget)
                     if not compression:
                         budget.expanded += member.size
                     finding = _member_finding(member, sha, budget, classify)
@@ -338,7 +232,7 @@ def walk_tar(
                     )
         except LimitExceeded as e:
             budget.partial(e.reason)
-        except _ERRORS as e:
+        except READ_ERRORS as e:
             if not members:
                 raise ParseError(f"{fmt}: {e}") from None
             budget.partial("truncated")
@@ -370,8 +264,8 @@ _SHORT = {"gzip": "gz", "bzip2": "bz2", "xz": "xz", "zstd": "zst"}
 def peek_decompressed(src: Source, compression: str, n: int = 1024) -> bytes:
     with src.open() as f:
         try:
-            return _decompressor(compression, _Counting(f)).read(n)
-        except _ERRORS as e:
+            return decompressor(compression, Counting(f)).read(n)
+        except READ_ERRORS as e:
             raise ParseError(f"{compression}: {e}") from None
 
 
@@ -383,14 +277,14 @@ def walk_compressed(src: Source, budget: Budget, classify: Classify, compression
             name = name[: -len(suffix)]
             break
     with src.open() as f:
-        raw = _Counting(f)
-        stream = _Expanding(_decompressor(compression, raw), raw, budget, CHUNK)
+        raw = Counting(f)
+        stream = Expanding(decompressor(compression, raw), raw, budget, CHUNK)
         try:
-            member, sha = _read_member(stream, name, src, budget)
+            member, sha = read_member(stream, name, src, budget)
         except LimitExceeded as e:
             budget.partial(e.reason)
             return _archive_finding(compression, f"application/{compression}", [], [], budget)
-        except _ERRORS as e:
+        except READ_ERRORS as e:
             raise ParseError(f"{compression}: {e}") from None
     budget.members += 1
     finding = _member_finding(member, sha, budget, classify)

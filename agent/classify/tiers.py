@@ -38,6 +38,7 @@ from agent.classify.base import (
     Source,
     decode_text,
 )
+from agent.classify.budget import Budget
 from agent.classify.magika_tier import magika_finding, warm_up
 from agent.classify.secrets import credential_file_tags, der_tags, public_material, secret_tags
 from agent.classify.signatures import COMPRESSED, name_tags, signature_tag, sniff
@@ -67,7 +68,7 @@ class ContentTiers:
         caller that runs `identify` later — after hashing a big file, so that the model's
         load does not compete with the hash for the CPU and the GIL.
         """
-        budget = archives.Budget(self.limits)
+        budget = Budget(self.limits)
         budget.magika = magika
         finding = self._classify(src, path, budget)
         if budget.reasons and finding.skipped is None:
@@ -78,7 +79,7 @@ class ContentTiers:
             finding.cut_at = src.deadline.where
         return finding
 
-    def _classify(self, src: Source, path: str | None, budget: archives.Budget) -> Finding:
+    def _classify(self, src: Source, path: str | None, budget: Budget) -> Finding:
         fmt = sniff(src.head, src.size, src.ext, src.basename)
         if fmt is not None:
             try:
@@ -139,9 +140,7 @@ class ContentTiers:
     def is_unknown(finding: Finding) -> bool:
         return not finding.tags and finding.content_type == "application/octet-stream"
 
-    def _parse(
-        self, fmt: str, src: Source, path: str | None, budget: archives.Budget
-    ) -> Finding | None:
+    def _parse(self, fmt: str, src: Source, path: str | None, budget: Budget) -> Finding | None:
         lim = self.limits
 
         def recurse(member: Source) -> Finding:
@@ -201,7 +200,7 @@ class ContentTiers:
             return Finding(*found) if found is not None else None
         return None
 
-    def _zip(self, src: Source, budget: archives.Budget, recurse: archives.Classify) -> Finding:
+    def _zip(self, src: Source, budget: Budget, recurse: archives.Classify) -> Finding:
         try:
             found = self._zip_formats(src, recurse)
         except _ZIP_ERRORS as e:
@@ -321,7 +320,7 @@ def _legacy_table_text(head: bytes, ext: str) -> str | None:
     return head.decode("latin-1")
 
 
-def _refused(fmt: str, reason: str, budget: archives.Budget) -> Finding:
+def _refused(fmt: str, reason: str, budget: Budget) -> Finding:
     """The signature-level finding of a parser that hit a bound (`reason`)."""
     if reason == "timeout":
         budget.partial("timeout")

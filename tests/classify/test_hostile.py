@@ -88,8 +88,9 @@ def test_nested_zips_stop_at_the_depth_limit(tmp_path: Path) -> None:
 
 def test_member_identical_to_an_ancestor_is_cut(tmp_path: Path) -> None:
     """A quine contains itself: a member whose hash is an enclosing archive's is not walked."""
-    from agent.classify.archives import Budget, walk_zip
+    from agent.classify.archives import walk_zip
     from agent.classify.base import Limits, Source
+    from agent.classify.budget import Budget
     from agent.classify.tiers import ContentTiers, name_tags
 
     inner = C.zip_bytes({"readme.txt": b"hello"})
