@@ -73,6 +73,8 @@ class DatabaseSection(_Section):
     forward_timeout: float = Field(default=30.0, gt=0)  # a batch slower than this is abandoned
     forward_backoff_max: float = Field(default=30.0, gt=0)  # longest wait between retries
     forward_stop_seconds: float = Field(default=5.0, ge=0)  # forwarding allowed at stop
+    # a batch that is not full waits this long for more events (fewer transactions)
+    forward_linger: float = Field(default=1.0, ge=0, le=60)
 
     @field_validator("url")
     @classmethod
