@@ -6,8 +6,9 @@ then the file identity (device, inode, size, mtime_ns, ctime_ns) → hash cache;
 the SHA-256 (in a helper thread for big files, while the content is parsed). With the
 hash: the result cache, the in-memory LRU and the store (lineage); only content never
 seen before is parsed by the engine. Path-dependent facts — the git repository of source
-code and keywords in the file name — are added on every call and never cached with the
-content. Every skip is counted in `egress_agent_classify_skipped_total{reason}`.
+code and keywords in the file name (agent/classify/path_facts.py) — are added on every
+call and never cached with the content. Every skip is counted in
+`egress_agent_classify_skipped_total{reason}`.
 
 `classify.file_deadline` bounds the work on one file from the moment `classify_path`
 starts: the parsers check a `Deadline` in every loop and on every read, so a hostile
@@ -29,7 +30,6 @@ import os
 import stat
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -38,7 +38,6 @@ from typing import Any
 
 from agent import metrics
 from agent.categories import CategorySpec
-from agent.classify import repository, source
 from agent.classify.base import HEAD_BYTES, Deadline, Finding, Limits, Source
 from agent.classify.hashing import (
     BIG_BUF_SIZE,
@@ -49,9 +48,10 @@ from agent.classify.hashing import (
 )
 from agent.classify.keywords import KeywordMatcher
 from agent.classify.lineage import LRU, Known
+from agent.classify.path_facts import artefact, git_internal
 from agent.classify.tiers import CLASSIFIER_VERSION, ContentTiers
 from agent.config import ClassifySection
-from agent.events import Artefact, CategoryMatch, Tag
+from agent.events import Artefact
 from agent.fingerprint import BIG_FILE, Abandoned, HashAhead, ident_of
 from agent.liveness import name_current_thread
 
@@ -161,7 +161,7 @@ class Classifier:
             return self._directory(path)
         if not stat.S_ISREG(st.st_mode):
             return skipped("special_file")
-        internal = _git_internal(path, st.st_size)
+        internal = git_internal(path, st.st_size)
         if internal is not None:
             return internal
         try:
@@ -184,7 +184,7 @@ class Classifier:
             return None
         if not stat.S_ISREG(st.st_mode):
             return None
-        internal = _git_internal(path, st.st_size)
+        internal = git_internal(path, st.st_size)
         if internal is not None:
             return internal
         sha = self.cache.lookup(*ident_of(st))
@@ -193,7 +193,7 @@ class Classifier:
         known = self._known(sha)
         if known is None:
             return Artefact(sha256=sha, size=st.st_size)
-        return self._artefact(path, sha, st.st_size, known, (), None)
+        return artefact(self.matcher(), path, sha, st.st_size, known, (), None)
 
     # --- internals -------------------------------------------------------------------
     def _classify_fd(
@@ -278,7 +278,7 @@ class Classifier:
             reason = "changed_while_read"
         if finding is not None and finding.parents:
             parents = tuple(finding.parents[:MAX_PARENTS])
-        art = self._artefact(path, sha, fst.st_size, known, parents, reason)
+        art = artefact(self.matcher(), path, sha, fst.st_size, known, parents, reason)
         if reason == "timeout":
             art = replace(art, skipped_at=finding.cut_at if finding else known.cut_at)
         if reason == "timeout" and finding is not None:
@@ -370,36 +370,6 @@ class Classifier:
             return self._store_lookup(sha)
         return None
 
-    def _artefact(
-        self,
-        path: str,
-        sha: str,
-        size: int,
-        known: Known,
-        parents: tuple[str, ...],
-        reason: str | None,
-    ) -> Artefact:
-        matcher = self.matcher()
-        tags = tuple(_with_git(t, path) for t in known.tags)
-        kinds = tuple(dict.fromkeys(t.kind for t in tags))
-        index = matcher.index
-        counts: Counter[int] = Counter(
-            {index[code]: n for code, n in known.counts if code in index}
-        )
-        counts.update(matcher.counts([os.path.basename(path)]))
-        matches: tuple[CategoryMatch, ...] = matcher.matches(counts, kinds)
-        if known.matches and not known.counts:  # inherited from the store as matches
-            matches = known.matches
-        return Artefact(
-            sha256=sha,
-            size=size,
-            content_type=known.content_type,
-            tags=tags,
-            matches=matches,
-            parents=parents,
-            skipped=reason,
-        )
-
     def _directory(self, path: str) -> Artefact:
         """A TensorFlow SavedModel directory is one artefact; other directories are not."""
         pb = os.path.join(path, "saved_model.pb")
@@ -413,66 +383,3 @@ class Classifier:
             tags=inner.tags,
             parents=(inner.sha256,) if inner.sha256 else (),
         )
-
-
-_GIT_ARCHIVE_FORMATS = frozenset({"tar", "tar.gz", "tgz", "zip"})
-
-
-def _archive_repository(tag: Tag, path: str) -> Tag:
-    """A `git archive` output named after its repository, by the commit git wrote into it."""
-    if "member" in tag.details or "git_commit" in tag.details:
-        return tag
-    commit = repository.archive_commit(path)
-    repo = repository.by_commit(commit) if commit else None
-    if commit is None:
-        return tag
-    details = {**tag.details, "git_commit": commit}
-    evidence = f"{tag.evidence}, git archive of commit {commit[:12]}"
-    if repo is not None:
-        details.update(git_remote=repo.remote, git_root=repo.root, repository=repo.name)
-        evidence += f" of repository {repo.remote or repo.name}"
-    return replace(tag, evidence=evidence, details=details)
-
-
-def _bundle_repository(tag: Tag, path: str) -> Tag:
-    """A git bundle named after its repository: the one whose HEAD is the bundle's first
-    ref (seen when git read its internals to write it), else the tree it was written in."""
-    commit = tag.details.get("git_commit")
-    repo = repository.by_commit(commit) if isinstance(commit, str) else None
-    if repo is None:
-        repo = repository.repository_in(os.path.dirname(os.path.abspath(path)))
-        if repo is not None and repo.commit != commit:
-            repo = None
-    if repo is None:
-        return tag
-    where = repo.remote or f"local repository {repo.name}"
-    details = {**tag.details, "git_remote": repo.remote, "git_root": repo.root}
-    details["repository"] = repo.name
-    return replace(
-        tag, evidence=f"history of git repository {where} in a git bundle", details=details
-    )
-
-
-def _git_internal(path: str, size: int) -> Artefact | None:
-    """A file under `.git/` or in a bare repository: part of its repository, one tag.
-
-    Not hashed or read: config, refs and packfiles are not documents of their own, and a
-    push reads hundreds of them.
-    """
-    tag = repository.internal_tag(path)
-    if tag is None:
-        return None
-    return Artefact(sha256=None, size=size, content_type="application/x-git-internal", tags=(tag,))
-
-
-def _with_git(tag: Tag, path: str) -> Tag:
-    if tag.kind == "source_code" and tag.details.get("detector") == "git_bundle":
-        return _bundle_repository(tag, path)
-    if tag.kind == "archive" and tag.details.get("format") in _GIT_ARCHIVE_FORMATS:
-        return _archive_repository(tag, path)
-    if tag.kind != "source_code" or tag.details.get("by_name") or tag.details.get("detector"):
-        return tag
-    if "git_root" in tag.details or "member" in tag.details:
-        return tag
-    # the fresh tag is the whole answer (the same kind): no dataclasses.replace (3 µs)
-    return source.source_tag(str(tag.details.get("language")), path)
