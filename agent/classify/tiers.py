@@ -18,6 +18,7 @@ import zlib
 
 from agent.classify import (
     archives,
+    code_comments,
     datasets,
     delimited,
     documents,
@@ -272,7 +273,7 @@ class ContentTiers:
         lang = None if delimited.is_matrix_market(text) else source.language_for(src.name, src.head)
         if lang is not None and src.ext not in ("csv", "tsv", "jsonl"):
             tag = source.source_tag(lang, None)
-            comments = source.comments(text, lang, self.limits.max_text_bytes)
+            comments = code_comments.comments(text, lang, self.limits.max_text_bytes)
             return Finding(f"text/x-{lang}", [tag, *secrets], text=comments)
         if src.ext in ("jsonl", "ndjson") or (src.ext != "json" and datasets.is_jsonl(text)):
             try:

@@ -184,10 +184,10 @@ def test_git_config_parser_on_odd_files(tmp_path: Path) -> None:
 @FAST
 @given(text=st.text(max_size=3000), ext=st.sampled_from(["py", "c", "sql", "m", "csv", "txt", ""]))
 def test_text_tier_functions_never_raise(text: str, ext: str) -> None:
-    from agent.classify import documents, engineering, secrets, source
+    from agent.classify import code_comments, documents, engineering, secrets, source
 
     lang = source.language_for(f"f.{ext}", text.encode("utf-8", "surrogatepass")[:256])
-    source.comments(text, lang or "c", 10_000)
+    code_comments.comments(text, lang or "c", 10_000)
     engineering.text_tag(text, ext)
     secrets.secret_tags(text)
     delimited.sniff_delimited(text, ext)
