@@ -15,7 +15,7 @@ library (0.17 s of CPU at every start, against 1 ms for the compile itself).
 
 Each capture has a second socket, `Wakeup`, whose filter passes only a connection's
 opening SYN and DNS queries: the sensor waits on it always, but on the main socket only
-once `sensor.CAPTURE_LINGER` has passed since it last read it, so the rest (SYN-ACKs,
+once `captureread.CAPTURE_LINGER` has passed since it last read it, so the rest (SYN-ACKs,
 ClientHellos, FINs, DNS answers) is read in batches, in order, without a wake-up each.
 """
 
@@ -157,7 +157,7 @@ class Wakeup:
     """The second packet socket of a capture: it holds only what must be handled at once
     (`WAKEUP_FILTER`: outbound connection openings, whose owner is looked up while the
     socket still exists, and DNS queries), so the sensor can leave the main socket
-    unwatched for `sensor.CAPTURE_LINGER` after reading it and still wake for those.
+    unwatched for `captureread.CAPTURE_LINGER` after reading it and still wake for those.
     What it receives only starts the look-up of each sender early (before the main
     queue ahead of it is processed): the main socket has the same packets, in order."""
 

@@ -16,6 +16,8 @@ read after packets, held flows to hand over) is due, so a quiet host with no ope
 wakes it only for what arrives (address changes and new UDP conversations come as
 netlink messages, see `netwatch`), and at least every `MAX_SLEEP` seconds to beat its
 heartbeat. Exported flows are handed to the pipeline in batches (`FLOW_LINGER`).
+Reading the captures is `captureread`, sock_diag and conntrack are `kernelacct`: mixins
+sharing this class's state.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from agent.config import NetworkSection
 from agent.events import Flow, ProcessInfo
 from agent.liveness import HEARTBEATS, Heartbeat, supervised
 from agent.sensors import Emit, SensorUnavailable
-from agent.sensors.network.capture import DLT_RAW, PACKET_OUTGOING, CaptureSocket, Wakeup
+from agent.sensors.network.capture import CaptureSocket, Wakeup
+from agent.sensors.network.captureread import HOUSEKEEPING, REOPEN_INTERVAL, CaptureReading
 from agent.sensors.network.conntrack import Conntrack
 from agent.sensors.network.destinations import Destinations
 from agent.sensors.network.flowstate import FlowKey
@@ -41,24 +44,14 @@ from agent.sensors.network.flowtable import FlowTable
 from agent.sensors.network.host import ephemeral_range, local_addresses
 from agent.sensors.network.kernelacct import DUMP_INTERVAL, KernelAccounting
 from agent.sensors.network.netwatch import AddressWatch, ConntrackEvents
-from agent.sensors.network.packets import decode_ethernet, decode_ip
 from agent.sensors.network.procindex import ProcIndex
 from agent.sensors.network.sockdiag import DestroyListener, DiagSocket, SockDiag
 from agent.wakepipe import wake
 
 log = logging.getLogger(__name__)
 
-REOPEN_INTERVAL = 5.0  # seconds between attempts to reopen a failed capture
 LOCAL_REFRESH = 30.0  # re-read of this host's addresses when no AddressWatch can open
-HOUSEKEEPING = 1.0  # at most this often: timeouts, drop counters (as precise as before)
 MAX_SLEEP = 60.0  # longest sleep: the heartbeat's age stays below agent.stall_after
-_BATCH = 256  # packets read from one socket before looking at the others
-_DRAIN_BATCHES = 16  # at most this many batches read from a capture at one turn
-# after reading a capture, its main socket is left unwatched this long (s): what arrives
-# meanwhile (SYN-ACKs, ClientHellos, FINs, DNS answers) is read with the next wake-up of
-# any kind, in order, instead of a wake-up each; its wake-up socket (a connection's SYN,
-# a DNS query: their sender is looked up while its socket exists) is always watched
-CAPTURE_LINGER = 0.05
 _CAPTURES = (CaptureSocket, Wakeup)
 # destroy notifications wait up to this long (s) for a wake-up that happens anyway (the
 # next connection's SYN): one wake per flow fewer; flows end this much later at most
@@ -70,7 +63,7 @@ FLOW_LINGER = 0.5
 _MAX_HELD = 256
 
 
-class NetworkSensor(KernelAccounting):
+class NetworkSensor(KernelAccounting, CaptureReading):
     name = "network"
 
     def __init__(
@@ -346,88 +339,6 @@ class NetworkSensor(KernelAccounting):
                 os.read(self._wake_r, 64)
             except OSError:
                 pass
-
-    def _read_captures(self) -> None:
-        """Read every capture's queue (up to `_DRAIN_BATCHES` batches each), then leave
-        the main sockets unwatched for CAPTURE_LINGER if anything came. The wake-up
-        copies are read first: their senders are looked up at once (the packets are in
-        the main queue already, maybe behind others), and a SYN queued after this read
-        wakes the loop again."""
-        read = 0
-        more = False
-        for cap in list(self.captures):
-            decode = decode_ip if cap.linktype == DLT_RAW else decode_ethernet
-            self._look_up_early(p for p in map(decode, cap.wakeup.read()) if p is not None)
-            for _ in range(_DRAIN_BATCHES):
-                n = self._read_packets(cap)
-                read += n
-                if n < _BATCH:
-                    break
-            else:
-                more = True
-        self._forget_early()
-        if more:
-            self._capture_quiet = time.monotonic()  # read on at the next turn
-        elif read:
-            self._capture_quiet = time.monotonic() + CAPTURE_LINGER
-        else:
-            self._capture_quiet = math.inf  # watched again
-
-    def _read_packets(self, cap: CaptureSocket) -> int:
-        """Read up to `_BATCH` packets; returns how many were read."""
-        assert self.table is not None
-        buf, view = self._buf, self._view
-        packet = self.table.packet
-        decode = decode_ip if cap.linktype == DLT_RAW else decode_ethernet
-        n = reads = 0
-        sock, loopback = cap.sock, cap.loopback
-        for _ in range(_BATCH):
-            try:
-                # only loopback needs the sender address (its direction); building it
-                # costs an ioctl (SIOCGIFNAME) and a tuple per packet
-                if loopback:
-                    size, addr = sock.recvfrom_into(buf)
-                    reads += 1
-                    if addr[2] == PACKET_OUTGOING:
-                        continue  # loopback shows each packet twice; keep the incoming copy
-                else:
-                    size = sock.recv_into(buf)
-                    reads += 1
-            except BlockingIOError:
-                break
-            except OSError as e:  # ENETDOWN: the interface went away; reopened on the tick
-                log.warning(
-                    "capture on %s failed (%s); reopening it every %.0f s",
-                    cap.interface,
-                    e,
-                    REOPEN_INTERVAL,
-                )
-                self.captures.remove(cap)
-                cap.close()
-                self.down[cap.interface] = str(e)
-                break
-            n += 1
-            pkt = decode(view, 0, size)
-            if pkt is not None:
-                packet(pkt, time.time(), view, size)
-        if n:
-            self.packets += n
-            if self._stats_due == math.inf:  # drops can only follow packets: read them soon
-                self._stats_due = max(time.monotonic(), self._last_stats + HOUSEKEEPING)
-            cap.packet_counter.inc(n)
-        return reads
-
-    def _reopen(self) -> None:
-        for name in list(self.down):
-            try:
-                cap = CaptureSocket(name, self.cfg.socket_buffer_bytes, self._programs)
-            except SensorUnavailable as e:
-                self.down[name] = str(e)
-                continue
-            self.captures.append(cap)
-            del self.down[name]
-            log.info("capture on %s reopened", name)
-            self._refresh_local()
 
     # --- export ------------------------------------------------------------------------
     def _export(self, flow: Flow) -> None:
