@@ -36,6 +36,7 @@ from psycopg import Cursor, sql
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Engine, Integer, Table
 
 from agent.events import Event, FileEvent
+from agent.store import values_merge
 from agent.store.models import Artefact, FileState, Lineage
 from agent.store.spool_rows import EVENT_TABLES as EVENT_TABLES_IN_ROWS
 from agent.store.spool_rows import RowsBatch
@@ -271,6 +272,13 @@ def _stage_text(cur: Cursor[Any], table: str, columns: tuple[str, ...], data: st
 def _merge_text(cur: Cursor[Any], table: str, columns: tuple[str, ...], data: str) -> None:
     if not data:
         return
+    if values_merge.is_small(data) and values_merge.merge(cur, table, columns, data, _MERGE[table]):
+        return  # a few rows: no staging table (its set-up is most of a small merge)
+    merge_staged(cur, table, columns, data)
+
+
+def merge_staged(cur: Cursor[Any], table: str, columns: tuple[str, ...], data: str) -> None:
+    """COPY lines of `table` through this session's staging table, merged by `_MERGE`."""
     staging = _stage_text(cur, table, columns, data)
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     cur.execute(
@@ -296,7 +304,9 @@ DELETE_GONE = (
 def _shared_text(cur: Cursor[Any], host_id: str, rows: RowsBatch) -> None:
     _merge_text(cur, "artefacts", rows.columns["artefacts"], rows.texts["artefacts"])
     _merge_text(cur, "lineage", rows.columns["lineage"], rows.texts["lineage"])
-    if rows.file_state_deletes:
+    if values_merge.is_small(rows.file_state_deletes):
+        values_merge.delete_paths(cur, host_id, rows.file_state_deletes)
+    elif rows.file_state_deletes:
         staging = _stage_text(cur, "file_state", ("path",), rows.file_state_deletes)
         cur.execute(sql.SQL(DELETE_GONE).format(sql.Identifier(staging)), (host_id,))
     _merge_text(cur, "file_state", rows.columns["file_state"], rows.file_state_upserts)
