@@ -40,7 +40,10 @@ def test_a_gone_path_leaves_the_other_hosts_row_and_probes_the_key(pg_url: str) 
             FileEvent(action=FileAction.WRITTEN, path=p, size=n) for p in [*odd, "/keep", *many]
         ]
         copy_rows(engine, host, _rows(host, written, 1), Mark(f"spool-{host}", len(written)))
-    gone: list[Event] = [FileEvent(action=FileAction.DELETED, path=p) for p in [*odd, "/none"]]
+    # more gone paths than a small merge takes (values_merge.SMALL): the staged delete
+    gone: list[Event] = [
+        FileEvent(action=FileAction.DELETED, path=p) for p in [*odd, "/none", *many[:40]]
+    ]
     with engine.begin() as c:
         c.execute(text("ANALYZE file_state"))
     rows = _rows("a", gone, 5000)
@@ -48,7 +51,8 @@ def test_a_gone_path_leaves_the_other_hosts_row_and_probes_the_key(pg_url: str) 
     state = _state(engine)
     assert {(h, p) for h, p, _ in state if p in odd} == {("b", p) for p in odd}
     assert ("a", "/keep", 0) in state and ("b", "/keep", 1) in state
-    assert len(state) == 2 * (len(many) + 1) + len(odd)
+    assert len(state) == 2 * (len(many) + 1) + len(odd) - 40
+    assert not {p for h, p, _ in state if h == "a"} & set(many[:40])
     # the plan: per gone path one probe of the key, not a scan of the host's rows
     with engine.connect() as c:
         raw = c.connection.driver_connection
