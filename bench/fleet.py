@@ -43,6 +43,7 @@ import time
 import uuid
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
@@ -164,15 +165,58 @@ def reference_copy(engine: Engine, events: int) -> dict[str, Any]:
     return {"events": events, "seconds": round(seconds, 2), "events_per_s": round(events / seconds)}
 
 
-def steady(fleet: Fleet, engine: Engine, rate: float, seconds: float) -> dict[str, Any]:
+def postgres_cpu(engine: Engine) -> float:
+    """CPU seconds of the whole PostgreSQL server this engine talks to (same host, /proc):
+    the postmaster and every child, plus the children it has reaped (its cutime/cstime),
+    so backends that came and went between two readings are counted too."""
+    with engine.connect() as c:
+        backend = int(c.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+    def fields(pid: int | str) -> list[str]:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+    postmaster = int(fields(backend)[1])
+    ticks = sum(int(v) for v in fields(postmaster)[11:15])  # utime stime cutime cstime
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                f = fields(entry.name)
+            except OSError:
+                continue
+            if int(f[1]) == postmaster:
+                ticks += int(f[11]) + int(f[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def commits(engine: Engine) -> int:
+    """Transactions committed in this database so far (the statistics collector's)."""
+    with engine.connect() as c:
+        c.execute(text("SELECT pg_stat_clear_snapshot()"))
+        return int(
+            c.execute(
+                text("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+            ).scalar_one()
+        )
+
+
+def steady(
+    fleet: Fleet, engine: Engine, rate: float, seconds: float, linger: float | None = None
+) -> dict[str, Any]:
+    """Events at `rate` per agent for `seconds`: forward lag, and the central store's
+    CPU (the whole server's, `postgres_cpu`) and transactions per second."""
+    if linger is not None:
+        fleet.ask("linger", linger)
     before = event_count(engine)
     load_before = load()
+    cpu, txs, started = postgres_cpu(engine), commits(engine), time.perf_counter()
     res = fleet.ask("steady", (rate, seconds))
     fed = sum(r["fed"] for r in res)
     fed_seconds = max(r["fed_seconds"] for r in res)
-    started = time.perf_counter()
+    drain_started = time.perf_counter()
     fleet.drain()
-    drain = time.perf_counter() - started
+    drain = time.perf_counter() - drain_started
+    took = time.perf_counter() - started
+    cpu, txs = postgres_cpu(engine) - cpu, commits(engine) - txs
     ages = sorted(a for r in res for a in r["ages"])
 
     def pct(p: float) -> float:
@@ -186,6 +230,10 @@ def steady(fleet: Fleet, engine: Engine, rate: float, seconds: float) -> dict[st
         "drain_after_s": round(drain, 2),
         "lag_s": {"p50": pct(0.5), "p95": pct(0.95), "p99": pct(0.99), "max": pct(1.0)},
         "lag_mean_s": round(statistics.fmean(ages), 3) if ages else 0.0,
+        "linger_s": linger,
+        "server_cpu_share_of_a_core": round(cpu / took, 3),
+        "server_cpu_ms_per_event": round(cpu / max(fed, 1) * 1e3, 3),
+        "transactions_per_s": round(txs / took, 1),
         "load": [load_before, load()],
     }
 
@@ -253,11 +301,32 @@ def comparisons(res: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(
             {
                 "what": f"forward lag p95 at {s['offered_events_per_s']} events/s "
-                f"({n} agents × {s['rate_per_host']}/s)",
+                f"({n} agents × {s['rate_per_host']}/s, linger {s['linger_s']} s)",
                 "agent": s["lag_s"]["p95"],
                 "reference": None,
                 "unit": "s",
                 "note": f"max {s['lag_s']['max']} s; spool age of the oldest event, sampled 1/s",
+            }
+        )
+        off = res.get("steady_no_linger")
+        out.append(
+            {
+                "what": f"central store CPU in that steady phase ({n} agents)",
+                "agent": s["server_cpu_share_of_a_core"],
+                "reference": off["server_cpu_share_of_a_core"] if off else None,
+                "unit": "share of a core",
+                "ratio": (
+                    round(s["server_cpu_share_of_a_core"] / off["server_cpu_share_of_a_core"], 2)
+                    if off and off["server_cpu_share_of_a_core"]
+                    else None
+                ),
+                "note": f"{s['transactions_per_s']} transactions/s"
+                + (
+                    f"; reference: the same fleet with forward_linger 0, "
+                    f"{off['transactions_per_s']} transactions/s, lag p95 {off['lag_s']['p95']} s"
+                    if off
+                    else ""
+                ),
             }
         )
     for step in res.get("scale", []):
@@ -333,7 +402,14 @@ def run(args: argparse.Namespace, n: int, sizes: list[int]) -> dict[str, Any]:
                     res["reference_copy"] = reference_copy(engine, res["backlog"]["events"])
                     progress({k: res[k] for k in ("agents", "backlog", "reference_copy")})
                     if args.steady > 0:
-                        res["steady"] = steady(fleet, engine, args.rate, args.steady)
+                        if args.linger_ab:  # the same fleet without the linger first
+                            res["steady_no_linger"] = steady(
+                                fleet, engine, args.rate, args.steady, linger=0.0
+                            )
+                            progress({"agents": n, "steady_no_linger": res["steady_no_linger"]})
+                        res["steady"] = steady(
+                            fleet, engine, args.rate, args.steady, linger=args.linger
+                        )
                         progress({"agents": n, "steady": res["steady"]})
                 finally:
                     res["agents_closed"] = fleet.close()
@@ -374,6 +450,10 @@ def main() -> None:
     ap.add_argument("--steady", type=float, default=30.0, help="seconds of steady load")
     ap.add_argument(
         "--sizes", default="1e6", help="store sizes to time queries at (events; the last fleet)"
+    )
+    ap.add_argument("--linger", type=float, default=1.0, help="the agents' database.forward_linger")
+    ap.add_argument(
+        "--linger-ab", action="store_true", help="a steady phase without the linger first"
     )
     ap.add_argument("--private-server", action="store_true", help="also for small fleets")
     ap.add_argument("--keep", action="store_true", help="keep the scratch databases")

@@ -169,6 +169,10 @@ def worker(spec: WorkerSpec, conn: Connection) -> None:
             conn.send({"spooled": agents.spooled(), "errors": agents.errors()})
         elif cmd == "steady":
             conn.send(agents.steady(*arg))
+        elif cmd == "linger":  # database.forward_linger of every agent, for an A/B run
+            for f in agents.forwarders:
+                f.linger = arg
+            conn.send({"linger": arg})
         elif cmd == "close":
             conn.send(agents.close())
             return
