@@ -453,7 +453,10 @@ def main() -> None:
     )
     ap.add_argument("--linger", type=float, default=1.0, help="the agents' database.forward_linger")
     ap.add_argument(
-        "--linger-ab", action="store_true", help="a steady phase without the linger first"
+        "--linger-ab",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a steady phase without the linger first (the reference of the same run)",
     )
     ap.add_argument("--private-server", action="store_true", help="also for small fleets")
     ap.add_argument("--keep", action="store_true", help="keep the scratch databases")
