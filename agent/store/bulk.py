@@ -33,7 +33,7 @@ from typing import Any, cast
 
 import psycopg
 from psycopg import Cursor, sql
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Engine, Integer, Table
+from sqlalchemy import JSON, Engine, Table
 
 from agent.events import Event, FileEvent
 from agent.store import values_merge
@@ -76,18 +76,10 @@ class _Layout:
 
 
 def _pg_type(col: Any) -> str:
-    t = col.type
-    if isinstance(t, JSON):
-        return "text"  # json's binary form is its text: dumped once here, checked there
-    if isinstance(t, DateTime):
-        return "timestamptz"
-    if isinstance(t, Boolean):
-        return "bool"
-    if isinstance(t, BigInteger):  # before Integer: BigInteger is one
-        return "int8"
-    if isinstance(t, Integer):
-        return "int4"
-    return "text"  # String and Text: varchar takes text's binary form
+    t = values_merge.base_type(col)
+    # json's binary form is its text: dumped once here, checked there; varchar takes
+    # text's binary form
+    return "text" if t == "json" else t
 
 
 @functools.cache

@@ -57,20 +57,26 @@ def is_small(data: str) -> bool:
     return 0 < data.count("\n") <= SMALL
 
 
-def _cast(col: Any) -> str:
-    """The base type a text value is cast to (lengths are checked by the assignment)."""
+def base_type(col: Any) -> str:
+    """A column's PostgreSQL base type (no length): what a value is cast or copied as."""
     t = col.type
     if isinstance(t, JSON):
-        return "::json"
+        return "json"
     if isinstance(t, DateTime):
-        return "::timestamptz"
+        return "timestamptz"
     if isinstance(t, Boolean):
-        return "::bool"
+        return "bool"
     if isinstance(t, BigInteger):  # before Integer: BigInteger is one
-        return "::int8"
+        return "int8"
     if isinstance(t, Integer):
-        return "::int4"
-    return ""  # String and Text: text
+        return "int4"
+    return "text"  # String and Text
+
+
+def _cast(col: Any) -> str:
+    """The cast of a text value (a `varchar(n)`'s length is checked by the assignment)."""
+    t = base_type(col)
+    return "" if t == "text" else f"::{t}"
 
 
 @functools.cache
