@@ -8,7 +8,7 @@ Compiled regular expressions cover the patterns (resident ID numbers, ECCNs...) 
 optional validators that reject look-alikes.
 
 Like a DLP content rule (a primary element plus supporting elements in a proximity
-window), per category and text:
+window), per category and text (the window's reductions are in `proximity`):
 - primary hits are reduced to leftmost-longest, so the overlapping keywords of one
   phrase ("稀土萃取分离" containing "稀土萃取" and "萃取分离") count once; `distinct`
   counts different terms, and that is what `min_count` compares;
@@ -28,7 +28,6 @@ confidence)`. Only counts leave this module; the text is never stored.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import logging
 import unicodedata
@@ -40,6 +39,7 @@ import ahocorasick
 
 from agent.categories import QUANTITY_WORDS, CategorySpec, Threshold
 from agent.classify import corroboration as corr
+from agent.classify import proximity
 from agent.classify.corroboration import Evidence, basis, confidence
 from agent.events import CategoryMatch
 from agent.linear_regex import LinearPattern, PatternRefused, compile_pack_regex
@@ -49,8 +49,6 @@ log = logging.getLogger(__name__)
 
 MAX_PATTERN_MATCHES = 100_000
 MAX_HITS = 100_000  # keyword hits kept per category, role and text (memory bound)
-MAX_PRIMARY_CHECKED = 2_000  # primary hits per category and text looked at for corroboration
-MAX_STEPS = 200_000  # evidence positions visited per category and text (time bound)
 KEY_VERSION = "2"  # bump when the meaning of a cached tally changes
 _ASCII_UPPER = str.maketrans({chr(c): chr(c + 32) for c in range(65, 91)})
 
@@ -244,19 +242,21 @@ class KeywordMatcher:
         out: dict[int, Evidence] = {}
         for i, h in hits.items():
             cat = self.categories[i]
-            kept = _exclude(_leftmost_longest(h.primary), sorted(h.exclude), cat.window)
+            kept = proximity.exclude(
+                proximity.leftmost_longest(h.primary), sorted(h.exclude), cat.window
+            )
             if not kept:
                 continue
             near = 0
             if cat.corroborate:
                 if generic is None:
-                    generic = _generic(folded, norm, equipment)
+                    generic = proximity.generic(folded, norm, equipment)
                 for rx in self._support_rx[i]:
                     for n, m in enumerate(rx.finditer(norm)):
                         if n >= corr.MAX_HITS:
                             break
                         h.support.append((m.start(), "sp:" + fold(m.group(0))))
-                near = _corroboration(kept, sorted(h.support) + generic, cat.window)
+                near = proximity.corroboration(kept, sorted(h.support) + generic, cat.window)
             above = below = 0
             for t, words in self._thresholds[i]:
                 if not _applies(t, folded):
@@ -313,64 +313,6 @@ def _applies(t: Threshold, folded: str) -> bool:
     if t.when and not any(fold(w) in folded for w in t.when):
         return False
     return not any(fold(w) in folded for w in t.unless)
-
-
-def _leftmost_longest(hits: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
-    """Non-overlapping hits, the longest at each start: one phrase is one occurrence."""
-    hits.sort(key=lambda h: (h[0], -h[1]))
-    kept: list[tuple[int, int, str]] = []
-    end = -1
-    for h in hits:
-        if h[0] >= end:
-            kept.append(h)
-            end = h[1]
-    return kept
-
-
-def _exclude(
-    hits: list[tuple[int, int, str]], excludes: list[int], window: int
-) -> list[tuple[int, int, str]]:
-    if not excludes:
-        return hits
-    out = []
-    for start, end, term in hits:
-        j = bisect.bisect_left(excludes, start - window)
-        if j < len(excludes) and excludes[j] <= end + window:
-            continue
-        out.append((start, end, term))
-    return out
-
-
-def _generic(folded: str, norm: str, equipment: list[tuple[int, str]]) -> list[tuple[int, str]]:
-    found = list(corr.with_units(folded))
-    found.extend(corr.markers(folded, norm))
-    found.extend(equipment)
-    found.sort()
-    return found
-
-
-def _corroboration(
-    kept: list[tuple[int, int, str]], evidence: list[tuple[int, str]], window: int
-) -> int:
-    """Different pieces of evidence within `window` of a primary hit (not inside one)."""
-    if not evidence:
-        return 0
-    evidence.sort()
-    positions = [p for p, _ in evidence]
-    starts = {s for s, _, _ in kept}
-    seen: set[str] = set()
-    steps = 0
-    for start, end, _ in kept[:MAX_PRIMARY_CHECKED]:
-        j = bisect.bisect_left(positions, start - window)
-        while j < len(positions) and positions[j] <= end + window and steps < MAX_STEPS:
-            steps += 1
-            pos, what = evidence[j]
-            if pos not in starts and not start <= pos < end:
-                seen.add(what)
-            j += 1
-            if len(seen) >= 16:
-                return len(seen)
-    return len(seen)
 
 
 def _union(patterns: Sequence[LinearPattern]) -> LinearPattern | None:
