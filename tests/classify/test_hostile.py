@@ -423,7 +423,7 @@ def test_opcode_decoder_agrees_with_pickletools() -> None:
     import pickle
     import pickletools
 
-    from agent.classify.pickle_vm import _opcodes
+    from agent.classify.pickle_opcodes import opcodes
 
     objs = [
         {"a": [1, 2.5, None, True, "x", b"y"], "b": (1, 2, 3), "c": {1, 2}, "d": frozenset([3])},
@@ -437,7 +437,7 @@ def test_opcode_decoder_agrees_with_pickletools() -> None:
     for proto in range(6):
         for obj in objs:
             data = pickle.dumps(obj, protocol=proto)
-            mine = [(n, a) for n, a in _opcodes(data)]
+            mine = [(n, a) for n, a in opcodes(data)]
             ref = [(op.name, arg) for op, arg, _ in pickletools.genops(io.BytesIO(data))]
             assert [n for n, _ in mine] == [n for n, _ in ref], (proto, obj)
             for (n, a), (_, b) in zip(mine, ref):
