@@ -9,7 +9,6 @@ and policy; what cannot change live is logged as needing a restart.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -18,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent import metrics, sensors
+from agent import metrics, sensors, status_file
 from agent.backoff import Backoff
 from agent.config import ConfigError, Settings, load_settings
 from agent.events import Event
@@ -349,53 +348,14 @@ class Agent:
             "host_id": self.runtime.host_id,
             "hostname": self.runtime.hostname,
             "metrics": self.settings.metrics.listen if self.settings.metrics.enabled else None,
-            "sensors": {
-                s.name: {"up": _beating(s.name, self.settings.agent.stall_after), **_safe_status(s)}
-                for s in self.sensors
-            },
+            "sensors": status_file.sensors_status(self.sensors, self.settings.agent.stall_after),
             "sensor_errors": self.sensor_errors,
             "written": self.writer.written,
             "queues": {"store": self.writer.queue.qsize(), "pipeline": self.pipeline.input.qsize()},
-            "threads": thread_table(),
+            "threads": status_file.thread_table(),
         }
         doc.update(self.runtime.status())
-        path = self.settings.state_dir / "status.json"
-        tmp = path.with_suffix(".tmp")
-        try:
-            tmp.write_text(json.dumps(doc, default=str, indent=1))
-            os.replace(tmp, path)
-        except OSError as e:
-            log.debug("cannot write %s: %s", path, e)
-
-
-def thread_table() -> list[dict[str, object]]:
-    """Each live thread's name, kernel thread id and CPU seconds so far: Python 3.11 does
-    not name its threads for the kernel, so this is what maps `/proc/<pid>/task/<tid>`
-    (top -H, perf, the network benchmark's per-thread breakdown) to our thread names."""
-    tick = os.sysconf("SC_CLK_TCK")
-    table: list[dict[str, object]] = []
-    for t in threading.enumerate():
-        cpu = None
-        try:
-            with open(f"/proc/self/task/{t.native_id}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-            cpu = round((int(fields[11]) + int(fields[12])) / tick, 2)  # utime + stime
-        except (OSError, IndexError, ValueError):
-            pass
-        table.append({"name": t.name, "tid": t.native_id, "cpu_seconds": cpu})
-    return table
-
-
-def _beating(name: str, stall_after: float) -> bool:
-    beat = HEARTBEATS.get(f"sensor-{name}")
-    return beat is None or beat.healthy(stall_after)
-
-
-def _safe_status(sensor: Sensor) -> dict[str, object]:
-    try:
-        return dict(sensor.status())
-    except Exception as e:
-        return {"status_error": str(e)}
+        status_file.write(self.settings.state_dir, doc)
 
 
 def run(settings: Settings, config_path: Path | None = None) -> int:
