@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from agent.cli import incident_heads
 from agent.cli._common import UserError, open_store, parse_since, print_json, settings_from
 from agent.textsafe import shown
 
@@ -204,7 +205,7 @@ def verify(
         raise UserError(f"--public-key: {e}") from None
     notes: list[str] = []
     if file_:
-        key = pinned or _local_public_key(settings.state_dir, notes)
+        key = pinned or incident_heads.local_public_key(settings.state_dir, notes)
         try:
             with open(file_, encoding="utf-8", newline="") as fp:
                 fmt, report = verify_file(
@@ -218,14 +219,14 @@ def verify(
     else:
         engine = open_store(settings)
         # before the chain: the daemon may append meanwhile, and the chain only grows
-        anchored = _read_anchor(settings.state_dir, pinned, notes)
+        anchored = incident_heads.anchored_head(settings.state_dir, pinned, notes)
         entries = list(chain_entries(engine, host=host))
         report = verify_entries(entries, incident_documents(engine, host))
         where = "store"
         stored = {(e.host_id, e.seq): e.hash for e in entries}
-        local = _local_host_id(settings.state_dir)
-        _check_anchors(report, stored, anchored, local, host, expect_seq, expect_head)
-        _check_central(report, stored, engine, host, pinned)
+        local = incident_heads.local_host_id(settings.state_dir)
+        incident_heads.check_anchors(report, stored, anchored, local, host, expect_seq, expect_head)
+        incident_heads.check_central(report, stored, engine, host, pinned)
         if witness:
             try:
                 with open(witness, encoding="utf-8", newline="") as fp:
@@ -267,86 +268,6 @@ def verify(
             )
     if not report.ok:
         ctx.exit(1)
-
-
-def _local_public_key(state_dir: Path, notes: list[str]) -> Any:
-    from agent.incidents.anchor import AnchorError, AnchorUnreadable, load_public
-
-    try:
-        return load_public(state_dir)
-    except AnchorUnreadable as e:
-        notes.append(f"this host's key is not readable by this user ({e}): pass --public-key")
-        return None
-    except AnchorError as e:
-        raise UserError(str(e)) from None
-
-
-def _read_anchor(state_dir: Path, pinned: Any, notes: list[str]) -> Any:
-    """The anchor file's head, None without one, or why it cannot be trusted (a str)."""
-    from agent.incidents.anchor import AnchorError, AnchorUnreadable, read_anchor
-
-    before = len(notes)
-    key = pinned or _local_public_key(state_dir, notes)
-    if len(notes) > before:
-        notes.append("the chain head anchor (its key is not readable by this user)")
-        return None
-    try:
-        return read_anchor(state_dir, key)
-    except AnchorUnreadable as e:
-        notes.append(f"the chain head anchor is not readable by this user ({e})")
-        return None
-    except AnchorError as e:
-        return str(e)
-
-
-def _check_anchors(
-    report: Any,
-    stored: dict[tuple[str, int], str],
-    anchored: Any,
-    local: str | None,
-    host: str | None,
-    expect_seq: int | None,
-    expect_head: str | None,
-) -> None:
-    """The chain must still hold the anchor file's head and the one the user expects."""
-    from agent.incidents.anchor import Head, check_head
-    from agent.incidents.chain import Problem
-
-    if isinstance(anchored, str):
-        report.problems.append(Problem(host or local or "-", -1, anchored, report.records))
-    elif anchored is not None and host in (None, anchored.host_id):
-        check_head(report, stored, anchored)
-    if expect_seq is not None:
-        hosts = {h for h, _seq in stored}
-        who = host or local or (next(iter(hosts)) if len(hosts) == 1 else None)
-        if who is None:
-            raise UserError("--expect-seq: name the host with --host")
-        source = "expected by --expect-seq" + (" --expect-head" if expect_head else "")
-        check_head(report, stored, Head(who, expect_seq, expect_head or "", source))
-
-
-def _check_central(
-    report: Any, stored: dict[tuple[str, int], str], engine: Any, host: str | None, pinned: Any
-) -> None:
-    """Fleet store: each host's chain must reach the head record kept beside it."""
-    from agent.incidents.anchor import check_head
-    from agent.incidents.chain import Problem
-    from agent.incidents.heads import central_heads
-
-    if engine.dialect.name != "postgresql":
-        return
-    for head in central_heads(engine, host, pinned if host else None):
-        if isinstance(head, str):
-            report.problems.append(Problem(host or "-", -1, head, report.records))
-        else:
-            check_head(report, stored, head)
-
-
-def _local_host_id(state_dir: Path) -> str | None:
-    try:
-        return (state_dir / "host_id").read_text(encoding="utf-8").strip() or None
-    except (OSError, UnicodeDecodeError):
-        return None
 
 
 @incidents.command("export")

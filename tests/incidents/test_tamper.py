@@ -404,7 +404,7 @@ def test_an_unreadable_key_or_anchor_is_a_note_not_a_tampering(
 ) -> None:
     """An analyst outside the agent's group cannot read the state directory: the anchor
     check is skipped and says so, instead of reporting tampering."""
-    from agent.cli import incidents as cli_incidents
+    from agent.cli import incident_heads
     from agent.incidents import anchor
 
     _cfg, _url, state = make_store(tmp_path)
@@ -414,15 +414,15 @@ def test_an_unreadable_key_or_anchor_is_a_note_not_a_tampering(
 
     notes: list[str] = []
     monkeypatch.setattr(anchor, "load_public", denied)
-    assert cli_incidents._read_anchor(state, None, notes) is None
+    assert incident_heads.anchored_head(state, None, notes) is None
     assert any("not readable by this user" in n for n in notes)
     notes = []
-    assert cli_incidents._local_public_key(state, notes) is None
+    assert incident_heads.local_public_key(state, notes) is None
     assert notes and "pass --public-key" in notes[0]
     monkeypatch.undo()
     monkeypatch.setattr(anchor, "read_anchor", denied)
     notes = []
-    assert cli_incidents._read_anchor(state, None, notes) is None
+    assert incident_heads.anchored_head(state, None, notes) is None
     assert notes and "anchor is not readable" in notes[0]
 
 
