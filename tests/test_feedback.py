@@ -8,7 +8,7 @@ from agent import feedback, pipeline
 from agent.feedback import FLOW_HOLD, READ_HOLD, ReadWatch
 from agent.incidents import service
 from agent.sensors.files import attribution
-from agent.sensors.files import sensor as files_sensor
+from agent.sensors.files import handover as files_handover
 
 
 def test_a_flow_waits_long_enough_for_the_read_before_it() -> None:
@@ -21,9 +21,9 @@ def test_a_flow_waits_long_enough_for_the_read_before_it() -> None:
 
 
 def test_sensor_and_correlator_use_the_one_source() -> None:
-    assert files_sensor.READ_HOLD is feedback.READ_HOLD
+    assert files_handover.READ_HOLD is feedback.READ_HOLD
     assert service.FLOW_HOLD is feedback.FLOW_HOLD
-    assert not hasattr(files_sensor, "HOLD")  # no second copy to drift
+    assert not hasattr(files_handover, "HOLD")  # no second copy to drift
 
 
 def test_asks_wait_for_a_sensor_then_each_path_once() -> None:

@@ -6,7 +6,7 @@ roots (`files.roots`, `files.removable`, `files.cloud_sync`, and — with
 hands `FileEvent`s to `emit`. Threads, all joined on `stop()`:
 
 - reader: inotify records → `WatchTree` → events (held briefly when fanotify is on, so
-  the writer's pid can be joined to `written` events);
+  the writer's pid can be joined to `written` events; `handover.py` makes and emits them);
 - rescans (`rescan_worker.py`; what each one emits is planned in `rescan_plan.py`):
   reconciling rescans of roots marked dirty by a lost-event condition (queue overflow,
   watch limit) or a dropped emit, of new mounts, and of directories that left the
@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import select
-import stat
 import threading
 import time
 from collections import deque
@@ -30,14 +29,13 @@ from sqlalchemy import Engine
 
 from agent import metrics
 from agent.config import FilesSection
-from agent.events import FileAction, FileEvent, Origin, ProcessInfo
-from agent.feedback import READ_HOLD
 from agent.globs import compile_excludes
 from agent.liveness import HEARTBEATS, Heartbeat, supervised
 from agent.sensors import Emit, SensorUnavailable
 from agent.sensors.files import _inotify as I
 from agent.sensors.files import rescan_plan as R
 from agent.sensors.files.attribution import Attribution
+from agent.sensors.files.handover import HandOver
 from agent.sensors.files.mounts import MountFollower
 from agent.sensors.files.rescan_worker import Rescans
 from agent.sensors.files.tree import Change, WatchTree
@@ -58,7 +56,7 @@ GATHER = 0.05
 GATHER_MOST = 1000
 
 
-class FileSensor:
+class FileSensor(HandOver):
     name = "files"
 
     def __init__(
@@ -307,79 +305,6 @@ class FileSensor:
         if expiry is None:
             return -1
         return max(IDLE_POLL_MS, int((expiry - time.monotonic()) * 1000) + 1)
-
-    def _on_change(self, ch: Change) -> None:
-        if self.attribution.active:  # held for fanotify's pid (see agent/feedback.py)
-            self._hold.append((time.monotonic() + READ_HOLD, ch))
-        else:
-            self.send(ch, None)
-
-    def _release(self, now: float) -> None:
-        hold = self._hold
-        while hold and hold[0][0] <= now:
-            ch = hold.popleft()[1]
-            self.send(ch, self._process_of(ch))
-
-    def _process_of(self, ch: Change) -> ProcessInfo | None:
-        if ch.origin != Origin.WATCH:
-            return None  # found by a scan: no process did it just now
-        a = self.attribution
-        if ch.action == FileAction.WRITTEN:  # or moved in from outside the roots
-            return a.process_of("written", ch.path) or a.process_of("moved", ch.path)
-        if ch.action == FileAction.MOVED:
-            if ch.dest_path is None:
-                return a.process_of("moved_out", ch.path)
-            return a.process_of("moved", ch.dest_path)
-        return a.process_of(str(ch.action), ch.path)  # created, deleted
-
-    def _on_read(self, path: str, proc: ProcessInfo) -> None:
-        try:
-            st: os.stat_result | None = os.lstat(path)
-        except OSError:
-            st = None
-        self.send(Change(FileAction.READ, path, None, st), proc)
-
-    def send(self, ch: Change, proc: ProcessInfo | None) -> bool:
-        st = ch.st
-        current = ch.dest_path if ch.dest_path is not None else ch.path
-        # `created` says a name appeared, not what it holds: a regular file's size and
-        # mtime belong to its `written`, and a rescan must not take them as seen
-        content = st is not None and not (
-            ch.action == FileAction.CREATED and stat.S_ISREG(st.st_mode)
-        )
-        ev = FileEvent(
-            action=ch.action,
-            path=ch.path,
-            channel=self.mounts.channels.channel(current),
-            dest_path=ch.dest_path,
-            size=st.st_size if content and st is not None else None,
-            inode=st.st_ino if st is not None else None,
-            device=st.st_dev if st is not None else None,
-            mtime_ns=st.st_mtime_ns if content and st is not None else None,
-            ctime_ns=st.st_ctime_ns if content and st is not None else None,
-            process=proc,
-            origin=ch.origin,
-            sensor=self.name,
-        )
-        assert self._emit is not None
-        if not self._emit(ev):
-            self.dropped += 1
-            root = self.root_of(current)
-            if root is not None:
-                self.mark_dirty([root], "dropped")
-            return False
-        self.emitted += 1
-        key = (str(ev.action), str(ev.channel))
-        counter = self._labels.get(key)
-        if counter is None:
-            counter = self._labels[key] = metrics.FILE_EVENTS.labels(*key)
-        counter.inc()
-        self._sent.inc()
-        if ch.action != FileAction.READ:
-            self.rescans.recent.remember(ch, content)
-            if ch.action in (FileAction.WRITTEN, FileAction.MOVED) and ch.dest_path is not None:
-                self.attribution.path_changed(ch.path, ch.dest_path)
-        return True
 
     # --- lost events -> rescans ---------------------------------------------------------
     def _on_lost(self, reason: str, path: str) -> None:
