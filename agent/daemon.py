@@ -119,7 +119,7 @@ class Agent:
         host_id, hostname = host_identity(s.state_dir, s.agent.host_id, s.agent.hostname)
         self.forwarder: Forwarder | None = None
         if is_central(s.database_url):
-            from agent.store.forwarder import open_forwarder  # psycopg: the fleet store only
+            from agent.store.fleet_link import open_forwarder  # psycopg: the fleet store only
 
             # fleet store: the writer commits to a local spool and never waits on the
             # network; the forwarder upgrades, registers the host and sends the spool on

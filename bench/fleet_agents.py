@@ -1,7 +1,8 @@
 """A process hosting many simulated agents: each its own spool file, host id and forwarder.
 
-Every agent is the production pair built by `open_forwarder` from a `Settings` (the same
-engine options, batch size, timeouts and COPY path as `egress-agent run`), fed through
+Every agent is the production pair built by `open_forwarder` (agent/store/fleet_link.py)
+from a `Settings` (the same engine options, batch size, timeouts, COPY path and linger as
+`egress-agent run`), fed through
 `Forwarder.commit` — the call the store writer makes with each batch of at most 1,000
 events. What is simulated is only the sensors: events come from bench/fleet_mix.py.
 Hosting several agents per process (each agent one forwarder thread, as in the daemon)
@@ -27,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import AgentSection, DatabaseSection, Settings
-from agent.store.forwarder import Forwarder, open_forwarder
+from agent.store.fleet_link import open_forwarder
+from agent.store.forwarder import Forwarder
 from bench.fleet_mix import HostMix
 
 

@@ -33,25 +33,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import psycopg
 import sqlalchemy.exc
 from sqlalchemy import Engine
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from agent import metrics
 from agent.backoff import Backoff
-from agent.config import Settings
 from agent.events import Event
 from agent.store import rows_pipeline, spool_rows
 from agent.store.attempt import AttemptGuard
 from agent.store.bulk import Mark, copy_batch, copy_direct, copy_rows, is_bulk
-from agent.store.db import StoreError, make_engine, register_host, upgrade
+from agent.store.db import StoreError, register_host, upgrade
 from agent.store.spool import Spool, SpooledEvent, events_in, split
 from agent.store.spool_ahead import Batch, SpoolAhead
-from agent.store.writer import write_batch
 
 log = logging.getLogger(__name__)
 
@@ -378,38 +375,3 @@ class Forwarder:
             return {"_stored": 0}
         counts["_stored"] = len(items)
         return counts
-
-
-def open_forwarder(settings: Settings, host_id: str, hostname: str) -> Forwarder:
-    """The spool and forwarder for `database.url`, from the config (not started)."""
-    db = settings.database
-    spool = Spool(db.spool_path or settings.state_dir / "spool.db", db.spool_max_bytes)
-    # its own small pool, no pre-ping: a ping on a stalled connection would hang outside
-    # the attempt's deadline; dead connections are dropped after a failure instead
-    kwargs: dict[str, Any] = {"pool_pre_ping": False, "pool_size": 1, "max_overflow": 2}
-    if make_url(settings.database_url).get_backend_name() == "postgresql":
-        # libpq's own limits beside the attempt deadline: a peer that vanishes is noticed
-        # by keepalives while idle and by tcp_user_timeout while data is unacknowledged
-        kwargs["connect_args"] = {
-            "connect_timeout": max(1, min(int(db.forward_timeout), 10)),
-            "keepalives": 1,
-            "keepalives_idle": 10,
-            "keepalives_interval": 5,
-            "keepalives_count": 3,
-            "tcp_user_timeout": int(db.forward_timeout * 1000),
-        }
-    engine = make_engine(settings.database_url, **kwargs)
-    write: WriteFn = copy_direct if db.forward_method == "copy" else write_batch
-    return Forwarder(
-        spool,
-        engine,
-        host_id,
-        hostname,
-        batch_size=db.forward_batch_size,
-        write=write,
-        timeout=db.forward_timeout,
-        backoff_max=db.forward_backoff_max,
-        stop_seconds=db.forward_stop_seconds,
-        auto_upgrade=db.auto_upgrade,
-        linger=db.forward_linger,
-    )
