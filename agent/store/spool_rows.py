@@ -159,16 +159,16 @@ def batch(texts: Sequence[str], columns: dict[str, tuple[str, ...]], first_seq: 
     parts = SECTION.join(texts).split(SECTION)
     width = len(TABLES)
     joined = {name: "".join(parts[i::width]) for i, name in enumerate(TABLES[:5])}
-    artefacts = {line[: line.index("\t")]: line for line in _lines(joined["artefacts"])}
+    artefacts = {line[: line.index("\t")]: line for line in lines(joined["artefacts"])}
     joined["artefacts"] = "".join(line + "\n" for line in artefacts.values())
-    state = {line.split("\t", 1)[0]: line for line in _lines("".join(parts[5::width]))}
+    state = {line.split("\t", 1)[0]: line for line in lines("".join(parts[5::width]))}
     upserts = "".join(line + "\n" for line in state.values() if "\t" in line)
     deletes = "".join(line + "\n" for line in state.values() if "\t" not in line)
     # a spooled text may hold several events' sections (agent/store/spool.py joins them)
     return RowsBatch(columns, joined, upserts, deletes, first_seq, len(parts) // width)
 
 
-def _lines(text: str) -> list[str]:
+def lines(text: str) -> list[str]:
     """The lines of a section without their ends (not str.splitlines: it also splits at
     characters COPY text leaves as they are, such as U+001C and U+2028)."""
     return text[:-1].split("\n") if text else []

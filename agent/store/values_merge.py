@@ -25,6 +25,7 @@ from typing import Any
 from psycopg import Cursor
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Integer
 
+from agent.store import spool_rows
 from agent.store.tables import metadata
 
 SMALL = 32  # rows: at most this many go as arrays (break-even near 30-50, measured)
@@ -100,7 +101,7 @@ def merge(
     False (nothing done) for a line whose fields do not match the columns: the staging
     COPY then reports it as the data error it is.
     """
-    rows = [copy_fields(line) for line in data[:-1].split("\n")]
+    rows = [copy_fields(line) for line in spool_rows.lines(data)]
     if any(len(r) != len(columns) for r in rows):
         return False
     cur.execute(_statement(table, columns, on_conflict), [list(c) for c in zip(*rows)])
@@ -109,7 +110,7 @@ def merge(
 
 def delete_paths(cur: Cursor[Any], host_id: str, data: str) -> None:
     """Remove these paths (one COPY-escaped path a line) from the host's file state."""
-    paths = [copy_fields(line)[0] for line in data[:-1].split("\n")]
+    paths = [copy_fields(line)[0] for line in spool_rows.lines(data)]
     cur.execute(
         "DELETE FROM file_state WHERE host_id = %s AND path = ANY(%s::text[])", (host_id, paths)
     )
